@@ -1,0 +1,42 @@
+"""Time, injected: the domain never calls `time` itself, so tests control it."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def wall_ms(self) -> int:
+        """Milliseconds since the Unix epoch; for promotion windows, never for leases."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back; for leases and rates."""
+        ...
+
+
+class SystemClock:
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, wall_ms: int = 1_700_000_000_000, monotonic: float = 1000.0) -> None:
+        self._wall_ms = wall_ms
+        self._monotonic = monotonic
+
+    def wall_ms(self) -> int:
+        return self._wall_ms
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        self._monotonic += seconds
+        self._wall_ms += round(seconds * 1000)

@@ -1,0 +1,99 @@
+"""One error hierarchy for the center and the agents, mapped to gRPC codes in one place.
+
+    QuotaError
+    ├── InvalidArgument      INVALID_ARGUMENT     the request itself is wrong; fix it
+    ├── NotFound             NOT_FOUND            no such promotion
+    ├── AlreadyExists        ALREADY_EXISTS       the id is taken
+    ├── FailedPrecondition   FAILED_PRECONDITION  valid, but not in the current state
+    │   └── Rejected         FAILED_PRECONDITION / RESOURCE_EXHAUSTED, with a RejectReason
+    ├── Exhausted            RESOURCE_EXHAUSTED   nothing left to grant
+    ├── PermissionDenied     PERMISSION_DENIED    this region may not use this promotion
+    └── Unavailable          UNAVAILABLE          try again (the center or the store is away)
+
+Domain code raises these; servers translate them with `grpc_code`, and clients turn
+status codes back into them with `from_grpc`. `Conflict` is internal: a compare-and-swap
+lost a race and the caller retries on fresh state.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+
+
+class RejectReason(enum.Enum):
+    """Why a deduction was refused; names match region_agent.v1.RejectReason."""
+
+    EXHAUSTED = "REJECT_REASON_EXHAUSTED"
+    FROZEN = "REJECT_REASON_FROZEN"
+    NOT_ACTIVE = "REJECT_REASON_NOT_ACTIVE"
+    USER_LIMIT = "REJECT_REASON_USER_LIMIT"
+    LEASE_EXPIRED = "REJECT_REASON_LEASE_EXPIRED"
+    REGION_NOT_ALLOWED = "REJECT_REASON_REGION_NOT_ALLOWED"
+
+
+REJECT_REASON_METADATA_KEY = "quota-reject-reason"
+
+
+class QuotaError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(QuotaError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(QuotaError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(QuotaError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(QuotaError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Exhausted(QuotaError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class PermissionDenied(QuotaError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(QuotaError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Rejected(FailedPrecondition):
+    """A deduction refused for a business reason the order service can show its user."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        if reason is RejectReason.EXHAUSTED:
+            self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Conflict(Exception):
+    """A compare-and-swap lost to a concurrent writer; reread and retry."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[QuotaError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Exhausted, PermissionDenied)
+}
+
+
+def from_grpc(error: grpc.RpcError) -> QuotaError:
+    """The QuotaError a failed call stands for; transport failures become Unavailable."""
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    return _BY_CODE.get(code, Unavailable)(details)

@@ -1,0 +1,263 @@
+"""The center's ledger: promotions and what each region holds of them. Pure: no I/O, no clock.
+
+Per (promotion, region) an account records what the center granted, what the region
+gave back, and the region's last cumulative report. The budget invariant is
+
+    unallocated = budget - sum over regions of (granted - returned)  >= 0
+
+and every operation here either keeps it or raises without changing anything. Callers
+mutate a copy (`PromotionState.copy`) and commit it to the store, so a failed commit
+leaves the live state untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+
+RECENT_GRANTS_KEPT = 32
+
+
+class Kind(enum.Enum):
+    COUNT = "COUNT"
+    AMOUNT = "AMOUNT"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    id: str
+    kind: Kind
+    currency: str
+    budget: int
+    start_ms: int
+    end_ms: int
+    regions: tuple[str, ...]
+    frozen: bool = False
+    revision: int = 1
+
+    def is_active(self, wall_ms: int) -> bool:
+        return self.start_ms <= wall_ms < self.end_ms
+
+
+@dataclass(frozen=True)
+class GrantRecord:
+    """A committed grant; `request_id` makes a retried acquire answer the same grant."""
+
+    grant_id: str
+    request_id: str
+    promotion_id: str
+    region: str
+    incarnation: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """An agent's cumulative counters for one promotion, since its incarnation began."""
+
+    granted: int
+    returned: int
+    deducted: int
+    refunded: int
+    demand_per_minute: int = 0
+
+
+@dataclass
+class RegionAccount:
+    """One region's share of one promotion. Counters without `retired_` belong to the
+    current incarnation of the region's ledger; `retired_` ones sum up earlier incarnations."""
+
+    incarnation: str = ""
+    granted: int = 0
+    returned: int = 0
+    deducted: int = 0
+    refunded: int = 0
+    demand_per_minute: int = 0
+    retired_granted: int = 0
+    retired_returned: int = 0
+    retired_consumed: int = 0
+    written_off: int = 0
+    retired_incarnations: list[str] = field(default_factory=list)
+    recent_grants: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def outstanding(self) -> int:
+        """Quota this region took from the budget and has not given back."""
+        return self.retired_granted + self.granted - self.retired_returned - self.returned
+
+    @property
+    def total_granted(self) -> int:
+        return self.retired_granted + self.granted
+
+    @property
+    def total_returned(self) -> int:
+        return self.retired_returned + self.returned
+
+    @property
+    def consumed(self) -> int:
+        return self.retired_consumed + self.deducted - self.refunded
+
+    @property
+    def held(self) -> int:
+        """Unspent quota the current incarnation holds, as of its last report."""
+        return self.granted - self.returned - (self.deducted - self.refunded)
+
+
+@dataclass
+class PromotionState:
+    promotion: Promotion
+    accounts: dict[str, RegionAccount] = field(default_factory=dict)
+    # Bumped by every commit; the store compares it so two writers never both win.
+    version: int = 1
+
+    @property
+    def unallocated(self) -> int:
+        return self.promotion.budget - sum(a.outstanding for a in self.accounts.values())
+
+    def copy(self) -> PromotionState:
+        return copy.deepcopy(self)
+
+    def account(self, region: str) -> RegionAccount:
+        return self.accounts.setdefault(region, RegionAccount())
+
+    def to_document(self) -> dict[str, Any]:
+        promotion = asdict(self.promotion)
+        promotion["kind"] = self.promotion.kind.value
+        accounts = {region: asdict(account) for region, account in self.accounts.items()}
+        return {"promotion": promotion, "accounts": accounts, "version": self.version}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> PromotionState:
+        fields = dict(doc["promotion"])
+        fields["kind"] = Kind(fields["kind"])
+        fields["regions"] = tuple(fields["regions"])
+        accounts = {}
+        for region, raw in doc["accounts"].items():
+            raw = dict(raw)
+            raw["recent_grants"] = [(grant_id, amount) for grant_id, amount in raw["recent_grants"]]
+            accounts[region] = RegionAccount(**raw)
+        return cls(Promotion(**fields), accounts, doc["version"])
+
+
+def check_new_promotion(promotion: Promotion) -> None:
+    """Rules a promotion must meet to exist; amounts and ids are checked at the edge."""
+    if promotion.end_ms <= promotion.start_ms:
+        raise InvalidArgument(
+            f"end_time ({promotion.end_ms} ms) must be after start_time ({promotion.start_ms} ms)"
+        )
+    if not promotion.regions:
+        raise InvalidArgument("regions must name at least one region that may spend the budget")
+    if len(set(promotion.regions)) != len(promotion.regions):
+        raise InvalidArgument(f"regions lists a region twice: {list(promotion.regions)}")
+    if promotion.kind is Kind.COUNT and promotion.currency:
+        raise InvalidArgument(
+            f"a COUNT promotion counts units and takes no currency (got {promotion.currency!r})"
+        )
+    is_iso_code = (
+        len(promotion.currency) == 3 and promotion.currency.isascii() and promotion.currency.isupper()
+    )
+    if promotion.kind is Kind.AMOUNT and not is_iso_code:
+        raise InvalidArgument(
+            f"an AMOUNT promotion needs an ISO 4217 currency such as 'EUR' (got {promotion.currency!r})"
+        )
+
+
+def set_budget(state: PromotionState, budget: int, expected_revision: int) -> None:
+    promotion = state.promotion
+    if expected_revision != promotion.revision:
+        raise FailedPrecondition(
+            f"promotion {promotion.id} is at revision {promotion.revision}, not {expected_revision}: "
+            "read it again and retry"
+        )
+    allocated = promotion.budget - state.unallocated
+    if budget < allocated:
+        raise FailedPrecondition(
+            f"budget {budget} is below the {allocated} regions already hold "
+            f"(granted {sum(a.total_granted for a in state.accounts.values())}, "
+            f"returned {sum(a.total_returned for a in state.accounts.values())}); "
+            f"the lowest possible budget now is {allocated}"
+        )
+    state.promotion = replace(promotion, budget=budget, revision=promotion.revision + 1)
+
+
+def set_frozen(state: PromotionState, frozen: bool) -> bool:
+    """Returns whether anything changed; freezing twice is not a new revision."""
+    if state.promotion.frozen == frozen:
+        return False
+    state.promotion = replace(state.promotion, frozen=frozen, revision=state.promotion.revision + 1)
+    return True
+
+
+def admit(state: PromotionState, region: str, incarnation: str) -> bool:
+    """Accepts a message from `region`'s ledger incarnation. A new incarnation retires the
+    old one and writes off what it held: that ledger is gone, so its quota is neither
+    spendable nor safe to grant again. Returns whether the state changed."""
+    if region not in state.promotion.regions:
+        raise PermissionDenied(
+            f"region {region!r} may not spend promotion {state.promotion.id} "
+            f"(allowed: {', '.join(state.promotion.regions)})"
+        )
+    account = state.account(region)
+    if account.incarnation == incarnation:
+        return False
+    if incarnation in account.retired_incarnations:
+        raise FailedPrecondition(
+            f"ledger incarnation {incarnation} of region {region} was retired; restart the agent"
+        )
+    if account.incarnation:
+        _retire(account)
+    account.incarnation = incarnation
+    return True
+
+
+def _retire(account: RegionAccount) -> None:
+    consumed = account.deducted - account.refunded
+    account.written_off += account.granted - account.returned - consumed
+    account.retired_granted += account.granted
+    account.retired_returned += account.returned
+    account.retired_consumed += consumed
+    account.retired_incarnations.append(account.incarnation)
+    account.granted = account.returned = account.deducted = account.refunded = 0
+    account.recent_grants = []
+
+
+def grant(state: PromotionState, record: GrantRecord) -> None:
+    if not 0 < record.amount <= state.unallocated:
+        raise FailedPrecondition(f"cannot grant {record.amount}; {state.unallocated} is unallocated")
+    account = state.accounts[record.region]
+    account.granted += record.amount
+    account.recent_grants = [*account.recent_grants, (record.grant_id, record.amount)][-RECENT_GRANTS_KEPT:]
+
+
+def apply_report(state: PromotionState, region: str, report: Report) -> bool:
+    """Takes in cumulative counters. Each counter only moves forward, so a repeated or
+    out-of-order report changes nothing. Returns whether the state changed."""
+    account = state.accounts[region]
+    if report.granted > account.granted:
+        raise InvalidArgument(
+            f"region {region} reports {report.granted} granted for {state.promotion.id}, "
+            f"but the center granted this incarnation only {account.granted}"
+        )
+    if (
+        report.refunded > report.deducted
+        or report.deducted - report.refunded > report.granted - report.returned
+    ):
+        raise InvalidArgument(
+            f"region {region} reports inconsistent counters for {state.promotion.id}: {report}"
+        )
+    before = (account.returned, account.deducted, account.refunded, account.demand_per_minute)
+    account.returned = max(account.returned, report.returned)
+    account.deducted = max(account.deducted, report.deducted)
+    account.refunded = max(account.refunded, report.refunded)
+    account.demand_per_minute = report.demand_per_minute
+    return before != (account.returned, account.deducted, account.refunded, account.demand_per_minute)
+
+
+def unapplied_grants(account: RegionAccount, report: Report) -> list[tuple[str, int]]:
+    """Recent grants, when the agent's report counts less than the center granted (an
+    answer was lost). The agent applies each once by id, so resending applied ones is harmless."""
+    return list(account.recent_grants) if report.granted < account.granted else []
