@@ -87,8 +87,7 @@ class Conflict(Exception):
 
 
 _BY_CODE: dict[grpc.StatusCode, type[QuotaError]] = {
-    cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Exhausted, PermissionDenied)
+    cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Exhausted, PermissionDenied)
 }
 
 

@@ -146,20 +146,14 @@ class PromotionState:
 def check_new_promotion(promotion: Promotion) -> None:
     """Rules a promotion must meet to exist; amounts and ids are checked at the edge."""
     if promotion.end_ms <= promotion.start_ms:
-        raise InvalidArgument(
-            f"end_time ({promotion.end_ms} ms) must be after start_time ({promotion.start_ms} ms)"
-        )
+        raise InvalidArgument(f"end_time ({promotion.end_ms} ms) must be after start_time ({promotion.start_ms} ms)")
     if not promotion.regions:
         raise InvalidArgument("regions must name at least one region that may spend the budget")
     if len(set(promotion.regions)) != len(promotion.regions):
         raise InvalidArgument(f"regions lists a region twice: {list(promotion.regions)}")
     if promotion.kind is Kind.COUNT and promotion.currency:
-        raise InvalidArgument(
-            f"a COUNT promotion counts units and takes no currency (got {promotion.currency!r})"
-        )
-    is_iso_code = (
-        len(promotion.currency) == 3 and promotion.currency.isascii() and promotion.currency.isupper()
-    )
+        raise InvalidArgument(f"a COUNT promotion counts units and takes no currency (got {promotion.currency!r})")
+    is_iso_code = len(promotion.currency) == 3 and promotion.currency.isascii() and promotion.currency.isupper()
     if promotion.kind is Kind.AMOUNT and not is_iso_code:
         raise InvalidArgument(
             f"an AMOUNT promotion needs an ISO 4217 currency such as 'EUR' (got {promotion.currency!r})"
@@ -205,9 +199,7 @@ def admit(state: PromotionState, region: str, incarnation: str) -> bool:
     if account.incarnation == incarnation:
         return False
     if incarnation in account.retired_incarnations:
-        raise FailedPrecondition(
-            f"ledger incarnation {incarnation} of region {region} was retired; restart the agent"
-        )
+        raise FailedPrecondition(f"ledger incarnation {incarnation} of region {region} was retired; restart the agent")
     if account.incarnation:
         _retire(account)
     account.incarnation = incarnation
@@ -242,13 +234,8 @@ def apply_report(state: PromotionState, region: str, report: Report) -> bool:
             f"region {region} reports {report.granted} granted for {state.promotion.id}, "
             f"but the center granted this incarnation only {account.granted}"
         )
-    if (
-        report.refunded > report.deducted
-        or report.deducted - report.refunded > report.granted - report.returned
-    ):
-        raise InvalidArgument(
-            f"region {region} reports inconsistent counters for {state.promotion.id}: {report}"
-        )
+    if report.refunded > report.deducted or report.deducted - report.refunded > report.granted - report.returned:
+        raise InvalidArgument(f"region {region} reports inconsistent counters for {state.promotion.id}: {report}")
     before = (account.returned, account.deducted, account.refunded, account.demand_per_minute)
     account.returned = max(account.returned, report.returned)
     account.deducted = max(account.deducted, report.deducted)

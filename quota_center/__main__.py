@@ -1,0 +1,3 @@
+from quota_center.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""The `quota` command: one entry point for every role (center, agent, demo, later budget and bench)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from quota_center.app import CenterConfig, run_center
+from quota_center.policy import RefillSettings
+from quota_center.service import CenterSettings
+from region_agent.agent import AgentSettings
+from region_agent.app import AgentConfig, run_agent
+
+
+@click.group()
+@click.option("--log-level", default="WARNING", show_default=True, help="Python logging level.")
+def main(log_level: str) -> None:
+    """Quota: a distributed quota center for marketing budgets."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.group()
+def center() -> None:
+    """The central quota authority."""
+
+
+@center.command("serve")
+@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="host:port; port 0 picks a free one.")
+@click.option("--store", default="sqlite:///quota-center.db", show_default=True, help="sqlite:///PATH")
+@click.option("--lease-ttl", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
+def center_serve(listen: str, store: str, lease_ttl: float) -> None:
+    """Serve the center's gRPC API."""
+    asyncio.run(run_center(CenterConfig(listen, store, CenterSettings(lease_ttl_s=lease_ttl))))
+
+
+@main.group()
+def agent() -> None:
+    """A regional agent: what order services call."""
+
+
+@agent.command("serve")
+@click.option("--region", required=True, help="The region this agent serves.")
+@click.option("--listen", default="127.0.0.1:50061", show_default=True, help="host:port; port 0 picks a free one.")
+@click.option("--center", "center_address", default="127.0.0.1:50051", show_default=True, help="host:port")
+@click.option("--ledger", default="memory", show_default=True, help="memory")
+@click.option("--horizon", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
+@click.option("--renew-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds.")
+def agent_serve(
+    region: str, listen: str, center_address: str, ledger: str, horizon: float, renew_interval: float
+) -> None:
+    """Serve Deduct/Refund for one region."""
+    settings = AgentSettings(region, refill=RefillSettings(horizon_s=horizon), renew_interval_s=renew_interval)
+    asyncio.run(run_agent(AgentConfig(settings, listen, center_address, ledger)))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--budget", type=click.IntRange(min=1), default=50_000, show_default=True)
+@click.option("--demand-factor", type=click.FloatRange(min=0.1), default=1.2, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(as_json: bool, budget: int, demand_factor: float, concurrency: int, seed: int) -> None:
+    """A center and three regions sell a budget out on embedded defaults."""
+    from quota_center.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(budget, demand_factor, concurrency, seed), as_json)

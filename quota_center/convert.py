@@ -1,0 +1,74 @@
+"""Protobuf <-> domain conversions for the center's messages, shared by servers and clients."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from quota_center.errors import InvalidArgument
+from quota_center.ledger import Kind, Promotion
+from quota_center.service import UsageView
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.validation import require_amount, require_id
+
+_KINDS = {pb.PROMOTION_KIND_COUNT: Kind.COUNT, pb.PROMOTION_KIND_AMOUNT: Kind.AMOUNT}
+_KIND_NAMES = {kind: value for value, kind in _KINDS.items()}
+
+
+def promotion_to_pb(promotion: Promotion) -> pb.Promotion:
+    start, end = Timestamp(), Timestamp()
+    start.FromMilliseconds(promotion.start_ms)
+    end.FromMilliseconds(promotion.end_ms)
+    return pb.Promotion(
+        id=promotion.id,
+        kind=_KIND_NAMES[promotion.kind],
+        currency=promotion.currency,
+        budget=promotion.budget,
+        start_time=start,
+        end_time=end,
+        regions=list(promotion.regions),
+        frozen=promotion.frozen,
+        revision=promotion.revision,
+    )
+
+
+def promotion_from_pb(message: pb.Promotion) -> Promotion:
+    """Validates a promotion's fields; cross-field rules live in the ledger."""
+    if message.kind not in _KINDS:
+        raise InvalidArgument("kind must be PROMOTION_KIND_COUNT or PROMOTION_KIND_AMOUNT")
+    if not (message.HasField("start_time") and message.HasField("end_time")):
+        raise InvalidArgument("start_time and end_time are required")
+    for region in message.regions:
+        require_id("region", region)
+    return Promotion(
+        id=require_id("promotion.id", message.id),
+        kind=_KINDS[message.kind],
+        currency=message.currency,
+        budget=require_amount("budget", message.budget),
+        start_ms=message.start_time.ToMilliseconds(),
+        end_ms=message.end_time.ToMilliseconds(),
+        regions=tuple(message.regions),
+        frozen=message.frozen,
+        revision=max(message.revision, 1),
+    )
+
+
+def usage_to_pb(usage: UsageView) -> pb.Usage:
+    regions = []
+    for view in usage.regions:
+        account = view.account
+        if view.lease_active is None:
+            lease = pb.LEASE_STATE_NONE
+        else:
+            lease = pb.LEASE_STATE_ACTIVE if view.lease_active else pb.LEASE_STATE_EXPIRED
+        regions.append(
+            pb.RegionUsage(
+                region=view.region,
+                granted=account.total_granted,
+                returned=account.total_returned,
+                consumed=account.consumed,
+                written_off=account.written_off,
+                held=account.held,
+                lease_state=lease,
+            )
+        )
+    return pb.Usage(promotion=promotion_to_pb(usage.promotion), unallocated=usage.unallocated, regions=regions)

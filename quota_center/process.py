@@ -1,0 +1,32 @@
+"""Running a gRPC server as a process: bind, announce, serve until SIGTERM, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+GRACE_S = 5.0
+"""How long in-flight calls may finish after SIGTERM before they are cancelled."""
+
+
+async def serve(server: grpc.aio.Server, listen: str, *, on_stop: Callable[[], Awaitable[None]], name: str) -> None:
+    """Serves until SIGTERM or SIGINT. Prints one JSON line {"ready": name, "port": N} on
+    stdout once the port is bound, so a parent can use port 0 and learn the real one."""
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"{name}: cannot listen on {listen}")
+    await server.start()
+    print(json.dumps({"ready": name, "port": port}), flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await server.stop(GRACE_S)
+    await on_stop()
+    print(json.dumps({"stopped": name}), file=sys.stderr, flush=True)

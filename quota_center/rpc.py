@@ -1,0 +1,35 @@
+"""Shared gRPC plumbing: QuotaError -> status translation for servicers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from quota_center.errors import REJECT_REASON_METADATA_KEY, QuotaError, Rejected
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[S, Req, Context], Awaitable[Resp]]
+
+
+def translate_errors(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+    """Answers a QuotaError with its status code and message; a rejected deduction also
+    carries its reason in the trailing metadata."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: S, request: Req, context: Context) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except Rejected as error:
+            context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, error.reason.value),))
+            await context.abort(error.code, error.message)
+        except QuotaError as error:
+            await context.abort(error.code, error.message)
+
+    return wrapper

@@ -1,0 +1,224 @@
+"""The center's domain service: the ledger and the policy over a store, with per-promotion locks.
+
+Every change is computed on a copy of the promotion's state and committed to the store
+(compare-and-swap on its version) before anyone hears of it; only then does the copy
+become the live state. Nothing that matters lives only in memory: `start` rebuilds it all
+from the store. Lease expiries are the exception: they are soft, and a fresh center gives
+every region a full TTL rather than guess when it last heard from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from quota_center import ledger, policy
+from quota_center.clock import Clock
+from quota_center.errors import (
+    Conflict,
+    Exhausted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from quota_center.ledger import GrantRecord, Promotion, PromotionState, RegionAccount, Report
+from quota_center.store.base import Store
+
+
+@dataclass(frozen=True)
+class CenterSettings:
+    lease_ttl_s: float = 10.0
+    """How long a region may spend its allotment without renewing."""
+    horizon_s: float = 2.0
+    """Seconds of demand the policy sizes grants and reclaims for."""
+
+
+@dataclass(frozen=True)
+class Directive:
+    promotion: Promotion
+    reclaim: int
+    unapplied_grants: list[tuple[str, int]]
+    exhausted: bool
+
+
+@dataclass(frozen=True)
+class RegionView:
+    region: str
+    account: RegionAccount
+    lease_active: bool | None
+    """None when the region never held quota."""
+
+
+@dataclass(frozen=True)
+class UsageView:
+    promotion: Promotion
+    unallocated: int
+    regions: list[RegionView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AcquireResult:
+    grant: GrantRecord
+    unallocated: int
+
+
+class Center:
+    def __init__(self, store: Store, clock: Clock, settings: CenterSettings | None = None) -> None:
+        self._store = store
+        self._clock = clock
+        self.settings = settings or CenterSettings()
+        self._states: dict[str, PromotionState] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lease_expiry: dict[tuple[str, str], float] = {}
+
+    async def start(self) -> None:
+        """Rebuilds every promotion from the store before the center serves."""
+        grace = self._clock.monotonic() + self.settings.lease_ttl_s
+        for state in await self._store.load_all():
+            self._states[state.promotion.id] = state
+            for region in state.accounts:
+                self._lease_expiry[(state.promotion.id, region)] = grace
+
+    # Budget owners
+
+    async def create_promotion(self, promotion: Promotion) -> Promotion:
+        ledger.check_new_promotion(promotion)
+        state = PromotionState(promotion)
+        async with self._lock(promotion.id):
+            await self._store.create(state)
+            self._states[promotion.id] = state
+        return promotion
+
+    async def set_budget(self, promotion_id: str, budget: int, expected_revision: int) -> Promotion:
+        state = await self._change(promotion_id, lambda s: ledger.set_budget(s, budget, expected_revision))
+        return state.promotion
+
+    async def set_frozen(self, promotion_id: str, frozen: bool) -> Promotion:
+        state = await self._change(promotion_id, lambda s: ledger.set_frozen(s, frozen))
+        return state.promotion
+
+    def promotion(self, promotion_id: str) -> Promotion:
+        return self._state(promotion_id).promotion
+
+    def promotions(self) -> list[Promotion]:
+        return [state.promotion for state in sorted(self._states.values(), key=lambda s: s.promotion.id)]
+
+    def usage(self, promotion_id: str) -> UsageView:
+        state = self._state(promotion_id)
+        now = self._clock.monotonic()
+        regions = []
+        for region, account in sorted(state.accounts.items()):
+            expiry = self._lease_expiry.get((promotion_id, region))
+            regions.append(RegionView(region, account, None if expiry is None else expiry > now))
+        return UsageView(state.promotion, state.unallocated, regions)
+
+    # Agents
+
+    async def acquire(
+        self, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demand: int
+    ) -> AcquireResult:
+        async with self._lock(promotion_id):
+            previous = await self._store.find_grant(promotion_id, region, request_id)
+            if previous is not None:
+                if previous.incarnation != incarnation:
+                    raise InvalidArgument(f"request id {request_id!r} was used by another incarnation")
+                self._renew_lease(promotion_id, region)
+                return AcquireResult(previous, self._state(promotion_id).unallocated)
+            state = self._state(promotion_id).copy()
+            ledger.admit(state, region, incarnation)
+            if state.promotion.frozen:
+                raise FailedPrecondition(f"promotion {promotion_id} is frozen; no quota is granted")
+            account = state.accounts[region]
+            account.demand_per_minute = demand
+            active = [a for a in state.accounts.values() if a.demand_per_minute > 0]
+            size = policy.grant_amount(
+                asked=amount,
+                unallocated=state.unallocated,
+                demand_per_minute=demand,
+                total_demand_per_minute=sum(a.demand_per_minute for a in active),
+                active_regions=max(len(active), 1),
+                horizon_s=self.settings.horizon_s,
+            )
+            if size == 0:
+                raise Exhausted(
+                    f"promotion {promotion_id} has nothing left to grant "
+                    f"(budget {state.promotion.budget}, all of it allocated to regions)"
+                )
+            record = GrantRecord(uuid.uuid4().hex, request_id, promotion_id, region, incarnation, size)
+            ledger.grant(state, record)
+            await self._commit(state, record)
+            self._renew_lease(promotion_id, region)
+            return AcquireResult(record, state.unallocated)
+
+    async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive]:
+        directives = []
+        for promotion_id, report in reports.items():
+            state = await self._report(region, incarnation, promotion_id, report)
+            self._renew_lease(promotion_id, region)
+            account = state.accounts[region]
+            others = sum(a.demand_per_minute for r, a in state.accounts.items() if r != region)
+            reclaim = policy.reclaim_amount(
+                account.held, account.demand_per_minute, others, state.unallocated, self.settings.horizon_s
+            )
+            directives.append(
+                Directive(
+                    promotion=state.promotion,
+                    reclaim=account.held if state.promotion.frozen else reclaim,
+                    unapplied_grants=ledger.unapplied_grants(account, report),
+                    exhausted=state.unallocated == 0,
+                )
+            )
+        return directives
+
+    async def give_back(self, region: str, incarnation: str, promotion_id: str, report: Report) -> int:
+        """Takes in a return the agent already removed from its ledger; returns unallocated."""
+        return (await self._report(region, incarnation, promotion_id, report)).unallocated
+
+    # Internals
+
+    async def _report(self, region: str, incarnation: str, promotion_id: str, report: Report) -> PromotionState:
+        def apply(state: PromotionState) -> bool:
+            admitted = ledger.admit(state, region, incarnation)
+            return ledger.apply_report(state, region, report) or admitted
+
+        return await self._change(promotion_id, apply)
+
+    def _renew_lease(self, promotion_id: str, region: str) -> None:
+        self._lease_expiry[(promotion_id, region)] = self._clock.monotonic() + self.settings.lease_ttl_s
+
+    def _state(self, promotion_id: str) -> PromotionState:
+        state = self._states.get(promotion_id)
+        if state is None:
+            raise NotFound(f"no promotion with id {promotion_id!r}")
+        return state
+
+    def _lock(self, promotion_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(promotion_id, asyncio.Lock())
+
+    async def _change(self, promotion_id: str, mutate: Callable[[PromotionState], object]) -> PromotionState:
+        """Applies `mutate` to a copy and commits it; a mutation returning False changed nothing."""
+        async with self._lock(promotion_id):
+            state = self._state(promotion_id).copy()
+            if mutate(state) is False:
+                return self._states[promotion_id]
+            await self._commit(state)
+            return state
+
+    async def _commit(self, state: PromotionState, grant: GrantRecord | None = None) -> None:
+        promotion_id = state.promotion.id
+        expected = self._states[promotion_id].version
+        state.version = expected + 1
+        try:
+            await self._store.commit(state, expected, grant)
+        except Conflict:
+            await self._reload(promotion_id)
+            raise Unavailable(f"promotion {promotion_id} was changed by another writer; retry the call") from None
+        self._states[promotion_id] = state
+
+    async def _reload(self, promotion_id: str) -> None:
+        fresh = await self._store.load(promotion_id)
+        if fresh is not None:
+            self._states[promotion_id] = fresh

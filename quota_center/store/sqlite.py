@@ -1,0 +1,124 @@
+"""The embedded default store: one SQLite file in WAL mode, fsynced on every commit.
+
+SQLite calls block, so they run on one dedicated thread; the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
+from pathlib import Path
+from typing import TypeVar
+
+from quota_center.errors import AlreadyExists, Conflict
+from quota_center.ledger import GrantRecord, PromotionState
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS promotions (
+    id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS grants (
+    grant_id TEXT NOT NULL UNIQUE,
+    request_id TEXT NOT NULL,
+    promotion_id TEXT NOT NULL,
+    region TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    PRIMARY KEY (promotion_id, region, request_id)
+);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def load_all(self) -> list[PromotionState]:
+        def work() -> list[PromotionState]:
+            rows = self._db.execute("SELECT document FROM promotions ORDER BY id").fetchall()
+            return [PromotionState.from_document(json.loads(row[0])) for row in rows]
+
+        return await self._run(work)
+
+    async def load(self, promotion_id: str) -> PromotionState | None:
+        def work() -> PromotionState | None:
+            row = self._db.execute("SELECT document FROM promotions WHERE id = ?", (promotion_id,)).fetchone()
+            return None if row is None else PromotionState.from_document(json.loads(row[0]))
+
+        return await self._run(work)
+
+    async def create(self, state: PromotionState) -> None:
+        def work() -> None:
+            try:
+                self._db.execute(
+                    "INSERT INTO promotions (id, version, document) VALUES (?, ?, ?)",
+                    (state.promotion.id, state.version, json.dumps(state.to_document())),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"promotion {state.promotion.id!r} already exists") from None
+
+        await self._run(work)
+
+    async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
+        def work() -> None:
+            with self._transaction():
+                updated = self._db.execute(
+                    "UPDATE promotions SET version = ?, document = ? WHERE id = ? AND version = ?",
+                    (state.version, json.dumps(state.to_document()), state.promotion.id, expected_version),
+                )
+                if updated.rowcount != 1:
+                    raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
+                if grant is not None:
+                    self._db.execute(
+                        "INSERT INTO grants (grant_id, request_id, promotion_id, region, incarnation, amount)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        astuple(grant),
+                    )
+
+        await self._run(work)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    async def find_grant(self, promotion_id: str, region: str, request_id: str) -> GrantRecord | None:
+        def work() -> GrantRecord | None:
+            row = self._db.execute(
+                "SELECT grant_id, request_id, promotion_id, region, incarnation, amount FROM grants"
+                " WHERE promotion_id = ? AND region = ? AND request_id = ?",
+                (promotion_id, region, request_id),
+            ).fetchone()
+            return None if row is None else GrantRecord(*row)
+
+        return await self._run(work)
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._executor.shutdown(wait=True)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

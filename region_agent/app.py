@@ -1,0 +1,47 @@
+"""The agent's composition root: pick the ledger, connect to the center, serve orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from quota_center.clock import SystemClock
+from quota_center.errors import InvalidArgument
+from quota_center.process import serve
+from region_agent import server as agent_server
+from region_agent.agent import Agent, AgentSettings
+from region_agent.center_client import CenterClient
+from region_agent.ledger.base import Ledger
+from region_agent.ledger.memory import InProcessLedger
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    settings: AgentSettings
+    listen: str = "127.0.0.1:50061"
+    """host:port to serve gRPC on; port 0 picks a free one (printed on stdout)."""
+    center: str = "127.0.0.1:50051"
+    """The center's host:port."""
+    ledger: str = "memory"
+    """Where the regional ledger lives: memory (embedded default)."""
+
+
+def open_ledger(url: str) -> Ledger:
+    if url == "memory":
+        return InProcessLedger()
+    raise InvalidArgument(f"unknown ledger {url!r}; use memory")
+
+
+async def run_agent(config: AgentConfig) -> None:
+    center = CenterClient(config.center, config.settings.region)
+    agent = Agent(config.settings, open_ledger(config.ledger), center, SystemClock())
+    await agent.start()
+    server = grpc.aio.server()
+    agent_server.add_to_server(agent, server)
+
+    async def stop() -> None:
+        await agent.stop()
+        await center.close()
+
+    await serve(server, config.listen, on_stop=stop, name=f"agent-{config.settings.region}")

@@ -1,0 +1,91 @@
+"""The regional ledger's contract, shared by the in-process and the Redis implementations.
+
+A region's ledger holds, per promotion, the quota the center granted it and what orders
+spent of it. Every method is atomic: it applies completely or not at all, also when
+several agent processes share one ledger. Across all of them:
+
+- available = granted - returned - deducted + refunded, and it never goes below zero;
+- `deduct` takes every line of an order or none; an order key is deducted at most once,
+  and a retry with the same lines returns the first answer with `replayed=True`;
+- a refund id is applied at most once, and an order never gets back more than it spent;
+- a grant id is applied at most once, whichever agent process receives it;
+- counters (granted, returned, deducted, refunded) only ever grow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Line:
+    promotion_id: str
+    amount: int
+    user_id: str = ""
+
+
+@dataclass(frozen=True)
+class Balance:
+    granted: int = 0
+    returned: int = 0
+    deducted: int = 0
+    refunded: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.granted - self.returned - self.deducted + self.refunded
+
+
+@dataclass(frozen=True)
+class DeductOutcome:
+    """Either the order was deducted (`short` empty), or nothing changed and `short`
+    names the promotions whose allotment could not cover their line."""
+
+    lines: tuple[Line, ...]
+    replayed: bool = False
+    short: tuple[str, ...] = ()
+    available_after: tuple[int, ...] = ()
+    """Per line, what its promotion has left after this deduction (empty on a replay)."""
+
+    @property
+    def accepted(self) -> bool:
+        return not self.short
+
+
+@dataclass(frozen=True)
+class RefundOutcome:
+    lines: tuple[Line, ...]
+    replayed: bool = False
+
+
+class Ledger(Protocol):
+    async def incarnation(self) -> str:
+        """Identifies this ledger's life; a ledger that lost its data has a new one."""
+        ...
+
+    async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
+        """The first answer for an order key already deducted, else None. Raises
+        FailedPrecondition when the key was used for different lines."""
+        ...
+
+    async def deduct(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome: ...
+
+    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
+        """Empty `lines` refunds whatever the order has left. NotFound for an unknown
+        order, InvalidArgument for a promotion not in it, FailedPrecondition above what
+        it has left."""
+        ...
+
+    async def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:
+        """Adds a grant; False when this grant id was applied before."""
+        ...
+
+    async def take_back(self, promotion_id: str, amount: int) -> int:
+        """Removes up to `amount` of available quota to return it to the center, counting it
+        as returned before the center hears of it. Returns how much was removed."""
+        ...
+
+    async def balance(self, promotion_id: str) -> Balance: ...
+
+    async def balances(self) -> dict[str, Balance]: ...

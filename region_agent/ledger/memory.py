@@ -1,0 +1,43 @@
+"""The embedded default: the regional ledger in this process's memory.
+
+Nothing survives a restart, so every start is a new incarnation and the center writes
+off what the previous one held (counted in usage, never granted again). Atomicity comes
+free: methods run on the event loop without awaiting in between.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from region_agent.ledger.base import Balance, DeductOutcome, Line, RefundOutcome
+from region_agent.ledger.local import LocalLedger
+
+
+class InProcessLedger:
+    def __init__(self) -> None:
+        self._ledger = LocalLedger()
+        self._incarnation = f"mem-{uuid.uuid4().hex}"
+
+    async def incarnation(self) -> str:
+        return self._incarnation
+
+    async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
+        return self._ledger.find_order(order_key, lines)
+
+    async def deduct(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome:
+        return self._ledger.deduct(order_key, lines)
+
+    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
+        return self._ledger.refund(order_key, refund_id, lines)
+
+    async def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:
+        return self._ledger.apply_grant(grant_id, promotion_id, amount)
+
+    async def take_back(self, promotion_id: str, amount: int) -> int:
+        return self._ledger.take_back(promotion_id, amount)
+
+    async def balance(self, promotion_id: str) -> Balance:
+        return self._ledger.balance(promotion_id)
+
+    async def balances(self) -> dict[str, Balance]:
+        return self._ledger.balances()
