@@ -68,12 +68,18 @@ class ServerProcess:
             self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+        self._close_pipe()
 
     def kill(self) -> None:
         """SIGKILL: what a crash looks like."""
         if self.popen is not None and self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait()
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self.popen is not None and self.popen.stdout is not None:
+            self.popen.stdout.close()
 
 
 def center_process(workdir: Path, *extra: str, port: int = 0) -> ServerProcess:

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from quota_center.testing import ServedAgent, ServedCenter, running_agent, running_center
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from region_agent.agent import AgentSettings
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+
+
+@pytest.fixture
+async def center(tmp_path: Path) -> AsyncIterator[ServedCenter]:
+    async with running_center(tmp_path) as served:
+        yield served
+
+
+@pytest.fixture
+async def agent_eu(center: ServedCenter) -> AsyncIterator[ServedAgent]:
+    async with running_agent("eu", center.address, AgentSettings("eu", max_wait_s=1.0)) as served:
+        yield served
+
+
+@pytest.fixture
+async def admin(center: ServedCenter) -> AsyncIterator[center_grpc.PromotionAdminAsyncStub]:
+    async with grpc.aio.insecure_channel(center.address) as channel:
+        yield center_grpc.PromotionAdminStub(channel)
+
+
+@pytest.fixture
+async def allocation(center: ServedCenter) -> AsyncIterator[center_grpc.AllocationAsyncStub]:
+    async with grpc.aio.insecure_channel(center.address) as channel:
+        yield center_grpc.AllocationStub(channel)
+
+
+@pytest.fixture
+async def orders_eu(agent_eu: ServedAgent) -> AsyncIterator[agent_grpc.RegionAgentAsyncStub]:
+    async with grpc.aio.insecure_channel(agent_eu.address) as channel:
+        yield agent_grpc.RegionAgentStub(channel)
