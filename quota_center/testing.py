@@ -1,8 +1,8 @@
 """Test support, shipped as code: a center and agents served in this process on port 0.
 
-    async with running_center(tmp_path) as center:
-        async with running_agent("eu", center.address) as agent:
-            ...  # talk gRPC to center.address and agent.address
+async with running_center(tmp_path) as center:
+    async with running_agent("eu", center.address) as agent:
+        ...  # talk gRPC to center.address and agent.address
 """
 
 from __future__ import annotations
