@@ -186,15 +186,18 @@ def set_frozen(state: PromotionState, frozen: bool) -> bool:
     return True
 
 
+def check_region(promotion: Promotion, region: str) -> None:
+    if region not in promotion.regions:
+        raise PermissionDenied(
+            f"region {region!r} may not spend promotion {promotion.id} (allowed: {', '.join(promotion.regions)})"
+        )
+
+
 def admit(state: PromotionState, region: str, incarnation: str) -> bool:
     """Accepts a message from `region`'s ledger incarnation. A new incarnation retires the
     old one and writes off what it held: that ledger is gone, so its quota is neither
     spendable nor safe to grant again. Returns whether the state changed."""
-    if region not in state.promotion.regions:
-        raise PermissionDenied(
-            f"region {region!r} may not spend promotion {state.promotion.id} "
-            f"(allowed: {', '.join(state.promotion.regions)})"
-        )
+    check_region(state.promotion, region)
     account = state.account(region)
     if account.incarnation == incarnation:
         return False

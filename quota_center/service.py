@@ -154,6 +154,8 @@ class Center:
             return AcquireResult(record, state.unallocated)
 
     async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive]:
+        for promotion_id in reports:
+            ledger.check_region(self._state(promotion_id).promotion, region)
         directives = []
         for promotion_id, report in reports.items():
             state = await self._report(region, incarnation, promotion_id, report)

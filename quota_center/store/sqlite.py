@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS grants (
 class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._closed = False
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -107,6 +108,10 @@ class SqliteStore:
         return await self._run(work)
 
     async def close(self) -> None:
+        """Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)
 

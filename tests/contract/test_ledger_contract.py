@@ -1,0 +1,126 @@
+"""The regional Ledger contract (region_agent/ledger/base.py), run against every implementation.
+
+The Redis ledger joins the `ledger` fixture's parameters and must pass the same tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound
+from region_agent.ledger.base import Balance, Ledger, Line
+from region_agent.ledger.memory import InProcessLedger
+
+
+@pytest.fixture(params=["memory"])
+def ledger(request: pytest.FixtureRequest) -> Ledger:
+    return InProcessLedger()
+
+
+A, B = Line("a", 3, "u1"), Line("b", 2, "u1")
+
+
+async def _funded(ledger: Ledger, a: int = 10, b: int = 10) -> Ledger:
+    await ledger.apply_grant("grant-a", "a", a)
+    await ledger.apply_grant("grant-b", "b", b)
+    return ledger
+
+
+async def test_a_grant_applies_once_by_id(ledger: Ledger) -> None:
+    assert await ledger.apply_grant("g1", "a", 5) is True
+    assert await ledger.apply_grant("g1", "a", 5) is False
+    assert await ledger.balance("a") == Balance(granted=5)
+
+
+async def test_an_order_takes_every_line_or_none(ledger: Ledger) -> None:
+    await _funded(ledger, a=10, b=1)
+
+    refused = await ledger.deduct("o1", (A, B))
+
+    assert refused.short == ("b",)
+    assert await ledger.balances() == {"a": Balance(granted=10), "b": Balance(granted=1)}
+    assert await ledger.find_order("o1", (A, B)) is None
+
+
+async def test_a_retried_order_returns_the_first_answer_and_spends_once(ledger: Ledger) -> None:
+    await _funded(ledger)
+
+    first = await ledger.deduct("o1", (A, B))
+    again = await ledger.deduct("o1", (A, B))
+
+    assert first.accepted
+    assert not first.replayed
+    assert first.available_after == (7, 8)
+    assert again.accepted
+    assert again.replayed
+    assert again.lines == first.lines
+    assert await ledger.find_order("o1", (A, B)) == again
+    assert (await ledger.balance("a")).deducted == 3
+
+
+async def test_an_order_key_reused_for_other_lines_is_refused(ledger: Ledger) -> None:
+    await _funded(ledger)
+    await ledger.deduct("o1", (A,))
+
+    with pytest.raises(FailedPrecondition, match="different lines"):
+        await ledger.deduct("o1", (B,))
+    assert (await ledger.balance("b")).deducted == 0
+
+
+async def test_concurrent_orders_never_overspend(ledger: Ledger) -> None:
+    await ledger.apply_grant("g1", "a", 10)
+
+    outcomes = await asyncio.gather(*(ledger.deduct(f"o{n}", (A,)) for n in range(8)))
+
+    assert sum(outcome.accepted for outcome in outcomes) == 3
+    assert (await ledger.balance("a")).available == 1
+
+
+async def test_refunds_go_back_to_the_allotment_once_per_refund_id(ledger: Ledger) -> None:
+    await _funded(ledger)
+    await ledger.deduct("o1", (A, B))
+
+    partial = await ledger.refund("o1", "r1", (Line("a", 1),))
+    repeated = await ledger.refund("o1", "r1", (Line("a", 1),))
+    rest = await ledger.refund("o1", "r2", ())
+
+    assert partial.lines == (Line("a", 1),)
+    assert repeated.replayed
+    assert rest.lines == (Line("a", 2), Line("b", 2))
+    assert await ledger.balances() == {
+        "a": Balance(granted=10, deducted=3, refunded=3),
+        "b": Balance(granted=10, deducted=2, refunded=2),
+    }
+
+
+async def test_a_refund_never_exceeds_what_the_order_spent(ledger: Ledger) -> None:
+    await _funded(ledger)
+    await ledger.deduct("o1", (A,))
+    await ledger.refund("o1", "r1", (Line("a", 2),))
+
+    with pytest.raises(FailedPrecondition, match="at most 1"):
+        await ledger.refund("o1", "r2", (Line("a", 2),))
+    with pytest.raises(InvalidArgument):
+        await ledger.refund("o1", "r3", (Line("b", 1),))
+    with pytest.raises(NotFound):
+        await ledger.refund("unknown", "r4", ())
+    assert await ledger.balance("a") == Balance(granted=10, deducted=3, refunded=2)
+
+
+async def test_take_back_removes_only_what_is_available(ledger: Ledger) -> None:
+    await _funded(ledger, a=5)
+    await ledger.deduct("o1", (A,))
+
+    assert await ledger.take_back("a", 100) == 2
+    assert await ledger.take_back("a", 1) == 0
+    assert await ledger.balance("a") == Balance(granted=5, returned=2, deducted=3)
+
+
+async def test_an_incarnation_is_stable_for_the_ledgers_life(ledger: Ledger) -> None:
+    assert await ledger.incarnation() == await ledger.incarnation()
+
+
+async def test_an_in_process_ledger_starts_a_new_incarnation_every_time() -> None:
+    assert await InProcessLedger().incarnation() != await InProcessLedger().incarnation()

@@ -1,0 +1,125 @@
+"""The center's Store contract (quota_center/store/base.py), run against every implementation.
+
+The etcd store joins the `store` fixture's parameters and must pass the same tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from quota_center.errors import AlreadyExists, Conflict
+from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, RegionAccount
+from quota_center.store.base import Store
+from quota_center.store.sqlite import SqliteStore
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens the same durable store again and again, as restarts of the center would."""
+    opened: list[Store] = []
+
+    def factory() -> Store:
+        opened.append(SqliteStore(tmp_path / "center.db"))
+        return opened[-1]
+
+    yield factory
+    for store in opened:
+        await store.close()
+
+
+def _state(promotion_id: str = "p1", budget: int = 100) -> PromotionState:
+    promotion = Promotion(promotion_id, Kind.AMOUNT, "EUR", budget, 0, 10_000, ("eu", "us"))
+    return PromotionState(promotion, {"eu": RegionAccount(incarnation="i-1")})
+
+
+def _grant(request_id: str, amount: int = 10) -> GrantRecord:
+    return GrantRecord(f"g-{request_id}", request_id, "p1", "eu", "i-1", amount)
+
+
+async def test_created_promotions_load_back_equal(open_store: StoreFactory) -> None:
+    store = open_store()
+    await store.create(_state("p1"))
+    await store.create(_state("p2", budget=7))
+
+    assert await store.load_all() == [_state("p1"), _state("p2", budget=7)]
+    assert await store.load("p2") == _state("p2", budget=7)
+    assert await store.load("missing") is None
+
+
+async def test_creating_a_taken_id_fails_and_keeps_the_original(open_store: StoreFactory) -> None:
+    store = open_store()
+    await store.create(_state(budget=100))
+
+    with pytest.raises(AlreadyExists):
+        await store.create(_state(budget=5))
+    assert await store.load("p1") == _state(budget=100)
+
+
+async def test_commit_writes_the_document_and_its_grant_together(open_store: StoreFactory) -> None:
+    store = open_store()
+    await store.create(_state())
+    changed = _state()
+    changed.accounts["eu"].granted = 10
+    changed.version = 2
+
+    await store.commit(changed, expected_version=1, grant=_grant("r-1"))
+
+    assert await store.load("p1") == changed
+    assert await store.find_grant("p1", "eu", "r-1") == _grant("r-1")
+    assert await store.find_grant("p1", "us", "r-1") is None
+
+
+async def test_a_stale_commit_conflicts_and_writes_nothing(open_store: StoreFactory) -> None:
+    store = open_store()
+    await store.create(_state())
+    winner, loser = _state(), _state()
+    winner.accounts["eu"].granted, winner.version = 10, 2
+    loser.accounts["eu"].granted, loser.version = 20, 2
+    await store.commit(winner, expected_version=1, grant=_grant("r-1"))
+
+    with pytest.raises(Conflict):
+        await store.commit(loser, expected_version=1, grant=_grant("r-2", amount=20))
+
+    assert await store.load("p1") == winner
+    assert await store.find_grant("p1", "eu", "r-2") is None
+
+
+async def test_concurrent_writers_on_one_version_have_exactly_one_winner(open_store: StoreFactory) -> None:
+    first, second = open_store(), open_store()
+    await first.create(_state())
+    candidates = []
+    for n, store in enumerate((first, second, first, second)):
+        state = _state()
+        state.accounts["eu"].granted, state.version = n + 1, 2
+        candidates.append(store.commit(state, expected_version=1, grant=_grant(f"r-{n}", n + 1)))
+
+    outcomes = await asyncio.gather(*candidates, return_exceptions=True)
+
+    assert sum(outcome is None for outcome in outcomes) == 1
+    assert all(isinstance(outcome, Conflict) for outcome in outcomes if outcome is not None)
+    stored = await first.load("p1")
+    assert stored is not None
+    winner = stored.accounts["eu"].granted
+    assert [await first.find_grant("p1", "eu", f"r-{n}") is not None for n in range(4)] == [
+        n + 1 == winner for n in range(4)
+    ]
+
+
+async def test_what_was_committed_is_there_after_reopening(open_store: StoreFactory) -> None:
+    store = open_store()
+    await store.create(_state())
+    changed = _state()
+    changed.accounts["eu"].granted, changed.version = 10, 2
+    await store.commit(changed, expected_version=1, grant=_grant("r-1"))
+    await store.close()
+
+    reopened = open_store()
+
+    assert await reopened.load_all() == [changed]
+    assert await reopened.find_grant("p1", "eu", "r-1") == _grant("r-1")
