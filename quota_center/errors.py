@@ -91,8 +91,14 @@ _BY_CODE: dict[grpc.StatusCode, type[QuotaError]] = {
 }
 
 
+def code_name(code: grpc.StatusCode) -> str:
+    return str(code.name)
+
+
 def from_grpc(error: grpc.RpcError) -> QuotaError:
     """The QuotaError a failed call stands for; transport failures become Unavailable."""
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    if isinstance(error, grpc.Call | grpc.aio.AioRpcError):
+        code, details = error.code(), error.details() or code_name(error.code())
+    else:
+        code, details = grpc.StatusCode.UNKNOWN, str(error)
     return _BY_CODE.get(code, Unavailable)(details)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import enum
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
 RECENT_GRANTS_KEPT = 32
+_ISO_4217 = re.compile(r"[A-Z]{3}")
 
 
 class Kind(enum.Enum):
@@ -153,8 +155,7 @@ def check_new_promotion(promotion: Promotion) -> None:
         raise InvalidArgument(f"regions lists a region twice: {list(promotion.regions)}")
     if promotion.kind is Kind.COUNT and promotion.currency:
         raise InvalidArgument(f"a COUNT promotion counts units and takes no currency (got {promotion.currency!r})")
-    is_iso_code = len(promotion.currency) == 3 and promotion.currency.isascii() and promotion.currency.isupper()
-    if promotion.kind is Kind.AMOUNT and not is_iso_code:
+    if promotion.kind is Kind.AMOUNT and not _ISO_4217.fullmatch(promotion.currency):
         raise InvalidArgument(
             f"an AMOUNT promotion needs an ISO 4217 currency such as 'EUR' (got {promotion.currency!r})"
         )
@@ -231,20 +232,27 @@ def grant(state: PromotionState, record: GrantRecord) -> None:
 def apply_report(state: PromotionState, region: str, report: Report) -> bool:
     """Takes in cumulative counters. Each counter only moves forward, so a repeated or
     out-of-order report changes nothing. Returns whether the state changed."""
+    check_report(state, region, report)
     account = state.accounts[region]
-    if report.granted > account.granted:
-        raise InvalidArgument(
-            f"region {region} reports {report.granted} granted for {state.promotion.id}, "
-            f"but the center granted this incarnation only {account.granted}"
-        )
-    if report.refunded > report.deducted or report.deducted - report.refunded > report.granted - report.returned:
-        raise InvalidArgument(f"region {region} reports inconsistent counters for {state.promotion.id}: {report}")
     before = (account.returned, account.deducted, account.refunded, account.demand_per_minute)
     account.returned = max(account.returned, report.returned)
     account.deducted = max(account.deducted, report.deducted)
     account.refunded = max(account.refunded, report.refunded)
     account.demand_per_minute = report.demand_per_minute
     return before != (account.returned, account.deducted, account.refunded, account.demand_per_minute)
+
+
+def check_report(state: PromotionState, region: str, report: Report) -> None:
+    """Raises InvalidArgument for counters no correct agent can send; changes nothing."""
+    granted = state.accounts[region].granted if region in state.accounts else 0
+    if report.granted > granted:
+        raise InvalidArgument(
+            f"region {region} reports {report.granted} granted for {state.promotion.id}, "
+            f"but the center granted this incarnation only {granted}"
+        )
+    consumed = report.deducted - report.refunded
+    if report.refunded > report.deducted or consumed > report.granted - report.returned:
+        raise InvalidArgument(f"region {region} reports inconsistent counters for {state.promotion.id}: {report}")
 
 
 def unapplied_grants(account: RegionAccount, report: Report) -> list[tuple[str, int]]:

@@ -154,8 +154,10 @@ class Center:
             return AcquireResult(record, state.unallocated)
 
     async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive]:
-        for promotion_id in reports:
-            ledger.check_region(self._state(promotion_id).promotion, region)
+        for promotion_id, report in reports.items():
+            trial = self._state(promotion_id).copy()
+            ledger.admit(trial, region, incarnation)
+            ledger.check_report(trial, region, report)
         directives = []
         for promotion_id, report in reports.items():
             state = await self._report(region, incarnation, promotion_id, report)
