@@ -1,0 +1,135 @@
+"""How an agent keeps its allotment right: freezes, lost grants, restarts and leases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import grpc
+import pytest
+
+from quota_center.service import CenterSettings
+from quota_center.testing import ServedCenter, running_agent, running_center
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from region_agent.agent import AgentSettings
+from region_agent.v1 import region_agent_pb2 as agent_pb
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from tests.support import order, promotion, reject_reason
+
+FAST = AgentSettings("eu", renew_interval_s=0.05, max_wait_s=1.0)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def _usage(admin: center_grpc.PromotionAdminAsyncStub) -> center_pb.Usage:
+    return await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
+
+
+async def _eu_usage(admin: center_grpc.PromotionAdminAsyncStub) -> center_pb.RegionUsage:
+    return next(r for r in (await _usage(admin)).regions if r.region == "eu")
+
+
+async def test_a_freeze_stops_deductions_and_brings_the_allotment_back(
+    center: ServedCenter, admin: center_grpc.PromotionAdminAsyncStub
+) -> None:
+    await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+    async with running_agent("eu", center.address, FAST) as agent, grpc.aio.insecure_channel(agent.address) as ch:
+        orders = agent_grpc.RegionAgentStub(ch)
+        await orders.Deduct(order("o-1", "eu", ("promo", 4)), timeout=5)
+
+        await admin.SetFrozen(center_pb.SetFrozenRequest(promotion_id="promo", frozen=True), timeout=5)
+
+        async def returned_everything() -> bool:
+            usage = await _usage(admin)
+            return usage.unallocated == 1_000 - 4
+
+        await eventually(returned_everything)
+        with pytest.raises(grpc.aio.AioRpcError) as frozen:
+            await orders.Deduct(order("o-2", "eu", ("promo", 1)), timeout=5)
+        assert frozen.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reject_reason(frozen.value) == "REJECT_REASON_FROZEN"
+        replay = await orders.Deduct(order("o-1", "eu", ("promo", 4)), timeout=5)
+        assert replay.replayed
+
+
+async def test_a_grant_whose_answer_was_lost_reaches_the_agent_through_its_renewal(
+    center: ServedCenter,
+    admin: center_grpc.PromotionAdminAsyncStub,
+    allocation: center_grpc.AllocationAsyncStub,
+) -> None:
+    await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+    async with running_agent("eu", center.address, FAST) as agent, grpc.aio.insecure_channel(agent.address) as ch:
+        orders = agent_grpc.RegionAgentStub(ch)
+        await orders.Deduct(order("o-1", "eu", ("promo", 1)), timeout=5)
+        before = (await _eu_usage(admin)).granted
+
+        lost = await allocation.Acquire(
+            center_pb.AcquireRequest(
+                agent=center_pb.AgentIdentity(region="eu", incarnation=agent.agent.incarnation),
+                promotion_id="promo",
+                amount=77,
+                request_id="answer-lost-on-the-way",
+            ),
+            timeout=5,
+        )
+
+        async def applied() -> bool:
+            status = await orders.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+            return status.balances[0].granted == before + lost.grant.amount
+
+        await eventually(applied)
+        usage = await _eu_usage(admin)
+        assert usage.granted == before + 77
+
+
+async def test_an_agent_that_lost_its_ledger_has_what_it_held_written_off(
+    center: ServedCenter, admin: center_grpc.PromotionAdminAsyncStub
+) -> None:
+    await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+    crashing = AgentSettings("eu", renew_interval_s=0.05, return_on_shutdown=False)
+    async with running_agent("eu", center.address, crashing) as first, grpc.aio.insecure_channel(first.address) as ch:
+        await agent_grpc.RegionAgentStub(ch).Deduct(order("o-1", "eu", ("promo", 3)), timeout=5)
+    held = (await _eu_usage(admin)).granted - 3
+
+    async with running_agent("eu", center.address, FAST) as second, grpc.aio.insecure_channel(second.address) as ch:
+        await agent_grpc.RegionAgentStub(ch).Deduct(order("o-2", "eu", ("promo", 1)), timeout=5)
+        usage = await _usage(admin)
+
+    eu = next(r for r in usage.regions if r.region == "eu")
+    assert eu.written_off == held
+    assert eu.consumed >= 3
+    assert usage.unallocated == 1_000 - eu.granted + eu.returned
+
+
+async def test_an_agent_cut_off_from_the_center_stops_spending_when_its_lease_runs_out(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        center = await stack.enter_async_context(running_center(tmp_path, CenterSettings(lease_ttl_s=0.5)))
+        async with grpc.aio.insecure_channel(center.address) as channel:
+            admin = center_grpc.PromotionAdminStub(channel)
+            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+        settings = AgentSettings("eu", renew_interval_s=0.1, max_wait_s=0.5)
+        async with (
+            running_agent("eu", center.address, settings) as agent,
+            grpc.aio.insecure_channel(agent.address) as ch,
+        ):
+            orders = agent_grpc.RegionAgentStub(ch)
+            await orders.Deduct(order("o-1", "eu", ("promo", 1)), timeout=5)
+            await orders.Deduct(order("o-2", "eu", ("promo", 1)), timeout=5)
+
+            await stack.aclose()
+            await asyncio.sleep(0.6)
+
+            with pytest.raises(grpc.aio.AioRpcError) as expired:
+                await orders.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
+            assert reject_reason(expired.value) == "REJECT_REASON_LEASE_EXPIRED"
+            status = await orders.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+            assert status.balances[0].available > 0
