@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from quota_center import policy
 from quota_center.clock import Clock
-from quota_center.errors import Exhausted, InvalidArgument, QuotaError, Rejected, RejectReason
+from quota_center.errors import Exhausted, FailedPrecondition, InvalidArgument, QuotaError, Rejected, RejectReason
 from quota_center.ledger import Promotion
 from quota_center.policy import RefillSettings
 from region_agent.center_client import CenterClient, counters_pb
@@ -181,6 +181,8 @@ class Agent:
             )
         done, _ = await asyncio.wait(refills, timeout=remaining)
         if not done or not all(task.result() for task in done):
+            for promotion_id in outcome.short:
+                self._check_spendable(self._tracked[promotion_id])
             raise Rejected(
                 RejectReason.EXHAUSTED,
                 f"the region's allotment of {', '.join(outcome.short)} is empty and the center could not refill it",
@@ -211,6 +213,11 @@ class Agent:
             )
         except Exhausted:
             item.exhausted = True
+            return False
+        except FailedPrecondition as refused:
+            log.info("refill of %s refused (%s); reloading the promotion", promotion_id, refused.message)
+            with contextlib.suppress(QuotaError):
+                item.promotion = await self._center.promotion(promotion_id)
             return False
         except QuotaError as error:
             log.warning("refill of %s failed: %s", promotion_id, error.message)
