@@ -78,7 +78,6 @@ class RegionAccount:
     returned: int = 0
     deducted: int = 0
     refunded: int = 0
-    demand_per_minute: int = 0
     retired_granted: int = 0
     retired_returned: int = 0
     retired_consumed: int = 0
@@ -234,12 +233,11 @@ def apply_report(state: PromotionState, region: str, report: Report) -> bool:
     out-of-order report changes nothing. Returns whether the state changed."""
     check_report(state, region, report)
     account = state.accounts[region]
-    before = (account.returned, account.deducted, account.refunded, account.demand_per_minute)
+    before = (account.returned, account.deducted, account.refunded)
     account.returned = max(account.returned, report.returned)
     account.deducted = max(account.deducted, report.deducted)
     account.refunded = max(account.refunded, report.refunded)
-    account.demand_per_minute = report.demand_per_minute
-    return before != (account.returned, account.deducted, account.refunded, account.demand_per_minute)
+    return before != (account.returned, account.deducted, account.refunded)
 
 
 def check_report(state: PromotionState, region: str, report: Report) -> None:

@@ -14,12 +14,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from quota_center import ledger, policy
+from quota_center import allocation, ledger
 from quota_center.clock import Clock
 from quota_center.errors import (
     Conflict,
-    Exhausted,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -73,6 +71,7 @@ class Center:
         self._states: dict[str, PromotionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._lease_expiry: dict[tuple[str, str], float] = {}
+        self._demand: dict[str, dict[str, int]] = {}
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store before the center serves."""
@@ -128,28 +127,11 @@ class Center:
                 self._renew_lease(promotion_id, region)
                 return AcquireResult(previous, self._state(promotion_id).unallocated)
             state = self._state(promotion_id).copy()
-            ledger.admit(state, region, incarnation)
-            if state.promotion.frozen:
-                raise FailedPrecondition(f"promotion {promotion_id} is frozen; no quota is granted")
-            account = state.accounts[region]
-            account.demand_per_minute = demand
-            active = [a for a in state.accounts.values() if a.demand_per_minute > 0]
-            size = policy.grant_amount(
-                asked=amount,
-                unallocated=state.unallocated,
-                demand_per_minute=demand,
-                total_demand_per_minute=sum(a.demand_per_minute for a in active),
-                active_regions=max(len(active), 1),
-                horizon_s=self.settings.horizon_s,
-            )
-            if size == 0:
-                raise Exhausted(
-                    f"promotion {promotion_id} has nothing left to grant "
-                    f"(budget {state.promotion.budget}, all of it allocated to regions)"
-                )
-            record = GrantRecord(uuid.uuid4().hex, request_id, promotion_id, region, incarnation, size)
-            ledger.grant(state, record)
+            demands = self._demands(promotion_id, region, demand)
+            ids = (uuid.uuid4().hex, request_id)
+            record = allocation.grant(state, region, incarnation, amount, ids, demands, self.settings.horizon_s)
             await self._commit(state, record)
+            self._demand[promotion_id] = demands
             self._renew_lease(promotion_id, region)
             return AcquireResult(record, state.unallocated)
 
@@ -162,15 +144,12 @@ class Center:
         for promotion_id, report in reports.items():
             state = await self._report(region, incarnation, promotion_id, report)
             self._renew_lease(promotion_id, region)
+            demands = self._demand[promotion_id] = self._demands(promotion_id, region, report.demand_per_minute)
             account = state.accounts[region]
-            others = sum(a.demand_per_minute for r, a in state.accounts.items() if r != region)
-            reclaim = policy.reclaim_amount(
-                account.held, account.demand_per_minute, others, state.unallocated, self.settings.horizon_s
-            )
             directives.append(
                 Directive(
                     promotion=state.promotion,
-                    reclaim=account.held if state.promotion.frozen else reclaim,
+                    reclaim=allocation.reclaim(state, region, demands, self.settings.horizon_s),
                     unapplied_grants=ledger.unapplied_grants(account, report),
                     exhausted=state.unallocated == 0,
                 )
@@ -189,6 +168,11 @@ class Center:
             return ledger.apply_report(state, region, report) or admitted
 
         return await self._change(promotion_id, apply)
+
+    def _demands(self, promotion_id: str, region: str, demand: int) -> dict[str, int]:
+        """Every region's latest demand for the promotion, with `region`'s updated. Demand
+        is soft state, like leases: kept in memory, remembered once the call succeeds."""
+        return {**self._demand.get(promotion_id, {}), region: demand}
 
     def _renew_lease(self, promotion_id: str, region: str) -> None:
         self._lease_expiry[(promotion_id, region)] = self._clock.monotonic() + self.settings.lease_ttl_s

@@ -1,0 +1,58 @@
+"""The center's decisions over one promotion's state: pure, like the ledger and the policy.
+
+`Center` runs these under the promotion's lock and commits the result; the simulator and
+the property tests run the very same functions without a store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from quota_center import ledger, policy
+from quota_center.errors import Exhausted, FailedPrecondition
+from quota_center.ledger import GrantRecord, PromotionState
+
+
+def grant(
+    state: PromotionState,
+    region: str,
+    incarnation: str,
+    asked: int,
+    ids: tuple[str, str],
+    demands: Mapping[str, int],
+    horizon_s: float,
+) -> GrantRecord:
+    """Admits the region's incarnation, sizes a grant with the policy and books it in `state`.
+
+    `ids` is (grant id, request id); `demands` maps each region to its measured demand
+    (units per minute), the asking one included. Raises Exhausted when nothing is left."""
+    ledger.admit(state, region, incarnation)
+    promotion = state.promotion
+    if promotion.frozen:
+        raise FailedPrecondition(f"promotion {promotion.id} is frozen; no quota is granted")
+    active = [demand for demand in demands.values() if demand > 0]
+    size = policy.grant_amount(
+        asked=asked,
+        unallocated=state.unallocated,
+        demand_per_minute=demands.get(region, 0),
+        total_demand_per_minute=sum(active),
+        active_regions=max(len(active), 1),
+        horizon_s=horizon_s,
+    )
+    if size == 0:
+        raise Exhausted(
+            f"promotion {promotion.id} has nothing left to grant (budget {promotion.budget}, all of it allocated)"
+        )
+    grant_id, request_id = ids
+    record = GrantRecord(grant_id, request_id, promotion.id, region, incarnation, size)
+    ledger.grant(state, record)
+    return record
+
+
+def reclaim(state: PromotionState, region: str, demands: Mapping[str, int], horizon_s: float) -> int:
+    """What the region should give back: everything when frozen, else the policy's reclaim."""
+    held = state.accounts[region].held
+    if state.promotion.frozen:
+        return held
+    others = sum(demand for other, demand in demands.items() if other != region)
+    return policy.reclaim_amount(held, demands.get(region, 0), others, state.unallocated, horizon_s)

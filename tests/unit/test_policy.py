@@ -1,0 +1,226 @@
+"""The allocation policy: numbers in, numbers out (table-driven and property tests)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quota_center import policy
+from quota_center.policy import RefillSettings
+
+QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+refill_settings = st.builds(
+    RefillSettings,
+    horizon_s=st.floats(min_value=0.0, max_value=60.0),
+    buffer=st.integers(min_value=0, max_value=1_000),
+    low_water_fraction=st.floats(min_value=0.0, max_value=1.0),
+)
+rates = st.floats(min_value=0.0, max_value=10_000.0)
+
+
+@pytest.mark.parametrize(
+    ("available", "rate", "needed", "expected"),
+    [
+        (0, 0.0, 0, 20),  # idle region: just the buffer
+        (20, 0.0, 0, 1),  # already at target: still asks for at least one
+        (500, 0.0, 0, 1),
+        (0, 10.0, 0, 40),  # 10/s * 2 s + 20
+        (5, 10.0, 0, 35),
+        (0, 0.1, 0, 21),  # a fraction of a unit per horizon rounds up
+        (5, 0.0, 100, 95),  # an order needing more than the target
+        (30, 10.0, 35, 10),  # target (40) beats needed (35)
+    ],
+)
+def test_ask_amount_table(available: int, rate: float, needed: int, expected: int) -> None:
+    assert policy.ask_amount(RefillSettings(), available, rate, needed) == expected
+
+
+@QUICK
+@given(
+    refill=refill_settings,
+    available=st.integers(min_value=0, max_value=10**6),
+    rate=rates,
+    needed=st.integers(min_value=0, max_value=10**6),
+)
+def test_ask_amount_is_the_least_positive_amount_covering_need_and_target(
+    refill: RefillSettings, available: int, rate: float, needed: int
+) -> None:
+    ask = policy.ask_amount(refill, available, rate, needed)
+    # The demand over the horizon is a float; adding the buffer to it is done exactly.
+    want: Fraction = max(Fraction(needed), Fraction(rate * refill.horizon_s) + refill.buffer)
+    assert ask >= 1
+    assert available + ask >= needed
+    assert available + ask >= want
+    if ask > 1:  # the least whole amount that covers both
+        assert available + ask - 1 < math.ceil(want)
+
+
+@pytest.mark.parametrize(
+    ("last_grant", "rate", "latency", "expected"),
+    [
+        (0, 0.0, 0.0, 20),  # the buffer is the floor
+        (400, 0.0, 0.0, 100),  # a quarter of the last grant
+        (401, 0.0, 0.0, 101),  # rounded up
+        (0, 100.0, 0.5, 100),  # two round trips of demand
+    ],
+)
+def test_low_water_mark_table(last_grant: int, rate: float, latency: float, expected: int) -> None:
+    assert policy.low_water_mark(RefillSettings(), last_grant, rate, latency) == expected
+
+
+@QUICK
+@given(
+    refill=refill_settings,
+    last_grant=st.integers(min_value=0, max_value=10**6),
+    rate=rates,
+    latency=st.floats(min_value=0.0, max_value=10.0),
+)
+def test_low_water_mark_covers_each_term_and_no_more(
+    refill: RefillSettings, last_grant: int, rate: float, latency: float
+) -> None:
+    mark = policy.low_water_mark(refill, last_grant, rate, latency)
+    terms = (refill.low_water_fraction * last_grant, refill.buffer, rate * latency * 2)
+    assert all(mark >= term for term in terms)
+    assert mark - 1 < max(terms)
+
+
+@pytest.mark.parametrize(
+    ("asked", "unallocated", "demand", "total", "active", "expected"),
+    [
+        (10, 1_000, 60, 60, 1, 10),  # plenty left: what was asked
+        (50, 30, 0, 0, 1, 30),  # capped at what is unallocated
+        (10, 0, 60, 60, 1, 0),  # nothing left
+        (10, -5, 60, 60, 1, 0),  # never negative
+        (0, 1_000, 60, 60, 1, 0),  # asked for nothing
+        (-3, 1_000, 60, 60, 1, 0),
+        (100, 100, 3_000, 6_000, 2, 25),  # contested: half of a half share
+        (100, 100, 600, 6_000, 2, 5),  # contested: follows demand
+        (3, 100, 3_000, 6_000, 2, 3),  # contested but asked little
+        (100, 1, 3_000, 6_000, 2, 1),  # the last unit still goes out
+        (100, 100, 0, 6_000, 3, 16),  # no demand measured: an equal share of regions
+    ],
+)
+def test_grant_amount_table(asked: int, unallocated: int, demand: int, total: int, active: int, expected: int) -> None:
+    assert policy.grant_amount(asked, unallocated, demand, total, active, 2.0) == expected
+
+
+asked_amounts = st.integers(min_value=-5, max_value=10**6)
+unallocated_amounts = st.integers(min_value=-5, max_value=10**6)
+demands = st.integers(min_value=0, max_value=10**6)
+horizons = st.floats(min_value=0.1, max_value=60.0)
+
+
+@QUICK
+@given(
+    asked=asked_amounts,
+    unallocated=unallocated_amounts,
+    demand=demands,
+    others=demands,
+    active=st.integers(min_value=1, max_value=5),
+    horizon=horizons,
+)
+def test_grant_amount_bounds(
+    asked: int, unallocated: int, demand: int, others: int, active: int, horizon: float
+) -> None:
+    total = demand + others
+    granted = policy.grant_amount(asked, unallocated, demand, total, active, horizon)
+    assert 0 <= granted <= max(asked, 0)
+    assert granted <= max(unallocated, 0)
+    assert (granted == 0) == (unallocated <= 0 or asked <= 0)
+    need_for_two_horizons = 2 * total * horizon / 60
+    if unallocated < need_for_two_horizons:  # contested: at most half of what is left
+        assert granted <= max(1, unallocated // 2)
+    if unallocated >= need_for_two_horizons + 2:  # plenty: the region gets what it asks, capped
+        assert granted == min(max(asked, 0), max(unallocated, 0))
+
+
+@QUICK
+@given(
+    asked=st.integers(min_value=1, max_value=10**6),
+    unallocated=st.integers(min_value=1, max_value=10**6),
+    demand=demands,
+    others=demands,
+    extra=st.integers(min_value=1, max_value=10**6),
+    active=st.integers(min_value=1, max_value=5),
+    horizon=horizons,
+)
+def test_grant_amount_shrinks_as_others_want_more(
+    asked: int, unallocated: int, demand: int, others: int, extra: int, active: int, horizon: float
+) -> None:
+    calm = policy.grant_amount(asked, unallocated, demand, demand + others, active, horizon)
+    busier = policy.grant_amount(asked, unallocated, demand, demand + others + extra, active, horizon)
+    assert busier <= calm
+
+
+@QUICK
+@given(
+    asked=st.integers(min_value=1, max_value=10**6),
+    unallocated=st.integers(min_value=1, max_value=10**6),
+    demands_=st.lists(st.integers(min_value=1, max_value=10**6), min_size=3, max_size=3),
+    active=st.integers(min_value=1, max_value=5),
+    horizon=horizons,
+)
+def test_grant_amount_follows_demand(
+    asked: int, unallocated: int, demands_: list[int], active: int, horizon: float
+) -> None:
+    low, high, total = sorted(demands_)
+    assert policy.grant_amount(asked, unallocated, low, total, active, horizon) <= policy.grant_amount(
+        asked, unallocated, high, total, active, horizon
+    )
+
+
+@QUICK
+@given(
+    asked=st.integers(min_value=1, max_value=10_000),
+    unallocated=st.integers(min_value=0, max_value=400),
+    demand=demands,
+    others=demands,
+    active=st.integers(min_value=1, max_value=5),
+)
+def test_repeated_grants_sell_out_exactly(asked: int, unallocated: int, demand: int, others: int, active: int) -> None:
+    left = unallocated
+    rounds = 0
+    while left > 0:
+        granted = policy.grant_amount(asked, left, demand, demand + others, active, 2.0)
+        assert 1 <= granted <= left
+        left -= granted
+        rounds += 1
+    assert left == 0
+    assert rounds <= unallocated
+    assert policy.grant_amount(asked, 0, demand, demand + others, active, 2.0) == 0
+
+
+@pytest.mark.parametrize(
+    ("held", "demand", "others", "unallocated", "expected"),
+    [
+        (100, 0, 600, 20, 0),  # others want 20 at a 2 s horizon: the center has it
+        (100, 60, 6_000, 10, 96),  # others want 200: keep two horizons (4), give the rest
+        (3, 60, 6_000, 10, 0),  # holds less than it needs itself
+        (0, 0, 6_000, 0, 0),
+    ],
+)
+def test_reclaim_amount_table(held: int, demand: int, others: int, unallocated: int, expected: int) -> None:
+    assert policy.reclaim_amount(held, demand, others, unallocated, 2.0) == expected
+
+
+@QUICK
+@given(
+    held=st.integers(min_value=-5, max_value=10**6),
+    demand=demands,
+    others=demands,
+    unallocated=st.integers(min_value=0, max_value=10**6),
+    horizon=horizons,
+)
+def test_reclaim_amount_bounds(held: int, demand: int, others: int, unallocated: int, horizon: float) -> None:
+    reclaim = policy.reclaim_amount(held, demand, others, unallocated, horizon)
+    assert 0 <= reclaim <= max(held, 0)
+    if others * horizon / 60 <= unallocated:
+        assert reclaim == 0
+    if reclaim:
+        assert held - reclaim >= 2 * demand * horizon / 60  # the region keeps two horizons of its own demand
