@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from quota_center.errors import REJECT_REASON_METADATA_KEY, QuotaError, Rejected
+
+log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 Req = TypeVar("Req")
@@ -31,5 +34,8 @@ def translate_errors(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
             await context.abort(error.code, error.message)
         except QuotaError as error:
             await context.abort(error.code, error.message)
+        except Exception:
+            log.exception("%s failed", handler.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")
 
     return wrapper

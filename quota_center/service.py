@@ -16,12 +16,7 @@ from dataclasses import dataclass, field
 
 from quota_center import allocation, ledger
 from quota_center.clock import Clock
-from quota_center.errors import (
-    Conflict,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-)
+from quota_center.errors import Conflict, Exhausted, InvalidArgument, NotFound, Unavailable
 from quota_center.ledger import GrantRecord, Promotion, PromotionState, RegionAccount, Report
 from quota_center.store.base import Store
 
@@ -129,7 +124,12 @@ class Center:
             state = self._state(promotion_id).copy()
             demands = self._demands(promotion_id, region, demand)
             ids = (uuid.uuid4().hex, request_id)
-            record = allocation.grant(state, region, incarnation, amount, ids, demands, self.settings.horizon_s)
+            try:
+                record = allocation.grant(state, region, incarnation, amount, ids, demands, self.settings.horizon_s)
+            except Exhausted:
+                # A region refused for lack of quota still counts when idle regions are asked to return theirs.
+                self._demand[promotion_id] = demands
+                raise
             await self._commit(state, record)
             self._demand[promotion_id] = demands
             self._renew_lease(promotion_id, region)
@@ -196,15 +196,25 @@ class Center:
             return state
 
     async def _commit(self, state: PromotionState, grant: GrantRecord | None = None) -> None:
+        """Commits and then installs `state`, shielded: a caller that gives up (its RPC was
+        cancelled) cannot leave memory behind what the store holds. A commit that failed in
+        any way reloads the promotion, so the next attempt starts from the truth."""
         promotion_id = state.promotion.id
         expected = self._states[promotion_id].version
         state.version = expected + 1
+
+        async def commit_and_install() -> None:
+            try:
+                await self._store.commit(state, expected, grant)
+            except BaseException:
+                await self._reload(promotion_id)
+                raise
+            self._states[promotion_id] = state
+
         try:
-            await self._store.commit(state, expected, grant)
+            await asyncio.shield(commit_and_install())
         except Conflict:
-            await self._reload(promotion_id)
             raise Unavailable(f"promotion {promotion_id} was changed by another writer; retry the call") from None
-        self._states[promotion_id] = state
 
     async def _reload(self, promotion_id: str) -> None:
         fresh = await self._store.load(promotion_id)

@@ -133,3 +133,39 @@ async def test_an_agent_cut_off_from_the_center_stops_spending_when_its_lease_ru
             assert reject_reason(expired.value) == "REJECT_REASON_LEASE_EXPIRED"
             status = await orders.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
             assert status.balances[0].available > 0
+
+
+async def test_a_region_refused_for_lack_of_quota_gets_what_an_idle_region_gives_back(
+    center: ServedCenter,
+    admin: center_grpc.PromotionAdminAsyncStub,
+    allocation: center_grpc.AllocationAsyncStub,
+) -> None:
+    await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=100)))
+    idle = AgentSettings("eu", renew_interval_s=0.05)
+    busy = AgentSettings("us", renew_interval_s=0.05, max_wait_s=0.2)
+    async with running_agent("eu", center.address, idle) as eu, running_agent("us", center.address, busy) as us:
+        async with grpc.aio.insecure_channel(eu.address) as channel:
+            await agent_grpc.RegionAgentStub(channel).Deduct(order("e-0", "eu", ("promo", 1)), timeout=5)
+        hoard = center_pb.AcquireRequest(
+            agent=center_pb.AgentIdentity(region="eu", incarnation=eu.agent.incarnation),
+            promotion_id="promo",
+            amount=100,
+            request_id="take-it-all",
+        )
+        assert (await allocation.Acquire(hoard, timeout=5)).unallocated == 0
+        async with grpc.aio.insecure_channel(us.address) as channel:
+            orders = agent_grpc.RegionAgentStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await orders.Deduct(order("o-0", "us", ("promo", 1)), timeout=5)
+            assert reject_reason(refused.value) == "REJECT_REASON_EXHAUSTED"
+
+            async def served() -> bool:
+                try:
+                    await orders.Deduct(order("o-1", "us", ("promo", 1)), timeout=5)
+                except grpc.aio.AioRpcError:
+                    return False
+                return True
+
+            await eventually(served)
+    eu_usage = await _eu_usage(admin)
+    assert eu_usage.returned > 0

@@ -26,7 +26,7 @@ def _demo_processes() -> list[str]:
 
 def test_demo_sells_out_exactly_with_few_center_calls() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "quota_center", "demo", "--json", "--budget", "6000"],
+        [sys.executable, "-m", "quota_center", "demo", "--json", "--budget", "20000"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,0 +1,174 @@
+"""Keeps a region's allotments topped up and its leases renewed: the agent's side of the center.
+
+- Refills start when what is left falls below the low-water mark; at most one acquire per
+  promotion is in flight, and every order short of quota waits on that same one.
+- The renew loop reports cumulative counters for every promotion the agent knows (also
+  those it holds nothing of, so the center learns their demand), renews the leases
+  (measured from when the renewal was sent, so clock skew cannot stretch them), applies
+  grants whose answer was lost, and gives back quota the center reclaims or a freeze releases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from quota_center import policy
+from quota_center.clock import Clock
+from quota_center.errors import Exhausted, FailedPrecondition, QuotaError
+from quota_center.ledger import Promotion
+from quota_center.policy import RefillSettings
+from quota_center.v1 import quota_center_pb2 as pb
+from region_agent.center_client import CenterClient, counters_pb
+from region_agent.demand import RateMeter
+from region_agent.ledger.base import Balance, Ledger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tracked:
+    """What the agent knows of one promotion beyond the ledger."""
+
+    promotion: Promotion
+    meter: RateMeter = field(default_factory=RateMeter)
+    lease_until: float = 0.0
+    """Monotonic time the lease runs out; 0 while the region never held a lease."""
+    last_grant: int = 0
+    latency_s: float = 0.05
+    exhausted: bool = False
+    """The center said it has nothing left to grant; cleared by a renewal that says otherwise."""
+    refill: asyncio.Task[QuotaError | None] | None = None
+
+
+class Supply:
+    def __init__(self, region: str, refill: RefillSettings, ledger: Ledger, center: CenterClient, clock: Clock) -> None:
+        self._region = region
+        self._refill_settings = refill
+        self._ledger = ledger
+        self._center = center
+        self._clock = clock
+        self._tracked: dict[str, Tracked] = {}
+        self._fetches: dict[str, asyncio.Task[Promotion]] = {}
+        self.incarnation = ""
+
+    def get(self, promotion_id: str) -> Tracked | None:
+        return self._tracked.get(promotion_id)
+
+    async def track(self, promotion_ids: Iterable[str]) -> list[Tracked]:
+        """The promotions, fetched from the center on first sight: concurrently, one fetch per
+        promotion however many orders wait for it, and a cancelled order cancels no fetch."""
+        return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
+
+    async def _track_one(self, promotion_id: str) -> Tracked:
+        item = self._tracked.get(promotion_id)
+        if item is not None:
+            return item
+        fetch = self._fetches.get(promotion_id)
+        if fetch is None:
+            fetch = self._fetches[promotion_id] = asyncio.create_task(self._center.promotion(promotion_id))
+            fetch.add_done_callback(lambda _: self._fetches.pop(promotion_id, None))
+        promotion = await asyncio.shield(fetch)
+        return self._tracked.setdefault(promotion_id, Tracked(promotion))
+
+    async def cancel_pending(self) -> None:
+        """Stops refills and fetches in flight, so none lands after a final give-back."""
+        tasks = [*self._fetches.values(), *(t.refill for t in self._tracked.values() if t.refill)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # Refills
+
+    def refill_if_low(self, item: Tracked, available: int) -> None:
+        now = self._clock.monotonic()
+        mark = policy.low_water_mark(self._refill_settings, item.last_grant, item.meter.rate(now), item.latency_s)
+        if available < mark and not item.exhausted:
+            self.refill(item, 0)
+
+    def refill(self, item: Tracked, needed: int) -> asyncio.Task[QuotaError | None]:
+        """The acquire in flight for this promotion, started if there is none. It resolves to
+        None once a grant is in the ledger, or to the error that prevented one."""
+        if item.refill is None or item.refill.done():
+            item.refill = asyncio.create_task(self._acquire(item, needed))
+        return item.refill
+
+    async def _acquire(self, item: Tracked, needed: int) -> QuotaError | None:
+        promotion_id = item.promotion.id
+        balance = await self._ledger.balance(promotion_id)
+        sent = self._clock.monotonic()
+        rate = item.meter.rate(sent)
+        amount = policy.ask_amount(self._refill_settings, balance.available, rate, needed)
+        try:
+            answer = await self._center.acquire(
+                self.incarnation, promotion_id, amount, uuid.uuid4().hex, policy.demand_per_minute(rate)
+            )
+        except QuotaError as error:
+            item.exhausted = isinstance(error, Exhausted)
+            if isinstance(error, FailedPrecondition):
+                log.info("refill of %s refused (%s); reloading the promotion", promotion_id, error.message)
+                with contextlib.suppress(QuotaError):
+                    item.promotion = await self._center.promotion(promotion_id)
+            return error
+        await self._ledger.apply_grant(answer.grant_id, promotion_id, answer.amount)
+        item.lease_until = sent + answer.lease_ttl_s
+        item.last_grant = answer.amount
+        item.latency_s = 0.8 * item.latency_s + 0.2 * (self._clock.monotonic() - sent)
+        item.exhausted = answer.unallocated == 0
+        return None
+
+    async def give_back(self, promotion_id: str, amount: int) -> None:
+        """Removes quota from the ledger first, then tells the center: never the other way round."""
+        if amount <= 0 or not await self._ledger.take_back(promotion_id, amount):
+            return
+        balance = await self._ledger.balance(promotion_id)
+        try:
+            await self._center.give_back(self.incarnation, counters_pb(promotion_id, balance, 0))
+        except QuotaError as error:
+            log.warning("return of %s not acknowledged yet (%s); the next renewal reports it", promotion_id, error)
+
+    # The renew loop
+
+    async def renew_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.renew_once()
+            except QuotaError as error:
+                log.warning("renewal failed: %s", error.message)
+            except Exception:
+                log.exception("renewal failed unexpectedly; retrying at the next interval")
+
+    async def renew_once(self) -> None:
+        balances = await self._ledger.balances()
+        known = {pid for pid, item in self._tracked.items() if self._region in item.promotion.regions}
+        if not balances and not known:
+            return
+        now = self._clock.monotonic()
+        counters = []
+        for promotion_id in sorted(known | set(balances)):
+            item = self._tracked.get(promotion_id)
+            demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
+            counters.append(counters_pb(promotion_id, balances.get(promotion_id, Balance()), demand))
+        answer = await self._center.renew(self.incarnation, counters)
+        for directive in answer.directives:
+            try:
+                await self._follow(directive, now + answer.lease_ttl_s)
+            except QuotaError as error:
+                log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
+
+    async def _follow(self, directive: pb.PromotionDirective, lease_until: float) -> None:
+        item = await self._track_one(directive.promotion_id)
+        item.lease_until = lease_until
+        item.exhausted = directive.exhausted
+        item.promotion = replace(item.promotion, frozen=directive.frozen)
+        for grant in directive.unapplied_grants:
+            await self._ledger.apply_grant(grant.grant_id, grant.promotion_id, grant.amount)
+        if directive.reclaim > 0:
+            await self.give_back(directive.promotion_id, directive.reclaim)
+        if directive.revision > item.promotion.revision:
+            item.promotion = await self._center.promotion(directive.promotion_id)

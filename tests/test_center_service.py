@@ -1,0 +1,44 @@
+"""The center's service over a real store: what it remembers matches what the store holds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from quota_center.clock import FakeClock
+from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState
+from quota_center.service import Center
+from quota_center.store.sqlite import SqliteStore
+
+
+class SlowStore(SqliteStore):
+    """Commits take long enough for a caller to give up halfway, and, like a write already
+    handed to the disk, they land whether or not anyone still waits for them."""
+
+    async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
+        await asyncio.shield(asyncio.ensure_future(self._commit_later(state, expected_version, grant)))
+
+    async def _commit_later(self, state: PromotionState, expected_version: int, grant: GrantRecord | None) -> None:
+        await asyncio.sleep(0.2)
+        await super().commit(state, expected_version, grant)
+
+
+async def test_a_caller_giving_up_mid_commit_leaves_memory_equal_to_the_store(tmp_path: Path) -> None:
+    store = SlowStore(tmp_path / "center.db")
+    center = Center(store, FakeClock())
+    await center.start()
+    await center.create_promotion(Promotion("p", Kind.COUNT, "", 100, 0, 10**13, ("eu",)))
+
+    abandoned = asyncio.create_task(center.acquire("eu", "i-1", "p", 10, "r-1", demand=0))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()
+    await asyncio.sleep(0.3)
+
+    retried = await center.acquire("eu", "i-1", "p", 10, "r-1", demand=0)
+    second = await center.acquire("eu", "i-1", "p", 10, "r-2", demand=0)
+    stored = await store.load("p")
+    assert stored is not None
+    assert retried.grant.amount == 10
+    assert second.unallocated == stored.unallocated == 80
+    assert center.usage("p").unallocated == 80
+    await store.close()
