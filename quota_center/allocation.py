@@ -30,13 +30,11 @@ def grant(
     promotion = state.promotion
     if promotion.frozen:
         raise FailedPrecondition(f"promotion {promotion.id} is frozen; no quota is granted")
-    active = [demand for demand in demands.values() if demand > 0]
     size = policy.grant_amount(
         asked=asked,
         unallocated=state.unallocated,
         demand_per_minute=demands.get(region, 0),
-        total_demand_per_minute=sum(active),
-        active_regions=max(len(active), 1),
+        total_demand_per_minute=sum(demands.values()),
         horizon_s=horizon_s,
     )
     if size == 0:

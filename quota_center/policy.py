@@ -59,22 +59,20 @@ def grant_amount(
     unallocated: int,
     demand_per_minute: int,
     total_demand_per_minute: int,
-    active_regions: int,
     horizon_s: float,
 ) -> int:
     """The grant for one acquire; 0 only when nothing is unallocated.
 
-    `total_demand_per_minute` includes the asking region; `active_regions` counts the
-    regions with demand, the asking one included.
+    `total_demand_per_minute` is every region's demand, the asking region's included.
     """
     if unallocated <= 0 or asked <= 0:
         return 0
     if not _contested(unallocated, total_demand_per_minute, horizon_s):
         return min(asked, unallocated)
-    if total_demand_per_minute > 0 and demand_per_minute > 0:
-        share = unallocated * demand_per_minute // total_demand_per_minute
-    else:
-        share = unallocated // max(active_regions, 1)
+    # Contested implies some demand. A region with none measured yet weighs as one unit a
+    # minute: never more than a busy one.
+    weight = max(demand_per_minute, 1)
+    share = unallocated * weight // (total_demand_per_minute - demand_per_minute + weight)
     return max(1, min(asked, share // 2, unallocated))
 
 

@@ -46,7 +46,10 @@ class LocalLedger:
         previous = self.find_order(order_key, lines)
         if previous is not None:
             return previous
-        short = tuple(line.promotion_id for line in lines if self.balance(line.promotion_id).available < line.amount)
+        wanted: Counter[str] = Counter()
+        for line in lines:
+            wanted[line.promotion_id] += line.amount
+        short = tuple(promotion for promotion, amount in wanted.items() if self.balance(promotion).available < amount)
         if short:
             return DeductOutcome(lines, short=short)
         for line in lines:
@@ -62,7 +65,9 @@ class LocalLedger:
         order = self._orders.get(order_key)
         if order is None:
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
-        spent = {line.promotion_id: line.amount for line in order.lines}
+        spent: Counter[str] = Counter()
+        for line in order.lines:
+            spent[line.promotion_id] += line.amount
         left = {promotion: amount - order.refunded[promotion] for promotion, amount in spent.items()}
         wanted = lines or tuple(Line(promotion, amount) for promotion, amount in left.items() if amount > 0)
         for line in wanted:

@@ -124,3 +124,12 @@ async def test_an_incarnation_is_stable_for_the_ledgers_life(ledger: Ledger) -> 
 
 async def test_an_in_process_ledger_starts_a_new_incarnation_every_time() -> None:
     assert await InProcessLedger().incarnation() != await InProcessLedger().incarnation()
+
+
+async def test_lines_of_one_promotion_are_checked_together(ledger: Ledger) -> None:
+    await ledger.apply_grant("g1", "a", 5)
+
+    refused = await ledger.deduct("o1", (A, A))
+
+    assert refused.short == ("a",)
+    assert await ledger.balance("a") == Balance(granted=5)

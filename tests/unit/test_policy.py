@@ -91,23 +91,24 @@ def test_low_water_mark_covers_each_term_and_no_more(
 
 
 @pytest.mark.parametrize(
-    ("asked", "unallocated", "demand", "total", "active", "expected"),
+    ("asked", "unallocated", "demand", "total", "expected"),
     [
-        (10, 1_000, 60, 60, 1, 10),  # plenty left: what was asked
-        (50, 30, 0, 0, 1, 30),  # capped at what is unallocated
-        (10, 0, 60, 60, 1, 0),  # nothing left
-        (10, -5, 60, 60, 1, 0),  # never negative
-        (0, 1_000, 60, 60, 1, 0),  # asked for nothing
-        (-3, 1_000, 60, 60, 1, 0),
-        (100, 100, 3_000, 6_000, 2, 25),  # contested: half of a half share
-        (100, 100, 600, 6_000, 2, 5),  # contested: follows demand
-        (3, 100, 3_000, 6_000, 2, 3),  # contested but asked little
-        (100, 1, 3_000, 6_000, 2, 1),  # the last unit still goes out
-        (100, 100, 0, 6_000, 3, 16),  # no demand measured: an equal share of regions
+        (10, 1_000, 60, 60, 10),  # plenty left: what was asked
+        (50, 30, 0, 0, 30),  # capped at what is unallocated
+        (10, 0, 60, 60, 0),  # nothing left
+        (10, -5, 60, 60, 0),  # never negative
+        (0, 1_000, 60, 60, 0),  # asked for nothing
+        (-3, 1_000, 60, 60, 0),
+        (100, 100, 3_000, 6_000, 25),  # contested: half of a half share
+        (100, 100, 600, 6_000, 5),  # contested: follows demand
+        (3, 100, 3_000, 6_000, 3),  # contested but asked little
+        (100, 1, 3_000, 6_000, 1),  # the last unit still goes out
+        (100, 100, 0, 6_000, 1),  # no demand measured while others have some: weighs as 1 a minute
+        (100, 100, 0, 0, 100),  # no demand measured anywhere: nothing is contested
     ],
 )
-def test_grant_amount_table(asked: int, unallocated: int, demand: int, total: int, active: int, expected: int) -> None:
-    assert policy.grant_amount(asked, unallocated, demand, total, active, 2.0) == expected
+def test_grant_amount_table(asked: int, unallocated: int, demand: int, total: int, expected: int) -> None:
+    assert policy.grant_amount(asked, unallocated, demand, total, 2.0) == expected
 
 
 asked_amounts = st.integers(min_value=-5, max_value=10**6)
@@ -122,14 +123,11 @@ horizons = st.floats(min_value=0.1, max_value=60.0)
     unallocated=unallocated_amounts,
     demand=demands,
     others=demands,
-    active=st.integers(min_value=1, max_value=5),
     horizon=horizons,
 )
-def test_grant_amount_bounds(
-    asked: int, unallocated: int, demand: int, others: int, active: int, horizon: float
-) -> None:
+def test_grant_amount_bounds(asked: int, unallocated: int, demand: int, others: int, horizon: float) -> None:
     total = demand + others
-    granted = policy.grant_amount(asked, unallocated, demand, total, active, horizon)
+    granted = policy.grant_amount(asked, unallocated, demand, total, horizon)
     assert 0 <= granted <= max(asked, 0)
     assert granted <= max(unallocated, 0)
     assert (granted == 0) == (unallocated <= 0 or asked <= 0)
@@ -147,14 +145,13 @@ def test_grant_amount_bounds(
     demand=demands,
     others=demands,
     extra=st.integers(min_value=1, max_value=10**6),
-    active=st.integers(min_value=1, max_value=5),
     horizon=horizons,
 )
 def test_grant_amount_shrinks_as_others_want_more(
-    asked: int, unallocated: int, demand: int, others: int, extra: int, active: int, horizon: float
+    asked: int, unallocated: int, demand: int, others: int, extra: int, horizon: float
 ) -> None:
-    calm = policy.grant_amount(asked, unallocated, demand, demand + others, active, horizon)
-    busier = policy.grant_amount(asked, unallocated, demand, demand + others + extra, active, horizon)
+    calm = policy.grant_amount(asked, unallocated, demand, demand + others, horizon)
+    busier = policy.grant_amount(asked, unallocated, demand, demand + others + extra, horizon)
     assert busier <= calm
 
 
@@ -163,15 +160,12 @@ def test_grant_amount_shrinks_as_others_want_more(
     asked=st.integers(min_value=1, max_value=10**6),
     unallocated=st.integers(min_value=1, max_value=10**6),
     demands_=st.lists(st.integers(min_value=1, max_value=10**6), min_size=3, max_size=3),
-    active=st.integers(min_value=1, max_value=5),
     horizon=horizons,
 )
-def test_grant_amount_follows_demand(
-    asked: int, unallocated: int, demands_: list[int], active: int, horizon: float
-) -> None:
+def test_grant_amount_follows_demand(asked: int, unallocated: int, demands_: list[int], horizon: float) -> None:
     low, high, total = sorted(demands_)
-    assert policy.grant_amount(asked, unallocated, low, total, active, horizon) <= policy.grant_amount(
-        asked, unallocated, high, total, active, horizon
+    assert policy.grant_amount(asked, unallocated, low, total, horizon) <= policy.grant_amount(
+        asked, unallocated, high, total, horizon
     )
 
 
@@ -181,19 +175,18 @@ def test_grant_amount_follows_demand(
     unallocated=st.integers(min_value=0, max_value=400),
     demand=demands,
     others=demands,
-    active=st.integers(min_value=1, max_value=5),
 )
-def test_repeated_grants_sell_out_exactly(asked: int, unallocated: int, demand: int, others: int, active: int) -> None:
+def test_repeated_grants_sell_out_exactly(asked: int, unallocated: int, demand: int, others: int) -> None:
     left = unallocated
     rounds = 0
     while left > 0:
-        granted = policy.grant_amount(asked, left, demand, demand + others, active, 2.0)
+        granted = policy.grant_amount(asked, left, demand, demand + others, 2.0)
         assert 1 <= granted <= left
         left -= granted
         rounds += 1
     assert left == 0
     assert rounds <= unallocated
-    assert policy.grant_amount(asked, 0, demand, demand + others, active, 2.0) == 0
+    assert policy.grant_amount(asked, 0, demand, demand + others, 2.0) == 0
 
 
 @pytest.mark.parametrize(
