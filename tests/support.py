@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -62,3 +64,12 @@ def reject_reason(error: grpc.aio.AioRpcError) -> str | None:
         if key == REJECT_REASON_METADATA_KEY:
             return str(value)
     return None
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Waits until `check` holds; background loops (refills, renewals) settle in their own time."""
+    for _ in range(int(timeout_s / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
