@@ -194,15 +194,20 @@ def check_region(promotion: Promotion, region: str) -> None:
 
 
 def admit(state: PromotionState, region: str, incarnation: str) -> bool:
-    """Accepts a message from `region`'s ledger incarnation. A new incarnation retires the
-    old one and writes off what it held: that ledger is gone, so its quota is neither
-    spendable nor safe to grant again. Returns whether the state changed."""
+    """Accepts a message from `region`'s ledger incarnation. Incarnation ids sort by age
+    (an agent starts them with its start time), so a late message from a dead process
+    can never displace the live one. A newer incarnation retires the current one and
+    writes off what it held: that ledger is gone, so its quota is neither spendable nor
+    safe to grant again. Returns whether the state changed."""
     check_region(state.promotion, region)
     account = state.account(region)
     if account.incarnation == incarnation:
         return False
-    if incarnation in account.retired_incarnations:
-        raise FailedPrecondition(f"ledger incarnation {incarnation} of region {region} was retired; restart the agent")
+    if account.incarnation and incarnation < account.incarnation:
+        raise FailedPrecondition(
+            f"ledger incarnation {incarnation} of region {region} is older than the current one "
+            f"({account.incarnation}); it was retired or superseded: restart the agent"
+        )
     if account.incarnation:
         _retire(account)
     account.incarnation = incarnation

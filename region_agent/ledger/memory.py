@@ -7,6 +7,7 @@ free: methods run on the event loop without awaiting in between.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from region_agent.ledger.base import Balance, DeductOutcome, Line, RefundOutcome
@@ -16,7 +17,8 @@ from region_agent.ledger.local import LocalLedger
 class InProcessLedger:
     def __init__(self) -> None:
         self._ledger = LocalLedger()
-        self._incarnation = f"mem-{uuid.uuid4().hex}"
+        # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
+        self._incarnation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
 
     async def incarnation(self) -> str:
         return self._incarnation

@@ -215,6 +215,8 @@ def test_admit_is_idempotent_and_refuses_retired_incarnations() -> None:
     before = snapshot(state)
     with pytest.raises(FailedPrecondition, match="eu-1"):
         ledger.admit(state, "eu", "eu-1")
+    with pytest.raises(FailedPrecondition, match="eu-0"):
+        ledger.admit(state, "eu", "eu-0")  # a late message from a process the center never heard of
     assert snapshot(state) == before
 
 
@@ -222,12 +224,12 @@ def test_admit_is_idempotent_and_refuses_retired_incarnations() -> None:
 @given(state=center_states(), region_index=st.integers(min_value=0, max_value=2))
 def test_new_incarnation_writes_off_what_the_old_one_held(state: PromotionState, region_index: int) -> None:
     region = state.promotion.regions[region_index % len(state.promotion.regions)]
-    ledger.admit(state, region, "old")
+    ledger.admit(state, region, "z-1-old")
     old = copy.deepcopy(state.accounts[region])
     unallocated = state.unallocated
     written_off = {r: a.written_off for r, a in state.accounts.items()}
 
-    assert ledger.admit(state, region, "new")
+    assert ledger.admit(state, region, "z-2-new")
 
     account = state.accounts[region]
     held = old.granted - old.returned - (old.deducted - old.refunded)
@@ -235,7 +237,7 @@ def test_new_incarnation_writes_off_what_the_old_one_held(state: PromotionState,
     assert account.retired_granted == old.retired_granted + old.granted
     assert account.retired_returned == old.retired_returned + old.returned
     assert account.retired_consumed == old.retired_consumed + old.deducted - old.refunded
-    assert account.retired_incarnations == [*old.retired_incarnations, "old"]
+    assert account.retired_incarnations == [*old.retired_incarnations, "z-1-old"]
     assert (account.granted, account.returned, account.deducted, account.refunded) == (0, 0, 0, 0)
     assert account.recent_grants == []
     assert account.outstanding == old.outstanding
@@ -248,10 +250,10 @@ def test_new_incarnation_writes_off_what_the_old_one_held(state: PromotionState,
     total_written_off = sum(a.written_off for a in state.accounts.values())
     assert state.unallocated <= state.promotion.budget - total_written_off
     with pytest.raises(FailedPrecondition):
-        ledger.grant(state, GrantRecord("g-new", "r-new", PROMO, region, "new", state.unallocated + 1))
+        ledger.grant(state, GrantRecord("g-new", "r-new", PROMO, region, "z-2-new", state.unallocated + 1))
     # The old incarnation cannot come back, and the new one reports from zero.
     with pytest.raises(FailedPrecondition, match="old"):
-        ledger.admit(state, region, "old")
+        ledger.admit(state, region, "z-1-old")
     with pytest.raises(InvalidArgument):
         ledger.apply_report(state, region, Report(granted=1, returned=0, deducted=0, refunded=0))
 

@@ -186,7 +186,7 @@ class DistributionModel(RuleBasedStateMachine):
     # Helpers
 
     def new_agent(self, region: str) -> Agent:
-        return Agent(region, f"{region}-inc-{next(self._incarnations)}")
+        return Agent(region, f"{region}-inc-{next(self._incarnations):06d}")
 
     def agent(self, index: int) -> Agent:
         return self.agents[self.regions[index % len(self.regions)]]
@@ -223,8 +223,9 @@ class DistributionModel(RuleBasedStateMachine):
             self.apply_grant(agent, record.grant_id, record.amount)
 
     def on_retired(self, region: str, incarnation: str) -> None:
-        """The center refused a retired incarnation; if it is the live one, the agent restarts as told."""
-        assert incarnation in self.center.state.accounts[region].retired_incarnations
+        """The center refused an incarnation older than its current one; if it is the live one,
+        the agent restarts as told."""
+        assert incarnation < self.center.state.accounts[region].incarnation
         if self.agents[region].incarnation == incarnation:
             event("a live agent was told to restart")
             self.retire_agent(region)
