@@ -59,7 +59,7 @@ def agent_serve(
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @click.option("--budget", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option("--demand-factor", type=click.FloatRange(min=0.1), default=1.2, show_default=True)
-@click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Concurrent clients.")
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(as_json: bool, budget: int, demand_factor: float, concurrency: int, seed: int) -> None:
     """A center and three regions sell a budget out on embedded defaults."""

@@ -39,7 +39,7 @@ PROMOTION_ID = "demo-coupon"
 class DemoOptions:
     budget: int = 50_000
     demand_factor: float = 1.2
-    concurrency: int = 32
+    concurrency: int = 8
     seed: int = 7
 
 
