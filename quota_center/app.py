@@ -13,6 +13,7 @@ from quota_center.errors import InvalidArgument
 from quota_center.process import serve
 from quota_center.service import Center, CenterSettings
 from quota_center.store.base import Store
+from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore
 from quota_center.store.sqlite import SqliteStore
 
 
@@ -21,18 +22,23 @@ class CenterConfig:
     listen: str = "127.0.0.1:50051"
     """host:port to serve gRPC on; port 0 picks a free one (printed on stdout)."""
     store: str = "sqlite:///quota-center.db"
-    """Where state lives: sqlite:///PATH (embedded default)."""
+    """Where state lives: sqlite:///PATH (embedded default) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]."""
     settings: CenterSettings = field(default_factory=CenterSettings)
 
 
-def open_store(url: str) -> Store:
+async def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
-    raise InvalidArgument(f"unknown store {url!r}; use sqlite:///PATH")
+    if url.startswith("etcd://"):
+        hosts, _, path = url.removeprefix("etcd://").partition("/")
+        endpoints = [endpoint for endpoint in hosts.split(",") if endpoint]
+        if endpoints:
+            return await EtcdStore.connect(endpoints, f"/{path}" if path else DEFAULT_PREFIX)
+    raise InvalidArgument(f"unknown store {url!r}; use sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
 
 
 async def run_center(config: CenterConfig) -> None:
-    store = open_store(config.store)
+    store = await open_store(config.store)
     center = Center(store, SystemClock(), config.settings)
     await center.start()
     server = grpc.aio.server()

@@ -28,7 +28,9 @@ def center() -> None:
 
 @center.command("serve")
 @click.option("--listen", default="127.0.0.1:50051", show_default=True, help="host:port; port 0 picks a free one.")
-@click.option("--store", default="sqlite:///quota-center.db", show_default=True, help="sqlite:///PATH")
+@click.option(
+    "--store", default="sqlite:///quota-center.db", show_default=True, help="sqlite:///PATH or etcd://HOST:PORT,..."
+)
 @click.option("--lease-ttl", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
 def center_serve(listen: str, store: str, lease_ttl: float) -> None:
     """Serve the center's gRPC API."""

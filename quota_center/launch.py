@@ -82,8 +82,9 @@ class ServerProcess:
             self.popen.stdout.close()
 
 
-def center_process(workdir: Path, *extra: str, port: int = 0) -> ServerProcess:
-    args = ["center", "serve", "--listen", f"127.0.0.1:{port}", "--store", f"sqlite:///{workdir / 'center.db'}"]
+def center_process(workdir: Path, *extra: str, port: int = 0, store: str | None = None) -> ServerProcess:
+    store = store or f"sqlite:///{workdir / 'center.db'}"
+    args = ["center", "serve", "--listen", f"127.0.0.1:{port}", "--store", store]
     return ServerProcess("center", [*args, *extra], workdir / "center.log")
 
 

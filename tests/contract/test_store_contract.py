@@ -1,12 +1,12 @@
-"""The center's Store contract (quota_center/store/base.py), run against every implementation.
-
-The etcd store joins the `store` fixture's parameters and must pass the same tests.
+"""The center's Store contract (quota_center/store/base.py), run against every implementation:
+the embedded SQLite file and a real etcd started on free loopback ports.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +14,31 @@ import pytest
 from quota_center.errors import AlreadyExists, Conflict
 from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, RegionAccount
 from quota_center.store.base import Store
+from quota_center.store.etcd import EtcdStore
 from quota_center.store.sqlite import SqliteStore
+from quota_center.testing_servers import RunningServer, etcd_server
 
-StoreFactory = Callable[[], Store]
+StoreFactory = Callable[[], Awaitable[Store]]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[RunningServer]:
+    with etcd_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Opens the same durable store again and again, as restarts of the center would."""
     opened: list[Store] = []
+    prefix = f"/test/{uuid.uuid4().hex}"
+    endpoints = [request.getfixturevalue("etcd").address] if request.param == "etcd" else []
 
-    def factory() -> Store:
-        opened.append(SqliteStore(tmp_path / "center.db"))
+    async def factory() -> Store:
+        if endpoints:
+            opened.append(await EtcdStore.connect(endpoints, prefix))
+        else:
+            opened.append(SqliteStore(tmp_path / "center.db"))
         return opened[-1]
 
     yield factory
@@ -43,7 +56,7 @@ def _grant(request_id: str, amount: int = 10) -> GrantRecord:
 
 
 async def test_created_promotions_load_back_equal(open_store: StoreFactory) -> None:
-    store = open_store()
+    store = await open_store()
     await store.create(_state("p1"))
     await store.create(_state("p2", budget=7))
 
@@ -53,7 +66,7 @@ async def test_created_promotions_load_back_equal(open_store: StoreFactory) -> N
 
 
 async def test_creating_a_taken_id_fails_and_keeps_the_original(open_store: StoreFactory) -> None:
-    store = open_store()
+    store = await open_store()
     await store.create(_state(budget=100))
 
     with pytest.raises(AlreadyExists):
@@ -62,7 +75,7 @@ async def test_creating_a_taken_id_fails_and_keeps_the_original(open_store: Stor
 
 
 async def test_commit_writes_the_document_and_its_grant_together(open_store: StoreFactory) -> None:
-    store = open_store()
+    store = await open_store()
     await store.create(_state())
     changed = _state()
     changed.accounts["eu"].granted = 10
@@ -76,7 +89,7 @@ async def test_commit_writes_the_document_and_its_grant_together(open_store: Sto
 
 
 async def test_a_stale_commit_conflicts_and_writes_nothing(open_store: StoreFactory) -> None:
-    store = open_store()
+    store = await open_store()
     await store.create(_state())
     winner, loser = _state(), _state()
     winner.accounts["eu"].granted, winner.version = 10, 2
@@ -91,7 +104,7 @@ async def test_a_stale_commit_conflicts_and_writes_nothing(open_store: StoreFact
 
 
 async def test_concurrent_writers_on_one_version_have_exactly_one_winner(open_store: StoreFactory) -> None:
-    first, second = open_store(), open_store()
+    first, second = await open_store(), await open_store()
     await first.create(_state())
     candidates = []
     for n, store in enumerate((first, second, first, second)):
@@ -112,14 +125,14 @@ async def test_concurrent_writers_on_one_version_have_exactly_one_winner(open_st
 
 
 async def test_what_was_committed_is_there_after_reopening(open_store: StoreFactory) -> None:
-    store = open_store()
+    store = await open_store()
     await store.create(_state())
     changed = _state()
     changed.accounts["eu"].granted, changed.version = 10, 2
     await store.commit(changed, expected_version=1, grant=_grant("r-1"))
     await store.close()
 
-    reopened = open_store()
+    reopened = await open_store()
 
     assert await reopened.load_all() == [changed]
     assert await reopened.find_grant("p1", "eu", "r-1") == _grant("r-1")

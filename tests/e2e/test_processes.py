@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from quota_center.launch import ServerProcess, agent_process, center_process
+from quota_center.testing_servers import RunningServer, etcd_server
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2 as agent_pb
@@ -31,16 +32,26 @@ class Cluster:
     workdir: Path
     center: ServerProcess
     agents: dict[str, ServerProcess]
+    store: str | None
 
     def processes(self) -> Iterator[ServerProcess]:
         yield from self.agents.values()
         yield self.center
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    center = center_process(tmp_path).start()
-    cluster = Cluster(tmp_path, center, {})
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[RunningServer]:
+    with etcd_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """The center on each store, with its state under a fresh key prefix or file."""
+    etcd_address = request.getfixturevalue("etcd").address if request.param == "etcd" else None
+    store = f"etcd://{etcd_address}/test/{tmp_path.name}" if etcd_address else None
+    center = center_process(tmp_path, store=store).start()
+    cluster = Cluster(tmp_path, center, {}, store)
     try:
         for region in ("eu", "us"):
             cluster.agents[region] = agent_process(tmp_path, region, center.address, *FAST).start()
@@ -168,7 +179,7 @@ async def test_center_killed_and_restarted_mid_run_loses_no_grant_and_no_deducti
 
     cluster.center.kill()
     await asyncio.sleep(0.5)
-    restarted = center_process(cluster.workdir, port=cluster.center.port)
+    restarted = center_process(cluster.workdir, port=cluster.center.port, store=cluster.store)
     cluster.center = restarted.start()
     acked = await selling
 

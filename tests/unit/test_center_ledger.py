@@ -77,11 +77,11 @@ def center_states(draw: st.DrawFn) -> PromotionState:
         if action == "restart":
             incarnations[region] += 1
             agents[region] = AgentCounters()
-            ledger.admit(state, region, f"{region}-{incarnations[region]}")
+            ledger.admit(state, region, f"{region}-{incarnations[region]:04d}")
         elif action == "grant" and state.unallocated > 0:
             amount = draw(st.integers(min_value=1, max_value=state.unallocated))
             grants += 1
-            grant_to(state, region, f"{region}-{incarnations[region]}", amount, f"g{grants}")
+            grant_to(state, region, f"{region}-{incarnations[region]:04d}", amount, f"g{grants}")
             if draw(st.booleans()):  # the answer reached the agent
                 agent.granted = state.accounts[region].granted
         elif action == "spend":
@@ -91,7 +91,7 @@ def center_states(draw: st.DrawFn) -> PromotionState:
             available = agent.granted - agent.returned - agent.deducted + agent.refunded
             agent.returned += draw(st.integers(min_value=0, max_value=available))
         elif action == "report":
-            ledger.admit(state, region, f"{region}-{incarnations[region]}")
+            ledger.admit(state, region, f"{region}-{incarnations[region]:04d}")
             ledger.apply_report(state, region, agent.report(draw(st.integers(min_value=0, max_value=600))))
     state.version = draw(st.integers(min_value=1, max_value=1_000))
     return state

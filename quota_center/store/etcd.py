@@ -1,0 +1,110 @@
+"""The production store: etcd v3 through etcd3aio (asyncio, typed, maintained).
+
+Key layout, all under one prefix (default `/quota/v1`), ids percent-encoded so a `/` in
+an id cannot change a key's meaning:
+
+    {prefix}/promotions/{promotion_id}                     PromotionState document (JSON)
+    {prefix}/grants/{promotion_id}/{region}/{request_id}   GrantRecord (JSON)
+
+A promotion key's etcd `version` counts its writes since creation: 1 when created, +1 per
+commit, exactly like the document's own `version`. So a commit is one transaction that
+compares the key's version with the version the writer read, and puts the new document
+and its grant together; a stale writer's transaction fails and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from urllib.parse import quote
+
+from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio._protobuf import Compare, RequestOp
+from etcd3aio.kv import KVService
+
+from quota_center.errors import AlreadyExists, Conflict, Unavailable
+from quota_center.ledger import GrantRecord, PromotionState
+
+DEFAULT_PREFIX = "/quota/v1"
+_TIMEOUT_S = 5.0
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+class EtcdStore:
+    def __init__(self, client: Etcd3Client, prefix: str = DEFAULT_PREFIX) -> None:
+        self._client = client
+        self._prefix = prefix.rstrip("/")
+
+    @classmethod
+    async def connect(cls, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX) -> EtcdStore:
+        client = Etcd3Client(list(endpoints))
+        await client.connect()
+        return cls(client, prefix)
+
+    @property
+    def _kv(self) -> KVService:
+        assert self._client.kv is not None, "connected in EtcdStore.connect"
+        return self._client.kv
+
+    def _promotion_key(self, promotion_id: str) -> str:
+        return f"{self._prefix}/promotions/{_segment(promotion_id)}"
+
+    def _grant_key(self, promotion_id: str, region: str, request_id: str) -> str:
+        return f"{self._prefix}/grants/{_segment(promotion_id)}/{_segment(region)}/{_segment(request_id)}"
+
+    async def load_all(self) -> list[PromotionState]:
+        prefix = f"{self._prefix}/promotions/"
+        try:
+            answer = await self._kv.get(prefix, prefix_range_end(prefix), timeout=_TIMEOUT_S)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        return [PromotionState.from_document(json.loads(kv.value)) for kv in answer.kvs]
+
+    async def load(self, promotion_id: str) -> PromotionState | None:
+        try:
+            answer = await self._kv.get(self._promotion_key(promotion_id), timeout=_TIMEOUT_S)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        return PromotionState.from_document(json.loads(answer.kvs[0].value)) if answer.kvs else None
+
+    async def create(self, state: PromotionState) -> None:
+        key = self._promotion_key(state.promotion.id)
+        document = json.dumps(state.to_document())
+        created = await self._txn(
+            [KVService.txn_compare_create_revision(key, 0)], [KVService.txn_op_put(key, document)]
+        )
+        if not created:
+            existing = await self.load(state.promotion.id)
+            # A create whose answer was lost and that was retried finds its own document.
+            if existing is None or existing.to_document() != state.to_document():
+                raise AlreadyExists(f"promotion {state.promotion.id!r} already exists")
+
+    async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
+        key = self._promotion_key(state.promotion.id)
+        puts = [KVService.txn_op_put(key, json.dumps(state.to_document()))]
+        if grant is not None:
+            grant_key = self._grant_key(grant.promotion_id, grant.region, grant.request_id)
+            puts.append(KVService.txn_op_put(grant_key, json.dumps(asdict(grant))))
+        if not await self._txn([KVService.txn_compare_version(key, expected_version)], puts):
+            raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
+
+    async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
+        try:
+            answer = await self._kv.txn(compare, success, timeout=_TIMEOUT_S)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        return bool(answer.succeeded)
+
+    async def find_grant(self, promotion_id: str, region: str, request_id: str) -> GrantRecord | None:
+        try:
+            answer = await self._kv.get(self._grant_key(promotion_id, region, request_id), timeout=_TIMEOUT_S)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        return GrantRecord(**json.loads(answer.kvs[0].value)) if answer.kvs else None
+
+    async def close(self) -> None:
+        await self._client.close()
