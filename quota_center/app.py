@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import grpc
 
 from quota_center import server as center_server
 from quota_center.clock import SystemClock
+from quota_center.election import EtcdLeadership
 from quota_center.errors import InvalidArgument
 from quota_center.process import serve
 from quota_center.service import Center, CenterSettings
@@ -24,6 +27,10 @@ class CenterConfig:
     store: str = "sqlite:///quota-center.db"
     """Where state lives: sqlite:///PATH (embedded default) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]."""
     settings: CenterSettings = field(default_factory=CenterSettings)
+    advertise: str = ""
+    """host:port agents and clients reach this replica at; default: the listen host and port."""
+    election_ttl_s: int = 5
+    """etcd lease TTL of the leader: a dead leader is replaced within about this long."""
 
 
 async def open_store(url: str) -> Store:
@@ -38,9 +45,43 @@ async def open_store(url: str) -> Store:
 
 
 async def run_center(config: CenterConfig) -> None:
+    """Serves at once; answers as the leader only after winning the election (at once on
+    SQLite) and rebuilding its state from the store. A standby answers UNAVAILABLE with the
+    leader's address in the trailing metadata."""
     store = await open_store(config.store)
-    center = Center(store, SystemClock(), config.settings)
-    await center.start()
+    host = config.listen.rpartition(":")[0]
+    leadership: EtcdLeadership | None = None
+    campaign: asyncio.Task[None] | None = None
+
+    def leader_address() -> str | None:
+        return leadership.leader_address() if leadership is not None else None
+
+    center = Center(store, SystemClock(), config.settings, leader_hint=leader_address)
     server = grpc.aio.server()
     center_server.add_to_server(center, server)
-    await serve(server, config.listen, on_stop=store.close, name="center")
+
+    async def elected(token: int) -> None:
+        if isinstance(store, EtcdStore) and leadership is not None:
+            store.fence(leadership.key, token)
+        await center.start()
+
+    async def deposed() -> None:
+        center.stop_serving()
+
+    async def start(port: int) -> None:
+        nonlocal leadership, campaign
+        if not isinstance(store, EtcdStore):
+            await center.start()
+            return
+        address = config.advertise or f"{host}:{port}"
+        leadership = EtcdLeadership(store.client, store.prefix, address, config.election_ttl_s)
+        campaign = asyncio.create_task(leadership.run(elected, deposed))
+
+    async def stop() -> None:
+        if campaign is not None:
+            campaign.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await campaign
+        await store.close()
+
+    await serve(server, config.listen, on_stop=stop, name="center", on_start=start)

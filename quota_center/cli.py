@@ -32,9 +32,12 @@ def center() -> None:
     "--store", default="sqlite:///quota-center.db", show_default=True, help="sqlite:///PATH or etcd://HOST:PORT,..."
 )
 @click.option("--lease-ttl", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
-def center_serve(listen: str, store: str, lease_ttl: float) -> None:
-    """Serve the center's gRPC API."""
-    asyncio.run(run_center(CenterConfig(listen, store, CenterSettings(lease_ttl_s=lease_ttl))))
+@click.option("--advertise", default="", help="host:port others reach this replica at [default: the listen address].")
+@click.option("--election-ttl", type=click.IntRange(min=1), default=5, show_default=True, help="etcd leader lease, s.")
+def center_serve(listen: str, store: str, lease_ttl: float, advertise: str, election_ttl: int) -> None:
+    """Serve the center's gRPC API (on etcd: as one replica of several, one elected leader)."""
+    config = CenterConfig(listen, store, CenterSettings(lease_ttl_s=lease_ttl), advertise, election_ttl)
+    asyncio.run(run_center(config))
 
 
 @main.group()
@@ -45,7 +48,9 @@ def agent() -> None:
 @agent.command("serve")
 @click.option("--region", required=True, help="The region this agent serves.")
 @click.option("--listen", default="127.0.0.1:50061", show_default=True, help="host:port; port 0 picks a free one.")
-@click.option("--center", "center_address", default="127.0.0.1:50051", show_default=True, help="host:port")
+@click.option(
+    "--center", "center_address", default="127.0.0.1:50051", show_default=True, help="host:port[,host:port...]"
+)
 @click.option("--ledger", default="memory", show_default=True, help="memory")
 @click.option("--horizon", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
 @click.option("--renew-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds.")

@@ -9,6 +9,7 @@
     ├── Exhausted            RESOURCE_EXHAUSTED   nothing left to grant
     ├── PermissionDenied     PERMISSION_DENIED    this region may not use this promotion
     └── Unavailable          UNAVAILABLE          try again (the center or the store is away)
+        └── NotLeader        UNAVAILABLE          a standby; the leader's address rides in "quota-leader"
 
 Domain code raises these; servers translate them with `grpc_code`, and clients turn
 status codes back into them with `from_grpc`. `Conflict` is internal: a compare-and-swap
@@ -34,6 +35,7 @@ class RejectReason(enum.Enum):
 
 
 REJECT_REASON_METADATA_KEY = "quota-reject-reason"
+LEADER_METADATA_KEY = "quota-leader"
 
 
 class QuotaError(Exception):
@@ -70,6 +72,15 @@ class PermissionDenied(QuotaError):
 
 class Unavailable(QuotaError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class NotLeader(Unavailable):
+    """This center replica is a standby; `leader` is where the leader serves, when known."""
+
+    def __init__(self, leader: str | None) -> None:
+        where = f"the leader is at {leader}" if leader else "no leader is known yet; retry shortly"
+        super().__init__(f"this center replica is not the leader; {where}")
+        self.leader = leader
 
 
 class Rejected(FailedPrecondition):

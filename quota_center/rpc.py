@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from quota_center.errors import REJECT_REASON_METADATA_KEY, QuotaError, Rejected
+from quota_center.errors import LEADER_METADATA_KEY, REJECT_REASON_METADATA_KEY, NotLeader, QuotaError, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ def translate_errors(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
             return await handler(self, request, context)
         except Rejected as error:
             context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, error.reason.value),))
+            await context.abort(error.code, error.message)
+        except NotLeader as error:
+            if error.leader:
+                context.set_trailing_metadata(((LEADER_METADATA_KEY, error.leader),))
             await context.abort(error.code, error.message)
         except QuotaError as error:
             await context.abort(error.code, error.message)

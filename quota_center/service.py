@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from quota_center import allocation, ledger
 from quota_center.clock import Clock
-from quota_center.errors import Conflict, Exhausted, InvalidArgument, NotFound, Unavailable
+from quota_center.errors import Conflict, Exhausted, InvalidArgument, NotFound, NotLeader, Unavailable
 from quota_center.ledger import GrantRecord, Promotion, PromotionState, RegionAccount, Report
 from quota_center.store.base import Store
 
@@ -59,48 +59,79 @@ class AcquireResult:
 
 
 class Center:
-    def __init__(self, store: Store, clock: Clock, settings: CenterSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        settings: CenterSettings | None = None,
+        leader_hint: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self.settings = settings or CenterSettings()
+        self._leader_hint = leader_hint
+        self._serving = False
         self._states: dict[str, PromotionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._lease_expiry: dict[tuple[str, str], float] = {}
         self._demand: dict[str, dict[str, int]] = {}
 
     async def start(self) -> None:
-        """Rebuilds every promotion from the store before the center serves."""
+        """Rebuilds every promotion from the store, then serves (on winning an election too)."""
+        self.stop_serving()
         grace = self._clock.monotonic() + self.settings.lease_ttl_s
         for state in await self._store.load_all():
             self._states[state.promotion.id] = state
             for region in state.accounts:
                 self._lease_expiry[(state.promotion.id, region)] = grace
+        self._serving = True
+
+    def stop_serving(self) -> None:
+        """Forgets everything: a standby answers NotLeader until it leads and rebuilds."""
+        self._serving = False
+        self._states.clear()
+        self._lease_expiry.clear()
+        self._demand.clear()
+
+    def _require_leader(self) -> None:
+        if not self._serving:
+            raise NotLeader(self._leader_hint())
 
     # Budget owners
 
     async def create_promotion(self, promotion: Promotion) -> Promotion:
+        self._require_leader()
         ledger.check_new_promotion(promotion)
         state = PromotionState(promotion)
         async with self._lock(promotion.id):
-            await self._store.create(state)
+            try:
+                await self._store.create(state)
+            except NotLeader:
+                self.stop_serving()
+                raise
             self._states[promotion.id] = state
         return promotion
 
     async def set_budget(self, promotion_id: str, budget: int, expected_revision: int) -> Promotion:
+        self._require_leader()
         state = await self._change(promotion_id, lambda s: ledger.set_budget(s, budget, expected_revision))
         return state.promotion
 
     async def set_frozen(self, promotion_id: str, frozen: bool) -> Promotion:
+        self._require_leader()
         state = await self._change(promotion_id, lambda s: ledger.set_frozen(s, frozen))
         return state.promotion
 
     def promotion(self, promotion_id: str) -> Promotion:
+        self._require_leader()
         return self._state(promotion_id).promotion
 
     def promotions(self) -> list[Promotion]:
+        self._require_leader()
         return [state.promotion for state in sorted(self._states.values(), key=lambda s: s.promotion.id)]
 
     def usage(self, promotion_id: str) -> UsageView:
+        self._require_leader()
         state = self._state(promotion_id)
         now = self._clock.monotonic()
         regions = []
@@ -114,6 +145,7 @@ class Center:
     async def acquire(
         self, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demand: int
     ) -> AcquireResult:
+        self._require_leader()
         async with self._lock(promotion_id):
             previous = await self._store.find_grant(promotion_id, region, request_id)
             if previous is not None:
@@ -136,6 +168,7 @@ class Center:
             return AcquireResult(record, state.unallocated)
 
     async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive]:
+        self._require_leader()
         for promotion_id, report in reports.items():
             trial = self._state(promotion_id).copy()
             ledger.admit(trial, region, incarnation)
@@ -158,6 +191,7 @@ class Center:
 
     async def give_back(self, region: str, incarnation: str, promotion_id: str, report: Report) -> int:
         """Takes in a return the agent already removed from its ledger; returns unallocated."""
+        self._require_leader()
         return (await self._report(region, incarnation, promotion_id, report)).unallocated
 
     # Internals
@@ -213,6 +247,9 @@ class Center:
 
         try:
             await asyncio.shield(commit_and_install())
+        except NotLeader:
+            self.stop_serving()
+            raise
         except Conflict:
             raise Unavailable(f"promotion {promotion_id} was changed by another writer; retry the call") from None
 

@@ -73,7 +73,7 @@ async def running_agent(
     clock: Clock | None = None,
 ) -> AsyncIterator[ServedAgent]:
     ledger = ledger or InProcessLedger()
-    client = CenterClient(center_address, region)
+    client = CenterClient([center_address], region)
     agent = Agent(settings or AgentSettings(region), ledger, client, clock or SystemClock())
     await agent.start()
     server = grpc.aio.server()

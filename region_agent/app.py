@@ -22,7 +22,7 @@ class AgentConfig:
     listen: str = "127.0.0.1:50061"
     """host:port to serve gRPC on; port 0 picks a free one (printed on stdout)."""
     center: str = "127.0.0.1:50051"
-    """The center's host:port."""
+    """The center replicas' host:port, comma-separated; calls follow whichever leads."""
     ledger: str = "memory"
     """Where the regional ledger lives: memory (embedded default)."""
 
@@ -34,7 +34,7 @@ def open_ledger(url: str) -> Ledger:
 
 
 async def run_agent(config: AgentConfig) -> None:
-    center = CenterClient(config.center, config.settings.region)
+    center = CenterClient(config.center.split(","), config.settings.region)
     agent = Agent(config.settings, open_ledger(config.ledger), center, SystemClock())
     await agent.start()
     server = grpc.aio.server()

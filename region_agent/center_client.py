@@ -1,4 +1,4 @@
-"""The agent's calls to the center, retried where a retry is safe.
+"""The agent's calls to the center, retried where a retry is safe, following the leader.
 
 Every call here is idempotent (acquire by its request id, renew and return by cumulative
 counters, reads by nature), so UNAVAILABLE and DEADLINE_EXCEEDED are retried a few
@@ -15,7 +15,7 @@ import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from quota_center.convert import promotion_from_pb
-from quota_center.errors import Unavailable, from_grpc
+from quota_center.errors import LEADER_METADATA_KEY, Unavailable, from_grpc
 from quota_center.ledger import Promotion
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
@@ -38,30 +38,59 @@ class RenewAnswer:
     directives: list[pb.PromotionDirective]
 
 
+@dataclass(frozen=True)
+class _Stubs:
+    admin: pb_grpc.PromotionAdminAsyncStub
+    allocation: pb_grpc.AllocationAsyncStub
+
+
 class CenterClient:
-    def __init__(self, address: str, region: str, call_timeout_s: float = 2.0, attempts: int = 3) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
-        self._admin = pb_grpc.PromotionAdminStub(self._channel)
-        self._allocation = pb_grpc.AllocationStub(self._channel)
+    """Calls whichever center replica leads. A standby answers UNAVAILABLE with the leader's
+    address in the trailing metadata, and the next attempt goes there; a replica that does
+    not answer at all sends the next attempt to the next address in the list."""
+
+    def __init__(self, addresses: list[str], region: str, call_timeout_s: float = 2.0, attempts: int = 5) -> None:
+        self._addresses = list(addresses)
+        self._current = self._addresses[0]
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self._region = region
         self._timeout = call_timeout_s
         self._attempts = attempts
         self.calls = 0
         """RPCs sent to the center, retries included."""
 
-    async def _call(self, send: Callable[[], Awaitable[T]]) -> T:
+    def _stubs(self) -> _Stubs:
+        channel = self._channels.get(self._current)
+        if channel is None:
+            channel = self._channels[self._current] = grpc.aio.insecure_channel(self._current)
+        return _Stubs(pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel))
+
+    def _follow(self, error: grpc.aio.AioRpcError) -> None:
+        if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return
+        for key, value in error.trailing_metadata() or ():
+            if key == LEADER_METADATA_KEY:
+                self._current = str(value)
+                return
+        if self._current in self._addresses:
+            self._current = self._addresses[(self._addresses.index(self._current) + 1) % len(self._addresses)]
+        else:
+            self._current = self._addresses[0]
+
+    async def _call(self, send: Callable[[_Stubs], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Unavailable),
             stop=stop_after_attempt(self._attempts),
-            wait=wait_random_exponential(multiplier=0.05, max=0.5),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
                 self.calls += 1
                 try:
-                    return await send()
-                except grpc.RpcError as error:
+                    return await send(self._stubs())
+                except grpc.aio.AioRpcError as error:
+                    self._follow(error)
                     raise from_grpc(error) from None
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -78,25 +107,28 @@ class CenterClient:
             request_id=request_id,
             demand_per_minute=demand_per_minute,
         )
-        answer = await self._call(lambda: self._allocation.Acquire(request, timeout=self._timeout))
+        answer = await self._call(lambda stubs: stubs.allocation.Acquire(request, timeout=self._timeout))
         return GrantAnswer(answer.grant.grant_id, answer.grant.amount, answer.lease_ttl_ms / 1000, answer.unallocated)
 
     async def renew(self, incarnation: str, counters: list[pb.Counters]) -> RenewAnswer:
         request = pb.RenewRequest(agent=self._agent(incarnation), counters=counters)
-        answer = await self._call(lambda: self._allocation.Renew(request, timeout=self._timeout))
+        answer = await self._call(lambda stubs: stubs.allocation.Renew(request, timeout=self._timeout))
         return RenewAnswer(answer.lease_ttl_ms / 1000, list(answer.directives))
 
     async def give_back(self, incarnation: str, counters: pb.Counters) -> int:
         request = pb.ReturnRequest(agent=self._agent(incarnation), counters=counters)
-        answer = await self._call(lambda: self._allocation.Return(request, timeout=self._timeout))
+        answer = await self._call(lambda stubs: stubs.allocation.Return(request, timeout=self._timeout))
         return answer.unallocated
 
     async def promotion(self, promotion_id: str) -> Promotion:
         request = pb.GetPromotionRequest(promotion_id=promotion_id)
-        return promotion_from_pb(await self._call(lambda: self._admin.GetPromotion(request, timeout=self._timeout)))
+        return promotion_from_pb(
+            await self._call(lambda stubs: stubs.admin.GetPromotion(request, timeout=self._timeout))
+        )
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels.values():
+            await channel.close()
 
 
 def counters_pb(promotion_id: str, balance: Balance, demand_per_minute: int) -> pb.Counters:

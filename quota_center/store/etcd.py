@@ -23,7 +23,7 @@ from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 from etcd3aio._protobuf import Compare, RequestOp
 from etcd3aio.kv import KVService
 
-from quota_center.errors import AlreadyExists, Conflict, Unavailable
+from quota_center.errors import AlreadyExists, Conflict, NotLeader, Unavailable
 from quota_center.ledger import GrantRecord, PromotionState
 
 DEFAULT_PREFIX = "/quota/v1"
@@ -36,8 +36,32 @@ def _segment(value: str) -> str:
 
 class EtcdStore:
     def __init__(self, client: Etcd3Client, prefix: str = DEFAULT_PREFIX) -> None:
-        self._client = client
-        self._prefix = prefix.rstrip("/")
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+        self._fence: tuple[str, int] | None = None
+
+    def fence(self, leader_key: str, token: int) -> None:
+        """From now on every write also requires `leader_key` to have been created at
+        revision `token`: once this replica's leadership is gone, nothing it sends commits."""
+        self._fence = (leader_key, token)
+
+    def _fenced(self, compare: list[Compare]) -> list[Compare]:
+        if self._fence is None:
+            return compare
+        key, token = self._fence
+        return [*compare, KVService.txn_compare_create_revision(key, token)]
+
+    async def _raise_if_deposed(self) -> None:
+        if self._fence is None:
+            return
+        key, token = self._fence
+        try:
+            answer = await self._kv.get(key, timeout=_TIMEOUT_S)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        holder = answer.kvs[0] if answer.kvs else None
+        if holder is None or holder.create_revision != token:
+            raise NotLeader(holder.value.decode() if holder else None)
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX) -> EtcdStore:
@@ -47,17 +71,17 @@ class EtcdStore:
 
     @property
     def _kv(self) -> KVService:
-        assert self._client.kv is not None, "connected in EtcdStore.connect"
-        return self._client.kv
+        assert self.client.kv is not None, "connected in EtcdStore.connect"
+        return self.client.kv
 
     def _promotion_key(self, promotion_id: str) -> str:
-        return f"{self._prefix}/promotions/{_segment(promotion_id)}"
+        return f"{self.prefix}/promotions/{_segment(promotion_id)}"
 
     def _grant_key(self, promotion_id: str, region: str, request_id: str) -> str:
-        return f"{self._prefix}/grants/{_segment(promotion_id)}/{_segment(region)}/{_segment(request_id)}"
+        return f"{self.prefix}/grants/{_segment(promotion_id)}/{_segment(region)}/{_segment(request_id)}"
 
     async def load_all(self) -> list[PromotionState]:
-        prefix = f"{self._prefix}/promotions/"
+        prefix = f"{self.prefix}/promotions/"
         try:
             answer = await self._kv.get(prefix, prefix_range_end(prefix), timeout=_TIMEOUT_S)
         except EtcdError as error:
@@ -75,9 +99,10 @@ class EtcdStore:
         key = self._promotion_key(state.promotion.id)
         document = json.dumps(state.to_document())
         created = await self._txn(
-            [KVService.txn_compare_create_revision(key, 0)], [KVService.txn_op_put(key, document)]
+            self._fenced([KVService.txn_compare_create_revision(key, 0)]), [KVService.txn_op_put(key, document)]
         )
         if not created:
+            await self._raise_if_deposed()
             existing = await self.load(state.promotion.id)
             # A create whose answer was lost and that was retried finds its own document.
             if existing is None or existing.to_document() != state.to_document():
@@ -89,7 +114,8 @@ class EtcdStore:
         if grant is not None:
             grant_key = self._grant_key(grant.promotion_id, grant.region, grant.request_id)
             puts.append(KVService.txn_op_put(grant_key, json.dumps(asdict(grant))))
-        if not await self._txn([KVService.txn_compare_version(key, expected_version)], puts):
+        if not await self._txn(self._fenced([KVService.txn_compare_version(key, expected_version)]), puts):
+            await self._raise_if_deposed()
             raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
 
     async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
@@ -107,4 +133,4 @@ class EtcdStore:
         return GrantRecord(**json.loads(answer.kvs[0].value)) if answer.kvs else None
 
     async def close(self) -> None:
-        await self._client.close()
+        await self.client.close()

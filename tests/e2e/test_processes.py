@@ -17,7 +17,7 @@ from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import order, promotion
+from tests.support import eventually, order, promotion
 
 pytestmark = pytest.mark.e2e
 
@@ -67,8 +67,26 @@ class Clients:
     orders: dict[str, agent_grpc.RegionAgentAsyncStub]
 
 
+async def leading(address: str) -> None:
+    """Waits until the center at `address` answers as the leader (on etcd it campaigns first)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        admin = center_grpc.PromotionAdminStub(channel)
+
+        async def answers() -> bool:
+            try:
+                await admin.ListPromotions(center_pb.ListPromotionsRequest(), timeout=1)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                return False
+            return True
+
+        await eventually(answers, timeout_s=15)
+
+
 @pytest.fixture
 async def clients(cluster: Cluster) -> AsyncIterator[Clients]:
+    await leading(cluster.center.address)
     channels = [grpc.aio.insecure_channel(cluster.center.address)]
     orders = {}
     for region, agent in cluster.agents.items():
@@ -181,6 +199,7 @@ async def test_center_killed_and_restarted_mid_run_loses_no_grant_and_no_deducti
     await asyncio.sleep(0.5)
     restarted = center_process(cluster.workdir, port=cluster.center.port, store=cluster.store)
     cluster.center = restarted.start()
+    await leading(cluster.center.address)
     acked = await selling
 
     usage = await _settled_usage(clients)
