@@ -31,6 +31,15 @@ class ServerProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, "started"
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
     def start(self) -> ServerProcess:
         log = self.log_path.open("a")
         self.popen = subprocess.Popen(

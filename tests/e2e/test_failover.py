@@ -1,0 +1,162 @@
+"""Two center replicas on etcd, two agents, orders flowing: the leader dies, the standby leads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from quota_center.errors import LEADER_METADATA_KEY
+from quota_center.launch import ServerProcess, agent_process, center_process
+from quota_center.testing_servers import RunningServer, etcd_server
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from region_agent.v1 import region_agent_pb2 as agent_pb
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from tests.support import eventually, order, promotion
+
+pytestmark = pytest.mark.e2e
+
+ELECTION_TTL_S = 2
+
+
+@dataclass
+class Replicas:
+    centers: list[ServerProcess]
+    agents: dict[str, ServerProcess]
+
+
+@pytest.fixture
+def etcd() -> Iterator[RunningServer]:
+    with etcd_server() as server:
+        yield server
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, etcd: RunningServer) -> Iterator[Replicas]:
+    store = f"etcd://{etcd.address}/quota"
+    started = Replicas([], {})
+    try:
+        for n in range(2):
+            workdir = tmp_path / f"center-{n}"
+            workdir.mkdir()
+            started.centers.append(center_process(workdir, "--election-ttl", str(ELECTION_TTL_S), store=store).start())
+        addresses = ",".join(center.address for center in started.centers)
+        for region in ("eu", "us"):
+            started.agents[region] = agent_process(tmp_path, region, addresses, "--renew-interval", "0.2").start()
+        yield started
+    finally:
+        for process in [*started.agents.values(), *started.centers]:
+            process.kill()
+
+
+async def _role(address: str) -> str:
+    """ "leader", or "standby" (naming the leader), or "down"."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            await center_grpc.PromotionAdminStub(channel).ListPromotions(center_pb.ListPromotionsRequest(), timeout=1)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            named = dict(error.trailing_metadata() or ()).get(LEADER_METADATA_KEY)
+            return f"standby of {named}" if named else "down"
+        return "leader"
+
+
+async def _leader(replicas: Replicas) -> ServerProcess:
+    found: list[ServerProcess] = []
+
+    async def one_leads() -> bool:
+        roles = {center.address: await _role(center.address) for center in replicas.centers if center.alive}
+        found[:] = [c for c in replicas.centers if roles.get(c.address) == "leader"]
+        return len(found) == 1
+
+    await eventually(one_leads, timeout_s=20)
+    return found[0]
+
+
+@dataclass
+class Tally:
+    acked: dict[str, int]
+    failed: int = 0
+
+
+async def _sell_until(
+    worker: int, stop: asyncio.Event, stubs: dict[str, agent_grpc.RegionAgentAsyncStub], tally: Tally
+) -> None:
+    number = 0
+    while not stop.is_set():
+        for region, stub in stubs.items():
+            number += 1
+            try:
+                await stub.Deduct(order(f"w{worker}-o{number}", region, ("promo", 1)), timeout=3)
+            except grpc.aio.AioRpcError:
+                tally.failed += 1
+                continue
+            tally.acked[region] += 1
+
+
+@pytest.fixture
+async def order_stubs(replicas: Replicas) -> AsyncIterator[dict[str, agent_grpc.RegionAgentAsyncStub]]:
+    channels = {region: grpc.aio.insecure_channel(agent.address) for region, agent in replicas.agents.items()}
+    yield {region: agent_grpc.RegionAgentStub(channel) for region, channel in channels.items()}
+    for channel in channels.values():
+        await channel.close()
+
+
+async def test_the_standby_takes_over_and_nothing_is_lost_or_over_issued(
+    replicas: Replicas, order_stubs: dict[str, agent_grpc.RegionAgentAsyncStub]
+) -> None:
+    leader = await _leader(replicas)
+    standby = next(c for c in replicas.centers if c is not leader)
+    assert await _role(standby.address) == f"standby of {leader.address}"
+    async with grpc.aio.insecure_channel(leader.address) as channel:
+        admin = center_grpc.PromotionAdminStub(channel)
+        await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=100_000)))
+    stop, tally = asyncio.Event(), Tally(dict.fromkeys(order_stubs, 0))
+    selling = [asyncio.create_task(_sell_until(worker, stop, order_stubs, tally)) for worker in range(4)]
+    await asyncio.sleep(1.0)
+    acked_before = sum(tally.acked.values())
+
+    os.kill(leader.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    new_leader = await _leader(replicas)
+    took_over_s = time.monotonic() - killed_at
+    acked_during = sum(tally.acked.values()) - acked_before
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*selling)
+
+    assert new_leader is standby
+    assert took_over_s < ELECTION_TTL_S + 2
+    assert acked_during > 0, "orders were served from the allotments while no center led"
+    async with grpc.aio.insecure_channel(new_leader.address) as channel:
+        admin = center_grpc.PromotionAdminStub(channel)
+
+        async def reports_caught_up() -> bool:
+            usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=2)
+            consumed = {r.region: r.consumed for r in usage.regions}
+            return consumed == await _deducted(order_stubs)
+
+        await eventually(reports_caught_up, timeout_s=10)
+        usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=2)
+    deducted = await _deducted(order_stubs)
+    # An order whose answer timed out at the client may still have been deducted; never the reverse.
+    assert all(deducted[region] >= acked for region, acked in tally.acked.items()), (deducted, tally)
+    assert sum(deducted.values()) - sum(tally.acked.values()) <= tally.failed
+    assert sum(r.consumed for r in usage.regions) <= 100_000
+
+
+async def _deducted(stubs: dict[str, agent_grpc.RegionAgentAsyncStub]) -> dict[str, int]:
+    deducted = {}
+    for region, stub in stubs.items():
+        status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=2)
+        deducted[region] = status.balances[0].deducted
+    return deducted
