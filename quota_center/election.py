@@ -59,10 +59,13 @@ class EtcdLeadership:
                     finally:
                         log.warning("leadership lost")
                         await on_deposed()
-            except EtcdError as error:
+            except (EtcdError, grpc.aio.AioRpcError) as error:
                 log.warning("election: %s", error)
+            except Exception:
+                log.exception("election round failed; campaigning again")
             if lease_id:
-                with contextlib.suppress(EtcdError):
+                # An expired lease answers NOT_FOUND, which etcd3aio raises as the raw gRPC error.
+                with contextlib.suppress(EtcdError, grpc.aio.AioRpcError):
                     await self._client.lease.revoke(lease_id, timeout=1)
             await asyncio.sleep(self._ttl / 5)
 

@@ -63,6 +63,8 @@ async def _role(address: str) -> str:
         try:
             await center_grpc.PromotionAdminStub(channel).ListPromotions(center_pb.ListPromotionsRequest(), timeout=1)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "down"
             if error.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
             named = dict(error.trailing_metadata() or ()).get(LEADER_METADATA_KEY)
@@ -160,3 +162,37 @@ async def _deducted(stubs: dict[str, agent_grpc.RegionAgentAsyncStub]) -> dict[s
         status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=2)
         deducted[region] = status.balances[0].deducted
     return deducted
+
+
+async def test_a_leader_paused_past_its_lease_commits_nothing_after_it_resumes(replicas: Replicas) -> None:
+    leader = await _leader(replicas)
+    async with grpc.aio.insecure_channel(leader.address) as channel:
+        old_admin = center_grpc.PromotionAdminStub(channel)
+        await old_admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+
+        os.kill(leader.pid, signal.SIGSTOP)
+        try:
+            new_leader = await _leader(replicas)
+            late_write = asyncio.ensure_future(
+                old_admin.SetBudget(
+                    center_pb.SetBudgetRequest(promotion_id="promo", budget=5_000, expected_revision=1), timeout=15
+                )
+            )
+            await asyncio.sleep(0.3)
+        finally:
+            os.kill(leader.pid, signal.SIGCONT)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await late_write
+
+    assert new_leader is not leader
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    async with grpc.aio.insecure_channel(new_leader.address) as channel:
+        stored = await center_grpc.PromotionAdminStub(channel).GetPromotion(
+            center_pb.GetPromotionRequest(promotion_id="promo"), timeout=2
+        )
+    assert (stored.budget, stored.revision) == (1_000, 1)
+
+    async def steps_down() -> bool:
+        return await _role(leader.address) == f"standby of {new_leader.address}"
+
+    await eventually(steps_down, timeout_s=10)
