@@ -96,19 +96,68 @@ def _etcd_healthy(port: int) -> bool:
         return False
 
 
+@dataclass
+class EtcdMember:
+    """One member of a test cluster; `stop` and `start` it to play a failure and a recovery."""
+
+    name: str
+    args: list[str]
+    client_port: int
+    log: Path
+    pid: int = 0
+    _stack: contextlib.ExitStack | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self, wait: bool = True) -> None:
+        self._stack = contextlib.ExitStack()
+        ready = (lambda: _etcd_healthy(self.client_port)) if wait else (lambda: True)
+        self.pid = self._stack.enter_context(_serve(self.args, self.client_port, ready, self.log)).pid
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+
+@contextlib.contextmanager
+def etcd_cluster(size: int = 3) -> Iterator[list[EtcdMember]]:
+    """An etcd cluster of `size` members on loopback. A single member is ready when healthy;
+    a larger cluster when a quorum has formed, which needs its members started together."""
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    initial = ",".join(f"m{n}=http://127.0.0.1:{peer}" for n, (_, peer) in enumerate(ports))
+    with tempfile.TemporaryDirectory(prefix="quota-etcd-") as workdir:
+        members = []
+        for n, (client, peer) in enumerate(ports):
+            args = [
+                _binary("etcd"),
+                "--name", f"m{n}", "--data-dir", f"{workdir}/m{n}",
+                "--listen-client-urls", f"http://127.0.0.1:{client}",
+                "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", initial,
+                "--initial-cluster-state", "new",
+            ]  # fmt: skip
+            members.append(EtcdMember(f"m{n}", args, client, Path(workdir) / f"m{n}.log"))
+        try:
+            for member in members:
+                member.start(wait=False)
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while not all(_etcd_healthy(member.client_port) for member in members):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd cluster did not form; see {workdir}")
+                time.sleep(0.05)
+            yield members
+        finally:
+            for member in members:
+                member.stop()
+
+
 @contextlib.contextmanager
 def etcd_server() -> Iterator[RunningServer]:
     """A single-member etcd cluster on loopback."""
-    client, peer = free_port(), free_port()
-    with tempfile.TemporaryDirectory(prefix="quota-etcd-") as workdir:
-        args = [
-            _binary("etcd"),
-            "--name", "test", "--data-dir", f"{workdir}/data",
-            "--listen-client-urls", f"http://127.0.0.1:{client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"test=http://127.0.0.1:{peer}",
-        ]  # fmt: skip
-        with _serve(args, client, lambda: _etcd_healthy(client), Path(workdir) / "log") as server:
-            yield server
+    with etcd_cluster(1) as (member,):
+        yield RunningServer("127.0.0.1", member.client_port, member.pid)

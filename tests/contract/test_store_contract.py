@@ -1,5 +1,6 @@
 """The center's Store contract (quota_center/store/base.py), run against every implementation:
-the embedded SQLite file and a real etcd started on free loopback ports.
+the embedded SQLite file, a real single-member etcd and a 3-member etcd cluster, all on
+free loopback ports.
 """
 
 from __future__ import annotations
@@ -16,23 +17,29 @@ from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, Re
 from quota_center.store.base import Store
 from quota_center.store.etcd import EtcdStore
 from quota_center.store.sqlite import SqliteStore
-from quota_center.testing_servers import RunningServer, etcd_server
+from quota_center.testing_servers import etcd_cluster, etcd_server
 
 StoreFactory = Callable[[], Awaitable[Store]]
 
 
 @pytest.fixture(scope="module")
-def etcd() -> Iterator[RunningServer]:
+def etcd() -> Iterator[list[str]]:
     with etcd_server() as server:
-        yield server
+        yield [server.address]
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture(scope="module")
+def etcd_three() -> Iterator[list[str]]:
+    with etcd_cluster(3) as members:
+        yield [member.address for member in members]
+
+
+@pytest.fixture(params=["sqlite", "etcd", "etcd_three"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Opens the same durable store again and again, as restarts of the center would."""
     opened: list[Store] = []
     prefix = f"/test/{uuid.uuid4().hex}"
-    endpoints = [request.getfixturevalue("etcd").address] if request.param == "etcd" else []
+    endpoints: list[str] = [] if request.param == "sqlite" else request.getfixturevalue(request.param)
 
     async def factory() -> Store:
         if endpoints:

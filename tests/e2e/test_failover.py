@@ -18,9 +18,9 @@ from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import RunningServer, etcd_server
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import eventually, order, promotion
+from tests.e2e.load import Tally, deducted_by_region, sell_until
+from tests.support import eventually, promotion
 
 pytestmark = pytest.mark.e2e
 
@@ -84,27 +84,6 @@ async def _leader(replicas: Replicas) -> ServerProcess:
     return found[0]
 
 
-@dataclass
-class Tally:
-    acked: dict[str, int]
-    failed: int = 0
-
-
-async def _sell_until(
-    worker: int, stop: asyncio.Event, stubs: dict[str, agent_grpc.RegionAgentAsyncStub], tally: Tally
-) -> None:
-    number = 0
-    while not stop.is_set():
-        for region, stub in stubs.items():
-            number += 1
-            try:
-                await stub.Deduct(order(f"w{worker}-o{number}", region, ("promo", 1)), timeout=3)
-            except grpc.aio.AioRpcError:
-                tally.failed += 1
-                continue
-            tally.acked[region] += 1
-
-
 @pytest.fixture
 async def order_stubs(replicas: Replicas) -> AsyncIterator[dict[str, agent_grpc.RegionAgentAsyncStub]]:
     channels = {region: grpc.aio.insecure_channel(agent.address) for region, agent in replicas.agents.items()}
@@ -123,7 +102,7 @@ async def test_the_standby_takes_over_and_nothing_is_lost_or_over_issued(
         admin = center_grpc.PromotionAdminStub(channel)
         await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=100_000)))
     stop, tally = asyncio.Event(), Tally(dict.fromkeys(order_stubs, 0))
-    selling = [asyncio.create_task(_sell_until(worker, stop, order_stubs, tally)) for worker in range(4)]
+    selling = [asyncio.create_task(sell_until(worker, stop, order_stubs, tally)) for worker in range(4)]
     await asyncio.sleep(1.0)
     acked_before = sum(tally.acked.values())
 
@@ -145,23 +124,15 @@ async def test_the_standby_takes_over_and_nothing_is_lost_or_over_issued(
         async def reports_caught_up() -> bool:
             usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=2)
             consumed = {r.region: r.consumed for r in usage.regions}
-            return consumed == await _deducted(order_stubs)
+            return consumed == await deducted_by_region(order_stubs)
 
         await eventually(reports_caught_up, timeout_s=10)
         usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=2)
-    deducted = await _deducted(order_stubs)
+    deducted = await deducted_by_region(order_stubs)
     # An order whose answer timed out at the client may still have been deducted; never the reverse.
     assert all(deducted[region] >= acked for region, acked in tally.acked.items()), (deducted, tally)
     assert sum(deducted.values()) - sum(tally.acked.values()) <= tally.failed
     assert sum(r.consumed for r in usage.regions) <= 100_000
-
-
-async def _deducted(stubs: dict[str, agent_grpc.RegionAgentAsyncStub]) -> dict[str, int]:
-    deducted = {}
-    for region, stub in stubs.items():
-        status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=2)
-        deducted[region] = status.balances[0].deducted
-    return deducted
 
 
 async def test_a_leader_paused_past_its_lease_commits_nothing_after_it_resumes(replicas: Replicas) -> None:
