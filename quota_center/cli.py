@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import click
@@ -73,3 +74,51 @@ def demo(as_json: bool, budget: int, demand_factor: float, concurrency: int, see
     from quota_center.demo import DemoOptions, run_demo
 
     run_demo(DemoOptions(budget, demand_factor, concurrency, seed), as_json)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print figures (they start what they need on loopback and stop it)."""
+
+
+def _print_json(figures: dict[str, object]) -> None:
+    click.echo(json.dumps(figures))
+
+
+@bench.command("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=3.0, show_default=True, help="Per store.")
+def bench_store(as_json: bool, seconds: float) -> None:
+    """Grants per second through the center's gRPC API, on SQLite and on etcd."""
+    from quota_center.bench import bench_store as run
+
+    figures = asyncio.run(run(seconds))
+    if as_json:
+        _print_json(figures)
+    else:
+        _print_table("quota bench store", figures)
+
+
+@bench.command("failover")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_failover(as_json: bool) -> None:
+    """Two centers on etcd and two agents under load; SIGKILL the leader; measure the takeover."""
+    from quota_center.bench import bench_failover as run
+
+    figures = asyncio.run(run())
+    if as_json:
+        _print_json(figures)
+    else:
+        _print_table("quota bench failover", figures)
+
+
+def _print_table(title: str, figures: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in figures.items():
+        table.add_row(name, str(value))
+    Console().print(table)

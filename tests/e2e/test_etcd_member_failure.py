@@ -8,12 +8,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from quota_center.bench import OrderTally, deducted_by_region, sell_until
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import etcd_cluster
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.e2e.load import Tally, deducted_by_region, sell_until
 from tests.support import eventually, promotion
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,7 @@ async def test_one_member_down_then_back_loses_nothing(tmp_path: Path) -> None:
                 agents = zip(("eu", "us"), processes[1:], strict=True)
                 channels = {region: grpc.aio.insecure_channel(agent.address) for region, agent in agents}
                 stubs = {r: agent_grpc.RegionAgentStub(c) for r, c in channels.items()}
-                stop, tally = asyncio.Event(), Tally(dict.fromkeys(stubs, 0))
+                stop, tally = asyncio.Event(), OrderTally(dict.fromkeys(stubs, 0))
                 selling = [asyncio.create_task(sell_until(w, stop, stubs, tally)) for w in range(4)]
 
                 await asyncio.sleep(0.5)

@@ -13,13 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from quota_center.bench import OrderTally, deducted_by_region, sell_until
 from quota_center.errors import LEADER_METADATA_KEY
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import RunningServer, etcd_server
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.e2e.load import Tally, deducted_by_region, sell_until
 from tests.support import eventually, promotion
 
 pytestmark = pytest.mark.e2e
@@ -101,7 +101,7 @@ async def test_the_standby_takes_over_and_nothing_is_lost_or_over_issued(
     async with grpc.aio.insecure_channel(leader.address) as channel:
         admin = center_grpc.PromotionAdminStub(channel)
         await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=100_000)))
-    stop, tally = asyncio.Event(), Tally(dict.fromkeys(order_stubs, 0))
+    stop, tally = asyncio.Event(), OrderTally(dict.fromkeys(order_stubs, 0))
     selling = [asyncio.create_task(sell_until(worker, stop, order_stubs, tally)) for worker in range(4)]
     await asyncio.sleep(1.0)
     acked_before = sum(tally.acked.values())
