@@ -212,6 +212,7 @@ class Center:
         self._lease_expiry[(promotion_id, region)] = self._clock.monotonic() + self.settings.lease_ttl_s
 
     def _state(self, promotion_id: str) -> PromotionState:
+        self._require_leader()  # a call in flight when leadership was lost must not read a cleared state
         state = self._states.get(promotion_id)
         if state is None:
             raise NotFound(f"no promotion with id {promotion_id!r}")
@@ -225,7 +226,7 @@ class Center:
         async with self._lock(promotion_id):
             state = self._state(promotion_id).copy()
             if mutate(state) is False:
-                return self._states[promotion_id]
+                return self._state(promotion_id)
             await self._commit(state)
             return state
 
@@ -234,7 +235,7 @@ class Center:
         cancelled) cannot leave memory behind what the store holds. A commit that failed in
         any way reloads the promotion, so the next attempt starts from the truth."""
         promotion_id = state.promotion.id
-        expected = self._states[promotion_id].version
+        expected = self._state(promotion_id).version
         state.version = expected + 1
 
         async def commit_and_install() -> None:
