@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from quota_center import allocation, ledger
 from quota_center.clock import Clock
 from quota_center.errors import Conflict, Exhausted, InvalidArgument, NotFound, NotLeader, Unavailable
 from quota_center.ledger import GrantRecord, Promotion, PromotionState, RegionAccount, Report
 from quota_center.store.base import Store
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,13 +106,12 @@ class Center:
         self._require_leader()
         ledger.check_new_promotion(promotion)
         state = PromotionState(promotion)
-        async with self._lock(promotion.id):
-            try:
-                await self._store.create(state)
-            except NotLeader:
-                self.stop_serving()
-                raise
+
+        async def work() -> None:
+            await self._store.create(state)
             self._states[promotion.id] = state
+
+        await self._exclusively(promotion.id, work)
         return promotion
 
     async def set_budget(self, promotion_id: str, budget: int, expected_revision: int) -> Promotion:
@@ -146,7 +148,8 @@ class Center:
         self, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demand: int
     ) -> AcquireResult:
         self._require_leader()
-        async with self._lock(promotion_id):
+
+        async def work() -> AcquireResult:
             previous = await self._store.find_grant(promotion_id, region, request_id)
             if previous is not None:
                 if previous.incarnation != incarnation:
@@ -166,6 +169,8 @@ class Center:
             self._demand[promotion_id] = demands
             self._renew_lease(promotion_id, region)
             return AcquireResult(record, state.unallocated)
+
+        return await self._exclusively(promotion_id, work)
 
     async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive]:
         self._require_leader()
@@ -221,38 +226,45 @@ class Center:
     def _lock(self, promotion_id: str) -> asyncio.Lock:
         return self._locks.setdefault(promotion_id, asyncio.Lock())
 
+    async def _exclusively(self, promotion_id: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Runs `work` under the promotion's lock, shielded: a caller that gives up (its RPC was
+        cancelled) neither releases the lock early nor stops a commit halfway, so a retry never
+        runs beside the call it retries and memory never falls behind the store."""
+
+        async def locked() -> T:
+            async with self._lock(promotion_id):
+                return await work()
+
+        return await asyncio.shield(locked())
+
     async def _change(self, promotion_id: str, mutate: Callable[[PromotionState], object]) -> PromotionState:
         """Applies `mutate` to a copy and commits it; a mutation returning False changed nothing."""
-        async with self._lock(promotion_id):
+
+        async def work() -> PromotionState:
             state = self._state(promotion_id).copy()
             if mutate(state) is False:
                 return self._state(promotion_id)
             await self._commit(state)
             return state
 
+        return await self._exclusively(promotion_id, work)
+
     async def _commit(self, state: PromotionState, grant: GrantRecord | None = None) -> None:
-        """Commits and then installs `state`, shielded: a caller that gives up (its RPC was
-        cancelled) cannot leave memory behind what the store holds. A commit that failed in
-        any way reloads the promotion, so the next attempt starts from the truth."""
+        """Commits, then installs `state`; call it under the promotion's lock. A commit that
+        failed in any way reloads the promotion, so the next attempt starts from the truth.
+        Leadership is the election's business: a NotLeader from the store only answers this call."""
         promotion_id = state.promotion.id
         expected = self._state(promotion_id).version
         state.version = expected + 1
-
-        async def commit_and_install() -> None:
-            try:
-                await self._store.commit(state, expected, grant)
-            except BaseException:
-                await self._reload(promotion_id)
-                raise
-            self._states[promotion_id] = state
-
         try:
-            await asyncio.shield(commit_and_install())
-        except NotLeader:
-            self.stop_serving()
-            raise
+            await self._store.commit(state, expected, grant)
         except Conflict:
+            await self._reload(promotion_id)
             raise Unavailable(f"promotion {promotion_id} was changed by another writer; retry the call") from None
+        except BaseException:
+            await self._reload(promotion_id)
+            raise
+        self._states[promotion_id] = state
 
     async def _reload(self, promotion_id: str) -> None:
         fresh = await self._store.load(promotion_id)

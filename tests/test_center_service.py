@@ -36,9 +36,28 @@ async def test_a_caller_giving_up_mid_commit_leaves_memory_equal_to_the_store(tm
 
     retried = await center.acquire("eu", "i-1", "p", 10, "r-1", demand=0)
     second = await center.acquire("eu", "i-1", "p", 10, "r-2", demand=0)
+
     stored = await store.load("p")
     assert stored is not None
     assert retried.grant.amount == 10
     assert second.unallocated == stored.unallocated == 80
     assert center.usage("p").unallocated == 80
+    await store.close()
+
+
+async def test_a_retry_racing_the_call_it_retries_gets_the_same_single_grant(tmp_path: Path) -> None:
+    store = SlowStore(tmp_path / "center.db")
+    center = Center(store, FakeClock())
+    await center.start()
+    await center.create_promotion(Promotion("p", Kind.COUNT, "", 100, 0, 10**13, ("eu",)))
+
+    abandoned = asyncio.create_task(center.acquire("eu", "i-1", "p", 10, "r-1", demand=0))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()
+    retried = await center.acquire("eu", "i-1", "p", 10, "r-1", demand=0)
+
+    stored = await store.load("p")
+    assert stored is not None
+    assert stored.unallocated == center.usage("p").unallocated == 90
+    assert await store.find_grant("p", "eu", "r-1") == retried.grant
     await store.close()
