@@ -56,7 +56,10 @@ async def run_center(config: CenterConfig) -> None:
     def leader_address() -> str | None:
         return leadership.leader_address() if leadership is not None else None
 
-    center = Center(store, SystemClock(), config.settings, leader_hint=leader_address)
+    def leading() -> bool:
+        return leadership is None or leadership.leading()
+
+    center = Center(store, SystemClock(), config.settings, leader_hint=leader_address, leading=leading)
     server = grpc.aio.server()
     center_server.add_to_server(center, server)
 
@@ -82,6 +85,8 @@ async def run_center(config: CenterConfig) -> None:
             campaign.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await campaign
+        if leadership is not None:
+            await leadership.resign()
         await store.close()
 
     await serve(server, config.listen, on_stop=stop, name="center", on_start=start)

@@ -68,11 +68,13 @@ class Center:
         clock: Clock,
         settings: CenterSettings | None = None,
         leader_hint: Callable[[], str | None] = lambda: None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._clock = clock
         self.settings = settings or CenterSettings()
         self._leader_hint = leader_hint
+        self._leading = leading
         self._serving = False
         self._states: dict[str, PromotionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -97,7 +99,9 @@ class Center:
         self._demand.clear()
 
     def _require_leader(self) -> None:
-        if not self._serving:
+        """Every answer, reads and lease renewals included, needs leadership that is still
+        trustworthy now: a replica that lost it serves nothing from memory."""
+        if not (self._serving and self._leading()):
             raise NotLeader(self._leader_hint())
 
     # Budget owners

@@ -69,7 +69,7 @@ class CenterClient:
         if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return
         for key, value in error.trailing_metadata() or ():
-            if key == LEADER_METADATA_KEY:
+            if key == LEADER_METADATA_KEY and str(value) != self._current:
                 self._current = str(value)
                 return
         if self._current in self._addresses:

@@ -28,6 +28,7 @@ from quota_center.ledger import GrantRecord, PromotionState
 
 DEFAULT_PREFIX = "/quota/v1"
 _TIMEOUT_S = 5.0
+_PAGE = 200
 
 
 def _segment(value: str) -> str:
@@ -81,12 +82,19 @@ class EtcdStore:
         return f"{self.prefix}/grants/{_segment(promotion_id)}/{_segment(region)}/{_segment(request_id)}"
 
     async def load_all(self) -> list[PromotionState]:
-        prefix = f"{self.prefix}/promotions/"
-        try:
-            answer = await self._kv.get(prefix, prefix_range_end(prefix), timeout=_TIMEOUT_S)
-        except EtcdError as error:
-            raise Unavailable(f"etcd: {error}") from error
-        return [PromotionState.from_document(json.loads(kv.value)) for kv in answer.kvs]
+        """Pages through the promotions, so their number is not bounded by one gRPC message."""
+        prefix = f"{self.prefix}/promotions/".encode()
+        end, start = prefix_range_end(prefix), prefix
+        states: list[PromotionState] = []
+        while True:
+            try:
+                answer = await self._kv.get(start, end, limit=_PAGE, timeout=_TIMEOUT_S)
+            except EtcdError as error:
+                raise Unavailable(f"etcd: {error}") from error
+            states.extend(PromotionState.from_document(json.loads(kv.value)) for kv in answer.kvs)
+            if not answer.more:
+                return states
+            start = answer.kvs[-1].key + b"\0"
 
     async def load(self, promotion_id: str) -> PromotionState | None:
         try:
@@ -120,7 +128,9 @@ class EtcdStore:
 
     async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
         try:
-            answer = await self._kv.txn(compare, success, timeout=_TIMEOUT_S)
+            # One attempt: a retried transaction whose first answer was lost would fail its own
+            # compare. Callers retry idempotently (request ids, cumulative counters) instead.
+            answer = await self._kv.txn(compare, success, timeout=_TIMEOUT_S, max_attempts=1)
         except EtcdError as error:
             raise Unavailable(f"etcd: {error}") from error
         return bool(answer.succeeded)

@@ -143,3 +143,11 @@ async def test_what_was_committed_is_there_after_reopening(open_store: StoreFact
 
     assert await reopened.load_all() == [changed]
     assert await reopened.find_grant("p1", "eu", "r-1") == _grant("r-1")
+
+
+async def test_load_all_returns_every_promotion_however_many(open_store: StoreFactory) -> None:
+    store = await open_store()
+    ids = [f"p{n:04d}" for n in range(450)]
+    await asyncio.gather(*(store.create(_state(promotion_id)) for promotion_id in ids))
+
+    assert [state.promotion.id for state in await store.load_all()] == ids
