@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from quota_center.clock import FakeClock
 from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState
@@ -23,15 +26,22 @@ class SlowStore(SqliteStore):
         await super().commit(state, expected_version, grant)
 
 
-async def test_a_caller_giving_up_mid_commit_leaves_memory_equal_to_the_store(tmp_path: Path) -> None:
+@pytest.fixture
+async def slow(tmp_path: Path) -> AsyncIterator[tuple[Center, SlowStore]]:
+    """A center whose first acquire (request r-1) was abandoned halfway through its commit."""
     store = SlowStore(tmp_path / "center.db")
     center = Center(store, FakeClock())
     await center.start()
     await center.create_promotion(Promotion("p", Kind.COUNT, "", 100, 0, 10**13, ("eu",)))
-
     abandoned = asyncio.create_task(center.acquire("eu", "i-1", "p", 10, "r-1", demand=0))
     await asyncio.sleep(0.05)
     abandoned.cancel()
+    yield center, store
+    await store.close()
+
+
+async def test_a_caller_giving_up_mid_commit_leaves_memory_equal_to_the_store(slow: tuple[Center, SlowStore]) -> None:
+    center, store = slow
     await asyncio.sleep(0.3)
 
     retried = await center.acquire("eu", "i-1", "p", 10, "r-1", demand=0)
@@ -42,22 +52,13 @@ async def test_a_caller_giving_up_mid_commit_leaves_memory_equal_to_the_store(tm
     assert retried.grant.amount == 10
     assert second.unallocated == stored.unallocated == 80
     assert center.usage("p").unallocated == 80
-    await store.close()
 
 
-async def test_a_retry_racing_the_call_it_retries_gets_the_same_single_grant(tmp_path: Path) -> None:
-    store = SlowStore(tmp_path / "center.db")
-    center = Center(store, FakeClock())
-    await center.start()
-    await center.create_promotion(Promotion("p", Kind.COUNT, "", 100, 0, 10**13, ("eu",)))
-
-    abandoned = asyncio.create_task(center.acquire("eu", "i-1", "p", 10, "r-1", demand=0))
-    await asyncio.sleep(0.05)
-    abandoned.cancel()
+async def test_a_retry_racing_the_call_it_retries_gets_the_same_single_grant(slow: tuple[Center, SlowStore]) -> None:
+    center, store = slow
     retried = await center.acquire("eu", "i-1", "p", 10, "r-1", demand=0)
 
     stored = await store.load("p")
     assert stored is not None
     assert stored.unallocated == center.usage("p").unallocated == 90
     assert await store.find_grant("p", "eu", "r-1") == retried.grant
-    await store.close()
