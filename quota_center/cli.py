@@ -52,7 +52,7 @@ def agent() -> None:
 @click.option(
     "--center", "center_address", default="127.0.0.1:50051", show_default=True, help="host:port[,host:port...]"
 )
-@click.option("--ledger", default="memory", show_default=True, help="memory")
+@click.option("--ledger", default="memory", show_default=True, help="memory or redis://HOST:PORT[/DB]")
 @click.option("--horizon", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
 @click.option("--renew-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds.")
 def agent_serve(

@@ -63,6 +63,11 @@ class Agent:
 
     async def start(self) -> None:
         self._supply.incarnation = await self._ledger.incarnation()
+        try:
+            # A ledger that outlived a previous process (Redis) holds quota: lease it before spending.
+            await self.renew_once()
+        except QuotaError as error:
+            log.warning("first renewal failed (%s); retrying in the background", error.message)
         self._renewer = asyncio.create_task(self._supply.renew_forever(self.settings.renew_interval_s))
 
     async def stop(self) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
+import redis.asyncio as redis
 
 from quota_center.clock import SystemClock
 from quota_center.errors import InvalidArgument
@@ -14,6 +15,7 @@ from region_agent.agent import Agent, AgentSettings
 from region_agent.center_client import CenterClient
 from region_agent.ledger.base import Ledger
 from region_agent.ledger.memory import InProcessLedger
+from region_agent.ledger.redis import RedisLedger
 
 
 @dataclass(frozen=True)
@@ -24,18 +26,23 @@ class AgentConfig:
     center: str = "127.0.0.1:50051"
     """The center replicas' host:port, comma-separated; calls follow whichever leads."""
     ledger: str = "memory"
-    """Where the regional ledger lives: memory (embedded default)."""
+    """Where the regional ledger lives: memory (embedded default) or redis://HOST:PORT[/DB]."""
 
 
-def open_ledger(url: str) -> Ledger:
+def open_ledger(url: str, region: str) -> Ledger:
     if url == "memory":
         return InProcessLedger()
-    raise InvalidArgument(f"unknown ledger {url!r}; use memory")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisLedger(redis.Redis.from_url(url), region)
+    raise InvalidArgument(f"unknown ledger {url!r}; use memory or redis://HOST:PORT[/DB]")
 
 
 async def run_agent(config: AgentConfig) -> None:
     center = CenterClient(config.center.split(","), config.settings.region)
-    agent = Agent(config.settings, open_ledger(config.ledger), center, SystemClock())
+    ledger = open_ledger(config.ledger, config.settings.region)
+    # A shared Redis ledger outlives this process (other agents spend from it); an in-process one does not.
+    settings = replace(config.settings, return_on_shutdown=isinstance(ledger, InProcessLedger))
+    agent = Agent(settings, ledger, center, SystemClock())
     await agent.start()
     server = grpc.aio.server()
     agent_server.add_to_server(agent, server)

@@ -1,22 +1,39 @@
-"""The regional Ledger contract (region_agent/ledger/base.py), run against every implementation.
-
-The Redis ledger joins the `ledger` fixture's parameters and must pass the same tests.
+"""The regional Ledger contract (region_agent/ledger/base.py), run against every implementation:
+the in-process ledger and the Redis ledger on a real redis-server on a free loopback port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis.asyncio as redis
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound
+from quota_center.testing_servers import RunningServer, redis_server
+from quota_center.validation import MAX_AMOUNT
 from region_agent.ledger.base import Balance, Ledger, Line
 from region_agent.ledger.memory import InProcessLedger
+from region_agent.ledger.redis import RedisLedger
 
 
-@pytest.fixture(params=["memory"])
-def ledger(request: pytest.FixtureRequest) -> Ledger:
-    return InProcessLedger()
+@pytest.fixture(scope="module")
+def redis_address() -> Iterator[RunningServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+    if request.param == "memory":
+        yield InProcessLedger()
+        return
+    server: RunningServer = request.getfixturevalue("redis_address")
+    client = redis.Redis(host=server.host, port=server.port)
+    yield RedisLedger(client, region=f"test-{uuid.uuid4().hex}")
+    await client.aclose()
 
 
 A, B = Line("a", 3, "u1"), Line("b", 2, "u1")
@@ -133,3 +150,14 @@ async def test_lines_of_one_promotion_are_checked_together(ledger: Ledger) -> No
 
     assert refused.short == ("a",)
     assert await ledger.balance("a") == Balance(granted=5)
+
+
+async def test_amounts_up_to_the_maximum_stay_exact(ledger: Ledger) -> None:
+    await ledger.apply_grant("g1", "a", MAX_AMOUNT)
+    huge = (Line("a", MAX_AMOUNT, "u1"),)
+
+    assert (await ledger.deduct("o1", huge)).available_after == (0,)
+    refunded = await ledger.refund("o1", "r1", ())
+
+    assert refunded.lines == (Line("a", MAX_AMOUNT),)
+    assert await ledger.balance("a") == Balance(granted=MAX_AMOUNT, deducted=MAX_AMOUNT, refunded=MAX_AMOUNT)
