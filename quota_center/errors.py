@@ -9,7 +9,8 @@
     ├── Exhausted            RESOURCE_EXHAUSTED   nothing left to grant
     ├── PermissionDenied     PERMISSION_DENIED    this region may not use this promotion
     └── Unavailable          UNAVAILABLE          try again (the center or the store is away)
-        └── NotLeader        UNAVAILABLE          a standby; the leader's address rides in "quota-leader"
+        ├── NotLeader        UNAVAILABLE          a standby; the leader's address rides in "quota-leader"
+        └── LedgerLost       UNAVAILABLE          the region's Redis lost its data; the agent re-joins
 
 Domain code raises these; servers translate them with `grpc_code`, and clients turn
 status codes back into them with `from_grpc`. `Conflict` is internal: a compare-and-swap
@@ -81,6 +82,10 @@ class NotLeader(Unavailable):
         where = f"the leader is at {leader}" if leader else "no leader is known yet; retry shortly"
         super().__init__(f"this center replica is not the leader; {where}")
         self.leader = leader
+
+
+class LedgerLost(Unavailable):
+    """The region's ledger store lost its data; the agent must join as a new incarnation."""
 
 
 class Rejected(FailedPrecondition):

@@ -174,7 +174,11 @@ class Agent:
                 "before the deadline; retry with the same order key"
             )
         for promotion_id, task in zip(outcome.short, refills, strict=True):
-            error = task.result()
+            error = (
+                Unavailable("the refill was called off while the agent re-joined; retry")
+                if task.cancelled()
+                else task.result()
+            )
             if isinstance(error, Exhausted):
                 raise _spent(promotion_id)
             if error is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from quota_center import policy
 from quota_center.clock import Clock
-from quota_center.errors import Exhausted, FailedPrecondition, QuotaError
+from quota_center.errors import Exhausted, FailedPrecondition, LedgerLost, QuotaError
 from quota_center.ledger import Promotion
 from quota_center.policy import RefillSettings
 from quota_center.v1 import quota_center_pb2 as pb
@@ -82,6 +82,15 @@ class Supply:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def rejoin(self) -> None:
+        """After the ledger lost its data: drop what belonged to the old life (refills in flight
+        carry grants to it) and join as a new incarnation; the center writes the old one off."""
+        await self.cancel_pending()
+        for item in self._tracked.values():
+            item.lease_until, item.last_grant, item.exhausted = 0.0, 0, False
+        self.incarnation = await self._ledger.incarnation()
+        log.warning("joined the center as ledger incarnation %s", self.incarnation)
+
     # Refills
 
     def refill_if_low(self, item: Tracked, available: int) -> None:
@@ -138,12 +147,17 @@ class Supply:
             await asyncio.sleep(interval_s)
             try:
                 await self.renew_once()
+            except LedgerLost as lost:
+                log.error("%s", lost.message)
+                await self.rejoin()
             except QuotaError as error:
                 log.warning("renewal failed: %s", error.message)
             except Exception:
                 log.exception("renewal failed unexpectedly; retrying at the next interval")
 
     async def renew_once(self) -> None:
+        if await self._ledger.incarnation() != self.incarnation:
+            await self.rejoin()
         balances = await self._ledger.balances()
         known = {pid for pid, item in self._tracked.items() if self._region in item.promotion.regions}
         if not balances and not known:
@@ -158,6 +172,8 @@ class Supply:
         for directive in answer.directives:
             try:
                 await self._follow(directive, now + answer.lease_ttl_s)
+            except LedgerLost:
+                raise
             except QuotaError as error:
                 log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
 

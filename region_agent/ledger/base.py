@@ -61,7 +61,8 @@ class RefundOutcome:
 
 class Ledger(Protocol):
     async def incarnation(self) -> str:
-        """Identifies this ledger's life; a ledger that lost its data has a new one."""
+        """Identifies this ledger's life; called before anything else. A ledger whose store lost
+        its data raises LedgerLost from its writes, and answers a new incarnation here."""
         ...
 
     async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:

@@ -21,9 +21,17 @@ import uuid
 from typing import Any
 
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound
+from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
 from region_agent.ledger.base import Balance, DeductOutcome, Line, RefundOutcome
+
+# Every script's KEYS[1] is the incarnation key and ARGV[1] the incarnation the agent holds: a
+# Redis that lost its data (restarted without its append-only file, flushed, failed over to a
+# replica that lagged) no longer has it, and the script changes nothing.
+_SAME_LIFE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
+"""
 
 _AVAILABLE = """
 local function available(key)
@@ -32,46 +40,49 @@ local function available(key)
 end
 """
 
-# KEYS: order, balance per line. ARGV: lines JSON, amount per line.
+# KEYS: incarnation, order, balance per line. ARGV: incarnation, lines JSON, amount per line.
 _DEDUCT = (
-    _AVAILABLE
+    _SAME_LIFE
+    + _AVAILABLE
     + """
-local first = redis.call('HGET', KEYS[1], 'lines')
+local first = redis.call('HGET', KEYS[2], 'lines')
 if first then
-  if first == ARGV[1] then return {'replay'} end
+  if first == ARGV[2] then return {'replay'} end
   return {'conflict'}
 end
 local wanted, short = {}, {}
-for i = 2, #KEYS do wanted[KEYS[i]] = (wanted[KEYS[i]] or 0) + tonumber(ARGV[i]) end
-for i = 2, #KEYS do
-  if available(KEYS[i]) < wanted[KEYS[i]] then table.insert(short, i - 1) end
+for i = 3, #KEYS do wanted[KEYS[i]] = (wanted[KEYS[i]] or 0) + tonumber(ARGV[i]) end
+for i = 3, #KEYS do
+  if available(KEYS[i]) < wanted[KEYS[i]] then table.insert(short, i - 2) end
 end
 if #short > 0 then return {'short', unpack(short)} end
 local left = {'ok'}
-for i = 2, #KEYS do redis.call('HINCRBY', KEYS[i], 'deducted', ARGV[i]) end
-for i = 2, #KEYS do table.insert(left, available(KEYS[i])) end
-redis.call('HSET', KEYS[1], 'lines', ARGV[1])
+for i = 3, #KEYS do redis.call('HINCRBY', KEYS[i], 'deducted', ARGV[i]) end
+for i = 3, #KEYS do table.insert(left, available(KEYS[i])) end
+redis.call('HSET', KEYS[2], 'lines', ARGV[2])
 return left
 """
 )
 
-# KEYS: order, refund record, balance per promotion of the order (in the order's line order).
-# ARGV: JSON of wanted {promotion: amount}, or '' for everything left.
-_REFUND = """
-local first = redis.call('GET', KEYS[2])
+# KEYS: incarnation, order, refund record, balance per line of the order.
+# ARGV: incarnation, JSON of wanted [[promotion, amount]...], or '' for everything left.
+_REFUND = (
+    _SAME_LIFE
+    + """
+local first = redis.call('GET', KEYS[3])
 if first then return {'replay', first} end
-local raw = redis.call('HGET', KEYS[1], 'lines')
+local raw = redis.call('HGET', KEYS[2], 'lines')
 if not raw then return {'not_found'} end
 local lines = cjson.decode(raw)
 local left, balance = {}, {}
 for i, line in ipairs(lines) do
   local promotion = line[1]
-  local refunded = tonumber(redis.call('HGET', KEYS[1], 'refunded:' .. promotion)) or 0
+  local refunded = tonumber(redis.call('HGET', KEYS[2], 'refunded:' .. promotion)) or 0
   left[promotion] = (left[promotion] or 0) + line[2] - refunded
-  balance[promotion] = KEYS[2 + i]
+  balance[promotion] = KEYS[3 + i]
 end
 local wanted = {}
-if ARGV[1] == '' then
+if ARGV[2] == '' then
   for _, line in ipairs(lines) do
     local promotion = line[1]
     if left[promotion] > 0 and not wanted[promotion] then
@@ -80,42 +91,47 @@ if ARGV[1] == '' then
     end
   end
 else
-  for _, pair in ipairs(cjson.decode(ARGV[1])) do
+  for _, pair in ipairs(cjson.decode(ARGV[2])) do
     local promotion, amount = pair[1], pair[2]
     if left[promotion] == nil then return {'not_in_order', promotion} end
-    if amount > left[promotion] then return {'too_much', promotion, tostring(left[promotion])} end
+    if amount > left[promotion] then return {'too_much', promotion, string.format('%d', left[promotion])} end
     wanted[promotion] = amount
     table.insert(wanted, promotion)
   end
 end
 local answer = {}
 for _, promotion in ipairs(wanted) do
-  redis.call('HINCRBY', KEYS[1], 'refunded:' .. promotion, wanted[promotion])
+  redis.call('HINCRBY', KEYS[2], 'refunded:' .. promotion, wanted[promotion])
   redis.call('HINCRBY', balance[promotion], 'refunded', wanted[promotion])
   -- cjson would print large amounts in floating point; integers are written out whole.
   table.insert(answer, '[' .. cjson.encode(promotion) .. ',' .. string.format('%d', wanted[promotion]) .. ']')
 end
 local encoded = '[' .. table.concat(answer, ',') .. ']'
-redis.call('SET', KEYS[2], encoded)
+redis.call('SET', KEYS[3], encoded)
 return {'ok', encoded}
 """
+)
 
-# KEYS: grants, balance, promotions. ARGV: grant id, promotion, amount.
-_APPLY_GRANT = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'granted', ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[2])
-return 1
-"""
-
-# KEYS: balance. ARGV: amount.
-_TAKE_BACK = (
-    _AVAILABLE
+# KEYS: incarnation, grants, balance, promotions. ARGV: incarnation, grant id, promotion, amount.
+_APPLY_GRANT = (
+    _SAME_LIFE
     + """
-local taken = math.min(tonumber(ARGV[1]), available(KEYS[1]))
-if taken <= 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'returned', taken)
-return taken
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'applied_before'} end
+redis.call('HINCRBY', KEYS[3], 'granted', ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[3])
+return {'ok'}
+"""
+)
+
+# KEYS: incarnation, balance. ARGV: incarnation, amount.
+_TAKE_BACK = (
+    _SAME_LIFE
+    + _AVAILABLE
+    + """
+local taken = math.min(tonumber(ARGV[2]), available(KEYS[2]))
+if taken <= 0 then return {'ok', 0} end
+redis.call('HINCRBY', KEYS[2], 'returned', taken)
+return {'ok', taken}
 """
 )
 
@@ -128,14 +144,32 @@ class RedisLedger:
         self._refund = client.register_script(_REFUND)
         self._apply_grant = client.register_script(_APPLY_GRANT)
         self._take_back = client.register_script(_TAKE_BACK)
+        self._incarnation: str | None = None
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._tag, *parts))
 
     async def incarnation(self) -> str:
-        # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
-        await self._redis.set(self._key("incarnation"), f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}", nx=True)
-        return _text(await self._redis.get(self._key("incarnation")))
+        """The life this agent takes part in, checked against Redis on every call: when Redis
+        lost it, all of the region's agents converge on one new incarnation (the first to ask
+        creates it), and the center writes off what the old one held."""
+        stored = await self._redis.get(self._key("incarnation"))
+        if stored is None or _text(stored) != self._incarnation:
+            # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
+            fresh = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+            await self._redis.set(self._key("incarnation"), fresh, nx=True)
+            self._incarnation = _text(await self._redis.get(self._key("incarnation")))
+        return self._incarnation
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> list[Any]:
+        """Runs a script in this ledger's life; raises LedgerLost when Redis no longer has it."""
+        if self._incarnation is None:
+            raise _lost()
+        answer: list[Any] = await script(keys=[self._key("incarnation"), *keys], args=[self._incarnation, *args])
+        if answer[0] == b"lost":
+            self._incarnation = None
+            raise _lost()
+        return answer
 
     async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
         first = await self._redis.hget(self._key("order", order_key), "lines")
@@ -147,7 +181,7 @@ class RedisLedger:
 
     async def deduct(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome:
         keys = [self._key("order", order_key), *(self._key("balance", line.promotion_id) for line in lines)]
-        answer: list[Any] = await self._deduct(keys=keys, args=[_encode(lines), *(line.amount for line in lines)])
+        answer = await self._run(self._deduct, keys, [_encode(lines), *(line.amount for line in lines)])
         status = answer[0].decode()
         if status == "replay":
             return DeductOutcome(lines, replayed=True)
@@ -165,7 +199,7 @@ class RedisLedger:
         promotions = [promotion for promotion, _, _ in json.loads(first)]
         keys = [order, self._key("refund", order_key, refund_id), *(self._key("balance", p) for p in promotions)]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
-        answer: list[Any] = await self._refund(keys=keys, args=[wanted])
+        answer = await self._run(self._refund, keys, [wanted])
         status = answer[0].decode()
         if status == "not_found":
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
@@ -183,10 +217,12 @@ class RedisLedger:
 
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:
         keys = [self._key("grants"), self._key("balance", promotion_id), self._key("promotions")]
-        return bool(await self._apply_grant(keys=keys, args=[grant_id, promotion_id, amount]))
+        answer = await self._run(self._apply_grant, keys, [grant_id, promotion_id, amount])
+        return bool(answer[0] == b"ok")
 
     async def take_back(self, promotion_id: str, amount: int) -> int:
-        return int(await self._take_back(keys=[self._key("balance", promotion_id)], args=[amount]))
+        answer = await self._run(self._take_back, [self._key("balance", promotion_id)], [amount])
+        return int(answer[1])
 
     async def balance(self, promotion_id: str) -> Balance:
         values = await self._redis.hmget(
@@ -198,6 +234,13 @@ class RedisLedger:
     async def balances(self) -> dict[str, Balance]:
         promotions = sorted(_text(member) for member in await self._redis.smembers(self._key("promotions")))
         return {promotion: await self.balance(promotion) for promotion in promotions}
+
+
+def _lost() -> LedgerLost:
+    return LedgerLost(
+        "the region's Redis lost this ledger's data; the agent joins as a new incarnation and the "
+        "center writes off what the old one held — retry the call"
+    )
 
 
 def _text(value: bytes | str | None) -> str:

@@ -32,7 +32,9 @@ async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
         return
     server: RunningServer = request.getfixturevalue("redis_address")
     client = redis.Redis(host=server.host, port=server.port)
-    yield RedisLedger(client, region=f"test-{uuid.uuid4().hex}")
+    joined = RedisLedger(client, region=f"test-{uuid.uuid4().hex}")
+    await joined.incarnation()
+    yield joined
     await client.aclose()
 
 

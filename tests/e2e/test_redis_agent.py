@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from quota_center.launch import agent_process, center_process
 from quota_center.testing_servers import redis_server
@@ -59,3 +61,47 @@ async def test_an_agent_killed_and_restarted_on_redis_keeps_its_orders_and_quota
     assert after.balances[0].deducted == 11
     assert after.balances[0].granted >= before.balances[0].granted
     assert usage.regions[0].written_off == 0
+
+
+async def test_a_redis_that_lost_its_data_costs_quota_but_never_over_issues(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        center = center_process(tmp_path).start()
+        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.1")
+        agent = agent_process(tmp_path, "eu", center.address, *ledger).start()
+        try:
+            async with (
+                grpc.aio.insecure_channel(center.address) as channel,
+                grpc.aio.insecure_channel(agent.address) as orders,
+            ):
+                admin = center_grpc.PromotionAdminStub(channel)
+                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=100)))
+                stub = agent_grpc.RegionAgentStub(orders)
+                acked, refusals = 0, set()
+                for number in range(5):
+                    await stub.Deduct(order(f"before-{number}", "eu", ("promo", 1)), timeout=5)
+                    acked += 1
+                before = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+
+                flusher = Redis(host=redis.host, port=redis.port)
+                await flusher.flushall()
+                await flusher.aclose()
+
+                for number in range(200):
+                    try:
+                        await stub.Deduct(order(f"after-{number}", "eu", ("promo", 1)), timeout=5)
+                    except grpc.aio.AioRpcError as error:
+                        refusals.add(error.code())
+                        await asyncio.sleep(0.02)
+                        continue
+                    acked += 1
+                after = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+                usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
+        finally:
+            agent.kill()
+            center.kill()
+
+    assert refusals <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert after.incarnation != before.incarnation
+    assert usage.regions[0].written_off > 0
+    assert acked <= 100
+    assert acked > 5
