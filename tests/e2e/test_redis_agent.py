@@ -105,3 +105,45 @@ async def test_a_redis_that_lost_its_data_costs_quota_but_never_over_issues(tmp_
     assert usage.regions[0].written_off > 0
     assert acked <= 100
     assert acked > 5
+
+
+async def test_two_agents_on_one_redis_share_one_allotment_and_sell_out_exactly(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        center = center_process(tmp_path).start()
+        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.2")
+        agents = [agent_process(tmp_path, "eu", center.address, *ledger).start() for _ in range(2)]
+        try:
+            async with grpc.aio.insecure_channel(center.address) as channel:
+                admin = center_grpc.PromotionAdminStub(channel)
+                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_500)))
+                channels = [grpc.aio.insecure_channel(agent.address) for agent in agents]
+                stubs = [agent_grpc.RegionAgentStub(c) for c in channels]
+                numbers = iter(range(2_000))
+                acked = 0
+
+                async def worker(stub: agent_grpc.RegionAgentAsyncStub) -> None:
+                    nonlocal acked
+                    for number in numbers:
+                        try:
+                            await stub.Deduct(order(f"o-{number}", "eu", ("promo", 1)), timeout=5)
+                        except grpc.aio.AioRpcError:
+                            continue
+                        acked += 1
+
+                await asyncio.gather(*(worker(stubs[n % 2]) for n in range(16)))
+                statuses = [await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5) for stub in stubs]
+
+                async def reported() -> bool:
+                    usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
+                    return usage.regions[0].consumed == acked
+
+                await eventually(reported)
+                for channel in channels:
+                    await channel.close()
+        finally:
+            for process in [*agents, center]:
+                process.kill()
+
+    assert acked == 1_500
+    assert statuses[0].incarnation == statuses[1].incarnation
+    assert statuses[0].balances[0].deducted == statuses[1].balances[0].deducted == 1_500
