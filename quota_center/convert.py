@@ -8,7 +8,7 @@ from quota_center.errors import InvalidArgument
 from quota_center.ledger import Kind, Promotion
 from quota_center.service import UsageView
 from quota_center.v1 import quota_center_pb2 as pb
-from quota_center.validation import require_amount, require_id
+from quota_center.validation import require_amount, require_counter, require_id
 
 _KINDS = {pb.PROMOTION_KIND_COUNT: Kind.COUNT, pb.PROMOTION_KIND_AMOUNT: Kind.AMOUNT}
 _KIND_NAMES = {kind: value for value, kind in _KINDS.items()}
@@ -28,6 +28,8 @@ def promotion_to_pb(promotion: Promotion) -> pb.Promotion:
         regions=list(promotion.regions),
         frozen=promotion.frozen,
         revision=promotion.revision,
+        per_user_limit=promotion.per_user_limit,
+        per_user_orders=promotion.per_user_orders,
     )
 
 
@@ -49,6 +51,8 @@ def promotion_from_pb(message: pb.Promotion) -> Promotion:
         regions=tuple(message.regions),
         frozen=message.frozen,
         revision=max(message.revision, 1),
+        per_user_limit=require_counter("per_user_limit", message.per_user_limit),
+        per_user_orders=require_counter("per_user_orders", message.per_user_orders),
     )
 
 

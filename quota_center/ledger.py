@@ -40,6 +40,10 @@ class Promotion:
     regions: tuple[str, ...]
     frozen: bool = False
     revision: int = 1
+    per_user_limit: int = 0
+    """Units per user; 0 is no limit."""
+    per_user_orders: int = 0
+    """Orders per user; 0 is no limit."""
 
     def is_active(self, wall_ms: int) -> bool:
         return self.start_ms <= wall_ms < self.end_ms

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 from quota_center.clock import Clock
 from quota_center.errors import Exhausted, InvalidArgument, QuotaError, Rejected, RejectReason, Unavailable
+from quota_center.ledger import Promotion
 from quota_center.policy import RefillSettings
 from region_agent.center_client import CenterClient
-from region_agent.ledger.base import Balance, DeductOutcome, Ledger, Line, RefundOutcome
+from region_agent.ledger.base import Balance, DeductOutcome, Ledger, Line, RefundOutcome, UserLimit
 from region_agent.supply import Supply, Tracked
 
 log = logging.getLogger(__name__)
@@ -107,15 +108,22 @@ class Agent:
             raise
         now = self._clock.monotonic()
         wait = self.settings.max_wait_s if time_remaining_s is None else min(time_remaining_s, self.settings.max_wait_s)
-        outcome = await self._ledger.deduct(order_key, lines)
+        limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked}
+        outcome = await self._ledger.deduct(order_key, lines, limits)
         if not outcome.replayed:
             for item, line in zip(tracked, lines, strict=True):
                 item.meter.observe(line.amount, now)
         while not outcome.accepted:
+            if outcome.over_limit:
+                raise Rejected(
+                    RejectReason.USER_LIMIT,
+                    f"the order's user already holds what promotion {outcome.over_limit[0]} allows one user "
+                    f"({_describe(limits[outcome.over_limit[0]])})",
+                )
             await self._wait_for_refills(outcome, lines, deadline=now + wait)
             for item in tracked:
                 self._check_spendable(item)
-            outcome = await self._ledger.deduct(order_key, lines)
+            outcome = await self._ledger.deduct(order_key, lines, limits)
         for item, left in zip(tracked, outcome.available_after, strict=False):
             self._supply.refill_if_low(item, left)
         return outcome
@@ -186,6 +194,15 @@ class Agent:
                 assert item is not None
                 self._check_spendable(item)
                 raise error
+
+
+def _user_limit(promotion: Promotion) -> UserLimit:
+    return UserLimit(promotion.per_user_limit, promotion.per_user_orders)
+
+
+def _describe(limit: UserLimit) -> str:
+    parts = [f"{limit.units} units" if limit.units else "", f"{limit.orders} orders" if limit.orders else ""]
+    return " and ".join(part for part in parts if part)
 
 
 def _spent(promotion_id: str) -> Rejected:

@@ -34,6 +34,8 @@ def promotion(
     end_ms: int | None = None,
     kind: int = center_pb.PROMOTION_KIND_COUNT,
     currency: str = "",
+    per_user_limit: int = 0,
+    per_user_orders: int = 0,
 ) -> center_pb.Promotion:
     start = now_ms() - HOUR_MS if start_ms is None else start_ms
     end = now_ms() + HOUR_MS if end_ms is None else end_ms
@@ -45,6 +47,8 @@ def promotion(
         start_time=timestamp(start),
         end_time=timestamp(end),
         regions=list(regions),
+        per_user_limit=per_user_limit,
+        per_user_orders=per_user_orders,
     )
 
 

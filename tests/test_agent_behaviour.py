@@ -161,3 +161,19 @@ async def test_a_region_refused_for_lack_of_quota_gets_what_an_idle_region_gives
             await eventually(served)
     eu_usage = await _eu_usage(admin)
     assert eu_usage.returned > 0
+
+
+async def test_a_user_over_the_per_user_limit_is_refused_with_its_reason(
+    admin: center_grpc.PromotionAdminAsyncStub, orders_eu: agent_grpc.RegionAgentAsyncStub
+) -> None:
+    limited = promotion(budget=1_000, per_user_limit=3)
+    await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=limited))
+    await orders_eu.Deduct(order("o-1", "eu", ("promo", 2), user_id="ann"), timeout=5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await orders_eu.Deduct(order("o-2", "eu", ("promo", 2), user_id="ann"), timeout=5)
+    await orders_eu.Deduct(order("o-3", "eu", ("promo", 2), user_id="bob"), timeout=5)
+
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reject_reason(refused.value) == "REJECT_REASON_USER_LIMIT"
+    assert "3 units" in (refused.value.details() or "")

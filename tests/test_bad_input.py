@@ -231,6 +231,8 @@ BAD_PROMOTIONS = [
         id="amount-letter-digit-letter",
     ),
     pytest.param(promotion(kind=AMOUNT, currency="EUR "), ["currency", "'EUR '"], id="amount-padded"),
+    pytest.param(promotion(per_user_limit=-1), ["per_user_limit", "-1"], id="negative-per-user-limit"),
+    pytest.param(promotion(per_user_orders=-2), ["per_user_orders", "-2"], id="negative-per-user-orders"),
 ]
 
 

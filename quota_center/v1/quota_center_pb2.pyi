@@ -88,6 +88,8 @@ class Promotion(_message.Message):
     REGIONS_FIELD_NUMBER: _builtins.int
     FROZEN_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    PER_USER_LIMIT_FIELD_NUMBER: _builtins.int
+    PER_USER_ORDERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___PromotionKind.ValueType
     currency: _builtins.str
@@ -100,6 +102,12 @@ class Promotion(_message.Message):
     """Configuration revision: bumped by every change of budget, window or freeze,
     never by grants or reports. Set only by the center.
     """
+    per_user_limit: _builtins.int
+    """At most this many units per user (0: no limit). Users are homed in one region,
+    so each region enforces it on its own ledger, in the same atomic step as the deduction.
+    """
+    per_user_orders: _builtins.int
+    """At most this many orders per user (0: no limit); a fully refunded order stops counting."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -122,10 +130,12 @@ class Promotion(_message.Message):
         regions: _abc.Iterable[_builtins.str] | None = ...,
         frozen: _builtins.bool = ...,
         revision: _builtins.int = ...,
+        per_user_limit: _builtins.int = ...,
+        per_user_orders: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "end_time", b"end_time", "frozen", b"frozen", "id", b"id", "kind", b"kind", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "end_time", b"end_time", "frozen", b"frozen", "id", b"id", "kind", b"kind", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,12 +8,14 @@ several agent processes share one ledger. Across all of them:
 - `deduct` takes every line of an order or none; an order key is deducted at most once,
   and a retry with the same lines returns the first answer with `replayed=True`;
 - a refund id is applied at most once, and an order never gets back more than it spent;
+- a user never holds more of a promotion than its per-user limits allow;
 - a grant id is applied at most once, whichever agent process receives it;
 - counters (granted, returned, deducted, refunded) only ever grow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +25,17 @@ class Line:
     promotion_id: str
     amount: int
     user_id: str = ""
+
+
+@dataclass(frozen=True)
+class UserLimit:
+    """What one user may take of one promotion in this region; 0 is no limit."""
+
+    units: int = 0
+    orders: int = 0
+
+
+NO_LIMITS: dict[str, UserLimit] = {}
 
 
 @dataclass(frozen=True)
@@ -39,18 +52,21 @@ class Balance:
 
 @dataclass(frozen=True)
 class DeductOutcome:
-    """Either the order was deducted (`short` empty), or nothing changed and `short`
-    names the promotions whose allotment could not cover their line."""
+    """Either the order was deducted, or nothing changed and `short` names the promotions
+    whose allotment could not cover their line, or `over_limit` those whose per-user limit
+    the line's user would break."""
 
     lines: tuple[Line, ...]
     replayed: bool = False
     short: tuple[str, ...] = ()
+    over_limit: tuple[str, ...] = ()
+    """Promotions whose per-user limit this order would break (checked after `short`)."""
     available_after: tuple[int, ...] = ()
     """Per line, what its promotion has left after this deduction (empty on a replay)."""
 
     @property
     def accepted(self) -> bool:
-        return not self.short
+        return not (self.short or self.over_limit)
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,12 @@ class Ledger(Protocol):
         FailedPrecondition when the key was used for different lines."""
         ...
 
-    async def deduct(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome: ...
+    async def deduct(
+        self, order_key: str, lines: tuple[Line, ...], limits: Mapping[str, UserLimit] = NO_LIMITS
+    ) -> DeductOutcome:
+        """`limits` maps a promotion to its per-user limit; a refund gives the units back, and
+        the order stops counting once its line of that promotion is fully refunded."""
+        ...
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         """Empty `lines` refunds whatever the order has left. NotFound for an unknown

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 
-from region_agent.ledger.base import Balance, DeductOutcome, Line, RefundOutcome
+from region_agent.ledger.base import NO_LIMITS, Balance, DeductOutcome, Line, RefundOutcome, UserLimit
 from region_agent.ledger.local import LocalLedger
 
 
@@ -26,8 +27,10 @@ class InProcessLedger:
     async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
         return self._ledger.find_order(order_key, lines)
 
-    async def deduct(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome:
-        return self._ledger.deduct(order_key, lines)
+    async def deduct(
+        self, order_key: str, lines: tuple[Line, ...], limits: Mapping[str, UserLimit] = NO_LIMITS
+    ) -> DeductOutcome:
+        return self._ledger.deduct(order_key, lines, limits)
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         return self._ledger.refund(order_key, refund_id, lines)

@@ -11,6 +11,7 @@ on Redis Cluster too. Layout:
     {quota:R}:grants                 set of applied grant ids
     {quota:R}:order:<order key>      hash lines (JSON, the first answer) and refunded:<promotion>
     {quota:R}:refund:<order>:<id>    the first answer of a refund (JSON)
+    {quota:R}:user:[<promotion>,<user>]  hash units, orders a user holds, for per-user limits
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
-from region_agent.ledger.base import Balance, DeductOutcome, Line, RefundOutcome
+from region_agent.ledger.base import NO_LIMITS, Balance, DeductOutcome, Line, RefundOutcome, UserLimit
 
 # Every script's KEYS[1] is the incarnation key and ARGV[1] the incarnation the agent holds: a
 # Redis that lost its data (restarted without its append-only file, flushed, failed over to a
@@ -40,7 +42,8 @@ local function available(key)
 end
 """
 
-# KEYS: incarnation, order, balance per line. ARGV: incarnation, lines JSON, amount per line.
+# KEYS: incarnation, order, balance per line, user per line.
+# ARGV: incarnation, lines JSON, amount per line, unit limit per line, order limit per line.
 _DEDUCT = (
     _SAME_LIFE
     + _AVAILABLE
@@ -50,21 +53,38 @@ if first then
   if first == ARGV[2] then return {'replay'} end
   return {'conflict'}
 end
-local wanted, short = {}, {}
-for i = 3, #KEYS do wanted[KEYS[i]] = (wanted[KEYS[i]] or 0) + tonumber(ARGV[i]) end
-for i = 3, #KEYS do
-  if available(KEYS[i]) < wanted[KEYS[i]] then table.insert(short, i - 2) end
+local n = (#KEYS - 2) / 2
+local wanted, units, short, over = {}, {}, {}, {}
+for i = 1, n do
+  wanted[KEYS[2 + i]] = (wanted[KEYS[2 + i]] or 0) + tonumber(ARGV[2 + i])
+  units[KEYS[2 + n + i]] = (units[KEYS[2 + n + i]] or 0) + tonumber(ARGV[2 + i])
+end
+for i = 1, n do
+  if available(KEYS[2 + i]) < wanted[KEYS[2 + i]] then table.insert(short, i) end
 end
 if #short > 0 then return {'short', unpack(short)} end
+for i = 1, n do
+  local user, unit_limit, order_limit = KEYS[2 + n + i], tonumber(ARGV[2 + n + i]), tonumber(ARGV[2 + 2 * n + i])
+  local held = tonumber(redis.call('HGET', user, 'units')) or 0
+  local orders = tonumber(redis.call('HGET', user, 'orders')) or 0
+  if (unit_limit > 0 and held + units[user] > unit_limit) or (order_limit > 0 and orders + 1 > order_limit) then
+    table.insert(over, i)
+  end
+end
+if #over > 0 then return {'over_limit', unpack(over)} end
+for i = 1, n do redis.call('HINCRBY', KEYS[2 + i], 'deducted', ARGV[2 + i]) end
+for user, amount in pairs(units) do
+  redis.call('HINCRBY', user, 'units', amount)
+  redis.call('HINCRBY', user, 'orders', 1)
+end
 local left = {'ok'}
-for i = 3, #KEYS do redis.call('HINCRBY', KEYS[i], 'deducted', ARGV[i]) end
-for i = 3, #KEYS do table.insert(left, available(KEYS[i])) end
+for i = 1, n do table.insert(left, available(KEYS[2 + i])) end
 redis.call('HSET', KEYS[2], 'lines', ARGV[2])
 return left
 """
 )
 
-# KEYS: incarnation, order, refund record, balance per line of the order.
+# KEYS: incarnation, order, refund record, balance per line of the order, user per line.
 # ARGV: incarnation, JSON of wanted [[promotion, amount]...], or '' for everything left.
 _REFUND = (
     _SAME_LIFE
@@ -74,12 +94,14 @@ if first then return {'replay', first} end
 local raw = redis.call('HGET', KEYS[2], 'lines')
 if not raw then return {'not_found'} end
 local lines = cjson.decode(raw)
-local left, balance = {}, {}
+local left, spent, balance, user = {}, {}, {}, {}
 for i, line in ipairs(lines) do
   local promotion = line[1]
   local refunded = tonumber(redis.call('HGET', KEYS[2], 'refunded:' .. promotion)) or 0
-  left[promotion] = (left[promotion] or 0) + line[2] - refunded
+  spent[promotion] = (spent[promotion] or 0) + line[2]
+  left[promotion] = spent[promotion] - refunded
   balance[promotion] = KEYS[3 + i]
+  user[promotion] = KEYS[3 + #lines + i]
 end
 local wanted = {}
 if ARGV[2] == '' then
@@ -101,8 +123,10 @@ else
 end
 local answer = {}
 for _, promotion in ipairs(wanted) do
-  redis.call('HINCRBY', KEYS[2], 'refunded:' .. promotion, wanted[promotion])
+  local refunded = redis.call('HINCRBY', KEYS[2], 'refunded:' .. promotion, wanted[promotion])
   redis.call('HINCRBY', balance[promotion], 'refunded', wanted[promotion])
+  redis.call('HINCRBY', user[promotion], 'units', -wanted[promotion])
+  if refunded == spent[promotion] then redis.call('HINCRBY', user[promotion], 'orders', -1) end
   -- cjson would print large amounts in floating point; integers are written out whole.
   table.insert(answer, '[' .. cjson.encode(promotion) .. ',' .. string.format('%d', wanted[promotion]) .. ']')
 end
@@ -149,6 +173,10 @@ class RedisLedger:
     def _key(self, *parts: str) -> str:
         return ":".join((self._tag, *parts))
 
+    def _user_key(self, promotion_id: str, user_id: str) -> str:
+        # JSON keeps "a:b" + "c" apart from "a" + "b:c".
+        return self._key("user", json.dumps([promotion_id, user_id], separators=(",", ":")))
+
     async def incarnation(self) -> str:
         """The life this agent takes part in, checked against Redis on every call: when Redis
         lost it, all of the region's agents converge on one new incarnation (the first to ask
@@ -179,16 +207,32 @@ class RedisLedger:
             raise _reused(order_key)
         return DeductOutcome(lines, replayed=True)
 
-    async def deduct(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome:
-        keys = [self._key("order", order_key), *(self._key("balance", line.promotion_id) for line in lines)]
-        answer = await self._run(self._deduct, keys, [_encode(lines), *(line.amount for line in lines)])
+    async def deduct(
+        self, order_key: str, lines: tuple[Line, ...], limits: Mapping[str, UserLimit] = NO_LIMITS
+    ) -> DeductOutcome:
+        keys = [
+            self._key("order", order_key),
+            *(self._key("balance", line.promotion_id) for line in lines),
+            *(self._user_key(line.promotion_id, line.user_id) for line in lines),
+        ]
+        line_limits = [limits.get(line.promotion_id, UserLimit()) for line in lines]
+        args: list[str | int] = [
+            _encode(lines),
+            *(line.amount for line in lines),
+            *(limit.units for limit in line_limits),
+            *(limit.orders for limit in line_limits),
+        ]
+        answer = await self._run(self._deduct, keys, args)
         status = answer[0].decode()
         if status == "replay":
             return DeductOutcome(lines, replayed=True)
         if status == "conflict":
             raise _reused(order_key)
-        if status == "short":
-            return DeductOutcome(lines, short=tuple(dict.fromkeys(lines[int(i) - 1].promotion_id for i in answer[1:])))
+        if status in ("short", "over_limit"):
+            promotions = tuple(dict.fromkeys(lines[int(i) - 1].promotion_id for i in answer[1:]))
+            if status == "short":
+                return DeductOutcome(lines, short=promotions)
+            return DeductOutcome(lines, over_limit=promotions)
         return DeductOutcome(lines, available_after=tuple(int(left) for left in answer[1:]))
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
@@ -196,8 +240,13 @@ class RedisLedger:
         first = await self._redis.hget(order, "lines")
         if first is None:
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
-        promotions = [promotion for promotion, _, _ in json.loads(first)]
-        keys = [order, self._key("refund", order_key, refund_id), *(self._key("balance", p) for p in promotions)]
+        spent = json.loads(first)
+        keys = [
+            order,
+            self._key("refund", order_key, refund_id),
+            *(self._key("balance", promotion) for promotion, _, _ in spent),
+            *(self._user_key(promotion, user) for promotion, _, user in spent),
+        ]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
         answer = await self._run(self._refund, keys, [wanted])
         status = answer[0].decode()

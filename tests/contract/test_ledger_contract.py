@@ -14,7 +14,7 @@ import redis.asyncio as redis
 from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound
 from quota_center.testing_servers import RunningServer, redis_server
 from quota_center.validation import MAX_AMOUNT
-from region_agent.ledger.base import Balance, Ledger, Line
+from region_agent.ledger.base import Balance, Ledger, Line, UserLimit
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
 
@@ -163,3 +163,28 @@ async def test_amounts_up_to_the_maximum_stay_exact(ledger: Ledger) -> None:
 
     assert refunded.lines == (Line("a", MAX_AMOUNT),)
     assert await ledger.balance("a") == Balance(granted=MAX_AMOUNT, deducted=MAX_AMOUNT, refunded=MAX_AMOUNT)
+
+
+async def test_a_user_gets_no_more_units_than_the_promotion_allows(ledger: Ledger) -> None:
+    await ledger.apply_grant("g1", "a", 100)
+    limits = {"a": UserLimit(units=5)}
+
+    assert (await ledger.deduct("o1", (Line("a", 3, "ann"),), limits)).accepted
+    refused = await ledger.deduct("o2", (Line("a", 3, "ann"),), limits)
+    other_user = await ledger.deduct("o3", (Line("a", 3, "bob"),), limits)
+
+    assert refused.over_limit == ("a",)
+    assert other_user.accepted
+    assert (await ledger.balance("a")).deducted == 6
+    await ledger.refund("o1", "r1", (Line("a", 2),))
+    assert (await ledger.deduct("o4", (Line("a", 3, "ann"),), limits)).accepted
+
+
+async def test_a_user_gets_no_more_orders_than_the_promotion_allows(ledger: Ledger) -> None:
+    await _funded(ledger)
+    limits = {"a": UserLimit(orders=1)}
+
+    assert (await ledger.deduct("o1", (Line("a", 1, "ann"),), limits)).accepted
+    assert (await ledger.deduct("o2", (Line("a", 1, "ann"),), limits)).over_limit == ("a",)
+    await ledger.refund("o1", "r1", (Line("a", 1),))  # fully refunded: the order stops counting
+    assert (await ledger.deduct("o3", (Line("a", 1, "ann"),), limits)).accepted
