@@ -29,6 +29,9 @@ from region_agent.ledger.base import Balance, Ledger
 
 log = logging.getLogger(__name__)
 
+_CLAIM_TTL_S = 5.0
+"""Longest one agent keeps the region's other agents from acquiring for a promotion."""
+
 
 @dataclass
 class Tracked:
@@ -55,6 +58,7 @@ class Supply:
         self._tracked: dict[str, Tracked] = {}
         self._fetches: dict[str, asyncio.Task[Promotion]] = {}
         self.incarnation = ""
+        self._holder = uuid.uuid4().hex
 
     def get(self, promotion_id: str) -> Tracked | None:
         return self._tracked.get(promotion_id)
@@ -107,6 +111,17 @@ class Supply:
         return item.refill
 
     async def _acquire(self, item: Tracked, needed: int) -> QuotaError | None:
+        promotion_id = item.promotion.id
+        if not await self._ledger.claim_refill(promotion_id, self._holder, _CLAIM_TTL_S):
+            # Another agent of the region is acquiring; its grant lands in the shared ledger.
+            await asyncio.sleep(min(max(item.latency_s, 0.01), 0.5))
+            return None
+        try:
+            return await self._acquire_claimed(item, needed)
+        finally:
+            await self._ledger.release_refill(promotion_id, self._holder)
+
+    async def _acquire_claimed(self, item: Tracked, needed: int) -> QuotaError | None:
         promotion_id = item.promotion.id
         balance = await self._ledger.balance(promotion_id)
         sent = self._clock.monotonic()

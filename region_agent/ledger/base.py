@@ -108,6 +108,17 @@ class Ledger(Protocol):
         as returned before the center hears of it. Returns how much was removed."""
         ...
 
+    async def claim_refill(self, promotion_id: str, holder: str, ttl_s: float) -> bool:
+        """Claims, for at most `ttl_s`, the right to acquire quota for this promotion, so the
+        region's agents send one acquire at a time; False while another holder has it. Only an
+        optimisation: grants apply once by id, so a claim that lapses early costs a second
+        acquire, never correctness (which is why the claim needs no fencing token)."""
+        ...
+
+    async def release_refill(self, promotion_id: str, holder: str) -> None:
+        """Releases the claim if `holder` still has it."""
+        ...
+
     async def balance(self, promotion_id: str) -> Balance: ...
 
     async def balances(self) -> dict[str, Balance]: ...

@@ -41,6 +41,13 @@ class InProcessLedger:
     async def take_back(self, promotion_id: str, amount: int) -> int:
         return self._ledger.take_back(promotion_id, amount)
 
+    async def claim_refill(self, promotion_id: str, holder: str, ttl_s: float) -> bool:
+        """One agent per in-process ledger: its own single-flight refills are claim enough."""
+        return True
+
+    async def release_refill(self, promotion_id: str, holder: str) -> None:
+        return None
+
     async def balance(self, promotion_id: str) -> Balance:
         return self._ledger.balance(promotion_id)
 

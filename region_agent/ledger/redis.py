@@ -12,6 +12,7 @@ on Redis Cluster too. Layout:
     {quota:R}:order:<order key>      hash lines (JSON, the first answer) and refunded:<promotion>
     {quota:R}:refund:<order>:<id>    the first answer of a refund (JSON)
     {quota:R}:user:[<promotion>,<user>]  hash units, orders a user holds, for per-user limits
+    {quota:R}:refill:<promotion>     which agent is acquiring for the promotion (expires by itself)
 """
 
 from __future__ import annotations
@@ -160,6 +161,13 @@ return {'ok', taken}
 )
 
 
+# KEYS: claim. ARGV: holder. Deletes the claim only if this holder still has it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisLedger:
     def __init__(self, client: redis.Redis, region: str) -> None:
         self._redis = client
@@ -168,6 +176,7 @@ class RedisLedger:
         self._refund = client.register_script(_REFUND)
         self._apply_grant = client.register_script(_APPLY_GRANT)
         self._take_back = client.register_script(_TAKE_BACK)
+        self._release = client.register_script(_RELEASE)
         self._incarnation: str | None = None
 
     def _key(self, *parts: str) -> str:
@@ -272,6 +281,13 @@ class RedisLedger:
     async def take_back(self, promotion_id: str, amount: int) -> int:
         answer = await self._run(self._take_back, [self._key("balance", promotion_id)], [amount])
         return int(answer[1])
+
+    async def claim_refill(self, promotion_id: str, holder: str, ttl_s: float) -> bool:
+        claim = self._key("refill", promotion_id)
+        return bool(await self._redis.set(claim, holder, nx=True, px=max(1, round(ttl_s * 1000))))
+
+    async def release_refill(self, promotion_id: str, holder: str) -> None:
+        await self._release(keys=[self._key("refill", promotion_id)], args=[holder])
 
     async def balance(self, promotion_id: str) -> Balance:
         values = await self._redis.hmget(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as redis
@@ -30,12 +31,20 @@ async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
     if request.param == "memory":
         yield InProcessLedger()
         return
-    server: RunningServer = request.getfixturevalue("redis_address")
+    async with _redis_ledger(request.getfixturevalue("redis_address")) as joined:
+        yield joined
+
+
+@asynccontextmanager
+async def _redis_ledger(server: RunningServer) -> AsyncIterator[RedisLedger]:
+    """A ledger of a fresh region on the shared test Redis, joined as its first agent."""
     client = redis.Redis(host=server.host, port=server.port)
     joined = RedisLedger(client, region=f"test-{uuid.uuid4().hex}")
     await joined.incarnation()
-    yield joined
-    await client.aclose()
+    try:
+        yield joined
+    finally:
+        await client.aclose()
 
 
 A, B = Line("a", 3, "u1"), Line("b", 2, "u1")
@@ -188,3 +197,22 @@ async def test_a_user_gets_no_more_orders_than_the_promotion_allows(ledger: Ledg
     assert (await ledger.deduct("o2", (Line("a", 1, "ann"),), limits)).over_limit == ("a",)
     await ledger.refund("o1", "r1", (Line("a", 1),))  # fully refunded: the order stops counting
     assert (await ledger.deduct("o3", (Line("a", 1, "ann"),), limits)).accepted
+
+
+@pytest.fixture
+async def redis_ledger(redis_address: RunningServer) -> AsyncIterator[RedisLedger]:
+    async with _redis_ledger(redis_address) as joined:
+        yield joined
+
+
+async def test_one_agent_of_a_region_refills_a_promotion_at_a_time(redis_ledger: RedisLedger) -> None:
+    assert await redis_ledger.claim_refill("a", "agent-1", ttl_s=5)
+    assert not await redis_ledger.claim_refill("a", "agent-2", ttl_s=5)
+    assert await redis_ledger.claim_refill("b", "agent-2", ttl_s=5)
+
+    await redis_ledger.release_refill("a", "agent-2")
+    assert not await redis_ledger.claim_refill("a", "agent-2", ttl_s=5)
+    await redis_ledger.release_refill("a", "agent-1")
+    assert await redis_ledger.claim_refill("a", "agent-2", ttl_s=0.05)
+    await asyncio.sleep(0.1)
+    assert await redis_ledger.claim_refill("a", "agent-3", ttl_s=5)
