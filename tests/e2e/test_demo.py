@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,21 +14,24 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def _demo_processes() -> list[str]:
+def _processes_marked(mark: str) -> list[str]:
+    """Processes whose environment carries `mark`: the demo and everything it started."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    needle = f"QUOTA_TEST_MARK={mark}".encode()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            args = cmdline.read_bytes().split(b"\0")
+            if needle in environ.read_bytes().split(b"\0"):
+                found.append((environ.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
         except OSError:
             continue
-        if any(b"quota-demo-" in arg for arg in args):
-            found.append(b" ".join(args).decode(errors="replace"))
     return found
 
 
 def test_demo_sells_out_exactly_with_few_center_calls() -> None:
+    mark = uuid.uuid4().hex
     done = subprocess.run(
         [sys.executable, "-m", "quota_center", "demo", "--json", "--budget", "20000"],
+        env={**os.environ, "QUOTA_TEST_MARK": mark},
         capture_output=True,
         text=True,
         timeout=120,
@@ -39,4 +44,4 @@ def test_demo_sells_out_exactly_with_few_center_calls() -> None:
     assert figures["center_calls"] * 1000 / figures["deductions"] < 20
     assert set(figures["regions"]) == {"eu", "us", "ap"}
     assert sum(r["acked"] for r in figures["regions"].values()) == figures["issued"]
-    assert _demo_processes() == []
+    assert _processes_marked(mark) == []
