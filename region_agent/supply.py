@@ -127,9 +127,10 @@ class Supply:
         sent = self._clock.monotonic()
         rate = item.meter.rate(sent)
         amount = policy.ask_amount(self._refill_settings, balance.available, rate, needed)
+        life = self.incarnation
         try:
             answer = await self._center.acquire(
-                self.incarnation, promotion_id, amount, uuid.uuid4().hex, policy.demand_per_minute(rate)
+                life, promotion_id, amount, uuid.uuid4().hex, policy.demand_per_minute(rate)
             )
         except QuotaError as error:
             item.exhausted = isinstance(error, Exhausted)
@@ -138,7 +139,7 @@ class Supply:
                 with contextlib.suppress(QuotaError):
                     item.promotion = await self._center.promotion(promotion_id)
             return error
-        await self._ledger.apply_grant(answer.grant_id, promotion_id, answer.amount)
+        await self._ledger.apply_grant(answer.grant_id, promotion_id, answer.amount, life)
         item.lease_until = sent + answer.lease_ttl_s
         item.last_grant = answer.amount
         item.latency_s = 0.8 * item.latency_s + 0.2 * (self._clock.monotonic() - sent)
@@ -183,22 +184,23 @@ class Supply:
             item = self._tracked.get(promotion_id)
             demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
             counters.append(counters_pb(promotion_id, balances.get(promotion_id, Balance()), demand))
-        answer = await self._center.renew(self.incarnation, counters)
+        life = self.incarnation
+        answer = await self._center.renew(life, counters)
         for directive in answer.directives:
             try:
-                await self._follow(directive, now + answer.lease_ttl_s)
+                await self._follow(directive, now + answer.lease_ttl_s, life)
             except LedgerLost:
                 raise
             except QuotaError as error:
                 log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
 
-    async def _follow(self, directive: pb.PromotionDirective, lease_until: float) -> None:
+    async def _follow(self, directive: pb.PromotionDirective, lease_until: float, life: str) -> None:
         item = await self._track_one(directive.promotion_id)
         item.lease_until = lease_until
         item.exhausted = directive.exhausted
         item.promotion = replace(item.promotion, frozen=directive.frozen)
         for grant in directive.unapplied_grants:
-            await self._ledger.apply_grant(grant.grant_id, grant.promotion_id, grant.amount)
+            await self._ledger.apply_grant(grant.grant_id, grant.promotion_id, grant.amount, life)
         if directive.reclaim > 0:
             await self.give_back(directive.promotion_id, directive.reclaim)
         if directive.revision > item.promotion.revision:

@@ -99,8 +99,10 @@ class Ledger(Protocol):
         it has left."""
         ...
 
-    async def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:
-        """Adds a grant; False when this grant id was applied before."""
+    async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
+        """Adds a grant the center made to `incarnation`; False when this grant id was applied
+        before. Raises LedgerLost when the ledger is no longer that incarnation: a grant to an
+        old life must never be spent by a new one (the center writes it off with the old)."""
         ...
 
     async def take_back(self, promotion_id: str, amount: int) -> int:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
+from quota_center.errors import LedgerLost
 from region_agent.ledger.base import NO_LIMITS, Balance, DeductOutcome, Line, RefundOutcome, UserLimit
 from region_agent.ledger.local import LocalLedger
 
@@ -35,7 +36,9 @@ class InProcessLedger:
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         return self._ledger.refund(order_key, refund_id, lines)
 
-    async def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:
+    async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
+        if incarnation != self._incarnation:
+            raise LedgerLost(f"grant {grant_id} was made to incarnation {incarnation}, not this ledger's")
         return self._ledger.apply_grant(grant_id, promotion_id, amount)
 
     async def take_back(self, promotion_id: str, amount: int) -> int:

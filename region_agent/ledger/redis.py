@@ -10,7 +10,7 @@ on Redis Cluster too. Layout:
     {quota:R}:balance:<promotion>    hash granted, returned, deducted, refunded
     {quota:R}:grants                 set of applied grant ids
     {quota:R}:order:<order key>      hash lines (JSON, the first answer) and refunded:<promotion>
-    {quota:R}:refund:<order>:<id>    the first answer of a refund (JSON)
+    {quota:R}:refund:[<order>,<id>]  the first answer of a refund (JSON)
     {quota:R}:user:[<promotion>,<user>]  hash units, orders a user holds, for per-user limits
     {quota:R}:refill:<promotion>     which agent is acquiring for the promotion (expires by itself)
 """
@@ -195,16 +195,24 @@ class RedisLedger:
             # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
             fresh = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
             await self._redis.set(self._key("incarnation"), fresh, nx=True)
-            self._incarnation = _text(await self._redis.get(self._key("incarnation")))
+            stored = await self._redis.get(self._key("incarnation"))
+            if stored is None:
+                raise _lost()
+            self._incarnation = _text(stored)
         return self._incarnation
 
-    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> list[Any]:
-        """Runs a script in this ledger's life; raises LedgerLost when Redis no longer has it."""
-        if self._incarnation is None:
+    async def _run(
+        self, script: AsyncScript, keys: list[str], args: list[str | int], life: str | None = None
+    ) -> list[Any]:
+        """Runs a script in `life` (default: this ledger's); raises LedgerLost when Redis is no
+        longer in it."""
+        expected = life or self._incarnation
+        if expected is None:
             raise _lost()
-        answer: list[Any] = await script(keys=[self._key("incarnation"), *keys], args=[self._incarnation, *args])
+        answer: list[Any] = await script(keys=[self._key("incarnation"), *keys], args=[expected, *args])
         if answer[0] == b"lost":
-            self._incarnation = None
+            if expected == self._incarnation:
+                self._incarnation = None
             raise _lost()
         return answer
 
@@ -252,7 +260,7 @@ class RedisLedger:
         spent = json.loads(first)
         keys = [
             order,
-            self._key("refund", order_key, refund_id),
+            self._key("refund", json.dumps([order_key, refund_id], separators=(",", ":"))),
             *(self._key("balance", promotion) for promotion, _, _ in spent),
             *(self._user_key(promotion, user) for promotion, _, user in spent),
         ]
@@ -273,9 +281,9 @@ class RedisLedger:
         refunded = tuple(Line(promotion, int(amount)) for promotion, amount in json.loads(answer[1]))
         return RefundOutcome(refunded, replayed=status == "replay")
 
-    async def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:
+    async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
         keys = [self._key("grants"), self._key("balance", promotion_id), self._key("promotions")]
-        answer = await self._run(self._apply_grant, keys, [grant_id, promotion_id, amount])
+        answer = await self._run(self._apply_grant, keys, [grant_id, promotion_id, amount], life=incarnation)
         return bool(answer[0] == b"ok")
 
     async def take_back(self, promotion_id: str, amount: int) -> int:

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import pytest
 import redis.asyncio as redis
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound
+from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
 from quota_center.testing_servers import RunningServer, redis_server
 from quota_center.validation import MAX_AMOUNT
 from region_agent.ledger.base import Balance, Ledger, Line, UserLimit
@@ -51,14 +51,14 @@ A, B = Line("a", 3, "u1"), Line("b", 2, "u1")
 
 
 async def _funded(ledger: Ledger, a: int = 10, b: int = 10) -> Ledger:
-    await ledger.apply_grant("grant-a", "a", a)
-    await ledger.apply_grant("grant-b", "b", b)
+    await ledger.apply_grant("grant-a", "a", a, await ledger.incarnation())
+    await ledger.apply_grant("grant-b", "b", b, await ledger.incarnation())
     return ledger
 
 
 async def test_a_grant_applies_once_by_id(ledger: Ledger) -> None:
-    assert await ledger.apply_grant("g1", "a", 5) is True
-    assert await ledger.apply_grant("g1", "a", 5) is False
+    assert await ledger.apply_grant("g1", "a", 5, await ledger.incarnation()) is True
+    assert await ledger.apply_grant("g1", "a", 5, await ledger.incarnation()) is False
     assert await ledger.balance("a") == Balance(granted=5)
 
 
@@ -98,7 +98,7 @@ async def test_an_order_key_reused_for_other_lines_is_refused(ledger: Ledger) ->
 
 
 async def test_concurrent_orders_never_overspend(ledger: Ledger) -> None:
-    await ledger.apply_grant("g1", "a", 10)
+    await ledger.apply_grant("g1", "a", 10, await ledger.incarnation())
 
     outcomes = await asyncio.gather(*(ledger.deduct(f"o{n}", (A,)) for n in range(8)))
 
@@ -155,7 +155,7 @@ async def test_an_in_process_ledger_starts_a_new_incarnation_every_time() -> Non
 
 
 async def test_lines_of_one_promotion_are_checked_together(ledger: Ledger) -> None:
-    await ledger.apply_grant("g1", "a", 5)
+    await ledger.apply_grant("g1", "a", 5, await ledger.incarnation())
 
     refused = await ledger.deduct("o1", (A, A))
 
@@ -164,7 +164,7 @@ async def test_lines_of_one_promotion_are_checked_together(ledger: Ledger) -> No
 
 
 async def test_amounts_up_to_the_maximum_stay_exact(ledger: Ledger) -> None:
-    await ledger.apply_grant("g1", "a", MAX_AMOUNT)
+    await ledger.apply_grant("g1", "a", MAX_AMOUNT, await ledger.incarnation())
     huge = (Line("a", MAX_AMOUNT, "u1"),)
 
     assert (await ledger.deduct("o1", huge)).available_after == (0,)
@@ -175,7 +175,7 @@ async def test_amounts_up_to_the_maximum_stay_exact(ledger: Ledger) -> None:
 
 
 async def test_a_user_gets_no_more_units_than_the_promotion_allows(ledger: Ledger) -> None:
-    await ledger.apply_grant("g1", "a", 100)
+    await ledger.apply_grant("g1", "a", 100, await ledger.incarnation())
     limits = {"a": UserLimit(units=5)}
 
     assert (await ledger.deduct("o1", (Line("a", 3, "ann"),), limits)).accepted
@@ -216,3 +216,23 @@ async def test_one_agent_of_a_region_refills_a_promotion_at_a_time(redis_ledger:
     assert await redis_ledger.claim_refill("a", "agent-2", ttl_s=0.05)
     await asyncio.sleep(0.1)
     assert await redis_ledger.claim_refill("a", "agent-3", ttl_s=5)
+
+
+async def test_a_grant_made_to_another_incarnation_is_never_applied(ledger: Ledger) -> None:
+    with pytest.raises(LedgerLost):
+        await ledger.apply_grant("g1", "a", 5, "00000000000000000000-some-earlier-life")
+
+    assert await ledger.balances() == {}
+    assert await ledger.apply_grant("g1", "a", 5, await ledger.incarnation())
+
+
+async def test_refund_records_of_different_orders_never_collide(ledger: Ledger) -> None:
+    await _funded(ledger)
+    await ledger.deduct("o:1", (Line("a", 1, "u1"),))
+    await ledger.deduct("o", (Line("a", 2, "u1"),))
+
+    await ledger.refund("o:1", "r", ())
+    second = await ledger.refund("o", "1:r", ())
+
+    assert not second.replayed
+    assert second.lines == (Line("a", 2),)
