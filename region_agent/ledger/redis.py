@@ -5,14 +5,16 @@ atomic across all its keys and all agent processes. All keys of a region share t
 tag `{quota:<region>}`, so a multi-line order touching several promotions runs in one slot
 on Redis Cluster too. Layout:
 
-    {quota:R}:incarnation            this ledger's life; a Redis that lost its data gets a new one
-    {quota:R}:promotions             set of promotion ids with a balance
-    {quota:R}:balance:<promotion>    hash granted, returned, deducted, refunded
-    {quota:R}:grants                 set of applied grant ids
-    {quota:R}:order:<order key>      hash lines (JSON, the first answer) and refunded:<promotion>
-    {quota:R}:refund:[<order>,<id>]  the first answer of a refund (JSON)
-    {quota:R}:user:[<promotion>,<user>]  hash units, orders a user holds, for per-user limits
-    {quota:R}:refill:<promotion>     which agent is acquiring for the promotion (expires by itself)
+    {quota:R}:incarnation                  hash: life (the current one) and sequence (writes in it)
+    {quota:R}:refill:<promotion>           which agent is acquiring for the promotion (expires by itself)
+    {quota:R}:<life>:promotions            set of promotion ids with a balance
+    {quota:R}:<life>:balance:<promotion>   hash granted, returned, deducted, refunded
+    {quota:R}:<life>:grants                set of applied grant ids
+    {quota:R}:<life>:order:<order key>     hash lines (JSON, the first answer) and refunded:<promotion>
+    {quota:R}:<life>:refund:[<order>,<id>] the first answer of a refund (JSON)
+    {quota:R}:<life>:user:[<promotion>,<user>]  hash units, orders a user holds, for per-user limits
+
+Data keys carry the life, so a new life starts empty whatever an old one left behind.
 """
 
 from __future__ import annotations
@@ -29,11 +31,26 @@ from redis.commands.core import AsyncScript
 from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
 from region_agent.ledger.base import NO_LIMITS, Balance, DeductOutcome, Line, RefundOutcome, UserLimit
 
-# Every script's KEYS[1] is the incarnation key and ARGV[1] the incarnation the agent holds: a
-# Redis that lost its data (restarted without its append-only file, flushed, failed over to a
-# replica that lagged) no longer has it, and the script changes nothing.
+# Every script's KEYS[1] is the incarnation hash (life, sequence) and ARGV[1] "life|floor": the
+# life the agent is in and the highest sequence it has seen. A Redis that lost all its data
+# (flushed, restarted empty) no longer has the life; one that lost only recent writes (restarted
+# from an older snapshot, failed over to a lagging replica) has a sequence below what an agent
+# saw. Either way the script changes nothing, and the region's agents move to a new life whose
+# data keys start empty.
 _SAME_LIFE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
+local life, floor = string.match(ARGV[1], '^(.*)|(%d+)$')
+if redis.call('HGET', KEYS[1], 'life') ~= life then return {'lost'} end
+if (tonumber(redis.call('HGET', KEYS[1], 'sequence')) or 0) < tonumber(floor) then return {'rolled_back'} end
+local sequence = redis.call('HINCRBY', KEYS[1], 'sequence', 1)
+local function body()
+"""
+
+# Closes _SAME_LIFE: the answer's last element is the sequence number this call reached.
+_END = """
+end
+local answer = body()
+table.insert(answer, sequence)
+return answer
 """
 
 _AVAILABLE = """
@@ -83,6 +100,7 @@ for i = 1, n do table.insert(left, available(KEYS[2 + i])) end
 redis.call('HSET', KEYS[2], 'lines', ARGV[2])
 return left
 """
+    + _END
 )
 
 # KEYS: incarnation, order, refund record, balance per line of the order, user per line.
@@ -135,6 +153,7 @@ local encoded = '[' .. table.concat(answer, ',') .. ']'
 redis.call('SET', KEYS[3], encoded)
 return {'ok', encoded}
 """
+    + _END
 )
 
 # KEYS: incarnation, grants, balance, promotions. ARGV: incarnation, grant id, promotion, amount.
@@ -146,6 +165,7 @@ redis.call('HINCRBY', KEYS[3], 'granted', ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[3])
 return {'ok'}
 """
+    + _END
 )
 
 # KEYS: incarnation, balance. ARGV: incarnation, amount.
@@ -158,8 +178,15 @@ if taken <= 0 then return {'ok', 0} end
 redis.call('HINCRBY', KEYS[2], 'returned', taken)
 return {'ok', taken}
 """
+    + _END
 )
 
+
+# KEYS: incarnation. ARGV: life. Ends the life if it is still the current one.
+_FORGET = """
+if redis.call('HGET', KEYS[1], 'life') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 # KEYS: claim. ARGV: holder. Deletes the claim only if this holder still has it.
 _RELEASE = """
@@ -177,47 +204,65 @@ class RedisLedger:
         self._apply_grant = client.register_script(_APPLY_GRANT)
         self._take_back = client.register_script(_TAKE_BACK)
         self._release = client.register_script(_RELEASE)
+        self._forget = client.register_script(_FORGET)
         self._incarnation: str | None = None
+        self._floor = 0
+        """The highest sequence number this agent saw in the current life: Redis must never show less."""
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._tag, *parts))
 
+    def _data(self, *parts: str, life: str | None = None) -> str:
+        """A key of the ledger's data in `life` (default: the current one)."""
+        life = life or self._incarnation
+        if life is None:
+            raise _lost()
+        return self._key(life, *parts)
+
     def _user_key(self, promotion_id: str, user_id: str) -> str:
         # JSON keeps "a:b" + "c" apart from "a" + "b:c".
-        return self._key("user", json.dumps([promotion_id, user_id], separators=(",", ":")))
+        return self._data("user", json.dumps([promotion_id, user_id], separators=(",", ":")))
 
     async def incarnation(self) -> str:
         """The life this agent takes part in, checked against Redis on every call: when Redis
-        lost it, all of the region's agents converge on one new incarnation (the first to ask
-        creates it), and the center writes off what the old one held."""
-        stored = await self._redis.get(self._key("incarnation"))
+        lost it, all of the region's agents converge on one new life (the first to ask creates
+        it), and the center writes off what the old one held."""
+        key = self._key("incarnation")
+        stored = await self._redis.hget(key, "life")
         if stored is None or _text(stored) != self._incarnation:
             # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
             fresh = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-            await self._redis.set(self._key("incarnation"), fresh, nx=True)
-            stored = await self._redis.get(self._key("incarnation"))
+            if await self._redis.hsetnx(key, "life", fresh):
+                await self._redis.hset(key, "sequence", 0)
+            stored = await self._redis.hget(key, "life")
             if stored is None:
                 raise _lost()
-            self._incarnation = _text(stored)
+            self._incarnation, self._floor = _text(stored), 0
         return self._incarnation
 
     async def _run(
         self, script: AsyncScript, keys: list[str], args: list[str | int], life: str | None = None
     ) -> list[Any]:
         """Runs a script in `life` (default: this ledger's); raises LedgerLost when Redis is no
-        longer in it."""
+        longer in it or went back in time."""
         expected = life or self._incarnation
         if expected is None:
             raise _lost()
-        answer: list[Any] = await script(keys=[self._key("incarnation"), *keys], args=[expected, *args])
-        if answer[0] == b"lost":
+        floor = self._floor if expected == self._incarnation else 0
+        answer: list[Any] = await script(keys=[self._key("incarnation"), *keys], args=[f"{expected}|{floor}", *args])
+        if answer[0] == b"rolled_back":
+            # Forget the life for every agent of the region: the next ones to ask start a new one.
+            await self._forget(keys=[self._key("incarnation")], args=[expected])
+        if answer[0] in (b"lost", b"rolled_back"):
             if expected == self._incarnation:
                 self._incarnation = None
             raise _lost()
-        return answer
+        if expected == self._incarnation:
+            self._floor = max(self._floor, int(answer[-1]))
+        return answer[:-1]
 
     async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
-        first = await self._redis.hget(self._key("order", order_key), "lines")
+        first = await self._redis.hget(self._data("order", order_key), "lines")
         if first is None:
             return None
         if _text(first) != _encode(lines):
@@ -228,8 +273,8 @@ class RedisLedger:
         self, order_key: str, lines: tuple[Line, ...], limits: Mapping[str, UserLimit] = NO_LIMITS
     ) -> DeductOutcome:
         keys = [
-            self._key("order", order_key),
-            *(self._key("balance", line.promotion_id) for line in lines),
+            self._data("order", order_key),
+            *(self._data("balance", line.promotion_id) for line in lines),
             *(self._user_key(line.promotion_id, line.user_id) for line in lines),
         ]
         line_limits = [limits.get(line.promotion_id, UserLimit()) for line in lines]
@@ -253,15 +298,15 @@ class RedisLedger:
         return DeductOutcome(lines, available_after=tuple(int(left) for left in answer[1:]))
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
-        order = self._key("order", order_key)
+        order = self._data("order", order_key)
         first = await self._redis.hget(order, "lines")
         if first is None:
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
         spent = json.loads(first)
         keys = [
             order,
-            self._key("refund", json.dumps([order_key, refund_id], separators=(",", ":"))),
-            *(self._key("balance", promotion) for promotion, _, _ in spent),
+            self._data("refund", json.dumps([order_key, refund_id], separators=(",", ":"))),
+            *(self._data("balance", promotion) for promotion, _, _ in spent),
             *(self._user_key(promotion, user) for promotion, _, user in spent),
         ]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
@@ -282,12 +327,16 @@ class RedisLedger:
         return RefundOutcome(refunded, replayed=status == "replay")
 
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
-        keys = [self._key("grants"), self._key("balance", promotion_id), self._key("promotions")]
+        keys = [
+            self._data("grants", life=incarnation),
+            self._data("balance", promotion_id, life=incarnation),
+            self._data("promotions", life=incarnation),
+        ]
         answer = await self._run(self._apply_grant, keys, [grant_id, promotion_id, amount], life=incarnation)
         return bool(answer[0] == b"ok")
 
     async def take_back(self, promotion_id: str, amount: int) -> int:
-        answer = await self._run(self._take_back, [self._key("balance", promotion_id)], [amount])
+        answer = await self._run(self._take_back, [self._data("balance", promotion_id)], [amount])
         return int(answer[1])
 
     async def claim_refill(self, promotion_id: str, holder: str, ttl_s: float) -> bool:
@@ -299,13 +348,13 @@ class RedisLedger:
 
     async def balance(self, promotion_id: str) -> Balance:
         values = await self._redis.hmget(
-            self._key("balance", promotion_id), ["granted", "returned", "deducted", "refunded"]
+            self._data("balance", promotion_id), ["granted", "returned", "deducted", "refunded"]
         )
         granted, returned, deducted, refunded = (int(value or 0) for value in values)
         return Balance(granted, returned, deducted, refunded)
 
     async def balances(self) -> dict[str, Balance]:
-        promotions = sorted(_text(member) for member in await self._redis.smembers(self._key("promotions")))
+        promotions = sorted(_text(member) for member in await self._redis.smembers(self._data("promotions")))
         return {promotion: await self.balance(promotion) for promotion in promotions}
 
 

@@ -236,3 +236,26 @@ async def test_refund_records_of_different_orders_never_collide(ledger: Ledger) 
 
     assert not second.replayed
     assert second.lines == (Line("a", 2),)
+
+
+async def test_a_redis_that_went_back_in_time_ends_the_life_for_every_agent(redis_address: RunningServer) -> None:
+    client = redis.Redis(host=redis_address.host, port=redis_address.port)
+    region = f"test-{uuid.uuid4().hex}"
+    agent, other_agent = RedisLedger(client, region), RedisLedger(client, region)
+    life = await agent.incarnation()
+    assert await other_agent.incarnation() == life
+    await agent.apply_grant("g1", "a", 10, life)
+    await agent.deduct("o1", (Line("a", 4, "u1"),))
+    # What a restart from an older snapshot, or a failover to a lagging replica, looks like.
+    await client.hset(f"{{quota:{region}}}:incarnation", "sequence", 1)
+
+    with pytest.raises(LedgerLost):
+        await agent.deduct("o2", (Line("a", 1, "u1"),))
+
+    new_life = await agent.incarnation()
+    assert new_life != life
+    assert await agent.balances() == {}
+    with pytest.raises(LedgerLost):
+        await other_agent.deduct("o3", (Line("a", 1, "u1"),))
+    assert await other_agent.incarnation() == new_life
+    await client.aclose()
