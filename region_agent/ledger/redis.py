@@ -10,8 +10,9 @@ on Redis Cluster too. Layout:
     {quota:R}:<life>:promotions            set of promotion ids with a balance
     {quota:R}:<life>:balance:<promotion>   hash granted, returned, deducted, refunded
     {quota:R}:<life>:grants                set of applied grant ids
-    {quota:R}:<life>:order:<order key>     hash lines (JSON, the first answer) and refunded:<promotion>
-    {quota:R}:<life>:refund:[<order>,<id>] the first answer of a refund (JSON)
+    {quota:R}:<life>:order:<order key>     hash lines (JSON, the first answer) and refunded:<promotion>;
+                                           kept for the retention period (default 7 days)
+    {quota:R}:<life>:refund:[<order>,<id>] the first answer of a refund (JSON); kept as long
     {quota:R}:<life>:user:[<promotion>,<user>]  hash units, orders a user holds, for per-user limits
 
 Data keys carry the life, so a new life starts empty whatever an old one left behind.
@@ -61,7 +62,8 @@ end
 """
 
 # KEYS: incarnation, order, balance per line, user per line.
-# ARGV: incarnation, lines JSON, amount per line, unit limit per line, order limit per line.
+# ARGV: incarnation, lines JSON, amount per line, unit limit per line, order limit per line,
+# retention in ms.
 _DEDUCT = (
     _SAME_LIFE
     + _AVAILABLE
@@ -98,13 +100,14 @@ end
 local left = {'ok'}
 for i = 1, n do table.insert(left, available(KEYS[2 + i])) end
 redis.call('HSET', KEYS[2], 'lines', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[#ARGV])
 return left
 """
     + _END
 )
 
 # KEYS: incarnation, order, refund record, balance per line of the order, user per line.
-# ARGV: incarnation, JSON of wanted [[promotion, amount]...], or '' for everything left.
+# ARGV: incarnation, JSON of wanted [[promotion, amount]...] or '' for everything left, retention in ms.
 _REFUND = (
     _SAME_LIFE
     + """
@@ -150,7 +153,7 @@ for _, promotion in ipairs(wanted) do
   table.insert(answer, '[' .. cjson.encode(promotion) .. ',' .. string.format('%d', wanted[promotion]) .. ']')
 end
 local encoded = '[' .. table.concat(answer, ',') .. ']'
-redis.call('SET', KEYS[3], encoded)
+redis.call('SET', KEYS[3], encoded, 'PX', ARGV[3])
 return {'ok', encoded}
 """
     + _END
@@ -196,8 +199,10 @@ return 0
 
 
 class RedisLedger:
-    def __init__(self, client: redis.Redis, region: str) -> None:
+    def __init__(self, client: redis.Redis, region: str, retention_s: float = 7 * 86_400) -> None:
+        """Orders and refunds are remembered (their retries replay) for `retention_s`."""
         self._redis = client
+        self._retention_ms = max(1, round(retention_s * 1000))
         self._tag = f"{{quota:{region}}}"
         self._deduct = client.register_script(_DEDUCT)
         self._refund = client.register_script(_REFUND)
@@ -284,7 +289,7 @@ class RedisLedger:
             *(limit.units for limit in line_limits),
             *(limit.orders for limit in line_limits),
         ]
-        answer = await self._run(self._deduct, keys, args)
+        answer = await self._run(self._deduct, keys, [*args, self._retention_ms])
         status = answer[0].decode()
         if status == "replay":
             return DeductOutcome(lines, replayed=True)
@@ -310,7 +315,7 @@ class RedisLedger:
             *(self._user_key(promotion, user) for promotion, _, user in spent),
         ]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
-        answer = await self._run(self._refund, keys, [wanted])
+        answer = await self._run(self._refund, keys, [wanted, self._retention_ms])
         status = answer[0].decode()
         if status == "not_found":
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")

@@ -259,3 +259,16 @@ async def test_a_redis_that_went_back_in_time_ends_the_life_for_every_agent(redi
         await other_agent.deduct("o3", (Line("a", 1, "u1"),))
     assert await other_agent.incarnation() == new_life
     await client.aclose()
+
+
+async def test_order_records_are_kept_for_the_retention_period_only(redis_address: RunningServer) -> None:
+    client = redis.Redis(host=redis_address.host, port=redis_address.port)
+    short_memory = RedisLedger(client, f"test-{uuid.uuid4().hex}", retention_s=0.2)
+    life = await short_memory.incarnation()
+    await short_memory.apply_grant("g1", "a", 10, life)
+    await short_memory.deduct("o1", (A,))
+
+    assert (await short_memory.deduct("o1", (A,))).replayed
+    await asyncio.sleep(0.4)
+    assert not (await short_memory.deduct("o1", (A,))).replayed
+    await client.aclose()
