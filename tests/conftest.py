@@ -1,15 +1,23 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import settings
 
 from quota_center.testing import ServedAgent, ServedCenter, running_agent, running_center
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.agent import AgentSettings
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+
+# CI explores the same examples every run, so a red build always means a change broke something;
+# developers' runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture
