@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from quota_center.validation import MAX_AMOUNT
 
 RECENT_GRANTS_KEPT = 32
 _ISO_4217 = re.compile(r"[A-Z]{3}")
@@ -233,6 +234,12 @@ def grant(state: PromotionState, record: GrantRecord) -> None:
     if not 0 < record.amount <= state.unallocated:
         raise FailedPrecondition(f"cannot grant {record.amount}; {state.unallocated} is unallocated")
     account = state.accounts[record.region]
+    if account.granted + record.amount > MAX_AMOUNT:
+        # Ledgers count exactly only up to MAX_AMOUNT (Redis Lua numbers are doubles).
+        raise FailedPrecondition(
+            f"region {record.region} has cycled {account.granted} through this promotion; its ledger "
+            f"cannot count past {MAX_AMOUNT}: restart its agent as a new incarnation"
+        )
     account.granted += record.amount
     account.recent_grants = [*account.recent_grants, (record.grant_id, record.amount)][-RECENT_GRANTS_KEPT:]
 

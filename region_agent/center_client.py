@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from quota_center.convert import promotion_from_pb
 from quota_center.errors import LEADER_METADATA_KEY, Unavailable, from_grpc
@@ -49,13 +55,22 @@ class CenterClient:
     address in the trailing metadata, and the next attempt goes there; a replica that does
     not answer at all sends the next attempt to the next address in the list."""
 
-    def __init__(self, addresses: list[str], region: str, call_timeout_s: float = 2.0, attempts: int = 5) -> None:
+    def __init__(
+        self,
+        addresses: list[str],
+        region: str,
+        call_timeout_s: float = 2.0,
+        attempts: int = 5,
+        budget_s: float = 6.0,
+    ) -> None:
+        """Each call makes at most `attempts` tries and starts none after `budget_s`."""
         self._addresses = list(addresses)
         self._current = self._addresses[0]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._region = region
         self._timeout = call_timeout_s
         self._attempts = attempts
+        self._budget_s = budget_s
         self.calls = 0
         """RPCs sent to the center, retries included."""
 
@@ -80,7 +95,7 @@ class CenterClient:
     async def _call(self, send: Callable[[_Stubs], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Unavailable),
-            stop=stop_after_attempt(self._attempts),
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._budget_s),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=True,
         )
