@@ -55,12 +55,38 @@ def agent() -> None:
 @click.option("--ledger", default="memory", show_default=True, help="memory or redis://HOST:PORT[/DB]")
 @click.option("--horizon", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
 @click.option("--renew-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds.")
+@click.option(
+    "--reservation-ttl",
+    type=click.FloatRange(min=1, max=86_400),
+    default=900.0,
+    show_default=True,
+    help="Seconds a reservation holds its quota when Reserve does not say.",
+)
+@click.option(
+    "--retention",
+    type=click.FloatRange(min=60),
+    default=7 * 86_400.0,
+    show_default=True,
+    help="Seconds the Redis ledger remembers an order, so its retries replay; keep it above the callers' retry window.",
+)
 def agent_serve(
-    region: str, listen: str, center_address: str, ledger: str, horizon: float, renew_interval: float
+    region: str,
+    listen: str,
+    center_address: str,
+    ledger: str,
+    horizon: float,
+    renew_interval: float,
+    reservation_ttl: float,
+    retention: float,
 ) -> None:
-    """Serve Deduct/Refund for one region."""
-    settings = AgentSettings(region, refill=RefillSettings(horizon_s=horizon), renew_interval_s=renew_interval)
-    asyncio.run(run_agent(AgentConfig(settings, listen, center_address, ledger)))
+    """Serve Deduct/Refund/Reserve/Confirm/Cancel for one region."""
+    settings = AgentSettings(
+        region,
+        refill=RefillSettings(horizon_s=horizon),
+        renew_interval_s=renew_interval,
+        reservation_ttl_ms=round(reservation_ttl * 1000),
+    )
+    asyncio.run(run_agent(AgentConfig(settings, listen, center_address, ledger, retention)))
 
 
 @main.command()

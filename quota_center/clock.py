@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Protocol
+
+
+def iso(wall_ms: int) -> str:
+    """A wall-clock instant as people read it in messages."""
+    return datetime.fromtimestamp(wall_ms / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
 class Clock(Protocol):

@@ -12,14 +12,22 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from quota_center.clock import Clock
+from quota_center.clock import Clock, iso
 from quota_center.errors import Exhausted, InvalidArgument, QuotaError, Rejected, RejectReason, Unavailable
 from quota_center.ledger import Promotion
 from quota_center.policy import RefillSettings
 from region_agent.center_client import CenterClient
-from region_agent.ledger.base import Balance, DeductOutcome, Ledger, Line, RefundOutcome, UserLimit
+from region_agent.ledger.base import (
+    Balance,
+    DeductOutcome,
+    Ledger,
+    Line,
+    RefundOutcome,
+    Settle,
+    SettleOutcome,
+    UserLimit,
+)
 from region_agent.supply import Supply, Tracked
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,8 @@ class AgentSettings:
     """Longest a deduction waits for a refill; shorter when the call's deadline is nearer."""
     return_on_shutdown: bool = True
     """Give back unspent quota on a graceful stop (right for a ledger that dies with the process)."""
+    reservation_ttl_ms: int = 15 * 60_000
+    """How long a reservation holds its quota when the caller does not say."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,14 @@ class Agent:
     # Orders
 
     async def deduct(
-        self, order_key: str, region: str, lines: tuple[Line, ...], time_remaining_s: float | None = None
+        self,
+        order_key: str,
+        region: str,
+        lines: tuple[Line, ...],
+        time_remaining_s: float | None = None,
+        hold_ms: int = 0,
     ) -> DeductOutcome:
+        """Deducts the order's lines, or with `hold_ms` reserves them for that long."""
         if region != self.settings.region:
             raise InvalidArgument(f"this agent serves region {self.settings.region!r}, not {region!r}")
         tracked = await self._supply.track(line.promotion_id for line in lines)
@@ -102,14 +118,14 @@ class Agent:
             for item in tracked:
                 self._check_spendable(item)
         except Rejected:
-            previous = await self._ledger.find_order(order_key, lines)
+            previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0)
             if previous is not None:
                 return previous
             raise
         now = self._clock.monotonic()
         wait = self.settings.max_wait_s if time_remaining_s is None else min(time_remaining_s, self.settings.max_wait_s)
         limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked}
-        outcome = await self._ledger.deduct(order_key, lines, limits)
+        outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms)
         if not outcome.replayed:
             for item, line in zip(tracked, lines, strict=True):
                 item.meter.observe(line.amount, now)
@@ -123,10 +139,14 @@ class Agent:
             await self._wait_for_refills(outcome, lines, deadline=now + wait)
             for item in tracked:
                 self._check_spendable(item)
-            outcome = await self._ledger.deduct(order_key, lines, limits)
+            outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms)
         for item, left in zip(tracked, outcome.available_after, strict=False):
             self._supply.refill_if_low(item, left)
         return outcome
+
+    async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
+        """Confirms or cancels a reservation; a freeze since it was made does not stop either."""
+        return await self._ledger.settle(order_key, how)
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         return await self._ledger.refund(order_key, refund_id or order_key, lines)
@@ -154,8 +174,8 @@ class Agent:
         if not promotion.is_active(wall_ms):
             raise Rejected(
                 RejectReason.NOT_ACTIVE,
-                f"promotion {promotion.id} runs from {_iso(promotion.start_ms)} until {_iso(promotion.end_ms)}; "
-                f"it is now {_iso(wall_ms)}",
+                f"promotion {promotion.id} runs from {iso(promotion.start_ms)} until {iso(promotion.end_ms)}; "
+                f"it is now {iso(wall_ms)}",
             )
         if item.lease_until and self._clock.monotonic() >= item.lease_until:
             raise Rejected(
@@ -210,7 +230,3 @@ def _spent(promotion_id: str) -> Rejected:
         RejectReason.EXHAUSTED,
         f"promotion {promotion_id}: this region's allotment is spent and the center has nothing left to grant",
     )
-
-
-def _iso(wall_ms: int) -> str:
-    return datetime.fromtimestamp(wall_ms / 1000, tz=UTC).isoformat(timespec="seconds")

@@ -27,19 +27,21 @@ class AgentConfig:
     """The center replicas' host:port, comma-separated; calls follow whichever leads."""
     ledger: str = "memory"
     """Where the regional ledger lives: memory (embedded default) or redis://HOST:PORT[/DB]."""
+    retention_s: float = 7 * 86_400
+    """How long the Redis ledger remembers orders and refunds (their retries replay meanwhile)."""
 
 
-def open_ledger(url: str, region: str) -> Ledger:
+def open_ledger(url: str, region: str, retention_s: float) -> Ledger:
     if url == "memory":
         return InProcessLedger()
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisLedger(redis.Redis.from_url(url), region)
+        return RedisLedger(redis.Redis.from_url(url), region, retention_s)
     raise InvalidArgument(f"unknown ledger {url!r}; use memory or redis://HOST:PORT[/DB]")
 
 
 async def run_agent(config: AgentConfig) -> None:
     center = CenterClient(config.center.split(","), config.settings.region)
-    ledger = open_ledger(config.ledger, config.settings.region)
+    ledger = open_ledger(config.ledger, config.settings.region, config.retention_s)
     # A shared Redis ledger outlives this process (other agents spend from it); an in-process one does not.
     settings = replace(config.settings, return_on_shutdown=isinstance(ledger, InProcessLedger))
     agent = Agent(settings, ledger, center, SystemClock())

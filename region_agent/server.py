@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from quota_center.errors import InvalidArgument
 from quota_center.rpc import Context, translate_errors
 from quota_center.validation import MAX_LINES, require_amount, require_id, require_total, require_unique
 from region_agent.agent import Agent
-from region_agent.ledger.base import Line
+from region_agent.ledger.base import Line, Settle
 from region_agent.v1 import region_agent_pb2 as pb
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
@@ -20,15 +22,29 @@ def _check_line_count(count: int, at_least: int) -> None:
         raise InvalidArgument(f"an order has at most {MAX_LINES} lines, got {count}; split it")
 
 
-def _deduct_lines(request: pb.DeductRequest) -> tuple[Line, ...]:
-    _check_line_count(len(request.lines), at_least=1)
+MIN_HOLD_MS, MAX_HOLD_MS = 1_000, 86_400_000
+
+
+def _hold_ms(ttl_ms: int, default_ms: int) -> int:
+    if ttl_ms == 0:
+        return default_ms
+    if not MIN_HOLD_MS <= ttl_ms <= MAX_HOLD_MS:
+        raise InvalidArgument(
+            f"ttl_ms must be within {MIN_HOLD_MS} (1 s) and {MAX_HOLD_MS} (24 h), or 0 for the agent's default; "
+            f"got {ttl_ms}"
+        )
+    return ttl_ms
+
+
+def _order_lines(request_lines: Sequence[pb.Line]) -> tuple[Line, ...]:
+    _check_line_count(len(request_lines), at_least=1)
     lines = tuple(
         Line(
             require_id("lines.promotion_id", line.promotion_id),
             require_amount("lines.amount", line.amount),
             require_id("lines.user_id", line.user_id),
         )
-        for line in request.lines
+        for line in request_lines
     )
     require_unique("lines.promotion_id", (line.promotion_id for line in lines))
     require_total("lines.amount", (line.amount for line in lines))
@@ -57,8 +73,37 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
-        outcome = await self._agent.deduct(order_key, region, _deduct_lines(request), context.time_remaining())
+        outcome = await self._agent.deduct(order_key, region, _order_lines(request.lines), context.time_remaining())
         return pb.DeductResponse(order_key=order_key, lines=_lines_pb(outcome.lines), replayed=outcome.replayed)
+
+    @translate_errors
+    async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
+        order_key = require_id("order_key", request.order_key)
+        region = require_id("region", request.region)
+        lines = _order_lines(request.lines)
+        hold_ms = _hold_ms(request.ttl_ms, self._agent.settings.reservation_ttl_ms)
+        outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold_ms)
+        return pb.ReserveResponse(
+            order_key=order_key,
+            lines=_lines_pb(outcome.lines),
+            replayed=outcome.replayed,
+            expires_at_ms=outcome.expires_at_ms,
+        )
+
+    @translate_errors
+    async def Confirm(self, request: pb.SettleRequest, context: Context) -> pb.SettleResponse:
+        return await self._settle(request, Settle.CONFIRM)
+
+    @translate_errors
+    async def Cancel(self, request: pb.SettleRequest, context: Context) -> pb.SettleResponse:
+        return await self._settle(request, Settle.CANCEL)
+
+    async def _settle(self, request: pb.SettleRequest, how: Settle) -> pb.SettleResponse:
+        order_key = require_id("order_key", request.order_key)
+        outcome = await self._agent.settle(order_key, how)
+        return pb.SettleResponse(
+            order_key=order_key, lines=_lines_pb(outcome.lines), replayed=outcome.replayed, expired=outcome.expired
+        )
 
     @translate_errors
     async def Refund(self, request: pb.RefundRequest, context: Context) -> pb.RefundResponse:
@@ -86,6 +131,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
                     returned=s.balance.returned,
                     deducted=s.balance.deducted,
                     refunded=s.balance.refunded,
+                    held=s.balance.held,
                     lease_remaining_ms=round(s.lease_remaining_s * 1000),
                     frozen=s.frozen,
                 )

@@ -162,6 +162,10 @@ class Supply:
         while True:
             await asyncio.sleep(interval_s)
             try:
+                # Here rather than in a loop of its own: every agent of a region sweeps, and the
+                # sweep is idempotent, so a second's delay is all an expired hold waits.
+                if released := await self._ledger.expire_reservations():
+                    log.info("%d reservations lapsed; their quota is available again", released)
                 await self.renew_once()
             except LedgerLost as lost:
                 log.error("%s", lost.message)

@@ -4,17 +4,21 @@ A region's ledger holds, per promotion, the quota the center granted it and what
 spent of it. Every method is atomic: it applies completely or not at all, also when
 several agent processes share one ledger. Across all of them:
 
-- available = granted - returned - deducted + refunded, and it never goes below zero;
+- available = granted - returned - deducted + refunded - held, and it never goes below zero;
 - `deduct` takes every line of an order or none; an order key is deducted at most once,
   and a retry with the same lines returns the first answer with `replayed=True`;
+- a reservation (`deduct` with `hold_ms`) holds its lines until it is confirmed (they
+  become deducted), cancelled, or expires at its deadline (they become available again);
+  each of those happens at most once per order key, whichever comes first;
 - a refund id is applied at most once, and an order never gets back more than it spent;
 - a user never holds more of a promotion than its per-user limits allow;
 - a grant id is applied at most once, whichever agent process receives it;
-- counters (granted, returned, deducted, refunded) only ever grow.
+- counters (granted, returned, deducted, refunded) only ever grow; `held` is a gauge.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,10 +48,12 @@ class Balance:
     returned: int = 0
     deducted: int = 0
     refunded: int = 0
+    held: int = 0
+    """Held by reservations not yet confirmed, cancelled or expired."""
 
     @property
     def available(self) -> int:
-        return self.granted - self.returned - self.deducted + self.refunded
+        return self.granted - self.returned - self.deducted + self.refunded - self.held
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class DeductOutcome:
     """Promotions whose per-user limit this order would break (checked after `short`)."""
     available_after: tuple[int, ...] = ()
     """Per line, what its promotion has left after this deduction (empty on a replay)."""
+    expires_at_ms: int = 0
+    """For a reservation, the wall-clock deadline (Unix ms) after which it lapses by itself."""
 
     @property
     def accepted(self) -> bool:
@@ -75,28 +83,60 @@ class RefundOutcome:
     replayed: bool = False
 
 
+class Settle(enum.Enum):
+    """What can end a reservation."""
+
+    CONFIRM = "confirm"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class SettleOutcome:
+    lines: tuple[Line, ...]
+    replayed: bool = False
+    expired: bool = False
+    """A cancel found the reservation already expired: its quota went back at the deadline."""
+
+
 class Ledger(Protocol):
     async def incarnation(self) -> str:
         """Identifies this ledger's life; called before anything else. A ledger whose store lost
         its data raises LedgerLost from its writes, and answers a new incarnation here."""
         ...
 
-    async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
-        """The first answer for an order key already deducted, else None. Raises
-        FailedPrecondition when the key was used for different lines."""
+    async def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
+        """The first answer for an order key already deducted (or, with `reserve`, reserved),
+        else None. Raises FailedPrecondition when the key was used for different lines or for
+        the other kind of call."""
         ...
 
     async def deduct(
-        self, order_key: str, lines: tuple[Line, ...], limits: Mapping[str, UserLimit] = NO_LIMITS
+        self,
+        order_key: str,
+        lines: tuple[Line, ...],
+        limits: Mapping[str, UserLimit] = NO_LIMITS,
+        hold_ms: int = 0,
     ) -> DeductOutcome:
         """`limits` maps a promotion to its per-user limit; a refund gives the units back, and
-        the order stops counting once its line of that promotion is fully refunded."""
+        the order stops counting once its line of that promotion is fully refunded. With
+        `hold_ms` > 0 the order is a reservation that lapses `hold_ms` after it was made."""
+        ...
+
+    async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
+        """Confirms or cancels a reservation. NotFound for an unknown order key; FailedPrecondition
+        for an order that is no reservation, a confirm after a cancel or the deadline (reason
+        RESERVATION_EXPIRED), or a cancel after a confirm (refund it instead)."""
+        ...
+
+    async def expire_reservations(self) -> int:
+        """Releases reservations past their deadline; returns how many. Settling one also checks
+        its deadline, so this only decides how soon expired quota is available again."""
         ...
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         """Empty `lines` refunds whatever the order has left. NotFound for an unknown
         order, InvalidArgument for a promotion not in it, FailedPrecondition above what
-        it has left."""
+        it has left or for a reservation not confirmed."""
         ...
 
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:

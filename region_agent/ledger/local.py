@@ -1,22 +1,38 @@
 """The regional ledger as a pure, synchronous state machine (the contract is in `base`).
 
 The in-process ledger serves it directly; tests and the simulator drive it without I/O.
+Reservation deadlines are wall-clock milliseconds passed in by the caller.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound
-from region_agent.ledger.base import NO_LIMITS, Balance, DeductOutcome, Line, RefundOutcome, UserLimit
+from quota_center.clock import iso
+from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, Rejected, RejectReason
+from region_agent.ledger.base import (
+    NO_LIMITS,
+    Balance,
+    DeductOutcome,
+    Line,
+    RefundOutcome,
+    Settle,
+    SettleOutcome,
+    UserLimit,
+)
+
+DEDUCTED, RESERVED, CONFIRMED, CANCELLED, EXPIRED = "deducted", "reserved", "confirmed", "cancelled", "expired"
 
 
 @dataclass
 class _Order:
     lines: tuple[Line, ...]
     refunded: Counter[str]
+    state: str = DEDUCTED
+    expires_at_ms: int = 0
 
 
 class LocalLedger:
@@ -27,6 +43,8 @@ class LocalLedger:
         self._grants: set[str] = set()
         # (promotion, user) -> [units, orders] held by that user, for per-user limits.
         self._users: dict[tuple[str, str], list[int]] = {}
+        self._deadlines: list[tuple[int, str]] = []
+        """A heap of (deadline, order key) of reservations, for expiring them in order."""
 
     def balance(self, promotion_id: str) -> Balance:
         return self._balances.get(promotion_id, Balance())
@@ -34,21 +52,29 @@ class LocalLedger:
     def balances(self) -> dict[str, Balance]:
         return dict(self._balances)
 
-    def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
+    def _add(self, promotion_id: str, **deltas: int) -> None:
+        balance = self.balance(promotion_id)
+        self._balances[promotion_id] = replace(
+            balance, **{name: getattr(balance, name) + delta for name, delta in deltas.items()}
+        )
+
+    def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
         order = self._orders.get(order_key)
         if order is None:
             return None
-        if order.lines != lines:
-            raise FailedPrecondition(
-                f"order key {order_key!r} was already deducted with different lines; "
-                "use a new order key for a different order"
-            )
-        return DeductOutcome(order.lines, replayed=True)
+        check_replay(order_key, order.lines == lines, order.state != DEDUCTED, reserve)
+        return DeductOutcome(order.lines, replayed=True, expires_at_ms=order.expires_at_ms)
 
     def deduct(
-        self, order_key: str, lines: tuple[Line, ...], limits: Mapping[str, UserLimit] = NO_LIMITS
+        self,
+        order_key: str,
+        lines: tuple[Line, ...],
+        limits: Mapping[str, UserLimit] = NO_LIMITS,
+        hold_ms: int = 0,
+        now_ms: int = 0,
     ) -> DeductOutcome:
-        previous = self.find_order(order_key, lines)
+        """With `hold_ms` > 0, reserves the lines until `now_ms + hold_ms`."""
+        previous = self.find_order(order_key, lines, reserve=hold_ms > 0)
         if previous is not None:
             return previous
         wanted: Counter[str] = Counter()
@@ -61,14 +87,21 @@ class LocalLedger:
         if over_limit:
             return DeductOutcome(lines, over_limit=over_limit)
         for line in lines:
-            balance = self.balance(line.promotion_id)
-            self._balances[line.promotion_id] = replace(balance, deducted=balance.deducted + line.amount)
+            self._add(line.promotion_id, **{"held" if hold_ms else "deducted": line.amount})
         for (promotion, user), units in self._by_user(lines).items():
             usage = self._users.setdefault((promotion, user), [0, 0])
             usage[0] += units
             usage[1] += 1
-        self._orders[order_key] = _Order(lines, Counter())
-        return DeductOutcome(lines, available_after=tuple(self.balance(line.promotion_id).available for line in lines))
+        order = _Order(lines, Counter())
+        if hold_ms:
+            order.state, order.expires_at_ms = RESERVED, now_ms + hold_ms
+            heapq.heappush(self._deadlines, (order.expires_at_ms, order_key))
+        self._orders[order_key] = order
+        return DeductOutcome(
+            lines,
+            available_after=tuple(self.balance(line.promotion_id).available for line in lines),
+            expires_at_ms=order.expires_at_ms,
+        )
 
     @staticmethod
     def _by_user(lines: tuple[Line, ...]) -> Counter[tuple[str, str]]:
@@ -86,6 +119,41 @@ class LocalLedger:
                 over.append(promotion)
         return tuple(dict.fromkeys(over))
 
+    def settle(self, order_key: str, how: Settle, now_ms: int) -> SettleOutcome:
+        order = self._orders.get(order_key)
+        if order is None:
+            raise NotFound(f"no reservation with order key {order_key!r} in this region")
+        if order.state == RESERVED and order.expires_at_ms <= now_ms:
+            self._release(order, EXPIRED)
+        if order.state != RESERVED:
+            return settled_before(order_key, how, order.state, order.expires_at_ms, order.lines)
+        if how is Settle.CONFIRM:
+            for line in order.lines:
+                self._add(line.promotion_id, held=-line.amount, deducted=line.amount)
+            order.state = CONFIRMED
+        else:
+            self._release(order, CANCELLED)
+        return SettleOutcome(order.lines)
+
+    def expire(self, now_ms: int) -> int:
+        released = 0
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            _, order_key = heapq.heappop(self._deadlines)
+            order = self._orders[order_key]
+            if order.state == RESERVED:
+                self._release(order, EXPIRED)
+                released += 1
+        return released
+
+    def _release(self, order: _Order, state: str) -> None:
+        for line in order.lines:
+            self._add(line.promotion_id, held=-line.amount)
+        for (promotion, user), units in self._by_user(order.lines).items():
+            usage = self._users[(promotion, user)]
+            usage[0] -= units
+            usage[1] -= 1
+        order.state = state
+
     def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         previous = self._refunds.get((order_key, refund_id))
         if previous is not None:
@@ -93,6 +161,8 @@ class LocalLedger:
         order = self._orders.get(order_key)
         if order is None:
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
+        if order.state not in (DEDUCTED, CONFIRMED):
+            raise unconfirmed_refund(order_key, order.state)
         spent: Counter[str] = Counter()
         for line in order.lines:
             spent[line.promotion_id] += line.amount
@@ -110,8 +180,7 @@ class LocalLedger:
         users = {line.promotion_id: line.user_id for line in order.lines}
         for line in wanted:
             order.refunded[line.promotion_id] += line.amount
-            balance = self.balance(line.promotion_id)
-            self._balances[line.promotion_id] = replace(balance, refunded=balance.refunded + line.amount)
+            self._add(line.promotion_id, refunded=line.amount)
             usage = self._users[(line.promotion_id, users[line.promotion_id])]
             usage[0] -= line.amount
             if order.refunded[line.promotion_id] == spent[line.promotion_id]:
@@ -124,13 +193,60 @@ class LocalLedger:
         if grant_id in self._grants:
             return False
         self._grants.add(grant_id)
-        balance = self.balance(promotion_id)
-        self._balances[promotion_id] = replace(balance, granted=balance.granted + amount)
+        self._add(promotion_id, granted=amount)
         return True
 
     def take_back(self, promotion_id: str, amount: int) -> int:
-        balance = self.balance(promotion_id)
-        taken = max(0, min(amount, balance.available))
+        taken = max(0, min(amount, self.balance(promotion_id).available))
         if taken:
-            self._balances[promotion_id] = replace(balance, returned=balance.returned + taken)
+            self._add(promotion_id, returned=taken)
         return taken
+
+
+# The answers below are shared with the Redis ledger, so both speak the same words.
+
+
+def check_replay(order_key: str, same_lines: bool, was_reservation: bool, reserve: bool) -> None:
+    """Raises unless a call for an existing order key is a retry of the call that made it."""
+    if not same_lines:
+        raise FailedPrecondition(
+            f"order key {order_key!r} was already used with different lines; use a new order key for a different order"
+        )
+    if was_reservation and not reserve:
+        raise FailedPrecondition(
+            f"order key {order_key!r} holds a reservation; confirm or cancel it instead of deducting it"
+        )
+    if reserve and not was_reservation:
+        raise FailedPrecondition(f"order key {order_key!r} was deducted already; a reservation needs a new order key")
+
+
+def settled_before(
+    order_key: str, how: Settle, state: str, expires_at_ms: int, lines: tuple[Line, ...]
+) -> SettleOutcome:
+    """The answer to a settle of an order that is no longer (or never was) a pending reservation:
+    a replay of the same settle, a cancel after expiry, or an error saying what to do instead."""
+    done = {Settle.CONFIRM: CONFIRMED, Settle.CANCEL: CANCELLED}[how]
+    if state == done:
+        return SettleOutcome(lines, replayed=True)
+    if how is Settle.CANCEL and state == EXPIRED:
+        return SettleOutcome(lines, expired=True)
+    if state == DEDUCTED:
+        raise FailedPrecondition(
+            f"order {order_key!r} was deducted, not reserved: there is nothing to {how.value}; refund it instead"
+        )
+    if state == EXPIRED:
+        raise Rejected(
+            RejectReason.RESERVATION_EXPIRED,
+            f"the reservation {order_key!r} expired at {iso(expires_at_ms)} and its quota went back to the "
+            "allotment; reserve again with a new order key",
+        )
+    if state == CANCELLED:
+        raise FailedPrecondition(f"the reservation {order_key!r} was cancelled; reserve again with a new order key")
+    raise FailedPrecondition(f"the reservation {order_key!r} is confirmed; refund it instead of cancelling it")
+
+
+def unconfirmed_refund(order_key: str, state: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"order {order_key!r} is a reservation that is {state}, not confirmed; only deducted or confirmed orders "
+        "can be refunded (cancel a pending reservation instead)"
+    )

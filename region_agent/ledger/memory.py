@@ -11,27 +11,48 @@ import time
 import uuid
 from collections.abc import Mapping
 
+from quota_center.clock import Clock, SystemClock
 from quota_center.errors import LedgerLost
-from region_agent.ledger.base import NO_LIMITS, Balance, DeductOutcome, Line, RefundOutcome, UserLimit
+from region_agent.ledger.base import (
+    NO_LIMITS,
+    Balance,
+    DeductOutcome,
+    Line,
+    RefundOutcome,
+    Settle,
+    SettleOutcome,
+    UserLimit,
+)
 from region_agent.ledger.local import LocalLedger
 
 
 class InProcessLedger:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self._ledger = LocalLedger()
+        self._clock = clock or SystemClock()
         # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
         self._incarnation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
 
     async def incarnation(self) -> str:
         return self._incarnation
 
-    async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
-        return self._ledger.find_order(order_key, lines)
+    async def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
+        return self._ledger.find_order(order_key, lines, reserve)
 
     async def deduct(
-        self, order_key: str, lines: tuple[Line, ...], limits: Mapping[str, UserLimit] = NO_LIMITS
+        self,
+        order_key: str,
+        lines: tuple[Line, ...],
+        limits: Mapping[str, UserLimit] = NO_LIMITS,
+        hold_ms: int = 0,
     ) -> DeductOutcome:
-        return self._ledger.deduct(order_key, lines, limits)
+        return self._ledger.deduct(order_key, lines, limits, hold_ms, self._clock.wall_ms())
+
+    async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
+        return self._ledger.settle(order_key, how, self._clock.wall_ms())
+
+    async def expire_reservations(self) -> int:
+        return self._ledger.expire(self._clock.wall_ms())
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         return self._ledger.refund(order_key, refund_id, lines)

@@ -8,14 +8,18 @@ on Redis Cluster too. Layout:
     {quota:R}:incarnation                  hash: life (the current one) and sequence (writes in it)
     {quota:R}:refill:<promotion>           which agent is acquiring for the promotion (expires by itself)
     {quota:R}:<life>:promotions            set of promotion ids with a balance
-    {quota:R}:<life>:balance:<promotion>   hash granted, returned, deducted, refunded
+    {quota:R}:<life>:balance:<promotion>   hash granted, returned, deducted, refunded, held
     {quota:R}:<life>:grants                set of applied grant ids
-    {quota:R}:<life>:order:<order key>     hash lines (JSON, the first answer) and refunded:<promotion>;
-                                           kept for the retention period (default 7 days)
+    {quota:R}:<life>:order:<order key>     hash lines (JSON, the first answer), refunded:<promotion>,
+                                           and for a reservation state and expires (Unix ms);
+                                           kept for the retention period (default 7 days) from
+                                           the deduction, or from when the reservation ended
+    {quota:R}:<life>:reservations          sorted set of pending reservations' order keys by deadline
     {quota:R}:<life>:refund:[<order>,<id>] the first answer of a refund (JSON); kept as long
     {quota:R}:<life>:user:[<promotion>,<user>]  hash units, orders a user holds, for per-user limits
 
 Data keys carry the life, so a new life starts empty whatever an old one left behind.
+Reservation deadlines come from Redis's clock (TIME), the one clock all agents share.
 """
 
 from __future__ import annotations
@@ -30,7 +34,17 @@ import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
-from region_agent.ledger.base import NO_LIMITS, Balance, DeductOutcome, Line, RefundOutcome, UserLimit
+from region_agent.ledger.base import (
+    NO_LIMITS,
+    Balance,
+    DeductOutcome,
+    Line,
+    RefundOutcome,
+    Settle,
+    SettleOutcome,
+    UserLimit,
+)
+from region_agent.ledger.local import check_replay, settled_before, unconfirmed_refund
 
 # Every script's KEYS[1] is the incarnation hash (life, sequence) and ARGV[1] "life|floor": the
 # life the agent is in and the highest sequence it has seen. A Redis that lost all its data
@@ -56,35 +70,45 @@ return answer
 
 _AVAILABLE = """
 local function available(key)
-  local b = redis.call('HMGET', key, 'granted', 'returned', 'deducted', 'refunded')
+  local b = redis.call('HMGET', key, 'granted', 'returned', 'deducted', 'refunded', 'held')
   return (tonumber(b[1]) or 0) - (tonumber(b[2]) or 0) - (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
+    - (tonumber(b[5]) or 0)
 end
 """
 
-# KEYS: incarnation, order, balance per line, user per line.
+_NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: incarnation, order, reservations, balance per line, user per line.
 # ARGV: incarnation, lines JSON, amount per line, unit limit per line, order limit per line,
-# retention in ms.
+# hold in ms (0: a plain deduction), retention in ms.
 _DEDUCT = (
     _SAME_LIFE
     + _AVAILABLE
+    + _NOW_MS
     + """
 local first = redis.call('HGET', KEYS[2], 'lines')
 if first then
-  if first == ARGV[2] then return {'replay'} end
-  return {'conflict'}
+  local reserved = redis.call('HEXISTS', KEYS[2], 'state')
+  return {'replay', first == ARGV[2] and 1 or 0, reserved, redis.call('HGET', KEYS[2], 'expires') or '0'}
 end
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 3) / 2
+local hold = tonumber(ARGV[#ARGV - 1])
 local wanted, units, short, over = {}, {}, {}, {}
 for i = 1, n do
-  wanted[KEYS[2 + i]] = (wanted[KEYS[2 + i]] or 0) + tonumber(ARGV[2 + i])
-  units[KEYS[2 + n + i]] = (units[KEYS[2 + n + i]] or 0) + tonumber(ARGV[2 + i])
+  wanted[KEYS[3 + i]] = (wanted[KEYS[3 + i]] or 0) + tonumber(ARGV[2 + i])
+  units[KEYS[3 + n + i]] = (units[KEYS[3 + n + i]] or 0) + tonumber(ARGV[2 + i])
 end
 for i = 1, n do
-  if available(KEYS[2 + i]) < wanted[KEYS[2 + i]] then table.insert(short, i) end
+  if available(KEYS[3 + i]) < wanted[KEYS[3 + i]] then table.insert(short, i) end
 end
 if #short > 0 then return {'short', unpack(short)} end
 for i = 1, n do
-  local user, unit_limit, order_limit = KEYS[2 + n + i], tonumber(ARGV[2 + n + i]), tonumber(ARGV[2 + 2 * n + i])
+  local user, unit_limit, order_limit = KEYS[3 + n + i], tonumber(ARGV[2 + n + i]), tonumber(ARGV[2 + 2 * n + i])
   local held = tonumber(redis.call('HGET', user, 'units')) or 0
   local orders = tonumber(redis.call('HGET', user, 'orders')) or 0
   if (unit_limit > 0 and held + units[user] > unit_limit) or (order_limit > 0 and orders + 1 > order_limit) then
@@ -92,18 +116,85 @@ for i = 1, n do
   end
 end
 if #over > 0 then return {'over_limit', unpack(over)} end
-for i = 1, n do redis.call('HINCRBY', KEYS[2 + i], 'deducted', ARGV[2 + i]) end
+local field = hold > 0 and 'held' or 'deducted'
+for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], field, ARGV[2 + i]) end
 for user, amount in pairs(units) do
   redis.call('HINCRBY', user, 'units', amount)
   redis.call('HINCRBY', user, 'orders', 1)
 end
-local left = {'ok'}
-for i = 1, n do table.insert(left, available(KEYS[2 + i])) end
+local expires = 0
+if hold > 0 then
+  expires = now_ms() + hold
+  redis.call('HSET', KEYS[2], 'state', 'reserved', 'expires', string.format('%d', expires))
+  redis.call('ZADD', KEYS[3], expires, ARGV[#ARGV - 2])
+end
+local answer = {'ok', string.format('%d', expires)}
+for i = 1, n do table.insert(answer, available(KEYS[3 + i])) end
 redis.call('HSET', KEYS[2], 'lines', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[#ARGV])
-return left
+-- A pending reservation's record stays until it is settled, however late the sweep: its held quota
+-- would never come back without it. The retention period starts when it ends.
+if hold == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[#ARGV]) end
+return answer
 """
     + _END
+)
+
+# KEYS: incarnation, order, reservations, balance per line of the order, user per line.
+# ARGV: incarnation, what to do (confirm, cancel, or expire: release only if past the deadline),
+# order key, retention in ms. Answers 'done' when this call changed the reservation, else 'was' and its state.
+_SETTLE = (
+    _SAME_LIFE
+    + _NOW_MS
+    + """
+local raw = redis.call('HGET', KEYS[2], 'lines')
+if not raw then return {'not_found'} end
+local state = redis.call('HGET', KEYS[2], 'state') or 'deducted'
+local expires = redis.call('HGET', KEYS[2], 'expires') or '0'
+local lines = cjson.decode(raw)
+local n = #lines
+local function release(to)
+  local users = {}
+  for i, line in ipairs(lines) do
+    local amount = string.format('%d', line[2])
+    redis.call('HINCRBY', KEYS[3 + i], 'held', '-' .. amount)
+    redis.call('HINCRBY', KEYS[3 + n + i], 'units', '-' .. amount)
+    users[KEYS[3 + n + i]] = true
+  end
+  for user in pairs(users) do redis.call('HINCRBY', user, 'orders', -1) end
+  redis.call('HSET', KEYS[2], 'state', to)
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return to
+end
+local action = ARGV[2]
+if state == 'reserved' and tonumber(expires) <= now_ms() then
+  state = release('expired')
+  if action == 'expire' then return {'done', state, expires} end
+end
+if state ~= 'reserved' or action == 'expire' then return {'was', state, expires} end
+if action == 'cancel' then
+  release('cancelled')
+else
+  for i, line in ipairs(lines) do
+    local amount = string.format('%d', line[2])
+    redis.call('HINCRBY', KEYS[3 + i], 'held', '-' .. amount)
+    redis.call('HINCRBY', KEYS[3 + i], 'deducted', amount)
+  end
+  redis.call('HSET', KEYS[2], 'state', 'confirmed')
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return {'done', state, expires}
+"""
+    + _END
+)
+
+# KEYS: reservations. ARGV: at most this many. Order keys of reservations past their deadline.
+_DUE = (
+    _NOW_MS
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+"""
 )
 
 # KEYS: incarnation, order, refund record, balance per line of the order, user per line.
@@ -115,6 +206,8 @@ local first = redis.call('GET', KEYS[3])
 if first then return {'replay', first} end
 local raw = redis.call('HGET', KEYS[2], 'lines')
 if not raw then return {'not_found'} end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state and state ~= 'confirmed' then return {'unconfirmed', state} end
 local lines = cjson.decode(raw)
 local left, spent, balance, user = {}, {}, {}, {}
 for i, line in ipairs(lines) do
@@ -208,6 +301,8 @@ class RedisLedger:
         self._refund = client.register_script(_REFUND)
         self._apply_grant = client.register_script(_APPLY_GRANT)
         self._take_back = client.register_script(_TAKE_BACK)
+        self._settle = client.register_script(_SETTLE)
+        self._due = client.register_script(_DUE)
         self._release = client.register_script(_RELEASE)
         self._forget = client.register_script(_FORGET)
         self._incarnation: str | None = None
@@ -266,19 +361,23 @@ class RedisLedger:
             self._floor = max(self._floor, int(answer[-1]))
         return answer[:-1]
 
-    async def find_order(self, order_key: str, lines: tuple[Line, ...]) -> DeductOutcome | None:
-        first = await self._redis.hget(self._data("order", order_key), "lines")
+    async def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
+        first, state, expires = await self._redis.hmget(self._data("order", order_key), ["lines", "state", "expires"])
         if first is None:
             return None
-        if _text(first) != _encode(lines):
-            raise _reused(order_key)
-        return DeductOutcome(lines, replayed=True)
+        check_replay(order_key, _text(first) == _encode(lines), state is not None, reserve)
+        return DeductOutcome(lines, replayed=True, expires_at_ms=int(expires or 0))
 
     async def deduct(
-        self, order_key: str, lines: tuple[Line, ...], limits: Mapping[str, UserLimit] = NO_LIMITS
+        self,
+        order_key: str,
+        lines: tuple[Line, ...],
+        limits: Mapping[str, UserLimit] = NO_LIMITS,
+        hold_ms: int = 0,
     ) -> DeductOutcome:
         keys = [
             self._data("order", order_key),
+            self._data("reservations"),
             *(self._data("balance", line.promotion_id) for line in lines),
             *(self._user_key(line.promotion_id, line.user_id) for line in lines),
         ]
@@ -288,19 +387,60 @@ class RedisLedger:
             *(line.amount for line in lines),
             *(limit.units for limit in line_limits),
             *(limit.orders for limit in line_limits),
+            order_key,
+            hold_ms,
+            self._retention_ms,
         ]
-        answer = await self._run(self._deduct, keys, [*args, self._retention_ms])
+        answer = await self._run(self._deduct, keys, args)
         status = answer[0].decode()
         if status == "replay":
-            return DeductOutcome(lines, replayed=True)
-        if status == "conflict":
-            raise _reused(order_key)
+            check_replay(order_key, same_lines=bool(answer[1]), was_reservation=bool(answer[2]), reserve=hold_ms > 0)
+            return DeductOutcome(lines, replayed=True, expires_at_ms=int(answer[3]))
         if status in ("short", "over_limit"):
             promotions = tuple(dict.fromkeys(lines[int(i) - 1].promotion_id for i in answer[1:]))
             if status == "short":
                 return DeductOutcome(lines, short=promotions)
             return DeductOutcome(lines, over_limit=promotions)
-        return DeductOutcome(lines, available_after=tuple(int(left) for left in answer[1:]))
+        return DeductOutcome(
+            lines, available_after=tuple(int(left) for left in answer[2:]), expires_at_ms=int(answer[1])
+        )
+
+    async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
+        ended = await self._end_reservation(order_key, how.value)
+        if ended is None:
+            raise NotFound(f"no reservation with order key {order_key!r} in this region")
+        changed, state, expires_at_ms, lines = ended
+        if changed:
+            return SettleOutcome(lines)
+        return settled_before(order_key, how, state, expires_at_ms, lines)
+
+    async def expire_reservations(self) -> int:
+        """Releases up to a thousand due reservations per call; the renew loop calls it every second."""
+        due = await self._due(keys=[self._data("reservations")], args=[1000])
+        released = 0
+        for order_key in due:
+            ended = await self._end_reservation(_text(order_key), "expire")
+            released += bool(ended and ended[0])
+        return released
+
+    async def _end_reservation(self, order_key: str, action: str) -> tuple[bool, str, int, tuple[Line, ...]] | None:
+        """Runs the settle script; None for an unknown order key, else whether this call changed
+        the reservation, its state before, its deadline and its lines."""
+        order = self._data("order", order_key)
+        first = await self._redis.hget(order, "lines")
+        if first is None:
+            return None
+        lines = tuple(Line(promotion, amount, user) for promotion, amount, user in json.loads(first))
+        keys = [
+            order,
+            self._data("reservations"),
+            *(self._data("balance", line.promotion_id) for line in lines),
+            *(self._user_key(line.promotion_id, line.user_id) for line in lines),
+        ]
+        answer = await self._run(self._settle, keys, [action, order_key, self._retention_ms])
+        if answer[0] == b"not_found":
+            return None
+        return answer[0] == b"done", answer[1].decode(), int(answer[2]), lines
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         order = self._data("order", order_key)
@@ -319,6 +459,8 @@ class RedisLedger:
         status = answer[0].decode()
         if status == "not_found":
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
+        if status == "unconfirmed":
+            raise unconfirmed_refund(order_key, answer[1].decode())
         if status == "not_in_order":
             raise InvalidArgument(f"order {order_key!r} has no line for promotion {answer[1].decode()!r}")
         if status == "too_much":
@@ -353,10 +495,9 @@ class RedisLedger:
 
     async def balance(self, promotion_id: str) -> Balance:
         values = await self._redis.hmget(
-            self._data("balance", promotion_id), ["granted", "returned", "deducted", "refunded"]
+            self._data("balance", promotion_id), ["granted", "returned", "deducted", "refunded", "held"]
         )
-        granted, returned, deducted, refunded = (int(value or 0) for value in values)
-        return Balance(granted, returned, deducted, refunded)
+        return Balance(*(int(value or 0) for value in values))
 
     async def balances(self) -> dict[str, Balance]:
         promotions = sorted(_text(member) for member in await self._redis.smembers(self._data("promotions")))
@@ -378,9 +519,3 @@ def _text(value: bytes | str | None) -> str:
 
 def _encode(lines: tuple[Line, ...]) -> str:
     return json.dumps([[line.promotion_id, line.amount, line.user_id] for line in lines], separators=(",", ":"))
-
-
-def _reused(order_key: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"order key {order_key!r} was already deducted with different lines; use a new order key for a different order"
-    )

@@ -47,6 +47,8 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """the region could not renew its lease with the center"""
     REJECT_REASON_REGION_NOT_ALLOWED: _RejectReason.ValueType  # 6
     """the promotion may not be spent in this region"""
+    REJECT_REASON_RESERVATION_EXPIRED: _RejectReason.ValueType  # 7
+    """Confirm came after the reservation's deadline"""
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper): ...
 
@@ -63,6 +65,8 @@ REJECT_REASON_LEASE_EXPIRED: RejectReason.ValueType  # 5
 """the region could not renew its lease with the center"""
 REJECT_REASON_REGION_NOT_ALLOWED: RejectReason.ValueType  # 6
 """the promotion may not be spent in this region"""
+REJECT_REASON_RESERVATION_EXPIRED: RejectReason.ValueType  # 7
+"""Confirm came after the reservation's deadline"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final
@@ -146,6 +150,116 @@ class DeductResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeductResponse: _TypeAlias = DeductResponse  # noqa: Y015
+
+@_typing.final
+class ReserveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_KEY_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    order_key: _builtins.str
+    region: _builtins.str
+    ttl_ms: _builtins.int
+    """How long the hold lasts, 1 s .. 24 h; 0 takes the agent's default (15 minutes)."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Line]: ...
+    def __init__(
+        self,
+        *,
+        order_key: _builtins.str = ...,
+        region: _builtins.str = ...,
+        lines: _abc.Iterable[Global___Line] | None = ...,
+        ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "order_key", b"order_key", "region", b"region", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveRequest: _TypeAlias = ReserveRequest  # noqa: Y015
+
+@_typing.final
+class ReserveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_KEY_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    order_key: _builtins.str
+    replayed: _builtins.bool
+    expires_at_ms: _builtins.int
+    """Unix ms, by the region's ledger clock, after which the hold lapses."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Line]: ...
+    def __init__(
+        self,
+        *,
+        order_key: _builtins.str = ...,
+        lines: _abc.Iterable[Global___Line] | None = ...,
+        replayed: _builtins.bool = ...,
+        expires_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "lines", b"lines", "order_key", b"order_key", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveResponse: _TypeAlias = ReserveResponse  # noqa: Y015
+
+@_typing.final
+class SettleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_KEY_FIELD_NUMBER: _builtins.int
+    order_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        order_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_key", b"order_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleRequest: _TypeAlias = SettleRequest  # noqa: Y015
+
+@_typing.final
+class SettleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_KEY_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    order_key: _builtins.str
+    replayed: _builtins.bool
+    """True when this answers a retry: the reservation was confirmed (or cancelled) before."""
+    expired: _builtins.bool
+    """Cancel only: the reservation had already lapsed at its deadline."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Line]: ...
+    def __init__(
+        self,
+        *,
+        order_key: _builtins.str = ...,
+        lines: _abc.Iterable[Global___Line] | None = ...,
+        replayed: _builtins.bool = ...,
+        expired: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired", b"expired", "lines", b"lines", "order_key", b"order_key", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleResponse: _TypeAlias = SettleResponse  # noqa: Y015
 
 @_typing.final
 class RefundLine(_message.Message):
@@ -255,9 +369,10 @@ class PromotionBalance(_message.Message):
     REFUNDED_FIELD_NUMBER: _builtins.int
     LEASE_REMAINING_MS_FIELD_NUMBER: _builtins.int
     FROZEN_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     promotion_id: _builtins.str
     available: _builtins.int
-    """granted - returned - deducted + refunded"""
+    """granted - returned - deducted + refunded - held"""
     granted: _builtins.int
     returned: _builtins.int
     deducted: _builtins.int
@@ -265,6 +380,8 @@ class PromotionBalance(_message.Message):
     lease_remaining_ms: _builtins.int
     """0: expired or never leased"""
     frozen: _builtins.bool
+    held: _builtins.int
+    """held by reservations not yet confirmed, cancelled or expired"""
     def __init__(
         self,
         *,
@@ -276,10 +393,11 @@ class PromotionBalance(_message.Message):
         refunded: _builtins.int = ...,
         lease_remaining_ms: _builtins.int = ...,
         frozen: _builtins.bool = ...,
+        held: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "deducted", b"deducted", "frozen", b"frozen", "granted", b"granted", "lease_remaining_ms", b"lease_remaining_ms", "promotion_id", b"promotion_id", "refunded", b"refunded", "returned", b"returned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "deducted", b"deducted", "frozen", b"frozen", "granted", b"granted", "held", b"held", "lease_remaining_ms", b"lease_remaining_ms", "promotion_id", b"promotion_id", "refunded", b"refunded", "returned", b"returned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

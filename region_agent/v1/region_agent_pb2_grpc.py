@@ -44,6 +44,21 @@ class RegionAgentStub:
                 request_serializer=region__agent_dot_v1_dot_region__agent__pb2.RefundRequest.SerializeToString,
                 response_deserializer=region__agent_dot_v1_dot_region__agent__pb2.RefundResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/region_agent.v1.RegionAgent/Reserve',
+                request_serializer=region__agent_dot_v1_dot_region__agent__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=region__agent_dot_v1_dot_region__agent__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Confirm = channel.unary_unary(
+                '/region_agent.v1.RegionAgent/Confirm',
+                request_serializer=region__agent_dot_v1_dot_region__agent__pb2.SettleRequest.SerializeToString,
+                response_deserializer=region__agent_dot_v1_dot_region__agent__pb2.SettleResponse.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/region_agent.v1.RegionAgent/Cancel',
+                request_serializer=region__agent_dot_v1_dot_region__agent__pb2.SettleRequest.SerializeToString,
+                response_deserializer=region__agent_dot_v1_dot_region__agent__pb2.SettleResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/region_agent.v1.RegionAgent/GetStatus',
                 request_serializer=region__agent_dot_v1_dot_region__agent__pb2.GetStatusRequest.SerializeToString,
@@ -68,6 +83,31 @@ class RegionAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Holds every line or none for a checkout that pays later, checked like Deduct.
+        Unless confirmed before its deadline, the hold lapses and the quota goes back
+        to the region's allotment by itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Confirm(self, request, context):
+        """Turns a reservation into a deduction (refundable like one). A reservation made
+        before a freeze can still be confirmed. After the deadline: FAILED_PRECONDITION
+        with reason RESERVATION_EXPIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Gives a reservation's quota back now; succeeds (with expired set) after the deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -86,6 +126,21 @@ def add_RegionAgentServicer_to_server(servicer, server):
                     servicer.Refund,
                     request_deserializer=region__agent_dot_v1_dot_region__agent__pb2.RefundRequest.FromString,
                     response_serializer=region__agent_dot_v1_dot_region__agent__pb2.RefundResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=region__agent_dot_v1_dot_region__agent__pb2.ReserveRequest.FromString,
+                    response_serializer=region__agent_dot_v1_dot_region__agent__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Confirm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Confirm,
+                    request_deserializer=region__agent_dot_v1_dot_region__agent__pb2.SettleRequest.FromString,
+                    response_serializer=region__agent_dot_v1_dot_region__agent__pb2.SettleResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=region__agent_dot_v1_dot_region__agent__pb2.SettleRequest.FromString,
+                    response_serializer=region__agent_dot_v1_dot_region__agent__pb2.SettleResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -147,6 +202,87 @@ class RegionAgent:
             '/region_agent.v1.RegionAgent/Refund',
             region__agent_dot_v1_dot_region__agent__pb2.RefundRequest.SerializeToString,
             region__agent_dot_v1_dot_region__agent__pb2.RefundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/region_agent.v1.RegionAgent/Reserve',
+            region__agent_dot_v1_dot_region__agent__pb2.ReserveRequest.SerializeToString,
+            region__agent_dot_v1_dot_region__agent__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Confirm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/region_agent.v1.RegionAgent/Confirm',
+            region__agent_dot_v1_dot_region__agent__pb2.SettleRequest.SerializeToString,
+            region__agent_dot_v1_dot_region__agent__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/region_agent.v1.RegionAgent/Cancel',
+            region__agent_dot_v1_dot_region__agent__pb2.SettleRequest.SerializeToString,
+            region__agent_dot_v1_dot_region__agent__pb2.SettleResponse.FromString,
             options,
             channel_credentials,
             insecure,

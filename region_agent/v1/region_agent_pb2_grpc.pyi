@@ -44,6 +44,18 @@ class RegionAgentStub:
     """Deducts every line or none."""
     Refund: _grpc.UnaryUnaryMultiCallable[_region_agent_pb2.RefundRequest, _region_agent_pb2.RefundResponse]
     """Gives back (part of) what an order deducted; never more than it deducted."""
+    Reserve: _grpc.UnaryUnaryMultiCallable[_region_agent_pb2.ReserveRequest, _region_agent_pb2.ReserveResponse]
+    """Holds every line or none for a checkout that pays later, checked like Deduct.
+    Unless confirmed before its deadline, the hold lapses and the quota goes back
+    to the region's allotment by itself.
+    """
+    Confirm: _grpc.UnaryUnaryMultiCallable[_region_agent_pb2.SettleRequest, _region_agent_pb2.SettleResponse]
+    """Turns a reservation into a deduction (refundable like one). A reservation made
+    before a freeze can still be confirmed. After the deadline: FAILED_PRECONDITION
+    with reason RESERVATION_EXPIRED.
+    """
+    Cancel: _grpc.UnaryUnaryMultiCallable[_region_agent_pb2.SettleRequest, _region_agent_pb2.SettleResponse]
+    """Gives a reservation's quota back now; succeeds (with expired set) after the deadline."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_region_agent_pb2.GetStatusRequest, _region_agent_pb2.RegionStatus]
 
 @_typing.type_check_only
@@ -53,6 +65,18 @@ class RegionAgentAsyncStub(RegionAgentStub):
     """Deducts every line or none."""
     Refund: _aio.UnaryUnaryMultiCallable[_region_agent_pb2.RefundRequest, _region_agent_pb2.RefundResponse]  # type: ignore[assignment]
     """Gives back (part of) what an order deducted; never more than it deducted."""
+    Reserve: _aio.UnaryUnaryMultiCallable[_region_agent_pb2.ReserveRequest, _region_agent_pb2.ReserveResponse]  # type: ignore[assignment]
+    """Holds every line or none for a checkout that pays later, checked like Deduct.
+    Unless confirmed before its deadline, the hold lapses and the quota goes back
+    to the region's allotment by itself.
+    """
+    Confirm: _aio.UnaryUnaryMultiCallable[_region_agent_pb2.SettleRequest, _region_agent_pb2.SettleResponse]  # type: ignore[assignment]
+    """Turns a reservation into a deduction (refundable like one). A reservation made
+    before a freeze can still be confirmed. After the deadline: FAILED_PRECONDITION
+    with reason RESERVATION_EXPIRED.
+    """
+    Cancel: _aio.UnaryUnaryMultiCallable[_region_agent_pb2.SettleRequest, _region_agent_pb2.SettleResponse]  # type: ignore[assignment]
+    """Gives a reservation's quota back now; succeeds (with expired set) after the deadline."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_region_agent_pb2.GetStatusRequest, _region_agent_pb2.RegionStatus]  # type: ignore[assignment]
 
 class RegionAgentServicer(metaclass=_abc_1.ABCMeta):
@@ -71,6 +95,36 @@ class RegionAgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_region_agent_pb2.RefundResponse, _abc.Awaitable[_region_agent_pb2.RefundResponse]]:
         """Gives back (part of) what an order deducted; never more than it deducted."""
+
+    @_abc_1.abstractmethod
+    def Reserve(
+        self,
+        request: _region_agent_pb2.ReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_region_agent_pb2.ReserveResponse, _abc.Awaitable[_region_agent_pb2.ReserveResponse]]:
+        """Holds every line or none for a checkout that pays later, checked like Deduct.
+        Unless confirmed before its deadline, the hold lapses and the quota goes back
+        to the region's allotment by itself.
+        """
+
+    @_abc_1.abstractmethod
+    def Confirm(
+        self,
+        request: _region_agent_pb2.SettleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_region_agent_pb2.SettleResponse, _abc.Awaitable[_region_agent_pb2.SettleResponse]]:
+        """Turns a reservation into a deduction (refundable like one). A reservation made
+        before a freeze can still be confirmed. After the deadline: FAILED_PRECONDITION
+        with reason RESERVATION_EXPIRED.
+        """
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _region_agent_pb2.SettleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_region_agent_pb2.SettleResponse, _abc.Awaitable[_region_agent_pb2.SettleResponse]]:
+        """Gives a reservation's quota back now; succeeds (with expired set) after the deadline."""
 
     @_abc_1.abstractmethod
     def GetStatus(

@@ -6,54 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as redis
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
-from quota_center.testing_servers import RunningServer, redis_server
+from quota_center.testing_servers import RunningServer
 from quota_center.validation import MAX_AMOUNT
 from region_agent.ledger.base import Balance, Ledger, Line, UserLimit
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
-
-
-@pytest.fixture(scope="module")
-def redis_address() -> Iterator[RunningServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
-    if request.param == "memory":
-        yield InProcessLedger()
-        return
-    async with _redis_ledger(request.getfixturevalue("redis_address")) as joined:
-        yield joined
-
-
-@asynccontextmanager
-async def _redis_ledger(server: RunningServer) -> AsyncIterator[RedisLedger]:
-    """A ledger of a fresh region on the shared test Redis, joined as its first agent."""
-    client = redis.Redis(host=server.host, port=server.port)
-    joined = RedisLedger(client, region=f"test-{uuid.uuid4().hex}")
-    await joined.incarnation()
-    try:
-        yield joined
-    finally:
-        await client.aclose()
-
+from tests.contract.conftest import funded
 
 A, B = Line("a", 3, "u1"), Line("b", 2, "u1")
-
-
-async def _funded(ledger: Ledger, a: int = 10, b: int = 10) -> Ledger:
-    await ledger.apply_grant("grant-a", "a", a, await ledger.incarnation())
-    await ledger.apply_grant("grant-b", "b", b, await ledger.incarnation())
-    return ledger
 
 
 async def test_a_grant_applies_once_by_id(ledger: Ledger) -> None:
@@ -63,7 +28,7 @@ async def test_a_grant_applies_once_by_id(ledger: Ledger) -> None:
 
 
 async def test_an_order_takes_every_line_or_none(ledger: Ledger) -> None:
-    await _funded(ledger, a=10, b=1)
+    await funded(ledger, a=10, b=1)
 
     refused = await ledger.deduct("o1", (A, B))
 
@@ -73,7 +38,7 @@ async def test_an_order_takes_every_line_or_none(ledger: Ledger) -> None:
 
 
 async def test_a_retried_order_returns_the_first_answer_and_spends_once(ledger: Ledger) -> None:
-    await _funded(ledger)
+    await funded(ledger)
 
     first = await ledger.deduct("o1", (A, B))
     again = await ledger.deduct("o1", (A, B))
@@ -89,7 +54,7 @@ async def test_a_retried_order_returns_the_first_answer_and_spends_once(ledger: 
 
 
 async def test_an_order_key_reused_for_other_lines_is_refused(ledger: Ledger) -> None:
-    await _funded(ledger)
+    await funded(ledger)
     await ledger.deduct("o1", (A,))
 
     with pytest.raises(FailedPrecondition, match="different lines"):
@@ -107,7 +72,7 @@ async def test_concurrent_orders_never_overspend(ledger: Ledger) -> None:
 
 
 async def test_refunds_go_back_to_the_allotment_once_per_refund_id(ledger: Ledger) -> None:
-    await _funded(ledger)
+    await funded(ledger)
     await ledger.deduct("o1", (A, B))
 
     partial = await ledger.refund("o1", "r1", (Line("a", 1),))
@@ -124,7 +89,7 @@ async def test_refunds_go_back_to_the_allotment_once_per_refund_id(ledger: Ledge
 
 
 async def test_a_refund_never_exceeds_what_the_order_spent(ledger: Ledger) -> None:
-    await _funded(ledger)
+    await funded(ledger)
     await ledger.deduct("o1", (A,))
     await ledger.refund("o1", "r1", (Line("a", 2),))
 
@@ -138,7 +103,7 @@ async def test_a_refund_never_exceeds_what_the_order_spent(ledger: Ledger) -> No
 
 
 async def test_take_back_removes_only_what_is_available(ledger: Ledger) -> None:
-    await _funded(ledger, a=5)
+    await funded(ledger, a=5)
     await ledger.deduct("o1", (A,))
 
     assert await ledger.take_back("a", 100) == 2
@@ -190,19 +155,13 @@ async def test_a_user_gets_no_more_units_than_the_promotion_allows(ledger: Ledge
 
 
 async def test_a_user_gets_no_more_orders_than_the_promotion_allows(ledger: Ledger) -> None:
-    await _funded(ledger)
+    await funded(ledger)
     limits = {"a": UserLimit(orders=1)}
 
     assert (await ledger.deduct("o1", (Line("a", 1, "ann"),), limits)).accepted
     assert (await ledger.deduct("o2", (Line("a", 1, "ann"),), limits)).over_limit == ("a",)
     await ledger.refund("o1", "r1", (Line("a", 1),))  # fully refunded: the order stops counting
     assert (await ledger.deduct("o3", (Line("a", 1, "ann"),), limits)).accepted
-
-
-@pytest.fixture
-async def redis_ledger(redis_address: RunningServer) -> AsyncIterator[RedisLedger]:
-    async with _redis_ledger(redis_address) as joined:
-        yield joined
 
 
 async def test_one_agent_of_a_region_refills_a_promotion_at_a_time(redis_ledger: RedisLedger) -> None:
@@ -227,7 +186,7 @@ async def test_a_grant_made_to_another_incarnation_is_never_applied(ledger: Ledg
 
 
 async def test_refund_records_of_different_orders_never_collide(ledger: Ledger) -> None:
-    await _funded(ledger)
+    await funded(ledger)
     await ledger.deduct("o:1", (Line("a", 1, "u1"),))
     await ledger.deduct("o", (Line("a", 2, "u1"),))
 
