@@ -1,0 +1,206 @@
+"""Bad input to the budget owners' calls: precise status, actionable message, nothing changed."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
+
+import grpc
+import pytest
+
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from tests.bad_input.calls import (
+    BAD_AMOUNTS,
+    BAD_IDS,
+    FAILED,
+    ID_128,
+    ID_129,
+    INVALID,
+    MAX_AMOUNT,
+    NOT_FOUND,
+    TOO_BIG,
+    World,
+    create,
+    rejected,
+    unchanged,
+)
+from tests.support import now_ms, promotion
+
+# CreatePromotion
+
+
+def _without_start() -> center_pb.Promotion:
+    message = promotion()
+    message.ClearField("start_time")
+    return message
+
+
+def _without_end() -> center_pb.Promotion:
+    message = promotion()
+    message.ClearField("end_time")
+    return message
+
+
+_START = now_ms()
+AMOUNT = center_pb.PROMOTION_KIND_AMOUNT
+
+BAD_PROMOTIONS = [
+    pytest.param(promotion(budget=0), ["budget", "0"], id="budget-zero"),
+    pytest.param(promotion(budget=-5), ["budget", "-5"], id="budget-negative"),
+    pytest.param(promotion(budget=TOO_BIG), ["budget", str(TOO_BIG)], id="budget-2**53"),
+    pytest.param(promotion(""), ["promotion.id", "required"], id="id-empty"),
+    pytest.param(promotion(ID_129), ["promotion.id", "129 bytes"], id="id-129-bytes"),
+    pytest.param(promotion("é" * 65), ["promotion.id", "130 bytes"], id="id-65-chars-130-bytes"),
+    pytest.param(promotion(kind=center_pb.PROMOTION_KIND_UNSPECIFIED), ["kind"], id="kind-unspecified"),
+    pytest.param(promotion(kind=7), ["kind"], id="kind-unknown"),
+    pytest.param(_without_start(), ["start_time"], id="no-start"),
+    pytest.param(_without_end(), ["end_time"], id="no-end"),
+    pytest.param(promotion(start_ms=_START, end_ms=_START - 1), ["end_time", "start_time"], id="end-before-start"),
+    pytest.param(promotion(start_ms=_START, end_ms=_START), ["end_time", "start_time"], id="end-equals-start"),
+    pytest.param(promotion(regions=()), ["regions"], id="no-regions"),
+    pytest.param(promotion(regions=("eu", "us", "eu")), ["regions", "twice", "eu"], id="duplicate-region"),
+    pytest.param(promotion(regions=("eu", "")), ["region", "required"], id="region-empty"),
+    pytest.param(promotion(regions=("eu", ID_129)), ["region", "129 bytes"], id="region-129-bytes"),
+    pytest.param(promotion(currency="EUR"), ["COUNT", "currency", "EUR"], id="count-with-currency"),
+    pytest.param(promotion(kind=AMOUNT), ["currency", "ISO 4217"], id="amount-without-currency"),
+    pytest.param(promotion(kind=AMOUNT, currency="eur"), ["currency", "'eur'"], id="amount-lower-case"),
+    pytest.param(promotion(kind=AMOUNT, currency="EURO"), ["currency", "'EURO'"], id="amount-four-letters"),
+    pytest.param(promotion(kind=AMOUNT, currency="EU"), ["currency", "'EU'"], id="amount-two-letters"),
+    pytest.param(promotion(kind=AMOUNT, currency="ÉUR"), ["currency", "'ÉUR'"], id="amount-not-ascii"),
+    pytest.param(promotion(kind=AMOUNT, currency="123"), ["currency", "'123'"], id="amount-digits"),
+    pytest.param(
+        promotion(kind=AMOUNT, currency="E1R"),
+        ["currency", "'E1R'"],
+        id="amount-letter-digit-letter",
+    ),
+    pytest.param(promotion(kind=AMOUNT, currency="EUR "), ["currency", "'EUR '"], id="amount-padded"),
+    pytest.param(promotion(per_user_limit=-1), ["per_user_limit", "-1"], id="negative-per-user-limit"),
+    pytest.param(promotion(per_user_orders=-2), ["per_user_orders", "-2"], id="negative-per-user-orders"),
+]
+
+
+@pytest.mark.parametrize(("message", "fragments"), BAD_PROMOTIONS)
+async def test_create_promotion_rejects_a_bad_field(
+    center_world: World, message: center_pb.Promotion, fragments: list[str]
+) -> None:
+    async with unchanged(center_world):
+        await rejected(create(center_world.admin, message), INVALID, *fragments)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(promotion(ID_128), id="id-128-bytes"),
+        pytest.param(promotion("é" * 64), id="id-64-chars-128-bytes"),
+        pytest.param(promotion(budget=MAX_AMOUNT), id="budget-2**53-1"),
+        pytest.param(promotion(budget=1), id="budget-1"),
+        pytest.param(promotion(regions=(ID_128,)), id="region-128-bytes"),
+        pytest.param(promotion(start_ms=_START, end_ms=_START + 1), id="window-1ms"),
+        pytest.param(promotion(kind=AMOUNT, currency="EUR"), id="amount-EUR"),
+    ],
+)
+async def test_create_promotion_accepts_the_boundaries(
+    admin: center_grpc.PromotionAdminAsyncStub, message: center_pb.Promotion
+) -> None:
+    created = await create(admin, message)
+
+    assert created.id == message.id
+    assert created.budget == message.budget
+    assert list(created.regions) == list(message.regions)
+    assert await admin.GetPromotion(center_pb.GetPromotionRequest(promotion_id=message.id), timeout=5) == created
+
+
+async def test_creating_an_existing_id_fails_and_keeps_the_original(center_world: World) -> None:
+    imposter = promotion("existing", budget=7, regions=("us",), kind=AMOUNT, currency="USD")
+
+    async with unchanged(center_world):
+        await rejected(create(center_world.admin, imposter), grpc.StatusCode.ALREADY_EXISTS, "existing")
+
+    kept = await center_world.admin.GetPromotion(center_pb.GetPromotionRequest(promotion_id="existing"), timeout=5)
+    assert (kept.budget, list(kept.regions), kept.kind, kept.currency) == (
+        500,
+        ["eu", "us"],
+        center_pb.PROMOTION_KIND_COUNT,
+        "",
+    )
+
+
+# Reads and admin calls by promotion id
+
+AdminCall: TypeAlias = "Callable[[center_grpc.PromotionAdminAsyncStub, str], Awaitable[object]]"
+
+ADMIN_CALLS: list[tuple[str, AdminCall]] = [
+    ("GetPromotion", lambda a, p: a.GetPromotion(center_pb.GetPromotionRequest(promotion_id=p), timeout=5)),
+    ("GetUsage", lambda a, p: a.GetUsage(center_pb.GetUsageRequest(promotion_id=p), timeout=5)),
+    (
+        "SetBudget",
+        lambda a, p: a.SetBudget(center_pb.SetBudgetRequest(promotion_id=p, budget=10, expected_revision=1), timeout=5),
+    ),
+    ("SetFrozen", lambda a, p: a.SetFrozen(center_pb.SetFrozenRequest(promotion_id=p, frozen=True), timeout=5)),
+]
+
+
+@pytest.mark.parametrize("call", [pytest.param(c, id=name) for name, c in ADMIN_CALLS])
+async def test_admin_calls_on_an_unknown_promotion_are_not_found(center_world: World, call: AdminCall) -> None:
+    async with unchanged(center_world):
+        await rejected(call(center_world.admin, "ghost"), NOT_FOUND, "'ghost'")
+
+
+@pytest.mark.parametrize(("promotion_id", "fragment"), BAD_IDS)
+@pytest.mark.parametrize("call", [pytest.param(c, id=name) for name, c in ADMIN_CALLS])
+async def test_admin_calls_reject_a_bad_promotion_id(
+    center_world: World, call: AdminCall, promotion_id: str, fragment: str
+) -> None:
+    async with unchanged(center_world):
+        await rejected(call(center_world.admin, promotion_id), INVALID, "promotion_id", fragment)
+
+
+# SetBudget
+
+
+def set_budget(budget: int, expected_revision: int, promotion_id: str = "promo") -> center_pb.SetBudgetRequest:
+    return center_pb.SetBudgetRequest(promotion_id=promotion_id, budget=budget, expected_revision=expected_revision)
+
+
+@pytest.mark.parametrize("budget", BAD_AMOUNTS)
+async def test_set_budget_rejects_a_bad_amount(granted: World, budget: int) -> None:
+    async with unchanged(granted):
+        await rejected(granted.admin.SetBudget(set_budget(budget, 1), timeout=5), INVALID, "budget", str(budget))
+
+
+async def test_set_budget_below_what_regions_hold_names_the_figures(granted: World) -> None:
+    async with unchanged(granted):
+        await rejected(granted.admin.SetBudget(set_budget(99, 1), timeout=5), FAILED, "99", "100")
+
+    lowest = await granted.admin.SetBudget(set_budget(100, 1), timeout=5)
+    assert (lowest.budget, lowest.revision) == (100, 2)
+
+
+async def test_set_budget_with_a_stale_revision_fails(granted: World) -> None:
+    await granted.admin.SetBudget(set_budget(2_000, 1), timeout=5)
+
+    async with unchanged(granted):
+        await rejected(granted.admin.SetBudget(set_budget(3_000, 1), timeout=5), FAILED, "revision 2", "not 1")
+
+    current = await granted.admin.GetPromotion(center_pb.GetPromotionRequest(promotion_id="promo"), timeout=5)
+    assert (current.budget, current.revision) == (2_000, 2)
+
+
+async def test_set_budget_with_a_future_revision_fails(granted: World) -> None:
+    async with unchanged(granted):
+        await rejected(granted.admin.SetBudget(set_budget(3_000, 5), timeout=5), FAILED, "revision 1", "5")
+
+
+@pytest.mark.parametrize("expected_revision", [0, -1])
+async def test_set_budget_requires_the_revision_read(granted: World, expected_revision: int) -> None:
+    async with unchanged(granted):
+        await rejected(
+            granted.admin.SetBudget(set_budget(3_000, expected_revision), timeout=5), INVALID, "expected_revision"
+        )
+
+
+async def test_set_budget_accepts_the_maximum(granted: World) -> None:
+    answer = await granted.admin.SetBudget(set_budget(MAX_AMOUNT, 1), timeout=5)
+
+    assert (answer.budget, answer.revision) == (MAX_AMOUNT, 2)

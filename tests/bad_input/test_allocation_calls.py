@@ -1,0 +1,216 @@
+"""Bad input to the agents' calls to the center: precise status, actionable message, nothing changed."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
+
+import grpc
+import pytest
+
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from tests.bad_input.calls import (
+    BAD_AMOUNTS,
+    BAD_IDS,
+    ID_128,
+    ID_129,
+    INVALID,
+    MAX_AMOUNT,
+    NOT_FOUND,
+    TOO_BIG,
+    World,
+    acquire,
+    counters,
+    create,
+    identity,
+    rejected,
+    unchanged,
+)
+from tests.support import promotion
+
+# Acquire, Renew, Return
+
+
+@pytest.mark.parametrize("amount", BAD_AMOUNTS)
+async def test_acquire_rejects_a_bad_amount(
+    granted: World, allocation: center_grpc.AllocationAsyncStub, amount: int
+) -> None:
+    async with unchanged(granted):
+        await rejected(allocation.Acquire(acquire(amount=amount, request_id="req-2"), timeout=5), INVALID, "amount")
+
+
+async def test_acquire_rejects_a_negative_demand(granted: World, allocation: center_grpc.AllocationAsyncStub) -> None:
+    async with unchanged(granted):
+        await rejected(
+            allocation.Acquire(acquire(request_id="req-2", demand=-1), timeout=5), INVALID, "demand_per_minute", "-1"
+        )
+
+
+async def test_acquire_of_an_unknown_promotion_is_not_found(
+    granted: World, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    async with unchanged(granted):
+        await rejected(allocation.Acquire(acquire("ghost"), timeout=5), NOT_FOUND, "'ghost'")
+
+
+async def test_acquire_for_a_region_the_promotion_does_not_allow_is_denied(
+    granted: World, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    request = acquire(request_id="req-us", agent=identity("us", "inc-us"))
+
+    async with unchanged(granted):
+        await rejected(allocation.Acquire(request, timeout=5), grpc.StatusCode.PERMISSION_DENIED, "'us'", "eu")
+
+
+@pytest.mark.parametrize(("request_id", "fragment"), BAD_IDS)
+async def test_acquire_rejects_a_bad_request_id(
+    granted: World, allocation: center_grpc.AllocationAsyncStub, request_id: str, fragment: str
+) -> None:
+    async with unchanged(granted):
+        await rejected(allocation.Acquire(acquire(request_id=request_id), timeout=5), INVALID, "request_id", fragment)
+
+
+@pytest.mark.parametrize(("promotion_id", "fragment"), BAD_IDS)
+async def test_acquire_rejects_a_bad_promotion_id(
+    granted: World, allocation: center_grpc.AllocationAsyncStub, promotion_id: str, fragment: str
+) -> None:
+    async with unchanged(granted):
+        await rejected(allocation.Acquire(acquire(promotion_id), timeout=5), INVALID, "promotion_id", fragment)
+
+
+AllocationCall: TypeAlias = "Callable[[center_grpc.AllocationAsyncStub, center_pb.AgentIdentity], Awaitable[object]]"
+
+AGENT_CALLS: list[tuple[str, AllocationCall]] = [
+    ("Acquire", lambda s, a: s.Acquire(acquire(request_id="req-2", agent=a), timeout=5)),
+    ("Renew", lambda s, a: s.Renew(center_pb.RenewRequest(agent=a, counters=[counters()]), timeout=5)),
+    ("Return", lambda s, a: s.Return(center_pb.ReturnRequest(agent=a, counters=counters(returned=10)), timeout=5)),
+]
+
+BAD_IDENTITIES = [
+    pytest.param(identity(region=""), "agent.region", "is required", id="region-empty"),
+    pytest.param(identity(region=ID_129), "agent.region", "129 bytes", id="region-129-bytes"),
+    pytest.param(identity(incarnation=""), "agent.incarnation", "is required", id="incarnation-empty"),
+    pytest.param(identity(incarnation=ID_129), "agent.incarnation", "129 bytes", id="incarnation-129-bytes"),
+]
+
+
+@pytest.mark.parametrize(("agent", "field", "fragment"), BAD_IDENTITIES)
+@pytest.mark.parametrize("call", [pytest.param(c, id=name) for name, c in AGENT_CALLS])
+async def test_allocation_calls_reject_a_bad_agent_identity(
+    granted: World,
+    allocation: center_grpc.AllocationAsyncStub,
+    call: AllocationCall,
+    agent: center_pb.AgentIdentity,
+    field: str,
+    fragment: str,
+) -> None:
+    async with unchanged(granted):
+        await rejected(call(allocation, agent), INVALID, field, fragment)
+
+
+async def test_acquire_accepts_128_byte_ids(
+    admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    region, incarnation, request_id = "r" * 128, "i" * 128, "q" * 128
+    await create(admin, promotion(ID_128, budget=MAX_AMOUNT, regions=("eu", region)))
+
+    answer = await allocation.Acquire(acquire(ID_128, MAX_AMOUNT, request_id, identity(region, incarnation)), timeout=5)
+
+    assert (answer.grant.promotion_id, answer.grant.region, answer.grant.amount) == (ID_128, region, MAX_AMOUNT)
+    assert answer.unallocated == 0
+
+
+async def test_renew_claiming_more_granted_than_the_center_granted_is_rejected(
+    granted: World, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    request = center_pb.RenewRequest(agent=identity(), counters=[counters(granted=101, deducted=50)])
+
+    async with unchanged(granted):
+        await rejected(allocation.Renew(request, timeout=5), INVALID, "101", "100")
+
+
+async def test_renew_naming_a_promotion_twice_is_rejected(
+    granted: World, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    request = center_pb.RenewRequest(agent=identity(), counters=[counters(deducted=10), counters(deducted=20)])
+
+    async with unchanged(granted):
+        await rejected(allocation.Renew(request, timeout=5), INVALID, "'promo'", "twice")
+
+
+@pytest.mark.parametrize(
+    ("report", "fragments"),
+    [
+        pytest.param(counters(deducted=-1), ["counters.deducted", "-1"], id="negative-deducted"),
+        pytest.param(counters(granted=TOO_BIG), ["counters.granted", str(TOO_BIG)], id="granted-2**53"),
+        pytest.param(counters(deducted=5, refunded=6), ["inconsistent"], id="refunded-above-deducted"),
+        pytest.param(counters(returned=60, deducted=50), ["inconsistent"], id="spent-more-than-held"),
+        pytest.param(counters(promotion_id=""), ["counters.promotion_id", "is required"], id="promotion-id-empty"),
+    ],
+)
+async def test_renew_rejects_impossible_counters(
+    granted: World, allocation: center_grpc.AllocationAsyncStub, report: center_pb.Counters, fragments: list[str]
+) -> None:
+    request = center_pb.RenewRequest(agent=identity(), counters=[report])
+
+    async with unchanged(granted):
+        await rejected(allocation.Renew(request, timeout=5), INVALID, *fragments)
+
+
+async def _unknown(admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub) -> None:
+    pass
+
+
+async def _us_only_granted(
+    admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    await create(admin, promotion("second", budget=1_000, regions=("us",)))
+
+
+async def _granted_100(admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub) -> None:
+    await create(admin, promotion("second", budget=1_000, regions=("eu",)))
+    await allocation.Acquire(acquire("second", amount=100, request_id="req-2"), timeout=5)
+
+
+RenewSetup: TypeAlias = (
+    "Callable[[center_grpc.PromotionAdminAsyncStub, center_grpc.AllocationAsyncStub], Awaitable[None]]"
+)
+
+
+@pytest.mark.parametrize(
+    ("setup", "code", "fragments"),
+    [
+        pytest.param(_unknown, NOT_FOUND, ["'second'"], id="second-unknown"),
+        pytest.param(_us_only_granted, grpc.StatusCode.PERMISSION_DENIED, ["'eu'", "second"], id="second-not-allowed"),
+        pytest.param(
+            _granted_100,
+            INVALID,
+            ["101", "second"],
+            id="second-claims-more-granted",
+        ),
+    ],
+)
+async def test_renew_with_one_bad_report_applies_none(
+    granted: World,
+    allocation: center_grpc.AllocationAsyncStub,
+    setup: RenewSetup,
+    code: grpc.StatusCode,
+    fragments: list[str],
+) -> None:
+    await setup(granted.admin, allocation)
+    request = center_pb.RenewRequest(
+        agent=identity(), counters=[counters(deducted=40), counters("second", granted=101)]
+    )
+
+    async with unchanged(granted):
+        await rejected(allocation.Renew(request, timeout=5), code, *fragments)
+
+
+async def test_return_claiming_more_granted_than_the_center_granted_is_rejected(
+    granted: World, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    request = center_pb.ReturnRequest(agent=identity(), counters=counters(granted=150, returned=150))
+
+    async with unchanged(granted):
+        await rejected(allocation.Return(request, timeout=5), INVALID, "150", "100")
