@@ -8,7 +8,10 @@ and is gone (process and data) when its context ends.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -47,7 +50,7 @@ def _binary(name: str) -> str:
 
 @contextlib.contextmanager
 def _serve(args: list[str], port: int, ready: Callable[[], bool], log: Path) -> Iterator[RunningServer]:
-    with log.open("w") as output:
+    with log.open("a") as output:
         process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -74,9 +77,46 @@ def _answers(port: int, probe: bytes, expected: bytes) -> bool:
         return False
 
 
+@dataclass
+class RestartableServer:
+    """A server a test can stop or kill -9 and start again, on the same port and data directory."""
+
+    name: str
+    args: list[str]
+    port: int
+    ready: Callable[[], bool]
+    log: Path
+    pid: int = 0
+    _stack: contextlib.ExitStack | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, wait: bool = True) -> None:
+        self._stack = contextlib.ExitStack()
+        ready = self.ready if wait else (lambda: True)
+        self.pid = self._stack.enter_context(_serve(self.args, self.port, ready, self.log)).pid
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown work, as a crash or an OOM kill would leave it."""
+        os.kill(self.pid, signal.SIGKILL)
+        self.stop()
+
+
 @contextlib.contextmanager
-def redis_server(*extra: str) -> Iterator[RunningServer]:
-    """A durable Redis (append-only file, fsync on every write), as production runs it."""
+def redis_process(*extra: str) -> Iterator[RestartableServer]:
+    """A durable Redis (append-only file, fsync on every write), as production runs it, started;
+    the test may kill it and start it again from what it wrote to disk."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="quota-redis-") as workdir:
         args = [
@@ -84,8 +124,20 @@ def redis_server(*extra: str) -> Iterator[RunningServer]:
             "--bind", "127.0.0.1", "--port", str(port), "--dir", workdir, "--save", "",
             "--appendonly", "yes", "--appendfsync", "always", *extra,
         ]  # fmt: skip
-        with _serve(args, port, lambda: _answers(port, b"PING\r\n", b"+PONG"), Path(workdir) / "log") as server:
+        ready = functools.partial(_answers, port, b"PING\r\n", b"+PONG")
+        server = RestartableServer("redis", args, port, ready, Path(workdir) / "log")
+        server.start()
+        try:
             yield server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def redis_server(*extra: str) -> Iterator[RunningServer]:
+    """A durable Redis that runs until the context ends."""
+    with redis_process(*extra) as server:
+        yield RunningServer(server.host, server.port, server.pid)
 
 
 def _etcd_healthy(port: int) -> bool:
@@ -96,34 +148,8 @@ def _etcd_healthy(port: int) -> bool:
         return False
 
 
-@dataclass
-class EtcdMember:
-    """One member of a test cluster; `stop` and `start` it to play a failure and a recovery."""
-
-    name: str
-    args: list[str]
-    client_port: int
-    log: Path
-    pid: int = 0
-    _stack: contextlib.ExitStack | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
-
-    def start(self, wait: bool = True) -> None:
-        self._stack = contextlib.ExitStack()
-        ready = (lambda: _etcd_healthy(self.client_port)) if wait else (lambda: True)
-        self.pid = self._stack.enter_context(_serve(self.args, self.client_port, ready, self.log)).pid
-
-    def stop(self) -> None:
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
-
-
 @contextlib.contextmanager
-def etcd_cluster(size: int = 3) -> Iterator[list[EtcdMember]]:
+def etcd_cluster(size: int = 3) -> Iterator[list[RestartableServer]]:
     """An etcd cluster of `size` members on loopback. A single member is ready when healthy;
     a larger cluster when a quorum has formed, which needs its members started together."""
     ports = [(free_port(), free_port()) for _ in range(size)]
@@ -141,12 +167,13 @@ def etcd_cluster(size: int = 3) -> Iterator[list[EtcdMember]]:
                 "--initial-cluster", initial,
                 "--initial-cluster-state", "new",
             ]  # fmt: skip
-            members.append(EtcdMember(f"m{n}", args, client, Path(workdir) / f"m{n}.log"))
+            ready = functools.partial(_etcd_healthy, client)
+            members.append(RestartableServer(f"m{n}", args, client, ready, Path(workdir) / f"m{n}.log"))
         try:
             for member in members:
                 member.start(wait=False)
             deadline = time.monotonic() + READY_TIMEOUT_S
-            while not all(_etcd_healthy(member.client_port) for member in members):
+            while not all(_etcd_healthy(member.port) for member in members):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"etcd cluster did not form; see {workdir}")
                 time.sleep(0.05)
@@ -160,4 +187,4 @@ def etcd_cluster(size: int = 3) -> Iterator[list[EtcdMember]]:
 def etcd_server() -> Iterator[RunningServer]:
     """A single-member etcd cluster on loopback."""
     with etcd_cluster(1) as (member,):
-        yield RunningServer("127.0.0.1", member.client_port, member.pid)
+        yield RunningServer("127.0.0.1", member.port, member.pid)

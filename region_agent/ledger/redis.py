@@ -24,16 +24,17 @@ Reservation deadlines come from Redis's clock (TIME), the one clock all agents s
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
+from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound, Unavailable
 from region_agent.ledger.base import (
     NO_LIMITS,
     Balance,
@@ -45,250 +46,25 @@ from region_agent.ledger.base import (
     UserLimit,
 )
 from region_agent.ledger.local import check_replay, settled_before, unconfirmed_refund
+from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, SETTLE, TAKE_BACK
 
-# Every script's KEYS[1] is the incarnation hash (life, sequence) and ARGV[1] "life|floor": the
-# life the agent is in and the highest sequence it has seen. A Redis that lost all its data
-# (flushed, restarted empty) no longer has the life; one that lost only recent writes (restarted
-# from an older snapshot, failed over to a lagging replica) has a sequence below what an agent
-# saw. Either way the script changes nothing, and the region's agents move to a new life whose
-# data keys start empty.
-_SAME_LIFE = """
-local life, floor = string.match(ARGV[1], '^(.*)|(%d+)$')
-if redis.call('HGET', KEYS[1], 'life') ~= life then return {'lost'} end
-if (tonumber(redis.call('HGET', KEYS[1], 'sequence')) or 0) < tonumber(floor) then return {'rolled_back'} end
-local sequence = redis.call('HINCRBY', KEYS[1], 'sequence', 1)
-local function body()
-"""
-
-# Closes _SAME_LIFE: the answer's last element is the sequence number this call reached.
-_END = """
-end
-local answer = body()
-table.insert(answer, sequence)
-return answer
-"""
-
-_AVAILABLE = """
-local function available(key)
-  local b = redis.call('HMGET', key, 'granted', 'returned', 'deducted', 'refunded', 'held')
-  return (tonumber(b[1]) or 0) - (tonumber(b[2]) or 0) - (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
-    - (tonumber(b[5]) or 0)
-end
-"""
-
-_NOW_MS = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
-# KEYS: incarnation, order, reservations, balance per line, user per line.
-# ARGV: incarnation, lines JSON, amount per line, unit limit per line, order limit per line,
-# hold in ms (0: a plain deduction), retention in ms.
-_DEDUCT = (
-    _SAME_LIFE
-    + _AVAILABLE
-    + _NOW_MS
-    + """
-local first = redis.call('HGET', KEYS[2], 'lines')
-if first then
-  local reserved = redis.call('HEXISTS', KEYS[2], 'state')
-  return {'replay', first == ARGV[2] and 1 or 0, reserved, redis.call('HGET', KEYS[2], 'expires') or '0'}
-end
-local n = (#KEYS - 3) / 2
-local hold = tonumber(ARGV[#ARGV - 1])
-local wanted, units, short, over = {}, {}, {}, {}
-for i = 1, n do
-  wanted[KEYS[3 + i]] = (wanted[KEYS[3 + i]] or 0) + tonumber(ARGV[2 + i])
-  units[KEYS[3 + n + i]] = (units[KEYS[3 + n + i]] or 0) + tonumber(ARGV[2 + i])
-end
-for i = 1, n do
-  if available(KEYS[3 + i]) < wanted[KEYS[3 + i]] then table.insert(short, i) end
-end
-if #short > 0 then return {'short', unpack(short)} end
-for i = 1, n do
-  local user, unit_limit, order_limit = KEYS[3 + n + i], tonumber(ARGV[2 + n + i]), tonumber(ARGV[2 + 2 * n + i])
-  local held = tonumber(redis.call('HGET', user, 'units')) or 0
-  local orders = tonumber(redis.call('HGET', user, 'orders')) or 0
-  if (unit_limit > 0 and held + units[user] > unit_limit) or (order_limit > 0 and orders + 1 > order_limit) then
-    table.insert(over, i)
-  end
-end
-if #over > 0 then return {'over_limit', unpack(over)} end
-local field = hold > 0 and 'held' or 'deducted'
-for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], field, ARGV[2 + i]) end
-for user, amount in pairs(units) do
-  redis.call('HINCRBY', user, 'units', amount)
-  redis.call('HINCRBY', user, 'orders', 1)
-end
-local expires = 0
-if hold > 0 then
-  expires = now_ms() + hold
-  redis.call('HSET', KEYS[2], 'state', 'reserved', 'expires', string.format('%d', expires))
-  redis.call('ZADD', KEYS[3], expires, ARGV[#ARGV - 2])
-end
-local answer = {'ok', string.format('%d', expires)}
-for i = 1, n do table.insert(answer, available(KEYS[3 + i])) end
-redis.call('HSET', KEYS[2], 'lines', ARGV[2])
--- A pending reservation's record stays until it is settled, however late the sweep: its held quota
--- would never come back without it. The retention period starts when it ends.
-if hold == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[#ARGV]) end
-return answer
-"""
-    + _END
-)
-
-# KEYS: incarnation, order, reservations, balance per line of the order, user per line.
-# ARGV: incarnation, what to do (confirm, cancel, or expire: release only if past the deadline),
-# order key, retention in ms. Answers 'done' when this call changed the reservation, else 'was' and its state.
-_SETTLE = (
-    _SAME_LIFE
-    + _NOW_MS
-    + """
-local raw = redis.call('HGET', KEYS[2], 'lines')
-if not raw then return {'not_found'} end
-local state = redis.call('HGET', KEYS[2], 'state') or 'deducted'
-local expires = redis.call('HGET', KEYS[2], 'expires') or '0'
-local lines = cjson.decode(raw)
-local n = #lines
-local function release(to)
-  local users = {}
-  for i, line in ipairs(lines) do
-    local amount = string.format('%d', line[2])
-    redis.call('HINCRBY', KEYS[3 + i], 'held', '-' .. amount)
-    redis.call('HINCRBY', KEYS[3 + n + i], 'units', '-' .. amount)
-    users[KEYS[3 + n + i]] = true
-  end
-  for user in pairs(users) do redis.call('HINCRBY', user, 'orders', -1) end
-  redis.call('HSET', KEYS[2], 'state', to)
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  return to
-end
-local action = ARGV[2]
-if state == 'reserved' and tonumber(expires) <= now_ms() then
-  state = release('expired')
-  if action == 'expire' then return {'done', state, expires} end
-end
-if state ~= 'reserved' or action == 'expire' then return {'was', state, expires} end
-if action == 'cancel' then
-  release('cancelled')
-else
-  for i, line in ipairs(lines) do
-    local amount = string.format('%d', line[2])
-    redis.call('HINCRBY', KEYS[3 + i], 'held', '-' .. amount)
-    redis.call('HINCRBY', KEYS[3 + i], 'deducted', amount)
-  end
-  redis.call('HSET', KEYS[2], 'state', 'confirmed')
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-end
-return {'done', state, expires}
-"""
-    + _END
-)
-
-# KEYS: reservations. ARGV: at most this many. Order keys of reservations past their deadline.
-_DUE = (
-    _NOW_MS
-    + """
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
-"""
-)
-
-# KEYS: incarnation, order, refund record, balance per line of the order, user per line.
-# ARGV: incarnation, JSON of wanted [[promotion, amount]...] or '' for everything left, retention in ms.
-_REFUND = (
-    _SAME_LIFE
-    + """
-local first = redis.call('GET', KEYS[3])
-if first then return {'replay', first} end
-local raw = redis.call('HGET', KEYS[2], 'lines')
-if not raw then return {'not_found'} end
-local state = redis.call('HGET', KEYS[2], 'state')
-if state and state ~= 'confirmed' then return {'unconfirmed', state} end
-local lines = cjson.decode(raw)
-local left, spent, balance, user = {}, {}, {}, {}
-for i, line in ipairs(lines) do
-  local promotion = line[1]
-  local refunded = tonumber(redis.call('HGET', KEYS[2], 'refunded:' .. promotion)) or 0
-  spent[promotion] = (spent[promotion] or 0) + line[2]
-  left[promotion] = spent[promotion] - refunded
-  balance[promotion] = KEYS[3 + i]
-  user[promotion] = KEYS[3 + #lines + i]
-end
-local wanted = {}
-if ARGV[2] == '' then
-  for _, line in ipairs(lines) do
-    local promotion = line[1]
-    if left[promotion] > 0 and not wanted[promotion] then
-      wanted[promotion] = left[promotion]
-      table.insert(wanted, promotion)
-    end
-  end
-else
-  for _, pair in ipairs(cjson.decode(ARGV[2])) do
-    local promotion, amount = pair[1], pair[2]
-    if left[promotion] == nil then return {'not_in_order', promotion} end
-    if amount > left[promotion] then return {'too_much', promotion, string.format('%d', left[promotion])} end
-    wanted[promotion] = amount
-    table.insert(wanted, promotion)
-  end
-end
-local answer = {}
-for _, promotion in ipairs(wanted) do
-  local refunded = redis.call('HINCRBY', KEYS[2], 'refunded:' .. promotion, wanted[promotion])
-  redis.call('HINCRBY', balance[promotion], 'refunded', wanted[promotion])
-  redis.call('HINCRBY', user[promotion], 'units', -wanted[promotion])
-  if refunded == spent[promotion] then redis.call('HINCRBY', user[promotion], 'orders', -1) end
-  -- cjson would print large amounts in floating point; integers are written out whole.
-  table.insert(answer, '[' .. cjson.encode(promotion) .. ',' .. string.format('%d', wanted[promotion]) .. ']')
-end
-local encoded = '[' .. table.concat(answer, ',') .. ']'
-redis.call('SET', KEYS[3], encoded, 'PX', ARGV[3])
-return {'ok', encoded}
-"""
-    + _END
-)
-
-# KEYS: incarnation, grants, balance, promotions. ARGV: incarnation, grant id, promotion, amount.
-_APPLY_GRANT = (
-    _SAME_LIFE
-    + """
-if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'applied_before'} end
-redis.call('HINCRBY', KEYS[3], 'granted', ARGV[4])
-redis.call('SADD', KEYS[4], ARGV[3])
-return {'ok'}
-"""
-    + _END
-)
-
-# KEYS: incarnation, balance. ARGV: incarnation, amount.
-_TAKE_BACK = (
-    _SAME_LIFE
-    + _AVAILABLE
-    + """
-local taken = math.min(tonumber(ARGV[2]), available(KEYS[2]))
-if taken <= 0 then return {'ok', 0} end
-redis.call('HINCRBY', KEYS[2], 'returned', taken)
-return {'ok', taken}
-"""
-    + _END
-)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-# KEYS: incarnation. ARGV: life. Ends the life if it is still the current one.
-_FORGET = """
-if redis.call('HGET', KEYS[1], 'life') == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
-"""
+def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Answers a Redis outage (down, restarting, loading its AOF) as UNAVAILABLE: the caller retries
+    with the same key, and every script is idempotent by that key, so an applied but unanswered
+    call replays."""
 
-# KEYS: claim. ARGV: holder. Deletes the claim only if this holder still has it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
-"""
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as outage:
+            raise Unavailable(f"the region's Redis is unreachable ({outage}); retry with the same key") from outage
+
+    return wrapper
 
 
 class RedisLedger:
@@ -297,14 +73,14 @@ class RedisLedger:
         self._redis = client
         self._retention_ms = max(1, round(retention_s * 1000))
         self._tag = f"{{quota:{region}}}"
-        self._deduct = client.register_script(_DEDUCT)
-        self._refund = client.register_script(_REFUND)
-        self._apply_grant = client.register_script(_APPLY_GRANT)
-        self._take_back = client.register_script(_TAKE_BACK)
-        self._settle = client.register_script(_SETTLE)
-        self._due = client.register_script(_DUE)
-        self._release = client.register_script(_RELEASE)
-        self._forget = client.register_script(_FORGET)
+        self._deduct = client.register_script(DEDUCT)
+        self._refund = client.register_script(REFUND)
+        self._apply_grant = client.register_script(APPLY_GRANT)
+        self._take_back = client.register_script(TAKE_BACK)
+        self._settle = client.register_script(SETTLE)
+        self._due = client.register_script(DUE)
+        self._release = client.register_script(RELEASE)
+        self._forget = client.register_script(FORGET)
         self._incarnation: str | None = None
         self._floor = 0
         """The highest sequence number this agent saw in the current life: Redis must never show less."""
@@ -323,6 +99,7 @@ class RedisLedger:
         # JSON keeps "a:b" + "c" apart from "a" + "b:c".
         return self._data("user", json.dumps([promotion_id, user_id], separators=(",", ":")))
 
+    @_reachable
     async def incarnation(self) -> str:
         """The life this agent takes part in, checked against Redis on every call: when Redis
         lost it, all of the region's agents converge on one new life (the first to ask creates
@@ -361,6 +138,7 @@ class RedisLedger:
             self._floor = max(self._floor, int(answer[-1]))
         return answer[:-1]
 
+    @_reachable
     async def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
         first, state, expires = await self._redis.hmget(self._data("order", order_key), ["lines", "state", "expires"])
         if first is None:
@@ -368,6 +146,7 @@ class RedisLedger:
         check_replay(order_key, _text(first) == _encode(lines), state is not None, reserve)
         return DeductOutcome(lines, replayed=True, expires_at_ms=int(expires or 0))
 
+    @_reachable
     async def deduct(
         self,
         order_key: str,
@@ -405,6 +184,7 @@ class RedisLedger:
             lines, available_after=tuple(int(left) for left in answer[2:]), expires_at_ms=int(answer[1])
         )
 
+    @_reachable
     async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
         ended = await self._end_reservation(order_key, how.value)
         if ended is None:
@@ -414,6 +194,7 @@ class RedisLedger:
             return SettleOutcome(lines)
         return settled_before(order_key, how, state, expires_at_ms, lines)
 
+    @_reachable
     async def expire_reservations(self) -> int:
         """Releases up to a thousand due reservations per call; the renew loop calls it every second."""
         due = await self._due(keys=[self._data("reservations")], args=[1000])
@@ -442,6 +223,7 @@ class RedisLedger:
             return None
         return answer[0] == b"done", answer[1].decode(), int(answer[2]), lines
 
+    @_reachable
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         order = self._data("order", order_key)
         first = await self._redis.hget(order, "lines")
@@ -473,6 +255,7 @@ class RedisLedger:
         refunded = tuple(Line(promotion, int(amount)) for promotion, amount in json.loads(answer[1]))
         return RefundOutcome(refunded, replayed=status == "replay")
 
+    @_reachable
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
         keys = [
             self._data("grants", life=incarnation),
@@ -482,23 +265,28 @@ class RedisLedger:
         answer = await self._run(self._apply_grant, keys, [grant_id, promotion_id, amount], life=incarnation)
         return bool(answer[0] == b"ok")
 
+    @_reachable
     async def take_back(self, promotion_id: str, amount: int) -> int:
         answer = await self._run(self._take_back, [self._data("balance", promotion_id)], [amount])
         return int(answer[1])
 
+    @_reachable
     async def claim_refill(self, promotion_id: str, holder: str, ttl_s: float) -> bool:
         claim = self._key("refill", promotion_id)
         return bool(await self._redis.set(claim, holder, nx=True, px=max(1, round(ttl_s * 1000))))
 
+    @_reachable
     async def release_refill(self, promotion_id: str, holder: str) -> None:
         await self._release(keys=[self._key("refill", promotion_id)], args=[holder])
 
+    @_reachable
     async def balance(self, promotion_id: str) -> Balance:
         values = await self._redis.hmget(
             self._data("balance", promotion_id), ["granted", "returned", "deducted", "refunded", "held"]
         )
         return Balance(*(int(value or 0) for value in values))
 
+    @_reachable
     async def balances(self) -> dict[str, Balance]:
         promotions = sorted(_text(member) for member in await self._redis.smembers(self._data("promotions")))
         return {promotion: await self.balance(promotion) for promotion in promotions}

@@ -1,0 +1,249 @@
+"""The Lua scripts of the Redis ledger (see `region_agent.ledger.redis` for the key layout).
+
+Each is one atomic step over all its keys. Amounts go back to Redis through string.format('%d'):
+Lua numbers are doubles, and tostring() would print a large amount in floating point.
+"""
+
+# Every script's KEYS[1] is the incarnation hash (life, sequence) and ARGV[1] "life|floor": the
+# life the agent is in and the highest sequence it has seen. A Redis that lost all its data
+# (flushed, restarted empty) no longer has the life; one that lost only recent writes (restarted
+# from an older snapshot, failed over to a lagging replica) has a sequence below what an agent
+# saw. Either way the script changes nothing, and the region's agents move to a new life whose
+# data keys start empty.
+_SAME_LIFE = """
+local life, floor = string.match(ARGV[1], '^(.*)|(%d+)$')
+if redis.call('HGET', KEYS[1], 'life') ~= life then return {'lost'} end
+if (tonumber(redis.call('HGET', KEYS[1], 'sequence')) or 0) < tonumber(floor) then return {'rolled_back'} end
+local sequence = redis.call('HINCRBY', KEYS[1], 'sequence', 1)
+local function body()
+"""
+
+# Closes _SAME_LIFE: the answer's last element is the sequence number this call reached.
+_END = """
+end
+local answer = body()
+table.insert(answer, sequence)
+return answer
+"""
+
+_AVAILABLE = """
+local function available(key)
+  local b = redis.call('HMGET', key, 'granted', 'returned', 'deducted', 'refunded', 'held')
+  return (tonumber(b[1]) or 0) - (tonumber(b[2]) or 0) - (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
+    - (tonumber(b[5]) or 0)
+end
+"""
+
+_NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: incarnation, order, reservations, balance per line, user per line.
+# ARGV: incarnation, lines JSON, amount per line, unit limit per line, order limit per line,
+# hold in ms (0: a plain deduction), retention in ms.
+DEDUCT = (
+    _SAME_LIFE
+    + _AVAILABLE
+    + _NOW_MS
+    + """
+local first = redis.call('HGET', KEYS[2], 'lines')
+if first then
+  local reserved = redis.call('HEXISTS', KEYS[2], 'state')
+  return {'replay', first == ARGV[2] and 1 or 0, reserved, redis.call('HGET', KEYS[2], 'expires') or '0'}
+end
+local n = (#KEYS - 3) / 2
+local hold = tonumber(ARGV[#ARGV - 1])
+local wanted, units, short, over = {}, {}, {}, {}
+for i = 1, n do
+  wanted[KEYS[3 + i]] = (wanted[KEYS[3 + i]] or 0) + tonumber(ARGV[2 + i])
+  units[KEYS[3 + n + i]] = (units[KEYS[3 + n + i]] or 0) + tonumber(ARGV[2 + i])
+end
+for i = 1, n do
+  if available(KEYS[3 + i]) < wanted[KEYS[3 + i]] then table.insert(short, i) end
+end
+if #short > 0 then return {'short', unpack(short)} end
+for i = 1, n do
+  local user, unit_limit, order_limit = KEYS[3 + n + i], tonumber(ARGV[2 + n + i]), tonumber(ARGV[2 + 2 * n + i])
+  local held = tonumber(redis.call('HGET', user, 'units')) or 0
+  local orders = tonumber(redis.call('HGET', user, 'orders')) or 0
+  if (unit_limit > 0 and held + units[user] > unit_limit) or (order_limit > 0 and orders + 1 > order_limit) then
+    table.insert(over, i)
+  end
+end
+if #over > 0 then return {'over_limit', unpack(over)} end
+local field = hold > 0 and 'held' or 'deducted'
+for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], field, ARGV[2 + i]) end
+for user, amount in pairs(units) do
+  redis.call('HINCRBY', user, 'units', amount)
+  redis.call('HINCRBY', user, 'orders', 1)
+end
+local expires = 0
+if hold > 0 then
+  expires = now_ms() + hold
+  redis.call('HSET', KEYS[2], 'state', 'reserved', 'expires', string.format('%d', expires))
+  redis.call('ZADD', KEYS[3], expires, ARGV[#ARGV - 2])
+end
+local answer = {'ok', string.format('%d', expires)}
+for i = 1, n do table.insert(answer, available(KEYS[3 + i])) end
+redis.call('HSET', KEYS[2], 'lines', ARGV[2])
+-- A pending reservation's record stays until it is settled, however late the sweep: its held quota
+-- would never come back without it. The retention period starts when it ends.
+if hold == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[#ARGV]) end
+return answer
+"""
+    + _END
+)
+
+# KEYS: incarnation, order, reservations, balance per line of the order, user per line.
+# ARGV: incarnation, what to do (confirm, cancel, or expire: release only if past the deadline),
+# order key, retention in ms. Answers 'done' when this call changed the reservation, else 'was' and its state.
+SETTLE = (
+    _SAME_LIFE
+    + _NOW_MS
+    + """
+local raw = redis.call('HGET', KEYS[2], 'lines')
+if not raw then return {'not_found'} end
+local state = redis.call('HGET', KEYS[2], 'state') or 'deducted'
+local expires = redis.call('HGET', KEYS[2], 'expires') or '0'
+local lines = cjson.decode(raw)
+local n = #lines
+local function release(to)
+  local users = {}
+  for i, line in ipairs(lines) do
+    local amount = string.format('%d', line[2])
+    redis.call('HINCRBY', KEYS[3 + i], 'held', '-' .. amount)
+    redis.call('HINCRBY', KEYS[3 + n + i], 'units', '-' .. amount)
+    users[KEYS[3 + n + i]] = true
+  end
+  for user in pairs(users) do redis.call('HINCRBY', user, 'orders', -1) end
+  redis.call('HSET', KEYS[2], 'state', to)
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return to
+end
+local action = ARGV[2]
+if state == 'reserved' and tonumber(expires) <= now_ms() then
+  state = release('expired')
+  if action == 'expire' then return {'done', state, expires} end
+end
+if state ~= 'reserved' or action == 'expire' then return {'was', state, expires} end
+if action == 'cancel' then
+  release('cancelled')
+else
+  for i, line in ipairs(lines) do
+    local amount = string.format('%d', line[2])
+    redis.call('HINCRBY', KEYS[3 + i], 'held', '-' .. amount)
+    redis.call('HINCRBY', KEYS[3 + i], 'deducted', amount)
+  end
+  redis.call('HSET', KEYS[2], 'state', 'confirmed')
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return {'done', state, expires}
+"""
+    + _END
+)
+
+# KEYS: reservations. ARGV: at most this many. Order keys of reservations past their deadline.
+DUE = (
+    _NOW_MS
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+)
+
+# KEYS: incarnation, order, refund record, balance per line of the order, user per line.
+# ARGV: incarnation, JSON of wanted [[promotion, amount]...] or '' for everything left, retention in ms.
+REFUND = (
+    _SAME_LIFE
+    + """
+local first = redis.call('GET', KEYS[3])
+if first then return {'replay', first} end
+local raw = redis.call('HGET', KEYS[2], 'lines')
+if not raw then return {'not_found'} end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state and state ~= 'confirmed' then return {'unconfirmed', state} end
+local lines = cjson.decode(raw)
+local left, spent, balance, user = {}, {}, {}, {}
+for i, line in ipairs(lines) do
+  local promotion = line[1]
+  local refunded = tonumber(redis.call('HGET', KEYS[2], 'refunded:' .. promotion)) or 0
+  spent[promotion] = (spent[promotion] or 0) + line[2]
+  left[promotion] = spent[promotion] - refunded
+  balance[promotion] = KEYS[3 + i]
+  user[promotion] = KEYS[3 + #lines + i]
+end
+local wanted = {}
+if ARGV[2] == '' then
+  for _, line in ipairs(lines) do
+    local promotion = line[1]
+    if left[promotion] > 0 and not wanted[promotion] then
+      wanted[promotion] = left[promotion]
+      table.insert(wanted, promotion)
+    end
+  end
+else
+  for _, pair in ipairs(cjson.decode(ARGV[2])) do
+    local promotion, amount = pair[1], pair[2]
+    if left[promotion] == nil then return {'not_in_order', promotion} end
+    if amount > left[promotion] then return {'too_much', promotion, string.format('%d', left[promotion])} end
+    wanted[promotion] = amount
+    table.insert(wanted, promotion)
+  end
+end
+local answer = {}
+for _, promotion in ipairs(wanted) do
+  local refunded = redis.call('HINCRBY', KEYS[2], 'refunded:' .. promotion, wanted[promotion])
+  redis.call('HINCRBY', balance[promotion], 'refunded', wanted[promotion])
+  redis.call('HINCRBY', user[promotion], 'units', -wanted[promotion])
+  if refunded == spent[promotion] then redis.call('HINCRBY', user[promotion], 'orders', -1) end
+  -- cjson would print large amounts in floating point; integers are written out whole.
+  table.insert(answer, '[' .. cjson.encode(promotion) .. ',' .. string.format('%d', wanted[promotion]) .. ']')
+end
+local encoded = '[' .. table.concat(answer, ',') .. ']'
+redis.call('SET', KEYS[3], encoded, 'PX', ARGV[3])
+return {'ok', encoded}
+"""
+    + _END
+)
+
+# KEYS: incarnation, grants, balance, promotions. ARGV: incarnation, grant id, promotion, amount.
+APPLY_GRANT = (
+    _SAME_LIFE
+    + """
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'applied_before'} end
+redis.call('HINCRBY', KEYS[3], 'granted', ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[3])
+return {'ok'}
+"""
+    + _END
+)
+
+# KEYS: incarnation, balance. ARGV: incarnation, amount.
+TAKE_BACK = (
+    _SAME_LIFE
+    + _AVAILABLE
+    + """
+local taken = math.min(tonumber(ARGV[2]), available(KEYS[2]))
+if taken <= 0 then return {'ok', 0} end
+redis.call('HINCRBY', KEYS[2], 'returned', taken)
+return {'ok', taken}
+"""
+    + _END
+)
+
+
+# KEYS: incarnation. ARGV: life. Ends the life if it is still the current one.
+FORGET = """
+if redis.call('HGET', KEYS[1], 'life') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: claim. ARGV: holder. Deletes the claim only if this holder still has it.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
