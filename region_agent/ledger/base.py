@@ -10,7 +10,8 @@ several agent processes share one ledger. Across all of them:
 - a reservation (`deduct` with `hold_ms`) holds its lines until it is confirmed (they
   become deducted), cancelled, or expires at its deadline (they become available again);
   each of those happens at most once per order key, whichever comes first;
-- a refund id is applied at most once, and an order never gets back more than it spent;
+- a refund id is applied at most once (a retry with other lines is refused), and an order
+  never gets back more than it spent;
 - a user never holds more of a promotion than its per-user limits allow;
 - a grant id is applied at most once, whichever agent process receives it;
 - counters (granted, returned, deducted, refunded) only ever grow; `held` is a gauge.
@@ -58,15 +59,15 @@ class Balance:
 
 @dataclass(frozen=True)
 class DeductOutcome:
-    """Either the order was deducted, or nothing changed and `short` names the promotions
-    whose allotment could not cover their line, or `over_limit` those whose per-user limit
-    the line's user would break."""
+    """Either the order was deducted, or nothing changed and `over_limit` names the promotions
+    whose per-user limit the line's user would break, or else `short` those whose allotment
+    could not cover their line."""
 
     lines: tuple[Line, ...]
     replayed: bool = False
     short: tuple[str, ...] = ()
     over_limit: tuple[str, ...] = ()
-    """Promotions whose per-user limit this order would break (checked after `short`)."""
+    """Promotions whose per-user limit this order would break (checked before `short`)."""
     available_after: tuple[int, ...] = ()
     """Per line, what its promotion has left after this deduction (empty on a replay)."""
     expires_at_ms: int = 0

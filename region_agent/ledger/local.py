@@ -39,7 +39,8 @@ class LocalLedger:
     def __init__(self) -> None:
         self._balances: dict[str, Balance] = {}
         self._orders: dict[str, _Order] = {}
-        self._refunds: dict[tuple[str, str], RefundOutcome] = {}
+        self._refunds: dict[tuple[str, str], tuple[tuple[Line, ...], RefundOutcome]] = {}
+        """(order key, refund id) -> the lines asked for and the answer."""
         self._grants: set[str] = set()
         # (promotion, user) -> [units, orders] held by that user, for per-user limits.
         self._users: dict[tuple[str, str], list[int]] = {}
@@ -80,12 +81,13 @@ class LocalLedger:
         wanted: Counter[str] = Counter()
         for line in lines:
             wanted[line.promotion_id] += line.amount
-        short = tuple(promotion for promotion, amount in wanted.items() if self.balance(promotion).available < amount)
-        if short:
-            return DeductOutcome(lines, short=short)
+        # The user's limit first: no refill can help an order over it, so it should not wait for one.
         over_limit = self._over_limit(lines, limits)
         if over_limit:
             return DeductOutcome(lines, over_limit=over_limit)
+        short = tuple(promotion for promotion, amount in wanted.items() if self.balance(promotion).available < amount)
+        if short:
+            return DeductOutcome(lines, short=short)
         for line in lines:
             self._add(line.promotion_id, **{"held" if hold_ms else "deducted": line.amount})
         for (promotion, user), units in self._by_user(lines).items():
@@ -157,7 +159,10 @@ class LocalLedger:
     def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
         previous = self._refunds.get((order_key, refund_id))
         if previous is not None:
-            return replace(previous, replayed=True)
+            asked, answer = previous
+            if asked != lines:
+                raise refund_id_reused(order_key, refund_id)
+            return replace(answer, replayed=True)
         order = self._orders.get(order_key)
         if order is None:
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
@@ -186,7 +191,7 @@ class LocalLedger:
             if order.refunded[line.promotion_id] == spent[line.promotion_id]:
                 usage[1] -= 1
         outcome = RefundOutcome(tuple(wanted))
-        self._refunds[(order_key, refund_id)] = outcome
+        self._refunds[(order_key, refund_id)] = (lines, outcome)
         return outcome
 
     def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:
@@ -243,6 +248,13 @@ def settled_before(
     if state == CANCELLED:
         raise FailedPrecondition(f"the reservation {order_key!r} was cancelled; reserve again with a new order key")
     raise FailedPrecondition(f"the reservation {order_key!r} is confirmed; refund it instead of cancelling it")
+
+
+def refund_id_reused(order_key: str, refund_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"refund {refund_id!r} of order {order_key!r} was already made with different lines; "
+        "use a new refund id for another refund"
+    )
 
 
 def unconfirmed_refund(order_key: str, state: str) -> FailedPrecondition:

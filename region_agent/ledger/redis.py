@@ -45,7 +45,7 @@ from region_agent.ledger.base import (
     SettleOutcome,
     UserLimit,
 )
-from region_agent.ledger.local import check_replay, settled_before, unconfirmed_refund
+from region_agent.ledger.local import check_replay, refund_id_reused, settled_before, unconfirmed_refund
 from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, SETTLE, TAKE_BACK
 
 P = ParamSpec("P")
@@ -241,6 +241,8 @@ class RedisLedger:
         status = answer[0].decode()
         if status == "not_found":
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
+        if status == "other_lines":
+            raise refund_id_reused(order_key, refund_id)
         if status == "unconfirmed":
             raise unconfirmed_refund(order_key, answer[1].decode())
         if status == "not_in_order":

@@ -62,10 +62,6 @@ for i = 1, n do
   units[KEYS[3 + n + i]] = (units[KEYS[3 + n + i]] or 0) + tonumber(ARGV[2 + i])
 end
 for i = 1, n do
-  if available(KEYS[3 + i]) < wanted[KEYS[3 + i]] then table.insert(short, i) end
-end
-if #short > 0 then return {'short', unpack(short)} end
-for i = 1, n do
   local user, unit_limit, order_limit = KEYS[3 + n + i], tonumber(ARGV[2 + n + i]), tonumber(ARGV[2 + 2 * n + i])
   local held = tonumber(redis.call('HGET', user, 'units')) or 0
   local orders = tonumber(redis.call('HGET', user, 'orders')) or 0
@@ -74,6 +70,10 @@ for i = 1, n do
   end
 end
 if #over > 0 then return {'over_limit', unpack(over)} end
+for i = 1, n do
+  if available(KEYS[3 + i]) < wanted[KEYS[3 + i]] then table.insert(short, i) end
+end
+if #short > 0 then return {'short', unpack(short)} end
 local field = hold > 0 and 'held' or 'deducted'
 for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], field, ARGV[2 + i]) end
 for user, amount in pairs(units) do
@@ -161,7 +161,11 @@ REFUND = (
     _SAME_LIFE
     + """
 local first = redis.call('GET', KEYS[3])
-if first then return {'replay', first} end
+if first then
+  local asked, answer = string.match(first, '^(.-)\\n(.*)$')
+  if asked ~= ARGV[2] then return {'other_lines'} end
+  return {'replay', answer}
+end
 local raw = redis.call('HGET', KEYS[2], 'lines')
 if not raw then return {'not_found'} end
 local state = redis.call('HGET', KEYS[2], 'state')
@@ -204,7 +208,8 @@ for _, promotion in ipairs(wanted) do
   table.insert(answer, '[' .. cjson.encode(promotion) .. ',' .. string.format('%d', wanted[promotion]) .. ']')
 end
 local encoded = '[' .. table.concat(answer, ',') .. ']'
-redis.call('SET', KEYS[3], encoded, 'PX', ARGV[3])
+-- The request is kept with the answer: a refund id retried with other lines is an error, not a replay.
+redis.call('SET', KEYS[3], ARGV[2] .. '\\n' .. encoded, 'PX', ARGV[3])
 return {'ok', encoded}
 """
     + _END

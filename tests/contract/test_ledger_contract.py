@@ -231,3 +231,26 @@ async def test_order_records_are_kept_for_the_retention_period_only(redis_addres
     await asyncio.sleep(0.4)
     assert not (await short_memory.deduct("o1", (A,))).replayed
     await client.aclose()
+
+
+async def test_a_refund_id_retried_with_other_lines_is_refused(ledger: Ledger) -> None:
+    await funded(ledger)
+    await ledger.deduct("o1", (Line("a", 3, "u1"),))
+    await ledger.refund("o1", "r1", (Line("a", 1),))
+
+    for other in ((Line("a", 2),), ()):
+        with pytest.raises(FailedPrecondition, match="'r1'"):
+            await ledger.refund("o1", "r1", other)
+
+    assert (await ledger.refund("o1", "r1", (Line("a", 1),))).replayed
+    assert (await ledger.balance("a")).refunded == 1
+
+
+async def test_an_order_over_the_users_limit_is_told_so_even_when_the_allotment_is_short(ledger: Ledger) -> None:
+    await funded(ledger, a=3)
+    limits = {"a": UserLimit(units=1)}
+    await ledger.deduct("o1", (Line("a", 1, "u1"),), limits)
+
+    refused = await ledger.deduct("o2", (Line("a", 5, "u1"),), limits)
+
+    assert (refused.over_limit, refused.short) == (("a",), ())

@@ -139,7 +139,9 @@ def test_refund_id_replay_returns_the_first_answer_and_changes_nothing() -> None
     first = local.refund("order-1", "r1", one("a", 2))
     before = local.balances()
     assert local.refund("order-1", "r1", one("a", 2)) == replace(first, replayed=True)
-    assert local.refund("order-1", "r1", ()) == replace(first, replayed=True)
+    for other in ((), one("a", 1)):
+        with pytest.raises(FailedPrecondition, match=r"'r1'.*different lines"):
+            local.refund("order-1", "r1", other)
     assert local.balances() == before
     # A refund id belongs to its order: the same id on another order is a new refund.
     assert local.refund("order-2", "r1", one("a", 1)) == RefundOutcome(one("a", 1))
@@ -173,7 +175,7 @@ class LedgerModel:
     grants: dict[str, tuple[str, int]] = field(default_factory=dict)
     orders: dict[str, tuple[Line, ...]] = field(default_factory=dict)
     refunded: dict[str, Counter[str]] = field(default_factory=dict)
-    refunds: dict[tuple[str, str], RefundOutcome] = field(default_factory=dict)
+    refunds: dict[tuple[str, str], tuple[tuple[Line, ...], RefundOutcome]] = field(default_factory=dict)
     returned: Counter[str] = field(default_factory=Counter)
 
     def expected(self, promotion: str) -> Balance:
@@ -299,7 +301,12 @@ def check_refund(
 ) -> None:
     previous = model.refunds.get((key, refund_id))
     if previous is not None:
-        assert local.refund(key, refund_id, lines) == replace(previous, replayed=True)
+        asked, answer = previous
+        if asked == lines:
+            assert local.refund(key, refund_id, lines) == replace(answer, replayed=True)
+        else:
+            with pytest.raises(FailedPrecondition):
+                local.refund(key, refund_id, lines)
         assert local.balances() == before
         return
     spent = model.orders.get(key)
@@ -323,4 +330,4 @@ def check_refund(
     for line in wanted:
         model.refunded[key][line.promotion_id] += line.amount
     assert all(model.refunded[key][line.promotion_id] <= line.amount for line in spent)
-    model.refunds[(key, refund_id)] = outcome
+    model.refunds[(key, refund_id)] = (lines, outcome)
