@@ -138,6 +138,21 @@ def bench_failover(as_json: bool) -> None:
         _print_table("quota bench failover", figures)
 
 
+@bench.command("ledger")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per row.")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent clients.")
+def bench_ledger(as_json: bool, seconds: float, clients: int) -> None:
+    """Deductions per second through one agent on each ledger, and the bare Redis script."""
+    from quota_center.bench_ledger import bench_ledger as run
+
+    figures = asyncio.run(run(seconds, clients))
+    if as_json:
+        _print_json(figures)
+    else:
+        _print_table("quota bench ledger", figures)
+
+
 def _print_table(title: str, figures: dict[str, object]) -> None:
     from rich.console import Console
     from rich.table import Table

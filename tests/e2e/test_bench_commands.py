@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
 
-def _quota_json(*args: str) -> dict[str, float]:
+def _quota_json(*args: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "quota_center", *args, "--json"], capture_output=True, text=True, timeout=150, check=True
     )
-    figures: dict[str, float] = json.loads(done.stdout)
+    figures: dict[str, Any] = json.loads(done.stdout)
     return figures
 
 
@@ -34,3 +35,14 @@ def test_bench_failover_loses_nothing() -> None:
     assert figures["over_issue"] == 0
     assert figures["lost_acks"] == 0
     assert figures["center_consumed"] == figures["agents_deducted"]
+
+
+def test_bench_ledger_measures_both_ledgers_and_the_bare_script() -> None:
+    figures = _quota_json("bench", "ledger", "--seconds", "0.5", "--clients", "4")
+
+    for row in ("agent_memory", "agent_redis"):
+        assert figures[row]["deductions_per_s"] > 0
+        assert 0 < figures[row]["p50_ms"] <= figures[row]["p99_ms"]
+    assert figures["evalsha_sequential_per_s"] > 0
+    assert figures["evalsha_concurrent_per_s"] > 0
+    assert figures["redis_vs_memory_ratio"] > 0
