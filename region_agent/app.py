@@ -33,7 +33,7 @@ class AgentConfig:
 
 def open_ledger(url: str, region: str, retention_s: float) -> Ledger:
     if url == "memory":
-        return InProcessLedger()
+        return InProcessLedger(retention_s=retention_s)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisLedger(redis.Redis.from_url(url), region, retention_s)
     raise InvalidArgument(f"unknown ledger {url!r}; use memory or redis://HOST:PORT[/DB]")

@@ -7,7 +7,7 @@ Reservation deadlines are wall-clock milliseconds passed in by the caller.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -33,10 +33,17 @@ class _Order:
     refunded: Counter[str]
     state: str = DEDUCTED
     expires_at_ms: int = 0
+    forget_at_ms: int = 0
+    """When the record goes, so memory stays bounded; never while a reservation is pending."""
 
 
 class LocalLedger:
-    def __init__(self) -> None:
+    def __init__(self, retention_ms: int = 7 * 86_400_000) -> None:
+        """Orders and refunds are remembered (their retries replay) for `retention_ms` after they
+        were made, or after a reservation ended."""
+        self._retention_ms = retention_ms
+        self._forget_orders: deque[tuple[int, str]] = deque()
+        self._forget_refunds: deque[tuple[int, tuple[str, str]]] = deque()
         self._balances: dict[str, Balance] = {}
         self._orders: dict[str, _Order] = {}
         self._refunds: dict[tuple[str, str], tuple[tuple[Line, ...], RefundOutcome]] = {}
@@ -75,6 +82,7 @@ class LocalLedger:
         now_ms: int = 0,
     ) -> DeductOutcome:
         """With `hold_ms` > 0, reserves the lines until `now_ms + hold_ms`."""
+        self._forget_old(now_ms)
         previous = self.find_order(order_key, lines, reserve=hold_ms > 0)
         if previous is not None:
             return previous
@@ -98,6 +106,8 @@ class LocalLedger:
         if hold_ms:
             order.state, order.expires_at_ms = RESERVED, now_ms + hold_ms
             heapq.heappush(self._deadlines, (order.expires_at_ms, order_key))
+        else:
+            self._remember_until(order_key, order, now_ms + self._retention_ms)
         self._orders[order_key] = order
         return DeductOutcome(
             lines,
@@ -122,19 +132,21 @@ class LocalLedger:
         return tuple(dict.fromkeys(over))
 
     def settle(self, order_key: str, how: Settle, now_ms: int) -> SettleOutcome:
+        self._forget_old(now_ms)
         order = self._orders.get(order_key)
         if order is None:
             raise NotFound(f"no reservation with order key {order_key!r} in this region")
         if order.state == RESERVED and order.expires_at_ms <= now_ms:
-            self._release(order, EXPIRED)
+            self._release(order_key, order, EXPIRED, now_ms)
         if order.state != RESERVED:
             return settled_before(order_key, how, order.state, order.expires_at_ms, order.lines)
         if how is Settle.CONFIRM:
             for line in order.lines:
                 self._add(line.promotion_id, held=-line.amount, deducted=line.amount)
             order.state = CONFIRMED
+            self._remember_until(order_key, order, now_ms + self._retention_ms)
         else:
-            self._release(order, CANCELLED)
+            self._release(order_key, order, CANCELLED, now_ms)
         return SettleOutcome(order.lines)
 
     def expire(self, now_ms: int) -> int:
@@ -143,11 +155,11 @@ class LocalLedger:
             _, order_key = heapq.heappop(self._deadlines)
             order = self._orders[order_key]
             if order.state == RESERVED:
-                self._release(order, EXPIRED)
+                self._release(order_key, order, EXPIRED, now_ms)
                 released += 1
         return released
 
-    def _release(self, order: _Order, state: str) -> None:
+    def _release(self, order_key: str, order: _Order, state: str, now_ms: int) -> None:
         for line in order.lines:
             self._add(line.promotion_id, held=-line.amount)
         for (promotion, user), units in self._by_user(order.lines).items():
@@ -155,8 +167,24 @@ class LocalLedger:
             usage[0] -= units
             usage[1] -= 1
         order.state = state
+        self._remember_until(order_key, order, now_ms + self._retention_ms)
 
-    def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
+    def _remember_until(self, order_key: str, order: _Order, forget_at_ms: int) -> None:
+        order.forget_at_ms = forget_at_ms
+        self._forget_orders.append((forget_at_ms, order_key))
+
+    def _forget_old(self, now_ms: int) -> None:
+        # Each queue is in the order records were made, so its head is always the first to go.
+        while self._forget_orders and self._forget_orders[0][0] <= now_ms:
+            forget_at_ms, order_key = self._forget_orders.popleft()
+            order = self._orders.get(order_key)
+            if order is not None and order.forget_at_ms == forget_at_ms and order.state != RESERVED:
+                del self._orders[order_key]
+        while self._forget_refunds and self._forget_refunds[0][0] <= now_ms:
+            self._refunds.pop(self._forget_refunds.popleft()[1], None)
+
+    def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], now_ms: int = 0) -> RefundOutcome:
+        self._forget_old(now_ms)
         previous = self._refunds.get((order_key, refund_id))
         if previous is not None:
             asked, answer = previous
@@ -192,6 +220,7 @@ class LocalLedger:
                 usage[1] -= 1
         outcome = RefundOutcome(tuple(wanted))
         self._refunds[(order_key, refund_id)] = (lines, outcome)
+        self._forget_refunds.append((now_ms + self._retention_ms, (order_key, refund_id)))
         return outcome
 
     def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:

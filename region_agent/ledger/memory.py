@@ -27,8 +27,8 @@ from region_agent.ledger.local import LocalLedger
 
 
 class InProcessLedger:
-    def __init__(self, clock: Clock | None = None) -> None:
-        self._ledger = LocalLedger()
+    def __init__(self, clock: Clock | None = None, retention_s: float = 7 * 86_400) -> None:
+        self._ledger = LocalLedger(max(1, round(retention_s * 1000)))
         self._clock = clock or SystemClock()
         # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
         self._incarnation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
@@ -55,7 +55,7 @@ class InProcessLedger:
         return self._ledger.expire(self._clock.wall_ms())
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
-        return self._ledger.refund(order_key, refund_id, lines)
+        return self._ledger.refund(order_key, refund_id, lines, self._clock.wall_ms())
 
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
         if incarnation != self._incarnation:

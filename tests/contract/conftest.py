@@ -52,3 +52,17 @@ async def funded(ledger: Ledger, a: int = 10, b: int = 10) -> Ledger:
     await ledger.apply_grant("grant-a", "a", a, await ledger.incarnation())
     await ledger.apply_grant("grant-b", "b", b, await ledger.incarnation())
     return ledger
+
+
+@asynccontextmanager
+async def remembering_for(kind: str, request: pytest.FixtureRequest, retention_s: float) -> AsyncIterator[Ledger]:
+    """A `kind` ledger ("memory" or "redis") that forgets orders after `retention_s`."""
+    if kind == "memory":
+        yield InProcessLedger(retention_s=retention_s)
+        return
+    server: RunningServer = request.getfixturevalue("redis_address")
+    client = redis.Redis(host=server.host, port=server.port)
+    try:
+        yield RedisLedger(client, f"test-{uuid.uuid4().hex}", retention_s=retention_s)
+    finally:
+        await client.aclose()

@@ -16,7 +16,7 @@ from quota_center.validation import MAX_AMOUNT
 from region_agent.ledger.base import Balance, Ledger, Line, UserLimit
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
-from tests.contract.conftest import funded
+from tests.contract.conftest import funded, remembering_for
 
 A, B = Line("a", 3, "u1"), Line("b", 2, "u1")
 
@@ -220,17 +220,18 @@ async def test_a_redis_that_went_back_in_time_ends_the_life_for_every_agent(redi
     await client.aclose()
 
 
-async def test_order_records_are_kept_for_the_retention_period_only(redis_address: RunningServer) -> None:
-    client = redis.Redis(host=redis_address.host, port=redis_address.port)
-    short_memory = RedisLedger(client, f"test-{uuid.uuid4().hex}", retention_s=0.2)
-    life = await short_memory.incarnation()
-    await short_memory.apply_grant("g1", "a", 10, life)
-    await short_memory.deduct("o1", (A,))
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_order_records_are_kept_for_the_retention_period_only(kind: str, request: pytest.FixtureRequest) -> None:
+    async with remembering_for(kind, request, retention_s=0.2) as short_memory:
+        await funded(short_memory)
+        await short_memory.deduct("o1", (A,))
+        await short_memory.refund("o1", "r1", (Line("a", 1),))
 
-    assert (await short_memory.deduct("o1", (A,))).replayed
-    await asyncio.sleep(0.4)
-    assert not (await short_memory.deduct("o1", (A,))).replayed
-    await client.aclose()
+        assert (await short_memory.deduct("o1", (A,))).replayed
+        assert (await short_memory.refund("o1", "r1", (Line("a", 1),))).replayed
+        await asyncio.sleep(0.4)
+        assert not (await short_memory.deduct("o1", (A,))).replayed
+        assert not (await short_memory.refund("o1", "r1", (Line("a", 1),))).replayed
 
 
 async def test_a_refund_id_retried_with_other_lines_is_refused(ledger: Ledger) -> None:

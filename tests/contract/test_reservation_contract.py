@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-import redis.asyncio as redis
 
 from quota_center.errors import FailedPrecondition, NotFound, Rejected, RejectReason
-from quota_center.testing_servers import RunningServer
 from region_agent.ledger.base import Balance, Ledger, Line, Settle, SettleOutcome, UserLimit
-from region_agent.ledger.redis import RedisLedger
-from tests.contract.conftest import funded
+from tests.contract.conftest import funded, remembering_for
 
 A = Line("a", 3, "u1")
 HOUR_MS = 3_600_000
@@ -200,17 +196,16 @@ async def test_racing_confirm_cancel_and_expiry_settle_a_reservation_once(ledger
     assert balance.available == 100 - 3 * confirmed
 
 
-async def test_a_redis_reservation_outlives_a_retention_shorter_than_its_hold(redis_address: RunningServer) -> None:
-    client = redis.Redis(host=redis_address.host, port=redis_address.port)
-    short_memory = RedisLedger(client, f"test-{uuid.uuid4().hex}", retention_s=SHORT_MS / 1000 / 3)
-    await funded(short_memory)
-    await short_memory.deduct("o1", (A,), hold_ms=SHORT_MS)
-    await lapse()
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_reservation_outlives_a_shorter_retention(kind: str, request: pytest.FixtureRequest) -> None:
+    async with remembering_for(kind, request, retention_s=SHORT_MS / 1000 / 3) as short_memory:
+        await funded(short_memory)
+        await short_memory.deduct("o1", (A,), hold_ms=SHORT_MS)
+        await lapse()
 
-    assert await short_memory.expire_reservations() == 1
-    assert await short_memory.balance("a") == Balance(granted=10)
-    assert await short_memory.settle("o1", Settle.CANCEL) == SettleOutcome((A,), expired=True)
-    await lapse()
-    with pytest.raises(NotFound):
-        await short_memory.settle("o1", Settle.CANCEL)
-    await client.aclose()
+        assert await short_memory.expire_reservations() == 1
+        assert await short_memory.balance("a") == Balance(granted=10)
+        assert await short_memory.settle("o1", Settle.CANCEL) == SettleOutcome((A,), expired=True)
+        await lapse()
+        with pytest.raises(NotFound):
+            await short_memory.settle("o1", Settle.CANCEL)
