@@ -152,9 +152,10 @@ class LocalLedger:
     def expire(self, now_ms: int) -> int:
         released = 0
         while self._deadlines and self._deadlines[0][0] <= now_ms:
-            _, order_key = heapq.heappop(self._deadlines)
-            order = self._orders[order_key]
-            if order.state == RESERVED:
+            deadline, order_key = heapq.heappop(self._deadlines)
+            order = self._orders.get(order_key)
+            # An entry outlives a reservation settled early; its key may since be forgotten or reused.
+            if order is not None and order.state == RESERVED and order.expires_at_ms == deadline:
                 self._release(order_key, order, EXPIRED, now_ms)
                 released += 1
         return released
