@@ -1,4 +1,4 @@
-"""The `quota` command: one entry point for every role (center, agent, demo, later budget and bench)."""
+"""The `quota` command: one entry point for every role (center, agent, demo, simulate, bench)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import click
 from quota_center.app import CenterConfig, run_center
 from quota_center.policy import RefillSettings
 from quota_center.service import CenterSettings
+from quota_center.simulation.scenarios import SCENARIOS
 from region_agent.agent import AgentSettings
 from region_agent.app import AgentConfig, run_agent
 
@@ -102,6 +103,28 @@ def demo(as_json: bool, budget: int, demand_factor: float, concurrency: int, see
     run_demo(DemoOptions(budget, demand_factor, concurrency, seed), as_json)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]}, one row per scenario and strategy.')
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(list(SCENARIOS)),
+    help="Run only these (repeatable) [default: all].",
+)
+def simulate(as_json: bool, seed: int, scenarios: tuple[str, ...]) -> None:
+    """The distribution model against central deduction, pre-allocation and local deduction with
+    asynchronous reporting, on the same simulated demand (virtual clock, seeded)."""
+    from quota_center.simulation.run import simulate_all
+
+    rows = simulate_all(seed, scenarios or tuple(SCENARIOS))
+    if as_json:
+        click.echo(json.dumps({"rows": rows}))
+        return
+    _print_rows("quota simulate", rows)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print figures (they start what they need on loopback and stop it)."""
@@ -151,6 +174,40 @@ def bench_ledger(as_json: bool, seconds: float, clients: int) -> None:
         _print_json(figures)
     else:
         _print_table("quota bench ledger", figures)
+
+
+SIMULATE_COLUMNS = {
+    "scenario": "scenario",
+    "strategy": "strategy",
+    "issued": "issued",
+    "over_issue": "over",
+    "stranded": "stranded",
+    "sell_through": "sold",
+    "p50_ms": "p50 ms",
+    "p99_ms": "p99 ms",
+    "p999_ms": "p999 ms",
+    "center_calls_per_1k": "calls/1k",
+    "waited_share": "waited",
+}
+
+
+def _print_rows(title: str, rows: list[dict[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for key, header in SIMULATE_COLUMNS.items():
+        table.add_column(header, justify="left" if key in ("scenario", "strategy") else "right")
+    for row in rows:
+        cells = []
+        for key in SIMULATE_COLUMNS:
+            value = row[key]
+            if isinstance(value, float) and key in ("sell_through", "waited_share"):
+                cells.append(f"{value:.2%}")
+            else:
+                cells.append(f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(*cells)
+    Console(width=max(120, Console().width)).print(table)
 
 
 def _print_table(title: str, figures: dict[str, object]) -> None:

@@ -6,11 +6,11 @@ here too, so the simulator, the servers and the tests all run the same arithmeti
 Agent side (after CockroachDB's distributed token bucket):
 
     ask        = max(rate * horizon + buffer - available, needed - available, 1)
-    low_water  = max(fraction * last_grant, buffer, rate * latency * 2)
+    low_water  = max(fraction * last_grant, buffer (once granted that much), rate * latency * 2)
 
 Center side (after Doorman's proportional share): a grant never exceeds what is
-unallocated. While unallocated covers every region's demand for two horizons, a region
-gets what it asks. Below that the budget is contested: a region gets at most half of its
+unallocated. While unallocated covers every region's demand for two horizons, or no other
+region has demand, a region gets what it asks. Below that the budget is contested: a region gets at most half of its
 demand-proportional share of what is left, so grants shrink as the budget runs low, the
 last units go out in small pieces, and they follow demand instead of whoever asked first.
 """
@@ -41,11 +41,21 @@ def ask_amount(settings: RefillSettings, available: int, rate_per_s: float, need
     return max(target - available, needed - available, 1)
 
 
+def opening_amount(settings: RefillSettings, budget: int, regions: int, opening_fraction: float = 0.1) -> int:
+    """A region's allotment before a sale opens, when no rate is measured yet: a tenth of its even
+    share of the budget, at least the buffer, never more than the even share."""
+    even = -(-budget // max(1, regions))
+    return min(even, max(settings.buffer, math.ceil(budget * opening_fraction / max(1, regions))))
+
+
 def low_water_mark(settings: RefillSettings, last_grant: int, rate_per_s: float, latency_s: float) -> int:
-    """Below this much available, refill now so the grant lands before the allotment is empty."""
+    """Below this much available, refill now so the grant lands before the allotment is empty.
+
+    The buffer counts only after a grant of at least the buffer: a smaller grant is a small budget's
+    share, and refilling it on its first order would only churn quota between regions."""
     return max(
         math.ceil(settings.low_water_fraction * last_grant),
-        settings.buffer,
+        settings.buffer if last_grant >= settings.buffer else 0,
         math.ceil(rate_per_s * latency_s * 2),
     )
 
@@ -67,12 +77,14 @@ def grant_amount(
     """
     if unallocated <= 0 or asked <= 0:
         return 0
-    if not _contested(unallocated, total_demand_per_minute, horizon_s):
+    others = total_demand_per_minute - demand_per_minute
+    if others <= 0 or not _contested(unallocated, total_demand_per_minute, horizon_s):
+        # Nobody else wants any: holding quota back would only make this region wait.
         return min(asked, unallocated)
     # Contested implies some demand. A region with none measured yet weighs as one unit a
     # minute: never more than a busy one.
     weight = max(demand_per_minute, 1)
-    share = unallocated * weight // (total_demand_per_minute - demand_per_minute + weight)
+    share = unallocated * weight // (others + weight)
     return max(1, min(asked, share // 2, unallocated))
 
 
@@ -83,10 +95,11 @@ def reclaim_amount(
     unallocated: int,
     horizon_s: float,
 ) -> int:
-    """What to ask a region to give back: its stock beyond two horizons of its own demand,
-    but only while other regions want more than the center has left."""
-    others_want = math.ceil(others_demand_per_minute * horizon_s / 60)
-    if others_want <= unallocated:
+    """What to ask a region to give back: its stock beyond two horizons of its own demand, and no
+    more than other regions lack (what they want over a horizon beyond what the center has left),
+    so a promotion with budget to spare is not shuffled between regions."""
+    lacking = math.ceil(others_demand_per_minute * horizon_s / 60) - unallocated
+    if lacking <= 0:
         return 0
     keep = 2 * math.ceil(demand_per_minute * horizon_s / 60)
-    return max(0, held - keep)
+    return max(0, min(held - keep, lacking))

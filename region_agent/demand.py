@@ -12,7 +12,7 @@ class RateMeter:
     stops, so an idle region's demand reads as low without anyone resetting it.
     """
 
-    def __init__(self, tau_s: float = 3.0) -> None:
+    def __init__(self, tau_s: float = 1.0) -> None:
         self._tau = tau_s
         self._level = 0.0
         self._at: float | None = None

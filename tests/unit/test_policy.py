@@ -64,7 +64,8 @@ def test_ask_amount_is_the_least_positive_amount_covering_need_and_target(
 @pytest.mark.parametrize(
     ("last_grant", "rate", "latency", "expected"),
     [
-        (0, 0.0, 0.0, 20),  # the buffer is the floor
+        (20, 0.0, 0.0, 20),  # the buffer is the floor
+        (19, 0.0, 0.0, 5),  # ...unless the region was granted less: a small budget's share
         (400, 0.0, 0.0, 100),  # a quarter of the last grant
         (401, 0.0, 0.0, 101),  # rounded up
         (0, 100.0, 0.5, 100),  # two round trips of demand
@@ -85,7 +86,8 @@ def test_low_water_mark_covers_each_term_and_no_more(
     refill: RefillSettings, last_grant: int, rate: float, latency: float
 ) -> None:
     mark = policy.low_water_mark(refill, last_grant, rate, latency)
-    terms = (refill.low_water_fraction * last_grant, refill.buffer, rate * latency * 2)
+    buffer = refill.buffer if last_grant >= refill.buffer else 0
+    terms = (refill.low_water_fraction * last_grant, buffer, rate * latency * 2)
     assert all(mark >= term for term in terms)
     assert mark - 1 < max(terms)
 
@@ -105,6 +107,7 @@ def test_low_water_mark_covers_each_term_and_no_more(
         (100, 1, 3_000, 6_000, 1),  # the last unit still goes out
         (100, 100, 0, 6_000, 1),  # no demand measured while others have some: weighs as 1 a minute
         (100, 100, 0, 0, 100),  # no demand measured anywhere: nothing is contested
+        (100, 100, 6_000, 6_000, 100),  # only the asker wants any: nothing is held back
     ],
 )
 def test_grant_amount_table(asked: int, unallocated: int, demand: int, total: int, expected: int) -> None:
@@ -132,9 +135,9 @@ def test_grant_amount_bounds(asked: int, unallocated: int, demand: int, others: 
     assert granted <= max(unallocated, 0)
     assert (granted == 0) == (unallocated <= 0 or asked <= 0)
     need_for_two_horizons = 2 * total * horizon / 60
-    if unallocated < need_for_two_horizons:  # contested: at most half of what is left
+    if unallocated < need_for_two_horizons and others:  # contested: at most half of what is left
         assert granted <= max(1, unallocated // 2)
-    if unallocated >= need_for_two_horizons + 2:  # plenty: the region gets what it asks, capped
+    if unallocated >= need_for_two_horizons + 2 or not others:  # uncontested: what it asks, capped
         assert granted == min(max(asked, 0), max(unallocated, 0))
 
 
@@ -195,6 +198,7 @@ def test_repeated_grants_sell_out_exactly(asked: int, unallocated: int, demand: 
         (100, 0, 600, 20, 0),  # others want 20 at a 2 s horizon: the center has it
         (100, 60, 6_000, 10, 96),  # others want 200: keep two horizons (4), give the rest
         (3, 60, 6_000, 10, 0),  # holds less than it needs itself
+        (100, 0, 600, 15, 5),  # others lack only 5: give back 5, not the idle 100
         (0, 0, 6_000, 0, 0),
     ],
 )
@@ -217,3 +221,4 @@ def test_reclaim_amount_bounds(held: int, demand: int, others: int, unallocated:
         assert reclaim == 0
     if reclaim:
         assert held - reclaim >= 2 * demand * horizon / 60  # the region keeps two horizons of its own demand
+        assert reclaim <= math.ceil(others * horizon / 60) - unallocated  # and gives only what others lack
