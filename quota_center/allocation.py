@@ -21,22 +21,30 @@ def grant(
     ids: tuple[str, str],
     demands: Mapping[str, int],
     horizon_s: float,
+    now_ms: int,
 ) -> GrantRecord:
     """Admits the region's incarnation, sizes a grant with the policy and books it in `state`.
 
     `ids` is (grant id, request id); `demands` maps each region to its measured demand
-    (units per minute), the asking one included. Raises Exhausted when nothing is left."""
+    (units per minute), the asking one included. Grants never exceed what the promotion's
+    pacing has released by `now_ms`. Raises Exhausted when nothing is left to grant now."""
     ledger.admit(state, region, incarnation)
     promotion = state.promotion
     if promotion.frozen:
         raise FailedPrecondition(f"promotion {promotion.id} is frozen; no quota is granted")
+    grantable = state.grantable(now_ms)
     size = policy.grant_amount(
         asked=asked,
-        unallocated=state.unallocated,
+        unallocated=grantable,
         demand_per_minute=demands.get(region, 0),
         total_demand_per_minute=sum(demands.values()),
         horizon_s=horizon_s,
     )
+    if size == 0 and state.unallocated > 0:
+        raise Exhausted(
+            f"promotion {promotion.id} is paced ({promotion.pacing.value}): what is released so far is "
+            "allocated; more is released as its window goes on"
+        )
     if size == 0:
         raise Exhausted(
             f"promotion {promotion.id} has nothing left to grant (budget {promotion.budget}, all of it allocated)"

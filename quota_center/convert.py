@@ -6,12 +6,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from quota_center.errors import InvalidArgument
 from quota_center.ledger import Kind, Promotion
+from quota_center.policy import Pacing
 from quota_center.service import UsageView
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.validation import require_amount, require_counter, require_id
 
 _KINDS = {pb.PROMOTION_KIND_COUNT: Kind.COUNT, pb.PROMOTION_KIND_AMOUNT: Kind.AMOUNT}
 _KIND_NAMES = {kind: value for value, kind in _KINDS.items()}
+_PACINGS = {
+    pb.PACING_UNSPECIFIED: Pacing.NONE,
+    pb.PACING_LINEAR: Pacing.LINEAR,
+    pb.PACING_HOURLY_CAP: Pacing.HOURLY_CAP,
+}
+_PACING_NAMES = {pacing: value for value, pacing in _PACINGS.items()}
 
 
 def promotion_to_pb(promotion: Promotion) -> pb.Promotion:
@@ -30,6 +37,8 @@ def promotion_to_pb(promotion: Promotion) -> pb.Promotion:
         revision=promotion.revision,
         per_user_limit=promotion.per_user_limit,
         per_user_orders=promotion.per_user_orders,
+        pacing=_PACING_NAMES[promotion.pacing],
+        hourly_cap=promotion.hourly_cap,
     )
 
 
@@ -37,6 +46,8 @@ def promotion_from_pb(message: pb.Promotion) -> Promotion:
     """Validates a promotion's fields; cross-field rules live in the ledger."""
     if message.kind not in _KINDS:
         raise InvalidArgument("kind must be PROMOTION_KIND_COUNT or PROMOTION_KIND_AMOUNT")
+    if message.pacing not in _PACINGS:
+        raise InvalidArgument("pacing must be PACING_UNSPECIFIED, PACING_LINEAR or PACING_HOURLY_CAP")
     if not (message.HasField("start_time") and message.HasField("end_time")):
         raise InvalidArgument("start_time and end_time are required")
     for region in message.regions:
@@ -53,6 +64,8 @@ def promotion_from_pb(message: pb.Promotion) -> Promotion:
         revision=max(message.revision, 1),
         per_user_limit=require_counter("per_user_limit", message.per_user_limit),
         per_user_orders=require_counter("per_user_orders", message.per_user_orders),
+        pacing=_PACINGS[message.pacing],
+        hourly_cap=require_counter("hourly_cap", message.hourly_cap),
     )
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from quota_center.policy import Pacing, released_amount
 from quota_center.validation import MAX_AMOUNT
 
 RECENT_GRANTS_KEPT = 32
@@ -45,6 +46,9 @@ class Promotion:
     """Units per user; 0 is no limit."""
     per_user_orders: int = 0
     """Orders per user; 0 is no limit."""
+    pacing: Pacing = Pacing.NONE
+    hourly_cap: int = 0
+    """With Pacing.HOURLY_CAP, what each hour of the window releases."""
 
     def is_active(self, wall_ms: int) -> bool:
         return self.start_ms <= wall_ms < self.end_ms
@@ -124,6 +128,13 @@ class PromotionState:
     def unallocated(self) -> int:
         return self.promotion.budget - sum(a.outstanding for a in self.accounts.values())
 
+    def grantable(self, now_ms: int) -> int:
+        """What the center may grant now: the unallocated part of what pacing has released."""
+        p = self.promotion
+        released = released_amount(p.budget, p.start_ms, p.end_ms, now_ms, p.pacing, p.hourly_cap)
+        allocated = p.budget - self.unallocated
+        return max(0, min(self.unallocated, released - allocated))
+
     def copy(self) -> PromotionState:
         return copy.deepcopy(self)
 
@@ -133,6 +144,7 @@ class PromotionState:
     def to_document(self) -> dict[str, Any]:
         promotion = asdict(self.promotion)
         promotion["kind"] = self.promotion.kind.value
+        promotion["pacing"] = self.promotion.pacing.value
         accounts = {region: asdict(account) for region, account in self.accounts.items()}
         return {"promotion": promotion, "accounts": accounts, "version": self.version}
 
@@ -140,6 +152,8 @@ class PromotionState:
     def from_document(cls, doc: dict[str, Any]) -> PromotionState:
         fields = dict(doc["promotion"])
         fields["kind"] = Kind(fields["kind"])
+        # Documents written before pacing existed release everything at once.
+        fields["pacing"] = Pacing(fields.get("pacing", Pacing.NONE.value))
         fields["regions"] = tuple(fields["regions"])
         accounts = {}
         for region, raw in doc["accounts"].items():
@@ -162,6 +176,11 @@ def check_new_promotion(promotion: Promotion) -> None:
     if promotion.kind is Kind.AMOUNT and not _ISO_4217.fullmatch(promotion.currency):
         raise InvalidArgument(
             f"an AMOUNT promotion needs an ISO 4217 currency such as 'EUR' (got {promotion.currency!r})"
+        )
+    if (promotion.pacing is Pacing.HOURLY_CAP) != (promotion.hourly_cap > 0):
+        raise InvalidArgument(
+            f"hourly_cap ({promotion.hourly_cap}) is required with PACING_HOURLY_CAP and only with it "
+            f"(pacing is {promotion.pacing.value})"
         )
 
 

@@ -17,8 +17,33 @@ last units go out in small pieces, and they follow demand instead of whoever ask
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
+
+HOUR_MS = 3_600_000
+
+
+class Pacing(enum.Enum):
+    """How a promotion's budget is released over its window."""
+
+    NONE = "NONE"
+    """All of it from the start."""
+    LINEAR = "LINEAR"
+    """In proportion to the time elapsed in the window."""
+    HOURLY_CAP = "HOURLY_CAP"
+    """At most `hourly_cap` per hour started, cumulatively (what one hour leaves, the next may use)."""
+
+
+def released_amount(budget: int, start_ms: int, end_ms: int, now_ms: int, pacing: Pacing, hourly_cap: int = 0) -> int:
+    """How much of the budget the center may have granted by `now_ms`; never more than the budget,
+    never less as time goes on."""
+    if pacing is Pacing.NONE:
+        return budget
+    elapsed = min(max(now_ms - start_ms, 0), end_ms - start_ms)
+    if pacing is Pacing.LINEAR:
+        return budget * elapsed // (end_ms - start_ms)
+    return min(budget, hourly_cap * (elapsed // HOUR_MS + 1))
 
 
 @dataclass(frozen=True)

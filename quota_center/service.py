@@ -164,7 +164,9 @@ class Center:
             demands = self._demands(promotion_id, region, demand)
             ids = (uuid.uuid4().hex, request_id)
             try:
-                record = allocation.grant(state, region, incarnation, amount, ids, demands, self.settings.horizon_s)
+                record = allocation.grant(
+                    state, region, incarnation, amount, ids, demands, self.settings.horizon_s, self._clock.wall_ms()
+                )
             except Exhausted:
                 # A region refused for lack of quota still counts when idle regions are asked to return theirs.
                 self._demand[promotion_id] = demands
@@ -193,7 +195,7 @@ class Center:
                     promotion=state.promotion,
                     reclaim=allocation.reclaim(state, region, demands, self.settings.horizon_s),
                     unapplied_grants=ledger.unapplied_grants(account, report),
-                    exhausted=state.unallocated == 0,
+                    exhausted=state.grantable(self._clock.wall_ms()) == 0,
                 )
             )
         return directives

@@ -176,8 +176,9 @@ class Distribution(Strategy):
         self.demands[promotion][name] = demand
         ids = (f"g-{region}-{promotion}-{attempt}", f"a-{region}-{promotion}-{attempt}")
         try:
+            demands, now_ms = self.demands[promotion], round(self.sim.now * 1000)
             record = allocation.grant(
-                state, name, self._incarnation(region), asked, ids, self.demands[promotion], SETTINGS.horizon_s
+                state, name, self._incarnation(region), asked, ids, demands, SETTINGS.horizon_s, now_ms
             )
         except Exhausted:
             self.contested.add(promotion)

@@ -50,6 +50,29 @@ PROMOTION_KIND_AMOUNT: PromotionKind.ValueType  # 2
 """money in minor units of `currency`"""
 Global___PromotionKind: _TypeAlias = PromotionKind  # noqa: Y015
 
+class _Pacing:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PacingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Pacing.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PACING_UNSPECIFIED: _Pacing.ValueType  # 0
+    """the whole budget from the start"""
+    PACING_LINEAR: _Pacing.ValueType  # 1
+    """in proportion to the time elapsed in [start_time, end_time)"""
+    PACING_HOURLY_CAP: _Pacing.ValueType  # 2
+    """hourly_cap per hour started"""
+
+class Pacing(_Pacing, metaclass=_PacingEnumTypeWrapper): ...
+
+PACING_UNSPECIFIED: Pacing.ValueType  # 0
+"""the whole budget from the start"""
+PACING_LINEAR: Pacing.ValueType  # 1
+"""in proportion to the time elapsed in [start_time, end_time)"""
+PACING_HOURLY_CAP: Pacing.ValueType  # 2
+"""hourly_cap per hour started"""
+Global___Pacing: _TypeAlias = Pacing  # noqa: Y015
+
 class _LeaseState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -90,6 +113,8 @@ class Promotion(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     PER_USER_LIMIT_FIELD_NUMBER: _builtins.int
     PER_USER_ORDERS_FIELD_NUMBER: _builtins.int
+    PACING_FIELD_NUMBER: _builtins.int
+    HOURLY_CAP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___PromotionKind.ValueType
     currency: _builtins.str
@@ -108,6 +133,14 @@ class Promotion(_message.Message):
     """
     per_user_orders: _builtins.int
     """At most this many orders per user (0: no limit); a fully refunded order stops counting."""
+    pacing: Global___Pacing.ValueType
+    """How the budget is released over the window; the center never grants beyond
+    what is released, so a budget cannot be burned in one burst.
+    """
+    hourly_cap: _builtins.int
+    """With PACING_HOURLY_CAP (and only with it): what each hour started releases,
+    cumulatively. 1 .. 2^53 - 1.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -132,10 +165,12 @@ class Promotion(_message.Message):
         revision: _builtins.int = ...,
         per_user_limit: _builtins.int = ...,
         per_user_orders: _builtins.int = ...,
+        pacing: Global___Pacing.ValueType = ...,
+        hourly_cap: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "end_time", b"end_time", "frozen", b"frozen", "id", b"id", "kind", b"kind", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "end_time", b"end_time", "frozen", b"frozen", "hourly_cap", b"hourly_cap", "id", b"id", "kind", b"kind", "pacing", b"pacing", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

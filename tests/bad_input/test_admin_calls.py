@@ -45,6 +45,14 @@ def _without_end() -> center_pb.Promotion:
 _START = now_ms()
 AMOUNT = center_pb.PROMOTION_KIND_AMOUNT
 
+
+def _paced(pacing: int, hourly_cap: int) -> center_pb.Promotion:
+    message = promotion()
+    message.pacing = pacing  # type: ignore[assignment]
+    message.hourly_cap = hourly_cap
+    return message
+
+
 BAD_PROMOTIONS = [
     pytest.param(promotion(budget=0), ["budget", "0"], id="budget-zero"),
     pytest.param(promotion(budget=-5), ["budget", "-5"], id="budget-negative"),
@@ -77,6 +85,10 @@ BAD_PROMOTIONS = [
     pytest.param(promotion(kind=AMOUNT, currency="EUR "), ["currency", "'EUR '"], id="amount-padded"),
     pytest.param(promotion(per_user_limit=-1), ["per_user_limit", "-1"], id="negative-per-user-limit"),
     pytest.param(promotion(per_user_orders=-2), ["per_user_orders", "-2"], id="negative-per-user-orders"),
+    pytest.param(_paced(center_pb.PACING_HOURLY_CAP, 0), ["hourly_cap", "PACING_HOURLY_CAP"], id="hourly-without-cap"),
+    pytest.param(_paced(center_pb.PACING_LINEAR, 5), ["hourly_cap", "LINEAR"], id="cap-without-hourly"),
+    pytest.param(_paced(center_pb.PACING_HOURLY_CAP, -1), ["hourly_cap", "-1"], id="negative-cap"),
+    pytest.param(_paced(9, 0), ["pacing"], id="pacing-unknown"),
 ]
 
 

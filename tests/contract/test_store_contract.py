@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from quota_center.errors import AlreadyExists, Conflict
 from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, RegionAccount
+from quota_center.policy import Pacing
 from quota_center.store.base import Store
 from quota_center.store.etcd import EtcdStore
 from quota_center.store.sqlite import SqliteStore
@@ -70,6 +72,15 @@ async def test_created_promotions_load_back_equal(open_store: StoreFactory) -> N
     assert await store.load_all() == [_state("p1"), _state("p2", budget=7)]
     assert await store.load("p2") == _state("p2", budget=7)
     assert await store.load("missing") is None
+
+
+async def test_a_paced_promotion_loads_back_with_its_pacing(open_store: StoreFactory) -> None:
+    store = await open_store()
+    paced = _state("p1")
+    paced.promotion = replace(paced.promotion, pacing=Pacing.HOURLY_CAP, hourly_cap=40)
+    await store.create(paced)
+
+    assert await store.load("p1") == paced
 
 
 async def test_creating_a_taken_id_fails_and_keeps_the_original(open_store: StoreFactory) -> None:

@@ -87,7 +87,7 @@ class CenterModel:
         ids = (f"grant-{next(self._grant_ids)}", request_id)
         self.admit(state.copy(), region, incarnation)
         try:
-            record = allocation.grant(state, region, incarnation, amount, ids, demands, HORIZON_S)
+            record = allocation.grant(state, region, incarnation, amount, ids, demands, HORIZON_S, now_ms=0)
         except Exhausted:
             assert unallocated == 0, f"nothing granted although {unallocated} is unallocated"
             event("acquire exhausted")

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quota_center import policy
-from quota_center.policy import RefillSettings
+from quota_center.policy import HOUR_MS, Pacing, RefillSettings
 
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -222,3 +222,42 @@ def test_reclaim_amount_bounds(held: int, demand: int, others: int, unallocated:
     if reclaim:
         assert held - reclaim >= 2 * demand * horizon / 60  # the region keeps two horizons of its own demand
         assert reclaim <= math.ceil(others * horizon / 60) - unallocated  # and gives only what others lack
+
+
+# Pacing
+
+
+@pytest.mark.parametrize(
+    ("pacing", "cap", "now_ms", "expected"),
+    [
+        (Pacing.NONE, 0, -HOUR_MS, 1_000),  # everything, even before the start
+        (Pacing.LINEAR, 0, -1, 0),  # nothing before the window
+        (Pacing.LINEAR, 0, HOUR_MS, 250),  # a quarter of a four-hour window
+        (Pacing.LINEAR, 0, 4 * HOUR_MS, 1_000),  # everything at the end
+        (Pacing.LINEAR, 0, 9 * HOUR_MS, 1_000),
+        (Pacing.HOURLY_CAP, 300, 0, 300),  # the first hour's cap at the start
+        (Pacing.HOURLY_CAP, 300, 2 * HOUR_MS - 1, 600),  # what an hour leaves, the next may use
+        (Pacing.HOURLY_CAP, 300, 3 * HOUR_MS, 1_000),  # never more than the budget
+    ],
+)
+def test_released_amount_table(pacing: Pacing, cap: int, now_ms: int, expected: int) -> None:
+    assert policy.released_amount(1_000, 0, 4 * HOUR_MS, now_ms, pacing, cap) == expected
+
+
+@QUICK
+@given(
+    budget=st.integers(min_value=1, max_value=2**53 - 1),
+    window=st.integers(min_value=1, max_value=30 * 24 * HOUR_MS),
+    times=st.lists(st.integers(min_value=-HOUR_MS, max_value=31 * 24 * HOUR_MS), min_size=2, max_size=10),
+    pacing=st.sampled_from(list(Pacing)),
+    cap=st.integers(min_value=1, max_value=2**53 - 1),
+)
+def test_released_amount_grows_with_time_up_to_the_budget(
+    budget: int, window: int, times: list[int], pacing: Pacing, cap: int
+) -> None:
+    released = [policy.released_amount(budget, 0, window, now, pacing, cap) for now in sorted(times)]
+    assert all(0 <= amount <= budget for amount in released)
+    assert released == sorted(released)
+    assert policy.released_amount(budget, 0, window, window, pacing, cap) == (
+        budget if pacing is not Pacing.HOURLY_CAP else min(budget, cap * (window // HOUR_MS + 1))
+    )
