@@ -19,7 +19,7 @@ from quota_center.simulation.run import STRATEGIES, simulate_all
 CHART = Path(__file__).resolve().parent.parent / "docs" / "strategies.png"
 COLUMNS = (
     "scenario", "strategy", "issued", "over_issue", "stranded", "sell_through",
-    "p50_ms", "p99_ms", "p999_ms", "center_calls_per_1k", "waited_share",
+    "p50_ms", "p99_ms", "p999_ms", "center_calls_per_1k", "waited_share", "pacing_deviation",
 )  # fmt: skip
 
 

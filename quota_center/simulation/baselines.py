@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 
+from quota_center.policy import Pacing
 from quota_center.simulation.engine import Metrics, Network, Simulation
 from quota_center.simulation.scenarios import Order, Scenario
 
@@ -28,6 +29,8 @@ class Strategy:
         promotions = len(scenario.budgets)
         self.issued = [0] * promotions
         self.refused = [0] * promotions
+        self.ahead_of_curve = 0
+        """The most issued beyond what a paced promotion had released at the time."""
 
     def start(self) -> None:
         """Called once before the first order."""
@@ -43,6 +46,9 @@ class Strategy:
         self.metrics.answered(self.sim.now - arrived_s, order.amount if issued else 0, waited)
         if issued:
             self.issued[order.promotion] += order.amount
+            if self.scenario.pacing is not Pacing.NONE:
+                released = self.scenario.released(order.promotion, self.sim.now)
+                self.ahead_of_curve = max(self.ahead_of_curve, self.issued[order.promotion] - released)
         else:
             self.refused[order.promotion] += order.amount
 
@@ -67,7 +73,9 @@ class Central(Strategy):
                 self.answer(order, arrived, issued)
 
         def at_center() -> None:
-            issued = self.remaining[order.promotion] >= order.amount
+            p = order.promotion
+            released_left = self.scenario.released(p, self.sim.now) - (self.scenario.budgets[p] - self.remaining[p])
+            issued = min(self.remaining[p], released_left) >= order.amount
             if issued:
                 self.remaining[order.promotion] -= order.amount
             self.net.to_region(order.region, lambda: reply(issued))

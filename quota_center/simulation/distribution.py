@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from quota_center import allocation, policy
 from quota_center.errors import Exhausted
 from quota_center.ledger import Kind, Promotion, PromotionState, Report, apply_report, unapplied_grants
+from quota_center.policy import Pacing
 from quota_center.simulation.baselines import Strategy
 from quota_center.simulation.scenarios import Order
 from region_agent.demand import RateMeter
@@ -53,8 +54,12 @@ class Distribution(Strategy):
         self.ledgers = [LocalLedger() for _ in names]
         self.slots: list[dict[int, _Slot]] = [{} for _ in names]
         self.lease_until = [0.0 for _ in names]
+        window_ms = round(self.scenario.window_s * 1000) or 2**62
+        pacing = self.scenario.pacing
         self.states = [
-            PromotionState(Promotion(str(p), Kind.COUNT, "", budget, 0, 2**62, tuple(names[r] for r in allowed)))
+            PromotionState(
+                Promotion(str(p), Kind.COUNT, "", budget, 0, window_ms, tuple(names[r] for r in allowed), pacing=pacing)
+            )
             for p, (budget, allowed) in enumerate(zip(self.scenario.budgets, self.scenario.allowed, strict=True))
         ]
         self.demands: list[dict[str, int]] = [{} for _ in self.scenario.budgets]
@@ -122,7 +127,10 @@ class Distribution(Strategy):
                 self._answer_later(order, issued=False, arrived=entry[2], waited=True)
                 return
 
-    def _serve_waiting(self, region: int, promotion: int) -> None:
+    def _serve_waiting(self, region: int, promotion: int, refilled: bool = False) -> None:
+        """Serves waiting orders in arrival order. Under pacing, orders a refill could not cover are
+        refused at once: the curve releases quota slower than they arrive, so waiting longer only
+        turns a quick refusal into a slow one."""
         slot = self.slots[region][promotion]
         while slot.waiting:
             number, order, arrived = slot.waiting[0]
@@ -130,7 +138,7 @@ class Distribution(Strategy):
                 break
             slot.waiting.popleft()
             self._answer_later(order, issued=True, arrived=arrived, waited=True)
-        if slot.exhausted:
+        if slot.exhausted or (refilled and self.scenario.pacing is not Pacing.NONE):
             while slot.waiting:
                 _, order, arrived = slot.waiting.popleft()
                 self._answer_later(order, issued=False, arrived=arrived, waited=True)
@@ -189,7 +197,9 @@ class Distribution(Strategy):
         self.holders[region].add(promotion)
         self.net.to_region(
             region,
-            lambda: self._granted(region, promotion, attempt, sent, record.amount, record.grant_id, state.unallocated),
+            lambda: self._granted(
+                region, promotion, attempt, sent, record.amount, record.grant_id, state.grantable(now_ms)
+            ),
         )
 
     def _granted(
@@ -206,7 +216,7 @@ class Distribution(Strategy):
             self.ledgers[region].apply_grant(grant_id, str(promotion), amount)
             slot.last_grant = amount
         slot.exhausted = unallocated == 0
-        self._serve_waiting(region, promotion)
+        self._serve_waiting(region, promotion, refilled=True)
 
     # Reports, leases and the end game
 
@@ -216,8 +226,9 @@ class Distribution(Strategy):
         ledger, now = self.ledgers[region], self.sim.now
         reports = {}
         for promotion, slot in self.slots[region].items():
-            # A region told the budget is spent keeps asking how things stand: quota may come back.
-            if slot.changed or slot.exhausted:
+            # Orders mark a slot changed, refused ones too: so a region told the budget is spent asks
+            # again how things stand while it has demand, and quota that came back reaches it.
+            if slot.changed:
                 balance = ledger.balance(str(promotion))
                 demand = policy.demand_per_minute(slot.meter.rate(now))
                 reports[promotion] = Report(
@@ -235,9 +246,9 @@ class Distribution(Strategy):
             if name in state.accounts:
                 apply_report(state, name, report)
                 self.demands[promotion][name] = report.demand_per_minute
-                if report.demand_per_minute and not state.unallocated and not state.accounts[name].held:
+                if report.demand_per_minute and not self._grantable(promotion) and not state.accounts[name].held:
                     self.contested.add(promotion)  # a region with demand and nothing left, and none here
-                directives[promotion] = (unapplied_grants(state.accounts[name], report), 0, state.unallocated == 0)
+                directives[promotion] = (unapplied_grants(state.accounts[name], report), 0, False)
         for promotion in self.contested & self.holders[region]:
             state = self.states[promotion]
             reclaim = allocation.reclaim(state, name, self.demands[promotion], SETTINGS.horizon_s)
@@ -245,7 +256,9 @@ class Distribution(Strategy):
                 # Until a region is refused again, what comes back is enough.
                 self.contested.discard(promotion)
             unapplied, _, _ = directives.get(promotion, ([], 0, False))
-            directives[promotion] = (unapplied, reclaim, state.unallocated == 0)
+            directives[promotion] = (unapplied, reclaim, False)
+        for promotion, (unapplied, reclaim, _) in directives.items():
+            directives[promotion] = (unapplied, reclaim, self._grantable(promotion) == 0)
         self.net.to_region(region, lambda: self._renewed(region, directives, sent))
 
     def _renewed(
@@ -271,6 +284,9 @@ class Distribution(Strategy):
             apply_report(self.states[promotion], self.scenario.regions[region], report)
 
         self.net.to_center(region, at_center)
+
+    def _grantable(self, promotion: int) -> int:
+        return self.states[promotion].grantable(round(self.sim.now * 1000))
 
     def over_granted(self) -> int:
         """Quota the center booked beyond a budget: must always be zero."""

@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from quota_center.policy import Pacing, released_amount
 from quota_center.simulation.engine import Partition
 
 REGIONS = ("eu", "us", "ap")
@@ -39,6 +40,13 @@ class Scenario:
     forecast: list[dict[int, float]]
     """Per promotion, the share of its budget static pre-allocation gives each region."""
     partition: Partition | None = None
+    pacing: Pacing = Pacing.NONE
+    """Every promotion's release curve, over the window [0, window_s)."""
+    window_s: float = 0.0
+
+    def released(self, promotion: int, now_s: float) -> int:
+        budget = self.budgets[promotion]
+        return released_amount(budget, 0, max(1, round(self.window_s * 1000)), round(now_s * 1000), self.pacing)
 
     @property
     def demand(self) -> int:
@@ -127,11 +135,21 @@ def partition(rng: random.Random) -> Scenario:
     return _one_promotion("partition", rng, 20_000, 26_000, lambda t: 45.0, 45.0, lambda t: EVEN, EVEN, partition=cut)
 
 
+def paced(rng: random.Random) -> Scenario:
+    """The midnight burst again, but the budget is released linearly over the first twenty seconds
+    of the sale: the burst may not take more than the curve has released."""
+    burst = midnight_burst(rng)
+    return Scenario(
+        "paced", burst.regions, burst.center_rtt_s, burst.budgets, burst.allowed, burst.orders, burst.forecast,
+        pacing=Pacing.LINEAR, window_s=20.0,
+    )  # fmt: skip
+
+
 def low_demand(rng: random.Random) -> Scenario:
     return _one_promotion("low_demand", rng, BUDGET, DEMAND // 2, lambda t: RATE, RATE, lambda t: SKEWED, SKEWED)
 
 
-def scale(rng: random.Random, regions: int = 50, promotions: int = 10_000, demand: int = 120_000) -> Scenario:
+def scale(rng: random.Random, regions: int = 50, promotions: int = 10_000, demand: int = 80_000) -> Scenario:
     """Many regions, many promotions: each promotion runs in three regions and popularity is Zipf-like.
     The hundred most popular sell out (budget five sixths of expected demand); the long tail has
     budget to spare (ten times its expected demand), as most promotions do."""
@@ -157,6 +175,7 @@ SCENARIOS: dict[str, Callable[[random.Random], Scenario]] = {
     "moving_hotspot": moving_hotspot,
     "midnight_burst": midnight_burst,
     "partition": partition,
+    "paced": paced,
     "low_demand": low_demand,
     "scale": scale,
 }

@@ -25,14 +25,14 @@ def rows() -> Rows:
 
 
 def test_every_scenario_runs_every_strategy(rows: Rows) -> None:
-    scenarios = ("uniform", "skewed", "moving_hotspot", "midnight_burst", "partition", "low_demand", "scale")
+    scenarios = ("uniform", "skewed", "moving_hotspot", "midnight_burst", "partition", "paced", "low_demand", "scale")
     strategies = ("central", "preallocation", "local_async", "distribution")
     assert set(rows) == {(scenario, strategy) for scenario in scenarios for strategy in strategies}
 
 
 def test_the_distribution_model_never_over_issues_and_sells_out(rows: Rows) -> None:
     for (scenario, strategy), row in rows.items():
-        if strategy != "distribution":
+        if strategy != "distribution" or scenario == "paced":  # pacing refuses the burst on purpose
             continue
         assert row["over_issue"] == 0, scenario
         assert row["issued"] >= 0.999 * min(row["budget"], row["demand"]) or scenario == "scale", scenario
@@ -66,3 +66,11 @@ def test_central_deduction_pays_the_round_trip_on_every_order(rows: Rows) -> Non
         if strategy == "central":
             assert row["center_calls_per_1k"] >= 999, scenario
             assert row["p50_ms"] > 5 * rows[(scenario, "preallocation")]["p50_ms"], scenario
+
+
+def test_only_strategies_with_a_center_keep_to_a_release_curve(rows: Rows) -> None:
+    assert rows[("paced", "distribution")]["pacing_deviation"] == 0
+    assert rows[("paced", "distribution")]["over_issue"] == 0
+    assert rows[("paced", "central")]["pacing_deviation"] == 0
+    for burning in ("preallocation", "local_async"):
+        assert rows[("paced", burning)]["pacing_deviation"] > 0.25 * rows[("paced", burning)]["budget"]
