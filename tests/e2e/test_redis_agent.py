@@ -15,6 +15,7 @@ from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from tests.e2e.redis_region import region_on_redis
 from tests.support import eventually, order, promotion
 
 pytestmark = pytest.mark.e2e
@@ -65,40 +66,28 @@ async def test_an_agent_killed_and_restarted_on_redis_keeps_its_orders_and_quota
 
 async def test_a_redis_that_lost_its_data_costs_quota_but_never_over_issues(tmp_path: Path) -> None:
     with redis_server() as redis:
-        center = center_process(tmp_path).start()
-        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.1")
-        agent = agent_process(tmp_path, "eu", center.address, *ledger).start()
-        try:
-            async with (
-                grpc.aio.insecure_channel(center.address) as channel,
-                grpc.aio.insecure_channel(agent.address) as orders,
-            ):
-                admin = center_grpc.PromotionAdminStub(channel)
-                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=100)))
-                stub = agent_grpc.RegionAgentStub(orders)
-                acked, refusals = 0, set()
-                for number in range(5):
-                    await stub.Deduct(order(f"before-{number}", "eu", ("promo", 1)), timeout=5)
-                    acked += 1
-                before = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+        async with region_on_redis(tmp_path, redis.address, budget=100, renew_interval="0.1") as region:
+            stub = region.stubs[0]
+            acked, refusals = 0, set()
+            for number in range(5):
+                await stub.Deduct(order(f"before-{number}", "eu", ("promo", 1)), timeout=5)
+                acked += 1
+            before = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
 
-                flusher = Redis(host=redis.host, port=redis.port)
-                await flusher.flushall()
-                await flusher.aclose()
+            flusher = Redis(host=redis.host, port=redis.port)
+            await flusher.flushall()
+            await flusher.aclose()
 
-                for number in range(200):
-                    try:
-                        await stub.Deduct(order(f"after-{number}", "eu", ("promo", 1)), timeout=5)
-                    except grpc.aio.AioRpcError as error:
-                        refusals.add(error.code())
-                        await asyncio.sleep(0.02)
-                        continue
-                    acked += 1
-                after = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
-                usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
-        finally:
-            agent.kill()
-            center.kill()
+            for number in range(200):
+                try:
+                    await stub.Deduct(order(f"after-{number}", "eu", ("promo", 1)), timeout=5)
+                except grpc.aio.AioRpcError as error:
+                    refusals.add(error.code())
+                    await asyncio.sleep(0.02)
+                    continue
+                acked += 1
+            after = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+            usage = await region.usage()
 
     assert refusals <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert after.incarnation != before.incarnation
@@ -109,40 +98,26 @@ async def test_a_redis_that_lost_its_data_costs_quota_but_never_over_issues(tmp_
 
 async def test_two_agents_on_one_redis_share_one_allotment_and_sell_out_exactly(tmp_path: Path) -> None:
     with redis_server() as redis:
-        center = center_process(tmp_path).start()
-        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.2")
-        agents = [agent_process(tmp_path, "eu", center.address, *ledger).start() for _ in range(2)]
-        try:
-            async with grpc.aio.insecure_channel(center.address) as channel:
-                admin = center_grpc.PromotionAdminStub(channel)
-                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_500)))
-                channels = [grpc.aio.insecure_channel(agent.address) for agent in agents]
-                stubs = [agent_grpc.RegionAgentStub(c) for c in channels]
-                numbers = iter(range(2_000))
-                acked = 0
+        async with region_on_redis(tmp_path, redis.address, budget=1_500, agents=2) as region:
+            numbers = iter(range(2_000))
+            acked = 0
 
-                async def worker(stub: agent_grpc.RegionAgentAsyncStub) -> None:
-                    nonlocal acked
-                    for number in numbers:
-                        try:
-                            await stub.Deduct(order(f"o-{number}", "eu", ("promo", 1)), timeout=5)
-                        except grpc.aio.AioRpcError:
-                            continue
-                        acked += 1
+            async def worker(stub: agent_grpc.RegionAgentAsyncStub) -> None:
+                nonlocal acked
+                for number in numbers:
+                    try:
+                        await stub.Deduct(order(f"o-{number}", "eu", ("promo", 1)), timeout=5)
+                    except grpc.aio.AioRpcError:
+                        continue
+                    acked += 1
 
-                await asyncio.gather(*(worker(stubs[n % 2]) for n in range(16)))
-                statuses = [await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5) for stub in stubs]
+            await asyncio.gather(*(worker(region.stubs[n % 2]) for n in range(16)))
+            statuses = [await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5) for stub in region.stubs]
 
-                async def reported() -> bool:
-                    usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
-                    return usage.regions[0].consumed == acked
+            async def reported() -> bool:
+                return (await region.usage()).regions[0].consumed == acked
 
-                await eventually(reported)
-                for channel in channels:
-                    await channel.close()
-        finally:
-            for process in [*agents, center]:
-                process.kill()
+            await eventually(reported)
 
     assert acked == 1_500
     assert statuses[0].incarnation == statuses[1].incarnation

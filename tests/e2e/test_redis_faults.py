@@ -17,13 +17,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import redis_process
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import eventually, order, promotion
+from tests.e2e.redis_region import region_on_redis
+from tests.support import eventually, order
 
 pytestmark = pytest.mark.e2e
 
@@ -88,29 +88,17 @@ async def settled_consumed(admin: center_grpc.PromotionAdminAsyncStub, expected:
 
 async def test_an_agent_killed_under_load_loses_no_acknowledged_order(tmp_path: Path) -> None:
     with redis_process() as redis:
-        center = center_process(tmp_path).start()
-        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.2")
-        agents: list[ServerProcess] = [agent_process(tmp_path, "eu", center.address, *ledger).start() for _ in range(2)]
-        channels = [grpc.aio.insecure_channel(agent.address) for agent in agents]
-        try:
-            async with grpc.aio.insecure_channel(center.address) as channel:
-                admin = center_grpc.PromotionAdminStub(channel)
-                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=ORDERS)))
-                load = Load([agent_grpc.RegionAgentStub(c) for c in channels])
+        async with region_on_redis(tmp_path, redis.address, budget=ORDERS, agents=2) as region:
+            load = Load(region.stubs)
 
-                async def kill_first_agent() -> None:
-                    agents[0].kill()
+            async def kill_first_agent() -> None:
+                region.agents[0].kill()
 
-                await load.run(workers=8, crash=kill_first_agent)
-                survivor = load.stubs[1]
-                status = await survivor.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
-                replays = await replayed(survivor, load.acked)
-                usage = await settled_consumed(admin, len(load.acked))
-        finally:
-            for open_channel in channels:
-                await open_channel.close()
-            for process in [*agents, center]:
-                process.kill()
+            await load.run(workers=8, crash=kill_first_agent)
+            survivor = load.stubs[1]
+            status = await survivor.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+            replays = await replayed(survivor, load.acked)
+            usage = await settled_consumed(region.admin, len(load.acked))
 
     assert set(load.failures) <= RETRYABLE
     assert len(load.acked) == ORDERS
@@ -122,32 +110,20 @@ async def test_an_agent_killed_under_load_loses_no_acknowledged_order(tmp_path: 
 
 async def test_redis_killed_under_load_and_restarted_from_its_aof_keeps_every_order_once(tmp_path: Path) -> None:
     with redis_process() as redis:
-        center = center_process(tmp_path).start()
-        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.2")
-        agent = agent_process(tmp_path, "eu", center.address, *ledger).start()
-        try:
-            async with (
-                grpc.aio.insecure_channel(center.address) as channel,
-                grpc.aio.insecure_channel(agent.address) as orders,
-            ):
-                admin = center_grpc.PromotionAdminStub(channel)
-                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=ORDERS)))
-                stub = agent_grpc.RegionAgentStub(orders)
-                before = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
-                load = Load([stub])
+        async with region_on_redis(tmp_path, redis.address, budget=ORDERS) as region:
+            stub = region.stubs[0]
+            before = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+            load = Load([stub])
 
-                async def restart_redis() -> None:
-                    redis.kill()
-                    await asyncio.sleep(0.5)
-                    redis.start()
+            async def restart_redis() -> None:
+                redis.kill()
+                await asyncio.sleep(0.5)
+                redis.start()
 
-                await load.run(workers=8, crash=restart_redis)
-                status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
-                replays = await replayed(stub, load.acked)
-                usage = await settled_consumed(admin, len(load.acked))
-        finally:
-            agent.kill()
-            center.kill()
+            await load.run(workers=8, crash=restart_redis)
+            status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+            replays = await replayed(stub, load.acked)
+            usage = await settled_consumed(region.admin, len(load.acked))
 
     assert set(load.failures) <= RETRYABLE
     assert len(load.acked) == ORDERS

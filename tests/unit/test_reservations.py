@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from quota_center.errors import FailedPrecondition, NotFound, Rejected, RejectReason
 from region_agent.ledger.base import Balance, Line, RefundOutcome, Settle, SettleOutcome, UserLimit
 from region_agent.ledger.local import LocalLedger
+from tests.unit.test_region_ledger import GrantOp, TakeBackOp
 
 NOW = 1_000_000
 HOLD = 100
@@ -206,13 +207,6 @@ class ReservationModel:
 
 
 @dataclass(frozen=True)
-class GrantOp:
-    grant_id: str
-    promotion: str
-    amount: int
-
-
-@dataclass(frozen=True)
 class DeductOp:
     key: str
     lines: tuple[Line, ...]
@@ -233,12 +227,6 @@ class RefundOp:
 
     key: str
     refund_id: str
-
-
-@dataclass(frozen=True)
-class TakeBackOp:
-    promotion: str
-    amount: int
 
 
 @dataclass(frozen=True)

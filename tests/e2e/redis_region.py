@@ -1,0 +1,49 @@
+"""One region on the region's Redis, as real processes: a center and N agents sharing one Redis
+ledger, with promotion "promo" created, for the end-to-end tests of the Redis ledger."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from quota_center.launch import ServerProcess, agent_process, center_process
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from tests.support import promotion
+
+
+@dataclass
+class RedisRegion:
+    center: ServerProcess
+    agents: list[ServerProcess]
+    admin: center_grpc.PromotionAdminAsyncStub
+    stubs: list[agent_grpc.RegionAgentAsyncStub]
+
+    async def usage(self) -> center_pb.Usage:
+        return await self.admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
+
+
+@asynccontextmanager
+async def region_on_redis(
+    workdir: Path, redis_address: str, budget: int, agents: int = 1, renew_interval: str = "0.2"
+) -> AsyncIterator[RedisRegion]:
+    """Kills every process when the block ends, however it ends."""
+    center = center_process(workdir).start()
+    ledger = ("--ledger", f"redis://{redis_address}/0", "--renew-interval", renew_interval)
+    processes = [agent_process(workdir, "eu", center.address, *ledger).start() for _ in range(agents)]
+    channels = [grpc.aio.insecure_channel(agent.address) for agent in processes]
+    try:
+        async with grpc.aio.insecure_channel(center.address) as channel:
+            admin = center_grpc.PromotionAdminStub(channel)
+            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=budget)))
+            yield RedisRegion(center, processes, admin, [agent_grpc.RegionAgentStub(c) for c in channels])
+    finally:
+        for open_channel in channels:
+            await open_channel.close()
+        for process in [*processes, center]:
+            process.kill()
