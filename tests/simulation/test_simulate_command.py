@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# The command runs every scenario once for the whole module (about 35 s here, more on a busy machine).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 Rows = dict[tuple[str, str], dict[str, Any]]
 STEADY = ("uniform", "skewed", "moving_hotspot", "midnight_burst", "low_demand")
