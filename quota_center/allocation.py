@@ -55,10 +55,12 @@ def grant(
     return record
 
 
-def reclaim(state: PromotionState, region: str, demands: Mapping[str, int], horizon_s: float) -> int:
-    """What the region should give back: everything when frozen, else the policy's reclaim."""
+def reclaim(state: PromotionState, region: str, demands: Mapping[str, int], horizon_s: float, now_ms: int) -> int:
+    """What the region should give back: everything when frozen, else the policy's reclaim.
+    Measured against what the center can grant now: under pacing, budget not yet released
+    cannot serve the regions that lack quota, so it must not stop idle quota coming back."""
     held = state.accounts[region].held
     if state.promotion.frozen:
         return held
     others = sum(demand for other, demand in demands.items() if other != region)
-    return policy.reclaim_amount(held, demands.get(region, 0), others, state.unallocated, horizon_s)
+    return policy.reclaim_amount(held, demands.get(region, 0), others, state.grantable(now_ms), horizon_s)

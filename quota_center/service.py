@@ -193,7 +193,7 @@ class Center:
             directives.append(
                 Directive(
                     promotion=state.promotion,
-                    reclaim=allocation.reclaim(state, region, demands, self.settings.horizon_s),
+                    reclaim=allocation.reclaim(state, region, demands, self.settings.horizon_s, self._clock.wall_ms()),
                     unapplied_grants=ledger.unapplied_grants(account, report),
                     exhausted=state.grantable(self._clock.wall_ms()) == 0,
                 )

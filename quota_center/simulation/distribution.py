@@ -251,7 +251,9 @@ class Distribution(Strategy):
                 directives[promotion] = (unapplied_grants(state.accounts[name], report), 0, False)
         for promotion in self.contested & self.holders[region]:
             state = self.states[promotion]
-            reclaim = allocation.reclaim(state, name, self.demands[promotion], SETTINGS.horizon_s)
+            reclaim = allocation.reclaim(
+                state, name, self.demands[promotion], SETTINGS.horizon_s, round(self.sim.now * 1000)
+            )
             if reclaim:
                 # Until a region is refused again, what comes back is enough.
                 self.contested.discard(promotion)

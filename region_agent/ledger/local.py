@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from quota_center.clock import iso
 from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, Rejected, RejectReason
+from quota_center.validation import require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
     Balance,
@@ -185,6 +186,8 @@ class LocalLedger:
             self._refunds.pop(self._forget_refunds.popleft()[1], None)
 
     def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], now_ms: int = 0) -> RefundOutcome:
+        # Each line is checked against what the order has left; a promotion twice would be checked twice.
+        require_unique("lines.promotion_id", (line.promotion_id for line in lines))
         self._forget_old(now_ms)
         previous = self._refunds.get((order_key, refund_id))
         if previous is not None:

@@ -35,6 +35,7 @@ import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound, Unavailable
+from quota_center.validation import require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
     Balance,
@@ -225,6 +226,8 @@ class RedisLedger:
 
     @_reachable
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
+        # The script checks each line against what the order has left; a promotion twice would pass twice.
+        require_unique("lines.promotion_id", (line.promotion_id for line in lines))
         order = self._data("order", order_key)
         first = await self._redis.hget(order, "lines")
         if first is None:

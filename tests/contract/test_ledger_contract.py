@@ -255,3 +255,13 @@ async def test_an_order_over_the_users_limit_is_told_so_even_when_the_allotment_
     refused = await ledger.deduct("o2", (Line("a", 5, "u1"),), limits)
 
     assert (refused.over_limit, refused.short) == (("a",), ())
+
+
+async def test_a_refund_naming_a_promotion_twice_is_refused_and_changes_nothing(ledger: Ledger) -> None:
+    await funded(ledger)
+    await ledger.deduct("o1", (Line("a", 5, "u1"),))
+
+    with pytest.raises(InvalidArgument, match="twice"):
+        await ledger.refund("o1", "r1", (Line("a", 3), Line("a", 3)))
+
+    assert await ledger.balance("a") == Balance(granted=10, deducted=5)

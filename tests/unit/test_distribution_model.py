@@ -109,7 +109,7 @@ class CenterModel:
         """The reclaim and the unapplied grants of the directive the agent gets back."""
         state = self.report(region, incarnation, report)
         self.demands = {**self.demands, region: report.demand_per_minute}
-        reclaim = allocation.reclaim(state, region, self.demands, HORIZON_S)
+        reclaim = allocation.reclaim(state, region, self.demands, HORIZON_S, now_ms=0)
         return reclaim, ledger.unapplied_grants(state.accounts[region], report)
 
 

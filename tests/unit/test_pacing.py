@@ -32,6 +32,16 @@ def test_a_linear_promotion_grants_a_quarter_after_a_quarter_of_its_window() -> 
     assert state.unallocated == 1_000 - record.amount
 
 
+def test_idle_quota_comes_back_while_pacing_holds_the_rest() -> None:
+    state = paced(Pacing.HOURLY_CAP, 10_000, cap=100)
+    allocation.grant(state, "eu", "i", 100, ("g1", "r1"), dict.fromkeys(REGIONS, 0), 2.0, now_ms=0)
+    demands = {"eu": 0, "us": 600, "ap": 0}
+    with pytest.raises(Exhausted, match="paced"):
+        allocation.grant(state, "us", "i", 50, ("g2", "r2"), demands, 2.0, now_ms=0)
+
+    assert allocation.reclaim(state, "eu", demands, 2.0, now_ms=0) > 0
+
+
 steps = st.lists(
     st.tuples(st.integers(0, HOUR_MS // 2), st.sampled_from(REGIONS), st.integers(1, 5_000), st.integers(0, 6_000)),
     min_size=1,
