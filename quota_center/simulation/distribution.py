@@ -223,17 +223,13 @@ class Distribution(Strategy):
     def _renew(self, region: int) -> None:
         if self.sim.now <= self.scenario.duration_s + MAX_WAIT_S:
             self.sim.after(RENEW_INTERVAL_S, lambda: self._renew(region))
-        ledger, now = self.ledgers[region], self.sim.now
+        now = self.sim.now
         reports = {}
         for promotion, slot in self.slots[region].items():
             # Orders mark a slot changed, refused ones too: so a region told the budget is spent asks
             # again how things stand while it has demand, and quota that came back reaches it.
             if slot.changed:
-                balance = ledger.balance(str(promotion))
-                demand = policy.demand_per_minute(slot.meter.rate(now))
-                reports[promotion] = Report(
-                    balance.granted, balance.returned, balance.deducted, balance.refunded, demand
-                )
+                reports[promotion] = self._report(region, promotion, policy.demand_per_minute(slot.meter.rate(now)))
                 slot.changed = False
         self.metrics.center_calls += 1
         self.net.to_center(region, lambda: self._renew_at_center(region, reports, now))
@@ -277,9 +273,13 @@ class Distribution(Strategy):
                 self._give_back(region, promotion)
             self._serve_waiting(region, promotion)
 
+    def _report(self, region: int, promotion: int, demand_per_minute: int = 0) -> Report:
+        """The region's cumulative counters for the promotion, as agents report them."""
+        b = self.ledgers[region].balance(str(promotion))
+        return Report(b.granted, b.returned, b.deducted, b.refunded, demand_per_minute)
+
     def _give_back(self, region: int, promotion: int) -> None:
-        balance = self.ledgers[region].balance(str(promotion))
-        report = Report(balance.granted, balance.returned, balance.deducted, balance.refunded)
+        report = self._report(region, promotion)
         self.metrics.center_calls += 1
 
         def at_center() -> None:

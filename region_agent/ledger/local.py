@@ -90,8 +90,9 @@ class LocalLedger:
         wanted: Counter[str] = Counter()
         for line in lines:
             wanted[line.promotion_id] += line.amount
+        by_user = self._by_user(lines)
         # The user's limit first: no refill can help an order over it, so it should not wait for one.
-        over_limit = self._over_limit(lines, limits)
+        over_limit = self._over_limit(by_user, limits)
         if over_limit:
             return DeductOutcome(lines, over_limit=over_limit)
         short = tuple(promotion for promotion, amount in wanted.items() if self.balance(promotion).available < amount)
@@ -99,7 +100,7 @@ class LocalLedger:
             return DeductOutcome(lines, short=short)
         for line in lines:
             self._add(line.promotion_id, **{"held" if hold_ms else "deducted": line.amount})
-        for (promotion, user), units in self._by_user(lines).items():
+        for (promotion, user), units in by_user.items():
             usage = self._users.setdefault((promotion, user), [0, 0])
             usage[0] += units
             usage[1] += 1
@@ -123,9 +124,9 @@ class LocalLedger:
             units[(line.promotion_id, line.user_id)] += line.amount
         return units
 
-    def _over_limit(self, lines: tuple[Line, ...], limits: Mapping[str, UserLimit]) -> tuple[str, ...]:
+    def _over_limit(self, by_user: Counter[tuple[str, str]], limits: Mapping[str, UserLimit]) -> tuple[str, ...]:
         over = []
-        for (promotion, user), units in self._by_user(lines).items():
+        for (promotion, user), units in by_user.items():
             limit = limits.get(promotion, UserLimit())
             held, orders = self._users.get((promotion, user), (0, 0))
             if (limit.units and held + units > limit.units) or (limit.orders and orders + 1 > limit.orders):

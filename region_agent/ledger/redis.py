@@ -100,6 +100,14 @@ class RedisLedger:
         # JSON keeps "a:b" + "c" apart from "a" + "b:c".
         return self._data("user", json.dumps([promotion_id, user_id], separators=(",", ":")))
 
+    def _line_keys(self, lines: tuple[Line, ...]) -> list[str]:
+        """The keys an order's lines touch, in the order the scripts read them: every line's
+        balance, then every line's user counter."""
+        return [
+            *(self._data("balance", line.promotion_id) for line in lines),
+            *(self._user_key(line.promotion_id, line.user_id) for line in lines),
+        ]
+
     @_reachable
     async def incarnation(self) -> str:
         """The life this agent takes part in, checked against Redis on every call: when Redis
@@ -155,12 +163,7 @@ class RedisLedger:
         limits: Mapping[str, UserLimit] = NO_LIMITS,
         hold_ms: int = 0,
     ) -> DeductOutcome:
-        keys = [
-            self._data("order", order_key),
-            self._data("reservations"),
-            *(self._data("balance", line.promotion_id) for line in lines),
-            *(self._user_key(line.promotion_id, line.user_id) for line in lines),
-        ]
+        keys = [self._data("order", order_key), self._data("reservations"), *self._line_keys(lines)]
         line_limits = [limits.get(line.promotion_id, UserLimit()) for line in lines]
         args: list[str | int] = [
             _encode(lines),
@@ -212,13 +215,8 @@ class RedisLedger:
         first = await self._redis.hget(order, "lines")
         if first is None:
             return None
-        lines = tuple(Line(promotion, amount, user) for promotion, amount, user in json.loads(first))
-        keys = [
-            order,
-            self._data("reservations"),
-            *(self._data("balance", line.promotion_id) for line in lines),
-            *(self._user_key(line.promotion_id, line.user_id) for line in lines),
-        ]
+        lines = _decode(first)
+        keys = [order, self._data("reservations"), *self._line_keys(lines)]
         answer = await self._run(self._settle, keys, [action, order_key, self._retention_ms])
         if answer[0] == b"not_found":
             return None
@@ -232,13 +230,8 @@ class RedisLedger:
         first = await self._redis.hget(order, "lines")
         if first is None:
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
-        spent = json.loads(first)
-        keys = [
-            order,
-            self._data("refund", json.dumps([order_key, refund_id], separators=(",", ":"))),
-            *(self._data("balance", promotion) for promotion, _, _ in spent),
-            *(self._user_key(promotion, user) for promotion, _, user in spent),
-        ]
+        refund_record = self._data("refund", json.dumps([order_key, refund_id], separators=(",", ":")))
+        keys = [order, refund_record, *self._line_keys(_decode(first))]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
         answer = await self._run(self._refund, keys, [wanted, self._retention_ms])
         status = answer[0].decode()
@@ -312,3 +305,7 @@ def _text(value: bytes | str | None) -> str:
 
 def _encode(lines: tuple[Line, ...]) -> str:
     return json.dumps([[line.promotion_id, line.amount, line.user_id] for line in lines], separators=(",", ":"))
+
+
+def _decode(stored: bytes | str) -> tuple[Line, ...]:
+    return tuple(Line(promotion, amount, user) for promotion, amount, user in json.loads(stored))
