@@ -68,7 +68,7 @@ def agent() -> None:
     type=click.FloatRange(min=60),
     default=7 * 86_400.0,
     show_default=True,
-    help="Seconds the Redis ledger remembers an order, so its retries replay; keep it above the callers' retry window.",
+    help="Seconds the ledger remembers an order, so its retries replay; keep it above the callers' retry window.",
 )
 def agent_serve(
     region: str,

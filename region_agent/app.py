@@ -28,7 +28,7 @@ class AgentConfig:
     ledger: str = "memory"
     """Where the regional ledger lives: memory (embedded default) or redis://HOST:PORT[/DB]."""
     retention_s: float = 7 * 86_400
-    """How long the Redis ledger remembers orders and refunds (their retries replay meanwhile)."""
+    """How long the ledger remembers orders and refunds (their retries replay meanwhile)."""
 
 
 def open_ledger(url: str, region: str, retention_s: float) -> Ledger:
