@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quota_center.catalog import EmergencyFreeze
 from quota_center.errors import InvalidArgument
 from quota_center.ledger import Kind, Promotion
 from quota_center.policy import Pacing
-from quota_center.service import UsageView
+from quota_center.service import CatalogPage, UsageView
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.validation import require_amount, require_counter, require_id
 
@@ -89,3 +90,22 @@ def usage_to_pb(usage: UsageView) -> pb.Usage:
             )
         )
     return pb.Usage(promotion=promotion_to_pb(usage.promotion), unallocated=usage.unallocated, regions=regions)
+
+
+def emergency_to_pb(emergency: EmergencyFreeze) -> pb.EmergencyFreeze:
+    return pb.EmergencyFreeze(
+        everywhere=emergency.everywhere, regions=sorted(emergency.regions), revision=emergency.revision
+    )
+
+
+def emergency_from_pb(message: pb.EmergencyFreeze) -> EmergencyFreeze:
+    return EmergencyFreeze(message.everywhere, frozenset(message.regions), message.revision)
+
+
+def catalog_page_to_pb(page: CatalogPage) -> pb.CatalogChanges:
+    return pb.CatalogChanges(
+        promotions=[promotion_to_pb(p) for p in page.promotions],
+        emergency=emergency_to_pb(page.emergency),
+        revision=page.revision,
+        more=page.more,
+    )

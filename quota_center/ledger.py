@@ -184,7 +184,8 @@ def check_new_promotion(promotion: Promotion) -> None:
         )
 
 
-def set_budget(state: PromotionState, budget: int, expected_revision: int) -> None:
+def set_budget(state: PromotionState, budget: int, expected_revision: int, revision: int) -> None:
+    """`revision`: the catalog revision the change takes."""
     promotion = state.promotion
     if expected_revision != promotion.revision:
         raise FailedPrecondition(
@@ -199,14 +200,14 @@ def set_budget(state: PromotionState, budget: int, expected_revision: int) -> No
             f"returned {sum(a.total_returned for a in state.accounts.values())}); "
             f"the lowest possible budget now is {allocated}"
         )
-    state.promotion = replace(promotion, budget=budget, revision=promotion.revision + 1)
+    state.promotion = replace(promotion, budget=budget, revision=revision)
 
 
-def set_frozen(state: PromotionState, frozen: bool) -> bool:
+def set_frozen(state: PromotionState, frozen: bool, revision: int) -> bool:
     """Returns whether anything changed; freezing twice is not a new revision."""
     if state.promotion.frozen == frozen:
         return False
-    state.promotion = replace(state.promotion, frozen=frozen, revision=state.promotion.revision + 1)
+    state.promotion = replace(state.promotion, frozen=frozen, revision=revision)
     return True
 
 

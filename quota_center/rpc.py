@@ -29,17 +29,20 @@ def translate_errors(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
     async def wrapper(self: S, request: Req, context: Context) -> Resp:
         try:
             return await handler(self, request, context)
-        except Rejected as error:
-            context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, error.reason.value),))
-            await context.abort(error.code, error.message)
-        except NotLeader as error:
-            if error.leader:
-                context.set_trailing_metadata(((LEADER_METADATA_KEY, error.leader),))
-            await context.abort(error.code, error.message)
-        except QuotaError as error:
-            await context.abort(error.code, error.message)
-        except Exception:
-            log.exception("%s failed", handler.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")
+        except Exception as error:
+            await abort_with(error, context, handler.__qualname__)
+            raise AssertionError("unreachable: abort raises") from error
 
     return wrapper
+
+
+async def abort_with(error: Exception, context: Context, where: str) -> None:
+    """Ends the call with the error's status (streams too); raises, like `context.abort`."""
+    if isinstance(error, Rejected):
+        context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, error.reason.value),))
+    if isinstance(error, NotLeader) and error.leader:
+        context.set_trailing_metadata(((LEADER_METADATA_KEY, error.leader),))
+    if isinstance(error, QuotaError):
+        await context.abort(error.code, error.message)
+    log.error("%s failed", where, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")

@@ -5,15 +5,15 @@ Protobuf types stop here; `Center` and below see only domain objects.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import AsyncIterator
 
 import grpc
 
-from quota_center.convert import promotion_from_pb, promotion_to_pb, usage_to_pb
-from quota_center.errors import InvalidArgument
-from quota_center.ledger import Report
-from quota_center.rpc import Context, translate_errors
-from quota_center.service import Center
+from quota_center.convert import catalog_page_to_pb, emergency_to_pb, promotion_from_pb, promotion_to_pb, usage_to_pb
+from quota_center.errors import InvalidArgument, QuotaError
+from quota_center.ledger import GrantRecord, Report
+from quota_center.rpc import Context, abort_with, translate_errors
+from quota_center.service import Center, Opening
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_center.validation import require_amount, require_counter, require_id, require_unique
@@ -29,6 +29,10 @@ def _report_from_pb(counters: pb.Counters) -> Report:
     )
 
 
+def _grant_pb(grant: GrantRecord) -> pb.Grant:
+    return pb.Grant(grant_id=grant.grant_id, promotion_id=grant.promotion_id, region=grant.region, amount=grant.amount)
+
+
 def _identity(agent: pb.AgentIdentity) -> tuple[str, str]:
     return require_id("agent.region", agent.region), require_id("agent.incarnation", agent.incarnation)
 
@@ -39,8 +43,7 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
 
     @translate_errors
     async def CreatePromotion(self, request: pb.CreatePromotionRequest, context: Context) -> pb.Promotion:
-        fresh = replace(promotion_from_pb(request.promotion), frozen=False, revision=1)
-        promotion = await self._center.create_promotion(fresh)
+        promotion = await self._center.create_promotion(promotion_from_pb(request.promotion))
         return promotion_to_pb(promotion)
 
     @translate_errors
@@ -69,6 +72,48 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.Usage:
         return usage_to_pb(self._center.usage(require_id("promotion_id", request.promotion_id)))
 
+    @translate_errors
+    async def SetEmergencyFreeze(self, request: pb.SetEmergencyFreezeRequest, context: Context) -> pb.EmergencyFreeze:
+        region = require_id("region", request.region) if request.region else ""
+        return emergency_to_pb(await self._center.set_emergency_freeze(region, request.frozen))
+
+
+MAX_OPENINGS = 1000
+DEFAULT_PAGE, MAX_PAGE = 500, 5000
+HEARTBEAT_S = 5.0
+"""An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
+
+
+def _catalog_request(request: pb.CatalogRequest) -> tuple[str, int, int]:
+    region = require_id("region", request.region)
+    since = require_counter("since_revision", request.since_revision)
+    if not 0 <= request.page_size <= MAX_PAGE:
+        raise InvalidArgument(f"page_size must be within 0 (the default, {DEFAULT_PAGE}) and {MAX_PAGE}")
+    return region, since, request.page_size or DEFAULT_PAGE
+
+
+class CatalogServicer(pb_grpc.CatalogServicer):
+    def __init__(self, center: Center) -> None:
+        self._center = center
+
+    @translate_errors
+    async def ListChanges(self, request: pb.CatalogRequest, context: Context) -> pb.CatalogChanges:
+        region, since, page_size = _catalog_request(request)
+        return catalog_page_to_pb(self._center.catalog_page(region, since, page_size))
+
+    async def Watch(self, request: pb.CatalogRequest, context: Context) -> AsyncIterator[pb.CatalogChanges]:
+        try:
+            region, cursor, page_size = _catalog_request(request)
+            while True:
+                page = self._center.catalog_page(region, cursor, page_size)
+                if page.revision > cursor or not page.more:
+                    yield catalog_page_to_pb(page)
+                cursor = page.revision
+                if not page.more:
+                    await self._center.catalog_change(cursor, HEARTBEAT_S)
+        except QuotaError as error:
+            await abort_with(error, context, "Catalog.Watch")
+
 
 class AllocationServicer(pb_grpc.AllocationServicer):
     def __init__(self, center: Center) -> None:
@@ -85,13 +130,35 @@ class AllocationServicer(pb_grpc.AllocationServicer):
             request_id=require_id("request_id", request.request_id),
             demand=require_counter("demand_per_minute", request.demand_per_minute),
         )
-        grant = result.grant
         return pb.AcquireResponse(
-            grant=pb.Grant(
-                grant_id=grant.grant_id, promotion_id=grant.promotion_id, region=grant.region, amount=grant.amount
-            ),
+            grant=_grant_pb(result.grant),
             lease_ttl_ms=round(self._center.settings.lease_ttl_s * 1000),
             unallocated=result.unallocated,
+        )
+
+    @translate_errors
+    async def AcquireOpenings(self, request: pb.AcquireOpeningsRequest, context: Context) -> pb.AcquireOpeningsResponse:
+        region, incarnation = _identity(request.agent)
+        if not 0 < len(request.items) <= MAX_OPENINGS:
+            raise InvalidArgument(f"items must hold 1 to {MAX_OPENINGS} openings, got {len(request.items)}")
+        openings = [
+            Opening(
+                promotion_id=require_id("items.promotion_id", item.promotion_id),
+                amount=require_amount("items.amount", item.amount),
+                request_id=require_id("items.request_id", item.request_id),
+            )
+            for item in request.items
+        ]
+        require_unique("items.promotion_id", (o.promotion_id for o in openings))
+        answers = await self._center.acquire_openings(region, incarnation, openings)
+        outcomes = []
+        for opening, answer in zip(openings, answers, strict=True):
+            if isinstance(answer, QuotaError):
+                outcomes.append(pb.OpeningOutcome(promotion_id=opening.promotion_id, refusal=answer.message))
+            else:
+                outcomes.append(pb.OpeningOutcome(promotion_id=opening.promotion_id, grant=_grant_pb(answer)))
+        return pb.AcquireOpeningsResponse(
+            outcomes=outcomes, lease_ttl_ms=round(self._center.settings.lease_ttl_s * 1000)
         )
 
     @translate_errors
@@ -129,3 +196,4 @@ class AllocationServicer(pb_grpc.AllocationServicer):
 def add_to_server(center: Center, server: grpc.aio.Server) -> None:
     pb_grpc.add_PromotionAdminServicer_to_server(PromotionAdminServicer(center), server)
     pb_grpc.add_AllocationServicer_to_server(AllocationServicer(center), server)
+    pb_grpc.add_CatalogServicer_to_server(CatalogServicer(center), server)

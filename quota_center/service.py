@@ -10,16 +10,28 @@ every region a full TTL rather than guess when it last heard from them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from quota_center import allocation, ledger
+from quota_center.catalog import EMERGENCY_DOCUMENT, EmergencyFreeze, RevisionIndex
 from quota_center.clock import Clock
-from quota_center.errors import Conflict, Exhausted, InvalidArgument, NotFound, NotLeader, Unavailable
+from quota_center.errors import (
+    Conflict,
+    Exhausted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotLeader,
+    QuotaError,
+    Unavailable,
+)
 from quota_center.ledger import GrantRecord, Promotion, PromotionState, RegionAccount, Report
-from quota_center.store.base import Store
+from quota_center.store.base import MAX_BATCH, Store
 
 T = TypeVar("T")
 
@@ -61,6 +73,23 @@ class AcquireResult:
     unallocated: int
 
 
+@dataclass(frozen=True)
+class Opening:
+    promotion_id: str
+    amount: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class CatalogPage:
+    promotions: list[Promotion]
+    """Changed after the caller's revision, oldest change first."""
+    emergency: EmergencyFreeze
+    revision: int
+    """Everything up to here is in this page or was before the caller's revision."""
+    more: bool
+
+
 class Center:
     def __init__(
         self,
@@ -80,15 +109,26 @@ class Center:
         self._locks: dict[str, asyncio.Lock] = {}
         self._lease_expiry: dict[tuple[str, str], float] = {}
         self._demand: dict[str, dict[str, int]] = {}
+        self._configuring = asyncio.Lock()
+        """Held by every configuration change, so changes commit in catalog revision order."""
+        self._revisions = RevisionIndex()
+        self._catalog_revision = 0
+        self._emergency = EmergencyFreeze()
+        self._catalog_changed = asyncio.Event()
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
         self.stop_serving()
         grace = self._clock.monotonic() + self.settings.lease_ttl_s
-        for state in await self._store.load_all():
+        states = await self._store.load_all()
+        document = await self._store.load_document(EMERGENCY_DOCUMENT)
+        self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()
+        for state in sorted(states, key=lambda s: s.promotion.revision):
             self._states[state.promotion.id] = state
+            self._revisions.record(state.promotion.id, state.promotion.revision)
             for region in state.accounts:
                 self._lease_expiry[(state.promotion.id, region)] = grace
+        self._catalog_revision = max([self._emergency.revision, *(s.promotion.revision for s in states)])
         self._serving = True
 
     def stop_serving(self) -> None:
@@ -97,6 +137,8 @@ class Center:
         self._states.clear()
         self._lease_expiry.clear()
         self._demand.clear()
+        self._revisions.clear()
+        self._publish()  # watchers wake up, find no leader, and end their streams
 
     def _require_leader(self) -> None:
         """Every answer, reads and lease renewals included, needs leadership that is still
@@ -109,24 +151,76 @@ class Center:
     async def create_promotion(self, promotion: Promotion) -> Promotion:
         self._require_leader()
         ledger.check_new_promotion(promotion)
-        state = PromotionState(promotion)
 
-        async def work() -> None:
+        async def work() -> Promotion:
+            state = PromotionState(replace(promotion, frozen=False, revision=self._catalog_revision + 1))
             await self._store.create(state)
             self._states[promotion.id] = state
+            self._changed(state.promotion)
+            return state.promotion
 
-        await self._exclusively(promotion.id, work)
-        return promotion
+        async with self._configuring:
+            return await self._exclusively([promotion.id], work)
 
     async def set_budget(self, promotion_id: str, budget: int, expected_revision: int) -> Promotion:
-        self._require_leader()
-        state = await self._change(promotion_id, lambda s: ledger.set_budget(s, budget, expected_revision))
-        return state.promotion
+        return await self._configure(promotion_id, lambda s, r: ledger.set_budget(s, budget, expected_revision, r))
 
     async def set_frozen(self, promotion_id: str, frozen: bool) -> Promotion:
+        return await self._configure(promotion_id, lambda s, revision: ledger.set_frozen(s, frozen, revision))
+
+    async def set_emergency_freeze(self, region: str, frozen: bool) -> EmergencyFreeze:
+        """Freezes (or unfreezes) every promotion in `region`, or everywhere when it is empty."""
         self._require_leader()
-        state = await self._change(promotion_id, lambda s: ledger.set_frozen(s, frozen))
-        return state.promotion
+        async with self._configuring:
+            switched = self._emergency.switched(region, frozen, self._catalog_revision + 1)
+            if switched is None:
+                return self._emergency
+            await self._store.save_document(EMERGENCY_DOCUMENT, switched.to_document())
+            self._require_leader()
+            self._emergency = switched
+            self._catalog_revision = switched.revision
+            self._publish()
+            return switched
+
+    async def _configure(self, promotion_id: str, change: Callable[[PromotionState, int], object]) -> Promotion:
+        """A configuration change: it takes the next catalog revision, and watchers hear of it."""
+        self._require_leader()
+        async with self._configuring:
+            state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1))
+            if state.promotion.revision > self._catalog_revision:
+                self._changed(state.promotion)
+            return state.promotion
+
+    def _changed(self, promotion: Promotion) -> None:
+        self._revisions.record(promotion.id, promotion.revision)
+        self._catalog_revision = promotion.revision
+        self._publish()
+
+    def _publish(self) -> None:
+        self._catalog_changed.set()
+        self._catalog_changed = asyncio.Event()
+
+    # The catalog, for agents' caches
+
+    def catalog_page(self, region: str, after: int, page_size: int) -> CatalogPage:
+        """The changes after revision `after` that matter to `region`, at most `page_size` of them."""
+        self._require_leader()
+        promotions: list[Promotion] = []
+        for promotion_id in self._revisions.changed_after(after):
+            promotion = self._states[promotion_id].promotion
+            if region not in promotion.regions:
+                continue
+            if len(promotions) == page_size:
+                return CatalogPage(promotions, self._emergency, promotions[-1].revision, more=True)
+            promotions.append(promotion)
+        return CatalogPage(promotions, self._emergency, max(after, self._catalog_revision), more=False)
+
+    async def catalog_change(self, after: int, timeout_s: float) -> None:
+        """Returns once the catalog moves past revision `after`, or after `timeout_s`."""
+        changed = self._catalog_changed
+        if self._catalog_revision <= after:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout_s)
 
     def promotion(self, promotion_id: str) -> Promotion:
         self._require_leader()
@@ -152,6 +246,7 @@ class Center:
         self, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demand: int
     ) -> AcquireResult:
         self._require_leader()
+        self._refuse_if_emergency(region)
 
         async def work() -> AcquireResult:
             previous = await self._store.find_grant(promotion_id, region, request_id)
@@ -171,12 +266,58 @@ class Center:
                 # A region refused for lack of quota still counts when idle regions are asked to return theirs.
                 self._demand[promotion_id] = demands
                 raise
-            await self._commit(state, record)
+            await self._commit([(state, record)])
             self._demand[promotion_id] = demands
             self._renew_lease(promotion_id, region)
             return AcquireResult(record, state.unallocated)
 
-        return await self._exclusively(promotion_id, work)
+        return await self._exclusively([promotion_id], work)
+
+    async def acquire_openings(
+        self, region: str, incarnation: str, openings: Sequence[Opening]
+    ) -> list[GrantRecord | QuotaError]:
+        """Opening allotments for many promotions, committed MAX_BATCH at a time; each is
+        answered on its own (a grant, or the error an acquire of it alone would raise)."""
+        self._require_leader()
+        self._refuse_if_emergency(region)
+        answers: list[GrantRecord | QuotaError] = []
+        for first in range(0, len(openings), MAX_BATCH):
+            batch = openings[first : first + MAX_BATCH]
+            opening = functools.partial(self._open, region, incarnation, batch)
+            answers.extend(await self._exclusively([o.promotion_id for o in batch], opening))
+        return answers
+
+    async def _open(self, region: str, incarnation: str, batch: Sequence[Opening]) -> list[GrantRecord | QuotaError]:
+        answers: list[GrantRecord | QuotaError] = []
+        commits: list[tuple[PromotionState, GrantRecord | None]] = []
+        now_ms = self._clock.wall_ms()
+        for opening in batch:
+            try:
+                previous = await self._store.find_grant(opening.promotion_id, region, opening.request_id)
+                if previous is not None:
+                    answers.append(previous)
+                    continue
+                state = self._state(opening.promotion_id).copy()
+                ids = (uuid.uuid4().hex, opening.request_id)
+                demands = self._demands(opening.promotion_id, region, 0)
+                record = allocation.grant(
+                    state, region, incarnation, opening.amount, ids, demands, self.settings.horizon_s, now_ms
+                )
+            except QuotaError as error:
+                answers.append(error)
+                continue
+            commits.append((state, record))
+            answers.append(record)
+        await self._commit(commits)
+        for state, _ in commits:
+            self._renew_lease(state.promotion.id, region)
+        return answers
+
+    def _refuse_if_emergency(self, region: str) -> None:
+        if self._emergency.covers(region):
+            raise FailedPrecondition(
+                f"the emergency freeze covers {self._emergency.describe()}: no quota is granted until it is lifted"
+            )
 
     async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive]:
         self._require_leader()
@@ -232,13 +373,16 @@ class Center:
     def _lock(self, promotion_id: str) -> asyncio.Lock:
         return self._locks.setdefault(promotion_id, asyncio.Lock())
 
-    async def _exclusively(self, promotion_id: str, work: Callable[[], Awaitable[T]]) -> T:
-        """Runs `work` under the promotion's lock, shielded: a caller that gives up (its RPC was
-        cancelled) neither releases the lock early nor stops a commit halfway, so a retry never
-        runs beside the call it retries and memory never falls behind the store."""
+    async def _exclusively(self, promotion_ids: Sequence[str], work: Callable[[], Awaitable[T]]) -> T:
+        """Runs `work` under the promotions' locks (taken in id order, so two callers never wait
+        on each other), shielded: a caller that gives up (its RPC was cancelled) neither releases
+        a lock early nor stops a commit halfway, so a retry never runs beside the call it retries
+        and memory never falls behind the store."""
 
         async def locked() -> T:
-            async with self._lock(promotion_id):
+            async with contextlib.AsyncExitStack() as stack:
+                for promotion_id in sorted(set(promotion_ids)):
+                    await stack.enter_async_context(self._lock(promotion_id))
                 return await work()
 
         return await asyncio.shield(locked())
@@ -250,29 +394,37 @@ class Center:
             state = self._state(promotion_id).copy()
             if mutate(state) is False:
                 return self._state(promotion_id)
-            await self._commit(state)
+            await self._commit([(state, None)])
             return state
 
-        return await self._exclusively(promotion_id, work)
+        return await self._exclusively([promotion_id], work)
 
-    async def _commit(self, state: PromotionState, grant: GrantRecord | None = None) -> None:
-        """Commits, then installs `state`; call it under the promotion's lock. A commit that
-        failed in any way reloads the promotion, so the next attempt starts from the truth.
-        Leadership is the election's business: a NotLeader from the store only answers this call."""
-        promotion_id = state.promotion.id
-        expected = self._state(promotion_id).version
-        state.version = expected + 1
+    async def _commit(self, changes: Sequence[tuple[PromotionState, GrantRecord | None]]) -> None:
+        """Commits the states (with their grants) in one store write, then installs them; call it
+        under the promotions' locks. A commit that failed in any way reloads the promotions, so
+        the next attempt starts from the truth. Leadership is the election's business: a
+        NotLeader from the store only answers this call."""
+        if not changes:
+            return
+        commits = []
+        for state, grant in changes:
+            expected = self._state(state.promotion.id).version
+            state.version = expected + 1
+            commits.append((state, expected, grant))
+        ids = [state.promotion.id for state, _ in changes]
         try:
-            await self._store.commit(state, expected, grant)
+            await self._store.commit_many(commits)
         except Conflict:
-            await self._reload(promotion_id)
-            raise Unavailable(f"promotion {promotion_id} was changed by another writer; retry the call") from None
+            await self._reload(ids)
+            raise Unavailable(f"promotion(s) {', '.join(ids)} changed by another writer; retry the call") from None
         except BaseException:
-            await self._reload(promotion_id)
+            await self._reload(ids)
             raise
-        self._states[promotion_id] = state
+        for state, _ in changes:
+            self._states[state.promotion.id] = state
 
-    async def _reload(self, promotion_id: str) -> None:
-        fresh = await self._store.load(promotion_id)
-        if fresh is not None:
-            self._states[promotion_id] = fresh
+    async def _reload(self, promotion_ids: Sequence[str]) -> None:
+        for promotion_id in promotion_ids:
+            fresh = await self._store.load(promotion_id)
+            if fresh is not None:
+                self._states[promotion_id] = fresh

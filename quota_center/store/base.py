@@ -10,13 +10,25 @@ Contract, for every implementation:
 - Whatever `commit` or `create` returned from is durable (it survives `kill -9`).
 - `find_grant` sees every committed grant; it is how a retried acquire gets the grant
   already made.
+- `commit_many` is `commit` for up to `MAX_BATCH` promotions in one atomic write: all of
+  them or, on any conflict, none.
+- Documents (`save_document`) are small named JSON values outside any promotion (the
+  emergency switch); the last save wins.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from quota_center.ledger import GrantRecord, PromotionState
+
+MAX_BATCH = 50
+"""Promotions per `commit_many`: etcd allows 128 operations per transaction, and each
+promotion takes two (its document and its grant)."""
+
+Commit = tuple[PromotionState, int, GrantRecord | None]
+"""A new document, the version it replaces, and the grant it counts (if any)."""
 
 
 class Store(Protocol):
@@ -34,6 +46,14 @@ class Store(Protocol):
         """Replaces the document at `expected_version` by `state` (whose version the caller
         has bumped), and records `grant` with it."""
         ...
+
+    async def commit_many(self, commits: Sequence[Commit]) -> None:
+        """Commits up to MAX_BATCH promotions atomically; Conflict if any moved, and then nothing is written."""
+        ...
+
+    async def load_document(self, name: str) -> dict[str, Any] | None: ...
+
+    async def save_document(self, name: str, document: dict[str, Any]) -> None: ...
 
     async def find_grant(self, promotion_id: str, region: str, request_id: str) -> GrantRecord | None: ...
 

@@ -5,6 +5,7 @@ an id cannot change a key's meaning:
 
     {prefix}/promotions/{promotion_id}                     PromotionState document (JSON)
     {prefix}/grants/{promotion_id}/{region}/{request_id}   GrantRecord (JSON)
+    {prefix}/documents/{name}                              a named document (JSON)
 
 A promotion key's etcd `version` counts its writes since creation: 1 when created, +1 per
 commit, exactly like the document's own `version`. So a commit is one transaction that
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 from urllib.parse import quote
 
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
@@ -25,6 +27,7 @@ from etcd3aio.kv import KVService
 
 from quota_center.errors import AlreadyExists, Conflict, NotLeader, Unavailable
 from quota_center.ledger import GrantRecord, PromotionState
+from quota_center.store.base import Commit
 
 DEFAULT_PREFIX = "/quota/v1"
 _TIMEOUT_S = 5.0
@@ -78,6 +81,9 @@ class EtcdStore:
     def _promotion_key(self, promotion_id: str) -> str:
         return f"{self.prefix}/promotions/{_segment(promotion_id)}"
 
+    def _document_key(self, name: str) -> str:
+        return f"{self.prefix}/documents/{_segment(name)}"
+
     def _grant_key(self, promotion_id: str, region: str, request_id: str) -> str:
         return f"{self.prefix}/grants/{_segment(promotion_id)}/{_segment(region)}/{_segment(request_id)}"
 
@@ -117,14 +123,34 @@ class EtcdStore:
                 raise AlreadyExists(f"promotion {state.promotion.id!r} already exists")
 
     async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
-        key = self._promotion_key(state.promotion.id)
-        puts = [KVService.txn_op_put(key, json.dumps(state.to_document()))]
-        if grant is not None:
-            grant_key = self._grant_key(grant.promotion_id, grant.region, grant.request_id)
-            puts.append(KVService.txn_op_put(grant_key, json.dumps(asdict(grant))))
-        if not await self._txn(self._fenced([KVService.txn_compare_version(key, expected_version)]), puts):
+        await self.commit_many([(state, expected_version, grant)])
+
+    async def commit_many(self, commits: Sequence[Commit]) -> None:
+        compare, puts = [], []
+        for state, expected_version, grant in commits:
+            key = self._promotion_key(state.promotion.id)
+            compare.append(KVService.txn_compare_version(key, expected_version))
+            puts.append(KVService.txn_op_put(key, json.dumps(state.to_document())))
+            if grant is not None:
+                grant_key = self._grant_key(grant.promotion_id, grant.region, grant.request_id)
+                puts.append(KVService.txn_op_put(grant_key, json.dumps(asdict(grant))))
+        if not await self._txn(self._fenced(compare), puts):
             await self._raise_if_deposed()
-            raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
+            moved = ", ".join(f"{state.promotion.id}@{expected}" for state, expected, _ in commits)
+            raise Conflict(f"a promotion moved past the version read ({moved})")
+
+    async def load_document(self, name: str) -> dict[str, Any] | None:
+        try:
+            answer = await self._kv.get(self._document_key(name), timeout=_TIMEOUT_S)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        return dict(json.loads(answer.kvs[0].value)) if answer.kvs else None
+
+    async def save_document(self, name: str, document: dict[str, Any]) -> None:
+        key = self._document_key(name)
+        if not await self._txn(self._fenced([]), [KVService.txn_op_put(key, json.dumps(document))]):
+            await self._raise_if_deposed()
+            raise Unavailable(f"etcd refused the write of {key}; retry")
 
     async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
         try:

@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from quota_center.errors import AlreadyExists, Conflict
 from quota_center.ledger import GrantRecord, PromotionState
+from quota_center.store.base import Commit
 
 T = TypeVar("T")
 
@@ -33,6 +34,10 @@ CREATE TABLE IF NOT EXISTS grants (
     incarnation TEXT NOT NULL,
     amount INTEGER NOT NULL,
     PRIMARY KEY (promotion_id, region, request_id)
+);
+CREATE TABLE IF NOT EXISTS documents (
+    name TEXT PRIMARY KEY,
+    document TEXT NOT NULL
 );
 """
 
@@ -76,20 +81,41 @@ class SqliteStore:
         await self._run(work)
 
     async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
+        await self.commit_many([(state, expected_version, grant)])
+
+    async def commit_many(self, commits: Sequence[Commit]) -> None:
         def work() -> None:
             with self._transaction():
-                updated = self._db.execute(
-                    "UPDATE promotions SET version = ?, document = ? WHERE id = ? AND version = ?",
-                    (state.version, json.dumps(state.to_document()), state.promotion.id, expected_version),
-                )
-                if updated.rowcount != 1:
-                    raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
-                if grant is not None:
-                    self._db.execute(
-                        "INSERT INTO grants (grant_id, request_id, promotion_id, region, incarnation, amount)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        astuple(grant),
+                for state, expected_version, grant in commits:
+                    updated = self._db.execute(
+                        "UPDATE promotions SET version = ?, document = ? WHERE id = ? AND version = ?",
+                        (state.version, json.dumps(state.to_document()), state.promotion.id, expected_version),
                     )
+                    if updated.rowcount != 1:
+                        raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
+                    if grant is not None:
+                        self._db.execute(
+                            "INSERT INTO grants (grant_id, request_id, promotion_id, region, incarnation, amount)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
+                            astuple(grant),
+                        )
+
+        await self._run(work)
+
+    async def load_document(self, name: str) -> dict[str, Any] | None:
+        def work() -> dict[str, Any] | None:
+            row = self._db.execute("SELECT document FROM documents WHERE name = ?", (name,)).fetchone()
+            return None if row is None else dict(json.loads(row[0]))
+
+        return await self._run(work)
+
+    async def save_document(self, name: str, document: dict[str, Any]) -> None:
+        def work() -> None:
+            self._db.execute(
+                "INSERT INTO documents (name, document) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET document = excluded.document",
+                (name, json.dumps(document)),
+            )
 
         await self._run(work)
 

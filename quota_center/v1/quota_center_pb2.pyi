@@ -124,8 +124,9 @@ class Promotion(_message.Message):
     frozen: _builtins.bool
     """A frozen promotion accepts no deduction anywhere (the kill switch)."""
     revision: _builtins.int
-    """Configuration revision: bumped by every change of budget, window or freeze,
-    never by grants or reports. Set only by the center.
+    """Catalog revision of the promotion's last configuration change (creation,
+    budget, freeze), never moved by grants or reports. Set only by the center,
+    from one counter shared by all promotions, so it orders every change.
     """
     per_user_limit: _builtins.int
     """At most this many units per user (0: no limit). Users are homed in one region,
@@ -175,6 +176,59 @@ class Promotion(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Promotion: _TypeAlias = Promotion  # noqa: Y015
+
+@_typing.final
+class SetEmergencyFreezeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    FROZEN_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """empty: every region"""
+    frozen: _builtins.bool
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        frozen: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetEmergencyFreezeRequest: _TypeAlias = SetEmergencyFreezeRequest  # noqa: Y015
+
+@_typing.final
+class EmergencyFreeze(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVERYWHERE_FIELD_NUMBER: _builtins.int
+    REGIONS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    everywhere: _builtins.bool
+    """every promotion in every region"""
+    revision: _builtins.int
+    """catalog revision of the last change"""
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """every promotion in these regions"""
+
+    def __init__(
+        self,
+        *,
+        everywhere: _builtins.bool = ...,
+        regions: _abc.Iterable[_builtins.str] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["everywhere", b"everywhere", "regions", b"regions", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmergencyFreeze: _TypeAlias = EmergencyFreeze  # noqa: Y015
 
 @_typing.final
 class CreatePromotionRequest(_message.Message):
@@ -392,6 +446,69 @@ class Usage(_message.Message):
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
+class CatalogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    SINCE_REVISION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    since_revision: _builtins.int
+    """0: everything"""
+    page_size: _builtins.int
+    """promotions per message, 0: 500; at most 5000"""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        since_revision: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "region", b"region", "since_revision", b"since_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogRequest: _TypeAlias = CatalogRequest  # noqa: Y015
+
+@_typing.final
+class CatalogChanges(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTIONS_FIELD_NUMBER: _builtins.int
+    EMERGENCY_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The cursor: every change up to it is in this message or earlier ones."""
+    more: _builtins.bool
+    """ListChanges: ask again from `revision`"""
+    @_builtins.property
+    def promotions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Promotion]:
+        """ascending revision"""
+
+    @_builtins.property
+    def emergency(self) -> Global___EmergencyFreeze:
+        """always the current switch"""
+
+    def __init__(
+        self,
+        *,
+        promotions: _abc.Iterable[Global___Promotion] | None = ...,
+        emergency: Global___EmergencyFreeze | None = ...,
+        revision: _builtins.int = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["emergency", b"emergency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emergency", b"emergency", "more", b"more", "promotions", b"promotions", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogChanges: _TypeAlias = CatalogChanges  # noqa: Y015
+
+@_typing.final
 class AgentIdentity(_message.Message):
     """Identifies one life of a region's ledger. An agent whose ledger did not
     survive a restart comes back with a new incarnation; the center then writes
@@ -454,6 +571,86 @@ class AcquireRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcquireRequest: _TypeAlias = AcquireRequest  # noqa: Y015
+
+@_typing.final
+class AcquireOpeningsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> Global___AgentIdentity: ...
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AcquireRequest]:
+        """At most 1000, each promotion once; demand_per_minute and agent are ignored per item."""
+
+    def __init__(
+        self,
+        *,
+        agent: Global___AgentIdentity | None = ...,
+        items: _abc.Iterable[Global___AcquireRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireOpeningsRequest: _TypeAlias = AcquireOpeningsRequest  # noqa: Y015
+
+@_typing.final
+class OpeningOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    promotion_id: _builtins.str
+    refusal: _builtins.str
+    """why not, for a person (exhausted, frozen, not found...)"""
+    @_builtins.property
+    def grant(self) -> Global___Grant:
+        """absent when refused"""
+
+    def __init__(
+        self,
+        *,
+        promotion_id: _builtins.str = ...,
+        grant: Global___Grant | None = ...,
+        refusal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "promotion_id", b"promotion_id", "refusal", b"refusal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpeningOutcome: _TypeAlias = OpeningOutcome  # noqa: Y015
+
+@_typing.final
+class AcquireOpeningsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_MS_FIELD_NUMBER: _builtins.int
+    lease_ttl_ms: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpeningOutcome]:
+        """in the order of the items"""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___OpeningOutcome] | None = ...,
+        lease_ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ttl_ms", b"lease_ttl_ms", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireOpeningsResponse: _TypeAlias = AcquireOpeningsResponse  # noqa: Y015
 
 @_typing.final
 class Grant(_message.Message):

@@ -64,6 +64,11 @@ class PromotionAdminStub:
                 request_serializer=quota__center_dot_v1_dot_quota__center__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.Usage.FromString,
                 _registered_method=True)
+        self.SetEmergencyFreeze = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/SetEmergencyFreeze',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.SetEmergencyFreezeRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.EmergencyFreeze.FromString,
+                _registered_method=True)
 
 
 class PromotionAdminServicer:
@@ -108,6 +113,15 @@ class PromotionAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetEmergencyFreeze(self, request, context):
+        """The emergency switch: freezes every promotion in one region, or everywhere.
+        Agents refuse deductions and the center grants nothing while it is on; the
+        regions keep their allotments, so switching it off resumes sales at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromotionAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +154,11 @@ def add_PromotionAdminServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.GetUsageRequest.FromString,
                     response_serializer=quota__center_dot_v1_dot_quota__center__pb2.Usage.SerializeToString,
+            ),
+            'SetEmergencyFreeze': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEmergencyFreeze,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.SetEmergencyFreezeRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.EmergencyFreeze.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +333,160 @@ class PromotionAdmin:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def SetEmergencyFreeze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/SetEmergencyFreeze',
+            quota__center_dot_v1_dot_quota__center__pb2.SetEmergencyFreezeRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.EmergencyFreeze.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class CatalogStub:
+    """How agents keep their promotion cache: a push stream and a periodic pull, each
+    enough on its own. Both answer with promotions whose revision is above the
+    agent's cursor, in revision order, restricted to those the region may spend.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Watch = channel.unary_stream(
+                '/quota_center.v1.Catalog/Watch',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.CatalogRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.CatalogChanges.FromString,
+                _registered_method=True)
+        self.ListChanges = channel.unary_unary(
+                '/quota_center.v1.Catalog/ListChanges',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.CatalogRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.CatalogChanges.FromString,
+                _registered_method=True)
+
+
+class CatalogServicer:
+    """How agents keep their promotion cache: a push stream and a periodic pull, each
+    enough on its own. Both answer with promotions whose revision is above the
+    agent's cursor, in revision order, restricted to those the region may spend.
+    """
+
+    def Watch(self, request, context):
+        """The changes after `since_revision` (the catch-up, in pages), then every change
+        as it happens, and a heartbeat (no promotions) every few seconds when idle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChanges(self, request, context):
+        """One page of the changes after `since_revision` (the pull link).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CatalogServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.CatalogRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.CatalogChanges.SerializeToString,
+            ),
+            'ListChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChanges,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.CatalogRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.CatalogChanges.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'quota_center.v1.Catalog', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('quota_center.v1.Catalog', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Catalog:
+    """How agents keep their promotion cache: a push stream and a periodic pull, each
+    enough on its own. Both answer with promotions whose revision is above the
+    agent's cursor, in revision order, restricted to those the region may spend.
+    """
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quota_center.v1.Catalog/Watch',
+            quota__center_dot_v1_dot_quota__center__pb2.CatalogRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.CatalogChanges.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.Catalog/ListChanges',
+            quota__center_dot_v1_dot_quota__center__pb2.CatalogRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.CatalogChanges.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AllocationStub:
     """Missing associated documentation comment in .proto file."""
@@ -328,6 +501,11 @@ class AllocationStub:
                 '/quota_center.v1.Allocation/Acquire',
                 request_serializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireRequest.SerializeToString,
                 response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireResponse.FromString,
+                _registered_method=True)
+        self.AcquireOpenings = channel.unary_unary(
+                '/quota_center.v1.Allocation/AcquireOpenings',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireOpeningsRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireOpeningsResponse.FromString,
                 _registered_method=True)
         self.Renew = channel.unary_unary(
                 '/quota_center.v1.Allocation/Renew',
@@ -347,6 +525,14 @@ class AllocationServicer:
     def Acquire(self, request, context):
         """Grants quota to a region. A retry with the same request_id answers the
         grant already made. RESOURCE_EXHAUSTED when nothing is left to grant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireOpenings(self, request, context):
+        """Opening allotments for promotions about to start, many in one call and one
+        store write per page. Each item is answered on its own: a grant, or why not.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -373,6 +559,11 @@ def add_AllocationServicer_to_server(servicer, server):
                     servicer.Acquire,
                     request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireRequest.FromString,
                     response_serializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireResponse.SerializeToString,
+            ),
+            'AcquireOpenings': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireOpenings,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireOpeningsRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireOpeningsResponse.SerializeToString,
             ),
             'Renew': grpc.unary_unary_rpc_method_handler(
                     servicer.Renew,
@@ -412,6 +603,33 @@ class Allocation:
             '/quota_center.v1.Allocation/Acquire',
             quota__center_dot_v1_dot_quota__center__pb2.AcquireRequest.SerializeToString,
             quota__center_dot_v1_dot_quota__center__pb2.AcquireResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireOpenings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.Allocation/AcquireOpenings',
+            quota__center_dot_v1_dot_quota__center__pb2.AcquireOpeningsRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.AcquireOpeningsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class PromotionAdminStub:
     GetPromotion: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.GetPromotionRequest, _quota_center_pb2.Promotion]
     ListPromotions: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.ListPromotionsRequest, _quota_center_pb2.ListPromotionsResponse]
     GetUsage: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.GetUsageRequest, _quota_center_pb2.Usage]
+    SetEmergencyFreeze: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.SetEmergencyFreezeRequest, _quota_center_pb2.EmergencyFreeze]
+    """The emergency switch: freezes every promotion in one region, or everywhere.
+    Agents refuse deductions and the center grants nothing while it is on; the
+    regions keep their allotments, so switching it off resumes sales at once.
+    """
 
 @_typing.type_check_only
 class PromotionAdminAsyncStub(PromotionAdminStub):
@@ -61,6 +66,11 @@ class PromotionAdminAsyncStub(PromotionAdminStub):
     GetPromotion: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.GetPromotionRequest, _quota_center_pb2.Promotion]  # type: ignore[assignment]
     ListPromotions: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.ListPromotionsRequest, _quota_center_pb2.ListPromotionsResponse]  # type: ignore[assignment]
     GetUsage: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.GetUsageRequest, _quota_center_pb2.Usage]  # type: ignore[assignment]
+    SetEmergencyFreeze: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.SetEmergencyFreezeRequest, _quota_center_pb2.EmergencyFreeze]  # type: ignore[assignment]
+    """The emergency switch: freezes every promotion in one region, or everywhere.
+    Agents refuse deductions and the center grants nothing while it is on; the
+    regions keep their allotments, so switching it off resumes sales at once.
+    """
 
 class PromotionAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -109,7 +119,76 @@ class PromotionAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quota_center_pb2.Usage, _abc.Awaitable[_quota_center_pb2.Usage]]: ...
 
+    @_abc_1.abstractmethod
+    def SetEmergencyFreeze(
+        self,
+        request: _quota_center_pb2.SetEmergencyFreezeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.EmergencyFreeze, _abc.Awaitable[_quota_center_pb2.EmergencyFreeze]]:
+        """The emergency switch: freezes every promotion in one region, or everywhere.
+        Agents refuse deductions and the center grants nothing while it is on; the
+        regions keep their allotments, so switching it off resumes sales at once.
+        """
+
 def add_PromotionAdminServicer_to_server(servicer: PromotionAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class CatalogStub:
+    """How agents keep their promotion cache: a push stream and a periodic pull, each
+    enough on its own. Both answer with promotions whose revision is above the
+    agent's cursor, in revision order, restricted to those the region may spend.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> CatalogAsyncStub: ...
+    Watch: _grpc.UnaryStreamMultiCallable[_quota_center_pb2.CatalogRequest, _quota_center_pb2.CatalogChanges]
+    """The changes after `since_revision` (the catch-up, in pages), then every change
+    as it happens, and a heartbeat (no promotions) every few seconds when idle.
+    """
+    ListChanges: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.CatalogRequest, _quota_center_pb2.CatalogChanges]
+    """One page of the changes after `since_revision` (the pull link)."""
+
+@_typing.type_check_only
+class CatalogAsyncStub(CatalogStub):
+    """How agents keep their promotion cache: a push stream and a periodic pull, each
+    enough on its own. Both answer with promotions whose revision is above the
+    agent's cursor, in revision order, restricted to those the region may spend.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Watch: _aio.UnaryStreamMultiCallable[_quota_center_pb2.CatalogRequest, _quota_center_pb2.CatalogChanges]  # type: ignore[assignment]
+    """The changes after `since_revision` (the catch-up, in pages), then every change
+    as it happens, and a heartbeat (no promotions) every few seconds when idle.
+    """
+    ListChanges: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.CatalogRequest, _quota_center_pb2.CatalogChanges]  # type: ignore[assignment]
+    """One page of the changes after `since_revision` (the pull link)."""
+
+class CatalogServicer(metaclass=_abc_1.ABCMeta):
+    """How agents keep their promotion cache: a push stream and a periodic pull, each
+    enough on its own. Both answer with promotions whose revision is above the
+    agent's cursor, in revision order, restricted to those the region may spend.
+    """
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _quota_center_pb2.CatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_quota_center_pb2.CatalogChanges], _abc.AsyncIterator[_quota_center_pb2.CatalogChanges]]:
+        """The changes after `since_revision` (the catch-up, in pages), then every change
+        as it happens, and a heartbeat (no promotions) every few seconds when idle.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChanges(
+        self,
+        request: _quota_center_pb2.CatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.CatalogChanges, _abc.Awaitable[_quota_center_pb2.CatalogChanges]]:
+        """One page of the changes after `since_revision` (the pull link)."""
+
+def add_CatalogServicer_to_server(servicer: CatalogServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class AllocationStub:
     @_typing.overload
@@ -119,6 +198,10 @@ class AllocationStub:
     Acquire: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.AcquireRequest, _quota_center_pb2.AcquireResponse]
     """Grants quota to a region. A retry with the same request_id answers the
     grant already made. RESOURCE_EXHAUSTED when nothing is left to grant.
+    """
+    AcquireOpenings: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.AcquireOpeningsRequest, _quota_center_pb2.AcquireOpeningsResponse]
+    """Opening allotments for promotions about to start, many in one call and one
+    store write per page. Each item is answered on its own: a grant, or why not.
     """
     Renew: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.RenewRequest, _quota_center_pb2.RenewResponse]
     """Renews the region's leases and reports its cumulative counters."""
@@ -131,6 +214,10 @@ class AllocationAsyncStub(AllocationStub):
     Acquire: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.AcquireRequest, _quota_center_pb2.AcquireResponse]  # type: ignore[assignment]
     """Grants quota to a region. A retry with the same request_id answers the
     grant already made. RESOURCE_EXHAUSTED when nothing is left to grant.
+    """
+    AcquireOpenings: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.AcquireOpeningsRequest, _quota_center_pb2.AcquireOpeningsResponse]  # type: ignore[assignment]
+    """Opening allotments for promotions about to start, many in one call and one
+    store write per page. Each item is answered on its own: a grant, or why not.
     """
     Renew: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.RenewRequest, _quota_center_pb2.RenewResponse]  # type: ignore[assignment]
     """Renews the region's leases and reports its cumulative counters."""
@@ -146,6 +233,16 @@ class AllocationServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_quota_center_pb2.AcquireResponse, _abc.Awaitable[_quota_center_pb2.AcquireResponse]]:
         """Grants quota to a region. A retry with the same request_id answers the
         grant already made. RESOURCE_EXHAUSTED when nothing is left to grant.
+        """
+
+    @_abc_1.abstractmethod
+    def AcquireOpenings(
+        self,
+        request: _quota_center_pb2.AcquireOpeningsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.AcquireOpeningsResponse, _abc.Awaitable[_quota_center_pb2.AcquireOpeningsResponse]]:
+        """Opening allotments for promotions about to start, many in one call and one
+        store write per page. Each item is answered on its own: a grant, or why not.
         """
 
     @_abc_1.abstractmethod

@@ -136,7 +136,7 @@ def test_set_budget_below_what_regions_hold_names_the_figures_and_changes_nothin
     assert state.unallocated == 55
     before = snapshot(state)
     with pytest.raises(FailedPrecondition) as caught:
-        ledger.set_budget(state, 44, expected_revision=1)
+        ledger.set_budget(state, 44, expected_revision=1, revision=2)
     message = caught.value.message
     for figure in (
         "budget 44",
@@ -147,7 +147,7 @@ def test_set_budget_below_what_regions_hold_names_the_figures_and_changes_nothin
     ):
         assert figure in message, message
     assert snapshot(state) == before
-    ledger.set_budget(state, 45, expected_revision=1)
+    ledger.set_budget(state, 45, expected_revision=1, revision=2)
     assert state.promotion.budget == 45
     assert state.promotion.revision == 2
     assert state.unallocated == 0
@@ -155,12 +155,12 @@ def test_set_budget_below_what_regions_hold_names_the_figures_and_changes_nothin
 
 def test_set_budget_with_a_stale_revision_changes_nothing() -> None:
     state = new_state(100)
-    ledger.set_budget(state, 200, expected_revision=1)
+    ledger.set_budget(state, 200, expected_revision=1, revision=7)
     before = snapshot(state)
-    with pytest.raises(FailedPrecondition, match="at revision 2, not 1"):
-        ledger.set_budget(state, 300, expected_revision=1)
-    with pytest.raises(FailedPrecondition, match="at revision 2, not 3"):
-        ledger.set_budget(state, 300, expected_revision=3)
+    with pytest.raises(FailedPrecondition, match="at revision 7, not 1"):
+        ledger.set_budget(state, 300, expected_revision=1, revision=8)
+    with pytest.raises(FailedPrecondition, match="at revision 7, not 8"):
+        ledger.set_budget(state, 300, expected_revision=8, revision=8)
     assert snapshot(state) == before
 
 
@@ -172,26 +172,26 @@ def test_set_budget_never_goes_below_what_is_allocated(state: PromotionState, bu
     before = snapshot(state)
     if stale or budget < allocated:
         with pytest.raises(FailedPrecondition):
-            ledger.set_budget(state, budget, revision - 1 if stale else revision)
+            ledger.set_budget(state, budget, revision - 1 if stale else revision, revision + 1)
         assert snapshot(state) == before
         return
-    ledger.set_budget(state, budget, revision)
+    ledger.set_budget(state, budget, revision, revision + 1)
     assert state.promotion.budget == budget
     assert state.promotion.revision == revision + 1
     assert state.unallocated == budget - allocated >= 0
     assert state.accounts == PromotionState.from_document(json.loads(before)).accounts
 
 
-def test_set_frozen_bumps_the_revision_only_on_change() -> None:
+def test_set_frozen_takes_the_new_revision_only_on_change() -> None:
     state = new_state()
-    assert ledger.set_frozen(state, True)
+    assert ledger.set_frozen(state, True, revision=5)
     assert state.promotion.frozen
-    assert state.promotion.revision == 2
-    assert not ledger.set_frozen(state, True)
-    assert state.promotion.revision == 2
-    assert ledger.set_frozen(state, False)
+    assert state.promotion.revision == 5
+    assert not ledger.set_frozen(state, True, revision=6)
+    assert state.promotion.revision == 5
+    assert ledger.set_frozen(state, False, revision=9)
     assert not state.promotion.frozen
-    assert state.promotion.revision == 3
+    assert state.promotion.revision == 9
 
 
 def test_admit_a_region_that_may_not_spend_is_denied_and_changes_nothing() -> None:

@@ -454,7 +454,7 @@ class DistributionModel(RuleBasedStateMachine):
         allocated = promotion.budget - self.center.state.unallocated
         revision = promotion.revision - 1 if stale else promotion.revision
         try:
-            self.center.change(lambda state: ledger.set_budget(state, budget, revision))
+            self.center.change(lambda state: ledger.set_budget(state, budget, revision, promotion.revision + 1))
         except FailedPrecondition:
             assert stale or budget < allocated
             assert self.center.state.promotion == promotion
