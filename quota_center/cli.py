@@ -55,7 +55,28 @@ def agent() -> None:
 )
 @click.option("--ledger", default="memory", show_default=True, help="memory or redis://HOST:PORT[/DB]")
 @click.option("--horizon", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
-@click.option("--renew-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds.")
+@click.option(
+    "--renew-interval",
+    type=click.FloatRange(min=0.05),
+    default=3.0,
+    show_default=True,
+    help="Seconds between lease renewals and reports; keep it at most a third of the center's lease TTL.",
+)
+@click.option(
+    "--pull-interval",
+    type=click.FloatRange(min=0.05),
+    default=5.0,
+    show_default=True,
+    help="Seconds between pulls of promotion changes (the repair link beside the push stream).",
+)
+@click.option("--push/--no-push", default=True, show_default=True, help="Follow the center's promotion stream.")
+@click.option(
+    "--opening-lookahead",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds before a promotion starts that its opening allotment is acquired; 0: none.",
+)
 @click.option(
     "--reservation-ttl",
     type=click.FloatRange(min=1, max=86_400),
@@ -77,6 +98,9 @@ def agent_serve(
     ledger: str,
     horizon: float,
     renew_interval: float,
+    pull_interval: float,
+    push: bool,
+    opening_lookahead: float,
     reservation_ttl: float,
     retention: float,
 ) -> None:
@@ -85,6 +109,9 @@ def agent_serve(
         region,
         refill=RefillSettings(horizon_s=horizon),
         renew_interval_s=renew_interval,
+        pull_interval_s=pull_interval,
+        push=push,
+        opening_lookahead_s=opening_lookahead,
         reservation_ttl_ms=round(reservation_ttl * 1000),
     )
     asyncio.run(run_agent(AgentConfig(settings, listen, center_address, ledger, retention)))

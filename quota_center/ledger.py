@@ -142,25 +142,34 @@ class PromotionState:
         return self.accounts.setdefault(region, RegionAccount())
 
     def to_document(self) -> dict[str, Any]:
-        promotion = asdict(self.promotion)
-        promotion["kind"] = self.promotion.kind.value
-        promotion["pacing"] = self.promotion.pacing.value
         accounts = {region: asdict(account) for region, account in self.accounts.items()}
-        return {"promotion": promotion, "accounts": accounts, "version": self.version}
+        return {"promotion": promotion_document(self.promotion), "accounts": accounts, "version": self.version}
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> PromotionState:
-        fields = dict(doc["promotion"])
-        fields["kind"] = Kind(fields["kind"])
-        # Documents written before pacing existed release everything at once.
-        fields["pacing"] = Pacing(fields.get("pacing", Pacing.NONE.value))
-        fields["regions"] = tuple(fields["regions"])
         accounts = {}
         for region, raw in doc["accounts"].items():
             raw = dict(raw)
             raw["recent_grants"] = [(grant_id, amount) for grant_id, amount in raw["recent_grants"]]
             accounts[region] = RegionAccount(**raw)
-        return cls(Promotion(**fields), accounts, doc["version"])
+        return cls(promotion_from_document(doc["promotion"]), accounts, doc["version"])
+
+
+def promotion_document(promotion: Promotion) -> dict[str, Any]:
+    """The promotion as JSON-ready values (the center's store and the regions' cache tier)."""
+    document = asdict(promotion)
+    document["kind"] = promotion.kind.value
+    document["pacing"] = promotion.pacing.value
+    return document
+
+
+def promotion_from_document(document: dict[str, Any]) -> Promotion:
+    fields = dict(document)
+    fields["kind"] = Kind(fields["kind"])
+    # Documents written before pacing existed release everything at once.
+    fields["pacing"] = Pacing(fields.get("pacing", Pacing.NONE.value))
+    fields["regions"] = tuple(fields["regions"])
+    return Promotion(**fields)
 
 
 def check_new_promotion(promotion: Promotion) -> None:

@@ -17,6 +17,8 @@ from quota_center.clock import Clock, iso
 from quota_center.errors import Exhausted, InvalidArgument, QuotaError, Rejected, RejectReason, Unavailable
 from quota_center.ledger import Promotion
 from quota_center.policy import RefillSettings
+from region_agent.cache import CacheTier, PromotionCache
+from region_agent.catalog_sync import CatalogSync
 from region_agent.center_client import CenterClient
 from region_agent.ledger.base import (
     Balance,
@@ -37,8 +39,15 @@ log = logging.getLogger(__name__)
 class AgentSettings:
     region: str
     refill: RefillSettings = field(default_factory=RefillSettings)
-    renew_interval_s: float = 1.0
-    """How often counters are reported and leases renewed; well under the lease TTL."""
+    renew_interval_s: float = 3.0
+    """How often counters are reported and leases renewed: a third of the center's lease TTL,
+    so two renewals may fail before the lease runs out. Freezes travel on the push stream."""
+    pull_interval_s: float = 5.0
+    """How often the promotion cache pulls changes (anti-entropy; jittered)."""
+    push: bool = True
+    """Follow the center's watch stream; off, changes arrive by pull and renewal only."""
+    opening_lookahead_s: float = 30.0
+    """Promotions that start within this get an opening allotment before they start; 0: none."""
     max_wait_s: float = 2.0
     """Longest a deduction waits for a refill; shorter when the call's deadline is nearer."""
     return_on_shutdown: bool = True
@@ -56,13 +65,18 @@ class PromotionStatus:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, ledger: Ledger, center: CenterClient, clock: Clock) -> None:
+    def __init__(
+        self, settings: AgentSettings, ledger: Ledger, center: CenterClient, clock: Clock, tier: CacheTier | None = None
+    ) -> None:
+        """`tier`: the region's shared copy of the promotion cache (Redis), if any."""
         self.settings = settings
         self._ledger = ledger
         self._center = center
         self._clock = clock
-        self._supply = Supply(settings.region, settings.refill, ledger, center, clock)
-        self._renewer: asyncio.Task[None] | None = None
+        self.cache = PromotionCache()
+        self._supply = Supply(settings.region, settings.refill, ledger, center, clock, self.cache)
+        self.catalog = CatalogSync(self.cache, center, tier, self._supply.learn)
+        self._loops: list[asyncio.Task[None]] = []
 
     @property
     def incarnation(self) -> str:
@@ -74,19 +88,33 @@ class Agent:
 
     async def start(self) -> None:
         self._supply.incarnation = await self._ledger.incarnation()
+        await self.catalog.load_tier()
+        try:
+            await self.catalog.pull()
+        except QuotaError as error:
+            log.warning("first promotion pull failed (%s); serving from the cache", error.message)
         try:
             # A ledger that outlived a previous process (Redis) holds quota: lease it before spending.
             await self.renew_once()
         except QuotaError as error:
             log.warning("first renewal failed (%s); retrying in the background", error.message)
-        self._renewer = asyncio.create_task(self._supply.renew_forever(self.settings.renew_interval_s))
+        loops = [
+            self._supply.renew_forever(self.settings.renew_interval_s),
+            self.catalog.pull_forever(self.settings.pull_interval_s),
+        ]
+        if self.settings.push:
+            loops.append(self.catalog.watch_forever())
+        if self.settings.opening_lookahead_s > 0:
+            loops.append(self._supply.open_forever(self.settings.opening_lookahead_s))
+        self._loops = [asyncio.create_task(loop) for loop in loops]
 
     async def stop(self) -> None:
         """Stops the loops; then, for a ledger that dies with the process, gives back what is unspent."""
-        if self._renewer is not None:
-            self._renewer.cancel()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+                await loop
         await self._supply.cancel_pending()
         if self.settings.return_on_shutdown:
             for promotion_id, balance in (await self._ledger.balances()).items():
@@ -170,6 +198,12 @@ class Agent:
             )
         if promotion.frozen:
             raise Rejected(RejectReason.FROZEN, f"promotion {promotion.id} is frozen by its budget owner")
+        if self.cache.emergency.covers(self.settings.region):
+            raise Rejected(
+                RejectReason.FROZEN,
+                f"the emergency freeze covers {self.cache.emergency.describe()}: "
+                "no promotion is spent until it is lifted",
+            )
         wall_ms = self._clock.wall_ms()
         if not promotion.is_active(wall_ms):
             raise Rejected(

@@ -12,6 +12,8 @@ from quota_center.errors import InvalidArgument
 from quota_center.process import serve
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
+from region_agent.cache import CacheTier
+from region_agent.cache_redis import RedisCacheTier
 from region_agent.center_client import CenterClient
 from region_agent.ledger.base import Ledger
 from region_agent.ledger.memory import InProcessLedger
@@ -31,20 +33,22 @@ class AgentConfig:
     """How long the ledger remembers orders and refunds (their retries replay meanwhile)."""
 
 
-def open_ledger(url: str, region: str, retention_s: float) -> Ledger:
+def open_ledger(url: str, region: str, retention_s: float) -> tuple[Ledger, CacheTier | None]:
+    """The ledger, and the region's tier of the promotion cache that lives beside it."""
     if url == "memory":
-        return InProcessLedger(retention_s=retention_s)
+        return InProcessLedger(retention_s=retention_s), None
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisLedger(redis.Redis.from_url(url), region, retention_s)
+        client = redis.Redis.from_url(url)
+        return RedisLedger(client, region, retention_s), RedisCacheTier(client, region)
     raise InvalidArgument(f"unknown ledger {url!r}; use memory or redis://HOST:PORT[/DB]")
 
 
 async def run_agent(config: AgentConfig) -> None:
     center = CenterClient(config.center.split(","), config.settings.region)
-    ledger = open_ledger(config.ledger, config.settings.region, config.retention_s)
+    ledger, tier = open_ledger(config.ledger, config.settings.region, config.retention_s)
     # A shared Redis ledger outlives this process (other agents spend from it); an in-process one does not.
     settings = replace(config.settings, return_on_shutdown=isinstance(ledger, InProcessLedger))
-    agent = Agent(settings, ledger, center, SystemClock())
+    agent = Agent(settings, ledger, center, SystemClock(), tier)
     await agent.start()
     server = grpc.aio.server()
     agent_server.add_to_server(agent, server)

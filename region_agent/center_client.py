@@ -7,7 +7,8 @@ times with jittered backoff; everything else surfaces at once as a QuotaError.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -20,11 +21,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from quota_center.convert import promotion_from_pb
+from quota_center.convert import emergency_from_pb, promotion_from_pb
 from quota_center.errors import LEADER_METADATA_KEY, Unavailable, from_grpc
 from quota_center.ledger import Promotion
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from region_agent.cache import CatalogSnapshot
 from region_agent.ledger.base import Balance
 
 T = TypeVar("T")
@@ -45,9 +47,30 @@ class RenewAnswer:
 
 
 @dataclass(frozen=True)
+class OpeningAnswer:
+    promotion_id: str
+    grant_id: str
+    """Empty when refused."""
+    amount: int
+    refusal: str
+
+
+@dataclass(frozen=True)
+class Page:
+    changes: CatalogSnapshot
+    more: bool
+
+
+@dataclass(frozen=True)
 class _Stubs:
     admin: pb_grpc.PromotionAdminAsyncStub
     allocation: pb_grpc.AllocationAsyncStub
+    catalog: pb_grpc.CatalogAsyncStub
+
+
+def _page(message: pb.CatalogChanges) -> Page:
+    promotions = [promotion_from_pb(promotion) for promotion in message.promotions]
+    return Page(CatalogSnapshot(promotions, emergency_from_pb(message.emergency), message.revision), message.more)
 
 
 class CenterClient:
@@ -78,7 +101,9 @@ class CenterClient:
         channel = self._channels.get(self._current)
         if channel is None:
             channel = self._channels[self._current] = grpc.aio.insecure_channel(self._current)
-        return _Stubs(pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel))
+        return _Stubs(
+            pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel), pb_grpc.CatalogStub(channel)
+        )
 
     def _follow(self, error: grpc.aio.AioRpcError) -> None:
         if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -124,6 +149,43 @@ class CenterClient:
         )
         answer = await self._call(lambda stubs: stubs.allocation.Acquire(request, timeout=self._timeout))
         return GrantAnswer(answer.grant.grant_id, answer.grant.amount, answer.lease_ttl_ms / 1000, answer.unallocated)
+
+    async def acquire_openings(
+        self, incarnation: str, requests: Sequence[tuple[str, int, str]]
+    ) -> tuple[list[OpeningAnswer], float]:
+        """Opening allotments for (promotion id, amount, request id) items; and the lease TTL."""
+        request = pb.AcquireOpeningsRequest(
+            agent=self._agent(incarnation),
+            items=[pb.AcquireRequest(promotion_id=p, amount=a, request_id=r) for p, a, r in requests],
+        )
+        answer = await self._call(lambda stubs: stubs.allocation.AcquireOpenings(request, timeout=self._timeout * 5))
+        outcomes = [OpeningAnswer(o.promotion_id, o.grant.grant_id, o.grant.amount, o.refusal) for o in answer.outcomes]
+        return outcomes, answer.lease_ttl_ms / 1000
+
+    async def list_changes(self, since_revision: int) -> Page:
+        request = pb.CatalogRequest(region=self._region, since_revision=since_revision)
+        return _page(await self._call(lambda stubs: stubs.catalog.ListChanges(request, timeout=self._timeout)))
+
+    async def watch(self, since_revision: int, idle_timeout_s: float) -> AsyncIterator[Page]:
+        """The push stream from `since_revision`; raises Unavailable when it breaks or stays
+        silent (no change and no heartbeat) for `idle_timeout_s`. Not retried: the caller
+        resumes from the revision it reached."""
+        request = pb.CatalogRequest(region=self._region, since_revision=since_revision)
+        self.calls += 1
+        call = self._stubs().catalog.Watch(request)
+        try:
+            while True:
+                message = await asyncio.wait_for(call.read(), idle_timeout_s)
+                if not isinstance(message, pb.CatalogChanges):
+                    raise Unavailable("the center ended the catalog stream")
+                yield _page(message)
+        except TimeoutError:
+            raise Unavailable(f"the catalog stream was silent for {idle_timeout_s:.0f} s") from None
+        except grpc.aio.AioRpcError as error:
+            self._follow(error)
+            raise from_grpc(error) from None
+        finally:
+            call.cancel()
 
     async def renew(self, incarnation: str, counters: list[pb.Counters]) -> RenewAnswer:
         request = pb.RenewRequest(agent=self._agent(incarnation), counters=counters)

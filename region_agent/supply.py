@@ -6,6 +6,11 @@
   those it holds nothing of, so the center learns their demand), renews the leases
   (measured from when the renewal was sent, so clock skew cannot stretch them), applies
   grants whose answer was lost, and gives back quota the center reclaims or a freeze releases.
+- Promotions come from the cache (fed by `CatalogSync`); a promotion the cache does not know
+  is fetched once, however many orders wait for it. A freeze, by whichever link it arrives,
+  gives the promotion's unspent allotment back at once.
+- Openings: promotions that start within the look-ahead get an opening allotment before they
+  start, many in one call, so the first orders of a midnight sale do not wait on the center.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from quota_center import policy
 from quota_center.clock import Clock
@@ -23,6 +30,7 @@ from quota_center.errors import Exhausted, FailedPrecondition, LedgerLost, Quota
 from quota_center.ledger import Promotion
 from quota_center.policy import RefillSettings
 from quota_center.v1 import quota_center_pb2 as pb
+from region_agent.cache import PromotionCache
 from region_agent.center_client import CenterClient, counters_pb
 from region_agent.demand import RateMeter
 from region_agent.ledger.base import Balance, Ledger
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _CLAIM_TTL_S = 5.0
 """Longest one agent keeps the region's other agents from acquiring for a promotion."""
+_OPENINGS_PER_CALL = 1000
 
 
 @dataclass
@@ -49,19 +58,57 @@ class Tracked:
 
 
 class Supply:
-    def __init__(self, region: str, refill: RefillSettings, ledger: Ledger, center: CenterClient, clock: Clock) -> None:
+    def __init__(
+        self,
+        region: str,
+        refill: RefillSettings,
+        ledger: Ledger,
+        center: CenterClient,
+        clock: Clock,
+        cache: PromotionCache,
+    ) -> None:
         self._region = region
         self._refill_settings = refill
         self._ledger = ledger
         self._center = center
         self._clock = clock
+        self.cache = cache
         self._tracked: dict[str, Tracked] = {}
         self._fetches: dict[str, asyncio.Task[Promotion]] = {}
+        self._opening_requests: dict[str, str] = {}
+        """Per promotion, the request id of its opening in this incarnation (a retry reuses it)."""
+        self._background: set[asyncio.Task[None]] = set()
         self.incarnation = ""
         self._holder = uuid.uuid4().hex
 
     def get(self, promotion_id: str) -> Tracked | None:
         return self._tracked.get(promotion_id)
+
+    def learn(self, changed: list[Promotion]) -> None:
+        """Takes in promotions that changed (from the cache's links or a fetch); a freeze gives
+        the unspent allotment back at once."""
+        for promotion in changed:
+            item = self._tracked.get(promotion.id)
+            was_frozen = item is not None and item.promotion.frozen
+            if item is not None:
+                item.promotion = promotion
+            if promotion.frozen and not was_frozen:
+                self._in_background(self._release(promotion.id))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release(self, promotion_id: str) -> None:
+        try:
+            balance = await self._ledger.balance(promotion_id)
+            await self.give_back(promotion_id, balance.available)
+        except QuotaError as error:
+            log.warning("%s frozen: its unspent quota goes back at the next renewal (%s)", promotion_id, error)
+
+    async def _fetch(self, promotion_id: str) -> None:
+        self.learn(self.cache.put([await self._center.promotion(promotion_id)]))
 
     async def track(self, promotion_ids: Iterable[str]) -> list[Tracked]:
         """The promotions, fetched from the center on first sight: concurrently, one fetch per
@@ -72,16 +119,23 @@ class Supply:
         item = self._tracked.get(promotion_id)
         if item is not None:
             return item
-        fetch = self._fetches.get(promotion_id)
-        if fetch is None:
-            fetch = self._fetches[promotion_id] = asyncio.create_task(self._center.promotion(promotion_id))
-            fetch.add_done_callback(lambda _: self._fetches.pop(promotion_id, None))
-        promotion = await asyncio.shield(fetch)
-        return self._tracked.setdefault(promotion_id, Tracked(promotion))
+        promotion = self.cache.get(promotion_id)
+        if promotion is None:
+            fetch = self._fetches.get(promotion_id)
+            if fetch is None:
+                fetch = self._fetches[promotion_id] = asyncio.create_task(self._center.promotion(promotion_id))
+                fetch.add_done_callback(lambda _: self._fetches.pop(promotion_id, None))
+            promotion = await asyncio.shield(fetch)
+            self.cache.put([promotion])
+        return self._tracked.setdefault(promotion_id, Tracked(self.cache.get(promotion_id) or promotion))
 
     async def cancel_pending(self) -> None:
-        """Stops refills and fetches in flight, so none lands after a final give-back."""
-        tasks = [*self._fetches.values(), *(t.refill for t in self._tracked.values() if t.refill)]
+        """Stops refills, fetches and give-backs in flight, so none lands after a final give-back."""
+        tasks = [
+            *self._fetches.values(),
+            *self._background,
+            *(t.refill for t in self._tracked.values() if t.refill),
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -92,6 +146,7 @@ class Supply:
         await self.cancel_pending()
         for item in self._tracked.values():
             item.lease_until, item.last_grant, item.exhausted = 0.0, 0, False
+        self._opening_requests.clear()
         self.incarnation = await self._ledger.incarnation()
         log.warning("joined the center as ledger incarnation %s", self.incarnation)
 
@@ -137,7 +192,7 @@ class Supply:
             if isinstance(error, FailedPrecondition):
                 log.info("refill of %s refused (%s); reloading the promotion", promotion_id, error.message)
                 with contextlib.suppress(QuotaError):
-                    item.promotion = await self._center.promotion(promotion_id)
+                    await self._fetch(promotion_id)
             return error
         await self._ledger.apply_grant(answer.grant_id, promotion_id, answer.amount, life)
         item.lease_until = sent + answer.lease_ttl_s
@@ -202,10 +257,55 @@ class Supply:
         item = await self._track_one(directive.promotion_id)
         item.lease_until = lease_until
         item.exhausted = directive.exhausted
-        item.promotion = replace(item.promotion, frozen=directive.frozen)
         for grant in directive.unapplied_grants:
             await self._ledger.apply_grant(grant.grant_id, grant.promotion_id, grant.amount, life)
         if directive.reclaim > 0:
             await self.give_back(directive.promotion_id, directive.reclaim)
         if directive.revision > item.promotion.revision:
-            item.promotion = await self._center.promotion(directive.promotion_id)
+            # The third way a change arrives (after push and pull): the renewal names the revision.
+            await self._fetch(directive.promotion_id)
+
+    # Openings
+
+    async def open_forever(self, lookahead_s: float) -> None:
+        while True:
+            # Every second, at a phase of its own: the region's agents do not open in step, and
+            # the second finds what the first opened in the shared ledger.
+            await asyncio.sleep(random.uniform(0.5, 1.5))
+            try:
+                await self.open_upcoming(lookahead_s)
+            except QuotaError as error:
+                log.warning("opening allotments not acquired yet (%s); retrying", error.message)
+
+    async def open_upcoming(self, lookahead_s: float) -> None:
+        """Opening allotments for the region's promotions that start within `lookahead_s` and
+        that this incarnation holds nothing of yet."""
+        now_ms = self._clock.wall_ms()
+        balances = await self._ledger.balances()
+        upcoming = [
+            promotion
+            for promotion in self.cache.starting(now_ms, now_ms + round(lookahead_s * 1000))
+            if self._region in promotion.regions
+            and not promotion.frozen
+            and balances.get(promotion.id, Balance()).granted == 0
+        ]
+        for first in range(0, len(upcoming), _OPENINGS_PER_CALL):
+            await self._open(upcoming[first : first + _OPENINGS_PER_CALL])
+
+    async def _open(self, promotions: list[Promotion]) -> None:
+        requests = []
+        for promotion in promotions:
+            request_id = self._opening_requests.setdefault(promotion.id, uuid.uuid4().hex)
+            amount = policy.opening_amount(self._refill_settings, promotion.budget, len(promotion.regions))
+            requests.append((promotion.id, amount, request_id))
+        life = self.incarnation
+        sent = self._clock.monotonic()
+        answers, lease_ttl_s = await self._center.acquire_openings(life, requests)
+        for answer in answers:
+            if not answer.grant_id:
+                log.info("no opening allotment of %s: %s", answer.promotion_id, answer.refusal)
+                continue
+            await self._ledger.apply_grant(answer.grant_id, answer.promotion_id, answer.amount, life)
+            item = await self._track_one(answer.promotion_id)
+            item.lease_until = sent + lease_ttl_s
+            item.last_grant = answer.amount

@@ -1,0 +1,77 @@
+"""The agent's promotion cache: what it knows of every promotion its region may spend. Pure.
+
+Two links feed it (the center's push stream and a periodic pull), and it may start from the
+region's Redis copy. Entries only move forward: a promotion is replaced only by a higher
+revision, so a late or repeated message can never bring back an older configuration.
+`revision` is the cursor: everything the center changed up to it is here, so either link
+resumes from it and misses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from quota_center.catalog import EmergencyFreeze
+from quota_center.ledger import Promotion
+
+
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    """A consistent view: every change up to `revision`."""
+
+    promotions: Sequence[Promotion] = ()
+    emergency: EmergencyFreeze = field(default_factory=EmergencyFreeze)
+    revision: int = 0
+
+
+class CacheTier(Protocol):
+    """The region's shared copy of the cache (Redis), read when an agent starts."""
+
+    async def load(self) -> CatalogSnapshot: ...
+
+    async def save(self, changes: CatalogSnapshot, since: int) -> bool:
+        """Stores the changes (newer entries win) and moves the tier's cursor to
+        `changes.revision` if they continue from where it stands (its cursor is at least
+        `since`). False when they do not: the caller then saves its whole cache from 0."""
+        ...
+
+
+class PromotionCache:
+    def __init__(self) -> None:
+        self.revision = 0
+        self.emergency = EmergencyFreeze()
+        self._promotions: dict[str, Promotion] = {}
+
+    def __len__(self) -> int:
+        return len(self._promotions)
+
+    def get(self, promotion_id: str) -> Promotion | None:
+        return self._promotions.get(promotion_id)
+
+    def snapshot(self) -> CatalogSnapshot:
+        return CatalogSnapshot(list(self._promotions.values()), self.emergency, self.revision)
+
+    def apply(self, changes: CatalogSnapshot) -> list[Promotion]:
+        """Takes in a consistent set of changes (a page of either link, or the tier's copy) and
+        moves the cursor to it; returns the promotions that changed."""
+        changed = self.put(changes.promotions)
+        if changes.emergency.revision > self.emergency.revision:
+            self.emergency = changes.emergency
+        self.revision = max(self.revision, changes.revision)
+        return changed
+
+    def put(self, promotions: Iterable[Promotion]) -> list[Promotion]:
+        """Takes in promotions fetched one by one: they do not move the cursor."""
+        changed = []
+        for promotion in promotions:
+            known = self._promotions.get(promotion.id)
+            if known is None or promotion.revision > known.revision:
+                self._promotions[promotion.id] = promotion
+                changed.append(promotion)
+        return changed
+
+    def starting(self, after_ms: int, until_ms: int) -> list[Promotion]:
+        """Promotions that open in (after_ms, until_ms]."""
+        return [p for p in self._promotions.values() if after_ms < p.start_ms <= until_ms]

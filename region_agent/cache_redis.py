@@ -1,0 +1,77 @@
+"""The promotion cache's regional tier in the region's Redis, next to its ledger.
+
+Agents of a region write every change they learn here, so one that starts while the center is
+away still knows the region's promotions. Keys (same hash tag as the ledger):
+
+    {quota:R}:catalog:promotions   hash: promotion id -> JSON document
+    {quota:R}:catalog:revisions    hash: promotion id -> its revision (newer writes win)
+    {quota:R}:catalog:emergency    hash: revision, document (the emergency switch)
+    {quota:R}:catalog:cursor       every change up to this revision is stored
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as redis
+
+from quota_center.catalog import EmergencyFreeze
+from quota_center.errors import Unavailable
+from quota_center.ledger import promotion_document, promotion_from_document
+from region_agent.cache import CatalogSnapshot
+
+_SAVE = """
+local promotions, revisions, emergency, cursor_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+for i = 5, #ARGV, 3 do
+  local known = tonumber(redis.call('HGET', revisions, ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > known then
+    redis.call('HSET', promotions, ARGV[i], ARGV[i + 2])
+    redis.call('HSET', revisions, ARGV[i], ARGV[i + 1])
+  end
+end
+if tonumber(ARGV[4]) > tonumber(redis.call('HGET', emergency, 'revision') or '0') then
+  redis.call('HSET', emergency, 'revision', ARGV[4], 'document', ARGV[3])
+end
+local cursor = tonumber(redis.call('GET', cursor_key) or '0')
+if cursor < tonumber(ARGV[1]) then
+  return 0
+end
+if tonumber(ARGV[2]) > cursor then
+  redis.call('SET', cursor_key, ARGV[2])
+end
+return 1
+"""
+
+
+class RedisCacheTier:
+    def __init__(self, client: redis.Redis, region: str) -> None:
+        tag = f"{{quota:{region}}}:catalog"
+        self._keys = [f"{tag}:promotions", f"{tag}:revisions", f"{tag}:emergency", f"{tag}:cursor"]
+        self._redis = client
+        self._save = client.register_script(_SAVE)
+
+    async def load(self) -> CatalogSnapshot:
+        promotions, _, emergency, _ = self._keys
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hvals(promotions)
+                pipe.hget(emergency, "document")
+                pipe.get(self._keys[3])
+                documents, switch, cursor = await pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as outage:
+            raise Unavailable(f"the region's Redis is unreachable ({outage})") from outage
+        return CatalogSnapshot(
+            [promotion_from_document(json.loads(document)) for document in documents],
+            EmergencyFreeze.from_document(json.loads(switch)) if switch else EmergencyFreeze(),
+            int(cursor or 0),
+        )
+
+    async def save(self, changes: CatalogSnapshot, since: int) -> bool:
+        args: list[str | int] = [since, changes.revision, json.dumps(changes.emergency.to_document())]
+        args.append(changes.emergency.revision)
+        for promotion in changes.promotions:
+            args += [promotion.id, promotion.revision, json.dumps(promotion_document(promotion))]
+        try:
+            return bool(await self._save(keys=self._keys, args=args))
+        except (redis.ConnectionError, redis.TimeoutError) as outage:
+            raise Unavailable(f"the region's Redis is unreachable ({outage})") from outage

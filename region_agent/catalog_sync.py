@@ -1,0 +1,102 @@
+"""Keeps the agent's promotion cache current through two independent links, each enough alone:
+
+- push: the center's watch stream, resumed from the cache's revision after any break;
+- pull: every `pull_interval_s` (jittered, so a region's agents do not pull in step), the
+  changes since the cache's revision: it repairs whatever the stream missed.
+
+What either link brings is written through to the region's Redis tier, if there is one, so an
+agent that starts while the center is away serves from the region's copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from quota_center.errors import QuotaError
+from quota_center.ledger import Promotion
+from region_agent.cache import CacheTier, CatalogSnapshot, PromotionCache
+from region_agent.center_client import CenterClient
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_TIMEOUT_S = 15.0
+"""A stream silent this long (the center heartbeats every 5 s) is dead: reconnect."""
+
+
+class CatalogSync:
+    def __init__(
+        self,
+        cache: PromotionCache,
+        center: CenterClient,
+        tier: CacheTier | None,
+        on_change: Callable[[list[Promotion]], None],
+    ) -> None:
+        self._cache = cache
+        self._center = center
+        self._tier = tier
+        self._on_change = on_change
+        self.stream_alive = False
+
+    async def load_tier(self) -> None:
+        """Starts the cache from the region's copy; a cold or unreachable tier is only slower."""
+        if self._tier is None:
+            return
+        try:
+            snapshot = await self._tier.load()
+        except QuotaError as error:
+            log.warning("the region's promotion cache could not be read (%s); starting empty", error.message)
+            return
+        self._take(snapshot)
+        count, revision = len(snapshot.promotions), snapshot.revision
+        log.info("%d promotions from the region's cache, up to revision %d", count, revision)
+
+    async def pull(self) -> None:
+        """Pulls every change since the cache's revision, page by page."""
+        while True:
+            since = self._cache.revision
+            page = await self._center.list_changes(since)
+            await self._store(self._take(page.changes), since)
+            if not page.more:
+                return
+
+    async def pull_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
+            try:
+                await self.pull()
+            except QuotaError as error:
+                log.warning("promotion pull failed (%s); the cache serves what it has", error.message)
+
+    async def watch_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            since = self._cache.revision
+            try:
+                async for page in self._center.watch(since, HEARTBEAT_TIMEOUT_S):
+                    self.stream_alive, backoff = True, 0.1
+                    await self._store(self._take(page.changes), since)
+                    since = page.changes.revision
+            except QuotaError as error:
+                log.info("catalog stream broken (%s); resuming from revision %d", error.message, self._cache.revision)
+            self.stream_alive = False
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, 5.0)
+
+    def _take(self, changes: CatalogSnapshot) -> CatalogSnapshot:
+        changed = self._cache.apply(changes)
+        if changed:
+            self._on_change(changed)
+        return changes
+
+    async def _store(self, changes: CatalogSnapshot, since: int) -> None:
+        if self._tier is None:
+            return
+        try:
+            if not await self._tier.save(changes, since):
+                # The tier missed changes before these (a failed write): give it everything.
+                await self._tier.save(self._cache.snapshot(), 0)
+        except QuotaError as error:
+            log.warning("the region's promotion cache was not updated (%s); the next change retries", error.message)
