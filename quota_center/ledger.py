@@ -285,6 +285,17 @@ def apply_report(state: PromotionState, region: str, report: Report) -> bool:
     return before != (account.returned, account.deducted, account.refunded)
 
 
+def report_is_news(state: PromotionState, region: str, incarnation: str, report: Report) -> bool:
+    """Whether taking in the report would change the state (admit the incarnation or move a counter)."""
+    check_region(state.promotion, region)
+    account = state.accounts.get(region)
+    if account is None or account.incarnation != incarnation:
+        return True
+    reported = (report.returned, report.deducted, report.refunded)
+    known = (account.returned, account.deducted, account.refunded)
+    return any(new > old for new, old in zip(reported, known, strict=True))
+
+
 def check_report(state: PromotionState, region: str, report: Report) -> None:
     """Raises InvalidArgument for counters no correct agent can send; changes nothing."""
     granted = state.accounts[region].granted if region in state.accounts else 0

@@ -76,11 +76,12 @@ def opening_amount(settings: RefillSettings, budget: int, regions: int, opening_
 def low_water_mark(settings: RefillSettings, last_grant: int, rate_per_s: float, latency_s: float) -> int:
     """Below this much available, refill now so the grant lands before the allotment is empty.
 
-    The buffer counts only after a grant of at least the buffer: a smaller grant is a small budget's
-    share, and refilling it on its first order would only churn quota between regions."""
+    The buffer counts only after a grant larger than the buffer: a grant of the buffer or less is an
+    opening allotment or a small budget's share, and refilling it on its first order would only churn
+    quota between regions (and, at a sale's opening, send every promotion's refill at once)."""
     return max(
         math.ceil(settings.low_water_fraction * last_grant),
-        settings.buffer if last_grant >= settings.buffer else 0,
+        settings.buffer if last_grant > settings.buffer else 0,
         math.ceil(rate_per_s * latency_s * 2),
     )
 

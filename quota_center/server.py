@@ -88,7 +88,9 @@ def _catalog_request(request: pb.CatalogRequest) -> tuple[str, int, int]:
     region = require_id("region", request.region)
     since = require_counter("since_revision", request.since_revision)
     if not 0 <= request.page_size <= MAX_PAGE:
-        raise InvalidArgument(f"page_size must be within 0 (the default, {DEFAULT_PAGE}) and {MAX_PAGE}")
+        raise InvalidArgument(
+            f"page_size must be within 0 (the default, {DEFAULT_PAGE}) and {MAX_PAGE}, got {request.page_size}"
+        )
     return region, since, request.page_size or DEFAULT_PAGE
 
 

@@ -90,6 +90,13 @@ class CatalogPage:
     more: bool
 
 
+def _replayed(grant: GrantRecord, incarnation: str) -> GrantRecord:
+    """The grant a retried acquire gets back; only the incarnation that asked may have it."""
+    if grant.incarnation != incarnation:
+        raise InvalidArgument(f"request id {grant.request_id!r} was used by another incarnation")
+    return grant
+
+
 class Center:
     def __init__(
         self,
@@ -251,8 +258,7 @@ class Center:
         async def work() -> AcquireResult:
             previous = await self._store.find_grant(promotion_id, region, request_id)
             if previous is not None:
-                if previous.incarnation != incarnation:
-                    raise InvalidArgument(f"request id {request_id!r} was used by another incarnation")
+                _replayed(previous, incarnation)
                 self._renew_lease(promotion_id, region)
                 return AcquireResult(previous, self._state(promotion_id).unallocated)
             state = self._state(promotion_id).copy()
@@ -295,7 +301,7 @@ class Center:
             try:
                 previous = await self._store.find_grant(opening.promotion_id, region, opening.request_id)
                 if previous is not None:
-                    answers.append(previous)
+                    answers.append(_replayed(previous, incarnation))
                     continue
                 state = self._state(opening.promotion_id).copy()
                 ids = (uuid.uuid4().hex, opening.request_id)
@@ -321,13 +327,22 @@ class Center:
 
     async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive]:
         self._require_leader()
+        news = set()
         for promotion_id, report in reports.items():
-            trial = self._state(promotion_id).copy()
-            ledger.admit(trial, region, incarnation)
-            ledger.check_report(trial, region, report)
+            state = self._state(promotion_id)
+            if ledger.report_is_news(state, region, incarnation, report):
+                news.add(promotion_id)
+                state = state.copy()
+                ledger.admit(state, region, incarnation)
+            ledger.check_report(state, region, report)
         directives = []
         for promotion_id, report in reports.items():
-            state = await self._report(region, incarnation, promotion_id, report)
+            # A region renews every promotion it knows, thousands at a time; most reports say
+            # nothing new, and those need neither a copy nor a commit.
+            if promotion_id in news:
+                state = await self._report(region, incarnation, promotion_id, report)
+            else:
+                state = self._state(promotion_id)
             self._renew_lease(promotion_id, region)
             demands = self._demand[promotion_id] = self._demands(promotion_id, region, report.demand_per_minute)
             account = state.accounts[region]

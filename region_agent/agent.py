@@ -34,6 +34,8 @@ from region_agent.supply import Supply, Tracked
 
 log = logging.getLogger(__name__)
 
+START_WAIT_S = 2.0
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -86,18 +88,25 @@ class Agent:
     def center_calls(self) -> int:
         return self._center.calls
 
+    @property
+    def promotion_fetches(self) -> int:
+        return self._center.fetches
+
     async def start(self) -> None:
+        """Loads the promotion cache (the region's copy, then the center's changes) and renews,
+        waiting on an unreachable center only briefly: the loops keep trying, and the agent
+        serves from what the region holds meanwhile."""
         self._supply.incarnation = await self._ledger.incarnation()
         await self.catalog.load_tier()
         try:
-            await self.catalog.pull()
-        except QuotaError as error:
-            log.warning("first promotion pull failed (%s); serving from the cache", error.message)
+            await asyncio.wait_for(self.catalog.pull(), START_WAIT_S)
+        except (QuotaError, TimeoutError) as error:
+            log.warning("first promotion pull failed (%s); serving from the cache", _why(error))
         try:
             # A ledger that outlived a previous process (Redis) holds quota: lease it before spending.
-            await self.renew_once()
-        except QuotaError as error:
-            log.warning("first renewal failed (%s); retrying in the background", error.message)
+            await asyncio.wait_for(self.renew_once(), START_WAIT_S)
+        except (QuotaError, TimeoutError) as error:
+            log.warning("first renewal failed (%s); retrying in the background", _why(error))
         loops = [
             self._supply.renew_forever(self.settings.renew_interval_s),
             self.catalog.pull_forever(self.settings.pull_interval_s),
@@ -248,6 +257,10 @@ class Agent:
                 assert item is not None
                 self._check_spendable(item)
                 raise error
+
+
+def _why(error: Exception) -> str:
+    return error.message if isinstance(error, QuotaError) else "the center did not answer in time"
 
 
 def _user_limit(promotion: Promotion) -> UserLimit:

@@ -96,6 +96,8 @@ class CenterClient:
         self._budget_s = budget_s
         self.calls = 0
         """RPCs sent to the center, retries included."""
+        self.fetches = 0
+        """Promotions fetched one by one (GetPromotion calls)."""
 
     def _stubs(self) -> _Stubs:
         channel = self._channels.get(self._current)
@@ -198,6 +200,7 @@ class CenterClient:
         return answer.unallocated
 
     async def promotion(self, promotion_id: str) -> Promotion:
+        self.fetches += 1
         request = pb.GetPromotionRequest(promotion_id=promotion_id)
         return promotion_from_pb(
             await self._call(lambda stubs: stubs.admin.GetPromotion(request, timeout=self._timeout))

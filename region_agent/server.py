@@ -123,6 +123,10 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
             region=self._agent.settings.region,
             incarnation=self._agent.incarnation,
             center_calls=self._agent.center_calls,
+            catalog_revision=self._agent.cache.revision,
+            cached_promotions=len(self._agent.cache),
+            catalog_stream_alive=self._agent.catalog.stream_alive,
+            promotion_fetches=self._agent.promotion_fetches,
             balances=[
                 pb.PromotionBalance(
                     promotion_id=s.promotion_id,

@@ -411,10 +411,21 @@ class RegionStatus(_message.Message):
     INCARNATION_FIELD_NUMBER: _builtins.int
     BALANCES_FIELD_NUMBER: _builtins.int
     CENTER_CALLS_FIELD_NUMBER: _builtins.int
+    CATALOG_REVISION_FIELD_NUMBER: _builtins.int
+    CACHED_PROMOTIONS_FIELD_NUMBER: _builtins.int
+    CATALOG_STREAM_ALIVE_FIELD_NUMBER: _builtins.int
+    PROMOTION_FETCHES_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     incarnation: _builtins.str
     center_calls: _builtins.int
     """RPCs this agent made to the center"""
+    catalog_revision: _builtins.int
+    """The promotion cache: every change the center made up to this catalog revision is in it."""
+    cached_promotions: _builtins.int
+    catalog_stream_alive: _builtins.bool
+    """the push stream from the center is connected"""
+    promotion_fetches: _builtins.int
+    """Promotions fetched one by one because the cache did not know them (GetPromotion calls)."""
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromotionBalance]: ...
     def __init__(
@@ -424,10 +435,14 @@ class RegionStatus(_message.Message):
         incarnation: _builtins.str = ...,
         balances: _abc.Iterable[Global___PromotionBalance] | None = ...,
         center_calls: _builtins.int = ...,
+        catalog_revision: _builtins.int = ...,
+        cached_promotions: _builtins.int = ...,
+        catalog_stream_alive: _builtins.bool = ...,
+        promotion_fetches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "center_calls", b"center_calls", "incarnation", b"incarnation", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "cached_promotions", b"cached_promotions", "catalog_revision", b"catalog_revision", "catalog_stream_alive", b"catalog_stream_alive", "center_calls", b"center_calls", "incarnation", b"incarnation", "promotion_fetches", b"promotion_fetches", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

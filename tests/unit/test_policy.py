@@ -64,8 +64,8 @@ def test_ask_amount_is_the_least_positive_amount_covering_need_and_target(
 @pytest.mark.parametrize(
     ("last_grant", "rate", "latency", "expected"),
     [
-        (20, 0.0, 0.0, 20),  # the buffer is the floor
-        (19, 0.0, 0.0, 5),  # ...unless the region was granted less: a small budget's share
+        (21, 0.0, 0.0, 20),  # the buffer is the floor
+        (20, 0.0, 0.0, 5),  # ...unless the grant was no more than the buffer: an opening, a small budget's share
         (400, 0.0, 0.0, 100),  # a quarter of the last grant
         (401, 0.0, 0.0, 101),  # rounded up
         (0, 100.0, 0.5, 100),  # two round trips of demand
@@ -86,7 +86,7 @@ def test_low_water_mark_covers_each_term_and_no_more(
     refill: RefillSettings, last_grant: int, rate: float, latency: float
 ) -> None:
     mark = policy.low_water_mark(refill, last_grant, rate, latency)
-    buffer = refill.buffer if last_grant >= refill.buffer else 0
+    buffer = refill.buffer if last_grant > refill.buffer else 0
     terms = (refill.low_water_fraction * last_grant, buffer, rate * latency * 2)
     assert all(mark >= term for term in terms)
     assert mark - 1 < max(terms)

@@ -1,0 +1,165 @@
+"""The dual-link promotion cache with real processes: a stream cut by a center restart, an agent
+restarted while the center is down, and a promotion served at its start without the center."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from quota_center.launch import ServerProcess, agent_process, center_process
+from quota_center.testing_servers import redis_server
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from region_agent.v1 import region_agent_pb2 as agent_pb
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from tests.support import eventually, now_ms, order, promotion, reject_reason
+
+pytestmark = pytest.mark.e2e
+
+PULL_ONLY = ("--no-push", "--pull-interval", "0.3")
+PUSH_ONLY = ("--pull-interval", "3600")
+
+
+@asynccontextmanager
+async def admin_of(center: ServerProcess) -> AsyncIterator[center_grpc.PromotionAdminAsyncStub]:
+    async with grpc.aio.insecure_channel(center.address) as channel:
+        yield center_grpc.PromotionAdminStub(channel)
+
+
+@asynccontextmanager
+async def orders_of(agent: ServerProcess) -> AsyncIterator[agent_grpc.RegionAgentAsyncStub]:
+    async with grpc.aio.insecure_channel(agent.address) as channel:
+        yield agent_grpc.RegionAgentStub(channel)
+
+
+async def status(orders: agent_grpc.RegionAgentAsyncStub) -> agent_pb.RegionStatus:
+    return await orders.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+
+
+async def newest_revision(admin: center_grpc.PromotionAdminAsyncStub) -> int:
+    listed = await admin.ListPromotions(center_pb.ListPromotionsRequest(), timeout=5)
+    return max(p.revision for p in listed.promotions)
+
+
+async def center_answers(center: ServerProcess) -> None:
+    async with admin_of(center) as admin:
+
+        async def answers() -> bool:
+            try:
+                await admin.ListPromotions(center_pb.ListPromotionsRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        await eventually(answers, timeout_s=20)
+
+
+async def deduct_refused_as(orders: agent_grpc.RegionAgentAsyncStub, key: str, promotion_id: str) -> str | None:
+    """The reject reason of a one-unit order, None if it was accepted."""
+    try:
+        await orders.Deduct(order(key, "eu", (promotion_id, 1)), timeout=5)
+    except grpc.aio.AioRpcError as error:
+        return reject_reason(error) or error.code().name
+    return None
+
+
+@pytest.mark.parametrize("link", [PULL_ONLY, PUSH_ONLY], ids=["pull_only", "resumed_stream_only"])
+async def test_agent_converges_after_the_center_restarts_while_promotions_change(
+    tmp_path: Path, link: tuple[str, ...]
+) -> None:
+    center = center_process(tmp_path).start()
+    agent = agent_process(tmp_path, "eu", center.address, *link).start()
+    try:
+        async with admin_of(center) as admin:
+            for n in range(5):
+                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(f"p{n}")), timeout=5)
+        center.kill()
+        # The stream is cut; the promotions change in the center's store while the agent cannot hear.
+        center = center_process(tmp_path, port=center.port).start()
+        async with admin_of(center) as admin, orders_of(agent) as orders:
+            await center_answers(center)
+            await admin.SetFrozen(center_pb.SetFrozenRequest(promotion_id="p1", frozen=True), timeout=5)
+            for n in range(5, 8):
+                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(f"p{n}")), timeout=5)
+            await admin.SetFrozen(center_pb.SetFrozenRequest(promotion_id="p6", frozen=True), timeout=5)
+            newest = await newest_revision(admin)
+
+            async def converged() -> bool:
+                seen = await status(orders)
+                return seen.catalog_revision == newest and seen.cached_promotions == 8
+
+            await eventually(converged, timeout_s=20)
+            refusals = {f"p{n}": await deduct_refused_as(orders, f"o-{n}", f"p{n}") for n in range(8)}
+            assert refusals == {f"p{n}": "REJECT_REASON_FROZEN" if n in (1, 6) else None for n in range(8)}
+            assert (await status(orders)).promotion_fetches == 0
+    finally:
+        agent.kill()
+        center.kill()
+
+
+async def test_an_agent_restarted_while_the_center_is_down_serves_from_the_regions_redis(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        ledger = ("--ledger", f"redis://{redis.address}/0")
+        center = center_process(tmp_path).start()
+        agent = agent_process(tmp_path, "eu", center.address, *ledger).start()
+        try:
+            async with admin_of(center) as admin:
+                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion("a")), timeout=5)
+                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion("b")), timeout=5)
+                await admin.SetFrozen(center_pb.SetFrozenRequest(promotion_id="b", frozen=True), timeout=5)
+                newest = await newest_revision(admin)
+            async with orders_of(agent) as orders:
+                await orders.Deduct(order("warm-up", "eu", ("a", 1)), timeout=5)
+                await eventually(lambda: _revision_reached(orders, newest))
+            center.kill()
+            agent.kill()
+            agent = agent_process(tmp_path, "eu", center.address, *ledger).start()
+            async with orders_of(agent) as orders:
+                seen = await status(orders)
+                assert (seen.catalog_revision, seen.cached_promotions) == (newest, 2)
+                assert await deduct_refused_as(orders, "after-restart", "a") is None
+                assert await deduct_refused_as(orders, "frozen", "b") == "REJECT_REASON_FROZEN"
+                assert (await status(orders)).promotion_fetches == 0
+        finally:
+            agent.kill()
+            center.kill()
+
+
+async def _revision_reached(orders: agent_grpc.RegionAgentAsyncStub, revision: int) -> bool:
+    return (await status(orders)).catalog_revision >= revision
+
+
+async def test_a_promotion_created_two_seconds_ahead_is_served_at_its_start_without_the_center(
+    tmp_path: Path,
+) -> None:
+    center = center_process(tmp_path).start()
+    agent = agent_process(tmp_path, "eu", center.address).start()
+    try:
+        start = now_ms() + 2_000
+        async with admin_of(center) as admin:
+            soon = promotion("midnight", budget=500, start_ms=start, end_ms=start + 3_600_000)
+            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=soon), timeout=5)
+        async with orders_of(agent) as orders:
+            assert await deduct_refused_as(orders, "too-early", "midnight") == "REJECT_REASON_NOT_ACTIVE"
+
+            async def opened() -> bool:
+                return any(b.promotion_id == "midnight" and b.available > 0 for b in (await status(orders)).balances)
+
+            await eventually(opened, timeout_s=1.5)
+            center.kill()  # from here on, any center call on the deduction path would fail
+            await asyncio.sleep(max(0.0, (start - now_ms()) / 1000) + 0.05)
+            answers = await asyncio.gather(
+                *(orders.Deduct(order(f"o-{n}", "eu", ("midnight", 1)), timeout=1) for n in range(20))
+            )
+            assert all(not answer.replayed for answer in answers)
+            seen = await status(orders)
+            assert seen.promotion_fetches == 0
+            assert {b.promotion_id: b.deducted for b in seen.balances}["midnight"] == 20
+    finally:
+        agent.kill()
+        center.kill()
