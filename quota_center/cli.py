@@ -203,6 +203,20 @@ def bench_ledger(as_json: bool, seconds: float, clients: int) -> None:
         _print_table("quota bench ledger", figures)
 
 
+@bench.command("freeze")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--freezes", type=click.IntRange(min=2), default=50, show_default=True, help="Per link.")
+def bench_freeze(as_json: bool, freezes: int) -> None:
+    """Time from a freeze's answer until every region refuses the promotion: push link, then pull only."""
+    from quota_center.bench_freeze import bench_freeze as run
+
+    figures = asyncio.run(run(freezes))
+    if as_json:
+        _print_json(figures)
+    else:
+        _print_table("quota bench freeze", figures)
+
+
 SIMULATE_COLUMNS = {
     "scenario": "scenario",
     "strategy": "strategy",

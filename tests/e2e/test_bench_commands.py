@@ -46,3 +46,12 @@ def test_bench_ledger_measures_both_ledgers_and_the_bare_script() -> None:
     assert figures["evalsha_sequential_per_s"] > 0
     assert figures["evalsha_concurrent_per_s"] > 0
     assert figures["redis_vs_memory_ratio"] > 0
+
+
+def test_bench_freeze_reaches_every_region_within_100_ms_by_push() -> None:
+    figures = _quota_json("bench", "freeze", "--freezes", "10")
+
+    assert figures["push"]["n"] == figures["pull_only"]["n"] == 10
+    assert 0 <= figures["push"]["p50_ms"] <= figures["push"]["p99_ms"] < 100
+    # Without the stream, the freeze waits for the next renewal or pull: seconds, not milliseconds.
+    assert figures["pull_only"]["p50_ms"] > 10 * figures["push"]["p50_ms"]

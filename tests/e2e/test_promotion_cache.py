@@ -163,3 +163,30 @@ async def test_a_promotion_created_two_seconds_ahead_is_served_at_its_start_with
     finally:
         agent.kill()
         center.kill()
+
+
+async def test_a_freeze_gives_every_regions_unspent_allotment_back_to_the_center(tmp_path: Path) -> None:
+    center = center_process(tmp_path).start()
+    agents = [agent_process(tmp_path, region, center.address).start() for region in ("eu", "us")]
+    try:
+        async with admin_of(center) as admin:
+            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)), timeout=5)
+            for agent, region in zip(agents, ("eu", "us"), strict=True):
+                async with orders_of(agent) as orders:
+                    await orders.Deduct(order(f"{region}-1", region, ("promo", 3)), timeout=5)
+            usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
+            assert all(region.granted > 3 for region in usage.regions)
+
+            await admin.SetFrozen(center_pb.SetFrozenRequest(promotion_id="promo", frozen=True), timeout=5)
+
+            async def all_returned() -> bool:
+                usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
+                return all(region.held == 0 and region.consumed == 3 for region in usage.regions)
+
+            # Well before the next renewal (3 s): the push stream brings the freeze, the agent returns.
+            await eventually(all_returned, timeout_s=2)
+            usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
+            assert usage.unallocated == 1_000 - 6
+    finally:
+        for process in [*agents, center]:
+            process.kill()
