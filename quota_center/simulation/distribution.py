@@ -5,6 +5,9 @@ Per region and promotion, an agent refills when its allotment falls below the lo
 acquire in flight), an order that finds it short waits for that refill up to `MAX_WAIT_S`, and every
 `RENEW_INTERVAL_S` the region reports its counters: the answer renews its lease, carries grants whose
 answer was lost, tells it when the budget is spent, and asks idle quota back when others need it.
+Every `PULL_INTERVAL_S` it also pulls promotion changes (a center call that changes nothing here:
+the simulated promotions do not change). Intervals, waits and the lease are the production
+defaults (`AgentSettings`, `CenterSettings`), so the simulator cannot drift from what agents run.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from quota_center.ledger import Kind, Promotion, PromotionState, Report, apply_r
 from quota_center.policy import Pacing
 from quota_center.simulation.baselines import Strategy
 from quota_center.simulation.scenarios import Order
+from quota_center.service import CenterSettings
+from region_agent.agent import AgentSettings
 from region_agent.demand import RateMeter
 from region_agent.ledger.base import Line
 from region_agent.ledger.local import LocalLedger
 
-MAX_WAIT_S = 2.0
-LEASE_TTL_S = 10.0
-RENEW_INTERVAL_S = 3.0
+_AGENT = AgentSettings("simulated")
+MAX_WAIT_S = _AGENT.max_wait_s
+LEASE_TTL_S = CenterSettings().lease_ttl_s
+RENEW_INTERVAL_S = _AGENT.renew_interval_s
+PULL_INTERVAL_S = _AGENT.pull_interval_s
 ACQUIRE_TIMEOUT_S = 1.0
 SETTINGS = policy.RefillSettings()
 
@@ -69,6 +76,7 @@ class Distribution(Strategy):
         """Per region, the promotions it was granted (so the center knows whom to ask back)."""
         for region in range(len(names)):
             self.sim.after(RENEW_INTERVAL_S * (1 + region / len(names)), functools.partial(self._renew, region))
+            self.sim.after(PULL_INTERVAL_S * (1 + region / len(names)), functools.partial(self._pull, region))
         self._open()
 
     def _open(self) -> None:
@@ -233,6 +241,11 @@ class Distribution(Strategy):
                 slot.changed = False
         self.metrics.center_calls += 1
         self.net.to_center(region, lambda: self._renew_at_center(region, reports, now))
+
+    def _pull(self, region: int) -> None:
+        if self.sim.now <= self.scenario.duration_s + MAX_WAIT_S:
+            self.sim.after(PULL_INTERVAL_S, lambda: self._pull(region))
+        self.metrics.center_calls += 1
 
     def _renew_at_center(self, region: int, reports: dict[int, Report], sent: float) -> None:
         name = self.scenario.regions[region]
