@@ -20,9 +20,9 @@ from quota_center import allocation, policy
 from quota_center.errors import Exhausted
 from quota_center.ledger import Kind, Promotion, PromotionState, Report, apply_report, unapplied_grants
 from quota_center.policy import Pacing
+from quota_center.service import CenterSettings
 from quota_center.simulation.baselines import Strategy
 from quota_center.simulation.scenarios import Order
-from quota_center.service import CenterSettings
 from region_agent.agent import AgentSettings
 from region_agent.demand import RateMeter
 from region_agent.ledger.base import Line
