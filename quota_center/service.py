@@ -194,8 +194,6 @@ class Center:
         self._require_leader()
         async with self._configuring:
             state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1))
-            if state.promotion.revision > self._catalog_revision:
-                self._changed(state.promotion)
             return state.promotion
 
     def _changed(self, promotion: Promotion) -> None:
@@ -437,6 +435,10 @@ class Center:
             raise
         for state, _ in changes:
             self._states[state.promotion.id] = state
+            if state.promotion.revision > self._catalog_revision:
+                # A configuration change: indexed in the same step as installed, so no catalog page
+                # ever shows a promotion's new revision at its old place in the revision order.
+                self._changed(state.promotion)
 
     async def _reload(self, promotion_ids: Sequence[str]) -> None:
         for promotion_id in promotion_ids:
