@@ -1,15 +1,19 @@
-"""Ledgers for the contract tests: every implementation, the Redis one on a real redis-server."""
+"""Stores and ledgers for the contract tests: every implementation, on real etcd and redis-server processes."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
-from quota_center.testing_servers import RunningServer, redis_server
+from quota_center.store.base import Store
+from quota_center.store.etcd import EtcdStore
+from quota_center.store.sqlite import SqliteStore
+from quota_center.testing_servers import RunningServer, etcd_cluster, etcd_server, redis_server
 from region_agent.ledger.base import Ledger
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
@@ -66,3 +70,37 @@ async def remembering_for(kind: str, request: pytest.FixtureRequest, retention_s
         yield RedisLedger(client, f"test-{uuid.uuid4().hex}", retention_s=retention_s)
     finally:
         await client.aclose()
+
+
+StoreFactory = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[list[str]]:
+    with etcd_server() as server:
+        yield [server.address]
+
+
+@pytest.fixture(scope="module")
+def etcd_three() -> Iterator[list[str]]:
+    with etcd_cluster(3) as members:
+        yield [member.address for member in members]
+
+
+@pytest.fixture(params=["sqlite", "etcd", "etcd_three"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens the same durable store again and again, as restarts of the center would."""
+    opened: list[Store] = []
+    prefix = f"/test/{uuid.uuid4().hex}"
+    endpoints: list[str] = [] if request.param == "sqlite" else request.getfixturevalue(request.param)
+
+    async def factory() -> Store:
+        if endpoints:
+            opened.append(await EtcdStore.connect(endpoints, prefix))
+        else:
+            opened.append(SqliteStore(tmp_path / "center.db"))
+        return opened[-1]
+
+    yield factory
+    for store in opened:
+        await store.close()

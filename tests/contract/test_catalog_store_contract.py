@@ -5,8 +5,7 @@ region's promotion cache tier on a real redis-server."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,44 +15,10 @@ from quota_center.catalog import EmergencyFreeze
 from quota_center.errors import Conflict
 from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, RegionAccount
 from quota_center.store.base import MAX_BATCH, Commit, Store
-from quota_center.store.etcd import EtcdStore
-from quota_center.store.sqlite import SqliteStore
-from quota_center.testing_servers import RunningServer, etcd_cluster, etcd_server
+from quota_center.testing_servers import RunningServer
 from region_agent.cache import CatalogSnapshot
 from region_agent.cache_redis import RedisCacheTier
-
-StoreFactory = Callable[[], Awaitable[Store]]
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[list[str]]:
-    with etcd_server() as server:
-        yield [server.address]
-
-
-@pytest.fixture(scope="module")
-def etcd_three() -> Iterator[list[str]]:
-    with etcd_cluster(3) as members:
-        yield [member.address for member in members]
-
-
-@pytest.fixture(params=["sqlite", "etcd", "etcd_three"])
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens the same durable store again and again, as restarts of the center would."""
-    opened: list[Store] = []
-    prefix = f"/test/{uuid.uuid4().hex}"
-    endpoints: list[str] = [] if request.param == "sqlite" else request.getfixturevalue(request.param)
-
-    async def factory() -> Store:
-        if endpoints:
-            opened.append(await EtcdStore.connect(endpoints, prefix))
-        else:
-            opened.append(SqliteStore(tmp_path / "center.db"))
-        return opened[-1]
-
-    yield factory
-    for store in opened:
-        await store.close()
+from tests.contract.conftest import StoreFactory
 
 
 def _state(promotion_id: str, budget: int = 100) -> PromotionState:

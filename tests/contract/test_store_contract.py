@@ -6,53 +6,14 @@ free loopback ports.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from quota_center.errors import AlreadyExists, Conflict
 from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, RegionAccount
 from quota_center.policy import Pacing
-from quota_center.store.base import Store
-from quota_center.store.etcd import EtcdStore
-from quota_center.store.sqlite import SqliteStore
-from quota_center.testing_servers import etcd_cluster, etcd_server
-
-StoreFactory = Callable[[], Awaitable[Store]]
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[list[str]]:
-    with etcd_server() as server:
-        yield [server.address]
-
-
-@pytest.fixture(scope="module")
-def etcd_three() -> Iterator[list[str]]:
-    with etcd_cluster(3) as members:
-        yield [member.address for member in members]
-
-
-@pytest.fixture(params=["sqlite", "etcd", "etcd_three"])
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens the same durable store again and again, as restarts of the center would."""
-    opened: list[Store] = []
-    prefix = f"/test/{uuid.uuid4().hex}"
-    endpoints: list[str] = [] if request.param == "sqlite" else request.getfixturevalue(request.param)
-
-    async def factory() -> Store:
-        if endpoints:
-            opened.append(await EtcdStore.connect(endpoints, prefix))
-        else:
-            opened.append(SqliteStore(tmp_path / "center.db"))
-        return opened[-1]
-
-    yield factory
-    for store in opened:
-        await store.close()
+from tests.contract.conftest import StoreFactory
 
 
 def _state(promotion_id: str = "p1", budget: int = 100) -> PromotionState:
