@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from quota_center.clock import FakeClock
-from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState
+from quota_center.ledger import Kind, Promotion
 from quota_center.service import Center
+from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore
 
 
@@ -18,12 +19,12 @@ class SlowStore(SqliteStore):
     """Commits take long enough for a caller to give up halfway, and, like a write already
     handed to the disk, they land whether or not anyone still waits for them."""
 
-    async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
-        await asyncio.shield(asyncio.ensure_future(self._commit_later(state, expected_version, grant)))
+    async def commit_many(self, commits: Sequence[Commit]) -> None:
+        await asyncio.shield(asyncio.ensure_future(self._commit_later(commits)))
 
-    async def _commit_later(self, state: PromotionState, expected_version: int, grant: GrantRecord | None) -> None:
+    async def _commit_later(self, commits: Sequence[Commit]) -> None:
         await asyncio.sleep(0.2)
-        await super().commit(state, expected_version, grant)
+        await super().commit_many(commits)
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ async def test_a_deposed_leader_cannot_commit_and_learns_who_leads(client: Etcd3
     new.fence(key, await _crown(client, key, "127.0.0.12:50051"))
     grant = GrantRecord("g1", "r1", "p", "eu", "i-1", 10)
     with pytest.raises(NotLeader) as deposed:
-        await old.commit(_state(10, 2), expected_version=1, grant=grant)
+        await old.commit_many([(_state(10, 2), 1, grant)])
     with pytest.raises(NotLeader):
         await old.create(PromotionState(Promotion("q", Kind.COUNT, "", 5, 0, 10**13, ("eu",))))
 
@@ -58,5 +58,5 @@ async def test_a_deposed_leader_cannot_commit_and_learns_who_leads(client: Etcd3
     assert await new.load("p") == _state(0, 1)
     assert await new.find_grant("p", "eu", "r1") is None
     assert await new.load("q") is None
-    await new.commit(_state(10, 2), expected_version=1, grant=grant)
+    await new.commit_many([(_state(10, 2), 1, grant)])
     assert await new.find_grant("p", "eu", "r1") == grant

@@ -2,16 +2,15 @@
 
 Contract, for every implementation:
 
-- A promotion is one document (`PromotionState`) with a `version`. `commit` writes the new
-  document only if the stored one is still at `expected_version`, else raises `Conflict`
-  and writes nothing; so two writers can never both succeed on stale state.
+- A promotion is one document (`PromotionState`) with a `version`. `commit_many` writes new
+  documents (up to `MAX_BATCH` in one atomic write) only if every stored one is still at its
+  expected version, else raises `Conflict` and writes nothing; so two writers can never both
+  succeed on stale state.
 - A grant is committed in the same atomic write as the document that counts it: after a
   crash either both are there or neither.
-- Whatever `commit` or `create` returned from is durable (it survives `kill -9`).
+- Whatever `commit_many` or `create` returned from is durable (it survives `kill -9`).
 - `find_grant` sees every committed grant; it is how a retried acquire gets the grant
   already made.
-- `commit_many` is `commit` for up to `MAX_BATCH` promotions in one atomic write: all of
-  them or, on any conflict, none.
 - Documents (`save_document`) are small named JSON values outside any promotion (the
   emergency switch); the last save wins.
 """
@@ -42,13 +41,9 @@ class Store(Protocol):
         """Stores a new promotion; AlreadyExists if the id is taken."""
         ...
 
-    async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
-        """Replaces the document at `expected_version` by `state` (whose version the caller
-        has bumped), and records `grant` with it."""
-        ...
-
     async def commit_many(self, commits: Sequence[Commit]) -> None:
-        """Commits up to MAX_BATCH promotions atomically; Conflict if any moved, and then nothing is written."""
+        """Replaces each document at its expected version by the new state (whose version the
+        caller has bumped) and records its grant with it: up to MAX_BATCH promotions, all or none."""
         ...
 
     async def load_document(self, name: str) -> dict[str, Any] | None: ...

@@ -102,12 +102,17 @@ class EtcdStore:
                 return states
             start = answer.kvs[-1].key + b"\0"
 
-    async def load(self, promotion_id: str) -> PromotionState | None:
+    async def _get_json(self, key: str) -> Any:
+        """The JSON value at `key`, None if there is none."""
         try:
-            answer = await self._kv.get(self._promotion_key(promotion_id), timeout=_TIMEOUT_S)
+            answer = await self._kv.get(key, timeout=_TIMEOUT_S)
         except EtcdError as error:
             raise Unavailable(f"etcd: {error}") from error
-        return PromotionState.from_document(json.loads(answer.kvs[0].value)) if answer.kvs else None
+        return json.loads(answer.kvs[0].value) if answer.kvs else None
+
+    async def load(self, promotion_id: str) -> PromotionState | None:
+        document = await self._get_json(self._promotion_key(promotion_id))
+        return None if document is None else PromotionState.from_document(document)
 
     async def create(self, state: PromotionState) -> None:
         key = self._promotion_key(state.promotion.id)
@@ -121,9 +126,6 @@ class EtcdStore:
             # A create whose answer was lost and that was retried finds its own document.
             if existing is None or existing.to_document() != state.to_document():
                 raise AlreadyExists(f"promotion {state.promotion.id!r} already exists")
-
-    async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
-        await self.commit_many([(state, expected_version, grant)])
 
     async def commit_many(self, commits: Sequence[Commit]) -> None:
         compare, puts = [], []
@@ -140,11 +142,8 @@ class EtcdStore:
             raise Conflict(f"a promotion moved past the version read ({moved})")
 
     async def load_document(self, name: str) -> dict[str, Any] | None:
-        try:
-            answer = await self._kv.get(self._document_key(name), timeout=_TIMEOUT_S)
-        except EtcdError as error:
-            raise Unavailable(f"etcd: {error}") from error
-        return dict(json.loads(answer.kvs[0].value)) if answer.kvs else None
+        document = await self._get_json(self._document_key(name))
+        return None if document is None else dict(document)
 
     async def save_document(self, name: str, document: dict[str, Any]) -> None:
         key = self._document_key(name)
@@ -162,11 +161,8 @@ class EtcdStore:
         return bool(answer.succeeded)
 
     async def find_grant(self, promotion_id: str, region: str, request_id: str) -> GrantRecord | None:
-        try:
-            answer = await self._kv.get(self._grant_key(promotion_id, region, request_id), timeout=_TIMEOUT_S)
-        except EtcdError as error:
-            raise Unavailable(f"etcd: {error}") from error
-        return GrantRecord(**json.loads(answer.kvs[0].value)) if answer.kvs else None
+        record = await self._get_json(self._grant_key(promotion_id, region, request_id))
+        return None if record is None else GrantRecord(**record)
 
     async def close(self) -> None:
         await self.client.close()

@@ -80,9 +80,6 @@ class SqliteStore:
 
         await self._run(work)
 
-    async def commit(self, state: PromotionState, expected_version: int, grant: GrantRecord | None = None) -> None:
-        await self.commit_many([(state, expected_version, grant)])
-
     async def commit_many(self, commits: Sequence[Commit]) -> None:
         def work() -> None:
             with self._transaction():

@@ -60,7 +60,7 @@ async def test_commit_writes_the_document_and_its_grant_together(open_store: Sto
     changed.accounts["eu"].granted = 10
     changed.version = 2
 
-    await store.commit(changed, expected_version=1, grant=_grant("r-1"))
+    await store.commit_many([(changed, 1, _grant("r-1"))])
 
     assert await store.load("p1") == changed
     assert await store.find_grant("p1", "eu", "r-1") == _grant("r-1")
@@ -73,10 +73,10 @@ async def test_a_stale_commit_conflicts_and_writes_nothing(open_store: StoreFact
     winner, loser = _state(), _state()
     winner.accounts["eu"].granted, winner.version = 10, 2
     loser.accounts["eu"].granted, loser.version = 20, 2
-    await store.commit(winner, expected_version=1, grant=_grant("r-1"))
+    await store.commit_many([(winner, 1, _grant("r-1"))])
 
     with pytest.raises(Conflict):
-        await store.commit(loser, expected_version=1, grant=_grant("r-2", amount=20))
+        await store.commit_many([(loser, 1, _grant("r-2", amount=20))])
 
     assert await store.load("p1") == winner
     assert await store.find_grant("p1", "eu", "r-2") is None
@@ -89,7 +89,7 @@ async def test_concurrent_writers_on_one_version_have_exactly_one_winner(open_st
     for n, store in enumerate((first, second, first, second)):
         state = _state()
         state.accounts["eu"].granted, state.version = n + 1, 2
-        candidates.append(store.commit(state, expected_version=1, grant=_grant(f"r-{n}", n + 1)))
+        candidates.append(store.commit_many([(state, 1, _grant(f"r-{n}", n + 1))]))
 
     outcomes = await asyncio.gather(*candidates, return_exceptions=True)
 
@@ -108,7 +108,7 @@ async def test_what_was_committed_is_there_after_reopening(open_store: StoreFact
     await store.create(_state())
     changed = _state()
     changed.accounts["eu"].granted, changed.version = 10, 2
-    await store.commit(changed, expected_version=1, grant=_grant("r-1"))
+    await store.commit_many([(changed, 1, _grant("r-1"))])
     await store.close()
 
     reopened = await open_store()
