@@ -108,8 +108,7 @@ class CatalogServicer(pb_grpc.CatalogServicer):
             region, cursor, page_size = _catalog_request(request)
             while True:
                 page = self._center.catalog_page(region, cursor, page_size)
-                if page.revision > cursor or not page.more:
-                    yield catalog_page_to_pb(page)
+                yield catalog_page_to_pb(page)
                 cursor = page.revision
                 if not page.more:
                     await self._center.catalog_change(cursor, HEARTBEAT_S)
