@@ -74,7 +74,7 @@ class Supply:
         self._clock = clock
         self.cache = cache
         self._tracked: dict[str, Tracked] = {}
-        self._fetches: dict[str, asyncio.Task[Promotion]] = {}
+        self._fetches: dict[str, asyncio.Task[None]] = {}
         self._opening_requests: dict[str, str] = {}
         """Per promotion, the request id of its opening in this incarnation (a retry reuses it)."""
         self._background: set[asyncio.Task[None]] = set()
@@ -108,6 +108,15 @@ class Supply:
             log.warning("%s frozen: its unspent quota goes back at the next renewal (%s)", promotion_id, error)
 
     async def _fetch(self, promotion_id: str) -> None:
+        """Fetches the promotion into the cache: once, however many callers wait for it, and a
+        cancelled caller cancels no fetch."""
+        fetch = self._fetches.get(promotion_id)
+        if fetch is None:
+            fetch = self._fetches[promotion_id] = asyncio.create_task(self._fetch_now(promotion_id))
+            fetch.add_done_callback(lambda _: self._fetches.pop(promotion_id, None))
+        await asyncio.shield(fetch)
+
+    async def _fetch_now(self, promotion_id: str) -> None:
         self.learn(self.cache.put([await self._center.promotion(promotion_id)]))
 
     async def track(self, promotion_ids: Iterable[str]) -> list[Tracked]:
@@ -119,15 +128,11 @@ class Supply:
         item = self._tracked.get(promotion_id)
         if item is not None:
             return item
+        if self.cache.get(promotion_id) is None:
+            await self._fetch(promotion_id)
         promotion = self.cache.get(promotion_id)
-        if promotion is None:
-            fetch = self._fetches.get(promotion_id)
-            if fetch is None:
-                fetch = self._fetches[promotion_id] = asyncio.create_task(self._center.promotion(promotion_id))
-                fetch.add_done_callback(lambda _: self._fetches.pop(promotion_id, None))
-            promotion = await asyncio.shield(fetch)
-            self.cache.put([promotion])
-        return self._tracked.setdefault(promotion_id, Tracked(self.cache.get(promotion_id) or promotion))
+        assert promotion is not None, "fetched into the cache"
+        return self._tracked.setdefault(promotion_id, Tracked(promotion))
 
     async def cancel_pending(self) -> None:
         """Stops refills, fetches and give-backs in flight, so none lands after a final give-back."""
