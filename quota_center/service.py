@@ -254,24 +254,18 @@ class Center:
         self._refuse_if_emergency(region)
 
         async def work() -> AcquireResult:
-            previous = await self._store.find_grant(promotion_id, region, request_id)
-            if previous is not None:
-                _replayed(previous, incarnation)
-                self._renew_lease(promotion_id, region)
-                return AcquireResult(previous, self._state(promotion_id).unallocated)
-            state = self._state(promotion_id).copy()
             demands = self._demands(promotion_id, region, demand)
-            ids = (uuid.uuid4().hex, request_id)
             try:
-                record = allocation.grant(
-                    state, region, incarnation, amount, ids, demands, self.settings.horizon_s, self._clock.wall_ms()
-                )
+                state, record = await self._book(region, incarnation, promotion_id, amount, request_id, demands)
             except Exhausted:
                 # A region refused for lack of quota still counts when idle regions are asked to return theirs.
                 self._demand[promotion_id] = demands
                 raise
-            await self._commit([(state, record)])
-            self._demand[promotion_id] = demands
+            if state is None:
+                state = self._state(promotion_id)
+            else:
+                await self._commit([(state, record)])
+                self._demand[promotion_id] = demands
             self._renew_lease(promotion_id, region)
             return AcquireResult(record, state.unallocated)
 
@@ -294,28 +288,37 @@ class Center:
     async def _open(self, region: str, incarnation: str, batch: Sequence[Opening]) -> list[GrantRecord | QuotaError]:
         answers: list[GrantRecord | QuotaError] = []
         commits: list[tuple[PromotionState, GrantRecord | None]] = []
-        now_ms = self._clock.wall_ms()
         for opening in batch:
+            demands = self._demands(opening.promotion_id, region, 0)
             try:
-                previous = await self._store.find_grant(opening.promotion_id, region, opening.request_id)
-                if previous is not None:
-                    answers.append(_replayed(previous, incarnation))
-                    continue
-                state = self._state(opening.promotion_id).copy()
-                ids = (uuid.uuid4().hex, opening.request_id)
-                demands = self._demands(opening.promotion_id, region, 0)
-                record = allocation.grant(
-                    state, region, incarnation, opening.amount, ids, demands, self.settings.horizon_s, now_ms
+                state, record = await self._book(
+                    region, incarnation, opening.promotion_id, opening.amount, opening.request_id, demands
                 )
             except QuotaError as error:
                 answers.append(error)
                 continue
-            commits.append((state, record))
+            if state is not None:
+                commits.append((state, record))
             answers.append(record)
         await self._commit(commits)
         for state, _ in commits:
             self._renew_lease(state.promotion.id, region)
         return answers
+
+    async def _book(
+        self, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demands: dict[str, int]
+    ) -> tuple[PromotionState | None, GrantRecord]:
+        """The grant answering this request: the one booked before (with no state to commit), or
+        a new one booked on a copy of the promotion's state, which the caller commits."""
+        previous = await self._store.find_grant(promotion_id, region, request_id)
+        if previous is not None:
+            return None, _replayed(previous, incarnation)
+        state = self._state(promotion_id).copy()
+        ids = (uuid.uuid4().hex, request_id)
+        record = allocation.grant(
+            state, region, incarnation, amount, ids, demands, self.settings.horizon_s, self._clock.wall_ms()
+        )
+        return state, record
 
     def _refuse_if_emergency(self, region: str) -> None:
         if self._emergency.covers(region):
