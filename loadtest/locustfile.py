@@ -1,0 +1,372 @@
+"""Locust users that act as regional order services: each user is pinned to one region and calls
+that region's agent over gRPC, as a checkout would.
+
+    locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 60s \\
+        --agents eu=127.0.0.1:50061,us=127.0.0.1:50062 --center 127.0.0.1:50051
+
+Every call is reported as a Locust request of type "grpc" named after what it did ("Deduct",
+"Deduct multi-line", "Deduct retry", "Refund", "Reserve", "Confirm", "Cancel"). A deduction or
+reservation refused because the budget is spent is the sale working as intended, so it counts as a
+success under "<name> (exhausted)"; anything else the agent refuses, and any answer that breaks the
+API's promises (a retry that is not replayed, lines that differ from the order's), is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import grpc
+import grpc.experimental.gevent as grpc_gevent
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from locust import User, events, task
+from locust.argument_parser import LocustArgumentParser
+from locust.env import Environment
+from locust.runners import WorkerRunner
+
+from quota_center.errors import REJECT_REASON_METADATA_KEY, RejectReason
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from region_agent.v1 import region_agent_pb2 as agent_pb
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+
+# gRPC's sync stubs block the OS thread unless gRPC polls through gevent: without this, every
+# Locust user in the process would wait for the one call in flight.
+grpc_gevent.init_gevent()
+
+log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+Response = TypeVar("Response", bound=Message)
+
+HOUR_MS = 3_600_000
+REFUNDABLE_KEPT = 100
+"""Orders a user remembers for later refunds; older ones are simply never refunded."""
+USERS_PER_REGION = 10_000
+"""Customers per region the orders are spread over."""
+RESERVATION_TTL_MS = 60_000
+"""Long enough that a reservation settled right after it is made never lapses first."""
+
+TASKS = ("deduct", "multi_line", "refund", "retry", "reserve_confirm", "reserve_cancel")
+DEFAULT_WEIGHTS = {"deduct": 10, "multi_line": 3, "refund": 2, "retry": 2, "reserve_confirm": 2, "reserve_cancel": 1}
+
+
+# Locust's EventHook.add_listener is untyped; the listeners themselves are checked.
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
+def _add_options(parser: LocustArgumentParser) -> None:
+    parser.add_argument(
+        "--agents",
+        env_var="QUOTA_AGENTS",
+        default="",
+        help="region=host:port of each region's agent, comma-separated; users are spread over the regions",
+    )
+    parser.add_argument(
+        "--center",
+        env_var="QUOTA_CENTER",
+        default="",
+        help="the center's host:port; when given, the promotions are created at test start",
+    )
+    parser.add_argument("--promotions", type=int, default=4, help="promotions the orders spend")
+    parser.add_argument("--budget", type=int, default=10_000, help="budget of each promotion created (--center)")
+    parser.add_argument(
+        "--promotion-prefix",
+        default="load",
+        help="promotion ids are PREFIX-1 .. PREFIX-N; a new prefix gives a deployment fresh budgets",
+    )
+    parser.add_argument("--call-timeout", type=float, default=5.0, help="deadline of every call, seconds")
+    for name in TASKS:
+        parser.add_argument(
+            f"--weight-{name.replace('_', '-')}",
+            type=int,
+            default=DEFAULT_WEIGHTS[name],
+            help=f"relative weight of the {name.replace('_', ' ')} task (0: never)",
+        )
+
+
+@dataclass(frozen=True)
+class Options:
+    agents: dict[str, str]
+    center: str
+    promotion_ids: list[str]
+    budget: int
+    call_timeout_s: float
+    weights: dict[str, int]
+
+
+def _options(environment: Environment) -> Options:
+    parsed = environment.parsed_options
+    assert parsed is not None, "started by the locust command"
+    agents = dict(entry.strip().split("=", 1) for entry in str(parsed.agents).split(",") if entry.strip())
+    if not agents:
+        raise ValueError("--agents (or QUOTA_AGENTS) must name at least one region=host:port")
+    if int(parsed.promotions) < 1:
+        raise ValueError("--promotions must be at least 1")
+    weights = {name: int(getattr(parsed, f"weight_{name}")) for name in TASKS}
+    if any(weight < 0 for weight in weights.values()) or not any(weights.values()):
+        raise ValueError(f"task weights must be non-negative and not all zero, got {weights}")
+    return Options(
+        agents=agents,
+        center=str(parsed.center),
+        promotion_ids=[f"{parsed.promotion_prefix}-{n}" for n in range(1, int(parsed.promotions) + 1)],
+        budget=int(parsed.budget),
+        call_timeout_s=float(parsed.call_timeout),
+        weights=weights,
+    )
+
+
+@events.test_start.add_listener  # type: ignore[untyped-decorator]
+def _create_promotions(environment: Environment, **_kwargs: object) -> None:
+    # Workers get their users from the master, which has created the promotions already.
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    options = _options(environment)
+    if not options.center:
+        return
+    now_ms = time.time_ns() // 1_000_000
+    start, end = Timestamp(), Timestamp()
+    # Started a minute ago, so that an agent whose clock is a little behind still sees it active.
+    start.FromMilliseconds(now_ms - 60_000)
+    end.FromMilliseconds(now_ms + 4 * HOUR_MS)
+    with grpc.insecure_channel(options.center) as channel:
+        admin = center_grpc.PromotionAdminStub(channel)
+        for promotion_id in options.promotion_ids:
+            promotion = center_pb.Promotion(
+                id=promotion_id,
+                kind=center_pb.PROMOTION_KIND_COUNT,
+                budget=options.budget,
+                start_time=start,
+                end_time=end,
+                regions=list(options.agents),
+            )
+            try:
+                admin.CreatePromotion(
+                    center_pb.CreatePromotionRequest(promotion=promotion), timeout=options.call_timeout_s
+                )
+            except grpc.RpcError as error:
+                # A rerun against the same center with the same prefix spends what is left of the same budgets.
+                if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+    log.info("promotions %s ready in regions %s", ", ".join(options.promotion_ids), ", ".join(options.agents))
+
+
+class CallFailed(Exception):
+    """A call that failed, or answered what the API does not promise; Locust groups failures by its text."""
+
+
+def _reject_reason(error: grpc.RpcError) -> str:
+    # What sync calls raise is also a grpc.Call, whose metadata the stubs type as the pairs it holds.
+    return _trailing(error, REJECT_REASON_METADATA_KEY) if isinstance(error, grpc.Call) else ""
+
+
+def _trailing(call: grpc.Call, key: str) -> str:
+    return next((str(value) for name, value in call.trailing_metadata() or () if name == key), "")
+
+
+def _is_exhausted(error: grpc.RpcError) -> bool:
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _reject_reason(error) == RejectReason.EXHAUSTED.value
+
+
+def _describe(error: grpc.RpcError) -> str:
+    reason = _reject_reason(error)
+    return f"{error.code().name}{f' ({reason})' if reason else ''}: {error.details()}"
+
+
+class OrderAnswer(Protocol):
+    """What Deduct, Reserve, Confirm and Cancel answer alike."""
+
+    @property
+    def lines(self) -> Sequence[agent_pb.Line]: ...
+
+    @property
+    def replayed(self) -> bool: ...
+
+
+def _lines(lines: Iterable[agent_pb.Line]) -> list[tuple[str, int, str]]:
+    return [(line.promotion_id, line.amount, line.user_id) for line in lines]
+
+
+def _fresh(lines: list[agent_pb.Line]) -> Callable[[OrderAnswer], str]:
+    """The check of a first answer to an order: not a replay, and exactly the lines asked for."""
+
+    def check(answer: OrderAnswer) -> str:
+        if answer.replayed:
+            return "a new order answered as a replay"
+        return "" if _lines(answer.lines) == _lines(lines) else "answered with other lines than the order's"
+
+    return check
+
+
+def _replayed(first: OrderAnswer) -> Callable[[OrderAnswer], str]:
+    """The check of a retry's answer: a replay of the first answer."""
+
+    def check(answer: OrderAnswer) -> str:
+        if not answer.replayed:
+            return "a retried order was not replayed"
+        return "" if _lines(answer.lines) == _lines(first.lines) else "a replay answered with other lines"
+
+    return check
+
+
+def _refunded(deducted: list[agent_pb.Line]) -> Callable[[agent_pb.RefundResponse], str]:
+    """The check of a first full refund: everything the order deducted came back."""
+    expected = sorted((line.promotion_id, line.amount) for line in deducted)
+
+    def check(answer: agent_pb.RefundResponse) -> str:
+        if answer.replayed:
+            return "a first refund answered as a replay"
+        got = sorted((line.promotion_id, line.amount) for line in answer.lines)
+        return "" if got == expected else "refunded other amounts than the order deducted"
+
+    return check
+
+
+_region_turns = itertools.count()
+
+
+class OrderService(User):
+    """One instance of a region's order service: it places orders for that region's customers."""
+
+    def on_start(self) -> None:
+        options = _options(self.environment)
+        regions = sorted(options.agents)
+        # Round-robin rather than random, so that every region gets its share even with few users.
+        self.region = regions[next(_region_turns) % len(regions)]
+        self.promotion_ids = options.promotion_ids
+        self.call_timeout_s = options.call_timeout_s
+        self.task_names = [name for name in TASKS if options.weights[name]]
+        self.task_weights = [options.weights[name] for name in self.task_names]
+        self.channel = grpc.insecure_channel(options.agents[self.region])
+        self.agent = agent_grpc.RegionAgentStub(self.channel)
+        self.refundable: deque[tuple[str, list[agent_pb.Line]]] = deque(maxlen=REFUNDABLE_KEPT)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def order(self) -> None:
+        # The mix is drawn here rather than by Locust's task weights, which are fixed when the class
+        # is defined; the weights come from options, which workers only know once the test starts.
+        name = random.choices(self.task_names, self.task_weights)[0]
+        getattr(self, name)()
+
+    def deduct(self) -> None:
+        self._deduct("Deduct", [self._line(random.choice(self.promotion_ids))])
+
+    def multi_line(self) -> None:
+        count = min(len(self.promotion_ids), random.randint(2, 3))
+        user = self._user()
+        lines = [self._line(p, user, random.randint(1, 3)) for p in random.sample(self.promotion_ids, count)]
+        self._deduct("Deduct multi-line", lines)
+
+    def refund(self) -> None:
+        if not self.refundable:
+            return
+        order_key, lines = self.refundable.popleft()
+        # No lines: the agent refunds whatever the order still has, which must be all it deducted.
+        self._call("Refund", self.agent.Refund, agent_pb.RefundRequest(order_key=order_key), check=_refunded(lines))
+
+    def retry(self) -> None:
+        lines = [self._line(random.choice(self.promotion_ids))]
+        request = agent_pb.DeductRequest(order_key=self._order_key(), region=self.region, lines=lines)
+        first = self._call("Deduct", self.agent.Deduct, request, check=_fresh(lines), may_exhaust=True)
+        if first is not None:
+            self.refundable.append((request.order_key, lines))
+            # The same order sent again, as a client does when the first answer was lost.
+            self._call("Deduct retry", self.agent.Deduct, request, check=_replayed(first))
+
+    def reserve_confirm(self) -> None:
+        reservation = self._reserve()
+        if reservation is not None and self._settle("Confirm", self.agent.Confirm, *reservation):
+            # A confirmed reservation is a deduction, refundable like one.
+            self.refundable.append(reservation)
+
+    def reserve_cancel(self) -> None:
+        reservation = self._reserve()
+        if reservation is not None:
+            self._settle("Cancel", self.agent.Cancel, *reservation)
+
+    def _deduct(self, name: str, lines: list[agent_pb.Line]) -> None:
+        request = agent_pb.DeductRequest(order_key=self._order_key(), region=self.region, lines=lines)
+        if self._call(name, self.agent.Deduct, request, check=_fresh(lines), may_exhaust=True) is not None:
+            self.refundable.append((request.order_key, lines))
+
+    def _reserve(self) -> tuple[str, list[agent_pb.Line]] | None:
+        """Reserves a one-line order; its key and lines if the hold was granted."""
+        lines = [self._line(random.choice(self.promotion_ids))]
+        order_key = self._order_key()
+        request = agent_pb.ReserveRequest(
+            order_key=order_key, region=self.region, lines=lines, ttl_ms=RESERVATION_TTL_MS
+        )
+        held = self._call("Reserve", self.agent.Reserve, request, check=_fresh(lines), may_exhaust=True)
+        return (order_key, lines) if held is not None else None
+
+    def _settle(
+        self,
+        name: str,
+        settle: grpc.UnaryUnaryMultiCallable[agent_pb.SettleRequest, agent_pb.SettleResponse],
+        order_key: str,
+        lines: list[agent_pb.Line],
+    ) -> bool:
+        """Confirms or cancels a reservation made a moment ago; whether that succeeded."""
+        check = _fresh(lines)
+        answer = self._call(
+            name,
+            settle,
+            agent_pb.SettleRequest(order_key=order_key),
+            check=lambda a: check(a) or ("settled a reservation that had lapsed" if a.expired else ""),
+        )
+        return answer is not None
+
+    def _order_key(self) -> str:
+        return f"{self.region}-{uuid.uuid4().hex}"
+
+    def _user(self) -> str:
+        return f"{self.region}-user-{random.randrange(USERS_PER_REGION)}"
+
+    def _line(self, promotion_id: str, user: str = "", amount: int = 1) -> agent_pb.Line:
+        return agent_pb.Line(promotion_id=promotion_id, amount=amount, user_id=user or self._user())
+
+    def _call(
+        self,
+        name: str,
+        rpc: grpc.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
+        *,
+        check: Callable[[Response], str],
+        may_exhaust: bool = False,
+    ) -> Response | None:
+        """Calls the agent, reports the call to Locust, and returns the answer if the call succeeded.
+
+        `check` returns what is wrong with an answer ("" if nothing); `may_exhaust` makes a refusal
+        for a spent budget a success that returns None.
+        """
+        started = time.perf_counter()
+        response: Response | None = None
+        failure: CallFailed | None = None
+        try:
+            response = rpc(request, timeout=self.call_timeout_s)
+        except grpc.RpcError as error:
+            if may_exhaust and _is_exhausted(error):
+                name = f"{name} (exhausted)"
+            else:
+                failure = CallFailed(_describe(error))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if response is not None and (problem := check(response)):
+            failure = CallFailed(problem)
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            response_time=elapsed_ms,
+            response_length=response.ByteSize() if response is not None else 0,
+            exception=failure,
+            context={"region": self.region},
+        )
+        return None if failure else response
