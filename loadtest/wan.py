@@ -16,9 +16,12 @@ TCP wait and retransmit; calls with deadlines time out meanwhile.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import random
+import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -140,3 +143,33 @@ class WanProxy:
                 return
             writer.write(chunk)
             await writer.drain()
+
+
+async def _serve(target: str, link: Link, listen_port: int) -> None:
+    host, _, port = target.rpartition(":")
+    proxy = WanProxy(host, int(port), link)
+    print(json.dumps({"ready": "wan", "port": await proxy.start(port=listen_port)}), flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await proxy.close()
+
+
+def main() -> None:
+    """`python -m loadtest.wan --target HOST:PORT --rtt-ms 80`: the proxy as a process of its own, so
+    a benchmark's load generator does not share its event loop with the link it measures."""
+    parser = argparse.ArgumentParser(description="A WAN emulator: a TCP proxy that delays, jitters and loses.")
+    parser.add_argument("--target", required=True, help="host:port the proxy forwards to")
+    parser.add_argument("--listen-port", type=int, default=0, help="0 picks a free one (printed as JSON)")
+    parser.add_argument("--rtt-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--loss", type=float, default=0.0)
+    options = parser.parse_args()
+    link = Link(rtt_s=options.rtt_ms / 1000, jitter_s=options.jitter_ms / 1000, loss=options.loss)
+    asyncio.run(_serve(options.target, link, options.listen_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import click
 
@@ -152,9 +153,37 @@ def simulate(as_json: bool, seed: int, scenarios: tuple[str, ...]) -> None:
     _print_rows("quota simulate", rows)
 
 
-@main.group()
-def bench() -> None:
-    """Benchmarks that print figures (they start what they need on loopback and stop it)."""
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Per measurement.")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent order services.")
+@click.option(
+    "--docs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("docs"),
+    show_default=True,
+    help="Where benchmarks.md (its measured section) and benchmarks.png are written.",
+)
+@click.pass_context
+def bench(context: click.Context, as_json: bool, seconds: float, clients: int, docs: Path) -> None:
+    """Benchmarks that print figures (they start what they need on loopback and stop it).
+
+    Without a subcommand: our agents against central deduction and a central Redis script, at a
+    WAN round trip of 0 and 80 ms to the center, on the same demand in one run."""
+    if context.invoked_subcommand is not None:
+        return
+    from loadtest.compare import Options, compare
+    from loadtest.report import write
+
+    comparison = asyncio.run(compare(Options(seconds, clients)))
+    written = write(comparison, docs)
+    if as_json:
+        _print_json(comparison.figures)
+        return
+    _print_rows("quota bench", comparison.figures["rows"], BENCH_COLUMNS)
+    for name in ("echo_per_s", "lua_loop_per_s", "agent_vs_echo_ratio", "agent_vs_lua_ratio"):
+        click.echo(f"{name}: {comparison.figures[name]}")
+    click.echo("wrote " + ", ".join(str(path) for path in written))
 
 
 def _print_json(figures: dict[str, object]) -> None:
@@ -232,16 +261,31 @@ SIMULATE_COLUMNS = {
 }
 
 
-def _print_rows(title: str, rows: list[dict[str, object]]) -> None:
+BENCH_COLUMNS = {
+    "strategy": "strategy",
+    "wan_rtt_ms": "WAN ms",
+    "deductions": "deductions",
+    "throughput_per_s": "per s",
+    "p50_ms": "p50 ms",
+    "p99_ms": "p99 ms",
+    "p999_ms": "p999 ms",
+    "center_calls_per_1k": "calls/1k",
+    "over_issue": "over",
+    "refused": "refused",
+    "errors": "errors",
+}
+
+
+def _print_rows(title: str, rows: list[dict[str, object]], columns: dict[str, str] = SIMULATE_COLUMNS) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for key, header in SIMULATE_COLUMNS.items():
+    for key, header in columns.items():
         table.add_column(header, justify="left" if key in ("scenario", "strategy") else "right")
     for row in rows:
         cells = []
-        for key in SIMULATE_COLUMNS:
+        for key in columns:
             value = row[key]
             if isinstance(value, float) and key in ("sell_through", "waited_share"):
                 cells.append(f"{value:.2%}")

@@ -25,6 +25,8 @@ class ServerProcess:
     args: list[str]
     log_path: Path
     port: int = 0
+    module: str = "quota_center"
+    """The Python module run with `-m`: it prints {"port": N} on stdout once it serves."""
     popen: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     @property
@@ -43,7 +45,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         log = self.log_path.open("a")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "quota_center", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,

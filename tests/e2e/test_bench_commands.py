@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,3 +56,30 @@ def test_bench_freeze_reaches_every_region_within_100_ms_by_push() -> None:
     assert 0 <= figures["push"]["p50_ms"] <= figures["push"]["p99_ms"] < 100
     # Without the stream, the freeze waits for the next renewal or pull: seconds, not milliseconds.
     assert figures["pull_only"]["p50_ms"] > 10 * figures["push"]["p50_ms"]
+
+
+def test_bench_compares_every_strategy_at_both_wan_settings(tmp_path: Path) -> None:
+    figures = _quota_json("bench", "--seconds", "1", "--clients", "8", "--docs", str(tmp_path))
+
+    rows = {(row["strategy"], row["wan_rtt_ms"]): row for row in figures["rows"]}
+    strategies = ("agent_memory", "agent_redis", "central_grpc", "central_redis")
+    assert set(rows) == {(strategy, rtt) for strategy in strategies for rtt in (0, 80)}
+    for row in rows.values():
+        assert row["deductions"] > 0
+        assert row["over_issue"] == 0
+        assert row["errors"] == 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    for strategy in ("central_grpc", "central_redis"):
+        # Every order crosses the WAN: no median can beat the round trip.
+        assert rows[(strategy, 80)]["p50_ms"] >= 80
+        assert rows[(strategy, 80)]["center_calls_per_1k"] == 1000
+    for strategy in ("agent_memory", "agent_redis"):
+        # The agents' orders stay in the region: the typical one never waits for the center.
+        assert rows[(strategy, 80)]["p50_ms"] < 40
+        assert rows[(strategy, 80)]["center_calls_per_1k"] < 100
+    assert figures["echo_per_s"] > 0
+    assert figures["lua_loop_per_s"] > 0
+    assert figures["agent_vs_echo_ratio"] > 0
+    assert figures["agent_vs_lua_ratio"] > 0
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "| agent_redis | 80 |" in page

@@ -1,0 +1,120 @@
+"""The benchmark's load generator: the same generated demand, driven the same way into every strategy.
+
+Demand is a seeded stream of one-line orders: most spend one of a few promotions whose budgets
+never run out, a tenth spend a flash promotion whose small budget does, so every strategy meets
+exhaustion and its over-issue can be counted. Closed-loop clients each take the next order, send
+it, wait for the answer and take the next, for a set time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+STEADY_PROMOTIONS = 4
+STEADY_BUDGET = 2**40
+FLASH_BUDGET = 200
+FLASH_SHARE = 0.1
+MAX_AMOUNT = 5
+USERS = 10_000
+
+
+@dataclass(frozen=True)
+class Order:
+    key: str
+    promotion_id: str
+    amount: int
+    user_id: str
+
+
+@dataclass(frozen=True)
+class Demand:
+    """The promotions a row spends (ids carry the row's prefix, so each row starts from full budgets)."""
+
+    prefix: str
+    seed: int = 7
+
+    @property
+    def flash(self) -> str:
+        return f"{self.prefix}-flash"
+
+    def budgets(self) -> dict[str, int]:
+        steady = {f"{self.prefix}-steady-{n}": STEADY_BUDGET for n in range(STEADY_PROMOTIONS)}
+        return {**steady, self.flash: FLASH_BUDGET}
+
+    def orders(self, phase: str = "run", flash: bool = True) -> Iterator[Order]:
+        """The same sequence for every row with the same seed; only the ids' prefix differs.
+        `phase` keeps the keys of a warm-up apart from the timed run's."""
+        pick = random.Random(self.seed)
+        for number in itertools.count():
+            if flash and pick.random() < FLASH_SHARE:
+                promotion = self.flash
+            else:
+                promotion = f"{self.prefix}-steady-{pick.randrange(STEADY_PROMOTIONS)}"
+            amount = pick.randint(1, MAX_AMOUNT)
+            yield Order(f"{self.prefix}-{phase}-{number}", promotion, amount, f"user-{pick.randrange(USERS)}")
+
+
+class Target(Protocol):
+    """One strategy's way to deduct an order: True when accepted, False when refused for lack of
+    budget (intended exhaustion); anything else raises."""
+
+    async def deduct(self, order: Order) -> bool: ...
+
+
+@dataclass
+class Measured:
+    latencies_s: list[float] = field(default_factory=list)
+    accepted_units: Counter[str] = field(default_factory=Counter)
+    refused: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+
+    @property
+    def deductions(self) -> int:
+        return len(self.latencies_s)
+
+
+async def drive(target: Target, orders: Iterator[Order], clients: int, seconds: float) -> Measured:
+    """`clients` closed-loop clients for `seconds`; every answered order is timed, accepted or not."""
+    measured = Measured()
+    started = time.perf_counter()
+    stop_at = started + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < stop_at:
+            order = next(orders)
+            sent = time.perf_counter()
+            try:
+                accepted = await target.deduct(order)
+            except Exception as error:  # a benchmark counts every failure and goes on
+                measured.errors[type(error).__name__] += 1
+                continue
+            measured.latencies_s.append(time.perf_counter() - sent)
+            if accepted:
+                measured.accepted_units[order.promotion_id] += order.amount
+            else:
+                measured.refused += 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    measured.elapsed_s = time.perf_counter() - started
+    return measured
+
+
+async def warm_up(target: Target, demand: Demand, clients: int, seconds: float) -> Counter[str]:
+    """The load, untimed, for `seconds` before the clock starts: every connection the clients use
+    is open and an agent has measured its selling rate, so the rows compare steady states. The flash
+    promotion is left out, so it runs out while timed. What the warm-up accepts counts toward the
+    budgets."""
+    measured = await drive(target, demand.orders("warm", flash=False), clients, seconds)
+    return measured.accepted_units
+
+
+def over_issue(accepted_units: Counter[str], budgets: dict[str, int]) -> int:
+    return sum(max(0, units - budgets[promotion_id]) for promotion_id, units in accepted_units.items())

@@ -1,0 +1,80 @@
+"""The strategies `quota bench` compares, each as the order service would call it."""
+
+from __future__ import annotations
+
+import grpc
+import redis.asyncio as redis
+
+from loadtest.load import Order
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from region_agent.v1 import region_agent_pb2 as agent_pb
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+
+DEADLINE_S = 10.0
+
+
+class ThroughAgent:
+    """Our way: the order calls its region's agent (or the echo server, which has the same API)."""
+
+    def __init__(self, channel: grpc.aio.Channel, region: str) -> None:
+        self._stub = agent_grpc.RegionAgentStub(channel)
+        self._region = region
+
+    async def deduct(self, order: Order) -> bool:
+        line = agent_pb.Line(promotion_id=order.promotion_id, amount=order.amount, user_id=order.user_id)
+        request = agent_pb.DeductRequest(order_key=order.key, region=self._region, lines=[line])
+        try:
+            await self._stub.Deduct(request, timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return False
+            raise
+        return True
+
+
+class CentralGrpc:
+    """Central deduction: every order asks the center for exactly its amount, keyed by the order
+    (a retry gets the same grant). A smaller grant than asked is a refusal."""
+
+    def __init__(self, channel: grpc.aio.Channel, region: str) -> None:
+        self._stub = pb_grpc.AllocationStub(channel)
+        self._agent = pb.AgentIdentity(region=region, incarnation="central-deduction")
+
+    async def deduct(self, order: Order) -> bool:
+        request = pb.AcquireRequest(
+            agent=self._agent, promotion_id=order.promotion_id, amount=order.amount, request_id=order.key
+        )
+        try:
+            answer = await self._stub.Acquire(request, timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return False
+            raise
+        return answer.grant.amount == order.amount
+
+
+DECREMENT_IF_ENOUGH = """
+local left = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+if left < amount then return 0 end
+redis.call('DECRBY', KEYS[1], amount)
+return 1
+"""
+"""What many teams run today: one budget counter in one central Redis, decremented if enough is left."""
+
+
+class CentralRedis:
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._script = client.register_script(DECREMENT_IF_ENOUGH)
+
+    async def load(self, budgets: dict[str, int]) -> None:
+        await self._client.mset({_budget_key(promotion_id): budget for promotion_id, budget in budgets.items()})
+
+    async def deduct(self, order: Order) -> bool:
+        return bool(await self._script(keys=[_budget_key(order.promotion_id)], args=[order.amount]))
+
+
+def _budget_key(promotion_id: str) -> str:
+    return f"bench:budget:{promotion_id}"
