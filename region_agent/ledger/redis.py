@@ -28,7 +28,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis
@@ -46,11 +46,14 @@ from region_agent.ledger.base import (
     SettleOutcome,
     UserLimit,
 )
+from region_agent.ledger.batching import Batcher
 from region_agent.ledger.local import check_replay, refund_id_reused, settled_before, unconfirmed_refund
 from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, SETTLE, TAKE_BACK
 
 P = ParamSpec("P")
 T = TypeVar("T")
+_Deduction = tuple[str, tuple[Line, ...], Mapping[str, UserLimit], int]
+"""order key, lines, limits, hold in ms"""
 
 
 def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -82,6 +85,7 @@ class RedisLedger:
         self._due = client.register_script(DUE)
         self._release = client.register_script(RELEASE)
         self._forget = client.register_script(FORGET)
+        self._deductions = Batcher(self._deduct_many)
         self._incarnation: str | None = None
         self._floor = 0
         """The highest sequence number this agent saw in the current life: Redis must never show less."""
@@ -163,18 +167,7 @@ class RedisLedger:
         limits: Mapping[str, UserLimit] = NO_LIMITS,
         hold_ms: int = 0,
     ) -> DeductOutcome:
-        keys = [self._data("order", order_key), self._data("reservations"), *self._line_keys(lines)]
-        line_limits = [limits.get(line.promotion_id, UserLimit()) for line in lines]
-        args: list[str | int] = [
-            _encode(lines),
-            *(line.amount for line in lines),
-            *(limit.units for limit in line_limits),
-            *(limit.orders for limit in line_limits),
-            order_key,
-            hold_ms,
-            self._retention_ms,
-        ]
-        answer = await self._run(self._deduct, keys, args)
+        answer = await self._deductions.submit((order_key, lines, limits, hold_ms))
         status = answer[0].decode()
         if status == "replay":
             check_replay(order_key, same_lines=bool(answer[1]), was_reservation=bool(answer[2]), reserve=hold_ms > 0)
@@ -187,6 +180,25 @@ class RedisLedger:
         return DeductOutcome(
             lines, available_after=tuple(int(left) for left in answer[2:]), expires_at_ms=int(answer[1])
         )
+
+    async def _deduct_many(self, calls: Sequence[_Deduction]) -> list[list[Any]]:
+        """One script call for every deduction in the batch; one answer each, in order."""
+        keys = [self._data("reservations")]
+        args: list[str | int] = [self._retention_ms]
+        for order_key, lines, limits, hold_ms in calls:
+            line_limits = [limits.get(line.promotion_id, UserLimit()) for line in lines]
+            keys += [self._data("order", order_key), *self._line_keys(lines)]
+            args += [
+                len(lines),
+                _encode(lines),
+                *(line.amount for line in lines),
+                *(limit.units for limit in line_limits),
+                *(limit.orders for limit in line_limits),
+                order_key,
+                hold_ms,
+            ]
+        answers: list[list[Any]] = await self._run(self._deduct, keys, args)
+        return answers
 
     @_reachable
     async def settle(self, order_key: str, how: Settle) -> SettleOutcome:

@@ -41,58 +41,73 @@ local function now_ms()
 end
 """
 
-# KEYS: incarnation, order, reservations, balance per line, user per line.
-# ARGV: incarnation, lines JSON, amount per line, unit limit per line, order limit per line,
-# hold in ms (0: a plain deduction), retention in ms.
+# Many orders in one call, each checked and applied in turn as if alone (a batch is the orders
+# that arrived while the previous call was on its way; one round trip and one AOF write serve them).
+# KEYS: incarnation, reservations, then per order: its order key, balance per line, user per line.
+# ARGV: incarnation, retention in ms, then per order: line count n, lines JSON, amount per line,
+# unit limit per line, order limit per line, order key, hold in ms (0: a plain deduction).
+# Answers one reply per order: 'ok' (expires, then available after, per line), 'short' or
+# 'over_limit' (then the 1-based lines), or 'replay' (same lines?, reserved?, expires).
 DEDUCT = (
     _SAME_LIFE
     + _AVAILABLE
     + _NOW_MS
     + """
-local first = redis.call('HGET', KEYS[2], 'lines')
-if first then
-  local reserved = redis.call('HEXISTS', KEYS[2], 'state')
-  return {'replay', first == ARGV[2] and 1 or 0, reserved, redis.call('HGET', KEYS[2], 'expires') or '0'}
-end
-local n = (#KEYS - 3) / 2
-local hold = tonumber(ARGV[#ARGV - 1])
-local wanted, units, short, over = {}, {}, {}, {}
-for i = 1, n do
-  wanted[KEYS[3 + i]] = (wanted[KEYS[3 + i]] or 0) + tonumber(ARGV[2 + i])
-  units[KEYS[3 + n + i]] = (units[KEYS[3 + n + i]] or 0) + tonumber(ARGV[2 + i])
-end
-for i = 1, n do
-  local user, unit_limit, order_limit = KEYS[3 + n + i], tonumber(ARGV[2 + n + i]), tonumber(ARGV[2 + 2 * n + i])
-  local held = tonumber(redis.call('HGET', user, 'units')) or 0
-  local orders = tonumber(redis.call('HGET', user, 'orders')) or 0
-  if (unit_limit > 0 and held + units[user] > unit_limit) or (order_limit > 0 and orders + 1 > order_limit) then
-    table.insert(over, i)
+local function deduct(k, a)
+  local order, lines, n = KEYS[k], ARGV[a + 1], tonumber(ARGV[a])
+  local first = redis.call('HGET', order, 'lines')
+  if first then
+    local reserved = redis.call('HEXISTS', order, 'state')
+    return {'replay', first == lines and 1 or 0, reserved, redis.call('HGET', order, 'expires') or '0'}
   end
+  local order_key, hold = ARGV[a + 3 * n + 2], tonumber(ARGV[a + 3 * n + 3])
+  local wanted, units, short, over = {}, {}, {}, {}
+  for i = 1, n do
+    local balance, user, amount = KEYS[k + i], KEYS[k + n + i], tonumber(ARGV[a + 1 + i])
+    wanted[balance] = (wanted[balance] or 0) + amount
+    units[user] = (units[user] or 0) + amount
+  end
+  for i = 1, n do
+    local user = KEYS[k + n + i]
+    local unit_limit, order_limit = tonumber(ARGV[a + 1 + n + i]), tonumber(ARGV[a + 1 + 2 * n + i])
+    local held = tonumber(redis.call('HGET', user, 'units')) or 0
+    local orders = tonumber(redis.call('HGET', user, 'orders')) or 0
+    if (unit_limit > 0 and held + units[user] > unit_limit) or (order_limit > 0 and orders + 1 > order_limit) then
+      table.insert(over, i)
+    end
+  end
+  if #over > 0 then return {'over_limit', unpack(over)} end
+  for i = 1, n do
+    if available(KEYS[k + i]) < wanted[KEYS[k + i]] then table.insert(short, i) end
+  end
+  if #short > 0 then return {'short', unpack(short)} end
+  local field = hold > 0 and 'held' or 'deducted'
+  for i = 1, n do redis.call('HINCRBY', KEYS[k + i], field, ARGV[a + 1 + i]) end
+  for user, amount in pairs(units) do
+    redis.call('HINCRBY', user, 'units', amount)
+    redis.call('HINCRBY', user, 'orders', 1)
+  end
+  local expires = 0
+  if hold > 0 then
+    expires = now_ms() + hold
+    redis.call('HSET', order, 'state', 'reserved', 'expires', string.format('%d', expires))
+    redis.call('ZADD', KEYS[2], expires, order_key)
+  end
+  local answer = {'ok', string.format('%d', expires)}
+  for i = 1, n do table.insert(answer, available(KEYS[k + i])) end
+  redis.call('HSET', order, 'lines', lines)
+  -- A pending reservation's record stays until it is settled, however late the sweep: its held quota
+  -- would never come back without it. The retention period starts when it ends.
+  if hold == 0 then redis.call('PEXPIRE', order, ARGV[2]) end
+  return answer
 end
-if #over > 0 then return {'over_limit', unpack(over)} end
-for i = 1, n do
-  if available(KEYS[3 + i]) < wanted[KEYS[3 + i]] then table.insert(short, i) end
+local answers, k, a = {}, 3, 3
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  table.insert(answers, deduct(k, a))
+  k, a = k + 1 + 2 * n, a + 4 + 3 * n
 end
-if #short > 0 then return {'short', unpack(short)} end
-local field = hold > 0 and 'held' or 'deducted'
-for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], field, ARGV[2 + i]) end
-for user, amount in pairs(units) do
-  redis.call('HINCRBY', user, 'units', amount)
-  redis.call('HINCRBY', user, 'orders', 1)
-end
-local expires = 0
-if hold > 0 then
-  expires = now_ms() + hold
-  redis.call('HSET', KEYS[2], 'state', 'reserved', 'expires', string.format('%d', expires))
-  redis.call('ZADD', KEYS[3], expires, ARGV[#ARGV - 2])
-end
-local answer = {'ok', string.format('%d', expires)}
-for i = 1, n do table.insert(answer, available(KEYS[3 + i])) end
-redis.call('HSET', KEYS[2], 'lines', ARGV[2])
--- A pending reservation's record stays until it is settled, however late the sweep: its held quota
--- would never come back without it. The retention period starts when it ends.
-if hold == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[#ARGV]) end
-return answer
+return answers
 """
     + _END
 )

@@ -71,6 +71,25 @@ async def test_concurrent_orders_never_overspend(ledger: Ledger) -> None:
     assert (await ledger.balance("a")).available == 1
 
 
+async def test_a_crowd_of_orders_with_retries_among_them_is_answered_as_if_one_at_a_time(ledger: Ledger) -> None:
+    """Hundreds at once: the Redis ledger sends them in batches, which must not change any answer."""
+    await ledger.apply_grant("g1", "a", 150, await ledger.incarnation())
+    line = Line("a", 1, "u1")
+    calls = [ledger.deduct(f"o{n}", (line,)) for n in range(200)]
+    calls += [ledger.deduct(f"o{n}", (line,)) for n in range(100)]  # retries, racing their originals
+    calls.append(ledger.deduct("o7", (B,)))  # a key reused for other lines
+
+    *outcomes, reused = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert isinstance(reused, FailedPrecondition)
+    answers = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+    assert len(answers) == 300
+    first_times = [answer for answer in answers if answer.accepted and not answer.replayed]
+    assert len(first_times) == 150
+    assert (await ledger.balance("a")).deducted == 150
+    assert sum(answer.replayed for answer in answers) <= 100
+
+
 async def test_refunds_go_back_to_the_allotment_once_per_refund_id(ledger: Ledger) -> None:
     await funded(ledger)
     await ledger.deduct("o1", (A, B))
