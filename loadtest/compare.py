@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,14 +125,8 @@ def _stack() -> Iterator[_Stack]:
             stack.close()
 
 
-@contextlib.asynccontextmanager
-async def _channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        yield channel
-
-
 async def _create(center: str, demand: Demand) -> None:
-    async with _channel(center) as channel:
+    async with grpc.aio.insecure_channel(center) as channel:
         admin = pb_grpc.PromotionAdminStub(channel)
         for promotion_id, budget in demand.budgets().items():
             await admin.CreatePromotion(
@@ -155,7 +149,7 @@ async def _agent_row(stack: _Stack, strategy: str, rtt_ms: int, options: Options
     ledger = "memory" if strategy == "agent_memory" else f"redis://{stack.redis_address}/{database}"
     agent = stack.start(agent_process(stack.workdir, REGION, stack.center_via[rtt_ms], "--ledger", ledger))
     try:
-        async with _channel(agent.address) as channel:
+        async with grpc.aio.insecure_channel(agent.address) as channel:
             status = agent_grpc.RegionAgentStub(channel).GetStatus
             calls_before = (await status(agent_pb.GetStatusRequest())).center_calls
             measured, over = await _measure(ThroughAgent(channel, REGION), demand, options)
@@ -168,7 +162,7 @@ async def _agent_row(stack: _Stack, strategy: str, rtt_ms: int, options: Options
 async def _central_grpc_row(stack: _Stack, rtt_ms: int, options: Options) -> Row:
     demand = Demand(f"central_grpc-{rtt_ms}", options.seed)
     await _create(stack.center.address, demand)
-    async with _channel(stack.center_via[rtt_ms]) as channel:
+    async with grpc.aio.insecure_channel(stack.center_via[rtt_ms]) as channel:
         measured, over = await _measure(CentralGrpc(channel, REGION), demand, options)
     return Row("central_grpc", rtt_ms, measured, measured.deductions, over)
 
@@ -189,7 +183,7 @@ async def _central_redis_row(stack: _Stack, rtt_ms: int, options: Options) -> Ro
 async def _echo_per_s(stack: _Stack, options: Options) -> float:
     echo = stack.start(ServerProcess("echo", [], stack.workdir / "echo.log", module="loadtest.echo"))
     try:
-        async with _channel(echo.address) as channel:
+        async with grpc.aio.insecure_channel(echo.address) as channel:
             measured, _ = await _measure(ThroughAgent(channel, REGION), Demand("echo", options.seed), options)
     finally:
         echo.stop()
