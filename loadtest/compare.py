@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import tempfile
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +28,11 @@ import redis.asyncio as redis
 from loadtest.load import Demand, Measured, Target, drive, over_issue, warm_up
 from loadtest.targets import CentralGrpc, CentralRedis, ThroughAgent
 from quota_center.bench import promotion_pb
+from quota_center.bench_ledger import script_loop_per_s
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import redis_server
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from region_agent.ledger.base import Line
-from region_agent.ledger.redis import RedisLedger
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
@@ -62,7 +59,6 @@ class Row:
     measured: Measured
     center_calls: int
     over_issue: int
-    claims_no_over_issue: bool = True
 
     def figures(self) -> dict[str, Any]:
         cuts = _quantiles_ms(self.measured.latencies_s)
@@ -190,22 +186,6 @@ async def _echo_per_s(stack: _Stack, options: Options) -> float:
     return measured.deductions / measured.elapsed_s
 
 
-async def _script_loop_per_s(stack: _Stack, options: Options) -> float:
-    """The agent's own deduction script, one call after another from one client, nothing else."""
-    host, _, port = stack.redis_address.rpartition(":")
-    client = redis.Redis(host=host, port=int(port))
-    try:
-        ledger = RedisLedger(client, f"loop-{uuid.uuid4().hex}")
-        await ledger.apply_grant("g", "loop", 2**50, await ledger.incarnation())
-        started, calls = time.perf_counter(), 0
-        while time.perf_counter() - started < options.seconds:
-            calls += 1
-            await ledger.deduct(f"loop-{calls}", (Line("loop", 1, f"user-{calls % 1000}"),))
-        return calls / (time.perf_counter() - started)
-    finally:
-        await client.aclose()
-
-
 @dataclass(frozen=True)
 class Comparison:
     figures: dict[str, Any]
@@ -217,7 +197,7 @@ class Comparison:
 async def compare(options: Options) -> Comparison:
     with _stack() as stack:
         echo_per_s = await _echo_per_s(stack, options)
-        loop_per_s = await _script_loop_per_s(stack, options)
+        loop_per_s = await script_loop_per_s(stack.redis_address, options.seconds)
         rows: list[Row] = []
         for rtt_ms in WAN_RTTS_MS:
             for strategy in ("agent_memory", "agent_redis"):

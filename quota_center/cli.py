@@ -173,14 +173,14 @@ def bench(context: click.Context, as_json: bool, seconds: float, clients: int, d
     if context.invoked_subcommand is not None:
         return
     from loadtest.compare import Options, compare
-    from loadtest.report import write
+    from loadtest.report import COLUMNS, write
 
     comparison = asyncio.run(compare(Options(seconds, clients)))
     written = write(comparison, docs)
     if as_json:
         _print_json(comparison.figures)
         return
-    _print_rows("quota bench", comparison.figures["rows"], BENCH_COLUMNS)
+    _print_rows("quota bench", comparison.figures["rows"], COLUMNS)
     for name in ("echo_per_s", "lua_loop_per_s", "agent_vs_echo_ratio", "agent_vs_lua_ratio"):
         click.echo(f"{name}: {comparison.figures[name]}")
     click.echo("wrote " + ", ".join(str(path) for path in written))
@@ -190,6 +190,13 @@ def _print_json(figures: dict[str, object]) -> None:
     click.echo(json.dumps(figures))
 
 
+def _show(title: str, figures: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        _print_json(figures)
+    else:
+        _print_table(title, figures)
+
+
 @bench.command("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @click.option("--seconds", type=click.FloatRange(min=0.5), default=3.0, show_default=True, help="Per store.")
@@ -197,11 +204,7 @@ def bench_store(as_json: bool, seconds: float) -> None:
     """Grants per second through the center's gRPC API, on SQLite and on etcd."""
     from quota_center.bench import bench_store as run
 
-    figures = asyncio.run(run(seconds))
-    if as_json:
-        _print_json(figures)
-    else:
-        _print_table("quota bench store", figures)
+    _show("quota bench store", asyncio.run(run(seconds)), as_json)
 
 
 @bench.command("failover")
@@ -210,11 +213,7 @@ def bench_failover(as_json: bool) -> None:
     """Two centers on etcd and two agents under load; SIGKILL the leader; measure the takeover."""
     from quota_center.bench import bench_failover as run
 
-    figures = asyncio.run(run())
-    if as_json:
-        _print_json(figures)
-    else:
-        _print_table("quota bench failover", figures)
+    _show("quota bench failover", asyncio.run(run()), as_json)
 
 
 @bench.command("ledger")
@@ -225,11 +224,7 @@ def bench_ledger(as_json: bool, seconds: float, clients: int) -> None:
     """Deductions per second through one agent on each ledger, and the bare Redis script."""
     from quota_center.bench_ledger import bench_ledger as run
 
-    figures = asyncio.run(run(seconds, clients))
-    if as_json:
-        _print_json(figures)
-    else:
-        _print_table("quota bench ledger", figures)
+    _show("quota bench ledger", asyncio.run(run(seconds, clients)), as_json)
 
 
 @bench.command("freeze")
@@ -239,11 +234,7 @@ def bench_freeze(as_json: bool, freezes: int) -> None:
     """Time from a freeze's answer until every region refuses the promotion: push link, then pull only."""
     from quota_center.bench_freeze import bench_freeze as run
 
-    figures = asyncio.run(run(freezes))
-    if as_json:
-        _print_json(figures)
-    else:
-        _print_table("quota bench freeze", figures)
+    _show("quota bench freeze", asyncio.run(run(freezes)), as_json)
 
 
 SIMULATE_COLUMNS = {
@@ -258,21 +249,6 @@ SIMULATE_COLUMNS = {
     "p999_ms": "p999 ms",
     "center_calls_per_1k": "calls/1k",
     "waited_share": "waited",
-}
-
-
-BENCH_COLUMNS = {
-    "strategy": "strategy",
-    "wan_rtt_ms": "WAN ms",
-    "deductions": "deductions",
-    "throughput_per_s": "per s",
-    "p50_ms": "p50 ms",
-    "p99_ms": "p99 ms",
-    "p999_ms": "p999 ms",
-    "center_calls_per_1k": "calls/1k",
-    "over_issue": "over",
-    "refused": "refused",
-    "errors": "errors",
 }
 
 
