@@ -87,6 +87,7 @@ def usage_to_pb(usage: UsageView) -> pb.Usage:
                 written_off=account.written_off,
                 held=account.held,
                 lease_state=lease,
+                demand_per_minute=view.demand_per_minute,
             )
         )
     return pb.Usage(promotion=promotion_to_pb(usage.promotion), unallocated=usage.unallocated, regions=regions)

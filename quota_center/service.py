@@ -58,6 +58,8 @@ class RegionView:
     account: RegionAccount
     lease_active: bool | None
     """None when the region never held quota."""
+    demand_per_minute: int = 0
+    """The burn rate the region last reported."""
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,12 @@ class Center:
         self._require_leader()
         state = self._state(promotion_id)
         now = self._clock.monotonic()
+        demands = self._demand.get(promotion_id, {})
         regions = []
         for region, account in sorted(state.accounts.items()):
             expiry = self._lease_expiry.get((promotion_id, region))
-            regions.append(RegionView(region, account, None if expiry is None else expiry > now))
+            lease_active = None if expiry is None else expiry > now
+            regions.append(RegionView(region, account, lease_active, demands.get(region, 0)))
         return UsageView(state.promotion, state.unallocated, regions)
 
     # Agents

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from quota_center.clock import FakeClock
-from quota_center.ledger import Kind, Promotion
+from quota_center.ledger import Kind, Promotion, Report
 from quota_center.service import Center
 from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore
@@ -63,3 +63,19 @@ async def test_a_retry_racing_the_call_it_retries_gets_the_same_single_grant(slo
     assert stored is not None
     assert stored.unallocated == center.usage("p").unallocated == 90
     assert await store.find_grant("p", "eu", "r-1") == retried.grant
+
+
+async def test_usage_shows_each_regions_last_reported_burn_rate(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "center.db")
+    center = Center(store, FakeClock())
+    await center.start()
+    await center.create_promotion(Promotion("p", Kind.COUNT, "", 100, 0, 10**13, ("eu", "us")))
+    await center.acquire("eu", "i-eu", "p", 10, "r-eu", demand=0)
+    await center.acquire("us", "i-us", "p", 10, "r-us", demand=0)
+
+    await center.renew("eu", "i-eu", {"p": Report(10, 0, 4, 0, demand_per_minute=240)})
+    await center.renew("us", "i-us", {"p": Report(10, 0, 0, 0, demand_per_minute=0)})
+
+    burn = {view.region: view.demand_per_minute for view in center.usage("p").regions}
+    assert burn == {"eu": 240, "us": 0}
+    await store.close()

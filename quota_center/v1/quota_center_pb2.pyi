@@ -384,6 +384,7 @@ class RegionUsage(_message.Message):
     WRITTEN_OFF_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
     LEASE_STATE_FIELD_NUMBER: _builtins.int
+    DEMAND_PER_MINUTE_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     granted: _builtins.int
     """total ever granted to the region"""
@@ -398,6 +399,8 @@ class RegionUsage(_message.Message):
     as far as its last report tells.
     """
     lease_state: Global___LeaseState.ValueType
+    demand_per_minute: _builtins.int
+    """The burn rate the region last reported: units spent per minute, smoothed."""
     def __init__(
         self,
         *,
@@ -408,10 +411,11 @@ class RegionUsage(_message.Message):
         written_off: _builtins.int = ...,
         held: _builtins.int = ...,
         lease_state: Global___LeaseState.ValueType = ...,
+        demand_per_minute: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumed", b"consumed", "granted", b"granted", "held", b"held", "lease_state", b"lease_state", "region", b"region", "returned", b"returned", "written_off", b"written_off"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumed", b"consumed", "demand_per_minute", b"demand_per_minute", "granted", b"granted", "held", b"held", "lease_state", b"lease_state", "region", b"region", "returned", b"returned", "written_off", b"written_off"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
