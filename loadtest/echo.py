@@ -37,7 +37,7 @@ async def _main(listen: str) -> None:
     async def nothing() -> None:
         pass
 
-    await serve(server, listen, on_stop=nothing, name="echo")
+    await serve(server, listen, name="echo", services=[SERVICE], on_stop=nothing)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from quota_center import server as center_server
 from quota_center.clock import SystemClock
 from quota_center.election import EtcdLeadership
 from quota_center.errors import InvalidArgument
-from quota_center.process import serve
+from quota_center.metrics import center_registry
+from quota_center.metrics_http import MetricsEndpoint
+from quota_center.process import health_servicer, serve
 from quota_center.service import Center, CenterSettings
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore
@@ -31,11 +35,20 @@ class CenterConfig:
     """host:port agents and clients reach this replica at; default: the listen host and port."""
     election_ttl_s: int = 5
     """etcd lease TTL of the leader: a dead leader is replaced within about this long."""
+    metrics_listen: str = ""
+    """host:port of the Prometheus endpoint (GET /metrics); empty: none."""
 
 
 async def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
-        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+        file = Path(url.removeprefix("sqlite:///"))
+        try:
+            return SqliteStore(file)
+        except sqlite3.Error as error:
+            raise SystemExit(
+                f"--store {url}: cannot open the SQLite file {file} ({error}); "
+                "sqlite:///PATH is relative to the working directory, sqlite:////PATH absolute"
+            ) from error
     if url.startswith("etcd://"):
         hosts, _, path = url.removeprefix("etcd://").partition("/")
         endpoints = [endpoint for endpoint in hosts.split(",") if endpoint]
@@ -62,19 +75,31 @@ async def run_center(config: CenterConfig) -> None:
     center = Center(store, SystemClock(), config.settings, leader_hint=leader_address, leading=leading)
     server = grpc.aio.server()
     center_server.add_to_server(center, server)
+    health_status = health_servicer()
+
+    async def report_leading(now_leading: bool) -> None:
+        """The whole server ("") is SERVING on every replica (it is alive and redirects callers);
+        the center's own services are SERVING only on the leader, for balancers that want it."""
+        status = HealthCheckResponse.SERVING if now_leading else HealthCheckResponse.NOT_SERVING
+        for service in center_server.SERVICES:
+            await health_status.set(service, status)
 
     async def elected(token: int) -> None:
         if isinstance(store, EtcdStore) and leadership is not None:
             store.fence(leadership.key, token)
         await center.start()
+        await report_leading(True)
 
     async def deposed() -> None:
         center.stop_serving()
+        await report_leading(False)
 
     async def start(port: int) -> None:
         nonlocal leadership, campaign
+        await report_leading(False)
         if not isinstance(store, EtcdStore):
             await center.start()
+            await report_leading(True)
             return
         address = config.advertise or f"{host}:{port}"
         leadership = EtcdLeadership(store.client, store.prefix, address, config.election_ttl_s)
@@ -89,4 +114,13 @@ async def run_center(config: CenterConfig) -> None:
             await leadership.resign()
         await store.close()
 
-    await serve(server, config.listen, on_stop=stop, name="center", on_start=start)
+    await serve(
+        server,
+        config.listen,
+        name="center",
+        services=center_server.SERVICES,
+        on_stop=stop,
+        on_start=start,
+        health_status=health_status,
+        metrics=MetricsEndpoint(config.metrics_listen, center_registry(center)) if config.metrics_listen else None,
+    )

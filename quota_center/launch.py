@@ -25,6 +25,8 @@ class ServerProcess:
     args: list[str]
     log_path: Path
     port: int = 0
+    metrics_port: int = 0
+    """Where GET /metrics answers, when started with --metrics-listen; 0: not served."""
     module: str = "quota_center"
     """The Python module run with `-m`: it prints {"port": N} on stdout once it serves."""
     popen: subprocess.Popen[str] | None = field(default=None, repr=False)
@@ -64,7 +66,9 @@ class ServerProcess:
             if readable:
                 line = self.popen.stdout.readline()
                 if line.startswith("{"):
-                    return int(json.loads(line)["port"])
+                    ready = json.loads(line)
+                    self.metrics_port = int(ready.get("metrics_port", 0))
+                    return int(ready["port"])
             if self.popen.poll() is not None:
                 break
         self.kill()

@@ -194,6 +194,9 @@ class AllocationServicer(pb_grpc.AllocationServicer):
         return pb.ReturnResponse(unallocated=unallocated)
 
 
+SERVICES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
+
+
 def add_to_server(center: Center, server: grpc.aio.Server) -> None:
     pb_grpc.add_PromotionAdminServicer_to_server(PromotionAdminServicer(center), server)
     pb_grpc.add_AllocationServicer_to_server(AllocationServicer(center), server)

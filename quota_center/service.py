@@ -58,6 +58,8 @@ class RegionView:
     account: RegionAccount
     lease_active: bool | None
     """None when the region never held quota."""
+    lease_age_s: float | None = None
+    """Seconds since the region last renewed its lease (or since this leader took over)."""
     demand_per_minute: int = 0
     """The burn rate the region last reported."""
 
@@ -149,10 +151,15 @@ class Center:
         self._revisions.clear()
         self._publish()  # watchers wake up, find no leader, and end their streams
 
+    @property
+    def leading(self) -> bool:
+        """Whether this replica answers now (it leads and has rebuilt its state)."""
+        return self._serving and self._leading()
+
     def _require_leader(self) -> None:
         """Every answer, reads and lease renewals included, needs leadership that is still
         trustworthy now: a replica that lost it serves nothing from memory."""
-        if not (self._serving and self._leading()):
+        if not self.leading:
             raise NotLeader(self._leader_hint())
 
     # Budget owners
@@ -246,7 +253,8 @@ class Center:
         for region, account in sorted(state.accounts.items()):
             expiry = self._lease_expiry.get((promotion_id, region))
             lease_active = None if expiry is None else expiry > now
-            regions.append(RegionView(region, account, lease_active, demands.get(region, 0)))
+            age = None if expiry is None else max(0.0, now - (expiry - self.settings.lease_ttl_s))
+            regions.append(RegionView(region, account, lease_active, age, demands.get(region, 0)))
         return UsageView(state.promotion, state.unallocated, regions)
 
     # Agents

@@ -77,7 +77,7 @@ class Agent:
         self._clock = clock
         self.cache = PromotionCache()
         self._supply = Supply(settings.region, settings.refill, ledger, center, clock, self.cache)
-        self.catalog = CatalogSync(self.cache, center, tier, self._supply.learn)
+        self.catalog = CatalogSync(self.cache, center, tier, self._supply.learn, clock)
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -91,6 +91,11 @@ class Agent:
     @property
     def promotion_fetches(self) -> int:
         return self._center.fetches
+
+    def catalog_staleness_s(self) -> float | None:
+        """Seconds since the promotion cache last heard from the center; None: it never did."""
+        heard_at = self.catalog.heard_at
+        return None if heard_at is None else self._clock.monotonic() - heard_at
 
     async def start(self) -> None:
         """Loads the promotion cache (the region's copy, then the center's changes) and renews,

@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from quota_center.clock import Clock
 from quota_center.errors import QuotaError
 from quota_center.ledger import Promotion
 from region_agent.cache import CacheTier, CatalogSnapshot, PromotionCache
@@ -33,12 +34,16 @@ class CatalogSync:
         center: CenterClient,
         tier: CacheTier | None,
         on_change: Callable[[list[Promotion]], None],
+        clock: Clock,
     ) -> None:
         self._cache = cache
         self._center = center
         self._tier = tier
         self._on_change = on_change
+        self._clock = clock
         self.stream_alive = False
+        self.heard_at: float | None = None
+        """Monotonic time the center last answered a pull or sent on the stream; None: never."""
 
     async def load_tier(self) -> None:
         """Starts the cache from the region's copy; a cold or unreachable tier is only slower."""
@@ -58,6 +63,7 @@ class CatalogSync:
         while True:
             since = self._cache.revision
             page = await self._center.list_changes(since)
+            self.heard_at = self._clock.monotonic()
             await self._store(self._take(page.changes), since)
             if not page.more:
                 return
@@ -77,6 +83,7 @@ class CatalogSync:
             try:
                 async for page in self._center.watch(since, HEARTBEAT_TIMEOUT_S):
                     self.stream_alive, backoff = True, 0.1
+                    self.heard_at = self._clock.monotonic()
                     await self._store(self._take(page.changes), since)
                     since = page.changes.revision
             except QuotaError as error:

@@ -85,8 +85,11 @@ class CenterClient:
         call_timeout_s: float = 2.0,
         attempts: int = 5,
         budget_s: float = 6.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
-        """Each call makes at most `attempts` tries and starts none after `budget_s`."""
+        """Each call makes at most `attempts` tries and starts none after `budget_s`;
+        `interceptors` see every call (metrics)."""
+        self._interceptors = list(interceptors)
         self._addresses = list(addresses)
         self._current = self._addresses[0]
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -102,7 +105,8 @@ class CenterClient:
     def _stubs(self) -> _Stubs:
         channel = self._channels.get(self._current)
         if channel is None:
-            channel = self._channels[self._current] = grpc.aio.insecure_channel(self._current)
+            channel = grpc.aio.insecure_channel(self._current, interceptors=self._interceptors)
+            self._channels[self._current] = channel
         return _Stubs(
             pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel), pb_grpc.CatalogStub(channel)
         )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -11,6 +14,7 @@ from quota_center.rpc import Context, translate_errors
 from quota_center.validation import MAX_LINES, require_amount, require_id, require_total, require_unique
 from region_agent.agent import Agent
 from region_agent.ledger.base import Line, Settle
+from region_agent.metrics import AgentMetrics
 from region_agent.v1 import region_agent_pb2 as pb
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
@@ -65,11 +69,48 @@ def _lines_pb(lines: tuple[Line, ...]) -> list[pb.Line]:
     return [pb.Line(promotion_id=line.promotion_id, amount=line.amount, user_id=line.user_id) for line in lines]
 
 
+class _Answer(Protocol):
+    replayed: bool
+
+
+A = TypeVar("A", bound=_Answer)
+Req = TypeVar("Req")
+
+
+def _observed(
+    operation: str,
+) -> Callable[
+    [Callable[[RegionAgentServicer, Req, Context], Awaitable[A]]],
+    Callable[[RegionAgentServicer, Req, Context], Awaitable[A]],
+]:
+    """Counts the call's result and times it (inside translate_errors, so it sees the QuotaError)."""
+
+    def decorate(
+        handler: Callable[[RegionAgentServicer, Req, Context], Awaitable[A]],
+    ) -> Callable[[RegionAgentServicer, Req, Context], Awaitable[A]]:
+        @functools.wraps(handler)
+        async def observed(self: RegionAgentServicer, request: Req, context: Context) -> A:
+            started = time.perf_counter()
+            try:
+                answer = await handler(self, request, context)
+            except Exception as error:
+                self.metrics.failed(operation, error, time.perf_counter() - started)
+                raise
+            self.metrics.answered(operation, answer.replayed, time.perf_counter() - started)
+            return answer
+
+        return observed
+
+    return decorate
+
+
 class RegionAgentServicer(pb_grpc.RegionAgentServicer):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, metrics: AgentMetrics) -> None:
         self._agent = agent
+        self.metrics = metrics
 
     @translate_errors
+    @_observed("deduct")
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
@@ -77,6 +118,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         return pb.DeductResponse(order_key=order_key, lines=_lines_pb(outcome.lines), replayed=outcome.replayed)
 
     @translate_errors
+    @_observed("reserve")
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
@@ -144,5 +186,10 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         )
 
 
-def add_to_server(agent: Agent, server: grpc.aio.Server) -> None:
-    pb_grpc.add_RegionAgentServicer_to_server(RegionAgentServicer(agent), server)
+SERVICES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
+
+
+def add_to_server(agent: Agent, server: grpc.aio.Server, metrics: AgentMetrics | None = None) -> None:
+    """`metrics`: where to count the agent's answers (default: a registry nobody scrapes)."""
+    servicer = RegionAgentServicer(agent, metrics or AgentMetrics(agent.settings.region))
+    pb_grpc.add_RegionAgentServicer_to_server(servicer, server)

@@ -1,0 +1,164 @@
+"""The agent's Prometheus metrics: what its callers saw (deductions by result, latency), what it
+asked of the center (calls, latency), and what it holds (ledger balances, leases, the cache).
+
+Balances live in the ledger, which may be the region's Redis: `refresh` reads them before each
+scrape (see quota_center.metrics_http), and the collector reports that snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from quota_center.errors import QuotaError, Rejected
+from region_agent.agent import Agent, PromotionStatus
+
+# From a fraction of a millisecond (a deduction served from the allotment) to the seconds an
+# order may wait for a refill across a WAN.
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class AgentMetrics:
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.registry = CollectorRegistry()
+        self._deductions = Counter(
+            "quota_agent_deductions",
+            "Deductions and reservations answered, by result (accepted, replayed, rejected, failed) and reason.",
+            ["region", "operation", "result", "reason"],
+            registry=self.registry,
+        )
+        self._deduction_seconds = Histogram(
+            "quota_agent_deduction_duration_seconds",
+            "Time to answer a deduction or reservation, refill waits included.",
+            ["region", "operation"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._center_calls = Counter(
+            "quota_agent_center_calls",
+            "Unary calls to the center, retries included, by method and status code.",
+            ["region", "method", "code"],
+            registry=self.registry,
+        )
+        self._center_call_seconds = Histogram(
+            "quota_agent_center_call_duration_seconds",
+            "Time of one unary call to the center.",
+            ["region", "method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def answered(self, operation: str, replayed: bool, elapsed_s: float) -> None:
+        self._deductions.labels(self.region, operation, "replayed" if replayed else "accepted", "").inc()
+        self._deduction_seconds.labels(self.region, operation).observe(elapsed_s)
+
+    def failed(self, operation: str, error: Exception, elapsed_s: float) -> None:
+        if isinstance(error, Rejected):
+            result, reason = "rejected", error.reason.name.lower()
+        else:
+            result = "failed"
+            reason = error.code.name.lower() if isinstance(error, QuotaError) else "internal"
+        self._deductions.labels(self.region, operation, result, reason).inc()
+        self._deduction_seconds.labels(self.region, operation).observe(elapsed_s)
+
+    def center_call(self, method: str, code: grpc.StatusCode, elapsed_s: float) -> None:
+        self._center_calls.labels(self.region, method, code.name).inc()
+        self._center_call_seconds.labels(self.region, method).observe(elapsed_s)
+
+    def watch(self, agent: Agent) -> Callable[[], Awaitable[None]]:
+        """Reports `agent`'s state from now on; returns the refresh to run before each scrape."""
+        state = _AgentState(agent)
+        self.registry.register(state)
+        return state.refresh
+
+
+class CenterCallTimer(grpc.aio.UnaryUnaryClientInterceptor):
+    """Times every unary call on the agent's channels to the center."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Awaitable[Any]], client_call_details: Any, request: Any
+    ) -> Any:
+        started = time.perf_counter()
+        method = _method_name(client_call_details.method)
+        call = await continuation(client_call_details, request)
+        # Awaited here to learn its status; the caller's own await gets the same answer or error.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await call
+        self._metrics.center_call(method, await call.code(), time.perf_counter() - started)
+        return call
+
+
+def _method_name(path: str | bytes) -> str:
+    """'/quota.center.v1.Allocation/Acquire' -> 'Acquire'."""
+    text = path.decode() if isinstance(path, bytes) else path
+    return text.rpartition("/")[2]
+
+
+class _AgentState(Collector):
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._statuses: list[PromotionStatus] = []
+
+    async def refresh(self) -> None:
+        self._statuses = await self._agent.status()
+
+    def collect(self) -> Iterator[Metric]:
+        agent, region = self._agent, self._agent.settings.region
+        labels = ["region", "promotion"]
+        available = GaugeMetricFamily("quota_agent_available_units", "Spendable now from the allotment.", labels=labels)
+        held = GaugeMetricFamily("quota_agent_held_units", "Held by pending reservations.", labels=labels)
+        granted = CounterMetricFamily(
+            "quota_agent_granted_units", "Granted to this ledger by the center.", labels=labels
+        )
+        returned = CounterMetricFamily("quota_agent_returned_units", "Given back to the center.", labels=labels)
+        deducted = CounterMetricFamily("quota_agent_deducted_units", "Spent by orders.", labels=labels)
+        refunded = CounterMetricFamily(
+            "quota_agent_refunded_units", "Given back to the allotment by refunds.", labels=labels
+        )
+        lease = GaugeMetricFamily(
+            "quota_agent_lease_remaining_seconds", "Until the lease runs out unless renewed.", labels=labels
+        )
+        frozen = GaugeMetricFamily("quota_agent_promotion_frozen", "1 while the promotion is frozen.", labels=labels)
+        for status in self._statuses:
+            key, balance = [region, status.promotion_id], status.balance
+            available.add_metric(key, balance.available)
+            held.add_metric(key, balance.held)
+            granted.add_metric(key, balance.granted)
+            returned.add_metric(key, balance.returned)
+            deducted.add_metric(key, balance.deducted)
+            refunded.add_metric(key, balance.refunded)
+            lease.add_metric(key, status.lease_remaining_s)
+            frozen.add_metric(key, int(status.frozen))
+        yield from (available, held, granted, returned, deducted, refunded, lease, frozen)
+        yield from _cache_metrics(agent)
+
+
+def _cache_metrics(agent: Agent) -> Iterator[Metric]:
+    region = [agent.settings.region]
+    size = GaugeMetricFamily("quota_agent_cached_promotions", "Promotions in the cache.", labels=["region"])
+    size.add_metric(region, len(agent.cache))
+    revision = GaugeMetricFamily("quota_agent_catalog_revision", "The cache's catalog revision.", labels=["region"])
+    revision.add_metric(region, agent.cache.revision)
+    stream = GaugeMetricFamily("quota_agent_catalog_stream_up", "1 while the push stream is open.", labels=["region"])
+    stream.add_metric(region, int(agent.catalog.stream_alive))
+    yield from (size, revision, stream)
+    staleness = agent.catalog_staleness_s()
+    if staleness is not None:
+        stale = GaugeMetricFamily(
+            "quota_agent_catalog_staleness_seconds",
+            "Seconds since the cache last heard from the center (a pull, a pushed change or a heartbeat).",
+            labels=["region"],
+        )
+        stale.add_metric(region, staleness)
+        yield stale
