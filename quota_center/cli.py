@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from quota_center.budget_cli import budget
 from quota_center.config_file import load_config
 from quota_center.logs import configure_logging
 from quota_center.serve_cli import agent, center
@@ -208,3 +209,6 @@ def _print_table(title: str, figures: dict[str, object]) -> None:
     for name, value in figures.items():
         table.add_row(name, str(value))
     Console().print(table)
+
+
+main.add_command(budget)

@@ -1,0 +1,267 @@
+"""`quota budget ...` as a budget owner runs it: a process against a real center and two agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+
+from quota_center.errors import LEADER_METADATA_KEY, REJECT_REASON_METADATA_KEY, NotLeader
+from quota_center.launch import ServerProcess, agent_process, center_process
+from quota_center.testing_servers import free_port
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from tests.support import order
+
+pytestmark = pytest.mark.e2e
+
+REGIONS = ("eu", "us")
+T = TypeVar("T")
+
+
+@dataclass
+class Stack:
+    center: ServerProcess
+    agents: dict[str, ServerProcess]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir: Path = tmp_path_factory.mktemp("budget-cli")
+    center = center_process(workdir).start()
+    agents: dict[str, ServerProcess] = {}
+    try:
+        for region in REGIONS:
+            agents[region] = agent_process(workdir, region, center.address, "--renew-interval", "0.2").start()
+        yield Stack(center, agents)
+    finally:
+        for process in [*agents.values(), center]:
+            process.kill()
+
+
+def run_budget(center: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a separate process, addressed through QUOTA_CENTER, without a terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "quota_center", "budget", *args],
+        env={**os.environ, "QUOTA_CENTER": center, "COLUMNS": "160"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def succeeds(center: str, *args: str) -> Any:
+    """Runs a --json command, which must exit 0, and returns what it printed."""
+    done = run_budget(center, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def refused(center: str, *args: str) -> str:
+    """Runs a command the center must refuse (exit 3); returns its stderr."""
+    done = run_budget(center, *args)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stderr.startswith("error: ")
+    return done.stderr
+
+
+def deduct(agent: ServerProcess, region: str, order_key: str, promotion_id: str, amount: int) -> None:
+    with grpc.insecure_channel(agent.address) as channel:
+        agent_grpc.RegionAgentStub(channel).Deduct(order(order_key, region, (promotion_id, amount)), timeout=5)
+
+
+def refusal_of(agent: ServerProcess, region: str, order_key: str, promotion_id: str) -> str:
+    """What the agent answers to a one-unit order: "ok", or its status and reject reason."""
+    try:
+        deduct(agent, region, order_key, promotion_id, 1)
+    except grpc.RpcError as error:
+        if not isinstance(error, grpc.Call):
+            raise
+        reasons = [str(value) for key, value in error.trailing_metadata() or () if key == REJECT_REASON_METADATA_KEY]
+        return f"{error.code().name} {' '.join(reasons)}"
+    return "ok"
+
+
+def wait_for(check: Callable[[], T], what: str, timeout_s: float = 5.0) -> T:
+    """Polls `check()` until it returns something truthy, which it returns."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"not reached within {timeout_s} s: {what}")
+
+
+def no_floats(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(no_floats(item) for item in value.values())
+    if isinstance(value, list):
+        return all(no_floats(item) for item in value)
+    return not isinstance(value, float)
+
+
+def test_usage_shows_what_each_region_spent(stack: Stack) -> None:
+    center = stack.center.address
+    created = succeeds(center, "create", "sale", "--budget", "1000", "--regions", "eu,us")
+    assert created["budget"] == 1000
+    assert created["regions"] == ["eu", "us"]
+    assert created["frozen"] is False
+    sold = {"eu": [3, 4, 5], "us": [2, 7]}
+    for region, amounts in sold.items():
+        for number, amount in enumerate(amounts):
+            deduct(stack.agents[region], region, f"sale-{region}-{number}", "sale", amount)
+
+    def reported() -> Any:
+        usage = succeeds(center, "usage", "sale")
+        spent = {region["region"]: region["spent"] for region in usage["regions"]}
+        return usage if spent == {region: sum(amounts) for region, amounts in sold.items()} else None
+
+    usage = wait_for(reported, "both regions' renewals report their sales")
+
+    assert set(usage) == {"promotion", "budget", "unallocated", "regions"}
+    assert no_floats(usage)
+    assert usage["budget"] == usage["promotion"]["budget"] == 1000
+    regions = {region["region"]: region for region in usage["regions"]}
+    assert list(regions) == list(REGIONS)
+    for region in regions.values():
+        assert region["held"] == region["granted"] - region["returned"] - region["spent"] - region["written_off"]
+        assert region["held"] >= 0
+        assert region["lease_state"] == "active"
+        assert region["burn_per_minute"] > 0
+    assert usage["unallocated"] == 1000 - sum(region["granted"] - region["returned"] for region in regions.values())
+
+    table = run_budget(center, "usage", "sale")
+    assert table.returncode == 0, table.stderr
+    rows = {cells[0]: cells[1:] for cells in _table_rows(table.stdout)}
+    assert set(rows) == {*REGIONS, "total"}
+    for region, amounts in sold.items():
+        granted, spent, returned, held, written_off = (int(cell.replace(",", "")) for cell in rows[region][:5])
+        assert spent == sum(amounts)
+        assert held == granted - returned - spent - written_off
+        assert rows[region][5] == "active"
+        assert rows[region][7].endswith(f"{sum(amounts) / 1000:.1%}")
+    assert rows["total"][1] == "21"
+    assert "budget 1,000" in table.stdout
+    assert "spent 21" in table.stdout
+    assert "not frozen" in table.stdout
+
+
+def _table_rows(rendered: str) -> list[list[str]]:
+    """The body and footer rows of a Rich table, as lists of stripped cells."""
+    return [[cell.strip() for cell in line.strip("│ ").split("│")] for line in rendered.splitlines() if "│" in line]
+
+
+@pytest.mark.parametrize(
+    "command", ["usage no-such-sale", "show no-such-sale", "freeze no-such-sale", "set-budget no-such-sale 5"]
+)
+def test_an_unknown_promotion_is_named(stack: Stack, command: str) -> None:
+    stderr = refused(stack.center.address, *command.split())
+    assert "no-such-sale" in stderr
+    assert "(NOT_FOUND)" in stderr
+
+
+def test_set_budget_is_compare_and_set(stack: Stack) -> None:
+    center = stack.center.address
+    succeeds(center, "create", "cas", "--budget", "100", "--regions", "eu")
+    deduct(stack.agents["eu"], "eu", "cas-1", "cas", 5)
+
+    below_held = refused(center, "set-budget", "cas", "1")
+    assert "(FAILED_PRECONDITION)" in below_held
+    assert "re-read" in below_held
+
+    read = succeeds(center, "show", "cas")
+    changed = succeeds(center, "set-budget", "cas", "200")
+    assert changed["budget"] == 200
+    assert changed["revision"] > read["revision"]
+
+    stale = refused(center, "set-budget", "cas", "300", "--expected-revision", str(read["revision"]))
+    assert "(FAILED_PRECONDITION)" in stale
+    assert f"not {read['revision']}" in stale
+    assert succeeds(center, "show", "cas")["budget"] == 200
+
+
+def test_freeze_stops_sales_until_unfreeze(stack: Stack) -> None:
+    center, eu = stack.center.address, stack.agents["eu"]
+    succeeds(center, "create", "kill-switch", "--budget", "100", "--regions", "eu,us")
+    assert refusal_of(eu, "eu", "ks-0", "kill-switch") == "ok"
+
+    assert succeeds(center, "freeze", "kill-switch")["frozen"] is True
+    orders = iter(range(1, 1000))
+    wait_for(
+        lambda: refusal_of(eu, "eu", f"ks-{next(orders)}", "kill-switch") == "FAILED_PRECONDITION REJECT_REASON_FROZEN",
+        "the agent refuses the frozen promotion",
+    )
+
+    assert succeeds(center, "unfreeze", "kill-switch")["frozen"] is False
+    wait_for(lambda: refusal_of(eu, "eu", f"ks-{next(orders)}", "kill-switch") == "ok", "the agent sells again")
+
+
+def test_an_unreachable_center_names_every_address_tried() -> None:
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    done = run_budget("unused:1", "--center", ",".join(dead), "list")
+    assert done.returncode == 4, done.stderr
+    for address in dead:
+        assert address in done.stderr
+    assert "quota center serve" in done.stderr
+
+
+class Standby(grpc.GenericRpcHandler):
+    """A center replica that does not lead: every call is UNAVAILABLE, naming the leader if it knows one."""
+
+    def __init__(self, leader: str) -> None:
+        self.leader = leader
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
+        return grpc.unary_unary_rpc_method_handler(self._refuse)
+
+    def _refuse(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if self.leader:
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, self.leader),))
+        context.abort(grpc.StatusCode.UNAVAILABLE, NotLeader(self.leader or None).message)
+
+
+def serve_standby(leader: str) -> tuple[grpc.Server, str]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[Standby(leader)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def test_the_leader_answers_whichever_replica_is_named_first(stack: Stack) -> None:
+    leader = stack.center.address
+    pointing, pointing_address = serve_standby(leader)
+    lost, lost_address = serve_standby("")
+    try:
+        for addresses in (f"127.0.0.1:{free_port()},{leader}", pointing_address, f"{lost_address},{pointing_address}"):
+            assert "promotions" in succeeds(addresses, "list"), addresses
+
+        done = run_budget(lost_address, "list")
+        assert done.returncode == 4, done.stderr
+        assert f"{lost_address}: this center replica is not the leader" in done.stderr
+    finally:
+        pointing.stop(0)
+        lost.stop(0)
+
+
+def test_a_bad_field_is_refused_by_the_center_and_bad_usage_by_the_cli(stack: Stack) -> None:
+    center = stack.center.address
+    no_currency = refused(center, "create", "bad", "--budget", "10", "--regions", "eu", "--kind", "amount")
+    assert "(INVALID_ARGUMENT)" in no_currency
+    assert "currency" in no_currency
+    backwards = refused(
+        center, "create", "bad", "--budget", "10", "--regions", "eu", "--start", "2030-01-02", "--end", "2030-01-01"
+    )
+    assert "(INVALID_ARGUMENT)" in backwards
+    assert "end_time" in backwards
+    assert run_budget(center, "create", "bad", "--budget", "0", "--regions", "eu").returncode == 2
+    assert "(NOT_FOUND)" in refused(center, "show", "bad")
