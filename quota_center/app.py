@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from quota_center.service import Center, CenterSettings
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore
 from quota_center.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,16 @@ async def open_store(url: str) -> Store:
         if endpoints:
             return await EtcdStore.connect(endpoints, f"/{path}" if path else DEFAULT_PREFIX)
     raise InvalidArgument(f"unknown store {url!r}; use sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+
+
+def _reachable_host(listen_host: str) -> str:
+    """The host others reach this replica at, when --advertise does not say: a wildcard listen
+    address means nothing to a client on another machine, the machine's name may."""
+    if listen_host not in ("", "0.0.0.0", "::", "[::]"):
+        return listen_host
+    name = socket.gethostname()
+    log.warning("listening on all interfaces without --advertise: advertising %s to clients; set --advertise", name)
+    return name
 
 
 async def run_center(config: CenterConfig) -> None:
@@ -101,7 +115,7 @@ async def run_center(config: CenterConfig) -> None:
             await center.start()
             await report_leading(True)
             return
-        address = config.advertise or f"{host}:{port}"
+        address = config.advertise or f"{_reachable_host(host)}:{port}"
         leadership = EtcdLeadership(store.client, store.prefix, address, config.election_ttl_s)
         campaign = asyncio.create_task(leadership.run(elected, deposed))
 

@@ -204,7 +204,7 @@ def set_budget(state: PromotionState, budget: int, expected_revision: int, revis
     allocated = promotion.budget - state.unallocated
     if budget < allocated:
         raise FailedPrecondition(
-            f"budget {budget} is below the {allocated} regions already hold "
+            f"budget {budget} is below the {allocated} regions have already taken, spent or not "
             f"(granted {sum(a.total_granted for a in state.accounts.values())}, "
             f"returned {sum(a.total_returned for a in state.accounts.values())}); "
             f"the lowest possible budget now is {allocated}"

@@ -140,7 +140,7 @@ def test_set_budget_below_what_regions_hold_names_the_figures_and_changes_nothin
     message = caught.value.message
     for figure in (
         "budget 44",
-        "the 45 regions already hold",
+        "the 45 regions have already taken, spent or not",
         "granted 50",
         "returned 5",
         "lowest possible budget now is 45",
