@@ -55,10 +55,21 @@ class AgentMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._answered: dict[tuple[str, bool], tuple[Counter, Histogram]] = {}
 
     def answered(self, operation: str, replayed: bool, elapsed_s: float) -> None:
-        self._deductions.labels(self.region, operation, "replayed" if replayed else "accepted", "").inc()
-        self._deduction_seconds.labels(self.region, operation).observe(elapsed_s)
+        # On every order's path: the labelled children are looked up once, not per call.
+        children = self._answered.get((operation, replayed))
+        if children is None:
+            result = "replayed" if replayed else "accepted"
+            children = self._deductions.labels(self.region, operation, result, ""), self._latency(operation)
+            self._answered[(operation, replayed)] = children
+        counter, latency = children
+        counter.inc()
+        latency.observe(elapsed_s)
+
+    def _latency(self, operation: str) -> Histogram:
+        return self._deduction_seconds.labels(self.region, operation)
 
     def failed(self, operation: str, error: Exception, elapsed_s: float) -> None:
         if isinstance(error, Rejected):
@@ -67,7 +78,7 @@ class AgentMetrics:
             result = "failed"
             reason = error.code.name.lower() if isinstance(error, QuotaError) else "internal"
         self._deductions.labels(self.region, operation, result, reason).inc()
-        self._deduction_seconds.labels(self.region, operation).observe(elapsed_s)
+        self._latency(operation).observe(elapsed_s)
 
     def center_call(self, method: str, code: grpc.StatusCode, elapsed_s: float) -> None:
         self._center_calls.labels(self.region, method, code.name).inc()
