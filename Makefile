@@ -27,11 +27,18 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(INSTALLED) servers lint
+# The chart's test (tests/helm) runs helm; Debian has none, so a static one is fetched when the PATH has no helm.
+FETCHED_HELM := .cache/helm/helm
+HELM_NEEDED := $(if $(shell command -v helm),,$(FETCHED_HELM))
+
+$(FETCHED_HELM): | $(INSTALLED)
+	$(BIN)/python scripts/fetch_helm.py
+
+test: $(INSTALLED) servers lint $(HELM_NEEDED)
 	$(BIN)/pytest
 
 protos: $(INSTALLED)
 	$(BIN)/python scripts/gen_protos.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .cache

@@ -1,0 +1,25 @@
+# The image helm/quota runs: `docker build -t quota:0.1.0 .` (the tag is the chart's appVersion).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY quota_center ./quota_center
+COPY region_agent ./region_agent
+COPY loadtest ./loadtest
+# pip compiles the bytecode here, so the servers run on a read-only root filesystem.
+RUN pip install . && rm -rf /build
+
+# A numeric user, so that Kubernetes can check runAsNonRoot; the chart's podSecurityContext names the same id.
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin quota
+USER 10001:10001
+WORKDIR /
+
+# center gRPC, agent gRPC, Prometheus metrics
+EXPOSE 50051 50061 9464
+ENTRYPOINT ["quota"]
+CMD ["--help"]
