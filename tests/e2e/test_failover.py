@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quota_center.bench import OrderTally, deducted_by_region, sell_until
 from quota_center.errors import LEADER_METADATA_KEY
@@ -167,3 +168,32 @@ async def test_a_leader_paused_past_its_lease_commits_nothing_after_it_resumes(r
         return await _role(leader.address) == f"standby of {new_leader.address}"
 
     await eventually(steps_down, timeout_s=10)
+
+
+async def _health(address: str, service: str = "") -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        answer = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+    status: int = answer.status
+    return status
+
+
+async def test_health_tells_the_leader_from_the_standby_and_follows_a_takeover(replicas: Replicas) -> None:
+    serving: int = health_pb2.HealthCheckResponse.SERVING
+    not_serving: int = health_pb2.HealthCheckResponse.NOT_SERVING
+    allocation = "quota_center.v1.Allocation"
+    leader = await _leader(replicas)
+    standby = next(c for c in replicas.centers if c is not leader)
+
+    assert [await _health(leader.address), await _health(standby.address)] == [serving, serving]
+    assert [await _health(leader.address, allocation), await _health(standby.address, allocation)] == [
+        serving,
+        not_serving,
+    ]
+
+    leader.stop()  # SIGTERM: the leader resigns, the standby wins the next election
+
+    async def standby_leads() -> bool:
+        return await _health(standby.address, allocation) == serving
+
+    await eventually(standby_leads, timeout_s=10)
