@@ -32,7 +32,7 @@ from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from quota_center.errors import REJECT_REASON_METADATA_KEY, RejectReason
+from quota_center.errors import REJECT_REASON_METADATA_KEY, RejectReason, trailing
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2 as agent_pb
@@ -163,11 +163,7 @@ class CallFailed(Exception):
 
 def _reject_reason(error: grpc.RpcError) -> str:
     # What sync calls raise is also a grpc.Call, whose metadata the stubs type as the pairs it holds.
-    return _trailing(error, REJECT_REASON_METADATA_KEY) if isinstance(error, grpc.Call) else ""
-
-
-def _trailing(call: grpc.Call, key: str) -> str:
-    return next((str(value) for name, value in call.trailing_metadata() or () if name == key), "")
+    return trailing(error, REJECT_REASON_METADATA_KEY) if isinstance(error, grpc.Call) else ""
 
 
 def _is_exhausted(error: grpc.RpcError) -> bool:

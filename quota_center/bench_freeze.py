@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from quota_center.bench import promotion_pb
-from quota_center.errors import REJECT_REASON_METADATA_KEY
+from quota_center.errors import REJECT_REASON_METADATA_KEY, trailing
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
@@ -55,8 +55,7 @@ class _Prober:
         try:
             await self._stub.Deduct(agent_pb.DeductRequest(order_key=key, region=self._region, lines=[line]), timeout=5)
         except grpc.aio.AioRpcError as error:
-            reasons = [str(v) for k, v in error.trailing_metadata() or () if k == REJECT_REASON_METADATA_KEY]
-            return reasons == ["REJECT_REASON_FROZEN"]
+            return trailing(error, REJECT_REASON_METADATA_KEY) == "REJECT_REASON_FROZEN"
         await self._stub.Refund(agent_pb.RefundRequest(order_key=key), timeout=5)
         return False
 

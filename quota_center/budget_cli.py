@@ -12,7 +12,7 @@ import grpc
 from quota_center import budget_view as view
 from quota_center.clock import SystemClock, iso
 from quota_center.convert import promotion_from_pb, promotion_to_pb
-from quota_center.errors import LEADER_METADATA_KEY
+from quota_center.errors import LEADER_METADATA_KEY, trailing
 from quota_center.ledger import Promotion, promotion_document
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
@@ -83,7 +83,7 @@ class AdminClient:
                 except grpc.RpcError as error:
                     if not isinstance(error, grpc.Call):
                         raise
-                    code, details, leader = error.code(), error.details() or "", _leader(error)
+                    code, details, leader = error.code(), error.details() or "", trailing(error, LEADER_METADATA_KEY)
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and not idempotent:
                 raise CenterUnreachable(
                     f"{address} did not answer within {self.timeout_s:g} s (DEADLINE_EXCEEDED)",
@@ -104,13 +104,6 @@ class AdminClient:
             "check that `quota center serve` runs at these addresses and that --center (or QUOTA_CENTER) lists "
             "its replicas; during a leader election, retry in a few seconds",
         )
-
-
-def _leader(error: grpc.Call) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == LEADER_METADATA_KEY:
-            return str(value)
-    return ""
 
 
 def _instant(context: click.Context, param: click.Parameter, value: str | None) -> int | None:

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from quota_center.errors import REJECT_REASON_METADATA_KEY
+from quota_center.errors import REJECT_REASON_METADATA_KEY, trailing
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
@@ -59,10 +59,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == REJECT_REASON_METADATA_KEY:
-            return str(value).removeprefix("REJECT_REASON_").lower()
-    return error.code().name.lower()
+    reason = trailing(error, REJECT_REASON_METADATA_KEY)
+    return reason.removeprefix("REJECT_REASON_").lower() if reason else error.code().name.lower()
 
 
 async def _create_promotion(center_address: str, budget: int) -> None:

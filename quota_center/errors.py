@@ -112,6 +112,11 @@ def code_name(code: grpc.StatusCode) -> str:
     return str(code.name)
 
 
+def trailing(call: grpc.Call | grpc.aio.AioRpcError, key: str) -> str:
+    """A trailing metadata value of a finished call (a reject reason, a leader's address); "" if absent."""
+    return next((str(value) for name, value in call.trailing_metadata() or () if name == key), "")
+
+
 def from_grpc(error: grpc.RpcError) -> QuotaError:
     """The QuotaError a failed call stands for; transport failures become Unavailable."""
     if isinstance(error, grpc.Call | grpc.aio.AioRpcError):

@@ -22,7 +22,7 @@ from tenacity import (
 )
 
 from quota_center.convert import emergency_from_pb, promotion_from_pb
-from quota_center.errors import LEADER_METADATA_KEY, Unavailable, from_grpc
+from quota_center.errors import LEADER_METADATA_KEY, Unavailable, from_grpc, trailing
 from quota_center.ledger import Promotion
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
@@ -114,10 +114,10 @@ class CenterClient:
     def _follow(self, error: grpc.aio.AioRpcError) -> None:
         if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return
-        for key, value in error.trailing_metadata() or ():
-            if key == LEADER_METADATA_KEY and str(value) != self._current:
-                self._current = str(value)
-                return
+        leader = trailing(error, LEADER_METADATA_KEY)
+        if leader and leader != self._current:
+            self._current = leader
+            return
         if self._current in self._addresses:
             self._current = self._addresses[(self._addresses.index(self._current) + 1) % len(self._addresses)]
         else:

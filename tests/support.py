@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from quota_center.errors import REJECT_REASON_METADATA_KEY
+from quota_center.errors import REJECT_REASON_METADATA_KEY, trailing
 from quota_center.v1 import quota_center_pb2 as center_pb
 from region_agent.v1 import region_agent_pb2 as agent_pb
 
@@ -64,10 +64,7 @@ def order(
 
 
 def reject_reason(error: grpc.aio.AioRpcError) -> str | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == REJECT_REASON_METADATA_KEY:
-            return str(value)
-    return None
+    return trailing(error, REJECT_REASON_METADATA_KEY) or None
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:

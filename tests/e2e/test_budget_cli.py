@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from quota_center.errors import LEADER_METADATA_KEY, REJECT_REASON_METADATA_KEY, NotLeader
+from quota_center.errors import LEADER_METADATA_KEY, REJECT_REASON_METADATA_KEY, NotLeader, trailing
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import free_port
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
@@ -86,8 +86,7 @@ def refusal_of(agent: ServerProcess, region: str, order_key: str, promotion_id: 
     except grpc.RpcError as error:
         if not isinstance(error, grpc.Call):
             raise
-        reasons = [str(value) for key, value in error.trailing_metadata() or () if key == REJECT_REASON_METADATA_KEY]
-        return f"{error.code().name} {' '.join(reasons)}"
+        return f"{error.code().name} {trailing(error, REJECT_REASON_METADATA_KEY)}"
     return "ok"
 
 

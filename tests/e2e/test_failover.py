@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quota_center.bench import OrderTally, deducted_by_region, sell_until
-from quota_center.errors import LEADER_METADATA_KEY
+from quota_center.errors import LEADER_METADATA_KEY, trailing
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import RunningServer, etcd_server
 from quota_center.v1 import quota_center_pb2 as center_pb
@@ -68,7 +68,7 @@ async def _role(address: str) -> str:
                 return "down"
             if error.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
-            named = dict(error.trailing_metadata() or ()).get(LEADER_METADATA_KEY)
+            named = trailing(error, LEADER_METADATA_KEY)
             return f"standby of {named}" if named else "down"
         return "leader"
 
