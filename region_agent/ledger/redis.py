@@ -52,6 +52,8 @@ from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, 
 
 P = ParamSpec("P")
 T = TypeVar("T")
+BALANCE_FIELDS = ["granted", "returned", "deducted", "refunded", "held"]
+"""The balance hash's fields, in Balance's order."""
 _Deduction = tuple[str, tuple[Line, ...], Mapping[str, UserLimit], int]
 """order key, lines, limits, hold in ms"""
 
@@ -291,15 +293,21 @@ class RedisLedger:
 
     @_reachable
     async def balance(self, promotion_id: str) -> Balance:
-        values = await self._redis.hmget(
-            self._data("balance", promotion_id), ["granted", "returned", "deducted", "refunded", "held"]
-        )
-        return Balance(*(int(value or 0) for value in values))
+        return _balance(await self._redis.hmget(self._data("balance", promotion_id), BALANCE_FIELDS))
 
     @_reachable
     async def balances(self) -> dict[str, Balance]:
+        """Every promotion's balance in one round trip (metrics scrape it; a region may hold thousands)."""
         promotions = sorted(_text(member) for member in await self._redis.smembers(self._data("promotions")))
-        return {promotion: await self.balance(promotion) for promotion in promotions}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for promotion in promotions:
+                pipe.hmget(self._data("balance", promotion), BALANCE_FIELDS)
+            rows = await pipe.execute()
+        return {promotion: _balance(row) for promotion, row in zip(promotions, rows, strict=True)}
+
+
+def _balance(values: Sequence[bytes | str | None]) -> Balance:
+    return Balance(*(int(value or 0) for value in values))
 
 
 def _lost() -> LedgerLost:
