@@ -166,7 +166,7 @@ def budget(context: click.Context, addresses: list[str], timeout: float) -> None
       0  done
       2  bad usage: a missing or malformed option
       3  the center refused, and its message says why: a bad field, an unknown promotion, an id
-         taken, a stale revision, a budget below what regions hold
+         taken, a stale revision, a budget below what regions have taken
       4  no center answered: nothing listens at the addresses, or no leader is elected yet
     """
     context.obj = AdminClient(addresses, timeout)
@@ -258,7 +258,7 @@ def create(
 def set_budget(
     center: AdminClient, promotion_id: str, amount: int, expected_revision: int | None, as_json: bool
 ) -> None:
-    """Set the budget of promotion ID to N; never below what regions already hold."""
+    """Set the budget of promotion ID to N; never below what regions have already taken."""
     if expected_revision is None:
         expected_revision = center.call(
             lambda admin: admin.GetPromotion, pb.GetPromotionRequest(promotion_id=promotion_id)
@@ -270,7 +270,7 @@ def set_budget(
         if refusal.code == grpc.StatusCode.FAILED_PRECONDITION:
             refusal.hint = (
                 f"nothing changed: re-read the promotion (quota budget usage {promotion_id} shows its revision and "
-                "what regions hold) and retry"
+                "what regions have taken) and retry"
             )
         raise
     _report(changed, as_json, f"budget is now {changed.budget:,}")
