@@ -8,10 +8,12 @@ figures to compare are the ratios between rows, not the absolute numbers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,18 @@ async def _through_agent(address: str, seconds: float, clients: int) -> dict[str
     }
 
 
-async def _funded_ledger(client: redis.Redis) -> RedisLedger:
+@contextlib.asynccontextmanager
+async def _funded_ledger(address: str) -> AsyncIterator[RedisLedger]:
     """A ledger of its own on the benchmark's Redis, holding more than any run can spend."""
+    host, port = address.split(":")
+    client = redis.Redis(host=host, port=int(port))
     ledger = RedisLedger(client, f"bench-{uuid.uuid4().hex}")
-    await ledger.apply_grant("g", "bench", BUDGET, await ledger.incarnation())
-    return ledger
+    try:
+        await ledger.apply_grant("g", "bench", BUDGET, await ledger.incarnation())
+        yield ledger
+    finally:
+        await ledger.aclose()
+        await client.aclose()
 
 
 async def _one_at_a_time_per_s(ledger: RedisLedger, seconds: float) -> float:
@@ -78,28 +87,22 @@ async def _one_at_a_time_per_s(ledger: RedisLedger, seconds: float) -> float:
 
 async def script_loop_per_s(address: str, seconds: float) -> float:
     """The agent's deduction script, one call after another from one client, nothing else."""
-    host, port = address.split(":")
-    client = redis.Redis(host=host, port=int(port))
-    try:
-        return await _one_at_a_time_per_s(await _funded_ledger(client), seconds)
-    finally:
-        await client.aclose()
+    async with _funded_ledger(address) as ledger:
+        return await _one_at_a_time_per_s(ledger, seconds)
 
 
 async def _bare_script(address: str, seconds: float) -> dict[str, float]:
     """The deduction script straight from one client: one EVALSHA per round trip, then pipelined."""
-    host, port = address.split(":")
-    client = redis.Redis(host=host, port=int(port))
-    ledger = await _funded_ledger(client)
-    sequential_per_s = await _one_at_a_time_per_s(ledger, seconds)
-
-    started, pipelined = time.perf_counter(), 0
-    while time.perf_counter() - started < seconds:
-        batch = [ledger.deduct(f"p-{pipelined + n}", (Line("bench", 1, f"user-{n}"),)) for n in range(PIPELINE_BATCH)]
-        await asyncio.gather(*batch)
-        pipelined += PIPELINE_BATCH
-    concurrent_per_s = pipelined / (time.perf_counter() - started)
-    await client.aclose()
+    async with _funded_ledger(address) as ledger:
+        sequential_per_s = await _one_at_a_time_per_s(ledger, seconds)
+        started, pipelined = time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            batch = [
+                ledger.deduct(f"p-{pipelined + n}", (Line("bench", 1, f"user-{n}"),)) for n in range(PIPELINE_BATCH)
+            ]
+            await asyncio.gather(*batch)
+            pipelined += PIPELINE_BATCH
+        concurrent_per_s = pipelined / (time.perf_counter() - started)
     return {"evalsha_sequential_per_s": round(sequential_per_s), "evalsha_concurrent_per_s": round(concurrent_per_s)}
 
 

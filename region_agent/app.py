@@ -62,6 +62,8 @@ async def run_agent(config: AgentConfig) -> None:
     async def stop() -> None:
         await agent.stop()
         await center.close()
+        if isinstance(ledger, RedisLedger):
+            await ledger.aclose()
 
     await serve(
         server,

@@ -32,7 +32,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis
-from redis.commands.core import AsyncScript
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound, Unavailable
 from quota_center.validation import require_unique
@@ -49,6 +48,7 @@ from region_agent.ledger.base import (
 from region_agent.ledger.batching import Batcher
 from region_agent.ledger.local import check_replay, refund_id_reused, settled_before, unconfirmed_refund
 from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, SETTLE, TAKE_BACK
+from region_agent.ledger.script_link import LuaScript, ScriptLink
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -79,18 +79,15 @@ class RedisLedger:
         self._redis = client
         self._retention_ms = max(1, round(retention_s * 1000))
         self._tag = f"{{quota:{region}}}"
-        self._deduct = client.register_script(DEDUCT)
-        self._refund = client.register_script(REFUND)
-        self._apply_grant = client.register_script(APPLY_GRANT)
-        self._take_back = client.register_script(TAKE_BACK)
-        self._settle = client.register_script(SETTLE)
-        self._due = client.register_script(DUE)
-        self._release = client.register_script(RELEASE)
-        self._forget = client.register_script(FORGET)
+        self._scripts = ScriptLink(client)
         self._deductions = Batcher(self._deduct_many)
         self._incarnation: str | None = None
         self._floor = 0
         """The highest sequence number this agent saw in the current life: Redis must never show less."""
+
+    async def aclose(self) -> None:
+        """Closes the ledger's own connection (the client it was given stays open: its owner closes it)."""
+        await self._scripts.aclose()
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._tag, *parts))
@@ -133,7 +130,7 @@ class RedisLedger:
         return self._incarnation
 
     async def _run(
-        self, script: AsyncScript, keys: list[str], args: list[str | int], life: str | None = None
+        self, script: LuaScript, keys: list[str], args: list[str | int], life: str | None = None
     ) -> list[Any]:
         """Runs a script in `life` (default: this ledger's); raises LedgerLost when Redis is no
         longer in it or went back in time."""
@@ -141,10 +138,11 @@ class RedisLedger:
         if expected is None:
             raise _lost()
         floor = self._floor if expected == self._incarnation else 0
-        answer: list[Any] = await script(keys=[self._key("incarnation"), *keys], args=[f"{expected}|{floor}", *args])
+        incarnation = self._key("incarnation")
+        answer: list[Any] = await self._scripts.run(script, [incarnation, *keys], [f"{expected}|{floor}", *args])
         if answer[0] == b"rolled_back":
             # Forget the life for every agent of the region: the next ones to ask start a new one.
-            await self._forget(keys=[self._key("incarnation")], args=[expected])
+            await self._scripts.run(FORGET, [incarnation], [expected])
         if answer[0] in (b"lost", b"rolled_back"):
             if expected == self._incarnation:
                 self._incarnation = None
@@ -199,7 +197,7 @@ class RedisLedger:
                 order_key,
                 hold_ms,
             ]
-        answers: list[list[Any]] = await self._run(self._deduct, keys, args)
+        answers: list[list[Any]] = await self._run(DEDUCT, keys, args)
         return answers
 
     @_reachable
@@ -215,7 +213,7 @@ class RedisLedger:
     @_reachable
     async def expire_reservations(self) -> int:
         """Releases up to a thousand due reservations per call; the renew loop calls it every second."""
-        due = await self._due(keys=[self._data("reservations")], args=[1000])
+        due = await self._scripts.run(DUE, [self._data("reservations")], [1000])
         released = 0
         for order_key in due:
             ended = await self._end_reservation(_text(order_key), "expire")
@@ -231,7 +229,7 @@ class RedisLedger:
             return None
         lines = _decode(first)
         keys = [order, self._data("reservations"), *self._line_keys(lines)]
-        answer = await self._run(self._settle, keys, [action, order_key, self._retention_ms])
+        answer = await self._run(SETTLE, keys, [action, order_key, self._retention_ms])
         if answer[0] == b"not_found":
             return None
         return answer[0] == b"done", answer[1].decode(), int(answer[2]), lines
@@ -247,7 +245,7 @@ class RedisLedger:
         refund_record = self._data("refund", json.dumps([order_key, refund_id], separators=(",", ":")))
         keys = [order, refund_record, *self._line_keys(_decode(first))]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
-        answer = await self._run(self._refund, keys, [wanted, self._retention_ms])
+        answer = await self._run(REFUND, keys, [wanted, self._retention_ms])
         status = answer[0].decode()
         if status == "not_found":
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
@@ -274,12 +272,12 @@ class RedisLedger:
             self._data("balance", promotion_id, life=incarnation),
             self._data("promotions", life=incarnation),
         ]
-        answer = await self._run(self._apply_grant, keys, [grant_id, promotion_id, amount], life=incarnation)
+        answer = await self._run(APPLY_GRANT, keys, [grant_id, promotion_id, amount], life=incarnation)
         return bool(answer[0] == b"ok")
 
     @_reachable
     async def take_back(self, promotion_id: str, amount: int) -> int:
-        answer = await self._run(self._take_back, [self._data("balance", promotion_id)], [amount])
+        answer = await self._run(TAKE_BACK, [self._data("balance", promotion_id)], [amount])
         return int(answer[1])
 
     @_reachable
@@ -289,7 +287,7 @@ class RedisLedger:
 
     @_reachable
     async def release_refill(self, promotion_id: str, holder: str) -> None:
-        await self._release(keys=[self._key("refill", promotion_id)], args=[holder])
+        await self._scripts.run(RELEASE, [self._key("refill", promotion_id)], [holder])
 
     @_reachable
     async def balance(self, promotion_id: str) -> Balance:

@@ -4,6 +4,8 @@ Each is one atomic step over all its keys. Amounts go back to Redis through stri
 Lua numbers are doubles, and tostring() would print a large amount in floating point.
 """
 
+from region_agent.ledger.script_link import LuaScript
+
 # Every script's KEYS[1] is the incarnation hash (life, sequence) and ARGV[1] "life|floor": the
 # life the agent is in and the highest sequence it has seen. A Redis that lost all its data
 # (flushed, restarted empty) no longer has the life; one that lost only recent writes (restarted
@@ -48,7 +50,7 @@ end
 # unit limit per line, order limit per line, order key, hold in ms (0: a plain deduction).
 # Answers one reply per order: 'ok' (expires, then available after, per line), 'short' or
 # 'over_limit' (then the 1-based lines), or 'replay' (same lines?, reserved?, expires).
-DEDUCT = (
+DEDUCT = LuaScript(
     _SAME_LIFE
     + _AVAILABLE
     + _NOW_MS
@@ -115,7 +117,7 @@ return answers
 # KEYS: incarnation, order, reservations, balance per line of the order, user per line.
 # ARGV: incarnation, what to do (confirm, cancel, or expire: release only if past the deadline),
 # order key, retention in ms. Answers 'done' when this call changed the reservation, else 'was' and its state.
-SETTLE = (
+SETTLE = LuaScript(
     _SAME_LIFE
     + _NOW_MS
     + """
@@ -163,7 +165,7 @@ return {'done', state, expires}
 )
 
 # KEYS: reservations. ARGV: at most this many. Order keys of reservations past their deadline.
-DUE = (
+DUE = LuaScript(
     _NOW_MS
     + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
@@ -172,7 +174,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumb
 
 # KEYS: incarnation, order, refund record, balance per line of the order, user per line.
 # ARGV: incarnation, JSON of wanted [[promotion, amount]...] or '' for everything left, retention in ms.
-REFUND = (
+REFUND = LuaScript(
     _SAME_LIFE
     + """
 local first = redis.call('GET', KEYS[3])
@@ -231,7 +233,7 @@ return {'ok', encoded}
 )
 
 # KEYS: incarnation, grants, balance, promotions. ARGV: incarnation, grant id, promotion, amount.
-APPLY_GRANT = (
+APPLY_GRANT = LuaScript(
     _SAME_LIFE
     + """
 if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'applied_before'} end
@@ -243,7 +245,7 @@ return {'ok'}
 )
 
 # KEYS: incarnation, balance. ARGV: incarnation, amount.
-TAKE_BACK = (
+TAKE_BACK = LuaScript(
     _SAME_LIFE
     + _AVAILABLE
     + """
@@ -257,13 +259,17 @@ return {'ok', taken}
 
 
 # KEYS: incarnation. ARGV: life. Ends the life if it is still the current one.
-FORGET = """
+FORGET = LuaScript(
+    """
 if redis.call('HGET', KEYS[1], 'life') == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
+)
 
 # KEYS: claim. ARGV: holder. Deletes the claim only if this holder still has it.
-RELEASE = """
+RELEASE = LuaScript(
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
+)

@@ -39,10 +39,11 @@ async def _redis_ledger(server: RunningServer) -> AsyncIterator[RedisLedger]:
     """A ledger of a fresh region on the shared test Redis, joined as its first agent."""
     client = redis.Redis(host=server.host, port=server.port)
     joined = RedisLedger(client, region=f"test-{uuid.uuid4().hex}")
-    await joined.incarnation()
     try:
+        await joined.incarnation()
         yield joined
     finally:
+        await joined.aclose()
         await client.aclose()
 
 
@@ -66,9 +67,11 @@ async def remembering_for(kind: str, request: pytest.FixtureRequest, retention_s
         return
     server: RunningServer = request.getfixturevalue("redis_address")
     client = redis.Redis(host=server.host, port=server.port)
+    forgetful = RedisLedger(client, f"test-{uuid.uuid4().hex}", retention_s=retention_s)
     try:
-        yield RedisLedger(client, f"test-{uuid.uuid4().hex}", retention_s=retention_s)
+        yield forgetful
     finally:
+        await forgetful.aclose()
         await client.aclose()
 
 

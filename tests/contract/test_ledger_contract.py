@@ -236,6 +236,8 @@ async def test_a_redis_that_went_back_in_time_ends_the_life_for_every_agent(redi
     with pytest.raises(LedgerLost):
         await other_agent.deduct("o3", (Line("a", 1, "u1"),))
     assert await other_agent.incarnation() == new_life
+    await agent.aclose()
+    await other_agent.aclose()
     await client.aclose()
 
 
