@@ -155,7 +155,7 @@ class Agent:
         """Deducts the order's lines, or with `hold_ms` reserves them for that long."""
         if region != self.settings.region:
             raise InvalidArgument(f"this agent serves region {self.settings.region!r}, not {region!r}")
-        tracked = await self._supply.track(line.promotion_id for line in lines)
+        tracked = await self._supply.track([line.promotion_id for line in lines])
         try:
             for item in tracked:
                 self._check_spendable(item)
@@ -166,7 +166,7 @@ class Agent:
             raise
         now = self._clock.monotonic()
         wait = self.settings.max_wait_s if time_remaining_s is None else min(time_remaining_s, self.settings.max_wait_s)
-        limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked}
+        limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked if _limited(item.promotion)}
         outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms)
         if not outcome.replayed:
             for item, line in zip(tracked, lines, strict=True):
@@ -266,6 +266,10 @@ class Agent:
 
 def _why(error: Exception) -> str:
     return error.message if isinstance(error, QuotaError) else "the center did not answer in time"
+
+
+def _limited(promotion: Promotion) -> bool:
+    return bool(promotion.per_user_limit or promotion.per_user_orders)
 
 
 def _user_limit(promotion: Promotion) -> UserLimit:

@@ -10,7 +10,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from quota_center.errors import InvalidArgument
-from quota_center.rpc import Context, translate_errors
+from quota_center.rpc import Context, abort_with, translate_errors
 from quota_center.validation import MAX_LINES, require_amount, require_id, require_total, require_unique
 from region_agent.agent import Agent
 from region_agent.ledger.base import Line, Settle
@@ -83,7 +83,8 @@ def _observed(
     [Callable[[RegionAgentServicer, Req, Context], Awaitable[A]]],
     Callable[[RegionAgentServicer, Req, Context], Awaitable[A]],
 ]:
-    """Counts the call's result and times it (inside translate_errors, so it sees the QuotaError)."""
+    """Counts the call's result and times it, and answers an error as `translate_errors` would: in
+    one wrapper, not two nested, since every order passes through it."""
 
     def decorate(
         handler: Callable[[RegionAgentServicer, Req, Context], Awaitable[A]],
@@ -95,7 +96,8 @@ def _observed(
                 answer = await handler(self, request, context)
             except Exception as error:
                 self.metrics.failed(operation, error, time.perf_counter() - started)
-                raise
+                await abort_with(error, context, handler.__qualname__)
+                raise AssertionError("unreachable: abort raises") from error
             self.metrics.answered(operation, answer.replayed, time.perf_counter() - started)
             return answer
 
@@ -109,7 +111,6 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         self._agent = agent
         self.metrics = metrics
 
-    @translate_errors
     @_observed("deduct")
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
         order_key = require_id("order_key", request.order_key)
@@ -117,7 +118,6 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         outcome = await self._agent.deduct(order_key, region, _order_lines(request.lines), context.time_remaining())
         return pb.DeductResponse(order_key=order_key, lines=_lines_pb(outcome.lines), replayed=outcome.replayed)
 
-    @translate_errors
     @_observed("reserve")
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         order_key = require_id("order_key", request.order_key)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,10 +119,17 @@ class Supply:
     async def _fetch_now(self, promotion_id: str) -> None:
         self.learn(self.cache.put([await self._center.promotion(promotion_id)]))
 
-    async def track(self, promotion_ids: Iterable[str]) -> list[Tracked]:
+    async def track(self, promotion_ids: Sequence[str]) -> list[Tracked]:
         """The promotions, fetched from the center on first sight: concurrently, one fetch per
         promotion however many orders wait for it, and a cancelled order cancels no fetch."""
-        return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
+        known = []
+        for promotion_id in promotion_ids:
+            item = self._tracked.get(promotion_id)
+            if item is None:
+                return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
+            known.append(item)
+        # Every order after a promotion's first lands here: no task per promotion on the order path.
+        return known
 
     async def _track_one(self, promotion_id: str) -> Tracked:
         item = self._tracked.get(promotion_id)

@@ -41,6 +41,7 @@ class UserLimit:
 
 
 NO_LIMITS: dict[str, UserLimit] = {}
+UNLIMITED = UserLimit()
 
 
 @dataclass(frozen=True)

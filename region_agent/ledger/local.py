@@ -16,6 +16,7 @@ from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, R
 from quota_center.validation import require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
+    UNLIMITED,
     Balance,
     DeductOutcome,
     Line,
@@ -127,7 +128,7 @@ class LocalLedger:
     def _over_limit(self, by_user: Counter[tuple[str, str]], limits: Mapping[str, UserLimit]) -> tuple[str, ...]:
         over = []
         for (promotion, user), units in by_user.items():
-            limit = limits.get(promotion, UserLimit())
+            limit = limits.get(promotion, UNLIMITED)
             held, orders = self._users.get((promotion, user), (0, 0))
             if (limit.units and held + units > limit.units) or (limit.orders and orders + 1 > limit.orders):
                 over.append(promotion)

@@ -29,6 +29,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis
@@ -37,6 +38,7 @@ from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost,
 from quota_center.validation import require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
+    UNLIMITED,
     Balance,
     DeductOutcome,
     Line,
@@ -92,23 +94,24 @@ class RedisLedger:
     def _key(self, *parts: str) -> str:
         return ":".join((self._tag, *parts))
 
-    def _data(self, *parts: str, life: str | None = None) -> str:
-        """A key of the ledger's data in `life` (default: the current one)."""
+    def _prefix(self, life: str | None = None) -> str:
+        """How the keys of the ledger's data in `life` (default: the current one) begin."""
         life = life or self._incarnation
         if life is None:
             raise _lost()
-        return self._key(life, *parts)
+        return f"{self._tag}:{life}:"
 
-    def _user_key(self, promotion_id: str, user_id: str) -> str:
-        # JSON keeps "a:b" + "c" apart from "a" + "b:c".
-        return self._data("user", json.dumps([promotion_id, user_id], separators=(",", ":")))
+    def _data(self, *parts: str, life: str | None = None) -> str:
+        """A key of the ledger's data in `life` (default: the current one)."""
+        return self._prefix(life) + ":".join(parts)
 
-    def _line_keys(self, lines: tuple[Line, ...]) -> list[str]:
+    def _line_keys(self, lines: tuple[Line, ...], prefix: str) -> list[str]:
         """The keys an order's lines touch, in the order the scripts read them: every line's
         balance, then every line's user counter."""
         return [
-            *(self._data("balance", line.promotion_id) for line in lines),
-            *(self._user_key(line.promotion_id, line.user_id) for line in lines),
+            *(f"{prefix}balance:{line.promotion_id}" for line in lines),
+            # JSON keeps "a:b" + "c" apart from "a" + "b:c".
+            *(f"{prefix}user:{_json_pair(line.promotion_id, line.user_id)}" for line in lines),
         ]
 
     @_reachable
@@ -183,11 +186,12 @@ class RedisLedger:
 
     async def _deduct_many(self, calls: Sequence[_Deduction]) -> list[list[Any]]:
         """One script call for every deduction in the batch; one answer each, in order."""
-        keys = [self._data("reservations")]
+        prefix = self._prefix()
+        keys = [f"{prefix}reservations"]
         args: list[str | int] = [self._retention_ms]
         for order_key, lines, limits, hold_ms in calls:
-            line_limits = [limits.get(line.promotion_id, UserLimit()) for line in lines]
-            keys += [self._data("order", order_key), *self._line_keys(lines)]
+            line_limits = [limits.get(line.promotion_id, UNLIMITED) for line in lines]
+            keys += [f"{prefix}order:{order_key}", *self._line_keys(lines, prefix)]
             args += [
                 len(lines),
                 _encode(lines),
@@ -228,7 +232,7 @@ class RedisLedger:
         if first is None:
             return None
         lines = _decode(first)
-        keys = [order, self._data("reservations"), *self._line_keys(lines)]
+        keys = [order, self._data("reservations"), *self._line_keys(lines, self._prefix())]
         answer = await self._run(SETTLE, keys, [action, order_key, self._retention_ms])
         if answer[0] == b"not_found":
             return None
@@ -242,8 +246,8 @@ class RedisLedger:
         first = await self._redis.hget(order, "lines")
         if first is None:
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
-        refund_record = self._data("refund", json.dumps([order_key, refund_id], separators=(",", ":")))
-        keys = [order, refund_record, *self._line_keys(_decode(first))]
+        refund_record = self._data("refund", _json_pair(order_key, refund_id))
+        keys = [order, refund_record, *self._line_keys(_decode(first), self._prefix())]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
         answer = await self._run(REFUND, keys, [wanted, self._retention_ms])
         status = answer[0].decode()
@@ -321,8 +325,17 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# What json.dumps(..., separators=(",", ":")) writes, without building an encoder per call: these run
+# for every order, and the keys and records they make must stay byte for byte what Redis holds.
+_quote = encode_basestring_ascii
+
+
+def _json_pair(first: str, second: str) -> str:
+    return f"[{_quote(first)},{_quote(second)}]"
+
+
 def _encode(lines: tuple[Line, ...]) -> str:
-    return json.dumps([[line.promotion_id, line.amount, line.user_id] for line in lines], separators=(",", ":"))
+    return f"[{','.join(f'[{_quote(line.promotion_id)},{line.amount},{_quote(line.user_id)}]' for line in lines)}]"
 
 
 def _decode(stored: bytes | str) -> tuple[Line, ...]:
