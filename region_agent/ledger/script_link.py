@@ -30,6 +30,8 @@ from redis.exceptions import InvalidResponse, NoScriptError
 
 CONNECT_TIMEOUT_S = 5.0
 """How long to wait for a connection when the client does not say (redis-py would wait forever)."""
+CLOSE_TIMEOUT_S = 1.0
+"""How long a closing connection may take (TLS says goodbye) before it is cut."""
 
 Reply = Any
 """What hiredis parses: bytes, int, None, or lists of them."""
@@ -50,6 +52,8 @@ class _Pipe(asyncio.Protocol):
         self._waiting: collections.deque[asyncio.Future[Reply]] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        """Why the connection is over, from the moment it is: no call may be sent on it after."""
+        self._closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -67,11 +71,13 @@ class _Pipe(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = redis.ConnectionError(f"the connection to Redis was lost ({exc or 'closed by the server'})")
+        if self.lost is None:
+            self.lost = redis.ConnectionError(f"the connection to Redis was lost ({exc or 'closed by the server'})")
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(self.lost)
+        self._closed.set_result(None)
 
     def send(self, command: tuple[str | int | bytes, ...]) -> asyncio.Future[Reply]:
         assert self._transport is not None
@@ -80,9 +86,19 @@ class _Pipe(asyncio.Protocol):
         self._transport.write(hiredis.pack_command(command))  # type: ignore[arg-type]  # its stub says a 1-tuple
         return waiter
 
-    def close(self) -> None:
+    def close(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = redis.ConnectionError(why)
         if self._transport is not None:
             self._transport.close()
+
+    async def wait_closed(self) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
+            await self._closed
 
 
 class ScriptLink:
@@ -112,7 +128,8 @@ class ScriptLink:
         try:
             return await asyncio.wait_for(pipe.send(command), timeout)
         except TimeoutError:
-            pipe.close()
+            # Its answer may still come, out of step with the calls after it: start afresh.
+            pipe.close(f"an earlier call got no answer within {timeout} s")
             raise redis.TimeoutError(f"Redis did not answer within {timeout} s") from None
 
     async def _connected(self) -> _Pipe:
@@ -138,17 +155,25 @@ class ScriptLink:
         except (OSError, TimeoutError) as error:
             raise redis.ConnectionError(f"cannot connect to Redis at {where}: {error or 'timed out'}") from error
         try:
-            if settings.password:
-                credentials = (settings.username, settings.password) if settings.username else (settings.password,)
-                await pipe.send(("AUTH", *credentials))
-            if settings.db:
-                await pipe.send(("SELECT", settings.db))
+            await asyncio.wait_for(self._handshake(pipe), settings.socket_timeout or timeout)
+        except TimeoutError:
+            pipe.close("the handshake timed out")
+            raise redis.TimeoutError(f"Redis at {where} did not answer AUTH or SELECT in time") from None
         except BaseException:
-            pipe.close()
+            pipe.close("the handshake failed")
             raise
         return pipe
 
+    async def _handshake(self, pipe: _Pipe) -> None:
+        settings = self._settings
+        if settings.password:
+            credentials = (settings.username, settings.password) if settings.username else (settings.password,)
+            await pipe.send(("AUTH", *credentials))
+        if settings.db:
+            await pipe.send(("SELECT", settings.db))
+
     async def aclose(self) -> None:
-        if self._pipe is not None:
-            self._pipe.close()
-            self._pipe = None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close("the ledger closed its connection")
+            await pipe.wait_closed()
