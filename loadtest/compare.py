@@ -7,7 +7,9 @@ Rows, each at a WAN round trip of 0 ms and of 80 ms between the region and the c
 - central_redis: every order runs a decrement-if-enough Lua script on one central Redis across the WAN.
 
 Beside them, from the same load generator: a bare grpc.aio echo server with the agent's API (what
-gRPC alone costs per call) and a sequential loop of the agent's deduction script on Redis. The WAN
+gRPC alone costs per call), the same server making one batched durable write to the region's Redis
+per call as the Redis ledger does (what gRPC and that round trip cost, without the agent's logic),
+and a sequential loop of the agent's deduction script on Redis. The WAN
 proxies, the echo server, the center, the agents and Redis are processes of their own on loopback;
 the load generator is this process.
 """
@@ -176,8 +178,8 @@ async def _central_redis_row(stack: _Stack, rtt_ms: int, options: Options) -> Ro
     return Row("central_redis", rtt_ms, measured, measured.deductions, over)
 
 
-async def _echo_per_s(stack: _Stack, options: Options) -> float:
-    echo = stack.start(ServerProcess("echo", [], stack.workdir / "echo.log", module="loadtest.echo"))
+async def _echo_per_s(stack: _Stack, options: Options, *args: str) -> float:
+    echo = stack.start(ServerProcess("echo", list(args), stack.workdir / "echo.log", module="loadtest.echo"))
     try:
         async with grpc.aio.insecure_channel(echo.address) as channel:
             measured, _ = await _measure(ThroughAgent(channel, REGION), Demand("echo", options.seed), options)
@@ -197,6 +199,8 @@ class Comparison:
 async def compare(options: Options) -> Comparison:
     with _stack() as stack:
         echo_per_s = await _echo_per_s(stack, options)
+        # Database 0: the agent rows' ledgers have databases of their own.
+        echo_redis_per_s = await _echo_per_s(stack, options, "--redis", f"redis://{stack.redis_address}/0")
         loop_per_s = await script_loop_per_s(stack.redis_address, options.seconds)
         rows: list[Row] = []
         for rtt_ms in WAN_RTTS_MS:
@@ -213,6 +217,8 @@ async def compare(options: Options) -> Comparison:
         "echo_per_s": round(echo_per_s),
         "lua_loop_per_s": round(loop_per_s),
         "agent_vs_echo_ratio": round(agent_redis["throughput_per_s"] / echo_per_s, 2),
+        "echo_redis_per_s": round(echo_redis_per_s),
+        "agent_vs_echo_redis_ratio": round(agent_redis["throughput_per_s"] / echo_redis_per_s, 2),
         "agent_vs_lua_ratio": round(agent_redis["throughput_per_s"] / loop_per_s, 2),
         "clients": options.clients,
         "seconds": options.seconds,

@@ -109,7 +109,14 @@ def bench(context: click.Context, as_json: bool, seconds: float, clients: int, d
         _print_json(comparison.figures)
         return
     _print_rows("quota bench", comparison.figures["rows"], COLUMNS)
-    for name in ("echo_per_s", "lua_loop_per_s", "agent_vs_echo_ratio", "agent_vs_lua_ratio"):
+    for name in (
+        "echo_per_s",
+        "echo_redis_per_s",
+        "lua_loop_per_s",
+        "agent_vs_echo_ratio",
+        "agent_vs_echo_redis_ratio",
+        "agent_vs_lua_ratio",
+    ):
         click.echo(f"{name}: {comparison.figures[name]}")
     click.echo("wrote " + ", ".join(str(path) for path in written))
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+import redis.asyncio as redis
+
+from quota_center.launch import ServerProcess
+from quota_center.testing_servers import redis_server
+from region_agent.v1 import region_agent_pb2 as pb
+from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +88,29 @@ def test_bench_compares_every_strategy_at_both_wan_settings(tmp_path: Path) -> N
     assert figures["echo_per_s"] > 0
     assert figures["lua_loop_per_s"] > 0
     assert figures["agent_vs_echo_ratio"] > 0
+    assert figures["echo_redis_per_s"] > 0
+    assert figures["agent_vs_echo_redis_ratio"] > 0
     assert figures["agent_vs_lua_ratio"] > 0
     page = (tmp_path / "benchmarks.md").read_text()
     assert "| agent_redis | 80 |" in page
+
+
+async def test_the_echo_yardstick_with_redis_writes_once_per_call_before_answering(tmp_path: Path) -> None:
+    with redis_server() as store:
+        echo = ServerProcess(
+            "echo", ["--redis", f"redis://{store.address}/0"], tmp_path / "echo.log", module="loadtest.echo"
+        )
+        try:
+            async with grpc.aio.insecure_channel(echo.start().address) as channel:
+                stub = pb_grpc.RegionAgentStub(channel)
+                keys = [f"order-{n}" for n in range(50)]
+                calls = (stub.Deduct(pb.DeductRequest(order_key=key), timeout=10) for key in keys)
+                answers = await asyncio.gather(*calls)
+        finally:
+            echo.stop()
+        client = redis.Redis(host=store.host, port=store.port)
+        written = await client.get("echo:calls")
+        await client.aclose()
+
+    assert [answer.order_key for answer in answers] == keys
+    assert written == b"50"
