@@ -1,6 +1,6 @@
 """The regional ledger in the region's Redis, shared by all of the region's agents.
 
-Every operation is one Lua script (EVALSHA, reloaded on NOSCRIPT by redis-py), so it is
+Every operation is one Lua script (EVALSHA over the ledger's own connection, `script_link`), so it is
 atomic across all its keys and all agent processes. All keys of a region share the hash
 tag `{quota:<region>}`, so a multi-line order touching several promotions runs in one slot
 on Redis Cluster too. Layout:
