@@ -55,21 +55,10 @@ class AgentMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self._answered: dict[tuple[str, bool], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def answered(self, operation: str, replayed: bool, elapsed_s: float) -> None:
-        # On every order's path: the labelled children are looked up once, not per call.
-        children = self._answered.get((operation, replayed))
-        if children is None:
-            result = "replayed" if replayed else "accepted"
-            children = self._deductions.labels(self.region, operation, result, ""), self._latency(operation)
-            self._answered[(operation, replayed)] = children
-        counter, latency = children
-        counter.inc()
-        latency.observe(elapsed_s)
-
-    def _latency(self, operation: str) -> Histogram:
-        return self._deduction_seconds.labels(self.region, operation)
+        self._count(operation, "replayed" if replayed else "accepted", "", elapsed_s)
 
     def failed(self, operation: str, error: Exception, elapsed_s: float) -> None:
         if isinstance(error, Rejected):
@@ -77,8 +66,20 @@ class AgentMetrics:
         else:
             result = "failed"
             reason = error.code.name.lower() if isinstance(error, QuotaError) else "internal"
-        self._deductions.labels(self.region, operation, result, reason).inc()
-        self._latency(operation).observe(elapsed_s)
+        self._count(operation, result, reason, elapsed_s)
+
+    def _count(self, operation: str, result: str, reason: str, elapsed_s: float) -> None:
+        # On every order's path: the labelled children are looked up once, not per call.
+        children = self._children.get((operation, result, reason))
+        if children is None:
+            children = (
+                self._deductions.labels(self.region, operation, result, reason),
+                self._deduction_seconds.labels(self.region, operation),
+            )
+            self._children[(operation, result, reason)] = children
+        counter, latency = children
+        counter.inc()
+        latency.observe(elapsed_s)
 
     def center_call(self, method: str, code: grpc.StatusCode, elapsed_s: float) -> None:
         self._center_calls.labels(self.region, method, code.name).inc()
