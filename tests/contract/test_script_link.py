@@ -382,7 +382,7 @@ async def test_a_call_redis_does_not_answer_within_socket_timeout_raises_timeout
         with pytest.raises(redis.TimeoutError):
             await link.run(WRITE_AND_ECHO, ["script-link:timeout"], ["unanswered"])
 
-        assert 0.19 <= time.monotonic() - started < 0.6
+        assert 0.19 <= time.monotonic() - started < 1.5, "socket_timeout, not the pause, ended the call"
         await admin.client_unpause()
         assert await link.run(WRITE_AND_ECHO, ["script-link:timeout"], ["answered"]) == b"answered"
 
