@@ -9,7 +9,8 @@ Rows, each at a WAN round trip of 0 ms and of 80 ms between the region and the c
 Beside them, from the same load generator: a bare grpc.aio echo server with the agent's API (what
 gRPC alone costs per call), the same server making one batched durable write to the region's Redis
 per call as the Redis ledger does (what gRPC and that round trip cost, without the agent's logic),
-and a sequential loop of the agent's deduction script on Redis. The WAN
+and a sequential loop of the agent's deduction script on Redis. The two servers run half before and
+half after the agent rows at 0 ms, which their ratios compare them with. The WAN
 proxies, the echo server, the center, the agents and Redis are processes of their own on loopback;
 the load generator is this process.
 """
@@ -20,7 +21,7 @@ import contextlib
 import statistics
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,18 +197,29 @@ class Comparison:
     """Every timed order's latency, per row label (strategy@rtt), for the chart."""
 
 
+async def _yardsticks(stack: _Stack, options: Options) -> tuple[float, float]:
+    """Calls per second of the bare echo server, and of the echo server writing to Redis per call."""
+    echo_per_s = await _echo_per_s(stack, options)
+    # Database 0: the agent rows' ledgers have databases of their own.
+    return echo_per_s, await _echo_per_s(stack, options, "--redis", f"redis://{stack.redis_address}/0")
+
+
 async def compare(options: Options) -> Comparison:
+    halves = replace(options, seconds=options.seconds / 2)
     with _stack() as stack:
-        echo_per_s = await _echo_per_s(stack, options)
-        # Database 0: the agent rows' ledgers have databases of their own.
-        echo_redis_per_s = await _echo_per_s(stack, options, "--redis", f"redis://{stack.redis_address}/0")
         loop_per_s = await script_loop_per_s(stack.redis_address, options.seconds)
-        rows: list[Row] = []
-        for rtt_ms in WAN_RTTS_MS:
+        # The yardsticks run half right before and half right after the agent rows they are compared
+        # with, so a machine that slows down or speeds up meanwhile moves both sides alike.
+        before = await _yardsticks(stack, halves)
+        rows = [await _agent_row(stack, strategy, 0, options) for strategy in ("agent_memory", "agent_redis")]
+        after = await _yardsticks(stack, halves)
+        rows += [await _central_grpc_row(stack, 0, options), await _central_redis_row(stack, 0, options)]
+        for rtt_ms in WAN_RTTS_MS[1:]:
             for strategy in ("agent_memory", "agent_redis"):
                 rows.append(await _agent_row(stack, strategy, rtt_ms, options))
             rows.append(await _central_grpc_row(stack, rtt_ms, options))
             rows.append(await _central_redis_row(stack, rtt_ms, options))
+    echo_per_s, echo_redis_per_s = ((first + second) / 2 for first, second in zip(before, after, strict=True))
     rows_figures = [
         row.figures() for row in sorted(rows, key=lambda row: (STRATEGIES.index(row.strategy), row.wan_rtt_ms))
     ]
@@ -215,9 +227,11 @@ async def compare(options: Options) -> Comparison:
     figures = {
         "rows": rows_figures,
         "echo_per_s": round(echo_per_s),
+        "echo_per_s_before_after": [round(before[0]), round(after[0])],
         "lua_loop_per_s": round(loop_per_s),
         "agent_vs_echo_ratio": round(agent_redis["throughput_per_s"] / echo_per_s, 2),
         "echo_redis_per_s": round(echo_redis_per_s),
+        "echo_redis_per_s_before_after": [round(before[1]), round(after[1])],
         "agent_vs_echo_redis_ratio": round(agent_redis["throughput_per_s"] / echo_redis_per_s, 2),
         "agent_vs_lua_ratio": round(agent_redis["throughput_per_s"] / loop_per_s, 2),
         "clients": options.clients,

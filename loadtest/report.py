@@ -64,6 +64,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _before_after(per_s: list[int]) -> str:
+    return f"{per_s[0]:,} right before the agent rows at 0 ms, {per_s[1]:,} right after"
+
+
 def measured_section(comparison: Comparison, chart_written: bool) -> str:
     figures = comparison.figures
     command = "quota bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "quota bench"
@@ -74,10 +78,12 @@ def measured_section(comparison: Comparison, chart_written: bool) -> str:
         "",
         table(figures["rows"]),
         "",
-        f"- Bare grpc.aio echo server with the agent's API: {figures['echo_per_s']:,} calls/s; "
+        f"- Bare grpc.aio echo server with the agent's API: {figures['echo_per_s']:,} calls/s "
+        f"({_before_after(figures['echo_per_s_before_after'])}); "
         f"agent (Redis ledger, WAN 0 ms) over echo: **{figures['agent_vs_echo_ratio']}**.",
         f"- The same echo server making one batched durable write to the region's Redis per call, as the "
-        f"Redis ledger does: {figures['echo_redis_per_s']:,} calls/s; "
+        f"Redis ledger does: {figures['echo_redis_per_s']:,} calls/s "
+        f"({_before_after(figures['echo_redis_per_s_before_after'])}); "
         f"agent over it: **{figures['agent_vs_echo_redis_ratio']}**.",
         f"- The agent's deduction script in a sequential loop from one client: {figures['lua_loop_per_s']:,} calls/s; "
         f"agent over loop: **{figures['agent_vs_lua_ratio']}**.",
