@@ -24,6 +24,8 @@ from typing import Any, cast
 
 import hiredis
 import redis.asyncio as redis
+
+# redis-py's own mapping from an error reply to its exception class, the one its hiredis parser uses.
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import InvalidResponse, NoScriptError
