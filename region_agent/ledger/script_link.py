@@ -11,13 +11,15 @@ and dropped, so the connection never falls out of step.
 It connects as the redis-py client it is made from would (host and port or Unix socket, TLS,
 user, password, database), and answers errors as redis-py's exception classes, so callers treat
 an outage (`redis.ConnectionError`, `redis.TimeoutError`, Redis still loading its data) and a
-script error as before. A lost connection fails the calls in flight; the next call reconnects.
+script error as before. A lost connection fails the calls in flight, and so does a call left
+unanswered for the client's `socket_timeout` (redis-py's default: 5 s); the next call reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -49,10 +51,16 @@ class LuaScript:
 
 
 class _Pipe(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout_s: float | None) -> None:
+        """`reply_timeout_s`: how long a call may wait for its reply before the connection is given up."""
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
-        self._waiting: collections.deque[asyncio.Future[Reply]] = collections.deque()
+        self._waiting: collections.deque[tuple[asyncio.Future[Reply], float]] = collections.deque()
+        """Every call sent and not yet answered, oldest first, with when it was sent."""
         self._transport: asyncio.Transport | None = None
+        self._reply_timeout_s = reply_timeout_s
+        # One timer for the oldest call, not one per call (asyncio.wait_for on the order path cost
+        # a tenth of the ledger's round trip).
+        self._watchdog: asyncio.TimerHandle | None = None
         self.lost: Exception | None = None
         """Why the connection is over, from the moment it is: no call may be sent on it after."""
         self._closed = asyncio.get_running_loop().create_future()
@@ -64,7 +72,7 @@ class _Pipe(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
-            waiter = self._waiting.popleft()
+            waiter, _ = self._waiting.popleft()
             if waiter.done():
                 continue
             if isinstance(reply, redis.RedisError):
@@ -75,22 +83,43 @@ class _Pipe(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost is None:
             self.lost = redis.ConnectionError(f"the connection to Redis was lost ({exc or 'closed by the server'})")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         while self._waiting:
-            waiter = self._waiting.popleft()
+            waiter, _ = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(self.lost)
         self._closed.set_result(None)
 
     def send(self, command: tuple[str | int | bytes, ...]) -> asyncio.Future[Reply]:
         assert self._transport is not None
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiting.append((waiter, loop.time()))
+        if self._reply_timeout_s is not None and self._watchdog is None:
+            self._watchdog = loop.call_later(self._reply_timeout_s, self._check_replies)
         self._transport.write(hiredis.pack_command(command))  # type: ignore[arg-type]  # its stub says a 1-tuple
         return waiter
 
-    def close(self, why: str) -> None:
+    def _check_replies(self) -> None:
+        """Gives the connection up when its oldest call has waited too long: a reply that comes
+        later would be out of step with the calls after it, so all of them fail and the next
+        call connects afresh."""
+        self._watchdog = None
+        if not self._waiting or self.lost is not None:
+            return
+        assert self._reply_timeout_s is not None
+        _, oldest_sent_at = self._waiting[0]
+        left = oldest_sent_at + self._reply_timeout_s - asyncio.get_running_loop().time()
+        if left > 0:
+            self._watchdog = asyncio.get_running_loop().call_later(left, self._check_replies)
+            return
+        self.close(redis.TimeoutError(f"Redis did not answer within {self._reply_timeout_s} s"))
+
+    def close(self, why: redis.RedisError) -> None:
+        """Ends the connection; the calls still waiting fail with `why`."""
         if self.lost is None:
-            self.lost = redis.ConnectionError(why)
+            self.lost = why
         if self._transport is not None:
             self._transport.close()
 
@@ -124,15 +153,7 @@ class ScriptLink:
         pipe = self._pipe
         if pipe is None or pipe.lost is not None:
             pipe = await self._connected()
-        timeout = self._settings.socket_timeout
-        if timeout is None:
-            return await pipe.send(command)
-        try:
-            return await asyncio.wait_for(pipe.send(command), timeout)
-        except TimeoutError:
-            # Its answer may still come, out of step with the calls after it: start afresh.
-            pipe.close(f"an earlier call got no answer within {timeout} s")
-            raise redis.TimeoutError(f"Redis did not answer within {timeout} s") from None
+        return await pipe.send(command)
 
     async def _connected(self) -> _Pipe:
         async with self._connecting:
@@ -143,14 +164,15 @@ class ScriptLink:
     async def _connect(self) -> _Pipe:
         settings, loop = self._settings, asyncio.get_running_loop()
         timeout = settings.socket_connect_timeout or CONNECT_TIMEOUT_S
+        pipe_for_this_client = functools.partial(_Pipe, settings.socket_timeout)
         if isinstance(settings, UnixDomainSocketConnection):
-            where, opening = settings.path, loop.create_unix_connection(_Pipe, settings.path)
+            where, opening = settings.path, loop.create_unix_connection(pipe_for_this_client, settings.path)
         else:
             assert isinstance(settings, Connection), "redis-py's clients connect by TCP, TLS or Unix socket"
             tls = settings.ssl_context.get() if isinstance(settings, SSLConnection) else None
             where, opening = (
                 f"{settings.host}:{settings.port}",
-                loop.create_connection(_Pipe, settings.host, settings.port, ssl=tls),
+                loop.create_connection(pipe_for_this_client, settings.host, settings.port, ssl=tls),
             )
         try:
             _, pipe = await asyncio.wait_for(opening, timeout)
@@ -159,10 +181,11 @@ class ScriptLink:
         try:
             await asyncio.wait_for(self._handshake(pipe), settings.socket_timeout or timeout)
         except TimeoutError:
-            pipe.close("the handshake timed out")
-            raise redis.TimeoutError(f"Redis at {where} did not answer AUTH or SELECT in time") from None
+            timed_out = redis.TimeoutError(f"Redis at {where} did not answer AUTH or SELECT in time")
+            pipe.close(timed_out)
+            raise timed_out from None
         except BaseException:
-            pipe.close("the handshake failed")
+            pipe.close(redis.ConnectionError("the handshake failed"))
             raise
         return pipe
 
@@ -177,5 +200,5 @@ class ScriptLink:
     async def aclose(self) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
-            pipe.close("the ledger closed its connection")
+            pipe.close(redis.ConnectionError("the ledger closed its connection"))
             await pipe.wait_closed()
