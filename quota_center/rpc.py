@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -31,12 +31,11 @@ def translate_errors(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
             return await handler(self, request, context)
         except Exception as error:
             await abort_with(error, context, handler.__qualname__)
-            raise AssertionError("unreachable: abort raises") from error
 
     return wrapper
 
 
-async def abort_with(error: Exception, context: Context, where: str) -> None:
+async def abort_with(error: Exception, context: Context, where: str) -> NoReturn:
     """Ends the call with the error's status (streams too); raises, like `context.abort`."""
     if isinstance(error, Rejected):
         context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, error.reason.value),))
