@@ -50,7 +50,8 @@ WARM_UP_S = 1.0
 @dataclass(frozen=True)
 class Options:
     seconds: float = 10.0
-    """Per measurement (each row, the echo server, the script loop)."""
+    """Per measurement: each row, the script loop, and each echo server (half right before, half right
+    after the agent rows at 0 ms)."""
     clients: int = 16
     """Concurrent closed-loop order services in the load generator."""
     seed: int = 7

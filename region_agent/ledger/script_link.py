@@ -110,9 +110,10 @@ class _Pipe(asyncio.Protocol):
             return
         assert self._reply_timeout_s is not None
         _, oldest_sent_at = self._waiting[0]
-        left = oldest_sent_at + self._reply_timeout_s - asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        left = oldest_sent_at + self._reply_timeout_s - loop.time()
         if left > 0:
-            self._watchdog = asyncio.get_running_loop().call_later(left, self._check_replies)
+            self._watchdog = loop.call_later(left, self._check_replies)
             return
         self.close(redis.TimeoutError(f"Redis did not answer within {self._reply_timeout_s} s"))
 
