@@ -126,7 +126,8 @@ def _stack() -> Iterator[_Stack]:
             stack.close()
 
 
-async def _create(center: str, demand: Demand) -> None:
+async def create_promotions(center: str, demand: Demand) -> None:
+    """The demand's promotions at the center, in the benchmark's region."""
     async with grpc.aio.insecure_channel(center) as channel:
         admin = pb_grpc.PromotionAdminStub(channel)
         for promotion_id, budget in demand.budgets().items():
@@ -144,7 +145,7 @@ async def _measure(target: Target, demand: Demand, options: Options) -> tuple[Me
 
 async def _agent_row(stack: _Stack, strategy: str, rtt_ms: int, options: Options) -> Row:
     demand = Demand(f"{strategy}-{rtt_ms}", options.seed)
-    await _create(stack.center.address, demand)
+    await create_promotions(stack.center.address, demand)
     # Each WAN setting's region ledger gets a database of its own, so no row inherits another's.
     database = WAN_RTTS_MS.index(rtt_ms) + 1
     ledger = "memory" if strategy == "agent_memory" else f"redis://{stack.redis_address}/{database}"
@@ -162,7 +163,7 @@ async def _agent_row(stack: _Stack, strategy: str, rtt_ms: int, options: Options
 
 async def _central_grpc_row(stack: _Stack, rtt_ms: int, options: Options) -> Row:
     demand = Demand(f"central_grpc-{rtt_ms}", options.seed)
-    await _create(stack.center.address, demand)
+    await create_promotions(stack.center.address, demand)
     async with grpc.aio.insecure_channel(stack.center_via[rtt_ms]) as channel:
         measured, over = await _measure(CentralGrpc(channel, REGION), demand, options)
     return Row("central_grpc", rtt_ms, measured, measured.deductions, over)

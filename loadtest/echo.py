@@ -4,9 +4,12 @@ what gRPC itself costs per call, the yardstick for the agent's own work in `quot
 With `--redis URL`, every call first makes one durable write to that Redis the way the agent's
 Redis ledger does (a trivial Lua script over the ledger's own connection, calls that arrive while
 one is on its way batched into the next): what gRPC plus the ledger's round trip cost, with none
-of the agent's logic, so the benchmark can tell the two apart.
+of the agent's logic, so the benchmark can tell the two apart. With `--wait-ms MS` instead, every
+call waits that long, batched the same way, and touches nothing: the round trip's latency without
+its work (`quota bench cost`).
 
-    python -m loadtest.echo --listen 127.0.0.1:0 [--redis redis://HOST:PORT/DB]   # prints {"ready": "echo", "port": N}
+    python -m loadtest.echo --listen 127.0.0.1:0 [--redis redis://HOST:PORT/DB | --wait-ms MS]
+    # prints {"ready": "echo", "port": N}
 """
 
 from __future__ import annotations
@@ -33,25 +36,44 @@ async def _echo(request: pb.DeductRequest, context: Context) -> pb.DeductRespons
     return pb.DeductResponse(order_key=request.order_key, lines=request.lines)
 
 
-def _after_a_write(link: ScriptLink) -> Callable[[pb.DeductRequest, Context], Awaitable[pb.DeductResponse]]:
-    async def write(order_keys: Sequence[str]) -> list[None]:
-        await link.run(COUNT_CALLS, ["echo:calls"], list(order_keys))
+def _after(
+    step: Callable[[Sequence[str]], Awaitable[None]],
+) -> Callable[[pb.DeductRequest, Context], Awaitable[pb.DeductResponse]]:
+    """Echoes once `step` has run for the call, batched with the calls that arrive meanwhile."""
+
+    async def run(order_keys: Sequence[str]) -> list[None]:
+        await step(order_keys)
         return [None] * len(order_keys)
 
-    writes = Batcher(write)
+    steps = Batcher(run)
 
-    async def echo_after_write(request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
-        await writes.submit(request.order_key)
+    async def echo_after(request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
+        await steps.submit(request.order_key)
         return await _echo(request, context)
 
-    return echo_after_write
+    return echo_after
 
 
-async def _main(listen: str, redis_url: str) -> None:
+def _write_to(link: ScriptLink) -> Callable[[Sequence[str]], Awaitable[None]]:
+    async def write(order_keys: Sequence[str]) -> None:
+        await link.run(COUNT_CALLS, ["echo:calls"], list(order_keys))
+
+    return write
+
+
+def _wait(seconds: float) -> Callable[[Sequence[str]], Awaitable[None]]:
+    async def wait(order_keys: Sequence[str]) -> None:
+        await asyncio.sleep(seconds)
+
+    return wait
+
+
+async def _main(listen: str, redis_url: str, wait_ms: float) -> None:
     link = ScriptLink(redis.Redis.from_url(redis_url)) if redis_url else None
+    handler = _after(_write_to(link)) if link else _after(_wait(wait_ms / 1000)) if wait_ms else _echo
     server = grpc.aio.server()
     deduct = grpc.unary_unary_rpc_method_handler(
-        _after_a_write(link) if link else _echo,
+        handler,
         request_deserializer=pb.DeductRequest.FromString,
         response_serializer=pb.DeductResponse.SerializeToString,
     )
@@ -70,6 +92,8 @@ async def _main(listen: str, redis_url: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0")
-    parser.add_argument("--redis", default="", help="make one durable write to this Redis per call, batched")
+    step = parser.add_mutually_exclusive_group()
+    step.add_argument("--redis", default="", help="make one durable write to this Redis per call, batched")
+    step.add_argument("--wait-ms", type=float, default=0.0, help="wait this long per call, batched, doing nothing")
     arguments = parser.parse_args()
-    asyncio.run(_main(arguments.listen, arguments.redis))
+    asyncio.run(_main(arguments.listen, arguments.redis, arguments.wait_ms))

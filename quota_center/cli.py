@@ -172,6 +172,39 @@ def bench_freeze(as_json: bool, freezes: int) -> None:
     _show("quota bench freeze", asyncio.run(run(freezes)), as_json)
 
 
+@bench.command("cost")
+@click.option("--json", "as_json", is_flag=True, help='Print {"servers": [...]}, one row per server.')
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per server and round.")
+@click.option("--rounds", type=click.IntRange(1, 10), default=2, show_default=True, help="Times over the servers.")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent order services.")
+@click.option(
+    "--wait-ms",
+    type=click.FloatRange(min=0.01),
+    default=0.7,
+    show_default=True,
+    help="How long echo_waiting waits per call (a Redis round trip under load).",
+)
+def bench_cost(as_json: bool, seconds: float, rounds: int, clients: int, wait_ms: float) -> None:
+    """Where the agent's calls per second go: echo servers that add, step by step, what the agent's
+    Redis round trip adds (its latency alone, a Redis without disk, one that fsyncs), then the agent."""
+    from loadtest.cost import CostOptions, cost
+
+    figures = asyncio.run(cost(CostOptions(seconds, rounds, clients, wait_ms)))
+    if as_json:
+        _print_json(figures)
+        return
+    rows = [{**row, "per_s": " / ".join(f"{rate:,}" for rate in row["per_s"])} for row in figures["servers"]]
+    _print_rows("quota bench cost", rows, COST_COLUMNS)
+
+
+COST_COLUMNS = {
+    "server": "server",
+    "mean_per_s": "calls/s",
+    "per_s": "per round",
+    "vs_echo": "vs echo",
+    "cpu_us_per_call": "server CPU µs/call",
+}
+
 SIMULATE_COLUMNS = {
     "scenario": "scenario",
     "strategy": "strategy",
@@ -193,7 +226,7 @@ def _print_rows(title: str, rows: list[dict[str, object]], columns: dict[str, st
 
     table = Table(title=title)
     for key, header in columns.items():
-        table.add_column(header, justify="left" if key in ("scenario", "strategy") else "right")
+        table.add_column(header, justify="left" if key in ("scenario", "strategy", "server") else "right")
     for row in rows:
         cells = []
         for key in columns:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,41 @@ def test_bench_ledger_measures_both_ledgers_and_the_bare_script() -> None:
     assert figures["evalsha_sequential_per_s"] > 0
     assert figures["evalsha_concurrent_per_s"] > 0
     assert figures["redis_vs_memory_ratio"] > 0
+
+
+def test_bench_cost_measures_every_step_from_bare_grpc_to_the_agent() -> None:
+    figures = _quota_json("bench", "cost", "--seconds", "0.5", "--rounds", "1", "--clients", "4")
+
+    servers = {row["server"]: row for row in figures["servers"]}
+    assert list(servers) == [
+        "echo",
+        "echo_waiting",
+        "echo_redis_volatile",
+        "echo_redis_durable",
+        "agent_memory",
+        "agent_redis",
+    ]
+    assert servers["echo"]["vs_echo"] == 1.0
+    for row in servers.values():
+        assert len(row["per_s"]) == 1
+        assert row["mean_per_s"] > 0
+        assert row["cpu_us_per_call"] > 0
+
+
+async def test_the_waiting_echo_answers_no_sooner_than_its_wait(tmp_path: Path) -> None:
+    echo = ServerProcess("echo", ["--wait-ms", "50"], tmp_path / "echo.log", module="loadtest.echo")
+    try:
+        async with grpc.aio.insecure_channel(echo.start().address) as channel:
+            stub = pb_grpc.RegionAgentStub(channel)
+            await stub.Deduct(pb.DeductRequest(order_key="warm-up"), timeout=10)
+            started = time.perf_counter()
+            answer = await stub.Deduct(pb.DeductRequest(order_key="timed"), timeout=10)
+            waited = time.perf_counter() - started
+    finally:
+        echo.stop()
+
+    assert answer.order_key == "timed"
+    assert waited >= 0.05
 
 
 def test_bench_freeze_reaches_every_region_within_100_ms_by_push() -> None:
