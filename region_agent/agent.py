@@ -76,7 +76,8 @@ class Agent:
         self._center = center
         self._clock = clock
         self.cache = PromotionCache()
-        self._supply = Supply(settings.region, settings.refill, ledger, center, clock, self.cache)
+        lease_ttl_s = 3 * settings.renew_interval_s
+        self._supply = Supply(settings.region, settings.refill, ledger, center, clock, self.cache, lease_ttl_s)
         self.catalog = CatalogSync(self.cache, center, tier, self._supply.learn, clock)
         self._loops: list[asyncio.Task[None]] = []
 
@@ -225,7 +226,7 @@ class Agent:
                 f"promotion {promotion.id} runs from {iso(promotion.start_ms)} until {iso(promotion.end_ms)}; "
                 f"it is now {iso(wall_ms)}",
             )
-        if item.lease_until and self._clock.monotonic() >= item.lease_until:
+        if self._clock.monotonic() >= item.lease_until:
             raise Rejected(
                 RejectReason.LEASE_EXPIRED,
                 f"region {self.settings.region} could not renew its lease on promotion {promotion.id} "

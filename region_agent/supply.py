@@ -47,9 +47,12 @@ class Tracked:
     """What the agent knows of one promotion beyond the ledger."""
 
     promotion: Promotion
+    lease_until: float
+    """Monotonic time the lease runs out. Until this process first hears from the center about the
+    promotion, one lease TTL from when it began tracking it: what a ledger kept from an earlier
+    process (Redis) holds is spent for at most that long without the center's word, as a lease the
+    earlier process renewed would have allowed, so a freeze missed meanwhile stays bounded."""
     meter: RateMeter = field(default_factory=RateMeter)
-    lease_until: float = 0.0
-    """Monotonic time the lease runs out; 0 while the region never held a lease."""
     last_grant: int = 0
     latency_s: float = 0.05
     exhausted: bool = False
@@ -66,13 +69,16 @@ class Supply:
         center: CenterClient,
         clock: Clock,
         cache: PromotionCache,
+        lease_ttl_s: float,
     ) -> None:
+        """`lease_ttl_s`: the lease TTL to assume until the center states its own."""
         self._region = region
         self._refill_settings = refill
         self._ledger = ledger
         self._center = center
         self._clock = clock
         self.cache = cache
+        self._lease_ttl_s = lease_ttl_s
         self._tracked: dict[str, Tracked] = {}
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self._opening_requests: dict[str, str] = {}
@@ -139,7 +145,15 @@ class Supply:
             await self._fetch(promotion_id)
         promotion = self.cache.get(promotion_id)
         assert promotion is not None, "fetched into the cache"
-        return self._tracked.setdefault(promotion_id, Tracked(promotion))
+        return self._tracked.setdefault(promotion_id, Tracked(promotion, self._unheard_lease()))
+
+    def _unheard_lease(self) -> float:
+        return self._clock.monotonic() + self._lease_ttl_s
+
+    def _heard(self, lease_ttl_s: float) -> float:
+        """Takes the lease TTL the center just stated as the one to assume from now on."""
+        self._lease_ttl_s = lease_ttl_s
+        return lease_ttl_s
 
     async def cancel_pending(self) -> None:
         """Stops refills, fetches and give-backs in flight, so none lands after a final give-back."""
@@ -157,7 +171,7 @@ class Supply:
         carry grants to it) and join as a new incarnation; the center writes the old one off."""
         await self.cancel_pending()
         for item in self._tracked.values():
-            item.lease_until, item.last_grant, item.exhausted = 0.0, 0, False
+            item.lease_until, item.last_grant, item.exhausted = self._unheard_lease(), 0, False
         self._opening_requests.clear()
         self.incarnation = await self._ledger.incarnation()
         log.warning("joined the center as ledger incarnation %s", self.incarnation)
@@ -207,7 +221,7 @@ class Supply:
                     await self._fetch(promotion_id)
             return error
         await self._ledger.apply_grant(answer.grant_id, promotion_id, answer.amount, life)
-        item.lease_until = sent + answer.lease_ttl_s
+        item.lease_until = sent + self._heard(answer.lease_ttl_s)
         item.last_grant = answer.amount
         item.latency_s = 0.8 * item.latency_s + 0.2 * (self._clock.monotonic() - sent)
         item.exhausted = answer.unallocated == 0
@@ -259,7 +273,7 @@ class Supply:
         answer = await self._center.renew(life, counters)
         for directive in answer.directives:
             try:
-                await self._follow(directive, now + answer.lease_ttl_s, life)
+                await self._follow(directive, now + self._heard(answer.lease_ttl_s), life)
             except LedgerLost:
                 raise
             except QuotaError as error:
@@ -319,5 +333,5 @@ class Supply:
                 continue
             await self._ledger.apply_grant(answer.grant_id, answer.promotion_id, answer.amount, life)
             item = await self._track_one(answer.promotion_id)
-            item.lease_until = sent + lease_ttl_s
+            item.lease_until = sent + self._heard(lease_ttl_s)
             item.last_grant = answer.amount

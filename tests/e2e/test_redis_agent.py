@@ -16,7 +16,7 @@ from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 from tests.e2e.redis_region import region_on_redis
-from tests.support import eventually, order, promotion
+from tests.support import eventually, order, promotion, reject_reason
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +62,43 @@ async def test_an_agent_killed_and_restarted_on_redis_keeps_its_orders_and_quota
     assert after.balances[0].deducted == 11
     assert after.balances[0].granted >= before.balances[0].granted
     assert usage.regions[0].written_off == 0
+
+
+async def test_an_agent_restarted_while_the_center_is_away_spends_what_redis_holds_for_one_lease_only(
+    tmp_path: Path,
+) -> None:
+    with redis_server() as redis:
+        center = center_process(tmp_path).start()
+        # The agent assumes a lease of three renew intervals until the center states its own.
+        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.3")
+        first = agent_process(tmp_path, "eu", center.address, *ledger).start()
+        try:
+            async with grpc.aio.insecure_channel(center.address) as channel:
+                admin = center_grpc.PromotionAdminStub(channel)
+                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+            async with grpc.aio.insecure_channel(first.address) as orders:
+                await agent_grpc.RegionAgentStub(orders).Deduct(order("o-1", "eu", ("promo", 1)), timeout=5)
+            first.kill()
+            center.kill()
+
+            second = agent_process(tmp_path, "eu", center.address, *ledger).start()
+            try:
+                async with grpc.aio.insecure_channel(second.address) as orders:
+                    stub = agent_grpc.RegionAgentStub(orders)
+                    served = await stub.Deduct(order("o-2", "eu", ("promo", 1)), timeout=5)
+                    await asyncio.sleep(1.0)
+                    with pytest.raises(grpc.aio.AioRpcError) as expired:
+                        await stub.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
+                    status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+            finally:
+                second.kill()
+        finally:
+            first.kill()
+            center.kill()
+
+    assert not served.replayed
+    assert reject_reason(expired.value) == "REJECT_REASON_LEASE_EXPIRED"
+    assert status.balances[0].available > 0
 
 
 async def test_a_redis_that_lost_its_data_costs_quota_but_never_over_issues(tmp_path: Path) -> None:
