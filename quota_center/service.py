@@ -250,7 +250,10 @@ class Center:
         now = self._clock.monotonic()
         demands = self._demand.get(promotion_id, {})
         regions = []
-        for region, account in sorted(state.accounts.items()):
+        # A region the promotion allows shows from the start, at zero, so an owner sees who holds
+        # nothing as well as who spent; one since removed from it shows while it still has an account.
+        for region in sorted(set(state.accounts) | set(state.promotion.regions)):
+            account = state.accounts.get(region, RegionAccount())
             expiry = self._lease_expiry.get((promotion_id, region))
             lease_active = None if expiry is None else expiry > now
             age = None if expiry is None else max(0.0, now - (expiry - self.settings.lease_ttl_s))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from quota_center.clock import FakeClock
-from quota_center.ledger import Kind, Promotion, Report
+from quota_center.ledger import Kind, Promotion, RegionAccount, Report
 from quota_center.service import Center
 from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore
@@ -78,4 +78,20 @@ async def test_usage_shows_each_regions_last_reported_burn_rate(tmp_path: Path) 
 
     burn = {view.region: view.demand_per_minute for view in center.usage("p").regions}
     assert burn == {"eu": 240, "us": 0}
+    await store.close()
+
+
+async def test_usage_lists_every_region_the_promotion_allows_even_before_it_holds_anything(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "center.db")
+    center = Center(store, FakeClock())
+    await center.start()
+    await center.create_promotion(Promotion("p", Kind.COUNT, "", 100, 0, 10**13, ("eu", "us", "ap")))
+    await center.acquire("eu", "i-eu", "p", 10, "r-eu", demand=0)
+
+    regions = {view.region: view for view in center.usage("p").regions}
+
+    assert list(regions) == ["ap", "eu", "us"]
+    assert regions["eu"].account.granted == 10
+    assert regions["us"].account == regions["ap"].account == RegionAccount()
+    assert regions["us"].lease_active is None
     await store.close()
