@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from redis.asyncio import Redis
 
-from quota_center.launch import agent_process, center_process
+from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import redis_server
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
@@ -21,41 +23,66 @@ from tests.support import eventually, order, promotion, reject_reason
 pytestmark = pytest.mark.e2e
 
 
+class _Region:
+    """A center and the region's agents on one Redis, each a process of its own."""
+
+    def __init__(self, workdir: Path, redis_address: str, renew_interval: str) -> None:
+        self._workdir = workdir
+        self._ledger = ("--ledger", f"redis://{redis_address}/0", "--renew-interval", renew_interval)
+        self.center = center_process(workdir).start()
+        self._agents: list[ServerProcess] = []
+
+    def agent(self) -> ServerProcess:
+        agent = agent_process(self._workdir, "eu", self.center.address, *self._ledger).start()
+        self._agents.append(agent)
+        return agent
+
+    def kill(self) -> None:
+        for process in (*self._agents, self.center):
+            process.kill()
+
+
+@contextlib.asynccontextmanager
+async def _region(workdir: Path, redis_address: str, renew_interval: str) -> AsyncIterator[_Region]:
+    """The region, with promotion "promo" (budget 1,000) created at its center."""
+    region = _Region(workdir, redis_address, renew_interval)
+    try:
+        async with grpc.aio.insecure_channel(region.center.address) as channel:
+            admin = center_grpc.PromotionAdminStub(channel)
+            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+        yield region
+    finally:
+        region.kill()
+
+
 async def test_an_agent_killed_and_restarted_on_redis_keeps_its_orders_and_quota(tmp_path: Path) -> None:
     with redis_server() as redis:
-        center = center_process(tmp_path).start()
-        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.2")
-        first = agent_process(tmp_path, "eu", center.address, *ledger).start()
-        try:
-            async with grpc.aio.insecure_channel(center.address) as channel:
-                admin = center_grpc.PromotionAdminStub(channel)
-                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
-                async with grpc.aio.insecure_channel(first.address) as orders:
-                    stub = agent_grpc.RegionAgentStub(orders)
-                    for number in range(10):
-                        await stub.Deduct(order(f"o-{number}", "eu", ("promo", 1)), timeout=5)
-                    before = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+        async with _region(tmp_path, redis.address, renew_interval="0.2") as region:
+            first = region.agent()
+            async with grpc.aio.insecure_channel(first.address) as orders:
+                stub = agent_grpc.RegionAgentStub(orders)
+                for number in range(10):
+                    await stub.Deduct(order(f"o-{number}", "eu", ("promo", 1)), timeout=5)
+                before = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
 
-                first.kill()
-                second = agent_process(tmp_path, "eu", center.address, *ledger).start()
-                try:
-                    async with grpc.aio.insecure_channel(second.address) as orders:
-                        stub = agent_grpc.RegionAgentStub(orders)
-                        replay = await stub.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
-                        await stub.Deduct(order("o-10", "eu", ("promo", 1)), timeout=5)
-                        after = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
-
-                        async def reported() -> bool:
-                            usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
-                            return usage.regions[0].consumed == 11
-
-                        await eventually(reported)
-                        usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
-                finally:
-                    second.kill()
-        finally:
             first.kill()
-            center.kill()
+            second = region.agent()
+            async with (
+                grpc.aio.insecure_channel(second.address) as orders,
+                grpc.aio.insecure_channel(region.center.address) as channel,
+            ):
+                admin = center_grpc.PromotionAdminStub(channel)
+                stub = agent_grpc.RegionAgentStub(orders)
+                replay = await stub.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
+                await stub.Deduct(order("o-10", "eu", ("promo", 1)), timeout=5)
+                after = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+
+                async def reported() -> bool:
+                    usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
+                    return usage.regions[0].consumed == 11
+
+                await eventually(reported)
+                usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
 
     assert replay.replayed
     assert after.incarnation == before.incarnation
@@ -67,34 +94,22 @@ async def test_an_agent_killed_and_restarted_on_redis_keeps_its_orders_and_quota
 async def test_an_agent_restarted_while_the_center_is_away_spends_what_redis_holds_for_one_lease_only(
     tmp_path: Path,
 ) -> None:
+    # The agent assumes a lease of three renew intervals until the center states its own.
     with redis_server() as redis:
-        center = center_process(tmp_path).start()
-        # The agent assumes a lease of three renew intervals until the center states its own.
-        ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.3")
-        first = agent_process(tmp_path, "eu", center.address, *ledger).start()
-        try:
-            async with grpc.aio.insecure_channel(center.address) as channel:
-                admin = center_grpc.PromotionAdminStub(channel)
-                await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+        async with _region(tmp_path, redis.address, renew_interval="0.3") as region:
+            first = region.agent()
             async with grpc.aio.insecure_channel(first.address) as orders:
                 await agent_grpc.RegionAgentStub(orders).Deduct(order("o-1", "eu", ("promo", 1)), timeout=5)
             first.kill()
-            center.kill()
+            region.center.kill()
 
-            second = agent_process(tmp_path, "eu", center.address, *ledger).start()
-            try:
-                async with grpc.aio.insecure_channel(second.address) as orders:
-                    stub = agent_grpc.RegionAgentStub(orders)
-                    served = await stub.Deduct(order("o-2", "eu", ("promo", 1)), timeout=5)
-                    await asyncio.sleep(1.0)
-                    with pytest.raises(grpc.aio.AioRpcError) as expired:
-                        await stub.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
-                    status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
-            finally:
-                second.kill()
-        finally:
-            first.kill()
-            center.kill()
+            async with grpc.aio.insecure_channel(region.agent().address) as orders:
+                stub = agent_grpc.RegionAgentStub(orders)
+                served = await stub.Deduct(order("o-2", "eu", ("promo", 1)), timeout=5)
+                await asyncio.sleep(1.0)
+                with pytest.raises(grpc.aio.AioRpcError) as expired:
+                    await stub.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
+                status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)
 
     assert not served.replayed
     assert reject_reason(expired.value) == "REJECT_REASON_LEASE_EXPIRED"
