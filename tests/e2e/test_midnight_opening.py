@@ -44,7 +44,10 @@ async def create_all(admin: center_grpc.PromotionAdminAsyncStub, start_ms: int) 
 
 async def test_ten_thousand_promotions_open_at_once_without_a_burst_on_the_center(tmp_path: Path) -> None:
     center = center_process(tmp_path).start()
-    agents = [agent_process(tmp_path, region, center.address).start() for region in REGIONS]
+    # A look-ahead as long as the lead: the agents open promotions as they are created, so on a slow
+    # machine the openings have the whole lead to finish, not only its last 30 s (the default).
+    lookahead = ("--opening-lookahead", "50")
+    agents = [agent_process(tmp_path, region, center.address, *lookahead).start() for region in REGIONS]
     channels = [grpc.aio.insecure_channel(agent.address) for agent in agents]
     try:
         stubs = [agent_grpc.RegionAgentStub(channel) for channel in channels]
