@@ -50,8 +50,8 @@ class Tracked:
     lease_until: float
     """Monotonic time the lease runs out. Until this process first hears from the center about the
     promotion, one lease TTL from when it began tracking it: what a ledger kept from an earlier
-    process (Redis) holds is spent for at most that long without the center's word, as a lease the
-    earlier process renewed would have allowed, so a freeze missed meanwhile stays bounded."""
+    process (Redis) holds is spent for at most that long without the center's word, so a freeze
+    missed meanwhile stays bounded as it is for a running agent."""
     meter: RateMeter = field(default_factory=RateMeter)
     last_grant: int = 0
     latency_s: float = 0.05
