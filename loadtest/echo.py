@@ -70,7 +70,11 @@ def _wait(seconds: float) -> Callable[[Sequence[str]], Awaitable[None]]:
 
 async def _main(listen: str, redis_url: str, wait_ms: float) -> None:
     link = ScriptLink(redis.Redis.from_url(redis_url)) if redis_url else None
-    handler = _after(_write_to(link)) if link else _after(_wait(wait_ms / 1000)) if wait_ms else _echo
+    handler: Callable[[pb.DeductRequest, Context], Awaitable[pb.DeductResponse]] = _echo
+    if link:
+        handler = _after(_write_to(link))
+    elif wait_ms:
+        handler = _after(_wait(wait_ms / 1000))
     server = grpc.aio.server()
     deduct = grpc.unary_unary_rpc_method_handler(
         handler,

@@ -59,7 +59,7 @@ class _Pipe(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reply_timeout_s = reply_timeout_s
         # One timer for the oldest call, not one per call (asyncio.wait_for on the order path cost
-        # a tenth of the ledger's round trip).
+        # a fifth of the ledger's round trip).
         self._watchdog: asyncio.TimerHandle | None = None
         self.lost: Exception | None = None
         """Why the connection is over, from the moment it is: no call may be sent on it after."""
