@@ -57,6 +57,11 @@ class AgentSettings:
     reservation_ttl_ms: int = 15 * 60_000
     """How long a reservation holds its quota when the caller does not say."""
 
+    @property
+    def assumed_lease_ttl_s(self) -> float:
+        """The center's lease TTL as the renew interval implies it, until the center states its own."""
+        return 3 * self.renew_interval_s
+
 
 @dataclass(frozen=True)
 class PromotionStatus:
@@ -76,8 +81,9 @@ class Agent:
         self._center = center
         self._clock = clock
         self.cache = PromotionCache()
-        lease_ttl_s = 3 * settings.renew_interval_s
-        self._supply = Supply(settings.region, settings.refill, ledger, center, clock, self.cache, lease_ttl_s)
+        self._supply = Supply(
+            settings.region, settings.refill, ledger, center, clock, self.cache, settings.assumed_lease_ttl_s
+        )
         self.catalog = CatalogSync(self.cache, center, tier, self._supply.learn, clock)
         self._loops: list[asyncio.Task[None]] = []
 
