@@ -5,8 +5,11 @@ The quota center: the only writer of budgets.
 
 Amounts are int64 minor units (cents for AMOUNT promotions, units for COUNT
 promotions) and are never above 9007199254740991 (2^53 - 1), so that every
-ledger, including Redis Lua scripts, represents them exactly.
+ledger, including Redis Lua scripts, represents them exactly. Cumulative
+counters (Counters, RegionUsage) are sums of amounts over a ledger's life and
+may go up to 2^63 - 1; a ledger refuses an operation that would pass that.
 Identifiers (promotion ids, region names, request ids) are 1..128 bytes.
+A promotion names at most 1000 regions; every message stays far below 4 MiB.
 """
 
 from collections import abc as _abc
@@ -323,12 +326,21 @@ Global___GetPromotionRequest: _TypeAlias = GetPromotionRequest  # noqa: Y015
 class ListPromotionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """promotions per page, 0: 500; at most 5000 (and fewer if they are large)"""
+    page_token: _builtins.str
+    """empty: the first page; else `next_page_token` of the previous page"""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -339,16 +351,22 @@ class ListPromotionsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROMOTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty: this was the last page"""
     @_builtins.property
-    def promotions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Promotion]: ...
+    def promotions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Promotion]:
+        """ascending id"""
+
     def __init__(
         self,
         *,
         promotions: _abc.Iterable[Global___Promotion] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotions", b"promotions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "promotions", b"promotions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -784,6 +802,7 @@ class PromotionDirective(_message.Message):
     UNAPPLIED_GRANTS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     EXHAUSTED_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     promotion_id: _builtins.str
     frozen: _builtins.bool
     reclaim: _builtins.int
@@ -792,6 +811,11 @@ class PromotionDirective(_message.Message):
     """the promotion's configuration revision"""
     exhausted: _builtins.bool
     """nothing left at the center to grant"""
+    refusal: _builtins.str
+    """Set when the center refused this promotion's report (why, for a person);
+    then nothing of it was taken in and its lease was NOT renewed, while the
+    region's other promotions are answered and renewed as usual.
+    """
     @_builtins.property
     def unapplied_grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]:
         """Grants made to this incarnation that its report does not count yet;
@@ -807,10 +831,11 @@ class PromotionDirective(_message.Message):
         unapplied_grants: _abc.Iterable[Global___Grant] | None = ...,
         revision: _builtins.int = ...,
         exhausted: _builtins.bool = ...,
+        refusal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhausted", b"exhausted", "frozen", b"frozen", "promotion_id", b"promotion_id", "reclaim", b"reclaim", "revision", b"revision", "unapplied_grants", b"unapplied_grants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhausted", b"exhausted", "frozen", b"frozen", "promotion_id", b"promotion_id", "reclaim", b"reclaim", "refusal", b"refusal", "revision", b"revision", "unapplied_grants", b"unapplied_grants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -822,18 +847,29 @@ class RenewResponse(_message.Message):
 
     LEASE_TTL_MS_FIELD_NUMBER: _builtins.int
     DIRECTIVES_FIELD_NUMBER: _builtins.int
+    EMERGENCY_FIELD_NUMBER: _builtins.int
     lease_ttl_ms: _builtins.int
     @_builtins.property
-    def directives(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromotionDirective]: ...
+    def directives(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromotionDirective]:
+        """one per reported promotion, in request order"""
+
+    @_builtins.property
+    def emergency(self) -> Global___EmergencyFreeze:
+        """The emergency switch as of this answer: the third link that carries it
+        (beside the catalog's push and pull), so an agent whose catalog cannot load
+        still stops spending when it is on.
+        """
+
     def __init__(
         self,
         *,
         lease_ttl_ms: _builtins.int = ...,
         directives: _abc.Iterable[Global___PromotionDirective] | None = ...,
+        emergency: Global___EmergencyFreeze | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["emergency", b"emergency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["directives", b"directives", "lease_ttl_ms", b"lease_ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directives", b"directives", "emergency", b"emergency", "lease_ttl_ms", b"lease_ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

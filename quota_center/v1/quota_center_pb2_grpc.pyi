@@ -5,8 +5,11 @@ The quota center: the only writer of budgets.
 
 Amounts are int64 minor units (cents for AMOUNT promotions, units for COUNT
 promotions) and are never above 9007199254740991 (2^53 - 1), so that every
-ledger, including Redis Lua scripts, represents them exactly.
+ledger, including Redis Lua scripts, represents them exactly. Cumulative
+counters (Counters, RegionUsage) are sums of amounts over a ledger's life and
+may go up to 2^63 - 1; a ledger refuses an operation that would pass that.
 Identifiers (promotion ids, region names, request ids) are 1..128 bytes.
+A promotion names at most 1000 regions; every message stays far below 4 MiB.
 """
 
 from collections import abc as _abc
