@@ -2,18 +2,25 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: run test lint servers protos clean
 
-$(INSTALLED): pyproject.toml
+# The demo needs only what the servers run on; the developer extra (linters, pytest, Locust,
+# protoc) is for `make test`, and installing it first would triple `make run`'s first start.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(INSTALLED): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(INSTALLED)
+run: $(RUNTIME)
 	$(BIN)/quota demo
 
 # Tests start their own etcd and Redis; Debian's packages are only the binaries.
