@@ -15,6 +15,7 @@ from quota_center.clock import iso
 from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, Rejected, RejectReason
 from quota_center.validation import require_unique
 from region_agent.ledger.base import (
+    COUNTER_CEILING,
     NO_LIMITS,
     UNLIMITED,
     Balance,
@@ -62,6 +63,10 @@ class LocalLedger:
     def balances(self) -> dict[str, Balance]:
         return dict(self._balances)
 
+    def _require_room(self, promotion_id: str, counter: str) -> None:
+        if getattr(self.balance(promotion_id), counter) >= COUNTER_CEILING:
+            raise at_ceiling(promotion_id, counter)
+
     def _add(self, promotion_id: str, **deltas: int) -> None:
         balance = self.balance(promotion_id)
         self._balances[promotion_id] = replace(
@@ -91,6 +96,9 @@ class LocalLedger:
         wanted: Counter[str] = Counter()
         for line in lines:
             wanted[line.promotion_id] += line.amount
+        # A reservation too: its confirm will add to deducted.
+        for promotion in wanted:
+            self._require_room(promotion, "deducted")
         by_user = self._by_user(lines)
         # The user's limit first: no refill can help an order over it, so it should not wait for one.
         over_limit = self._over_limit(by_user, limits)
@@ -144,6 +152,8 @@ class LocalLedger:
         if order.state != RESERVED:
             return settled_before(order_key, how, order.state, order.expires_at_ms, order.lines)
         if how is Settle.CONFIRM:
+            for line in order.lines:
+                self._require_room(line.promotion_id, "deducted")
             for line in order.lines:
                 self._add(line.promotion_id, held=-line.amount, deducted=line.amount)
             order.state = CONFIRMED
@@ -216,6 +226,8 @@ class LocalLedger:
                     f"{order.refunded[line.promotion_id]} is already refunded; at most "
                     f"{left[line.promotion_id]} can be refunded, not {line.amount}"
                 )
+        for line in wanted:
+            self._require_room(line.promotion_id, "refunded")
         users = {line.promotion_id: line.user_id for line in order.lines}
         for line in wanted:
             order.refunded[line.promotion_id] += line.amount
@@ -232,6 +244,7 @@ class LocalLedger:
     def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:
         if grant_id in self._grants:
             return False
+        self._require_room(promotion_id, "granted")
         self._grants.add(grant_id)
         self._add(promotion_id, granted=amount)
         return True
@@ -239,6 +252,7 @@ class LocalLedger:
     def take_back(self, promotion_id: str, amount: int) -> int:
         taken = max(0, min(amount, self.balance(promotion_id).available))
         if taken:
+            self._require_room(promotion_id, "returned")
             self._add(promotion_id, returned=taken)
         return taken
 
@@ -289,6 +303,15 @@ def refund_id_reused(order_key: str, refund_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"refund {refund_id!r} of order {order_key!r} was already made with different lines; "
         "use a new refund id for another refund"
+    )
+
+
+def at_ceiling(promotion_id: str, counter: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"this region's ledger has counted {COUNTER_CEILING} units or more as {counter} for promotion "
+        f"{promotion_id!r}, its ceiling: nothing more can be {counter} in this incarnation. Start the region's "
+        "ledger over as a new incarnation (restart an in-process agent; with Redis, delete the key "
+        "{quota:<region>}:incarnation) and the center writes off what the old one holds"
     )
 
 

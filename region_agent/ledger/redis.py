@@ -8,7 +8,8 @@ on Redis Cluster too. Layout:
     {quota:R}:incarnation                  hash: life (the current one) and sequence (writes in it)
     {quota:R}:refill:<promotion>           which agent is acquiring for the promotion (expires by itself)
     {quota:R}:<life>:promotions            set of promotion ids with a balance
-    {quota:R}:<life>:balance:<promotion>   hash granted, returned, deducted, refunded, held
+    {quota:R}:<life>:balance:<promotion>   hash granted, returned, deducted, refunded, held, and
+                                           available (kept by the scripts, which never add up counters)
     {quota:R}:<life>:grants                set of applied grant ids
     {quota:R}:<life>:order:<order key>     hash lines (JSON, the first answer), refunded:<promotion>,
                                            and for a reservation state and expires (Unix ms);
@@ -48,7 +49,7 @@ from region_agent.ledger.base import (
     UserLimit,
 )
 from region_agent.ledger.batching import Batcher
-from region_agent.ledger.local import check_replay, refund_id_reused, settled_before, unconfirmed_refund
+from region_agent.ledger.local import at_ceiling, check_replay, refund_id_reused, settled_before, unconfirmed_refund
 from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, SETTLE, TAKE_BACK
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 
@@ -175,6 +176,8 @@ class RedisLedger:
         if status == "replay":
             check_replay(order_key, same_lines=bool(answer[1]), was_reservation=bool(answer[2]), reserve=hold_ms > 0)
             return DeductOutcome(lines, replayed=True, expires_at_ms=int(answer[3]))
+        if status == "at_ceiling":
+            raise at_ceiling(lines[int(answer[1]) - 1].promotion_id, "deducted")
         if status in ("short", "over_limit"):
             promotions = tuple(dict.fromkeys(lines[int(i) - 1].promotion_id for i in answer[1:]))
             if status == "short":
@@ -236,6 +239,8 @@ class RedisLedger:
         answer = await self._run(SETTLE, keys, [action, order_key, self._retention_ms])
         if answer[0] == b"not_found":
             return None
+        if answer[0] == b"at_ceiling":
+            raise at_ceiling(answer[1].decode(), "deducted")
         return answer[0] == b"done", answer[1].decode(), int(answer[2]), lines
 
     @_reachable
@@ -257,6 +262,8 @@ class RedisLedger:
             raise refund_id_reused(order_key, refund_id)
         if status == "unconfirmed":
             raise unconfirmed_refund(order_key, answer[1].decode())
+        if status == "at_ceiling":
+            raise at_ceiling(answer[1].decode(), "refunded")
         if status == "not_in_order":
             raise InvalidArgument(f"order {order_key!r} has no line for promotion {answer[1].decode()!r}")
         if status == "too_much":
@@ -277,11 +284,15 @@ class RedisLedger:
             self._data("promotions", life=incarnation),
         ]
         answer = await self._run(APPLY_GRANT, keys, [grant_id, promotion_id, amount], life=incarnation)
+        if answer[0] == b"at_ceiling":
+            raise at_ceiling(promotion_id, "granted")
         return bool(answer[0] == b"ok")
 
     @_reachable
     async def take_back(self, promotion_id: str, amount: int) -> int:
         answer = await self._run(TAKE_BACK, [self._data("balance", promotion_id)], [amount])
+        if answer[0] == b"at_ceiling":
+            raise at_ceiling(promotion_id, "returned")
         return int(answer[1])
 
     @_reachable

@@ -2,8 +2,14 @@
 
 Each is one atomic step over all its keys. Amounts go back to Redis through string.format('%d'):
 Lua numbers are doubles, and tostring() would print a large amount in floating point.
+
+Lua numbers are exact up to 2^53 only, and the cumulative counters (granted, returned, deducted,
+refunded) may pass it. So Lua never computes with a counter: each changes only by HINCRBY (exact
+int64 arithmetic in Redis), decisions read the `available` field (a balance, bounded by the
+budget, hence exact), and what goes back to the agent is read as a string.
 """
 
+from region_agent.ledger.base import COUNTER_CEILING_DIGITS
 from region_agent.ledger.script_link import LuaScript
 
 # Every script's KEYS[1] is the incarnation hash (life, sequence) and ARGV[1] "life|floor": the
@@ -28,13 +34,31 @@ table.insert(answer, sequence)
 return answer
 """
 
-_AVAILABLE = """
+_BALANCE = """
 local function available(key)
-  local b = redis.call('HMGET', key, 'granted', 'returned', 'deducted', 'refunded', 'held')
-  return (tonumber(b[1]) or 0) - (tonumber(b[2]) or 0) - (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
-    - (tonumber(b[5]) or 0)
+  local stored = redis.call('HGET', key, 'available')
+  if stored then return tonumber(stored) end
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  -- A balance written before this field existed: derived once, in Redis's integer arithmetic.
+  redis.call('HSET', key, 'available', 0)
+  for _, term in ipairs({{'granted', ''}, {'returned', '-'}, {'deducted', '-'}, {'refunded', ''}, {'held', '-'}}) do
+    local value = redis.call('HGET', key, term[1])
+    if value and value ~= '0' then redis.call('HINCRBY', key, 'available', term[2] .. value) end
+  end
+  return tonumber(redis.call('HGET', key, 'available'))
 end
-"""
+-- Deltas are decimal strings: a Lua number would reach Redis in floating point.
+local function move(key, field, delta, available_delta)
+  available(key)
+  redis.call('HINCRBY', key, field, delta)
+  redis.call('HINCRBY', key, 'available', available_delta)
+end
+-- Exact whatever the counter's size: one of more than DIGITS digits is at least COUNTER_CEILING = 10^DIGITS.
+local function at_ceiling(key, counter)
+  local value = redis.call('HGET', key, counter)
+  return value and #value > DIGITS
+end
+""".replace("DIGITS", str(COUNTER_CEILING_DIGITS))
 
 _NOW_MS = """
 local function now_ms()
@@ -49,10 +73,11 @@ end
 # ARGV: incarnation, retention in ms, then per order: line count n, lines JSON, amount per line,
 # unit limit per line, order limit per line, order key, hold in ms (0: a plain deduction).
 # Answers one reply per order: 'ok' (expires, then available after, per line), 'short' or
-# 'over_limit' (then the 1-based lines), or 'replay' (same lines?, reserved?, expires).
+# 'over_limit' (then the 1-based lines), 'at_ceiling' (the first line whose deducted is), or 'replay'
+# (same lines?, reserved?, expires).
 DEDUCT = LuaScript(
     _SAME_LIFE
-    + _AVAILABLE
+    + _BALANCE
     + _NOW_MS
     + """
 local function deduct(k, a)
@@ -70,6 +95,10 @@ local function deduct(k, a)
     units[user] = (units[user] or 0) + amount
   end
   for i = 1, n do
+    -- A reservation too: its confirm will add to deducted.
+    if at_ceiling(KEYS[k + i], 'deducted') then return {'at_ceiling', i} end
+  end
+  for i = 1, n do
     local user = KEYS[k + n + i]
     local unit_limit, order_limit = tonumber(ARGV[a + 1 + n + i]), tonumber(ARGV[a + 1 + 2 * n + i])
     local held = tonumber(redis.call('HGET', user, 'units')) or 0
@@ -84,7 +113,7 @@ local function deduct(k, a)
   end
   if #short > 0 then return {'short', unpack(short)} end
   local field = hold > 0 and 'held' or 'deducted'
-  for i = 1, n do redis.call('HINCRBY', KEYS[k + i], field, ARGV[a + 1 + i]) end
+  for i = 1, n do move(KEYS[k + i], field, ARGV[a + 1 + i], '-' .. ARGV[a + 1 + i]) end
   for user, amount in pairs(units) do
     redis.call('HINCRBY', user, 'units', amount)
     redis.call('HINCRBY', user, 'orders', 1)
@@ -96,7 +125,7 @@ local function deduct(k, a)
     redis.call('ZADD', KEYS[2], expires, order_key)
   end
   local answer = {'ok', string.format('%d', expires)}
-  for i = 1, n do table.insert(answer, available(KEYS[k + i])) end
+  for i = 1, n do table.insert(answer, redis.call('HGET', KEYS[k + i], 'available')) end
   redis.call('HSET', order, 'lines', lines)
   -- A pending reservation's record stays until it is settled, however late the sweep: its held quota
   -- would never come back without it. The retention period starts when it ends.
@@ -119,6 +148,7 @@ return answers
 # order key, retention in ms. Answers 'done' when this call changed the reservation, else 'was' and its state.
 SETTLE = LuaScript(
     _SAME_LIFE
+    + _BALANCE
     + _NOW_MS
     + """
 local raw = redis.call('HGET', KEYS[2], 'lines')
@@ -131,7 +161,7 @@ local function release(to)
   local users = {}
   for i, line in ipairs(lines) do
     local amount = string.format('%d', line[2])
-    redis.call('HINCRBY', KEYS[3 + i], 'held', '-' .. amount)
+    move(KEYS[3 + i], 'held', '-' .. amount, amount)
     redis.call('HINCRBY', KEYS[3 + n + i], 'units', '-' .. amount)
     users[KEYS[3 + n + i]] = true
   end
@@ -150,6 +180,9 @@ if state ~= 'reserved' or action == 'expire' then return {'was', state, expires}
 if action == 'cancel' then
   release('cancelled')
 else
+  for i, line in ipairs(lines) do
+    if at_ceiling(KEYS[3 + i], 'deducted') then return {'at_ceiling', line[1]} end
+  end
   for i, line in ipairs(lines) do
     local amount = string.format('%d', line[2])
     redis.call('HINCRBY', KEYS[3 + i], 'held', '-' .. amount)
@@ -176,6 +209,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumb
 # ARGV: incarnation, JSON of wanted [[promotion, amount]...] or '' for everything left, retention in ms.
 REFUND = LuaScript(
     _SAME_LIFE
+    + _BALANCE
     + """
 local first = redis.call('GET', KEYS[3])
 if first then
@@ -215,14 +249,18 @@ else
     table.insert(wanted, promotion)
   end
 end
+for _, promotion in ipairs(wanted) do
+  if at_ceiling(balance[promotion], 'refunded') then return {'at_ceiling', promotion} end
+end
 local answer = {}
 for _, promotion in ipairs(wanted) do
-  local refunded = redis.call('HINCRBY', KEYS[2], 'refunded:' .. promotion, wanted[promotion])
-  redis.call('HINCRBY', balance[promotion], 'refunded', wanted[promotion])
+  local amount = string.format('%d', wanted[promotion])
+  local refunded = redis.call('HINCRBY', KEYS[2], 'refunded:' .. promotion, amount)
+  move(balance[promotion], 'refunded', amount, amount)
   redis.call('HINCRBY', user[promotion], 'units', -wanted[promotion])
   if refunded == spent[promotion] then redis.call('HINCRBY', user[promotion], 'orders', -1) end
   -- cjson would print large amounts in floating point; integers are written out whole.
-  table.insert(answer, '[' .. cjson.encode(promotion) .. ',' .. string.format('%d', wanted[promotion]) .. ']')
+  table.insert(answer, '[' .. cjson.encode(promotion) .. ',' .. amount .. ']')
 end
 local encoded = '[' .. table.concat(answer, ',') .. ']'
 -- The request is kept with the answer: a refund id retried with other lines is an error, not a replay.
@@ -235,9 +273,12 @@ return {'ok', encoded}
 # KEYS: incarnation, grants, balance, promotions. ARGV: incarnation, grant id, promotion, amount.
 APPLY_GRANT = LuaScript(
     _SAME_LIFE
+    + _BALANCE
     + """
-if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return {'applied_before'} end
-redis.call('HINCRBY', KEYS[3], 'granted', ARGV[4])
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then return {'applied_before'} end
+if at_ceiling(KEYS[3], 'granted') then return {'at_ceiling'} end
+redis.call('SADD', KEYS[2], ARGV[2])
+move(KEYS[3], 'granted', ARGV[4], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[3])
 return {'ok'}
 """
@@ -247,11 +288,13 @@ return {'ok'}
 # KEYS: incarnation, balance. ARGV: incarnation, amount.
 TAKE_BACK = LuaScript(
     _SAME_LIFE
-    + _AVAILABLE
+    + _BALANCE
     + """
 local taken = math.min(tonumber(ARGV[2]), available(KEYS[2]))
 if taken <= 0 then return {'ok', 0} end
-redis.call('HINCRBY', KEYS[2], 'returned', taken)
+if at_ceiling(KEYS[2], 'returned') then return {'at_ceiling'} end
+taken = string.format('%d', taken)
+move(KEYS[2], 'returned', taken, '-' .. taken)
 return {'ok', taken}
 """
     + _END
