@@ -50,7 +50,7 @@ def grant(
             f"promotion {promotion.id} has nothing left to grant (budget {promotion.budget}, all of it allocated)"
         )
     grant_id, request_id = ids
-    record = GrantRecord(grant_id, request_id, promotion.id, region, incarnation, size)
+    record = GrantRecord(grant_id, request_id, promotion.id, region, incarnation, size, asked)
     ledger.grant(state, record)
     return record
 

@@ -295,13 +295,24 @@ _freeze_command(
 _freeze_command("unfreeze", False, "Let promotion ID sell again.", "unfrozen: regions take quota and sell it again")
 
 
+def _every_promotion(center: AdminClient) -> list[Promotion]:
+    """All pages of the listing; a page token resumes on whichever replica leads by then."""
+    promotions: list[Promotion] = []
+    token = ""
+    while True:
+        answer = center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))
+        promotions.extend(promotion_from_pb(promotion) for promotion in answer.promotions)
+        token = answer.next_page_token
+        if not token:
+            return promotions
+
+
 @budget.command("list")
 @json_flag
 @click.pass_obj
 def list_promotions(center: AdminClient, as_json: bool) -> None:
     """Every promotion: kind, budget, regions, window, pacing, frozen, revision."""
-    answer = center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest())
-    promotions = [promotion_from_pb(promotion) for promotion in answer.promotions]
+    promotions = _every_promotion(center)
     if as_json:
         view.print_json({"promotions": [promotion_document(promotion) for promotion in promotions]})
     elif promotions:

@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from quota_center.errors import FailedPrecondition
+from quota_center.validation import MAX_REGIONS
+
 EMERGENCY_DOCUMENT = "emergency_freeze"
 
 
@@ -30,13 +33,19 @@ class EmergencyFreeze:
 
     def switched(self, region: str, frozen: bool, revision: int) -> EmergencyFreeze | None:
         """The switch after freezing (or unfreezing) `region`, "" meaning everywhere; None when
-        that changes nothing, so a repeated call is not a new revision."""
+        that changes nothing, so a repeated call is not a new revision. Every catalog message
+        carries the switch, so it names at most MAX_REGIONS regions."""
         if not region:
             if self.everywhere == frozen:
                 return None
             return replace(self, everywhere=frozen, revision=revision)
         if (region in self.regions) == frozen:
             return None
+        if frozen and len(self.regions) >= MAX_REGIONS:
+            raise FailedPrecondition(
+                f"the emergency switch already freezes {len(self.regions)} regions, the most it holds: "
+                "unfreeze regions that no longer need it, or freeze every region at once (an empty region)"
+            )
         regions = self.regions | {region} if frozen else self.regions - {region}
         return replace(self, regions=frozenset(regions), revision=revision)
 

@@ -7,10 +7,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quota_center.catalog import EmergencyFreeze
 from quota_center.errors import InvalidArgument
 from quota_center.ledger import Kind, Promotion
+from quota_center.paging import within_bytes
 from quota_center.policy import Pacing
 from quota_center.service import CatalogPage, UsageView
 from quota_center.v1 import quota_center_pb2 as pb
-from quota_center.validation import require_amount, require_counter, require_id
+from quota_center.validation import require_amount, require_counter, require_id, require_regions, require_text
 
 _KINDS = {pb.PROMOTION_KIND_COUNT: Kind.COUNT, pb.PROMOTION_KIND_AMOUNT: Kind.AMOUNT}
 _KIND_NAMES = {kind: value for value, kind in _KINDS.items()}
@@ -20,6 +21,8 @@ _PACINGS = {
     pb.PACING_HOURLY_CAP: Pacing.HOURLY_CAP,
 }
 _PACING_NAMES = {pacing: value for value, pacing in _PACINGS.items()}
+# The range google.protobuf.Timestamp defines; beyond it the protobuf runtime refuses to convert.
+_FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799
 
 
 def promotion_to_pb(promotion: Promotion) -> pb.Promotion:
@@ -51,16 +54,14 @@ def promotion_from_pb(message: pb.Promotion) -> Promotion:
         raise InvalidArgument("pacing must be PACING_UNSPECIFIED, PACING_LINEAR or PACING_HOURLY_CAP")
     if not (message.HasField("start_time") and message.HasField("end_time")):
         raise InvalidArgument("start_time and end_time are required")
-    for region in message.regions:
-        require_id("region", region)
     return Promotion(
         id=require_id("promotion.id", message.id),
         kind=_KINDS[message.kind],
-        currency=message.currency,
+        currency=require_text("currency", message.currency),
         budget=require_amount("budget", message.budget),
-        start_ms=message.start_time.ToMilliseconds(),
-        end_ms=message.end_time.ToMilliseconds(),
-        regions=tuple(message.regions),
+        start_ms=_milliseconds("start_time", message.start_time),
+        end_ms=_milliseconds("end_time", message.end_time),
+        regions=require_regions("regions", message.regions),
         frozen=message.frozen,
         revision=max(message.revision, 1),
         per_user_limit=require_counter("per_user_limit", message.per_user_limit),
@@ -68,6 +69,18 @@ def promotion_from_pb(message: pb.Promotion) -> Promotion:
         pacing=_PACINGS[message.pacing],
         hourly_cap=require_counter("hourly_cap", message.hourly_cap),
     )
+
+
+def _milliseconds(field: str, moment: Timestamp) -> int:
+    """A timestamp within what google.protobuf.Timestamp allows, as epoch milliseconds."""
+    if not _FIRST_SECOND <= moment.seconds <= _LAST_SECOND:
+        raise InvalidArgument(
+            f"{field}.seconds must be within {_FIRST_SECOND}..{_LAST_SECOND} "
+            f"(0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z), got {moment.seconds}"
+        )
+    if not 0 <= moment.nanos < 1_000_000_000:
+        raise InvalidArgument(f"{field}.nanos must be within 0..999999999, got {moment.nanos}")
+    return moment.ToMilliseconds()
 
 
 def usage_to_pb(usage: UsageView) -> pb.Usage:
@@ -103,10 +116,12 @@ def emergency_from_pb(message: pb.EmergencyFreeze) -> EmergencyFreeze:
     return EmergencyFreeze(message.everywhere, frozenset(message.regions), message.revision)
 
 
-def catalog_page_to_pb(page: CatalogPage) -> pb.CatalogChanges:
-    return pb.CatalogChanges(
-        promotions=[promotion_to_pb(p) for p in page.promotions],
-        emergency=emergency_to_pb(page.emergency),
-        revision=page.revision,
-        more=page.more,
-    )
+def catalog_page_to_pb(page: CatalogPage, max_bytes: int) -> pb.CatalogChanges:
+    """The page as one message of at most about `max_bytes`. Promotions beyond that wait for the
+    next page: the cursor then stops at the last one sent, so resuming from it skips nothing."""
+    message = pb.CatalogChanges(emergency=emergency_to_pb(page.emergency), revision=page.revision, more=page.more)
+    promotions, cut = within_bytes((promotion_to_pb(p) for p in page.promotions), max_bytes - message.ByteSize())
+    message.promotions.extend(promotions)
+    if cut:
+        message.revision, message.more = promotions[-1].revision, True
+    return message

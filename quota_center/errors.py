@@ -5,7 +5,9 @@
     ├── NotFound             NOT_FOUND            no such promotion
     ├── AlreadyExists        ALREADY_EXISTS       the id is taken
     ├── FailedPrecondition   FAILED_PRECONDITION  valid, but not in the current state
-    │   └── Rejected         FAILED_PRECONDITION / RESOURCE_EXHAUSTED, with a RejectReason
+    │   ├── Rejected         FAILED_PRECONDITION / RESOURCE_EXHAUSTED, with a RejectReason
+    │   └── Superseded       FAILED_PRECONDITION  a newer agent process of the region replaced the caller;
+    │                                             flagged by "quota-superseded" so the caller stops serving
     ├── Exhausted            RESOURCE_EXHAUSTED   nothing left to grant
     ├── PermissionDenied     PERMISSION_DENIED    this region may not use this promotion
     └── Unavailable          UNAVAILABLE          try again (the center or the store is away)
@@ -14,7 +16,8 @@
 
 Domain code raises these; servers translate them with `grpc_code`, and clients turn
 status codes back into them with `from_grpc`. `Conflict` is internal: a compare-and-swap
-lost a race and the caller retries on fresh state.
+lost a race and the caller retries on fresh state. `ConfigError` is no call's answer: it stops
+a process at start (exit 2, one line).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class RejectReason(enum.Enum):
 
 REJECT_REASON_METADATA_KEY = "quota-reject-reason"
 LEADER_METADATA_KEY = "quota-leader"
+SUPERSEDED_METADATA_KEY = "quota-superseded"
 
 
 class QuotaError(Exception):
@@ -99,8 +103,23 @@ class Rejected(FailedPrecondition):
             self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Superseded(FailedPrecondition):
+    """The caller's ledger incarnation is older than the one the center knows for its region:
+    another agent process of the region replaced it, and this one may never spend again."""
+
+
 class Conflict(Exception):
     """A compare-and-swap lost to a concurrent writer; reread and retry."""
+
+
+class ConfigError(Exception):
+    """A process cannot start as configured (a bad setting, a busy port, a backend that does not
+    answer, a store another process owns). Not a gRPC error: the `quota` command prints the
+    message as one line and exits 2, so it must say what is wrong and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 _BY_CODE: dict[grpc.StatusCode, type[QuotaError]] = {
@@ -121,6 +140,8 @@ def from_grpc(error: grpc.RpcError) -> QuotaError:
     """The QuotaError a failed call stands for; transport failures become Unavailable."""
     if isinstance(error, grpc.Call | grpc.aio.AioRpcError):
         code, details = error.code(), error.details() or code_name(error.code())
+        if trailing(error, SUPERSEDED_METADATA_KEY):
+            return Superseded(details)
     else:
         code, details = grpc.StatusCode.UNKNOWN, str(error)
     return _BY_CODE.get(code, Unavailable)(details)

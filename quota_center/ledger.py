@@ -18,9 +18,9 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
 from quota_center.policy import Pacing, released_amount
-from quota_center.validation import MAX_AMOUNT
+from quota_center.validation import MAX_COUNTER
 
 RECENT_GRANTS_KEPT = 32
 _ISO_4217 = re.compile(r"[A-Z]{3}")
@@ -64,6 +64,8 @@ class GrantRecord:
     region: str
     incarnation: str
     amount: int
+    asked: int = 0
+    """What the acquire asked for, so a retry asking otherwise is told; 0 in grants stored before it was kept."""
 
 
 @dataclass(frozen=True)
@@ -234,18 +236,25 @@ def admit(state: PromotionState, region: str, incarnation: str) -> bool:
     writes off what it held: that ledger is gone, so its quota is neither spendable nor
     safe to grant again. Returns whether the state changed."""
     check_region(state.promotion, region)
+    check_not_superseded(state, region, incarnation)
     account = state.account(region)
     if account.incarnation == incarnation:
         return False
-    if account.incarnation and incarnation < account.incarnation:
-        raise FailedPrecondition(
-            f"ledger incarnation {incarnation} of region {region} is older than the current one "
-            f"({account.incarnation}); it was retired or superseded: restart the agent"
-        )
     if account.incarnation:
         _retire(account)
     account.incarnation = incarnation
     return True
+
+
+def check_not_superseded(state: PromotionState, region: str, incarnation: str) -> None:
+    """Raises Superseded when a newer incarnation of the region took over: whatever the caller
+    holds was written off, so the process that sent it must stop, not retry."""
+    account = state.accounts.get(region)
+    if account is not None and account.incarnation and incarnation < account.incarnation:
+        raise Superseded(
+            f"ledger incarnation {incarnation} of region {region} is older than the current one "
+            f"({account.incarnation}): another agent process of the region replaced this one"
+        )
 
 
 def _retire(account: RegionAccount) -> None:
@@ -263,11 +272,13 @@ def grant(state: PromotionState, record: GrantRecord) -> None:
     if not 0 < record.amount <= state.unallocated:
         raise FailedPrecondition(f"cannot grant {record.amount}; {state.unallocated} is unallocated")
     account = state.accounts[record.region]
-    if account.granted + record.amount > MAX_AMOUNT:
-        # Ledgers count exactly only up to MAX_AMOUNT (Redis Lua numbers are doubles).
+    # Bounding the sum over incarnations bounds every counter of the account (and of the agent's
+    # ledger), so each fits the wire's int64 (RegionUsage, Counters).
+    if account.total_granted + record.amount > MAX_COUNTER:
         raise FailedPrecondition(
-            f"region {record.region} has cycled {account.granted} through this promotion; its ledger "
-            f"cannot count past {MAX_AMOUNT}: restart its agent as a new incarnation"
+            f"region {record.region} has been granted {account.total_granted} of promotion "
+            f"{state.promotion.id} over its life; a grant of {record.amount} would pass {MAX_COUNTER}, the most "
+            "its counters hold: end this promotion and continue the sale in a new one"
         )
     account.granted += record.amount
     account.recent_grants = [*account.recent_grants, (record.grant_id, record.amount)][-RECENT_GRANTS_KEPT:]
@@ -279,10 +290,17 @@ def apply_report(state: PromotionState, region: str, report: Report) -> bool:
     check_report(state, region, report)
     account = state.accounts[region]
     before = (account.returned, account.deducted, account.refunded)
-    account.returned = max(account.returned, report.returned)
-    account.deducted = max(account.deducted, report.deducted)
-    account.refunded = max(account.refunded, report.refunded)
+    account.returned, account.deducted, account.refunded = _merged(account, report)
     return before != (account.returned, account.deducted, account.refunded)
+
+
+def _merged(account: RegionAccount, report: Report) -> tuple[int, int, int]:
+    """(returned, deducted, refunded) once the report is taken in: each counter keeps its largest value."""
+    return (
+        max(account.returned, report.returned),
+        max(account.deducted, report.deducted),
+        max(account.refunded, report.refunded),
+    )
 
 
 def report_is_news(state: PromotionState, region: str, incarnation: str, report: Report) -> bool:
@@ -297,16 +315,34 @@ def report_is_news(state: PromotionState, region: str, incarnation: str, report:
 
 
 def check_report(state: PromotionState, region: str, report: Report) -> None:
-    """Raises InvalidArgument for counters no correct agent can send; changes nothing."""
-    granted = state.accounts[region].granted if region in state.accounts else 0
-    if report.granted > granted:
+    """Raises InvalidArgument for counters no correct agent can send; changes nothing.
+
+    The report is checked alone and merged with what the center already took in (each counter
+    keeps its largest value): two reports each consistent alone may contradict each other, and
+    what counts is the account they would leave behind."""
+    account = state.accounts.get(region, RegionAccount())
+    promotion_id = state.promotion.id
+    if min(report.granted, report.returned, report.deducted, report.refunded) < 0:
+        raise InvalidArgument(f"region {region} reports a negative counter for {promotion_id}: {report}")
+    if report.granted > account.granted:
         raise InvalidArgument(
-            f"region {region} reports {report.granted} granted for {state.promotion.id}, "
-            f"but the center granted this incarnation only {granted}"
+            f"region {region} reports {report.granted} granted for {promotion_id}, "
+            f"but the center granted this incarnation only {account.granted}"
         )
-    consumed = report.deducted - report.refunded
-    if report.refunded > report.deducted or consumed > report.granted - report.returned:
-        raise InvalidArgument(f"region {region} reports inconsistent counters for {state.promotion.id}: {report}")
+    if not _consistent(report.granted, report.returned, report.deducted, report.refunded):
+        raise InvalidArgument(f"region {region} reports inconsistent counters for {promotion_id}: {report}")
+    if not _consistent(account.granted, *_merged(account, report)):
+        raise InvalidArgument(
+            f"region {region} reports {report} for {promotion_id}, which contradicts what it reported before "
+            f"(returned {account.returned}, deducted {account.deducted}, refunded {account.refunded} of "
+            f"{account.granted} granted): together they return and spend more than was granted, so none of it "
+            "is taken in; check that one ledger serves the region"
+        )
+
+
+def _consistent(granted: int, returned: int, deducted: int, refunded: int) -> bool:
+    """Refunds undo deductions, and a ledger spends and returns only what it was granted."""
+    return refunded <= deducted and (deducted - refunded) <= granted - returned
 
 
 def unapplied_grants(account: RegionAccount, report: Report) -> list[tuple[str, int]]:

@@ -12,11 +12,12 @@ import grpc
 from quota_center.convert import catalog_page_to_pb, emergency_to_pb, promotion_from_pb, promotion_to_pb, usage_to_pb
 from quota_center.errors import InvalidArgument, QuotaError
 from quota_center.ledger import GrantRecord, Report
-from quota_center.rpc import Context, abort_with, translate_errors
-from quota_center.service import Center, Opening
+from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
+from quota_center.rpc import Context, abort_with, add_decoding, translate_errors
+from quota_center.service import Center, Directive, Opening
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_center.validation import require_amount, require_counter, require_id, require_unique
+from quota_center.validation import clamp_demand, require_amount, require_counter, require_id, require_unique
 
 
 def _report_from_pb(counters: pb.Counters) -> Report:
@@ -25,12 +26,29 @@ def _report_from_pb(counters: pb.Counters) -> Report:
         returned=require_counter("counters.returned", counters.returned),
         deducted=require_counter("counters.deducted", counters.deducted),
         refunded=require_counter("counters.refunded", counters.refunded),
-        demand_per_minute=require_counter("counters.demand_per_minute", counters.demand_per_minute),
+        demand_per_minute=clamp_demand("counters.demand_per_minute", counters.demand_per_minute),
     )
 
 
 def _grant_pb(grant: GrantRecord) -> pb.Grant:
     return pb.Grant(grant_id=grant.grant_id, promotion_id=grant.promotion_id, region=grant.region, amount=grant.amount)
+
+
+def _directive_pb(region: str, promotion_id: str, answer: Directive | QuotaError) -> pb.PromotionDirective:
+    if isinstance(answer, QuotaError):
+        return pb.PromotionDirective(promotion_id=promotion_id, refusal=answer.message)
+    promotion = answer.promotion
+    return pb.PromotionDirective(
+        promotion_id=promotion.id,
+        frozen=promotion.frozen,
+        reclaim=answer.reclaim,
+        unapplied_grants=[
+            pb.Grant(grant_id=grant_id, promotion_id=promotion.id, region=region, amount=amount)
+            for grant_id, amount in answer.unapplied_grants
+        ],
+        revision=promotion.revision,
+        exhausted=answer.exhausted,
+    )
 
 
 def _identity(agent: pb.AgentIdentity) -> tuple[str, str]:
@@ -66,7 +84,12 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
 
     @translate_errors
     async def ListPromotions(self, request: pb.ListPromotionsRequest, context: Context) -> pb.ListPromotionsResponse:
-        return pb.ListPromotionsResponse(promotions=[promotion_to_pb(p) for p in self._center.promotions()])
+        page_size = _page_size(request.page_size)
+        after = after_page_token(request.page_token)
+        remaining = [p for p in self._center.promotions() if p.id > after]
+        listed, _ = within_bytes((promotion_to_pb(p) for p in remaining[:page_size]), MAX_PAGE_BYTES)
+        more = len(listed) < len(remaining)
+        return pb.ListPromotionsResponse(promotions=listed, next_page_token=page_token(listed[-1].id) if more else "")
 
     @translate_errors
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.Usage:
@@ -84,14 +107,18 @@ HEARTBEAT_S = 5.0
 """An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
 
 
+def _page_size(page_size: int) -> int:
+    if not 0 <= page_size <= MAX_PAGE:
+        raise InvalidArgument(
+            f"page_size must be within 0 (the default, {DEFAULT_PAGE}) and {MAX_PAGE}, got {page_size}"
+        )
+    return page_size or DEFAULT_PAGE
+
+
 def _catalog_request(request: pb.CatalogRequest) -> tuple[str, int, int]:
     region = require_id("region", request.region)
     since = require_counter("since_revision", request.since_revision)
-    if not 0 <= request.page_size <= MAX_PAGE:
-        raise InvalidArgument(
-            f"page_size must be within 0 (the default, {DEFAULT_PAGE}) and {MAX_PAGE}, got {request.page_size}"
-        )
-    return region, since, request.page_size or DEFAULT_PAGE
+    return region, since, _page_size(request.page_size)
 
 
 class CatalogServicer(pb_grpc.CatalogServicer):
@@ -101,14 +128,14 @@ class CatalogServicer(pb_grpc.CatalogServicer):
     @translate_errors
     async def ListChanges(self, request: pb.CatalogRequest, context: Context) -> pb.CatalogChanges:
         region, since, page_size = _catalog_request(request)
-        return catalog_page_to_pb(self._center.catalog_page(region, since, page_size))
+        return catalog_page_to_pb(self._center.catalog_page(region, since, page_size), MAX_PAGE_BYTES)
 
     async def Watch(self, request: pb.CatalogRequest, context: Context) -> AsyncIterator[pb.CatalogChanges]:
         try:
             region, cursor, page_size = _catalog_request(request)
             while True:
-                page = self._center.catalog_page(region, cursor, page_size)
-                yield catalog_page_to_pb(page)
+                page = catalog_page_to_pb(self._center.catalog_page(region, cursor, page_size), MAX_PAGE_BYTES)
+                yield page
                 cursor = page.revision
                 if not page.more:
                     await self._center.catalog_change(cursor, HEARTBEAT_S)
@@ -129,7 +156,7 @@ class AllocationServicer(pb_grpc.AllocationServicer):
             promotion_id=require_id("promotion_id", request.promotion_id),
             amount=require_amount("amount", request.amount),
             request_id=require_id("request_id", request.request_id),
-            demand=require_counter("demand_per_minute", request.demand_per_minute),
+            demand=clamp_demand("demand_per_minute", request.demand_per_minute),
         )
         return pb.AcquireResponse(
             grant=_grant_pb(result.grant),
@@ -167,23 +194,14 @@ class AllocationServicer(pb_grpc.AllocationServicer):
         region, incarnation = _identity(request.agent)
         require_unique("counters.promotion_id", (c.promotion_id for c in request.counters))
         reports = {require_id("counters.promotion_id", c.promotion_id): _report_from_pb(c) for c in request.counters}
-        directives = await self._center.renew(region, incarnation, reports)
+        answers = await self._center.renew(region, incarnation, reports)
         return pb.RenewResponse(
             lease_ttl_ms=round(self._center.settings.lease_ttl_s * 1000),
             directives=[
-                pb.PromotionDirective(
-                    promotion_id=d.promotion.id,
-                    frozen=d.promotion.frozen,
-                    reclaim=d.reclaim,
-                    unapplied_grants=[
-                        pb.Grant(grant_id=grant_id, promotion_id=d.promotion.id, region=region, amount=amount)
-                        for grant_id, amount in d.unapplied_grants
-                    ],
-                    revision=d.promotion.revision,
-                    exhausted=d.exhausted,
-                )
-                for d in directives
+                _directive_pb(region, promotion_id, answer)
+                for promotion_id, answer in zip(reports, answers, strict=True)
             ],
+            emergency=emergency_to_pb(self._center.emergency),
         )
 
     @translate_errors
@@ -198,6 +216,6 @@ SERVICES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name
 
 
 def add_to_server(center: Center, server: grpc.aio.Server) -> None:
-    pb_grpc.add_PromotionAdminServicer_to_server(PromotionAdminServicer(center), server)
-    pb_grpc.add_AllocationServicer_to_server(AllocationServicer(center), server)
-    pb_grpc.add_CatalogServicer_to_server(CatalogServicer(center), server)
+    add_decoding(pb_grpc.add_PromotionAdminServicer_to_server, PromotionAdminServicer(center), server)
+    add_decoding(pb_grpc.add_AllocationServicer_to_server, AllocationServicer(center), server)
+    add_decoding(pb_grpc.add_CatalogServicer_to_server, CatalogServicer(center), server)

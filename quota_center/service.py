@@ -28,9 +28,11 @@ from quota_center.errors import (
     NotFound,
     NotLeader,
     QuotaError,
+    Superseded,
     Unavailable,
 )
 from quota_center.ledger import GrantRecord, Promotion, PromotionState, RegionAccount, Report
+from quota_center.locks import NamedLocks
 from quota_center.store.base import MAX_BATCH, Store
 
 T = TypeVar("T")
@@ -101,6 +103,15 @@ def _replayed(grant: GrantRecord, incarnation: str) -> GrantRecord:
     return grant
 
 
+def _check_same_ask(grant: GrantRecord, amount: int) -> None:
+    """A retry repeats its acquire; one asking another amount is a new acquire under a used id."""
+    if grant.asked and grant.asked != amount:
+        raise FailedPrecondition(
+            f"request id {grant.request_id!r} was used for an acquire of {grant.asked} (granted {grant.amount}), "
+            f"not {amount}: give a new acquire a new request id"
+        )
+
+
 class Center:
     def __init__(
         self,
@@ -117,7 +128,7 @@ class Center:
         self._leading = leading
         self._serving = False
         self._states: dict[str, PromotionState] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = NamedLocks()
         self._lease_expiry: dict[tuple[str, str], float] = {}
         self._demand: dict[str, dict[str, int]] = {}
         self._configuring = asyncio.Lock()
@@ -229,6 +240,12 @@ class Center:
             promotions.append(promotion)
         return CatalogPage(promotions, self._emergency, max(after, self._catalog_revision), more=False)
 
+    @property
+    def emergency(self) -> EmergencyFreeze:
+        """The emergency switch as it stands."""
+        self._require_leader()
+        return self._emergency
+
     async def catalog_change(self, after: int, timeout_s: float) -> None:
         """Returns once the catalog moves past revision `after`, or after `timeout_s`."""
         changed = self._catalog_changed
@@ -277,6 +294,7 @@ class Center:
                 self._demand[promotion_id] = demands
                 raise
             if state is None:
+                _check_same_ask(record, amount)
                 state = self._state(promotion_id)
             else:
                 await self._commit([(state, record)])
@@ -309,6 +327,8 @@ class Center:
                 state, record = await self._book(
                     region, incarnation, opening.promotion_id, opening.amount, opening.request_id, demands
                 )
+            except Superseded:
+                raise
             except QuotaError as error:
                 answers.append(error)
                 continue
@@ -341,36 +361,42 @@ class Center:
                 f"the emergency freeze covers {self._emergency.describe()}: no quota is granted until it is lifted"
             )
 
-    async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive]:
+    async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive | QuotaError]:
+        """Takes in each promotion's report and renews its lease, answering each on its own and in
+        order: a Directive, or the error that refused that report (then nothing of it was taken in
+        and its lease was not renewed), so one bad counter does not stop the region's other
+        promotions. A superseded incarnation is refused as a whole: its process must stop."""
         self._require_leader()
-        news = set()
+        for promotion_id in reports:
+            if (known := self._states.get(promotion_id)) is not None:
+                ledger.check_not_superseded(known, region, incarnation)
+        answers: list[Directive | QuotaError] = []
         for promotion_id, report in reports.items():
-            state = self._state(promotion_id)
-            if ledger.report_is_news(state, region, incarnation, report):
-                news.add(promotion_id)
-                state = state.copy()
-                ledger.admit(state, region, incarnation)
+            try:
+                answers.append(await self._renew_one(region, incarnation, promotion_id, report))
+            except (Superseded, Unavailable):
+                raise
+            except QuotaError as refusal:
+                answers.append(refusal)
+        return answers
+
+    async def _renew_one(self, region: str, incarnation: str, promotion_id: str, report: Report) -> Directive:
+        state = self._state(promotion_id)
+        # A region renews every promotion it knows, thousands at a time; most reports say
+        # nothing new, and those need neither a copy nor a commit.
+        if ledger.report_is_news(state, region, incarnation, report):
+            state = await self._report(region, incarnation, promotion_id, report)
+        else:
             ledger.check_report(state, region, report)
-        directives = []
-        for promotion_id, report in reports.items():
-            # A region renews every promotion it knows, thousands at a time; most reports say
-            # nothing new, and those need neither a copy nor a commit.
-            if promotion_id in news:
-                state = await self._report(region, incarnation, promotion_id, report)
-            else:
-                state = self._state(promotion_id)
-            self._renew_lease(promotion_id, region)
-            demands = self._demand[promotion_id] = self._demands(promotion_id, region, report.demand_per_minute)
-            account = state.accounts[region]
-            directives.append(
-                Directive(
-                    promotion=state.promotion,
-                    reclaim=allocation.reclaim(state, region, demands, self.settings.horizon_s, self._clock.wall_ms()),
-                    unapplied_grants=ledger.unapplied_grants(account, report),
-                    exhausted=state.grantable(self._clock.wall_ms()) == 0,
-                )
-            )
-        return directives
+        self._renew_lease(promotion_id, region)
+        demands = self._demand[promotion_id] = self._demands(promotion_id, region, report.demand_per_minute)
+        now_ms = self._clock.wall_ms()
+        return Directive(
+            promotion=state.promotion,
+            reclaim=allocation.reclaim(state, region, demands, self.settings.horizon_s, now_ms),
+            unapplied_grants=ledger.unapplied_grants(state.accounts[region], report),
+            exhausted=state.grantable(now_ms) == 0,
+        )
 
     async def give_back(self, region: str, incarnation: str, promotion_id: str, report: Report) -> int:
         """Takes in a return the agent already removed from its ledger; returns unallocated."""
@@ -401,9 +427,6 @@ class Center:
             raise NotFound(f"no promotion with id {promotion_id!r}")
         return state
 
-    def _lock(self, promotion_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(promotion_id, asyncio.Lock())
-
     async def _exclusively(self, promotion_ids: Sequence[str], work: Callable[[], Awaitable[T]]) -> T:
         """Runs `work` under the promotions' locks (taken in id order, so two callers never wait
         on each other), shielded: a caller that gives up (its RPC was cancelled) neither releases
@@ -413,7 +436,7 @@ class Center:
         async def locked() -> T:
             async with contextlib.AsyncExitStack() as stack:
                 for promotion_id in sorted(set(promotion_ids)):
-                    await stack.enter_async_context(self._lock(promotion_id))
+                    await stack.enter_async_context(self._locks.held(promotion_id))
                 return await work()
 
         return await asyncio.shield(locked())

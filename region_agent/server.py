@@ -10,7 +10,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from quota_center.errors import InvalidArgument
-from quota_center.rpc import Context, abort_with, translate_errors
+from quota_center.rpc import Context, abort_with, add_decoding, translate_errors
 from quota_center.validation import MAX_LINES, require_amount, require_id, require_total, require_unique
 from region_agent.agent import Agent
 from region_agent.ledger.base import Line, Settle
@@ -191,4 +191,4 @@ SERVICES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name
 def add_to_server(agent: Agent, server: grpc.aio.Server, metrics: AgentMetrics | None = None) -> None:
     """`metrics`: where to count the agent's answers (default: a registry nobody scrapes)."""
     servicer = RegionAgentServicer(agent, metrics or AgentMetrics(agent.settings.region))
-    pb_grpc.add_RegionAgentServicer_to_server(servicer, server)
+    add_decoding(pb_grpc.add_RegionAgentServicer_to_server, servicer, server)

@@ -25,7 +25,7 @@ from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 from etcd3aio._protobuf import Compare, RequestOp
 from etcd3aio.kv import KVService
 
-from quota_center.errors import AlreadyExists, Conflict, NotLeader, Unavailable
+from quota_center.errors import AlreadyExists, ConfigError, Conflict, NotLeader, Unavailable
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.base import Commit
 
@@ -69,8 +69,16 @@ class EtcdStore:
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX) -> EtcdStore:
+        """A store on etcd that answered a read; ConfigError naming the endpoints when it did not,
+        so a center on a wrong address stops at start instead of campaigning forever."""
         client = Etcd3Client(list(endpoints))
         await client.connect()
+        try:
+            await client.ping(write_check=False, timeout=_TIMEOUT_S)
+        except (EtcdError, TimeoutError) as error:
+            await client.close()
+            where, detail = ",".join(endpoints), str(error) or f"nothing within {_TIMEOUT_S:.0f} s"
+            raise ConfigError(f"etcd at {where} does not answer ({detail}); start it, or fix --store") from None
         return cls(client, prefix)
 
     @property

@@ -6,7 +6,9 @@ SQLite calls block, so they run on one dedicated thread; the event loop never wa
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
-from quota_center.errors import AlreadyExists, Conflict
+from quota_center.errors import AlreadyExists, ConfigError, Conflict
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.base import Commit
 
@@ -33,6 +35,7 @@ CREATE TABLE IF NOT EXISTS grants (
     region TEXT NOT NULL,
     incarnation TEXT NOT NULL,
     amount INTEGER NOT NULL,
+    asked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (promotion_id, region, request_id)
 );
 CREATE TABLE IF NOT EXISTS documents (
@@ -44,12 +47,19 @@ CREATE TABLE IF NOT EXISTS documents (
 
 class SqliteStore:
     def __init__(self, path: str | Path) -> None:
+        """Opens the file, which this process then owns: ConfigError when another process does."""
+        self._lock = _own(Path(path))
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            _add_asked_column(self._db)
+        except sqlite3.Error:
+            os.close(self._lock)
+            raise
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._closed = False
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
@@ -92,8 +102,9 @@ class SqliteStore:
                         raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
                     if grant is not None:
                         self._db.execute(
-                            "INSERT INTO grants (grant_id, request_id, promotion_id, region, incarnation, amount)"
-                            " VALUES (?, ?, ?, ?, ?, ?)",
+                            "INSERT INTO grants"
+                            " (grant_id, request_id, promotion_id, region, incarnation, amount, asked)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
                             astuple(grant),
                         )
 
@@ -122,7 +133,7 @@ class SqliteStore:
     async def find_grant(self, promotion_id: str, region: str, request_id: str) -> GrantRecord | None:
         def work() -> GrantRecord | None:
             row = self._db.execute(
-                "SELECT grant_id, request_id, promotion_id, region, incarnation, amount FROM grants"
+                "SELECT grant_id, request_id, promotion_id, region, incarnation, amount, asked FROM grants"
                 " WHERE promotion_id = ? AND region = ? AND request_id = ?",
                 (promotion_id, region, request_id),
             ).fetchone()
@@ -137,6 +148,41 @@ class SqliteStore:
         self._closed = True
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)
+        os.close(self._lock)
+
+
+def _add_asked_column(db: sqlite3.Connection) -> None:
+    """Files written before grants kept what was asked get the column, at 0 (not checked) for their grants."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(grants)")}
+    if "asked" not in columns:
+        db.execute("ALTER TABLE grants ADD COLUMN asked INTEGER NOT NULL DEFAULT 0")
+
+
+def _own(database: Path) -> int:
+    """Takes the lock file beside `database` that says which process owns it, and returns its
+    descriptor (closing it releases the lock). Two centers on one file would each trust their own
+    copy of the books and grant the same budget twice, so the second is refused, naming the first.
+
+    A POSIX record lock: the kernel drops it when the process dies, kill -9 included, so nothing
+    stale is left to clean up; it is per process, so one process may open the store twice (tests)."""
+    lock_file = Path(f"{database}.lock")
+    try:
+        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        why = f"cannot create {lock_file} ({error.strerror})"
+        raise ConfigError(f"{why}; the directory must exist and be writable by this user") from None
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise ConfigError(
+            f"{database} is in use by another center (pid {holder}); "
+            "stop that one first, or give this one its own --store"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
 
 
 class _Transaction:

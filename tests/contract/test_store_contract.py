@@ -67,6 +67,18 @@ async def test_commit_writes_the_document_and_its_grant_together(open_store: Sto
     assert await store.find_grant("p1", "us", "r-1") is None
 
 
+async def test_a_grant_keeps_what_its_acquire_asked_for(open_store: StoreFactory) -> None:
+    store = await open_store()
+    await store.create(_state())
+    changed = _state()
+    changed.accounts["eu"].granted, changed.version = 10, 2
+    asked_more = replace(_grant("r-1"), asked=25)
+
+    await store.commit_many([(changed, 1, asked_more)])
+
+    assert await store.find_grant("p1", "eu", "r-1") == asked_more
+
+
 async def test_a_stale_commit_conflicts_and_writes_nothing(open_store: StoreFactory) -> None:
     store = await open_store()
     await store.create(_state())

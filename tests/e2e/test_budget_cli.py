@@ -19,8 +19,10 @@ import pytest
 from quota_center.errors import LEADER_METADATA_KEY, REJECT_REASON_METADATA_KEY, NotLeader, trailing
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import free_port
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import order
+from tests.support import order, promotion
 
 pytestmark = pytest.mark.e2e
 
@@ -264,3 +266,24 @@ def test_a_bad_field_is_refused_by_the_center_and_bad_usage_by_the_cli(stack: St
     assert "end_time" in backwards
     assert run_budget(center, "create", "bad", "--budget", "0", "--regions", "eu").returncode == 2
     assert "(NOT_FOUND)" in refused(center, "show", "bad")
+
+
+def test_list_shows_every_promotion_however_many_pages_they_take(tmp_path: Path) -> None:
+    # 34 promotions naming 1000 regions of 128 bytes each: about 4.4 MB, more than one gRPC message may carry.
+    regions = tuple(f"region-{index:04d}-".ljust(128, "x") for index in range(1000))
+    ids = [f"wide-{index:02d}" for index in range(34)]
+    center = center_process(tmp_path).start()
+    try:
+        with grpc.insecure_channel(center.address) as channel:
+            admin = center_grpc.PromotionAdminStub(channel)
+            for promotion_id in ids:
+                admin.CreatePromotion(
+                    center_pb.CreatePromotionRequest(promotion=promotion(promotion_id, regions=regions)), timeout=5
+                )
+
+        listed = succeeds(center.address, "list")
+    finally:
+        center.kill()
+
+    assert [p["id"] for p in listed["promotions"]] == ids
+    assert all(len(p["regions"]) == 1000 for p in listed["promotions"])

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quota_center import ledger
-from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
 from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, Report
+from quota_center.validation import MAX_AMOUNT, MAX_COUNTER
 
 PROMO = "promo-1"
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -213,9 +214,9 @@ def test_admit_is_idempotent_and_refuses_retired_incarnations() -> None:
     assert snapshot(state) == before
     assert ledger.admit(state, "eu", "eu-2")
     before = snapshot(state)
-    with pytest.raises(FailedPrecondition, match="eu-1"):
+    with pytest.raises(Superseded, match="eu-1"):
         ledger.admit(state, "eu", "eu-1")
-    with pytest.raises(FailedPrecondition, match="eu-0"):
+    with pytest.raises(Superseded, match="eu-0"):
         ledger.admit(state, "eu", "eu-0")  # a late message from a process the center never heard of
     assert snapshot(state) == before
 
@@ -311,6 +312,52 @@ def test_impossible_reports_are_refused_and_change_nothing(report: Report, messa
     with pytest.raises(InvalidArgument, match=message):
         ledger.apply_report(state, "eu", report)
     assert snapshot(state) == before
+
+
+def test_reports_consistent_alone_but_contradicting_together_are_refused_and_change_nothing() -> None:
+    state = new_state(100)
+    grant_to(state, "eu", "eu-1", 100, "g1")
+    ledger.apply_report(state, "eu", Report(granted=100, returned=0, deducted=100, refunded=0))
+    before = snapshot(state)
+
+    with pytest.raises(InvalidArgument, match="contradicts what it reported before") as caught:
+        ledger.apply_report(state, "eu", Report(granted=100, returned=100, deducted=0, refunded=0))
+
+    assert "returned 0, deducted 100, refunded 0 of 100 granted" in caught.value.message
+    assert snapshot(state) == before
+    assert state.accounts["eu"].held == 0
+    assert state.unallocated == 0, "spent quota must not go back to the pool"
+
+
+def test_a_report_with_a_negative_counter_is_refused() -> None:
+    state = new_state(100)
+    grant_to(state, "eu", "eu-1", 30, "g1")
+    before = snapshot(state)
+
+    with pytest.raises(InvalidArgument, match="negative"):
+        ledger.apply_report(state, "eu", Report(granted=30, returned=-5, deducted=0, refunded=-5))
+
+    assert snapshot(state) == before
+
+
+def test_counters_above_2_to_the_53_are_exact_and_a_grant_stops_only_at_2_to_the_63() -> None:
+    state = new_state(MAX_AMOUNT)
+    grant_to(state, "eu", "eu-1", MAX_AMOUNT, "g1")
+    ledger.apply_report(state, "eu", Report(granted=MAX_AMOUNT, returned=MAX_AMOUNT, deducted=0, refunded=0))
+    grant_to(state, "eu", "eu-1", MAX_AMOUNT, "g2")
+    ledger.apply_report(state, "eu", Report(2 * MAX_AMOUNT, 2 * MAX_AMOUNT - 10, 2**53 + 3, 2**53 + 2))
+    assert state.accounts["eu"].granted == 2 * MAX_AMOUNT
+    assert state.accounts["eu"].held == 9
+
+    account = state.accounts["eu"]
+    account.retired_granted = account.retired_returned = MAX_COUNTER - account.granted - 5
+    before = snapshot(state)
+    with pytest.raises(FailedPrecondition, match=f"would pass {MAX_COUNTER}") as caught:
+        ledger.grant(state, GrantRecord("g3", "r3", PROMO, "eu", "eu-1", 6))
+    assert "new one" in caught.value.message
+    assert snapshot(state) == before
+    ledger.grant(state, GrantRecord("g3", "r3", PROMO, "eu", "eu-1", 5))
+    assert account.total_granted == MAX_COUNTER
 
 
 @QUICK
