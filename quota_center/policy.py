@@ -21,6 +21,8 @@ import enum
 import math
 from dataclasses import dataclass
 
+from quota_center.validation import MAX_AMOUNT
+
 HOUR_MS = 3_600_000
 
 
@@ -57,13 +59,19 @@ class RefillSettings:
 
 
 def demand_per_minute(rate_per_s: float) -> int:
-    return math.ceil(rate_per_s * 60)
+    """Capped where every counter is: a burst of huge orders must not make a report the center refuses."""
+    return _capped(rate_per_s * 60)
 
 
 def ask_amount(settings: RefillSettings, available: int, rate_per_s: float, needed: int = 0) -> int:
-    """How much to ask the center for, given what is left and the measured rate."""
-    target = math.ceil(rate_per_s * settings.horizon_s) + settings.buffer
-    return max(target - available, needed - available, 1)
+    """How much to ask the center for, given what is left and the measured rate; never beyond
+    what an acquire may ask."""
+    target = _capped(rate_per_s * settings.horizon_s) + settings.buffer
+    return min(max(target - available, needed - available, 1), MAX_AMOUNT)
+
+
+def _capped(units: float) -> int:
+    return min(math.ceil(units), MAX_AMOUNT)
 
 
 def opening_amount(settings: RefillSettings, budget: int, regions: int, opening_fraction: float = 0.1) -> int:
@@ -82,7 +90,7 @@ def low_water_mark(settings: RefillSettings, last_grant: int, rate_per_s: float,
     return max(
         math.ceil(settings.low_water_fraction * last_grant),
         settings.buffer if last_grant > settings.buffer else 0,
-        math.ceil(rate_per_s * latency_s * 2),
+        _capped(rate_per_s * latency_s * 2),
     )
 
 

@@ -129,6 +129,11 @@ class Agent:
             loops.append(self._supply.open_forever(self.settings.opening_lookahead_s))
         self._loops = [asyncio.create_task(loop) for loop in loops]
 
+    async def wait_retired(self) -> str:
+        """Returns why, once the center said a newer process of the region replaced this one (it
+        spends nothing from then on); never returns otherwise."""
+        return await self._supply.wait_retired()
+
     async def stop(self) -> None:
         """Stops the loops; then, for a ledger that dies with the process, gives back what is unspent."""
         for loop in self._loops:
@@ -137,6 +142,8 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         await self._supply.cancel_pending()
+        if self._supply.retired:
+            return  # the center takes nothing more from this incarnation: it wrote its holdings off
         if self.settings.return_on_shutdown:
             for promotion_id, balance in (await self._ledger.balances()).items():
                 await self._supply.give_back(promotion_id, balance.available)
@@ -175,7 +182,9 @@ class Agent:
         wait = self.settings.max_wait_s if time_remaining_s is None else min(time_remaining_s, self.settings.max_wait_s)
         limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked if _limited(item.promotion)}
         outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms)
-        if not outcome.replayed:
+        if not (outcome.replayed or outcome.over_limit):
+            # Demand sizes refills: an order counts once, when it is deducted or waits for a refill;
+            # one its user may not place never will be.
             for item, line in zip(tracked, lines, strict=True):
                 item.meter.observe(line.amount, now)
         while not outcome.accepted:
@@ -211,6 +220,11 @@ class Agent:
 
     def _check_spendable(self, item: Tracked) -> None:
         promotion = item.promotion
+        if self._supply.retired:
+            raise Rejected(
+                RejectReason.LEASE_EXPIRED,
+                f"{self._supply.retired}; it spends nothing more: send orders to the region's other agents",
+            )
         if self.settings.region not in promotion.regions:
             raise Rejected(
                 RejectReason.REGION_NOT_ALLOWED,

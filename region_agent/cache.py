@@ -57,10 +57,17 @@ class PromotionCache:
         """Takes in a consistent set of changes (a page of either link, or the tier's copy) and
         moves the cursor to it; returns the promotions that changed."""
         changed = self.put(changes.promotions)
-        if changes.emergency.revision > self.emergency.revision:
-            self.emergency = changes.emergency
+        self.take_emergency(changes.emergency)
         self.revision = max(self.revision, changes.revision)
         return changed
+
+    def take_emergency(self, emergency: EmergencyFreeze) -> bool:
+        """Takes the switch from any link (a renewal carries it too) if it is newer than the one held;
+        it does not move the cursor. Returns whether it did."""
+        if emergency.revision <= self.emergency.revision:
+            return False
+        self.emergency = emergency
+        return True
 
     def put(self, promotions: Iterable[Promotion]) -> list[Promotion]:
         """Takes in promotions fetched one by one: they do not move the cursor."""

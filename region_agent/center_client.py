@@ -21,6 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from quota_center.catalog import EmergencyFreeze
 from quota_center.convert import emergency_from_pb, promotion_from_pb
 from quota_center.errors import LEADER_METADATA_KEY, Unavailable, from_grpc, trailing
 from quota_center.ledger import Promotion
@@ -30,6 +31,15 @@ from region_agent.cache import CatalogSnapshot
 from region_agent.ledger.base import Balance
 
 T = TypeVar("T")
+
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    # gRPC's shortest connect attempt (MIN_CONNECT_TIMEOUT): long enough for a handshake across regions.
+    ("grpc.min_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+"""gRPC's default backoff grows to 120 s while the center is away, and the region stays dark that
+long after it returns; capped at a second, the agent notices the center within one."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class GrantAnswer:
 class RenewAnswer:
     lease_ttl_s: float
     directives: list[pb.PromotionDirective]
+    emergency: EmergencyFreeze
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,9 @@ class CenterClient:
     def _stubs(self) -> _Stubs:
         channel = self._channels.get(self._current)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self._current, interceptors=self._interceptors)
+            channel = grpc.aio.insecure_channel(
+                self._current, options=RECONNECT_OPTIONS, interceptors=self._interceptors
+            )
             self._channels[self._current] = channel
         return _Stubs(
             pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel), pb_grpc.CatalogStub(channel)
@@ -196,7 +209,7 @@ class CenterClient:
     async def renew(self, incarnation: str, counters: list[pb.Counters]) -> RenewAnswer:
         request = pb.RenewRequest(agent=self._agent(incarnation), counters=counters)
         answer = await self._call(lambda stubs: stubs.allocation.Renew(request, timeout=self._timeout))
-        return RenewAnswer(answer.lease_ttl_ms / 1000, list(answer.directives))
+        return RenewAnswer(answer.lease_ttl_ms / 1000, list(answer.directives), emergency_from_pb(answer.emergency))
 
     async def give_back(self, incarnation: str, counters: pb.Counters) -> int:
         request = pb.ReturnRequest(agent=self._agent(incarnation), counters=counters)

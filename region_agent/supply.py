@@ -7,8 +7,12 @@
   (measured from when the renewal was sent, so clock skew cannot stretch them), applies
   grants whose answer was lost, and gives back quota the center reclaims or a freeze releases.
 - Promotions come from the cache (fed by `CatalogSync`); a promotion the cache does not know
-  is fetched once, however many orders wait for it. A freeze, by whichever link it arrives,
-  gives the promotion's unspent allotment back at once.
+  is fetched once, however many orders wait for it, and one the center does not know is
+  remembered as unknown for a few seconds. A freeze, by whichever link it arrives, gives the
+  promotion's unspent allotment back at once.
+- While the center is away, renewals are retried every fraction of a second, so the region
+  serves again as soon as it is back. Once the center says a newer process of the region
+  replaced this one, nothing more is spent or asked for (`retired` says why).
 - Openings: promotions that start within the look-ahead get an opening allotment before they
   start, many in one call, so the first orders of a midnight sale do not wait on the center.
 """
@@ -20,13 +24,21 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from quota_center import policy
 from quota_center.clock import Clock
-from quota_center.errors import Exhausted, FailedPrecondition, LedgerLost, QuotaError
+from quota_center.errors import (
+    Exhausted,
+    FailedPrecondition,
+    LedgerLost,
+    NotFound,
+    QuotaError,
+    Superseded,
+    Unavailable,
+)
 from quota_center.ledger import Promotion
 from quota_center.policy import RefillSettings
 from quota_center.v1 import quota_center_pb2 as pb
@@ -34,12 +46,20 @@ from region_agent.cache import PromotionCache
 from region_agent.center_client import CenterClient, counters_pb
 from region_agent.demand import RateMeter
 from region_agent.ledger.base import Balance, Ledger
+from region_agent.reachability import Reachability
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _CLAIM_TTL_S = 5.0
 """Longest one agent keeps the region's other agents from acquiring for a promotion."""
 _OPENINGS_PER_CALL = 1000
+RENEW_RETRY_S = 0.25
+"""After a failed renewal the next starts this soon, not a whole interval later: the region serves
+again within a second or so of the center's return, however long it was away."""
+UNKNOWN_TTL_S = 5.0
+"""How long the center's "no such promotion" stands: orders naming it are refused without asking
+again, and a promotion created meanwhile is found this soon after."""
 
 
 @dataclass
@@ -84,6 +104,14 @@ class Supply:
         self._opening_requests: dict[str, str] = {}
         """Per promotion, the request id of its opening in this incarnation (a retry reuses it)."""
         self._background: set[asyncio.Task[None]] = set()
+        self._unknown: dict[str, tuple[float, str]] = {}
+        """Promotions the center said it does not know: until when that stands, and its words."""
+        self._refusals: dict[str, str] = {}
+        """Per promotion, the center's last refusal of its report (logged once until it changes)."""
+        self._reachability = Reachability(clock)
+        self._retired = asyncio.Event()
+        self.retired = ""
+        """Why this process may no longer spend for its region; empty while it may."""
         self.incarnation = ""
         self._holder = uuid.uuid4().hex
 
@@ -123,19 +151,46 @@ class Supply:
         await asyncio.shield(fetch)
 
     async def _fetch_now(self, promotion_id: str) -> None:
-        self.learn(self.cache.put([await self._center.promotion(promotion_id)]))
+        try:
+            promotion = await self._center.promotion(promotion_id)
+        except NotFound as error:
+            self._remember_unknown(promotion_id, error.message)
+            raise
+        self.learn(self.cache.put([promotion]))
+
+    def _remember_unknown(self, promotion_id: str, message: str) -> None:
+        """Kept in the order entries expire (insertion order, one TTL), so expired ones go from the front."""
+        now = self._clock.monotonic()
+        while self._unknown and next(iter(self._unknown.values()))[0] <= now:
+            del self._unknown[next(iter(self._unknown))]
+        self._unknown.pop(promotion_id, None)
+        self._unknown[promotion_id] = (now + UNKNOWN_TTL_S, message)
 
     async def track(self, promotion_ids: Sequence[str]) -> list[Tracked]:
-        """The promotions, fetched from the center on first sight: concurrently, one fetch per
-        promotion however many orders wait for it, and a cancelled order cancels no fetch."""
+        """The promotions, fetched from the center on first sight: one fetch per promotion however
+        many orders wait for it, and a cancelled order cancels no fetch. The first one missing from
+        the cache is fetched alone, so an order naming promotions nobody knows costs the center one
+        call; the rest then concurrently."""
         known = []
         for promotion_id in promotion_ids:
             item = self._tracked.get(promotion_id)
             if item is None:
+                unseen = [pid for pid in promotion_ids if pid not in self._tracked]
+                for pid in unseen:
+                    self._refuse_if_unknown(pid)
+                if uncached := [pid for pid in unseen if self.cache.get(pid) is None]:
+                    await self._track_one(uncached[0])
                 return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
             known.append(item)
         # Every order after a promotion's first lands here: no task per promotion on the order path.
         return known
+
+    def _refuse_if_unknown(self, promotion_id: str) -> None:
+        until, message = self._unknown.get(promotion_id, (0.0, ""))
+        if self.cache.get(promotion_id) is not None or self._clock.monotonic() >= until:
+            self._unknown.pop(promotion_id, None)
+            return
+        raise NotFound(message)
 
     async def _track_one(self, promotion_id: str) -> Tracked:
         item = self._tracked.get(promotion_id)
@@ -146,6 +201,22 @@ class Supply:
         promotion = self.cache.get(promotion_id)
         assert promotion is not None, "fetched into the cache"
         return self._tracked.setdefault(promotion_id, Tracked(promotion, self._unheard_lease()))
+
+    async def wait_retired(self) -> str:
+        await self._retired.wait()
+        return self.retired
+
+    async def _ask(self, call: Awaitable[T]) -> T:
+        """A call to the center made for this incarnation: the center's word that a newer process
+        replaced it retires this one."""
+        try:
+            return await call
+        except Superseded as error:
+            if not self.retired:
+                self.retired = error.message
+                log.error("%s; this agent spends nothing more", self.retired)
+                self._retired.set()
+            raise
 
     def _unheard_lease(self) -> float:
         return self._clock.monotonic() + self._lease_ttl_s
@@ -192,6 +263,8 @@ class Supply:
         return item.refill
 
     async def _acquire(self, item: Tracked, needed: int) -> QuotaError | None:
+        if self.retired:
+            return Superseded(self.retired)
         promotion_id = item.promotion.id
         if not await self._ledger.claim_refill(promotion_id, self._holder, _CLAIM_TTL_S):
             # Another agent of the region is acquiring; its grant lands in the shared ledger.
@@ -210,12 +283,12 @@ class Supply:
         amount = policy.ask_amount(self._refill_settings, balance.available, rate, needed)
         life = self.incarnation
         try:
-            answer = await self._center.acquire(
-                life, promotion_id, amount, uuid.uuid4().hex, policy.demand_per_minute(rate)
+            answer = await self._ask(
+                self._center.acquire(life, promotion_id, amount, uuid.uuid4().hex, policy.demand_per_minute(rate))
             )
         except QuotaError as error:
             item.exhausted = isinstance(error, Exhausted)
-            if isinstance(error, FailedPrecondition):
+            if isinstance(error, FailedPrecondition) and not self.retired:
                 log.info("refill of %s refused (%s); reloading the promotion", promotion_id, error.message)
                 with contextlib.suppress(QuotaError):
                     await self._fetch(promotion_id)
@@ -233,7 +306,9 @@ class Supply:
             return
         balance = await self._ledger.balance(promotion_id)
         try:
-            await self._center.give_back(self.incarnation, counters_pb(promotion_id, balance, 0))
+            await self._ask(self._center.give_back(self.incarnation, counters_pb(promotion_id, balance, 0)))
+        except Superseded:
+            return  # said once, by `_ask`
         except QuotaError as error:
             log.warning("return of %s not acknowledged yet (%s); the next renewal reports it", promotion_id, error)
 
@@ -241,20 +316,25 @@ class Supply:
 
     async def renew_forever(self, interval_s: float) -> None:
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(min(interval_s, RENEW_RETRY_S) if self._reachability.lost else interval_s)
             try:
                 # Here rather than in a loop of its own: every agent of a region sweeps, and the
                 # sweep is idempotent, so a second's delay is all an expired hold waits.
                 if released := await self._ledger.expire_reservations():
                     log.info("%d reservations lapsed; their quota is available again", released)
                 await self.renew_once()
+            except Superseded:
+                return  # said once, by `_ask`; nothing this process sends is taken any more
             except LedgerLost as lost:
                 log.error("%s", lost.message)
                 await self.rejoin()
+            except Unavailable as error:
+                if not self._reachability.lost:  # an outage of the center is said when it starts and ends
+                    log.warning("renewal failed: %s", error.message)
             except QuotaError as error:
                 log.warning("renewal failed: %s", error.message)
             except Exception:
-                log.exception("renewal failed unexpectedly; retrying at the next interval")
+                log.exception("renewal failed unexpectedly; retrying shortly")
 
     async def renew_once(self) -> None:
         if await self._ledger.incarnation() != self.incarnation:
@@ -270,14 +350,45 @@ class Supply:
             demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
             counters.append(counters_pb(promotion_id, balances.get(promotion_id, Balance()), demand))
         life = self.incarnation
-        answer = await self._center.renew(life, counters)
+        try:
+            answer = await self._ask(self._center.renew(life, counters))
+        except Unavailable as error:
+            if line := self._reachability.failed(error.message):
+                log.warning("%s", line)
+            raise
+        except QuotaError:
+            if line := self._reachability.answered():
+                log.warning("%s, but refused the renewal", line)
+            raise
+        self.cache.take_emergency(answer.emergency)
         for directive in answer.directives:
+            if self._refused(directive):
+                continue
             try:
                 await self._follow(directive, now + self._heard(answer.lease_ttl_s), life)
             except LedgerLost:
                 raise
             except QuotaError as error:
                 log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
+        if line := self._reachability.answered():
+            log.warning("%s; leases renewed", line)
+
+    def _refused(self, directive: pb.PromotionDirective) -> bool:
+        """Whether the center refused this promotion's report: then its lease was not renewed and
+        nothing of the directive stands. Said once per refusal, not at every renewal."""
+        promotion_id, refusal = directive.promotion_id, directive.refusal
+        if not refusal:
+            self._refusals.pop(promotion_id, None)
+            return False
+        if self._refusals.get(promotion_id) != refusal:
+            self._refusals[promotion_id] = refusal
+            log.error(
+                "the center refused the report of %s: %s; its lease is not renewed, so it stops being spent "
+                "once the lease runs out",
+                promotion_id,
+                refusal,
+            )
+        return True
 
     async def _follow(self, directive: pb.PromotionDirective, lease_until: float, life: str) -> None:
         item = await self._track_one(directive.promotion_id)
@@ -300,6 +411,8 @@ class Supply:
             await asyncio.sleep(random.uniform(0.5, 1.5))
             try:
                 await self.open_upcoming(lookahead_s)
+            except Superseded:
+                return  # said once, by `_ask`
             except QuotaError as error:
                 log.warning("opening allotments not acquired yet (%s); retrying", error.message)
 
@@ -326,7 +439,7 @@ class Supply:
             requests.append((promotion.id, amount, request_id))
         life = self.incarnation
         sent = self._clock.monotonic()
-        answers, lease_ttl_s = await self._center.acquire_openings(life, requests)
+        answers, lease_ttl_s = await self._ask(self._center.acquire_openings(life, requests))
         for answer in answers:
             if not answer.grant_id:
                 log.info("no opening allotment of %s: %s", answer.promotion_id, answer.refusal)

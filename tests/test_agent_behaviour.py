@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import grpc
 import pytest
 
+from quota_center.clock import FakeClock
+from quota_center.errors import Rejected, RejectReason
 from quota_center.service import CenterSettings
 from quota_center.testing import ServedCenter, running_agent, running_center
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_center.validation import MAX_AMOUNT
 from region_agent.agent import AgentSettings
+from region_agent.ledger.base import Line
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import eventually, order, promotion, reject_reason
+from tests.support import eventually, now_ms, order, promotion, reject_reason
 
 FAST = AgentSettings("eu", renew_interval_s=0.05, max_wait_s=1.0)
 
@@ -177,3 +182,69 @@ async def test_a_user_over_the_per_user_limit_is_refused_with_its_reason(
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reject_reason(refused.value) == "REJECT_REASON_USER_LIMIT"
     assert "3 units" in (refused.value.details() or "")
+
+
+async def test_an_agent_replaced_by_a_newer_process_of_its_region_stops_spending_and_says_why_once(
+    center: ServedCenter, admin: center_grpc.PromotionAdminAsyncStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+    async with running_agent("eu", center.address, FAST) as first, grpc.aio.insecure_channel(first.address) as ch:
+        orders = agent_grpc.RegionAgentStub(ch)
+        await orders.Deduct(order("o-1", "eu", ("promo", 1)), timeout=5)
+
+        async with running_agent("eu", center.address, FAST) as second:
+            await second.agent.deduct("o-2", "eu", (Line("promo", 1, "user-1"),))
+            why = await asyncio.wait_for(first.agent.wait_retired(), timeout=10)
+
+            assert "replaced" in why
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await orders.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
+            assert reject_reason(refused.value) == "REJECT_REASON_LEASE_EXPIRED"
+            assert "replaced" in (refused.value.details() or "")
+            said = len([r for r in caplog.records if r.levelno >= logging.WARNING])
+            await asyncio.sleep(20 * FAST.renew_interval_s)  # twenty renewals' time: nothing more to say
+
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "replaced" in r.getMessage()]
+    assert len(errors) == 1
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == said
+
+
+async def test_huge_valid_orders_leave_every_renewal_accepted_and_other_promotions_spendable(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(wall_ms=now_ms())
+    huge = 150_000_000_000_000  # 1.5e14: three a second put demand a minute past 2**53
+    quiet = AgentSettings("eu", renew_interval_s=3_600, pull_interval_s=3_600, push=False, opening_lookahead_s=0)
+    async with running_center(tmp_path, CenterSettings(lease_ttl_s=1.0)) as center:
+        async with grpc.aio.insecure_channel(center.address) as channel:
+            admin = center_grpc.PromotionAdminStub(channel)
+            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion("big", MAX_AMOUNT)))
+            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion("small", 1_000)))
+        async with running_agent("eu", center.address, quiet, clock=clock) as served:
+            agent = served.agent
+            await agent.deduct("s-1", "eu", (Line("small", 1),))
+            for n in range(3):
+                await agent.deduct(f"b-{n}", "eu", (Line("big", huge),))
+
+            for _ in range(3):  # three renewals, each within the lease of the one before
+                clock.advance(0.6)
+                await agent.renew_once()
+
+            await agent.deduct("s-2", "eu", (Line("small", 1),))
+            await agent.deduct("b-3", "eu", (Line("big", huge),))
+
+
+async def test_an_agent_whose_catalog_hears_nothing_refuses_orders_once_a_renewal_brings_an_emergency_freeze(
+    center: ServedCenter, admin: center_grpc.PromotionAdminAsyncStub
+) -> None:
+    deaf = AgentSettings("eu", renew_interval_s=3_600, pull_interval_s=3_600, push=False, opening_lookahead_s=0)
+    async with running_agent("eu", center.address, deaf) as served:
+        await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+        await served.agent.deduct("o-1", "eu", (Line("promo", 1),))
+
+        await admin.SetEmergencyFreeze(center_pb.SetEmergencyFreezeRequest(frozen=True), timeout=5)
+        await served.agent.renew_once()
+
+        with pytest.raises(Rejected) as frozen:
+            await served.agent.deduct("o-2", "eu", (Line("promo", 1),))
+        assert frozen.value.reason is RejectReason.FROZEN

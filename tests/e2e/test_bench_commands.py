@@ -150,3 +150,18 @@ async def test_the_echo_yardstick_with_redis_writes_once_per_call_before_answeri
 
     assert [answer.order_key for answer in answers] == keys
     assert written == b"50"
+
+
+def test_bench_recovery_serves_again_after_every_outage() -> None:
+    figures = _quota_json("bench", "recovery", "--outages", "1,3", "--renew-interval", "0.5")
+
+    rows = figures["outages"]
+    print(f"back to serving (target {figures['target_s']} s):", [row["back_to_serving_s"] for row in rows])
+    assert [row["outage_s"] for row in rows] == [1.0, 3.0]
+    for row in rows:
+        assert row["renew_interval_s"] == 0.5
+        assert row["back_to_serving_s"] is not None, "the agent never accepted an order again"
+        assert row["back_to_serving_s"] >= 0
+        assert isinstance(row["within_target"], bool)
+    # Three seconds outlast the 1.5 s lease: the region went dark, and came back.
+    assert rows[1]["orders_refused"] > 0

@@ -224,3 +224,14 @@ def test_starting_lists_promotions_opening_after_the_lower_bound_up_to_the_upper
     cache.put(promotion(f"at-{start}", 1, start_ms=start) for start in (100, 200, 300))
 
     assert sorted(p.id for p in cache.starting(after_ms, until_ms)) == expected
+
+
+def test_the_switch_a_renewal_carries_applies_only_when_newer_and_moves_no_cursor() -> None:
+    cache = PromotionCache()
+    cache.apply(CatalogSnapshot([promotion("p0", 3)], EmergencyFreeze(regions=frozenset({"eu"}), revision=5), 5))
+
+    assert not cache.take_emergency(EmergencyFreeze(revision=4))  # an older answer, delayed
+    assert cache.emergency.covers("eu")
+    assert cache.take_emergency(EmergencyFreeze(everywhere=True, revision=9))
+    assert cache.emergency.covers("us")
+    assert cache.revision == 5

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from quota_center import policy
 from quota_center.policy import HOUR_MS, Pacing, RefillSettings
+from quota_center.validation import MAX_AMOUNT
 
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -59,6 +60,29 @@ def test_ask_amount_is_the_least_positive_amount_covering_need_and_target(
     assert available + ask >= want
     if ask > 1:  # the least whole amount that covers both
         assert available + ask - 1 < math.ceil(want)
+
+
+@QUICK
+@given(
+    refill=refill_settings,
+    available=st.integers(min_value=0, max_value=MAX_AMOUNT),
+    rate=st.floats(min_value=0.0, max_value=1e300),
+    needed=st.integers(min_value=0, max_value=MAX_AMOUNT),
+    last_grant=st.integers(min_value=0, max_value=MAX_AMOUNT),
+)
+def test_whatever_the_measured_rate_the_agent_sends_nothing_the_center_must_refuse(
+    refill: RefillSettings, available: int, rate: float, needed: int, last_grant: int
+) -> None:
+    # Orders of 1.5e14 units a few times a second already put demand a minute past 2**53.
+    assert 0 <= policy.demand_per_minute(rate) <= MAX_AMOUNT
+    assert 1 <= policy.ask_amount(refill, available, rate, needed) <= MAX_AMOUNT
+    assert 0 <= policy.low_water_mark(refill, last_grant, rate, 10.0) <= MAX_AMOUNT
+
+
+def test_demand_of_huge_orders_is_capped_at_the_largest_amount() -> None:
+    rate = 3 * 1.5e14  # three orders of 1.5e14 units a second
+
+    assert policy.demand_per_minute(rate) == MAX_AMOUNT
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,196 @@
+"""The agent against a scripted center on the fake clock: what it does with each answer the center can
+give (a refused report, an emergency switch in a renewal, an unknown promotion, an outage)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from quota_center.catalog import EmergencyFreeze
+from quota_center.clock import FakeClock
+from quota_center.errors import NotFound, Rejected, RejectReason, Unavailable
+from quota_center.ledger import Kind, Promotion
+from quota_center.v1 import quota_center_pb2 as pb
+from region_agent.agent import Agent, AgentSettings
+from region_agent.cache import CatalogSnapshot
+from region_agent.center_client import CenterClient, GrantAnswer, Page, RenewAnswer
+from region_agent.ledger.base import Line
+from region_agent.ledger.memory import InProcessLedger
+from region_agent.supply import UNKNOWN_TTL_S
+from tests.support import eventually
+
+HOUR_MS = 3_600_000
+LEASE_TTL_S = 10.0
+QUIET = AgentSettings("eu", renew_interval_s=3_600, pull_interval_s=3_600, push=False, opening_lookahead_s=0)
+"""No loop runs by itself during a test: the test renews when it means to."""
+
+
+class ScriptedCenter(CenterClient):
+    """Answers as the test sets it up; counts what it is asked."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(["127.0.0.1:1"], "eu")
+        self._clock = clock
+        self.promotions: dict[str, Promotion] = {}
+        self.refusals: dict[str, str] = {}
+        """Per promotion, the refusal its report gets at renewal (with a grant the agent must not apply)."""
+        self.emergency = EmergencyFreeze()
+        self.catalog_down = False
+        self.renewals_failing = 0
+        self.renewals = 0
+
+    def create(self, promotion_id: str) -> None:
+        now = self._clock.wall_ms()
+        self.promotions[promotion_id] = Promotion(
+            promotion_id, Kind.COUNT, "", 10**9, now - HOUR_MS, now + HOUR_MS, ("eu",), revision=1
+        )
+
+    async def list_changes(self, since_revision: int) -> Page:
+        self.calls += 1
+        if self.catalog_down:
+            raise Unavailable("the catalog page is larger than the message limit")
+        return Page(CatalogSnapshot(list(self.promotions.values()), self.emergency, 1), more=False)
+
+    async def promotion(self, promotion_id: str) -> Promotion:
+        self.calls += 1
+        self.fetches += 1
+        if promotion_id not in self.promotions:
+            raise NotFound(f"no promotion {promotion_id}")
+        return self.promotions[promotion_id]
+
+    async def acquire(
+        self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int
+    ) -> GrantAnswer:
+        self.calls += 1
+        return GrantAnswer(uuid.uuid4().hex, amount, LEASE_TTL_S, 10**9)
+
+    async def give_back(self, incarnation: str, counters: pb.Counters) -> int:
+        self.calls += 1
+        return 10**9
+
+    async def renew(self, incarnation: str, counters: list[pb.Counters]) -> RenewAnswer:
+        self.calls += 1
+        self.renewals += 1
+        if self.renewals_failing:
+            self.renewals_failing -= 1
+            raise Unavailable("failed to connect to all addresses")
+        return RenewAnswer(LEASE_TTL_S, [self._directive(c.promotion_id) for c in counters], self.emergency)
+
+    def _directive(self, promotion_id: str) -> pb.PromotionDirective:
+        refusal = self.refusals.get(promotion_id, "")
+        if not refusal:
+            return pb.PromotionDirective(promotion_id=promotion_id, revision=1)
+        unapplied = [pb.Grant(grant_id="never-to-apply", promotion_id=promotion_id, amount=1_000)]
+        return pb.PromotionDirective(promotion_id=promotion_id, revision=1, refusal=refusal, unapplied_grants=unapplied)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def center(clock: FakeClock) -> ScriptedCenter:
+    return ScriptedCenter(clock)
+
+
+@pytest.fixture
+async def agent(center: ScriptedCenter, clock: FakeClock) -> AsyncIterator[Agent]:
+    agent = Agent(QUIET, InProcessLedger(clock), center, clock)
+    await agent.start()
+    yield agent
+    await agent.stop()
+
+
+async def _deduct(agent: Agent, order_key: str, *promotion_ids: str) -> None:
+    await agent.deduct(order_key, "eu", tuple(Line(promotion_id, 1, "user") for promotion_id in promotion_ids))
+
+
+async def test_a_refused_report_lapses_only_its_promotion_and_is_logged_once(
+    agent: Agent, center: ScriptedCenter, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    center.create("refused")
+    center.create("fine")
+    await _deduct(agent, "o-1", "refused", "fine")
+    granted = {status.promotion_id: status.balance.granted for status in await agent.status()}
+    center.refusals["refused"] = "counters.deducted 9 is above granted 5 less returned 0"
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            clock.advance(LEASE_TTL_S / 2)
+            await agent.renew_once()
+
+    refusals = [r for r in caplog.records if "refused the report of refused" in r.getMessage()]
+    assert len(refusals) == 1
+    with pytest.raises(Rejected) as lapsed:
+        await _deduct(agent, "o-2", "refused")
+    assert lapsed.value.reason is RejectReason.LEASE_EXPIRED
+    await _deduct(agent, "o-3", "fine")
+    after = {status.promotion_id: status.balance.granted for status in await agent.status()}
+    assert after["refused"] == granted["refused"]  # the refused directive's grant was not applied
+
+
+async def test_an_agent_whose_catalog_never_loads_takes_the_emergency_switch_from_its_renewal(
+    clock: FakeClock, center: ScriptedCenter
+) -> None:
+    center.create("promo")
+    center.catalog_down = True
+    agent = Agent(QUIET, InProcessLedger(clock), center, clock)
+    await agent.start()
+    try:
+        await _deduct(agent, "o-1", "promo")
+
+        center.emergency = EmergencyFreeze(everywhere=True, revision=7)
+        await agent.renew_once()
+
+        with pytest.raises(Rejected) as frozen:
+            await _deduct(agent, "o-2", "promo")
+        assert frozen.value.reason is RejectReason.FROZEN
+    finally:
+        await agent.stop()
+
+
+async def test_an_order_naming_unknown_promotions_costs_the_center_one_call_per_ttl(
+    agent: Agent, center: ScriptedCenter, clock: FakeClock
+) -> None:
+    unknown = [f"nobody-knows-{n}" for n in range(64)]
+    before = center.calls
+
+    for attempt in range(5):
+        with pytest.raises(NotFound):
+            await _deduct(agent, f"o-{attempt}", *unknown)
+        clock.advance(UNKNOWN_TTL_S / 10)
+    assert center.calls - before <= 2
+
+    center.create(unknown[0])
+    clock.advance(UNKNOWN_TTL_S)
+    await _deduct(agent, "o-created", unknown[0])
+
+
+async def test_the_renew_loop_retries_at_once_while_the_center_is_away_and_says_when_it_is_back(
+    clock: FakeClock, center: ScriptedCenter, caplog: pytest.LogCaptureFixture
+) -> None:
+    center.create("promo")
+    agent = Agent(replace(QUIET, renew_interval_s=2.0), InProcessLedger(clock), center, clock)
+    await agent.start()
+    try:
+        await _deduct(agent, "o-1", "promo")
+        center.renewals_failing, before = 4, center.renewals
+
+        async def back() -> bool:
+            return center.renewals - before > 4
+
+        with caplog.at_level(logging.INFO):
+            # Every 2 s, that is 10 s; retried at once, the outage's four failures take a second.
+            await eventually(back, timeout_s=8)
+    finally:
+        await agent.stop()
+
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([line for line in lines if line.startswith("lost the center at ")]) == 1
+    assert len([line for line in lines if line.startswith("the center is back after ")]) == 1
+    assert not [line for line in lines if "renewal failed" in line]
