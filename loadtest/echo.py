@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 import redis.asyncio as redis
 
-from quota_center.process import serve
+from quota_center.process import exclusive_server, serve
 from quota_center.rpc import Context
 from region_agent.ledger.batching import Batcher
 from region_agent.ledger.script_link import LuaScript, ScriptLink
@@ -75,7 +75,7 @@ async def _main(listen: str, redis_url: str, wait_ms: float) -> None:
         handler = _after(_write_to(link))
     elif wait_ms:
         handler = _after(_wait(wait_ms / 1000))
-    server = grpc.aio.server()
+    server = exclusive_server()
     deduct = grpc.unary_unary_rpc_method_handler(
         handler,
         request_deserializer=pb.DeductRequest.FromString,

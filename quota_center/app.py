@@ -10,16 +10,15 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from quota_center import server as center_server
 from quota_center.clock import SystemClock
 from quota_center.election import EtcdLeadership
-from quota_center.errors import InvalidArgument
+from quota_center.errors import ConfigError
 from quota_center.metrics import center_registry
 from quota_center.metrics_http import MetricsEndpoint
-from quota_center.process import health_servicer, serve
+from quota_center.process import exclusive_server, health_servicer, serve
 from quota_center.service import Center, CenterSettings
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore
@@ -44,21 +43,23 @@ class CenterConfig:
 
 
 async def open_store(url: str) -> Store:
+    """The store `url` names, open and answering; ConfigError when it cannot be (another center
+    holds the SQLite file, etcd does not answer, the URL names no store)."""
     if url.startswith("sqlite:///"):
         file = Path(url.removeprefix("sqlite:///"))
         try:
             return SqliteStore(file)
         except sqlite3.Error as error:
-            raise SystemExit(
+            raise ConfigError(
                 f"--store {url}: cannot open the SQLite file {file} ({error}); "
                 "sqlite:///PATH is relative to the working directory, sqlite:////PATH absolute"
-            ) from error
+            ) from None
     if url.startswith("etcd://"):
         hosts, _, path = url.removeprefix("etcd://").partition("/")
         endpoints = [endpoint for endpoint in hosts.split(",") if endpoint]
         if endpoints:
             return await EtcdStore.connect(endpoints, f"/{path}" if path else DEFAULT_PREFIX)
-    raise InvalidArgument(f"unknown store {url!r}; use sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+    raise ConfigError(f"--store {url!r} is no store; use sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
 
 
 def _reachable_host(listen_host: str) -> str:
@@ -87,7 +88,7 @@ async def run_center(config: CenterConfig) -> None:
         return leadership is None or leadership.leading()
 
     center = Center(store, SystemClock(), config.settings, leader_hint=leader_address, leading=leading)
-    server = grpc.aio.server()
+    server = exclusive_server()
     center_server.add_to_server(center, server)
     health_status = health_servicer()
 

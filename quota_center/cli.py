@@ -3,20 +3,70 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import click
 
 from quota_center.budget_cli import budget
 from quota_center.config_file import load_config
+from quota_center.errors import ConfigError
 from quota_center.logs import configure_logging
 from quota_center.serve_cli import agent, center
 from quota_center.simulation.scenarios import SCENARIOS
 
+EXIT_SETTINGS = 2
+"""Exit status of a process that cannot start as configured (click's own for a bad flag)."""
 
-@click.group()
-@click.option("--log-level", default="WARNING", show_default=True, envvar="QUOTA_LOG_LEVEL", show_envvar=True)
+
+class _CannotStart(click.ClickException):
+    exit_code = EXIT_SETTINGS
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"quota: error: {self.message}", err=True)
+
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """A bad flag, variable or file key, or a ConfigError raised while starting, becomes one line
+    on stderr and exit 2: what supervisors and people read first, with no traceback to dig through."""
+    try:
+        yield
+    except ConfigError as error:
+        raise _CannotStart(error.message) from None
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # `quota` or `quota center` alone: the help is the answer
+    except click.UsageError as error:
+        where = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
+        raise _CannotStart(error.format_message() + where) from None
+
+
+class _Quota(click.Group):
+    """`quota` itself: its own options and every subcommand's are parsed, and run, under _one_line."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        with _one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line():
+            return super().invoke(ctx)
+
+
+@click.group(cls=_Quota)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    envvar="QUOTA_LOG_LEVEL",
+    show_envvar=True,
+)
 @click.option(
     "--log-format",
     type=click.Choice(["auto", "json", "text"]),
@@ -170,6 +220,67 @@ def bench_freeze(as_json: bool, freezes: int) -> None:
     from quota_center.bench_freeze import bench_freeze as run
 
     _show("quota bench freeze", asyncio.run(run(freezes)), as_json)
+
+
+@bench.command("opening")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--promotions", type=click.IntRange(min=1), default=10_000, show_default=True, help="Starting together.")
+def bench_opening(as_json: bool, promotions: int) -> None:
+    """Time until three agents hold an opening allotment of every promotion that starts soon."""
+    from quota_center.bench_opening import bench_opening as run
+
+    _show("quota bench opening", asyncio.run(run(promotions)), as_json)
+
+
+@bench.command("recovery")
+@click.option("--json", "as_json", is_flag=True, help='Print {"target_s": ..., "outages": [...]}, one row per outage.')
+@click.option(
+    "--outages",
+    default="5,30,120",
+    show_default=True,
+    help="Comma-separated seconds the center stays away, one outage each.",
+)
+@click.option(
+    "--renew-interval",
+    type=click.FloatRange(min=0.05),
+    default=3.0,
+    show_default=True,
+    help="The agent's renew interval (the center's lease TTL is three times it).",
+)
+def bench_recovery(as_json: bool, outages: str, renew_interval: float) -> None:
+    """Time from the center's return after an outage (SIGKILL, restart on the same port and store)
+    until the agent accepts orders again; the target is one renew interval plus a second."""
+    from loadtest.recovery import RecoveryOptions
+    from loadtest.recovery import bench_recovery as run
+
+    try:
+        lengths = tuple(float(length) for length in outages.split(","))
+    except ValueError:
+        lengths = ()
+    if not lengths or not all(0 <= length <= 3600 for length in lengths):
+        raise click.BadParameter(f"{outages!r}: give seconds from 0 to 3600, such as 5,30,120", param_hint="--outages")
+    figures = asyncio.run(run(RecoveryOptions(lengths, renew_interval)))
+    if as_json:
+        _print_json(figures)
+        return
+    rows = [
+        {
+            **row,
+            "back_to_serving_s": "never" if row["back_to_serving_s"] is None else row["back_to_serving_s"],
+            "within_target": "yes" if row["within_target"] else "NO",
+        }
+        for row in figures["outages"]
+    ]
+    _print_rows(f"quota bench recovery (target: {figures['target_s']} s)", rows, RECOVERY_COLUMNS)
+
+
+RECOVERY_COLUMNS = {
+    "outage_s": "outage s",
+    "back_to_serving_s": "back to serving s",
+    "renew_interval_s": "renew interval s",
+    "within_target": "within target",
+    "orders_refused": "orders refused",
+}
 
 
 @bench.command("cost")

@@ -85,6 +85,13 @@ class ServerProcess:
             self.kill()
         self._close_pipe()
 
+    def wait(self, timeout_s: float = 30.0) -> int:
+        """Waits for the process to end by itself; returns its exit status."""
+        assert self.popen is not None, "started"
+        status = self.popen.wait(timeout_s)
+        self._close_pipe()
+        return status
+
     def kill(self) -> None:
         """SIGKILL: what a crash looks like."""
         if self.popen is not None and self.popen.poll() is None:
@@ -95,6 +102,19 @@ class ServerProcess:
     def _close_pipe(self) -> None:
         if self.popen is not None and self.popen.stdout is not None:
             self.popen.stdout.close()
+
+
+def run_quota(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs `quota ARGS` in `cwd` until it ends by itself (a command, or a server refused at start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "quota_center", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=READY_TIMEOUT_S,
+        check=False,
+    )
 
 
 def center_process(workdir: Path, *extra: str, port: int = 0, store: str | None = None) -> ServerProcess:

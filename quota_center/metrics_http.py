@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from quota_center.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,18 @@ class MetricsEndpoint:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
-        """Binds and serves in the background; returns the port."""
+        """Binds and serves in the background; returns the port. ConfigError when it cannot bind."""
         host, _, port = self._listen.rpartition(":")
-        self._server = await asyncio.start_server(self._answer, host or None, int(port))
+        if not port.isdigit():
+            raise ConfigError(f"--metrics-listen {self._listen!r}: give host:port, e.g. 127.0.0.1:9464")
+        try:
+            self._server = await asyncio.start_server(self._answer, host.strip("[]") or None, int(port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                why = "the port is in use by another process; stop it, or choose another --metrics-listen"
+            else:
+                why = f"{error.strerror}; give an address of this machine"
+            raise ConfigError(f"cannot serve metrics on {self._listen}: {why}") from None
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
 

@@ -7,7 +7,7 @@ async with running_center(tmp_path) as center:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ import grpc
 
 from quota_center import server as center_server
 from quota_center.clock import Clock, SystemClock
+from quota_center.process import exclusive_server
 from quota_center.service import Center, CenterSettings
 from quota_center.store.sqlite import SqliteStore
 from region_agent import server as agent_server
@@ -50,12 +51,16 @@ async def _start(server: grpc.aio.Server) -> str:
 
 @asynccontextmanager
 async def running_center(
-    workdir: Path, settings: CenterSettings | None = None, clock: Clock | None = None
+    workdir: Path,
+    settings: CenterSettings | None = None,
+    clock: Clock | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> AsyncIterator[ServedCenter]:
+    """`interceptors` see every call the center receives (a test counting what reached it)."""
     store = SqliteStore(workdir / "center.db")
     center = Center(store, clock or SystemClock(), settings)
     await center.start()
-    server = grpc.aio.server()
+    server = exclusive_server(interceptors)
     center_server.add_to_server(center, server)
     try:
         yield ServedCenter(await _start(server), center, store)
@@ -76,7 +81,7 @@ async def running_agent(
     client = CenterClient([center_address], region)
     agent = Agent(settings or AgentSettings(region), ledger, client, clock or SystemClock())
     await agent.start()
-    server = grpc.aio.server()
+    server = exclusive_server()
     agent_server.add_to_server(agent, server)
     try:
         yield ServedAgent(await _start(server), agent, ledger)

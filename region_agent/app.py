@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 
-import grpc
 import redis.asyncio as redis
 
 from quota_center.clock import SystemClock
-from quota_center.errors import InvalidArgument
+from quota_center.errors import ConfigError
 from quota_center.metrics_http import MetricsEndpoint
-from quota_center.process import serve
+from quota_center.process import exclusive_server, serve
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CacheTier
@@ -37,27 +37,50 @@ class AgentConfig:
     """host:port of the Prometheus endpoint (GET /metrics); empty: none."""
 
 
-def open_ledger(url: str, region: str, retention_s: float) -> tuple[Ledger, CacheTier | None]:
-    """The ledger, and the region's tier of the promotion cache that lives beside it."""
+REACH_TIMEOUT_S = 3.0
+"""How long a Redis ledger has to answer a PING at start before the agent gives up (exit 2)."""
+
+
+async def open_ledger(url: str, region: str, retention_s: float) -> tuple[Ledger, CacheTier | None]:
+    """The ledger, answering, and the region's tier of the promotion cache that lives beside it;
+    ConfigError when `url` names no ledger or its Redis does not answer."""
     if url == "memory":
         return InProcessLedger(retention_s=retention_s), None
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--ledger {url!r} is no ledger; use memory or redis://HOST:PORT[/DB]")
+    try:
         client = redis.Redis.from_url(url)
-        return RedisLedger(client, region, retention_s), RedisCacheTier(client, region)
-    raise InvalidArgument(f"unknown ledger {url!r}; use memory or redis://HOST:PORT[/DB]")
+    except ValueError as error:
+        raise ConfigError(f"--ledger {url!r}: {error}; use redis://HOST:PORT[/DB]") from None
+    try:
+        await asyncio.wait_for(client.ping(), REACH_TIMEOUT_S)
+    except (redis.RedisError, OSError, TimeoutError) as error:
+        await client.aclose()
+        detail = str(error) or f"nothing within {REACH_TIMEOUT_S:.0f} s"
+        raise ConfigError(f"Redis at {url} does not answer ({detail}); start it, or fix --ledger") from None
+    return RedisLedger(client, region, retention_s), RedisCacheTier(client, region)
 
 
 async def run_agent(config: AgentConfig) -> None:
-    metrics = AgentMetrics(config.settings.region)
-    center = CenterClient(config.center.split(","), config.settings.region, interceptors=[CenterCallTimer(metrics)])
-    ledger, tier = open_ledger(config.ledger, config.settings.region, config.retention_s)
+    region = config.settings.region
+    ledger, tier = await open_ledger(config.ledger, region, config.retention_s)
+    metrics = AgentMetrics(region)
+    center = CenterClient(config.center.split(","), region, interceptors=[CenterCallTimer(metrics)])
     # A shared Redis ledger outlives this process (other agents spend from it); an in-process one does not.
     settings = replace(config.settings, return_on_shutdown=isinstance(ledger, InProcessLedger))
     agent = Agent(settings, ledger, center, SystemClock(), tier)
-    await agent.start()
-    server = grpc.aio.server()
+    server = exclusive_server()
     agent_server.add_to_server(agent, server, metrics)
     refresh = metrics.watch(agent)
+
+    async def start(port: int) -> None:
+        # Only once the ports are this process's: starting joins the region as a new incarnation,
+        # which writes off what the agent already serving on that port holds.
+        await agent.start()
+
+    async def replaced() -> str:
+        reason = await agent.wait_retired()
+        return f"{reason}; this process stops: run one agent per region on the in-process ledger, or use Redis"
 
     async def stop() -> None:
         await agent.stop()
@@ -68,8 +91,10 @@ async def run_agent(config: AgentConfig) -> None:
     await serve(
         server,
         config.listen,
-        name=f"agent-{config.settings.region}",
+        name=f"agent-{region}",
         services=agent_server.SERVICES,
+        on_start=start,
         on_stop=stop,
         metrics=MetricsEndpoint(config.metrics_listen, metrics.registry, refresh) if config.metrics_listen else None,
+        retired=replaced,
     )

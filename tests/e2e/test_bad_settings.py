@@ -1,0 +1,99 @@
+"""A setting that cannot work stops `quota` at start with exit 2 and one line on stderr naming it:
+a bad flag, variable or file key, a port another process holds, a backend that does not answer,
+a store file that is not a database. No traceback, and nothing served or joined meanwhile."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quota_center.launch import run_quota
+from quota_center.testing_servers import free_port
+
+pytestmark = pytest.mark.e2e
+
+CENTER = ("center", "serve", "--listen", "127.0.0.1:0")
+AGENT = ("agent", "serve", "--region", "eu", "--listen", "127.0.0.1:0")
+
+
+def refused(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Runs `quota ARGS`, which must stop at start with exit 2 and one line; returns the line."""
+    result = run_quota(*args, cwd=cwd, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "", "nothing announced as ready"
+    [line] = result.stderr.splitlines()
+    assert line.startswith("quota: error: ")
+    return line
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port another process's server listens on."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (("--log-level", "verbose", *CENTER), {}, "'verbose' is not one of"),
+        (CENTER, {"QUOTA_LOG_LEVEL": "verbose"}, "QUOTA_LOG_LEVEL"),
+        ((*CENTER, "--store", "mysql://x"), {}, "--store 'mysql://x' is no store"),
+        ((*AGENT, "--ledger", "mem"), {}, "--ledger 'mem' is no ledger"),
+        ((*CENTER, "--lease-ttl", "0"), {}, "--lease-ttl"),
+        (CENTER, {"QUOTA_LEASE_TTL": "soon"}, "QUOTA_LEASE_TTL"),
+        (("center", "serve", "--listen", "nowhere"), {}, "give host:port"),
+        (("agent", "serve"), {}, "Missing option '--region'"),
+    ],
+)
+def test_an_invalid_flag_or_variable_is_one_line_and_exit_2(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], named: str
+) -> None:
+    assert named in refused(*args, cwd=tmp_path, env=env)
+
+
+def test_a_bad_config_file_key_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "quota.toml").write_text('[center]\nstroe = "sqlite:///x.db"\n')
+
+    line = refused("--config", "quota.toml", *CENTER, cwd=tmp_path)
+
+    assert "[center] has no setting 'stroe'" in line
+
+
+def test_a_busy_grpc_port_is_one_line_naming_it(tmp_path: Path, held_port: int) -> None:
+    for serve in (("center", "serve"), ("agent", "serve", "--region", "eu")):
+        line = refused(*serve, "--listen", f"127.0.0.1:{held_port}", cwd=tmp_path)
+        assert f"cannot listen on 127.0.0.1:{held_port}: the port is in use" in line
+
+
+def test_a_busy_metrics_port_is_one_line_naming_it(tmp_path: Path, held_port: int) -> None:
+    line = refused(*CENTER, "--metrics-listen", f"127.0.0.1:{held_port}", cwd=tmp_path)
+
+    assert f"cannot serve metrics on 127.0.0.1:{held_port}: the port is in use" in line
+
+
+def test_redis_down_at_start_is_one_line_naming_it(tmp_path: Path) -> None:
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+
+    line = refused(*AGENT, "--ledger", nobody, cwd=tmp_path)
+
+    assert f"Redis at {nobody} does not answer" in line
+
+
+def test_etcd_unreachable_at_start_is_one_line_naming_it(tmp_path: Path) -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+
+    line = refused(*CENTER, "--store", f"etcd://{nobody}", cwd=tmp_path)
+
+    assert f"etcd at {nobody} does not answer" in line
+
+
+def test_a_store_file_that_is_no_database_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_text("these are my notes, not a database; " * 10)
+
+    line = refused(*CENTER, "--store", "sqlite:///notes.db", cwd=tmp_path)
+
+    assert "cannot open the SQLite file notes.db (file is not a database)" in line
