@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.request
 
 import redis
@@ -22,15 +21,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_redis_starts_durable_on_loopback_and_stops() -> None:
-    started = time.monotonic()
     with redis_server() as server:
-        ready_in = time.monotonic() - started
         client = redis.Redis(host=server.host, port=server.port)
         assert client.set("k", "v")
         assert client.get("k") == b"v"
         assert client.config_get("appendfsync") == {"appendfsync": "always"}
         client.close()
-    assert ready_in < 5
     assert not _alive(server.pid)
 
 

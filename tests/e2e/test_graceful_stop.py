@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 
 BUDGET = 1_000_000
 CLIENTS = 12
-LOAD_BEFORE_SIGTERM_S = 1.5
+ORDERS_BEFORE_SIGTERM = 100
+"""SIGTERM comes once this many orders were acknowledged, so it meets a running load however slow the machine."""
 
 
 # A call that reaches a stopping server before its handler starts is refused with either; the
@@ -77,7 +78,11 @@ async def test_sigterm_under_load_loses_no_acknowledged_deduction(tmp_path: Path
             agent.start()
             tally, stopping = Tally(), asyncio.Event()
             load = asyncio.create_task(_order_services(agent.address, stopping, tally))
-            await asyncio.sleep(LOAD_BEFORE_SIGTERM_S)
+
+            async def load_runs() -> bool:
+                return tally.acknowledged >= ORDERS_BEFORE_SIGTERM
+
+            await eventually(load_runs)
             stopping.set()
             agent.stop(timeout_s=20)
             await asyncio.wait_for(load, 20)
@@ -96,7 +101,7 @@ async def test_sigterm_under_load_loses_no_acknowledged_deduction(tmp_path: Path
                 async def reported() -> bool:
                     return (await books()).consumed >= tally.acknowledged
 
-                await eventually(reported, timeout_s=10)
+                await eventually(reported)
             eu = await books()
     finally:
         if agent is not None:
@@ -104,7 +109,6 @@ async def test_sigterm_under_load_loses_no_acknowledged_deduction(tmp_path: Path
         center.kill()
 
     assert tally.unexpected == []
-    assert tally.acknowledged > 100, "the load ran"
     # Every acknowledged order is on the books, and no refused one: in-flight calls finished.
     assert eu.consumed == tally.acknowledged
     if ledger == "memory":

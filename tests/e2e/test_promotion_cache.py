@@ -1,9 +1,11 @@
 """The dual-link promotion cache with real processes: a stream cut by a center restart, an agent
-restarted while the center is down, and a promotion served at its start without the center."""
+restarted while the center is down, and a freeze that brings every region's allotment back.
+
+A promotion served at its start without the center: tests/test_midnight_opening.py, on a clock the
+test moves."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +19,7 @@ from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import eventually, now_ms, order, promotion, reject_reason
+from tests.support import eventually, order, promotion, reject_reason
 
 pytestmark = pytest.mark.e2e
 
@@ -134,37 +136,6 @@ async def _revision_reached(orders: agent_grpc.RegionAgentAsyncStub, revision: i
     return (await status(orders)).catalog_revision >= revision
 
 
-async def test_a_promotion_created_two_seconds_ahead_is_served_at_its_start_without_the_center(
-    tmp_path: Path,
-) -> None:
-    center = center_process(tmp_path).start()
-    agent = agent_process(tmp_path, "eu", center.address).start()
-    try:
-        start = now_ms() + 2_000
-        async with admin_of(center) as admin:
-            soon = promotion("midnight", budget=500, start_ms=start, end_ms=start + 3_600_000)
-            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=soon), timeout=5)
-        async with orders_of(agent) as orders:
-            assert await deduct_refused_as(orders, "too-early", "midnight") == "REJECT_REASON_NOT_ACTIVE"
-
-            async def opened() -> bool:
-                return any(b.promotion_id == "midnight" and b.available > 0 for b in (await status(orders)).balances)
-
-            await eventually(opened, timeout_s=1.5)
-            center.kill()  # from here on, any center call on the deduction path would fail
-            await asyncio.sleep(max(0.0, (start - now_ms()) / 1000) + 0.05)
-            answers = await asyncio.gather(
-                *(orders.Deduct(order(f"o-{n}", "eu", ("midnight", 1)), timeout=1) for n in range(20))
-            )
-            assert all(not answer.replayed for answer in answers)
-            seen = await status(orders)
-            assert seen.promotion_fetches == 0
-            assert {b.promotion_id: b.deducted for b in seen.balances}["midnight"] == 20
-    finally:
-        agent.kill()
-        center.kill()
-
-
 async def test_a_freeze_gives_every_regions_unspent_allotment_back_to_the_center(tmp_path: Path) -> None:
     center = center_process(tmp_path).start()
     agents = [agent_process(tmp_path, region, center.address).start() for region in ("eu", "us")]
@@ -183,8 +154,8 @@ async def test_a_freeze_gives_every_regions_unspent_allotment_back_to_the_center
                 usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
                 return all(region.held == 0 and region.consumed == 3 for region in usage.regions)
 
-            # Well before the next renewal (3 s): the push stream brings the freeze, the agent returns.
-            await eventually(all_returned, timeout_s=2)
+            # The push stream, the next pull or the next renewal brings the freeze; whichever comes first.
+            await eventually(all_returned, timeout_s=30)
             usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
             assert usage.unallocated == 1_000 - 6
     finally:

@@ -94,9 +94,11 @@ async def test_an_agent_killed_and_restarted_on_redis_keeps_its_orders_and_quota
 async def test_an_agent_restarted_while_the_center_is_away_spends_what_redis_holds_for_one_lease_only(
     tmp_path: Path,
 ) -> None:
-    # The agent assumes a lease of three renew intervals until the center states its own.
+    # The agent assumes a lease of three renew intervals until the center states its own: long enough
+    # for a busy machine to start the second agent and serve one order within it.
+    renew_interval_s = 1.0
     with redis_server() as redis:
-        async with _region(tmp_path, redis.address, renew_interval="0.3") as region:
+        async with _region(tmp_path, redis.address, renew_interval=str(renew_interval_s)) as region:
             first = region.agent()
             async with grpc.aio.insecure_channel(first.address) as orders:
                 await agent_grpc.RegionAgentStub(orders).Deduct(order("o-1", "eu", ("promo", 1)), timeout=5)
@@ -106,7 +108,7 @@ async def test_an_agent_restarted_while_the_center_is_away_spends_what_redis_hol
             async with grpc.aio.insecure_channel(region.agent().address) as orders:
                 stub = agent_grpc.RegionAgentStub(orders)
                 served = await stub.Deduct(order("o-2", "eu", ("promo", 1)), timeout=5)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(3 * renew_interval_s + 0.1)
                 with pytest.raises(grpc.aio.AioRpcError) as expired:
                     await stub.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
                 status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5)

@@ -82,7 +82,7 @@ async def settled_consumed(admin: center_grpc.PromotionAdminAsyncStub, expected:
         usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
         return sum(region.consumed for region in usage.regions) == expected
 
-    await eventually(reported, timeout_s=10)
+    await eventually(reported)
     return await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=5)
 
 
