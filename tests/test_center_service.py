@@ -25,35 +25,50 @@ from tests.support import promotion
 AGENT = pb.AgentIdentity(region="eu", incarnation="i-1")
 
 
-class SlowStore(SqliteStore):
-    """Commits take long enough for a caller to give up halfway, and, like a write already
-    handed to the disk, they land whether or not anyone still waits for them."""
+class HeldStore(SqliteStore):
+    """Once `holding`, a commit starts and then waits for the test's `release`, so a caller can give
+    up halfway; like a write already handed to the disk, it lands whether or not anyone still waits."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.holding = False
+        self.started, self.release, self.landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def commit_many(self, commits: Sequence[Commit]) -> None:
-        await asyncio.shield(asyncio.ensure_future(self._commit_later(commits)))
+        if not self.holding:
+            await super().commit_many(commits)
+            return
+        await asyncio.shield(asyncio.ensure_future(self._commit_when_released(commits)))
 
-    async def _commit_later(self, commits: Sequence[Commit]) -> None:
-        await asyncio.sleep(0.2)
+    async def _commit_when_released(self, commits: Sequence[Commit]) -> None:
+        self.started.set()
+        await self.release.wait()
         await super().commit_many(commits)
+        self.landed.set()
 
 
 @pytest.fixture
-async def slow(tmp_path: Path) -> AsyncIterator[tuple[Center, SlowStore]]:
-    """A center whose first acquire (request r-1) was abandoned halfway through its commit."""
-    store = SlowStore(tmp_path / "center.db")
+async def held(tmp_path: Path) -> AsyncIterator[tuple[Center, HeldStore]]:
+    """A center whose first acquire (request r-1) was abandoned halfway through its commit, which the
+    store holds until the test sets `release`."""
+    store = HeldStore(tmp_path / "center.db")
     center = Center(store, FakeClock())
     await center.start()
     await center.create_promotion(Promotion("p", Kind.COUNT, "", 100, 0, 10**13, ("eu",)))
+    store.holding = True
     abandoned = asyncio.create_task(center.acquire("eu", "i-1", "p", 10, "r-1", demand=0))
-    await asyncio.sleep(0.05)
+    await store.started.wait()
     abandoned.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
     yield center, store
     await store.close()
 
 
-async def test_a_caller_giving_up_mid_commit_leaves_memory_equal_to_the_store(slow: tuple[Center, SlowStore]) -> None:
-    center, store = slow
-    await asyncio.sleep(0.3)
+async def test_a_caller_giving_up_mid_commit_leaves_memory_equal_to_the_store(held: tuple[Center, HeldStore]) -> None:
+    center, store = held
+    store.release.set()
+    await store.landed.wait()
 
     retried = await center.acquire("eu", "i-1", "p", 10, "r-1", demand=0)
     second = await center.acquire("eu", "i-1", "p", 10, "r-2", demand=0)
@@ -65,9 +80,14 @@ async def test_a_caller_giving_up_mid_commit_leaves_memory_equal_to_the_store(sl
     assert center.usage("p").unallocated == 80
 
 
-async def test_a_retry_racing_the_call_it_retries_gets_the_same_single_grant(slow: tuple[Center, SlowStore]) -> None:
-    center, store = slow
-    retried = await center.acquire("eu", "i-1", "p", 10, "r-1", demand=0)
+async def test_a_retry_racing_the_call_it_retries_gets_the_same_single_grant(held: tuple[Center, HeldStore]) -> None:
+    center, store = held
+    retrying = asyncio.create_task(center.acquire("eu", "i-1", "p", 10, "r-1", demand=0))
+    for _ in range(10):  # turns of the event loop, not time: the retry goes as far as it can before the commit lands
+        await asyncio.sleep(0)
+    assert not retrying.done(), "the retry answered beside the call it retries"
+    store.release.set()
+    retried = await retrying
 
     stored = await store.load("p")
     assert stored is not None

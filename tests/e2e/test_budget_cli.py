@@ -92,8 +92,8 @@ def refusal_of(agent: ServerProcess, region: str, order_key: str, promotion_id: 
     return "ok"
 
 
-def wait_for(check: Callable[[], T], what: str, timeout_s: float = 5.0) -> T:
-    """Polls `check()` until it returns something truthy, which it returns."""
+def wait_for(check: Callable[[], T], what: str, timeout_s: float = 30.0) -> T:
+    """Polls `check()` until it returns something truthy, which it returns; `timeout_s` only bounds a hang."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = check()

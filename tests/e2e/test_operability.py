@@ -125,7 +125,7 @@ async def _sell(running: Running) -> None:
             usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="metered"), timeout=5)
             return [region.consumed for region in usage.regions] == [39]
 
-        await eventually(reported, timeout_s=10)
+        await eventually(reported)
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
