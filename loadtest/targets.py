@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import redis.asyncio as redis
 
 from loadtest.load import Order
+from quota_center.incarnation import new_incarnation
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from region_agent.v1 import region_agent_pb2 as agent_pb
@@ -39,7 +42,7 @@ class CentralGrpc:
 
     def __init__(self, channel: grpc.aio.Channel, region: str) -> None:
         self._stub = pb_grpc.AllocationStub(channel)
-        self._agent = pb.AgentIdentity(region=region, incarnation="central-deduction")
+        self._agent = pb.AgentIdentity(region=region, incarnation=new_incarnation(time.time_ns()))
 
     async def deduct(self, order: Order) -> bool:
         request = pb.AcquireRequest(

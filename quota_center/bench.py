@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quota_center.incarnation import new_incarnation
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.testing_servers import etcd_server
 from quota_center.v1 import quota_center_pb2 as pb
@@ -69,7 +70,7 @@ async def _grants_per_s(address: str, seconds: float) -> float:
         await _await_leader([address])
         admin, allocation = pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel)
         await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=promotion_pb("bench", 2**50, ["eu"])))
-        agent = pb.AgentIdentity(region="eu", incarnation="bench")
+        agent = pb.AgentIdentity(region="eu", incarnation=new_incarnation(time.time_ns()))
         grants, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             request = pb.AcquireRequest(agent=agent, promotion_id="bench", amount=1, request_id=uuid.uuid4().hex)

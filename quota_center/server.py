@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from quota_center.clock import Clock, SystemClock
 from quota_center.convert import catalog_page_to_pb, emergency_to_pb, promotion_from_pb, promotion_to_pb, usage_to_pb
 from quota_center.errors import InvalidArgument, QuotaError
+from quota_center.incarnation import require_incarnation
 from quota_center.ledger import GrantRecord, Report
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
 from quota_center.rpc import Context, abort_with, add_decoding, translate_errors
@@ -49,10 +51,6 @@ def _directive_pb(region: str, promotion_id: str, answer: Directive | QuotaError
         revision=promotion.revision,
         exhausted=answer.exhausted,
     )
-
-
-def _identity(agent: pb.AgentIdentity) -> tuple[str, str]:
-    return require_id("agent.region", agent.region), require_id("agent.incarnation", agent.incarnation)
 
 
 class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
@@ -144,12 +142,19 @@ class CatalogServicer(pb_grpc.CatalogServicer):
 
 
 class AllocationServicer(pb_grpc.AllocationServicer):
-    def __init__(self, center: Center) -> None:
+    def __init__(self, center: Center, host_clock: Clock | None = None) -> None:
+        """`host_clock`: this host's real clock, which agents' incarnations are dated by (the center's
+        own clock may be a test's)."""
         self._center = center
+        self._host_clock = host_clock or SystemClock()
+
+    def _identity(self, agent: pb.AgentIdentity) -> tuple[str, str]:
+        region = require_id("agent.region", agent.region)
+        return region, require_incarnation("agent.incarnation", agent.incarnation, self._host_clock.wall_ms())
 
     @translate_errors
     async def Acquire(self, request: pb.AcquireRequest, context: Context) -> pb.AcquireResponse:
-        region, incarnation = _identity(request.agent)
+        region, incarnation = self._identity(request.agent)
         result = await self._center.acquire(
             region=region,
             incarnation=incarnation,
@@ -166,7 +171,7 @@ class AllocationServicer(pb_grpc.AllocationServicer):
 
     @translate_errors
     async def AcquireOpenings(self, request: pb.AcquireOpeningsRequest, context: Context) -> pb.AcquireOpeningsResponse:
-        region, incarnation = _identity(request.agent)
+        region, incarnation = self._identity(request.agent)
         if not 0 < len(request.items) <= MAX_OPENINGS:
             raise InvalidArgument(f"items must hold 1 to {MAX_OPENINGS} openings, got {len(request.items)}")
         openings = [
@@ -191,7 +196,7 @@ class AllocationServicer(pb_grpc.AllocationServicer):
 
     @translate_errors
     async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
-        region, incarnation = _identity(request.agent)
+        region, incarnation = self._identity(request.agent)
         require_unique("counters.promotion_id", (c.promotion_id for c in request.counters))
         reports = {require_id("counters.promotion_id", c.promotion_id): _report_from_pb(c) for c in request.counters}
         answers = await self._center.renew(region, incarnation, reports)
@@ -206,7 +211,7 @@ class AllocationServicer(pb_grpc.AllocationServicer):
 
     @translate_errors
     async def Return(self, request: pb.ReturnRequest, context: Context) -> pb.ReturnResponse:
-        region, incarnation = _identity(request.agent)
+        region, incarnation = self._identity(request.agent)
         promotion_id = require_id("counters.promotion_id", request.counters.promotion_id)
         unallocated = await self._center.give_back(region, incarnation, promotion_id, _report_from_pb(request.counters))
         return pb.ReturnResponse(unallocated=unallocated)

@@ -12,6 +12,7 @@ import pytest
 
 from quota_center.clock import FakeClock
 from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, Superseded, from_grpc
+from quota_center.incarnation import new_incarnation
 from quota_center.ledger import GrantRecord, Kind, Promotion, RegionAccount, Report
 from quota_center.service import Center, Directive, Opening
 from quota_center.store.base import Commit
@@ -22,7 +23,7 @@ from quota_center.validation import MAX_AMOUNT
 from tests.memory_store import MemoryStore
 from tests.support import promotion
 
-AGENT = pb.AgentIdentity(region="eu", incarnation="i-1")
+AGENT = pb.AgentIdentity(region="eu", incarnation=new_incarnation(1))
 
 
 class HeldStore(SqliteStore):
@@ -257,7 +258,7 @@ async def test_a_superseded_agent_is_told_so_in_the_trailing_metadata(
     admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub
 ) -> None:
     await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=promotion("p", budget=100)), timeout=5)
-    newer = pb.AgentIdentity(region="eu", incarnation="i-2")
+    newer = pb.AgentIdentity(region="eu", incarnation=new_incarnation(2))
     await allocation.Acquire(pb.AcquireRequest(agent=newer, promotion_id="p", amount=5, request_id="r-1"), timeout=5)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -8,11 +8,11 @@ free: methods run on the event loop without awaiting in between.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Mapping
 
 from quota_center.clock import Clock, SystemClock
 from quota_center.errors import LedgerLost
+from quota_center.incarnation import new_incarnation
 from region_agent.ledger.base import (
     NO_LIMITS,
     Balance,
@@ -30,8 +30,7 @@ class InProcessLedger:
     def __init__(self, clock: Clock | None = None, retention_s: float = 7 * 86_400) -> None:
         self._ledger = LocalLedger(max(1, round(retention_s * 1000)))
         self._clock = clock or SystemClock()
-        # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
-        self._incarnation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+        self._incarnation = new_incarnation(time.time_ns())
 
     async def incarnation(self) -> str:
         return self._incarnation

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any, ParamSpec, TypeVar
@@ -36,6 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 import redis.asyncio as redis
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound, Unavailable
+from quota_center.incarnation import new_incarnation
 from quota_center.validation import require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
@@ -123,8 +123,7 @@ class RedisLedger:
         key = self._key("incarnation")
         stored = await self._redis.hget(key, "life")
         if stored is None or _text(stored) != self._incarnation:
-            # Sorts by start time, as the center requires of incarnations (see quota_center.ledger.admit).
-            fresh = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+            fresh = new_incarnation(time.time_ns())
             if await self._redis.hsetnx(key, "life", fresh):
                 await self._redis.hset(key, "sequence", 0)
             stored = await self._redis.hget(key, "life")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
+from quota_center.incarnation import new_incarnation
 from quota_center.testing import ServedAgent
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
@@ -94,7 +95,11 @@ async def create(admin: center_grpc.PromotionAdminAsyncStub, message: center_pb.
     return await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=message), timeout=5)
 
 
-def identity(region: str = "eu", incarnation: str = "inc-1") -> center_pb.AgentIdentity:
+INCARNATION = new_incarnation(1)
+"""What the agent of the fixtures' grant calls itself (dated 1970: incarnations may not be dated ahead)."""
+
+
+def identity(region: str = "eu", incarnation: str = INCARNATION) -> center_pb.AgentIdentity:
     return center_pb.AgentIdentity(region=region, incarnation=incarnation)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
 import grpc
 import pytest
 
+from quota_center.incarnation import MAX_AHEAD_S, new_incarnation
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from tests.bad_input.calls import (
@@ -56,7 +58,7 @@ async def test_acquire_of_an_unknown_promotion_is_not_found(
 async def test_acquire_for_a_region_the_promotion_does_not_allow_is_denied(
     granted: World, allocation: center_grpc.AllocationAsyncStub
 ) -> None:
-    request = acquire(request_id="req-us", agent=identity("us", "inc-us"))
+    request = acquire(request_id="req-us", agent=identity("us"))
 
     async with unchanged(granted):
         await rejected(allocation.Acquire(request, timeout=5), grpc.StatusCode.PERMISSION_DENIED, "'us'", "eu")
@@ -91,6 +93,16 @@ BAD_IDENTITIES = [
     pytest.param(identity(region=ID_129), "agent.region", "129 bytes", id="region-129-bytes"),
     pytest.param(identity(incarnation=""), "agent.incarnation", "is required", id="incarnation-empty"),
     pytest.param(identity(incarnation=ID_129), "agent.incarnation", "129 bytes", id="incarnation-129-bytes"),
+    # Incarnations are ordered as text: one that sorts above every real one would retire them all.
+    pytest.param(
+        identity(incarnation="\U0010ffff" * 32), "agent.incarnation", "not an incarnation", id="incarnation-form"
+    ),
+    pytest.param(
+        identity(incarnation=new_incarnation(time.time_ns() + (MAX_AHEAD_S + 60) * 10**9)),
+        "agent.incarnation",
+        "set the agent host's clock right",
+        id="incarnation-dated-ahead",
+    ),
 ]
 
 
@@ -111,7 +123,7 @@ async def test_allocation_calls_reject_a_bad_agent_identity(
 async def test_acquire_accepts_128_byte_ids(
     admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub
 ) -> None:
-    region, incarnation, request_id = "r" * 128, "i" * 128, "q" * 128
+    region, incarnation, request_id = "r" * 128, new_incarnation(3), "q" * 128
     await create(admin, promotion(ID_128, budget=MAX_AMOUNT, regions=("eu", region)))
 
     answer = await allocation.Acquire(acquire(ID_128, MAX_AMOUNT, request_id, identity(region, incarnation)), timeout=5)
@@ -228,3 +240,15 @@ async def test_return_claiming_more_granted_than_the_center_granted_is_rejected(
 
     async with unchanged(granted):
         await rejected(allocation.Return(request, timeout=5), INVALID, "150", "100")
+
+
+async def test_an_incarnation_dated_within_the_skew_allowed_is_taken_and_outranks_the_older_one(
+    granted: World, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    ahead = identity(incarnation=new_incarnation(time.time_ns() + (MAX_AHEAD_S - 60) * 10**9))
+
+    await allocation.Renew(center_pb.RenewRequest(agent=ahead, counters=[counters(granted=0)]), timeout=5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as superseded:
+        await allocation.Renew(center_pb.RenewRequest(agent=identity(), counters=[counters()]), timeout=5)
+    assert superseded.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from quota_center.incarnation import new_incarnation
 from quota_center.testing import ServedCenter
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
@@ -212,7 +213,7 @@ async def test_emergency_freeze_stops_grants_to_the_region_only_until_lifted(
         )
 
     us = await allocation.Acquire(
-        acquire("existing", amount=10, request_id="req-us", agent=identity("us", "inc-us")), timeout=5
+        acquire("existing", amount=10, request_id="req-us", agent=identity("us")), timeout=5
     )
     assert (us.grant.region, us.grant.amount) == ("us", 10)
 
@@ -356,7 +357,7 @@ async def test_an_opening_request_id_of_another_incarnation_is_refused(
     granted: World, allocation: center_grpc.AllocationAsyncStub
 ) -> None:
     await allocation.AcquireOpenings(openings(item("existing", request_id="open-1")), timeout=5)
-    later = openings(item("existing", request_id="open-1"), agent=identity(incarnation="inc-2"))
+    later = openings(item("existing", request_id="open-1"), agent=identity(incarnation=new_incarnation(2)))
 
     async with unchanged(granted):
         answer = await allocation.AcquireOpenings(later, timeout=5)
