@@ -332,6 +332,8 @@ class Center:
             except QuotaError as error:
                 answers.append(error)
                 continue
+            # A replayed opening is not held to the amount it first asked, unlike an acquire: an agent
+            # keeps one opening request id per promotion and sizes it from the budget, which may change.
             if state is not None:
                 commits.append((state, record))
             answers.append(record)
