@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,8 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _planned(target: str, venv: Path) -> list[str]:
+    # Under `make test` this runs inside make: its flags and level would leak into the inner make.
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
+    environment = {name: value for name, value in os.environ.items() if name not in outer}
     printed = subprocess.run(
-        ["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+        ["make", "--no-print-directory", "-n", target, f"VENV={venv}"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     return printed.splitlines()
 
