@@ -126,11 +126,23 @@ PACINGS = {name: pacing for pacing, name in view.PACING_NAMES.items()}
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
-def _addresses(context: click.Context, param: click.Parameter, value: str) -> list[str]:
-    addresses = [address.strip() for address in value.split(",") if address.strip()]
-    if not addresses:
-        raise click.BadParameter("name at least one host:port", context, param)
-    return addresses
+class _CenterAddresses(click.ParamType[tuple[str, ...]]):
+    """The center's replicas, host:port[,host:port...]: at least one."""
+
+    name = "host:port[,host:port...]"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value  # converted already: config_file reads a file's value through this type, then click again
+        if not isinstance(value, str):
+            self.fail(f"{value!r} is not host:port[,host:port...]", param, ctx)
+        addresses = tuple(address.strip() for address in value.split(",") if address.strip())
+        if not addresses:
+            self.fail("name at least one host:port", param, ctx)
+        return addresses
+
+
+CENTER_ADDRESSES = _CenterAddresses()
 
 
 def _report(promotion: Promotion, as_json: bool, summary: str) -> None:
@@ -149,12 +161,12 @@ def _report(promotion: Promotion, as_json: bool, summary: str) -> None:
     show_envvar=True,
     default="127.0.0.1:50051",
     show_default=True,
-    callback=_addresses,
+    type=CENTER_ADDRESSES,
     help="The center's replicas, host:port[,host:port...]; whichever leads answers.",
 )
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per call.")
 @click.pass_context
-def budget(context: click.Context, addresses: list[str], timeout: float) -> None:
+def budget(context: click.Context, addresses: tuple[str, ...], timeout: float) -> None:
     """Promotions for their budget owners: create them, change their budget, freeze them, and watch
     each region spend them.
 
@@ -169,7 +181,7 @@ def budget(context: click.Context, addresses: list[str], timeout: float) -> None
          taken, a stale revision, a budget below what regions have taken
       4  no center answered: nothing listens at the addresses, or no leader is elected yet
     """
-    context.obj = AdminClient(addresses, timeout)
+    context.obj = AdminClient(list(addresses), timeout)
 
 
 @budget.command()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quota_center.catalog import EmergencyFreeze
-from quota_center.errors import InvalidArgument
+from quota_center.errors import InvalidArgument, QuotaError
 from quota_center.ledger import Kind, Promotion
 from quota_center.paging import within_bytes
 from quota_center.policy import Pacing
-from quota_center.service import CatalogPage, UsageView
+from quota_center.service import CatalogPage, Directive, UsageView
 from quota_center.v1 import quota_center_pb2 as pb
-from quota_center.validation import require_amount, require_counter, require_id, require_regions, require_text
+from quota_center.validation import cut, require_amount, require_counter, require_id, require_regions, require_text
 
 _KINDS = {pb.PROMOTION_KIND_COUNT: Kind.COUNT, pb.PROMOTION_KIND_AMOUNT: Kind.AMOUNT}
 _KIND_NAMES = {kind: value for value, kind in _KINDS.items()}
@@ -21,6 +23,12 @@ _PACINGS = {
     pb.PACING_HOURLY_CAP: Pacing.HOURLY_CAP,
 }
 _PACING_NAMES = {pacing: value for value, pacing in _PACINGS.items()}
+RENEWAL_GRANTS = 1000
+"""Unapplied grants one Renew answer carries, over all its promotions (each may resend
+ledger.RECENT_GRANTS_KEPT of about 300 bytes). Those left out follow in later answers: the agent's
+report counts less than was granted until it applies them."""
+REFUSAL_BYTES = 512
+"""How much of the reason a refused promotion's directive carries; the promotion's id is beside it."""
 # The range google.protobuf.Timestamp defines; beyond it the protobuf runtime refuses to convert.
 _FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799
 
@@ -120,8 +128,40 @@ def catalog_page_to_pb(page: CatalogPage, max_bytes: int) -> pb.CatalogChanges:
     """The page as one message of at most about `max_bytes`. Promotions beyond that wait for the
     next page: the cursor then stops at the last one sent, so resuming from it skips nothing."""
     message = pb.CatalogChanges(emergency=emergency_to_pb(page.emergency), revision=page.revision, more=page.more)
-    promotions, cut = within_bytes((promotion_to_pb(p) for p in page.promotions), max_bytes - message.ByteSize())
+    promotions, left_out = within_bytes((promotion_to_pb(p) for p in page.promotions), max_bytes - message.ByteSize())
     message.promotions.extend(promotions)
-    if cut:
+    if left_out:
         message.revision, message.more = promotions[-1].revision, True
     return message
+
+
+def directives_to_pb(region: str, answers: Iterable[tuple[str, Directive | QuotaError]]) -> list[pb.PromotionDirective]:
+    """The Renew answer's directives, one per (promotion id, answer) in order, bounded so that the
+    answer to MAX_RENEWAL promotions stays far below 4 MiB: RENEWAL_GRANTS unapplied grants in all,
+    REFUSAL_BYTES of each refusal."""
+    directives = []
+    grants_left = RENEWAL_GRANTS
+    for promotion_id, answer in answers:
+        directive = _directive_pb(region, promotion_id, answer, grants_left)
+        grants_left -= len(directive.unapplied_grants)
+        directives.append(directive)
+    return directives
+
+
+def _directive_pb(
+    region: str, promotion_id: str, answer: Directive | QuotaError, max_grants: int
+) -> pb.PromotionDirective:
+    if isinstance(answer, QuotaError):
+        return pb.PromotionDirective(promotion_id=promotion_id, refusal=cut(answer.message, REFUSAL_BYTES))
+    promotion = answer.promotion
+    return pb.PromotionDirective(
+        promotion_id=promotion.id,
+        frozen=promotion.frozen,
+        reclaim=answer.reclaim,
+        unapplied_grants=[
+            pb.Grant(grant_id=grant_id, promotion_id=promotion.id, region=region, amount=amount)
+            for grant_id, amount in answer.unapplied_grants[:max_grants]
+        ],
+        revision=promotion.revision,
+        exhausted=answer.exhausted,
+    )

@@ -20,7 +20,7 @@ from typing import Any
 
 from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
 from quota_center.policy import Pacing, released_amount
-from quota_center.validation import MAX_COUNTER
+from quota_center.validation import COUNTER_CEILING, MAX_COUNTER
 
 RECENT_GRANTS_KEPT = 32
 _ISO_4217 = re.compile(r"[A-Z]{3}")
@@ -272,13 +272,23 @@ def grant(state: PromotionState, record: GrantRecord) -> None:
     if not 0 < record.amount <= state.unallocated:
         raise FailedPrecondition(f"cannot grant {record.amount}; {state.unallocated} is unallocated")
     account = state.accounts[record.region]
-    # Bounding the sum over incarnations bounds every counter of the account (and of the agent's
-    # ledger), so each fits the wire's int64 (RegionUsage, Counters).
+    # Bounding the sum over incarnations bounds every counter of the account, so each fits the
+    # wire's int64 (RegionUsage, Counters).
     if account.total_granted + record.amount > MAX_COUNTER:
         raise FailedPrecondition(
             f"region {record.region} has been granted {account.total_granted} of promotion "
             f"{state.promotion.id} over its life; a grant of {record.amount} would pass {MAX_COUNTER}, the most "
             "its counters hold: end this promotion and continue the sale in a new one"
+        )
+    # The region's ledger takes no grant once its own `granted` is at the ceiling; one committed
+    # past it would never be applied and would be re-sent at every renewal.
+    if account.granted + record.amount > COUNTER_CEILING:
+        raise FailedPrecondition(
+            f"region {record.region} has been granted {account.granted} of promotion {state.promotion.id} in "
+            f"its ledger's incarnation {account.incarnation}; a grant of {record.amount} would take that past "
+            f"{COUNTER_CEILING}, the most a region's ledger counts, so it could never be applied: start the "
+            "region's agents on a new ledger (a new incarnation counts from 0; what the old one holds is written "
+            "off), or end this promotion and continue the sale in a new one"
         )
     account.granted += record.amount
     account.recent_grants = [*account.recent_grants, (record.grant_id, record.amount)][-RECENT_GRANTS_KEPT:]

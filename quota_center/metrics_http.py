@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from quota_center.errors import ConfigError
+from quota_center.listen import host_and_port
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,9 @@ class MetricsEndpoint:
 
     async def start(self) -> int:
         """Binds and serves in the background; returns the port. ConfigError when it cannot bind."""
-        host, _, port = self._listen.rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"--metrics-listen {self._listen!r}: give host:port, e.g. 127.0.0.1:9464")
+        host, port = host_and_port(self._listen, "--metrics-listen")
         try:
-            self._server = await asyncio.start_server(self._answer, host.strip("[]") or None, int(port))
+            self._server = await asyncio.start_server(self._answer, host or None, port)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 why = "the port is in use by another process; stop it, or choose another --metrics-listen"

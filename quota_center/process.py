@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from quota_center.errors import ConfigError
+from quota_center.listen import host_and_port
 from quota_center.metrics_http import MetricsEndpoint
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,13 @@ def exclusive_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) ->
 def bind(server: grpc.aio.Server, listen: str) -> int:
     """Binds `server` (from exclusive_server) to host:port and returns the port; ConfigError when
     the port is taken or the address is not this machine's."""
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"cannot listen on {listen!r}: give host:port, e.g. 127.0.0.1:50051 (port 0 picks one)")
+    host, port = host_and_port(listen, "--listen")
     taken = f"cannot listen on {listen}: the port is in use by another process; stop it, or choose another --listen"
     try:
         # gRPC's core logs a line of its own when its bind fails; probing first keeps a busy port to
         # our one line. The probe is not the guard: a process that takes the port in between is still
         # refused by gRPC's bind, since port sharing is off.
-        _probe(host.strip("[]"), int(port))
+        _probe(host, port)
         return server.add_insecure_port(listen)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:

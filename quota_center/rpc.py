@@ -21,6 +21,7 @@ from quota_center.errors import (
     Rejected,
     Superseded,
 )
+from quota_center.validation import cut
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,9 @@ async def abort_with(error: Exception, context: Context, where: str) -> NoReturn
     if isinstance(error, Superseded):
         context.set_trailing_metadata(((SUPERSEDED_METADATA_KEY, "1"),))
     if isinstance(error, QuotaError):
-        await context.abort(error.code, _bounded(error.message))
+        await context.abort(error.code, cut(error.message, MAX_STATUS_BYTES))
     log.error("%s failed", where, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")
-
-
-def _bounded(message: str) -> str:
-    encoded = message.encode()
-    if len(encoded) <= MAX_STATUS_BYTES:
-        return message
-    return encoded[:MAX_STATUS_BYTES].decode(errors="ignore") + f"... (cut, {len(encoded)} bytes in all)"
 
 
 class _Registrations:

@@ -8,15 +8,42 @@ Every setting comes, by precedence, from the command line, from its environment 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import click
 
 from quota_center.app import CenterConfig, run_center
+from quota_center.budget_cli import CENTER_ADDRESSES
 from quota_center.config_file import bind_environment
+from quota_center.errors import InvalidArgument
 from quota_center.policy import RefillSettings
 from quota_center.service import CenterSettings
+from quota_center.validation import require_id
 from region_agent.agent import AgentSettings
 from region_agent.app import AgentConfig, run_agent
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange without nan and inf, which its bounds let through (nan compares false with
+    everything): a lease TTL of nan starts a center whose every Acquire commits a grant and then fails."""
+
+    def convert(self, value: float, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+class _Region(click.ParamType[str]):
+    """A region's name, as the center requires it of every agent: 1..128 bytes."""
+
+    name = "region"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return require_id("the region", str(value))
+        except InvalidArgument as error:
+            self.fail(error.message, param, ctx)
 
 
 @click.group()
@@ -29,7 +56,7 @@ def center() -> None:
 @click.option(
     "--store", default="sqlite:///quota-center.db", show_default=True, help="sqlite:///PATH or etcd://HOST:PORT,..."
 )
-@click.option("--lease-ttl", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
+@click.option("--lease-ttl", type=FiniteFloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
 @click.option("--advertise", default="", help="host:port others reach this replica at [default: the listen address].")
 @click.option("--election-ttl", type=click.IntRange(min=1), default=5, show_default=True, help="etcd leader lease, s.")
 @click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
@@ -48,23 +75,28 @@ def agent() -> None:
 
 
 @agent.command("serve")
-@click.option("--region", required=True, help="The region this agent serves.")
+@click.option("--region", type=_Region(), required=True, help="The region this agent serves.")
 @click.option("--listen", default="127.0.0.1:50061", show_default=True, help="host:port; port 0 picks a free one.")
 @click.option(
-    "--center", "center_address", default="127.0.0.1:50051", show_default=True, help="host:port[,host:port...]"
+    "--center",
+    "center_addresses",
+    type=CENTER_ADDRESSES,
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="host:port[,host:port...]",
 )
 @click.option("--ledger", default="memory", show_default=True, help="memory or redis://HOST:PORT[/DB]")
-@click.option("--horizon", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
+@click.option("--horizon", type=FiniteFloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
 @click.option(
     "--renew-interval",
-    type=click.FloatRange(min=0.05),
+    type=FiniteFloatRange(min=0.05),
     default=3.0,
     show_default=True,
     help="Seconds between lease renewals and reports; keep it at most a third of the center's lease TTL.",
 )
 @click.option(
     "--pull-interval",
-    type=click.FloatRange(min=0.05),
+    type=FiniteFloatRange(min=0.05),
     default=5.0,
     show_default=True,
     help="Seconds between pulls of promotion changes (the repair link beside the push stream).",
@@ -72,21 +104,21 @@ def agent() -> None:
 @click.option("--push/--no-push", default=True, show_default=True, help="Follow the center's promotion stream.")
 @click.option(
     "--opening-lookahead",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=30.0,
     show_default=True,
     help="Seconds before a promotion starts that its opening allotment is acquired; 0: none.",
 )
 @click.option(
     "--reservation-ttl",
-    type=click.FloatRange(min=1, max=86_400),
+    type=FiniteFloatRange(min=1, max=86_400),
     default=900.0,
     show_default=True,
     help="Seconds a reservation holds its quota when Reserve does not say.",
 )
 @click.option(
     "--retention",
-    type=click.FloatRange(min=60),
+    type=FiniteFloatRange(min=60),
     default=7 * 86_400.0,
     show_default=True,
     help="Seconds the ledger remembers an order, so its retries replay; keep it above the callers' retry window.",
@@ -95,7 +127,7 @@ def agent() -> None:
 def agent_serve(
     region: str,
     listen: str,
-    center_address: str,
+    center_addresses: tuple[str, ...],
     ledger: str,
     horizon: float,
     renew_interval: float,
@@ -116,7 +148,7 @@ def agent_serve(
         opening_lookahead_s=opening_lookahead,
         reservation_ttl_ms=round(reservation_ttl * 1000),
     )
-    asyncio.run(run_agent(AgentConfig(settings, listen, center_address, ledger, retention, metrics_listen)))
+    asyncio.run(run_agent(AgentConfig(settings, listen, center_addresses, ledger, retention, metrics_listen)))
 
 
 bind_environment(center_serve)

@@ -10,16 +10,30 @@ from collections.abc import AsyncIterator
 import grpc
 
 from quota_center.clock import Clock, SystemClock
-from quota_center.convert import catalog_page_to_pb, emergency_to_pb, promotion_from_pb, promotion_to_pb, usage_to_pb
+from quota_center.convert import (
+    catalog_page_to_pb,
+    directives_to_pb,
+    emergency_to_pb,
+    promotion_from_pb,
+    promotion_to_pb,
+    usage_to_pb,
+)
 from quota_center.errors import InvalidArgument, QuotaError
 from quota_center.incarnation import require_incarnation
 from quota_center.ledger import GrantRecord, Report
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
 from quota_center.rpc import Context, abort_with, add_decoding, translate_errors
-from quota_center.service import Center, Directive, Opening
+from quota_center.service import Center, Opening
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_center.validation import clamp_demand, require_amount, require_counter, require_id, require_unique
+from quota_center.validation import (
+    MAX_RENEWAL,
+    clamp_demand,
+    require_amount,
+    require_counter,
+    require_id,
+    require_unique,
+)
 
 
 def _report_from_pb(counters: pb.Counters) -> Report:
@@ -34,23 +48,6 @@ def _report_from_pb(counters: pb.Counters) -> Report:
 
 def _grant_pb(grant: GrantRecord) -> pb.Grant:
     return pb.Grant(grant_id=grant.grant_id, promotion_id=grant.promotion_id, region=grant.region, amount=grant.amount)
-
-
-def _directive_pb(region: str, promotion_id: str, answer: Directive | QuotaError) -> pb.PromotionDirective:
-    if isinstance(answer, QuotaError):
-        return pb.PromotionDirective(promotion_id=promotion_id, refusal=answer.message)
-    promotion = answer.promotion
-    return pb.PromotionDirective(
-        promotion_id=promotion.id,
-        frozen=promotion.frozen,
-        reclaim=answer.reclaim,
-        unapplied_grants=[
-            pb.Grant(grant_id=grant_id, promotion_id=promotion.id, region=region, amount=amount)
-            for grant_id, amount in answer.unapplied_grants
-        ],
-        revision=promotion.revision,
-        exhausted=answer.exhausted,
-    )
 
 
 class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
@@ -197,15 +194,17 @@ class AllocationServicer(pb_grpc.AllocationServicer):
     @translate_errors
     async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
         region, incarnation = self._identity(request.agent)
+        if len(request.counters) > MAX_RENEWAL:
+            raise InvalidArgument(
+                f"counters reports {len(request.counters)} promotions; at most {MAX_RENEWAL} are allowed per "
+                "Renew: split the report into several calls"
+            )
         require_unique("counters.promotion_id", (c.promotion_id for c in request.counters))
         reports = {require_id("counters.promotion_id", c.promotion_id): _report_from_pb(c) for c in request.counters}
         answers = await self._center.renew(region, incarnation, reports)
         return pb.RenewResponse(
             lease_ttl_ms=round(self._center.settings.lease_ttl_s * 1000),
-            directives=[
-                _directive_pb(region, promotion_id, answer)
-                for promotion_id, answer in zip(reports, answers, strict=True)
-            ],
+            directives=directives_to_pb(region, zip(reports, answers, strict=True)),
             emergency=emergency_to_pb(self._center.emergency),
         )
 

@@ -10,8 +10,20 @@ from quota_center.errors import InvalidArgument
 MAX_AMOUNT = 2**53 - 1
 # Cumulative counters sum amounts over a ledger's life; int64 is what the wire carries.
 MAX_COUNTER = 2**63 - 1
+COUNTER_CEILING_DIGITS = 18
+COUNTER_CEILING = 10**COUNTER_CEILING_DIGITS
+"""Where a region's ledger stops counting, per promotion and incarnation: a counter at it or above takes
+nothing more, one below it may grow by one more amount and still fit an int64 (the sum stays under
+MAX_COUNTER). A power of ten so that Lua can tell a counter at the ceiling exactly, by the length of its
+decimal string, where comparing it as a double would round (see docs/allocation.md). Here, in the kernel,
+because the center honours it too: it grants no incarnation more than this in all, so every grant it
+commits is one the region's ledger can apply (one it could not would be re-sent forever)."""
 MAX_ID_BYTES = 128
 MAX_LINES = 64
+MAX_RENEWAL = 1000
+"""Promotions one Renew reports. An agent reports every promotion it knows, 10,000 and more at a
+midnight opening, in calls of at most this many: one call then holds the center's event loop for
+milliseconds, not seconds, and its answer stays far below gRPC's 4 MiB (docs/message-sizes.md)."""
 # Regions per promotion (and in the emergency switch): 1000 names of MAX_ID_BYTES keep a promotion
 # near 130 KB, so every message that carries one stays far below gRPC's 4 MiB.
 MAX_REGIONS = 1000
@@ -68,6 +80,14 @@ def quoted(value: str) -> str:
     if len(encoded) <= QUOTE_BYTES:
         return repr(value)
     return f"{encoded[:QUOTE_BYTES].decode(errors='ignore')!r}... ({len(encoded)} bytes)"
+
+
+def cut(text: str, max_bytes: int) -> str:
+    """`text` when it fits `max_bytes` (UTF-8), else its first `max_bytes` and how long it was."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode(errors="ignore") + f"... (cut, {len(encoded)} bytes in all)"
 
 
 def require_regions(field: str, regions: Sequence[str]) -> tuple[str, ...]:

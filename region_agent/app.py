@@ -27,8 +27,8 @@ class AgentConfig:
     settings: AgentSettings
     listen: str = "127.0.0.1:50061"
     """host:port to serve gRPC on; port 0 picks a free one (printed on stdout)."""
-    center: str = "127.0.0.1:50051"
-    """The center replicas' host:port, comma-separated; calls follow whichever leads."""
+    center: tuple[str, ...] = ("127.0.0.1:50051",)
+    """The center replicas' host:port; calls follow whichever leads."""
     ledger: str = "memory"
     """Where the regional ledger lives: memory (embedded default) or redis://HOST:PORT[/DB]."""
     retention_s: float = 7 * 86_400
@@ -65,7 +65,7 @@ async def run_agent(config: AgentConfig) -> None:
     region = config.settings.region
     ledger, tier = await open_ledger(config.ledger, region, config.retention_s)
     metrics = AgentMetrics(region)
-    center = CenterClient(config.center.split(","), region, interceptors=[CenterCallTimer(metrics)])
+    center = CenterClient(list(config.center), region, interceptors=[CenterCallTimer(metrics)])
     # A shared Redis ledger outlives this process (other agents spend from it); an in-process one does not.
     settings = replace(config.settings, return_on_shutdown=isinstance(ledger, InProcessLedger))
     agent = Agent(settings, ledger, center, SystemClock(), tier)

@@ -3,9 +3,10 @@
 - Refills start when what is left falls below the low-water mark; at most one acquire per
   promotion is in flight, and every order short of quota waits on that same one.
 - The renew loop reports cumulative counters for every promotion the agent knows (also
-  those it holds nothing of, so the center learns their demand), renews the leases
-  (measured from when the renewal was sent, so clock skew cannot stretch them), applies
-  grants whose answer was lost, and gives back quota the center reclaims or a freeze releases.
+  those it holds nothing of, so the center learns their demand), in calls of at most
+  MAX_RENEWAL, renews the leases (each measured from when its call was sent, so clock skew
+  cannot stretch them), applies grants whose answer was lost, and gives back quota the center
+  reclaims or a freeze releases.
 - Promotions come from the cache (fed by `CatalogSync`); a promotion the cache does not know
   is fetched once, however many orders wait for it, and one the center does not know is
   remembered as unknown for a few seconds. A freeze, by whichever link it arrives, gives the
@@ -42,6 +43,7 @@ from quota_center.errors import (
 from quota_center.ledger import Promotion
 from quota_center.policy import RefillSettings
 from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.validation import MAX_RENEWAL
 from region_agent.cache import PromotionCache
 from region_agent.center_client import CenterClient, counters_pb
 from region_agent.demand import RateMeter
@@ -337,15 +339,28 @@ class Supply:
                 log.exception("renewal failed unexpectedly; retrying shortly")
 
     async def renew_once(self) -> None:
+        """Reports every promotion the agent knows, in calls of at most MAX_RENEWAL (what the center
+        takes in one), and renews their leases."""
         if await self._ledger.incarnation() != self.incarnation:
             await self.rejoin()
         balances = await self._ledger.balances()
         known = {pid for pid, item in self._tracked.items() if self._region in item.promotion.regions}
-        if not balances and not known:
+        promotion_ids = sorted(known | set(balances))
+        if not promotion_ids:
             return
+        # One read of the ledger for every call: counters are cumulative, so a report a few calls old
+        # says less than the ledger now does, never anything false.
+        for first in range(0, len(promotion_ids), MAX_RENEWAL):
+            await self._renew_chunk(promotion_ids[first : first + MAX_RENEWAL], balances)
+        if line := self._reachability.answered():
+            log.warning("%s; leases renewed", line)
+
+    async def _renew_chunk(self, promotion_ids: list[str], balances: dict[str, Balance]) -> None:
+        """One Renew call. Its leases run from when it was sent: the center renewed them on receiving it,
+        so that is the latest start that is still safe (the renewal's start would cut them short)."""
         now = self._clock.monotonic()
         counters = []
-        for promotion_id in sorted(known | set(balances)):
+        for promotion_id in promotion_ids:
             item = self._tracked.get(promotion_id)
             demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
             counters.append(counters_pb(promotion_id, balances.get(promotion_id, Balance()), demand))
@@ -370,8 +385,6 @@ class Supply:
                 raise
             except QuotaError as error:
                 log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
-        if line := self._reachability.answered():
-            log.warning("%s; leases renewed", line)
 
     def _refused(self, directive: pb.PromotionDirective) -> bool:
         """Whether the center refused this promotion's report: then its lease was not renewed and

@@ -15,6 +15,7 @@ from quota_center.clock import FakeClock
 from quota_center.errors import NotFound, Rejected, RejectReason, Unavailable
 from quota_center.ledger import Kind, Promotion
 from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.validation import MAX_RENEWAL
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CatalogSnapshot
 from region_agent.center_client import CenterClient, GrantAnswer, Page, RenewAnswer
@@ -42,6 +43,10 @@ class ScriptedCenter(CenterClient):
         self.catalog_down = False
         self.renewals_failing = 0
         self.renewals = 0
+        self.renewal_seconds = 0.0
+        """How long each renewal takes on the fake clock."""
+        self.renewals_sent: list[tuple[float, list[str]]] = []
+        """Each renewal: when it was sent (monotonic) and the promotions it reported."""
 
     def create(self, promotion_id: str) -> None:
         now = self._clock.wall_ms()
@@ -75,6 +80,8 @@ class ScriptedCenter(CenterClient):
     async def renew(self, incarnation: str, counters: list[pb.Counters]) -> RenewAnswer:
         self.calls += 1
         self.renewals += 1
+        self.renewals_sent.append((self._clock.monotonic(), [c.promotion_id for c in counters]))
+        self._clock.advance(self.renewal_seconds)
         if self.renewals_failing:
             self.renewals_failing -= 1
             raise Unavailable("failed to connect to all addresses")
@@ -194,3 +201,32 @@ async def test_the_renew_loop_retries_at_once_while_the_center_is_away_and_says_
     assert len([line for line in lines if line.startswith("lost the center at ")]) == 1
     assert len([line for line in lines if line.startswith("the center is back after ")]) == 1
     assert not [line for line in lines if "renewal failed" in line]
+
+
+async def test_a_renewal_of_more_promotions_than_one_call_takes_goes_in_chunks_each_leased_from_its_sending(
+    clock: FakeClock, center: ScriptedCenter
+) -> None:
+    promotion_ids = [f"p-{n:05d}" for n in range(2 * MAX_RENEWAL + 500)]
+    for promotion_id in promotion_ids:
+        center.create(promotion_id)
+    ledger = InProcessLedger(clock)
+    agent = Agent(QUIET, ledger, center, clock)
+    await agent.start()
+    try:
+        life = await ledger.incarnation()
+        for promotion_id in promotion_ids:
+            await ledger.apply_grant(f"g-{promotion_id}", promotion_id, 10, life)
+        center.renewals_sent.clear()
+        center.renewal_seconds = 1.0
+
+        await agent.renew_once()
+
+        sent = center.renewals_sent
+        assert [len(ids) for _, ids in sent] == [MAX_RENEWAL, MAX_RENEWAL, 500]
+        assert [pid for _, ids in sent for pid in ids] == promotion_ids
+        remaining = {status.promotion_id: status.lease_remaining_s for status in await agent.status()}
+        for (sent_at, ids), in_flight in zip(sent, (3.0, 2.0, 1.0), strict=True):
+            assert sent_at == clock.monotonic() - in_flight
+            assert {remaining[pid] for pid in ids} == {LEASE_TTL_S - in_flight}, "leased from its own sending"
+    finally:
+        await agent.stop()

@@ -164,8 +164,9 @@ def _own(database: Path) -> int:
     copy of the books and grant the same budget twice, so the second is refused, naming the first.
 
     A POSIX record lock: the kernel drops it when the process dies, kill -9 included, so nothing
-    stale is left to clean up; it is per process, so one process may open the store twice (tests)."""
-    lock_file = Path(f"{database}.lock")
+    stale is left to clean up; it is per process, so one process may open the store twice (tests).
+    The lock sits beside the file the path resolves to: a symlink to a taken file is the same store."""
+    lock_file = Path(f"{os.path.realpath(database)}.lock")
     try:
         descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:

@@ -15,7 +15,7 @@ several agent processes share one ledger. Across all of them:
 - a user never holds more of a promotion than its per-user limits allow;
 - a grant id is applied at most once, whichever agent process receives it;
 - counters (granted, returned, deducted, refunded) only ever grow; `held` is a gauge;
-- a counter at COUNTER_CEILING or above takes nothing more: the call that would add to it is
+- a counter at COUNTER_CEILING (quota_center.validation) or above takes nothing more: the call that would add to it is
   refused (FailedPrecondition) and changes nothing, so counters stay exact int64s.
 """
 
@@ -25,12 +25,6 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
-
-COUNTER_CEILING_DIGITS = 18
-COUNTER_CEILING = 10**COUNTER_CEILING_DIGITS
-"""Counters below it may grow by one more amount and still fit an int64 (the sum stays under
-MAX_COUNTER). A power of ten so that Lua can tell a counter at the ceiling exactly, by the length of
-its decimal string, where comparing it as a double would round (see docs/allocation.md)."""
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, replace
 
 from quota_center.clock import iso
 from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, Rejected, RejectReason
-from quota_center.validation import require_unique
+from quota_center.validation import COUNTER_CEILING, require_unique
 from region_agent.ledger.base import (
-    COUNTER_CEILING,
     NO_LIMITS,
     UNLIMITED,
     Balance,

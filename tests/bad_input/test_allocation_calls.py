@@ -12,6 +12,7 @@ import pytest
 from quota_center.incarnation import MAX_AHEAD_S, new_incarnation
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_center.validation import MAX_RENEWAL
 from tests.bad_input.calls import (
     BAD_AMOUNTS,
     BAD_IDS,
@@ -139,6 +140,18 @@ async def test_renew_naming_a_promotion_twice_is_rejected(
 
     async with unchanged(granted):
         await rejected(allocation.Renew(request, timeout=5), INVALID, "'promo'", "twice")
+
+
+async def test_renew_of_more_promotions_than_one_call_takes_is_rejected(
+    granted: World, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    """A renewal naming 300,000 unknown promotions held the center's event loop for 3 s, and its
+    answer passed 4 MiB; an agent splits its report into calls of at most MAX_RENEWAL."""
+    reports = [counters(promotion_id=f"ghost-{n}") for n in range(MAX_RENEWAL + 1)]
+    request = center_pb.RenewRequest(agent=identity(), counters=reports)
+
+    async with unchanged(granted):
+        await rejected(allocation.Renew(request, timeout=5), INVALID, f"{MAX_RENEWAL + 1} promotions", "at most")
 
 
 @pytest.mark.parametrize(

@@ -212,9 +212,7 @@ async def test_emergency_freeze_stops_grants_to_the_region_only_until_lifted(
             "eu",
         )
 
-    us = await allocation.Acquire(
-        acquire("existing", amount=10, request_id="req-us", agent=identity("us")), timeout=5
-    )
+    us = await allocation.Acquire(acquire("existing", amount=10, request_id="req-us", agent=identity("us")), timeout=5)
     assert (us.grant.region, us.grant.amount) == ("us", 10)
 
     lifted = await center_world.admin.SetEmergencyFreeze(freeze("eu", frozen=False), timeout=5)

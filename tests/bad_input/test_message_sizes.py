@@ -3,15 +3,22 @@ and nothing unbounded (regions per promotion, regions in the emergency switch) i
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
+from quota_center.catalog import EmergencyFreeze
+from quota_center.convert import REFUSAL_BYTES, RENEWAL_GRANTS, directives_to_pb, emergency_to_pb
+from quota_center.errors import InvalidArgument, QuotaError
+from quota_center.ledger import RECENT_GRANTS_KEPT, Kind, Promotion
+from quota_center.service import Directive
 from quota_center.testing import ServedCenter
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from tests.bad_input.calls import FAILED, INVALID, World, create, rejected, unchanged
+from quota_center.validation import MAX_RENEWAL
+from tests.bad_input.calls import FAILED, INVALID, MAX_AMOUNT, World, create, rejected, unchanged
 from tests.support import promotion
 
 MAX_REGIONS = 1000
@@ -170,3 +177,29 @@ async def test_the_emergency_switch_holds_a_bounded_number_of_regions(
     assert "one-too-many" in switch.regions
     assert everywhere.everywhere
     assert (await catalog.ListChanges(center_pb.CatalogRequest(region="eu"), timeout=5)).emergency == everywhere
+
+
+def test_the_answer_to_a_maximal_renewal_stays_far_below_4_mib() -> None:
+    """The largest Renew answer there is: MAX_RENEWAL promotions of 128-byte ids, the first ones each
+    resending every grant it keeps (ids of 128 bytes too), the rest refused at length, and an emergency
+    switch of MAX_REGIONS regions. Unbounded, this was 10k refusals or 32k grants: far past 4 MiB."""
+    promotion_ids = [f"promo-{index:05d}-".ljust(128, "x") for index in range(MAX_RENEWAL)]
+    resending = -(-RENEWAL_GRANTS // RECENT_GRANTS_KEPT)
+    answers: list[tuple[str, Directive | QuotaError]] = []
+    for index, promotion_id in enumerate(promotion_ids):
+        if index < resending:
+            promotion = Promotion(promotion_id, Kind.COUNT, "", MAX_AMOUNT, 0, 1, (REGION,), True, 2**62)
+            grants = [(uuid.uuid4().hex, MAX_AMOUNT)] * RECENT_GRANTS_KEPT
+            answers.append((promotion_id, Directive(promotion, MAX_AMOUNT, grants, exhausted=True)))
+        else:
+            answers.append((promotion_id, InvalidArgument(f"region {REGION} reports {'9' * 19} " * 100)))
+    switch = EmergencyFreeze(True, frozenset(region_name(index) for index in range(MAX_REGIONS)), 2**62)
+
+    answer = center_pb.RenewResponse(
+        lease_ttl_ms=2**62, directives=directives_to_pb(REGION, answers), emergency=emergency_to_pb(switch)
+    )
+
+    assert len(answer.directives) == MAX_RENEWAL
+    assert sum(len(directive.unapplied_grants) for directive in answer.directives) == RENEWAL_GRANTS
+    assert max(len(directive.refusal.encode()) for directive in answer.directives) < REFUSAL_BYTES + 64
+    assert answer.ByteSize() < 4 * 1024 * 1024 // 3, f"{answer.ByteSize()} bytes"

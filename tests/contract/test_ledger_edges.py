@@ -12,8 +12,8 @@ import redis.asyncio as redis
 
 from quota_center.errors import FailedPrecondition
 from quota_center.testing_servers import RunningServer
-from quota_center.validation import MAX_AMOUNT, MAX_COUNTER
-from region_agent.ledger.base import COUNTER_CEILING, Balance, Ledger, Line, Settle
+from quota_center.validation import COUNTER_CEILING, MAX_AMOUNT, MAX_COUNTER
+from region_agent.ledger.base import Balance, Ledger, Line, Settle
 from region_agent.ledger.redis import RedisLedger
 
 ORDER = 10**14 + 3

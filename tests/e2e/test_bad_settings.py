@@ -55,6 +55,65 @@ def test_an_invalid_flag_or_variable_is_one_line_and_exit_2(
     assert named in refused(*args, cwd=tmp_path, env=env)
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("center", "serve", "--listen", "127.0.0.1:99999"), "--listen '127.0.0.1:99999': port 99999 does not exist"),
+        (("center", "serve", "--listen", "127.0.0.1:65536"), "port 65536 does not exist"),
+        (("agent", "serve", "--region", "eu", "--listen", "127.0.0.1:70000"), "port 70000 does not exist"),
+        ((*CENTER, "--metrics-listen", "127.0.0.1:99999"), "--metrics-listen '127.0.0.1:99999': port 99999"),
+        ((*AGENT, "--metrics-listen", "127.0.0.1:65536"), "--metrics-listen '127.0.0.1:65536': port 65536"),
+    ],
+)
+def test_a_port_above_65535_is_one_line_naming_it(tmp_path: Path, args: tuple[str, ...], named: str) -> None:
+    """gRPC would serve on the port modulo 65536, asyncio on a random one for 65536."""
+    assert named in refused(*args, cwd=tmp_path)
+
+
+AGENT_FLOATS = ("--horizon", "--renew-interval", "--pull-interval", "--opening-lookahead", "--reservation-ttl")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        ((*CENTER, "--lease-ttl", "nan"), {}, ("'--lease-ttl'", "nan is not a finite number")),
+        ((*CENTER, "--lease-ttl", "inf"), {}, ("'--lease-ttl'", "inf is not a finite number")),
+        (CENTER, {"QUOTA_LEASE_TTL": "NaN"}, ("QUOTA_LEASE_TTL", "nan is not a finite number")),
+        *(((*AGENT, flag, "nan"), {}, (f"'{flag}'", "nan is not a finite number")) for flag in AGENT_FLOATS),
+        ((*AGENT, "--retention", "inf"), {}, ("'--retention'", "inf is not a finite number")),
+        (AGENT, {"QUOTA_HORIZON": "inf"}, ("QUOTA_HORIZON", "inf is not a finite number")),
+    ],
+)
+def test_a_float_setting_that_is_not_finite_is_one_line_naming_it(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], named: tuple[str, str]
+) -> None:
+    """nan passes every bound (it compares false with everything): a center on a lease TTL of nan failed
+    every Acquire after committing its grant, an agent on a horizon of nan every Deduct."""
+    line = refused(*args, cwd=tmp_path, env=env)
+    assert all(fragment in line for fragment in named), line
+
+
+def test_a_float_setting_in_the_config_file_that_is_not_finite_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "quota.toml").write_text("[center]\nlease-ttl = nan\n[agent]\nhorizon = inf\n")
+
+    line = refused("--config", "quota.toml", *CENTER, cwd=tmp_path)
+
+    assert "quota.toml: [center] lease-ttl = nan: nan is not a finite number" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("agent", "serve", "--region", "", "--listen", "127.0.0.1:0"), "the region is required"),
+        (("agent", "serve", "--region", "r" * 129, "--listen", "127.0.0.1:0"), "129 bytes; at most 128"),
+        ((*AGENT, "--center", ""), "name at least one host:port"),
+        ((*AGENT, "--center", " , "), "name at least one host:port"),
+    ],
+)
+def test_an_empty_region_or_center_is_one_line_naming_it(tmp_path: Path, args: tuple[str, ...], named: str) -> None:
+    assert named in refused(*args, cwd=tmp_path)
+
+
 def test_a_bad_config_file_key_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "quota.toml").write_text('[center]\nstroe = "sqlite:///x.db"\n')
 

@@ -89,6 +89,20 @@ def test_a_second_center_on_a_taken_sqlite_file_is_refused_until_the_owner_stops
     assert _health(third.address) == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_a_second_center_on_a_symlink_to_a_taken_sqlite_file_is_refused(
+    tmp_path: Path, started: list[ServerProcess]
+) -> None:
+    """Another name for the same file (here a symlink in another folder) is the same store."""
+    first = center_process(_workdir(tmp_path, "a"))
+    started.append(first.start())
+    alias = _workdir(tmp_path, "b") / "center.db"
+    alias.symlink_to(tmp_path / "a" / "center.db")
+
+    line = refused("center", "serve", "--listen", "127.0.0.1:0", "--store", f"sqlite:///{alias}", cwd=tmp_path)
+
+    assert f"is in use by another center (pid {first.pid})" in line
+
+
 def test_a_second_center_on_a_taken_metrics_port_is_refused(tmp_path: Path, started: list[ServerProcess]) -> None:
     first = center_process(_workdir(tmp_path, "a"), "--metrics-listen", "127.0.0.1:0")
     started.append(first.start())

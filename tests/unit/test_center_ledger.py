@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from quota_center import ledger
 from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
 from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, Report
-from quota_center.validation import MAX_AMOUNT, MAX_COUNTER
+from quota_center.validation import COUNTER_CEILING, MAX_AMOUNT, MAX_COUNTER
 
 PROMO = "promo-1"
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -358,6 +358,24 @@ def test_counters_above_2_to_the_53_are_exact_and_a_grant_stops_only_at_2_to_the
     assert snapshot(state) == before
     ledger.grant(state, GrantRecord("g3", "r3", PROMO, "eu", "eu-1", 5))
     assert account.total_granted == MAX_COUNTER
+
+
+def test_a_grant_the_regions_ledger_could_not_apply_is_refused_and_changes_nothing() -> None:
+    """The regional ledger takes no grant once its `granted` reaches COUNTER_CEILING: a grant past it
+    would be committed here, never applied there, and re-sent at every renewal."""
+    state = new_state(MAX_AMOUNT)
+    ledger.admit(state, "eu", "eu-1")
+    account = state.accounts["eu"]
+    account.granted = account.returned = COUNTER_CEILING - 5
+    before = snapshot(state)
+
+    with pytest.raises(FailedPrecondition, match=f"past {COUNTER_CEILING}") as caught:
+        ledger.grant(state, GrantRecord("g1", "r1", PROMO, "eu", "eu-1", 6))
+
+    assert "new incarnation" in caught.value.message
+    assert snapshot(state) == before
+    ledger.grant(state, GrantRecord("g1", "r1", PROMO, "eu", "eu-1", 5))
+    assert account.granted == COUNTER_CEILING
 
 
 @QUICK
