@@ -35,6 +35,8 @@ from region_agent.supply import Supply, Tracked
 log = logging.getLogger(__name__)
 
 START_WAIT_S = 2.0
+STOP_REFILL_WAIT_S = 3.0
+"""Longest a graceful stop waits for acquires in flight before it gives everything back."""
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,18 @@ class Agent:
         for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+        if self.settings.return_on_shutdown:
+            await self._supply.finish_refills(STOP_REFILL_WAIT_S)
         await self._supply.cancel_pending()
         if self._supply.retired:
             return  # the center takes nothing more from this incarnation: it wrote its holdings off
         if self.settings.return_on_shutdown:
+            try:
+                # Its answer names grants committed for a refill that was cancelled all the same, and
+                # applies them, so they go back with the rest.
+                await self.renew_once()
+            except QuotaError as error:
+                log.warning("renewal before giving back failed: %s", error.message)
             for promotion_id, balance in (await self._ledger.balances()).items():
                 await self._supply.give_back(promotion_id, balance.available)
         try:

@@ -228,6 +228,14 @@ class Supply:
         self._lease_ttl_s = lease_ttl_s
         return lease_ttl_s
 
+    async def finish_refills(self, within_s: float) -> None:
+        """Lets acquires in flight land in the ledger, for at most `within_s`: one cancelled after the
+        center committed its grant would leave that grant booked to the region, unapplied, after the
+        agent gave back everything its ledger holds."""
+        refills = [item.refill for item in self._tracked.values() if item.refill and not item.refill.done()]
+        if refills:
+            await asyncio.wait(refills, timeout=within_s)
+
     async def cancel_pending(self) -> None:
         """Stops refills, fetches and give-backs in flight, so none lands after a final give-back."""
         tasks = [

@@ -3,6 +3,7 @@ give (a refused report, an emergency switch in a renewal, an unknown promotion, 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -47,6 +48,11 @@ class ScriptedCenter(CenterClient):
         """How long each renewal takes on the fake clock."""
         self.renewals_sent: list[tuple[float, list[str]]] = []
         """Each renewal: when it was sent (monotonic) and the promotions it reported."""
+        self.granted = 0
+        """What acquires were granted in all; a grant counts once made, whether or not its answer arrives."""
+        self.answers_held: asyncio.Event | None = None
+        """While set up and not yet set, acquires are granted but their answers wait (a slow link)."""
+        self.answers_waiting = 0
 
     def create(self, promotion_id: str) -> None:
         now = self._clock.wall_ms()
@@ -71,6 +77,10 @@ class ScriptedCenter(CenterClient):
         self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int
     ) -> GrantAnswer:
         self.calls += 1
+        self.granted += amount
+        if self.answers_held is not None:
+            self.answers_waiting += 1
+            await self.answers_held.wait()
         return GrantAnswer(uuid.uuid4().hex, amount, LEASE_TTL_S, 10**9)
 
     async def give_back(self, incarnation: str, counters: pb.Counters) -> int:
@@ -230,3 +240,35 @@ async def test_a_renewal_of_more_promotions_than_one_call_takes_goes_in_chunks_e
             assert {remaining[pid] for pid in ids} == {LEASE_TTL_S - in_flight}, "leased from its own sending"
     finally:
         await agent.stop()
+
+
+async def test_a_graceful_stop_waits_for_a_grant_on_its_way_and_gives_it_back(
+    clock: FakeClock, center: ScriptedCenter
+) -> None:
+    center.create("promo")
+    ledger = InProcessLedger(clock)
+    agent = Agent(QUIET, ledger, center, clock)
+    await agent.start()
+    await _deduct(agent, "o-1", "promo")
+    center.answers_held = asyncio.Event()
+    short = asyncio.create_task(
+        agent.deduct("o-2", "eu", (Line("promo", 10**7, "user"),)), name="an order waiting for a refill"
+    )
+
+    async def refill_on_its_way() -> bool:
+        return center.answers_waiting == 1
+
+    await eventually(refill_on_its_way)
+    stopping = asyncio.create_task(agent.stop())
+    for _ in range(1_000):  # turns of the event loop, not time: a stop that does not wait is over within them
+        if stopping.done():
+            break
+        await asyncio.sleep(0)
+    center.answers_held.set()
+    await stopping
+    await asyncio.gather(short, return_exceptions=True)
+
+    # Every grant the center made reached the ledger, and a stopped in-process agent holds nothing.
+    balance = (await ledger.balances())["promo"]
+    assert balance.granted == center.granted
+    assert balance.available == 0
