@@ -1,0 +1,180 @@
+"""Judges a history against the final books: `judge(history, books, allowance) -> Verdict`, pure.
+
+Unknowns are resolved before judging: the workload retries each unknown key after healing and the retry is
+an operation in the history (see `keys`). What counts as acknowledged net is defined in `accounts`:
+deductions and confirmed reservations minus refunds, over keys that answered ok at least once.
+
+Violations, by kind:
+- over_issue: a promotion's acknowledged net, over all regions, above its (final) budget at some moment;
+- lost_acknowledgement: a region's books consumed less than its acknowledged net (less unresolved refunds);
+- phantom_consumption: consumed more than acknowledged net plus what unresolved deductions could account for;
+- two_answers: an ok, then a different answer for the same request; or one order both confirmed and cancelled;
+- applied_twice: two ok answers with replayed=false for one key;
+- unresolved_unknown: a key whose last attempt is unknown and that never answered ok;
+- after_freeze: an ok, non-replayed deduct or reserve invoked after a freeze of its promotion took effect plus an
+  allowance (one lease TTL when its region was partitioned meanwhile, a propagation allowance otherwise);
+- user_limit: see `limits`;
+- over_refund: an order given back more of a promotion than it deducted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loadtest.chaos import keys as keys_
+from loadtest.chaos.accounts import Accounts, build
+from loadtest.chaos.books import Books, RegionBooks, Verdict, Violation, ViolationKind
+from loadtest.chaos.history import History, Kind, NemesisEvent, Status
+from loadtest.chaos.limits import user_limit_violations
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """How late after a freeze took effect an agent may still answer a new deduction ok (seconds)."""
+
+    propagation_s: float = 1.0
+    lease_ttl_s: float = 10.0
+
+
+def judge(history: History, books: Books, allowance: Allowance = Allowance()) -> Verdict:
+    keys = keys_.group(history.operations)
+    accounts = build(keys)
+    found = [violation for attempts in keys.values() for violation in keys_.key_violations(attempts)]
+    found += _settled_both_ways(keys)
+    found += _over_issue(accounts, books)
+    found += _books_mismatch(accounts, books)
+    found += _over_refund(accounts)
+    found += user_limit_violations(accounts, books)
+    found += _after_freeze(history, allowance)
+    return Verdict(tuple(found))
+
+
+def _settled_both_ways(keys: dict[keys_.Key, keys_.Attempts]) -> list[Violation]:
+    found = []
+    for (order, kind, _), confirm in keys.items():
+        cancel = keys.get((order, Kind.CANCEL, ""))
+        confirmed, cancelled = confirm.first_ok, cancel.first_ok if cancel else None
+        if kind is Kind.CONFIRM and confirmed and cancelled:
+            found.append(
+                Violation(
+                    ViolationKind.TWO_ANSWERS,
+                    (confirmed.id, cancelled.id),
+                    f"reservation {order} was answered ok both to confirm and to cancel: whichever comes first "
+                    "settles it, and the other must be refused.",
+                )
+            )
+    return found
+
+
+def _over_issue(accounts: Accounts, books: Books) -> list[Violation]:
+    """Checks the least the net can have been at every moment (deductions from their ok, refunds from their
+    invocation, refunds first at equal times), so a peak above the budget is certain; the end is one moment."""
+    found = []
+    for promotion, promotion_books in sorted(books.items()):
+        changes = [
+            (e.at, e.amount, e.op_id) for (_, p), es in accounts.deductions.items() if p == promotion for e in es
+        ]
+        changes += [
+            (e.started, -e.amount, e.op_id) for (_, p), es in accounts.refunds.items() if p == promotion for e in es
+        ]
+        total, peak, over = 0, 0, []
+        for _, amount, op_id in sorted(changes):
+            total += amount
+            peak = max(peak, total)
+            if amount > 0 and total > promotion_books.budget:
+                over.append(op_id)
+        if peak > promotion_books.budget:
+            found.append(
+                Violation(
+                    ViolationKind.OVER_ISSUE,
+                    tuple(over),
+                    f"{promotion}: acknowledged net reached {peak}, above the budget {promotion_books.budget} by "
+                    f"{peak - promotion_books.budget}; the listed deductions were acknowledged with the budget spent.",
+                )
+            )
+    return found
+
+
+def _books_mismatch(accounts: Accounts, books: Books) -> list[Violation]:
+    on_books = {(region, p): region_books for p, pb in books.items() for region, region_books in pb.regions.items()}
+    found = []
+    for account in sorted(accounts.accounts() | set(on_books)):
+        region, promotion = account
+        consumed, net = on_books.get(account, RegionBooks()).consumed, accounts.net(account)
+        ids = tuple(e.op_id for book in (accounts.deductions, accounts.refunds) for e in book.get(account, ()))
+        if consumed < net - accounts.slack_down.get(account, 0):
+            found.append(
+                Violation(
+                    ViolationKind.LOST_ACKNOWLEDGEMENT,
+                    ids,
+                    f"{region}/{promotion}: the books say {consumed} consumed, but {net} was acknowledged net; an "
+                    "acknowledged deduction was forgotten (or a refund applied that no client was told of).",
+                )
+            )
+        if consumed > net + accounts.slack_up.get(account, 0):
+            found.append(
+                Violation(
+                    ViolationKind.PHANTOM_CONSUMPTION,
+                    ids,
+                    f"{region}/{promotion}: the books say {consumed} consumed, more than the {net} acknowledged net "
+                    "and what unresolved calls could add; a deduction applied without an ok, or a refund was lost.",
+                )
+            )
+    return found
+
+
+def _over_refund(accounts: Accounts) -> list[Violation]:
+    found = []
+    for account, refunds in sorted(accounts.refunds.items()):
+        deducted = {e.order: e for e in accounts.deductions.get(account, ())}
+        given: dict[str, list[int]] = {}
+        for refund in refunds:
+            given.setdefault(refund.order, []).append(refund.op_id)
+        for order, op_ids in sorted(given.items()):
+            back = sum(e.amount for e in refunds if e.order == order)
+            spent = deducted[order].amount if order in deducted else 0
+            if back > spent:
+                ids = ((deducted[order].op_id,) if order in deducted else ()) + tuple(op_ids)
+                found.append(
+                    Violation(
+                        ViolationKind.OVER_REFUND,
+                        ids,
+                        f"order {order} got {back} of {account[1]} back in {account[0]} but deducted {spent}: "
+                        "the agent must refuse a refund above what the order has left.",
+                    )
+                )
+    return found
+
+
+def _after_freeze(history: History, allowance: Allowance) -> list[Violation]:
+    freezes = [e for e in history.events if e.kind == "freeze"]
+    partitions = [e for e in history.events if e.kind == "partition"]
+    found = []
+    for op in history.operations:
+        if op.kind not in (Kind.DEDUCT, Kind.RESERVE) or op.outcome.status is not Status.OK or op.outcome.replayed:
+            continue
+        promotions = {line.promotion_id for line in op.lines}
+        for freeze in freezes:
+            if freeze.target not in promotions or not _during(op.invoked, freeze):
+                continue
+            cut_off = any(_overlaps(p, freeze.start, op.invoked) for p in partitions if p.target == op.region)
+            grace = allowance.lease_ttl_s if cut_off else allowance.propagation_s
+            if op.invoked > freeze.start + grace:
+                found.append(
+                    Violation(
+                        ViolationKind.AFTER_FREEZE,
+                        (op.id,),
+                        f"{op.kind} {op.order_key} in {op.region} via {op.agent} was answered ok "
+                        f"{op.invoked - freeze.start:.3f}s after {freeze.target} froze (allowed {grace}s"
+                        f"{', partitioned' if cut_off else ''}): the freeze did not reach the agent in time.",
+                    )
+                )
+    return found
+
+
+def _during(at: float, event: NemesisEvent) -> bool:
+    return event.start <= at and (event.end is None or at < event.end)
+
+
+def _overlaps(event: NemesisEvent, start: float, end: float) -> bool:
+    return event.start <= end and (event.end is None or event.end >= start)
