@@ -131,6 +131,22 @@ def simulate(as_json: bool, seed: int, scenarios: tuple[str, ...]) -> None:
     _print_rows("quota simulate", rows)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--seconds", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Of load and faults.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Decides the fault schedule and the workload.")
+@click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write the history here (JSON lines).")
+def chaos(as_json: bool, seconds: float, seed: int, history: Path | None) -> None:
+    """Real processes (embedded stack) under load while a nemesis kills, stops and freezes; then the whole
+    history is judged against the books. Exits 1 on any violation."""
+    from loadtest.chaos.run import ChaosOptions, run_chaos
+
+    summary = run_chaos(ChaosOptions(seconds, seed, history=history))
+    _show(f"quota chaos (seed {seed})", summary, as_json)
+    if not summary["ok"]:
+        raise SystemExit(1)
+
+
 @main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @click.option("--seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Per measurement.")

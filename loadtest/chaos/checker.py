@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from loadtest.chaos import keys as keys_
 from loadtest.chaos.accounts import Accounts, build
 from loadtest.chaos.books import Books, RegionBooks, Verdict, Violation, ViolationKind
-from loadtest.chaos.history import History, Kind, NemesisEvent, Status
+from loadtest.chaos.history import History, Kind, NemesisEvent, Operation, Status
 from loadtest.chaos.limits import user_limit_violations
 
 
@@ -155,7 +155,7 @@ def _after_freeze(history: History, allowance: Allowance) -> list[Violation]:
             continue
         promotions = {line.promotion_id for line in op.lines}
         for freeze in freezes:
-            if freeze.target not in promotions or not _during(op.invoked, freeze):
+            if freeze.target not in promotions or not _answered_while_frozen(op, freeze):
                 continue
             cut_off = any(_overlaps(p, freeze.start, op.invoked) for p in partitions if p.target == op.region)
             grace = allowance.lease_ttl_s if cut_off else allowance.propagation_s
@@ -172,8 +172,10 @@ def _after_freeze(history: History, allowance: Allowance) -> list[Violation]:
     return found
 
 
-def _during(at: float, event: NemesisEvent) -> bool:
-    return event.start <= at and (event.end is None or at < event.end)
+def _answered_while_frozen(op: Operation, freeze: NemesisEvent) -> bool:
+    """Whether the answer certainly came while the freeze held: the agent answered somewhere between the
+    operation's invocation and its completion, and may have heard of the unfreeze as soon as it was sent."""
+    return freeze.start <= op.invoked and (freeze.end is None or op.completed < freeze.end)
 
 
 def _overlaps(event: NemesisEvent, start: float, end: float) -> bool:

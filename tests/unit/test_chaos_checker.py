@@ -92,6 +92,13 @@ def after_freeze_partitioned(fault: bool) -> tuple[History, Books]:
     return History((deduct(1, "o1", 5, at=25 if fault else 15),), events), books(5)
 
 
+def after_freeze_until_its_end(fault: bool) -> tuple[History, Books]:
+    """Invoked while frozen; answered before the unfreeze was sent (a fault), or after it (fine)."""
+    freeze = NemesisEvent("freeze", PROMOTION, 10.0, 20.0)
+    deduct_ = replace(deduct(1, "o1", 5, at=19.0), completed=19.5 if fault else 20.5)
+    return History((deduct_,), (freeze,)), books(5)
+
+
 def user_units(fault: bool) -> tuple[History, Books]:
     refund = op(2, Kind.REFUND, "o1", Outcome.ok((Line(PROMOTION, 3),)), at=2, lines=(Line(PROMOTION, 3),))
     ops = (deduct(1, "o1", 3, at=1), deduct(3, "o2", 3, at=3))
@@ -120,6 +127,7 @@ CASES = {
     "unresolved": Case(ViolationKind.UNRESOLVED_UNKNOWN, (1,), unresolved),
     "after_freeze": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze),
     "after_freeze_partitioned": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze_partitioned),
+    "after_freeze_until_its_end": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze_until_its_end),
     "user_units": Case(ViolationKind.USER_LIMIT, (3,), user_units),
     "user_orders": Case(ViolationKind.USER_LIMIT, (2,), user_orders),
     "over_refund": Case(ViolationKind.OVER_REFUND, (1, 2, 3), over_refund),
