@@ -141,6 +141,11 @@ def chaos(as_json: bool, seconds: float, seed: int, history: Path | None) -> Non
     history is judged against the books. Exits 1 on any violation."""
     from loadtest.chaos.run import ChaosOptions, run_chaos
 
+    if history is not None:
+        try:
+            history.touch()  # now, not after minutes of load: a history that cannot be written is lost
+        except OSError as error:
+            raise click.BadParameter(f"{history}: {error.strerror}", param_hint="--history") from None
     summary = run_chaos(ChaosOptions(seconds, seed, history=history))
     _show(f"quota chaos (seed {seed})", summary, as_json)
     if not summary["ok"]:

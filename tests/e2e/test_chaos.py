@@ -40,3 +40,17 @@ def test_a_seeded_chaos_run_judges_clean(tmp_path: Path) -> None:
     assert summary["refused_by_reason"].get("REJECT_REASON_FROZEN", 0) > 0
     history = History.from_jsonl(history_file.read_text())
     assert len(history.operations) == sum(summary["operations"].values())
+
+
+def test_a_history_file_that_cannot_be_written_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    nowhere = tmp_path / "missing" / "history.jsonl"
+    command = ["chaos", "--seconds", "600", "--history", str(nowhere)]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "quota_center", *command], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert done.returncode == 2
+    missing = f"quota: error: Invalid value for --history: {nowhere}: No such file or directory"
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(missing)
