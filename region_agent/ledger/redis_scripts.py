@@ -47,9 +47,9 @@ local function available(key)
   end
   return tonumber(redis.call('HGET', key, 'available'))
 end
--- Deltas are decimal strings: a Lua number would reach Redis in floating point.
+-- Deltas are decimal strings: a Lua number would reach Redis in floating point. Call available(key) first
+-- in the same script (it derives the field of a balance written before it existed); deductions already have.
 local function move(key, field, delta, available_delta)
-  available(key)
   redis.call('HINCRBY', key, field, delta)
   redis.call('HINCRBY', key, 'available', available_delta)
 end
@@ -161,6 +161,7 @@ local function release(to)
   local users = {}
   for i, line in ipairs(lines) do
     local amount = string.format('%d', line[2])
+    available(KEYS[3 + i])
     move(KEYS[3 + i], 'held', '-' .. amount, amount)
     redis.call('HINCRBY', KEYS[3 + n + i], 'units', '-' .. amount)
     users[KEYS[3 + n + i]] = true
@@ -256,6 +257,7 @@ local answer = {}
 for _, promotion in ipairs(wanted) do
   local amount = string.format('%d', wanted[promotion])
   local refunded = redis.call('HINCRBY', KEYS[2], 'refunded:' .. promotion, amount)
+  available(balance[promotion])
   move(balance[promotion], 'refunded', amount, amount)
   redis.call('HINCRBY', user[promotion], 'units', -wanted[promotion])
   if refunded == spent[promotion] then redis.call('HINCRBY', user[promotion], 'orders', -1) end
@@ -278,6 +280,7 @@ APPLY_GRANT = LuaScript(
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then return {'applied_before'} end
 if at_ceiling(KEYS[3], 'granted') then return {'at_ceiling'} end
 redis.call('SADD', KEYS[2], ARGV[2])
+available(KEYS[3])
 move(KEYS[3], 'granted', ARGV[4], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[3])
 return {'ok'}
