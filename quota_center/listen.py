@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from quota_center.errors import ConfigError
 
 MAX_PORT = 65535
@@ -17,3 +19,13 @@ def host_and_port(listen: str, option: str) -> tuple[str, int]:
     if int(port) > MAX_PORT:
         raise ConfigError(f"{option} {listen!r}: port {int(port)} does not exist; give one within 0..{MAX_PORT}")
     return host.strip("[]"), int(port)
+
+
+def cannot_bind(doing: str, listen: str, option: str, error: OSError | None = None) -> ConfigError:
+    """The one line for a listener that could not bind to `listen` (`doing`: "listen on", "serve metrics on");
+    no `error`, or EADDRINUSE, means another process holds the port."""
+    if error is None or error.errno == errno.EADDRINUSE:
+        why = f"the port is in use by another process; stop it, or choose another {option}"
+    else:
+        why = f"{error.strerror}; give an address of this machine"
+    return ConfigError(f"cannot {doing} {listen}: {why}")

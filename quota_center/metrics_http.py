@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from quota_center.errors import ConfigError
-from quota_center.listen import host_and_port
+from quota_center.listen import cannot_bind, host_and_port
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +37,7 @@ class MetricsEndpoint:
         try:
             self._server = await asyncio.start_server(self._answer, host or None, port)
         except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                why = "the port is in use by another process; stop it, or choose another --metrics-listen"
-            else:
-                why = f"{error.strerror}; give an address of this machine"
-            raise ConfigError(f"cannot serve metrics on {self._listen}: {why}") from None
+            raise cannot_bind("serve metrics on", self._listen, "--metrics-listen", error) from None
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
 

@@ -8,7 +8,6 @@ and server reflection (grpcurl lists and calls it without the .proto files).
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import signal
@@ -21,8 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from quota_center.errors import ConfigError
-from quota_center.listen import host_and_port
+from quota_center.listen import cannot_bind, host_and_port
 from quota_center.metrics_http import MetricsEndpoint
 
 log = logging.getLogger(__name__)
@@ -50,7 +48,6 @@ def bind(server: grpc.aio.Server, listen: str) -> int:
     """Binds `server` (from exclusive_server) to host:port and returns the port; ConfigError when
     the port is taken or the address is not this machine's."""
     host, port = host_and_port(listen, "--listen")
-    taken = f"cannot listen on {listen}: the port is in use by another process; stop it, or choose another --listen"
     try:
         # gRPC's core logs a line of its own when its bind fails; probing first keeps a busy port to
         # our one line. The probe is not the guard: a process that takes the port in between is still
@@ -58,11 +55,10 @@ def bind(server: grpc.aio.Server, listen: str) -> int:
         _probe(host, port)
         return server.add_insecure_port(listen)
     except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise ConfigError(taken) from None
-        raise ConfigError(f"cannot listen on {listen} ({error.strerror}); give an address of this machine") from None
+        raise cannot_bind("listen on", listen, "--listen", error) from None
     except RuntimeError:
-        raise ConfigError(taken) from None
+        # gRPC's own bind failed after the probe passed: another process took the port in between.
+        raise cannot_bind("listen on", listen, "--listen") from None
 
 
 def _probe(host: str, port: int) -> None:
