@@ -26,6 +26,7 @@ from quota_center.bench import promotion_pb
 from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from region_agent.agent import AgentSettings
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
@@ -45,8 +46,8 @@ class RecoveryOptions:
 
     @property
     def lease_ttl_s(self) -> float:
-        # The agents' rule: renew at a third of the lease TTL.
-        return max(0.5, 3 * self.renew_interval_s)
+        # The lease the agents assume from their renew interval; the center's flag takes no less than 0.5 s.
+        return max(0.5, AgentSettings(REGION, renew_interval_s=self.renew_interval_s).assumed_lease_ttl_s)
 
     @property
     def target_s(self) -> float:

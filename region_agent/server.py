@@ -65,7 +65,8 @@ def _refund_lines(request: pb.RefundRequest) -> tuple[Line, ...]:
     return lines
 
 
-def _lines_pb(lines: tuple[Line, ...]) -> list[pb.Line]:
+def lines_pb(lines: tuple[Line, ...]) -> list[pb.Line]:
+    """Lines as the API carries them (answers here; requests in the chaos workload)."""
     return [pb.Line(promotion_id=line.promotion_id, amount=line.amount, user_id=line.user_id) for line in lines]
 
 
@@ -115,7 +116,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
         outcome = await self._agent.deduct(order_key, region, _order_lines(request.lines), context.time_remaining())
-        return pb.DeductResponse(order_key=order_key, lines=_lines_pb(outcome.lines), replayed=outcome.replayed)
+        return pb.DeductResponse(order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed)
 
     @_observed("reserve")
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
@@ -126,7 +127,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold_ms)
         return pb.ReserveResponse(
             order_key=order_key,
-            lines=_lines_pb(outcome.lines),
+            lines=lines_pb(outcome.lines),
             replayed=outcome.replayed,
             expires_at_ms=outcome.expires_at_ms,
         )
@@ -143,7 +144,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         order_key = require_id("order_key", request.order_key)
         outcome = await self._agent.settle(order_key, how)
         return pb.SettleResponse(
-            order_key=order_key, lines=_lines_pb(outcome.lines), replayed=outcome.replayed, expired=outcome.expired
+            order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed, expired=outcome.expired
         )
 
     @translate_errors

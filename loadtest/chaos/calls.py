@@ -14,6 +14,7 @@ import grpc
 from loadtest.chaos.history import Kind, Outcome
 from quota_center.errors import REJECT_REASON_METADATA_KEY, trailing
 from region_agent.ledger.base import Line
+from region_agent.server import lines_pb
 from region_agent.v1 import region_agent_pb2 as pb
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
@@ -60,10 +61,6 @@ def _lines(lines: Iterable[pb.Line]) -> tuple[Line, ...]:
     return tuple(Line(line.promotion_id, line.amount, line.user_id) for line in lines)
 
 
-def _pb_lines(lines: Iterable[Line]) -> list[pb.Line]:
-    return [pb.Line(promotion_id=line.promotion_id, amount=line.amount, user_id=line.user_id) for line in lines]
-
-
 async def _answer(call: Awaitable[Outcome]) -> Outcome:
     try:
         return await call
@@ -78,7 +75,7 @@ class AgentCalls:
         self.region, self.agent, self._stub = region, agent, stub
 
     def deduct(self, order: str, lines: tuple[Line, ...]) -> Request:
-        message = pb.DeductRequest(order_key=order, region=self.region, lines=_pb_lines(lines))
+        message = pb.DeductRequest(order_key=order, region=self.region, lines=lines_pb(lines))
 
         async def call() -> Outcome:
             response = await self._stub.Deduct(message, timeout=CALL_TIMEOUT_S)
@@ -88,7 +85,7 @@ class AgentCalls:
 
     def reserve(self, order: str, lines: tuple[Line, ...]) -> Request:
         message = pb.ReserveRequest(
-            order_key=order, region=self.region, lines=_pb_lines(lines), ttl_ms=RESERVATION_TTL_MS
+            order_key=order, region=self.region, lines=lines_pb(lines), ttl_ms=RESERVATION_TTL_MS
         )
 
         async def call() -> Outcome:

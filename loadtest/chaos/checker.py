@@ -128,10 +128,12 @@ def _over_refund(accounts: Accounts) -> list[Violation]:
     for account, refunds in sorted(accounts.refunds.items()):
         deducted = {e.order: e for e in accounts.deductions.get(account, ())}
         given: dict[str, list[int]] = {}
+        back_by_order: dict[str, int] = {}
         for refund in refunds:
             given.setdefault(refund.order, []).append(refund.op_id)
+            back_by_order[refund.order] = back_by_order.get(refund.order, 0) + refund.amount
         for order, op_ids in sorted(given.items()):
-            back = sum(e.amount for e in refunds if e.order == order)
+            back = back_by_order[order]
             spent = deducted[order].amount if order in deducted else 0
             if back > spent:
                 ids = ((deducted[order].op_id,) if order in deducted else ()) + tuple(op_ids)

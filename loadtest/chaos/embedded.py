@@ -9,11 +9,12 @@ import signal
 from pathlib import Path
 
 from quota_center.launch import ServerProcess, agent_process, center_process
+from region_agent.agent import AgentSettings
 
 REGIONS = ("eu", "us")
 RENEW_INTERVAL_S = 0.5
-LEASE_TTL_S = 3 * RENEW_INTERVAL_S
-"""The agents' rule: renew at most every third of the lease TTL. Short, so a stopped center outlives leases."""
+LEASE_TTL_S = AgentSettings(REGIONS[0], renew_interval_s=RENEW_INTERVAL_S).assumed_lease_ttl_s
+"""The lease the agents assume from their renew interval. Short, so a stopped center outlives leases."""
 PULL_INTERVAL_S = 0.5
 """The repair link beside the push stream: a freeze reaches an agent this soon even if its stream is down."""
 

@@ -45,11 +45,16 @@ class Attempts:
         return self.first_ok is None and self.operations[-1].outcome.status is Status.UNKNOWN
 
 
+def key_of(op: Operation) -> Key:
+    """What a retry must repeat: the order and kind, and for a refund its refund id (the order key if none)."""
+    refund_id = (op.refund_id or op.order_key) if op.kind is Kind.REFUND else ""
+    return op.order_key, op.kind, refund_id
+
+
 def group(operations: Iterable[Operation]) -> dict[Key, Attempts]:
     by_key: dict[Key, list[Operation]] = defaultdict(list)
     for op in operations:
-        refund_id = (op.refund_id or op.order_key) if op.kind is Kind.REFUND else ""
-        by_key[(op.order_key, op.kind, refund_id)].append(op)
+        by_key[key_of(op)].append(op)
     return {key: Attempts(key, tuple(sorted(ops, key=lambda op: op.invoked))) for key, ops in by_key.items()}
 
 

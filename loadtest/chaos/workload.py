@@ -44,7 +44,7 @@ class Recorder:
             request.lines, invoked, time.monotonic(), outcome, request.refund_id,
         )  # fmt: skip
         self.operations.append(op)
-        key = next(iter(keys.group([op])))
+        key = keys.key_of(op)
         if outcome.status is Status.UNKNOWN:
             self.pending.setdefault(key, request)
         else:
