@@ -11,6 +11,7 @@ import grpc
 
 from quota_center import budget_view as view
 from quota_center.clock import SystemClock, iso
+from quota_center.config_file import FiniteFloatRange
 from quota_center.convert import promotion_from_pb, promotion_to_pb
 from quota_center.errors import LEADER_METADATA_KEY, trailing
 from quota_center.ledger import Promotion, promotion_document
@@ -164,7 +165,7 @@ def _report(promotion: Promotion, as_json: bool, summary: str) -> None:
     type=CENTER_ADDRESSES,
     help="The center's replicas, host:port[,host:port...]; whichever leads answers.",
 )
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per call.")
+@click.option("--timeout", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per call.")
 @click.pass_context
 def budget(context: click.Context, addresses: tuple[str, ...], timeout: float) -> None:
     """Promotions for their budget owners: create them, change their budget, freeze them, and watch

@@ -12,7 +12,7 @@ from typing import IO, Any
 import click
 
 from quota_center.budget_cli import budget
-from quota_center.config_file import load_config
+from quota_center.config_file import FiniteFloatRange, load_config
 from quota_center.errors import ConfigError
 from quota_center.logs import configure_logging
 from quota_center.serve_cli import agent, center
@@ -99,7 +99,7 @@ main.add_command(agent)
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @click.option("--budget", type=click.IntRange(min=1), default=50_000, show_default=True)
-@click.option("--demand-factor", type=click.FloatRange(min=0.1), default=1.2, show_default=True)
+@click.option("--demand-factor", type=FiniteFloatRange(min=0.1), default=1.2, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Concurrent clients.")
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(as_json: bool, budget: int, demand_factor: float, concurrency: int, seed: int) -> None:
@@ -133,7 +133,7 @@ def simulate(as_json: bool, seed: int, scenarios: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.option("--seconds", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Of load and faults.")
+@click.option("--seconds", type=FiniteFloatRange(min=1), default=60.0, show_default=True, help="Of load and faults.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Decides the fault schedule and the workload.")
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write the history here (JSON lines).")
 def chaos(as_json: bool, seconds: float, seed: int, history: Path | None) -> None:
@@ -154,7 +154,7 @@ def chaos(as_json: bool, seconds: float, seed: int, history: Path | None) -> Non
 
 @main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
-@click.option("--seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Per measurement.")
+@click.option("--seconds", type=FiniteFloatRange(min=0.5), default=10.0, show_default=True, help="Per measurement.")
 @click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent order services.")
 @click.option(
     "--docs",
@@ -205,7 +205,7 @@ def _show(title: str, figures: dict[str, object], as_json: bool) -> None:
 
 @bench.command("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
-@click.option("--seconds", type=click.FloatRange(min=0.5), default=3.0, show_default=True, help="Per store.")
+@click.option("--seconds", type=FiniteFloatRange(min=0.5), default=3.0, show_default=True, help="Per store.")
 def bench_store(as_json: bool, seconds: float) -> None:
     """Grants per second through the center's gRPC API, on SQLite and on etcd."""
     from quota_center.bench import bench_store as run
@@ -224,7 +224,7 @@ def bench_failover(as_json: bool) -> None:
 
 @bench.command("ledger")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
-@click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per row.")
+@click.option("--seconds", type=FiniteFloatRange(min=0.5), default=5.0, show_default=True, help="Per row.")
 @click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent clients.")
 def bench_ledger(as_json: bool, seconds: float, clients: int) -> None:
     """Deductions per second through one agent on each ledger, and the bare Redis script."""
@@ -263,7 +263,7 @@ def bench_opening(as_json: bool, promotions: int) -> None:
 )
 @click.option(
     "--renew-interval",
-    type=click.FloatRange(min=0.05),
+    type=FiniteFloatRange(min=0.05),
     default=3.0,
     show_default=True,
     help="The agent's renew interval (the center's lease TTL is three times it).",
@@ -306,12 +306,12 @@ RECOVERY_COLUMNS = {
 
 @bench.command("cost")
 @click.option("--json", "as_json", is_flag=True, help='Print {"servers": [...]}, one row per server.')
-@click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per server and round.")
+@click.option("--seconds", type=FiniteFloatRange(min=0.5), default=5.0, show_default=True, help="Per server and round.")
 @click.option("--rounds", type=click.IntRange(1, 10), default=2, show_default=True, help="Times over the servers.")
 @click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent order services.")
 @click.option(
     "--wait-ms",
-    type=click.FloatRange(min=0.01),
+    type=FiniteFloatRange(min=0.01),
     default=0.7,
     show_default=True,
     help="How long echo_waiting waits per call (a Redis round trip under load).",

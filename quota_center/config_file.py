@@ -16,6 +16,7 @@ start with a message that names it.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,14 @@ def _setting(where: str, command: click.Command, key: str, value: object) -> tup
                 raise click.BadParameter(f"{where} {key} = {value!r}: {error.message}", param_hint="--config") from None
     known = ", ".join(sorted(max(option.opts, key=len).lstrip("-") for option in options))
     raise click.BadParameter(f"{where} has no setting {key!r}; known: {known}", param_hint="--config")
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange without nan and inf, which its bounds let through (nan compares false with
+    everything): a lease TTL of nan starts a center whose every Acquire commits a grant and then fails."""
+
+    def convert(self, value: float, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number

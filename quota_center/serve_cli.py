@@ -8,30 +8,18 @@ Every setting comes, by precedence, from the command line, from its environment 
 from __future__ import annotations
 
 import asyncio
-import math
 
 import click
 
 from quota_center.app import CenterConfig, run_center
 from quota_center.budget_cli import CENTER_ADDRESSES
-from quota_center.config_file import bind_environment
+from quota_center.config_file import FiniteFloatRange, bind_environment
 from quota_center.errors import InvalidArgument
 from quota_center.policy import RefillSettings
 from quota_center.service import CenterSettings
 from quota_center.validation import require_id
 from region_agent.agent import AgentSettings
 from region_agent.app import AgentConfig, run_agent
-
-
-class FiniteFloatRange(click.FloatRange):
-    """A FloatRange without nan and inf, which its bounds let through (nan compares false with
-    everything): a lease TTL of nan starts a center whose every Acquire commits a grant and then fails."""
-
-    def convert(self, value: float, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{number} is not a finite number", param, ctx)
-        return number
 
 
 class _Region(click.ParamType[str]):

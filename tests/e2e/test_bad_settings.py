@@ -82,6 +82,10 @@ AGENT_FLOATS = ("--horizon", "--renew-interval", "--pull-interval", "--opening-l
         *(((*AGENT, flag, "nan"), {}, (f"'{flag}'", "nan is not a finite number")) for flag in AGENT_FLOATS),
         ((*AGENT, "--retention", "inf"), {}, ("'--retention'", "inf is not a finite number")),
         (AGENT, {"QUOTA_HORIZON": "inf"}, ("QUOTA_HORIZON", "inf is not a finite number")),
+        # The other commands' numbers too: chaos or a bench for nan seconds would run without end.
+        (("chaos", "--seconds", "nan"), {}, ("'--seconds'", "nan is not a finite number")),
+        (("bench", "recovery", "--renew-interval", "inf"), {}, ("'--renew-interval'", "inf is not a finite number")),
+        (("budget", "--timeout", "nan", "list"), {}, ("'--timeout'", "nan is not a finite number")),
     ],
 )
 def test_a_float_setting_that_is_not_finite_is_one_line_naming_it(
