@@ -87,7 +87,13 @@ def _page(message: pb.CatalogChanges) -> Page:
 class CenterClient:
     """Calls whichever center replica leads. A standby answers UNAVAILABLE with the leader's
     address in the trailing metadata, and the next attempt goes there; a replica that does
-    not answer at all sends the next attempt to the next address in the list."""
+    not answer at all sends the next attempt to the next address in the list.
+
+    With several addresses listed, a leader named outside the list is not followed: the operator
+    listed how this region reaches each replica (through a gateway or proxy per replica, say), and
+    the address a replica advertises may bypass it or not be reachable from here; the next listed
+    address is tried instead, which finds the leader within one pass. A single address (a Service
+    in front of every replica) cannot reach the leader by itself, so there the name is followed."""
 
     def __init__(
         self,
@@ -128,7 +134,7 @@ class CenterClient:
         if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return
         leader = trailing(error, LEADER_METADATA_KEY)
-        if leader and leader != self._current:
+        if leader and leader != self._current and (leader in self._addresses or len(self._addresses) == 1):
             self._current = leader
             return
         if self._current in self._addresses:
