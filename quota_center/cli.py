@@ -135,10 +135,27 @@ def simulate(as_json: bool, seed: int, scenarios: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--seconds", type=FiniteFloatRange(min=1), default=60.0, show_default=True, help="Of load and faults.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Decides the fault schedule and the workload.")
+@click.option(
+    "--stack",
+    type=click.Choice(["embedded", "redis-etcd"]),
+    default="embedded",
+    show_default=True,
+    help="embedded: SQLite and in-process ledgers; redis-etcd: 3 etcd members, 2 centers, 2 agents per Redis.",
+)
+@click.option("--clients", type=click.IntRange(min=1, max=64), default=8, show_default=True, help="Order services.")
+@click.option(
+    "--schedule",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Replay these faults: the --json summary of an earlier run (or its schedule list).",
+)
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path), help="Write the history here (JSON lines).")
-def chaos(as_json: bool, seconds: float, seed: int, history: Path | None) -> None:
-    """Real processes (embedded stack) under load while a nemesis kills, stops and freezes; then the whole
-    history is judged against the books. Exits 1 on any violation."""
+def chaos(
+    as_json: bool, seconds: float, seed: int, stack: str, clients: int, schedule: Path | None, history: Path | None
+) -> None:
+    """Real processes under load while a nemesis kills, stops, partitions, freezes and lowers budgets; then the
+    whole history is judged against the books. Exits 1 on any violation, saving the summary to replay it."""
+    from loadtest.chaos.nemesis import load_schedule
+    from loadtest.chaos.report import render
     from loadtest.chaos.run import ChaosOptions, run_chaos
 
     if history is not None:
@@ -146,8 +163,20 @@ def chaos(as_json: bool, seconds: float, seed: int, history: Path | None) -> Non
             history.touch()  # now, not after minutes of load: a history that cannot be written is lost
         except OSError as error:
             raise click.BadParameter(f"{history}: {error.strerror}", param_hint="--history") from None
-    summary = run_chaos(ChaosOptions(seconds, seed, history=history))
-    _show(f"quota chaos (seed {seed})", summary, as_json)
+    if schedule is not None:
+        try:
+            load_schedule(schedule)
+        except (ValueError, KeyError, TypeError) as error:
+            raise click.BadParameter(f"{schedule}: not a chaos schedule ({error})", param_hint="--schedule") from None
+    summary = run_chaos(ChaosOptions(seconds, seed, clients, history, stack, schedule))
+    saved = ""
+    if not summary["ok"]:
+        saved = f"quota-chaos-{stack}-seed{seed}.json"
+        Path(saved).write_text(json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        _print_json(summary)
+    else:
+        click.echo(render(summary, saved))
     if not summary["ok"]:
         raise SystemExit(1)
 

@@ -123,6 +123,6 @@ def center_process(workdir: Path, *extra: str, port: int = 0, store: str | None 
     return ServerProcess("center", [*args, *extra], workdir / "center.log")
 
 
-def agent_process(workdir: Path, region: str, center_address: str, *extra: str) -> ServerProcess:
-    args = ["agent", "serve", "--region", region, "--listen", "127.0.0.1:0", "--center", center_address]
+def agent_process(workdir: Path, region: str, center_address: str, *extra: str, port: int = 0) -> ServerProcess:
+    args = ["agent", "serve", "--region", region, "--listen", f"127.0.0.1:{port}", "--center", center_address]
     return ServerProcess(f"agent-{region}", [*args, *extra], workdir / f"agent-{region}.log")

@@ -4,7 +4,7 @@ Acknowledged net, per (region, promotion), is the sum over applied keys (see `ke
 - a deduction: the lines its first ok answer applied;
 - a confirm: the lines its reservation's first ok answer held (confirming turns the hold into a deduction);
 - a refund: minus the lines its first ok answer gave back (each refund id once; a retry replays).
-A reservation that is held, cancelled or expired counts nothing: its quota went back or is still `held`.
+A reservation that is held, cancelled or expired counts nothing: its quota went back or is still `reserved`.
 
 Unresolved keys may or may not have applied; `slack_up` and `slack_down` bound how far they could move the
 books (the order's lines for a whole refund), so they are reported once, as unresolved, not again as a

@@ -16,12 +16,19 @@ from region_agent.ledger.base import UNLIMITED, UserLimit
 
 @dataclass(frozen=True)
 class RegionBooks:
+    """One region's books for one promotion, read after healing and after every agent was stopped gracefully."""
+
     consumed: int = 0
     """Net: deducted minus refunded."""
-    held: int = 0
+    kept: int = 0
+    """What the region's ledger still holds after its agents stopped: its open reservations and, on a ledger that
+    outlives its agents (Redis), its unspent allotment too. The center must count exactly this as held."""
     granted: int = 0
     returned: int = 0
     written_off: int = 0
+    outstanding: int = 0
+    """The center's `held` for the region (granted - returned - consumed - written_off; not the center ledger's
+    own `outstanding`, which counts consumed quota too), read after every agent stopped and reported."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class ViolationKind(enum.StrEnum):
     AFTER_FREEZE = "after_freeze"
     USER_LIMIT = "user_limit"
     OVER_REFUND = "over_refund"
+    HELD_AFTER_RETURN = "held_after_return"
 
 
 @dataclass(frozen=True)

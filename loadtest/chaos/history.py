@@ -78,16 +78,46 @@ class Operation:
     outcome: Outcome
     refund_id: str = ""
 
+    @property
+    def fresh_take(self) -> bool:
+        """An ok, non-replayed deduct or reserve: quota the agent handed out at that moment, not a replay."""
+        ok = self.outcome.status is Status.OK and not self.outcome.replayed
+        return ok and self.kind in (Kind.DEDUCT, Kind.RESERVE)
+
 
 @dataclass(frozen=True)
 class NemesisEvent:
-    """A fault or an operator action, e.g. kind "freeze" with the promotion as target, or "partition" with the
-    region as target. `start` is when it took effect; `end` when it was healed (None: never, in this run)."""
+    """A fault or an operator action. `start` is when it took effect; `end` when it was healed (None: never, in
+    this run). The target says what was hit:
+
+    - a center replica or etcd member ("kill-leader", "stop-leader", "kill-etcd"): the whole system;
+    - an agent ("kill-agent"): the operations sent through it;
+    - a region ("partition", "kill-redis", "stop-redis"; "emergency", "" being every region);
+    - a promotion ("freeze"; "budget", whose budget became `value` when the center answered, at `start`, with no
+      `end`: the runner records one as it creates each promotion, so later ones are changes mid-load).
+    """
 
     kind: str
     target: str
     start: float
     end: float | None = None
+    value: int | None = None
+    """The new budget of a "budget" event (money in minor units or a count); None for every other kind."""
+
+    def covers(self, op: Operation) -> bool:
+        """Whether the event bears on the operation, by what its target names (see above)."""
+        if self.kind in _BY_PROMOTION:
+            return any(line.promotion_id == self.target for line in op.lines)
+        if self.kind in _BY_REGION:
+            return self.target in ("", op.region)
+        if self.kind in _BY_AGENT:
+            return self.target == op.agent
+        return True
+
+
+_BY_PROMOTION = ("freeze", "budget")
+_BY_REGION = ("partition", "emergency", "kill-redis", "stop-redis")
+_BY_AGENT = ("kill-agent",)
 
 
 @dataclass(frozen=True)
@@ -111,7 +141,7 @@ class History:
             if "op" in row:
                 operations.append(_operation(row["op"]))
             else:
-                events.append(NemesisEvent(**row["nemesis"]))
+                events.append(_event(row["nemesis"]))
         return cls(tuple(operations), tuple(events))
 
 
@@ -164,4 +194,16 @@ def _operation(row: dict[str, Any]) -> Operation:
 
 
 def _event_row(event: NemesisEvent) -> dict[str, Any]:
-    return {"kind": event.kind, "target": event.target, "start": event.start, "end": event.end}
+    return {"kind": event.kind, "target": event.target, "start": event.start, "end": event.end, "value": event.value}
+
+
+def _event(row: dict[str, Any]) -> NemesisEvent:
+    # Histories kept before budget events have no "value": read as None, so they can still be re-judged.
+    end, value = row.get("end"), row.get("value")
+    return NemesisEvent(
+        kind=str(row["kind"]),
+        target=str(row["target"]),
+        start=float(row["start"]),
+        end=None if end is None else float(end),
+        value=None if value is None else int(value),
+    )

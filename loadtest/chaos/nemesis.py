@@ -1,34 +1,45 @@
-"""Faults on a seeded schedule, decided up front (so it can be printed and rerun), one at a time, each healed by
-the nemesis itself before the next: SIGKILL of the center and restart on its port and SQLite file, SIGSTOP of the
-center past the agents' lease then SIGCONT, and a freeze of one promotion mid-load, unfrozen later.
+"""Faults on a seeded schedule, decided up front (so it can be printed, saved and replayed), one at a time, each
+healed by the nemesis before the next.
 
-Agents are not killed here: an in-process ledger forgets its order keys by design, so a retry that reaches a
-restarted in-process agent is a new order (see the README). Killing agents belongs with the Redis stack, whose
-ledger outlives the agent.
+Process faults belong to the stack (`Breakable`): kill -9 and restart, SIGSTOP past a lease and SIGCONT, a
+partition. The budget owner's actions are the same on every stack and done here through the center's admin API:
+a freeze of one promotion, the emergency switch (one region or everywhere), a budget lowered mid-load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
-import grpc
-
-from loadtest.chaos.embedded import EmbeddedStack
+from loadtest.chaos.admin import CenterAdmin
 from loadtest.chaos.history import NemesisEvent
-from quota_center.v1 import quota_center_pb2 as pb
-from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 
-FAULTS = ("kill", "stop", "freeze")
-HOLD_S = {"kill": (0.5, 2.0), "stop": (1.0, 3.0), "freeze": (2.0, 4.0)}
-"""How long each fault lasts: the center down, the center stopped, the promotion frozen."""
+HOLD_S = {
+    "kill-leader": (0.5, 3.0),
+    "stop-leader": (2.0, 4.0),
+    "kill-agent": (0.5, 2.0),
+    "kill-redis": (0.5, 2.0),
+    "stop-redis": (0.5, 2.5),
+    "kill-etcd": (1.0, 3.0),
+    "partition": (1.0, 4.0),
+    "freeze": (2.0, 4.0),
+    "emergency": (1.0, 3.0),
+    "budget": (0.0, 0.0),
+}
+"""How long each fault lasts, from injected to healed."""
+ADMIN_FAULTS = ("freeze", "emergency", "budget")
+EVERYWHERE = ""
+"""The emergency switch's target when it stops every region."""
 FIRST_AT_S = 2.0
 GAP_S = (1.0, 2.0)
-ADMIN_TIMEOUT_S = 2.0
-ADMIN_PATIENCE_S = 30.0
+LEADER_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,69 +51,100 @@ class Fault:
     target: str
 
 
-def schedule(seed: int, seconds: float, promotions: tuple[str, ...]) -> list[Fault]:
-    """Every kind once first (in a seeded order, even if that runs past `seconds`), then more while they fit."""
+class Breakable(Protocol):
+    """A stack's own faults: what it can break (kind -> possible targets), and how."""
+
+    def faults(self) -> Mapping[str, Sequence[str]]: ...
+
+    async def inject(self, fault: Fault) -> str:
+        """Breaks it and returns what was hit (e.g. which replica led when the leader was killed)."""
+        ...
+
+    async def repair(self, fault: Fault) -> None: ...
+
+
+def schedule(seed: int, seconds: float, faults: Mapping[str, Sequence[str]]) -> list[Fault]:
+    """Every kind once first (in a seeded order, even if that runs past `seconds`), then more while they fit.
+    `faults` maps each kind to its possible targets."""
     rng = random.Random(f"nemesis-{seed}")
-    first = list(FAULTS)
+    kinds = sorted(faults)
+    first = list(kinds)
     rng.shuffle(first)
-    faults: list[Fault] = []
+    scheduled: list[Fault] = []
     at = FIRST_AT_S
     while True:
-        kind = first.pop(0) if first else rng.choice(FAULTS)
+        kind = first.pop(0) if first else rng.choice(kinds)
         hold = round(rng.uniform(*HOLD_S[kind]), 2)
-        if len(faults) >= len(FAULTS) and at + hold > seconds:
-            return faults
-        target = rng.choice(promotions) if kind == "freeze" else "center"
-        faults.append(Fault(round(at, 2), kind, hold, target))
+        if len(scheduled) >= len(kinds) and at + hold > seconds:
+            return scheduled
+        scheduled.append(Fault(round(at, 2), kind, hold, rng.choice(sorted(faults[kind]))))
         at += hold + rng.uniform(*GAP_S)
 
 
+def load_schedule(path: Path) -> list[Fault]:
+    """A schedule as a run printed it: the "schedule" list of its --json summary, or the whole summary."""
+    data: Any = json.loads(path.read_text())
+    rows = data["schedule"] if isinstance(data, dict) else data
+    return [Fault(float(r["at_s"]), str(r["kind"]), float(r["hold_s"]), str(r["target"])) for r in rows]
+
+
+def schedule_rows(faults: Sequence[Fault]) -> list[dict[str, Any]]:
+    return [asdict(fault) for fault in faults]
+
+
+@dataclass
 class Nemesis:
-    def __init__(self, stack: EmbeddedStack, faults: list[Fault]) -> None:
-        self._stack, self._faults = stack, faults
-        self.events: list[NemesisEvent] = []
-        self.injected: Counter[str] = Counter(dict.fromkeys(FAULTS, 0))
+    stack: Breakable
+    admin: CenterAdmin
+    faults: Sequence[Fault]
+    events: list[NemesisEvent] = field(default_factory=list)
+    injected: Counter[str] = field(default_factory=Counter)
+    failover_s: list[float] = field(default_factory=list)
+    """Per leader fault on a stack of several replicas: from the fault to a replica answering as leader."""
 
     async def run(self, started: float) -> None:
-        actions = {"kill": self._kill, "stop": self._stop, "freeze": self._freeze}
-        for fault in self._faults:
+        for fault in self.faults:
             await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
-            await actions[fault.kind](fault)
+            if fault.kind in ADMIN_FAULTS:
+                await self._act(fault)
+            else:
+                await self._break(fault)
             self.injected[fault.kind] += 1
 
-    async def _kill(self, fault: Fault) -> None:
-        self._stack.kill_center()
-        down = time.monotonic()
+    async def _break(self, fault: Fault) -> None:
+        hit = await self.stack.inject(fault)
+        start = time.monotonic()
+        watch = asyncio.create_task(self._watch_failover(start)) if fault.kind.endswith("-leader") else None
         await asyncio.sleep(fault.hold_s)
-        await self._stack.restart_center()
-        self.events.append(NemesisEvent("kill", fault.target, down, time.monotonic()))
+        if watch is not None:
+            watch.cancel()
+        await self.stack.repair(fault)
+        self.events.append(NemesisEvent(fault.kind, hit, start, time.monotonic()))
 
-    async def _stop(self, fault: Fault) -> None:
-        self._stack.stop_center()
-        stopped = time.monotonic()
-        await asyncio.sleep(fault.hold_s)
-        self._stack.continue_center()
-        self.events.append(NemesisEvent("stop", fault.target, stopped, time.monotonic()))
-
-    async def _freeze(self, fault: Fault) -> None:
-        # In effect from when the center's answer came back: an agent may serve until the change reaches it.
-        await self._set_frozen(fault.target, True)
-        frozen = time.monotonic()
-        await asyncio.sleep(fault.hold_s)
-        # Ends when the unfreeze is sent: an agent may serve again as soon as the center has it.
-        thawed = time.monotonic()
-        await self._set_frozen(fault.target, False)
-        self.events.append(NemesisEvent("freeze", fault.target, frozen, thawed))
-
-    async def _set_frozen(self, promotion: str, frozen: bool) -> None:
-        deadline = time.monotonic() + ADMIN_PATIENCE_S
-        request = pb.SetFrozenRequest(promotion_id=promotion, frozen=frozen)
+    async def _watch_failover(self, start: float) -> None:
+        """Only a stack with a standby can fail over; on one replica nothing leads until the repair."""
         while True:
-            async with grpc.aio.insecure_channel(self._stack.center.address) as channel:
-                try:
-                    await pb_grpc.PromotionAdminStub(channel).SetFrozen(request, timeout=ADMIN_TIMEOUT_S)
-                    return
-                except grpc.aio.AioRpcError:
-                    if time.monotonic() > deadline:
-                        raise
-            await asyncio.sleep(0.2)
+            if await self.admin.leader() is not None:
+                break
+            await asyncio.sleep(LEADER_POLL_S)
+        self.failover_s.append(round(time.monotonic() - start, 3))
+
+    async def _act(self, fault: Fault) -> None:
+        if fault.kind == "budget":
+            budget = await self.admin.lower_budget(fault.target)
+            self.events.append(NemesisEvent("budget", fault.target, time.monotonic(), None, budget))
+            return
+        switch = self._switch(fault)
+        # In effect from when the center's answer came back: an agent may serve until the change reaches it.
+        await switch(True)
+        start = time.monotonic()
+        await asyncio.sleep(fault.hold_s)
+        # Ends when the switch-off is sent: an agent may serve again as soon as the center has it.
+        end = time.monotonic()
+        await switch(False)
+        self.events.append(NemesisEvent(fault.kind, fault.target, start, end))
+
+    def _switch(self, fault: Fault) -> Callable[[bool], Awaitable[None]]:
+        if fault.kind == "freeze":
+            return lambda on: self.admin.set_frozen(fault.target, on)
+        return lambda on: self.admin.set_emergency(fault.target, on)

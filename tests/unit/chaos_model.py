@@ -48,9 +48,13 @@ class Agent:
             self.expired.add(order)
 
     def books(self) -> RegionBooks:
+        """As read after a graceful stop, which returns what is available: the center's outstanding is derived
+        from its own counts, so it matches the open holds only if the agent's arithmetic is right."""
         consumed = sum(line.amount for line in self.deducted.values()) - sum(self.refunded.values())
-        held = sum(line.amount for line in self.holds.values())
-        return RegionBooks(consumed=consumed, held=held, granted=self.allotment)
+        reserved = sum(line.amount for line in self.holds.values())
+        returned = self.available
+        outstanding = self.allotment - returned - consumed
+        return RegionBooks(consumed, reserved, self.allotment, returned, outstanding=outstanding)
 
     def _fresh(self, kind: Kind, order: str, lines: tuple[Line, ...], refund_id: str) -> Outcome:
         if kind in (Kind.DEDUCT, Kind.RESERVE):

@@ -1,5 +1,5 @@
-"""The chaos checker: each violation kind on a minimal history (and not without the fault), the JSON lines
-round trip, and histories from a correct model of the agent that judge clean until one fault is planted."""
+"""The chaos checker: each violation kind on a minimal history (and not without the fault), budgets in effect
+over time, and the JSON lines round trip. Histories from a model of the agent are in `test_chaos_model`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from loadtest.chaos.books import Books, PromotionBooks, RegionBooks, ViolationKind
 from loadtest.chaos.checker import judge
-from loadtest.chaos.history import History, Kind, NemesisEvent, Operation, Outcome, Status
+from loadtest.chaos.history import History, Kind, NemesisEvent, Operation, Outcome
 from region_agent.ledger.base import UNLIMITED, Line, UserLimit
-from tests.unit.chaos_model import ACTIONS, LIMIT, PROMOTION, Step, run
+from tests.unit.chaos_model import PROMOTION
 
 EXHAUSTED = "REJECT_REASON_EXHAUSTED"
 
@@ -43,11 +41,25 @@ class Case:
     ids: tuple[int, ...]
     build: Callable[[bool], tuple[History, Books]]
     """Given whether to plant the fault, the history and the books."""
+    says: str = ""
+    """Part of the violation's message."""
 
 
 def over_issue(fault: bool) -> tuple[History, Books]:
     second = deduct(2, "o2", 6, at=2) if fault else op(2, Kind.DEDUCT, "o2", Outcome.refused(EXHAUSTED), at=2)
     return History((deduct(1, "o1", 6, at=1), second)), books(12 if fault else 6, budget=10)
+
+
+def new_budget(at: float, value: int) -> NemesisEvent:
+    return NemesisEvent("budget", PROMOTION, at, value=value)
+
+
+def over_lowered_budget(fault: bool) -> tuple[History, Books]:
+    """15 taken of 20, 10 refunded, the budget lowered to 10: the 15 was legal then, and a net of 9 after is too."""
+    refund = op(2, Kind.REFUND, "o1", Outcome.ok((Line(PROMOTION, 10),)), at=3, lines=(Line(PROMOTION, 10),))
+    late = deduct(3, "o2", 6 if fault else 4, at=6)
+    history = History((deduct(1, "o1", 15, at=1), refund, late), (new_budget(0, 20), new_budget(5, 10)))
+    return history, books(11 if fault else 9, budget=10)
 
 
 def lost(fault: bool) -> tuple[History, Books]:
@@ -99,6 +111,24 @@ def after_freeze_until_its_end(fault: bool) -> tuple[History, Books]:
     return History((deduct_,), (freeze,)), books(5)
 
 
+def emergency(fault: bool) -> tuple[History, Books]:
+    """The switch of the deduction's region, or of another region (which does not bind it)."""
+    switch = NemesisEvent("emergency", "r1" if fault else "r2", start=10.0)
+    return History((deduct(1, "o1", 5, at=12),), (switch,)), books(5)
+
+
+def emergency_everywhere(fault: bool) -> tuple[History, Books]:
+    """The switch for every region binds every promotion, and a reservation as much as a deduction."""
+    other = (Line("q", 2, "u1"),)
+    reserve = op(1, Kind.RESERVE, "o1", Outcome.ok(other), at=12 if fault else 20.5, lines=other)
+    return History((reserve,), (NemesisEvent("emergency", "", 10.0, 20.0),)), books(0)
+
+
+def emergency_partitioned(fault: bool) -> tuple[History, Books]:
+    events = (NemesisEvent("partition", "r1", 5.0, 30.0), NemesisEvent("emergency", "r1", 10.0, 40.0))
+    return History((deduct(1, "o1", 5, at=25 if fault else 15),), events), books(5)
+
+
 def user_units(fault: bool) -> tuple[History, Books]:
     refund = op(2, Kind.REFUND, "o1", Outcome.ok((Line(PROMOTION, 3),)), at=2, lines=(Line(PROMOTION, 3),))
     ops = (deduct(1, "o1", 3, at=1), deduct(3, "o2", 3, at=3))
@@ -117,8 +147,23 @@ def over_refund(fault: bool) -> tuple[History, Books]:
     return History((deduct(1, "o1", 5, at=1), first, replace(second, refund_id="r2"))), books(5 - 3 - back)
 
 
+def held_after_return(fault: bool) -> tuple[History, Books]:
+    """Two open reservations hold 3 after every agent stopped; the center counting 4 as held strands 1."""
+    reserves = [op(n, Kind.RESERVE, f"o{n}", Outcome.ok(line(n)), at=n, lines=line(n)) for n in (1, 2)]
+    returned = 6 if fault else 7
+    region = RegionBooks(kept=3, granted=10, returned=returned, outstanding=10 - returned)
+    return History(tuple(reserves)), {PROMOTION: PromotionBooks(100, UNLIMITED, {"r1": region})}
+
+
+def returned_more(fault: bool) -> tuple[History, Books]:
+    returned = 6 if fault else 5
+    region = RegionBooks(consumed=5, granted=10, returned=returned, outstanding=5 - returned)
+    return History((deduct(1, "o1", 5, at=1),)), {PROMOTION: PromotionBooks(100, UNLIMITED, {"r1": region})}
+
+
 CASES = {
     "over_issue": Case(ViolationKind.OVER_ISSUE, (2,), over_issue),
+    "over_lowered_budget": Case(ViolationKind.OVER_ISSUE, (3,), over_lowered_budget, "the budget 10 then in effect"),
     "lost": Case(ViolationKind.LOST_ACKNOWLEDGEMENT, (1,), lost),
     "phantom": Case(ViolationKind.PHANTOM_CONSUMPTION, (1,), phantom),
     "two_answers": Case(ViolationKind.TWO_ANSWERS, (1, 2), two_answers),
@@ -128,9 +173,14 @@ CASES = {
     "after_freeze": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze),
     "after_freeze_partitioned": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze_partitioned),
     "after_freeze_until_its_end": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze_until_its_end),
+    "emergency": Case(ViolationKind.AFTER_FREEZE, (1,), emergency, "after the emergency switch went on for r1"),
+    "emergency_everywhere": Case(ViolationKind.AFTER_FREEZE, (1,), emergency_everywhere, "for every region"),
+    "emergency_partitioned": Case(ViolationKind.AFTER_FREEZE, (1,), emergency_partitioned),
     "user_units": Case(ViolationKind.USER_LIMIT, (3,), user_units),
     "user_orders": Case(ViolationKind.USER_LIMIT, (2,), user_orders),
     "over_refund": Case(ViolationKind.OVER_REFUND, (1, 2, 3), over_refund),
+    "held_after_return": Case(ViolationKind.HELD_AFTER_RETURN, (), held_after_return, "4 units as held by region r1"),
+    "returned_more": Case(ViolationKind.HELD_AFTER_RETURN, (), returned_more, "the budget does not know of"),
 }
 
 
@@ -140,6 +190,7 @@ def test_each_fault_is_flagged_with_its_operations(case: Case) -> None:
     assert [v.operations for v in verdict.violations if v.kind is case.kind] == [case.ids]
     assert not verdict.ok
     assert verdict.counts()[case.kind.value] == 1
+    assert all(case.says in v.message for v in verdict.violations if v.kind is case.kind)
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -150,62 +201,30 @@ def test_without_the_fault_the_history_is_clean(case: Case) -> None:
     assert set(verdict.counts().values()) == {0}
 
 
+def test_a_deduction_is_judged_on_the_budget_in_effect_not_the_final_one() -> None:
+    """Lowered to 10 at 5 and raised to 30 at 20: 12 acknowledged at 6 was over, though 22 at the end is not."""
+    ops = (deduct(1, "o1", 8, at=1), deduct(2, "o2", 4, at=6), deduct(3, "o3", 10, at=21))
+    history = History(ops, (new_budget(0, 20), new_budget(5, 10), new_budget(20, 30)))
+    (violation,) = judge(history, books(22, budget=30)).violations
+    assert (violation.kind, violation.operations) == (ViolationKind.OVER_ISSUE, (2,))
+    assert "net reached 12, above the budget 10 then in effect by 2" in violation.message
+
+
+@pytest.mark.parametrize("events", [(), (NemesisEvent("budget", "q", 0.0, value=1), new_budget(5, 100))])
+def test_before_any_budget_event_of_its_own_the_books_budget_applies(events: tuple[NemesisEvent, ...]) -> None:
+    """As in histories kept before budget events were recorded."""
+    over = History((deduct(1, "o1", 6, at=1), deduct(2, "o2", 6, at=2)), events)
+    assert [v.operations for v in judge(over, books(12, budget=10)).violations] == [(2,)]
+
+
 def test_history_round_trips_through_json_lines() -> None:
     history, _ = over_refund(True)
     odd = op(9, Kind.CANCEL, 'o\n"x', Outcome.ok(line(1, "ü"), replayed=True, expired=True), at=0.1 + 0.2)
-    history = History(
-        (*history.operations, odd), (NemesisEvent("freeze", PROMOTION, 1 / 3), NemesisEvent("kill", "a", 2.0, 7.5))
-    )
+    events = (NemesisEvent("freeze", PROMOTION, 1 / 3), NemesisEvent("kill", "a", 2.0, 7.5), new_budget(0.5, 2**53 + 1))
+    history = History((*history.operations, odd), events)
     assert History.from_jsonl(history.to_jsonl()) == history
 
 
-steps = st.lists(
-    st.tuples(st.sampled_from(ACTIONS), st.integers(0, 99), st.integers(0, 99), st.booleans(), st.booleans()),
-    max_size=40,
-)
-
-
-# Faults are planted in programs that begin with an acknowledged deduction of 1 in r1 and its refund, so there
-# is always something to plant them on (budget at least 2 gives r1 one unit).
-BEGINNING: list[Step] = [("deduct", 0, 1, False, False), ("refund", 0, 1, False, False)]
-budgets = st.integers(2, 30)
-
-
-def judged(budget: int, operations: list[Operation], regions: dict[str, RegionBooks]) -> set[ViolationKind]:
-    verdict = judge(History(tuple(operations)), {PROMOTION: PromotionBooks(budget, LIMIT, regions)})
-    return {violation.kind for violation in verdict.violations}
-
-
-@given(st.integers(0, 30), steps)
-def test_a_correct_agent_judges_clean(budget: int, program: list[Step]) -> None:
-    assert judged(budget, *run(budget, program)) == set()
-
-
-@given(budgets, steps, st.integers(0, 999))
-def test_a_dropped_deduction_is_flagged(budget: int, program: list[Step], pick: int) -> None:
-    operations, regions = run(budget, BEGINNING + program)
-    acknowledged = [op for op in operations if op.kind is Kind.DEDUCT and op.outcome.status is Status.OK]
-    dropped = acknowledged[pick % len(acknowledged)]
-    books = regions[dropped.region]
-    regions[dropped.region] = replace(books, consumed=books.consumed - dropped.outcome.applied[0].amount)
-    assert ViolationKind.LOST_ACKNOWLEDGEMENT in judged(budget, operations, regions)
-
-
-@given(budgets, steps, st.integers(0, 999))
-def test_a_second_fresh_ok_is_flagged(budget: int, program: list[Step], pick: int) -> None:
-    operations, regions = run(budget, BEGINNING + program)
-    fresh = [op for op in operations if op.outcome.status is Status.OK and not op.outcome.replayed]
-    again = fresh[pick % len(fresh)]
-    end = operations[-1].completed
-    operations.append(replace(again, id=len(operations) + 1, invoked=end + 1, completed=end + 2))
-    assert ViolationKind.APPLIED_TWICE in judged(budget, operations, regions)
-
-
-@given(budgets, steps, st.integers(0, 999))
-def test_a_forgotten_refund_is_flagged(budget: int, program: list[Step], pick: int) -> None:
-    operations, regions = run(budget, BEGINNING + program)
-    refunds = [op for op in operations if op.kind is Kind.REFUND and op.outcome.status is Status.OK]
-    forgotten = refunds[pick % len(refunds)]
-    books = regions[forgotten.region]
-    regions[forgotten.region] = replace(books, consumed=books.consumed + forgotten.outcome.applied[0].amount)
-    assert ViolationKind.PHANTOM_CONSUMPTION in judged(budget, operations, regions)
+def test_a_history_kept_before_budget_events_reads_back() -> None:
+    row = '{"nemesis": {"end": 7.5, "kind": "kill", "start": 2.0, "target": "center"}}\n'
+    assert History.from_jsonl(row).events == (NemesisEvent("kill", "center", 2.0, 7.5),)
