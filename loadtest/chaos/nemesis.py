@@ -88,6 +88,16 @@ def load_schedule(path: Path) -> list[Fault]:
     return [Fault(float(r["at_s"]), str(r["kind"]), float(r["hold_s"]), str(r["target"])) for r in rows]
 
 
+def recorded_settings(path: Path) -> dict[str, Any]:
+    """What else a saved summary says about its run (stack, seconds, seed, clients), to replay it exactly; nothing
+    for a bare schedule list."""
+    data: Any = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        return {}
+    kinds = {"stack": str, "seconds": float, "seed": int, "clients": int}
+    return {name: kind(data[name]) for name, kind in kinds.items() if name in data}
+
+
 def schedule_rows(faults: Sequence[Fault]) -> list[dict[str, Any]]:
     return [asdict(fault) for fault in faults]
 

@@ -200,6 +200,7 @@ async def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
         "stack": stack.name,
         "seed": options.seed,
         "seconds": options.seconds,
+        "clients": options.clients,
         "schedule": schedule_rows(faults),
         "injected": dict(sorted(nemesis.injected.items())),
         "faults": fault_summary(history, verdict),

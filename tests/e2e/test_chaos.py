@@ -79,3 +79,14 @@ def test_a_schedule_that_is_no_schedule_stops_the_run_before_it_starts(tmp_path:
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"quota: error: Invalid value for --schedule: {typo}: not a chaos schedule")
+
+
+def test_a_saved_run_with_settings_no_run_has_stops_the_replay_before_it_starts(tmp_path: Path) -> None:
+    saved = tmp_path / "quota-chaos-embedded-seed7.json"
+    saved.write_text('{"schedule": [], "stack": "redis-etcd-typo", "seconds": 60, "seed": 7}\n')
+
+    done = quota("chaos", "--schedule", str(saved), timeout_s=60)
+
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"quota: error: Invalid value for --schedule: {saved}: its settings are not a run's")
