@@ -1,5 +1,5 @@
-"""Faults on a seeded schedule, decided up front (so it can be printed, saved and replayed), one at a time, each
-healed by the nemesis before the next.
+"""Faults on a seeded schedule, decided up front (so it can be printed, saved and replayed), on two tracks (the
+stack's faults, and the budget owner's actions beside them), one at a time on each, each healed before the next.
 
 Process faults belong to the stack (`Breakable`): kill -9 and restart, SIGSTOP past a lease and SIGCONT, a
 partition. The budget owner's actions are the same on every stack and done here through the center's admin API:
@@ -39,6 +39,8 @@ EVERYWHERE = ""
 """The emergency switch's target when it stops every region."""
 FIRST_AT_S = 2.0
 GAP_S = (1.0, 2.0)
+ADMIN_GAP_S = (2.0, 6.0)
+"""Wider than between breaks: a promotion frozen most of the time would leave little load to break."""
 LEADER_POLL_S = 0.1
 
 
@@ -64,21 +66,31 @@ class Breakable(Protocol):
 
 
 def schedule(seed: int, seconds: float, faults: Mapping[str, Sequence[str]]) -> list[Fault]:
-    """Every kind once first (in a seeded order, even if that runs past `seconds`), then more while they fit.
-    `faults` maps each kind to its possible targets."""
-    rng = random.Random(f"nemesis-{seed}")
+    """Two tracks, each one fault at a time: the stack's faults, and the budget owner's actions beside them (so a
+    freeze can land while a region is cut off or the leader is down). On each track every kind comes once first
+    (in a seeded order, even if that runs past `seconds`), then more while they fit. `faults` maps each kind to
+    its possible targets."""
+    breaks = {kind: targets for kind, targets in faults.items() if kind not in ADMIN_FAULTS}
+    actions = {kind: targets for kind, targets in faults.items() if kind in ADMIN_FAULTS}
+    tracks = _track(f"nemesis-{seed}", seconds, breaks, GAP_S) + _track(f"owner-{seed}", seconds, actions, ADMIN_GAP_S)
+    return sorted(tracks, key=lambda fault: fault.at_s)
+
+
+def _track(seed: str, seconds: float, faults: Mapping[str, Sequence[str]], gap_s: tuple[float, float]) -> list[Fault]:
+    rng = random.Random(seed)
     kinds = sorted(faults)
     first = list(kinds)
     rng.shuffle(first)
     scheduled: list[Fault] = []
     at = FIRST_AT_S
-    while True:
+    while kinds:
         kind = first.pop(0) if first else rng.choice(kinds)
         hold = round(rng.uniform(*HOLD_S[kind]), 2)
         if len(scheduled) >= len(kinds) and at + hold > seconds:
-            return scheduled
+            break
         scheduled.append(Fault(round(at, 2), kind, hold, rng.choice(sorted(faults[kind]))))
-        at += hold + rng.uniform(*GAP_S)
+        at += hold + rng.uniform(*gap_s)
+    return scheduled
 
 
 def load_schedule(path: Path) -> list[Fault]:
@@ -113,12 +125,14 @@ class Nemesis:
     """Per leader fault on a stack of several replicas: from the fault to a replica answering as leader."""
 
     async def run(self, started: float) -> None:
-        for fault in self.faults:
+        actions = [fault for fault in self.faults if fault.kind in ADMIN_FAULTS]
+        breaks = [fault for fault in self.faults if fault.kind not in ADMIN_FAULTS]
+        await asyncio.gather(self._run_track(started, actions), self._run_track(started, breaks))
+
+    async def _run_track(self, started: float, faults: Sequence[Fault]) -> None:
+        for fault in faults:
             await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
-            if fault.kind in ADMIN_FAULTS:
-                await self._act(fault)
-            else:
-                await self._break(fault)
+            await (self._act(fault) if fault.kind in ADMIN_FAULTS else self._break(fault))
             self.injected[fault.kind] += 1
 
     async def _break(self, fault: Fault) -> None:
