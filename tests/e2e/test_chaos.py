@@ -70,23 +70,21 @@ def test_a_history_file_that_cannot_be_written_stops_the_run_before_it_starts(tm
     assert line.startswith(missing)
 
 
-def test_a_schedule_that_is_no_schedule_stops_the_run_before_it_starts(tmp_path: Path) -> None:
-    typo = tmp_path / "schedule.json"
-    typo.write_text('{"seed": 7}\n')
+@pytest.mark.parametrize(
+    ("saved", "refusal"),
+    [
+        ('{"seed": 7}', "not a chaos schedule"),
+        ('{"schedule": [], "stack": "redis-etcd-typo", "seconds": 60, "seed": 7}', "its settings are not a run's"),
+    ],
+)
+def test_a_schedule_that_cannot_be_replayed_stops_the_run_before_it_starts(
+    tmp_path: Path, saved: str, refusal: str
+) -> None:
+    schedule = tmp_path / "quota-chaos-embedded-seed7.json"
+    schedule.write_text(saved + "\n")
 
-    done = quota("chaos", "--schedule", str(typo), timeout_s=60)
-
-    assert done.returncode == 2
-    (line,) = done.stderr.splitlines()
-    assert line.startswith(f"quota: error: Invalid value for --schedule: {typo}: not a chaos schedule")
-
-
-def test_a_saved_run_with_settings_no_run_has_stops_the_replay_before_it_starts(tmp_path: Path) -> None:
-    saved = tmp_path / "quota-chaos-embedded-seed7.json"
-    saved.write_text('{"schedule": [], "stack": "redis-etcd-typo", "seconds": 60, "seed": 7}\n')
-
-    done = quota("chaos", "--schedule", str(saved), timeout_s=60)
+    done = quota("chaos", "--schedule", str(schedule), timeout_s=60)
 
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
-    assert line.startswith(f"quota: error: Invalid value for --schedule: {saved}: its settings are not a run's")
+    assert line.startswith(f"quota: error: Invalid value for --schedule: {schedule}: {refusal}")
