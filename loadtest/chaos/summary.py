@@ -9,9 +9,10 @@ Per kind of fault:
 - injected: how many windows;
 - in_flight: operations whose [invoked, completed] overlaps a window;
 - violations: violations with at least one operation in flight during a window;
-- serve_again_s: per healed window, from its end until a client was answered ok by a fresh deduct or reserve
-  invoked at or after the end, that the fault bore on (`NemesisEvent.covers`: in the region cut off or switched,
-  through the agent killed, of the promotion frozen; any, after a fault of the center or etcd);
+- serve_again_s: per healed window, from its end until a fresh deduct or reserve invoked at or after the end, that
+  the fault bore on (`NemesisEvent.covers`: in the region cut off or switched, through the agent killed, of the
+  promotion frozen; any, after a fault of the center or etcd), was answered: ok, or after a broken part also
+  refused for the promotion's own reason (sold out, a user's limit), since a sold-out promotion is served by that;
 - propagation_s, for the switches ("freeze", "emergency") only: per window, how late after the switch an agent
   still took quota it covers (the latest invocation answered ok while the switch held), 0.0 when none did.
 
@@ -27,8 +28,10 @@ from collections.abc import Iterable, Sequence
 from statistics import median
 
 from loadtest.chaos.books import Verdict
-from loadtest.chaos.history import History, NemesisEvent, Operation, Status
+from loadtest.chaos.history import History, Kind, NemesisEvent, Operation, Status
 
+NOT_SERVING = {"REJECT_REASON_LEASE_EXPIRED", "REJECT_REASON_FROZEN"}
+"""Refusals that say the region cannot spend now, not that the order may not have it."""
 SWITCHES = ("freeze", "emergency")
 """Kinds that stop agents from handing out quota while they hold, so how fast they took effect is measured."""
 
@@ -86,8 +89,17 @@ def _serve_again(operations: Sequence[Operation], window: NemesisEvent) -> float
     if window.end is None:
         return None
     end = window.end
-    answered = [op.completed for op in operations if op.fresh_take and op.invoked >= end and window.covers(op)]
+    answered = [op.completed for op in operations if op.invoked >= end and window.covers(op) and _served(op, window)]
     return min(answered) - end if answered else None
+
+
+def _served(op: Operation, window: NemesisEvent) -> bool:
+    """After a switch, quota handed out again. After a broken part, a new order answered for what it is: ok, or
+    refused for a reason of the promotion's own (sold out, a user's limit), not because the region cannot spend."""
+    if window.kind in SWITCHES or op.outcome.status is Status.OK:
+        return op.fresh_take
+    refused = op.outcome.status is Status.REFUSED and op.outcome.reason not in NOT_SERVING
+    return refused and op.kind in (Kind.DEDUCT, Kind.RESERVE)
 
 
 def _propagation(operations: Sequence[Operation], window: NemesisEvent) -> float:

@@ -67,13 +67,15 @@ def test_serving_again_counts_from_the_heal_to_the_first_fresh_answer_the_fault_
         take(7, 32.0, 32.25),
         take(8, 51.0, 51.1),  # through another agent
         take(9, 51.5, 52.0, region="r2"),
+        take(10, 71.1, 71.2, outcome=Outcome.refused("REJECT_REASON_LEASE_EXPIRED")),  # not spending yet
+        take(11, 71.2, 71.4, outcome=Outcome.refused("REJECT_REASON_EXHAUSTED")),  # served: it is sold out
     )
 
     summary = fault_summary(History(ops, events), Verdict())
 
     assert summary["partition"]["serve_again_s"] == {"max": 1.5, "median": 0.875, "count": 2}
     assert summary["kill-agent"]["serve_again_s"] == {"max": 1.0, "median": 1.0, "count": 1}
-    assert summary["kill-leader"]["serve_again_s"] is None  # nothing answered after it
+    assert summary["kill-leader"]["serve_again_s"] == {"max": 0.4, "median": 0.4, "count": 1}
 
 
 def test_a_switch_reports_how_late_it_still_let_quota_out() -> None:
