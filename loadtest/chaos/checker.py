@@ -13,8 +13,8 @@ Violations, by kind:
 - applied_twice: two ok answers with replayed=false for one key;
 - unresolved_unknown: a key whose last attempt is unknown and that never answered ok;
 - after_freeze: an ok, non-replayed deduct or reserve invoked after a freeze of its promotion, or the emergency
-  switch of its region (or of every region), took effect plus an allowance (one lease TTL when its region was
-  partitioned meanwhile, a propagation allowance otherwise);
+  switch of its region (or of every region), took effect plus an allowance (one lease TTL when its region was cut
+  off from the leader meanwhile: partitioned, or the leader killed or stopped; a propagation allowance otherwise);
 - user_limit: see `limits`;
 - over_refund: an order given back more of a promotion than it deducted;
 - held_after_return: after every agent stopped gracefully, the center counts a region as holding other than
@@ -33,6 +33,8 @@ from loadtest.chaos.accounts import Accounts, build
 from loadtest.chaos.books import Books, RegionBooks, Verdict, Violation, ViolationKind
 from loadtest.chaos.history import History, Kind, NemesisEvent, Operation
 from loadtest.chaos.limits import user_limit_violations
+
+CUT_OFF_FROM_CENTER = ("partition", "kill-leader", "stop-leader")
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,9 @@ def _over_refund(accounts: Accounts) -> list[Violation]:
 
 def _after_freeze(history: History, allowance: Allowance) -> list[Violation]:
     switches = [e for e in history.events if e.kind in ("freeze", "emergency")]
-    partitions = [e for e in history.events if e.kind == "partition"]
+    # A region that cannot reach the leader hears of a switch only when its lease runs out: cut off alone, or
+    # with everyone while the leader is down or stopped (the switch may have reached a leader just before).
+    cut_offs = [e for e in history.events if e.kind in CUT_OFF_FROM_CENTER]
     found = []
     for op in history.operations:
         if not op.fresh_take:
@@ -187,7 +191,7 @@ def _after_freeze(history: History, allowance: Allowance) -> list[Violation]:
         for switch in switches:
             if not switch.covers(op) or not _answered_while_frozen(op, switch):
                 continue
-            cut_off = any(_overlaps(p, switch.start, op.invoked) for p in partitions if p.covers(op))
+            cut_off = any(_overlaps(c, switch.start, op.invoked) for c in cut_offs if c.covers(op))
             grace = allowance.lease_ttl_s if cut_off else allowance.propagation_s
             if op.invoked > switch.start + grace:
                 what, went_on = (
@@ -201,7 +205,8 @@ def _after_freeze(history: History, allowance: Allowance) -> list[Violation]:
                         (op.id,),
                         f"{op.kind} {op.order_key} in {op.region} via {op.agent} was answered ok "
                         f"{op.invoked - switch.start:.3f}s after {went_on} (allowed {grace}s"
-                        f"{', partitioned' if cut_off else ''}): the {what} did not reach the agent in time.",
+                        f"{', cut off from the center' if cut_off else ''}): the {what} did not reach the agent "
+                        "in time.",
                     )
                 )
     return found

@@ -104,6 +104,13 @@ def after_freeze_partitioned(fault: bool) -> tuple[History, Books]:
     return History((deduct(1, "o1", 5, at=25 if fault else 15),), events), books(5)
 
 
+def after_freeze_leader_stopped(fault: bool) -> tuple[History, Books]:
+    """The freeze reached a leader that was stopped before it could tell anyone: every region is cut off, so the
+    lease (the Allowance's 10 s) bounds it, not propagation; past the lease it is a fault."""
+    events = (NemesisEvent("freeze", PROMOTION, 10.0, 40.0), NemesisEvent("stop-leader", "center-0", 10.5, 30.0))
+    return History((deduct(1, "o1", 5, at=25 if fault else 15),), events), books(5)
+
+
 def after_freeze_until_its_end(fault: bool) -> tuple[History, Books]:
     """Invoked while frozen; answered before the unfreeze was sent (a fault), or after it (fine)."""
     freeze = NemesisEvent("freeze", PROMOTION, 10.0, 20.0)
@@ -172,6 +179,9 @@ CASES = {
     "unresolved": Case(ViolationKind.UNRESOLVED_UNKNOWN, (1,), unresolved),
     "after_freeze": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze),
     "after_freeze_partitioned": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze_partitioned),
+    "after_freeze_leader_stopped": Case(
+        ViolationKind.AFTER_FREEZE, (1,), after_freeze_leader_stopped, "cut off from the center"
+    ),
     "after_freeze_until_its_end": Case(ViolationKind.AFTER_FREEZE, (1,), after_freeze_until_its_end),
     "emergency": Case(ViolationKind.AFTER_FREEZE, (1,), emergency, "after the emergency switch went on for r1"),
     "emergency_everywhere": Case(ViolationKind.AFTER_FREEZE, (1,), emergency_everywhere, "for every region"),
