@@ -8,9 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /build
 COPY pyproject.toml README.md ./
+COPY quota_common ./quota_common
 COPY quota_center ./quota_center
 COPY region_agent ./region_agent
+COPY quota_testing ./quota_testing
 COPY loadtest ./loadtest
+COPY quota_cli ./quota_cli
 # pip compiles the bytecode here, so the servers run on a read-only root filesystem.
 RUN pip install . && rm -rf /build
 

@@ -28,14 +28,14 @@ from typing import Any
 import grpc
 import redis.asyncio as redis
 
+from loadtest.bench import promotion_pb
+from loadtest.bench_ledger import script_loop_per_s
 from loadtest.load import Demand, Measured, Target, drive, over_issue, warm_up
 from loadtest.targets import CentralGrpc, CentralRedis, ThroughAgent
-from quota_center.bench import promotion_pb
-from quota_center.bench_ledger import script_loop_per_s
-from quota_center.launch import ServerProcess, agent_process, center_process
-from quota_center.testing_servers import redis_server
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.servers import redis_server
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 

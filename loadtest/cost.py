@@ -28,8 +28,8 @@ import grpc
 from loadtest.compare import REGION, create_promotions
 from loadtest.load import Demand, drive, warm_up
 from loadtest.targets import ThroughAgent
-from quota_center.launch import ServerProcess, agent_process, center_process
-from quota_center.testing_servers import redis_server
+from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.servers import redis_server
 
 SERVERS = ("echo", "echo_waiting", "echo_redis_volatile", "echo_redis_durable", "agent_memory", "agent_redis")
 WARM_UP_S = 1.0

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 import redis.asyncio as redis
 
-from quota_center.process import exclusive_server, serve
-from quota_center.rpc import Context
+from quota_common.process import exclusive_server, serve
+from quota_common.rpc import Context
 from region_agent.ledger.batching import Batcher
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 from region_agent.v1 import region_agent_pb2 as pb

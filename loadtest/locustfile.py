@@ -32,9 +32,9 @@ from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from quota_center.errors import REJECT_REASON_METADATA_KEY, RejectReason, trailing
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_common.errors import REJECT_REASON_METADATA_KEY, RejectReason, trailing
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 

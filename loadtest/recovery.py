@@ -22,10 +22,10 @@ from typing import Any
 
 import grpc
 
-from quota_center.bench import promotion_pb
-from quota_center.launch import ServerProcess, agent_process, center_process
+from loadtest.bench import promotion_pb
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_testing.launch import ServerProcess, agent_process, center_process
 from region_agent.agent import AgentSettings
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from quota_center.launch import ServerProcess, agent_process, center_process
+from quota_testing.launch import ServerProcess, agent_process, center_process
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 

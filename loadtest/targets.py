@@ -8,9 +8,9 @@ import grpc
 import redis.asyncio as redis
 
 from loadtest.load import Order
-from quota_center.incarnation import new_incarnation
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_common.incarnation import new_incarnation
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from quota_center import ledger, policy
-from quota_center.errors import Exhausted, FailedPrecondition
+from quota_center import ledger
 from quota_center.ledger import GrantRecord, PromotionState
+from quota_common import policy
+from quota_common.errors import Exhausted, FailedPrecondition
 
 
 def grant(

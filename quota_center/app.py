@@ -13,16 +13,16 @@ from pathlib import Path
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from quota_center import server as center_server
-from quota_center.clock import SystemClock
-from quota_center.election import EtcdLeadership
-from quota_center.errors import ConfigError
+from quota_center.center import Center, CenterSettings
+from quota_center.leadership import EtcdLeadership
 from quota_center.metrics import center_registry
-from quota_center.metrics_http import MetricsEndpoint
-from quota_center.process import exclusive_server, health_servicer, serve
-from quota_center.service import Center, CenterSettings
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore
 from quota_center.store.sqlite import SqliteStore
+from quota_common.clock import SystemClock
+from quota_common.errors import ConfigError
+from quota_common.metrics_http import MetricsEndpoint
+from quota_common.process import exclusive_server, health_servicer, serve
 
 log = logging.getLogger(__name__)
 

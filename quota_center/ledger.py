@@ -13,45 +13,17 @@ leaves the live state untouched.
 from __future__ import annotations
 
 import copy
-import enum
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
-from quota_center.policy import Pacing, released_amount
-from quota_center.validation import COUNTER_CEILING, MAX_COUNTER
+from quota_common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
+from quota_common.model import Kind, Promotion, Report, promotion_document, promotion_from_document
+from quota_common.policy import Pacing, released_amount
+from quota_common.validation import COUNTER_CEILING, MAX_COUNTER
 
 RECENT_GRANTS_KEPT = 32
 _ISO_4217 = re.compile(r"[A-Z]{3}")
-
-
-class Kind(enum.Enum):
-    COUNT = "COUNT"
-    AMOUNT = "AMOUNT"
-
-
-@dataclass(frozen=True)
-class Promotion:
-    id: str
-    kind: Kind
-    currency: str
-    budget: int
-    start_ms: int
-    end_ms: int
-    regions: tuple[str, ...]
-    frozen: bool = False
-    revision: int = 1
-    per_user_limit: int = 0
-    """Units per user; 0 is no limit."""
-    per_user_orders: int = 0
-    """Orders per user; 0 is no limit."""
-    pacing: Pacing = Pacing.NONE
-    hourly_cap: int = 0
-    """With Pacing.HOURLY_CAP, what each hour of the window releases."""
-
-    def is_active(self, wall_ms: int) -> bool:
-        return self.start_ms <= wall_ms < self.end_ms
 
 
 @dataclass(frozen=True)
@@ -66,17 +38,6 @@ class GrantRecord:
     amount: int
     asked: int = 0
     """What the acquire asked for, so a retry asking otherwise is told; 0 in grants stored before it was kept."""
-
-
-@dataclass(frozen=True)
-class Report:
-    """An agent's cumulative counters for one promotion, since its incarnation began."""
-
-    granted: int
-    returned: int
-    deducted: int
-    refunded: int
-    demand_per_minute: int = 0
 
 
 @dataclass
@@ -155,23 +116,6 @@ class PromotionState:
             raw["recent_grants"] = [(grant_id, amount) for grant_id, amount in raw["recent_grants"]]
             accounts[region] = RegionAccount(**raw)
         return cls(promotion_from_document(doc["promotion"]), accounts, doc["version"])
-
-
-def promotion_document(promotion: Promotion) -> dict[str, Any]:
-    """The promotion as JSON-ready values (the center's store and the regions' cache tier)."""
-    document = asdict(promotion)
-    document["kind"] = promotion.kind.value
-    document["pacing"] = promotion.pacing.value
-    return document
-
-
-def promotion_from_document(document: dict[str, Any]) -> Promotion:
-    fields = dict(document)
-    fields["kind"] = Kind(fields["kind"])
-    # Documents written before pacing existed release everything at once.
-    fields["pacing"] = Pacing(fields.get("pacing", Pacing.NONE.value))
-    fields["regions"] = tuple(fields["regions"])
-    return Promotion(**fields)
 
 
 def check_new_promotion(promotion: Promotion) -> None:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from quota_center.service import Center
+from quota_center.center import Center
 
 
 class CenterCollector(Collector):

@@ -14,8 +14,8 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from quota_center.errors import InvalidArgument
-from quota_center.validation import require_id
+from quota_common.errors import InvalidArgument
+from quota_common.validation import require_id
 
 MAX_PAGE_BYTES = 1024 * 1024
 # A repeated message field adds its tag and a length prefix (a varint of at most 5 bytes) per item.

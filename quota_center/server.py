@@ -9,24 +9,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from quota_center.clock import Clock, SystemClock
-from quota_center.convert import (
-    catalog_page_to_pb,
-    directives_to_pb,
-    emergency_to_pb,
-    promotion_from_pb,
-    promotion_to_pb,
-    usage_to_pb,
-)
-from quota_center.errors import InvalidArgument, QuotaError
-from quota_center.incarnation import require_incarnation
-from quota_center.ledger import GrantRecord, Report
+from quota_center.center import Center, Opening
+from quota_center.convert import catalog_page_to_pb, directives_to_pb, usage_to_pb
+from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
-from quota_center.rpc import Context, abort_with, add_decoding, translate_errors
-from quota_center.service import Center, Opening
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_center.validation import (
+from quota_center.wire import emergency_to_pb, promotion_from_pb, promotion_to_pb
+from quota_common.clock import Clock, SystemClock
+from quota_common.errors import InvalidArgument, QuotaError
+from quota_common.incarnation import require_incarnation
+from quota_common.model import Report
+from quota_common.rpc import Context, abort_with, add_decoding, translate_errors
+from quota_common.validation import (
     MAX_RENEWAL,
     clamp_demand,
     require_amount,

@@ -13,13 +13,13 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from quota_center.clock import Clock, iso
-from quota_center.errors import Exhausted, InvalidArgument, QuotaError, Rejected, RejectReason, Unavailable
-from quota_center.ledger import Promotion
-from quota_center.policy import RefillSettings
+from quota_common.clock import Clock, iso
+from quota_common.errors import Exhausted, InvalidArgument, QuotaError, Rejected, RejectReason, Unavailable
+from quota_common.model import Promotion
+from quota_common.policy import RefillSettings
 from region_agent.cache import CacheTier, PromotionCache
 from region_agent.catalog_sync import CatalogSync
-from region_agent.center_client import CenterClient
+from region_agent.grpc_center import CenterClient
 from region_agent.ledger.base import (
     Balance,
     DeductOutcome,

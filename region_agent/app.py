@@ -7,15 +7,15 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as redis
 
-from quota_center.clock import SystemClock
-from quota_center.errors import ConfigError
-from quota_center.metrics_http import MetricsEndpoint
-from quota_center.process import exclusive_server, serve
+from quota_common.clock import SystemClock
+from quota_common.errors import ConfigError
+from quota_common.metrics_http import MetricsEndpoint
+from quota_common.process import exclusive_server, serve
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CacheTier
 from region_agent.cache_redis import RedisCacheTier
-from region_agent.center_client import CenterClient
+from region_agent.grpc_center import CenterClient
 from region_agent.ledger.base import Ledger
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger

@@ -13,8 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from quota_center.catalog import EmergencyFreeze
-from quota_center.ledger import Promotion
+from quota_common.model import EmergencyFreeze, Promotion
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ import json
 
 import redis.asyncio as redis
 
-from quota_center.catalog import EmergencyFreeze
-from quota_center.errors import Unavailable
-from quota_center.ledger import promotion_document, promotion_from_document
+from quota_common.errors import Unavailable
+from quota_common.model import EmergencyFreeze, promotion_document, promotion_from_document
 from region_agent.cache import CatalogSnapshot
 
 _SAVE = """

@@ -15,11 +15,11 @@ import logging
 import random
 from collections.abc import Callable
 
-from quota_center.clock import Clock
-from quota_center.errors import QuotaError
-from quota_center.ledger import Promotion
+from quota_common.clock import Clock
+from quota_common.errors import QuotaError
+from quota_common.model import Promotion
 from region_agent.cache import CacheTier, CatalogSnapshot, PromotionCache
-from region_agent.center_client import CenterClient
+from region_agent.grpc_center import CenterClient
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 asked of the center (calls, latency), and what it holds (ledger balances, leases, the cache).
 
 Balances live in the ledger, which may be the region's Redis: `refresh` reads them before each
-scrape (see quota_center.metrics_http), and the collector reports that snapshot.
+scrape (see quota_common.metrics_http), and the collector reports that snapshot.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from quota_center.errors import QuotaError, Rejected
+from quota_common.errors import QuotaError, Rejected
 from region_agent.agent import Agent, PromotionStatus
 
 # From a fraction of a millisecond (a deduction served from the allotment) to the seconds an

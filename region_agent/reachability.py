@@ -6,7 +6,7 @@ away; people need the moment it went and how long it stayed away, not a line per
 
 from __future__ import annotations
 
-from quota_center.clock import Clock, iso
+from quota_common.clock import Clock, iso
 
 
 class Reachability:

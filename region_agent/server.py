@@ -9,9 +9,9 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from quota_center.errors import InvalidArgument
-from quota_center.rpc import Context, abort_with, add_decoding, translate_errors
-from quota_center.validation import MAX_LINES, require_amount, require_id, require_total, require_unique
+from quota_common.errors import InvalidArgument
+from quota_common.rpc import Context, abort_with, add_decoding, translate_errors
+from quota_common.validation import MAX_LINES, require_amount, require_id, require_total, require_unique
 from region_agent.agent import Agent
 from region_agent.ledger.base import Line, Settle
 from region_agent.metrics import AgentMetrics

@@ -29,9 +29,10 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from quota_center import policy
-from quota_center.clock import Clock
-from quota_center.errors import (
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_common import policy
+from quota_common.clock import Clock
+from quota_common.errors import (
     Exhausted,
     FailedPrecondition,
     LedgerLost,
@@ -40,13 +41,12 @@ from quota_center.errors import (
     Superseded,
     Unavailable,
 )
-from quota_center.ledger import Promotion
-from quota_center.policy import RefillSettings
-from quota_center.v1 import quota_center_pb2 as pb
-from quota_center.validation import MAX_RENEWAL
+from quota_common.model import Promotion
+from quota_common.policy import RefillSettings
+from quota_common.validation import MAX_RENEWAL
 from region_agent.cache import PromotionCache
-from region_agent.center_client import CenterClient, counters_pb
 from region_agent.demand import RateMeter
+from region_agent.grpc_center import CenterClient, counters_pb
 from region_agent.ledger.base import Balance, Ledger
 from region_agent.reachability import Reachability
 

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from quota_center.simulation.run import STRATEGIES, simulate_all
+from loadtest.simulation.run import STRATEGIES, simulate_all
 
 CHART = Path(__file__).resolve().parent.parent / "docs" / "strategies.png"
 COLUMNS = (

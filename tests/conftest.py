@@ -8,8 +8,8 @@ import grpc
 import pytest
 from hypothesis import settings
 
-from quota_center.testing import ServedAgent, ServedCenter, running_agent, running_center
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.inprocess import ServedAgent, ServedCenter, running_agent, running_center
 from region_agent.agent import AgentSettings
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 

@@ -10,18 +10,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quota_center.clock import FakeClock
-from quota_center.errors import Rejected, RejectReason
-from quota_center.service import CenterSettings
-from quota_center.testing import ServedCenter, running_agent, running_center
+from quota_center.center import CenterSettings
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_center.validation import MAX_AMOUNT
+from quota_common.clock import FakeClock
+from quota_common.errors import Rejected, RejectReason
+from quota_common.validation import MAX_AMOUNT
+from quota_testing.inprocess import ServedCenter, running_agent, running_center
+from quota_testing.support import eventually, now_ms, order, promotion, reject_reason
 from region_agent.agent import AgentSettings
 from region_agent.ledger.base import Line
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import eventually, now_ms, order, promotion, reject_reason
 
 FAST = AgentSettings("eu", renew_interval_s=0.05, max_wait_s=1.0)
 

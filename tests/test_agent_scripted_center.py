@@ -11,19 +11,18 @@ from dataclasses import replace
 
 import pytest
 
-from quota_center.catalog import EmergencyFreeze
-from quota_center.clock import FakeClock
-from quota_center.errors import NotFound, Rejected, RejectReason, Unavailable
-from quota_center.ledger import Kind, Promotion
 from quota_center.v1 import quota_center_pb2 as pb
-from quota_center.validation import MAX_RENEWAL
+from quota_common.clock import FakeClock
+from quota_common.errors import NotFound, Rejected, RejectReason, Unavailable
+from quota_common.model import EmergencyFreeze, Kind, Promotion
+from quota_common.validation import MAX_RENEWAL
+from quota_testing.support import eventually
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CatalogSnapshot
-from region_agent.center_client import CenterClient, GrantAnswer, Page, RenewAnswer
+from region_agent.grpc_center import CenterClient, GrantAnswer, Page, RenewAnswer
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.supply import UNKNOWN_TTL_S
-from tests.support import eventually
 
 HOUR_MS = 3_600_000
 LEASE_TTL_S = 10.0

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from quota_center.clock import FakeClock
-from quota_center.errors import Exhausted, FailedPrecondition, NotFound, PermissionDenied
-from quota_center.ledger import GrantRecord, Kind, Promotion
-from quota_center.service import CatalogPage, Center, Opening
+from quota_center.center import CatalogPage, Center, Opening
+from quota_center.ledger import GrantRecord
 from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore
+from quota_common.clock import FakeClock
+from quota_common.errors import Exhausted, FailedPrecondition, NotFound, PermissionDenied
+from quota_common.model import Kind, Promotion
 
 
 def _promotion(promotion_id: str, budget: int = 100, regions: tuple[str, ...] = ("eu", "us")) -> Promotion:

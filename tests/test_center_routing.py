@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from quota_center.errors import LEADER_METADATA_KEY
-from quota_center.rpc import Context
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from region_agent.center_client import CenterClient
+from quota_common.errors import LEADER_METADATA_KEY
+from quota_common.rpc import Context
+from region_agent.grpc_center import CenterClient
 
 
 class Catalog(pb_grpc.CatalogServicer):

@@ -10,18 +10,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quota_center.clock import FakeClock
-from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, Superseded, from_grpc
-from quota_center.incarnation import new_incarnation
-from quota_center.ledger import GrantRecord, Kind, Promotion, RegionAccount, Report
-from quota_center.service import Center, Directive, Opening
+from quota_center.center import Center, Directive, Opening
+from quota_center.ledger import GrantRecord, RegionAccount
 from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_center.validation import MAX_AMOUNT
-from tests.memory_store import MemoryStore
-from tests.support import promotion
+from quota_common.clock import FakeClock
+from quota_common.errors import FailedPrecondition, InvalidArgument, NotFound, Superseded, from_grpc
+from quota_common.incarnation import new_incarnation
+from quota_common.model import Kind, Promotion, Report
+from quota_common.validation import MAX_AMOUNT
+from quota_testing.memory_store import MemoryStore
+from quota_testing.support import promotion
 
 AGENT = pb.AgentIdentity(region="eu", incarnation=new_incarnation(1))
 

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from etcd3aio import Etcd3Client
 
-from quota_center.errors import NotLeader
-from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState
+from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.etcd import EtcdStore
-from quota_center.testing_servers import RunningServer, etcd_server
+from quota_common.errors import NotLeader
+from quota_common.model import Kind, Promotion
+from quota_testing.servers import RunningServer, etcd_server
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,14 @@ from typing import Any
 import grpc
 import pytest
 
-from quota_center.clock import FakeClock
-from quota_center.testing import ServedCenter, running_agent, running_center
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_common.clock import FakeClock
+from quota_testing.inprocess import ServedCenter, running_agent, running_center
+from quota_testing.support import eventually, order, promotion, reject_reason
 from region_agent.agent import AgentSettings
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import eventually, order, promotion, reject_reason
 
 REGIONS = ("eu", "us", "ap")
 LOOKAHEAD_S = 30.0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from quota_center.incarnation import new_incarnation
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from tests.support import HOUR_MS, now_ms, promotion
+from quota_common.incarnation import new_incarnation
+from quota_testing.support import HOUR_MS, now_ms, promotion
 
 
 async def test_a_linear_promotion_grants_only_what_its_window_has_released(

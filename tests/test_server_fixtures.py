@@ -8,7 +8,7 @@ import urllib.request
 
 import redis
 
-from quota_center.testing_servers import etcd_server, redis_server
+from quota_testing.servers import etcd_server, redis_server
 
 
 def _alive(pid: int) -> bool:

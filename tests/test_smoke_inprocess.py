@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.support import eventually, order, promotion
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import eventually, order, promotion
 
 
 async def test_first_order_waits_for_a_grant_and_is_counted_at_the_center(

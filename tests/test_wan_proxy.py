@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from loadtest.wan import Link, WanProxy
-from quota_center.testing import running_center
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_testing.inprocess import running_center
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

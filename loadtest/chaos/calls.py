@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from loadtest.chaos.history import Kind, Outcome
-from quota_center.errors import REJECT_REASON_METADATA_KEY, trailing
+from quota_common.errors import REJECT_REASON_METADATA_KEY, trailing
 from region_agent.ledger.base import Line
 from region_agent.server import lines_pb
 from region_agent.v1 import region_agent_pb2 as pb

@@ -22,8 +22,8 @@ from loadtest.chaos.admin import CenterAdmin
 from loadtest.chaos.embedded import AGENT_OPTIONS, LEASE_TTL_S, REGIONS
 from loadtest.chaos.nemesis import Fault
 from loadtest.wan import WanProxy
-from quota_center.launch import ServerProcess, agent_process, center_process
-from quota_center.testing_servers import RestartableServer, etcd_cluster, redis_process
+from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.servers import RestartableServer, etcd_cluster, redis_process
 from region_agent.ledger.redis import RedisLedger
 
 REPLICAS = 2

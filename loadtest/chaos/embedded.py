@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from loadtest.chaos.nemesis import Fault
-from quota_center.launch import ServerProcess, agent_process, center_process
+from quota_testing.launch import ServerProcess, agent_process, center_process
 from region_agent.agent import AgentSettings
 
 REGIONS = ("eu", "us")

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from loadtest.bench import promotion_pb
 from loadtest.chaos.admin import CenterAdmin
 from loadtest.chaos.books import Books, PromotionBooks, RegionBooks
 from loadtest.chaos.calls import AgentCalls
@@ -26,8 +27,7 @@ from loadtest.chaos.history import History, NemesisEvent, Status
 from loadtest.chaos.nemesis import EVERYWHERE, Breakable, Fault, Nemesis, load_schedule, schedule, schedule_rows
 from loadtest.chaos.summary import fault_summary
 from loadtest.chaos.workload import LIMITED, PLAIN, Client, Recorder
-from quota_center.bench import promotion_pb
-from quota_center.launch import ServerProcess
+from quota_testing.launch import ServerProcess
 from region_agent.ledger.base import UserLimit
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc

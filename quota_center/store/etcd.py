@@ -25,9 +25,9 @@ from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 from etcd3aio._protobuf import Compare, RequestOp
 from etcd3aio.kv import KVService
 
-from quota_center.errors import AlreadyExists, ConfigError, Conflict, NotLeader, Unavailable
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.base import Commit
+from quota_common.errors import AlreadyExists, ConfigError, Conflict, NotLeader, Unavailable
 
 DEFAULT_PREFIX = "/quota/v1"
 _TIMEOUT_S = 5.0

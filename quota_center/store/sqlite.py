@@ -16,9 +16,9 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
-from quota_center.errors import AlreadyExists, ConfigError, Conflict
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.base import Commit
+from quota_common.errors import AlreadyExists, ConfigError, Conflict
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ several agent processes share one ledger. Across all of them:
 - a user never holds more of a promotion than its per-user limits allow;
 - a grant id is applied at most once, whichever agent process receives it;
 - counters (granted, returned, deducted, refunded) only ever grow; `held` is a gauge;
-- a counter at COUNTER_CEILING (quota_center.validation) or above takes nothing more: the call that would add to it is
+- a counter at COUNTER_CEILING (quota_common.validation) or above takes nothing more: the call that would add to it is
   refused (FailedPrecondition) and changes nothing, so counters stay exact int64s.
 """
 

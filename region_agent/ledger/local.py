@@ -11,9 +11,9 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from quota_center.clock import iso
-from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, Rejected, RejectReason
-from quota_center.validation import COUNTER_CEILING, require_unique
+from quota_common.clock import iso
+from quota_common.errors import FailedPrecondition, InvalidArgument, NotFound, Rejected, RejectReason
+from quota_common.validation import COUNTER_CEILING, require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
     UNLIMITED,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from quota_center.clock import Clock, SystemClock
-from quota_center.errors import LedgerLost
-from quota_center.incarnation import new_incarnation
+from quota_common.clock import Clock, SystemClock
+from quota_common.errors import LedgerLost
+from quota_common.incarnation import new_incarnation
 from region_agent.ledger.base import (
     NO_LIMITS,
     Balance,

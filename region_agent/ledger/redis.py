@@ -34,9 +34,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound, Unavailable
-from quota_center.incarnation import new_incarnation
-from quota_center.validation import require_unique
+from quota_common.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound, Unavailable
+from quota_common.incarnation import new_incarnation
+from quota_common.validation import require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
     UNLIMITED,

@@ -9,7 +9,7 @@ int64 arithmetic in Redis), decisions read the `available` field (a balance, bou
 budget, hence exact), and what goes back to the agent is read as a string.
 """
 
-from quota_center.validation import COUNTER_CEILING_DIGITS
+from quota_common.validation import COUNTER_CEILING_DIGITS
 from region_agent.ledger.script_link import LuaScript
 
 # Every script's KEYS[1] is the incarnation hash (life, sequence) and ARGV[1] "life|floor": the

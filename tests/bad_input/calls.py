@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from quota_center.incarnation import new_incarnation
-from quota_center.testing import ServedAgent
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_common.incarnation import new_incarnation
+from quota_testing.inprocess import ServedAgent
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 

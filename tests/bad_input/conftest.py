@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from quota_center.testing import ServedAgent
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.inprocess import ServedAgent
+from quota_testing.support import order, promotion
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 from tests.bad_input.calls import (
     World,
@@ -13,7 +14,6 @@ from tests.bad_input.calls import (
     create,
     settle,
 )
-from tests.support import order, promotion
 
 
 @pytest.fixture

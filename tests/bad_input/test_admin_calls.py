@@ -10,6 +10,7 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.support import now_ms, promotion
 from tests.bad_input.calls import (
     BAD_AMOUNTS,
     BAD_IDS,
@@ -25,7 +26,6 @@ from tests.bad_input.calls import (
     rejected,
     unchanged,
 )
-from tests.support import now_ms, promotion
 
 # CreatePromotion
 

@@ -9,10 +9,11 @@ from typing import TypeAlias
 import grpc
 import pytest
 
-from quota_center.incarnation import MAX_AHEAD_S, new_incarnation
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_center.validation import MAX_RENEWAL
+from quota_common.incarnation import MAX_AHEAD_S, new_incarnation
+from quota_common.validation import MAX_RENEWAL
+from quota_testing.support import promotion
 from tests.bad_input.calls import (
     BAD_AMOUNTS,
     BAD_IDS,
@@ -29,7 +30,6 @@ from tests.bad_input.calls import (
     rejected,
     unchanged,
 )
-from tests.support import promotion
 
 # Acquire, Renew, Return
 

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from quota_center.incarnation import new_incarnation
-from quota_center.testing import ServedCenter
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_common.incarnation import new_incarnation
+from quota_testing.inprocess import ServedCenter
+from quota_testing.support import promotion
 from tests.bad_input.calls import (
     BAD_AMOUNTS,
     BAD_IDS,
@@ -27,7 +28,6 @@ from tests.bad_input.calls import (
     rejected,
     unchanged,
 )
-from tests.support import promotion
 
 
 @pytest.fixture

@@ -9,17 +9,18 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from quota_center.catalog import EmergencyFreeze
-from quota_center.convert import REFUSAL_BYTES, RENEWAL_GRANTS, directives_to_pb, emergency_to_pb
-from quota_center.errors import InvalidArgument, QuotaError
-from quota_center.ledger import RECENT_GRANTS_KEPT, Kind, Promotion
-from quota_center.service import Directive
-from quota_center.testing import ServedCenter
+from quota_center.center import Directive
+from quota_center.convert import REFUSAL_BYTES, RENEWAL_GRANTS, directives_to_pb
+from quota_center.ledger import RECENT_GRANTS_KEPT
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_center.validation import MAX_RENEWAL
+from quota_center.wire import emergency_to_pb
+from quota_common.errors import InvalidArgument, QuotaError
+from quota_common.model import EmergencyFreeze, Kind, Promotion
+from quota_common.validation import MAX_RENEWAL
+from quota_testing.inprocess import ServedCenter
+from quota_testing.support import promotion
 from tests.bad_input.calls import FAILED, INVALID, MAX_AMOUNT, World, create, rejected, unchanged
-from tests.support import promotion
 
 MAX_REGIONS = 1000
 # Promotions of 1000 regions of 128 bytes each are about 130 KB: 34 of them pass 4 MiB together.

@@ -83,9 +83,9 @@ def _ack_before_write() -> None:
 
 
 def _double_grant() -> None:
-    from quota_center.errors import QuotaError, Unavailable
-    from quota_center.ledger import Report
-    from quota_center.service import AcquireResult, Center, Directive
+    from quota_center.center import AcquireResult, Center, Directive
+    from quota_common.errors import QuotaError, Unavailable
+    from quota_common.model import Report
 
     acquire, renew = Center.acquire, Center.renew
     committed = itertools.count(1)

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from quota_center.store.base import Store
 from quota_center.store.etcd import EtcdStore
 from quota_center.store.sqlite import SqliteStore
-from quota_center.testing_servers import RunningServer, etcd_cluster, etcd_server, redis_server
+from quota_testing.servers import RunningServer, etcd_cluster, etcd_server, redis_server
 from region_agent.ledger.base import Ledger
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger

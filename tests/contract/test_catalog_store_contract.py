@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from quota_center.catalog import EmergencyFreeze
-from quota_center.errors import Conflict
-from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, RegionAccount
+from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.store.base import MAX_BATCH, Commit, Store
-from quota_center.testing_servers import RunningServer
+from quota_common.errors import Conflict
+from quota_common.model import EmergencyFreeze, Kind, Promotion
+from quota_testing.servers import RunningServer
 from region_agent.cache import CatalogSnapshot
 from region_agent.cache_redis import RedisCacheTier
 from tests.contract.conftest import StoreFactory

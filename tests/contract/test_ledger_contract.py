@@ -10,9 +10,9 @@ import uuid
 import pytest
 import redis.asyncio as redis
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
-from quota_center.testing_servers import RunningServer
-from quota_center.validation import MAX_AMOUNT
+from quota_common.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
+from quota_common.validation import MAX_AMOUNT
+from quota_testing.servers import RunningServer
 from region_agent.ledger.base import Balance, Ledger, Line, UserLimit
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger

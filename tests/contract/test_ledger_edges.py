@@ -10,9 +10,9 @@ from collections.abc import Iterable
 import pytest
 import redis.asyncio as redis
 
-from quota_center.errors import FailedPrecondition
-from quota_center.testing_servers import RunningServer
-from quota_center.validation import COUNTER_CEILING, MAX_AMOUNT, MAX_COUNTER
+from quota_common.errors import FailedPrecondition
+from quota_common.validation import COUNTER_CEILING, MAX_AMOUNT, MAX_COUNTER
+from quota_testing.servers import RunningServer
 from region_agent.ledger.base import Balance, Ledger, Line, Settle
 from region_agent.ledger.redis import RedisLedger
 

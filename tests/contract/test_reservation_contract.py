@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from quota_center.errors import FailedPrecondition, NotFound, Rejected, RejectReason
+from quota_common.errors import FailedPrecondition, NotFound, Rejected, RejectReason
 from region_agent.ledger.base import Balance, Ledger, Line, Settle, SettleOutcome, UserLimit
 from tests.contract.conftest import funded, remembering_for
 

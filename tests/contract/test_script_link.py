@@ -26,7 +26,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from quota_center.testing_servers import RestartableServer, RunningServer, free_port, redis_process, redis_server
+from quota_testing.servers import RestartableServer, RunningServer, free_port, redis_process, redis_server
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 
 ECHO = LuaScript("return ARGV[1]")

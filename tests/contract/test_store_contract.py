@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from quota_center.errors import AlreadyExists, Conflict
-from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, RegionAccount
-from quota_center.policy import Pacing
+from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
+from quota_common.errors import AlreadyExists, Conflict
+from quota_common.model import Kind, Promotion
+from quota_common.policy import Pacing
 from tests.contract.conftest import StoreFactory
 
 

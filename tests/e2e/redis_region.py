@@ -10,11 +10,11 @@ from pathlib import Path
 
 import grpc
 
-from quota_center.launch import ServerProcess, agent_process, center_process
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.support import promotion
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import promotion
 
 
 @dataclass

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from quota_center.launch import run_quota
-from quota_center.testing_servers import free_port
+from quota_testing.launch import run_quota
+from quota_testing.servers import free_port
 
 pytestmark = pytest.mark.e2e
 

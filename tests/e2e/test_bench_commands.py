@@ -14,8 +14,8 @@ import grpc
 import pytest
 import redis.asyncio as redis
 
-from quota_center.launch import ServerProcess
-from quota_center.testing_servers import redis_server
+from quota_testing.launch import ServerProcess
+from quota_testing.servers import redis_server
 from region_agent.v1 import region_agent_pb2 as pb
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 def _quota_json(*args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "quota_center", *args, "--json"], capture_output=True, text=True, timeout=150, check=True
+        [sys.executable, "-m", "quota_cli", *args, "--json"], capture_output=True, text=True, timeout=150, check=True
     )
     figures: dict[str, Any] = json.loads(done.stdout)
     return figures

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quota_center.launch import run_quota
+from quota_testing.launch import run_quota
 
 pytestmark = pytest.mark.e2e
 

@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from quota_center.errors import LEADER_METADATA_KEY, REJECT_REASON_METADATA_KEY, NotLeader, trailing
-from quota_center.launch import ServerProcess, agent_process, center_process
-from quota_center.testing_servers import free_port
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_common.errors import LEADER_METADATA_KEY, REJECT_REASON_METADATA_KEY, NotLeader, trailing
+from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.servers import free_port
+from quota_testing.support import order, promotion
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import order, promotion
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def run_budget(center: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a separate process, addressed through QUOTA_CENTER, without a terminal."""
     return subprocess.run(
-        [sys.executable, "-m", "quota_center", "budget", *args],
+        [sys.executable, "-m", "quota_cli", "budget", *args],
         env={**os.environ, "QUOTA_CENTER": center, "COLUMNS": "160"},
         capture_output=True,
         text=True,

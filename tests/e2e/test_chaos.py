@@ -31,7 +31,7 @@ STACK_FAULTS = {
 
 def quota(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "quota_center", *args], capture_output=True, text=True, timeout=timeout_s, check=False
+        [sys.executable, "-m", "quota_cli", *args], capture_output=True, text=True, timeout=timeout_s, check=False
     )
 
 

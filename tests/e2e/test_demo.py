@@ -30,7 +30,7 @@ def _processes_marked(mark: str) -> list[str]:
 def test_demo_sells_out_exactly_with_few_center_calls() -> None:
     mark = uuid.uuid4().hex
     done = subprocess.run(
-        [sys.executable, "-m", "quota_center", "demo", "--json", "--budget", "20000"],
+        [sys.executable, "-m", "quota_cli", "demo", "--json", "--budget", "20000"],
         env={**os.environ, "QUOTA_TEST_MARK": mark},
         capture_output=True,
         text=True,

@@ -8,13 +8,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quota_center.bench import OrderTally, deducted_by_region, sell_until
-from quota_center.launch import ServerProcess, agent_process, center_process
-from quota_center.testing_servers import etcd_cluster
+from loadtest.bench import OrderTally, deducted_by_region, sell_until
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.servers import etcd_cluster
+from quota_testing.support import eventually, promotion
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import eventually, promotion
 
 pytestmark = pytest.mark.e2e
 

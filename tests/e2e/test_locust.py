@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quota_center.launch import ServerProcess, agent_process, center_process
+from quota_testing.launch import ServerProcess, agent_process, center_process
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 

@@ -12,12 +12,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quota_center.launch import ServerProcess, agent_process, center_process, run_quota
-from quota_center.process import EXIT_RETIRED
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_common.process import EXIT_RETIRED
+from quota_testing.launch import ServerProcess, agent_process, center_process, run_quota
+from quota_testing.support import order, promotion
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.support import order, promotion
 
 pytestmark = pytest.mark.e2e
 

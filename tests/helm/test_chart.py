@@ -19,9 +19,9 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 import yaml  # type: ignore[import-untyped]  # installed with kubernetes-validate, without stubs
 
-from quota_center.cli import main
-from quota_center.config_file import load_config
-from quota_center.process import GRACE_S
+from quota_cli.main import main
+from quota_common.config import load_config
+from quota_common.process import GRACE_S
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "quota"

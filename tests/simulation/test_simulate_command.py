@@ -20,7 +20,7 @@ STEADY = ("uniform", "skewed", "moving_hotspot", "midnight_burst", "low_demand")
 @pytest.fixture(scope="module")
 def rows() -> Rows:
     done = subprocess.run(
-        [sys.executable, "-m", "quota_center", "simulate", "--json"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "quota_cli", "simulate", "--json"], capture_output=True, text=True, check=True
     )
     return {(row["scenario"], row["strategy"]): row for row in json.loads(done.stdout)["rows"]}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import functools
 import random
 
-from quota_center.simulation.distribution import LEASE_TTL_S, Distribution
-from quota_center.simulation.engine import Network, Partition, Simulation
-from quota_center.simulation.run import SETUP_S, simulate, simulate_all
-from quota_center.simulation.scenarios import Order, Scenario, skewed
+from loadtest.simulation.distribution import LEASE_TTL_S, Distribution
+from loadtest.simulation.engine import Network, Partition, Simulation
+from loadtest.simulation.run import SETUP_S, simulate, simulate_all
+from loadtest.simulation.scenarios import Order, Scenario, skewed
 
 
 def test_a_seed_replays_the_same_figures() -> None:

@@ -6,9 +6,9 @@ import io
 
 from rich.console import Console
 
-from quota_center.budget_view import bar, usage_from_pb, usage_json, usage_table
 from quota_center.v1 import quota_center_pb2 as pb
-from tests.support import promotion
+from quota_cli.budget_view import bar, usage_from_pb, usage_json, usage_table
+from quota_testing.support import promotion
 
 SPENDING = pb.Usage(
     promotion=promotion("[sale]", budget=1000, regions=("eu", "us", "ap")),

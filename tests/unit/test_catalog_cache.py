@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quota_center.catalog import EmergencyFreeze, RevisionIndex
-from quota_center.ledger import Kind, Promotion
+from quota_center.catalog import RevisionIndex
+from quota_common.model import EmergencyFreeze, Kind, Promotion
 from region_agent.cache import CatalogSnapshot, PromotionCache
 
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

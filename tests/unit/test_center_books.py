@@ -18,12 +18,13 @@ from dataclasses import astuple, dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quota_center.clock import FakeClock
-from quota_center.errors import QuotaError
-from quota_center.ledger import GrantRecord, Kind, Promotion, RegionAccount, Report
-from quota_center.service import Center
-from quota_center.validation import MAX_AMOUNT
-from tests.memory_store import MemoryStore
+from quota_center.center import Center
+from quota_center.ledger import GrantRecord, RegionAccount
+from quota_common.clock import FakeClock
+from quota_common.errors import QuotaError
+from quota_common.model import Kind, Promotion, Report
+from quota_common.validation import MAX_AMOUNT
+from quota_testing.memory_store import MemoryStore
 
 PROMO = "p"
 REGIONS = ("eu", "us")

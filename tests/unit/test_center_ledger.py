@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quota_center import ledger
-from quota_center.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
-from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, Report
-from quota_center.validation import COUNTER_CEILING, MAX_AMOUNT, MAX_COUNTER
+from quota_center.ledger import GrantRecord, PromotionState
+from quota_common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
+from quota_common.model import Kind, Promotion, Report
+from quota_common.validation import COUNTER_CEILING, MAX_AMOUNT, MAX_COUNTER
 
 PROMO = "promo-1"
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

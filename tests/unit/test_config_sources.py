@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from quota_center import serve_cli
 from quota_center.app import CenterConfig
-from quota_center.cli import main
+from quota_cli import serve as serve_cli
+from quota_cli.main import main
 from region_agent.app import AgentConfig
 
 

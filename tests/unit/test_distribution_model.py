@@ -1,6 +1,6 @@
 """The distribution model as a state machine: one center, 2-3 regions, a lossy network.
 
-The center side is the real pure ledger and policy, wired the way `quota_center.service.Center`
+The center side is the real pure ledger and policy, wired the way `quota_center.center.Center`
 wires them (change a copy, commit it; remember grants by request id). Each region is a real
 `LocalLedger`. Between them, answers get lost, delayed, reordered and duplicated, and agents
 restart and lose their ledger. After every step the invariants of DESIGN.md are checked against
@@ -25,9 +25,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from quota_center import allocation, ledger, policy
-from quota_center.errors import Exhausted, FailedPrecondition
-from quota_center.ledger import GrantRecord, Kind, Promotion, PromotionState, RegionAccount, Report
+from quota_center import allocation, ledger
+from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
+from quota_common import policy
+from quota_common.errors import Exhausted, FailedPrecondition
+from quota_common.model import Kind, Promotion, Report
 from region_agent.ledger.base import Balance, DeductOutcome, Line, RefundOutcome
 from region_agent.ledger.local import LocalLedger
 
@@ -42,7 +44,7 @@ deliveries = st.sampled_from(["now", "later", "lost"])
 
 
 class CenterModel:
-    """The center's side of the protocol, wired like `quota_center.service.Center` over a store
+    """The center's side of the protocol, wired like `quota_center.center.Center` over a store
     that never fails: every change is made on a copy and then committed."""
 
     def __init__(self, promotion: Promotion) -> None:

@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quota_center import allocation
-from quota_center.errors import Exhausted
-from quota_center.ledger import Kind, Promotion, PromotionState
-from quota_center.policy import HOUR_MS, Pacing, released_amount
+from quota_center.ledger import PromotionState
+from quota_common.errors import Exhausted
+from quota_common.model import Kind, Promotion
+from quota_common.policy import HOUR_MS, Pacing, released_amount
 
 REGIONS = ("eu", "us", "ap")
 WINDOW_MS = 4 * HOUR_MS

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quota_center import policy
-from quota_center.policy import HOUR_MS, Pacing, RefillSettings
-from quota_center.validation import MAX_AMOUNT
+from quota_common import policy
+from quota_common.policy import HOUR_MS, Pacing, RefillSettings
+from quota_common.validation import MAX_AMOUNT
 
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quota_center.clock import FakeClock
+from quota_common.clock import FakeClock
 from region_agent.reachability import Reachability
 
 

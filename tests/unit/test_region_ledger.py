@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quota_center.errors import FailedPrecondition, InvalidArgument, NotFound, QuotaError
+from quota_common.errors import FailedPrecondition, InvalidArgument, NotFound, QuotaError
 from region_agent.ledger.base import Balance, DeductOutcome, Line, RefundOutcome
 from region_agent.ledger.local import LocalLedger
 

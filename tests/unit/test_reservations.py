@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quota_center.errors import FailedPrecondition, NotFound, Rejected, RejectReason
+from quota_common.errors import FailedPrecondition, NotFound, Rejected, RejectReason
 from region_agent.ledger.base import Balance, Line, RefundOutcome, Settle, SettleOutcome, UserLimit
 from region_agent.ledger.local import LocalLedger
 from tests.unit.test_region_ledger import GrantOp, TakeBackOp

@@ -1,3 +1,0 @@
-from quota_center.cli import main
-
-main()

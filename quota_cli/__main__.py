@@ -1,0 +1,3 @@
+from quota_cli.main import main
+
+main()

@@ -1,0 +1,365 @@
+"""`quota budget ...`: what budget owners run against the center, whichever of its replicas leads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, TypeVar
+
+import click
+import grpc
+
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_center.wire import promotion_from_pb, promotion_to_pb
+from quota_cli import budget_view as view
+from quota_common.clock import SystemClock, iso
+from quota_common.config import FiniteFloatRange
+from quota_common.errors import LEADER_METADATA_KEY, trailing
+from quota_common.model import Promotion, promotion_document
+from quota_common.validation import MAX_AMOUNT
+
+EXIT_REFUSED = 3
+EXIT_UNREACHABLE = 4
+DEFAULT_WINDOW = timedelta(days=30)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+
+
+class CenterError(click.ClickException):
+    """Printed as `error: ...`, then what to do about it, and exits with the class's code."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+        if self.hint:
+            click.echo(self.hint, err=True)
+
+
+class CenterRefused(CenterError):
+    """The leader answered and said no; its message says why."""
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{details} ({code.name})")
+        self.code = code
+
+
+class CenterUnreachable(CenterError):
+    exit_code = EXIT_UNREACHABLE
+
+
+class AdminClient:
+    """The leader among the center replicas at `addresses`. A standby answers UNAVAILABLE with the
+    leader's address in trailing metadata, and the call goes there next; an address that does not
+    answer passes the call on to the next one. Each address is tried once per call."""
+
+    def __init__(self, addresses: list[str], timeout_s: float) -> None:
+        self.addresses = addresses
+        self.timeout_s = timeout_s
+
+    def call(
+        self,
+        method: Callable[[pb_grpc.PromotionAdminStub], grpc.UnaryUnaryMultiCallable[Request, Reply]],
+        request: Request,
+        *,
+        idempotent: bool = True,
+    ) -> Reply:
+        """`idempotent=False`: a call that timed out is not sent again elsewhere, since it may have been applied."""
+        to_try = list(self.addresses)
+        failures: dict[str, str] = {}
+        while to_try:
+            address = to_try.pop(0)
+            if address in failures:
+                continue
+            with grpc.insecure_channel(address) as channel:
+                try:
+                    return method(pb_grpc.PromotionAdminStub(channel))(request, timeout=self.timeout_s)
+                except grpc.RpcError as error:
+                    if not isinstance(error, grpc.Call):
+                        raise
+                    code, details, leader = error.code(), error.details() or "", trailing(error, LEADER_METADATA_KEY)
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and not idempotent:
+                raise CenterUnreachable(
+                    f"{address} did not answer within {self.timeout_s:g} s (DEADLINE_EXCEEDED)",
+                    "the change may or may not have been made: read the promotion (quota budget show ID) "
+                    "before you retry",
+                )
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                failures[address] = f"no answer within {self.timeout_s:g} s"
+            elif code == grpc.StatusCode.UNAVAILABLE:
+                failures[address] = details
+                if leader:
+                    to_try.insert(0, leader)
+            else:
+                raise CenterRefused(code, details)
+        tried = "".join(f"\n  {address}: {reason}" for address, reason in failures.items())
+        raise CenterUnreachable(
+            f"no center leader answered; tried:{tried}",
+            "check that `quota center serve` runs at these addresses and that --center (or QUOTA_CENTER) lists "
+            "its replicas; during a leader election, retry in a few seconds",
+        )
+
+
+def _instant(context: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """An ISO 8601 time as epoch milliseconds; without an offset, UTC."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2025-11-11T00:00:00+08:00") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+AMOUNT = click.IntRange(min=1, max=MAX_AMOUNT)
+LIMIT = click.IntRange(min=0, max=MAX_AMOUNT)
+KINDS = {name: kind for kind, name in view.KIND_NAMES.items()}
+PACINGS = {name: pacing for pacing, name in view.PACING_NAMES.items()}
+json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+class _CenterAddresses(click.ParamType[tuple[str, ...]]):
+    """The center's replicas, host:port[,host:port...]: at least one."""
+
+    name = "host:port[,host:port...]"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value  # converted already: config_file reads a file's value through this type, then click again
+        if not isinstance(value, str):
+            self.fail(f"{value!r} is not host:port[,host:port...]", param, ctx)
+        addresses = tuple(address.strip() for address in value.split(",") if address.strip())
+        if not addresses:
+            self.fail("name at least one host:port", param, ctx)
+        return addresses
+
+
+CENTER_ADDRESSES = _CenterAddresses()
+
+
+def _report(promotion: Promotion, as_json: bool, summary: str) -> None:
+    """What a change command prints: the promotion as it now stands."""
+    if as_json:
+        view.print_json(promotion_document(promotion))
+    else:
+        click.echo(f"{promotion.id}: {summary} (revision {promotion.revision})")
+
+
+@click.group()
+@click.option(
+    "--center",
+    "addresses",
+    envvar="QUOTA_CENTER",
+    show_envvar=True,
+    default="127.0.0.1:50051",
+    show_default=True,
+    type=CENTER_ADDRESSES,
+    help="The center's replicas, host:port[,host:port...]; whichever leads answers.",
+)
+@click.option("--timeout", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per call.")
+@click.pass_context
+def budget(context: click.Context, addresses: tuple[str, ...], timeout: float) -> None:
+    """Promotions for their budget owners: create them, change their budget, freeze them, and watch
+    each region spend them.
+
+    Budgets and limits are whole numbers: coupons for count promotions, minor units of the currency
+    (cents: 1999 is 19.99 EUR) for amount promotions.
+
+    \b
+    Exit codes:
+      0  done
+      2  bad usage: a missing or malformed option
+      3  the center refused, and its message says why: a bad field, an unknown promotion, an id
+         taken, a stale revision, a budget below what regions have taken
+      4  no center answered: nothing listens at the addresses, or no leader is elected yet
+    """
+    context.obj = AdminClient(list(addresses), timeout)
+
+
+@budget.command()
+@click.argument("promotion_id", metavar="ID")
+@click.option("--budget", "amount", type=AMOUNT, required=True, help="Coupons, or minor units (1999 is 19.99 EUR).")
+@click.option("--regions", required=True, help="The regions that may spend it, comma-separated: eu,us.")
+@click.option("--kind", type=click.Choice(list(KINDS)), default="count", show_default=True, help="What it counts.")
+@click.option("--currency", default="", help="ISO 4217 code such as EUR; amount promotions only.")
+@click.option(
+    "--start",
+    metavar="ISO8601",
+    callback=_instant,
+    show_default="now",
+    help="When sales open; ISO 8601, UTC without an offset.",
+)
+@click.option(
+    "--end",
+    metavar="ISO8601",
+    callback=_instant,
+    show_default="30 days after the start",
+    help="When sales close (exclusive).",
+)
+@click.option("--per-user-limit", type=LIMIT, default=0, show_default=True, help="Units per user; 0: no limit.")
+@click.option("--per-user-orders", type=LIMIT, default=0, show_default=True, help="Orders per user; 0: no limit.")
+@click.option(
+    "--pacing",
+    type=click.Choice(list(PACINGS)),
+    default="none",
+    show_default=True,
+    help="Release the budget all at once, evenly over the window, or --hourly-cap per hour started.",
+)
+@click.option("--hourly-cap", type=LIMIT, default=0, help="With --pacing hourly-cap: what each hour releases.")
+@json_flag
+@click.pass_obj
+def create(
+    center: AdminClient,
+    promotion_id: str,
+    amount: int,
+    regions: str,
+    kind: str,
+    currency: str,
+    start: int | None,
+    end: int | None,
+    per_user_limit: int,
+    per_user_orders: int,
+    pacing: str,
+    hourly_cap: int,
+    as_json: bool,
+) -> None:
+    """Create promotion ID; the center checks every field and says which one is wrong."""
+    start_ms = SystemClock().wall_ms() if start is None else start
+    promotion = Promotion(
+        id=promotion_id,
+        kind=KINDS[kind],
+        currency=currency.upper(),
+        budget=amount,
+        start_ms=start_ms,
+        end_ms=start_ms + DEFAULT_WINDOW // timedelta(milliseconds=1) if end is None else end,
+        regions=tuple(region.strip() for region in regions.split(",") if region.strip()),
+        per_user_limit=per_user_limit,
+        per_user_orders=per_user_orders,
+        pacing=PACINGS[pacing],
+        hourly_cap=hourly_cap,
+    )
+    request = pb.CreatePromotionRequest(promotion=promotion_to_pb(promotion))
+    created = promotion_from_pb(center.call(lambda admin: admin.CreatePromotion, request, idempotent=False))
+    _report(
+        created,
+        as_json,
+        f"created: {view.kind_label(created)}, budget {created.budget:,}, regions {', '.join(created.regions)}, "
+        f"from {iso(created.start_ms)} until {iso(created.end_ms)}",
+    )
+
+
+@budget.command("set-budget")
+@click.argument("promotion_id", metavar="ID")
+@click.argument("amount", metavar="N", type=AMOUNT)
+@click.option(
+    "--expected-revision",
+    type=click.IntRange(min=1),
+    show_default="read it now",
+    help="The revision you read (quota budget show); refused if the promotion changed since.",
+)
+@json_flag
+@click.pass_obj
+def set_budget(
+    center: AdminClient, promotion_id: str, amount: int, expected_revision: int | None, as_json: bool
+) -> None:
+    """Set the budget of promotion ID to N; never below what regions have already taken."""
+    if expected_revision is None:
+        expected_revision = center.call(
+            lambda admin: admin.GetPromotion, pb.GetPromotionRequest(promotion_id=promotion_id)
+        ).revision
+    request = pb.SetBudgetRequest(promotion_id=promotion_id, budget=amount, expected_revision=expected_revision)
+    try:
+        changed = promotion_from_pb(center.call(lambda admin: admin.SetBudget, request, idempotent=False))
+    except CenterRefused as refusal:
+        if refusal.code == grpc.StatusCode.FAILED_PRECONDITION:
+            refusal.hint = (
+                f"nothing changed: re-read the promotion (quota budget usage {promotion_id} shows its revision and "
+                "what regions have taken) and retry"
+            )
+        raise
+    _report(changed, as_json, f"budget is now {changed.budget:,}")
+
+
+def _freeze_command(name: str, frozen: bool, description: str, summary: str) -> None:
+    @budget.command(name, help=description)
+    @click.argument("promotion_id", metavar="ID")
+    @json_flag
+    @click.pass_obj
+    def command(center: AdminClient, promotion_id: str, as_json: bool) -> None:
+        request = pb.SetFrozenRequest(promotion_id=promotion_id, frozen=frozen)
+        _report(promotion_from_pb(center.call(lambda admin: admin.SetFrozen, request)), as_json, summary)
+
+
+_freeze_command(
+    "freeze",
+    True,
+    "Stop every sale of promotion ID in every region (the kill switch).",
+    "frozen: regions refuse it as soon as they hear (within a renewal at most) and give back what they hold",
+)
+_freeze_command("unfreeze", False, "Let promotion ID sell again.", "unfrozen: regions take quota and sell it again")
+
+
+def _every_promotion(center: AdminClient) -> list[Promotion]:
+    """All pages of the listing; a page token resumes on whichever replica leads by then."""
+    promotions: list[Promotion] = []
+    token = ""
+    while True:
+        answer = center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))
+        promotions.extend(promotion_from_pb(promotion) for promotion in answer.promotions)
+        token = answer.next_page_token
+        if not token:
+            return promotions
+
+
+@budget.command("list")
+@json_flag
+@click.pass_obj
+def list_promotions(center: AdminClient, as_json: bool) -> None:
+    """Every promotion: kind, budget, regions, window, pacing, frozen, revision."""
+    promotions = _every_promotion(center)
+    if as_json:
+        view.print_json({"promotions": [promotion_document(promotion) for promotion in promotions]})
+    elif promotions:
+        view.print_table(view.promotions_table(promotions))
+    else:
+        click.echo("no promotions yet; quota budget create makes one")
+
+
+@budget.command()
+@click.argument("promotion_id", metavar="ID")
+@json_flag
+@click.pass_obj
+def show(center: AdminClient, promotion_id: str, as_json: bool) -> None:
+    """Promotion ID as configured, with the revision set-budget needs."""
+    promotion = promotion_from_pb(
+        center.call(lambda admin: admin.GetPromotion, pb.GetPromotionRequest(promotion_id=promotion_id))
+    )
+    if as_json:
+        view.print_json(promotion_document(promotion))
+    else:
+        view.print_table(view.promotion_table(promotion))
+
+
+@budget.command()
+@click.argument("promotion_id", metavar="ID")
+@json_flag
+@click.pass_obj
+def usage(center: AdminClient, promotion_id: str, as_json: bool) -> None:
+    """How each region spends promotion ID: granted, spent, returned, held, written off, lease, burn
+    rate; spent and lease as the region last reported (every few seconds)."""
+    report = view.usage_from_pb(
+        center.call(lambda admin: admin.GetUsage, pb.GetUsageRequest(promotion_id=promotion_id))
+    )
+    if as_json:
+        view.print_json(view.usage_json(report))
+    else:
+        view.print_table(view.usage_table(report))

@@ -1,0 +1,195 @@
+"""What `quota budget` prints: the center's answers as plain data (for --json) and as Rich tables."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.wire import promotion_from_pb
+from quota_common.clock import iso
+from quota_common.model import Kind, Promotion, promotion_document
+from quota_common.policy import Pacing
+
+KIND_NAMES = {Kind.COUNT: "count", Kind.AMOUNT: "amount"}
+PACING_NAMES = {Pacing.NONE: "none", Pacing.LINEAR: "linear", Pacing.HOURLY_CAP: "hourly-cap"}
+BAR_WIDTH = 20
+MINOR_UNITS = "amounts are in minor units of their currency: 1999 EUR is 19.99 EUR"
+
+
+@dataclass(frozen=True)
+class RegionSpend:
+    region: str
+    granted: int
+    spent: int
+    """Net of refunds, as the region last reported."""
+    returned: int
+    held: int
+    written_off: int
+    lease_state: str
+    """none (never held quota), active, or expired (the region stopped spending)."""
+    burn_per_minute: int
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    promotion: Promotion
+    unallocated: int
+    regions: list[RegionSpend]
+
+
+def usage_from_pb(message: pb.Usage) -> UsageReport:
+    """Every region the promotion allows, in its order; the center lists only those that ever held quota."""
+    promotion = promotion_from_pb(message.promotion)
+    reported = {usage.region: usage for usage in message.regions}
+    regions = []
+    for region in promotion.regions:
+        usage = reported.get(region, pb.RegionUsage(region=region, lease_state=pb.LEASE_STATE_NONE))
+        regions.append(
+            RegionSpend(
+                region=region,
+                granted=usage.granted,
+                spent=usage.consumed,
+                returned=usage.returned,
+                held=usage.held,
+                written_off=usage.written_off,
+                lease_state=pb.LeaseState.Name(usage.lease_state).removeprefix("LEASE_STATE_").lower(),
+                burn_per_minute=usage.demand_per_minute,
+            )
+        )
+    return UsageReport(promotion, message.unallocated, regions)
+
+
+def usage_json(report: UsageReport) -> dict[str, Any]:
+    return {
+        "promotion": promotion_document(report.promotion),
+        "budget": report.promotion.budget,
+        "unallocated": report.unallocated,
+        "regions": [asdict(region) for region in report.regions],
+    }
+
+
+def print_json(document: object) -> None:
+    click.echo(json.dumps(document, indent=2))
+
+
+def print_table(table: Table) -> None:
+    # Ids and regions are the owners' own strings: a bracket in one is text, not Rich markup.
+    Console(markup=False).print(table)
+
+
+def bar(part: int, whole: int, width: int = BAR_WIDTH) -> str:
+    """`part` of `whole` as a bar of `width` cells and a percentage; text only, so it reads in a pipe too."""
+    filled = part * width // whole
+    return "█" * filled + "░" * (width - filled) + f" {part / whole:6.1%}"
+
+
+def kind_label(promotion: Promotion) -> str:
+    name = KIND_NAMES[promotion.kind]
+    return f"{name} ({promotion.currency})" if promotion.currency else name
+
+
+def pacing_label(promotion: Promotion) -> str:
+    name = PACING_NAMES[promotion.pacing]
+    return f"{name} {promotion.hourly_cap:,}/h" if promotion.pacing is Pacing.HOURLY_CAP else name
+
+
+def window_label(promotion: Promotion) -> str:
+    return f"{iso(promotion.start_ms)} →\n{iso(promotion.end_ms)}"
+
+
+def frozen_label(promotion: Promotion) -> str:
+    return "yes" if promotion.frozen else "no"
+
+
+def budget_label(promotion: Promotion) -> str:
+    if promotion.currency:
+        return f"{promotion.budget:,} minor units of {promotion.currency}"
+    return f"{promotion.budget:,}"
+
+
+def promotions_table(promotions: list[Promotion]) -> Table:
+    has_amounts = any(promotion.kind is Kind.AMOUNT for promotion in promotions)
+    table = Table(title="promotions", caption=MINOR_UNITS if has_amounts else None)
+    for header in ("id", "kind", "budget", "regions", "window", "pacing", "frozen", "revision"):
+        table.add_column(header, justify="right" if header in ("budget", "revision") else "left")
+    for promotion in promotions:
+        table.add_row(
+            promotion.id,
+            kind_label(promotion),
+            f"{promotion.budget:,}",
+            ", ".join(promotion.regions),
+            window_label(promotion),
+            pacing_label(promotion),
+            frozen_label(promotion),
+            str(promotion.revision),
+        )
+    return table
+
+
+def promotion_table(promotion: Promotion) -> Table:
+    table = Table(title=f"promotion {promotion.id}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    limits = [
+        f"{promotion.per_user_limit:,} units" if promotion.per_user_limit else "",
+        f"{promotion.per_user_orders:,} orders" if promotion.per_user_orders else "",
+    ]
+    rows = {
+        "kind": kind_label(promotion),
+        "budget": budget_label(promotion),
+        "regions": ", ".join(promotion.regions),
+        "window": window_label(promotion),
+        "per user": ", ".join(limit for limit in limits if limit) or "no limit",
+        "pacing": pacing_label(promotion),
+        "frozen": frozen_label(promotion),
+        "revision": str(promotion.revision),
+    }
+    for field, value in rows.items():
+        table.add_row(field, value)
+    return table
+
+
+def usage_table(report: UsageReport) -> Table:
+    promotion = report.promotion
+    spent = sum(region.spent for region in report.regions)
+    table = Table(
+        title=f"usage of {promotion.id} ({kind_label(promotion)})",
+        caption=(
+            f"budget {budget_label(promotion)} · unallocated {report.unallocated:,} · spent {spent:,} · "
+            f"{'FROZEN' if promotion.frozen else 'not frozen'} · revision {promotion.revision}"
+        ),
+        show_footer=True,
+    )
+    totals = {
+        "granted": sum(region.granted for region in report.regions),
+        "spent": spent,
+        "returned": sum(region.returned for region in report.regions),
+        "held": sum(region.held for region in report.regions),
+        "written off": sum(region.written_off for region in report.regions),
+    }
+    table.add_column("region", footer="total")
+    for header, total in totals.items():
+        table.add_column(header, footer=f"{total:,}", justify="right")
+    table.add_column("lease")
+    table.add_column(
+        "burn/min", footer=f"{sum(region.burn_per_minute for region in report.regions):,}", justify="right"
+    )
+    table.add_column("spent of budget", footer=bar(spent, promotion.budget))
+    for region in report.regions:
+        table.add_row(
+            region.region,
+            *(
+                f"{amount:,}"
+                for amount in (region.granted, region.spent, region.returned, region.held, region.written_off)
+            ),
+            region.lease_state,
+            f"{region.burn_per_minute:,}",
+            bar(region.spent, promotion.budget),
+        )
+    return table

@@ -1,0 +1,143 @@
+"""`quota center serve` and `quota agent serve`: the two server processes an operator runs.
+
+Every setting comes, by precedence, from the command line, from its environment variable
+(`QUOTA_` and the option's name: --lease-ttl is QUOTA_LEASE_TTL), from the file given by
+`quota --config`, or from its default (see quota_common.config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from quota_center.app import CenterConfig, run_center
+from quota_center.center import CenterSettings
+from quota_cli.budget import CENTER_ADDRESSES
+from quota_common.config import FiniteFloatRange, bind_environment
+from quota_common.errors import InvalidArgument
+from quota_common.policy import RefillSettings
+from quota_common.validation import require_id
+from region_agent.agent import AgentSettings
+from region_agent.app import AgentConfig, run_agent
+
+
+class _Region(click.ParamType[str]):
+    """A region's name, as the center requires it of every agent: 1..128 bytes."""
+
+    name = "region"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return require_id("the region", str(value))
+        except InvalidArgument as error:
+            self.fail(error.message, param, ctx)
+
+
+@click.group()
+def center() -> None:
+    """The central quota authority."""
+
+
+@center.command("serve")
+@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="host:port; port 0 picks a free one.")
+@click.option(
+    "--store", default="sqlite:///quota-center.db", show_default=True, help="sqlite:///PATH or etcd://HOST:PORT,..."
+)
+@click.option("--lease-ttl", type=FiniteFloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
+@click.option("--advertise", default="", help="host:port others reach this replica at [default: the listen address].")
+@click.option("--election-ttl", type=click.IntRange(min=1), default=5, show_default=True, help="etcd leader lease, s.")
+@click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
+def center_serve(
+    listen: str, store: str, lease_ttl: float, advertise: str, election_ttl: int, metrics_listen: str
+) -> None:
+    """Serve the center's gRPC API (on etcd: as one replica of several, one elected leader)."""
+    settings = CenterSettings(lease_ttl_s=lease_ttl)
+    config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen)
+    asyncio.run(run_center(config))
+
+
+@click.group()
+def agent() -> None:
+    """A regional agent: what order services call."""
+
+
+@agent.command("serve")
+@click.option("--region", type=_Region(), required=True, help="The region this agent serves.")
+@click.option("--listen", default="127.0.0.1:50061", show_default=True, help="host:port; port 0 picks a free one.")
+@click.option(
+    "--center",
+    "center_addresses",
+    type=CENTER_ADDRESSES,
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="host:port[,host:port...]",
+)
+@click.option("--ledger", default="memory", show_default=True, help="memory or redis://HOST:PORT[/DB]")
+@click.option("--horizon", type=FiniteFloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
+@click.option(
+    "--renew-interval",
+    type=FiniteFloatRange(min=0.05),
+    default=3.0,
+    show_default=True,
+    help="Seconds between lease renewals and reports; keep it at most a third of the center's lease TTL.",
+)
+@click.option(
+    "--pull-interval",
+    type=FiniteFloatRange(min=0.05),
+    default=5.0,
+    show_default=True,
+    help="Seconds between pulls of promotion changes (the repair link beside the push stream).",
+)
+@click.option("--push/--no-push", default=True, show_default=True, help="Follow the center's promotion stream.")
+@click.option(
+    "--opening-lookahead",
+    type=FiniteFloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds before a promotion starts that its opening allotment is acquired; 0: none.",
+)
+@click.option(
+    "--reservation-ttl",
+    type=FiniteFloatRange(min=1, max=86_400),
+    default=900.0,
+    show_default=True,
+    help="Seconds a reservation holds its quota when Reserve does not say.",
+)
+@click.option(
+    "--retention",
+    type=FiniteFloatRange(min=60),
+    default=7 * 86_400.0,
+    show_default=True,
+    help="Seconds the ledger remembers an order, so its retries replay; keep it above the callers' retry window.",
+)
+@click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
+def agent_serve(
+    region: str,
+    listen: str,
+    center_addresses: tuple[str, ...],
+    ledger: str,
+    horizon: float,
+    renew_interval: float,
+    pull_interval: float,
+    push: bool,
+    opening_lookahead: float,
+    reservation_ttl: float,
+    retention: float,
+    metrics_listen: str,
+) -> None:
+    """Serve Deduct/Refund/Reserve/Confirm/Cancel for one region."""
+    settings = AgentSettings(
+        region,
+        refill=RefillSettings(horizon_s=horizon),
+        renew_interval_s=renew_interval,
+        pull_interval_s=pull_interval,
+        push=push,
+        opening_lookahead_s=opening_lookahead,
+        reservation_ttl_ms=round(reservation_ttl * 1000),
+    )
+    asyncio.run(run_agent(AgentConfig(settings, listen, center_addresses, ledger, retention, metrics_listen)))
+
+
+bind_environment(center_serve)
+bind_environment(agent_serve)

@@ -1,0 +1,113 @@
+"""The domain model the center and the agents share: a promotion, an agent's report of what it did with one, and
+the emergency switch. Plain values, no I/O; the center's ledger and the agents' caches hold them, the wire and the
+stores convert them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from quota_common.errors import FailedPrecondition
+from quota_common.policy import Pacing
+from quota_common.validation import MAX_REGIONS
+
+
+class Kind(enum.Enum):
+    COUNT = "COUNT"
+    AMOUNT = "AMOUNT"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    id: str
+    kind: Kind
+    currency: str
+    budget: int
+    start_ms: int
+    end_ms: int
+    regions: tuple[str, ...]
+    frozen: bool = False
+    revision: int = 1
+    per_user_limit: int = 0
+    """Units per user; 0 is no limit."""
+    per_user_orders: int = 0
+    """Orders per user; 0 is no limit."""
+    pacing: Pacing = Pacing.NONE
+    hourly_cap: int = 0
+    """With Pacing.HOURLY_CAP, what each hour of the window releases."""
+
+    def is_active(self, wall_ms: int) -> bool:
+        return self.start_ms <= wall_ms < self.end_ms
+
+
+@dataclass(frozen=True)
+class Report:
+    """An agent's cumulative counters for one promotion, since its incarnation began."""
+
+    granted: int
+    returned: int
+    deducted: int
+    refunded: int
+    demand_per_minute: int = 0
+
+
+def promotion_document(promotion: Promotion) -> dict[str, Any]:
+    """The promotion as JSON-ready values (the center's store and the regions' cache tier)."""
+    document = asdict(promotion)
+    document["kind"] = promotion.kind.value
+    document["pacing"] = promotion.pacing.value
+    return document
+
+
+def promotion_from_document(document: dict[str, Any]) -> Promotion:
+    fields = dict(document)
+    fields["kind"] = Kind(fields["kind"])
+    # Documents written before pacing existed release everything at once.
+    fields["pacing"] = Pacing(fields.get("pacing", Pacing.NONE.value))
+    fields["regions"] = tuple(fields["regions"])
+    return Promotion(**fields)
+
+
+EMERGENCY_DOCUMENT = "emergency_freeze"
+
+
+@dataclass(frozen=True)
+class EmergencyFreeze:
+    """The kill switch above single promotions: everything, or everything in some regions."""
+
+    everywhere: bool = False
+    regions: frozenset[str] = field(default_factory=frozenset)
+    revision: int = 0
+
+    def covers(self, region: str) -> bool:
+        return self.everywhere or region in self.regions
+
+    def switched(self, region: str, frozen: bool, revision: int) -> EmergencyFreeze | None:
+        """The switch after freezing (or unfreezing) `region`, "" meaning everywhere; None when
+        that changes nothing, so a repeated call is not a new revision. Every catalog message
+        carries the switch, so it names at most MAX_REGIONS regions."""
+        if not region:
+            if self.everywhere == frozen:
+                return None
+            return replace(self, everywhere=frozen, revision=revision)
+        if (region in self.regions) == frozen:
+            return None
+        if frozen and len(self.regions) >= MAX_REGIONS:
+            raise FailedPrecondition(
+                f"the emergency switch already freezes {len(self.regions)} regions, the most it holds: "
+                "unfreeze regions that no longer need it, or freeze every region at once (an empty region)"
+            )
+        regions = self.regions | {region} if frozen else self.regions - {region}
+        return replace(self, regions=frozenset(regions), revision=revision)
+
+    def describe(self) -> str:
+        return "every region" if self.everywhere else f"region(s) {', '.join(sorted(self.regions))}"
+
+    def to_document(self) -> dict[str, Any]:
+        return {"everywhere": self.everywhere, "regions": sorted(self.regions), "revision": self.revision}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> EmergencyFreeze:
+        return cls(bool(document["everywhere"]), frozenset(document["regions"]), int(document["revision"]))

@@ -1,0 +1,111 @@
+"""Input limits shared by every RPC, checked at the servicer edge before anything changes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from quota_common.errors import InvalidArgument
+
+# Exact as an int64, in JSON and as a Lua (double) number in Redis scripts.
+MAX_AMOUNT = 2**53 - 1
+# Cumulative counters sum amounts over a ledger's life; int64 is what the wire carries.
+MAX_COUNTER = 2**63 - 1
+COUNTER_CEILING_DIGITS = 18
+COUNTER_CEILING = 10**COUNTER_CEILING_DIGITS
+"""Where a region's ledger stops counting, per promotion and incarnation: a counter at it or above takes
+nothing more, one below it may grow by one more amount and still fit an int64 (the sum stays under
+MAX_COUNTER). A power of ten so that Lua can tell a counter at the ceiling exactly, by the length of its
+decimal string, where comparing it as a double would round (see docs/allocation.md). Here, in the kernel,
+because the center honours it too: it grants no incarnation more than this in all, so every grant it
+commits is one the region's ledger can apply (one it could not would be re-sent forever)."""
+MAX_ID_BYTES = 128
+MAX_LINES = 64
+MAX_RENEWAL = 1000
+"""Promotions one Renew reports. An agent reports every promotion it knows, 10,000 and more at a
+midnight opening, in calls of at most this many: one call then holds the center's event loop for
+milliseconds, not seconds, and its answer stays far below gRPC's 4 MiB (docs/message-sizes.md)."""
+# Regions per promotion (and in the emergency switch): 1000 names of MAX_ID_BYTES keep a promotion
+# near 130 KB, so every message that carries one stays far below gRPC's 4 MiB.
+MAX_REGIONS = 1000
+QUOTE_BYTES = 64
+"""How much of a caller's value an error message repeats: enough to recognise it, never enough to
+push the status past gRPC's 16 KB limit on metadata."""
+
+
+def require_id(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    return require_text(field, value)
+
+
+def require_amount(field: str, value: int) -> int:
+    if value <= 0:
+        raise InvalidArgument(f"{field} must be positive, got {value}")
+    if value > MAX_AMOUNT:
+        raise InvalidArgument(f"{field} {value} is above the maximum {MAX_AMOUNT}")
+    return value
+
+
+def require_total(field: str, values: Iterable[int]) -> int:
+    total = sum(values)
+    if total > MAX_AMOUNT:
+        raise InvalidArgument(f"{field} add up to {total}, above the maximum {MAX_AMOUNT}")
+    return total
+
+
+def require_counter(field: str, value: int) -> int:
+    """A cumulative counter: zero is fine, negative or oversized is not."""
+    if not 0 <= value <= MAX_COUNTER:
+        raise InvalidArgument(f"{field} must be within 0..{MAX_COUNTER}, got {value}")
+    return value
+
+
+def clamp_demand(field: str, value: int) -> int:
+    """A burn rate is a hint for sizing grants: one above the largest possible budget asks for
+    nothing more than all of it, so it is capped there rather than refused (large orders are valid)."""
+    return min(require_counter(field, value), MAX_AMOUNT)
+
+
+def require_unique(field: str, values: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise InvalidArgument(f"{field} {quoted(value)} appears twice; merge it into one line")
+        seen.add(value)
+
+
+def quoted(value: str) -> str:
+    """`value` as an error message repeats it: quoted, and cut to QUOTE_BYTES when longer."""
+    encoded = value.encode()
+    if len(encoded) <= QUOTE_BYTES:
+        return repr(value)
+    return f"{encoded[:QUOTE_BYTES].decode(errors='ignore')!r}... ({len(encoded)} bytes)"
+
+
+def cut(text: str, max_bytes: int) -> str:
+    """`text` when it fits `max_bytes` (UTF-8), else its first `max_bytes` and how long it was."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode(errors="ignore") + f"... (cut, {len(encoded)} bytes in all)"
+
+
+def require_regions(field: str, regions: Sequence[str]) -> tuple[str, ...]:
+    """Region names: each a valid id, each once, at most MAX_REGIONS of them."""
+    if len(regions) > MAX_REGIONS:
+        raise InvalidArgument(
+            f"{field} names {len(regions)} regions; at most {MAX_REGIONS} are allowed: "
+            "split the budget into promotions for groups of regions"
+        )
+    for region in regions:
+        require_id(field, region)
+    require_unique(field, regions)
+    return tuple(regions)
+
+
+def require_text(field: str, value: str) -> str:
+    """A string, possibly empty, that later checks and messages may repeat: bounded here."""
+    size = len(value.encode())
+    if size > MAX_ID_BYTES:
+        raise InvalidArgument(f"{field} is {size} bytes; at most {MAX_ID_BYTES} are allowed")
+    return value

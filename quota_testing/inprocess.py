@@ -1,0 +1,91 @@
+"""Test support, shipped as code: a center and agents served in this process on port 0.
+
+async with running_center(tmp_path) as center:
+    async with running_agent("eu", center.address) as agent:
+        ...  # talk gRPC to center.address and agent.address
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from quota_center import server as center_server
+from quota_center.center import Center, CenterSettings
+from quota_center.store.sqlite import SqliteStore
+from quota_common.clock import Clock, SystemClock
+from quota_common.process import exclusive_server
+from region_agent import server as agent_server
+from region_agent.agent import Agent, AgentSettings
+from region_agent.grpc_center import CenterClient
+from region_agent.ledger.base import Ledger
+from region_agent.ledger.memory import InProcessLedger
+
+
+@dataclass(frozen=True)
+class Served:
+    address: str
+
+
+@dataclass(frozen=True)
+class ServedCenter(Served):
+    center: Center
+    store: SqliteStore
+
+
+@dataclass(frozen=True)
+class ServedAgent(Served):
+    agent: Agent
+    ledger: Ledger
+
+
+async def _start(server: grpc.aio.Server) -> str:
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return f"127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def running_center(
+    workdir: Path,
+    settings: CenterSettings | None = None,
+    clock: Clock | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> AsyncIterator[ServedCenter]:
+    """`interceptors` see every call the center receives (a test counting what reached it)."""
+    store = SqliteStore(workdir / "center.db")
+    center = Center(store, clock or SystemClock(), settings)
+    await center.start()
+    server = exclusive_server(interceptors)
+    center_server.add_to_server(center, server)
+    try:
+        yield ServedCenter(await _start(server), center, store)
+    finally:
+        await server.stop(None)
+        await store.close()
+
+
+@asynccontextmanager
+async def running_agent(
+    region: str,
+    center_address: str,
+    settings: AgentSettings | None = None,
+    ledger: Ledger | None = None,
+    clock: Clock | None = None,
+) -> AsyncIterator[ServedAgent]:
+    ledger = ledger or InProcessLedger()
+    client = CenterClient([center_address], region)
+    agent = Agent(settings or AgentSettings(region), ledger, client, clock or SystemClock())
+    await agent.start()
+    server = exclusive_server()
+    agent_server.add_to_server(agent, server)
+    try:
+        yield ServedAgent(await _start(server), agent, ledger)
+    finally:
+        await server.stop(None)
+        await agent.stop()
+        await client.close()

@@ -1,0 +1,78 @@
+"""Builders shared by the tests: promotions and orders as the wire carries them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_common.errors import REJECT_REASON_METADATA_KEY, trailing
+from region_agent.v1 import region_agent_pb2 as agent_pb
+
+HOUR_MS = 3_600_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def timestamp(ms: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def promotion(
+    promotion_id: str = "promo",
+    budget: int = 1_000,
+    regions: tuple[str, ...] = ("eu", "us"),
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    kind: int = center_pb.PROMOTION_KIND_COUNT,
+    currency: str = "",
+    per_user_limit: int = 0,
+    per_user_orders: int = 0,
+) -> center_pb.Promotion:
+    start = now_ms() - HOUR_MS if start_ms is None else start_ms
+    end = now_ms() + HOUR_MS if end_ms is None else end_ms
+    return center_pb.Promotion(
+        id=promotion_id,
+        kind=kind,  # type: ignore[arg-type]
+        currency=currency,
+        budget=budget,
+        start_time=timestamp(start),
+        end_time=timestamp(end),
+        regions=list(regions),
+        per_user_limit=per_user_limit,
+        per_user_orders=per_user_orders,
+    )
+
+
+def order(
+    order_key: str, region: str = "eu", *lines: tuple[str, int], user_id: str = "user-1"
+) -> agent_pb.DeductRequest:
+    """`order("o-1", "eu", ("promo", 1))`: one line per (promotion id, amount)."""
+    return agent_pb.DeductRequest(
+        order_key=order_key,
+        region=region,
+        lines=[agent_pb.Line(promotion_id=p, amount=a, user_id=user_id) for p, a in lines],
+    )
+
+
+def reject_reason(error: grpc.aio.AioRpcError) -> str | None:
+    return trailing(error, REJECT_REASON_METADATA_KEY) or None
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
+    """Waits until `check` holds; background loops (refills, renewals) settle in their own time.
+
+    `timeout_s` only bounds a hang: it is generous because a busy machine is slow, not wrong."""
+    for _ in range(int(timeout_s / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")

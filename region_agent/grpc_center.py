@@ -1,0 +1,244 @@
+"""The agent's calls to the center, retried where a retry is safe, following the leader.
+
+Every call here is idempotent (acquire by its request id, renew and return by cumulative
+counters, reads by nature), so UNAVAILABLE and DEADLINE_EXCEEDED are retried a few
+times with jittered backoff; everything else surfaces at once as a QuotaError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_center.wire import emergency_from_pb, promotion_from_pb
+from quota_common.errors import LEADER_METADATA_KEY, Unavailable, from_grpc, trailing
+from quota_common.model import EmergencyFreeze, Promotion
+from region_agent.cache import CatalogSnapshot
+from region_agent.ledger.base import Balance
+
+T = TypeVar("T")
+
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    # gRPC's shortest connect attempt (MIN_CONNECT_TIMEOUT): long enough for a handshake across regions.
+    ("grpc.min_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+"""gRPC's default backoff grows to 120 s while the center is away, and the region stays dark that
+long after it returns; capped at a second, the agent notices the center within one."""
+
+
+@dataclass(frozen=True)
+class GrantAnswer:
+    grant_id: str
+    amount: int
+    lease_ttl_s: float
+    unallocated: int
+
+
+@dataclass(frozen=True)
+class RenewAnswer:
+    lease_ttl_s: float
+    directives: list[pb.PromotionDirective]
+    emergency: EmergencyFreeze
+
+
+@dataclass(frozen=True)
+class OpeningAnswer:
+    promotion_id: str
+    grant_id: str
+    """Empty when refused."""
+    amount: int
+    refusal: str
+
+
+@dataclass(frozen=True)
+class Page:
+    changes: CatalogSnapshot
+    more: bool
+
+
+@dataclass(frozen=True)
+class _Stubs:
+    admin: pb_grpc.PromotionAdminAsyncStub
+    allocation: pb_grpc.AllocationAsyncStub
+    catalog: pb_grpc.CatalogAsyncStub
+
+
+def _page(message: pb.CatalogChanges) -> Page:
+    promotions = [promotion_from_pb(promotion) for promotion in message.promotions]
+    return Page(CatalogSnapshot(promotions, emergency_from_pb(message.emergency), message.revision), message.more)
+
+
+class CenterClient:
+    """Calls whichever center replica leads. A standby answers UNAVAILABLE with the leader's
+    address in the trailing metadata, and the next attempt goes there; a replica that does
+    not answer at all sends the next attempt to the next address in the list.
+
+    With several addresses listed, a leader named outside the list is not followed: the operator
+    listed how this region reaches each replica (through a gateway or proxy per replica, say), and
+    the address a replica advertises may bypass it or not be reachable from here; the next listed
+    address is tried instead, which finds the leader within one pass. A single address (a Service
+    in front of every replica) cannot reach the leader by itself, so there the name is followed."""
+
+    def __init__(
+        self,
+        addresses: list[str],
+        region: str,
+        call_timeout_s: float = 2.0,
+        attempts: int = 5,
+        budget_s: float = 6.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        """Each call makes at most `attempts` tries and starts none after `budget_s`;
+        `interceptors` see every call (metrics)."""
+        self._interceptors = list(interceptors)
+        self._addresses = list(addresses)
+        self._current = self._addresses[0]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._region = region
+        self._timeout = call_timeout_s
+        self._attempts = attempts
+        self._budget_s = budget_s
+        self.calls = 0
+        """RPCs sent to the center, retries included."""
+        self.fetches = 0
+        """Promotions fetched one by one (GetPromotion calls)."""
+
+    def _stubs(self) -> _Stubs:
+        channel = self._channels.get(self._current)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(
+                self._current, options=RECONNECT_OPTIONS, interceptors=self._interceptors
+            )
+            self._channels[self._current] = channel
+        return _Stubs(
+            pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel), pb_grpc.CatalogStub(channel)
+        )
+
+    def _follow(self, error: grpc.aio.AioRpcError) -> None:
+        if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return
+        leader = trailing(error, LEADER_METADATA_KEY)
+        if leader and leader != self._current and (leader in self._addresses or len(self._addresses) == 1):
+            self._current = leader
+            return
+        if self._current in self._addresses:
+            self._current = self._addresses[(self._addresses.index(self._current) + 1) % len(self._addresses)]
+        else:
+            self._current = self._addresses[0]
+
+    async def _call(self, send: Callable[[_Stubs], Awaitable[T]]) -> T:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._budget_s),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                self.calls += 1
+                try:
+                    return await send(self._stubs())
+                except grpc.aio.AioRpcError as error:
+                    self._follow(error)
+                    raise from_grpc(error) from None
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _agent(self, incarnation: str) -> pb.AgentIdentity:
+        return pb.AgentIdentity(region=self._region, incarnation=incarnation)
+
+    async def acquire(
+        self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int
+    ) -> GrantAnswer:
+        request = pb.AcquireRequest(
+            agent=self._agent(incarnation),
+            promotion_id=promotion_id,
+            amount=amount,
+            request_id=request_id,
+            demand_per_minute=demand_per_minute,
+        )
+        answer = await self._call(lambda stubs: stubs.allocation.Acquire(request, timeout=self._timeout))
+        return GrantAnswer(answer.grant.grant_id, answer.grant.amount, answer.lease_ttl_ms / 1000, answer.unallocated)
+
+    async def acquire_openings(
+        self, incarnation: str, requests: Sequence[tuple[str, int, str]]
+    ) -> tuple[list[OpeningAnswer], float]:
+        """Opening allotments for (promotion id, amount, request id) items; and the lease TTL."""
+        request = pb.AcquireOpeningsRequest(
+            agent=self._agent(incarnation),
+            items=[pb.AcquireRequest(promotion_id=p, amount=a, request_id=r) for p, a, r in requests],
+        )
+        answer = await self._call(lambda stubs: stubs.allocation.AcquireOpenings(request, timeout=self._timeout * 5))
+        outcomes = [OpeningAnswer(o.promotion_id, o.grant.grant_id, o.grant.amount, o.refusal) for o in answer.outcomes]
+        return outcomes, answer.lease_ttl_ms / 1000
+
+    async def list_changes(self, since_revision: int) -> Page:
+        request = pb.CatalogRequest(region=self._region, since_revision=since_revision)
+        return _page(await self._call(lambda stubs: stubs.catalog.ListChanges(request, timeout=self._timeout)))
+
+    async def watch(self, since_revision: int, idle_timeout_s: float) -> AsyncIterator[Page]:
+        """The push stream from `since_revision`; raises Unavailable when it breaks or stays
+        silent (no change and no heartbeat) for `idle_timeout_s`. Not retried: the caller
+        resumes from the revision it reached."""
+        request = pb.CatalogRequest(region=self._region, since_revision=since_revision)
+        self.calls += 1
+        call = self._stubs().catalog.Watch(request)
+        try:
+            while True:
+                message = await asyncio.wait_for(call.read(), idle_timeout_s)
+                if not isinstance(message, pb.CatalogChanges):
+                    raise Unavailable("the center ended the catalog stream")
+                yield _page(message)
+        except TimeoutError:
+            raise Unavailable(f"the catalog stream was silent for {idle_timeout_s:.0f} s") from None
+        except grpc.aio.AioRpcError as error:
+            self._follow(error)
+            raise from_grpc(error) from None
+        finally:
+            call.cancel()
+
+    async def renew(self, incarnation: str, counters: list[pb.Counters]) -> RenewAnswer:
+        request = pb.RenewRequest(agent=self._agent(incarnation), counters=counters)
+        answer = await self._call(lambda stubs: stubs.allocation.Renew(request, timeout=self._timeout))
+        return RenewAnswer(answer.lease_ttl_ms / 1000, list(answer.directives), emergency_from_pb(answer.emergency))
+
+    async def give_back(self, incarnation: str, counters: pb.Counters) -> int:
+        request = pb.ReturnRequest(agent=self._agent(incarnation), counters=counters)
+        answer = await self._call(lambda stubs: stubs.allocation.Return(request, timeout=self._timeout))
+        return answer.unallocated
+
+    async def promotion(self, promotion_id: str) -> Promotion:
+        self.fetches += 1
+        request = pb.GetPromotionRequest(promotion_id=promotion_id)
+        return promotion_from_pb(
+            await self._call(lambda stubs: stubs.admin.GetPromotion(request, timeout=self._timeout))
+        )
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+def counters_pb(promotion_id: str, balance: Balance, demand_per_minute: int) -> pb.Counters:
+    return pb.Counters(
+        promotion_id=promotion_id,
+        granted=balance.granted,
+        returned=balance.returned,
+        deducted=balance.deducted,
+        refunded=balance.refunded,
+        demand_per_minute=demand_per_minute,
+    )

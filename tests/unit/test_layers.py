@@ -1,0 +1,110 @@
+"""The layering, checked over every import in the repository (including imports inside functions):
+
+    quota_cli ─▶ loadtest ─▶ quota_testing ─▶ quota_center, region_agent ─▶ quota_common
+
+- quota_common imports nothing of ours;
+- the center and the agent never import each other, with one door: the agent's port to the center
+  (`region_agent.grpc_center`) sees the center's published API, its generated stubs and the shared model's
+  mapping onto them (`quota_center.v1`, `quota_center.wire`);
+- protobuf stops at the edges: the servers, the center's conversions and the agent's port;
+- nothing but tests imports tests.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("quota_common", "quota_center", "region_agent", "quota_testing", "loadtest", "quota_cli", "tests")
+MAY_IMPORT = {
+    "quota_common": set(),
+    "quota_center": {"quota_common"},
+    "region_agent": {"quota_common"},
+    "quota_testing": {"quota_common", "quota_center", "region_agent"},
+    "loadtest": {"quota_common", "quota_center", "region_agent", "quota_testing"},
+    "quota_cli": {"quota_common", "quota_center", "region_agent", "quota_testing", "loadtest"},
+    "tests": set(PACKAGES),
+}
+CENTER_API = ("quota_center.v1", "quota_center.wire")
+PORT = "region_agent.grpc_center"
+PROTOBUF_EDGES = {
+    "quota_center.v1": {"quota_center.server", "quota_center.convert", "quota_center.wire", PORT},
+    "region_agent.v1": {"region_agent.server"},
+}
+"""Within the services, who may touch each generated API (tools, tests and the CLI may use both)."""
+SERVICES = ("quota_center", "region_agent", "quota_common")
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def forbidden(imports: Mapping[str, set[str]]) -> list[str]:
+    """Every import that breaks a rule above, as "importer -> imported: why"; `imports` maps each module of
+    ours to the modules of ours it imports."""
+    found = []
+    for importer, imported in sorted(imports.items()):
+        package = importer.split(".")[0]
+        for target in sorted(imported):
+            other = target.split(".")[0]
+            if other not in PACKAGES or other == package:
+                continue
+            door = importer == PORT and any(_within(target, api) for api in CENTER_API)
+            if other not in MAY_IMPORT[package] and not door:
+                found.append(f"{importer} -> {target}: {package} may not import {other}")
+        for api, edges in PROTOBUF_EDGES.items():
+            edge = importer in edges or _within(importer, api) or package not in SERVICES
+            if not edge and any(_within(target, api) for target in imported):
+                found.append(f"{importer} -> {api}: protobuf stops at {', '.join(sorted(edges))}")
+    return found
+
+
+def _modules() -> Iterator[tuple[str, Path]]:
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            # `from quota_center import server` imports the module quota_center.server.
+            found |= {_module_or_parent(node.module, alias.name) for alias in node.names}
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def _module_or_parent(parent: str, name: str) -> str:
+    child = ROOT.joinpath(*parent.split("."), name)
+    return f"{parent}.{name}" if child.is_dir() or child.with_suffix(".py").is_file() else parent
+
+
+def repository_imports() -> dict[str, set[str]]:
+    return {module: _imports(path) for module, path in _modules()}
+
+
+def test_the_repository_keeps_its_layers() -> None:
+    imports = repository_imports()
+
+    assert imports["region_agent.agent"], "the walk found the agent's imports"
+    assert forbidden(imports) == []
+
+
+def test_a_forbidden_import_is_named_with_its_rule() -> None:
+    imports = repository_imports()
+    imports["quota_center.center"] = imports["quota_center.center"] | {"region_agent.supply"}
+    imports["quota_common.model"] = imports["quota_common.model"] | {"quota_center.ledger"}
+    imports["region_agent.catalog_sync"] = imports["region_agent.catalog_sync"] | {"quota_center.v1.quota_center_pb2"}
+
+    assert forbidden(imports) == [
+        "quota_center.center -> region_agent.supply: quota_center may not import region_agent",
+        "quota_common.model -> quota_center.ledger: quota_common may not import quota_center",
+        "region_agent.catalog_sync -> quota_center.v1.quota_center_pb2: region_agent may not import quota_center",
+        "region_agent.catalog_sync -> quota_center.v1: protobuf stops at quota_center.convert, quota_center.server, "
+        "quota_center.wire, region_agent.grpc_center",
+    ]
