@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import socket
 import sqlite3
@@ -14,12 +12,12 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from quota_center import server as center_server
 from quota_center.center import Center, CenterSettings
-from quota_center.leadership import EtcdLeadership
+from quota_center.leadership import EtcdLeadership, Leadership, SingleNode
 from quota_center.metrics import center_registry
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore
 from quota_center.store.sqlite import SqliteStore
-from quota_common.clock import SystemClock
+from quota_common.clock import Clock, SystemClock
 from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import exclusive_server, health_servicer, serve
@@ -42,13 +40,14 @@ class CenterConfig:
     """host:port of the Prometheus endpoint (GET /metrics); empty: none."""
 
 
-async def open_store(url: str) -> Store:
-    """The store `url` names, open and answering; ConfigError when it cannot be (another center
-    holds the SQLite file, etcd does not answer, the URL names no store)."""
+async def open_store(url: str, clock: Clock, election_ttl_s: int) -> tuple[Store, Leadership]:
+    """The store `url` names, open and answering, with who may write to it: a SQLite file has one
+    center, which leads; the centers on one etcd prefix elect a leader. ConfigError when the store
+    cannot be opened (another center holds the SQLite file, etcd does not answer, the URL names no store)."""
     if url.startswith("sqlite:///"):
         file = Path(url.removeprefix("sqlite:///"))
         try:
-            return SqliteStore(file)
+            return SqliteStore(file), SingleNode()
         except sqlite3.Error as error:
             raise ConfigError(
                 f"--store {url}: cannot open the SQLite file {file} ({error}); "
@@ -58,7 +57,8 @@ async def open_store(url: str) -> Store:
         hosts, _, path = url.removeprefix("etcd://").partition("/")
         endpoints = [endpoint for endpoint in hosts.split(",") if endpoint]
         if endpoints:
-            return await EtcdStore.connect(endpoints, f"/{path}" if path else DEFAULT_PREFIX)
+            store = await EtcdStore.connect(endpoints, f"/{path}" if path else DEFAULT_PREFIX)
+            return store, EtcdLeadership(store, clock, election_ttl_s)
     raise ConfigError(f"--store {url!r} is no store; use sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
 
 
@@ -76,18 +76,10 @@ async def run_center(config: CenterConfig) -> None:
     """Serves at once; answers as the leader only after winning the election (at once on
     SQLite) and rebuilding its state from the store. A standby answers UNAVAILABLE with the
     leader's address in the trailing metadata."""
-    store = await open_store(config.store)
+    clock = SystemClock()
+    store, leadership = await open_store(config.store, clock, config.election_ttl_s)
     host = config.listen.rpartition(":")[0]
-    leadership: EtcdLeadership | None = None
-    campaign: asyncio.Task[None] | None = None
-
-    def leader_address() -> str | None:
-        return leadership.leader_address() if leadership is not None else None
-
-    def leading() -> bool:
-        return leadership is None or leadership.leading()
-
-    center = Center(store, SystemClock(), config.settings, leader_hint=leader_address, leading=leading)
+    center = Center(store, clock, config.settings, leadership)
     server = exclusive_server()
     center_server.add_to_server(center, server)
     health_status = health_servicer()
@@ -99,9 +91,7 @@ async def run_center(config: CenterConfig) -> None:
         for service in center_server.SERVICES:
             await health_status.set(service, status)
 
-    async def elected(token: int) -> None:
-        if isinstance(store, EtcdStore) and leadership is not None:
-            store.fence(leadership.key, token)
+    async def elected() -> None:
         await center.start()
         await report_leading(True)
 
@@ -110,23 +100,11 @@ async def run_center(config: CenterConfig) -> None:
         await report_leading(False)
 
     async def start(port: int) -> None:
-        nonlocal leadership, campaign
         await report_leading(False)
-        if not isinstance(store, EtcdStore):
-            await center.start()
-            await report_leading(True)
-            return
-        address = config.advertise or f"{_reachable_host(host)}:{port}"
-        leadership = EtcdLeadership(store.client, store.prefix, address, config.election_ttl_s)
-        campaign = asyncio.create_task(leadership.run(elected, deposed))
+        await leadership.start(lambda: config.advertise or f"{_reachable_host(host)}:{port}", elected, deposed)
 
     async def stop() -> None:
-        if campaign is not None:
-            campaign.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await campaign
-        if leadership is not None:
-            await leadership.resign()
+        await leadership.close()
         await store.close()
 
     await serve(

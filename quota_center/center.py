@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from quota_center import allocation, ledger
 from quota_center.catalog import RevisionIndex
+from quota_center.leadership import Leadership, SingleNode
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.locks import NamedLocks
 from quota_center.store.base import MAX_BATCH, Store
@@ -37,6 +38,9 @@ from quota_common.errors import (
 from quota_common.model import EMERGENCY_DOCUMENT, EmergencyFreeze, Promotion, Report
 
 T = TypeVar("T")
+
+HEARTBEAT_S = 5.0
+"""An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
 
 
 @dataclass(frozen=True)
@@ -119,14 +123,12 @@ class Center:
         store: Store,
         clock: Clock,
         settings: CenterSettings | None = None,
-        leader_hint: Callable[[], str | None] = lambda: None,
-        leading: Callable[[], bool] = lambda: True,
+        leadership: Leadership | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self.settings = settings or CenterSettings()
-        self._leader_hint = leader_hint
-        self._leading = leading
+        self._leadership = leadership or SingleNode()
         self._serving = False
         self._states: dict[str, PromotionState] = {}
         self._locks = NamedLocks()
@@ -166,13 +168,13 @@ class Center:
     @property
     def leading(self) -> bool:
         """Whether this replica answers now (it leads and has rebuilt its state)."""
-        return self._serving and self._leading()
+        return self._serving and self._leadership.leading()
 
     def _require_leader(self) -> None:
         """Every answer, reads and lease renewals included, needs leadership that is still
         trustworthy now: a replica that lost it serves nothing from memory."""
         if not self.leading:
-            raise NotLeader(self._leader_hint())
+            raise NotLeader(self._leadership.leader_address())
 
     # Budget owners
 
