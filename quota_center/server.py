@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from quota_center.center import Center, Opening
+from quota_center.center import HEARTBEAT_S, Center, Opening
 from quota_center.convert import catalog_page_to_pb, directives_to_pb, usage_to_pb
 from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
@@ -22,6 +22,9 @@ from quota_common.incarnation import require_incarnation
 from quota_common.model import Report
 from quota_common.rpc import Context, abort_with, add_decoding, translate_errors
 from quota_common.validation import (
+    DEFAULT_PAGE,
+    MAX_OPENINGS,
+    MAX_PAGE,
     MAX_RENEWAL,
     clamp_demand,
     require_amount,
@@ -89,12 +92,6 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     async def SetEmergencyFreeze(self, request: pb.SetEmergencyFreezeRequest, context: Context) -> pb.EmergencyFreeze:
         region = require_id("region", request.region) if request.region else ""
         return emergency_to_pb(await self._center.set_emergency_freeze(region, request.frozen))
-
-
-MAX_OPENINGS = 1000
-DEFAULT_PAGE, MAX_PAGE = 500, 5000
-HEARTBEAT_S = 5.0
-"""An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
 
 
 def _page_size(page_size: int) -> int:

@@ -1,6 +1,6 @@
 """The shared model on the center's wire: promotions and the emergency switch to and from their protobuf
-messages. The one mapping of the `quota_center.v1` API that its clients use as well (the agent's port to the
-center, the budget commands); it imports nothing of the center but the generated API.
+messages. The one mapping of the `quota_center.v1` API that its clients use as well (the agent's gRPC adapter
+to the center, the budget commands); it imports nothing of the center but the generated API.
 """
 
 from __future__ import annotations

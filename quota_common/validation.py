@@ -24,6 +24,10 @@ MAX_RENEWAL = 1000
 """Promotions one Renew reports. An agent reports every promotion it knows, 10,000 and more at a
 midnight opening, in calls of at most this many: one call then holds the center's event loop for
 milliseconds, not seconds, and its answer stays far below gRPC's 4 MiB (docs/message-sizes.md)."""
+MAX_OPENINGS = 1000
+"""Opening allotments one AcquireOpenings asks for; an agent asks for more in several calls."""
+DEFAULT_PAGE, MAX_PAGE = 500, 5000
+"""Items in one page of a listing: when the caller does not say, and at most."""
 # Regions per promotion (and in the emergency switch): 1000 names of MAX_ID_BYTES keep a promotion
 # near 130 KB, so every message that carries one stays far below gRPC's 4 MiB.
 MAX_REGIONS = 1000

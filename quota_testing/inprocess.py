@@ -21,7 +21,7 @@ from quota_common.clock import Clock, SystemClock
 from quota_common.process import exclusive_server
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
-from region_agent.grpc_center import CenterClient
+from region_agent.grpc_center import GrpcCenter
 from region_agent.ledger.base import Ledger
 from region_agent.ledger.memory import InProcessLedger
 
@@ -78,7 +78,7 @@ async def running_agent(
     clock: Clock | None = None,
 ) -> AsyncIterator[ServedAgent]:
     ledger = ledger or InProcessLedger()
-    client = CenterClient([center_address], region)
+    client = GrpcCenter([center_address], region)
     agent = Agent(settings or AgentSettings(region), ledger, client, clock or SystemClock())
     await agent.start()
     server = exclusive_server()

@@ -19,7 +19,7 @@ from quota_common.model import Promotion
 from quota_common.policy import RefillSettings
 from region_agent.cache import CacheTier, PromotionCache
 from region_agent.catalog_sync import CatalogSync
-from region_agent.grpc_center import CenterClient
+from region_agent.center_port import CenterPort
 from region_agent.ledger.base import (
     Balance,
     DeductOutcome,
@@ -75,7 +75,7 @@ class PromotionStatus:
 
 class Agent:
     def __init__(
-        self, settings: AgentSettings, ledger: Ledger, center: CenterClient, clock: Clock, tier: CacheTier | None = None
+        self, settings: AgentSettings, ledger: Ledger, center: CenterPort, clock: Clock, tier: CacheTier | None = None
     ) -> None:
         """`tier`: the region's shared copy of the promotion cache (Redis), if any."""
         self.settings = settings

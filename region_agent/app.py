@@ -15,7 +15,7 @@ from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CacheTier
 from region_agent.cache_redis import RedisCacheTier
-from region_agent.grpc_center import CenterClient
+from region_agent.grpc_center import GrpcCenter
 from region_agent.ledger.base import Ledger
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
@@ -65,7 +65,7 @@ async def run_agent(config: AgentConfig) -> None:
     region = config.settings.region
     ledger, tier = await open_ledger(config.ledger, region, config.retention_s)
     metrics = AgentMetrics(region)
-    center = CenterClient(list(config.center), region, interceptors=[CenterCallTimer(metrics)])
+    center = GrpcCenter(list(config.center), region, interceptors=[CenterCallTimer(metrics)])
     # A shared Redis ledger outlives this process (other agents spend from it); an in-process one does not.
     settings = replace(config.settings, return_on_shutdown=isinstance(ledger, InProcessLedger))
     agent = Agent(settings, ledger, center, SystemClock(), tier)

@@ -19,7 +19,7 @@ from quota_common.clock import Clock
 from quota_common.errors import QuotaError
 from quota_common.model import Promotion
 from region_agent.cache import CacheTier, CatalogSnapshot, PromotionCache
-from region_agent.grpc_center import CenterClient
+from region_agent.center_port import CenterPort
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class CatalogSync:
     def __init__(
         self,
         cache: PromotionCache,
-        center: CenterClient,
+        center: CenterPort,
         tier: CacheTier | None,
         on_change: Callable[[list[Promotion]], None],
         clock: Clock,

@@ -1,14 +1,14 @@
-"""The agent's calls to the center, retried where a retry is safe, following the leader.
+"""The agent's port to the center over gRPC: the one agent module that sees the center's wire.
 
-Every call here is idempotent (acquire by its request id, renew and return by cumulative
-counters, reads by nature), so UNAVAILABLE and DEADLINE_EXCEEDED are retried a few
-times with jittered backoff; everything else surfaces at once as a QuotaError.
+Every call of the port may be repeated (region_agent.center_port), so UNAVAILABLE and DEADLINE_EXCEEDED
+are retried a few times with jittered backoff, following the leader; everything else surfaces at once as
+the QuotaError its status stands for.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,9 +25,9 @@ from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_center.wire import emergency_from_pb, promotion_from_pb
 from quota_common.errors import LEADER_METADATA_KEY, Unavailable, from_grpc, trailing
-from quota_common.model import EmergencyFreeze, Promotion
+from quota_common.model import Promotion, Report
 from region_agent.cache import CatalogSnapshot
-from region_agent.ledger.base import Balance
+from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RenewalDirective, RenewAnswer
 
 T = TypeVar("T")
 
@@ -42,36 +42,6 @@ long after it returns; capped at a second, the agent notices the center within o
 
 
 @dataclass(frozen=True)
-class GrantAnswer:
-    grant_id: str
-    amount: int
-    lease_ttl_s: float
-    unallocated: int
-
-
-@dataclass(frozen=True)
-class RenewAnswer:
-    lease_ttl_s: float
-    directives: list[pb.PromotionDirective]
-    emergency: EmergencyFreeze
-
-
-@dataclass(frozen=True)
-class OpeningAnswer:
-    promotion_id: str
-    grant_id: str
-    """Empty when refused."""
-    amount: int
-    refusal: str
-
-
-@dataclass(frozen=True)
-class Page:
-    changes: CatalogSnapshot
-    more: bool
-
-
-@dataclass(frozen=True)
 class _Stubs:
     admin: pb_grpc.PromotionAdminAsyncStub
     allocation: pb_grpc.AllocationAsyncStub
@@ -83,9 +53,32 @@ def _page(message: pb.CatalogChanges) -> Page:
     return Page(CatalogSnapshot(promotions, emergency_from_pb(message.emergency), message.revision), message.more)
 
 
-class CenterClient:
-    """Calls whichever center replica leads. A standby answers UNAVAILABLE with the leader's
-    address in the trailing metadata, and the next attempt goes there; a replica that does
+def _counters(promotion_id: str, report: Report) -> pb.Counters:
+    return pb.Counters(
+        promotion_id=promotion_id,
+        granted=report.granted,
+        returned=report.returned,
+        deducted=report.deducted,
+        refunded=report.refunded,
+        demand_per_minute=report.demand_per_minute,
+    )
+
+
+def _directive(message: pb.PromotionDirective) -> RenewalDirective:
+    return RenewalDirective(
+        promotion_id=message.promotion_id,
+        refusal=message.refusal,
+        frozen=message.frozen,
+        reclaim=message.reclaim,
+        unapplied_grants=tuple((grant.grant_id, grant.amount) for grant in message.unapplied_grants),
+        revision=message.revision,
+        exhausted=message.exhausted,
+    )
+
+
+class GrpcCenter:
+    """The CenterPort over gRPC, calling whichever center replica leads. A standby answers UNAVAILABLE with
+    the leader's address in the trailing metadata, and the next attempt goes there; a replica that does
     not answer at all sends the next attempt to the next address in the list.
 
     With several addresses listed, a leader named outside the list is not followed: the operator
@@ -177,7 +170,6 @@ class CenterClient:
     async def acquire_openings(
         self, incarnation: str, requests: Sequence[tuple[str, int, str]]
     ) -> tuple[list[OpeningAnswer], float]:
-        """Opening allotments for (promotion id, amount, request id) items; and the lease TTL."""
         request = pb.AcquireOpeningsRequest(
             agent=self._agent(incarnation),
             items=[pb.AcquireRequest(promotion_id=p, amount=a, request_id=r) for p, a, r in requests],
@@ -191,9 +183,6 @@ class CenterClient:
         return _page(await self._call(lambda stubs: stubs.catalog.ListChanges(request, timeout=self._timeout)))
 
     async def watch(self, since_revision: int, idle_timeout_s: float) -> AsyncIterator[Page]:
-        """The push stream from `since_revision`; raises Unavailable when it breaks or stays
-        silent (no change and no heartbeat) for `idle_timeout_s`. Not retried: the caller
-        resumes from the revision it reached."""
         request = pb.CatalogRequest(region=self._region, since_revision=since_revision)
         self.calls += 1
         call = self._stubs().catalog.Watch(request)
@@ -211,13 +200,15 @@ class CenterClient:
         finally:
             call.cancel()
 
-    async def renew(self, incarnation: str, counters: list[pb.Counters]) -> RenewAnswer:
+    async def renew(self, incarnation: str, reports: Mapping[str, Report]) -> RenewAnswer:
+        counters = [_counters(promotion_id, report) for promotion_id, report in reports.items()]
         request = pb.RenewRequest(agent=self._agent(incarnation), counters=counters)
         answer = await self._call(lambda stubs: stubs.allocation.Renew(request, timeout=self._timeout))
-        return RenewAnswer(answer.lease_ttl_ms / 1000, list(answer.directives), emergency_from_pb(answer.emergency))
+        directives = [_directive(directive) for directive in answer.directives]
+        return RenewAnswer(answer.lease_ttl_ms / 1000, directives, emergency_from_pb(answer.emergency))
 
-    async def give_back(self, incarnation: str, counters: pb.Counters) -> int:
-        request = pb.ReturnRequest(agent=self._agent(incarnation), counters=counters)
+    async def give_back(self, incarnation: str, promotion_id: str, counters: Report) -> int:
+        request = pb.ReturnRequest(agent=self._agent(incarnation), counters=_counters(promotion_id, counters))
         answer = await self._call(lambda stubs: stubs.allocation.Return(request, timeout=self._timeout))
         return answer.unallocated
 
@@ -231,14 +222,3 @@ class CenterClient:
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
-
-
-def counters_pb(promotion_id: str, balance: Balance, demand_per_minute: int) -> pb.Counters:
-    return pb.Counters(
-        promotion_id=promotion_id,
-        granted=balance.granted,
-        returned=balance.returned,
-        deducted=balance.deducted,
-        refunded=balance.refunded,
-        demand_per_minute=demand_per_minute,
-    )

@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from quota_center.v1 import quota_center_pb2 as pb
 from quota_common import policy
 from quota_common.clock import Clock
 from quota_common.errors import (
@@ -43,10 +42,10 @@ from quota_common.errors import (
 )
 from quota_common.model import Promotion
 from quota_common.policy import RefillSettings
-from quota_common.validation import MAX_RENEWAL
+from quota_common.validation import MAX_OPENINGS, MAX_RENEWAL
 from region_agent.cache import PromotionCache
+from region_agent.center_port import CenterPort, RenewalDirective, report
 from region_agent.demand import RateMeter
-from region_agent.grpc_center import CenterClient, counters_pb
 from region_agent.ledger.base import Balance, Ledger
 from region_agent.reachability import Reachability
 
@@ -55,7 +54,6 @@ T = TypeVar("T")
 
 _CLAIM_TTL_S = 5.0
 """Longest one agent keeps the region's other agents from acquiring for a promotion."""
-_OPENINGS_PER_CALL = 1000
 RENEW_RETRY_S = 0.25
 """After a failed renewal the next starts this soon, not a whole interval later: the region serves
 again within a second or so of the center's return, however long it was away."""
@@ -88,7 +86,7 @@ class Supply:
         region: str,
         refill: RefillSettings,
         ledger: Ledger,
-        center: CenterClient,
+        center: CenterPort,
         clock: Clock,
         cache: PromotionCache,
         lease_ttl_s: float,
@@ -316,7 +314,7 @@ class Supply:
             return
         balance = await self._ledger.balance(promotion_id)
         try:
-            await self._ask(self._center.give_back(self.incarnation, counters_pb(promotion_id, balance, 0)))
+            await self._ask(self._center.give_back(self.incarnation, promotion_id, report(balance)))
         except Superseded:
             return  # said once, by `_ask`
         except QuotaError as error:
@@ -367,14 +365,14 @@ class Supply:
         """One Renew call. Its leases run from when it was sent: the center renewed them on receiving it,
         so that is the latest start that is still safe (the renewal's start would cut them short)."""
         now = self._clock.monotonic()
-        counters = []
+        reports = {}
         for promotion_id in promotion_ids:
             item = self._tracked.get(promotion_id)
             demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
-            counters.append(counters_pb(promotion_id, balances.get(promotion_id, Balance()), demand))
+            reports[promotion_id] = report(balances.get(promotion_id, Balance()), demand)
         life = self.incarnation
         try:
-            answer = await self._ask(self._center.renew(life, counters))
+            answer = await self._ask(self._center.renew(life, reports))
         except Unavailable as error:
             if line := self._reachability.failed(error.message):
                 log.warning("%s", line)
@@ -394,7 +392,7 @@ class Supply:
             except QuotaError as error:
                 log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
 
-    def _refused(self, directive: pb.PromotionDirective) -> bool:
+    def _refused(self, directive: RenewalDirective) -> bool:
         """Whether the center refused this promotion's report: then its lease was not renewed and
         nothing of the directive stands. Said once per refusal, not at every renewal."""
         promotion_id, refusal = directive.promotion_id, directive.refusal
@@ -411,12 +409,12 @@ class Supply:
             )
         return True
 
-    async def _follow(self, directive: pb.PromotionDirective, lease_until: float, life: str) -> None:
+    async def _follow(self, directive: RenewalDirective, lease_until: float, life: str) -> None:
         item = await self._track_one(directive.promotion_id)
         item.lease_until = lease_until
         item.exhausted = directive.exhausted
-        for grant in directive.unapplied_grants:
-            await self._ledger.apply_grant(grant.grant_id, grant.promotion_id, grant.amount, life)
+        for grant_id, amount in directive.unapplied_grants:
+            await self._ledger.apply_grant(grant_id, directive.promotion_id, amount, life)
         if directive.reclaim > 0:
             await self.give_back(directive.promotion_id, directive.reclaim)
         if directive.revision > item.promotion.revision:
@@ -449,8 +447,8 @@ class Supply:
             and not promotion.frozen
             and balances.get(promotion.id, Balance()).granted == 0
         ]
-        for first in range(0, len(upcoming), _OPENINGS_PER_CALL):
-            await self._open(upcoming[first : first + _OPENINGS_PER_CALL])
+        for first in range(0, len(upcoming), MAX_OPENINGS):
+            await self._open(upcoming[first : first + MAX_OPENINGS])
 
     async def _open(self, promotions: list[Promotion]) -> None:
         requests = []

@@ -6,20 +6,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
 import pytest
 
-from quota_center.v1 import quota_center_pb2 as pb
 from quota_common.clock import FakeClock
 from quota_common.errors import NotFound, Rejected, RejectReason, Unavailable
-from quota_common.model import EmergencyFreeze, Kind, Promotion
+from quota_common.model import EmergencyFreeze, Kind, Promotion, Report
 from quota_common.validation import MAX_RENEWAL
 from quota_testing.support import eventually
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CatalogSnapshot
-from region_agent.grpc_center import CenterClient, GrantAnswer, Page, RenewAnswer
+from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RenewalDirective, RenewAnswer
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.supply import UNKNOWN_TTL_S
@@ -30,12 +29,13 @@ QUIET = AgentSettings("eu", renew_interval_s=3_600, pull_interval_s=3_600, push=
 """No loop runs by itself during a test: the test renews when it means to."""
 
 
-class ScriptedCenter(CenterClient):
-    """Answers as the test sets it up; counts what it is asked."""
+class ScriptedCenter:
+    """A CenterPort that answers as the test sets it up; counts what it is asked."""
 
     def __init__(self, clock: FakeClock) -> None:
-        super().__init__(["127.0.0.1:1"], "eu")
         self._clock = clock
+        self.calls = 0
+        self.fetches = 0
         self.promotions: dict[str, Promotion] = {}
         self.refusals: dict[str, str] = {}
         """Per promotion, the refusal its report gets at renewal (with a grant the agent must not apply)."""
@@ -82,26 +82,36 @@ class ScriptedCenter(CenterClient):
             await self.answers_held.wait()
         return GrantAnswer(uuid.uuid4().hex, amount, LEASE_TTL_S, 10**9)
 
-    async def give_back(self, incarnation: str, counters: pb.Counters) -> int:
+    async def acquire_openings(
+        self, incarnation: str, requests: Sequence[tuple[str, int, str]]
+    ) -> tuple[list[OpeningAnswer], float]:
+        raise Unavailable("the scripted center grants no openings: its agents look ahead 0 s")
+
+    def watch(self, since_revision: int, idle_timeout_s: float) -> AsyncIterator[Page]:
+        raise Unavailable("the scripted center has no catalog stream: its agents do not follow one")
+
+    async def give_back(self, incarnation: str, promotion_id: str, counters: Report) -> int:
         self.calls += 1
         return 10**9
 
-    async def renew(self, incarnation: str, counters: list[pb.Counters]) -> RenewAnswer:
+    async def renew(self, incarnation: str, reports: Mapping[str, Report]) -> RenewAnswer:
         self.calls += 1
         self.renewals += 1
-        self.renewals_sent.append((self._clock.monotonic(), [c.promotion_id for c in counters]))
+        self.renewals_sent.append((self._clock.monotonic(), list(reports)))
         self._clock.advance(self.renewal_seconds)
         if self.renewals_failing:
             self.renewals_failing -= 1
             raise Unavailable("failed to connect to all addresses")
-        return RenewAnswer(LEASE_TTL_S, [self._directive(c.promotion_id) for c in counters], self.emergency)
+        return RenewAnswer(LEASE_TTL_S, [self._directive(promotion_id) for promotion_id in reports], self.emergency)
 
-    def _directive(self, promotion_id: str) -> pb.PromotionDirective:
+    def _directive(self, promotion_id: str) -> RenewalDirective:
         refusal = self.refusals.get(promotion_id, "")
         if not refusal:
-            return pb.PromotionDirective(promotion_id=promotion_id, revision=1)
-        unapplied = [pb.Grant(grant_id="never-to-apply", promotion_id=promotion_id, amount=1_000)]
-        return pb.PromotionDirective(promotion_id=promotion_id, revision=1, refusal=refusal, unapplied_grants=unapplied)
+            return RenewalDirective(promotion_id, revision=1)
+        return RenewalDirective(promotion_id, refusal, revision=1, unapplied_grants=(("never-to-apply", 1_000),))
+
+    async def close(self) -> None:
+        pass
 
 
 @pytest.fixture

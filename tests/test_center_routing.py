@@ -13,7 +13,7 @@ from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_common.errors import LEADER_METADATA_KEY
 from quota_common.rpc import Context
-from region_agent.grpc_center import CenterClient
+from region_agent.grpc_center import GrpcCenter
 
 
 class Catalog(pb_grpc.CatalogServicer):
@@ -61,7 +61,7 @@ async def test_a_leader_named_outside_the_listed_addresses_is_reached_through_th
 ) -> None:
     addresses, (standby, leader) = servers
     standby.leader = UNREACHABLE
-    client = CenterClient(addresses, "eu", call_timeout_s=1.0)
+    client = GrpcCenter(addresses, "eu", call_timeout_s=1.0)
 
     await client.list_changes(0)
 
@@ -73,7 +73,7 @@ async def test_a_single_address_follows_the_leader_it_is_told_of(
 ) -> None:
     (service, leader_address), (standby, leader) = servers
     standby.leader = leader_address
-    client = CenterClient([service], "eu", call_timeout_s=1.0)
+    client = GrpcCenter([service], "eu", call_timeout_s=1.0)
 
     await client.list_changes(0)
 

@@ -25,6 +25,7 @@ import pytest
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.clock import FakeClock
+from quota_common.validation import MAX_OPENINGS
 from quota_testing.inprocess import ServedCenter, running_agent, running_center
 from quota_testing.support import eventually, order, promotion, reject_reason
 from region_agent.agent import AgentSettings
@@ -35,8 +36,6 @@ REGIONS = ("eu", "us", "ap")
 LOOKAHEAD_S = 30.0
 LEAD_S = 60.0
 """The promotions are created this long before they start: beyond the look-ahead."""
-OPENINGS_PER_CALL = 1_000
-"""What one AcquireOpenings call carries (region_agent.supply)."""
 SETTLING_S = 90.0
 """A bound for a hang, not a speed: the catalog and the openings arrive as fast as the machine allows."""
 PERIODIC = {"Renew", "ListChanges", "Watch"}
@@ -120,7 +119,7 @@ async def opening(tmp_path: Path, center_stack: AsyncExitStack) -> AsyncIterator
 
 
 async def test_thousands_of_promotions_open_at_once_in_batches_without_a_burst_on_the_center(tmp_path: Path) -> None:
-    promotions = 2 * OPENINGS_PER_CALL + 500
+    promotions = 2 * MAX_OPENINGS + 500
     promotion_ids = [f"midnight-{n:05d}" for n in range(promotions)]
     async with AsyncExitStack() as center_stack, opening(tmp_path, center_stack) as world:
         await world.create(promotion_ids, budget=100)
@@ -144,7 +143,7 @@ async def test_thousands_of_promotions_open_at_once_in_batches_without_a_burst_o
         after = await world.statuses()
         assert [sum(b.deducted for b in seen.balances) for seen in after] == [len(picks)] * len(REGIONS)
         assert all(seen.promotion_fetches == 0 for seen in after), "a promotion was fetched on the order path"
-        batches = len(REGIONS) * math.ceil(promotions / OPENINGS_PER_CALL)
+        batches = len(REGIONS) * math.ceil(promotions / MAX_OPENINGS)
         burst = {method: calls for method, calls in during.items() if method not in PERIODIC}
         # A batch the center answered too late for the agent is retried with the same request ids.
         assert burst.keys() == {"AcquireOpenings"}, burst

@@ -3,10 +3,11 @@
     quota_cli ─▶ loadtest ─▶ quota_testing ─▶ quota_center, region_agent ─▶ quota_common
 
 - quota_common imports nothing of ours;
-- the center and the agent never import each other, with one door: the agent's port to the center
-  (`region_agent.grpc_center`) sees the center's published API, its generated stubs and the shared model's
-  mapping onto them (`quota_center.v1`, `quota_center.wire`);
-- protobuf stops at the edges: the servers, the center's conversions and the agent's port;
+- the center and the agent never import each other, with one door: the gRPC adapter of the agent's port to
+  the center (`region_agent.grpc_center`; the port, `region_agent.center_port`, speaks domain types) sees
+  the center's published API, its generated stubs and the shared model's mapping onto them
+  (`quota_center.v1`, `quota_center.wire`);
+- protobuf stops at the edges: the servers, the center's conversions and the port's gRPC adapter;
 - nothing but tests imports tests.
 """
 
