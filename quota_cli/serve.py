@@ -21,6 +21,10 @@ from quota_common.validation import require_id
 from region_agent.agent import AgentSettings
 from region_agent.app import AgentConfig, run_agent
 
+# Each default has one source, the settings it configures: these are read from, never typed again.
+_CENTER, _CENTER_CONFIG = CenterSettings(), CenterConfig()
+_AGENT, _AGENT_CONFIG = AgentSettings(region=""), AgentConfig(AgentSettings(region=""))
+
 
 class _Region(click.ParamType[str]):
     """A region's name, as the center requires it of every agent: 1..128 bytes."""
@@ -40,13 +44,19 @@ def center() -> None:
 
 
 @center.command("serve")
-@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="host:port; port 0 picks a free one.")
+@click.option("--listen", default=_CENTER_CONFIG.listen, show_default=True, help="host:port; port 0 picks a free one.")
+@click.option("--store", default=_CENTER_CONFIG.store, show_default=True, help="sqlite:///PATH or etcd://HOST:PORT,...")
 @click.option(
-    "--store", default="sqlite:///quota-center.db", show_default=True, help="sqlite:///PATH or etcd://HOST:PORT,..."
+    "--lease-ttl", type=FiniteFloatRange(min=0.5), default=_CENTER.lease_ttl_s, show_default=True, help="Seconds."
 )
-@click.option("--lease-ttl", type=FiniteFloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
 @click.option("--advertise", default="", help="host:port others reach this replica at [default: the listen address].")
-@click.option("--election-ttl", type=click.IntRange(min=1), default=5, show_default=True, help="etcd leader lease, s.")
+@click.option(
+    "--election-ttl",
+    type=click.IntRange(min=1),
+    default=_CENTER_CONFIG.election_ttl_s,
+    show_default=True,
+    help="etcd leader lease, s.",
+)
 @click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
 def center_serve(
     listen: str, store: str, lease_ttl: float, advertise: str, election_ttl: int, metrics_listen: str
@@ -64,50 +74,56 @@ def agent() -> None:
 
 @agent.command("serve")
 @click.option("--region", type=_Region(), required=True, help="The region this agent serves.")
-@click.option("--listen", default="127.0.0.1:50061", show_default=True, help="host:port; port 0 picks a free one.")
+@click.option("--listen", default=_AGENT_CONFIG.listen, show_default=True, help="host:port; port 0 picks a free one.")
 @click.option(
     "--center",
     "center_addresses",
     type=CENTER_ADDRESSES,
-    default="127.0.0.1:50051",
+    default=",".join(_AGENT_CONFIG.center),
     show_default=True,
     help="host:port[,host:port...]",
 )
-@click.option("--ledger", default="memory", show_default=True, help="memory or redis://HOST:PORT[/DB]")
-@click.option("--horizon", type=FiniteFloatRange(min=0.1), default=2.0, show_default=True, help="Refill seconds.")
+@click.option("--ledger", default=_AGENT_CONFIG.ledger, show_default=True, help="memory or redis://HOST:PORT[/DB]")
+@click.option(
+    "--horizon",
+    type=FiniteFloatRange(min=0.1),
+    default=_AGENT.refill.horizon_s,
+    show_default=True,
+    help="Refill seconds.",
+)
 @click.option(
     "--renew-interval",
     type=FiniteFloatRange(min=0.05),
-    default=3.0,
+    default=_AGENT.renew_interval_s,
     show_default=True,
     help="Seconds between lease renewals and reports; keep it at most a third of the center's lease TTL.",
 )
 @click.option(
     "--pull-interval",
     type=FiniteFloatRange(min=0.05),
-    default=5.0,
+    default=_AGENT.pull_interval_s,
     show_default=True,
     help="Seconds between pulls of promotion changes (the repair link beside the push stream).",
 )
-@click.option("--push/--no-push", default=True, show_default=True, help="Follow the center's promotion stream.")
+@click.option("--push/--no-push", default=_AGENT.push, show_default=True, help="Follow the center's promotion stream.")
 @click.option(
     "--opening-lookahead",
     type=FiniteFloatRange(min=0),
-    default=30.0,
+    default=_AGENT.opening_lookahead_s,
     show_default=True,
     help="Seconds before a promotion starts that its opening allotment is acquired; 0: none.",
 )
 @click.option(
     "--reservation-ttl",
     type=FiniteFloatRange(min=1, max=86_400),
-    default=900.0,
+    default=_AGENT.reservation_ttl_ms / 1000,
     show_default=True,
     help="Seconds a reservation holds its quota when Reserve does not say.",
 )
 @click.option(
     "--retention",
     type=FiniteFloatRange(min=60),
-    default=7 * 86_400.0,
+    default=_AGENT_CONFIG.retention_s,
     show_default=True,
     help="Seconds the ledger remembers an order, so its retries replay; keep it above the callers' retry window.",
 )

@@ -16,7 +16,7 @@ from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CacheTier
 from region_agent.cache_redis import RedisCacheTier
 from region_agent.grpc_center import GrpcCenter
-from region_agent.ledger.base import Ledger
+from region_agent.ledger.base import RETENTION_S, Ledger
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
 from region_agent.metrics import AgentMetrics, CenterCallTimer
@@ -31,7 +31,7 @@ class AgentConfig:
     """The center replicas' host:port; calls follow whichever leads."""
     ledger: str = "memory"
     """Where the regional ledger lives: memory (embedded default) or redis://HOST:PORT[/DB]."""
-    retention_s: float = 7 * 86_400
+    retention_s: float = RETENTION_S
     """How long the ledger remembers orders and refunds (their retries replay meanwhile)."""
     metrics_listen: str = ""
     """host:port of the Prometheus endpoint (GET /metrics); empty: none."""
@@ -66,8 +66,7 @@ async def run_agent(config: AgentConfig) -> None:
     ledger, tier = await open_ledger(config.ledger, region, config.retention_s)
     metrics = AgentMetrics(region)
     center = GrpcCenter(list(config.center), region, interceptors=[CenterCallTimer(metrics)])
-    # A shared Redis ledger outlives this process (other agents spend from it); an in-process one does not.
-    settings = replace(config.settings, return_on_shutdown=isinstance(ledger, InProcessLedger))
+    settings = replace(config.settings, return_on_shutdown=not ledger.outlives_agent)
     agent = Agent(settings, ledger, center, SystemClock(), tier)
     server = exclusive_server()
     agent_server.add_to_server(agent, server, metrics)
@@ -85,8 +84,7 @@ async def run_agent(config: AgentConfig) -> None:
     async def stop() -> None:
         await agent.stop()
         await center.close()
-        if isinstance(ledger, RedisLedger):
-            await ledger.aclose()
+        await ledger.aclose()
 
     await serve(
         server,

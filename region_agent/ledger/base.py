@@ -102,7 +102,21 @@ class SettleOutcome:
     """A cancel found the reservation already expired: its quota went back at the deadline."""
 
 
+RETENTION_S = 7 * 86_400
+"""How long a ledger remembers orders and refunds by default, so their retries replay: above any caller's retry
+window."""
+
+
 class Ledger(Protocol):
+    outlives_agent: bool
+    """Whether what it holds outlives the agent's process: a shared Redis ledger does (the region's other agents
+    spend from it, a restarted agent takes it up); an in-process one dies with its agent, which therefore gives
+    back its unspent quota when it stops."""
+
+    async def aclose(self) -> None:
+        """Releases what the ledger itself opened; it is not used afterwards."""
+        ...
+
     async def incarnation(self) -> str:
         """Identifies this ledger's life; called before anything else. A ledger whose store lost
         its data raises LedgerLost from its writes, and answers a new incarnation here."""

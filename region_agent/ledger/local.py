@@ -16,6 +16,7 @@ from quota_common.errors import FailedPrecondition, InvalidArgument, NotFound, R
 from quota_common.validation import COUNTER_CEILING, require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
+    RETENTION_S,
     UNLIMITED,
     Balance,
     DeductOutcome,
@@ -40,7 +41,7 @@ class _Order:
 
 
 class LocalLedger:
-    def __init__(self, retention_ms: int = 7 * 86_400_000) -> None:
+    def __init__(self, retention_ms: int = RETENTION_S * 1000) -> None:
         """Orders and refunds are remembered (their retries replay) for `retention_ms` after they
         were made, or after a reservation ended."""
         self._retention_ms = retention_ms

@@ -15,6 +15,7 @@ from quota_common.errors import LedgerLost
 from quota_common.incarnation import new_incarnation
 from region_agent.ledger.base import (
     NO_LIMITS,
+    RETENTION_S,
     Balance,
     DeductOutcome,
     Line,
@@ -27,10 +28,15 @@ from region_agent.ledger.local import LocalLedger
 
 
 class InProcessLedger:
-    def __init__(self, clock: Clock | None = None, retention_s: float = 7 * 86_400) -> None:
+    outlives_agent = False
+
+    def __init__(self, clock: Clock | None = None, retention_s: float = RETENTION_S) -> None:
         self._ledger = LocalLedger(max(1, round(retention_s * 1000)))
         self._clock = clock or SystemClock()
         self._incarnation = new_incarnation(time.time_ns())
+
+    async def aclose(self) -> None:
+        """Nothing to release: it lives in this process's memory."""
 
     async def incarnation(self) -> str:
         return self._incarnation

@@ -39,6 +39,7 @@ from quota_common.incarnation import new_incarnation
 from quota_common.validation import require_unique
 from region_agent.ledger.base import (
     NO_LIMITS,
+    RETENTION_S,
     UNLIMITED,
     Balance,
     DeductOutcome,
@@ -77,7 +78,9 @@ def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corou
 
 
 class RedisLedger:
-    def __init__(self, client: redis.Redis, region: str, retention_s: float = 7 * 86_400) -> None:
+    outlives_agent = True
+
+    def __init__(self, client: redis.Redis, region: str, retention_s: float = RETENTION_S) -> None:
         """Orders and refunds are remembered (their retries replay) for `retention_s`."""
         self._redis = client
         self._retention_ms = max(1, round(retention_s * 1000))
