@@ -5,7 +5,7 @@ look-ahead; then three agents start, learn the catalog and take an opening allot
 promotion. The figure is the time from starting the agents (their start-up included) until every
 one holds an allotment of every promotion, with the calls each agent made to the center meanwhile
 (batched openings, catalog pages and renewals: nothing per promotion). The default suite checks that
-behaviour on a clock the test moves (tests/test_midnight_opening.py); how fast it goes on this
+behaviour on a clock the test moves (tests/service/test_midnight_opening.py); how fast it goes on this
 machine is this figure.
 """
 

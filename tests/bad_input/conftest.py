@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_testing.inprocess import ServedAgent
-from quota_testing.support import order, promotion
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.bad_input.calls import (
+from quota_testing.bad_calls import (
     World,
     acquire,
     create,
     settle,
 )
+from quota_testing.inprocess import ServedAgent
+from quota_testing.support import order, promotion
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_testing.support import now_ms, promotion
-from tests.bad_input.calls import (
+from quota_testing.bad_calls import (
     BAD_AMOUNTS,
     BAD_IDS,
     FAILED,
@@ -26,6 +25,7 @@ from tests.bad_input.calls import (
     rejected,
     unchanged,
 )
+from quota_testing.support import now_ms, promotion
 
 # CreatePromotion
 

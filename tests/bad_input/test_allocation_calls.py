@@ -13,8 +13,7 @@ from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.incarnation import MAX_AHEAD_S, new_incarnation
 from quota_common.validation import MAX_RENEWAL
-from quota_testing.support import promotion
-from tests.bad_input.calls import (
+from quota_testing.bad_calls import (
     BAD_AMOUNTS,
     BAD_IDS,
     ID_128,
@@ -30,6 +29,7 @@ from tests.bad_input.calls import (
     rejected,
     unchanged,
 )
+from quota_testing.support import promotion
 
 # Acquire, Renew, Return
 

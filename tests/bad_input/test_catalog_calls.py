@@ -12,9 +12,7 @@ import pytest
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.incarnation import new_incarnation
-from quota_testing.inprocess import ServedCenter
-from quota_testing.support import promotion
-from tests.bad_input.calls import (
+from quota_testing.bad_calls import (
     BAD_AMOUNTS,
     BAD_IDS,
     FAILED,
@@ -28,6 +26,8 @@ from tests.bad_input.calls import (
     rejected,
     unchanged,
 )
+from quota_testing.inprocess import ServedCenter
+from quota_testing.support import promotion
 
 
 @pytest.fixture

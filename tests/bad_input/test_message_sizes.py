@@ -18,9 +18,9 @@ from quota_center.wire import emergency_to_pb
 from quota_common.errors import InvalidArgument, QuotaError
 from quota_common.model import EmergencyFreeze, Kind, Promotion
 from quota_common.validation import MAX_RENEWAL
+from quota_testing.bad_calls import FAILED, INVALID, MAX_AMOUNT, World, create, rejected, unchanged
 from quota_testing.inprocess import ServedCenter
 from quota_testing.support import promotion
-from tests.bad_input.calls import FAILED, INVALID, MAX_AMOUNT, World, create, rejected, unchanged
 
 MAX_REGIONS = 1000
 # Promotions of 1000 regions of 128 bytes each are about 130 KB: 34 of them pass 4 MiB together.

@@ -9,9 +9,7 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_testing.support import HOUR_MS, now_ms, order, promotion, reject_reason
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from tests.bad_input.calls import (
+from quota_testing.bad_calls import (
     FAILED,
     ID_128,
     ID_129,
@@ -28,6 +26,8 @@ from tests.bad_input.calls import (
     rejected,
     unchanged,
 )
+from quota_testing.support import HOUR_MS, now_ms, order, promotion, reject_reason
+from region_agent.v1 import region_agent_pb2 as agent_pb
 
 # Deduct: the request itself
 

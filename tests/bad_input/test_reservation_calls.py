@@ -8,11 +8,7 @@ import grpc
 import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
-from quota_testing.inprocess import ServedAgent
-from quota_testing.support import order, promotion, reject_reason
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.bad_input.calls import (
+from quota_testing.bad_calls import (
     FAILED,
     ID_129,
     INVALID,
@@ -25,6 +21,10 @@ from tests.bad_input.calls import (
     rejected,
     unchanged,
 )
+from quota_testing.inprocess import ServedAgent
+from quota_testing.support import order, promotion, reject_reason
+from region_agent.v1 import region_agent_pb2 as agent_pb
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 
 def reserve(

@@ -11,9 +11,9 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.bad_calls import INVALID, World, acquire, counters, create, identity, rejected, unchanged
 from quota_testing.inprocess import ServedAgent, ServedCenter
 from quota_testing.support import promotion
-from tests.bad_input.calls import INVALID, World, acquire, counters, create, identity, rejected, unchanged
 
 HUGE = "x" * 100_000
 METADATA_LIMIT = 16 * 1024

@@ -1,7 +1,7 @@
 """The dual-link promotion cache with real processes: a stream cut by a center restart, an agent
 restarted while the center is down, and a freeze that brings every region's allotment back.
 
-A promotion served at its start without the center: tests/test_midnight_opening.py, on a clock the
+A promotion served at its start without the center: tests/service/test_midnight_opening.py, on a clock the
 test moves."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Whatever must have one owner has one: a port, a SQLite file, a region's in-process ledger. A
 second process that would own it too is refused at start (exit 2, one line naming the owner), or,
 for a replaced agent, stops (exit 3) rather than serving on as a zombie. Two centers on one etcd
-prefix are safe by election and fenced writes (tests/e2e/test_failover.py)."""
+prefix are safe by election and fenced writes (tests/faults/test_failover.py)."""
 
 from __future__ import annotations
 

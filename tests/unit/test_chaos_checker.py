@@ -11,8 +11,8 @@ import pytest
 from loadtest.chaos.books import Books, PromotionBooks, RegionBooks, ViolationKind
 from loadtest.chaos.checker import judge
 from loadtest.chaos.history import History, Kind, NemesisEvent, Operation, Outcome
+from loadtest.chaos.model import PROMOTION
 from region_agent.ledger.base import UNLIMITED, Line, UserLimit
-from tests.unit.chaos_model import PROMOTION
 
 EXHAUSTED = "REJECT_REASON_EXHAUSTED"
 

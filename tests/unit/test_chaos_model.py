@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from loadtest.chaos.books import PromotionBooks, RegionBooks, ViolationKind
 from loadtest.chaos.checker import judge
 from loadtest.chaos.history import History, Kind, Operation, Status
-from tests.unit.chaos_model import ACTIONS, LIMIT, PROMOTION, Step, run
+from loadtest.chaos.model import ACTIONS, LIMIT, PROMOTION, Step, run
 
 steps = st.lists(
     st.tuples(st.sampled_from(ACTIONS), st.integers(0, 99), st.integers(0, 99), st.booleans(), st.booleans()),

@@ -1,6 +1,6 @@
 """Leadership on the fake clock: a single node leads at once; an etcd leader stops acting on its lease
 before etcd could expire it and let another replica win (so it never answers from a state another
-leader may be changing). The etcd calls themselves are exercised in tests/test_etcd_fencing.py."""
+leader may be changing). The etcd calls themselves are exercised in tests/contract/test_etcd_fencing.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Test-only: plants a known bug in every server a chaos test starts, so the test can show the checker catches it.
 
 Python imports `sitecustomize` at interpreter start from the first folder on its path that has one.
-tests/e2e/test_chaos_plants.py puts this folder first on PYTHONPATH and names a plant in QUOTA_CHAOS_PLANT; the
+tests/faults/test_chaos_plants.py puts this folder first on PYTHONPATH and names a plant in QUOTA_CHAOS_PLANT; the
 servers it starts inherit both and, before they run a line of their own, get the bug monkeypatched in (see
 `planted`). The code under test is never edited. Without QUOTA_CHAOS_PLANT nothing is planted.
 

@@ -19,11 +19,11 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.redis_region import region_on_redis
 from quota_testing.servers import redis_process
 from quota_testing.support import eventually, order
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
-from tests.e2e.redis_region import region_on_redis
 
 pytestmark = pytest.mark.e2e
 

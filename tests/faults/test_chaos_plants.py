@@ -1,6 +1,6 @@
 """The chaos checker catches planted bugs: an agent that acknowledges a deduction before writing it, a center that
 grants a retried acquire again, a ledger that forgets one refund. Each is planted in the servers a run starts by
-tests/chaos_plants (a sitecustomize on their PYTHONPATH, see planted.py there), never by editing the code under
+quota_testing/chaos_plants (a sitecustomize on their PYTHONPATH, see planted.py there), never by editing the code under
 test, and the run must judge it. A failing run replays from its seed and schedule to the same violation.
 
 A clean run is test_chaos.py's; here each run only has to find its bug.
@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+import quota_testing
 from loadtest.chaos.nemesis import Fault, schedule_rows
 from loadtest.chaos.run import ChaosOptions, run_chaos
 
 pytestmark = pytest.mark.e2e
 
-PLANTS = Path(__file__).resolve().parents[1] / "chaos_plants"
+PLANTS = Path(quota_testing.__file__).resolve().parent / "chaos_plants"
 SECONDS = 8.0
 """Long enough for both promotions to sell out, which ack-before-write and double-grant need to show."""
 SEED = 1
