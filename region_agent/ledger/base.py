@@ -26,6 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from quota_common.clock import iso
+from quota_common.errors import FailedPrecondition, Rejected, RejectReason
+from quota_common.validation import COUNTER_CEILING
+
 
 @dataclass(frozen=True)
 class Line:
@@ -182,3 +186,71 @@ class Ledger(Protocol):
     async def balance(self, promotion_id: str) -> Balance: ...
 
     async def balances(self) -> dict[str, Balance]: ...
+
+
+# The order states and the answers every ledger gives, so the in-process and the Redis ledger speak the same
+# words (the Redis scripts store the same state names).
+
+DEDUCTED, RESERVED, CONFIRMED, CANCELLED, EXPIRED = "deducted", "reserved", "confirmed", "cancelled", "expired"
+
+
+def check_replay(order_key: str, same_lines: bool, was_reservation: bool, reserve: bool) -> None:
+    """Raises unless a call for an existing order key is a retry of the call that made it."""
+    if not same_lines:
+        raise FailedPrecondition(
+            f"order key {order_key!r} was already used with different lines; use a new order key for a different order"
+        )
+    if was_reservation and not reserve:
+        raise FailedPrecondition(
+            f"order key {order_key!r} holds a reservation; confirm or cancel it instead of deducting it"
+        )
+    if reserve and not was_reservation:
+        raise FailedPrecondition(f"order key {order_key!r} was deducted already; a reservation needs a new order key")
+
+
+def settled_before(
+    order_key: str, how: Settle, state: str, expires_at_ms: int, lines: tuple[Line, ...]
+) -> SettleOutcome:
+    """The answer to a settle of an order that is no longer (or never was) a pending reservation:
+    a replay of the same settle, a cancel after expiry, or an error saying what to do instead."""
+    done = {Settle.CONFIRM: CONFIRMED, Settle.CANCEL: CANCELLED}[how]
+    if state == done:
+        return SettleOutcome(lines, replayed=True)
+    if how is Settle.CANCEL and state == EXPIRED:
+        return SettleOutcome(lines, expired=True)
+    if state == DEDUCTED:
+        raise FailedPrecondition(
+            f"order {order_key!r} was deducted, not reserved: there is nothing to {how.value}; refund it instead"
+        )
+    if state == EXPIRED:
+        raise Rejected(
+            RejectReason.RESERVATION_EXPIRED,
+            f"the reservation {order_key!r} expired at {iso(expires_at_ms)} and its quota went back to the "
+            "allotment; reserve again with a new order key",
+        )
+    if state == CANCELLED:
+        raise FailedPrecondition(f"the reservation {order_key!r} was cancelled; reserve again with a new order key")
+    raise FailedPrecondition(f"the reservation {order_key!r} is confirmed; refund it instead of cancelling it")
+
+
+def refund_id_reused(order_key: str, refund_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"refund {refund_id!r} of order {order_key!r} was already made with different lines; "
+        "use a new refund id for another refund"
+    )
+
+
+def at_ceiling(promotion_id: str, counter: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"this region's ledger has counted {COUNTER_CEILING} units or more as {counter} for promotion "
+        f"{promotion_id!r}, its ceiling: nothing more can be {counter} in this incarnation. Start the region's "
+        "ledger over as a new incarnation (restart an in-process agent; with Redis, delete the key "
+        "{quota:<region>}:incarnation) and the center writes off what the old one holds"
+    )
+
+
+def unconfirmed_refund(order_key: str, state: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"order {order_key!r} is a reservation that is {state}, not confirmed; only deducted or confirmed orders "
+        "can be refunded (cancel a pending reservation instead)"
+    )

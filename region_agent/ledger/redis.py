@@ -48,9 +48,13 @@ from region_agent.ledger.base import (
     Settle,
     SettleOutcome,
     UserLimit,
+    at_ceiling,
+    check_replay,
+    refund_id_reused,
+    settled_before,
+    unconfirmed_refund,
 )
 from region_agent.ledger.batching import Batcher
-from region_agent.ledger.local import at_ceiling, check_replay, refund_id_reused, settled_before, unconfirmed_refund
 from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, SETTLE, TAKE_BACK
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 
