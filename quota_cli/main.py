@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from loadtest.simulation.scenarios import SCENARIOS
 from quota_cli.budget import budget
+from quota_cli.certs import certs
 from quota_cli.serve import agent, center
 from quota_common.config import FiniteFloatRange, load_config
 from quota_common.errors import ConfigError
@@ -439,3 +440,4 @@ def _print_table(title: str, figures: dict[str, object]) -> None:
 
 
 main.add_command(budget)
+main.add_command(certs)
