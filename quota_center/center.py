@@ -403,7 +403,7 @@ class Center:
             exhausted=state.grantable(now_ms) == 0,
         )
 
-    async def give_back(self, region: str, incarnation: str, promotion_id: str, report: Report) -> int:
+    async def return_quota(self, region: str, incarnation: str, promotion_id: str, report: Report) -> int:
         """Takes in a return the agent already removed from its ledger; returns unallocated."""
         self._require_leader()
         return (await self._report(region, incarnation, promotion_id, report)).unallocated

@@ -204,7 +204,9 @@ class AllocationServicer(pb_grpc.AllocationServicer):
     async def Return(self, request: pb.ReturnRequest, context: Context) -> pb.ReturnResponse:
         region, incarnation = self._identity(request.agent)
         promotion_id = require_id("counters.promotion_id", request.counters.promotion_id)
-        unallocated = await self._center.give_back(region, incarnation, promotion_id, _report_from_pb(request.counters))
+        unallocated = await self._center.return_quota(
+            region, incarnation, promotion_id, _report_from_pb(request.counters)
+        )
         return pb.ReturnResponse(unallocated=unallocated)
 
 

@@ -146,10 +146,10 @@ class DirectCenter:
         directives = [_directive(pid, answer) for pid, answer in zip(checked, answers, strict=True)]
         return RenewAnswer(self._lease_ttl_s, directives, self._center.emergency)
 
-    async def give_back(self, incarnation: str, promotion_id: str, counters: Report) -> int:
+    async def return_quota(self, incarnation: str, promotion_id: str, counters: Report) -> int:
         life = self._identity(incarnation)
         promotion_id = require_id("counters.promotion_id", promotion_id)
-        return await self._center.give_back(self._region, life, promotion_id, _checked(counters))
+        return await self._center.return_quota(self._region, life, promotion_id, _checked(counters))
 
     async def promotion(self, promotion_id: str) -> Promotion:
         self.calls += 1

@@ -156,7 +156,7 @@ class Agent:
             except QuotaError as error:
                 log.warning("renewal before giving back failed: %s", error.message)
             for promotion_id, balance in (await self._ledger.balances()).items():
-                await self._supply.give_back(promotion_id, balance.available)
+                await self._supply.return_quota(promotion_id, balance.available)
         try:
             await self.renew_once()
         except QuotaError as error:

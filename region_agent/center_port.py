@@ -133,7 +133,7 @@ class CenterPort(Protocol):
         Superseded (for the whole call: this process must stop spending), Unavailable."""
         ...
 
-    async def give_back(self, incarnation: str, promotion_id: str, counters: Report) -> int:
+    async def return_quota(self, incarnation: str, promotion_id: str, counters: Report) -> int:
         """Tells the center of quota the agent already removed from its ledger (counted in `counters.returned`);
         returns what the center has left to grant. Raises NotFound, InvalidArgument, Superseded, Unavailable."""
         ...

@@ -207,7 +207,7 @@ class GrpcCenter:
         directives = [_directive(directive) for directive in answer.directives]
         return RenewAnswer(answer.lease_ttl_ms / 1000, directives, emergency_from_pb(answer.emergency))
 
-    async def give_back(self, incarnation: str, promotion_id: str, counters: Report) -> int:
+    async def return_quota(self, incarnation: str, promotion_id: str, counters: Report) -> int:
         request = pb.ReturnRequest(agent=self._agent(incarnation), counters=_counters(promotion_id, counters))
         answer = await self._call(lambda stubs: stubs.allocation.Return(request, timeout=self._timeout))
         return answer.unallocated

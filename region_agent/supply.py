@@ -137,7 +137,7 @@ class Supply:
     async def _release(self, promotion_id: str) -> None:
         try:
             balance = await self._ledger.balance(promotion_id)
-            await self.give_back(promotion_id, balance.available)
+            await self.return_quota(promotion_id, balance.available)
         except QuotaError as error:
             log.warning("%s frozen: its unspent quota goes back at the next renewal (%s)", promotion_id, error)
 
@@ -308,13 +308,13 @@ class Supply:
         item.exhausted = answer.unallocated == 0
         return None
 
-    async def give_back(self, promotion_id: str, amount: int) -> None:
+    async def return_quota(self, promotion_id: str, amount: int) -> None:
         """Removes quota from the ledger first, then tells the center: never the other way round."""
-        if amount <= 0 or not await self._ledger.take_back(promotion_id, amount):
+        if amount <= 0 or not await self._ledger.return_quota(promotion_id, amount):
             return
         balance = await self._ledger.balance(promotion_id)
         try:
-            await self._ask(self._center.give_back(self.incarnation, promotion_id, report(balance)))
+            await self._ask(self._center.return_quota(self.incarnation, promotion_id, report(balance)))
         except Superseded:
             return  # said once, by `_ask`
         except QuotaError as error:
@@ -416,7 +416,7 @@ class Supply:
         for grant_id, amount in directive.unapplied_grants:
             await self._ledger.apply_grant(grant_id, directive.promotion_id, amount, life)
         if directive.reclaim > 0:
-            await self.give_back(directive.promotion_id, directive.reclaim)
+            await self.return_quota(directive.promotion_id, directive.reclaim)
         if directive.revision > item.promotion.revision:
             # The third way a change arrives (after push and pull): the renewal names the revision.
             await self._fetch(directive.promotion_id)

@@ -284,7 +284,7 @@ class Distribution(Strategy):
             for grant_id, amount in unapplied:
                 ledger.apply_grant(grant_id, str(promotion), amount)
             slot.exhausted = exhausted and ledger.balance(str(promotion)).available == 0
-            if reclaim and ledger.take_back(str(promotion), reclaim):
+            if reclaim and ledger.return_quota(str(promotion), reclaim):
                 self._give_back(region, promotion)
             self._serve_waiting(region, promotion)
 

@@ -167,7 +167,7 @@ class Ledger(Protocol):
         old life must never be spent by a new one (the center writes it off with the old)."""
         ...
 
-    async def take_back(self, promotion_id: str, amount: int) -> int:
+    async def return_quota(self, promotion_id: str, amount: int) -> int:
         """Removes up to `amount` of available quota to return it to the center, counting it
         as returned before the center hears of it. Returns how much was removed."""
         ...

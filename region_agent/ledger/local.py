@@ -256,7 +256,7 @@ class LocalLedger:
         self._add(promotion_id, granted=amount)
         return True
 
-    def take_back(self, promotion_id: str, amount: int) -> int:
+    def return_quota(self, promotion_id: str, amount: int) -> int:
         taken = max(0, min(amount, self.balance(promotion_id).available))
         if taken:
             self._require_room(promotion_id, "returned")

@@ -67,8 +67,8 @@ class InProcessLedger:
             raise LedgerLost(f"grant {grant_id} was made to incarnation {incarnation}, not this ledger's")
         return self._ledger.apply_grant(grant_id, promotion_id, amount)
 
-    async def take_back(self, promotion_id: str, amount: int) -> int:
-        return self._ledger.take_back(promotion_id, amount)
+    async def return_quota(self, promotion_id: str, amount: int) -> int:
+        return self._ledger.return_quota(promotion_id, amount)
 
     async def claim_refill(self, promotion_id: str, holder: str, ttl_s: float) -> bool:
         """One agent per in-process ledger: its own single-flight refills are claim enough."""

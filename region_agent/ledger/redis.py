@@ -55,7 +55,7 @@ from region_agent.ledger.base import (
     unconfirmed_refund,
 )
 from region_agent.ledger.batching import Batcher
-from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, SETTLE, TAKE_BACK
+from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, RETURN_QUOTA, SETTLE
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 
 P = ParamSpec("P")
@@ -295,8 +295,8 @@ class RedisLedger:
         return bool(answer[0] == b"ok")
 
     @_reachable
-    async def take_back(self, promotion_id: str, amount: int) -> int:
-        answer = await self._run(TAKE_BACK, [self._data("balance", promotion_id)], [amount])
+    async def return_quota(self, promotion_id: str, amount: int) -> int:
+        answer = await self._run(RETURN_QUOTA, [self._data("balance", promotion_id)], [amount])
         if answer[0] == b"at_ceiling":
             raise at_ceiling(promotion_id, "returned")
         return int(answer[1])

@@ -289,7 +289,7 @@ return {'ok'}
 )
 
 # KEYS: incarnation, balance. ARGV: incarnation, amount.
-TAKE_BACK = LuaScript(
+RETURN_QUOTA = LuaScript(
     _SAME_LIFE
     + _BALANCE
     + """

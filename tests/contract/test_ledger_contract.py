@@ -125,8 +125,8 @@ async def test_take_back_removes_only_what_is_available(ledger: Ledger) -> None:
     await funded(ledger, a=5)
     await ledger.deduct("o1", (A,))
 
-    assert await ledger.take_back("a", 100) == 2
-    assert await ledger.take_back("a", 1) == 0
+    assert await ledger.return_quota("a", 100) == 2
+    assert await ledger.return_quota("a", 1) == 0
     assert await ledger.balance("a") == Balance(granted=5, returned=2, deducted=3)
 
 

@@ -40,7 +40,7 @@ async def grant_and_return(ledger: Ledger, promotion: str, amounts: Iterable[int
     """Grants each amount and gives all but `keep` of it back: granted and returned grow."""
     for amount in amounts:
         await ledger.apply_grant(f"grant-{uuid.uuid4().hex}", promotion, amount, await ledger.incarnation())
-        assert await ledger.take_back(promotion, amount - keep) == amount - keep
+        assert await ledger.return_quota(promotion, amount - keep) == amount - keep
 
 
 async def fund_the_maximum_and_one(ledger: Ledger) -> None:
@@ -81,7 +81,7 @@ async def test_amounts_at_the_maximum_stay_exact_while_counters_cross_2_to_the_5
     assert (await ledger.deduct("o4", (Line("a", 1, "u1"),))).short == ("a",)
     await ledger.settle("o3", Settle.CONFIRM)
     await ledger.refund("o3", "r3", ())
-    assert await ledger.take_back("a", MAX_AMOUNT) == MAX_AMOUNT - 2
+    assert await ledger.return_quota("a", MAX_AMOUNT) == MAX_AMOUNT - 2
     await ledger.apply_grant("g2", "a", MAX_AMOUNT, life)
     assert (await ledger.deduct("o5", (Line("a", MAX_AMOUNT, "u1"),))).available_after == (0,)
 
@@ -114,7 +114,7 @@ async def test_deducted_and_refunded_take_the_largest_amount_below_the_ceiling_a
             await refused
     assert await ledger.balances() == before
     assert await ledger.find_order("more", (Line("a", 1, "u1"),)) is None
-    assert await ledger.take_back("a", 1) == 1
+    assert await ledger.return_quota("a", 1) == 1
     assert (await ledger.balance("a")).deducted == COUNTER_CEILING - 1 + MAX_AMOUNT
 
 
@@ -130,7 +130,7 @@ async def test_granted_and_returned_stop_at_the_ceiling_and_a_refused_grant_is_n
         with pytest.raises(FailedPrecondition, match=AT_THE_CEILING):
             await refused
     with pytest.raises(FailedPrecondition, match=AT_THE_CEILING):
-        await ledger.take_back("a", 1)
+        await ledger.return_quota("a", 1)
 
     assert await ledger.balances() == before
     assert (await ledger.deduct("o1", (Line("a", 1, "u1"),))).available_after == (len(grants) - 1,)

@@ -194,7 +194,7 @@ async def test_calls_naming_unknown_promotions_leave_no_lock_behind(
         with pytest.raises(NotFound):
             await center.acquire("eu", "i-1", ghost, 1, f"r-{n}", demand=0)
         with pytest.raises(NotFound):
-            await center.give_back("eu", "i-1", ghost, Report(0, 0, 0, 0))
+            await center.return_quota("eu", "i-1", ghost, Report(0, 0, 0, 0))
         with pytest.raises(NotFound):
             await center.set_frozen(ghost, True)
         (refusal,) = await center.renew("eu", "i-1", {ghost: Report(0, 0, 0, 0)})

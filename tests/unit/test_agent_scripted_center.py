@@ -90,7 +90,7 @@ class ScriptedCenter:
     def watch(self, since_revision: int, idle_timeout_s: float) -> AsyncIterator[Page]:
         raise Unavailable("the scripted center has no catalog stream: its agents do not follow one")
 
-    async def give_back(self, incarnation: str, promotion_id: str, counters: Report) -> int:
+    async def return_quota(self, incarnation: str, promotion_id: str, counters: Report) -> int:
         self.calls += 1
         return 10**9
 

@@ -137,7 +137,7 @@ async def run(data: st.DataObject) -> None:
                 if step == "renew":
                     await renew(center, data, region, incarnation, sent)
                 else:
-                    await center.give_back(region, incarnation, PROMO, sent)
+                    await center.return_quota(region, incarnation, PROMO, sent)
         except QuotaError:
             assert store.promotions[PROMO] == before, f"a refused {step} changed the books"
         check_books(center, seen)

@@ -399,12 +399,12 @@ def test_reports_in_any_order_and_repeated_settle_on_the_latest(
     state = new_state(1_000)
     agent = AgentCounters()
     reports: list[Report] = []
-    for grant, spend, refund, give_back in steps:
+    for grant, spend, refund, return_quota in steps:
         agent.granted += grant
         spend = min(spend, agent.granted - agent.returned - agent.deducted + agent.refunded)
         agent.deducted += spend
         agent.refunded += min(refund, agent.deducted - agent.refunded)
-        agent.returned += min(give_back, agent.granted - agent.returned - agent.deducted + agent.refunded)
+        agent.returned += min(return_quota, agent.granted - agent.returned - agent.deducted + agent.refunded)
         reports.append(agent.report())
     if agent.granted:
         grant_to(state, "eu", "eu-1", agent.granted, "g1")

@@ -293,7 +293,7 @@ class DistributionModel(RuleBasedStateMachine):
 
     def take_back(self, agent: Agent, amount: int) -> None:
         before = agent.balance()
-        taken = agent.ledger.take_back(PROMO, amount)
+        taken = agent.ledger.return_quota(PROMO, amount)
         assert taken == min(amount, before.available)
         assert agent.balance() == replace(before, returned=before.returned + taken), "taken back counts as returned"
 

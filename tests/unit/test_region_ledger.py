@@ -160,10 +160,10 @@ def test_grant_id_applies_once() -> None:
 def test_take_back_removes_at_most_what_is_available() -> None:
     local = funded(a=10)
     local.deduct("order-1", one("a", 4))
-    assert local.take_back("a", 2) == 2
-    assert local.take_back("a", 100) == 4
-    assert local.take_back("a", 1) == 0
-    assert local.take_back("nope", 5) == 0
+    assert local.return_quota("a", 2) == 2
+    assert local.return_quota("a", 100) == 4
+    assert local.return_quota("a", 1) == 0
+    assert local.return_quota("nope", 5) == 0
     assert local.balance("a") == Balance(granted=10, returned=6, deducted=4)
     assert "nope" not in local.balances()
 
@@ -247,7 +247,7 @@ def test_local_ledger_against_a_model(ops: list[LedgerOp]) -> None:
             check_refund(local, model, op.key, op.refund_id, op.lines, before)
         else:
             available = local.balance(op.promotion).available
-            taken = local.take_back(op.promotion, op.amount)
+            taken = local.return_quota(op.promotion, op.amount)
             assert taken == min(op.amount, available)
             model.returned[op.promotion] += taken
         after = local.balances()

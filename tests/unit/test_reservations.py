@@ -275,7 +275,7 @@ def test_reservations_against_a_model(ops: list[LedgerOp]) -> None:
         elif isinstance(op, RefundOp):
             check_refund(local, model, op)
         elif isinstance(op, TakeBackOp):
-            taken = local.take_back(op.promotion, op.amount)
+            taken = local.return_quota(op.promotion, op.amount)
             assert taken == min(op.amount, model.expected(op.promotion).available)
             model.returned[op.promotion] += taken
         else:
