@@ -1,61 +1,70 @@
-"""The three strategies operators run today, on the same demand as the distribution model.
+"""The three strategies operators run today, as models on the discrete-event loop, on the same demand and
+network as the distribution model:
 
 - central: every order asks the center, across the WAN;
 - preallocation: the budget split between regions up front by a forecast, never moved;
 - local_async: regions deduct locally and exchange their counts with the center every second.
+
+They model no process crashes: a scenario with crashes is for the distribution model alone.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from collections.abc import Callable
 
-from loadtest.simulation.engine import Metrics, Network, Simulation
+from loadtest.simulation.engine import SETUP_S, Network, Simulation, Tally
 from loadtest.simulation.scenarios import Order, Scenario
-from quota_common.policy import Pacing
 
 ANSWER_TIMEOUT_S = 2.0
 SYNC_INTERVAL_S = 1.0
 
 
-class Strategy:
+class Strategy(Tally):
     """Issues or refuses each order and records what it cost; subclasses decide how."""
 
-    name = ""
-
     def __init__(self, sim: Simulation, net: Network, scenario: Scenario) -> None:
-        self.sim, self.net, self.scenario = sim, net, scenario
-        self.metrics = Metrics()
-        promotions = len(scenario.budgets)
-        self.issued = [0] * promotions
-        self.refused = [0] * promotions
-        self.ahead_of_curve = 0
-        """The most issued beyond what a paced promotion had released at the time."""
+        super().__init__(scenario)
+        self.sim, self.net = sim, net
 
     def start(self) -> None:
         """Called once before the first order."""
 
-    def issued_by_promotion(self) -> list[int]:
-        """What customers were actually given, per promotion."""
-        return list(self.issued)
-
     def order(self, number: int, order: Order) -> None:
         raise NotImplementedError
 
-    def answer(self, order: Order, arrived_s: float, issued: bool, waited: bool = False) -> None:
-        self.metrics.answered(self.sim.now - arrived_s, order.amount if issued else 0, waited)
-        if issued:
-            self.issued[order.promotion] += order.amount
-            if self.scenario.pacing is not Pacing.NONE:
-                released = self.scenario.released(order.promotion, self.sim.now)
-                self.ahead_of_curve = max(self.ahead_of_curve, self.issued[order.promotion] - released)
-        else:
-            self.refused[order.promotion] += order.amount
+    def answer(self, order: Order, arrived_s: float, issued: bool) -> None:
+        self.record(order, self.sim.now - arrived_s, self.sim.now, issued)
+
+    def send(self, region: int, deliver: Callable[[], None]) -> None:
+        """A message between the region and the center: `deliver` runs on arrival, unless it is lost."""
+        delay = self.net.one_way(region, self.sim.now)
+        if delay is not None:
+            self.sim.after(delay, deliver)
+
+
+def run_model(strategy_type: type[Strategy], scenario: Scenario, net: Network) -> Tally:
+    """The scenario's orders, each at its time, against the modelled strategy."""
+    if scenario.crashes:
+        raise ValueError(f"the {strategy_type.__name__} model has no processes to crash")
+    sim = Simulation(start_s=-SETUP_S)
+    strategy = strategy_type(sim, net, scenario)
+    strategy.start()
+    orders = scenario.orders
+
+    def feed(number: int) -> None:
+        strategy.order(number, orders[number])
+        if number + 1 < len(orders):
+            sim.at(orders[number + 1].time_s, lambda: feed(number + 1))
+
+    if orders:
+        sim.at(orders[0].time_s, lambda: feed(0))
+    sim.run()
+    return strategy
 
 
 class Central(Strategy):
-    name = "central"
-
     def start(self) -> None:
         self.remaining = list(self.scenario.budgets)
 
@@ -78,15 +87,13 @@ class Central(Strategy):
             issued = min(self.remaining[p], released_left) >= order.amount
             if issued:
                 self.remaining[order.promotion] -= order.amount
-            self.net.to_region(order.region, lambda: reply(issued))
+            self.send(order.region, lambda: reply(issued))
 
-        self.net.to_center(order.region, at_center)
+        self.send(order.region, at_center)
         self.sim.after(ANSWER_TIMEOUT_S, lambda: reply(False))
 
 
 class Preallocation(Strategy):
-    name = "preallocation"
-
     def start(self) -> None:
         self.left: dict[tuple[int, int], int] = {}
         for promotion, (budget, shares) in enumerate(zip(self.scenario.budgets, self.scenario.forecast, strict=True)):
@@ -107,8 +114,6 @@ class Preallocation(Strategy):
 
 class LocalAsync(Strategy):
     """Each region believes the budget has `budget - own - others_last_heard` left."""
-
-    name = "local_async"
 
     def start(self) -> None:
         self.own: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
@@ -140,6 +145,6 @@ class LocalAsync(Strategy):
             for p, count in counts.items():
                 self.center_totals[p][region] = max(self.center_totals[p][region], count)
             others = {p: sum(n for r, n in self.center_totals[p].items() if r != region) for p in counts}
-            self.net.to_region(region, lambda: self.others_heard[region].update(others))
+            self.send(region, lambda: self.others_heard[region].update(others))
 
-        self.net.to_center(region, at_center)
+        self.send(region, at_center)

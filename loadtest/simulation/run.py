@@ -2,62 +2,60 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from loadtest.simulation.baselines import Central, LocalAsync, Preallocation, Strategy
-from loadtest.simulation.distribution import Distribution
-from loadtest.simulation.engine import Network, Simulation
+from loadtest.simulation.baselines import Central, LocalAsync, Preallocation, run_model
+from loadtest.simulation.distribution import run_distribution
+from loadtest.simulation.engine import Network, Tally
 from loadtest.simulation.scenarios import SCENARIOS, Scenario
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "central": Central,
-    "preallocation": Preallocation,
-    "local_async": LocalAsync,
-    "distribution": Distribution,
+
+def _modelled(strategy: Callable[[Scenario, Network], Tally]) -> Callable[[Scenario, Network, int], Tally]:
+    return lambda scenario, net, seed: strategy(scenario, net)
+
+
+STRATEGIES: dict[str, Callable[[Scenario, Network, int], Tally]] = {
+    "central": _modelled(functools.partial(run_model, Central)),
+    "preallocation": _modelled(functools.partial(run_model, Preallocation)),
+    "local_async": _modelled(functools.partial(run_model, LocalAsync)),
+    "distribution": run_distribution,
 }
+"""Each runs a scenario on a network, from a seed."""
 IN_REGION_RTT_S = 0.001
-SETUP_S = 2.0
-"""Strategies start this long before the first order: what can be prepared before a sale, is."""
 JITTER = 0.5
 
 
-def simulate(scenario: Scenario, strategy_type: type[Strategy], seed: int) -> dict[str, Any]:
-    sim = Simulation(start_s=-SETUP_S)
-    net = Network(sim, scenario.center_rtt_s, IN_REGION_RTT_S, JITTER, random.Random(seed), scenario.partition)
-    strategy = strategy_type(sim, net, scenario)
-    strategy.start()
-    orders = scenario.orders
-
-    def feed(number: int) -> None:
-        strategy.order(number, orders[number])
-        if number + 1 < len(orders):
-            sim.at(orders[number + 1].time_s, lambda: feed(number + 1))
-
-    if orders:
-        sim.at(orders[0].time_s, lambda: feed(0))
-    sim.run()
-    return _row(scenario, strategy)
+def simulate(scenario: Scenario, strategy: str, seed: int) -> dict[str, Any]:
+    return _row(scenario, strategy, STRATEGIES[strategy](scenario, network_for(scenario, seed), seed))
 
 
-def _row(scenario: Scenario, strategy: Strategy) -> dict[str, Any]:
-    issued = strategy.issued_by_promotion()
-    budget, demand, metrics = sum(scenario.budgets), scenario.demand, strategy.metrics
+def network_for(scenario: Scenario, seed: int) -> Network:
+    """The scenario's network, its faults included, drawing from a generator seeded with `seed`."""
+    rng = random.Random(seed)
+    return Network(
+        scenario.center_rtt_s, IN_REGION_RTT_S, JITTER, rng, scenario.partitions, scenario.loss, scenario.late
+    )
+
+
+def _row(scenario: Scenario, strategy: str, tally: Tally) -> dict[str, Any]:
+    issued = tally.issued_by_promotion()
+    budget, demand, metrics = sum(scenario.budgets), scenario.demand, tally.metrics
     answered = len(metrics.latencies_s)
     return {
         "scenario": scenario.name,
-        "strategy": strategy.name,
+        "strategy": strategy,
         "budget": budget,
         "demand": demand,
         "issued": sum(issued),
         "over_issue": sum(max(0, n - b) for n, b in zip(issued, scenario.budgets, strict=True)),
         # Quota left unissued that refused orders could have taken.
         "stranded": sum(
-            min(refused, max(0, b - n))
-            for n, b, refused in zip(issued, scenario.budgets, strategy.refused, strict=True)
+            min(refused, max(0, b - n)) for n, b, refused in zip(issued, scenario.budgets, tally.refused, strict=True)
         ),
         "sell_through": round(sum(issued) / budget, 5),
         "p50_ms": metrics.quantile_ms(0.50),
@@ -65,7 +63,7 @@ def _row(scenario: Scenario, strategy: Strategy) -> dict[str, Any]:
         "p999_ms": metrics.quantile_ms(0.999),
         "center_calls_per_1k": round(metrics.center_calls * 1000 / max(1, answered), 2),
         "waited_share": round(metrics.waited / max(1, answered), 5),
-        "pacing_deviation": strategy.ahead_of_curve,
+        "pacing_deviation": tally.ahead_of_curve,
     }
 
 
@@ -83,4 +81,4 @@ def simulate_all(
 
 
 def _job(seed: int, scenario: str, strategy: str) -> dict[str, Any]:
-    return simulate(SCENARIOS[scenario](random.Random(seed)), STRATEGIES[strategy], seed)
+    return simulate(SCENARIOS[scenario](random.Random(seed)), strategy, seed)
