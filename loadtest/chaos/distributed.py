@@ -129,10 +129,7 @@ class DistributedStack:
     async def heal(self) -> None:
         """Everything running, connected and continued, whatever the nemesis was doing when it was interrupted.
         Data stores first: a center needs etcd, an agent its Redis."""
-        for pid in self._stopped.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        self._stopped.clear()
+        self._continue_stopped()
         for links in self.links.values():
             for link in links:
                 link.heal()
@@ -164,10 +161,14 @@ class DistributedStack:
             holdings.update({(region, p): b.available + b.held for p, b in balances.items()})
         return holdings
 
-    async def close(self) -> None:
+    def _continue_stopped(self) -> None:
         for pid in self._stopped.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+        self._stopped.clear()
+
+    async def close(self) -> None:
+        self._continue_stopped()
         for process in (*(a for agents in self.agents.values() for a in agents), *self.replicas):
             process.kill()
         for links in self.links.values():

@@ -25,7 +25,7 @@ from loadtest.chaos.distributed import DistributedStack
 from loadtest.chaos.embedded import LEASE_TTL_S, REGIONS, RENEW_INTERVAL_S, EmbeddedStack
 from loadtest.chaos.history import History, NemesisEvent, Status
 from loadtest.chaos.nemesis import EVERYWHERE, Breakable, Fault, Nemesis, load_schedule, schedule, schedule_rows
-from loadtest.chaos.summary import fault_summary
+from loadtest.chaos.summary import fault_summary, figures
 from loadtest.chaos.workload import LIMITED, PLAIN, Client, Recorder
 from quota_testing.launch import ServerProcess
 from region_agent.ledger.base import UserLimit
@@ -194,7 +194,6 @@ async def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
     if options.history:
         options.history.write_text(history.to_jsonl())
     verdict = judge(history, books, ALLOWANCE)
-    outcomes = Counter(op.outcome.status for op in history.operations)
     refusals = Counter(op.outcome.reason for op in history.operations if op.outcome.status is Status.REFUSED)
     return {
         "stack": stack.name,
@@ -205,7 +204,7 @@ async def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
         "injected": dict(sorted(nemesis.injected.items())),
         "faults": fault_summary(history, verdict),
         "failover_s": nemesis.failover_s,
-        "operations": {status.value: outcomes[status] for status in Status},
+        **figures(history),
         "refused_by_reason": dict(sorted(refusals.items())),
         "books": {
             promotion: {
