@@ -2,6 +2,9 @@
 
 Demand is skewed 70/20/10 across eu, us and ap and runs to `demand_factor` times the
 budget, so the budget must sell out exactly while every deduction is served locally.
+
+Every link is mutual TLS, as production runs it: a development CA and each role's certificate
+are written to the demo's temporary directory, and go with it.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.errors import REJECT_REASON_METADATA_KEY, trailing
 from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.tls import DevTls, write_dev_tls
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 REGIONS = {"eu": 0.7, "us": 0.2, "ap": 0.1}
 PROMOTION_ID = "demo-coupon"
+OWNER = "owner-alice"
+"""The budget owner who creates the demo's promotion."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +69,12 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
     return reason.removeprefix("REJECT_REASON_").lower() if reason else error.code().name.lower()
 
 
-async def _create_promotion(center_address: str, budget: int) -> None:
+async def _create_promotion(center_address: str, budget: int, tls: DevTls) -> None:
     now_ms = time.time_ns() // 1_000_000
     start, end = Timestamp(), Timestamp()
     start.FromMilliseconds(now_ms - 60_000)
     end.FromMilliseconds(now_ms + 3_600_000)
-    async with grpc.aio.insecure_channel(center_address) as channel:
+    async with tls.transport(OWNER).aio_channel(center_address) as channel:
         await center_grpc.PromotionAdminStub(channel).CreatePromotion(
             center_pb.CreatePromotionRequest(
                 promotion=center_pb.Promotion(
@@ -84,13 +90,14 @@ async def _create_promotion(center_address: str, budget: int) -> None:
 
 
 async def _drive(
-    agents: dict[str, str], options: DemoOptions, progress: Progress
+    agents: dict[str, str], options: DemoOptions, progress: Progress, tls: DevTls
 ) -> tuple[dict[str, RegionTally], int]:
     rng = random.Random(options.seed)
     demand = math.ceil(options.budget * options.demand_factor)
     orders = iter(enumerate(rng.choices(list(REGIONS), weights=list(REGIONS.values()), k=demand)))
     tallies = {region: RegionTally() for region in REGIONS}
-    channels = {region: grpc.aio.insecure_channel(address) for region, address in agents.items()}
+    # Each region's order service calls its own agent, with its own certificate.
+    channels = {region: tls.transport(f"orders-{region}").aio_channel(address) for region, address in agents.items()}
     stubs = {region: agent_grpc.RegionAgentStub(channel) for region, channel in channels.items()}
     task = progress.add_task("deducting", total=demand)
 
@@ -125,6 +132,7 @@ def _summary(options: DemoOptions, tallies: dict[str, RegionTally], demand: int)
     center_calls = sum(t.center_calls for t in tallies.values())
     latencies = [ms for t in tallies.values() for ms in t.latencies_ms]
     return {
+        "mutual_tls": True,
         "budget": options.budget,
         "issued": issued,
         "over_issue": max(0, issued - options.budget),
@@ -165,25 +173,31 @@ def _table(summary: dict[str, Any]) -> Table:
     )  # fmt: skip
     table.caption = (
         f"issued {summary['issued']:,} of {summary['budget']:,} · over-issue {summary['over_issue']:,} · "
-        f"stranded {summary['stranded']:,} · {summary['center_calls_per_1000']} center calls per 1,000 orders"
+        f"stranded {summary['stranded']:,} · {summary['center_calls_per_1000']} center calls per 1,000 orders · "
+        "mutual TLS on every link"
     )
     return table
 
 
 async def _run(options: DemoOptions, workdir: Path, console: Console) -> dict[str, Any]:
+    tls = write_dev_tls(workdir / "certs", list(REGIONS))
+    console.print(
+        f"mutual TLS on every link: a development CA and a certificate per role in {tls.directory} "
+        "(as `quota certs dev` writes them), removed on exit"
+    )
     processes: list[ServerProcess] = []
     try:
-        center = center_process(workdir).start()
+        center = center_process(workdir, tls=tls).start()
         processes.append(center)
         agents = {}
         for region in REGIONS:
-            agent = agent_process(workdir, region, center.address).start()
+            agent = agent_process(workdir, region, center.address, tls=tls).start()
             processes.append(agent)
             agents[region] = agent.address
-        await _create_promotion(center.address, options.budget)
+        await _create_promotion(center.address, options.budget, tls)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
-            tallies, demand = await _drive(agents, options, progress)
+            tallies, demand = await _drive(agents, options, progress, tls)
         return _summary(options, tallies, demand)
     finally:
         for process in reversed(processes):

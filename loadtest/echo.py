@@ -23,6 +23,7 @@ import redis.asyncio as redis
 
 from quota_common.process import exclusive_server, serve
 from quota_common.rpc import Context
+from quota_common.transport import Security, open_transport
 from region_agent.ledger.batching import Batcher
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 from region_agent.v1 import region_agent_pb2 as pb
@@ -90,7 +91,9 @@ async def _main(listen: str, redis_url: str, wait_ms: float) -> None:
         if link:
             await link.aclose()
 
-    await serve(server, listen, name="echo", services=[SERVICE], on_stop=close)
+    # Plaintext, as the agent it is measured beside runs in `quota bench`; on loopback only.
+    transport = open_transport(Security(insecure=True), None, listen=listen)
+    await serve(server, listen, transport=transport, name="echo", services=[SERVICE], on_stop=close)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ from quota_center.metrics import center_registry
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore
 from quota_center.store.sqlite import SqliteStore
+from quota_common import identity
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import exclusive_server, health_servicer, serve
+from quota_common.transport import Security, open_transport
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class CenterConfig:
     """etcd lease TTL of the leader: a dead leader is replaced within about this long."""
     metrics_listen: str = ""
     """host:port of the Prometheus endpoint (GET /metrics); empty: none."""
+    security: Security = field(default_factory=Security)
+    """How its gRPC port is secured: mutual TLS with the center's certificate, or plaintext on loopback."""
 
 
 async def open_store(url: str, clock: Clock, election_ttl_s: int) -> tuple[Store, Leadership]:
@@ -76,6 +80,8 @@ async def run_center(config: CenterConfig) -> None:
     """Serves at once; answers as the leader only after winning the election (at once on
     SQLite) and rebuilding its state from the store. A standby answers UNAVAILABLE with the
     leader's address in the trailing metadata."""
+    security = config.security
+    transport = open_transport(security, identity.center(security.trust_domain), listen=config.listen)
     clock = SystemClock()
     store, leadership = await open_store(config.store, clock, config.election_ttl_s)
     host = config.listen.rpartition(":")[0]
@@ -110,6 +116,7 @@ async def run_center(config: CenterConfig) -> None:
     await serve(
         server,
         config.listen,
+        transport=transport,
         name="center",
         services=center_server.SERVICES,
         on_stop=stop,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
@@ -13,10 +14,12 @@ from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_center.wire import promotion_from_pb, promotion_to_pb
 from quota_cli import budget_view as view
+from quota_cli.security import security, security_options
 from quota_common.clock import SystemClock, iso
-from quota_common.config import FiniteFloatRange
+from quota_common.config import FiniteFloatRange, bind_environment
 from quota_common.errors import LEADER_METADATA_KEY, trailing
 from quota_common.model import Promotion, promotion_document
+from quota_common.transport import Transport, open_transport
 from quota_common.validation import MAX_AMOUNT
 
 EXIT_REFUSED = 3
@@ -58,11 +61,13 @@ class CenterUnreachable(CenterError):
 class AdminClient:
     """The leader among the center replicas at `addresses`. A standby answers UNAVAILABLE with the
     leader's address in trailing metadata, and the call goes there next; an address that does not
-    answer passes the call on to the next one. Each address is tried once per call."""
+    answer passes the call on to the next one. Each address is tried once per call, on a channel of its
+    own, secured as `transport` says."""
 
-    def __init__(self, addresses: list[str], timeout_s: float) -> None:
+    def __init__(self, addresses: list[str], timeout_s: float, transport: Transport) -> None:
         self.addresses = addresses
         self.timeout_s = timeout_s
+        self.transport = transport
 
     def call(
         self,
@@ -78,7 +83,7 @@ class AdminClient:
             address = to_try.pop(0)
             if address in failures:
                 continue
-            with grpc.insecure_channel(address) as channel:
+            with self.transport.channel(address) as channel:
                 try:
                     return method(pb_grpc.PromotionAdminStub(channel))(request, timeout=self.timeout_s)
                 except grpc.RpcError as error:
@@ -95,15 +100,17 @@ class AdminClient:
                 failures[address] = f"no answer within {self.timeout_s:g} s"
             elif code == grpc.StatusCode.UNAVAILABLE:
                 failures[address] = details
-                if leader:
+                if leader and self.transport.may_call(leader):
                     to_try.insert(0, leader)
             else:
                 raise CenterRefused(code, details)
         tried = "".join(f"\n  {address}: {reason}" for address, reason in failures.items())
+        # A TLS server refuses a plaintext client at the handshake, which gRPC reports as unreachable.
+        plaintext = "" if self.transport.tls else "; a center with mutual TLS needs --tls-cert, --tls-key and --tls-ca"
         raise CenterUnreachable(
             f"no center leader answered; tried:{tried}",
             "check that `quota center serve` runs at these addresses and that --center (or QUOTA_CENTER) lists "
-            "its replicas; during a leader election, retry in a few seconds",
+            f"its replicas; during a leader election, retry in a few seconds{plaintext}",
         )
 
 
@@ -158,21 +165,32 @@ def _report(promotion: Promotion, as_json: bool, summary: str) -> None:
 @click.option(
     "--center",
     "addresses",
-    envvar="QUOTA_CENTER",
-    show_envvar=True,
     default="127.0.0.1:50051",
     show_default=True,
     type=CENTER_ADDRESSES,
     help="The center's replicas, host:port[,host:port...]; whichever leads answers.",
 )
 @click.option("--timeout", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per call.")
+@security_options
 @click.pass_context
-def budget(context: click.Context, addresses: tuple[str, ...], timeout: float) -> None:
+def budget(
+    context: click.Context,
+    addresses: tuple[str, ...],
+    timeout: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    trust_domain: str,
+    insecure: bool,
+) -> None:
     """Promotions for their budget owners: create them, change their budget, freeze them, and watch
     each region spend them.
 
     Budgets and limits are whole numbers: coupons for count promotions, minor units of the currency
     (cents: 1999 is 19.99 EUR) for amount promotions.
+
+    A center with mutual TLS needs --tls-cert, --tls-key and --tls-ca: your own certificate (an
+    owner's, say) and the deployment's CA. Without them, calls are plaintext, to loopback only.
 
     \b
     Exit codes:
@@ -182,7 +200,8 @@ def budget(context: click.Context, addresses: tuple[str, ...], timeout: float) -
          taken, a stale revision, a budget below what regions have taken
       4  no center answered: nothing listens at the addresses, or no leader is elected yet
     """
-    context.obj = AdminClient(list(addresses), timeout)
+    secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
+    context.obj = AdminClient(list(addresses), timeout, open_transport(secured, None, center=addresses))
 
 
 @budget.command()
@@ -363,3 +382,6 @@ def usage(center: AdminClient, promotion_id: str, as_json: bool) -> None:
         view.print_json(view.usage_json(report))
     else:
         view.print_table(view.usage_table(report))
+
+
+bind_environment(budget)

@@ -85,7 +85,7 @@ class _Quota(click.Group):
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="QUOTA_CONFIG",
     show_envvar=True,
-    help="TOML file with [center] and [agent] tables of serve settings (below the command line and QUOTA_*).",
+    help="TOML file with [center], [agent] and [budget] tables of settings (below the command line and QUOTA_*).",
 )
 @click.pass_context
 def main(context: click.Context, log_level: str, log_format: str, config_file: Path | None) -> None:

@@ -8,12 +8,14 @@ Every setting comes, by precedence, from the command line, from its environment 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import click
 
 from quota_center.app import CenterConfig, run_center
 from quota_center.center import CenterSettings
 from quota_cli.budget import CENTER_ADDRESSES
+from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange, bind_environment
 from quota_common.errors import InvalidArgument
 from quota_common.policy import RefillSettings
@@ -58,12 +60,27 @@ def center() -> None:
     help="etcd leader lease, s.",
 )
 @click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
+@security_options
 def center_serve(
-    listen: str, store: str, lease_ttl: float, advertise: str, election_ttl: int, metrics_listen: str
+    listen: str,
+    store: str,
+    lease_ttl: float,
+    advertise: str,
+    election_ttl: int,
+    metrics_listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    trust_domain: str,
+    insecure: bool,
 ) -> None:
-    """Serve the center's gRPC API (on etcd: as one replica of several, one elected leader)."""
+    """Serve the center's gRPC API (on etcd: as one replica of several, one elected leader).
+
+    With --tls-cert, --tls-key and --tls-ca (the center's certificate) every caller must present a
+    certificate from that CA; without them it serves plaintext, on a loopback address only."""
     settings = CenterSettings(lease_ttl_s=lease_ttl)
-    config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen)
+    secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
+    config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen, secured)
     asyncio.run(run_center(config))
 
 
@@ -128,6 +145,7 @@ def agent() -> None:
     help="Seconds the ledger remembers an order, so its retries replay; keep it above the callers' retry window.",
 )
 @click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
+@security_options
 def agent_serve(
     region: str,
     listen: str,
@@ -141,8 +159,16 @@ def agent_serve(
     reservation_ttl: float,
     retention: float,
     metrics_listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    trust_domain: str,
+    insecure: bool,
 ) -> None:
-    """Serve Deduct/Refund/Reserve/Confirm/Cancel for one region."""
+    """Serve Deduct/Refund/Reserve/Confirm/Cancel for one region.
+
+    With --tls-cert, --tls-key and --tls-ca (this region's agent certificate) every caller must present
+    a certificate from that CA, and the center is called with it; without them, plaintext on loopback only."""
     settings = AgentSettings(
         region,
         refill=RefillSettings(horizon_s=horizon),
@@ -152,7 +178,9 @@ def agent_serve(
         opening_lookahead_s=opening_lookahead,
         reservation_ttl_ms=round(reservation_ttl * 1000),
     )
-    asyncio.run(run_agent(AgentConfig(settings, listen, center_addresses, ledger, retention, metrics_listen)))
+    secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
+    config = AgentConfig(settings, listen, center_addresses, ledger, retention, metrics_listen, secured)
+    asyncio.run(run_agent(config))
 
 
 bind_environment(center_serve)

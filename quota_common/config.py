@@ -9,6 +9,9 @@ TOML file, checked at start against the commands' own options (types, ranges, na
     region = "eu"
     ledger = "redis://redis-eu:6379/0"
 
+    [budget]                       # quota budget ...
+    tls-cert = "alice.pem"
+
 Precedence, highest first: the command line, QUOTA_<OPTION> in the environment, the file, the
 default. A setting the file does not know, or a value of the wrong type, stops the process at
 start with a message that names it.
@@ -24,7 +27,7 @@ from typing import Any
 import click
 
 ENV_PREFIX = "QUOTA_"
-SECTIONS = {"center": ("center", "serve"), "agent": ("agent", "serve")}
+SECTIONS = {"center": ("center", "serve"), "agent": ("agent", "serve"), "budget": ("budget",)}
 """Table in the file -> the command path under `quota` it configures."""
 
 
@@ -57,17 +60,22 @@ def load_config(path: Path, root: click.Group) -> dict[str, Any]:
             )
         if not isinstance(settings, dict):
             raise click.BadParameter(f"{path}: {section} must be a table, [{section}]", param_hint="--config")
-        group_name, command_name = SECTIONS[section]
-        command = _command(root, group_name, command_name)
+        *groups, name = SECTIONS[section]
+        command = _command(root, SECTIONS[section])
         values = dict(_setting(f"{path}: [{section}]", command, key, value) for key, value in settings.items())
-        default_map.setdefault(group_name, {})[command_name] = values
+        within = default_map
+        for group in groups:
+            within = within.setdefault(group, {})
+        within[name] = values
     return default_map
 
 
-def _command(root: click.Group, group_name: str, command_name: str) -> click.Command:
-    group = root.commands[group_name]
-    assert isinstance(group, click.Group)
-    return group.commands[command_name]
+def _command(root: click.Group, names: tuple[str, ...]) -> click.Command:
+    command: click.Command = root
+    for name in names:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
 
 
 def _setting(where: str, command: click.Command, key: str, value: object) -> tuple[str, object]:

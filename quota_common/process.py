@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from quota_common.listen import cannot_bind, host_and_port
 from quota_common.metrics_http import MetricsEndpoint
+from quota_common.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,18 @@ def exclusive_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) ->
     return grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
 
 
-def bind(server: grpc.aio.Server, listen: str) -> int:
-    """Binds `server` (from exclusive_server) to host:port and returns the port; ConfigError when
-    the port is taken or the address is not this machine's."""
+def bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Binds `server` (from exclusive_server) to host:port, with TLS when `credentials` are given, and
+    returns the port; ConfigError when the port is taken or the address is not this machine's."""
     host, port = host_and_port(listen, "--listen")
     try:
         # gRPC's core logs a line of its own when its bind fails; probing first keeps a busy port to
         # our one line. The probe is not the guard: a process that takes the port in between is still
         # refused by gRPC's bind, since port sharing is off.
         _probe(host, port)
-        return server.add_insecure_port(listen)
+        if credentials is None:
+            return server.add_insecure_port(listen)
+        return server.add_secure_port(listen, credentials)
     except OSError as error:
         raise cannot_bind("listen on", listen, "--listen", error) from None
     except RuntimeError:
@@ -75,6 +78,7 @@ async def serve(
     server: grpc.aio.Server,
     listen: str,
     *,
+    transport: Transport,
     name: str,
     services: Sequence[str],
     on_stop: Callable[[], Awaitable[None]],
@@ -83,9 +87,9 @@ async def serve(
     metrics: MetricsEndpoint | None = None,
     retired: Callable[[], Awaitable[str]] | None = None,
 ) -> None:
-    """Serves until SIGTERM or SIGINT, or until `retired()` completes. Prints one JSON line
-    {"ready": name, "port": N} on stdout once it serves (with "metrics_port" when metrics are
-    served), so a parent can use port 0 and learn the real one.
+    """Serves, secured as `transport` says, until SIGTERM or SIGINT, or until `retired()` completes.
+    Prints one JSON line {"ready": name, "port": N} on stdout once it serves (with "metrics_port"
+    when metrics are served), so a parent can use port 0 and learn the real one.
 
     The ports are bound before `on_start` (which gets the gRPC port) runs, so a process that cannot
     own them stops (ConfigError) before it has said anything to anyone. `services` (full names) are
@@ -99,12 +103,13 @@ async def serve(
     health_status = health_status or health_servicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_status, server)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = bind(server, listen)
+    port = bind(server, listen, transport.server_credentials())
     ready: dict[str, object] = {"ready": name, "port": port}
     if metrics is not None:
         ready["metrics_port"] = await metrics.start()
     if on_start is not None:
         await on_start(port)
+    transport.announce()  # only now: a process refused at start says one line, the reason
     await server.start()
     print(json.dumps(ready), flush=True)
     why_retired = await _until_stopped(retired)

@@ -3,6 +3,9 @@
 async with running_center(tmp_path) as center:
     async with running_agent("eu", center.address) as agent:
         ...  # talk gRPC to center.address and agent.address
+
+With `tls` (a development set, quota_testing.tls) the center serves with its certificate, an agent
+with its region's (and calls the center with it), and every caller needs a certificate of the set.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from quota_center import server as center_server
 from quota_center.center import Center, CenterSettings
 from quota_center.store.sqlite import SqliteStore
 from quota_common.clock import Clock, SystemClock
-from quota_common.process import exclusive_server
+from quota_common.process import bind, exclusive_server
+from quota_common.transport import Transport
+from quota_testing.tls import DevTls
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
 from region_agent.grpc_center import GrpcCenter
@@ -43,10 +48,14 @@ class ServedAgent(Served):
     ledger: Ledger
 
 
-async def _start(server: grpc.aio.Server) -> str:
-    port = server.add_insecure_port("127.0.0.1:0")
+async def _start(server: grpc.aio.Server, transport: Transport) -> str:
+    port = bind(server, "127.0.0.1:0", transport.server_credentials())
     await server.start()
     return f"127.0.0.1:{port}"
+
+
+def _transport(tls: DevTls | None, name: str) -> Transport:
+    return Transport() if tls is None else tls.transport(name)
 
 
 @asynccontextmanager
@@ -55,6 +64,7 @@ async def running_center(
     settings: CenterSettings | None = None,
     clock: Clock | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: DevTls | None = None,
 ) -> AsyncIterator[ServedCenter]:
     """`interceptors` see every call the center receives (a test counting what reached it)."""
     store = SqliteStore(workdir / "center.db")
@@ -63,7 +73,7 @@ async def running_center(
     server = exclusive_server(interceptors)
     center_server.add_to_server(center, server)
     try:
-        yield ServedCenter(await _start(server), center, store)
+        yield ServedCenter(await _start(server, _transport(tls, "center")), center, store)
     finally:
         await server.stop(None)
         await store.close()
@@ -76,15 +86,17 @@ async def running_agent(
     settings: AgentSettings | None = None,
     ledger: Ledger | None = None,
     clock: Clock | None = None,
+    tls: DevTls | None = None,
 ) -> AsyncIterator[ServedAgent]:
     ledger = ledger or InProcessLedger()
-    client = GrpcCenter([center_address], region)
+    transport = _transport(tls, f"agent-{region}")
+    client = GrpcCenter([center_address], region, transport=transport)
     agent = Agent(settings or AgentSettings(region), ledger, client, clock or SystemClock())
     await agent.start()
     server = exclusive_server()
     agent_server.add_to_server(agent, server)
     try:
-        yield ServedAgent(await _start(server), agent, ledger)
+        yield ServedAgent(await _start(server, transport), agent, ledger)
     finally:
         await server.stop(None)
         await agent.stop()

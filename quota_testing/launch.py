@@ -1,7 +1,8 @@
 """Start the center and agents as real processes on free loopback ports, and stop them.
 
 Used by `quota demo` and by the end-to-end tests, so both exercise exactly what an
-operator runs.
+operator runs. With `tls` (a development set, quota_testing.tls) each process holds its
+role's certificate and every link is mutual TLS; without, plaintext (`--insecure`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from quota_testing.tls import DevTls
 
 READY_TIMEOUT_S = 20.0
 
@@ -117,12 +120,21 @@ def run_quota(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
     )
 
 
-def center_process(workdir: Path, *extra: str, port: int = 0, store: str | None = None) -> ServerProcess:
+def _security(tls: DevTls | None, name: str) -> list[str]:
+    return ["--insecure"] if tls is None else tls.flags(name)
+
+
+def center_process(
+    workdir: Path, *extra: str, port: int = 0, store: str | None = None, tls: DevTls | None = None
+) -> ServerProcess:
     store = store or f"sqlite:///{workdir / 'center.db'}"
-    args = ["center", "serve", "--listen", f"127.0.0.1:{port}", "--store", store]
+    args = ["center", "serve", "--listen", f"127.0.0.1:{port}", "--store", store, *_security(tls, "center")]
     return ServerProcess("center", [*args, *extra], workdir / "center.log")
 
 
-def agent_process(workdir: Path, region: str, center_address: str, *extra: str, port: int = 0) -> ServerProcess:
+def agent_process(
+    workdir: Path, region: str, center_address: str, *extra: str, port: int = 0, tls: DevTls | None = None
+) -> ServerProcess:
     args = ["agent", "serve", "--region", region, "--listen", f"127.0.0.1:{port}", "--center", center_address]
+    args += _security(tls, f"agent-{region}")
     return ServerProcess(f"agent-{region}", [*args, *extra], workdir / f"agent-{region}.log")

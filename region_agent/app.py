@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import redis.asyncio as redis
 
 from quota_common.clock import SystemClock
 from quota_common.errors import ConfigError
+from quota_common.identity import Role, regional
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import exclusive_server, serve
+from quota_common.transport import Security, open_transport
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CacheTier
@@ -35,6 +37,9 @@ class AgentConfig:
     """How long the ledger remembers orders and refunds (their retries replay meanwhile)."""
     metrics_listen: str = ""
     """host:port of the Prometheus endpoint (GET /metrics); empty: none."""
+    security: Security = field(default_factory=Security)
+    """How its gRPC port and its calls to the center are secured: mutual TLS with this region's agent
+    certificate, or plaintext on loopback."""
 
 
 REACH_TIMEOUT_S = 3.0
@@ -62,10 +67,12 @@ async def open_ledger(url: str, region: str, retention_s: float) -> tuple[Ledger
 
 
 async def run_agent(config: AgentConfig) -> None:
-    region = config.settings.region
+    region, security = config.settings.region, config.security
+    agent_identity = regional(security.trust_domain, Role.AGENT, region)
+    transport = open_transport(security, agent_identity, listen=config.listen, center=config.center)
     ledger, tier = await open_ledger(config.ledger, region, config.retention_s)
     metrics = AgentMetrics(region)
-    center = GrpcCenter(list(config.center), region, interceptors=[CenterCallTimer(metrics)])
+    center = GrpcCenter(list(config.center), region, interceptors=[CenterCallTimer(metrics)], transport=transport)
     settings = replace(config.settings, return_on_shutdown=not ledger.outlives_agent)
     agent = Agent(settings, ledger, center, SystemClock(), tier)
     server = exclusive_server()
@@ -89,6 +96,7 @@ async def run_agent(config: AgentConfig) -> None:
     await serve(
         server,
         config.listen,
+        transport=transport,
         name=f"agent-{region}",
         services=agent_server.SERVICES,
         on_start=start,

@@ -3,6 +3,10 @@
 Every call of the port may be repeated (region_agent.center_port), so UNAVAILABLE and DEADLINE_EXCEEDED
 are retried a few times with jittered backoff, following the leader; everything else surfaces at once as
 the QuotaError its status stands for.
+
+With mutual TLS, a channel keeps the certificate it was made with, so when the files change on disk the
+channels are replaced: the next call connects with the new certificate, and calls in flight on the old
+channels finish first (the catalog stream, which never finishes, is broken and resumed on a new one).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_center.wire import emergency_from_pb, promotion_from_pb
 from quota_common.errors import LEADER_METADATA_KEY, Unavailable, from_grpc, trailing
 from quota_common.model import Promotion, Report
+from quota_common.tls import TlsMaterial
+from quota_common.transport import Transport
 from region_agent.cache import CatalogSnapshot
 from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RenewalDirective, RenewAnswer
 
@@ -39,6 +45,8 @@ RECONNECT_OPTIONS = (
 )
 """gRPC's default backoff grows to 120 s while the center is away, and the region stays dark that
 long after it returns; capped at a second, the agent notices the center within one."""
+OPENINGS_TIMEOUTS = 5
+"""AcquireOpenings, the longest call, may take this many call timeouts (it commits up to 1,000 grants)."""
 
 
 @dataclass(frozen=True)
@@ -95,13 +103,18 @@ class GrpcCenter:
         attempts: int = 5,
         budget_s: float = 6.0,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        transport: Transport | None = None,
     ) -> None:
         """Each call makes at most `attempts` tries and starts none after `budget_s`;
-        `interceptors` see every call (metrics)."""
+        `interceptors` see every call (metrics); `transport` secures the channels (default: plaintext)."""
         self._interceptors = list(interceptors)
+        self._transport = transport or Transport()
         self._addresses = list(addresses)
         self._current = self._addresses[0]
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._material: TlsMaterial | None = self._transport.material()
+        """What the channels in `_channels` were made with."""
+        self._closing: set[asyncio.Task[None]] = set()
         self._region = region
         self._timeout = call_timeout_s
         self._attempts = attempts
@@ -112,21 +125,33 @@ class GrpcCenter:
         """Promotions fetched one by one (GetPromotion calls)."""
 
     def _stubs(self) -> _Stubs:
+        material = self._transport.material()
+        if material is not self._material:
+            self._retire_channels()
+            self._material = material
         channel = self._channels.get(self._current)
         if channel is None:
-            channel = grpc.aio.insecure_channel(
-                self._current, options=RECONNECT_OPTIONS, interceptors=self._interceptors
-            )
+            channel = self._transport.aio_channel(self._current, RECONNECT_OPTIONS, self._interceptors)
             self._channels[self._current] = channel
         return _Stubs(
             pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel), pb_grpc.CatalogStub(channel)
         )
 
+    def _retire_channels(self) -> None:
+        """Closes the channels made with replaced TLS files once their unary calls are done (each ends by its
+        deadline), so that none is cancelled midway; the next call makes a new channel."""
+        for channel in self._channels.values():
+            closing = asyncio.ensure_future(channel.close(self._timeout * OPENINGS_TIMEOUTS))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        self._channels.clear()
+
     def _follow(self, error: grpc.aio.AioRpcError) -> None:
         if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return
         leader = trailing(error, LEADER_METADATA_KEY)
-        if leader and leader != self._current and (leader in self._addresses or len(self._addresses) == 1):
+        listed = leader in self._addresses or len(self._addresses) == 1
+        if leader and leader != self._current and listed and self._transport.may_call(leader):
             self._current = leader
             return
         if self._current in self._addresses:
@@ -174,7 +199,8 @@ class GrpcCenter:
             agent=self._agent(incarnation),
             items=[pb.AcquireRequest(promotion_id=p, amount=a, request_id=r) for p, a, r in requests],
         )
-        answer = await self._call(lambda stubs: stubs.allocation.AcquireOpenings(request, timeout=self._timeout * 5))
+        timeout = self._timeout * OPENINGS_TIMEOUTS
+        answer = await self._call(lambda stubs: stubs.allocation.AcquireOpenings(request, timeout=timeout))
         outcomes = [OpeningAnswer(o.promotion_id, o.grant.grant_id, o.grant.amount, o.refusal) for o in answer.outcomes]
         return outcomes, answer.lease_ttl_ms / 1000
 
@@ -197,6 +223,12 @@ class GrpcCenter:
         except grpc.aio.AioRpcError as error:
             self._follow(error)
             raise from_grpc(error) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task was cancelled (the agent stops), not the stream
+            # gRPC cancels the stream when its channel closes: the TLS files changed (_retire_channels).
+            raise Unavailable("the catalog stream's channel closed: the TLS files changed") from None
         finally:
             call.cancel()
 
@@ -220,5 +252,6 @@ class GrpcCenter:
         )
 
     async def close(self) -> None:
+        await asyncio.gather(*self._closing)
         for channel in self._channels.values():
             await channel.close()

@@ -17,23 +17,29 @@ import grpc
 
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_common.transport import Transport
 
 Reply = TypeVar("Reply")
+ADMIN = "owner-alice"
+"""The development certificate the budget owner's calls are made with."""
 CALL_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 0.5
 PATIENCE_S = 60.0
 _PASS_ON = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class CenterAdmin:
-    def __init__(self, addresses: Sequence[str]) -> None:
+    def __init__(self, addresses: Sequence[str], transport: Transport) -> None:
+        """`transport`: as whom the calls are made (the budget owner's certificate)."""
         self._addresses = list(addresses)
+        self._transport = transport
 
     async def call(self, send: Callable[[pb_grpc.PromotionAdminAsyncStub], Awaitable[Reply]]) -> Reply:
         """`send` must be safe to repeat: a call that timed out may have been applied and is sent again."""
         deadline = time.monotonic() + PATIENCE_S
         while True:
             for address in self._addresses:
-                async with grpc.aio.insecure_channel(address) as channel:
+                async with self._transport.aio_channel(address) as channel:
                     try:
                         return await send(pb_grpc.PromotionAdminStub(channel))
                     except grpc.aio.AioRpcError as error:
@@ -42,16 +48,19 @@ class CenterAdmin:
             await asyncio.sleep(0.2)
 
     async def leader(self) -> str | None:
-        """The replica that answers a read as leader now, if any (one attempt each)."""
-        for address in self._addresses:
-            async with grpc.aio.insecure_channel(address) as channel:
-                try:
-                    request = pb.ListPromotionsRequest(page_size=1)
-                    await pb_grpc.PromotionAdminStub(channel).ListPromotions(request, timeout=CALL_TIMEOUT_S)
-                    return address
-                except grpc.aio.AioRpcError:
-                    continue
-        return None
+        """The replica that answers a read as leader now, if any. All are asked at once and briefly, so a stopped
+        replica does not hide for a whole call timeout that another one took over."""
+        answers = await asyncio.gather(*(self._leads(address) for address in self._addresses))
+        return next((address for address, leads in zip(self._addresses, answers, strict=True) if leads), None)
+
+    async def _leads(self, address: str) -> bool:
+        async with self._transport.aio_channel(address) as channel:
+            try:
+                request = pb.ListPromotionsRequest(page_size=1)
+                await pb_grpc.PromotionAdminStub(channel).ListPromotions(request, timeout=PROBE_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
 
     async def create(self, promotion: pb.Promotion) -> None:
         request = pb.CreatePromotionRequest(promotion=promotion)

@@ -1,6 +1,7 @@
 """The production shape as real processes: a 3-member etcd, two center replicas on it (one elected leader), and two
 regions, each with its own durable Redis (append-only file, fsync always) shared by two agents. Each region reaches
-each replica through its own link (`loadtest/wan.py`), so a region can be cut off from the center alone.
+each replica through its own link (`loadtest/wan.py`), so a region can be cut off from the center alone. Every
+gRPC link is mutual TLS.
 
 Its faults: kill -9 of the leader, of an agent, of a region's Redis (restarted from its append-only file) and of
 an etcd member, each restarted on its port and data; SIGSTOP of the leader past its election lease and of a Redis;
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from loadtest.chaos.admin import CenterAdmin
+from loadtest.chaos.admin import ADMIN, CenterAdmin
 from loadtest.chaos.embedded import AGENT_OPTIONS, LEASE_TTL_S, REGIONS
 from loadtest.chaos.nemesis import Fault
 from loadtest.wan import WanProxy
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import RestartableServer, etcd_cluster, redis_process
+from quota_testing.tls import write_dev_tls
 from region_agent.ledger.redis import RedisLedger
 
 REPLICAS = 2
@@ -37,6 +39,7 @@ class DistributedStack:
 
     def __init__(self, workdir: Path) -> None:
         self._workdir = workdir
+        self.tls = write_dev_tls(workdir / "certs", REGIONS)
         self._servers = contextlib.ExitStack()
         self.etcd: list[RestartableServer] = []
         self.replicas: list[ServerProcess] = []
@@ -71,13 +74,14 @@ class DistributedStack:
         workdir = self._workdir / f"center-{n}"
         workdir.mkdir(exist_ok=True)
         options = ("--lease-ttl", str(LEASE_TTL_S), "--election-ttl", str(ELECTION_TTL_S))
-        return center_process(workdir, *options, port=port, store=self._store)
+        return center_process(workdir, *options, port=port, store=self._store, tls=self.tls)
 
     def _agent(self, region: str, n: int, port: int = 0) -> ServerProcess:
         workdir = self._workdir / f"{region}-{n}"
         workdir.mkdir(exist_ok=True)
         ledger = ("--ledger", f"redis://{self.redis[region].address}/0")
-        return agent_process(workdir, region, self._through_links[region], *ledger, *AGENT_OPTIONS, port=port)
+        links = self._through_links[region]
+        return agent_process(workdir, region, links, *ledger, *AGENT_OPTIONS, port=port, tls=self.tls)
 
     def faults(self) -> Mapping[str, Sequence[str]]:
         agents = [f"{region}-{n}" for region in REGIONS for n in range(AGENTS_PER_REGION)]
@@ -109,7 +113,7 @@ class DistributedStack:
         return target
 
     async def _leader(self) -> str:
-        leader = await CenterAdmin(self.centers).leader()
+        leader = await CenterAdmin(self.centers, self.tls.transport(ADMIN)).leader()
         return f"center-{self.centers.index(leader) if leader else 0}"
 
     def _kill_or_stop(self, kind: str, target: str, pid: int) -> None:

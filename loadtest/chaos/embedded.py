@@ -1,6 +1,6 @@
 """The embedded stack as real processes: one center on SQLite in a work directory, and per region one agent on the
-in-process ledger. Its faults: the center killed and restarted on its port and store, or stopped past the agents'
-lease and continued.
+in-process ledger, every link mutual TLS. Its faults: the center killed and restarted on its port and store, or
+stopped past the agents' lease and continued.
 
 Agents are not killed here: an in-process ledger forgets its order keys by design, so a retry that reaches a
 restarted in-process agent is a new order (see the README). Killing agents belongs to the Redis stack, whose
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from loadtest.chaos.nemesis import Fault
 from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.tls import write_dev_tls
 from region_agent.agent import AgentSettings
 
 REGIONS = ("eu", "us")
@@ -33,12 +34,13 @@ class EmbeddedStack:
 
     def __init__(self, workdir: Path) -> None:
         self._workdir = workdir
+        self.tls = write_dev_tls(workdir / "certs", REGIONS)
         self.center = self._center()
         self.agents: dict[str, list[ServerProcess]] = {}
         self._stopped = False
 
     def _center(self, port: int = 0) -> ServerProcess:
-        return center_process(self._workdir, "--lease-ttl", str(LEASE_TTL_S), port=port)
+        return center_process(self._workdir, "--lease-ttl", str(LEASE_TTL_S), port=port, tls=self.tls)
 
     @property
     def centers(self) -> list[str]:
@@ -47,7 +49,7 @@ class EmbeddedStack:
     async def start(self) -> None:
         await asyncio.to_thread(self.center.start)
         for region in REGIONS:
-            agent = agent_process(self._workdir, region, self.center.address, *AGENT_OPTIONS)
+            agent = agent_process(self._workdir, region, self.center.address, *AGENT_OPTIONS, tls=self.tls)
             self.agents[region] = [await asyncio.to_thread(agent.start)]
 
     def faults(self) -> Mapping[str, Sequence[str]]:

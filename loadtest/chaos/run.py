@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import grpc
-
 from loadtest.bench import promotion_pb
-from loadtest.chaos.admin import CenterAdmin
+from loadtest.chaos.admin import ADMIN, CenterAdmin
 from loadtest.chaos.books import Books, PromotionBooks, RegionBooks
 from loadtest.chaos.calls import AgentCalls
 from loadtest.chaos.checker import Allowance, judge
@@ -27,7 +25,9 @@ from loadtest.chaos.history import History, NemesisEvent, Status
 from loadtest.chaos.nemesis import EVERYWHERE, Breakable, Fault, Nemesis, load_schedule, schedule, schedule_rows
 from loadtest.chaos.summary import fault_summary, figures
 from loadtest.chaos.workload import LIMITED, PLAIN, Client, Recorder
+from quota_common.transport import Transport
 from quota_testing.launch import ServerProcess
+from quota_testing.tls import DevTls
 from region_agent.ledger.base import UserLimit
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
@@ -52,6 +52,8 @@ EXAMPLES = 5
 class Stack(Breakable, Protocol):
     name: str
     agents: dict[str, list[ServerProcess]]
+    tls: DevTls
+    """The certificates its processes hold; callers use it too, as order services and the budget owner."""
 
     @property
     def centers(self) -> list[str]: ...
@@ -108,12 +110,17 @@ async def _create_promotions(admin: CenterAdmin, budget: int) -> list[NemesisEve
     return created
 
 
+def _orders(stack: Stack, region: str) -> Transport:
+    """How the region's order services call its agents: with their own certificate."""
+    return stack.tls.transport(f"orders-{region}")
+
+
 async def _reservations(stack: Stack) -> dict[tuple[str, str], int]:
     """What reservations hold, by (region, promotion): only the ledgers know. A region's agents share its ledger,
     so one agent's status is the region's."""
     held = {}
     for region, agents in stack.agents.items():
-        async with grpc.aio.insecure_channel(agents[0].address) as channel:
+        async with _orders(stack, region).aio_channel(agents[0].address) as channel:
             status = await agent_grpc.RegionAgentStub(channel).GetStatus(agent_pb.GetStatusRequest(), timeout=10)
             held.update({(region, balance.promotion_id): balance.held for balance in status.balances})
     return held
@@ -146,7 +153,11 @@ async def _books(admin: CenterAdmin, kept: dict[tuple[str, str], int]) -> Books:
 
 
 async def _load(stack: Stack, options: ChaosOptions, nemesis: Nemesis, recorder: Recorder) -> None:
-    channels = {agent.address: grpc.aio.insecure_channel(agent.address) for a in stack.agents.values() for agent in a}
+    channels = {
+        agent.address: _orders(stack, region).aio_channel(agent.address)
+        for region, region_agents in stack.agents.items()
+        for agent in region_agents
+    }
     agents = {
         region: [
             AgentCalls(region, f"{region}-{n}", agent_grpc.RegionAgentStub(channels[agent.address]))
@@ -178,7 +189,7 @@ async def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
     recorder = Recorder()
     try:
         await stack.start()
-        admin = CenterAdmin(stack.centers)
+        admin = CenterAdmin(stack.centers, stack.tls.transport(ADMIN))
         faults = _faults(stack, options)
         nemesis = Nemesis(stack, admin, faults)
         created = await _create_promotions(admin, round(BUDGET_PER_SECOND * options.seconds))

@@ -14,9 +14,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.identity import IdentityError, peer_identity
 from quota_common.tls import TlsFiles, TlsWatch
 from quota_testing.certs import LOOPBACK, DevPlan, Issued, dev_identities, issue, new_ca, write_dev_set, write_pair
+from quota_testing.inprocess import running_agent, running_center
+from quota_testing.support import order, promotion
+from quota_testing.tls import write_dev_tls
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 TRUST_DOMAIN = "quota"
 HANG_GUARD_S = 20
@@ -224,3 +230,22 @@ async def test_the_development_set_links_every_role(tmp_path: Path) -> None:
     async with _serving(files("owner-alice")) as port:
         refused = await _refused(port, TlsWatch(files("agent-eu")).channel_credentials())
         assert refused.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_in_process_center_and_agent_serve_orders_over_mutual_tls(tmp_path: Path) -> None:
+    """quota_testing.inprocess with a development set: the agent reaches the center with its certificate,
+    and an order service with its own reaches the agent; plaintext reaches neither."""
+    dev = write_dev_tls(tmp_path / "certs", ["eu"])
+    async with running_center(tmp_path, tls=dev) as center, running_agent("eu", center.address, tls=dev) as agent:
+        async with dev.transport("owner-alice").aio_channel(center.address) as channel:
+            request = center_pb.CreatePromotionRequest(promotion=promotion(regions=("eu",)))
+            await center_grpc.PromotionAdminStub(channel).CreatePromotion(request, timeout=HANG_GUARD_S)
+        async with dev.transport("orders-eu").aio_channel(agent.address) as channel:
+            answer = await agent_grpc.RegionAgentStub(channel).Deduct(order("o-1", "eu", ("promo", 2)), timeout=20)
+
+        assert [line.amount for line in answer.lines] == [2]
+        for address in (center.address, agent.address):
+            async with grpc.aio.insecure_channel(address) as plaintext:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await health_pb2_grpc.HealthStub(plaintext).Check(health_pb2.HealthCheckRequest(), timeout=20)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -96,3 +96,53 @@ def test_a_bad_environment_variable_is_named_as_such(started: list[AgentConfig |
     assert result.exit_code == 2
     assert "QUOTA_RENEW_INTERVAL" in result.output
     assert started == []
+
+
+def test_tls_settings_come_from_the_environment_and_the_file(
+    tmp_path: Path, started: list[AgentConfig | CenterConfig]
+) -> None:
+    config = _config_file(
+        tmp_path, '[center]\ntls-cert = "c.pem"\ntls-key = "c-key.pem"\ntls-ca = "ca.pem"\ntrust-domain = "shop"\n'
+    )
+    tls_env = {"QUOTA_TLS_CERT": "a.pem", "QUOTA_TLS_KEY": "a-key.pem", "QUOTA_TLS_CA": "ca.pem"}
+
+    assert _quota("--config", config, "center", "serve").exit_code == 0
+    assert _quota("agent", "serve", "--region", "eu", env=tls_env).exit_code == 0
+    assert _quota("agent", "serve", "--region", "eu", env={"QUOTA_INSECURE": "1"}).exit_code == 0
+
+    center, agent, insecure = (config.security for config in started)
+    assert center.tls is not None
+    assert (center.tls.cert, center.tls.key, center.tls.ca) == (Path("c.pem"), Path("c-key.pem"), Path("ca.pem"))
+    assert center.trust_domain == "shop"
+    assert agent.tls is not None
+    assert agent.tls.cert == Path("a.pem")
+    assert (agent.trust_domain, agent.insecure) == ("quota", False)
+    assert (insecure.tls, insecure.insecure) == (None, True)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (("--tls-cert", "c.pem"), {}, "--tls-key and --tls-ca are missing"),
+        (("--trust-domain", "Shop!"), {}, "trust domain 'Shop!': use 1..255 of a-z 0-9 . _ -"),
+        ((), {"QUOTA_TLS_CA": "ca.pem"}, "--tls-cert and --tls-key are missing"),
+    ],
+)
+def test_incomplete_tls_settings_stop_the_start_naming_them(
+    started: list[AgentConfig | CenterConfig], args: tuple[str, ...], env: dict[str, str], named: str
+) -> None:
+    result = _quota("center", "serve", *args, env=env)
+
+    assert result.exit_code == 2
+    assert named in result.output
+    assert started == []
+
+
+def test_the_budget_table_configures_quota_budget(tmp_path: Path) -> None:
+    """Its --center names an address beyond loopback, with no TLS files: refused before any call."""
+    config = _config_file(tmp_path, '[budget]\ncenter = "10.0.0.5:50051"\ntimeout = 1\n')
+
+    result = _quota("--config", config, "budget", "list")
+
+    assert result.exit_code == 2
+    assert "not --center 10.0.0.5:50051" in result.output
