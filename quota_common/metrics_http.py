@@ -1,4 +1,6 @@
-"""The Prometheus endpoint of a server process: GET /metrics, served on the process's event loop.
+"""The Prometheus endpoint of a server process: GET /metrics, served on the process's event loop; and
+GET /healthz (200 while the process serves, 503 once it is stopping), for Kubernetes probes, which
+cannot speak mutual TLS to the gRPC health service.
 
 On the loop rather than in prometheus-client's own thread because the gauges are read from
 state the loop owns (the center's accounts, the agent's ledger, which may be in Redis and
@@ -30,6 +32,8 @@ class MetricsEndpoint:
         self._registry = registry
         self._refresh = refresh
         self._server: asyncio.Server | None = None
+        self.serving: Callable[[], bool] = lambda: True
+        """What /healthz reports; `serve` points it at the process's own state."""
 
     async def start(self) -> int:
         """Binds and serves in the background; returns the port. ConfigError when it cannot bind."""
@@ -50,8 +54,14 @@ class MetricsEndpoint:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
             method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            if method != "GET" or path.split("?")[0] not in ("/metrics", "/"):
-                await _reply(writer, "404 Not Found", "text/plain", b"only GET /metrics is served here\n")
+            page = path.split("?")[0]
+            if method == "GET" and page == "/healthz":
+                serving = self.serving()
+                status, body = ("200 OK", b"serving\n") if serving else ("503 Service Unavailable", b"stopping\n")
+                await _reply(writer, status, "text/plain", body)
+                return
+            if method != "GET" or page not in ("/metrics", "/"):
+                await _reply(writer, "404 Not Found", "text/plain", b"only GET /metrics and /healthz are served here\n")
                 return
             if self._refresh is not None:
                 await self._refresh()

@@ -105,7 +105,9 @@ async def serve(
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = bind(server, listen, transport.server_credentials())
     ready: dict[str, object] = {"ready": name, "port": port}
+    stopping = False
     if metrics is not None:
+        metrics.serving = lambda: not stopping
         ready["metrics_port"] = await metrics.start()
     if on_start is not None:
         await on_start(port)
@@ -113,6 +115,7 @@ async def serve(
     await server.start()
     print(json.dumps(ready), flush=True)
     why_retired = await _until_stopped(retired)
+    stopping = True
     await health_status.enter_graceful_shutdown()
     if why_retired is None:
         log.info("%s stopping: finishing calls in flight (at most %.0f s)", name, GRACE_S)

@@ -187,6 +187,12 @@ def test_the_agents_metrics_count_answers_by_result_and_show_its_ledger_and_cach
     assert samples[("quota_agent_center_calls_total", (("code", "OK"), ("method", "Acquire"), region))] == acquires
 
 
+def test_the_metrics_port_answers_kubernetes_probes_while_serving(running: Running) -> None:
+    for port in (running.center.metrics_port, running.agent.metrics_port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            assert (answer.status, answer.read()) == (200, b"serving\n")
+
+
 def test_the_metrics_endpoint_answers_only_metrics(running: Running) -> None:
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(f"http://127.0.0.1:{running.agent.metrics_port}/admin", timeout=5)
