@@ -21,7 +21,7 @@ from quota_common import identity
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
-from quota_common.process import exclusive_server, health_servicer, serve
+from quota_common.process import guarded_server, health_servicer, serve
 from quota_common.transport import Security, open_transport
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ async def run_center(config: CenterConfig) -> None:
     store, leadership = await open_store(config.store, clock, config.election_ttl_s)
     host = config.listen.rpartition(":")[0]
     center = Center(store, clock, config.settings, leadership)
-    server = exclusive_server()
+    server = guarded_server(transport)
     center_server.add_to_server(center, server)
     health_status = health_servicer()
 

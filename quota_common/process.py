@@ -20,8 +20,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from quota_common.authz import AuthorizationInterceptor
 from quota_common.listen import cannot_bind, host_and_port
 from quota_common.metrics_http import MetricsEndpoint
+from quota_common.roles import TABLE
 from quota_common.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,19 @@ def exclusive_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) ->
     """A grpc.aio server that owns its port. gRPC shares ports by default (SO_REUSEPORT): a second
     center on the same port would start too, and the two would split the callers and the budget."""
     return grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+
+
+def guarded_server(
+    transport: Transport,
+    service_region: str | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
+    """An exclusive server that, with mutual TLS, checks every call against the role table before
+    anything else sees it (`service_region`: the region an agent serves; None for the center).
+    Plaintext has no identities to check: it is allowed on loopback only (quota_common.transport)."""
+    if transport.tls is None:
+        return exclusive_server(interceptors)
+    return exclusive_server([AuthorizationInterceptor(transport.trust_domain, TABLE, service_region), *interceptors])
 
 
 def bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:

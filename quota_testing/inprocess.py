@@ -21,7 +21,7 @@ from quota_center import server as center_server
 from quota_center.center import Center, CenterSettings
 from quota_center.store.sqlite import SqliteStore
 from quota_common.clock import Clock, SystemClock
-from quota_common.process import bind, exclusive_server
+from quota_common.process import bind, guarded_server
 from quota_common.transport import Transport
 from quota_testing.tls import DevTls
 from region_agent import server as agent_server
@@ -70,10 +70,11 @@ async def running_center(
     store = SqliteStore(workdir / "center.db")
     center = Center(store, clock or SystemClock(), settings)
     await center.start()
-    server = exclusive_server(interceptors)
+    transport = _transport(tls, "center")
+    server = guarded_server(transport, interceptors=interceptors)
     center_server.add_to_server(center, server)
     try:
-        yield ServedCenter(await _start(server, _transport(tls, "center")), center, store)
+        yield ServedCenter(await _start(server, transport), center, store)
     finally:
         await server.stop(None)
         await store.close()
@@ -93,7 +94,7 @@ async def running_agent(
     client = GrpcCenter([center_address], region, transport=transport)
     agent = Agent(settings or AgentSettings(region), ledger, client, clock or SystemClock())
     await agent.start()
-    server = exclusive_server()
+    server = guarded_server(transport, region)
     agent_server.add_to_server(agent, server)
     try:
         yield ServedAgent(await _start(server, transport), agent, ledger)

@@ -11,7 +11,7 @@ from quota_common.clock import SystemClock
 from quota_common.errors import ConfigError
 from quota_common.identity import Role, regional
 from quota_common.metrics_http import MetricsEndpoint
-from quota_common.process import exclusive_server, serve
+from quota_common.process import guarded_server, serve
 from quota_common.transport import Security, open_transport
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
@@ -75,7 +75,7 @@ async def run_agent(config: AgentConfig) -> None:
     center = GrpcCenter(list(config.center), region, interceptors=[CenterCallTimer(metrics)], transport=transport)
     settings = replace(config.settings, return_on_shutdown=not ledger.outlives_agent)
     agent = Agent(settings, ledger, center, SystemClock(), tier)
-    server = exclusive_server()
+    server = guarded_server(transport, region)
     agent_server.add_to_server(agent, server, metrics)
     refresh = metrics.watch(agent)
 

@@ -22,6 +22,8 @@ from quota_common.transport import Transport
 Reply = TypeVar("Reply")
 ADMIN = "owner-alice"
 """The development certificate the budget owner's calls are made with."""
+OPERATOR = "operator-carol"
+"""The development certificate the emergency switch is pulled with (only operators may)."""
 CALL_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 0.5
 PATIENCE_S = 60.0
@@ -29,17 +31,22 @@ _PASS_ON = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class CenterAdmin:
-    def __init__(self, addresses: Sequence[str], transport: Transport) -> None:
-        """`transport`: as whom the calls are made (the budget owner's certificate)."""
+    def __init__(self, addresses: Sequence[str], transport: Transport, operator: Transport) -> None:
+        """`transport`: as whom the calls are made (the budget owner's certificate); `operator`: as whom the
+        emergency switch is pulled."""
         self._addresses = list(addresses)
         self._transport = transport
+        self._operator = operator
 
-    async def call(self, send: Callable[[pb_grpc.PromotionAdminAsyncStub], Awaitable[Reply]]) -> Reply:
-        """`send` must be safe to repeat: a call that timed out may have been applied and is sent again."""
+    async def call(
+        self, send: Callable[[pb_grpc.PromotionAdminAsyncStub], Awaitable[Reply]], transport: Transport | None = None
+    ) -> Reply:
+        """`send` must be safe to repeat: a call that timed out may have been applied and is sent again.
+        `transport`: as whom, when not as the budget owner."""
         deadline = time.monotonic() + PATIENCE_S
         while True:
             for address in self._addresses:
-                async with self._transport.aio_channel(address) as channel:
+                async with (transport or self._transport).aio_channel(address) as channel:
                     try:
                         return await send(pb_grpc.PromotionAdminStub(channel))
                     except grpc.aio.AioRpcError as error:
@@ -77,7 +84,7 @@ class CenterAdmin:
 
     async def set_emergency(self, region: str, frozen: bool) -> None:
         request = pb.SetEmergencyFreezeRequest(region=region, frozen=frozen)
-        await self.call(lambda admin: admin.SetEmergencyFreeze(request, timeout=CALL_TIMEOUT_S))
+        await self.call(lambda admin: admin.SetEmergencyFreeze(request, timeout=CALL_TIMEOUT_S), self._operator)
 
     async def usage(self, promotion_id: str) -> pb.Usage:
         request = pb.GetUsageRequest(promotion_id=promotion_id)

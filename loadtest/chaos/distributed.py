@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from loadtest.chaos.admin import ADMIN, CenterAdmin
+from loadtest.chaos.admin import ADMIN, OPERATOR, CenterAdmin
 from loadtest.chaos.embedded import AGENT_OPTIONS, LEASE_TTL_S, REGIONS
 from loadtest.chaos.nemesis import Fault
 from loadtest.wan import WanProxy
@@ -113,7 +113,7 @@ class DistributedStack:
         return target
 
     async def _leader(self) -> str:
-        leader = await CenterAdmin(self.centers, self.tls.transport(ADMIN)).leader()
+        leader = await CenterAdmin(self.centers, self.tls.transport(ADMIN), self.tls.transport(OPERATOR)).leader()
         return f"center-{self.centers.index(leader) if leader else 0}"
 
     def _kill_or_stop(self, kind: str, target: str, pid: int) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from loadtest.bench import promotion_pb
-from loadtest.chaos.admin import ADMIN, CenterAdmin
+from loadtest.chaos.admin import ADMIN, OPERATOR, CenterAdmin
 from loadtest.chaos.books import Books, PromotionBooks, RegionBooks
 from loadtest.chaos.calls import AgentCalls
 from loadtest.chaos.checker import Allowance, judge
@@ -189,7 +189,7 @@ async def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:
     recorder = Recorder()
     try:
         await stack.start()
-        admin = CenterAdmin(stack.centers, stack.tls.transport(ADMIN))
+        admin = CenterAdmin(stack.centers, stack.tls.transport(ADMIN), stack.tls.transport(OPERATOR))
         faults = _faults(stack, options)
         nemesis = Nemesis(stack, admin, faults)
         created = await _create_promotions(admin, round(BUDGET_PER_SECOND * options.seconds))
