@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from quota_center import allocation, ledger
+from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord, Change, seal
 from quota_center.catalog import RevisionIndex
 from quota_center.leadership import Leadership, SingleNode
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
@@ -35,9 +37,11 @@ from quota_common.errors import (
     Superseded,
     Unavailable,
 )
-from quota_common.model import EMERGENCY_DOCUMENT, EmergencyFreeze, Promotion, Report
+from quota_common.identity import Identity, Role
+from quota_common.model import EMERGENCY_DOCUMENT, EmergencyFreeze, Promotion, Report, promotion_document
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
 """An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
@@ -49,6 +53,20 @@ class CenterSettings:
     """How long a region may spend its allotment without renewing."""
     horizon_s: float = 2.0
     """Seconds of demand the policy sizes grants and reclaims for."""
+
+
+@dataclass(frozen=True)
+class By:
+    """Who makes an admin write, for its audit record and the owner check."""
+
+    identity: Identity | None = None
+    """From the caller's certificate; None without TLS (plaintext on loopback)."""
+    request_id: str = ""
+    """The caller's id for this change; the center makes one when it is empty."""
+
+    @property
+    def actor(self) -> str:
+        return PLAINTEXT_ACTOR if self.identity is None else self.identity.uri
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,8 @@ class Center:
         self._catalog_revision = 0
         self._emergency = EmergencyFreeze()
         self._catalog_changed = asyncio.Event()
+        self._audit_head: AuditRecord | None = None
+        """The newest audit record, which the next one chains to."""
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
@@ -147,6 +167,7 @@ class Center:
         grace = self._clock.monotonic() + self.settings.lease_ttl_s
         states = await self._store.load_all()
         document = await self._store.load_document(EMERGENCY_DOCUMENT)
+        self._audit_head = await self._store.audit_head()
         self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()
         for state in sorted(states, key=lambda s: s.promotion.revision):
             self._states[state.promotion.id] = state
@@ -178,13 +199,22 @@ class Center:
 
     # Budget owners
 
-    async def create_promotion(self, promotion: Promotion) -> Promotion:
+    async def create_promotion(self, promotion: Promotion, by: By | None = None) -> Promotion:
+        """`by`'s identity becomes the promotion's owner."""
         self._require_leader()
         ledger.check_new_promotion(promotion)
+        by = by or By()
+        owner = "" if by.identity is None else by.identity.uri
 
         async def work() -> Promotion:
-            state = PromotionState(replace(promotion, frozen=False, revision=self._catalog_revision + 1))
-            await self._store.create(state)
+            created = replace(promotion, frozen=False, revision=self._catalog_revision + 1, owner=owner)
+            state = PromotionState(created)
+            record = self._seal(by, "CreatePromotion", promotion.id, None, promotion_document(created))
+            try:
+                await self._audited(self._store.create(state, record), record)
+            except BaseException:
+                await self._adopt(promotion.id)
+                raise
             self._states[promotion.id] = state
             self._changed(state.promotion)
             return state.promotion
@@ -192,36 +222,89 @@ class Center:
         async with self._configuring:
             return await self._exclusively([promotion.id], work)
 
-    async def set_budget(self, promotion_id: str, budget: int, expected_revision: int) -> Promotion:
-        return await self._configure(promotion_id, lambda s, r: ledger.set_budget(s, budget, expected_revision, r))
+    async def set_budget(
+        self, promotion_id: str, budget: int, expected_revision: int, by: By | None = None
+    ) -> Promotion:
+        def change(state: PromotionState, revision: int) -> None:
+            ledger.set_budget(state, budget, expected_revision, revision)
 
-    async def set_frozen(self, promotion_id: str, frozen: bool) -> Promotion:
-        return await self._configure(promotion_id, lambda s, revision: ledger.set_frozen(s, frozen, revision))
+        return await self._configure(promotion_id, "SetBudget", change, by or By())
 
-    async def set_emergency_freeze(self, region: str, frozen: bool) -> EmergencyFreeze:
+    async def set_frozen(self, promotion_id: str, frozen: bool, by: By | None = None) -> Promotion:
+        def change(state: PromotionState, revision: int) -> bool:
+            return ledger.set_frozen(state, frozen, revision)
+
+        return await self._configure(promotion_id, "SetFrozen", change, by or By())
+
+    async def set_emergency_freeze(self, region: str, frozen: bool, by: By | None = None) -> EmergencyFreeze:
         """Freezes (or unfreezes) every promotion in `region`, or everywhere when it is empty."""
         self._require_leader()
         async with self._configuring:
             switched = self._emergency.switched(region, frozen, self._catalog_revision + 1)
             if switched is None:
                 return self._emergency
-            await self._store.save_document(EMERGENCY_DOCUMENT, switched.to_document())
+            document = switched.to_document()
+            record = self._seal(by or By(), "SetEmergencyFreeze", "", self._emergency.to_document(), document)
+            await self._audited(self._store.save_document(EMERGENCY_DOCUMENT, document, record), record)
             self._require_leader()
             self._emergency = switched
             self._catalog_revision = switched.revision
             self._publish()
             return switched
 
-    async def _configure(self, promotion_id: str, change: Callable[[PromotionState, int], object]) -> Promotion:
-        """A configuration change: it takes the next catalog revision, and watchers hear of it."""
+    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        """The audit trail after record `after_seq`, read from the store as it is there (not from memory),
+        so a verifier sees what was stored, tampering included."""
+        self._require_leader()
+        return await self._store.audit_records(after_seq, limit)
+
+    async def _configure(
+        self, promotion_id: str, call: str, change: Callable[[PromotionState, int], object], by: By
+    ) -> Promotion:
+        """A configuration change by the promotion's owner: it takes the next catalog revision, is
+        recorded in the audit trail, and watchers hear of it."""
         self._require_leader()
         async with self._configuring:
-            state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1))
+            before = self._state(promotion_id).promotion
+            if by.identity is not None and by.identity.role is Role.OWNER:
+                ledger.require_owner(before, by.identity.uri, call)
+
+            def record(changed: PromotionState) -> AuditRecord:
+                after = promotion_document(changed.promotion)
+                return self._seal(by, call, promotion_id, promotion_document(before), after)
+
+            state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1), record)
             return state.promotion
+
+    def _seal(
+        self, by: By, call: str, promotion_id: str, before: dict[str, object] | None, after: dict[str, object]
+    ) -> AuditRecord:
+        change = Change(by.actor, call, by.request_id or uuid.uuid4().hex, promotion_id, before, after)
+        return seal(self._audit_head, change, self._clock.wall_ms())
+
+    async def _audited(self, write: Awaitable[None], record: AuditRecord) -> None:
+        """Awaits a store write carrying `record`, which then heads the trail. Another center that wrote
+        a record since this one read the head means this one no longer leads: the head is read again
+        and the caller may retry."""
+        try:
+            await write
+        except Conflict:
+            self._audit_head = await self._store.audit_head()
+            raise Unavailable("the audit trail moved: another center wrote to the store; retry the call") from None
+        self._audit_head = record
+        fields = record.fields()
+        log.info(
+            "audit record %d, hash %s: %s by %s on %s",
+            record.seq,
+            record.hash,
+            fields["call"],
+            fields["actor"],
+            fields["promotion_id"] or "the emergency switch",
+        )
 
     def _changed(self, promotion: Promotion) -> None:
         self._revisions.record(promotion.id, promotion.revision)
-        self._catalog_revision = promotion.revision
+        self._catalog_revision = max(self._catalog_revision, promotion.revision)
         self._publish()
 
     def _publish(self) -> None:
@@ -446,19 +529,27 @@ class Center:
 
         return await asyncio.shield(locked())
 
-    async def _change(self, promotion_id: str, mutate: Callable[[PromotionState], object]) -> PromotionState:
-        """Applies `mutate` to a copy and commits it; a mutation returning False changed nothing."""
+    async def _change(
+        self,
+        promotion_id: str,
+        mutate: Callable[[PromotionState], object],
+        audit: Callable[[PromotionState], AuditRecord] | None = None,
+    ) -> PromotionState:
+        """Applies `mutate` to a copy and commits it, with the audit record `audit` makes of the changed
+        state (an admin write); a mutation returning False changed nothing and is not recorded."""
 
         async def work() -> PromotionState:
             state = self._state(promotion_id).copy()
             if mutate(state) is False:
                 return self._state(promotion_id)
-            await self._commit([(state, None)])
+            await self._commit([(state, None)], None if audit is None else audit(state))
             return state
 
         return await self._exclusively([promotion_id], work)
 
-    async def _commit(self, changes: Sequence[tuple[PromotionState, GrantRecord | None]]) -> None:
+    async def _commit(
+        self, changes: Sequence[tuple[PromotionState, GrantRecord | None]], audit: AuditRecord | None = None
+    ) -> None:
         """Commits the states (with their grants) in one store write, then installs them; call it
         under the promotions' locks. A commit that failed in any way reloads the promotions, so
         the next attempt starts from the truth. Leadership is the election's business: a
@@ -471,8 +562,9 @@ class Center:
             state.version = expected + 1
             commits.append((state, expected, grant))
         ids = [state.promotion.id for state, _ in changes]
+        write = self._store.commit_many(commits, audit)
         try:
-            await self._store.commit_many(commits)
+            await (write if audit is None else self._audited(write, audit))
         except Conflict:
             await self._reload(ids)
             raise Unavailable(f"promotion(s) {', '.join(ids)} changed by another writer; retry the call") from None
@@ -485,6 +577,15 @@ class Center:
                 # A configuration change: indexed in the same step as installed, so no catalog page
                 # ever shows a promotion's new revision at its old place in the revision order.
                 self._changed(state.promotion)
+
+    async def _adopt(self, promotion_id: str) -> None:
+        """After a create that failed, what the store holds: a create whose answer was lost (etcd) did
+        land, and the center must serve what is stored, or a retry would find it taken and the
+        promotion would not exist here until the next election."""
+        stored = await self._store.load(promotion_id)
+        if stored is not None and promotion_id not in self._states:
+            self._states[promotion_id] = stored
+            self._changed(stored.promotion)
 
     async def _reload(self, promotion_ids: Sequence[str]) -> None:
         for promotion_id in promotion_ids:

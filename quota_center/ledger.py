@@ -139,6 +139,16 @@ def check_new_promotion(promotion: Promotion) -> None:
         )
 
 
+def require_owner(promotion: Promotion, caller: str, call: str) -> None:
+    """Only the owner changes a promotion: `caller` is the owner role's SPIFFE ID. A promotion with no
+    recorded owner (created without TLS, or before owners were recorded) may be changed by any owner."""
+    if promotion.owner and promotion.owner != caller:
+        raise PermissionDenied(
+            f"{caller} may not call {call} on promotion {promotion.id}: it belongs to {promotion.owner}, "
+            "and owners change only their own promotions"
+        )
+
+
 def set_budget(state: PromotionState, budget: int, expected_revision: int, revision: int) -> None:
     """`revision`: the catalog revision the change takes."""
     promotion = state.promotion

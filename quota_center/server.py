@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from quota_center.center import HEARTBEAT_S, Center, Opening
+from quota_center.audit import AuditRecord
+from quota_center.center import HEARTBEAT_S, By, Center, Opening
 from quota_center.convert import catalog_page_to_pb, directives_to_pb, usage_to_pb
 from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_center.wire import emergency_to_pb, promotion_from_pb, promotion_to_pb
+from quota_common.authz import caller
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import InvalidArgument, QuotaError
 from quota_common.incarnation import require_incarnation
@@ -54,7 +56,8 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
 
     @translate_errors
     async def CreatePromotion(self, request: pb.CreatePromotionRequest, context: Context) -> pb.Promotion:
-        promotion = await self._center.create_promotion(promotion_from_pb(request.promotion))
+        by = _by(request.request_id)
+        promotion = await self._center.create_promotion(promotion_from_pb(request.promotion), by)
         return promotion_to_pb(promotion)
 
     @translate_errors
@@ -63,13 +66,15 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
         budget = require_amount("budget", request.budget)
         if request.expected_revision <= 0:
             raise InvalidArgument("expected_revision is required: pass the revision you read (GetPromotion)")
-        promotion = await self._center.set_budget(promotion_id, budget, request.expected_revision)
+        by = _by(request.request_id)
+        promotion = await self._center.set_budget(promotion_id, budget, request.expected_revision, by)
         return promotion_to_pb(promotion)
 
     @translate_errors
     async def SetFrozen(self, request: pb.SetFrozenRequest, context: Context) -> pb.Promotion:
         promotion_id = require_id("promotion_id", request.promotion_id)
-        return promotion_to_pb(await self._center.set_frozen(promotion_id, request.frozen))
+        by = _by(request.request_id)
+        return promotion_to_pb(await self._center.set_frozen(promotion_id, request.frozen, by))
 
     @translate_errors
     async def GetPromotion(self, request: pb.GetPromotionRequest, context: Context) -> pb.Promotion:
@@ -91,7 +96,36 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     @translate_errors
     async def SetEmergencyFreeze(self, request: pb.SetEmergencyFreezeRequest, context: Context) -> pb.EmergencyFreeze:
         region = require_id("region", request.region) if request.region else ""
-        return emergency_to_pb(await self._center.set_emergency_freeze(region, request.frozen))
+        by = _by(request.request_id)
+        return emergency_to_pb(await self._center.set_emergency_freeze(region, request.frozen, by))
+
+    @translate_errors
+    async def ListAudit(self, request: pb.ListAuditRequest, context: Context) -> pb.ListAuditResponse:
+        page_size = _page_size(request.page_size)
+        after = _after_seq(request.page_token)
+        # One more than the page, to learn whether there is more without another read.
+        records = await self._center.audit_records(after, page_size + 1)
+        listed, cut = within_bytes((_audit_pb(record) for record in records[:page_size]), MAX_PAGE_BYTES)
+        more = cut or len(records) > page_size
+        return pb.ListAuditResponse(records=listed, next_page_token=page_token(str(listed[-1].seq)) if more else "")
+
+
+def _by(request_id: str) -> By:
+    """Who makes this admin write: the caller the authorization interceptor verified (none without TLS)."""
+    return By(caller(), require_id("request_id", request_id) if request_id else "")
+
+
+def _after_seq(token: str) -> int:
+    after = after_page_token(token)
+    if after and not after.isdigit():
+        raise InvalidArgument(
+            "page_token is not one this server issued: pass the next_page_token of the previous answer"
+        )
+    return int(after or 0)
+
+
+def _audit_pb(record: AuditRecord) -> pb.AuditRecord:
+    return pb.AuditRecord(seq=record.seq, body=record.body, hash=record.hash)
 
 
 def _page_size(page_size: int) -> int:

@@ -43,6 +43,7 @@ def promotion_to_pb(promotion: Promotion) -> pb.Promotion:
         per_user_orders=promotion.per_user_orders,
         pacing=_PACING_NAMES[promotion.pacing],
         hourly_cap=promotion.hourly_cap,
+        owner=promotion.owner,
     )
 
 

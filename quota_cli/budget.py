@@ -114,7 +114,7 @@ class AdminClient:
         )
 
 
-def _instant(context: click.Context, param: click.Parameter, value: str | None) -> int | None:
+def instant(context: click.Context, param: click.Parameter, value: str | None) -> int | None:
     """An ISO 8601 time as epoch milliseconds; without an offset, UTC."""
     if value is None:
         return None
@@ -213,14 +213,14 @@ def budget(
 @click.option(
     "--start",
     metavar="ISO8601",
-    callback=_instant,
+    callback=instant,
     show_default="now",
     help="When sales open; ISO 8601, UTC without an offset.",
 )
 @click.option(
     "--end",
     metavar="ISO8601",
-    callback=_instant,
+    callback=instant,
     show_default="30 days after the start",
     help="When sales close (exclusive).",
 )

@@ -37,6 +37,9 @@ class Promotion:
     pacing: Pacing = Pacing.NONE
     hourly_cap: int = 0
     """With Pacing.HOURLY_CAP, what each hour of the window releases."""
+    owner: str = ""
+    """Who created it (the creator's SPIFFE ID, set by the center); "" when created without TLS, or
+    before owners were recorded."""
 
     def is_active(self, wall_ms: int) -> bool:
         return self.start_ms <= wall_ms < self.end_ms

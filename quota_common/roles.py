@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from quota_common.identity import REGIONAL, Identity, Role
+from quota_common.identity import PEOPLE, REGIONAL, Identity, Role
 
 CENTER = "/quota_center.v1"
 AGENT = "/region_agent.v1"
@@ -73,6 +73,7 @@ TABLE: Mapping[str, Rule] = MappingProxyType(
         f"{CENTER}.PromotionAdmin/ListPromotions": Rule(READERS),
         f"{CENTER}.PromotionAdmin/GetUsage": Rule(READERS),
         f"{CENTER}.PromotionAdmin/SetEmergencyFreeze": Rule(frozenset({Role.OPERATOR})),
+        f"{CENTER}.PromotionAdmin/ListAudit": Rule(frozenset(PEOPLE)),
         # The agents' feed; people read it too (it is the one read of the emergency switch).
         f"{CENTER}.Catalog/Watch": _CATALOG,
         f"{CENTER}.Catalog/ListChanges": _CATALOG,

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from quota_center.audit import AuditRecord
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.base import Commit
 from quota_common.errors import AlreadyExists, Conflict
@@ -20,6 +21,7 @@ class MemoryStore:
         self.promotions: dict[str, str] = {}
         self.grants: dict[tuple[str, str, str], GrantRecord] = {}
         self._documents: dict[str, str] = {}
+        self.audit: dict[int, AuditRecord] = {}
 
     async def load_all(self) -> list[PromotionState]:
         return [PromotionState.from_document(json.loads(text)) for text in self.promotions.values()]
@@ -28,16 +30,21 @@ class MemoryStore:
         text = self.promotions.get(promotion_id)
         return None if text is None else PromotionState.from_document(json.loads(text))
 
-    async def create(self, state: PromotionState) -> None:
+    async def create(self, state: PromotionState, audit: AuditRecord) -> None:
         if state.promotion.id in self.promotions:
             raise AlreadyExists(f"promotion {state.promotion.id!r} already exists")
+        self._check_free(audit)
         self.promotions[state.promotion.id] = json.dumps(state.to_document())
+        self.audit[audit.seq] = audit
 
-    async def commit_many(self, commits: Sequence[Commit]) -> None:
+    async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         for state, expected_version, _ in commits:
             stored = json.loads(self.promotions[state.promotion.id])
             if stored["version"] != expected_version:
                 raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
+        if audit is not None:
+            self._check_free(audit)
+            self.audit[audit.seq] = audit
         for state, _, grant in commits:
             self.promotions[state.promotion.id] = json.dumps(state.to_document())
             if grant is not None:
@@ -47,8 +54,20 @@ class MemoryStore:
         text = self._documents.get(name)
         return None if text is None else dict(json.loads(text))
 
-    async def save_document(self, name: str, document: dict[str, Any]) -> None:
+    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord) -> None:
+        self._check_free(audit)
         self._documents[name] = json.dumps(document)
+        self.audit[audit.seq] = audit
+
+    def _check_free(self, audit: AuditRecord) -> None:
+        if audit.seq in self.audit:
+            raise Conflict(f"audit record {audit.seq} was written by another center")
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        return [self.audit[seq] for seq in sorted(self.audit) if seq > after_seq][:limit]
+
+    async def audit_head(self) -> AuditRecord | None:
+        return self.audit[max(self.audit)] if self.audit else None
 
     async def find_grant(self, promotion_id: str, region: str, request_id: str) -> GrantRecord | None:
         return self.grants.get((promotion_id, region, request_id))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quota_center.audit import AuditRecord, Change, seal
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_common.errors import REJECT_REASON_METADATA_KEY, trailing
 from region_agent.v1 import region_agent_pb2 as agent_pb
@@ -76,3 +79,14 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not reached in time")
+
+
+class AuditedStore(Protocol):
+    async def audit_head(self) -> AuditRecord | None: ...
+
+
+async def next_audit(store: AuditedStore, promotion_id: str = "") -> AuditRecord:
+    """The record a test's next admin write to `store` carries, chained to the store's head as the
+    center chains it."""
+    change = Change("spiffe://quota/owner/test", "Test", uuid.uuid4().hex, promotion_id, None, {})
+    return seal(await store.audit_head(), change, now_ms())

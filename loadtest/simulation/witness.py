@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from quota_center.audit import AuditRecord
 from quota_center.ledger import PromotionState, RegionAccount
 from quota_center.store.base import Commit
 from quota_common.clock import Clock
@@ -22,9 +23,9 @@ class WitnessStore(MemoryStore):
         super().__init__()
         self.went_back: list[str] = []
 
-    async def commit_many(self, commits: Sequence[Commit]) -> None:
+    async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         before = {state.promotion.id: self.promotions[state.promotion.id] for state, _, _ in commits}
-        await super().commit_many(commits)
+        await super().commit_many(commits, audit)
         for state, _, _ in commits:
             old = PromotionState.from_document(json.loads(before[state.promotion.id]))
             for region, account in state.accounts.items():

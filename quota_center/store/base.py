@@ -13,6 +13,11 @@ Contract, for every implementation:
   already made.
 - Documents (`save_document`) are small named JSON values outside any promotion (the
   emergency switch); the last save wins.
+- Every admin write (`create`, `save_document`, and `commit_many` given an `audit` record) appends
+  its audit record in the same atomic write as the change: both or neither. A record whose `seq`
+  is already stored raises `Conflict` and writes nothing (another center wrote since this one read
+  the head). Records are never changed or removed; `audit_records` returns them by `seq`, as stored,
+  without checking them (that is `quota_center.audit.verify`'s job, so tampering shows).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from quota_center.audit import AuditRecord
 from quota_center.ledger import GrantRecord, PromotionState
 
 MAX_BATCH = 50
@@ -37,18 +43,27 @@ class Store(Protocol):
 
     async def load(self, promotion_id: str) -> PromotionState | None: ...
 
-    async def create(self, state: PromotionState) -> None:
-        """Stores a new promotion; AlreadyExists if the id is taken."""
+    async def create(self, state: PromotionState, audit: AuditRecord) -> None:
+        """Stores a new promotion with its audit record; AlreadyExists if the id is taken."""
         ...
 
-    async def commit_many(self, commits: Sequence[Commit]) -> None:
+    async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         """Replaces each document at its expected version by the new state (whose version the
-        caller has bumped) and records its grant with it: up to MAX_BATCH promotions, all or none."""
+        caller has bumped) and records its grant with it: up to MAX_BATCH promotions, all or none;
+        with the audit record of the admin write it is, if it is one."""
         ...
 
     async def load_document(self, name: str) -> dict[str, Any] | None: ...
 
-    async def save_document(self, name: str, document: dict[str, Any]) -> None: ...
+    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord) -> None: ...
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Up to `limit` records with seq above `after_seq`, in seq order, exactly as stored."""
+        ...
+
+    async def audit_head(self) -> AuditRecord | None:
+        """The record with the highest seq; None when there is none."""
+        ...
 
     async def find_grant(self, promotion_id: str, region: str, request_id: str) -> GrantRecord | None: ...
 

@@ -6,11 +6,13 @@ an id cannot change a key's meaning:
     {prefix}/promotions/{promotion_id}                     PromotionState document (JSON)
     {prefix}/grants/{promotion_id}/{region}/{request_id}   GrantRecord (JSON)
     {prefix}/documents/{name}                              a named document (JSON)
+    {prefix}/audit/{seq, 20 digits}                         an AuditRecord {"body", "hash"} (JSON)
 
 A promotion key's etcd `version` counts its writes since creation: 1 when created, +1 per
 commit, exactly like the document's own `version`. So a commit is one transaction that
 compares the key's version with the version the writer read, and puts the new document
-and its grant together; a stale writer's transaction fails and writes nothing.
+and its grant together; a stale writer's transaction fails and writes nothing. An admin write's
+audit record goes in the same transaction, which also requires its key not to exist yet.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
-from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio import Etcd3Client, EtcdError, SortOrder, prefix_range_end
 from etcd3aio._protobuf import Compare, RequestOp
 from etcd3aio.kv import KVService
 
+from quota_center.audit import AuditRecord
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.base import Commit
 from quota_common.errors import AlreadyExists, ConfigError, Conflict, NotLeader, Unavailable
@@ -92,6 +95,19 @@ class EtcdStore:
     def _document_key(self, name: str) -> str:
         return f"{self.prefix}/documents/{_segment(name)}"
 
+    def _audit_key(self, seq: int) -> str:
+        return f"{self.prefix}/audit/{seq:020d}"
+
+    def _append(self, audit: AuditRecord) -> tuple[Compare, RequestOp]:
+        """The compare and the put that add `audit` to a transaction: only where no record is yet."""
+        key = self._audit_key(audit.seq)
+        value = json.dumps({"body": audit.body, "hash": audit.hash})
+        return KVService.txn_compare_create_revision(key, 0), KVService.txn_op_put(key, value)
+
+    async def _raise_if_audit_taken(self, audit: AuditRecord | None) -> None:
+        if audit is not None and await self._get_json(self._audit_key(audit.seq)) is not None:
+            raise Conflict(f"audit record {audit.seq} was written by another center")
+
     def _grant_key(self, promotion_id: str, region: str, request_id: str) -> str:
         return f"{self.prefix}/grants/{_segment(promotion_id)}/{_segment(region)}/{_segment(request_id)}"
 
@@ -122,20 +138,16 @@ class EtcdStore:
         document = await self._get_json(self._promotion_key(promotion_id))
         return None if document is None else PromotionState.from_document(document)
 
-    async def create(self, state: PromotionState) -> None:
+    async def create(self, state: PromotionState, audit: AuditRecord) -> None:
         key = self._promotion_key(state.promotion.id)
-        document = json.dumps(state.to_document())
-        created = await self._txn(
-            self._fenced([KVService.txn_compare_create_revision(key, 0)]), [KVService.txn_op_put(key, document)]
-        )
-        if not created:
+        audit_compare, audit_put = self._append(audit)
+        compare = self._fenced([KVService.txn_compare_create_revision(key, 0), audit_compare])
+        if not await self._txn(compare, [KVService.txn_op_put(key, json.dumps(state.to_document())), audit_put]):
             await self._raise_if_deposed()
-            existing = await self.load(state.promotion.id)
-            # A create whose answer was lost and that was retried finds its own document.
-            if existing is None or existing.to_document() != state.to_document():
-                raise AlreadyExists(f"promotion {state.promotion.id!r} already exists")
+            await self._raise_if_audit_taken(audit)
+            raise AlreadyExists(f"promotion {state.promotion.id!r} already exists")
 
-    async def commit_many(self, commits: Sequence[Commit]) -> None:
+    async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         compare, puts = [], []
         for state, expected_version, grant in commits:
             key = self._promotion_key(state.promotion.id)
@@ -144,8 +156,13 @@ class EtcdStore:
             if grant is not None:
                 grant_key = self._grant_key(grant.promotion_id, grant.region, grant.request_id)
                 puts.append(KVService.txn_op_put(grant_key, json.dumps(asdict(grant))))
+        if audit is not None:
+            audit_compare, audit_put = self._append(audit)
+            compare.append(audit_compare)
+            puts.append(audit_put)
         if not await self._txn(self._fenced(compare), puts):
             await self._raise_if_deposed()
+            await self._raise_if_audit_taken(audit)
             moved = ", ".join(f"{state.promotion.id}@{expected}" for state, expected, _ in commits)
             raise Conflict(f"a promotion moved past the version read ({moved})")
 
@@ -153,11 +170,33 @@ class EtcdStore:
         document = await self._get_json(self._document_key(name))
         return None if document is None else dict(document)
 
-    async def save_document(self, name: str, document: dict[str, Any]) -> None:
+    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord) -> None:
         key = self._document_key(name)
-        if not await self._txn(self._fenced([]), [KVService.txn_op_put(key, json.dumps(document))]):
+        audit_compare, audit_put = self._append(audit)
+        if not await self._txn(
+            self._fenced([audit_compare]), [KVService.txn_op_put(key, json.dumps(document)), audit_put]
+        ):
             await self._raise_if_deposed()
+            await self._raise_if_audit_taken(audit)
             raise Unavailable(f"etcd refused the write of {key}; retry")
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        start, end = self._audit_key(after_seq + 1), prefix_range_end(f"{self.prefix}/audit/".encode())
+        try:
+            answer = await self._kv.get(start, end, limit=limit, timeout=_TIMEOUT_S)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        return [_audit_record(kv.key, kv.value) for kv in answer.kvs]
+
+    async def audit_head(self) -> AuditRecord | None:
+        prefix = f"{self.prefix}/audit/".encode()
+        try:
+            answer = await self._kv.get(
+                prefix, prefix_range_end(prefix), limit=1, sort_order=SortOrder.DESCEND, timeout=_TIMEOUT_S
+            )
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        return _audit_record(answer.kvs[0].key, answer.kvs[0].value) if answer.kvs else None
 
     async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
         try:
@@ -174,3 +213,9 @@ class EtcdStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _audit_record(key: bytes, value: bytes) -> AuditRecord:
+    """The record as stored, unchecked: its seq from its key, so a record moved to another key shows."""
+    stored = json.loads(value)
+    return AuditRecord(int(key.rsplit(b"/", 1)[1]), str(stored.get("body", "")), str(stored.get("hash", "")))

@@ -16,6 +16,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
+from quota_center.audit import AuditRecord
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.base import Commit
 from quota_common.errors import AlreadyExists, ConfigError, Conflict
@@ -41,6 +42,11 @@ CREATE TABLE IF NOT EXISTS grants (
 CREATE TABLE IF NOT EXISTS documents (
     name TEXT PRIMARY KEY,
     document TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    body TEXT NOT NULL,
+    hash TEXT NOT NULL
 );
 """
 
@@ -78,21 +84,25 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def create(self, state: PromotionState) -> None:
+    async def create(self, state: PromotionState, audit: AuditRecord) -> None:
         def work() -> None:
-            try:
-                self._db.execute(
-                    "INSERT INTO promotions (id, version, document) VALUES (?, ?, ?)",
-                    (state.promotion.id, state.version, json.dumps(state.to_document())),
-                )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists(f"promotion {state.promotion.id!r} already exists") from None
+            with self._transaction():
+                try:
+                    self._db.execute(
+                        "INSERT INTO promotions (id, version, document) VALUES (?, ?, ?)",
+                        (state.promotion.id, state.version, json.dumps(state.to_document())),
+                    )
+                except sqlite3.IntegrityError:
+                    raise AlreadyExists(f"promotion {state.promotion.id!r} already exists") from None
+                self._append(audit)
 
         await self._run(work)
 
-    async def commit_many(self, commits: Sequence[Commit]) -> None:
+    async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         def work() -> None:
             with self._transaction():
+                if audit is not None:
+                    self._append(audit)
                 for state, expected_version, grant in commits:
                     updated = self._db.execute(
                         "UPDATE promotions SET version = ?, document = ? WHERE id = ? AND version = ?",
@@ -117,15 +127,41 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def save_document(self, name: str, document: dict[str, Any]) -> None:
+    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord) -> None:
         def work() -> None:
-            self._db.execute(
-                "INSERT INTO documents (name, document) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET document = excluded.document",
-                (name, json.dumps(document)),
-            )
+            with self._transaction():
+                self._append(audit)
+                self._db.execute(
+                    "INSERT INTO documents (name, document) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET document = excluded.document",
+                    (name, json.dumps(document)),
+                )
 
         await self._run(work)
+
+    def _append(self, audit: AuditRecord) -> None:
+        """Inside a transaction: a record whose seq is taken means another center wrote since this one read
+        the head, so the whole write is refused."""
+        try:
+            self._db.execute("INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", astuple(audit))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"audit record {audit.seq} was written by another center") from None
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        def work() -> list[AuditRecord]:
+            rows = self._db.execute(
+                "SELECT seq, body, hash FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            ).fetchall()
+            return [AuditRecord(*row) for row in rows]
+
+        return await self._run(work)
+
+    async def audit_head(self) -> AuditRecord | None:
+        def work() -> AuditRecord | None:
+            row = self._db.execute("SELECT seq, body, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            return None if row is None else AuditRecord(*row)
+
+        return await self._run(work)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

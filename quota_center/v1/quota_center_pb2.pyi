@@ -118,6 +118,7 @@ class Promotion(_message.Message):
     PER_USER_ORDERS_FIELD_NUMBER: _builtins.int
     PACING_FIELD_NUMBER: _builtins.int
     HOURLY_CAP_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___PromotionKind.ValueType
     currency: _builtins.str
@@ -145,6 +146,10 @@ class Promotion(_message.Message):
     """With PACING_HOURLY_CAP (and only with it): what each hour started releases,
     cumulatively. 1 .. 2^53 - 1.
     """
+    owner: _builtins.str
+    """Who created it: the creator's SPIFFE ID, recorded by the center (ignored on
+    create); only that owner may change it. Empty when it was created without TLS.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -171,14 +176,93 @@ class Promotion(_message.Message):
         per_user_orders: _builtins.int = ...,
         pacing: Global___Pacing.ValueType = ...,
         hourly_cap: _builtins.int = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "end_time", b"end_time", "frozen", b"frozen", "hourly_cap", b"hourly_cap", "id", b"id", "kind", b"kind", "pacing", b"pacing", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "end_time", b"end_time", "frozen", b"frozen", "hourly_cap", b"hourly_cap", "id", b"id", "kind", b"kind", "owner", b"owner", "pacing", b"pacing", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Promotion: _TypeAlias = Promotion  # noqa: Y015
+
+@_typing.final
+class ListAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """records per page, 0: 500; at most 5000 (and fewer if they are large)"""
+    page_token: _builtins.str
+    """empty: from the first record; else `next_page_token` of the previous page"""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class AuditRecord(_message.Message):
+    """One admin write. `body` is canonical JSON with seq, prev (the hash of the record
+    before; 64 zeros for the first), at_ms, actor, call, request_id, promotion_id,
+    before and after; `hash` is the lowercase hex SHA-256 of `body`'s UTF-8 bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    body: _builtins.str
+    hash: _builtins.str
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        body: _builtins.str = ...,
+        hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "hash", b"hash", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty: no more records"""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___AuditRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
 
 @_typing.final
 class SetEmergencyFreezeRequest(_message.Message):
@@ -186,18 +270,22 @@ class SetEmergencyFreezeRequest(_message.Message):
 
     REGION_FIELD_NUMBER: _builtins.int
     FROZEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     """empty: every region"""
     frozen: _builtins.bool
+    request_id: _builtins.str
+    """recorded in the audit trail (a ticket, a change id); empty: the center makes one"""
     def __init__(
         self,
         *,
         region: _builtins.str = ...,
         frozen: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen", "region", b"region", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,18 +326,22 @@ class CreatePromotionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROMOTION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """recorded in the audit trail; empty: the center makes one"""
     @_builtins.property
     def promotion(self) -> Global___Promotion:
-        """`frozen` and `revision` are ignored"""
+        """`frozen`, `revision` and `owner` are ignored"""
 
     def __init__(
         self,
         *,
         promotion: Global___Promotion | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,20 +354,24 @@ class SetBudgetRequest(_message.Message):
     PROMOTION_ID_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     promotion_id: _builtins.str
     budget: _builtins.int
     expected_revision: _builtins.int
     """The revision the caller read; 0 is rejected so no change is blind."""
+    request_id: _builtins.str
+    """recorded in the audit trail; empty: the center makes one"""
     def __init__(
         self,
         *,
         promotion_id: _builtins.str = ...,
         budget: _builtins.int = ...,
         expected_revision: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "expected_revision", b"expected_revision", "promotion_id", b"promotion_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "expected_revision", b"expected_revision", "promotion_id", b"promotion_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,17 +383,21 @@ class SetFrozenRequest(_message.Message):
 
     PROMOTION_ID_FIELD_NUMBER: _builtins.int
     FROZEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     promotion_id: _builtins.str
     frozen: _builtins.bool
+    request_id: _builtins.str
+    """recorded in the audit trail; empty: the center makes one"""
     def __init__(
         self,
         *,
         promotion_id: _builtins.str = ...,
         frozen: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen", "promotion_id", b"promotion_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen", "promotion_id", b"promotion_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

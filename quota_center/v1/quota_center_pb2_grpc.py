@@ -69,6 +69,11 @@ class PromotionAdminStub:
                 request_serializer=quota__center_dot_v1_dot_quota__center__pb2.SetEmergencyFreezeRequest.SerializeToString,
                 response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.EmergencyFreeze.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/ListAudit',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class PromotionAdminServicer:
@@ -122,6 +127,14 @@ class PromotionAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit trail of every admin write, oldest first, exactly as stored, so a
+        caller can check the hash chain itself (`quota budget audit --verify`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromotionAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +172,11 @@ def add_PromotionAdminServicer_to_server(servicer, server):
                     servicer.SetEmergencyFreeze,
                     request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.SetEmergencyFreezeRequest.FromString,
                     response_serializer=quota__center_dot_v1_dot_quota__center__pb2.EmergencyFreeze.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ListAuditRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +368,33 @@ class PromotionAdmin:
             '/quota_center.v1.PromotionAdmin/SetEmergencyFreeze',
             quota__center_dot_v1_dot_quota__center__pb2.SetEmergencyFreezeRequest.SerializeToString,
             quota__center_dot_v1_dot_quota__center__pb2.EmergencyFreeze.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/ListAudit',
+            quota__center_dot_v1_dot_quota__center__pb2.ListAuditRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,10 @@ class PromotionAdminStub:
     Agents refuse deductions and the center grants nothing while it is on; the
     regions keep their allotments, so switching it off resumes sales at once.
     """
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.ListAuditRequest, _quota_center_pb2.ListAuditResponse]
+    """The audit trail of every admin write, oldest first, exactly as stored, so a
+    caller can check the hash chain itself (`quota budget audit --verify`).
+    """
 
 @_typing.type_check_only
 class PromotionAdminAsyncStub(PromotionAdminStub):
@@ -73,6 +77,10 @@ class PromotionAdminAsyncStub(PromotionAdminStub):
     """The emergency switch: freezes every promotion in one region, or everywhere.
     Agents refuse deductions and the center grants nothing while it is on; the
     regions keep their allotments, so switching it off resumes sales at once.
+    """
+    ListAudit: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.ListAuditRequest, _quota_center_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """The audit trail of every admin write, oldest first, exactly as stored, so a
+    caller can check the hash chain itself (`quota budget audit --verify`).
     """
 
 class PromotionAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +139,16 @@ class PromotionAdminServicer(metaclass=_abc_1.ABCMeta):
         """The emergency switch: freezes every promotion in one region, or everywhere.
         Agents refuse deductions and the center grants nothing while it is on; the
         regions keep their allotments, so switching it off resumes sales at once.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _quota_center_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.ListAuditResponse, _abc.Awaitable[_quota_center_pb2.ListAuditResponse]]:
+        """The audit trail of every admin write, oldest first, exactly as stored, so a
+        caller can check the hash chain itself (`quota budget audit --verify`).
         """
 
 def add_PromotionAdminServicer_to_server(servicer: PromotionAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,6 +16,7 @@ from quota_center.store.base import MAX_BATCH, Commit, Store
 from quota_common.errors import Conflict
 from quota_common.model import EmergencyFreeze, Kind, Promotion
 from quota_testing.servers import RunningServer
+from quota_testing.support import next_audit
 from region_agent.cache import CatalogSnapshot
 from region_agent.cache_redis import RedisCacheTier
 from tests.contract.conftest import StoreFactory
@@ -35,7 +36,7 @@ def _granted(promotion_id: str, amount: int, version: int = 2) -> Commit:
 
 async def _created(store: Store, *ids: str) -> None:
     for promotion_id in ids:
-        await store.create(_state(promotion_id))
+        await store.create(_state(promotion_id), await next_audit(store))
 
 
 async def test_commit_many_writes_every_document_and_grant(open_store: StoreFactory) -> None:
@@ -103,10 +104,10 @@ async def test_documents_load_back_as_saved_and_the_last_save_wins(open_store: S
     second: dict[str, Any] = {"everywhere": True, "regions": [], "revision": 4}
 
     assert await store.load_document("switch") is None
-    await store.save_document("switch", first)
-    await store.save_document("switch/eu", {"revision": 1})
+    await store.save_document("switch", first, await next_audit(store))
+    await store.save_document("switch/eu", {"revision": 1}, await next_audit(store))
     assert await store.load_document("switch") == first
-    await store.save_document("switch", second)
+    await store.save_document("switch", second, await next_audit(store))
     await store.close()
     reopened = await open_store()
 

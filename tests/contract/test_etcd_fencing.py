@@ -17,6 +17,7 @@ from quota_common.clock import FakeClock, SystemClock
 from quota_common.errors import NotLeader
 from quota_common.model import Kind, Promotion
 from quota_testing.servers import RunningServer, etcd_server
+from quota_testing.support import next_audit
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +51,14 @@ async def test_a_deposed_leader_cannot_commit_and_learns_who_leads(client: Etcd3
     key = f"{prefix}/leader"
     old, new = EtcdStore(client, prefix), EtcdStore(client, prefix)
     old.fence(key, await _crown(client, key, "127.0.0.11:50051"))
-    await old.create(_state(0, 1))
+    await old.create(_state(0, 1), await next_audit(old))
 
     new.fence(key, await _crown(client, key, "127.0.0.12:50051"))
     grant = GrantRecord("g1", "r1", "p", "eu", "i-1", 10)
     with pytest.raises(NotLeader) as deposed:
         await old.commit_many([(_state(10, 2), 1, grant)])
     with pytest.raises(NotLeader):
-        await old.create(PromotionState(Promotion("q", Kind.COUNT, "", 5, 0, 10**13, ("eu",))))
+        await old.create(PromotionState(Promotion("q", Kind.COUNT, "", 5, 0, 10**13, ("eu",))), await next_audit(old))
 
     assert deposed.value.leader == "127.0.0.12:50051"
     assert await new.load("p") == _state(0, 1)
@@ -81,7 +82,7 @@ async def test_an_elected_leader_that_gave_up_cannot_commit_once_another_won(cli
     old_won, new_won, deposed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     await old.start(lambda: "127.0.0.11:50051", _setting(old_won), _setting(deposed))
     await asyncio.wait_for(old_won.wait(), 5)
-    await old_store.create(_state(0, 1))
+    await old_store.create(_state(0, 1), await next_audit(old_store))
     await new.start(lambda: "127.0.0.12:50051", _setting(new_won), _setting(asyncio.Event()))
     try:
         await old.close()

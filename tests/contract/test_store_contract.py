@@ -10,10 +10,12 @@ from dataclasses import replace
 
 import pytest
 
+from quota_center.audit import verify
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_common.errors import AlreadyExists, Conflict
 from quota_common.model import Kind, Promotion
 from quota_common.policy import Pacing
+from quota_testing.support import next_audit
 from tests.contract.conftest import StoreFactory
 
 
@@ -28,8 +30,8 @@ def _grant(request_id: str, amount: int = 10) -> GrantRecord:
 
 async def test_created_promotions_load_back_equal(open_store: StoreFactory) -> None:
     store = await open_store()
-    await store.create(_state("p1"))
-    await store.create(_state("p2", budget=7))
+    await store.create(_state("p1"), await next_audit(store))
+    await store.create(_state("p2", budget=7), await next_audit(store))
 
     assert await store.load_all() == [_state("p1"), _state("p2", budget=7)]
     assert await store.load("p2") == _state("p2", budget=7)
@@ -40,23 +42,23 @@ async def test_a_paced_promotion_loads_back_with_its_pacing(open_store: StoreFac
     store = await open_store()
     paced = _state("p1")
     paced.promotion = replace(paced.promotion, pacing=Pacing.HOURLY_CAP, hourly_cap=40)
-    await store.create(paced)
+    await store.create(paced, await next_audit(store))
 
     assert await store.load("p1") == paced
 
 
 async def test_creating_a_taken_id_fails_and_keeps_the_original(open_store: StoreFactory) -> None:
     store = await open_store()
-    await store.create(_state(budget=100))
+    await store.create(_state(budget=100), await next_audit(store))
 
     with pytest.raises(AlreadyExists):
-        await store.create(_state(budget=5))
+        await store.create(_state(budget=5), await next_audit(store))
     assert await store.load("p1") == _state(budget=100)
 
 
 async def test_commit_writes_the_document_and_its_grant_together(open_store: StoreFactory) -> None:
     store = await open_store()
-    await store.create(_state())
+    await store.create(_state(), await next_audit(store))
     changed = _state()
     changed.accounts["eu"].granted = 10
     changed.version = 2
@@ -70,7 +72,7 @@ async def test_commit_writes_the_document_and_its_grant_together(open_store: Sto
 
 async def test_a_grant_keeps_what_its_acquire_asked_for(open_store: StoreFactory) -> None:
     store = await open_store()
-    await store.create(_state())
+    await store.create(_state(), await next_audit(store))
     changed = _state()
     changed.accounts["eu"].granted, changed.version = 10, 2
     asked_more = replace(_grant("r-1"), asked=25)
@@ -82,7 +84,7 @@ async def test_a_grant_keeps_what_its_acquire_asked_for(open_store: StoreFactory
 
 async def test_a_stale_commit_conflicts_and_writes_nothing(open_store: StoreFactory) -> None:
     store = await open_store()
-    await store.create(_state())
+    await store.create(_state(), await next_audit(store))
     winner, loser = _state(), _state()
     winner.accounts["eu"].granted, winner.version = 10, 2
     loser.accounts["eu"].granted, loser.version = 20, 2
@@ -97,7 +99,7 @@ async def test_a_stale_commit_conflicts_and_writes_nothing(open_store: StoreFact
 
 async def test_concurrent_writers_on_one_version_have_exactly_one_winner(open_store: StoreFactory) -> None:
     first, second = await open_store(), await open_store()
-    await first.create(_state())
+    await first.create(_state(), await next_audit(first))
     candidates = []
     for n, store in enumerate((first, second, first, second)):
         state = _state()
@@ -118,7 +120,7 @@ async def test_concurrent_writers_on_one_version_have_exactly_one_winner(open_st
 
 async def test_what_was_committed_is_there_after_reopening(open_store: StoreFactory) -> None:
     store = await open_store()
-    await store.create(_state())
+    await store.create(_state(), await next_audit(store))
     changed = _state()
     changed.accounts["eu"].granted, changed.version = 10, 2
     await store.commit_many([(changed, 1, _grant("r-1"))])
@@ -133,6 +135,58 @@ async def test_what_was_committed_is_there_after_reopening(open_store: StoreFact
 async def test_load_all_returns_every_promotion_however_many(open_store: StoreFactory) -> None:
     store = await open_store()
     ids = [f"p{n:04d}" for n in range(450)]
-    await asyncio.gather(*(store.create(_state(promotion_id)) for promotion_id in ids))
+    for promotion_id in ids:
+        await store.create(_state(promotion_id), await next_audit(store))
 
     assert [state.promotion.id for state in await store.load_all()] == ids
+
+
+async def test_admin_writes_append_their_audit_records_in_order_and_keep_them(open_store: StoreFactory) -> None:
+    store = await open_store()
+    created = await next_audit(store, "p1")
+    await store.create(_state(), created)
+    changed = _state(budget=50)
+    changed.version = 2
+    budget_cut = await next_audit(store, "p1")
+    await store.commit_many([(changed, 1, None)], budget_cut)
+    switch = await next_audit(store)
+    await store.save_document("switch", {"everywhere": True}, switch)
+    await store.close()
+
+    reopened = await open_store()
+
+    assert await reopened.audit_records() == [created, budget_cut, switch]
+    assert await reopened.audit_records(after_seq=1, limit=1) == [budget_cut]
+    assert await reopened.audit_head() == switch
+    assert verify(await reopened.audit_records()) == []
+
+
+async def test_a_write_whose_audit_record_is_taken_writes_nothing(open_store: StoreFactory) -> None:
+    store = await open_store()
+    await store.create(_state(), await next_audit(store))
+    stale = await next_audit(store)
+    await store.save_document("switch", {"everywhere": True}, await next_audit(store))
+    changed = _state(budget=50)
+    changed.version = 2
+
+    with pytest.raises(Conflict):
+        await store.commit_many([(changed, 1, None)], stale)
+    with pytest.raises(Conflict):
+        await store.create(_state("p2"), stale)
+    with pytest.raises(Conflict):
+        await store.save_document("switch", {"everywhere": False}, stale)
+
+    assert await store.load("p1") == _state()
+    assert await store.load("p2") is None
+    assert await store.load_document("switch") == {"everywhere": True}
+    assert [record.seq for record in await store.audit_records()] == [1, 2]
+
+
+async def test_a_refused_create_leaves_no_audit_record(open_store: StoreFactory) -> None:
+    store = await open_store()
+    await store.create(_state(), await next_audit(store))
+
+    with pytest.raises(AlreadyExists):
+        await store.create(_state(budget=5), await next_audit(store))
+
+    assert len(await store.audit_records()) == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from quota_center.audit import AuditRecord
 from quota_center.center import CatalogPage, Center, Opening
 from quota_center.ledger import GrantRecord
 from quota_center.store.base import Commit
@@ -250,8 +251,8 @@ class ObservedStore(SqliteStore):
 
     after_commit: Callable[[], None] = staticmethod(lambda: None)
 
-    async def commit_many(self, commits: Sequence[Commit]) -> None:
-        await super().commit_many(commits)
+    async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
+        await super().commit_many(commits, audit)
         asyncio.get_running_loop().call_soon(self.after_commit)
 
 

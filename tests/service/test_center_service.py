@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from quota_center.audit import AuditRecord
 from quota_center.center import Center, Directive, Opening
 from quota_center.ledger import GrantRecord, RegionAccount
 from quota_center.store.base import Commit
@@ -36,16 +37,16 @@ class HeldStore(SqliteStore):
         self.holding = False
         self.started, self.release, self.landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def commit_many(self, commits: Sequence[Commit]) -> None:
+    async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         if not self.holding:
-            await super().commit_many(commits)
+            await super().commit_many(commits, audit)
             return
-        await asyncio.shield(asyncio.ensure_future(self._commit_when_released(commits)))
+        await asyncio.shield(asyncio.ensure_future(self._commit_when_released(commits, audit)))
 
-    async def _commit_when_released(self, commits: Sequence[Commit]) -> None:
+    async def _commit_when_released(self, commits: Sequence[Commit], audit: AuditRecord | None) -> None:
         self.started.set()
         await self.release.wait()
-        await super().commit_many(commits)
+        await super().commit_many(commits, audit)
         self.landed.set()
 
 

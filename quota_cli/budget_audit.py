@@ -1,0 +1,108 @@
+"""`quota budget audit`: who changed what, read from the center's audit trail and checked here.
+
+The center serves the records exactly as its store holds them; the hash chain is verified by this
+command, not by the center, so a center whose store was tampered with cannot vouch for itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from quota_center.audit import AuditRecord, verify
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_cli import budget_view as view
+from quota_cli.budget import AdminClient, instant, json_flag
+from quota_common.clock import iso
+
+EXIT_TAMPERED = 5
+"""`--verify` found records edited, deleted or moved."""
+
+
+def _every_record(center: AdminClient) -> list[AuditRecord]:
+    records: list[AuditRecord] = []
+    token = ""
+    while True:
+        answer = center.call(lambda admin: admin.ListAudit, pb.ListAuditRequest(page_token=token))
+        records.extend(AuditRecord(record.seq, record.body, record.hash) for record in answer.records)
+        token = answer.next_page_token
+        if not token:
+            return records
+
+
+def _fields(record: AuditRecord) -> dict[str, Any]:
+    """What a record says, or only where it is when its body is not even JSON (--verify says why)."""
+    try:
+        return record.fields()
+    except ValueError:
+        return {"seq": record.seq}
+
+
+def _changed(fields: dict[str, Any]) -> str:
+    """The keys whose values differ, before -> after; the whole `after` for a creation."""
+    before, after = fields.get("before"), fields.get("after") or {}
+    if not isinstance(before, dict):
+        return "created"
+    keys = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+    return ", ".join(f"{key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}" for key in keys)
+
+
+def _table(records: list[dict[str, Any]]) -> Table:
+    table = Table("seq", "when (UTC)", "who", "call", "promotion", "request id", "change")
+    for fields in records:
+        at_ms = fields.get("at_ms")
+        table.add_row(
+            str(fields.get("seq")),
+            iso(at_ms) if isinstance(at_ms, int) else "?",
+            str(fields.get("actor", "?")),
+            str(fields.get("call", "?")),
+            str(fields.get("promotion_id") or "(emergency switch)"),
+            str(fields.get("request_id", "")),
+            _changed(fields),
+        )
+    return table
+
+
+@click.command()
+@click.argument("promotion_id", metavar="[ID]", required=False)
+@click.option("--since", callback=instant, help="Only records from this ISO 8601 time on (UTC without an offset).")
+@click.option(
+    "--verify",
+    "verify_chain",
+    is_flag=True,
+    help="Check the whole trail's hash chain; exit 5 when it was tampered with.",
+)
+@json_flag
+@click.pass_obj
+def audit(center: AdminClient, promotion_id: str | None, since: int | None, verify_chain: bool, as_json: bool) -> None:
+    """Every change to promotion ID (or to any promotion and the emergency switch): who, when, which call,
+    the request id, and what changed. --verify checks every record, whatever ID and --since select."""
+    records = _every_record(center)
+    problems = verify(records) if verify_chain else []
+    shown = [
+        fields
+        for fields in map(_fields, records)
+        if (promotion_id is None or fields.get("promotion_id") == promotion_id)
+        and (since is None or (isinstance(fields.get("at_ms"), int) and fields["at_ms"] >= since))
+    ]
+    if as_json:
+        document: dict[str, Any] = {"records": shown}
+        if verify_chain:
+            document["verified"] = {"records": len(records), "problems": problems}
+        view.print_json(document)
+    elif shown:
+        view.print_table(_table(shown))
+    else:
+        click.echo("no audit records match")
+    if not verify_chain:
+        return
+    if problems:
+        for problem in problems:
+            click.echo(f"tampered: {problem}", err=True)
+        sys.exit(EXIT_TAMPERED)
+    head = f", newest {records[-1].seq} with hash {records[-1].hash}" if records else ""
+    click.echo(f"verified: {len(records)} records intact and chained{head}", err=True)
