@@ -1,6 +1,7 @@
 """The Helm chart (helm/quota), offline: `helm lint`, `helm template`, every rendered manifest against the
 Kubernetes schemas, and the wiring an operator relies on once it is installed (which Redis each region's agents
-use, where the center keeps its state, probes, disruption budgets, durability)."""
+use, where the center keeps its state, which certificate each server holds and which names it must carry, probes,
+disruption budgets, durability)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,30 @@ import re
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import click
+import grpc
 import kubernetes_validate  # type: ignore[import-untyped]  # ships no type information
 import pytest
 import yaml  # type: ignore[import-untyped]  # installed with kubernetes-validate, without stubs
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from quota_center.app import CenterConfig
+from quota_cli import serve
 from quota_cli.main import main
 from quota_common.config import load_config
+from quota_common.identity import Role, center, regional
 from quota_common.process import GRACE_S
+from quota_common.tls import TlsFiles
+from quota_common.transport import Security, Transport, open_transport
+from quota_testing.certs import Issued, issue, new_ca
+from region_agent.app import AgentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "quota"
@@ -35,6 +48,12 @@ NAMESPACE = "promotions"
 CENTER_PORT = 50051
 AGENT_PORT = 50061
 PROMETHEUS_DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
+GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")
+REGIONS = ("eu", "us", "ap")
+# Where the chart's config.toml points each server for its certificate, key and CA, and the key of the Secret
+# (cert-manager's format) each must come from.
+TLS_FILES = {"tls-cert": "tls.crt", "tls-key": "tls.key", "tls-ca": "ca.crt"}
+ISSUER = {"name": "quota-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}  # values-three-regions.yaml
 
 Manifest = dict[str, Any]
 Helm = Callable[..., subprocess.CompletedProcess[str]]
@@ -95,11 +114,16 @@ EXTERNAL_STORES: dict[str, Any] = {
         {"name": "ap", "redis": {"url": "rediss://redis.ap.example:6380/0"}},
     ],
 }
+OWN_SECRETS: dict[str, Any] = {
+    "tls": {"trustDomain": "shop.example", "center": {"secretName": "center-cert"}},
+    "regions": [{"name": "eu"}, {"name": "us", "tls": {"secretName": "us-agent-cert"}}, {"name": "ap"}],
+}
 SCENARIOS: dict[str, list[Path | dict[str, Any]]] = {
     "defaults": [],
     "three regions": [THREE_REGIONS],
     "external stores": [THREE_REGIONS, EXTERNAL_STORES],
     "agents only": [THREE_REGIONS, {"center": {"enabled": False}, "agent": {"centerAddress": "quota.hq:50051"}}],
+    "secrets made by hand": [THREE_REGIONS, OWN_SECRETS, {"tls": {"certManager": {"enabled": False}}}],
 }
 
 
@@ -117,9 +141,12 @@ def test_every_rendered_manifest_is_valid_kubernetes(render: Render, scenario: s
     assert manifests
     invalid = []
     for manifest in manifests:
+        # CRDs (Prometheus Operator, cert-manager): kubernetes-validate has schemas for built-in kinds only.
         if manifest["kind"] == "ServiceMonitor":
-            # A CRD (Prometheus Operator): kubernetes-validate has schemas for built-in kinds only.
             _check_service_monitor(manifest, manifests)
+            continue
+        if manifest["kind"] == "Certificate":
+            _check_certificate(manifest)
             continue
         for version in KUBERNETES_VERSIONS:
             try:
@@ -154,7 +181,7 @@ def test_one_agent_deployment_per_region_each_on_its_own_redis(three_regions: li
 
 
 def test_center_replicas_elect_a_leader_on_the_bundled_etcd(three_regions: list[Manifest]) -> None:
-    [center] = _workloads(three_regions, "Deployment", "center").values()
+    [center] = _workloads(three_regions, "StatefulSet", "center").values()
     assert center["spec"]["replicas"] == 3
     settings = _settings(center, three_regions, "center")
     assert settings["lease-ttl"] == 12
@@ -175,27 +202,39 @@ def test_center_replicas_elect_a_leader_on_the_bundled_etcd(three_regions: list[
         f"{member}=http://{member}.{domain}:2380" for member in members
     )
 
-    # Agents follow the leader by the address it campaigned with: each replica's own pod IP.
-    env = list(_env(center["spec"]["template"]["spec"]["containers"][0]).values())
-    names = [item["name"] for item in env]
-    assert env[names.index("POD_IP")]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
-    assert env[names.index("QUOTA_ADVERTISE")]["value"] == f"$(POD_IP):{CENTER_PORT}"
-    assert names.index("POD_IP") < names.index("QUOTA_ADVERTISE")
+    # Agents follow the leader by the address it campaigned with: each replica's own DNS name, which its
+    # certificate can carry (test_certificates_name_what_clients_dial), published by a headless Service.
+    advertised = _advertised(center)
+    pods = _only(three_regions, "Service", center["spec"]["serviceName"])
+    assert pods["spec"]["clusterIP"] == "None"
+    assert pods["spec"]["publishNotReadyAddresses"] is True
+    assert _selects(pods["spec"]["selector"], center["spec"]["template"]["metadata"]["labels"])
+    domain = f"{pods['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    assert advertised == [f"{RELEASE}-quota-center-{ordinal}.{domain}:{CENTER_PORT}" for ordinal in range(3)]
 
 
-def test_servers_are_probed_over_grpc_health_and_stop_gracefully(three_regions: list[Manifest]) -> None:
-    deployments = [manifest for manifest in three_regions if manifest["kind"] == "Deployment"]
-    assert len(deployments) == 4
-    for deployment in deployments:
-        table = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
-        pod = deployment["spec"]["template"]["spec"]
+def test_servers_are_probed_on_healthz_and_stop_gracefully(three_regions: list[Manifest]) -> None:
+    """The gRPC port requires a client certificate, which a Kubernetes probe cannot present: every probe is
+    GET /healthz on the server's metrics port (200 while it serves, 503 from SIGTERM on)."""
+    servers = _servers(three_regions)
+    assert len(servers) == 4
+    for server in servers:
+        table = server["metadata"]["labels"]["app.kubernetes.io/component"]
+        pod = server["spec"]["template"]["spec"]
         [container] = pod["containers"]
         ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-        listen_port = int(_settings(deployment, three_regions, table)["listen"].rsplit(":", 1)[1])
+        settings = _settings(server, three_regions, table)
+        listen_port = int(settings["listen"].rsplit(":", 1)[1])
         assert ports["grpc"] == listen_port == {"center": CENTER_PORT, "agent": AGENT_PORT}[table]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            # No `service`: the overall health, SERVING on every replica until SIGTERM.
-            assert container[probe]["grpc"] == {"port": listen_port}, (_name(deployment), probe)
+        metrics_port = int(settings["metrics-listen"].rsplit(":", 1)[1])
+        for kind, timings in _chart_values()["probes"].items():
+            probe = dict(container[f"{kind}Probe"])
+            where = (_name(server), kind)
+            request = probe.pop("httpGet")
+            assert request["path"] == "/healthz", where
+            assert request.get("scheme", "HTTP") == "HTTP", where
+            assert ports.get(request["port"], request["port"]) == metrics_port == ports["metrics"], where
+            assert probe == timings, where  # the values' timings, and no gRPC probe beside
         sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
         assert pod["terminationGracePeriodSeconds"] > sleep + GRACE_S
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -251,9 +290,10 @@ def test_bundled_redis_fsyncs_every_write_to_its_volume(three_regions: list[Mani
 
 def test_existing_redis_and_etcd_replace_the_bundled_ones(render: Render) -> None:
     manifests = render(THREE_REGIONS, EXTERNAL_STORES)
-    assert "StatefulSet" not in {manifest["kind"] for manifest in manifests}
+    bundled = [_name(item) for item in _servers(manifests, "redis", "etcd") if item["kind"] == "StatefulSet"]
+    assert not bundled
 
-    [center] = _workloads(manifests, "Deployment", "center").values()
+    [center] = _workloads(manifests, "StatefulSet", "center").values()
     store = "etcd://etcd-a.db:2379,etcd-b.db:2379,etcd-c.db:2379/shop/quota"
     assert _settings(center, manifests, "center")["store"] == store
 
@@ -279,17 +319,130 @@ def test_a_region_with_its_own_redis_gets_no_bundled_one(render: Render) -> None
 def test_servers_accept_the_configuration_the_chart_gives_them(render: Render, tmp_path: Path) -> None:
     """Every config.toml loads with the servers' own option checks, and every QUOTA_* variable the chart sets
     names a real option, so a chart-side typo fails here instead of in a crash-looping pod."""
-    manifests = [*render(THREE_REGIONS), *render(THREE_REGIONS, EXTERNAL_STORES)]
+    manifests = [*render(THREE_REGIONS), *render(THREE_REGIONS, EXTERNAL_STORES), *render(THREE_REGIONS, OWN_SECRETS)]
     variables = {param.envvar for command in (main, _serve("center"), _serve("agent")) for param in command.params}
     for manifest in manifests:
         if manifest["kind"] == "ConfigMap":
             path = tmp_path / "config.toml"
             path.write_text(manifest["data"]["config.toml"])
             assert load_config(path, main), _name(manifest)
-        if manifest["kind"] == "Deployment":
-            [container] = manifest["spec"]["template"]["spec"]["containers"]
-            assert container["args"][:2] in (["center", "serve"], ["agent", "serve"])
-            assert {name for name in _env(container) if name.startswith("QUOTA_")} <= variables, _name(manifest)
+    for server in _servers(manifests):
+        [container] = server["spec"]["template"]["spec"]["containers"]
+        assert container["args"][:2] in (["center", "serve"], ["agent", "serve"])
+        assert {name for name in _env(container) if name.startswith("QUOTA_")} <= variables, _name(server)
+
+
+@pytest.mark.parametrize("scenario", ["three regions", "secrets made by hand"])
+def test_every_server_mounts_its_own_secret_and_passes_all_three_files(render: Render, scenario: str) -> None:
+    """Each server reads its certificate, key and CA from the keys of cert-manager's format (tls.crt, tls.key,
+    ca.crt) of its own Secret, mounted whole (a subPath mount would never see a renewal), in the trust domain of
+    the values; with the default names, or those the values give."""
+    manifests = render(*SCENARIOS[scenario])
+    own = scenario == "secrets made by hand"
+    expected = {f"{RELEASE}-quota-center": f"{RELEASE}-quota-center-tls"}
+    expected |= {f"{RELEASE}-quota-agent-{region}": f"{RELEASE}-quota-agent-{region}-tls" for region in REGIONS}
+    if own:  # OWN_SECRETS
+        expected |= {f"{RELEASE}-quota-center": "center-cert", f"{RELEASE}-quota-agent-us": "us-agent-cert"}
+    found = {}
+    for server in _servers(manifests):
+        table = server["metadata"]["labels"]["app.kubernetes.io/component"]
+        settings = _settings(server, manifests, table)
+        assert settings["trust-domain"] == ("shop.example" if own else "quota"), _name(server)
+        assert "insecure" not in settings
+        secrets = {_secret_file(server, settings[option])[0] for option in TLS_FILES}
+        for option, key in TLS_FILES.items():
+            assert _secret_file(server, settings[option])[1] == key, (_name(server), option)
+        [found[server["metadata"]["name"]]] = secrets
+    assert found == expected
+    assert len(set(found.values())) == len(found)  # every server its own certificate
+
+
+def test_cert_manager_issues_each_secret_naming_its_server(render: Render, three_regions: list[Manifest]) -> None:
+    """With tls.certManager.enabled, one cert-manager Certificate fills each Secret a server mounts: the server's
+    SPIFFE ID as its only URI SAN, from the values' issuer, for serving and calling, with a new key at every
+    renewal. Without it, none."""
+    certificates = {item["spec"]["secretName"]: item for item in three_regions if item["kind"] == "Certificate"}
+    expected = {f"{RELEASE}-quota-center-tls": "spiffe://quota/center"} | {
+        f"{RELEASE}-quota-agent-{region}-tls": f"spiffe://quota/region/{region}/agent" for region in REGIONS
+    }
+    mounted = {_mounted_secret(server) for server in _servers(three_regions)}
+    assert set(certificates) == set(expected) == mounted
+    for secret, certificate in certificates.items():
+        spec = certificate["spec"]
+        assert spec["uris"] == [expected[secret]], secret
+        assert spec["issuerRef"] == ISSUER, secret
+        assert {"server auth", "client auth"} <= set(spec["usages"]), secret
+        assert spec["privateKey"]["rotationPolicy"] == "Always", secret
+        assert (spec["duration"], spec["renewBefore"]) == ("2160h", "720h"), secret
+
+    assert "Certificate" not in {item["kind"] for item in render()}
+    assert "Certificate" not in {item["kind"] for item in render(*SCENARIOS["secrets made by hand"])}
+    others = render(THREE_REGIONS, OWN_SECRETS)
+    renamed = {item["spec"]["secretName"]: item["spec"]["uris"] for item in others if item["kind"] == "Certificate"}
+    assert renamed["center-cert"] == ["spiffe://shop.example/center"]
+    assert renamed["us-agent-cert"] == ["spiffe://shop.example/region/us/agent"]
+    assert set(renamed) == {_mounted_secret(server) for server in _servers(others)}
+
+
+def test_certificates_name_what_clients_dial(three_regions: list[Manifest]) -> None:
+    """gRPC checks the name a client dials against the server's certificate: the center's carries its Service's
+    names (agents and budget owners dial it) and every replica's advertised name (agents follow a standby's
+    redirect there); each agent's, its region's Service's names (order services dial it)."""
+    certificates = {item["spec"]["secretName"]: item["spec"] for item in three_regions if item["kind"] == "Certificate"}
+    for server in _servers(three_regions):
+        table = server["metadata"]["labels"]["app.kubernetes.io/component"]
+        names = set(certificates[_mounted_secret(server)]["dnsNames"])
+        service = _service_of(three_regions, server)
+        assert _service_names(service) <= names, _name(server)
+        if table == "center":
+            assert {address.rpartition(":")[0] for address in _advertised(server)} <= names
+            for agent in _workloads(three_regions, "Deployment", "agent").values():
+                for address in _settings(agent, three_regions, "agent")["center"].split(","):
+                    assert address.rpartition(":")[0] in names, address
+
+
+def test_servers_start_with_the_certificates_the_chart_asks_for(
+    three_regions: list[Manifest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each Certificate issued as cert-manager would (its URI and DNS SANs, one CA), its Secret's files put where
+    the pod's volume puts them, and each server started as its pod starts it (args, config.toml, environment)
+    by the real `quota ... serve` up to where it opens its gRPC links: the servers' own checks (a certificate
+    naming the server's identity, TLS off loopback) accept them. Then the handshakes the cluster makes succeed:
+    an agent calling the center by its Service and by each replica's advertised name, an order service calling
+    its agent by the agent's Service; a name the certificates do not carry (a pod IP) fails."""
+    now = datetime.now(UTC)
+    authority = new_ca(now, 1)
+    center_server = next(iter(_workloads(three_regions, "StatefulSet", "center").values()))
+    agent_server = _workloads(three_regions, "Deployment", "agent")[f"{RELEASE}-quota-agent-eu"]
+
+    center_config = _start(center_server, three_regions, authority, now, tmp_path / "center", monkeypatch)
+    assert isinstance(center_config, CenterConfig)
+    center_transport = open_transport(
+        center_config.security, center(center_config.security.trust_domain), listen=center_config.listen
+    )
+    agent_config = _start(agent_server, three_regions, authority, now, tmp_path / "agent", monkeypatch)
+    assert isinstance(agent_config, AgentConfig)
+    agent_transport = open_transport(
+        agent_config.security,
+        regional(agent_config.security.trust_domain, Role.AGENT, "eu"),
+        listen=agent_config.listen,
+        center=agent_config.center,
+    )
+    orders = issue(authority, now, 1, uris=["spiffe://quota/region/eu/orders"])
+    orders_transport = open_transport(
+        _security_from(orders, authority, tmp_path / "orders", agent_config.security.trust_domain), None
+    )
+
+    center_names = [address.rpartition(":")[0] for address in (*agent_config.center, *_advertised(center_server))]
+    with _health_server(center_transport) as port:
+        for name in center_names:
+            assert _handshake(agent_transport, port, name), name
+        assert not _handshake(agent_transport, port, "10.1.2.3")
+    agent_service = _service_of(three_regions, agent_server)
+    with _health_server(agent_transport) as port:
+        for name in _service_names(agent_service):
+            assert _handshake(orders_transport, port, name), name
+        assert not _handshake(orders_transport, port, f"{RELEASE}-quota-agent-us")
 
 
 @pytest.mark.parametrize(
@@ -301,6 +454,17 @@ def test_servers_accept_the_configuration_the_chart_gives_them(render: Render, t
         ({"regions": [{"name": "eu"}, {"name": "eu"}]}, '"eu" is listed twice'),
         ({"regions": [{"name": "EU"}]}, "regions.0.name"),
         ({"etcd": {"replicas": 2}}, "etcd.replicas must be odd"),
+        ({"agent": {"config": {"tls-cert": "/x.pem"}}}, "agent.config.tls-cert is set by the chart"),
+        ({"center": {"config": {"insecure": True}}}, "center.config.insecure: the chart always serves mutual TLS"),
+        ({"regions": [{"name": "eu", "config": {"insecure": True}}]}, "agent.config.insecure: the chart always"),
+        ({"center": {"config": {"trust-domain": "x"}}}, "use tls.trustDomain"),
+        ({"tls": {"certManager": {"enabled": True}}}, "tls.certManager.issuerRef.name"),
+        ({"tls": {"trustDomain": "Shop"}}, "tls.trustDomain"),
+        (
+            {"regions": [{"name": "eu"}, {"name": "us", "tls": {"secretName": "shop-quota-agent-eu-tls"}}]},
+            'the Secret "shop-quota-agent-eu-tls" is given to both region eu and region us',
+        ),
+        ({"tls": {"center": {"secretName": "shop-quota-agent-eu-tls"}}}, "given to both the center and region eu"),
     ],
 )
 def test_impossible_values_are_refused_naming_the_setting(
@@ -311,6 +475,26 @@ def test_impossible_values_are_refused_naming_the_setting(
     done = helm("template", RELEASE, str(CHART), "--values", str(path))
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def _check_certificate(certificate: Manifest) -> None:
+    """The shape of a cert-manager.io/v1 Certificate, as far as the chart uses it."""
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert set(certificate) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = certificate["spec"]
+    fields = {"secretName", "secretTemplate", "duration", "renewBefore", "privateKey", "usages", "uris", "dnsNames"}
+    assert set(spec) <= fields | {"issuerRef"}
+    assert {"secretName", "issuerRef", "uris"} <= set(spec)
+    assert set(spec["issuerRef"]) <= {"name", "kind", "group"}
+    assert spec["issuerRef"]["name"]
+    assert set(spec["privateKey"]) <= {"algorithm", "size", "rotationPolicy", "encoding"}
+    assert spec["privateKey"]["rotationPolicy"] in ("Always", "Never")
+    known_usages = {"digital signature", "key encipherment", "server auth", "client auth"}
+    assert set(spec["usages"]) <= known_usages
+    for duration in ("duration", "renewBefore"):
+        assert duration not in spec or GO_DURATION.fullmatch(spec[duration]), spec
+    assert set(spec.get("secretTemplate", {})) <= {"labels", "annotations"}
+    assert all(isinstance(name, str) and name for name in spec.get("dnsNames", []))
 
 
 def _check_service_monitor(monitor: Manifest, manifests: list[Manifest]) -> list[str]:
@@ -393,6 +577,182 @@ def _settings(workload: Manifest, manifests: list[Manifest], table: str) -> dict
             item = env[param.envvar]
             settings[max(param.opts, key=len).lstrip("-")] = item.get("value", item.get("valueFrom"))
     return settings
+
+
+def _servers(manifests: list[Manifest], *components: str) -> list[Manifest]:
+    """The workloads of these components (default: the center and the agents, the chart's own servers)."""
+    wanted = components or ("center", "agent")
+    return [
+        manifest
+        for manifest in manifests
+        if manifest["kind"] in ("Deployment", "StatefulSet")
+        and manifest["metadata"]["labels"]["app.kubernetes.io/component"] in wanted
+    ]
+
+
+def _secret_file(workload: Manifest, path: str) -> tuple[str, str]:
+    """The Secret and its key that the file `path` of the workload's container is: (secret name, key)."""
+    pod = workload["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    file = PurePosixPath(path)
+    [mount] = [item for item in container["volumeMounts"] if PurePosixPath(item["mountPath"]) == file.parent]
+    assert mount.get("readOnly") is True, mount
+    assert "subPath" not in mount, mount
+    [volume] = [item for item in pod["volumes"] if item["name"] == mount["name"]]
+    secret = volume["secret"]
+    if "items" not in secret:
+        return secret["secretName"], file.name
+    items = {item["path"]: item["key"] for item in secret["items"]}
+    assert file.name in items, (secret, file.name)
+    return secret["secretName"], items[file.name]
+
+
+def _mounted_secret(workload: Manifest) -> str:
+    """The Secret the workload's server reads its certificate from."""
+    pod = workload["spec"]["template"]["spec"]
+    [name] = {volume["secret"]["secretName"] for volume in pod["volumes"] if "secret" in volume}
+    return str(name)
+
+
+def _service_of(manifests: list[Manifest], workload: Manifest) -> Manifest:
+    """The ClusterIP Service clients dial to reach the workload's gRPC port."""
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    [service] = [
+        item
+        for item in manifests
+        if item["kind"] == "Service"
+        and item["spec"].get("clusterIP") != "None"
+        and _selects(item["spec"]["selector"], labels)
+    ]
+    return service
+
+
+def _service_names(service: Manifest) -> set[str]:
+    """The names a Service is dialed by inside the cluster, short to fully qualified."""
+    name = service["metadata"]["name"]
+    return {name, f"{name}.{NAMESPACE}", f"{name}.{NAMESPACE}.svc", f"{name}.{NAMESPACE}.svc.cluster.local"}
+
+
+def _advertised(center: Manifest) -> list[str]:
+    """The QUOTA_ADVERTISE each replica of the center StatefulSet runs with, as the kubelet expands it."""
+    assert center["kind"] == "StatefulSet"
+    [container] = center["spec"]["template"]["spec"]["containers"]
+    name = center["metadata"]["name"]
+    return [
+        _pod_env(container, f"{name}-{ordinal}")["QUOTA_ADVERTISE"] for ordinal in range(center["spec"]["replicas"])
+    ]
+
+
+def _pod_env(container: dict[str, Any], pod_name: str) -> dict[str, str]:
+    """The container's environment as the kubelet sets it in pod `pod_name`: literal values with $(VAR) of the
+    variables defined before them expanded, and metadata.name from the downward API (Secrets left out)."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda match: env.get(match[1], match[0]), item["value"])
+        elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[item["name"]] = pod_name
+    return env
+
+
+def _start(
+    workload: Manifest,
+    manifests: list[Manifest],
+    authority: Issued,
+    now: datetime,
+    directory: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> CenterConfig | AgentConfig:
+    """Issues the certificate the workload's Secret is to hold (from its Certificate, as cert-manager would) into
+    `directory` (for the Secret's mount), and runs the workload's `quota ... serve` with its config.toml and
+    environment until it would start serving: what the real command made of them."""
+    secret = _mounted_secret(workload)
+    [certificate] = [
+        item for item in manifests if item["kind"] == "Certificate" and item["spec"]["secretName"] == secret
+    ]
+    spec = certificate["spec"]
+    assert {"server auth", "client auth"} <= set(spec["usages"])
+    leaf = issue(authority, now, 1, uris=spec["uris"], hosts=spec["dnsNames"], server=True)
+    directory.mkdir()
+    for key, content in {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": authority.cert_pem}.items():
+        (directory / key).write_bytes(content)
+
+    pod = workload["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    table = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+    env = _pod_env(container, f"{workload['metadata']['name']}-0")
+    config_path = PurePosixPath(env.pop("QUOTA_CONFIG"))
+    [mount] = [item for item in container["volumeMounts"] if PurePosixPath(item["mountPath"]) == config_path.parent]
+    [volume] = [item for item in pod["volumes"] if item["name"] == mount["name"]]
+    text = _only(manifests, "ConfigMap", volume["configMap"]["name"])["data"][config_path.name]
+    mount_path = PurePosixPath(_settings(workload, manifests, table)["tls-cert"]).parent
+    config_file = directory / "config.toml"
+    config_file.write_text(text.replace(f'"{mount_path}/', f'"{directory}/'))
+    for name, value in env.items():
+        if name.startswith("QUOTA_") and not name.startswith("QUOTA_LOG_"):
+            monkeypatch.setenv(name, value)
+
+    started: list[CenterConfig | AgentConfig] = []
+
+    async def record(config: CenterConfig | AgentConfig) -> None:
+        started.append(config)
+
+    monkeypatch.setattr(serve, "run_center", record)
+    monkeypatch.setattr(serve, "run_agent", record)
+    command = _serve(table)
+    default_map = load_config(config_file, main)[table]["serve"]
+    assert container["args"][:2] == [table, "serve"]
+    with command.make_context(f"quota {table} serve", list(container["args"][2:]), default_map=default_map) as context:
+        command.invoke(context)
+    for name in env:
+        monkeypatch.delenv(name, raising=False)
+    [config] = started
+    return config
+
+
+def _security_from(issued: Issued, authority: Issued, directory: Path, trust_domain: str) -> Security:
+    """A client's Security with `issued` as its certificate."""
+    directory.mkdir()
+    (directory / "tls.crt").write_bytes(issued.cert_pem)
+    (directory / "tls.key").write_bytes(issued.key_pem)
+    (directory / "ca.crt").write_bytes(authority.cert_pem)
+    return Security(TlsFiles(directory / "tls.crt", directory / "tls.key", directory / "ca.crt"), trust_domain)
+
+
+@contextmanager
+def _health_server(transport: Transport) -> Iterator[int]:
+    """A gRPC server on a loopback port with `transport`'s server credentials, answering grpc.health.v1."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    credentials = transport.server_credentials()
+    assert credentials is not None
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(None)
+
+
+def _handshake(client: Transport, port: int, name: str) -> bool:
+    """Whether `client` completes a call to the server on `port` when it dials it as `name` (the name gRPC checks
+    against the server's certificate)."""
+    assert client.tls is not None
+    options = [("grpc.ssl_target_name_override", name)]
+    with grpc.secure_channel(f"127.0.0.1:{port}", client.tls.channel_credentials(), options) as channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            if code != grpc.StatusCode.UNAVAILABLE:  # a refused handshake; anything else is not this test's
+                raise
+            return False
+    return True
+
+
+def _chart_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    return values
 
 
 def _serve(group: str) -> click.Command:

@@ -30,6 +30,11 @@ regions one name). */}}
 {{- include "quota.dnsLabel" (printf "%s-center" (include "quota.fullname" .)) }}
 {{- end }}
 
+{{/* The headless Service that gives each center replica its DNS name (the name it advertises when it leads). */}}
+{{- define "quota.centerPodsName" -}}
+{{- include "quota.dnsLabel" (printf "%s-center-pods" (include "quota.fullname" .)) }}
+{{- end }}
+
 {{- define "quota.etcdName" -}}
 {{- include "quota.dnsLabel" (printf "%s-etcd" (include "quota.fullname" .)) }}
 {{- end }}
@@ -159,16 +164,20 @@ it comes from a Secret. */}}
 {{- end }}
 
 {{- define "quota.centerConfig" -}}
-{{- include "quota.refuseManaged" (dict "table" "center" "config" .Values.center.config "managed" (dict "listen" "center.port" "store" "etcd.endpoints and etcd.prefix" "advertise" "center.port (each replica advertises its pod IP)" "metrics-listen" "metrics.port")) }}
+{{- include "quota.refuseInsecure" (dict "table" "center" "config" .Values.center.config) }}
+{{- include "quota.refuseManaged" (dict "table" "center" "config" .Values.center.config "managed" (merge (dict "listen" "center.port" "store" "etcd.endpoints and etcd.prefix" "advertise" "center.port (each replica advertises its pod's DNS name)" "metrics-listen" "metrics.port") (include "quota.tlsManaged" . | fromYaml))) }}
 {{- $managed := dict "listen" (printf "0.0.0.0:%v" .Values.center.port) "store" (include "quota.storeUrl" .) "metrics-listen" (printf "0.0.0.0:%v" .Values.metrics.port) }}
+{{- $managed = merge $managed (include "quota.tlsSettings" . | fromYaml) }}
 {{- include "quota.toml" (dict "table" "center" "settings" (merge $managed (deepCopy .Values.center.config))) }}
 {{- end }}
 
 {{/* (dict "root" $ "region" $region) */}}
 {{- define "quota.agentConfig" -}}
 {{- $config := merge (deepCopy (.region.config | default dict)) (deepCopy .root.Values.agent.config) }}
-{{- include "quota.refuseManaged" (dict "table" "agent" "config" $config "managed" (dict "region" "regions[].name" "listen" "agent.port" "center" "agent.centerAddress" "ledger" "regions[].redis" "metrics-listen" "metrics.port")) }}
+{{- include "quota.refuseInsecure" (dict "table" "agent" "config" $config) }}
+{{- include "quota.refuseManaged" (dict "table" "agent" "config" $config "managed" (merge (dict "region" "regions[].name" "listen" "agent.port" "center" "agent.centerAddress" "ledger" "regions[].redis" "metrics-listen" "metrics.port") (include "quota.tlsManaged" .root | fromYaml))) }}
 {{- $managed := dict "region" .region.name "listen" (printf "0.0.0.0:%v" .root.Values.agent.port) "center" (include "quota.centerAddress" .root) "metrics-listen" (printf "0.0.0.0:%v" .root.Values.metrics.port) }}
+{{- $managed = merge $managed (include "quota.tlsSettings" .root | fromYaml) }}
 {{- $ledger := include "quota.ledgerUrl" . }}
 {{- if $ledger }}
 {{- $_ := set $managed "ledger" $ledger }}
@@ -179,27 +188,31 @@ it comes from a Secret. */}}
 {{/* The environment both servers share: where config.toml is, and how to log. */}}
 {{- define "quota.commonEnv" -}}
 - name: QUOTA_CONFIG
-  value: /etc/quota/config.toml
+  value: /etc/quota/config/config.toml
 - name: QUOTA_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 - name: QUOTA_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- end }}
 
-{{/* gRPC probes on the standard health service of the server listening on .port. */}}
+{{/* Probes on GET /healthz of the server's metrics port (200 while it serves, 503 from SIGTERM on): Kubernetes'
+gRPC probes cannot present the client certificate the gRPC port requires. */}}
 {{- define "quota.probes" -}}
 startupProbe:
-  grpc:
-    port: {{ .port }}
-  {{- toYaml .root.Values.probes.startup | nindent 2 }}
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml .Values.probes.startup | nindent 2 }}
 readinessProbe:
-  grpc:
-    port: {{ .port }}
-  {{- toYaml .root.Values.probes.readiness | nindent 2 }}
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml .Values.probes.readiness | nindent 2 }}
 livenessProbe:
-  grpc:
-    port: {{ .port }}
-  {{- toYaml .root.Values.probes.liveness | nindent 2 }}
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml .Values.probes.liveness | nindent 2 }}
 {{- end }}
 
 {{- define "quota.lifecycle" -}}
@@ -227,4 +240,165 @@ topologySpreadConstraints:
     labelSelector:
       matchLabels:
         {{- include "quota.selectorLabels" . | nindent 8 }}
+{{- end }}
+
+{{/* Mutual TLS. Every server reads its certificate, key and CA from a Secret of cert-manager's shape (tls.crt,
+tls.key, ca.crt) mounted here; the servers read the files again when the Secret changes. */}}
+{{- define "quota.tlsDir" -}}/etc/quota/tls{{- end }}
+
+{{/* The [center]/[agent] settings that point the server at its mounted Secret, as YAML (fromYaml). */}}
+{{- define "quota.tlsSettings" -}}
+{{- $dir := include "quota.tlsDir" . }}
+tls-cert: {{ printf "%s/tls.crt" $dir }}
+tls-key: {{ printf "%s/tls.key" $dir }}
+tls-ca: {{ printf "%s/ca.crt" $dir }}
+trust-domain: {{ .Values.tls.trustDomain | quote }}
+{{- end }}
+
+{{/* Those settings, each with the values that control it (for quota.refuseManaged), as YAML. */}}
+{{- define "quota.tlsManaged" -}}
+tls-cert: tls.center.secretName and regions[].tls.secretName
+tls-key: tls.center.secretName and regions[].tls.secretName
+tls-ca: tls.center.secretName and regions[].tls.secretName
+trust-domain: tls.trustDomain
+{{- end }}
+
+{{/* insecure (plaintext) in a server's config: (dict "table" .. "config" ..). */}}
+{{- define "quota.refuseInsecure" -}}
+{{- if hasKey .config "insecure" }}
+{{- fail (printf "%s.config.insecure: the chart always serves mutual TLS (the servers allow plaintext on loopback only); give the certificates' Secrets through tls and regions[].tls" .table) }}
+{{- end }}
+{{- end }}
+
+{{- define "quota.centerTlsSecret" -}}
+{{- .Values.tls.center.secretName | default (printf "%s-center-tls" (include "quota.fullname" .)) }}
+{{- end }}
+
+{{/* (dict "root" $ "region" $region) */}}
+{{- define "quota.agentTlsSecret" -}}
+{{- (.region.tls | default dict).secretName | default (printf "%s-agent-%s-tls" (include "quota.fullname" .root) .region.name) }}
+{{- end }}
+
+{{- define "quota.centerIdentity" -}}
+{{- printf "spiffe://%s/center" .Values.tls.trustDomain }}
+{{- end }}
+
+{{/* (dict "root" $ "region" $region) */}}
+{{- define "quota.agentIdentity" -}}
+{{- printf "spiffe://%s/region/%s/agent" .root.Values.tls.trustDomain .region.name }}
+{{- end }}
+
+{{/* A Service's DNS names, short to fully qualified (gRPC checks the name a client dials against the server
+certificate's DNS SANs): (dict "root" $ "service" NAME), as a JSON list. */}}
+{{- define "quota.serviceDnsNames" -}}
+{{- $namespace := .root.Release.Namespace }}
+{{- list .service (printf "%s.%s" .service $namespace) (printf "%s.%s.svc" .service $namespace) (printf "%s.%s.svc.%s" .service $namespace .root.Values.clusterDomain) | toJson }}
+{{- end }}
+
+{{/* The DNS name center replica $(POD_NAME) advertises when it leads: its name under the headless Service. */}}
+{{- define "quota.centerPodDomain" -}}
+{{- printf "%s.%s.svc.%s" (include "quota.centerPodsName" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{/* The names the center's certificate must carry, as a JSON list: its Service's (budget owners, agents), each
+replica's under the headless Service (agents follow the leader there), and tls.center.dnsNames. */}}
+{{- define "quota.centerDnsNames" -}}
+{{- $names := include "quota.serviceDnsNames" (dict "root" . "service" (include "quota.centerName" .)) | fromJsonArray }}
+{{- range $i := until (int .Values.center.replicas) }}
+{{- $names = append $names (printf "%s-%d.%s" (include "quota.centerName" $) $i (include "quota.centerPodDomain" $)) }}
+{{- end }}
+{{- concat $names (.Values.tls.center.dnsNames | default list) | uniq | toJson }}
+{{- end }}
+
+{{/* (dict "root" $ "region" $region): the region's agent Service's names (order services call it) and
+regions[].tls.dnsNames, as a JSON list. */}}
+{{- define "quota.agentDnsNames" -}}
+{{- $names := include "quota.serviceDnsNames" (dict "root" .root "service" (include "quota.agentName" .)) | fromJsonArray }}
+{{- concat $names ((.region.tls | default dict).dnsNames | default list) | uniq | toJson }}
+{{- end }}
+
+{{/* Every server's certificate is its own (an identity per role and region): two servers given one Secret would
+fail at start with the other's identity. */}}
+{{- define "quota.checkTlsSecrets" -}}
+{{- $seen := dict }}
+{{- if .Values.center.enabled }}
+{{- $_ := set $seen (include "quota.centerTlsSecret" .) "the center" }}
+{{- end }}
+{{- range $region := .Values.regions }}
+{{- $secret := include "quota.agentTlsSecret" (dict "root" $ "region" $region) }}
+{{- if hasKey $seen $secret }}
+{{- fail (printf "tls: the Secret %q is given to both %s and region %s; each needs its own certificate (set regions[].tls.secretName)" $secret (get $seen $secret) $region.name) }}
+{{- end }}
+{{- $_ := set $seen $secret (printf "region %s" $region.name) }}
+{{- end }}
+{{- end }}
+
+{{/* The container's mounts: config.toml and the TLS Secret. */}}
+{{- define "quota.volumeMounts" -}}
+volumeMounts:
+  - name: config
+    mountPath: /etc/quota/config
+    readOnly: true
+  - name: tls
+    mountPath: {{ include "quota.tlsDir" . }}
+    readOnly: true
+{{- end }}
+
+{{/* The pod's volumes: (dict "root" $ "configMap" NAME "secret" NAME). The Secret is mounted whole (a subPath
+would not see rotations); listing its keys makes a missing one an event on the pod, not a crash loop. */}}
+{{- define "quota.volumes" -}}
+volumes:
+  - name: config
+    configMap:
+      name: {{ .configMap }}
+  - name: tls
+    secret:
+      secretName: {{ .secret }}
+      items:
+        - {key: tls.crt, path: tls.crt}
+        - {key: tls.key, path: tls.key}
+        - {key: ca.crt, path: ca.crt}
+{{- end }}
+
+{{/* A cert-manager Certificate that keeps Secret .secret filled: (dict "root" $ "component" .. ["region" ..]
+"secret" NAME "uri" SPIFFE-ID "dnsNames" LIST). */}}
+{{- define "quota.certificate" -}}
+{{- $certManager := .root.Values.tls.certManager }}
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: {{ .secret }}
+  labels:
+    {{- include "quota.labels" . | nindent 4 }}
+spec:
+  secretName: {{ .secret }}
+  secretTemplate:
+    labels:
+      {{- include "quota.labels" . | nindent 6 }}
+  {{- with $certManager.duration }}
+  duration: {{ . }}
+  {{- end }}
+  {{- with $certManager.renewBefore }}
+  renewBefore: {{ . }}
+  {{- end }}
+  privateKey:
+    algorithm: ECDSA
+    size: 256
+    # A new key with every renewal; the servers load it without a restart.
+    rotationPolicy: Always
+  # Each server is also a client (agents call the center with the same certificate).
+  usages:
+    - digital signature
+    - server auth
+    - client auth
+  # The identity the server must hold; peers authorize by it.
+  uris:
+    - {{ .uri }}
+  # The names clients dial; gRPC checks them against the certificate.
+  dnsNames:
+    {{- toYaml .dnsNames | nindent 4 }}
+  issuerRef:
+    name: {{ required "tls.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs the servers' certificates" $certManager.issuerRef.name }}
+    kind: {{ $certManager.issuerRef.kind }}
+    group: {{ $certManager.issuerRef.group }}
 {{- end }}
