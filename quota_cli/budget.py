@@ -132,6 +132,11 @@ LIMIT = click.IntRange(min=0, max=MAX_AMOUNT)
 KINDS = {name: kind for kind, name in view.KIND_NAMES.items()}
 PACINGS = {name: pacing for pacing, name in view.PACING_NAMES.items()}
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+request_id_option = click.option(
+    "--request-id",
+    default="",
+    help="Your id for this change (a ticket, a change number), kept in the audit trail; empty: the center makes one.",
+)
 
 
 class _CenterAddresses(click.ParamType[tuple[str, ...]]):
@@ -234,6 +239,7 @@ def budget(
     help="Release the budget all at once, evenly over the window, or --hourly-cap per hour started.",
 )
 @click.option("--hourly-cap", type=LIMIT, default=0, help="With --pacing hourly-cap: what each hour releases.")
+@request_id_option
 @json_flag
 @click.pass_obj
 def create(
@@ -249,9 +255,11 @@ def create(
     per_user_orders: int,
     pacing: str,
     hourly_cap: int,
+    request_id: str,
     as_json: bool,
 ) -> None:
-    """Create promotion ID; the center checks every field and says which one is wrong."""
+    """Create promotion ID, owned by you (the identity your --tls-cert names); the center checks every
+    field and says which one is wrong."""
     start_ms = SystemClock().wall_ms() if start is None else start
     promotion = Promotion(
         id=promotion_id,
@@ -266,7 +274,7 @@ def create(
         pacing=PACINGS[pacing],
         hourly_cap=hourly_cap,
     )
-    request = pb.CreatePromotionRequest(promotion=promotion_to_pb(promotion))
+    request = pb.CreatePromotionRequest(promotion=promotion_to_pb(promotion), request_id=request_id)
     created = promotion_from_pb(center.call(lambda admin: admin.CreatePromotion, request, idempotent=False))
     _report(
         created,
@@ -285,17 +293,25 @@ def create(
     show_default="read it now",
     help="The revision you read (quota budget show); refused if the promotion changed since.",
 )
+@request_id_option
 @json_flag
 @click.pass_obj
 def set_budget(
-    center: AdminClient, promotion_id: str, amount: int, expected_revision: int | None, as_json: bool
+    center: AdminClient,
+    promotion_id: str,
+    amount: int,
+    expected_revision: int | None,
+    request_id: str,
+    as_json: bool,
 ) -> None:
     """Set the budget of promotion ID to N; never below what regions have already taken."""
     if expected_revision is None:
         expected_revision = center.call(
             lambda admin: admin.GetPromotion, pb.GetPromotionRequest(promotion_id=promotion_id)
         ).revision
-    request = pb.SetBudgetRequest(promotion_id=promotion_id, budget=amount, expected_revision=expected_revision)
+    request = pb.SetBudgetRequest(
+        promotion_id=promotion_id, budget=amount, expected_revision=expected_revision, request_id=request_id
+    )
     try:
         changed = promotion_from_pb(center.call(lambda admin: admin.SetBudget, request, idempotent=False))
     except CenterRefused as refusal:
@@ -311,10 +327,11 @@ def set_budget(
 def _freeze_command(name: str, frozen: bool, description: str, summary: str) -> None:
     @budget.command(name, help=description)
     @click.argument("promotion_id", metavar="ID")
+    @request_id_option
     @json_flag
     @click.pass_obj
-    def command(center: AdminClient, promotion_id: str, as_json: bool) -> None:
-        request = pb.SetFrozenRequest(promotion_id=promotion_id, frozen=frozen)
+    def command(center: AdminClient, promotion_id: str, request_id: str, as_json: bool) -> None:
+        request = pb.SetFrozenRequest(promotion_id=promotion_id, frozen=frozen, request_id=request_id)
         _report(promotion_from_pb(center.call(lambda admin: admin.SetFrozen, request)), as_json, summary)
 
 

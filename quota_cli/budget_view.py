@@ -149,6 +149,7 @@ def promotion_table(promotion: Promotion) -> Table:
         "pacing": pacing_label(promotion),
         "frozen": frozen_label(promotion),
         "revision": str(promotion.revision),
+        "owner": promotion.owner or "none recorded (created without TLS): any owner may change it",
     }
     for field, value in rows.items():
         table.add_row(field, value)

@@ -16,6 +16,7 @@ from click.core import ParameterSource
 from loadtest.simulation.scenarios import SCENARIOS
 from quota_cli.budget import budget
 from quota_cli.budget_audit import audit
+from quota_cli.budget_emergency import emergency
 from quota_cli.certs import certs
 from quota_cli.serve import agent, center
 from quota_common.config import FiniteFloatRange, load_config
@@ -99,6 +100,7 @@ def main(context: click.Context, log_level: str, log_format: str, config_file: P
 main.add_command(center)
 main.add_command(agent)
 budget.add_command(audit)
+budget.add_command(emergency)
 
 
 @main.command()

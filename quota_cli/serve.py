@@ -12,20 +12,37 @@ from pathlib import Path
 
 import click
 
-from quota_center.app import CenterConfig, run_center
+from quota_center.app import CenterConfig, StoreAccess, run_center
 from quota_center.center import CenterSettings
 from quota_cli.budget import CENTER_ADDRESSES
 from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange, bind_environment
-from quota_common.errors import InvalidArgument
+from quota_common.errors import ConfigError, InvalidArgument
 from quota_common.policy import RefillSettings
 from quota_common.validation import require_id
 from region_agent.agent import AgentSettings
-from region_agent.app import AgentConfig, run_agent
+from region_agent.app import AgentConfig, LedgerAccess, run_agent
 
 # Each default has one source, the settings it configures: these are read from, never typed again.
 _CENTER, _CENTER_CONFIG = CenterSettings(), CenterConfig()
 _AGENT, _AGENT_CONFIG = AgentSettings(region=""), AgentConfig(AgentSettings(region=""))
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def _password(path: Path | None, option: str) -> str:
+    """The password in the file `option` names (one trailing newline dropped); "" without the option.
+    Passwords come from files only: a command line or an environment is visible to others."""
+    if path is None:
+        return ""
+    try:
+        password = path.read_text().removesuffix("\n").removesuffix("\r")
+    except OSError as error:
+        raise ConfigError(f"{option} {path}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{option} {path}: not text; write the password in it, in UTF-8") from None
+    if not password:
+        raise ConfigError(f"{option} {path} is empty; write the password in it")
+    return password
 
 
 class _Region(click.ParamType[str]):
@@ -47,7 +64,19 @@ def center() -> None:
 
 @center.command("serve")
 @click.option("--listen", default=_CENTER_CONFIG.listen, show_default=True, help="host:port; port 0 picks a free one.")
-@click.option("--store", default=_CENTER_CONFIG.store, show_default=True, help="sqlite:///PATH or etcd://HOST:PORT,...")
+@click.option(
+    "--store",
+    default=_CENTER_CONFIG.store,
+    show_default=True,
+    help="sqlite:///PATH, etcd://HOST:PORT,...[/PREFIX], or etcds://... for etcd over TLS.",
+)
+@click.option("--etcd-ca", type=_FILE, help="CA that signed etcd's certificate (etcds://) [default: --tls-ca].")
+@click.option(
+    "--etcd-cert", type=_FILE, help="Certificate the center presents to etcd (etcds://) [default: --tls-cert]."
+)
+@click.option("--etcd-key", type=_FILE, help="Its private key (etcds://) [default: --tls-key].")
+@click.option("--etcd-user", default="", help="The etcd user to log in as (etcd's RBAC); with --etcd-password-file.")
+@click.option("--etcd-password-file", type=_FILE, help="File holding --etcd-user's password.")
 @click.option(
     "--lease-ttl", type=FiniteFloatRange(min=0.5), default=_CENTER.lease_ttl_s, show_default=True, help="Seconds."
 )
@@ -64,6 +93,11 @@ def center() -> None:
 def center_serve(
     listen: str,
     store: str,
+    etcd_ca: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    etcd_user: str,
+    etcd_password_file: Path | None,
     lease_ttl: float,
     advertise: str,
     election_ttl: int,
@@ -80,7 +114,8 @@ def center_serve(
     certificate from that CA; without them it serves plaintext, on a loopback address only."""
     settings = CenterSettings(lease_ttl_s=lease_ttl)
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
-    config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen, secured)
+    etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))
+    config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen, secured, etcd)
     asyncio.run(run_center(config))
 
 
@@ -100,7 +135,18 @@ def agent() -> None:
     show_default=True,
     help="host:port[,host:port...]",
 )
-@click.option("--ledger", default=_AGENT_CONFIG.ledger, show_default=True, help="memory or redis://HOST:PORT[/DB]")
+@click.option(
+    "--ledger",
+    default=_AGENT_CONFIG.ledger,
+    show_default=True,
+    help="memory, redis://[USER@]HOST:PORT[/DB], or rediss://... for Redis over TLS.",
+)
+@click.option("--ledger-ca", type=_FILE, help="CA that signed Redis's certificate (rediss://) [default: --tls-ca].")
+@click.option(
+    "--ledger-cert", type=_FILE, help="Certificate the agent presents to Redis (rediss://) [default: --tls-cert]."
+)
+@click.option("--ledger-key", type=_FILE, help="Its private key (rediss://) [default: --tls-key].")
+@click.option("--ledger-password-file", type=_FILE, help="File holding the password of the Redis user --ledger names.")
 @click.option(
     "--horizon",
     type=FiniteFloatRange(min=0.1),
@@ -151,6 +197,10 @@ def agent_serve(
     listen: str,
     center_addresses: tuple[str, ...],
     ledger: str,
+    ledger_ca: Path | None,
+    ledger_cert: Path | None,
+    ledger_key: Path | None,
+    ledger_password_file: Path | None,
     horizon: float,
     renew_interval: float,
     pull_interval: float,
@@ -179,7 +229,10 @@ def agent_serve(
         reservation_ttl_ms=round(reservation_ttl * 1000),
     )
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
-    config = AgentConfig(settings, listen, center_addresses, ledger, retention, metrics_listen, secured)
+    redis_access = LedgerAccess(
+        ledger_ca, ledger_cert, ledger_key, _password(ledger_password_file, "--ledger-password-file")
+    )
+    config = AgentConfig(settings, listen, center_addresses, ledger, retention, metrics_listen, secured, redis_access)
     asyncio.run(run_agent(config))
 
 

@@ -207,6 +207,37 @@ def test_freeze_stops_sales_until_unfreeze(stack: Stack) -> None:
     wait_for(lambda: refusal_of(eu, "eu", f"ks-{next(orders)}", "kill-switch") == "ok", "the agent sells again")
 
 
+def test_the_emergency_switch_stops_one_region_and_each_change_is_in_the_audit_trail(stack: Stack) -> None:
+    center, eu, us = stack.center.address, stack.agents["eu"], stack.agents["us"]
+    succeeds(center, "create", "switched", "--budget", "100", "--regions", "eu,us", "--request-id", "CHG-1")
+    orders = iter(range(1000))
+    try:
+        assert succeeds(center, "emergency", "freeze", "--region", "eu", "--request-id", "INC-7")["regions"] == ["eu"]
+        wait_for(
+            lambda: (
+                refusal_of(eu, "eu", f"sw-{next(orders)}", "switched") == "FAILED_PRECONDITION REJECT_REASON_FROZEN"
+            ),
+            "eu refuses every promotion",
+        )
+        assert refusal_of(us, "us", f"sw-{next(orders)}", "switched") == "ok"
+    finally:
+        assert succeeds(center, "emergency", "unfreeze", "--region", "eu")["regions"] == []
+    wait_for(lambda: refusal_of(eu, "eu", f"sw-{next(orders)}", "switched") == "ok", "eu sells again")
+
+    records = succeeds(center, "audit")["records"]
+    created = [r for r in records if r["promotion_id"] == "switched"]
+    switched = [r for r in records if r["call"] == "SetEmergencyFreeze"][-2:]
+    assert [(r["call"], r["request_id"], r["before"]) for r in created] == [("CreatePromotion", "CHG-1", None)]
+    assert [(r["request_id"], r["after"]["regions"]) for r in switched] == [
+        ("INC-7", ["eu"]),
+        (switched[1]["request_id"], []),
+    ]
+    assert all(r["actor"].startswith("plaintext caller") for r in [*created, *switched])
+    verified = run_budget(center, "audit", "--verify")
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stderr.startswith(f"verified: {len(records)} records intact and chained")
+
+
 def test_an_unreachable_center_names_every_address_tried() -> None:
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     done = run_budget("unused:1", "--center", ",".join(dead), "list")
