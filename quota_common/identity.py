@@ -3,6 +3,9 @@
     spiffe://<trust domain>/center                  the center (every replica)
     spiffe://<trust domain>/region/<region>/agent   an agent of <region>
     spiffe://<trust domain>/region/<region>/orders  an order service of <region>
+    spiffe://<trust domain>/region/<region>/orders/<service>
+                                                    order service <service> of <region>: an identity of its own,
+                                                    so its orders are its own (see region_agent.ledger.base)
     spiffe://<trust domain>/owner/<name>            a budget owner
     spiffe://<trust domain>/approver/<name>         an approver
     spiffe://<trust domain>/operator/<name>         an operator (the emergency switch)
@@ -49,7 +52,8 @@ PEOPLE = (Role.OWNER, Role.APPROVER, Role.OPERATOR)
 """Roles that name a person: `spiffe://<domain>/<role>/<name>`."""
 SHAPES = (
     "spiffe://{domain}/center, spiffe://{domain}/region/<region>/agent, spiffe://{domain}/region/<region>/orders, "
-    "spiffe://{domain}/owner/<name>, spiffe://{domain}/approver/<name> or spiffe://{domain}/operator/<name>"
+    "spiffe://{domain}/region/<region>/orders/<service>, spiffe://{domain}/owner/<name>, "
+    "spiffe://{domain}/approver/<name> or spiffe://{domain}/operator/<name>"
 )
 
 
@@ -71,13 +75,18 @@ class Identity:
     role: Role
     region: str | None
     name: str
+    service: str = ""
+    """An order service's own name (`.../region/<region>/orders/<service>`); "" for an order service
+    without one (`.../orders`, which every such service of the region shares) and for every other role.
+    Authorization by the role table does not look at it; the agent does, to tell whose order is whose."""
 
     @property
     def uri(self) -> str:
         if self.role is Role.CENTER:
             return f"{SCHEME}{self.trust_domain}/center"
         if self.role in REGIONAL:
-            return f"{SCHEME}{self.trust_domain}/region/{self.region}/{self.role}"
+            service = f"/{self.service}" if self.service else ""
+            return f"{SCHEME}{self.trust_domain}/region/{self.region}/{self.role}{service}"
         return f"{SCHEME}{self.trust_domain}/{self.role}/{self.name}"
 
     def __str__(self) -> str:
@@ -88,11 +97,14 @@ def center(trust_domain: str) -> Identity:
     return Identity(require_trust_domain(trust_domain), Role.CENTER, None, Role.CENTER.value)
 
 
-def regional(trust_domain: str, role: Role, region: str) -> Identity:
-    """An agent's or an order service's identity in `region`."""
+def regional(trust_domain: str, role: Role, region: str, service: str = "") -> Identity:
+    """An agent's or an order service's identity in `region`; an order service's may name the `service`."""
     if role not in REGIONAL:
         raise ValueError(f"{role} is not a regional role; those are {', '.join(REGIONAL)}")
-    return Identity(require_trust_domain(trust_domain), role, _segment("the region", region), role.value)
+    if service and role is not Role.ORDERS:
+        raise ValueError(f"only an order service's identity names a service, not an {role}'s")
+    named = _segment("the order service's name", service) if service else ""
+    return Identity(require_trust_domain(trust_domain), role, _segment("the region", region), role.value, named)
 
 
 def person(trust_domain: str, role: Role, name: str) -> Identity:
@@ -125,6 +137,8 @@ def identity_from_uri(uri: str, trust_domain: str) -> Identity:
             return Identity(trust_domain, Role.CENTER, None, Role.CENTER.value)
         case ["region", region, ("agent" | "orders") as role]:
             return Identity(trust_domain, Role(role), region, role)
+        case ["region", region, "orders", service]:
+            return Identity(trust_domain, Role.ORDERS, region, Role.ORDERS.value, service)
         case [("owner" | "approver" | "operator") as role, name]:
             return Identity(trust_domain, Role(role), None, name)
     raise IdentityError(f"{shown} names no role of this system; use one of {shapes}")

@@ -1,5 +1,8 @@
 """The agent's order path: orders spend the region's allotment, kept topped up by `Supply`.
 
+Every order call names its placer: the calling identity's URI ("" without one). An order is its
+placer's: the ledger refuses its retry, confirm, cancel or refund to anyone else (PermissionDenied).
+
 Deduct checks the promotion (region, window, freeze, lease) and spends from the ledger in
 one ledger call. When the allotment cannot cover an order and the center still has quota,
 the order waits for one refill, bounded by its deadline, instead of failing. A retried
@@ -175,8 +178,9 @@ class Agent:
         lines: tuple[Line, ...],
         time_remaining_s: float | None = None,
         hold_ms: int = 0,
+        placer: str = "",
     ) -> DeductOutcome:
-        """Deducts the order's lines, or with `hold_ms` reserves them for that long."""
+        """Deducts the order's lines, or with `hold_ms` reserves them for that long, as `placer`'s order."""
         if region != self.settings.region:
             raise InvalidArgument(f"this agent serves region {self.settings.region!r}, not {region!r}")
         tracked = await self._supply.track([line.promotion_id for line in lines])
@@ -184,14 +188,14 @@ class Agent:
             for item in tracked:
                 self._check_spendable(item)
         except Rejected:
-            previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0)
+            previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0, placer=placer)
             if previous is not None:
                 return previous
             raise
         now = self._clock.monotonic()
         wait = self.settings.max_wait_s if time_remaining_s is None else min(time_remaining_s, self.settings.max_wait_s)
         limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked if _limited(item.promotion)}
-        outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms)
+        outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms, placer)
         if not (outcome.replayed or outcome.over_limit):
             # Demand sizes refills: an order counts once, when it is deducted or waits for a refill;
             # one its user may not place never will be.
@@ -207,17 +211,17 @@ class Agent:
             await self._wait_for_refills(outcome, lines, deadline=now + wait)
             for item in tracked:
                 self._check_spendable(item)
-            outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms)
+            outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms, placer)
         for item, left in zip(tracked, outcome.available_after, strict=False):
             self._supply.refill_if_low(item, left)
         return outcome
 
-    async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
-        """Confirms or cancels a reservation; a freeze since it was made does not stop either."""
-        return await self._ledger.settle(order_key, how)
+    async def settle(self, order_key: str, how: Settle, placer: str = "") -> SettleOutcome:
+        """Confirms or cancels `placer`'s reservation; a freeze since it was made does not stop either."""
+        return await self._ledger.settle(order_key, how, placer)
 
-    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
-        return await self._ledger.refund(order_key, refund_id or order_key, lines)
+    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], placer: str = "") -> RefundOutcome:
+        return await self._ledger.refund(order_key, refund_id or order_key, lines, placer)
 
     async def status(self) -> list[PromotionStatus]:
         now = self._clock.monotonic()

@@ -1,4 +1,7 @@
-"""The agent's gRPC servicer: validate, convert, call `Agent`. Protobuf stops here."""
+"""The agent's gRPC servicer: validate, convert, call `Agent`. Protobuf stops here.
+
+Who calls is the order's placer: the identity the authorization interceptor verified
+(`quota_common.authz.caller`), or nobody ("") on a plaintext agent on loopback."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from quota_common.authz import caller
 from quota_common.errors import InvalidArgument
 from quota_common.rpc import Context, abort_with, add_decoding, translate_errors
 from quota_common.validation import MAX_LINES, require_amount, require_id, require_total, require_unique
@@ -65,6 +69,12 @@ def _refund_lines(request: pb.RefundRequest) -> tuple[Line, ...]:
     return lines
 
 
+def _placer() -> str:
+    """The calling identity's URI, which orders are recorded under; "" when the call has none."""
+    identity = caller()
+    return "" if identity is None else identity.uri
+
+
 def lines_pb(lines: tuple[Line, ...]) -> list[pb.Line]:
     """Lines as the API carries them (answers here; requests in the chaos workload)."""
     return [pb.Line(promotion_id=line.promotion_id, amount=line.amount, user_id=line.user_id) for line in lines]
@@ -115,7 +125,8 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
-        outcome = await self._agent.deduct(order_key, region, _order_lines(request.lines), context.time_remaining())
+        lines = _order_lines(request.lines)
+        outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), placer=_placer())
         return pb.DeductResponse(order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed)
 
     @_observed("reserve")
@@ -124,7 +135,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         region = require_id("region", request.region)
         lines = _order_lines(request.lines)
         hold_ms = _hold_ms(request.ttl_ms, self._agent.settings.reservation_ttl_ms)
-        outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold_ms)
+        outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold_ms, _placer())
         return pb.ReserveResponse(
             order_key=order_key,
             lines=lines_pb(outcome.lines),
@@ -142,7 +153,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
 
     async def _settle(self, request: pb.SettleRequest, how: Settle) -> pb.SettleResponse:
         order_key = require_id("order_key", request.order_key)
-        outcome = await self._agent.settle(order_key, how)
+        outcome = await self._agent.settle(order_key, how, _placer())
         return pb.SettleResponse(
             order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed, expired=outcome.expired
         )
@@ -151,7 +162,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     async def Refund(self, request: pb.RefundRequest, context: Context) -> pb.RefundResponse:
         order_key = require_id("order_key", request.order_key)
         refund_id = require_id("refund_id", request.refund_id) if request.refund_id else ""
-        outcome = await self._agent.refund(order_key, refund_id, _refund_lines(request))
+        outcome = await self._agent.refund(order_key, refund_id, _refund_lines(request), _placer())
         return pb.RefundResponse(
             order_key=order_key,
             lines=[pb.RefundLine(promotion_id=line.promotion_id, amount=line.amount) for line in outcome.lines],

@@ -66,15 +66,16 @@ def _ack_before_write() -> None:
         lines: tuple[Line, ...],
         time_remaining_s: float | None = None,
         hold_ms: int = 0,
+        placer: str = "",
     ) -> DeductOutcome:
         if hold_ms or region != self.settings.region:
-            return await deduct(self, order_key, region, lines, time_remaining_s, hold_ms)
-        previous = await self._ledger.find_order(order_key, lines)
+            return await deduct(self, order_key, region, lines, time_remaining_s, hold_ms, placer)
+        previous = await self._ledger.find_order(order_key, lines, placer=placer)
         if previous is not None:
             return previous
         for item in await self._supply.track([line.promotion_id for line in lines]):
             self._check_spendable(item)
-        write = asyncio.create_task(deduct(self, order_key, region, lines, time_remaining_s, hold_ms))
+        write = asyncio.create_task(deduct(self, order_key, region, lines, time_remaining_s, hold_ms, placer))
         writes.add(write)
         write.add_done_callback(written)
         return DeductOutcome(lines)
@@ -136,12 +137,12 @@ def _forget_refund() -> None:
     forgotten: list[tuple[str, str]] = []
 
     async def forgets_the_first(
-        self: InProcessLedger, order_key: str, refund_id: str, lines: tuple[Line, ...]
+        self: InProcessLedger, order_key: str, refund_id: str, lines: tuple[Line, ...], placer: str = ""
     ) -> RefundOutcome:
         if forgotten:
-            return await refund(self, order_key, refund_id, lines)
+            return await refund(self, order_key, refund_id, lines, placer)
         # The ledger's own answer (a refusal raises as it would), worked out on a copy that is dropped.
-        answer = copy.deepcopy(self._ledger).refund(order_key, refund_id, lines, self._clock.wall_ms())
+        answer = copy.deepcopy(self._ledger).refund(order_key, refund_id, lines, self._clock.wall_ms(), placer)
         if not answer.replayed:
             log.warning("planted: refund %s of order %s answered ok and not applied", refund_id, order_key)
             forgotten.append((order_key, refund_id))

@@ -13,6 +13,12 @@ several agent processes share one ledger. Across all of them:
 - a refund id is applied at most once (a retry with other lines is refused), and an order
   never gets back more than it spent;
 - a user never holds more of a promotion than its per-user limits allow;
+- an order belongs to its placer, the identity that placed it (`placer`: its SPIFFE URI, or "" for a
+  caller without one, on a plaintext agent), recorded with the order in the same atomic step and kept as
+  long as the order is (at least as long as any refund of it). Only the same placer, exactly, may retry
+  it, confirm, cancel or refund it: anyone else gets PermissionDenied (`not_the_placer`), which changes
+  nothing and tells nothing of the order but that its key is taken. An order placed without an identity
+  is therefore not anyone's once identities are on: only a plaintext call may touch it;
 - a grant id is applied at most once, whichever agent process receives it;
 - counters (granted, returned, deducted, refunded) only ever grow; `held` is a gauge;
 - a counter at COUNTER_CEILING (quota_common.validation) or above takes nothing more: the call that would add to it is
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from quota_common.clock import iso
-from quota_common.errors import FailedPrecondition, Rejected, RejectReason
+from quota_common.errors import FailedPrecondition, PermissionDenied, Rejected, RejectReason
 from quota_common.validation import COUNTER_CEILING
 
 
@@ -126,10 +132,12 @@ class Ledger(Protocol):
         its data raises LedgerLost from its writes, and answers a new incarnation here."""
         ...
 
-    async def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
+    async def find_order(
+        self, order_key: str, lines: tuple[Line, ...], reserve: bool = False, placer: str = ""
+    ) -> DeductOutcome | None:
         """The first answer for an order key already deducted (or, with `reserve`, reserved),
-        else None. Raises FailedPrecondition when the key was used for different lines or for
-        the other kind of call."""
+        else None. Raises PermissionDenied when another placer made it, FailedPrecondition when
+        the key was used for different lines or for the other kind of call."""
         ...
 
     async def deduct(
@@ -138,16 +146,19 @@ class Ledger(Protocol):
         lines: tuple[Line, ...],
         limits: Mapping[str, UserLimit] = NO_LIMITS,
         hold_ms: int = 0,
+        placer: str = "",
     ) -> DeductOutcome:
         """`limits` maps a promotion to its per-user limit; a refund gives the units back, and
         the order stops counting once its line of that promotion is fully refunded. With
-        `hold_ms` > 0 the order is a reservation that lapses `hold_ms` after it was made."""
+        `hold_ms` > 0 the order is a reservation that lapses `hold_ms` after it was made.
+        A new order is recorded as `placer`'s; a retry from another placer raises PermissionDenied."""
         ...
 
-    async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
-        """Confirms or cancels a reservation. NotFound for an unknown order key; FailedPrecondition
-        for an order that is no reservation, a confirm after a cancel or the deadline (reason
-        RESERVATION_EXPIRED), or a cancel after a confirm (refund it instead)."""
+    async def settle(self, order_key: str, how: Settle, placer: str = "") -> SettleOutcome:
+        """Confirms or cancels a reservation. NotFound for an unknown order key; PermissionDenied
+        when `placer` did not place it; FailedPrecondition for an order that is no reservation, a
+        confirm after a cancel or the deadline (reason RESERVATION_EXPIRED), or a cancel after a
+        confirm (refund it instead)."""
         ...
 
     async def expire_reservations(self) -> int:
@@ -155,10 +166,12 @@ class Ledger(Protocol):
         its deadline, so this only decides how soon expired quota is available again."""
         ...
 
-    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
+    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], placer: str = "") -> RefundOutcome:
         """Empty `lines` refunds whatever the order has left. NotFound for an unknown
-        order, InvalidArgument for a promotion not in it, FailedPrecondition above what
-        it has left or for a reservation not confirmed."""
+        order, PermissionDenied when `placer` did not place it (a retry of a refund too),
+        InvalidArgument for a promotion not in it, FailedPrecondition above what it has
+        left or for a reservation not confirmed. A refund keeps the order's record (and so
+        its placer) for the retention period from then."""
         ...
 
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
@@ -231,6 +244,16 @@ def settled_before(
     if state == CANCELLED:
         raise FailedPrecondition(f"the reservation {order_key!r} was cancelled; reserve again with a new order key")
     raise FailedPrecondition(f"the reservation {order_key!r} is confirmed; refund it instead of cancelling it")
+
+
+def not_the_placer(order_key: str, placer: str) -> PermissionDenied:
+    """The refusal of a call on an order another identity placed: it names the caller, never the order's
+    placer or contents."""
+    who = placer or "a caller without an identity (a plaintext call)"
+    return PermissionDenied(
+        f"{who} may not use order key {order_key!r}: that order was placed by another identity, and only the "
+        "identity that placed an order may retry, confirm, cancel or refund it; use a new order key for a new order"
+    )
 
 
 def refund_id_reused(order_key: str, refund_id: str) -> FailedPrecondition:

@@ -31,6 +31,7 @@ from region_agent.ledger.base import (
     UserLimit,
     at_ceiling,
     check_replay,
+    not_the_placer,
     refund_id_reused,
     settled_before,
     unconfirmed_refund,
@@ -45,6 +46,8 @@ class _Order:
     expires_at_ms: int = 0
     forget_at_ms: int = 0
     """When the record goes, so memory stays bounded; never while a reservation is pending."""
+    placer: str = ""
+    """Who placed it: the only identity that may retry, settle or refund it."""
 
 
 class LocalLedger:
@@ -80,10 +83,14 @@ class LocalLedger:
             balance, **{name: getattr(balance, name) + delta for name, delta in deltas.items()}
         )
 
-    def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
+    def find_order(
+        self, order_key: str, lines: tuple[Line, ...], reserve: bool = False, placer: str = ""
+    ) -> DeductOutcome | None:
         order = self._orders.get(order_key)
         if order is None:
             return None
+        if order.placer != placer:
+            raise not_the_placer(order_key, placer)
         check_replay(order_key, order.lines == lines, order.state != DEDUCTED, reserve)
         return DeductOutcome(order.lines, replayed=True, expires_at_ms=order.expires_at_ms)
 
@@ -94,10 +101,11 @@ class LocalLedger:
         limits: Mapping[str, UserLimit] = NO_LIMITS,
         hold_ms: int = 0,
         now_ms: int = 0,
+        placer: str = "",
     ) -> DeductOutcome:
         """With `hold_ms` > 0, reserves the lines until `now_ms + hold_ms`."""
         self._forget_old(now_ms)
-        previous = self.find_order(order_key, lines, reserve=hold_ms > 0)
+        previous = self.find_order(order_key, lines, reserve=hold_ms > 0, placer=placer)
         if previous is not None:
             return previous
         wanted: Counter[str] = Counter()
@@ -120,7 +128,7 @@ class LocalLedger:
             usage = self._users.setdefault((promotion, user), [0, 0])
             usage[0] += units
             usage[1] += 1
-        order = _Order(lines, Counter())
+        order = _Order(lines, Counter(), placer=placer)
         if hold_ms:
             order.state, order.expires_at_ms = RESERVED, now_ms + hold_ms
             heapq.heappush(self._deadlines, (order.expires_at_ms, order_key))
@@ -149,11 +157,13 @@ class LocalLedger:
                 over.append(promotion)
         return tuple(dict.fromkeys(over))
 
-    def settle(self, order_key: str, how: Settle, now_ms: int) -> SettleOutcome:
+    def settle(self, order_key: str, how: Settle, now_ms: int, placer: str = "") -> SettleOutcome:
         self._forget_old(now_ms)
         order = self._orders.get(order_key)
         if order is None:
             raise NotFound(f"no reservation with order key {order_key!r} in this region")
+        if order.placer != placer:
+            raise not_the_placer(order_key, placer)
         if order.state == RESERVED and order.expires_at_ms <= now_ms:
             self._release(order_key, order, EXPIRED, now_ms)
         if order.state != RESERVED:
@@ -204,17 +214,22 @@ class LocalLedger:
         while self._forget_refunds and self._forget_refunds[0][0] <= now_ms:
             self._refunds.pop(self._forget_refunds.popleft()[1], None)
 
-    def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], now_ms: int = 0) -> RefundOutcome:
+    def refund(
+        self, order_key: str, refund_id: str, lines: tuple[Line, ...], now_ms: int = 0, placer: str = ""
+    ) -> RefundOutcome:
         # Each line is checked against what the order has left; a promotion twice would be checked twice.
         require_unique("lines.promotion_id", (line.promotion_id for line in lines))
         self._forget_old(now_ms)
+        order = self._orders.get(order_key)
+        # The order outlives its refunds' records (see below), so a refund's retry is checked here too.
+        if order is not None and order.placer != placer:
+            raise not_the_placer(order_key, placer)
         previous = self._refunds.get((order_key, refund_id))
         if previous is not None:
             asked, answer = previous
             if asked != lines:
                 raise refund_id_reused(order_key, refund_id)
             return replace(answer, replayed=True)
-        order = self._orders.get(order_key)
         if order is None:
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
         if order.state not in (DEDUCTED, CONFIRMED):
@@ -246,6 +261,8 @@ class LocalLedger:
         outcome = RefundOutcome(tuple(wanted))
         self._refunds[(order_key, refund_id)] = (lines, outcome)
         self._forget_refunds.append((now_ms + self._retention_ms, (order_key, refund_id)))
+        # The order (and who placed it) is remembered as long as this refund is.
+        self._remember_until(order_key, order, now_ms + self._retention_ms)
         return outcome
 
     def apply_grant(self, grant_id: str, promotion_id: str, amount: int) -> bool:

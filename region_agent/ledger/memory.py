@@ -41,8 +41,10 @@ class InProcessLedger:
     async def incarnation(self) -> str:
         return self._incarnation
 
-    async def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
-        return self._ledger.find_order(order_key, lines, reserve)
+    async def find_order(
+        self, order_key: str, lines: tuple[Line, ...], reserve: bool = False, placer: str = ""
+    ) -> DeductOutcome | None:
+        return self._ledger.find_order(order_key, lines, reserve, placer)
 
     async def deduct(
         self,
@@ -50,17 +52,18 @@ class InProcessLedger:
         lines: tuple[Line, ...],
         limits: Mapping[str, UserLimit] = NO_LIMITS,
         hold_ms: int = 0,
+        placer: str = "",
     ) -> DeductOutcome:
-        return self._ledger.deduct(order_key, lines, limits, hold_ms, self._clock.wall_ms())
+        return self._ledger.deduct(order_key, lines, limits, hold_ms, self._clock.wall_ms(), placer)
 
-    async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
-        return self._ledger.settle(order_key, how, self._clock.wall_ms())
+    async def settle(self, order_key: str, how: Settle, placer: str = "") -> SettleOutcome:
+        return self._ledger.settle(order_key, how, self._clock.wall_ms(), placer)
 
     async def expire_reservations(self) -> int:
         return self._ledger.expire(self._clock.wall_ms())
 
-    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
-        return self._ledger.refund(order_key, refund_id, lines, self._clock.wall_ms())
+    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], placer: str = "") -> RefundOutcome:
+        return self._ledger.refund(order_key, refund_id, lines, self._clock.wall_ms(), placer)
 
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
         if incarnation != self._incarnation:

@@ -12,9 +12,11 @@ on Redis Cluster too. Layout:
                                            available (kept by the scripts, which never add up counters)
     {quota:R}:<life>:grants                set of applied grant ids
     {quota:R}:<life>:order:<order key>     hash lines (JSON, the first answer), refunded:<promotion>,
+                                           placer (the identity that placed it; absent: none),
                                            and for a reservation state and expires (Unix ms);
                                            kept for the retention period (default 7 days) from
-                                           the deduction, or from when the reservation ended
+                                           the deduction, from when the reservation ended, or
+                                           from its latest refund
     {quota:R}:<life>:reservations          sorted set of pending reservations' order keys by deadline
     {quota:R}:<life>:refund:[<order>,<id>] the first answer of a refund (JSON); kept as long
     {quota:R}:<life>:user:[<promotion>,<user>]  hash units, orders a user holds, for per-user limits
@@ -50,6 +52,7 @@ from region_agent.ledger.base import (
     UserLimit,
     at_ceiling,
     check_replay,
+    not_the_placer,
     refund_id_reused,
     settled_before,
     unconfirmed_refund,
@@ -62,8 +65,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 BALANCE_FIELDS = ["granted", "returned", "deducted", "refunded", "held"]
 """The balance hash's fields, in Balance's order."""
-_Deduction = tuple[str, tuple[Line, ...], Mapping[str, UserLimit], int]
-"""order key, lines, limits, hold in ms"""
+_Deduction = tuple[str, tuple[Line, ...], Mapping[str, UserLimit], int, str]
+"""order key, lines, limits, hold in ms, placer"""
 
 
 def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -162,10 +165,16 @@ class RedisLedger:
         return answer[:-1]
 
     @_reachable
-    async def find_order(self, order_key: str, lines: tuple[Line, ...], reserve: bool = False) -> DeductOutcome | None:
-        first, state, expires = await self._redis.hmget(self._data("order", order_key), ["lines", "state", "expires"])
+    async def find_order(
+        self, order_key: str, lines: tuple[Line, ...], reserve: bool = False, placer: str = ""
+    ) -> DeductOutcome | None:
+        first, state, expires, placed_by = await self._redis.hmget(
+            self._data("order", order_key), ["lines", "state", "expires", "placer"]
+        )
         if first is None:
             return None
+        if (_text(placed_by) if placed_by is not None else "") != placer:
+            raise not_the_placer(order_key, placer)
         check_replay(order_key, _text(first) == _encode(lines), state is not None, reserve)
         return DeductOutcome(lines, replayed=True, expires_at_ms=int(expires or 0))
 
@@ -176,9 +185,12 @@ class RedisLedger:
         lines: tuple[Line, ...],
         limits: Mapping[str, UserLimit] = NO_LIMITS,
         hold_ms: int = 0,
+        placer: str = "",
     ) -> DeductOutcome:
-        answer = await self._deductions.submit((order_key, lines, limits, hold_ms))
+        answer = await self._deductions.submit((order_key, lines, limits, hold_ms, placer))
         status = answer[0].decode()
+        if status == "denied":
+            raise not_the_placer(order_key, placer)
         if status == "replay":
             check_replay(order_key, same_lines=bool(answer[1]), was_reservation=bool(answer[2]), reserve=hold_ms > 0)
             return DeductOutcome(lines, replayed=True, expires_at_ms=int(answer[3]))
@@ -198,7 +210,7 @@ class RedisLedger:
         prefix = self._prefix()
         keys = [f"{prefix}reservations"]
         args: list[str | int] = [self._retention_ms]
-        for order_key, lines, limits, hold_ms in calls:
+        for order_key, lines, limits, hold_ms, placer in calls:
             line_limits = [limits.get(line.promotion_id, UNLIMITED) for line in lines]
             keys += [f"{prefix}order:{order_key}", *self._line_keys(lines, prefix)]
             args += [
@@ -209,13 +221,14 @@ class RedisLedger:
                 *(limit.orders for limit in line_limits),
                 order_key,
                 hold_ms,
+                placer,
             ]
         answers: list[list[Any]] = await self._run(DEDUCT, keys, args)
         return answers
 
     @_reachable
-    async def settle(self, order_key: str, how: Settle) -> SettleOutcome:
-        ended = await self._end_reservation(order_key, how.value)
+    async def settle(self, order_key: str, how: Settle, placer: str = "") -> SettleOutcome:
+        ended = await self._end_reservation(order_key, how.value, placer)
         if ended is None:
             raise NotFound(f"no reservation with order key {order_key!r} in this region")
         changed, state, expires_at_ms, lines = ended
@@ -233,24 +246,28 @@ class RedisLedger:
             released += bool(ended and ended[0])
         return released
 
-    async def _end_reservation(self, order_key: str, action: str) -> tuple[bool, str, int, tuple[Line, ...]] | None:
-        """Runs the settle script; None for an unknown order key, else whether this call changed
-        the reservation, its state before, its deadline and its lines."""
+    async def _end_reservation(
+        self, order_key: str, action: str, placer: str = ""
+    ) -> tuple[bool, str, int, tuple[Line, ...]] | None:
+        """Runs the settle script (as `placer`, which expiry does not need); None for an unknown order
+        key, else whether this call changed the reservation, its state before, its deadline and its lines."""
         order = self._data("order", order_key)
         first = await self._redis.hget(order, "lines")
         if first is None:
             return None
         lines = _decode(first)
         keys = [order, self._data("reservations"), *self._line_keys(lines, self._prefix())]
-        answer = await self._run(SETTLE, keys, [action, order_key, self._retention_ms])
+        answer = await self._run(SETTLE, keys, [action, order_key, self._retention_ms, placer])
         if answer[0] == b"not_found":
             return None
+        if answer[0] == b"denied":
+            raise not_the_placer(order_key, placer)
         if answer[0] == b"at_ceiling":
             raise at_ceiling(answer[1].decode(), "deducted")
         return answer[0] == b"done", answer[1].decode(), int(answer[2]), lines
 
     @_reachable
-    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...]) -> RefundOutcome:
+    async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], placer: str = "") -> RefundOutcome:
         # The script checks each line against what the order has left; a promotion twice would pass twice.
         require_unique("lines.promotion_id", (line.promotion_id for line in lines))
         order = self._data("order", order_key)
@@ -260,8 +277,10 @@ class RedisLedger:
         refund_record = self._data("refund", _json_pair(order_key, refund_id))
         keys = [order, refund_record, *self._line_keys(_decode(first), self._prefix())]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
-        answer = await self._run(REFUND, keys, [wanted, self._retention_ms])
+        answer = await self._run(REFUND, keys, [wanted, self._retention_ms, placer])
         status = answer[0].decode()
+        if status == "denied":
+            raise not_the_placer(order_key, placer)
         if status == "not_found":
             raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
         if status == "other_lines":

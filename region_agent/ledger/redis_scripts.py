@@ -71,10 +71,11 @@ end
 # that arrived while the previous call was on its way; one round trip and one AOF write serve them).
 # KEYS: incarnation, reservations, then per order: its order key, balance per line, user per line.
 # ARGV: incarnation, retention in ms, then per order: line count n, lines JSON, amount per line,
-# unit limit per line, order limit per line, order key, hold in ms (0: a plain deduction).
+# unit limit per line, order limit per line, order key, hold in ms (0: a plain deduction), placer
+# (the caller's identity, '' for none: recorded with a new order, and a retry must come from it).
 # Answers one reply per order: 'ok' (expires, then available after, per line), 'short' or
-# 'over_limit' (then the 1-based lines), 'at_ceiling' (the first line whose deducted is), or 'replay'
-# (same lines?, reserved?, expires).
+# 'over_limit' (then the 1-based lines), 'at_ceiling' (the first line whose deducted is), 'replay'
+# (same lines?, reserved?, expires), or 'denied' (another placer's order: nothing more is said of it).
 DEDUCT = LuaScript(
     _SAME_LIFE
     + _BALANCE
@@ -82,8 +83,10 @@ DEDUCT = LuaScript(
     + """
 local function deduct(k, a)
   local order, lines, n = KEYS[k], ARGV[a + 1], tonumber(ARGV[a])
+  local placer = ARGV[a + 3 * n + 4]
   local first = redis.call('HGET', order, 'lines')
   if first then
+    if (redis.call('HGET', order, 'placer') or '') ~= placer then return {'denied'} end
     local reserved = redis.call('HEXISTS', order, 'state')
     return {'replay', first == lines and 1 or 0, reserved, redis.call('HGET', order, 'expires') or '0'}
   end
@@ -127,6 +130,8 @@ local function deduct(k, a)
   local answer = {'ok', string.format('%d', expires)}
   for i = 1, n do table.insert(answer, redis.call('HGET', KEYS[k + i], 'available')) end
   redis.call('HSET', order, 'lines', lines)
+  -- Absent is '': orders placed without an identity (and before placers were recorded) cost no field.
+  if placer ~= '' then redis.call('HSET', order, 'placer', placer) end
   -- A pending reservation's record stays until it is settled, however late the sweep: its held quota
   -- would never come back without it. The retention period starts when it ends.
   if hold == 0 then redis.call('PEXPIRE', order, ARGV[2]) end
@@ -136,7 +141,7 @@ local answers, k, a = {}, 3, 3
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
   table.insert(answers, deduct(k, a))
-  k, a = k + 1 + 2 * n, a + 4 + 3 * n
+  k, a = k + 1 + 2 * n, a + 5 + 3 * n
 end
 return answers
 """
@@ -145,7 +150,9 @@ return answers
 
 # KEYS: incarnation, order, reservations, balance per line of the order, user per line.
 # ARGV: incarnation, what to do (confirm, cancel, or expire: release only if past the deadline),
-# order key, retention in ms. Answers 'done' when this call changed the reservation, else 'was' and its state.
+# order key, retention in ms, placer (who asks to confirm or cancel; expiry asks nobody's leave).
+# Answers 'done' when this call changed the reservation, else 'was' and its state; 'denied' to a placer
+# other than the order's, having changed nothing.
 SETTLE = LuaScript(
     _SAME_LIFE
     + _BALANCE
@@ -153,6 +160,8 @@ SETTLE = LuaScript(
     + """
 local raw = redis.call('HGET', KEYS[2], 'lines')
 if not raw then return {'not_found'} end
+local action = ARGV[2]
+if action ~= 'expire' and (redis.call('HGET', KEYS[2], 'placer') or '') ~= ARGV[5] then return {'denied'} end
 local state = redis.call('HGET', KEYS[2], 'state') or 'deducted'
 local expires = redis.call('HGET', KEYS[2], 'expires') or '0'
 local lines = cjson.decode(raw)
@@ -172,7 +181,6 @@ local function release(to)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
   return to
 end
-local action = ARGV[2]
 if state == 'reserved' and tonumber(expires) <= now_ms() then
   state = release('expired')
   if action == 'expire' then return {'done', state, expires} end
@@ -207,18 +215,21 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumb
 )
 
 # KEYS: incarnation, order, refund record, balance per line of the order, user per line.
-# ARGV: incarnation, JSON of wanted [[promotion, amount]...] or '' for everything left, retention in ms.
+# ARGV: incarnation, JSON of wanted [[promotion, amount]...] or '' for everything left, retention in ms,
+# placer (who asks). A refund keeps the order for the retention period from then, so the order, and the
+# placer it names, outlives the refund's record, and a refund's retry is checked against it too.
 REFUND = LuaScript(
     _SAME_LIFE
     + _BALANCE
     + """
+local raw = redis.call('HGET', KEYS[2], 'lines')
+if raw and (redis.call('HGET', KEYS[2], 'placer') or '') ~= ARGV[4] then return {'denied'} end
 local first = redis.call('GET', KEYS[3])
 if first then
   local asked, answer = string.match(first, '^(.-)\\n(.*)$')
   if asked ~= ARGV[2] then return {'other_lines'} end
   return {'replay', answer}
 end
-local raw = redis.call('HGET', KEYS[2], 'lines')
 if not raw then return {'not_found'} end
 local state = redis.call('HGET', KEYS[2], 'state')
 if state and state ~= 'confirmed' then return {'unconfirmed', state} end
@@ -267,6 +278,7 @@ end
 local encoded = '[' .. table.concat(answer, ',') .. ']'
 -- The request is kept with the answer: a refund id retried with other lines is an error, not a replay.
 redis.call('SET', KEYS[3], ARGV[2] .. '\\n' .. encoded, 'PX', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return {'ok', encoded}
 """
     + _END

@@ -99,7 +99,7 @@ BAD_IDENTITIES = [
         identity(incarnation="\U0010ffff" * 32), "agent.incarnation", "not an incarnation", id="incarnation-form"
     ),
     pytest.param(
-        identity(incarnation=new_incarnation(time.time_ns() + (MAX_AHEAD_S + 60) * 10**9)),
+        identity(incarnation=new_incarnation(time.time_ns() + (MAX_AHEAD_S + 86_400) * 10**9)),
         "agent.incarnation",
         "set the agent host's clock right",
         id="incarnation-dated-ahead",
