@@ -20,7 +20,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_common.incarnation import new_incarnation
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import etcd_server
 from region_agent.v1 import region_agent_pb2 as agent_pb
@@ -70,7 +69,8 @@ async def _grants_per_s(address: str, seconds: float) -> float:
         await _await_leader([address])
         admin, allocation = pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel)
         await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=promotion_pb("bench", 2**50, ["eu"])))
-        agent = pb.AgentIdentity(region="eu", incarnation=new_incarnation(time.time_ns()))
+        joined = await allocation.Join(pb.JoinRequest(region="eu"), timeout=5)
+        agent = pb.AgentIdentity(region="eu", incarnation=joined.incarnation)
         grants, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             request = pb.AcquireRequest(agent=agent, promotion_id="bench", amount=1, request_id=uuid.uuid4().hex)

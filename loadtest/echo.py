@@ -8,7 +8,14 @@ of the agent's logic, so the benchmark can tell the two apart. With `--wait-ms M
 call waits that long, batched the same way, and touches nothing: the round trip's latency without
 its work (`quota bench cost`).
 
+Plaintext by default, as the agent runs in `quota bench`'s plaintext rows. With `--tls-cert`,
+`--tls-key` and `--tls-ca` it serves mutual TLS as an agent does (a client certificate from the CA
+required), so `quota bench` can tell what TLS alone costs per call; `--authz REGION` adds the
+authorization interceptor every call to an agent of REGION passes with TLS on (the role table, the
+caller's region), so the two costs are told apart.
+
     python -m loadtest.echo --listen 127.0.0.1:0 [--redis redis://HOST:PORT/DB | --wait-ms MS]
+        [--tls-cert PEM --tls-key PEM --tls-ca PEM [--authz REGION]]
     # prints {"ready": "echo", "port": N}
 """
 
@@ -17,12 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import grpc
 import redis.asyncio as redis
 
-from quota_common.process import exclusive_server, serve
+from quota_common.process import exclusive_server, guarded_server, serve
 from quota_common.rpc import Context
+from quota_common.tls import TlsFiles
 from quota_common.transport import Security, open_transport
 from region_agent.ledger.batching import Batcher
 from region_agent.ledger.script_link import LuaScript, ScriptLink
@@ -69,14 +78,17 @@ def _wait(seconds: float) -> Callable[[Sequence[str]], Awaitable[None]]:
     return wait
 
 
-async def _main(listen: str, redis_url: str, wait_ms: float) -> None:
+async def _main(listen: str, redis_url: str, wait_ms: float, tls: TlsFiles | None, authz: str) -> None:
     link = ScriptLink(redis.Redis.from_url(redis_url)) if redis_url else None
     handler: Callable[[pb.DeductRequest, Context], Awaitable[pb.DeductResponse]] = _echo
     if link:
         handler = _after(_write_to(link))
     elif wait_ms:
         handler = _after(_wait(wait_ms / 1000))
-    server = exclusive_server()
+    # Plaintext on loopback only, or mutual TLS with any identity of the development set's trust domain.
+    transport = open_transport(Security(tls, insecure=tls is None), None, listen=listen)
+    # With --authz, every call passes the interceptor an agent of that region has (TLS only).
+    server = guarded_server(transport, authz) if authz else exclusive_server()
     deduct = grpc.unary_unary_rpc_method_handler(
         handler,
         request_deserializer=pb.DeductRequest.FromString,
@@ -91,8 +103,6 @@ async def _main(listen: str, redis_url: str, wait_ms: float) -> None:
         if link:
             await link.aclose()
 
-    # Plaintext, as the agent it is measured beside runs in `quota bench`; on loopback only.
-    transport = open_transport(Security(insecure=True), None, listen=listen)
     await serve(server, listen, transport=transport, name="echo", services=[SERVICE], on_stop=close)
 
 
@@ -102,5 +112,15 @@ if __name__ == "__main__":
     step = parser.add_mutually_exclusive_group()
     step.add_argument("--redis", default="", help="make one durable write to this Redis per call, batched")
     step.add_argument("--wait-ms", type=float, default=0.0, help="wait this long per call, batched, doing nothing")
+    parser.add_argument("--tls-cert", type=Path, help="serve mutual TLS with this certificate (and the next two)")
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--tls-ca", type=Path, help="client certificates must come from this CA")
+    parser.add_argument("--authz", default="", metavar="REGION", help="check every call as an agent of REGION does")
     arguments = parser.parse_args()
-    asyncio.run(_main(arguments.listen, arguments.redis, arguments.wait_ms))
+    files = (arguments.tls_cert, arguments.tls_key, arguments.tls_ca)
+    if any(files) and not all(files):
+        parser.error("--tls-cert, --tls-key and --tls-ca go together")
+    if arguments.authz and not all(files):
+        parser.error("--authz needs mutual TLS: the caller's identity comes from its certificate")
+    tls = TlsFiles(*files) if all(files) else None
+    asyncio.run(_main(arguments.listen, arguments.redis, arguments.wait_ms, tls, arguments.authz))

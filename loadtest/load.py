@@ -3,7 +3,8 @@
 Demand is a seeded stream of one-line orders: most spend one of a few promotions whose budgets
 never run out, a tenth spend a flash promotion whose small budget does, so every strategy meets
 exhaustion and its over-issue can be counted. Closed-loop clients each take the next order, send
-it, wait for the answer and take the next, for a set time.
+it, wait for the answer and take the next, for a set time. Targets compared by the ratio of their
+rates take turns (`in_turn`), so a machine whose speed drifts moves them alike.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,6 +81,14 @@ class Measured:
     def deductions(self) -> int:
         return len(self.latencies_s)
 
+    def add(self, later: Measured) -> None:
+        """Counts `later`, a later stretch of the same load on the same target, in this one."""
+        self.latencies_s += later.latencies_s
+        self.accepted_units.update(later.accepted_units)
+        self.refused += later.refused
+        self.errors.update(later.errors)
+        self.elapsed_s += later.elapsed_s
+
 
 async def drive(target: Target, orders: Iterator[Order], clients: int, seconds: float) -> Measured:
     """`clients` closed-loop clients for `seconds`; every answered order is timed, accepted or not."""
@@ -118,3 +127,38 @@ async def warm_up(target: Target, demand: Demand, clients: int, seconds: float) 
 
 def over_issue(accepted_units: Counter[str], budgets: dict[str, int]) -> int:
     return sum(max(0, units - budgets[promotion_id]) for promotion_id, units in accepted_units.items())
+
+
+class UnderLoad:
+    """One target under one demand, timed over one or more stretches: the stream of orders goes on from
+    one stretch to the next (no order key comes twice), and what the stretches measure adds up."""
+
+    def __init__(self, target: Target, demand: Demand, clients: int) -> None:
+        self.target, self.demand, self.clients = target, demand, clients
+        self.measured = Measured()
+        self.warm_accepted: Counter[str] = Counter()
+        self._orders = demand.orders()
+
+    async def warm_up(self, seconds: float) -> None:
+        self.warm_accepted = await warm_up(self.target, self.demand, self.clients, seconds)
+
+    async def drive(self, seconds: float) -> None:
+        self.measured.add(await drive(self.target, self._orders, self.clients, seconds))
+
+    @property
+    def per_s(self) -> float:
+        """Answered orders per second over every stretch so far."""
+        return self.measured.deductions / self.measured.elapsed_s
+
+    def over_issue(self) -> int:
+        """Units accepted beyond a budget, the warm-up's included."""
+        return over_issue(self.measured.accepted_units + self.warm_accepted, self.demand.budgets())
+
+
+async def in_turn(loads: Sequence[UnderLoad], seconds: float, rounds: int) -> None:
+    """Drives each of `loads` for `seconds` in all, taking turns in `rounds` stretches each, every other
+    round in reverse order (A B, B A, A B, ...): a machine whose speed drifts meanwhile moves them all
+    alike, so the ratios of their rates hold where the rates themselves do not."""
+    for number in range(rounds):
+        for load in loads if number % 2 == 0 else loads[::-1]:
+            await load.drive(seconds / rounds)

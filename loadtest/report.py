@@ -27,6 +27,21 @@ COLUMNS = {
     "refused": "refused (exhausted)",
     "errors": "errors",
 }
+SUMMARY = (
+    "echo_per_s",
+    "echo_mtls_per_s",
+    "echo_mtls_authz_per_s",
+    "echo_redis_per_s",
+    "lua_loop_per_s",
+    "agent_vs_echo_ratio",
+    "agent_vs_echo_redis_ratio",
+    "agent_vs_lua_ratio",
+    "agent_memory_mtls_ratio",
+    "agent_redis_mtls_ratio",
+    "echo_mtls_ratio",
+    "echo_mtls_authz_ratio",
+)
+"""The figures `quota bench` prints under its table."""
 CHART = "benchmarks.png"
 MEASURED_START = "<!-- measured: written by `quota bench`, do not edit by hand -->"
 MEASURED_END = "<!-- end measured -->"
@@ -87,6 +102,15 @@ def measured_section(comparison: Comparison, chart_written: bool) -> str:
         f"agent over it: **{figures['agent_vs_echo_redis_ratio']}**.",
         f"- The agent's deduction script in a sequential loop from one client: {figures['lua_loop_per_s']:,} calls/s; "
         f"agent over loop: **{figures['agent_vs_lua_ratio']}**.",
+        f"- Mutual TLS on every link (orders to agent, agent to center) and the authorization interceptor on every "
+        f"call, over plaintext, each agent taking turns with its plaintext row ({figures['rounds']} rounds): "
+        f"in-process ledger **{figures['agent_memory_mtls_ratio']}**, "
+        f"Redis ledger **{figures['agent_redis_mtls_ratio']}**.",
+        f"- The echo server with mutual TLS, taking turns with the other echo servers: "
+        f"{figures['echo_mtls_per_s']:,} calls/s "
+        f"({_before_after(figures['echo_mtls_per_s_before_after'])}), **{figures['echo_mtls_ratio']}** of plaintext; "
+        f"with mutual TLS and the authorization interceptor: {figures['echo_mtls_authz_per_s']:,} calls/s "
+        f"({_before_after(figures['echo_mtls_authz_per_s_before_after'])}), **{figures['echo_mtls_authz_ratio']}**.",
     ]
     if chart_written:
         parts += ["", f"![Latency distributions]({CHART})"]

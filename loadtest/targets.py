@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import redis.asyncio as redis
 
 from loadtest.load import Order
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_common.incarnation import new_incarnation
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
@@ -38,11 +35,17 @@ class ThroughAgent:
 
 class CentralGrpc:
     """Central deduction: every order asks the center for exactly its amount, keyed by the order
-    (a retry gets the same grant). A smaller grant than asked is a refusal."""
+    (a retry gets the same grant). A smaller grant than asked is a refusal. Make it with `join`."""
 
-    def __init__(self, channel: grpc.aio.Channel, region: str) -> None:
+    def __init__(self, channel: grpc.aio.Channel, agent: pb.AgentIdentity) -> None:
         self._stub = pb_grpc.AllocationStub(channel)
-        self._agent = pb.AgentIdentity(region=region, incarnation=new_incarnation(time.time_ns()))
+        self._agent = agent
+
+    @classmethod
+    async def join(cls, channel: grpc.aio.Channel, region: str) -> CentralGrpc:
+        """Joins `region` as an agent does (the center issues the incarnation every call names)."""
+        answer = await pb_grpc.AllocationStub(channel).Join(pb.JoinRequest(region=region), timeout=DEADLINE_S)
+        return cls(channel, pb.AgentIdentity(region=region, incarnation=answer.incarnation))
 
     async def deduct(self, order: Order) -> bool:
         request = pb.AcquireRequest(

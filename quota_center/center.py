@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,10 +39,14 @@ from quota_common.errors import (
     Unavailable,
 )
 from quota_common.identity import Identity, Role
+from quota_common.incarnation import issue_incarnation, issued_with, started_ns
 from quota_common.model import EMERGENCY_DOCUMENT, EmergencyFreeze, Promotion, Report, promotion_document
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+INCARNATION_KEY_DOCUMENT = "incarnation_key"
+"""The store document holding the key incarnations are issued under, shared by every replica."""
 
 HEARTBEAT_S = 5.0
 """An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
@@ -160,6 +165,8 @@ class Center:
         self._catalog_changed = asyncio.Event()
         self._audit_head: AuditRecord | None = None
         """The newest audit record, which the next one chains to."""
+        self._incarnation_key = b""
+        self._last_issued_ns = 0
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
@@ -168,6 +175,7 @@ class Center:
         states = await self._store.load_all()
         document = await self._store.load_document(EMERGENCY_DOCUMENT)
         self._audit_head = await self._store.audit_head()
+        self._incarnation_key = await self._load_incarnation_key()
         self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()
         for state in sorted(states, key=lambda s: s.promotion.revision):
             self._states[state.promotion.id] = state
@@ -176,6 +184,15 @@ class Center:
                 self._lease_expiry[(state.promotion.id, region)] = grace
         self._catalog_revision = max([self._emergency.revision, *(s.promotion.revision for s in states)])
         self._serving = True
+
+    async def _load_incarnation_key(self) -> bytes:
+        """The key every replica issues incarnations under; made by the first center that leads. Only the
+        leader writes to the store (etcd fences the others), so two replicas never make two keys."""
+        document = await self._store.load_document(INCARNATION_KEY_DOCUMENT)
+        if document is None:
+            document = {"key": secrets.token_hex(32)}
+            await self._store.save_document(INCARNATION_KEY_DOCUMENT, document)
+        return bytes.fromhex(str(document["key"]))
 
     def stop_serving(self) -> None:
         """Forgets everything: a standby answers NotLeader until it leads and rebuilds."""
@@ -364,6 +381,31 @@ class Center:
         return UsageView(state.promotion, state.unallocated, regions)
 
     # Agents
+
+    def join(self, region: str) -> str:
+        """A new ledger life for `region`: an incarnation that sorts after every one the region had here
+        (whatever this host's clock says) and that only this deployment's centers can make."""
+        self._require_leader()
+        known = (
+            started_ns(state.accounts[region].incarnation)
+            for state in self._states.values()
+            if region in state.accounts
+        )
+        # Sub-millisecond noise: two agents of a region joining in the same millisecond get two lives.
+        now_ns = self._clock.wall_ms() * 1_000_000 + secrets.randbelow(1_000_000)
+        self._last_issued_ns = max(now_ns, self._last_issued_ns + 1, *(started + 1 for started in known))
+        return issue_incarnation(self._last_issued_ns, region, self._incarnation_key)
+
+    def require_issued(self, region: str, incarnation: str) -> str:
+        """`incarnation` if a center of this deployment issued it to `region`; InvalidArgument otherwise."""
+        self._require_leader()
+        if not issued_with(incarnation, region, self._incarnation_key):
+            raise InvalidArgument(
+                f"agent.incarnation {incarnation} was not issued to region {region} by this deployment's center: "
+                "an agent joins with Allocation.Join and uses the incarnation it answers (its ledger keeps it); "
+                "a ledger from before incarnations were issued starts a new life (see the README, Security)"
+            )
+        return incarnation
 
     async def acquire(
         self, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demand: int

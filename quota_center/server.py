@@ -173,7 +173,12 @@ class AllocationServicer(pb_grpc.AllocationServicer):
 
     def _identity(self, agent: pb.AgentIdentity) -> tuple[str, str]:
         region = require_id("agent.region", agent.region)
-        return region, require_incarnation("agent.incarnation", agent.incarnation, self._host_clock.wall_ms())
+        incarnation = require_incarnation("agent.incarnation", agent.incarnation, self._host_clock.wall_ms())
+        return region, self._center.require_issued(region, incarnation)
+
+    @translate_errors
+    async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
+        return pb.JoinResponse(incarnation=self._center.join(require_id("region", request.region)))
 
     @translate_errors
     async def Acquire(self, request: pb.AcquireRequest, context: Context) -> pb.AcquireResponse:

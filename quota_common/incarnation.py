@@ -2,14 +2,20 @@
 
 An incarnation reads `<start time: ns since the epoch, 20 digits>-<12 hex digits>`, so incarnations
 sort by when their ledger began, and a late message from a dead process can never displace the live
-one (`quota_center.ledger.admit`). The order is only as good as the start times, so the center's edge
-checks both the form and the date: an incarnation dated far ahead, forged or stamped by a host whose
-clock ran fast, would outrank every real agent of its region until that date came, and the region
-would stay dark that long. MAX_AHEAD_S bounds that.
+one (`quota_center.ledger.admit`).
+
+The center issues them (`issue_incarnation`, through Allocation.Join): the 12 hex digits are a MAC of
+the region and the start time under a key only the center holds, so no caller can invent one, least
+of all one that outranks the live agent of a region (the newest wins). The center's edge checks the
+form, the MAC (`issued_with`) and the date: MAX_AHEAD_S bounds how far ahead of the center's clock
+an issued one may be dated (the center that issued it ran fast). `new_incarnation` makes an unsigned
+one, for a ledger that runs without a center (benchmarks, ledger tests); a center refuses it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import uuid
 
@@ -25,8 +31,31 @@ _FORM = re.compile(r"(\d{20})-[0-9a-f]{12}")
 
 
 def new_incarnation(now_ns: int) -> str:
-    """A fresh incarnation for a ledger starting at `now_ns` (the host's wall clock, in ns)."""
+    """An unsigned incarnation for a ledger starting at `now_ns` (the host's wall clock, in ns), that runs
+    without a center; a center refuses it."""
     return f"{now_ns:020d}-{uuid.uuid4().hex[:12]}"
+
+
+def issue_incarnation(started_ns: int, region: str, key: bytes) -> str:
+    """The incarnation the center issues to a new ledger life of `region` starting at `started_ns`."""
+    stamp = f"{started_ns:020d}"
+    return f"{stamp}-{_mac(key, region, stamp)}"
+
+
+def issued_with(value: str, region: str, key: bytes) -> bool:
+    """Whether `value` is an incarnation issued to `region` under `key`."""
+    form = _FORM.fullmatch(value)
+    return form is not None and hmac.compare_digest(value[21:], _mac(key, region, form[1]))
+
+
+def started_ns(value: str) -> int:
+    """When an incarnation's ledger life began (ns since the epoch); 0 for one that is not well formed."""
+    form = _FORM.fullmatch(value)
+    return 0 if form is None else int(form[1])
+
+
+def _mac(key: bytes, region: str, stamp: str) -> str:
+    return hmac.new(key, f"{region}\0{stamp}".encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def require_incarnation(field: str, value: str, now_ms: int) -> str:

@@ -78,6 +78,7 @@ TABLE: Mapping[str, Rule] = MappingProxyType(
         f"{CENTER}.Catalog/Watch": _CATALOG,
         f"{CENTER}.Catalog/ListChanges": _CATALOG,
         # Quota moves only between the center and the agents of the region named.
+        f"{CENTER}.Allocation/Join": Rule(frozenset({Role.AGENT}), region_field="region"),
         f"{CENTER}.Allocation/Acquire": _OWN_AGENT,
         f"{CENTER}.Allocation/AcquireOpenings": _OWN_AGENT,
         f"{CENTER}.Allocation/Renew": _OWN_AGENT,

@@ -12,8 +12,7 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_common.incarnation import new_incarnation
-from quota_testing.inprocess import ServedAgent
+from quota_testing.inprocess import ServedAgent, issued_incarnation
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
@@ -95,12 +94,10 @@ async def create(admin: center_grpc.PromotionAdminAsyncStub, message: center_pb.
     return await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=message), timeout=5)
 
 
-INCARNATION = new_incarnation(1)
-"""What the agent of the fixtures' grant calls itself (dated 1970: incarnations may not be dated ahead)."""
-
-
-def identity(region: str = "eu", incarnation: str = INCARNATION) -> center_pb.AgentIdentity:
-    return center_pb.AgentIdentity(region=region, incarnation=incarnation)
+def identity(region: str = "eu", incarnation: str | None = None) -> center_pb.AgentIdentity:
+    """As the agent of `region` calls itself; by default the life the in-process center issued it at 1970."""
+    chosen = issued_incarnation(1, region) if incarnation is None else incarnation
+    return center_pb.AgentIdentity(region=region, incarnation=chosen)
 
 
 def acquire(

@@ -76,7 +76,12 @@ class DirectCenter:
     def _identity(self, incarnation: str) -> str:
         """Counts a call made for `incarnation`, checked as the servicer checks it."""
         self.calls += 1
-        return require_incarnation("agent.incarnation", incarnation, self._host_clock.wall_ms())
+        checked = require_incarnation("agent.incarnation", incarnation, self._host_clock.wall_ms())
+        return self._center.require_issued(self._region, checked)
+
+    async def join(self) -> str:
+        self.calls += 1
+        return self._center.join(self._region)
 
     @property
     def _lease_ttl_s(self) -> float:

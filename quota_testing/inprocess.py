@@ -18,9 +18,10 @@ from pathlib import Path
 import grpc
 
 from quota_center import server as center_server
-from quota_center.center import Center, CenterSettings
+from quota_center.center import INCARNATION_KEY_DOCUMENT, Center, CenterSettings
 from quota_center.store.sqlite import SqliteStore
 from quota_common.clock import Clock, SystemClock
+from quota_common.incarnation import issue_incarnation
 from quota_common.process import bind, guarded_server
 from quota_common.transport import Transport
 from quota_testing.tls import DevTls
@@ -58,6 +59,16 @@ def _transport(tls: DevTls | None, name: str) -> Transport:
     return Transport() if tls is None else tls.transport(name)
 
 
+TEST_INCARNATION_KEY = bytes(range(32))
+"""The key in-process centers issue incarnations under, so that a test can call the Allocation API as an
+agent would after joining (`issued_incarnation`) without a Join of its own."""
+
+
+def issued_incarnation(started_ns: int, region: str = "eu") -> str:
+    """An incarnation as an in-process center issues it to `region`, for a ledger life started at `started_ns`."""
+    return issue_incarnation(started_ns, region, TEST_INCARNATION_KEY)
+
+
 @asynccontextmanager
 async def running_center(
     workdir: Path,
@@ -68,6 +79,8 @@ async def running_center(
 ) -> AsyncIterator[ServedCenter]:
     """`interceptors` see every call the center receives (a test counting what reached it)."""
     store = SqliteStore(workdir / "center.db")
+    if await store.load_document(INCARNATION_KEY_DOCUMENT) is None:
+        await store.save_document(INCARNATION_KEY_DOCUMENT, {"key": TEST_INCARNATION_KEY.hex()})
     center = Center(store, clock or SystemClock(), settings)
     await center.start()
     transport = _transport(tls, "center")

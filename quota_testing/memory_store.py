@@ -54,10 +54,11 @@ class MemoryStore:
         text = self._documents.get(name)
         return None if text is None else dict(json.loads(text))
 
-    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord) -> None:
-        self._check_free(audit)
+    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord | None = None) -> None:
+        if audit is not None:
+            self._check_free(audit)
+            self.audit[audit.seq] = audit
         self._documents[name] = json.dumps(document)
-        self.audit[audit.seq] = audit
 
     def _check_free(self, audit: AuditRecord) -> None:
         if audit.seq in self.audit:

@@ -113,7 +113,11 @@ class Agent:
         """Loads the promotion cache (the region's copy, then the center's changes) and renews,
         waiting on an unreachable center only briefly: the loops keep trying, and the agent
         serves from what the region holds meanwhile."""
-        self._supply.incarnation = await self._ledger.incarnation()
+        try:
+            # The ledger's life: one it already has (Redis, after a restart), or a new one the center issues.
+            self._supply.incarnation = await asyncio.wait_for(self._supply.ledger_life(), START_WAIT_S)
+        except (QuotaError, TimeoutError) as error:
+            log.warning("could not join the center yet (%s); joining in the background", _why(error))
         await self.catalog.load_tier()
         try:
             await asyncio.wait_for(self.catalog.pull(), START_WAIT_S)

@@ -97,6 +97,11 @@ class CenterPort(Protocol):
         """Promotions fetched one by one (`promotion`) so far."""
         ...
 
+    async def join(self) -> str:
+        """A new incarnation for the region's ledger, issued by the center (a new ledger life). Raises
+        Unavailable."""
+        ...
+
     async def acquire(
         self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int
     ) -> GrantAnswer:

@@ -179,6 +179,11 @@ class GrpcCenter:
     def _agent(self, incarnation: str) -> pb.AgentIdentity:
         return pb.AgentIdentity(region=self._region, incarnation=incarnation)
 
+    async def join(self) -> str:
+        request = pb.JoinRequest(region=self._region)
+        answer = await self._call(lambda stubs: stubs.allocation.Join(request, timeout=self._timeout))
+        return answer.incarnation
+
     async def acquire(
         self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int
     ) -> GrantAnswer:

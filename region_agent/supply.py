@@ -245,15 +245,26 @@ class Supply:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def rejoin(self) -> None:
+    async def rejoin(self, life: str) -> None:
         """After the ledger lost its data: drop what belonged to the old life (refills in flight
-        carry grants to it) and join as a new incarnation; the center writes the old one off."""
+        carry grants to it) and go on as the new incarnation `life`; the center writes the old one off."""
         await self.cancel_pending()
         for item in self._tracked.values():
             item.lease_until, item.last_grant, item.exhausted = self._unheard_lease(), 0, False
         self._opening_requests.clear()
-        self.incarnation = await self._ledger.incarnation()
+        self.incarnation = life
         log.warning("joined the center as ledger incarnation %s", self.incarnation)
+
+    async def ledger_life(self) -> str:
+        """The ledger's incarnation, which a ledger that has none (a new one, or one that lost its data)
+        asks the center for; Unavailable while the center cannot be reached for it."""
+        return await self._ledger.incarnation(self._center.join)
+
+    async def _life(self) -> str:
+        """This process's incarnation, joining the center first if the start could not."""
+        if not self.incarnation:
+            self.incarnation = await self.ledger_life()
+        return self.incarnation
 
     # Refills
 
@@ -289,8 +300,8 @@ class Supply:
         sent = self._clock.monotonic()
         rate = item.meter.rate(sent)
         amount = policy.ask_amount(self._refill_settings, balance.available, rate, needed)
-        life = self.incarnation
         try:
+            life = await self._life()
             answer = await self._ask(
                 self._center.acquire(life, promotion_id, amount, uuid.uuid4().hex, policy.demand_per_minute(rate))
             )
@@ -314,7 +325,7 @@ class Supply:
             return
         balance = await self._ledger.balance(promotion_id)
         try:
-            await self._ask(self._center.return_quota(self.incarnation, promotion_id, report(balance)))
+            await self._ask(self._center.return_quota(await self._life(), promotion_id, report(balance)))
         except Superseded:
             return  # said once, by `_ask`
         except QuotaError as error:
@@ -335,7 +346,9 @@ class Supply:
                 return  # said once, by `_ask`; nothing this process sends is taken any more
             except LedgerLost as lost:
                 log.error("%s", lost.message)
-                await self.rejoin()
+                # At once when the center issues the new life now; else the next renewal joins.
+                with contextlib.suppress(QuotaError):
+                    await self.rejoin(await self.ledger_life())
             except Unavailable as error:
                 if not self._reachability.lost:  # an outage of the center is said when it starts and ends
                     log.warning("renewal failed: %s", error.message)
@@ -347,8 +360,12 @@ class Supply:
     async def renew_once(self) -> None:
         """Reports every promotion the agent knows, in calls of at most MAX_RENEWAL (what the center
         takes in one), and renews their leases."""
-        if await self._ledger.incarnation() != self.incarnation:
-            await self.rejoin()
+        life = await self.ledger_life()
+        if life != self.incarnation:
+            if self.incarnation:
+                await self.rejoin(life)
+            else:
+                self.incarnation = life
         balances = await self._ledger.balances()
         known = {pid for pid, item in self._tracked.items() if self._region in item.promotion.regions}
         promotion_ids = sorted(known | set(balances))
@@ -456,7 +473,7 @@ class Supply:
             request_id = self._opening_requests.setdefault(promotion.id, uuid.uuid4().hex)
             amount = policy.opening_amount(self._refill_settings, promotion.budget, len(promotion.regions))
             requests.append((promotion.id, amount, request_id))
-        life = self.incarnation
+        life = await self._life()
         sent = self._clock.monotonic()
         answers, lease_ttl_s = await self._ask(self._center.acquire_openings(life, requests))
         for answer in answers:

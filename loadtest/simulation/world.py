@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 from collections.abc import Coroutine, Generator, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -91,9 +92,11 @@ class World:
         self.center = Center(self.store, clock)
         self._clock = clock
         self._settings = settings
-        # Incarnations are dated by the host's real clock (the in-process ledger stamps them so), and the
-        # center's edge checks them against it: DirectCenter's host clock stays the system's.
-        self.regions = [Region(name, Link(DirectCenter(self.center, name), n, net)) for n, name in enumerate(regions)]
+        # The center dates the incarnations it issues by its clock, and DirectCenter checks them against its
+        # host clock as the edge does: both are the world's.
+        self.regions = [
+            Region(name, Link(DirectCenter(self.center, name, clock), n, net)) for n, name in enumerate(regions)
+        ]
 
     async def start(self, promotions: Iterable[Promotion]) -> None:
         """The center, then the promotions, then one agent per region; call it on the loop the world runs on."""
@@ -110,13 +113,18 @@ class World:
         ledger = WitnessLedger(self._clock)
         agent = Agent(replace(self._settings, region=place.name), ledger, place.link, self._clock)
         life = Life(place.name, agent, ledger)
-        life.incarnation = await ledger.incarnation()
+        life.incarnation = await ledger.incarnation(functools.partial(self._join, place.name))
         place.lives.append(life)
         started = life.spawn(agent.start())
         await asyncio.wait([started])
         if not started.cancelled():
             started.result()
             place.live = life
+
+    async def _join(self, region: str) -> str:
+        """The new ledger's life, issued by the center as Join issues it (not over the network: the process
+        is starting, and the checks judge what it does once it serves)."""
+        return self.center.join(region)
 
     def crash(self, region: int) -> None:
         """Kills the region's agent process: its tasks stop where they are and its ledger is lost."""

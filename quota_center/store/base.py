@@ -55,7 +55,9 @@ class Store(Protocol):
 
     async def load_document(self, name: str) -> dict[str, Any] | None: ...
 
-    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord) -> None: ...
+    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord | None = None) -> None:
+        """Saves `document` under `name`, with the audit record of the admin write it is, if it is one."""
+        ...
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         """Up to `limit` records with seq above `after_seq`, in seq order, exactly as stored."""

@@ -170,12 +170,14 @@ class EtcdStore:
         document = await self._get_json(self._document_key(name))
         return None if document is None else dict(document)
 
-    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord) -> None:
+    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord | None = None) -> None:
         key = self._document_key(name)
-        audit_compare, audit_put = self._append(audit)
-        if not await self._txn(
-            self._fenced([audit_compare]), [KVService.txn_op_put(key, json.dumps(document)), audit_put]
-        ):
+        compare, puts = [], [KVService.txn_op_put(key, json.dumps(document))]
+        if audit is not None:
+            audit_compare, audit_put = self._append(audit)
+            compare.append(audit_compare)
+            puts.append(audit_put)
+        if not await self._txn(self._fenced(compare), puts):
             await self._raise_if_deposed()
             await self._raise_if_audit_taken(audit)
             raise Unavailable(f"etcd refused the write of {key}; retry")

@@ -127,10 +127,11 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord) -> None:
+    async def save_document(self, name: str, document: dict[str, Any], audit: AuditRecord | None = None) -> None:
         def work() -> None:
             with self._transaction():
-                self._append(audit)
+                if audit is not None:
+                    self._append(audit)
                 self._db.execute(
                     "INSERT INTO documents (name, document) VALUES (?, ?)"
                     " ON CONFLICT (name) DO UPDATE SET document = excluded.document",

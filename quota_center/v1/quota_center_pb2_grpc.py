@@ -542,6 +542,11 @@ class AllocationStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Join = channel.unary_unary(
+                '/quota_center.v1.Allocation/Join',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.JoinRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.JoinResponse.FromString,
+                _registered_method=True)
         self.Acquire = channel.unary_unary(
                 '/quota_center.v1.Allocation/Acquire',
                 request_serializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireRequest.SerializeToString,
@@ -566,6 +571,15 @@ class AllocationStub:
 
 class AllocationServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Join(self, request, context):
+        """A new ledger life for a region: the incarnation its ledger takes, issued by
+        the center (signed, newer than any the region had), so that no caller can
+        invent one that outranks the live agent. Every other Allocation call names it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Acquire(self, request, context):
         """Grants quota to a region. A retry with the same request_id answers the
@@ -600,6 +614,11 @@ class AllocationServicer:
 
 def add_AllocationServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.JoinRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.JoinResponse.SerializeToString,
+            ),
             'Acquire': grpc.unary_unary_rpc_method_handler(
                     servicer.Acquire,
                     request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.AcquireRequest.FromString,
@@ -630,6 +649,33 @@ def add_AllocationServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Allocation:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.Allocation/Join',
+            quota__center_dot_v1_dot_quota__center__pb2.JoinRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Acquire(request,

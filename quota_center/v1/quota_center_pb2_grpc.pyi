@@ -216,6 +216,11 @@ class AllocationStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AllocationAsyncStub: ...
+    Join: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.JoinRequest, _quota_center_pb2.JoinResponse]
+    """A new ledger life for a region: the incarnation its ledger takes, issued by
+    the center (signed, newer than any the region had), so that no caller can
+    invent one that outranks the live agent. Every other Allocation call names it.
+    """
     Acquire: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.AcquireRequest, _quota_center_pb2.AcquireResponse]
     """Grants quota to a region. A retry with the same request_id answers the
     grant already made. RESOURCE_EXHAUSTED when nothing is left to grant.
@@ -232,6 +237,11 @@ class AllocationStub:
 @_typing.type_check_only
 class AllocationAsyncStub(AllocationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    Join: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.JoinRequest, _quota_center_pb2.JoinResponse]  # type: ignore[assignment]
+    """A new ledger life for a region: the incarnation its ledger takes, issued by
+    the center (signed, newer than any the region had), so that no caller can
+    invent one that outranks the live agent. Every other Allocation call names it.
+    """
     Acquire: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.AcquireRequest, _quota_center_pb2.AcquireResponse]  # type: ignore[assignment]
     """Grants quota to a region. A retry with the same request_id answers the
     grant already made. RESOURCE_EXHAUSTED when nothing is left to grant.
@@ -246,6 +256,17 @@ class AllocationAsyncStub(AllocationStub):
     """Reports quota the region has already removed from its own ledger."""
 
 class AllocationServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _quota_center_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.JoinResponse, _abc.Awaitable[_quota_center_pb2.JoinResponse]]:
+        """A new ledger life for a region: the incarnation its ledger takes, issued by
+        the center (signed, newer than any the region had), so that no caller can
+        invent one that outranks the live agent. Every other Allocation call names it.
+        """
+
     @_abc_1.abstractmethod
     def Acquire(
         self,

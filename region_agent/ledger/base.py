@@ -28,7 +28,7 @@ several agent processes share one ledger. Across all of them:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,6 +54,9 @@ class UserLimit:
 
 NO_LIMITS: dict[str, UserLimit] = {}
 UNLIMITED = UserLimit()
+
+Issuer = Callable[[], Awaitable[str]]
+"""Answers a new incarnation for the region's ledger: the center's Join."""
 
 
 @dataclass(frozen=True)
@@ -127,9 +130,11 @@ class Ledger(Protocol):
         """Releases what the ledger itself opened; it is not used afterwards."""
         ...
 
-    async def incarnation(self) -> str:
-        """Identifies this ledger's life; called before anything else. A ledger whose store lost
-        its data raises LedgerLost from its writes, and answers a new incarnation here."""
+    async def incarnation(self, issue: Issuer | None = None) -> str:
+        """Identifies this ledger's life; called before anything else. A ledger that has none yet (a new
+        one, or one whose store lost its data: it raises LedgerLost from its writes) takes the one
+        `issue()` answers (the center's Join), or without `issue` makes an unsigned one (benchmarks and
+        tests that run a ledger without a center; a center refuses it)."""
         ...
 
     async def find_order(

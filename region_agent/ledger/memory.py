@@ -18,6 +18,7 @@ from region_agent.ledger.base import (
     RETENTION_S,
     Balance,
     DeductOutcome,
+    Issuer,
     Line,
     RefundOutcome,
     Settle,
@@ -33,12 +34,15 @@ class InProcessLedger:
     def __init__(self, clock: Clock | None = None, retention_s: float = RETENTION_S) -> None:
         self._ledger = LocalLedger(max(1, round(retention_s * 1000)))
         self._clock = clock or SystemClock()
-        self._incarnation = new_incarnation(time.time_ns())
+        self._incarnation = ""
 
     async def aclose(self) -> None:
         """Nothing to release: it lives in this process's memory."""
 
-    async def incarnation(self) -> str:
+    async def incarnation(self, issue: Issuer | None = None) -> str:
+        """Taken once, when first asked: this ledger lives as long as its process."""
+        if not self._incarnation:
+            self._incarnation = new_incarnation(time.time_ns()) if issue is None else await issue()
         return self._incarnation
 
     async def find_order(

@@ -45,6 +45,7 @@ from region_agent.ledger.base import (
     UNLIMITED,
     Balance,
     DeductOutcome,
+    Issuer,
     Line,
     RefundOutcome,
     Settle,
@@ -126,19 +127,20 @@ class RedisLedger:
         ]
 
     @_reachable
-    async def incarnation(self) -> str:
+    async def incarnation(self, issue: Issuer | None = None) -> str:
         """The life this agent takes part in, checked against Redis on every call: when Redis
-        lost it, all of the region's agents converge on one new life (the first to ask creates
-        it), and the center writes off what the old one held."""
+        lost it, all of the region's agents converge on one new life (the first to store the one
+        it was issued wins), and the center writes off what the old one held."""
         key = self._key("incarnation")
         stored = await self._redis.hget(key, "life")
-        if stored is None or _text(stored) != self._incarnation:
-            fresh = new_incarnation(time.time_ns())
+        if stored is None:
+            fresh = new_incarnation(time.time_ns()) if issue is None else await issue()
             if await self._redis.hsetnx(key, "life", fresh):
                 await self._redis.hset(key, "sequence", 0)
             stored = await self._redis.hget(key, "life")
             if stored is None:
                 raise _lost()
+        if _text(stored) != self._incarnation:
             self._incarnation, self._floor = _text(stored), 0
         return self._incarnation
 

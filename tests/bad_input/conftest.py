@@ -25,7 +25,7 @@ async def center_world(admin: center_grpc.PromotionAdminAsyncStub) -> World:
 
 @pytest.fixture
 async def granted(center_world: World, allocation: center_grpc.AllocationAsyncStub) -> World:
-    """Promotion "promo" (budget 1000, eu only) of which region eu (its INCARNATION) was granted 100."""
+    """Promotion "promo" (budget 1000, eu only) of which region eu (`identity()`) was granted 100."""
     await create(center_world.admin, promotion("promo", budget=1_000, regions=("eu",)))
     answer = await allocation.Acquire(acquire(amount=100), timeout=5)
     assert answer.grant.amount == 100

@@ -11,7 +11,7 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_common.incarnation import MAX_AHEAD_S, new_incarnation
+from quota_common.incarnation import MAX_AHEAD_S
 from quota_common.validation import MAX_RENEWAL
 from quota_testing.bad_calls import (
     BAD_AMOUNTS,
@@ -29,6 +29,7 @@ from quota_testing.bad_calls import (
     rejected,
     unchanged,
 )
+from quota_testing.inprocess import issued_incarnation
 from quota_testing.support import promotion
 
 # Acquire, Renew, Return
@@ -99,7 +100,7 @@ BAD_IDENTITIES = [
         identity(incarnation="\U0010ffff" * 32), "agent.incarnation", "not an incarnation", id="incarnation-form"
     ),
     pytest.param(
-        identity(incarnation=new_incarnation(time.time_ns() + (MAX_AHEAD_S + 86_400) * 10**9)),
+        identity(incarnation=issued_incarnation(time.time_ns() + (MAX_AHEAD_S + 86_400) * 10**9)),
         "agent.incarnation",
         "set the agent host's clock right",
         id="incarnation-dated-ahead",
@@ -124,7 +125,8 @@ async def test_allocation_calls_reject_a_bad_agent_identity(
 async def test_acquire_accepts_128_byte_ids(
     admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub
 ) -> None:
-    region, incarnation, request_id = "r" * 128, new_incarnation(3), "q" * 128
+    region, request_id = "r" * 128, "q" * 128
+    incarnation = issued_incarnation(3, region)
     await create(admin, promotion(ID_128, budget=MAX_AMOUNT, regions=("eu", region)))
 
     answer = await allocation.Acquire(acquire(ID_128, MAX_AMOUNT, request_id, identity(region, incarnation)), timeout=5)
@@ -258,7 +260,7 @@ async def test_return_claiming_more_granted_than_the_center_granted_is_rejected(
 async def test_an_incarnation_dated_within_the_skew_allowed_is_taken_and_outranks_the_older_one(
     granted: World, allocation: center_grpc.AllocationAsyncStub
 ) -> None:
-    ahead = identity(incarnation=new_incarnation(time.time_ns() + (MAX_AHEAD_S - 60) * 10**9))
+    ahead = identity(incarnation=issued_incarnation(time.time_ns() + (MAX_AHEAD_S - 60) * 10**9))
 
     await allocation.Renew(center_pb.RenewRequest(agent=ahead, counters=[counters(granted=0)]), timeout=5)
 

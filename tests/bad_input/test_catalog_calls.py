@@ -11,7 +11,6 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_common.incarnation import new_incarnation
 from quota_testing.bad_calls import (
     BAD_AMOUNTS,
     BAD_IDS,
@@ -26,7 +25,7 @@ from quota_testing.bad_calls import (
     rejected,
     unchanged,
 )
-from quota_testing.inprocess import ServedCenter
+from quota_testing.inprocess import ServedCenter, issued_incarnation
 from quota_testing.support import promotion
 
 
@@ -355,7 +354,7 @@ async def test_an_opening_request_id_of_another_incarnation_is_refused(
     granted: World, allocation: center_grpc.AllocationAsyncStub
 ) -> None:
     await allocation.AcquireOpenings(openings(item("existing", request_id="open-1")), timeout=5)
-    later = openings(item("existing", request_id="open-1"), agent=identity(incarnation=new_incarnation(2)))
+    later = openings(item("existing", request_id="open-1"), agent=identity(incarnation=issued_incarnation(2)))
 
     async with unchanged(granted):
         answer = await allocation.AcquireOpenings(later, timeout=5)

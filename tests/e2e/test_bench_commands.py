@@ -16,6 +16,7 @@ import redis.asyncio as redis
 
 from quota_testing.launch import ServerProcess
 from quota_testing.servers import redis_server
+from quota_testing.tls import write_dev_tls
 from region_agent.v1 import region_agent_pb2 as pb
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
@@ -104,12 +105,20 @@ def test_bench_freeze_reports_a_freeze_reaching_every_region_sooner_by_push_than
     assert figures["push"]["p50_ms"] < figures["pull_only"]["p50_ms"]
 
 
-def test_bench_compares_every_strategy_at_both_wan_settings(tmp_path: Path) -> None:
-    figures = _quota_json("bench", "--seconds", "1", "--clients", "8", "--docs", str(tmp_path))
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """One short `quota bench --json` run, its figures and the docs directory it wrote to."""
+    docs = tmp_path_factory.mktemp("docs")
+    return _quota_json("bench", "--seconds", "1", "--clients", "8", "--docs", str(docs)), docs
+
+
+def test_bench_compares_every_strategy_at_both_wan_settings(bench: tuple[dict[str, Any], Path]) -> None:
+    figures, docs = bench
 
     rows = {(row["strategy"], row["wan_rtt_ms"]): row for row in figures["rows"]}
     strategies = ("agent_memory", "agent_redis", "central_grpc", "central_redis")
-    assert set(rows) == {(strategy, rtt) for strategy in strategies for rtt in (0, 80)}
+    mtls = {("agent_memory_mtls", 0), ("agent_redis_mtls", 0)}
+    assert set(rows) == {(strategy, rtt) for strategy in strategies for rtt in (0, 80)} | mtls
     for row in rows.values():
         assert row["deductions"] > 0
         assert row["over_issue"] == 0
@@ -129,8 +138,51 @@ def test_bench_compares_every_strategy_at_both_wan_settings(tmp_path: Path) -> N
     assert figures["echo_redis_per_s"] > 0
     assert figures["agent_vs_echo_redis_ratio"] > 0
     assert figures["agent_vs_lua_ratio"] > 0
-    page = (tmp_path / "benchmarks.md").read_text()
+    page = (docs / "benchmarks.md").read_text()
     assert "| agent_redis | 80 |" in page
+
+
+def test_bench_measures_each_agent_with_and_without_mutual_tls_in_the_same_run(
+    bench: tuple[dict[str, Any], Path],
+) -> None:
+    figures, docs = bench
+
+    secured = [(row["strategy"], row["wan_rtt_ms"]) for row in figures["rows"] if row["mtls"]]
+    assert secured == [("agent_memory_mtls", 0), ("agent_redis_mtls", 0)]
+    strategies = [row["strategy"] for row in figures["rows"]]
+    for ledger in ("agent_memory", "agent_redis"):
+        # Each mTLS row sits right below the plaintext row it is held against.
+        assert strategies[strategies.index(ledger) + 1] == f"{ledger}_mtls"
+    # The cost of security as ratios of rates measured in this run; how large, the benchmark says, not this test.
+    for ratio in ("agent_memory_mtls_ratio", "agent_redis_mtls_ratio", "echo_mtls_ratio", "echo_mtls_authz_ratio"):
+        assert figures[ratio] > 0
+    for echo in ("echo_mtls", "echo_mtls_authz"):
+        assert figures[f"{echo}_per_s"] > 0
+        assert len(figures[f"{echo}_per_s_before_after"]) == 2
+    page = (docs / "benchmarks.md").read_text()
+    assert "| agent_redis_mtls | 0 |" in page
+    assert f"Redis ledger **{figures['agent_redis_mtls_ratio']}**" in page
+
+
+async def test_the_echo_yardstick_with_authorization_answers_its_region_and_refuses_others(tmp_path: Path) -> None:
+    dev = write_dev_tls(tmp_path / "tls", regions=("bench", "us"))
+    args = [*dev.flags("agent-bench"), "--authz", "bench"]
+    echo = ServerProcess("echo", args, tmp_path / "echo.log", module="loadtest.echo").start()
+    try:
+        async with dev.transport("orders-bench").aio_channel(echo.address) as channel:
+            answer = await pb_grpc.RegionAgentStub(channel).Deduct(pb.DeductRequest(order_key="ours"), timeout=10)
+        async with dev.transport("orders-us").aio_channel(echo.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.RegionAgentStub(channel).Deduct(pb.DeductRequest(order_key="theirs"), timeout=10)
+        async with grpc.aio.insecure_channel(echo.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as plaintext:
+                await pb_grpc.RegionAgentStub(channel).Deduct(pb.DeductRequest(order_key="plain"), timeout=10)
+    finally:
+        echo.stop()
+
+    assert answer.order_key == "ours"
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_the_echo_yardstick_with_redis_writes_once_per_call_before_answering(tmp_path: Path) -> None:

@@ -19,13 +19,13 @@ from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.clock import FakeClock
 from quota_common.errors import FailedPrecondition, InvalidArgument, NotFound, Superseded, from_grpc
-from quota_common.incarnation import new_incarnation
 from quota_common.model import Kind, Promotion, Report
 from quota_common.validation import MAX_AMOUNT
+from quota_testing.inprocess import issued_incarnation
 from quota_testing.memory_store import MemoryStore
 from quota_testing.support import promotion
 
-AGENT = pb.AgentIdentity(region="eu", incarnation=new_incarnation(1))
+AGENT = pb.AgentIdentity(region="eu", incarnation=issued_incarnation(1))
 
 
 class HeldStore(SqliteStore):
@@ -260,7 +260,7 @@ async def test_a_superseded_agent_is_told_so_in_the_trailing_metadata(
     admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub
 ) -> None:
     await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=promotion("p", budget=100)), timeout=5)
-    newer = pb.AgentIdentity(region="eu", incarnation=new_incarnation(2))
+    newer = pb.AgentIdentity(region="eu", incarnation=issued_incarnation(2))
     await allocation.Acquire(pb.AcquireRequest(agent=newer, promotion_id="p", amount=5, request_id="r-1"), timeout=5)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -7,7 +7,7 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_common.incarnation import new_incarnation
+from quota_testing.inprocess import issued_incarnation
 from quota_testing.support import HOUR_MS, now_ms, promotion
 
 
@@ -17,7 +17,7 @@ async def test_a_linear_promotion_grants_only_what_its_window_has_released(
     paced = promotion("paced", budget=4_000, start_ms=now_ms() - HOUR_MS, end_ms=now_ms() + 3 * HOUR_MS)
     paced.pacing = pb.PACING_LINEAR
     created = await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=paced), timeout=5)
-    agent = pb.AgentIdentity(region="eu", incarnation=new_incarnation(1))
+    agent = pb.AgentIdentity(region="eu", incarnation=issued_incarnation(1))
 
     def ask(request_id: str) -> pb.AcquireRequest:
         return pb.AcquireRequest(agent=agent, promotion_id="paced", amount=4_000, request_id=request_id)

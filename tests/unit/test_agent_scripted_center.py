@@ -13,6 +13,7 @@ import pytest
 
 from quota_common.clock import FakeClock
 from quota_common.errors import NotFound, Rejected, RejectReason, Unavailable
+from quota_common.incarnation import new_incarnation
 from quota_common.model import EmergencyFreeze, Kind, Promotion, Report
 from quota_common.validation import MAX_RENEWAL
 from quota_testing.support import eventually
@@ -71,6 +72,10 @@ class ScriptedCenter:
         if promotion_id not in self.promotions:
             raise NotFound(f"no promotion {promotion_id}")
         return self.promotions[promotion_id]
+
+    async def join(self) -> str:
+        self.calls += 1
+        return new_incarnation(self._clock.wall_ms() * 1_000_000)
 
     async def acquire(
         self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int

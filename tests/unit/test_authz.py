@@ -37,6 +37,7 @@ EXPECTED: dict[str, tuple[set[Role], str | None]] = {
     "/quota_center.v1.PromotionAdmin/ListAudit": ({OWNER, Role.APPROVER, OPERATOR}, None),
     "/quota_center.v1.Catalog/Watch": (READ, REQUEST),
     "/quota_center.v1.Catalog/ListChanges": (READ, REQUEST),
+    "/quota_center.v1.Allocation/Join": ({AGENT}, REQUEST),
     "/quota_center.v1.Allocation/Acquire": ({AGENT}, REQUEST),
     "/quota_center.v1.Allocation/AcquireOpenings": ({AGENT}, REQUEST),
     "/quota_center.v1.Allocation/Renew": ({AGENT}, REQUEST),
