@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import sqlite3
-from dataclasses import dataclass, field
+import ssl
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from grpc_health.v1.health_pb2 import HealthCheckResponse
@@ -15,16 +16,34 @@ from quota_center.center import Center, CenterSettings
 from quota_center.leadership import EtcdLeadership, Leadership, SingleNode
 from quota_center.metrics import center_registry
 from quota_center.store.base import Store
-from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore
+from quota_center.store.etcd import DEFAULT_PREFIX, EtcdAccess, EtcdStore
 from quota_center.store.sqlite import SqliteStore
 from quota_common import identity
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import guarded_server, health_servicer, serve
+from quota_common.tls import TlsFiles
 from quota_common.transport import Security, open_transport
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreAccess:
+    """How the center reaches a secured etcd; each setting left out is not used (the TLS files default
+    to the center's own, for etcds://)."""
+
+    ca: Path | None = None
+    """--etcd-ca: the CA etcd's certificate is verified against (etcds://)."""
+    cert: Path | None = None
+    """--etcd-cert: the certificate the center presents to etcd (etcds://)."""
+    key: Path | None = None
+    """--etcd-key: its private key."""
+    user: str = ""
+    """--etcd-user: the etcd user the center logs in as; empty: none."""
+    password: str = field(default="", repr=False)
+    """That user's password (read from --etcd-password-file)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +51,8 @@ class CenterConfig:
     listen: str = "127.0.0.1:50051"
     """host:port to serve gRPC on; port 0 picks a free one (printed on stdout)."""
     store: str = "sqlite:///quota-center.db"
-    """Where state lives: sqlite:///PATH (embedded default) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]."""
+    """Where state lives: sqlite:///PATH (embedded default), etcd://HOST:PORT[,HOST:PORT...][/PREFIX], or
+    etcds://... for etcd over TLS."""
     settings: CenterSettings = field(default_factory=CenterSettings)
     advertise: str = ""
     """host:port agents and clients reach this replica at; default: the listen host and port."""
@@ -42,12 +62,20 @@ class CenterConfig:
     """host:port of the Prometheus endpoint (GET /metrics); empty: none."""
     security: Security = field(default_factory=Security)
     """How its gRPC port is secured: mutual TLS with the center's certificate, or plaintext on loopback."""
+    store_access: StoreAccess = field(default_factory=StoreAccess)
+    """How it reaches a secured etcd: TLS files, a user."""
 
 
-async def open_store(url: str, clock: Clock, election_ttl_s: int) -> tuple[Store, Leadership]:
+async def open_store(
+    url: str, clock: Clock, election_ttl_s: int, access: StoreAccess | None = None, center_tls: TlsFiles | None = None
+) -> tuple[Store, Leadership]:
     """The store `url` names, open and answering, with who may write to it: a SQLite file has one
     center, which leads; the centers on one etcd prefix elect a leader. ConfigError when the store
-    cannot be opened (another center holds the SQLite file, etcd does not answer, the URL names no store)."""
+    cannot be opened (another center holds the SQLite file, etcd does not answer or refuses the
+    certificate or the user, the URL names no store). etcds:// verifies etcd with `access.ca` and
+    presents `access.cert`, defaulting to the center's own TLS files `center_tls`."""
+    access = access or StoreAccess()
+    _refuse_unused(url, access)
     if url.startswith("sqlite:///"):
         file = Path(url.removeprefix("sqlite:///"))
         try:
@@ -57,13 +85,72 @@ async def open_store(url: str, clock: Clock, election_ttl_s: int) -> tuple[Store
                 f"--store {url}: cannot open the SQLite file {file} ({error}); "
                 "sqlite:///PATH is relative to the working directory, sqlite:////PATH absolute"
             ) from None
-    if url.startswith("etcd://"):
-        hosts, _, path = url.removeprefix("etcd://").partition("/")
+    scheme, _, rest = url.partition("://")
+    if scheme in ("etcd", "etcds"):
+        hosts, _, path = rest.partition("/")
         endpoints = [endpoint for endpoint in hosts.split(",") if endpoint]
         if endpoints:
-            store = await EtcdStore.connect(endpoints, f"/{path}" if path else DEFAULT_PREFIX)
+            etcd_access = _etcd_access(url, access, center_tls) if scheme == "etcds" else EtcdAccess()
+            etcd_access = replace(etcd_access, user=access.user, password=access.password)
+            store = await EtcdStore.connect(endpoints, f"/{path}" if path else DEFAULT_PREFIX, etcd_access)
             return store, EtcdLeadership(store, clock, election_ttl_s)
-    raise ConfigError(f"--store {url!r} is no store; use sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+    raise ConfigError(
+        f"--store {url!r} is no store; use sqlite:///PATH, etcd://HOST:PORT[,HOST:PORT...][/PREFIX] "
+        "or etcds://... (TLS)"
+    )
+
+
+def _refuse_unused(url: str, access: StoreAccess) -> None:
+    """Settings that would do nothing with this store are a mistake in them or in --store."""
+    tls = {"--etcd-ca": access.ca, "--etcd-cert": access.cert, "--etcd-key": access.key}
+    login = {"--etcd-user": access.user, "--etcd-password-file": access.password}
+    given = [option for option, value in {**tls, **login}.items() if value]
+    if not url.startswith(("etcd://", "etcds://")) and given:
+        raise ConfigError(f"{', '.join(given)} apply to etcd, and --store is {url!r}; drop them or fix --store")
+    tls_given = [option for option, value in tls.items() if value]
+    if url.startswith("etcd://") and tls_given:
+        raise ConfigError(
+            f"{', '.join(tls_given)} secure etcd over TLS, and --store {url!r} is plaintext: use etcds://, or drop them"
+        )
+    if bool(access.user) != bool(access.password):
+        missing = "--etcd-password-file" if access.user else "--etcd-user"
+        raise ConfigError(f"--etcd-user and --etcd-password-file go together; {missing} is missing")
+
+
+def _etcd_access(url: str, access: StoreAccess, center_tls: TlsFiles | None) -> EtcdAccess:
+    """The TLS material for etcds://, each file from its --etcd-* option or else the center's own --tls-*,
+    checked: ConfigError naming the option of a file that is missing or not what it should be."""
+    ca = (access.ca, "--etcd-ca") if access.ca else (center_tls.ca, "--tls-ca") if center_tls else None
+    if ca is None:
+        raise ConfigError(
+            f"--store {url} is TLS and nothing says which CA signed etcd's certificate: give --etcd-ca (or --tls-ca)"
+        )
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=ca[0])
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"{ca[1]} {ca[0]}: not a CA certificate in PEM ({error})") from None
+    if access.cert or access.key:
+        if access.cert is None or access.key is None:
+            missing = "--etcd-key" if access.key is None else "--etcd-cert"
+            raise ConfigError(f"--etcd-cert and --etcd-key go together; {missing} is missing")
+        pair, options = (access.cert, access.key), "--etcd-cert and --etcd-key"
+    elif center_tls is not None:
+        pair, options = (center_tls.cert, center_tls.key), "--tls-cert and --tls-key"
+    else:
+        return EtcdAccess(ca=_read(*ca))
+    try:
+        context.load_cert_chain(*pair)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"{options} ({pair[0]}, {pair[1]}): not a certificate and its key ({error})") from None
+    return EtcdAccess(ca=_read(*ca), cert=_read(pair[0], options), key=_read(pair[1], options))
+
+
+def _read(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{option} {path}: cannot read it ({error.strerror})") from None
 
 
 def _reachable_host(listen_host: str) -> str:
@@ -83,7 +170,7 @@ async def run_center(config: CenterConfig) -> None:
     security = config.security
     transport = open_transport(security, identity.center(security.trust_domain), listen=config.listen)
     clock = SystemClock()
-    store, leadership = await open_store(config.store, clock, config.election_ttl_s)
+    store, leadership = await open_store(config.store, clock, config.election_ttl_s, config.store_access, security.tls)
     host = config.listen.rpartition(":")[0]
     center = Center(store, clock, config.settings, leadership)
     server = guarded_server(transport)

@@ -4,6 +4,7 @@
     issue(ca, now, days, uris=, hosts=, ...)    a leaf certificate signed by `ca`
     dev_identities(trust_domain, regions, ...)  who a development deployment has, by file name
     write_dev_set(directory, plan, now)         the CA and every identity's certificate, written
+    write_server_pair(directory, name, now)     a backend server's certificate (Redis, etcd) from that CA
 
 Keys are ECDSA P-256. The center's and the agents' certificates serve too (they carry DNS and IP SANs
 for `hosts`, loopback by default, which clients verify against the address they dial); the others
@@ -24,6 +25,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from quota_common.errors import ConfigError
@@ -174,6 +176,23 @@ def write_pair(directory: Path, name: str, issued: Issued) -> tuple[Path, Path]:
         _write(directory / f"{name}.pem", issued.cert_pem),
         _write(directory / f"{name}-key.pem", issued.key_pem, secret=True),
     )
+
+
+def load_ca(directory: Path) -> Issued:
+    """The CA write_dev_set wrote to `directory` (ca.pem and ca-key.pem)."""
+    key = load_pem_private_key((directory / "ca-key.pem").read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey), "write_dev_set makes P-256 keys"
+    return Issued(x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes()), key)
+
+
+def write_server_pair(
+    directory: Path, name: str, now: datetime, *, hosts: Sequence[str] = LOOPBACK, days: float = 1
+) -> tuple[Path, Path]:
+    """A certificate for a server that is not ours (the region's Redis, etcd) on `hosts`, from the CA in
+    `directory`, written as <name>.pem and <name>-key.pem. It names no identity; it serves, and authenticates
+    as a client too (a test's readiness probe presents it)."""
+    leaf = issue(load_ca(directory), now, days, hosts=hosts, server=True, common_name=name)
+    return write_pair(directory, name, leaf)
 
 
 def _builder(

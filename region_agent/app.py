@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
+from redis.exceptions import NoPermissionError, NoScriptError
 
 from quota_common.clock import SystemClock
 from quota_common.errors import ConfigError
 from quota_common.identity import Role, regional
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import guarded_server, serve
+from quota_common.tls import TlsFiles
 from quota_common.transport import Security, open_transport
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
@@ -25,6 +32,22 @@ from region_agent.metrics import AgentMetrics, CenterCallTimer
 
 
 @dataclass(frozen=True)
+class LedgerAccess:
+    """How the agent reaches a secured Redis ledger; each setting left out is not used (the TLS files
+    default to the agent's own, for rediss://)."""
+
+    ca: Path | None = None
+    """--ledger-ca: the CA Redis's certificate is verified against (rediss://)."""
+    cert: Path | None = None
+    """--ledger-cert: the certificate the agent presents to Redis (rediss://)."""
+    key: Path | None = None
+    """--ledger-key: its private key."""
+    password: str = field(default="", repr=False)
+    """The password of the ACL user --ledger names, or of Redis's default user (read from
+    --ledger-password-file); empty: none."""
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     settings: AgentSettings
     listen: str = "127.0.0.1:50061"
@@ -32,7 +55,8 @@ class AgentConfig:
     center: tuple[str, ...] = ("127.0.0.1:50051",)
     """The center replicas' host:port; calls follow whichever leads."""
     ledger: str = "memory"
-    """Where the regional ledger lives: memory (embedded default) or redis://HOST:PORT[/DB]."""
+    """Where the regional ledger lives: memory (embedded default), redis://[USER@]HOST:PORT[/DB], or
+    rediss://[USER@]HOST:PORT[/DB] for Redis over TLS."""
     retention_s: float = RETENTION_S
     """How long the ledger remembers orders and refunds (their retries replay meanwhile)."""
     metrics_listen: str = ""
@@ -40,37 +64,178 @@ class AgentConfig:
     security: Security = field(default_factory=Security)
     """How its gRPC port and its calls to the center are secured: mutual TLS with this region's agent
     certificate, or plaintext on loopback."""
+    ledger_access: LedgerAccess = field(default_factory=LedgerAccess)
+    """How it reaches a secured Redis ledger: TLS files, a password."""
 
 
 REACH_TIMEOUT_S = 3.0
 """How long a Redis ledger has to answer a PING at start before the agent gives up (exit 2)."""
 
 
-async def open_ledger(url: str, region: str, retention_s: float) -> tuple[Ledger, CacheTier | None]:
-    """The ledger, answering, and the region's tier of the promotion cache that lives beside it;
-    ConfigError when `url` names no ledger or its Redis does not answer."""
+async def open_ledger(
+    url: str,
+    region: str,
+    retention_s: float,
+    access: LedgerAccess | None = None,
+    agent_tls: TlsFiles | None = None,
+) -> tuple[Ledger, CacheTier | None]:
+    """The ledger, answering, and the region's tier of the promotion cache that lives beside it.
+    rediss:// verifies Redis with `access.ca` and presents `access.cert`, each defaulting to the
+    agent's own TLS files `agent_tls`. ConfigError saying what to change when `url` names no ledger,
+    or its Redis does not answer, refuses the certificate or the user, or does not let the user
+    at the region's keys."""
+    access = access or LedgerAccess()
+    shown = _redacted(url)
     if url == "memory":
+        _refuse_unused(access, url)
         return InProcessLedger(retention_s=retention_s), None
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"--ledger {url!r} is no ledger; use memory or redis://HOST:PORT[/DB]")
+        raise ConfigError(
+            f"--ledger {shown!r} is no ledger; use memory, redis://[USER@]HOST:PORT[/DB] or rediss://... (TLS)"
+        )
+    _refuse_unused(access, url)
+    options, ca = _client_options(url, access, agent_tls)
     try:
-        client = redis.Redis.from_url(url)
+        client = redis.Redis.from_url(url, **options)
     except ValueError as error:
-        raise ConfigError(f"--ledger {url!r}: {error}; use redis://HOST:PORT[/DB]") from None
+        raise ConfigError(_without(f"--ledger {shown!r}: {error}; use redis://HOST:PORT[/DB]", url, access)) from None
+    user = urlsplit(url).username or ""
     try:
-        await asyncio.wait_for(client.ping(), REACH_TIMEOUT_S)
+        await asyncio.wait_for(_check(client, region), REACH_TIMEOUT_S)
     except (redis.RedisError, OSError, TimeoutError) as error:
         await client.aclose()
-        detail = str(error) or f"nothing within {REACH_TIMEOUT_S:.0f} s"
-        raise ConfigError(f"Redis at {url} does not answer ({detail}); start it, or fix --ledger") from None
+        raise ConfigError(_without(_refusal(error, shown, unquote(user), region, access, ca), url, access)) from None
     return RedisLedger(client, region, retention_s), RedisCacheTier(client, region)
+
+
+_CLOSED = ("reset by peer", "Connection closed", "closed by server", "Broken pipe", "EOF")
+"""How redis-py words a connection the server ended: at the first bytes of a client it does not take."""
+_NO_SCRIPT = "0" * 40
+"""No script has this SHA-1: EVALSHA of it answers NOSCRIPT to a user who may run scripts, NOPERM to others."""
+
+
+async def _check(client: redis.Redis, region: str) -> None:
+    """Redis answers, and lets this user read the region's keys and run scripts on them, as the ledger will."""
+    await client.ping()
+    key = f"{{quota:{region}}}:incarnation"  # the ledger's first read (region_agent.ledger.redis)
+    await client.hget(key, "life")
+    with contextlib.suppress(NoScriptError):
+        await client.evalsha(_NO_SCRIPT, 1, key)
+
+
+def _refuse_unused(access: LedgerAccess, url: str) -> None:
+    """Settings that would do nothing with this ledger are a mistake in them or in --ledger."""
+    tls = {"--ledger-ca": access.ca, "--ledger-cert": access.cert, "--ledger-key": access.key}
+    given = [option for option, value in tls.items() if value]
+    if url == "memory":
+        given += ["--ledger-password-file"] if access.password else []
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to a Redis ledger, and --ledger is memory: drop them")
+    elif given and not url.startswith("rediss://"):
+        raise ConfigError(
+            f"{', '.join(given)} secure Redis over TLS, and --ledger {_redacted(url)} is plaintext: use rediss://, "
+            "or drop them"
+        )
+    if access.password and urlsplit(url).password:
+        raise ConfigError("--ledger has a password and --ledger-password-file gives one too: keep only the file")
+
+
+def _client_options(url: str, access: LedgerAccess, agent_tls: TlsFiles | None) -> tuple[dict[str, Any], str]:
+    """redis-py's settings beyond the URL (which the ledger's own script connection takes up too), and
+    the CA option in force ("" without TLS). ConfigError naming a TLS file that cannot be used."""
+    options: dict[str, Any] = {"password": access.password} if access.password else {}
+    if not url.startswith("rediss://"):
+        return options, ""
+    ca, ca_option = (access.ca, "--ledger-ca") if access.ca else (agent_tls.ca if agent_tls else None, "--tls-ca")
+    if ca is None:
+        raise ConfigError(
+            f"--ledger {_redacted(url)} is TLS and nothing says which CA signed Redis's certificate: "
+            "give --ledger-ca (or --tls-ca)"
+        )
+    pair: tuple[Path, Path] | None = (agent_tls.cert, agent_tls.key) if agent_tls else None
+    pair_options = "--tls-cert and --tls-key"
+    if access.cert or access.key:
+        if access.cert is None or access.key is None:
+            missing = "--ledger-key" if access.key is None else "--ledger-cert"
+            raise ConfigError(f"--ledger-cert and --ledger-key go together; {missing} is missing")
+        pair, pair_options = (access.cert, access.key), "--ledger-cert and --ledger-key"
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"{ca_option} {ca}: not a CA certificate in PEM ({error})") from None
+    if pair is not None:
+        cert, key = pair
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"{pair_options} ({cert}, {key}): not a certificate and its key in PEM ({error})"
+            ) from None
+        options.update(ssl_certfile=str(cert), ssl_keyfile=str(key))
+    return {**options, "ssl_ca_certs": str(ca)}, ca_option
+
+
+def _refusal(error: BaseException, shown: str, user: str, region: str, access: LedgerAccess, ca_option: str) -> str:
+    """What to change when Redis did not take the agent, as far as its answer tells."""
+    detail = str(error) or f"nothing within {REACH_TIMEOUT_S:.0f} s"
+    named = user or "default"
+    if isinstance(error, redis.AuthenticationError):
+        if not access.password and not user:
+            return (
+                f"Redis at {shown} wants a user ({detail}); name the ACL user in --ledger "
+                "(rediss://USER@HOST:PORT/DB) and give its password in --ledger-password-file"
+            )
+        return f"Redis refused user {named}: {detail}; fix --ledger-password-file, or the user in --ledger"
+    if isinstance(error, NoPermissionError):
+        return (
+            f"Redis at {shown} does not let user {named} use the region's keys as the ledger does ({detail}); "
+            f"its ACL must allow ~{{quota:{region}}}:* and the ledger's commands, or --ledger names the wrong user"
+        )
+    tls = bool(ca_option)
+    if tls and "CERTIFICATE_VERIFY_FAILED" in detail:
+        return (
+            f"Redis at {shown} presented a certificate that the CA in {ca_option} did not sign ({detail}); give "
+            "--ledger-ca the CA that did (without it, the agent's --tls-ca is used), and Redis a certificate "
+            "naming the host in --ledger"
+        )
+    if tls and "WRONG_VERSION_NUMBER" in detail:
+        return f"Redis at {shown} does not speak TLS ({detail}); use redis://, or give Redis its certificate"
+    refused_certificate = tls and any(
+        sign in detail for sign in ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE")
+    )
+    if refused_certificate or any(sign in detail for sign in _CLOSED):
+        if tls:
+            return (
+                f"Redis at {shown} closed the TLS connection ({detail}); it wants a client certificate its "
+                "--tls-ca-cert-file signed: give --ledger-cert and --ledger-key (default: --tls-cert and --tls-key)"
+            )
+        return f"Redis at {shown} closed the connection ({detail}); if it serves TLS only, use rediss://"
+    return f"Redis at {shown} does not answer ({detail}); start it, or fix --ledger"
+
+
+def _redacted(url: str) -> str:
+    """`url` with any password in it replaced by ***, as it may be shown."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    return parts._replace(netloc=f"{user}***@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
+def _without(message: str, url: str, access: LedgerAccess) -> str:
+    """`message` with no password in it, whatever a library put in its words."""
+    for password in (access.password, urlsplit(url).password):
+        if password:
+            message = message.replace(password, "***")
+    return message
 
 
 async def run_agent(config: AgentConfig) -> None:
     region, security = config.settings.region, config.security
     agent_identity = regional(security.trust_domain, Role.AGENT, region)
     transport = open_transport(security, agent_identity, listen=config.listen, center=config.center)
-    ledger, tier = await open_ledger(config.ledger, region, config.retention_s)
+    ledger, tier = await open_ledger(config.ledger, region, config.retention_s, config.ledger_access, security.tls)
     metrics = AgentMetrics(region)
     center = GrpcCenter(list(config.center), region, interceptors=[CenterCallTimer(metrics)], transport=transport)
     settings = replace(config.settings, return_on_shutdown=not ledger.outlives_agent)
