@@ -8,7 +8,9 @@ Every setting comes, by precedence, from the command line, from its environment 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -27,6 +29,30 @@ from region_agent.app import AgentConfig, LedgerAccess, run_agent
 _CENTER, _CENTER_CONFIG = CenterSettings(), CenterConfig()
 _AGENT, _AGENT_CONFIG = AgentSettings(region=""), AgentConfig(AgentSettings(region=""))
 _FILE = click.Path(dir_okay=False, path_type=Path)
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _backend_tls_options(option: str, backend: str, scheme: str, who: str) -> Callable[[F], F]:
+    """--OPTION-ca, --OPTION-cert and --OPTION-key: how the `who` reaches `backend` over TLS (`scheme`),
+    each defaulting to the process's own --tls-* file."""
+    options = (
+        click.option(
+            f"--{option}-ca", type=_FILE, help=f"CA that signed {backend}'s certificate ({scheme}) [default: --tls-ca]."
+        ),
+        click.option(
+            f"--{option}-cert",
+            type=_FILE,
+            help=f"Certificate the {who} presents to {backend} ({scheme}) [default: --tls-cert].",
+        ),
+        click.option(f"--{option}-key", type=_FILE, help=f"Its private key ({scheme}) [default: --tls-key]."),
+    )
+
+    def decorate(command: F) -> F:
+        for add in reversed(options):
+            command = add(command)
+        return command
+
+    return decorate
 
 
 def _password(path: Path | None, option: str) -> str:
@@ -70,11 +96,7 @@ def center() -> None:
     show_default=True,
     help="sqlite:///PATH, etcd://HOST:PORT,...[/PREFIX], or etcds://... for etcd over TLS.",
 )
-@click.option("--etcd-ca", type=_FILE, help="CA that signed etcd's certificate (etcds://) [default: --tls-ca].")
-@click.option(
-    "--etcd-cert", type=_FILE, help="Certificate the center presents to etcd (etcds://) [default: --tls-cert]."
-)
-@click.option("--etcd-key", type=_FILE, help="Its private key (etcds://) [default: --tls-key].")
+@_backend_tls_options("etcd", "etcd", "etcds://", "center")
 @click.option("--etcd-user", default="", help="The etcd user to log in as (etcd's RBAC); with --etcd-password-file.")
 @click.option("--etcd-password-file", type=_FILE, help="File holding --etcd-user's password.")
 @click.option(
@@ -141,11 +163,7 @@ def agent() -> None:
     show_default=True,
     help="memory, redis://[USER@]HOST:PORT[/DB], or rediss://... for Redis over TLS.",
 )
-@click.option("--ledger-ca", type=_FILE, help="CA that signed Redis's certificate (rediss://) [default: --tls-ca].")
-@click.option(
-    "--ledger-cert", type=_FILE, help="Certificate the agent presents to Redis (rediss://) [default: --tls-cert]."
-)
-@click.option("--ledger-key", type=_FILE, help="Its private key (rediss://) [default: --tls-key].")
+@_backend_tls_options("ledger", "Redis", "rediss://", "agent")
 @click.option("--ledger-password-file", type=_FILE, help="File holding the password of the Redis user --ledger names.")
 @click.option(
     "--horizon",
