@@ -27,29 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The region's ACL user is defined beside the ledger (production sets Redis up from it); the tests' use it here.
+from region_agent.ledger.redis_acl import LEDGER_COMMANDS as LEDGER_COMMANDS
+from region_agent.ledger.redis_acl import agent_acl as agent_acl
+
 READY_TIMEOUT_S = 10.0
-
-LEDGER_COMMANDS = (
-    "ping", "select", "evalsha", "script|load", "multi", "exec",
-    "get", "set", "del", "exists", "pexpire",
-    "hget", "hmget", "hset", "hsetnx", "hincrby", "hexists", "hvals",
-    "sadd", "sismember", "smembers", "zadd", "zrangebyscore", "zrem", "time",
-)  # fmt: skip
-"""Every command a region's agents send to its Redis: their own (the ledger's and the promotion cache's
-reads, the connection's set-up) and those their Lua scripts call, which Redis checks against the ACL too."""
-_GLOB = str.maketrans({special: f"\\{special}" for special in "*?[]\\"})
-
-
-def agent_acl(region: str) -> tuple[str, ...]:
-    """The ACL rules of the Redis user a region's agents log in as: the region's keys (the ledger's and the
-    promotion cache's, all under the hash tag `{quota:REGION}`) and the ledger's commands, nothing else.
-    ValueError for a region an ACL file cannot hold (it splits its lines on spaces)."""
-    if any(character.isspace() for character in region):
-        raise ValueError(f"region {region!r} has white space, which a Redis ACL file cannot hold")
-    return (
-        "resetkeys", f"~{{quota:{region.translate(_GLOB)}}}:*", "resetchannels",
-        "-@all", *(f"+{command}" for command in LEDGER_COMMANDS),
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)

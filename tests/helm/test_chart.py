@@ -5,13 +5,9 @@ disruption budgets, durability)."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
-import shutil
-import subprocess
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,16 +31,11 @@ from quota_common.tls import TlsFiles
 from quota_common.transport import Security, Transport, open_transport
 from quota_testing.certs import Issued, issue, new_ca
 from region_agent.app import AgentConfig
+from tests.helm.chart import CHART, NAMESPACE, RELEASE, THREE_REGIONS, Helm, Manifest, Render
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "quota"
-THREE_REGIONS = Path(__file__).with_name("values-three-regions.yaml")
-FETCHED_HELM = ROOT / ".cache" / "helm" / "helm"
 # The oldest Kubernetes the chart supports (Chart.yaml: gRPC probes are GA from 1.27) and the newest the
 # schemas of kubernetes-validate describe.
 KUBERNETES_VERSIONS = ("1.27", kubernetes_validate.latest_version())
-RELEASE = "shop"
-NAMESPACE = "promotions"
 CENTER_PORT = 50051
 AGENT_PORT = 50061
 PROMETHEUS_DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
@@ -53,57 +44,8 @@ REGIONS = ("eu", "us", "ap")
 # Where the chart's config.toml points each server for its certificate, key and CA, and the key of the Secret
 # (cert-manager's format) each must come from.
 TLS_FILES = {"tls-cert": "tls.crt", "tls-key": "tls.key", "tls-ca": "ca.crt"}
+SERVERS = ("center", "agent")  # the chart's own servers; the others (redis, etcd) are their backends
 ISSUER = {"name": "quota-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}  # values-three-regions.yaml
-
-Manifest = dict[str, Any]
-Helm = Callable[..., subprocess.CompletedProcess[str]]
-Render = Callable[..., list[Manifest]]
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    binary = shutil.which("helm") or (str(FETCHED_HELM) if FETCHED_HELM.exists() else None)
-    if binary is None:
-        pytest.fail(
-            "helm is neither on the PATH nor at .cache/helm/helm: run `make test` (which fetches it) or "
-            "`.venv/bin/python scripts/fetch_helm.py`",
-            pytrace=False,
-        )
-    home = tmp_path_factory.mktemp("helm-home")
-    # Rendering a local chart needs no repositories; keep helm away from the user's own configuration.
-    env = {**os.environ, **{f"HELM_{kind}_HOME": str(home / kind.lower()) for kind in ("CACHE", "CONFIG", "DATA")}}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([binary, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def render(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Render:
-    """`helm template` of the chart with these values files (paths, or dicts written to files)."""
-    values_dir = tmp_path_factory.mktemp("values")
-    numbers = itertools.count()
-
-    def template(*values: Path | dict[str, Any]) -> list[Manifest]:
-        args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-        for value in values:
-            if isinstance(value, dict):
-                path = values_dir / f"values-{next(numbers)}.yaml"
-                path.write_text(yaml.safe_dump(value))
-                value = path
-            args += ["--values", str(value)]
-        done = helm(*args)
-        assert done.returncode == 0, done.stderr
-        return [manifest for manifest in yaml.safe_load_all(done.stdout) if manifest]
-
-    return template
-
-
-@pytest.fixture(scope="module")
-def three_regions(render: Render) -> list[Manifest]:
-    return render(THREE_REGIONS)
-
 
 EXTERNAL_STORES: dict[str, Any] = {
     "redis": {"bundled": False},
@@ -171,7 +113,7 @@ def test_one_agent_deployment_per_region_each_on_its_own_redis(three_regions: li
         assert settings["region"] == region
         assert settings["center"] == f"{center_service['metadata']['name']}:{CENTER_PORT}"
 
-        ledger = re.fullmatch(r"redis://([^:/]+):(\d+)/0", settings["ledger"])
+        ledger = re.fullmatch(rf"rediss://agent-{region}@([^:/]+):(\d+)/0", settings["ledger"])
         assert ledger is not None, settings["ledger"]
         redis = _workload_behind(three_regions, ledger.group(1), int(ledger.group(2)))
         assert redis["kind"] == "StatefulSet"
@@ -186,7 +128,7 @@ def test_center_replicas_elect_a_leader_on_the_bundled_etcd(three_regions: list[
     settings = _settings(center, three_regions, "center")
     assert settings["lease-ttl"] == 12
 
-    store = re.fullmatch(r"etcd://([^/]+)(/.*)", settings["store"])
+    store = re.fullmatch(r"etcds://([^/]+)(/.*)", settings["store"])
     assert store is not None, settings["store"]
     assert store.group(2) == "/quota/v1"
     [etcd] = _workloads(three_regions, "StatefulSet", "etcd").values()
@@ -196,10 +138,11 @@ def test_center_replicas_elect_a_leader_on_the_bundled_etcd(three_regions: list[
     assert service["spec"]["clusterIP"] == "None"
     assert _selects(service["spec"]["selector"], etcd["spec"]["template"]["metadata"]["labels"])
     domain = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
-    assert store.group(1).split(",") == [f"{member}.{domain}:2379" for member in members]
+    # One name, the headless Service's, which resolves to every member (test_chart_backends: its TLS and users).
+    assert store.group(1) == f"{domain}:2379"
     etcd_env = _env(etcd["spec"]["template"]["spec"]["containers"][0])
     assert etcd_env["ETCD_INITIAL_CLUSTER"]["value"] == ",".join(
-        f"{member}=http://{member}.{domain}:2380" for member in members
+        f"{member}=https://{member}.{domain}:2380" for member in members
     )
 
     # Agents follow the leader by the address it campaigned with: each replica's own DNS name, which its
@@ -322,7 +265,7 @@ def test_servers_accept_the_configuration_the_chart_gives_them(render: Render, t
     manifests = [*render(THREE_REGIONS), *render(THREE_REGIONS, EXTERNAL_STORES), *render(THREE_REGIONS, OWN_SECRETS)]
     variables = {param.envvar for command in (main, _serve("center"), _serve("agent")) for param in command.params}
     for manifest in manifests:
-        if manifest["kind"] == "ConfigMap":
+        if manifest["kind"] == "ConfigMap" and "config.toml" in manifest["data"]:
             path = tmp_path / "config.toml"
             path.write_text(manifest["data"]["config.toml"])
             assert load_config(path, main), _name(manifest)
@@ -361,7 +304,11 @@ def test_cert_manager_issues_each_secret_naming_its_server(render: Render, three
     """With tls.certManager.enabled, one cert-manager Certificate fills each Secret a server mounts: the server's
     SPIFFE ID as its only URI SAN, from the values' issuer, for serving and calling, with a new key at every
     renewal. Without it, none."""
-    certificates = {item["spec"]["secretName"]: item for item in three_regions if item["kind"] == "Certificate"}
+    certificates = {
+        item["spec"]["secretName"]: item
+        for item in three_regions
+        if item["kind"] == "Certificate" and item["metadata"]["labels"]["app.kubernetes.io/component"] in SERVERS
+    }
     expected = {f"{RELEASE}-quota-center-tls": "spiffe://quota/center"} | {
         f"{RELEASE}-quota-agent-{region}-tls": f"spiffe://quota/region/{region}/agent" for region in REGIONS
     }
@@ -378,7 +325,7 @@ def test_cert_manager_issues_each_secret_naming_its_server(render: Render, three
     assert "Certificate" not in {item["kind"] for item in render()}
     assert "Certificate" not in {item["kind"] for item in render(*SCENARIOS["secrets made by hand"])}
     others = render(THREE_REGIONS, OWN_SECRETS)
-    renamed = {item["spec"]["secretName"]: item["spec"]["uris"] for item in others if item["kind"] == "Certificate"}
+    renamed = {item["spec"]["secretName"]: item["spec"]["uris"] for item in others if "uris" in item.get("spec", {})}
     assert renamed["center-cert"] == ["spiffe://shop.example/center"]
     assert renamed["us-agent-cert"] == ["spiffe://shop.example/region/us/agent"]
     assert set(renamed) == {_mounted_secret(server) for server in _servers(others)}
@@ -484,7 +431,8 @@ def _check_certificate(certificate: Manifest) -> None:
     spec = certificate["spec"]
     fields = {"secretName", "secretTemplate", "duration", "renewBefore", "privateKey", "usages", "uris", "dnsNames"}
     assert set(spec) <= fields | {"issuerRef"}
-    assert {"secretName", "issuerRef", "uris"} <= set(spec)
+    assert {"secretName", "issuerRef"} <= set(spec)
+    assert spec.get("uris") or spec.get("dnsNames"), "a server's identity, or a backend's names"
     assert set(spec["issuerRef"]) <= {"name", "kind", "group"}
     assert spec["issuerRef"]["name"]
     assert set(spec["privateKey"]) <= {"algorithm", "size", "rotationPolicy", "encoding"}
@@ -608,9 +556,9 @@ def _secret_file(workload: Manifest, path: str) -> tuple[str, str]:
 
 
 def _mounted_secret(workload: Manifest) -> str:
-    """The Secret the workload's server reads its certificate from."""
+    """The Secret the workload's server reads its certificate from (its volume "tls")."""
     pod = workload["spec"]["template"]["spec"]
-    [name] = {volume["secret"]["secretName"] for volume in pod["volumes"] if "secret" in volume}
+    [name] = {volume["secret"]["secretName"] for volume in pod["volumes"] if volume["name"] == "tls"}
     return str(name)
 
 
@@ -662,10 +610,13 @@ def _start(
     now: datetime,
     directory: Path,
     monkeypatch: pytest.MonkeyPatch,
+    files: dict[tuple[str, str], bytes] | None = None,
 ) -> CenterConfig | AgentConfig:
     """Issues the certificate the workload's Secret is to hold (from its Certificate, as cert-manager would) into
     `directory` (for the Secret's mount), and runs the workload's `quota ... serve` with its config.toml and
-    environment until it would start serving: what the real command made of them."""
+    environment until it would start serving: what the real command made of them. Every other Secret the
+    container mounts (a backend's password, CA, certificate) is put in a directory of its own, each key's content
+    from `files` by (Secret, key), else a password."""
     secret = _mounted_secret(workload)
     [certificate] = [
         item for item in manifests if item["kind"] == "Certificate" and item["spec"]["secretName"] == secret
@@ -674,8 +625,12 @@ def _start(
     assert {"server auth", "client auth"} <= set(spec["usages"])
     leaf = issue(authority, now, 1, uris=spec["uris"], hosts=spec["dnsNames"], server=True)
     directory.mkdir()
-    for key, content in {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": authority.cert_pem}.items():
-        (directory / key).write_bytes(content)
+    contents = {
+        (secret, "tls.crt"): leaf.cert_pem,
+        (secret, "tls.key"): leaf.key_pem,
+        (secret, "ca.crt"): authority.cert_pem,
+    }
+    contents |= files or {}
 
     pod = workload["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -685,9 +640,19 @@ def _start(
     [mount] = [item for item in container["volumeMounts"] if PurePosixPath(item["mountPath"]) == config_path.parent]
     [volume] = [item for item in pod["volumes"] if item["name"] == mount["name"]]
     text = _only(manifests, "ConfigMap", volume["configMap"]["name"])["data"][config_path.name]
-    mount_path = PurePosixPath(_settings(workload, manifests, table)["tls-cert"]).parent
+    volumes = {item["name"]: item for item in pod["volumes"]}
+    for secret_mount in container["volumeMounts"]:
+        source = volumes[secret_mount["name"]].get("secret")
+        if source is None:
+            continue
+        local = directory if secret_mount["name"] == "tls" else directory / secret_mount["name"]
+        local.mkdir(exist_ok=True)
+        for item in source["items"]:
+            key = (source["secretName"], item["key"])
+            (local / item["path"]).write_bytes(contents.get(key, b"a password\n"))
+        text = text.replace(f'"{secret_mount["mountPath"]}/', f'"{local}/')
     config_file = directory / "config.toml"
-    config_file.write_text(text.replace(f'"{mount_path}/', f'"{directory}/'))
+    config_file.write_text(text)
     for name, value in env.items():
         if name.startswith("QUOTA_") and not name.startswith("QUOTA_LOG_"):
             monkeypatch.setenv(name, value)

@@ -89,14 +89,14 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end }}
 
 {{/* A region's Redis URL when it comes from values (the chart's bundled Redis or regions[].redis.url); empty when
-it comes from a Secret. */}}
+it comes from a Secret. The bundled Redis serves TLS only, to the region's ACL user (quota.redisUser). */}}
 {{- define "quota.ledgerUrl" -}}
 {{- $redis := .region.redis | default dict }}
 {{- if $redis.url }}
 {{- $redis.url }}
 {{- else if $redis.urlSecret }}
 {{- else if .root.Values.redis.bundled }}
-{{- printf "redis://%s:%v/%v" (include "quota.redisName" .) .root.Values.redis.port .root.Values.redis.db }}
+{{- printf "rediss://%s@%s:%v/%v" (include "quota.redisUser" .) (include "quota.redisName" .) .root.Values.redis.port .root.Values.redis.db }}
 {{- else }}
 {{- fail (printf "regions[%s]: give redis.url or redis.urlSecret, or set redis.bundled=true" .region.name) }}
 {{- end }}
@@ -113,23 +113,20 @@ it comes from a Secret. */}}
 {{- if and .Values.center.enabled (not .Values.etcd.endpoints) .Values.etcd.bundled }}true{{ end }}
 {{- end }}
 
-{{/* The center's --store: every etcd member's client address, then the key prefix. */}}
+{{/* The center's --store. The bundled etcd: etcds:// to its headless Service's name, which the center resolves
+to every member (and again when they move), and which the members' certificate carries (the name the center
+verifies). An existing etcd: every member's client address, etcds:// with etcd.tls.enabled. Then the prefix. */}}
 {{- define "quota.storeUrl" -}}
 {{- if not (hasPrefix "/" .Values.etcd.prefix) }}
 {{- fail (printf "etcd.prefix %q must start with /" .Values.etcd.prefix) }}
 {{- end }}
-{{- $endpoints := list }}
 {{- if .Values.etcd.endpoints }}
-{{- $endpoints = .Values.etcd.endpoints }}
+{{- printf "%s://%s%s" (ternary "etcds" "etcd" (.Values.etcd.tls.enabled | default false)) (join "," .Values.etcd.endpoints) .Values.etcd.prefix }}
 {{- else if .Values.etcd.bundled }}
-{{- $name := include "quota.etcdName" . }}
-{{- range $i := until (int .Values.etcd.replicas) }}
-{{- $endpoints = append $endpoints (printf "%s-%d.%s.%s.svc.%s:2379" $name $i $name $.Release.Namespace $.Values.clusterDomain) }}
-{{- end }}
+{{- printf "etcds://%s:2379%s" (include "quota.etcdHost" .) .Values.etcd.prefix }}
 {{- else }}
 {{- fail "etcd: give etcd.endpoints of an existing cluster, or set etcd.bundled=true" }}
 {{- end }}
-{{- printf "etcd://%s%s" (join "," $endpoints) .Values.etcd.prefix }}
 {{- end }}
 
 {{- define "quota.centerAddress" -}}
@@ -165,9 +162,9 @@ it comes from a Secret. */}}
 
 {{- define "quota.centerConfig" -}}
 {{- include "quota.refuseInsecure" (dict "table" "center" "config" .Values.center.config) }}
-{{- include "quota.refuseManaged" (dict "table" "center" "config" .Values.center.config "managed" (merge (dict "listen" "center.port" "store" "etcd.endpoints and etcd.prefix" "advertise" "center.port (each replica advertises its pod's DNS name)" "metrics-listen" "metrics.port") (include "quota.tlsManaged" . | fromYaml))) }}
+{{- include "quota.refuseManaged" (dict "table" "center" "config" .Values.center.config "managed" (merge (dict "listen" "center.port" "store" "etcd.endpoints and etcd.prefix" "etcd-ca" "etcd.tls" "etcd-cert" "etcd.tls" "etcd-key" "etcd.tls" "etcd-user" "etcd.auth" "etcd-password-file" "etcd.auth" "advertise" "center.port (each replica advertises its pod's DNS name)" "metrics-listen" "metrics.port") (include "quota.tlsManaged" . | fromYaml))) }}
 {{- $managed := dict "listen" (printf "0.0.0.0:%v" .Values.center.port) "store" (include "quota.storeUrl" .) "metrics-listen" (printf "0.0.0.0:%v" .Values.metrics.port) }}
-{{- $managed = merge $managed (include "quota.tlsSettings" . | fromYaml) }}
+{{- $managed = merge $managed (include "quota.tlsSettings" . | fromYaml) (include "quota.centerBackend" . | fromYaml).settings }}
 {{- include "quota.toml" (dict "table" "center" "settings" (merge $managed (deepCopy .Values.center.config))) }}
 {{- end }}
 
@@ -175,9 +172,9 @@ it comes from a Secret. */}}
 {{- define "quota.agentConfig" -}}
 {{- $config := merge (deepCopy (.region.config | default dict)) (deepCopy .root.Values.agent.config) }}
 {{- include "quota.refuseInsecure" (dict "table" "agent" "config" $config) }}
-{{- include "quota.refuseManaged" (dict "table" "agent" "config" $config "managed" (merge (dict "region" "regions[].name" "listen" "agent.port" "center" "agent.centerAddress" "ledger" "regions[].redis" "metrics-listen" "metrics.port") (include "quota.tlsManaged" .root | fromYaml))) }}
+{{- include "quota.refuseManaged" (dict "table" "agent" "config" $config "managed" (merge (dict "region" "regions[].name" "listen" "agent.port" "center" "agent.centerAddress" "ledger" "regions[].redis" "ledger-ca" "regions[].redis.tls" "ledger-cert" "regions[].redis.tls" "ledger-key" "regions[].redis.tls" "ledger-password-file" "regions[].redis.passwordSecret" "metrics-listen" "metrics.port") (include "quota.tlsManaged" .root | fromYaml))) }}
 {{- $managed := dict "region" .region.name "listen" (printf "0.0.0.0:%v" .root.Values.agent.port) "center" (include "quota.centerAddress" .root) "metrics-listen" (printf "0.0.0.0:%v" .root.Values.metrics.port) }}
-{{- $managed = merge $managed (include "quota.tlsSettings" .root | fromYaml) }}
+{{- $managed = merge $managed (include "quota.tlsSettings" .root | fromYaml) (include "quota.agentBackend" . | fromYaml).settings }}
 {{- $ledger := include "quota.ledgerUrl" . }}
 {{- if $ledger }}
 {{- $_ := set $managed "ledger" $ledger }}
@@ -361,7 +358,7 @@ volumes:
 {{- end }}
 
 {{/* A cert-manager Certificate that keeps Secret .secret filled: (dict "root" $ "component" .. ["region" ..]
-"secret" NAME "uri" SPIFFE-ID "dnsNames" LIST). */}}
+"secret" NAME "uri" SPIFFE-ID "dnsNames" LIST); the backends' (Redis, etcd) have no "uri". */}}
 {{- define "quota.certificate" -}}
 {{- $certManager := .root.Values.tls.certManager }}
 apiVersion: cert-manager.io/v1
@@ -391,9 +388,11 @@ spec:
     - digital signature
     - server auth
     - client auth
+  {{- with .uri }}
   # The identity the server must hold; peers authorize by it.
   uris:
-    - {{ .uri }}
+    - {{ . }}
+  {{- end }}
   # The names clients dial; gRPC checks them against the certificate.
   dnsNames:
     {{- toYaml .dnsNames | nindent 4 }}
@@ -401,4 +400,213 @@ spec:
     name: {{ required "tls.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs the servers' certificates" $certManager.issuerRef.name }}
     kind: {{ $certManager.issuerRef.kind }}
     group: {{ $certManager.issuerRef.group }}
+{{- end }}
+
+{{/* The backends, secured: the bundled Redis and etcd serve TLS only and require client certificates from the
+servers' CA; Redis admits each region's agents as an ACL user of their own, etcd the center as an RBAC user. */}}
+
+{{/* (dict "root" $ "region" $region): the Redis ACL user a region's agents log in as
+(region_agent.ledger.redis_acl.agent_user). */}}
+{{- define "quota.redisUser" -}}
+{{- printf "agent-%s" .region.name }}
+{{- end }}
+
+{{/* Every command the agents send to Redis (region_agent.ledger.redis_acl.LEDGER_COMMANDS: tests/helm checks they
+are the same), as a JSON list. */}}
+{{- define "quota.redisCommands" -}}
+{{- list "ping" "select" "evalsha" "script|load" "multi" "exec" "get" "set" "del" "exists" "pexpire" "hget" "hmget" "hset" "hsetnx" "hincrby" "hexists" "hvals" "sadd" "sismember" "smembers" "zadd" "zrangebyscore" "zrem" "time" | toJson }}
+{{- end }}
+
+{{/* (dict "root" $ "region" $region): the bundled Redis's ACL file, the agents' user's password as a placeholder
+the Redis pod replaces with its SHA-256 at start (region_agent.ledger.redis_acl.agent_acl_line): no one else may
+log in, and the agents reach the region's keys (all under the hash tag {quota:REGION}; the chart's region names
+hold no glob characters) with the ledger's commands only. */}}
+{{- define "quota.redisAcl" -}}
+{{- $commands := list }}
+{{- range include "quota.redisCommands" . | fromJsonArray }}
+{{- $commands = append $commands (printf "+%s" .) }}
+{{- end -}}
+user default off
+user {{ include "quota.redisUser" . }} on #@PASSWORD_SHA256@ resetkeys ~{quota:{{ .region.name }}}:* resetchannels -@all {{ join " " $commands }}
+{{ end }}
+
+{{/* (dict "root" $ "region" $region): the Secret with the bundled Redis's certificate. */}}
+{{- define "quota.redisTlsSecret" -}}
+{{- ((.region.redis | default dict).tls | default dict).secretName | default (printf "%s-tls" (include "quota.redisName" .)) }}
+{{- end }}
+
+{{/* (dict "root" $ "region" $region): the Secret with the password of the region's Redis user, as YAML {name, key,
+generated}: regions[].redis.passwordSecret, or for the bundled Redis one the chart generates; {} for none. */}}
+{{- define "quota.redisPasswordSecret" -}}
+{{- $redis := .region.redis | default dict }}
+{{- with $redis.passwordSecret }}
+name: {{ required (printf "regions[%s].redis.passwordSecret.name" $.region.name) .name }}
+key: {{ .key | default "password" }}
+{{- else }}
+{{- if include "quota.bundledRedis" . }}
+name: {{ printf "%s-password" (include "quota.redisName" .) }}
+key: password
+generated: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A Secret volume of one server's backend files: (dict "name" VOLUME "secret" NAME "items" {key: path}). */}}
+{{- define "quota.secretVolume" -}}
+name: {{ .name }}
+secret:
+  secretName: {{ .secret }}
+  items:
+    {{- range $key, $path := .items }}
+    - {key: {{ $key | quote }}, path: {{ $path }}}
+    {{- end }}
+{{- end }}
+
+{{/* (dict "root" $ "region" $region): how the region's agents reach a secured Redis, as YAML: settings (the
+[agent] keys), volumes and mounts (the Secrets they name, each mounted whole in a directory of its own). */}}
+{{- define "quota.agentBackend" -}}
+{{- $redis := .region.redis | default dict }}
+{{- $tls := $redis.tls | default dict }}
+{{- $settings := dict }}
+{{- $volumes := list }}
+{{- $mounts := list }}
+{{- $password := include "quota.redisPasswordSecret" . | fromYaml }}
+{{- if $password.name }}
+{{- $_ := set $settings "ledger-password-file" "/etc/quota/redis/password/password" }}
+{{- $volumes = append $volumes (include "quota.secretVolume" (dict "name" "redis-password" "secret" $password.name "items" (dict $password.key "password")) | fromYaml) }}
+{{- $mounts = append $mounts (dict "name" "redis-password" "mountPath" "/etc/quota/redis/password" "readOnly" true) }}
+{{- end }}
+{{- if include "quota.bundledRedis" . }}
+{{- if or $tls.caSecret $tls.clientSecret }}
+{{- fail (printf "regions[%s].redis.tls.caSecret and clientSecret apply to an existing Redis (redis.url or urlSecret): the bundled one's certificate is from the servers' CA, and the agents present their own" .region.name) }}
+{{- end }}
+{{- else }}
+{{- if $tls.secretName }}
+{{- fail (printf "regions[%s].redis.tls.secretName is the bundled Redis's certificate; an existing Redis (redis.url or urlSecret) has its own: drop it" .region.name) }}
+{{- end }}
+{{- if and $redis.url (not (hasPrefix "rediss://" $redis.url)) (or $tls.caSecret $tls.clientSecret) }}
+{{- fail (printf "regions[%s].redis.tls: caSecret and clientSecret secure Redis over TLS, and redis.url is not rediss://" .region.name) }}
+{{- end }}
+{{- with $tls.caSecret }}
+{{- $_ := set $settings "ledger-ca" "/etc/quota/redis/ca/ca.crt" }}
+{{- $volumes = append $volumes (include "quota.secretVolume" (dict "name" "redis-ca" "secret" (required (printf "regions[%s].redis.tls.caSecret.name" $.region.name) .name) "items" (dict (.key | default "ca.crt") "ca.crt")) | fromYaml) }}
+{{- $mounts = append $mounts (dict "name" "redis-ca" "mountPath" "/etc/quota/redis/ca" "readOnly" true) }}
+{{- end }}
+{{- with $tls.clientSecret }}
+{{- $_ := set $settings "ledger-cert" "/etc/quota/redis/client/tls.crt" }}
+{{- $_ := set $settings "ledger-key" "/etc/quota/redis/client/tls.key" }}
+{{- $volumes = append $volumes (include "quota.secretVolume" (dict "name" "redis-client" "secret" . "items" (dict "tls.crt" "tls.crt" "tls.key" "tls.key")) | fromYaml) }}
+{{- $mounts = append $mounts (dict "name" "redis-client" "mountPath" "/etc/quota/redis/client" "readOnly" true) }}
+{{- end }}
+{{- end }}
+{{- dict "settings" $settings "volumes" $volumes "mounts" $mounts | toYaml }}
+{{- end }}
+
+{{/* The bundled etcd's headless Service, fully qualified: the one name the center and the auth Job dial. */}}
+{{- define "quota.etcdHost" -}}
+{{- printf "%s.%s.svc.%s" (include "quota.etcdName" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{- define "quota.etcdTlsSecret" -}}
+{{- .Values.etcd.tls.secretName | default (printf "%s-tls" (include "quota.etcdName" .)) }}
+{{- end }}
+
+{{/* The names the bundled etcd's certificate carries, as a JSON list: its headless Service's (clients dial the
+fully qualified one), each member's (peers dial them, and check a peer's address against them) and
+etcd.tls.dnsNames. */}}
+{{- define "quota.etcdDnsNames" -}}
+{{- $name := include "quota.etcdName" . }}
+{{- $names := include "quota.serviceDnsNames" (dict "root" . "service" $name) | fromJsonArray }}
+{{- range $i := until (int .Values.etcd.replicas) }}
+{{- $names = append $names (printf "%s-%d.%s" $name $i (include "quota.etcdHost" $)) }}
+{{- end }}
+{{- concat $names (.Values.etcd.tls.dnsNames | default list) | uniq | toJson }}
+{{- end }}
+
+{{/* The Secret with the center's etcd password, as YAML {name, key, generated}: etcd.auth.passwordSecret, or for
+the bundled etcd one the chart generates; {} for none (an existing etcd without authentication). */}}
+{{- define "quota.etcdPasswordSecret" -}}
+{{- with .Values.etcd.auth.passwordSecret }}
+name: {{ required "etcd.auth.passwordSecret.name" .name }}
+key: {{ .key | default "password" }}
+{{- else }}
+{{- if include "quota.bundledEtcd" . }}
+name: {{ printf "%s-center-password" (include "quota.etcdName" .) }}
+key: password
+generated: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the bundled etcd's root password, as YAML {name, key, generated}. */}}
+{{- define "quota.etcdRootPasswordSecret" -}}
+{{- with .Values.etcd.auth.rootPasswordSecret }}
+name: {{ required "etcd.auth.rootPasswordSecret.name" .name }}
+key: {{ .key | default "password" }}
+{{- else }}
+name: {{ printf "%s-root-password" (include "quota.etcdName" .) }}
+key: password
+generated: true
+{{- end }}
+{{- end }}
+
+{{/* How the center reaches a secured etcd, as YAML: settings (the [center] keys), volumes and mounts. */}}
+{{- define "quota.centerBackend" -}}
+{{- $tls := .Values.etcd.tls }}
+{{- $settings := dict }}
+{{- $volumes := list }}
+{{- $mounts := list }}
+{{- $password := include "quota.etcdPasswordSecret" . | fromYaml }}
+{{- if $password.name }}
+{{- $_ := set $settings "etcd-user" (required "etcd.auth.user: the etcd user the center logs in as" .Values.etcd.auth.user) }}
+{{- $_ := set $settings "etcd-password-file" "/etc/quota/etcd/password/password" }}
+{{- $volumes = append $volumes (include "quota.secretVolume" (dict "name" "etcd-password" "secret" $password.name "items" (dict $password.key "password")) | fromYaml) }}
+{{- $mounts = append $mounts (dict "name" "etcd-password" "mountPath" "/etc/quota/etcd/password" "readOnly" true) }}
+{{- end }}
+{{- if .Values.etcd.endpoints }}
+{{- if and (or $tls.caSecret $tls.clientSecret) (not $tls.enabled) }}
+{{- fail "etcd.tls: caSecret and clientSecret secure etcd over TLS; set etcd.tls.enabled=true too (etcds://)" }}
+{{- end }}
+{{- with $tls.caSecret }}
+{{- $_ := set $settings "etcd-ca" "/etc/quota/etcd/ca/ca.crt" }}
+{{- $volumes = append $volumes (include "quota.secretVolume" (dict "name" "etcd-ca" "secret" (required "etcd.tls.caSecret.name" .name) "items" (dict (.key | default "ca.crt") "ca.crt")) | fromYaml) }}
+{{- $mounts = append $mounts (dict "name" "etcd-ca" "mountPath" "/etc/quota/etcd/ca" "readOnly" true) }}
+{{- end }}
+{{- with $tls.clientSecret }}
+{{- $_ := set $settings "etcd-cert" "/etc/quota/etcd/client/tls.crt" }}
+{{- $_ := set $settings "etcd-key" "/etc/quota/etcd/client/tls.key" }}
+{{- $volumes = append $volumes (include "quota.secretVolume" (dict "name" "etcd-client" "secret" . "items" (dict "tls.crt" "tls.crt" "tls.key" "tls.key")) | fromYaml) }}
+{{- $mounts = append $mounts (dict "name" "etcd-client" "mountPath" "/etc/quota/etcd/client" "readOnly" true) }}
+{{- end }}
+{{- else if or $tls.caSecret $tls.clientSecret }}
+{{- fail "etcd.tls.caSecret and clientSecret apply to an existing etcd (etcd.endpoints): the bundled one's certificate is from the servers' CA, and the center presents its own" }}
+{{- end }}
+{{- dict "settings" $settings "volumes" $volumes "mounts" $mounts | toYaml }}
+{{- end }}
+
+{{/* A password Secret the chart generates once: (dict "root" $ "component" .. ["region" ..] "secret" YAML-of-
+quota.*PasswordSecret "keep" BOOL). An upgrade keeps the password the Secret already holds (lookup; a renderer
+without access to the cluster, such as `helm template`, makes a new one each time). */}}
+{{- define "quota.passwordSecret" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secret.name }}
+{{- $password := "" }}
+{{- if and $existing $existing.data (hasKey $existing.data .secret.key) }}
+{{- $password = index $existing.data .secret.key }}
+{{- else }}
+{{- $password = randAlphaNum 32 | b64enc }}
+{{- end }}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ .secret.name }}
+  labels:
+    {{- include "quota.labels" . | nindent 4 }}
+  {{- if .keep }}
+  annotations:
+    # etcd keeps its users in its volumes, which outlive the release: so does their password.
+    helm.sh/resource-policy: keep
+  {{- end }}
+type: Opaque
+data:
+  {{ .secret.key }}: {{ $password }}
 {{- end }}
