@@ -256,18 +256,37 @@ class Center:
     async def set_emergency_freeze(self, region: str, frozen: bool, by: By | None = None) -> EmergencyFreeze:
         """Freezes (or unfreezes) every promotion in `region`, or everywhere when it is empty."""
         self._require_leader()
+        # Shielded as every write: a caller that gives up must not leave a switch stored but not enforced.
+        return await asyncio.shield(self._switch(region, frozen, by or By()))
+
+    async def _switch(self, region: str, frozen: bool, by: By) -> EmergencyFreeze:
         async with self._configuring:
             switched = self._emergency.switched(region, frozen, self._catalog_revision + 1)
             if switched is None:
                 return self._emergency
             document = switched.to_document()
-            record = self._seal(by or By(), "SetEmergencyFreeze", "", self._emergency.to_document(), document)
-            await self._audited(self._store.save_document(EMERGENCY_DOCUMENT, document, record), record)
+            record = self._seal(by, "SetEmergencyFreeze", "", self._emergency.to_document(), document)
+            try:
+                await self._audited(self._store.save_document(EMERGENCY_DOCUMENT, document, record), record)
+            except BaseException:
+                await self._reload_switch()
+                raise
             self._require_leader()
-            self._emergency = switched
-            self._catalog_revision = switched.revision
-            self._publish()
+            self._install_switch(switched)
             return switched
+
+    async def _reload_switch(self) -> None:
+        """After a switch write that failed: what the store holds, since a write whose answer was lost
+        may have landed, and the switch stored must be the switch enforced."""
+        with contextlib.suppress(Exception):
+            stored = await self._store.load_document(EMERGENCY_DOCUMENT)
+            if stored is not None and EmergencyFreeze.from_document(stored) != self._emergency:
+                self._install_switch(EmergencyFreeze.from_document(stored))
+
+    def _install_switch(self, switch: EmergencyFreeze) -> None:
+        self._emergency = switch
+        self._catalog_revision = max(self._catalog_revision, switch.revision)
+        self._publish()
 
     async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
         """The audit trail after record `after_seq`, read from the store as it is there (not from memory),
@@ -308,6 +327,11 @@ class Center:
         except Conflict:
             self._audit_head = await self._store.audit_head()
             raise Unavailable("the audit trail moved: another center wrote to the store; retry the call") from None
+        except BaseException:
+            # A write whose answer was lost (etcd) may have landed with its record: read what heads the trail.
+            with contextlib.suppress(Exception):
+                self._audit_head = await self._store.audit_head()
+            raise
         self._audit_head = record
         fields = record.fields()
         log.info(
@@ -391,9 +415,11 @@ class Center:
             for state in self._states.values()
             if region in state.accounts
         )
-        # Sub-millisecond noise: two agents of a region joining in the same millisecond get two lives.
-        now_ns = self._clock.wall_ms() * 1_000_000 + secrets.randbelow(1_000_000)
-        self._last_issued_ns = max(now_ns, self._last_issued_ns + 1, *(started + 1 for started in known))
+        # Noise on top of the newest start: two replicas that lead one after the other know only the lives
+        # they saw admitted, and may both start from one of them; with up to a millisecond of noise two
+        # joins of one region still get two lives, whatever clocks and failovers did.
+        floor = max(self._clock.wall_ms() * 1_000_000, self._last_issued_ns + 1, *(started + 1 for started in known))
+        self._last_issued_ns = floor + secrets.randbelow(1_000_000)
         return issue_incarnation(self._last_issued_ns, region, self._incarnation_key)
 
     def require_issued(self, region: str, incarnation: str) -> str:

@@ -173,7 +173,9 @@ def _client_options(url: str, access: LedgerAccess, agent_tls: TlsFiles | None) 
                 f"{pair_options} ({cert}, {key}): not a certificate and its key in PEM ({error})"
             ) from None
         options.update(ssl_certfile=str(cert), ssl_keyfile=str(key))
-    return {**options, "ssl_ca_certs": str(ca)}, ca_option
+    # Explicit: redis-py 5 did not check the name by default, and any certificate of the deployment's CA
+    # (every workload's and person's) would then pass for the region's Redis.
+    return {**options, "ssl_ca_certs": str(ca), "ssl_check_hostname": True}, ca_option
 
 
 def _refusal(error: BaseException, shown: str, user: str, region: str, access: LedgerAccess, ca_option: str) -> str:

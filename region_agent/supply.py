@@ -113,6 +113,8 @@ class Supply:
         self.retired = ""
         """Why this process may no longer spend for its region; empty while it may."""
         self.incarnation = ""
+        self._life_lost = False
+        """The ledger lost its data (LedgerLost) and the new life is not joined yet."""
         self._holder = uuid.uuid4().hex
 
     def get(self, promotion_id: str) -> Tracked | None:
@@ -252,7 +254,7 @@ class Supply:
         for item in self._tracked.values():
             item.lease_until, item.last_grant, item.exhausted = self._unheard_lease(), 0, False
         self._opening_requests.clear()
-        self.incarnation = life
+        self.incarnation, self._life_lost = life, False
         log.warning("joined the center as ledger incarnation %s", self.incarnation)
 
     async def ledger_life(self) -> str:
@@ -261,7 +263,10 @@ class Supply:
         return await self._ledger.incarnation(self._center.join)
 
     async def _life(self) -> str:
-        """This process's incarnation, joining the center first if the start could not."""
+        """This process's incarnation, joining the center first if the start could not; Unavailable while
+        the ledger's life was lost and the new one is not joined yet (a grant to the old one is wasted)."""
+        if self._life_lost:
+            raise Unavailable("the ledger lost its data; the agent joins the center as a new incarnation")
         if not self.incarnation:
             self.incarnation = await self.ledger_life()
         return self.incarnation
@@ -346,7 +351,8 @@ class Supply:
                 return  # said once, by `_ask`; nothing this process sends is taken any more
             except LedgerLost as lost:
                 log.error("%s", lost.message)
-                # At once when the center issues the new life now; else the next renewal joins.
+                # Nothing more is asked for the lost life; the new one is joined now, or by the next renewal.
+                self._life_lost = True
                 with contextlib.suppress(QuotaError):
                     await self.rejoin(await self.ledger_life())
             except Unavailable as error:
@@ -361,7 +367,7 @@ class Supply:
         """Reports every promotion the agent knows, in calls of at most MAX_RENEWAL (what the center
         takes in one), and renews their leases."""
         life = await self.ledger_life()
-        if life != self.incarnation:
+        if life != self.incarnation or self._life_lost:
             if self.incarnation:
                 await self.rejoin(life)
             else:

@@ -42,7 +42,9 @@ class InProcessLedger:
     async def incarnation(self, issue: Issuer | None = None) -> str:
         """Taken once, when first asked: this ledger lives as long as its process."""
         if not self._incarnation:
-            self._incarnation = new_incarnation(time.time_ns()) if issue is None else await issue()
+            fresh = new_incarnation(time.time_ns()) if issue is None else await issue()
+            # Several callers may have joined at once while the center was away: the first answer stays.
+            self._incarnation = self._incarnation or fresh
         return self._incarnation
 
     async def find_order(
