@@ -12,20 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
-import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from quota_center import allocation, ledger
-from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord, Change, seal
+from quota_center.audit import AuditRecord
 from quota_center.catalog import RevisionIndex
+from quota_center.issuer import IncarnationIssuer
 from quota_center.leadership import Leadership, SingleNode
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.locks import NamedLocks
 from quota_center.store.base import MAX_BATCH, Store
+from quota_center.trail import AuditTrail, By
 from quota_common.clock import Clock
 from quota_common.errors import (
     Conflict,
@@ -38,15 +38,11 @@ from quota_common.errors import (
     Superseded,
     Unavailable,
 )
-from quota_common.identity import Identity, Role
-from quota_common.incarnation import issue_incarnation, issued_with, started_ns
+from quota_common.identity import Role
 from quota_common.model import EMERGENCY_DOCUMENT, EmergencyFreeze, Promotion, Report, promotion_document
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
-INCARNATION_KEY_DOCUMENT = "incarnation_key"
-"""The store document holding the key incarnations are issued under, shared by every replica."""
 
 HEARTBEAT_S = 5.0
 """An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
@@ -58,20 +54,6 @@ class CenterSettings:
     """How long a region may spend its allotment without renewing."""
     horizon_s: float = 2.0
     """Seconds of demand the policy sizes grants and reclaims for."""
-
-
-@dataclass(frozen=True)
-class By:
-    """Who makes an admin write, for its audit record and the owner check."""
-
-    identity: Identity | None = None
-    """From the caller's certificate; None without TLS (plaintext on loopback)."""
-    request_id: str = ""
-    """The caller's id for this change; the center makes one when it is empty."""
-
-    @property
-    def actor(self) -> str:
-        return PLAINTEXT_ACTOR if self.identity is None else self.identity.uri
 
 
 @dataclass(frozen=True)
@@ -163,10 +145,8 @@ class Center:
         self._catalog_revision = 0
         self._emergency = EmergencyFreeze()
         self._catalog_changed = asyncio.Event()
-        self._audit_head: AuditRecord | None = None
-        """The newest audit record, which the next one chains to."""
-        self._incarnation_key = b""
-        self._last_issued_ns = 0
+        self._trail = AuditTrail(store, clock)
+        self._issuer = IncarnationIssuer(store, clock)
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
@@ -174,8 +154,8 @@ class Center:
         grace = self._clock.monotonic() + self.settings.lease_ttl_s
         states = await self._store.load_all()
         document = await self._store.load_document(EMERGENCY_DOCUMENT)
-        self._audit_head = await self._store.audit_head()
-        self._incarnation_key = await self._load_incarnation_key()
+        await self._trail.load()
+        await self._issuer.load()
         self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()
         for state in sorted(states, key=lambda s: s.promotion.revision):
             self._states[state.promotion.id] = state
@@ -184,15 +164,6 @@ class Center:
                 self._lease_expiry[(state.promotion.id, region)] = grace
         self._catalog_revision = max([self._emergency.revision, *(s.promotion.revision for s in states)])
         self._serving = True
-
-    async def _load_incarnation_key(self) -> bytes:
-        """The key every replica issues incarnations under; made by the first center that leads. Only the
-        leader writes to the store (etcd fences the others), so two replicas never make two keys."""
-        document = await self._store.load_document(INCARNATION_KEY_DOCUMENT)
-        if document is None:
-            document = {"key": secrets.token_hex(32)}
-            await self._store.save_document(INCARNATION_KEY_DOCUMENT, document)
-        return bytes.fromhex(str(document["key"]))
 
     def stop_serving(self) -> None:
         """Forgets everything: a standby answers NotLeader until it leads and rebuilds."""
@@ -226,9 +197,9 @@ class Center:
         async def work() -> Promotion:
             created = replace(promotion, frozen=False, revision=self._catalog_revision + 1, owner=owner)
             state = PromotionState(created)
-            record = self._seal(by, "CreatePromotion", promotion.id, None, promotion_document(created))
+            record = self._trail.seal(by, "CreatePromotion", promotion.id, None, promotion_document(created))
             try:
-                await self._audited(self._store.create(state, record), record)
+                await self._trail.written(self._store.create(state, record), record)
             except BaseException:
                 await self._adopt(promotion.id)
                 raise
@@ -265,9 +236,9 @@ class Center:
             if switched is None:
                 return self._emergency
             document = switched.to_document()
-            record = self._seal(by, "SetEmergencyFreeze", "", self._emergency.to_document(), document)
+            record = self._trail.seal(by, "SetEmergencyFreeze", "", self._emergency.to_document(), document)
             try:
-                await self._audited(self._store.save_document(EMERGENCY_DOCUMENT, document, record), record)
+                await self._trail.written(self._store.save_document(EMERGENCY_DOCUMENT, document, record), record)
             except BaseException:
                 await self._reload_switch()
                 raise
@@ -307,41 +278,10 @@ class Center:
 
             def record(changed: PromotionState) -> AuditRecord:
                 after = promotion_document(changed.promotion)
-                return self._seal(by, call, promotion_id, promotion_document(before), after)
+                return self._trail.seal(by, call, promotion_id, promotion_document(before), after)
 
             state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1), record)
             return state.promotion
-
-    def _seal(
-        self, by: By, call: str, promotion_id: str, before: dict[str, object] | None, after: dict[str, object]
-    ) -> AuditRecord:
-        change = Change(by.actor, call, by.request_id or uuid.uuid4().hex, promotion_id, before, after)
-        return seal(self._audit_head, change, self._clock.wall_ms())
-
-    async def _audited(self, write: Awaitable[None], record: AuditRecord) -> None:
-        """Awaits a store write carrying `record`, which then heads the trail. Another center that wrote
-        a record since this one read the head means this one no longer leads: the head is read again
-        and the caller may retry."""
-        try:
-            await write
-        except Conflict:
-            self._audit_head = await self._store.audit_head()
-            raise Unavailable("the audit trail moved: another center wrote to the store; retry the call") from None
-        except BaseException:
-            # A write whose answer was lost (etcd) may have landed with its record: read what heads the trail.
-            with contextlib.suppress(Exception):
-                self._audit_head = await self._store.audit_head()
-            raise
-        self._audit_head = record
-        fields = record.fields()
-        log.info(
-            "audit record %d, hash %s: %s by %s on %s",
-            record.seq,
-            record.hash,
-            fields["call"],
-            fields["actor"],
-            fields["promotion_id"] or "the emergency switch",
-        )
 
     def _changed(self, promotion: Promotion) -> None:
         self._revisions.record(promotion.id, promotion.revision)
@@ -407,31 +347,16 @@ class Center:
     # Agents
 
     def join(self, region: str) -> str:
-        """A new ledger life for `region`: an incarnation that sorts after every one the region had here
-        (whatever this host's clock says) and that only this deployment's centers can make."""
+        """A new ledger life for `region`: newer than every one the region had here, and one only this
+        deployment's centers can make."""
         self._require_leader()
-        known = (
-            started_ns(state.accounts[region].incarnation)
-            for state in self._states.values()
-            if region in state.accounts
-        )
-        # Noise on top of the newest start: two replicas that lead one after the other know only the lives
-        # they saw admitted, and may both start from one of them; with up to a millisecond of noise two
-        # joins of one region still get two lives, whatever clocks and failovers did.
-        floor = max(self._clock.wall_ms() * 1_000_000, self._last_issued_ns + 1, *(started + 1 for started in known))
-        self._last_issued_ns = floor + secrets.randbelow(1_000_000)
-        return issue_incarnation(self._last_issued_ns, region, self._incarnation_key)
+        known = (state.accounts[region].incarnation for state in self._states.values() if region in state.accounts)
+        return self._issuer.issue(region, known)
 
     def require_issued(self, region: str, incarnation: str) -> str:
         """`incarnation` if a center of this deployment issued it to `region`; InvalidArgument otherwise."""
         self._require_leader()
-        if not issued_with(incarnation, region, self._incarnation_key):
-            raise InvalidArgument(
-                f"agent.incarnation {incarnation} was not issued to region {region} by this deployment's center: "
-                "an agent joins with Allocation.Join and uses the incarnation it answers (its ledger keeps it); "
-                "a ledger from before incarnations were issued starts a new life (see the README, Security)"
-            )
-        return incarnation
+        return self._issuer.require(region, incarnation)
 
     async def acquire(
         self, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demand: int
@@ -632,7 +557,7 @@ class Center:
         ids = [state.promotion.id for state, _ in changes]
         write = self._store.commit_many(commits, audit)
         try:
-            await (write if audit is None else self._audited(write, audit))
+            await (write if audit is None else self._trail.written(write, audit))
         except Conflict:
             await self._reload(ids)
             raise Unavailable(f"promotion(s) {', '.join(ids)} changed by another writer; retry the call") from None

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from quota_center.audit import AuditRecord
-from quota_center.center import HEARTBEAT_S, By, Center, Opening
+from quota_center.center import HEARTBEAT_S, Center, Opening
 from quota_center.convert import catalog_page_to_pb, directives_to_pb, usage_to_pb
 from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
+from quota_center.trail import By
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_center.wire import emergency_to_pb, promotion_from_pb, promotion_to_pb
