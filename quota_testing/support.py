@@ -6,9 +6,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
+import pytest
+import redis.asyncio as redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quota_center.audit import AuditRecord, Change, seal
@@ -90,3 +92,17 @@ async def next_audit(store: AuditedStore, promotion_id: str = "") -> AuditRecord
     center chains it."""
     change = Change("spiffe://quota/owner/test", "Test", uuid.uuid4().hex, promotion_id, None, {})
     return seal(await store.audit_head(), change, now_ms())
+
+
+def recorded_redis_clients(monkeypatch: pytest.MonkeyPatch) -> list[redis.Redis]:
+    """Every Redis client `redis.Redis.from_url` makes from now on (the ledger leaves closing its client to
+    whoever made it, so a test that opens a ledger through the agent's code closes them)."""
+    clients: list[redis.Redis] = []
+    make = redis.Redis.from_url
+
+    def recorded(url: str, **options: Any) -> redis.Redis:
+        clients.append(make(url, **options))
+        return clients[-1]
+
+    monkeypatch.setattr(redis.Redis, "from_url", recorded)
+    return clients

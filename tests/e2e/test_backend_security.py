@@ -39,7 +39,7 @@ from quota_testing.servers import (
     free_port,
     redis_server,
 )
-from quota_testing.support import order
+from quota_testing.support import order, recorded_redis_clients
 from quota_testing.tls import DevTls, write_dev_tls
 from region_agent import cache_redis
 from region_agent.app import LedgerAccess, open_ledger
@@ -207,14 +207,7 @@ async def test_every_ledger_and_cache_operation_runs_as_the_regions_acl_user(
     """The ledger's operations, each path of its scripts, and the promotion cache's tier, through open_ledger
     (TLS with the agent's own files, logged in as eu's user): nothing is refused. (Keys of their own: the
     region's ledger in this Redis is shared with the other tests.)"""
-    clients: list[redis.Redis] = []  # the ledger leaves closing its client to whoever made it
-    make = redis.Redis.from_url
-
-    def recorded(url: str, **options: Any) -> redis.Redis:
-        clients.append(make(url, **options))
-        return clients[-1]
-
-    monkeypatch.setattr(redis.Redis, "from_url", recorded)
+    clients = recorded_redis_clients(monkeypatch)
     access = LedgerAccess(password=keys.passwords["agent-eu"])
     ledger, tier = await open_ledger(_ledger(secure_redis), "eu", 3600, access, keys.dev.files("agent-eu"))
     assert tier is not None

@@ -31,7 +31,7 @@ from quota_common.tls import TlsFiles
 from quota_common.transport import Security, Transport, open_transport
 from quota_testing.certs import Issued, issue, new_ca
 from region_agent.app import AgentConfig
-from tests.helm.chart import CHART, NAMESPACE, RELEASE, THREE_REGIONS, Helm, Manifest, Render
+from tests.helm.chart import CHART, NAMESPACE, RELEASE, THREE_REGIONS, Helm, Manifest, Render, refusal
 
 # The oldest Kubernetes the chart supports (Chart.yaml: gRPC probes are GA from 1.27) and the newest the
 # schemas of kubernetes-validate describe.
@@ -417,11 +417,8 @@ def test_servers_start_with_the_certificates_the_chart_asks_for(
 def test_impossible_values_are_refused_naming_the_setting(
     helm: Helm, tmp_path: Path, values: dict[str, Any], message: str
 ) -> None:
-    path = tmp_path / "values.yaml"
-    path.write_text(yaml.safe_dump(values))
-    done = helm("template", RELEASE, str(CHART), "--values", str(path))
-    assert done.returncode != 0
-    assert message in done.stderr
+    stderr = refusal(helm, tmp_path, values)
+    assert message in stderr, stderr
 
 
 def _check_certificate(certificate: Manifest) -> None:

@@ -22,8 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import redis.asyncio as redis
-import yaml  # type: ignore[import-untyped]  # installed with kubernetes-validate, without stubs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,6 +31,7 @@ from quota_center.app import CenterConfig, open_store
 from quota_common.clock import SystemClock
 from quota_testing.certs import Issued, issue, new_ca
 from quota_testing.servers import ServerTls, etcd_server, free_port
+from quota_testing.support import recorded_redis_clients
 from region_agent.app import AgentConfig, open_ledger
 from region_agent.ledger.redis_acl import (
     LEDGER_COMMANDS,
@@ -42,7 +41,7 @@ from region_agent.ledger.redis_acl import (
     key_pattern,
     password_sha256,
 )
-from tests.helm.chart import CHART, NAMESPACE, RELEASE, THREE_REGIONS, Helm, Manifest, Render
+from tests.helm.chart import CHART, NAMESPACE, RELEASE, THREE_REGIONS, Helm, Manifest, Render, refusal
 from tests.helm.test_chart import (
     EXTERNAL_STORES,
     REGIONS,
@@ -198,14 +197,7 @@ def test_redis_pod_hashes_the_password_and_admits_the_agent_as_the_chart_sets_it
 async def _open_ledger_once(url: str, config: AgentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     """open_ledger as the agent runs it (its checks: the user reaches the region's keys, may run scripts), then
     the ledger's first write, through its scripts."""
-    clients: list[redis.Redis] = []  # the ledger leaves closing its client to whoever made it
-    make = redis.Redis.from_url
-
-    def recorded(url: str, **options: Any) -> redis.Redis:
-        clients.append(make(url, **options))
-        return clients[-1]
-
-    monkeypatch.setattr(redis.Redis, "from_url", recorded)
+    clients = recorded_redis_clients(monkeypatch)
     ledger, tier = await open_ledger(url, "eu", 60, config.ledger_access, config.security.tls)
     try:
         assert tier is not None
@@ -405,11 +397,8 @@ def test_own_password_secrets_replace_the_generated_ones(render: Render) -> None
 def test_impossible_backend_values_are_refused_naming_the_setting(
     helm: Helm, tmp_path: Path, values: dict[str, Any], message: str
 ) -> None:
-    path = tmp_path / "values.yaml"
-    path.write_text(yaml.safe_dump(values))
-    done = helm("template", RELEASE, str(CHART), "--values", str(path))
-    assert done.returncode != 0
-    assert message in done.stderr, done.stderr
+    stderr = refusal(helm, tmp_path, values)
+    assert message in stderr, stderr
 
 
 def _flags(args: list[str]) -> dict[str, str]:
