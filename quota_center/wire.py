@@ -11,7 +11,15 @@ from quota_center.v1 import quota_center_pb2 as pb
 from quota_common.errors import InvalidArgument
 from quota_common.model import EmergencyFreeze, Kind, Promotion
 from quota_common.policy import Pacing
-from quota_common.validation import require_amount, require_counter, require_id, require_regions, require_text
+from quota_common.validation import (
+    require_amount,
+    require_bounded_text,
+    require_counter,
+    require_id,
+    require_optional_amount,
+    require_regions,
+    require_text,
+)
 
 _KINDS = {pb.PROMOTION_KIND_COUNT: Kind.COUNT, pb.PROMOTION_KIND_AMOUNT: Kind.AMOUNT}
 _KIND_NAMES = {kind: value for value, kind in _KINDS.items()}
@@ -44,6 +52,10 @@ def promotion_to_pb(promotion: Promotion) -> pb.Promotion:
         pacing=_PACING_NAMES[promotion.pacing],
         hourly_cap=promotion.hourly_cap,
         owner=promotion.owner,
+        face_value=promotion.face_value,
+        min_spend=promotion.min_spend,
+        discount_bps=promotion.discount_bps,
+        max_per_order=promotion.max_per_order,
     )
 
 
@@ -69,7 +81,22 @@ def promotion_from_pb(message: pb.Promotion) -> Promotion:
         per_user_orders=require_counter("per_user_orders", message.per_user_orders),
         pacing=_PACINGS[message.pacing],
         hourly_cap=require_counter("hourly_cap", message.hourly_cap),
+        owner=require_bounded_text("owner", message.owner, MAX_OWNER_BYTES),
+        face_value=require_optional_amount("face_value", message.face_value),
+        min_spend=require_optional_amount("min_spend", message.min_spend),
+        discount_bps=_basis_points("discount_bps", message.discount_bps),
+        max_per_order=require_optional_amount("max_per_order", message.max_per_order),
     )
+
+
+MAX_OWNER_BYTES = 2048
+"""A SPIFFE ID: the scheme, a trust domain of at most 255 bytes and a path of a few bounded segments."""
+
+
+def _basis_points(field: str, value: int) -> int:
+    if not 0 <= value <= 10_000:
+        raise InvalidArgument(f"{field} must be within 0..10000 (basis points: 1500 is 15 %), got {value}")
+    return value
 
 
 def _milliseconds(field: str, moment: Timestamp) -> int:

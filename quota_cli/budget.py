@@ -239,6 +239,12 @@ def budget(
     help="Release the budget all at once, evenly over the window, or --hourly-cap per hour started.",
 )
 @click.option("--hourly-cap", type=LIMIT, default=0, help="With --pacing hourly-cap: what each hour releases.")
+@click.option("--face-value", type=LIMIT, default=0, help="What one unit costs you, minor units; 0: not stated.")
+@click.option("--min-spend", type=LIMIT, default=0, help="The order total a unit needs, minor units; 0: none.")
+@click.option(
+    "--discount-bps", type=click.IntRange(0, 10_000), default=0, help="Percentage offers: basis points (1500 = 15 %)."
+)
+@click.option("--max-per-order", type=LIMIT, default=0, help="Units per order line; 0: no limit.")
 @request_id_option
 @json_flag
 @click.pass_obj
@@ -255,6 +261,10 @@ def create(
     per_user_orders: int,
     pacing: str,
     hourly_cap: int,
+    face_value: int,
+    min_spend: int,
+    discount_bps: int,
+    max_per_order: int,
     request_id: str,
     as_json: bool,
 ) -> None:
@@ -273,6 +283,10 @@ def create(
         per_user_orders=per_user_orders,
         pacing=PACINGS[pacing],
         hourly_cap=hourly_cap,
+        face_value=face_value,
+        min_spend=min_spend,
+        discount_bps=discount_bps,
+        max_per_order=max_per_order,
     )
     request = pb.CreatePromotionRequest(promotion=promotion_to_pb(promotion), request_id=request_id)
     created = promotion_from_pb(center.call(lambda admin: admin.CreatePromotion, request, idempotent=False))

@@ -132,6 +132,17 @@ def promotions_table(promotions: list[Promotion]) -> Table:
     return table
 
 
+def offer_label(promotion: Promotion) -> str:
+    """What one unit is worth and needs, as the owner stated it (minor units)."""
+    parts = [
+        f"face value {promotion.face_value:,}" if promotion.face_value else "",
+        f"{promotion.discount_bps // 100}.{promotion.discount_bps % 100:02d} % off" if promotion.discount_bps else "",
+        f"from an order of {promotion.min_spend:,}" if promotion.min_spend else "no threshold",
+        f"at most {promotion.max_per_order:,} per order" if promotion.max_per_order else "",
+    ]
+    return ", ".join(part for part in parts if part)
+
+
 def promotion_table(promotion: Promotion) -> Table:
     table = Table(title=f"promotion {promotion.id}", show_header=False)
     table.add_column("field", style="bold")
@@ -147,6 +158,7 @@ def promotion_table(promotion: Promotion) -> Table:
         "window": window_label(promotion),
         "per user": ", ".join(limit for limit in limits if limit) or "no limit",
         "pacing": pacing_label(promotion),
+        "offer": offer_label(promotion),
         "frozen": frozen_label(promotion),
         "revision": str(promotion.revision),
         "owner": promotion.owner or "none recorded (created without TLS): any owner may change it",

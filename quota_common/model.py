@@ -40,6 +40,14 @@ class Promotion:
     owner: str = ""
     """Who created it (the creator's SPIFFE ID, set by the center); "" when created without TLS, or
     before owners were recorded."""
+    face_value: int = 0
+    """What one unit costs the platform, minor units; 0: not stated."""
+    min_spend: int = 0
+    """The order total a unit needs, minor units; 0: no threshold."""
+    discount_bps: int = 0
+    """Percentage offers: basis points of the order; 0: none."""
+    max_per_order: int = 0
+    """Units per order line; 0: no limit."""
 
     def is_active(self, wall_ms: int) -> bool:
         return self.start_ms <= wall_ms < self.end_ms

@@ -50,6 +50,18 @@ def require_amount(field: str, value: int) -> int:
     return value
 
 
+def require_optional_amount(field: str, value: int) -> int:
+    """An amount that may be left out: 0 (not stated) or an amount."""
+    return value if value == 0 else require_amount(field, value)
+
+
+def require_bounded_text(field: str, value: str, max_bytes: int) -> str:
+    size = len(value.encode())
+    if size > max_bytes:
+        raise InvalidArgument(f"{field} is {size} bytes; at most {max_bytes} are allowed")
+    return value
+
+
 def require_total(field: str, values: Iterable[int]) -> int:
     total = sum(values)
     if total > MAX_AMOUNT:
@@ -109,7 +121,4 @@ def require_regions(field: str, regions: Sequence[str]) -> tuple[str, ...]:
 
 def require_text(field: str, value: str) -> str:
     """A string, possibly empty, that later checks and messages may repeat: bounded here."""
-    size = len(value.encode())
-    if size > MAX_ID_BYTES:
-        raise InvalidArgument(f"{field} is {size} bytes; at most {MAX_ID_BYTES} are allowed")
-    return value
+    return require_bounded_text(field, value, MAX_ID_BYTES)

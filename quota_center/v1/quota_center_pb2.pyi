@@ -119,6 +119,10 @@ class Promotion(_message.Message):
     PACING_FIELD_NUMBER: _builtins.int
     HOURLY_CAP_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    FACE_VALUE_FIELD_NUMBER: _builtins.int
+    MIN_SPEND_FIELD_NUMBER: _builtins.int
+    DISCOUNT_BPS_FIELD_NUMBER: _builtins.int
+    MAX_PER_ORDER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___PromotionKind.ValueType
     currency: _builtins.str
@@ -150,6 +154,16 @@ class Promotion(_message.Message):
     """Who created it: the creator's SPIFFE ID, recorded by the center (ignored on
     create); only that owner may change it. Empty when it was created without TLS.
     """
+    face_value: _builtins.int
+    """What one unit costs the platform, in minor units (a coupon's face value); 0: not stated.
+    Read by the guard rules (a zero-threshold offer above a face value is held for approval).
+    """
+    min_spend: _builtins.int
+    """The order total a unit needs, in minor units ("spend 200, get 20 off"); 0: no threshold."""
+    discount_bps: _builtins.int
+    """Percentage offers: the discount in basis points of the order (1500 is 15 %); 0: none."""
+    max_per_order: _builtins.int
+    """At most this many units in one order line; 0: no limit."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -177,10 +191,14 @@ class Promotion(_message.Message):
         pacing: Global___Pacing.ValueType = ...,
         hourly_cap: _builtins.int = ...,
         owner: _builtins.str = ...,
+        face_value: _builtins.int = ...,
+        min_spend: _builtins.int = ...,
+        discount_bps: _builtins.int = ...,
+        max_per_order: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "end_time", b"end_time", "frozen", b"frozen", "hourly_cap", b"hourly_cap", "id", b"id", "kind", b"kind", "owner", b"owner", "pacing", b"pacing", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "discount_bps", b"discount_bps", "end_time", b"end_time", "face_value", b"face_value", "frozen", b"frozen", "hourly_cap", b"hourly_cap", "id", b"id", "kind", b"kind", "max_per_order", b"max_per_order", "min_spend", b"min_spend", "owner", b"owner", "pacing", b"pacing", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

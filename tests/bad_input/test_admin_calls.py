@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 import pytest
@@ -53,6 +53,13 @@ def _paced(pacing: int, hourly_cap: int) -> center_pb.Promotion:
     return message
 
 
+def _offer(**fields: Any) -> center_pb.Promotion:
+    message = promotion()
+    for name, value in fields.items():
+        setattr(message, name, value)
+    return message
+
+
 BAD_PROMOTIONS = [
     pytest.param(promotion(budget=0), ["budget", "0"], id="budget-zero"),
     pytest.param(promotion(budget=-5), ["budget", "-5"], id="budget-negative"),
@@ -89,6 +96,13 @@ BAD_PROMOTIONS = [
     pytest.param(_paced(center_pb.PACING_LINEAR, 5), ["hourly_cap", "LINEAR"], id="cap-without-hourly"),
     pytest.param(_paced(center_pb.PACING_HOURLY_CAP, -1), ["hourly_cap", "-1"], id="negative-cap"),
     pytest.param(_paced(9, 0), ["pacing"], id="pacing-unknown"),
+    pytest.param(_offer(face_value=-1), ["face_value", "-1"], id="negative-face-value"),
+    pytest.param(_offer(face_value=TOO_BIG), ["face_value", str(TOO_BIG)], id="face-value-2**53"),
+    pytest.param(_offer(min_spend=-100), ["min_spend", "-100"], id="negative-min-spend"),
+    pytest.param(_offer(discount_bps=10_001), ["discount_bps", "10001", "basis points"], id="discount-above-100%"),
+    pytest.param(_offer(discount_bps=-1), ["discount_bps", "-1"], id="negative-discount"),
+    pytest.param(_offer(max_per_order=-3), ["max_per_order", "-3"], id="negative-max-per-order"),
+    pytest.param(_offer(owner="x" * 2049), ["owner", "2049 bytes"], id="owner-2049-bytes"),
 ]
 
 
@@ -236,3 +250,12 @@ async def test_set_budget_accepts_the_maximum(granted: World) -> None:
     answer = await granted.admin.SetBudget(set_budget(MAX_AMOUNT, await revision_of(granted)), timeout=5)
 
     assert answer.budget == MAX_AMOUNT
+
+
+async def test_a_creator_cannot_name_another_owner(center_world: World) -> None:
+    message = promotion("claimed")
+    message.owner = "spiffe://quota/owner/mallory"
+
+    created = await create(center_world.admin, message)
+
+    assert created.owner == ""  # plaintext: no identity, so no owner; with TLS it is the caller's own

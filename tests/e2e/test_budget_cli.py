@@ -318,3 +318,20 @@ def test_list_shows_every_promotion_however_many_pages_they_take(tmp_path: Path)
 
     assert [p["id"] for p in listed["promotions"]] == ids
     assert all(len(p["regions"]) == 1000 for p in listed["promotions"])
+
+
+def test_create_states_what_a_unit_is_worth_and_show_prints_it(stack: Stack) -> None:
+    center = stack.center.address
+    values = ("--face-value", "10000", "--min-spend", "20000", "--max-per-order", "2")
+    created = succeeds(center, "create", "valued", "--budget", "50", "--regions", "eu", *values)
+    assert (created["face_value"], created["min_spend"], created["discount_bps"], created["max_per_order"]) == (
+        10_000,
+        20_000,
+        0,
+        2,
+    )
+    shown = run_budget(center, "show", "valued")
+    assert "face value 10,000, from an order of 20,000, at most 2 per order" in shown.stdout
+    assert "none recorded (created without TLS)" in shown.stdout
+    refused_bps = run_budget(center, "create", "pct", "--budget", "5", "--regions", "eu", "--discount-bps", "10001")
+    assert refused_bps.returncode == 2
