@@ -18,6 +18,7 @@ from quota_cli.budget import budget
 from quota_cli.budget_audit import audit
 from quota_cli.budget_emergency import emergency
 from quota_cli.certs import certs
+from quota_cli.rules import check_rules
 from quota_cli.serve import agent, center
 from quota_common.config import FiniteFloatRange, load_config
 from quota_common.errors import ConfigError
@@ -98,6 +99,7 @@ def main(context: click.Context, log_level: str, log_format: str, config_file: P
 
 
 main.add_command(center)
+center.add_command(check_rules)
 main.add_command(agent)
 budget.add_command(audit)
 budget.add_command(emergency)

@@ -1,0 +1,34 @@
+"""`quota center check-rules [FILE]`: a guard rules file checked before a center loads it."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from quota_center.guard import load_rules
+from quota_cli import budget_view as view
+from quota_common.errors import ConfigError
+
+SHIPPED = "guard_rules.toml"
+
+
+@click.command("check-rules")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def check_rules(file: Path | None) -> None:
+    """Check the guard rules in FILE (without FILE: the ones the center ships) and print them: each rule's
+    name, outcome and condition. Every problem is named with its line, all at once, and the exit status is 2."""
+    if file is None:
+        text, source = (importlib.resources.files("quota_center") / SHIPPED).read_text(), f"(shipped) {SHIPPED}"
+    else:
+        try:
+            text, source = file.read_text(), str(file)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{file}: cannot be read ({error})") from None
+    rules = load_rules(text, source)
+    table = Table("rule", "outcome", "when", title=f"{source}: {len(rules.rules)} rules, sha256 {rules.digest[:12]}")
+    for rule in rules.rules:
+        table.add_row(rule.name, rule.outcome.word, rule.condition.text)
+    view.print_table(table)
