@@ -189,8 +189,9 @@ class Agent:
             raise InvalidArgument(f"this agent serves region {self.settings.region!r}, not {region!r}")
         tracked = await self._supply.track([line.promotion_id for line in lines])
         try:
-            for item in tracked:
+            for item, line in zip(tracked, lines, strict=True):
                 self._check_spendable(item)
+                _check_order_limit(item.promotion, line)
         except Rejected:
             previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0, placer=placer)
             if previous is not None:
@@ -325,3 +326,13 @@ def _spent(promotion_id: str) -> Rejected:
         RejectReason.EXHAUSTED,
         f"promotion {promotion_id}: this region's allotment is spent and the center has nothing left to grant",
     )
+
+
+def _check_order_limit(promotion: Promotion, line: Line) -> None:
+    """A line may take at most the promotion's `max_per_order` units: checked here, with no center call."""
+    if promotion.max_per_order and line.amount > promotion.max_per_order:
+        raise Rejected(
+            RejectReason.OVER_ORDER_LIMIT,
+            f"the line asks {line.amount} units of promotion {promotion.id}, which allows at most "
+            f"{promotion.max_per_order} in one order",
+        )

@@ -49,6 +49,8 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """the promotion may not be spent in this region"""
     REJECT_REASON_RESERVATION_EXPIRED: _RejectReason.ValueType  # 7
     """Confirm came after the reservation's deadline"""
+    REJECT_REASON_OVER_ORDER_LIMIT: _RejectReason.ValueType  # 8
+    """a line asks more units than the promotion allows in one order"""
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper): ...
 
@@ -67,6 +69,8 @@ REJECT_REASON_REGION_NOT_ALLOWED: RejectReason.ValueType  # 6
 """the promotion may not be spent in this region"""
 REJECT_REASON_RESERVATION_EXPIRED: RejectReason.ValueType  # 7
 """Confirm came after the reservation's deadline"""
+REJECT_REASON_OVER_ORDER_LIMIT: RejectReason.ValueType  # 8
+"""a line asks more units than the promotion allows in one order"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final

@@ -54,10 +54,18 @@ class ScriptedCenter:
         """While set up and not yet set, acquires are granted but their answers wait (a slow link)."""
         self.answers_waiting = 0
 
-    def create(self, promotion_id: str) -> None:
+    def create(self, promotion_id: str, max_per_order: int = 0) -> None:
         now = self._clock.wall_ms()
         self.promotions[promotion_id] = Promotion(
-            promotion_id, Kind.COUNT, "", 10**9, now - HOUR_MS, now + HOUR_MS, ("eu",), revision=1
+            promotion_id,
+            Kind.COUNT,
+            "",
+            10**9,
+            now - HOUR_MS,
+            now + HOUR_MS,
+            ("eu",),
+            revision=1,
+            max_per_order=max_per_order,
         )
 
     async def list_changes(self, since_revision: int) -> Page:
@@ -286,3 +294,28 @@ async def test_a_graceful_stop_waits_for_a_grant_on_its_way_and_gives_it_back(
     balance = (await ledger.balances())["promo"]
     assert balance.granted == center.granted
     assert balance.available == 0
+
+
+async def test_a_line_above_the_promotions_order_limit_is_refused_locally_and_changes_nothing(
+    clock: FakeClock, center: ScriptedCenter
+) -> None:
+    center.create("flash", max_per_order=2)
+    agent = Agent(QUIET, InProcessLedger(clock), center, clock)
+    await agent.start()
+    try:
+        await agent.deduct("o-1", "eu", (Line("flash", 2, "user"),))
+        before = [status.balance for status in await agent.status()]
+        center.catalog_down = True  # the check needs no center
+        calls = center.calls
+
+        with pytest.raises(Rejected) as refused:
+            await agent.deduct("o-2", "eu", (Line("flash", 3, "user"),))
+
+        assert refused.value.reason is RejectReason.OVER_ORDER_LIMIT
+        assert "at most 2 in one order" in refused.value.message
+        assert [status.balance for status in await agent.status()] == before
+        assert center.calls == calls
+        replayed = await agent.deduct("o-1", "eu", (Line("flash", 2, "user"),))
+        assert replayed.replayed
+    finally:
+        await agent.stop()
