@@ -13,6 +13,8 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from quota_center import server as center_server
 from quota_center.center import Center, CenterSettings
+from quota_center.gate import shipped_rules
+from quota_center.guard_file import RulesFile
 from quota_center.leadership import EtcdLeadership, Leadership, SingleNode
 from quota_center.metrics import center_registry
 from quota_center.store.base import Store
@@ -64,6 +66,8 @@ class CenterConfig:
     """How its gRPC port is secured: mutual TLS with the center's certificate, or plaintext on loopback."""
     store_access: StoreAccess = field(default_factory=StoreAccess)
     """How it reaches a secured etcd: TLS files, a user."""
+    guard_rules: Path | None = None
+    """The guard rules file (read again when it changes); None: the rules the center ships."""
 
 
 async def open_store(
@@ -170,9 +174,11 @@ async def run_center(config: CenterConfig) -> None:
     security = config.security
     transport = open_transport(security, identity.center(security.trust_domain), listen=config.listen)
     clock = SystemClock()
+    # Before the store: a rules file that does not check out stops the center before it touches anything.
+    rules = shipped_rules if config.guard_rules is None else RulesFile(config.guard_rules)
     store, leadership = await open_store(config.store, clock, config.election_ttl_s, config.store_access, security.tls)
     host = config.listen.rpartition(":")[0]
-    center = Center(store, clock, config.settings, leadership)
+    center = Center(store, clock, config.settings, leadership, rules)
     server = guarded_server(transport)
     center_server.add_to_server(center, server)
     health_status = health_servicer()

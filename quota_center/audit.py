@@ -39,6 +39,8 @@ class Change:
     before: dict[str, Any] | None
     """The promotion (or the switch) before the change; None for a creation."""
     after: dict[str, Any]
+    guard: tuple[str, ...] = ()
+    """The guard rules that fired on the change ("name (outcome): message"), if any."""
 
 
 PLAINTEXT_ACTOR = "plaintext caller (no certificate, loopback only)"
@@ -74,6 +76,7 @@ def seal(previous: AuditRecord | None, change: Change, at_ms: int) -> AuditRecor
         "promotion_id": change.promotion_id,
         "before": change.before,
         "after": change.after,
+        "guard": list(change.guard),
     }
     body = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return AuditRecord(seq, body, digest(body))

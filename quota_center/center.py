@@ -15,11 +15,14 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from quota_center import allocation, ledger
-from quota_center.audit import AuditRecord
+from quota_center.approvals import PendingChange
+from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord
 from quota_center.catalog import RevisionIndex
+from quota_center.gate import DEFAULT_PENDING_TTL_S, Gate, shipped_rules, terms
+from quota_center.guard import Proposal, RuleSet
 from quota_center.issuer import IncarnationIssuer
 from quota_center.leadership import Leadership, SingleNode
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
@@ -28,6 +31,7 @@ from quota_center.store.base import MAX_BATCH, Store
 from quota_center.trail import AuditTrail, By
 from quota_common.clock import Clock
 from quota_common.errors import (
+    AlreadyExists,
     Conflict,
     Exhausted,
     FailedPrecondition,
@@ -39,7 +43,14 @@ from quota_common.errors import (
     Unavailable,
 )
 from quota_common.identity import Role
-from quota_common.model import EMERGENCY_DOCUMENT, EmergencyFreeze, Promotion, Report, promotion_document
+from quota_common.model import (
+    EMERGENCY_DOCUMENT,
+    EmergencyFreeze,
+    Promotion,
+    Report,
+    promotion_document,
+    promotion_from_document,
+)
 
 T = TypeVar("T")
 
@@ -54,6 +65,8 @@ class CenterSettings:
     """How long a region may spend its allotment without renewing."""
     horizon_s: float = 2.0
     """Seconds of demand the policy sizes grants and reclaims for."""
+    pending_ttl_s: float = DEFAULT_PENDING_TTL_S
+    """How long a change held by a guard rule waits for approval before it expires."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,9 @@ class Center:
         clock: Clock,
         settings: CenterSettings | None = None,
         leadership: Leadership | None = None,
+        rules: Callable[[], RuleSet] = shipped_rules,
     ) -> None:
+        """`rules`: the guard rules in force, asked for at every change (a file reloaded when it changes)."""
         self._store = store
         self._clock = clock
         self.settings = settings or CenterSettings()
@@ -147,6 +162,7 @@ class Center:
         self._catalog_changed = asyncio.Event()
         self._trail = AuditTrail(store, clock)
         self._issuer = IncarnationIssuer(store, clock)
+        self._gate = Gate(store, clock, self._trail, rules, self.settings.pending_ttl_s)
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
@@ -156,6 +172,7 @@ class Center:
         document = await self._store.load_document(EMERGENCY_DOCUMENT)
         await self._trail.load()
         await self._issuer.load()
+        await self._gate.load()
         self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()
         for state in sorted(states, key=lambda s: s.promotion.revision):
             self._states[state.promotion.id] = state
@@ -188,16 +205,30 @@ class Center:
     # Budget owners
 
     async def create_promotion(self, promotion: Promotion, by: By | None = None) -> Promotion:
-        """`by`'s identity becomes the promotion's owner."""
+        """`by`'s identity becomes the promotion's owner, once the guard rules let the create through (a
+        held one raises Held and waits for `approve`)."""
         self._require_leader()
         ledger.check_new_promotion(promotion)
         by = by or By()
-        owner = "" if by.identity is None else by.identity.uri
+        async with self._configuring:
+            if promotion.id in self._states:
+                raise AlreadyExists(f"promotion {promotion.id!r} already exists")
+            self._gate.reserved(promotion.id)
+            proposal = Proposal(terms(promotion), None, by.actor)
+            findings = await self._gate.judge(
+                "CreatePromotion", promotion.id, proposal, promotion_document(promotion), by
+            )
+            owner = "" if by.identity is None else by.identity.uri
+            return await self._create(promotion, owner, by, findings)
+
+    async def _create(self, promotion: Promotion, owner: str, by: By, findings: list[str]) -> Promotion:
+        """Under the configuration lock: the create itself, with its audit record."""
 
         async def work() -> Promotion:
             created = replace(promotion, frozen=False, revision=self._catalog_revision + 1, owner=owner)
             state = PromotionState(created)
-            record = self._trail.seal(by, "CreatePromotion", promotion.id, None, promotion_document(created))
+            after = promotion_document(created)
+            record = self._trail.seal(by, "CreatePromotion", promotion.id, None, after, findings)
             try:
                 await self._trail.written(self._store.create(state, record), record)
             except BaseException:
@@ -207,16 +238,18 @@ class Center:
             self._changed(state.promotion)
             return state.promotion
 
-        async with self._configuring:
-            return await self._exclusively([promotion.id], work)
+        return await self._exclusively([promotion.id], work)
 
     async def set_budget(
         self, promotion_id: str, budget: int, expected_revision: int, by: By | None = None
     ) -> Promotion:
-        def change(state: PromotionState, revision: int) -> None:
-            ledger.set_budget(state, budget, expected_revision, revision)
-
-        return await self._configure(promotion_id, "SetBudget", change, by or By())
+        """Through the guard rules: a held change raises Held and waits for `approve`."""
+        request = {"budget": budget, "expected_revision": expected_revision}
+        self._require_leader()
+        async with self._configuring:
+            return await self._configured(
+                promotion_id, "SetBudget", _budget_change(budget, expected_revision), by or By(), request
+            )
 
     async def set_frozen(self, promotion_id: str, frozen: bool, by: By | None = None) -> Promotion:
         def change(state: PromotionState, revision: int) -> bool:
@@ -268,20 +301,71 @@ class Center:
     async def _configure(
         self, promotion_id: str, call: str, change: Callable[[PromotionState, int], object], by: By
     ) -> Promotion:
-        """A configuration change by the promotion's owner: it takes the next catalog revision, is
-        recorded in the audit trail, and watchers hear of it."""
+        """A configuration change the guard rules do not judge (it only lowers what may be spent)."""
         self._require_leader()
         async with self._configuring:
-            before = self._state(promotion_id).promotion
-            if by.identity is not None and by.identity.role is Role.OWNER:
-                ledger.require_owner(before, by.identity.uri, call)
+            return await self._configured(promotion_id, call, change, by)
 
-            def record(changed: PromotionState) -> AuditRecord:
-                after = promotion_document(changed.promotion)
-                return self._trail.seal(by, call, promotion_id, promotion_document(before), after)
+    async def _configured(
+        self,
+        promotion_id: str,
+        call: str,
+        change: Callable[[PromotionState, int], object],
+        by: By,
+        guarded: dict[str, Any] | None = None,
+        approved: tuple[str, ...] = (),
+    ) -> Promotion:
+        """Under the configuration lock, a change by the promotion's owner: judged by the guard rules when
+        `guarded` (the request, booked if a rule holds it), or carrying the findings it was `approved`
+        with; it takes the next catalog revision, is recorded in the audit trail, and watchers hear of it."""
+        before = self._state(promotion_id).promotion
+        if by.identity is not None and by.identity.role is Role.OWNER:
+            ledger.require_owner(before, by.identity.uri, call)
+        findings = list(approved)
+        if guarded is not None:
+            trial = self._state(promotion_id).copy()
+            change(trial, self._catalog_revision + 1)  # the change's own checks first: a stale revision is not held
+            proposal = Proposal(terms(trial.promotion), terms(before), by.actor)
+            findings = await self._gate.judge(call, promotion_id, proposal, guarded, by)
 
-            state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1), record)
-            return state.promotion
+        def record(changed: PromotionState) -> AuditRecord:
+            after = promotion_document(changed.promotion)
+            return self._trail.seal(by, call, promotion_id, promotion_document(before), after, findings)
+
+        state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1), record)
+        return state.promotion
+
+    # Second approval
+
+    async def approve(self, pending_id: str, by: By) -> tuple[PendingChange, Promotion]:
+        """Applies a held change as asked, by a person other than the one who asked; then books it approved."""
+        self._require_leader()
+        async with self._configuring:
+            change = self._gate.decidable(pending_id, by)
+            acting = replace(by, request_id=by.request_id or pending_id)
+            if change.call == "CreatePromotion":
+                promotion = promotion_from_document(change.request)
+                if promotion.id in self._states:
+                    raise AlreadyExists(f"promotion {promotion.id!r} already exists")
+                owner = "" if change.requested_by == PLAINTEXT_ACTOR else change.requested_by
+                applied = await self._create(promotion, owner, acting, list(change.findings))
+            else:
+                budget, expected = int(change.request["budget"]), int(change.request["expected_revision"])
+                applied = await self._configured(
+                    change.promotion_id, "SetBudget", _budget_change(budget, expected), acting, None, change.findings
+                )
+            return await self._gate.decide(change, by, True, ""), applied
+
+    async def reject(self, pending_id: str, by: By, reason: str) -> PendingChange:
+        self._require_leader()
+        async with self._configuring:
+            change = self._gate.decidable(pending_id, by)
+            return await self._gate.decide(change, by, False, reason)
+
+    def pending(self) -> list[tuple[PendingChange, str]]:
+        """Every change held, decided or expired (the newest decided ones kept), with its state now."""
+        self._require_leader()
+        return self._gate.listing()
 
     def _changed(self, promotion: Promotion) -> None:
         self._revisions.record(promotion.id, promotion.revision)
@@ -585,3 +669,10 @@ class Center:
             fresh = await self._store.load(promotion_id)
             if fresh is not None:
                 self._states[promotion_id] = fresh
+
+
+def _budget_change(budget: int, expected_revision: int) -> Callable[[PromotionState, int], None]:
+    def change(state: PromotionState, revision: int) -> None:
+        ledger.set_budget(state, budget, expected_revision, revision)
+
+    return change

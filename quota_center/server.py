@@ -5,10 +5,12 @@ Protobuf types stop here; `Center` and below see only domain objects.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import grpc
 
+from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
 from quota_center.center import HEARTBEAT_S, Center, Opening
 from quota_center.convert import catalog_page_to_pb, directives_to_pb, usage_to_pb
@@ -33,6 +35,7 @@ from quota_common.validation import (
     require_amount,
     require_counter,
     require_id,
+    require_text,
     require_unique,
 )
 
@@ -101,6 +104,22 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
         return emergency_to_pb(await self._center.set_emergency_freeze(region, request.frozen, by))
 
     @translate_errors
+    async def ListPending(self, request: pb.ListPendingRequest, context: Context) -> pb.ListPendingResponse:
+        return pb.ListPendingResponse(changes=[_pending_pb(change, state) for change, state in self._center.pending()])
+
+    @translate_errors
+    async def ApprovePending(self, request: pb.DecidePendingRequest, context: Context) -> pb.PendingChange:
+        pending_id, by = _decision(request)
+        decided, _ = await self._center.approve(pending_id, by)
+        return _pending_pb(decided, decided.state)
+
+    @translate_errors
+    async def RejectPending(self, request: pb.DecidePendingRequest, context: Context) -> pb.PendingChange:
+        pending_id, by = _decision(request)
+        decided = await self._center.reject(pending_id, by, require_text("reason", request.reason))
+        return _pending_pb(decided, decided.state)
+
+    @translate_errors
     async def ListAudit(self, request: pb.ListAuditRequest, context: Context) -> pb.ListAuditResponse:
         page_size = _page_size(request.page_size)
         after = _after_seq(request.page_token)
@@ -111,9 +130,31 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
         return pb.ListAuditResponse(records=listed, next_page_token=page_token(str(listed[-1].seq)) if more else "")
 
 
+def _pending_pb(change: PendingChange, state: str) -> pb.PendingChange:
+    message = pb.PendingChange(
+        id=change.id,
+        call=change.call,
+        promotion_id=change.promotion_id,
+        request_json=json.dumps(change.request, sort_keys=True),
+        requested_by=change.requested_by,
+        findings=list(change.findings),
+        state=state,
+        decided_by=change.decided_by,
+        reason=change.reason,
+        rules_digest=change.rules_digest,
+    )
+    message.requested_at.FromMilliseconds(change.requested_at_ms)
+    message.expires_at.FromMilliseconds(change.expires_at_ms)
+    return message
+
+
 def _by(request_id: str) -> By:
     """Who makes this admin write: the caller the authorization interceptor verified (none without TLS)."""
     return By(caller(), require_id("request_id", request_id) if request_id else "")
+
+
+def _decision(request: pb.DecidePendingRequest) -> tuple[str, By]:
+    return require_id("pending_id", request.pending_id), _by(request.request_id)
 
 
 def _after_seq(token: str) -> int:

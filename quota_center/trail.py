@@ -3,7 +3,7 @@
     By(identity, request_id)                  who makes a write (None: plaintext on loopback)
     AuditTrail(store, clock)
       .load()                                 the head, read from the store when this center leads
-      .seal(by, call, promotion_id, before, after) -> AuditRecord   the next record, chained to the head
+      .seal(by, call, promotion_id, before, after, guard) -> AuditRecord   the next record, chained to the head
       .written(write, record)                 awaits the store write carrying it; the record then heads
                                               the trail, and a failed write reads the head again
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +53,16 @@ class AuditTrail:
         self._head = await self._store.audit_head()
 
     def seal(
-        self, by: By, call: str, promotion_id: str, before: dict[str, Any] | None, after: dict[str, Any]
+        self,
+        by: By,
+        call: str,
+        promotion_id: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any],
+        guard: Sequence[str] = (),
     ) -> AuditRecord:
-        change = Change(by.actor, call, by.request_id or uuid.uuid4().hex, promotion_id, before, after)
+        request_id = by.request_id or uuid.uuid4().hex
+        change = Change(by.actor, call, request_id, promotion_id, before, after, tuple(guard))
         return seal(self._head, change, self._clock.wall_ms())
 
     async def written(self, write: Awaitable[None], record: AuditRecord) -> None:

@@ -111,6 +111,19 @@ def center() -> None:
     help="etcd leader lease, s.",
 )
 @click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
+@click.option(
+    "--guard-rules",
+    type=_FILE,
+    help="Guard rules file (TOML), read again when it changes; check one with `quota center check-rules FILE` "
+    "[default: the rules the center ships].",
+)
+@click.option(
+    "--pending-ttl",
+    type=FiniteFloatRange(min=1),
+    default=_CENTER.pending_ttl_s,
+    show_default=True,
+    help="Seconds a change held by a guard rule waits for approval before it expires.",
+)
 @security_options
 def center_serve(
     listen: str,
@@ -124,6 +137,8 @@ def center_serve(
     advertise: str,
     election_ttl: int,
     metrics_listen: str,
+    guard_rules: Path | None,
+    pending_ttl: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -134,10 +149,10 @@ def center_serve(
 
     With --tls-cert, --tls-key and --tls-ca (the center's certificate) every caller must present a
     certificate from that CA; without them it serves plaintext, on a loopback address only."""
-    settings = CenterSettings(lease_ttl_s=lease_ttl)
+    settings = CenterSettings(lease_ttl_s=lease_ttl, pending_ttl_s=pending_ttl)
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
     etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))
-    config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen, secured, etcd)
+    config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen, secured, etcd, guard_rules)
     asyncio.run(run_center(config))
 
 

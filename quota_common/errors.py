@@ -43,6 +43,7 @@ class RejectReason(enum.Enum):
 REJECT_REASON_METADATA_KEY = "quota-reject-reason"
 LEADER_METADATA_KEY = "quota-leader"
 SUPERSEDED_METADATA_KEY = "quota-superseded"
+PENDING_METADATA_KEY = "quota-pending-change"
 
 
 class QuotaError(Exception):
@@ -107,6 +108,14 @@ class Rejected(FailedPrecondition):
 class Superseded(FailedPrecondition):
     """The caller's ledger incarnation is older than the one the center knows for its region:
     another agent process of the region replaced it, and this one may never spend again."""
+
+
+class Held(FailedPrecondition):
+    """A change a guard rule held for a second person's approval: nothing of it applies until then."""
+
+    def __init__(self, pending_id: str, message: str) -> None:
+        super().__init__(message)
+        self.pending_id = pending_id
 
 
 class Conflict(Exception):

@@ -74,6 +74,9 @@ TABLE: Mapping[str, Rule] = MappingProxyType(
         f"{CENTER}.PromotionAdmin/GetUsage": Rule(READERS),
         f"{CENTER}.PromotionAdmin/SetEmergencyFreeze": Rule(frozenset({Role.OPERATOR})),
         f"{CENTER}.PromotionAdmin/ListAudit": Rule(frozenset(PEOPLE)),
+        f"{CENTER}.PromotionAdmin/ListPending": Rule(frozenset(PEOPLE)),
+        f"{CENTER}.PromotionAdmin/ApprovePending": Rule(frozenset({Role.APPROVER})),
+        f"{CENTER}.PromotionAdmin/RejectPending": Rule(frozenset({Role.APPROVER})),
         # The agents' feed; people read it too (it is the one read of the emergency switch).
         f"{CENTER}.Catalog/Watch": _CATALOG,
         f"{CENTER}.Catalog/ListChanges": _CATALOG,

@@ -14,8 +14,10 @@ from google.protobuf.message import DecodeError
 
 from quota_common.errors import (
     LEADER_METADATA_KEY,
+    PENDING_METADATA_KEY,
     REJECT_REASON_METADATA_KEY,
     SUPERSEDED_METADATA_KEY,
+    Held,
     NotLeader,
     QuotaError,
     Rejected,
@@ -60,6 +62,8 @@ async def abort_with(error: Exception, context: Context, where: str) -> NoReturn
         context.set_trailing_metadata(((LEADER_METADATA_KEY, error.leader),))
     if isinstance(error, Superseded):
         context.set_trailing_metadata(((SUPERSEDED_METADATA_KEY, "1"),))
+    if isinstance(error, Held):
+        context.set_trailing_metadata(((PENDING_METADATA_KEY, error.pending_id),))
     if isinstance(error, QuotaError):
         await context.abort(error.code, cut(error.message, MAX_STATUS_BYTES))
     log.error("%s failed", where, exc_info=error)

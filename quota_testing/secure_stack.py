@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -241,16 +242,22 @@ def secure_stack(workdir: Path, *center_flags: str, store: str | None = None) ->
 SALE, FROZEN_SALE, DAVES_SALE = "sale", "frozen-sale", "daves-sale"
 SALE_BUDGET, SEED_SPENT = 1_000, 50
 SEED_ORDER, SEED_RESERVATIONS = "seed-order", ("seed-reserved-1", "seed-reserved-2")
+HELD_CREATES = ("held-coupon-1", "held-coupon-2")
+"""Alice's zero-threshold coupons of face value 100.00, which the shipped guard rules hold as P-1 and P-2."""
 
 
 def seed(stack: SecureStack) -> State:
     """What an attacker finds: alice's sale (a budget of 1,000 for eu and us) of which the live agent of
     eu holds a grant and spent 50 (order SEED_ORDER) and holds 2 more for two reservations; alice's
-    FROZEN_SALE, frozen; dave's DAVES_SALE. The state once it settled."""
+    FROZEN_SALE, frozen; dave's DAVES_SALE; alice's HELD_CREATES, waiting for approval. The state once it
+    settled."""
     stack.create(promotion(SALE, budget=SALE_BUDGET))
     stack.create(promotion(FROZEN_SALE, budget=SALE_BUDGET))
     stack.admin().SetFrozen(center_pb.SetFrozenRequest(promotion_id=FROZEN_SALE, frozen=True), timeout=CALL_TIMEOUT_S)
     stack.create(promotion(DAVES_SALE, budget=SALE_BUDGET), name=OTHER_OWNER)
+    for promotion_id in HELD_CREATES:
+        held = refused(functools.partial(stack.create, promotion(promotion_id, budget=SALE_BUDGET, face_value=10_000)))
+        assert held.code() == grpc.StatusCode.FAILED_PRECONDITION, held.details()
     orders = stack.orders()
     orders.Deduct(order(SEED_ORDER, "eu", (SALE, SEED_SPENT)), timeout=CALL_TIMEOUT_S)
     for key in SEED_RESERVATIONS:

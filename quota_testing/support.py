@@ -41,6 +41,7 @@ def promotion(
     currency: str = "",
     per_user_limit: int = 0,
     per_user_orders: int = 0,
+    face_value: int = 0,
 ) -> center_pb.Promotion:
     start = now_ms() - HOUR_MS if start_ms is None else start_ms
     end = now_ms() + HOUR_MS if end_ms is None else end_ms
@@ -54,6 +55,7 @@ def promotion(
         regions=list(regions),
         per_user_limit=per_user_limit,
         per_user_orders=per_user_orders,
+        face_value=face_value,
     )
 
 

@@ -74,6 +74,21 @@ class PromotionAdminStub:
                 request_serializer=quota__center_dot_v1_dot_quota__center__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListPending = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/ListPending',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.ListPendingRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ListPendingResponse.FromString,
+                _registered_method=True)
+        self.ApprovePending = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/ApprovePending',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.PendingChange.FromString,
+                _registered_method=True)
+        self.RejectPending = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/RejectPending',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.PendingChange.FromString,
+                _registered_method=True)
 
 
 class PromotionAdminServicer:
@@ -135,6 +150,30 @@ class PromotionAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPending(self, request, context):
+        """Changes a guard rule held for approval (CreatePromotion and SetBudget answer
+        FAILED_PRECONDITION with the pending id in the trailing key quota-pending-change),
+        with those decided and expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApprovePending(self, request, context):
+        """Applies a held change as it was asked: approvers only, never the person who
+        asked; FAILED_PRECONDITION once it expired or was decided, or when the
+        promotion moved past the revision a held budget change was based on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectPending(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromotionAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +216,21 @@ def add_PromotionAdminServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ListAuditRequest.FromString,
                     response_serializer=quota__center_dot_v1_dot_quota__center__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListPending': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPending,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ListPendingRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.ListPendingResponse.SerializeToString,
+            ),
+            'ApprovePending': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApprovePending,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.PendingChange.SerializeToString,
+            ),
+            'RejectPending': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectPending,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.PendingChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +449,87 @@ class PromotionAdmin:
             '/quota_center.v1.PromotionAdmin/ListAudit',
             quota__center_dot_v1_dot_quota__center__pb2.ListAuditRequest.SerializeToString,
             quota__center_dot_v1_dot_quota__center__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/ListPending',
+            quota__center_dot_v1_dot_quota__center__pb2.ListPendingRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.ListPendingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApprovePending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/ApprovePending',
+            quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.PendingChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectPending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/RejectPending',
+            quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.PendingChange.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,17 @@ class PromotionAdminStub:
     """The audit trail of every admin write, oldest first, exactly as stored, so a
     caller can check the hash chain itself (`quota budget audit --verify`).
     """
+    ListPending: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.ListPendingRequest, _quota_center_pb2.ListPendingResponse]
+    """Changes a guard rule held for approval (CreatePromotion and SetBudget answer
+    FAILED_PRECONDITION with the pending id in the trailing key quota-pending-change),
+    with those decided and expired.
+    """
+    ApprovePending: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.DecidePendingRequest, _quota_center_pb2.PendingChange]
+    """Applies a held change as it was asked: approvers only, never the person who
+    asked; FAILED_PRECONDITION once it expired or was decided, or when the
+    promotion moved past the revision a held budget change was based on.
+    """
+    RejectPending: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.DecidePendingRequest, _quota_center_pb2.PendingChange]
 
 @_typing.type_check_only
 class PromotionAdminAsyncStub(PromotionAdminStub):
@@ -82,6 +93,17 @@ class PromotionAdminAsyncStub(PromotionAdminStub):
     """The audit trail of every admin write, oldest first, exactly as stored, so a
     caller can check the hash chain itself (`quota budget audit --verify`).
     """
+    ListPending: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.ListPendingRequest, _quota_center_pb2.ListPendingResponse]  # type: ignore[assignment]
+    """Changes a guard rule held for approval (CreatePromotion and SetBudget answer
+    FAILED_PRECONDITION with the pending id in the trailing key quota-pending-change),
+    with those decided and expired.
+    """
+    ApprovePending: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.DecidePendingRequest, _quota_center_pb2.PendingChange]  # type: ignore[assignment]
+    """Applies a held change as it was asked: approvers only, never the person who
+    asked; FAILED_PRECONDITION once it expired or was decided, or when the
+    promotion moved past the revision a held budget change was based on.
+    """
+    RejectPending: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.DecidePendingRequest, _quota_center_pb2.PendingChange]  # type: ignore[assignment]
 
 class PromotionAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -150,6 +172,35 @@ class PromotionAdminServicer(metaclass=_abc_1.ABCMeta):
         """The audit trail of every admin write, oldest first, exactly as stored, so a
         caller can check the hash chain itself (`quota budget audit --verify`).
         """
+
+    @_abc_1.abstractmethod
+    def ListPending(
+        self,
+        request: _quota_center_pb2.ListPendingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.ListPendingResponse, _abc.Awaitable[_quota_center_pb2.ListPendingResponse]]:
+        """Changes a guard rule held for approval (CreatePromotion and SetBudget answer
+        FAILED_PRECONDITION with the pending id in the trailing key quota-pending-change),
+        with those decided and expired.
+        """
+
+    @_abc_1.abstractmethod
+    def ApprovePending(
+        self,
+        request: _quota_center_pb2.DecidePendingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.PendingChange, _abc.Awaitable[_quota_center_pb2.PendingChange]]:
+        """Applies a held change as it was asked: approvers only, never the person who
+        asked; FAILED_PRECONDITION once it expired or was decided, or when the
+        promotion moved past the revision a held budget change was based on.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectPending(
+        self,
+        request: _quota_center_pb2.DecidePendingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.PendingChange, _abc.Awaitable[_quota_center_pb2.PendingChange]]: ...
 
 def add_PromotionAdminServicer_to_server(servicer: PromotionAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

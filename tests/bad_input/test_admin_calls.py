@@ -10,6 +10,7 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_common.errors import PENDING_METADATA_KEY, trailing
 from quota_testing.bad_calls import (
     BAD_AMOUNTS,
     BAD_IDS,
@@ -247,9 +248,24 @@ async def test_set_budget_requires_the_revision_read(granted: World, expected_re
 
 
 async def test_set_budget_accepts_the_maximum(granted: World) -> None:
-    answer = await granted.admin.SetBudget(set_budget(MAX_AMOUNT, await revision_of(granted)), timeout=5)
+    # Fivefold at a time: the shipped guard rules hold a larger raise in one change for approval.
+    budget, revision = 1_000, await revision_of(granted)
+    while budget < MAX_AMOUNT:
+        answer = await granted.admin.SetBudget(set_budget(min(MAX_AMOUNT, budget * 5), revision), timeout=5)
+        budget, revision = answer.budget, answer.revision
 
     assert answer.budget == MAX_AMOUNT
+
+
+async def test_a_raise_above_fivefold_is_held_and_changes_nothing(granted: World) -> None:
+    async with unchanged(granted):
+        error = await rejected(
+            granted.admin.SetBudget(set_budget(MAX_AMOUNT, await revision_of(granted)), timeout=5),
+            FAILED,
+            "held for approval as pending change P-1",
+            "budget-raised-fivefold",
+        )
+    assert trailing(error, PENDING_METADATA_KEY) == "P-1"
 
 
 async def test_a_creator_cannot_name_another_owner(center_world: World) -> None:

@@ -32,6 +32,7 @@ from quota_testing.secure_stack import (
     OTHER_OWNER,
     OWNER,
     SALE,
+    SALE_BUDGET,
     SEED_ORDER,
     SEED_RESERVATIONS,
     Rogue,
@@ -180,6 +181,9 @@ WRITTEN_OUT = {
     (OTHER_OWNER, CENTER, "CreatePromotion"): OK,
     (APPROVER, CENTER, "SetFrozen"): DENIED,
     (APPROVER, CENTER, "ListAudit"): OK,
+    (APPROVER, CENTER, "ApprovePending"): OK,
+    (OWNER, CENTER, "ApprovePending"): DENIED,
+    (OPERATOR, CENTER, "RejectPending"): DENIED,
     (OPERATOR, CENTER, "SetEmergencyFreeze"): OK,
     (OPERATOR, CENTER, "SetBudget"): DENIED,
     (NO_CERTIFICATE, CENTER, "Check"): grpc.StatusCode.UNAVAILABLE,
@@ -233,7 +237,7 @@ def _request(stack: SecureStack, caller: str, rpc: Rpc) -> Message:
         ),
         f"{ADMIN}SetBudget": lambda: center_pb.SetBudgetRequest(
             promotion_id=SALE,
-            budget=2**53 - 1,
+            budget=stack.usage(SALE).promotion.budget * 2,  # a raise the guard rules let through
             expected_revision=stack.usage(SALE).promotion.revision,
             request_id=f"budget-{tag}",
         ),
@@ -247,6 +251,9 @@ def _request(stack: SecureStack, caller: str, rpc: Rpc) -> Message:
             region="us", frozen=True, request_id=f"switch-{tag}"
         ),
         f"{ADMIN}ListAudit": lambda: center_pb.ListAuditRequest(),
+        f"{ADMIN}ListPending": lambda: center_pb.ListPendingRequest(),
+        f"{ADMIN}ApprovePending": lambda: center_pb.DecidePendingRequest(pending_id="P-1", request_id=f"ok-{tag}"),
+        f"{ADMIN}RejectPending": lambda: center_pb.DecidePendingRequest(pending_id="P-2", reason=f"no-{tag}"),
         f"{CATALOG}Watch": lambda: center_pb.CatalogRequest(region=SERVED_REGION),
         f"{CATALOG}ListChanges": lambda: center_pb.CatalogRequest(region=SERVED_REGION),
         f"{ALLOCATION}Join": lambda: center_pb.JoinRequest(region=SERVED_REGION),
@@ -360,7 +367,10 @@ def test_every_call_the_table_lets_through_reaches_its_handler(stack: SecureStac
 
     assert {cell: answer for cell, answer in answers.items() if answer.code != OK} == {}
     assert {caller for caller, _, _ in cells} == set(CALLERS) - {NO_CERTIFICATE}
-    assert stack.usage(SALE).promotion.budget == 2**53 - 1, "alice's SetBudget took effect"
+    assert stack.usage(SALE).promotion.budget == 2 * SALE_BUDGET, "alice's SetBudget took effect"
+    listed = stack.admin(APPROVER).ListPending(center_pb.ListPendingRequest(), timeout=CALL_TIMEOUT_S)
+    decided = {change.id: change.state for change in listed.changes}
+    assert decided == {"P-1": "approved", "P-2": "rejected"}, "bob's decisions took effect"
     assert not stack.usage(FROZEN_SALE).promotion.frozen, "alice lifted her own freeze"
     assert stack.center.alive
     assert stack.agent.alive

@@ -1,0 +1,86 @@
+"""`quota budget pending | approve ID | reject ID`: changes a guard rule held for a second person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_cli import budget_view as view
+from quota_cli.budget import AdminClient, json_flag, request_id_option
+from quota_common.clock import iso
+
+
+def _document(change: pb.PendingChange) -> dict[str, Any]:
+    return {
+        "id": change.id,
+        "call": change.call,
+        "promotion_id": change.promotion_id,
+        "request": change.request_json,
+        "requested_by": change.requested_by,
+        "requested_at": iso(change.requested_at.ToMilliseconds()),
+        "expires_at": iso(change.expires_at.ToMilliseconds()),
+        "findings": list(change.findings),
+        "state": change.state,
+        "decided_by": change.decided_by,
+        "reason": change.reason,
+    }
+
+
+@click.command()
+@json_flag
+@click.pass_obj
+def pending(center: AdminClient, as_json: bool) -> None:
+    """Changes held by a guard rule: who asked, why they were held, until when, and what became of them."""
+    changes = [
+        _document(change) for change in center.call(lambda admin: admin.ListPending, pb.ListPendingRequest()).changes
+    ]
+    if as_json:
+        view.print_json({"changes": changes})
+        return
+    if not changes:
+        click.echo("no change is waiting for approval")
+        return
+    table = Table("id", "state", "call", "promotion", "asked by", "expires (UTC)", "why held", "request")
+    for change in changes:
+        table.add_row(
+            change["id"],
+            change["state"],
+            change["call"],
+            change["promotion_id"],
+            change["requested_by"],
+            change["expires_at"],
+            "\n".join(change["findings"]),
+            change["request"],
+        )
+    view.print_table(table)
+
+
+def _decision(name: str, approve: bool, description: str) -> click.Command:
+    @click.command(name, help=description)
+    @click.argument("pending_id", metavar="ID")
+    @click.option("--reason", default="", help="Why, kept with the decision and in the audit trail.")
+    @request_id_option
+    @json_flag
+    @click.pass_obj
+    def command(center: AdminClient, pending_id: str, reason: str, request_id: str, as_json: bool) -> None:
+        request = pb.DecidePendingRequest(pending_id=pending_id, reason=reason, request_id=request_id)
+        method = "ApprovePending" if approve else "RejectPending"
+        decided = center.call(lambda admin: getattr(admin, method), request, idempotent=False)
+        if as_json:
+            view.print_json(_document(decided))
+        else:
+            what = f"{decided.call} of {decided.promotion_id}"
+            click.echo(f"{decided.id} {decided.state}: {what} asked by {decided.requested_by}")
+
+    return command
+
+
+approve = _decision(
+    "approve",
+    True,
+    "Apply held change ID as it was asked (approvers only; never the person who asked).",
+)
+reject = _decision("reject", False, "Refuse held change ID: nothing of it ever applies.")
