@@ -15,6 +15,8 @@ Callers hold the center's configuration lock, so the book and the trail move one
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import importlib.resources
 from collections.abc import Callable
@@ -129,7 +131,15 @@ class Gate:
             None if before is None else _shown(before),
             _shown(change),
         )
-        await self._trail.written(self._store.save_document(DOCUMENT, book.to_document(), record), record)
+        write = self._trail.written(self._store.save_document(DOCUMENT, book.to_document(), record), record)
+        try:
+            # Shielded, and read again after a failure: a write whose caller gave up, or whose answer was
+            # lost, may have landed, and the next one must not write over what the store holds.
+            await asyncio.shield(write)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.load()
+            raise
         self._book = book
 
 
