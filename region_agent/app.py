@@ -28,6 +28,7 @@ from region_agent.grpc_center import GrpcCenter
 from region_agent.ledger.base import RETENTION_S, Ledger
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
+from region_agent.ledger.redis_acl import incarnation_key, key_pattern
 from region_agent.metrics import AgentMetrics, CenterCallTimer
 
 
@@ -117,7 +118,7 @@ _NO_SCRIPT = "0" * 40
 async def _check(client: redis.Redis, region: str) -> None:
     """Redis answers, and lets this user read the region's keys and run scripts on them, as the ledger will."""
     await client.ping()
-    key = f"{{quota:{region}}}:incarnation"  # the ledger's first read (region_agent.ledger.redis)
+    key = incarnation_key(region)
     await client.hget(key, "life")
     with contextlib.suppress(NoScriptError):
         await client.evalsha(_NO_SCRIPT, 1, key)
@@ -192,7 +193,7 @@ def _refusal(error: BaseException, shown: str, user: str, region: str, access: L
     if isinstance(error, NoPermissionError):
         return (
             f"Redis at {shown} does not let user {named} use the region's keys as the ledger does ({detail}); "
-            f"its ACL must allow ~{{quota:{region}}}:* and the ledger's commands, or --ledger names the wrong user"
+            f"its ACL must allow {key_pattern(region)} and the ledger's commands, or --ledger names the wrong user"
         )
     tls = bool(ca_option)
     if tls and "CERTIFICATE_VERIFY_FAILED" in detail:

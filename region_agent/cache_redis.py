@@ -18,6 +18,7 @@ import redis.asyncio as redis
 from quota_common.errors import Unavailable
 from quota_common.model import EmergencyFreeze, promotion_document, promotion_from_document
 from region_agent.cache import CatalogSnapshot
+from region_agent.ledger.redis_acl import region_tag
 
 _SAVE = """
 local promotions, revisions, emergency, cursor_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -44,7 +45,7 @@ return 1
 
 class RedisCacheTier:
     def __init__(self, client: redis.Redis, region: str) -> None:
-        tag = f"{{quota:{region}}}:catalog"
+        tag = f"{region_tag(region)}:catalog"
         self._keys = [f"{tag}:promotions", f"{tag}:revisions", f"{tag}:emergency", f"{tag}:cursor"]
         self._redis = client
         self._save = client.register_script(_SAVE)

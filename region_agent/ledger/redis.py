@@ -59,6 +59,7 @@ from region_agent.ledger.base import (
     unconfirmed_refund,
 )
 from region_agent.ledger.batching import Batcher
+from region_agent.ledger.redis_acl import region_tag
 from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, RETURN_QUOTA, SETTLE
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 
@@ -92,7 +93,7 @@ class RedisLedger:
         """Orders and refunds are remembered (their retries replay) for `retention_s`."""
         self._redis = client
         self._retention_ms = max(1, round(retention_s * 1000))
-        self._tag = f"{{quota:{region}}}"
+        self._tag = region_tag(region)
         self._scripts = ScriptLink(client)
         self._deductions = Batcher(self._deduct_many)
         self._incarnation: str | None = None

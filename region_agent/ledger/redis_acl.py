@@ -23,6 +23,16 @@ its refusal.)"""
 _GLOB = str.maketrans({special: f"\\{special}" for special in "*?[]\\"})
 
 
+def region_tag(region: str) -> str:
+    """The hash tag every key of a region begins with (one cluster slot: a script's keys all in one)."""
+    return f"{{quota:{region}}}"
+
+
+def incarnation_key(region: str) -> str:
+    """The key of the region's ledger life, the ledger's first read."""
+    return f"{region_tag(region)}:incarnation"
+
+
 def agent_user(region: str) -> str:
     """The name of the ACL user a region's agents log in as."""
     return f"agent-{region}"
@@ -30,7 +40,7 @@ def agent_user(region: str) -> str:
 
 def key_pattern(region: str) -> str:
     """The ACL key pattern of a region's keys, glob characters in the region's name escaped."""
-    return f"~{{quota:{region.translate(_GLOB)}}}:*"
+    return f"~{region_tag(region.translate(_GLOB))}:*"
 
 
 def agent_acl(region: str) -> tuple[str, ...]:
