@@ -59,13 +59,13 @@ class Pending:
     def to_document(self) -> dict[str, Any]:
         return {"next_number": self.next_number, "changes": [asdict(change) for change in self.changes.values()]}
 
-    def hold(self, change: PendingChange) -> Pending:
-        """A copy with `change` added under the next id (the one given is replaced)."""
+    def hold(self, change: PendingChange) -> tuple[Pending, PendingChange]:
+        """A copy with `change` added under the next id (the one given is replaced), and the change as added."""
         book = Pending(dict(self.changes), self.next_number + 1)
         held = replace(change, id=f"P-{self.next_number}")
         book.changes[held.id] = held
         book._trim()
-        return book
+        return book, held
 
     def holding(self, call: str, promotion_id: str, now_ms: int) -> PendingChange | None:
         """A create waiting for approval reserves its promotion id."""

@@ -98,8 +98,7 @@ class Gate:
         asked = PendingChange(
             "", call, promotion_id, request, by.actor, now, now + self._ttl_ms, tuple(findings), rules.digest
         )
-        book = self._book.hold(asked)
-        held = book.changes[f"P-{self._book.next_number}"]
+        book, held = self._book.hold(asked)
         await self._write(book, by, "HoldForApproval", held)
         raise Held(
             held.id,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import click
 import grpc
@@ -358,16 +358,31 @@ _freeze_command(
 _freeze_command("unfreeze", False, "Let promotion ID sell again.", "unfrozen: regions take quota and sell it again")
 
 
-def _every_promotion(center: AdminClient) -> list[Promotion]:
-    """All pages of the listing; a page token resumes on whichever replica leads by then."""
-    promotions: list[Promotion] = []
+class Paged(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+Page = TypeVar("Page", bound=Paged)
+
+
+def every_page(ask: Callable[[str], Page]) -> Iterator[Page]:
+    """Each page `ask(token)` answers, from the first until one names no next page; a page token resumes
+    on whichever replica leads by then."""
     token = ""
     while True:
-        answer = center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))
-        promotions.extend(promotion_from_pb(promotion) for promotion in answer.promotions)
-        token = answer.next_page_token
+        page = ask(token)
+        yield page
+        token = page.next_page_token
         if not token:
-            return promotions
+            return
+
+
+def _every_promotion(center: AdminClient) -> list[Promotion]:
+    pages = every_page(
+        lambda token: center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))
+    )
+    return [promotion_from_pb(promotion) for page in pages for promotion in page.promotions]
 
 
 @budget.command("list")

@@ -16,7 +16,7 @@ from rich.table import Table
 from quota_center.audit import AuditRecord, verify
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
-from quota_cli.budget import AdminClient, instant, json_flag
+from quota_cli.budget import AdminClient, every_page, instant, json_flag
 from quota_common.clock import iso
 
 EXIT_TAMPERED = 5
@@ -24,14 +24,8 @@ EXIT_TAMPERED = 5
 
 
 def _every_record(center: AdminClient) -> list[AuditRecord]:
-    records: list[AuditRecord] = []
-    token = ""
-    while True:
-        answer = center.call(lambda admin: admin.ListAudit, pb.ListAuditRequest(page_token=token))
-        records.extend(AuditRecord(record.seq, record.body, record.hash) for record in answer.records)
-        token = answer.next_page_token
-        if not token:
-            return records
+    pages = every_page(lambda token: center.call(lambda admin: admin.ListAudit, pb.ListAuditRequest(page_token=token)))
+    return [AuditRecord(record.seq, record.body, record.hash) for page in pages for record in page.records]
 
 
 def _fields(record: AuditRecord) -> dict[str, Any]:

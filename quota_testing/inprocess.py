@@ -19,7 +19,7 @@ import grpc
 
 from quota_center import server as center_server
 from quota_center.center import Center, CenterSettings
-from quota_center.issuer import KEY_DOCUMENT as INCARNATION_KEY_DOCUMENT
+from quota_center.issuer import KEY_DOCUMENT
 from quota_center.store.sqlite import SqliteStore
 from quota_common.clock import Clock, SystemClock
 from quota_common.incarnation import issue_incarnation
@@ -80,8 +80,8 @@ async def running_center(
 ) -> AsyncIterator[ServedCenter]:
     """`interceptors` see every call the center receives (a test counting what reached it)."""
     store = SqliteStore(workdir / "center.db")
-    if await store.load_document(INCARNATION_KEY_DOCUMENT) is None:
-        await store.save_document(INCARNATION_KEY_DOCUMENT, {"key": TEST_INCARNATION_KEY.hex()})
+    if await store.load_document(KEY_DOCUMENT) is None:
+        await store.save_document(KEY_DOCUMENT, {"key": TEST_INCARNATION_KEY.hex()})
     center = Center(store, clock or SystemClock(), settings)
     await center.start()
     transport = _transport(tls, "center")
