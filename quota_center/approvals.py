@@ -17,6 +17,9 @@ DOCUMENT = "pending_changes"
 HELD, APPROVED, REJECTED = "held", "approved", "rejected"
 KEEP = 1000
 """Decided and expired changes kept for the listing; the oldest go first."""
+MAX_HELD = 1000
+"""Changes that may wait at once: the book is one store document (etcd takes values up to 1.5 MiB), so a
+flood of held changes is refused rather than grown past what the store holds."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,12 @@ class Pending:
 
     def hold(self, change: PendingChange) -> tuple[Pending, PendingChange]:
         """A copy with `change` added under the next id (the one given is replaced), and the change as added."""
+        waiting = sum(1 for pending in self.changes.values() if pending.state == HELD)
+        if waiting >= MAX_HELD:
+            raise FailedPrecondition(
+                f"{waiting} changes wait for approval already, the most the book holds: approve or reject some "
+                "(quota budget pending lists them), or let them expire"
+            )
         book = Pending(dict(self.changes), self.next_number + 1)
         held = replace(change, id=f"P-{self.next_number}")
         book.changes[held.id] = held

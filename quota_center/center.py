@@ -284,8 +284,9 @@ class Center:
         may have landed, and the switch stored must be the switch enforced."""
         with contextlib.suppress(Exception):
             stored = await self._store.load_document(EMERGENCY_DOCUMENT)
-            if stored is not None and EmergencyFreeze.from_document(stored) != self._emergency:
-                self._install_switch(EmergencyFreeze.from_document(stored))
+            switch = None if stored is None else EmergencyFreeze.from_document(stored)
+            if switch is not None and switch != self._emergency:
+                self._install_switch(switch)
 
     def _install_switch(self, switch: EmergencyFreeze) -> None:
         self._emergency = switch

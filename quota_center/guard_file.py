@@ -57,4 +57,5 @@ class RulesFile:
         try:
             return load_rules(text, str(self._path))
         except RulesError as error:
-            raise ConfigError(f"--guard-rules {self._path}:\n{error.message}") from None
+            # One line, as every setting that stops a process at start; each problem names its file and line.
+            raise ConfigError(f"--guard-rules: {'; '.join(error.problems)}") from None

@@ -160,3 +160,13 @@ def test_a_store_file_that_is_no_database_is_one_line_naming_it(tmp_path: Path) 
     line = refused(*CENTER, "--store", "sqlite:///notes.db", cwd=tmp_path)
 
     assert "cannot open the SQLite file notes.db (file is not a database)" in line
+
+
+def test_a_guard_rules_file_that_does_not_check_out_is_one_line_naming_each_problem(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nname = "typo"\nwhen = "budgett > 5"\noutcome = "hold"\nmessage = "m"\n')
+
+    line = refused(*CENTER, "--store", f"sqlite:///{tmp_path / 'c.db'}", "--guard-rules", str(rules), cwd=tmp_path)
+
+    assert f"--guard-rules: {rules}:3: rule 1 ('typo'): `budgett`: unknown field; did you mean budget?" in line
+    assert not (tmp_path / "c.db").exists(), "refused before the store was opened"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from quota_center import approvals
 from quota_center.center import Center, CenterSettings
 from quota_center.trail import By
 from quota_common.clock import FakeClock
@@ -134,3 +135,30 @@ async def test_a_held_budget_raise_applies_only_on_the_revision_it_was_asked_on(
     with pytest.raises(FailedPrecondition):
         await center.approve("P-1", BOB)  # asked on a revision the promotion moved past
     assert center.promotion("raise").budget == lowered.budget
+
+
+async def test_a_decided_change_cannot_be_decided_again(center: Center, clock: FakeClock) -> None:
+    with pytest.raises(Held):
+        await center.create_promotion(coupon("once", clock, face_value=10_000), ALICE)
+    await center.approve("P-1", BOB)
+
+    for decide in (center.approve("P-1", BOB), center.reject("P-1", BOB, "late")):
+        with pytest.raises(FailedPrecondition, match="P-1 is approved"):
+            await decide
+    assert center.promotion("once").revision == 1  # applied once
+
+
+async def test_a_flood_of_held_changes_is_refused_past_what_the_book_holds(
+    center: Center, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(approvals, "MAX_HELD", 3)
+    for number in range(3):
+        with pytest.raises(Held):
+            await center.create_promotion(coupon(f"flood-{number}", clock, face_value=10_000), ALICE)
+    before = await center.audit_records(0, 100)
+
+    with pytest.raises(FailedPrecondition, match="3 changes wait for approval already"):
+        await center.create_promotion(coupon("flood-3", clock, face_value=10_000), ALICE)
+
+    assert len(center.pending()) == 3
+    assert await center.audit_records(0, 100) == before
