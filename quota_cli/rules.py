@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 import click
 from rich.table import Table
 
+from quota_center.gate import shipped_rules
 from quota_center.guard import load_rules
 from quota_cli import budget_view as view
 from quota_common.errors import ConfigError
-
-SHIPPED = "guard_rules.toml"
 
 
 @click.command("check-rules")
@@ -21,14 +19,15 @@ def check_rules(file: Path | None) -> None:
     """Check the guard rules in FILE (without FILE: the ones the center ships) and print them: each rule's
     name, outcome and condition. Every problem is named with its line, all at once, and the exit status is 2."""
     if file is None:
-        text, source = (importlib.resources.files("quota_center") / SHIPPED).read_text(), f"(shipped) {SHIPPED}"
+        rules = shipped_rules()
     else:
         try:
-            text, source = file.read_text(), str(file)
+            text = file.read_text()
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{file}: cannot be read ({error})") from None
-    rules = load_rules(text, source)
-    table = Table("rule", "outcome", "when", title=f"{source}: {len(rules.rules)} rules, sha256 {rules.digest[:12]}")
+        rules = load_rules(text, str(file))
+    title = f"{rules.source}: {len(rules.rules)} rules, sha256 {rules.digest[:12]}"
+    table = Table("rule", "outcome", "when", title=title)
     for rule in rules.rules:
         table.add_row(rule.name, rule.outcome.word, rule.condition.text)
     view.print_table(table)

@@ -12,13 +12,14 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from quota_center.gate import shipped_rules
 from quota_center.guard import FIELDS, TERMS, Outcome, Proposal, RulesError, Terms, evaluate, load_rules
 from quota_center.guard_expr import MAX_LENGTH, ExprError, compile_condition
 from quota_common.errors import ConfigError
 
 DAY_MS = 86_400_000
 YUAN = 100
-SHIPPED = load_rules((importlib.resources.files("quota_center") / "guard_rules.toml").read_text(), "guard_rules.toml")
+SHIPPED = shipped_rules()
 
 
 def _coupon(**values: int) -> Terms:
