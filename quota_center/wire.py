@@ -56,6 +56,10 @@ def promotion_to_pb(promotion: Promotion) -> pb.Promotion:
         min_spend=promotion.min_spend,
         discount_bps=promotion.discount_bps,
         max_per_order=promotion.max_per_order,
+        floor_price=promotion.floor_price,
+        floor_bps=promotion.floor_bps,
+        block_below_floor=promotion.block_below_floor,
+        archived=promotion.archived,
     )
 
 
@@ -86,6 +90,10 @@ def promotion_from_pb(message: pb.Promotion) -> Promotion:
         min_spend=require_optional_amount("min_spend", message.min_spend),
         discount_bps=_basis_points("discount_bps", message.discount_bps),
         max_per_order=require_optional_amount("max_per_order", message.max_per_order),
+        floor_price=require_optional_amount("floor_price", message.floor_price),
+        floor_bps=_basis_points("floor_bps", message.floor_bps),
+        block_below_floor=message.block_below_floor,
+        archived=message.archived,
     )
 
 

@@ -48,6 +48,14 @@ class Promotion:
     """Percentage offers: basis points of the order; 0: none."""
     max_per_order: int = 0
     """Units per order line; 0: no limit."""
+    floor_price: int = 0
+    """The least one unit may cost the buyer after a line's discount, minor units; 0: none."""
+    floor_bps: int = 0
+    """The same floor as a share of the line's unit price, basis points; 0: none."""
+    block_below_floor: bool = False
+    """Refuse a line below the floor; False lets it through, and the center raises an alert."""
+    archived: bool = False
+    """Ended, settled and put away: never spent again, listed only when asked for."""
 
     def is_active(self, wall_ms: int) -> bool:
         return self.start_ms <= wall_ms < self.end_ms

@@ -77,6 +77,14 @@ TABLE: Mapping[str, Rule] = MappingProxyType(
         f"{CENTER}.PromotionAdmin/ListPending": Rule(frozenset(PEOPLE)),
         f"{CENTER}.PromotionAdmin/ApprovePending": Rule(frozenset({Role.APPROVER})),
         f"{CENTER}.PromotionAdmin/RejectPending": Rule(frozenset({Role.APPROVER})),
+        f"{CENTER}.PromotionAdmin/UpdatePromotion": Rule(_OWNER),
+        f"{CENTER}.PromotionAdmin/EndPromotion": Rule(_OWNER),
+        f"{CENTER}.PromotionAdmin/ArchivePromotion": Rule(_OWNER),
+        # Alerts are answered by people, whichever their role: an operator on call as much as an owner.
+        f"{CENTER}.PromotionAdmin/ListAlerts": Rule(frozenset(PEOPLE)),
+        f"{CENTER}.PromotionAdmin/AcknowledgeAlert": Rule(frozenset(PEOPLE)),
+        f"{CENTER}.PromotionAdmin/GetStatement": Rule(READERS),
+        f"{CENTER}.PromotionAdmin/GetHistory": Rule(READERS),
         # The agents' feed; people read it too (it is the one read of the emergency switch).
         f"{CENTER}.Catalog/Watch": _CATALOG,
         f"{CENTER}.Catalog/ListChanges": _CATALOG,

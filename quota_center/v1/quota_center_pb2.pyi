@@ -14,6 +14,7 @@ A promotion names at most 1000 regions; every message stays far below 4 MiB.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -76,6 +77,31 @@ PACING_HOURLY_CAP: Pacing.ValueType  # 2
 """hourly_cap per hour started"""
 Global___Pacing: _TypeAlias = Pacing  # noqa: Y015
 
+class _AlertCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_CAUSE_UNSPECIFIED: _AlertCause.ValueType  # 0
+    """rejected: an answer says what it was"""
+    ALERT_CAUSE_FALSE_ALARM: _AlertCause.ValueType  # 1
+    ALERT_CAUSE_REAL_FIXED: _AlertCause.ValueType  # 2
+    """real, and the cause was fixed"""
+    ALERT_CAUSE_REAL_ACCEPTED: _AlertCause.ValueType  # 3
+    """real, and accepted as it is"""
+
+class AlertCause(_AlertCause, metaclass=_AlertCauseEnumTypeWrapper): ...
+
+ALERT_CAUSE_UNSPECIFIED: AlertCause.ValueType  # 0
+"""rejected: an answer says what it was"""
+ALERT_CAUSE_FALSE_ALARM: AlertCause.ValueType  # 1
+ALERT_CAUSE_REAL_FIXED: AlertCause.ValueType  # 2
+"""real, and the cause was fixed"""
+ALERT_CAUSE_REAL_ACCEPTED: AlertCause.ValueType  # 3
+"""real, and accepted as it is"""
+Global___AlertCause: _TypeAlias = AlertCause  # noqa: Y015
+
 class _LeaseState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -123,6 +149,10 @@ class Promotion(_message.Message):
     MIN_SPEND_FIELD_NUMBER: _builtins.int
     DISCOUNT_BPS_FIELD_NUMBER: _builtins.int
     MAX_PER_ORDER_FIELD_NUMBER: _builtins.int
+    FLOOR_PRICE_FIELD_NUMBER: _builtins.int
+    FLOOR_BPS_FIELD_NUMBER: _builtins.int
+    BLOCK_BELOW_FLOOR_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___PromotionKind.ValueType
     currency: _builtins.str
@@ -164,6 +194,16 @@ class Promotion(_message.Message):
     """Percentage offers: the discount in basis points of the order (1500 is 15 %); 0: none."""
     max_per_order: _builtins.int
     """At most this many units in one order line; 0: no limit."""
+    floor_price: _builtins.int
+    """The price floor, checked by the agent on every order line that states its unit_price: what one
+    unit costs the buyer after the line's discount must be at least floor_price (minor units) and at
+    least floor_bps of the unit price (basis points: 5000 is half). 0: no such floor.
+    """
+    floor_bps: _builtins.int
+    block_below_floor: _builtins.bool
+    """Refuse a line below the floor (REJECT_REASON_BELOW_FLOOR); false: let it through and raise an alert."""
+    archived: _builtins.bool
+    """Ended, settled and put away: listed only when asked for, never spent again, never deleted."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -195,14 +235,449 @@ class Promotion(_message.Message):
         min_spend: _builtins.int = ...,
         discount_bps: _builtins.int = ...,
         max_per_order: _builtins.int = ...,
+        floor_price: _builtins.int = ...,
+        floor_bps: _builtins.int = ...,
+        block_below_floor: _builtins.bool = ...,
+        archived: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "currency", b"currency", "discount_bps", b"discount_bps", "end_time", b"end_time", "face_value", b"face_value", "frozen", b"frozen", "hourly_cap", b"hourly_cap", "id", b"id", "kind", b"kind", "max_per_order", b"max_per_order", "min_spend", b"min_spend", "owner", b"owner", "pacing", b"pacing", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "block_below_floor", b"block_below_floor", "budget", b"budget", "currency", b"currency", "discount_bps", b"discount_bps", "end_time", b"end_time", "face_value", b"face_value", "floor_bps", b"floor_bps", "floor_price", b"floor_price", "frozen", b"frozen", "hourly_cap", b"hourly_cap", "id", b"id", "kind", b"kind", "max_per_order", b"max_per_order", "min_spend", b"min_spend", "owner", b"owner", "pacing", b"pacing", "per_user_limit", b"per_user_limit", "per_user_orders", b"per_user_orders", "regions", b"regions", "revision", b"revision", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Promotion: _TypeAlias = Promotion  # noqa: Y015
+
+@_typing.final
+class UpdatePromotionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    expected_revision: _builtins.int
+    """The revision the caller read; 0 is rejected so no change is blind."""
+    request_id: _builtins.str
+    """recorded in the audit trail; empty: the center makes one"""
+    @_builtins.property
+    def promotion(self) -> Global___Promotion:
+        """The promotion with its new values; only the fields `update_mask` names are read."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Field names of Promotion: start_time, end_time, regions, per_user_limit, per_user_orders,
+        face_value, min_spend, discount_bps, max_per_order, floor_price, floor_bps, block_below_floor.
+        """
+
+    def __init__(
+        self,
+        *,
+        promotion: Global___Promotion | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        expected_revision: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "promotion", b"promotion", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePromotionRequest: _TypeAlias = UpdatePromotionRequest  # noqa: Y015
+
+@_typing.final
+class EndPromotionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    promotion_id: _builtins.str
+    request_id: _builtins.str
+    """recorded in the audit trail; empty: the center makes one"""
+    def __init__(
+        self,
+        *,
+        promotion_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion_id", b"promotion_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndPromotionRequest: _TypeAlias = EndPromotionRequest  # noqa: Y015
+
+@_typing.final
+class ArchivePromotionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    promotion_id: _builtins.str
+    request_id: _builtins.str
+    """recorded in the audit trail; empty: the center makes one"""
+    def __init__(
+        self,
+        *,
+        promotion_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion_id", b"promotion_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivePromotionRequest: _TypeAlias = ArchivePromotionRequest  # noqa: Y015
+
+@_typing.final
+class Alert(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RAISED_AT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """A-1, A-2, ...: the webhook's deduplication key too"""
+    rule: _builtins.str
+    """burn_rate, budget_low, concentration, below_floor, reconcile"""
+    promotion_id: _builtins.str
+    region: _builtins.str
+    """empty: the promotion as a whole"""
+    message: _builtins.str
+    """what was seen, for a person"""
+    action: _builtins.str
+    """what the center did about it ("froze the promotion"); empty: nothing"""
+    acknowledged: _builtins.bool
+    cause: Global___AlertCause.ValueType
+    note: _builtins.str
+    acknowledged_by: _builtins.str
+    deliveries: _builtins.int
+    """webhook posts answered 2xx"""
+    @_builtins.property
+    def raised_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def acknowledged_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        promotion_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+        message: _builtins.str = ...,
+        raised_at: _timestamp_pb2.Timestamp | None = ...,
+        action: _builtins.str = ...,
+        acknowledged: _builtins.bool = ...,
+        cause: Global___AlertCause.ValueType = ...,
+        note: _builtins.str = ...,
+        acknowledged_by: _builtins.str = ...,
+        acknowledged_at: _timestamp_pb2.Timestamp | None = ...,
+        deliveries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "raised_at", b"raised_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged", b"acknowledged", "acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "action", b"action", "cause", b"cause", "deliveries", b"deliveries", "id", b"id", "message", b"message", "note", b"note", "promotion_id", b"promotion_id", "raised_at", b"raised_at", "region", b"region", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Alert: _TypeAlias = Alert  # noqa: Y015
+
+@_typing.final
+class ListAlertsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    include_acknowledged: _builtins.bool
+    promotion_id: _builtins.str
+    """empty: every promotion"""
+    def __init__(
+        self,
+        *,
+        include_acknowledged: _builtins.bool = ...,
+        promotion_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_acknowledged", b"include_acknowledged", "promotion_id", b"promotion_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsRequest: _TypeAlias = ListAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]: ...
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsResponse: _TypeAlias = ListAlertsResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeAlertRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    alert_id: _builtins.str
+    cause: Global___AlertCause.ValueType
+    note: _builtins.str
+    """what was done, or why it is accepted"""
+    request_id: _builtins.str
+    """recorded in the audit trail; empty: the center makes one"""
+    def __init__(
+        self,
+        *,
+        alert_id: _builtins.str = ...,
+        cause: Global___AlertCause.ValueType = ...,
+        note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "cause", b"cause", "note", b"note", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeAlertRequest: _TypeAlias = AcknowledgeAlertRequest  # noqa: Y015
+
+@_typing.final
+class GetStatementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    promotion_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        promotion_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion_id", b"promotion_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementRequest: _TypeAlias = GetStatementRequest  # noqa: Y015
+
+@_typing.final
+class RegionStatement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
+    ISSUED_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    WRITTEN_OFF_FIELD_NUMBER: _builtins.int
+    STRANDED_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    granted: _builtins.int
+    returned: _builtins.int
+    issued: _builtins.int
+    """deducted by orders"""
+    refunded: _builtins.int
+    written_off: _builtins.int
+    """held by ledger lives that were lost"""
+    stranded: _builtins.int
+    """held when the promotion settled: never returned, never spent"""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        granted: _builtins.int = ...,
+        returned: _builtins.int = ...,
+        issued: _builtins.int = ...,
+        refunded: _builtins.int = ...,
+        written_off: _builtins.int = ...,
+        stranded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "issued", b"issued", "refunded", b"refunded", "region", b"region", "returned", b"returned", "stranded", b"stranded", "written_off", b"written_off"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionStatement: _TypeAlias = RegionStatement  # noqa: Y015
+
+@_typing.final
+class Statement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    ISSUED_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    WRITTEN_OFF_FIELD_NUMBER: _builtins.int
+    STRANDED_FIELD_NUMBER: _builtins.int
+    UNSPENT_FIELD_NUMBER: _builtins.int
+    REGIONS_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    SETTLED_AT_FIELD_NUMBER: _builtins.int
+    promotion_id: _builtins.str
+    state: _builtins.str
+    """open, ended (regions returning, refunds honoured), settled (final)"""
+    budget: _builtins.int
+    issued: _builtins.int
+    refunded: _builtins.int
+    written_off: _builtins.int
+    stranded: _builtins.int
+    unspent: _builtins.int
+    """budget - (issued - refunded) - written_off - stranded"""
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionStatement]: ...
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def settled_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        promotion_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        budget: _builtins.int = ...,
+        issued: _builtins.int = ...,
+        refunded: _builtins.int = ...,
+        written_off: _builtins.int = ...,
+        stranded: _builtins.int = ...,
+        unspent: _builtins.int = ...,
+        regions: _abc.Iterable[Global___RegionStatement] | None = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+        settled_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "settled_at", b"settled_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "ended_at", b"ended_at", "issued", b"issued", "promotion_id", b"promotion_id", "refunded", b"refunded", "regions", b"regions", "settled_at", b"settled_at", "state", b"state", "stranded", b"stranded", "unspent", b"unspent", "written_off", b"written_off"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Statement: _TypeAlias = Statement  # noqa: Y015
+
+@_typing.final
+class GetHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    promotion_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        promotion_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion_id", b"promotion_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHistoryRequest: _TypeAlias = GetHistoryRequest  # noqa: Y015
+
+@_typing.final
+class HistoryPoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    CONSUMED_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    consumed: _builtins.int
+    """net deductions so far (cumulative)"""
+    granted: _builtins.int
+    """granted minus returned so far (what the region held or spent)"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        consumed: _builtins.int = ...,
+        granted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "consumed", b"consumed", "granted", b"granted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryPoint: _TypeAlias = HistoryPoint  # noqa: Y015
+
+@_typing.final
+class RegionHistory(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryPoint]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        points: _abc.Iterable[Global___HistoryPoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionHistory: _TypeAlias = RegionHistory  # noqa: Y015
+
+@_typing.final
+class History(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    REGIONS_FIELD_NUMBER: _builtins.int
+    promotion_id: _builtins.str
+    budget: _builtins.int
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionHistory]: ...
+    def __init__(
+        self,
+        *,
+        promotion_id: _builtins.str = ...,
+        budget: _builtins.int = ...,
+        regions: _abc.Iterable[Global___RegionHistory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "promotion_id", b"promotion_id", "regions", b"regions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___History: _TypeAlias = History  # noqa: Y015
 
 @_typing.final
 class ListPendingRequest(_message.Message):
@@ -570,19 +1045,22 @@ class ListPromotionsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_ARCHIVED_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """promotions per page, 0: 500; at most 5000 (and fewer if they are large)"""
     page_token: _builtins.str
     """empty: the first page; else `next_page_token` of the previous page"""
+    include_archived: _builtins.bool
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        include_archived: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_archived", b"include_archived", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1022,6 +1500,7 @@ class Counters(_message.Message):
     DEDUCTED_FIELD_NUMBER: _builtins.int
     REFUNDED_FIELD_NUMBER: _builtins.int
     DEMAND_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    BELOW_FLOOR_FIELD_NUMBER: _builtins.int
     promotion_id: _builtins.str
     granted: _builtins.int
     """sum of grants applied"""
@@ -1030,6 +1509,10 @@ class Counters(_message.Message):
     deducted: _builtins.int
     refunded: _builtins.int
     demand_per_minute: _builtins.int
+    below_floor: _builtins.int
+    """Order lines below the promotion's price floor, refused or let through (kept by the agent,
+    not by its ledger: an alert's evidence, not money).
+    """
     def __init__(
         self,
         *,
@@ -1039,10 +1522,11 @@ class Counters(_message.Message):
         deducted: _builtins.int = ...,
         refunded: _builtins.int = ...,
         demand_per_minute: _builtins.int = ...,
+        below_floor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deducted", b"deducted", "demand_per_minute", b"demand_per_minute", "granted", b"granted", "promotion_id", b"promotion_id", "refunded", b"refunded", "returned", b"returned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_floor", b"below_floor", "deducted", b"deducted", "demand_per_minute", b"demand_per_minute", "granted", b"granted", "promotion_id", b"promotion_id", "refunded", b"refunded", "returned", b"returned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

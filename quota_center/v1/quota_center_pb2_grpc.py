@@ -89,6 +89,41 @@ class PromotionAdminStub:
                 request_serializer=quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.SerializeToString,
                 response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.PendingChange.FromString,
                 _registered_method=True)
+        self.UpdatePromotion = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/UpdatePromotion',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.UpdatePromotionRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.Promotion.FromString,
+                _registered_method=True)
+        self.EndPromotion = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/EndPromotion',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.EndPromotionRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.Promotion.FromString,
+                _registered_method=True)
+        self.ArchivePromotion = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/ArchivePromotion',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.ArchivePromotionRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.Promotion.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/ListAlerts',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeAlert = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/AcknowledgeAlert',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.AcknowledgeAlertRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.Alert.FromString,
+                _registered_method=True)
+        self.GetStatement = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/GetStatement',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.GetStatementRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.Statement.FromString,
+                _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/quota_center.v1.PromotionAdmin/GetHistory',
+                request_serializer=quota__center_dot_v1_dot_quota__center__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=quota__center_dot_v1_dot_quota__center__pb2.History.FromString,
+                _registered_method=True)
 
 
 class PromotionAdminServicer:
@@ -174,6 +209,59 @@ class PromotionAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdatePromotion(self, request, context):
+        """Changes the fields `update_mask` names (window, regions, limits, values, floor) through the
+        guard rules, as one catalog revision the agents follow. Budget and freezing have their own
+        calls; id, kind, currency, pacing and owner never change. FAILED_PRECONDITION on a stale
+        `expected_revision`, on a held change (trailing quota-pending-change), or once archived.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndPromotion(self, request, context):
+        """Ends the promotion now (its end_time becomes the center's clock): regions stop spending and
+        return what they hold; refunds are still honoured until it is settled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchivePromotion(self, request, context):
+        """Puts away a settled promotion; FAILED_PRECONDITION before it is settled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Alerts the center raised from what regions report, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeAlert(self, request, context):
+        """A person answers an alert with its cause; until then it is re-sent to the webhooks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatement(self, request, context):
+        """Where the budget went, by region; final (never changes again) once settled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHistory(self, request, context):
+        """The promotion's usage over time by region: sampled, coarser as it ages, bounded in size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromotionAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +319,41 @@ def add_PromotionAdminServicer_to_server(servicer, server):
                     servicer.RejectPending,
                     request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.FromString,
                     response_serializer=quota__center_dot_v1_dot_quota__center__pb2.PendingChange.SerializeToString,
+            ),
+            'UpdatePromotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePromotion,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.UpdatePromotionRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.Promotion.SerializeToString,
+            ),
+            'EndPromotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndPromotion,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.EndPromotionRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.Promotion.SerializeToString,
+            ),
+            'ArchivePromotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchivePromotion,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ArchivePromotionRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.Promotion.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.ListAlertsRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'AcknowledgeAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeAlert,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.AcknowledgeAlertRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.Alert.SerializeToString,
+            ),
+            'GetStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatement,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.GetStatementRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.Statement.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=quota__center_dot_v1_dot_quota__center__pb2.GetHistoryRequest.FromString,
+                    response_serializer=quota__center_dot_v1_dot_quota__center__pb2.History.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -530,6 +653,195 @@ class PromotionAdmin:
             '/quota_center.v1.PromotionAdmin/RejectPending',
             quota__center_dot_v1_dot_quota__center__pb2.DecidePendingRequest.SerializeToString,
             quota__center_dot_v1_dot_quota__center__pb2.PendingChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePromotion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/UpdatePromotion',
+            quota__center_dot_v1_dot_quota__center__pb2.UpdatePromotionRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.Promotion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndPromotion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/EndPromotion',
+            quota__center_dot_v1_dot_quota__center__pb2.EndPromotionRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.Promotion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchivePromotion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/ArchivePromotion',
+            quota__center_dot_v1_dot_quota__center__pb2.ArchivePromotionRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.Promotion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/ListAlerts',
+            quota__center_dot_v1_dot_quota__center__pb2.ListAlertsRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/AcknowledgeAlert',
+            quota__center_dot_v1_dot_quota__center__pb2.AcknowledgeAlertRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/GetStatement',
+            quota__center_dot_v1_dot_quota__center__pb2.GetStatementRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.Statement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quota_center.v1.PromotionAdmin/GetHistory',
+            quota__center_dot_v1_dot_quota__center__pb2.GetHistoryRequest.SerializeToString,
+            quota__center_dot_v1_dot_quota__center__pb2.History.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,26 @@ class PromotionAdminStub:
     promotion moved past the revision a held budget change was based on.
     """
     RejectPending: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.DecidePendingRequest, _quota_center_pb2.PendingChange]
+    UpdatePromotion: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.UpdatePromotionRequest, _quota_center_pb2.Promotion]
+    """Changes the fields `update_mask` names (window, regions, limits, values, floor) through the
+    guard rules, as one catalog revision the agents follow. Budget and freezing have their own
+    calls; id, kind, currency, pacing and owner never change. FAILED_PRECONDITION on a stale
+    `expected_revision`, on a held change (trailing quota-pending-change), or once archived.
+    """
+    EndPromotion: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.EndPromotionRequest, _quota_center_pb2.Promotion]
+    """Ends the promotion now (its end_time becomes the center's clock): regions stop spending and
+    return what they hold; refunds are still honoured until it is settled.
+    """
+    ArchivePromotion: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.ArchivePromotionRequest, _quota_center_pb2.Promotion]
+    """Puts away a settled promotion; FAILED_PRECONDITION before it is settled."""
+    ListAlerts: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.ListAlertsRequest, _quota_center_pb2.ListAlertsResponse]
+    """Alerts the center raised from what regions report, newest first."""
+    AcknowledgeAlert: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.AcknowledgeAlertRequest, _quota_center_pb2.Alert]
+    """A person answers an alert with its cause; until then it is re-sent to the webhooks."""
+    GetStatement: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.GetStatementRequest, _quota_center_pb2.Statement]
+    """Where the budget went, by region; final (never changes again) once settled."""
+    GetHistory: _grpc.UnaryUnaryMultiCallable[_quota_center_pb2.GetHistoryRequest, _quota_center_pb2.History]
+    """The promotion's usage over time by region: sampled, coarser as it ages, bounded in size."""
 
 @_typing.type_check_only
 class PromotionAdminAsyncStub(PromotionAdminStub):
@@ -104,6 +124,26 @@ class PromotionAdminAsyncStub(PromotionAdminStub):
     promotion moved past the revision a held budget change was based on.
     """
     RejectPending: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.DecidePendingRequest, _quota_center_pb2.PendingChange]  # type: ignore[assignment]
+    UpdatePromotion: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.UpdatePromotionRequest, _quota_center_pb2.Promotion]  # type: ignore[assignment]
+    """Changes the fields `update_mask` names (window, regions, limits, values, floor) through the
+    guard rules, as one catalog revision the agents follow. Budget and freezing have their own
+    calls; id, kind, currency, pacing and owner never change. FAILED_PRECONDITION on a stale
+    `expected_revision`, on a held change (trailing quota-pending-change), or once archived.
+    """
+    EndPromotion: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.EndPromotionRequest, _quota_center_pb2.Promotion]  # type: ignore[assignment]
+    """Ends the promotion now (its end_time becomes the center's clock): regions stop spending and
+    return what they hold; refunds are still honoured until it is settled.
+    """
+    ArchivePromotion: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.ArchivePromotionRequest, _quota_center_pb2.Promotion]  # type: ignore[assignment]
+    """Puts away a settled promotion; FAILED_PRECONDITION before it is settled."""
+    ListAlerts: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.ListAlertsRequest, _quota_center_pb2.ListAlertsResponse]  # type: ignore[assignment]
+    """Alerts the center raised from what regions report, newest first."""
+    AcknowledgeAlert: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.AcknowledgeAlertRequest, _quota_center_pb2.Alert]  # type: ignore[assignment]
+    """A person answers an alert with its cause; until then it is re-sent to the webhooks."""
+    GetStatement: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.GetStatementRequest, _quota_center_pb2.Statement]  # type: ignore[assignment]
+    """Where the budget went, by region; final (never changes again) once settled."""
+    GetHistory: _aio.UnaryUnaryMultiCallable[_quota_center_pb2.GetHistoryRequest, _quota_center_pb2.History]  # type: ignore[assignment]
+    """The promotion's usage over time by region: sampled, coarser as it ages, bounded in size."""
 
 class PromotionAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -201,6 +241,68 @@ class PromotionAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _quota_center_pb2.DecidePendingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_quota_center_pb2.PendingChange, _abc.Awaitable[_quota_center_pb2.PendingChange]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdatePromotion(
+        self,
+        request: _quota_center_pb2.UpdatePromotionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.Promotion, _abc.Awaitable[_quota_center_pb2.Promotion]]:
+        """Changes the fields `update_mask` names (window, regions, limits, values, floor) through the
+        guard rules, as one catalog revision the agents follow. Budget and freezing have their own
+        calls; id, kind, currency, pacing and owner never change. FAILED_PRECONDITION on a stale
+        `expected_revision`, on a held change (trailing quota-pending-change), or once archived.
+        """
+
+    @_abc_1.abstractmethod
+    def EndPromotion(
+        self,
+        request: _quota_center_pb2.EndPromotionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.Promotion, _abc.Awaitable[_quota_center_pb2.Promotion]]:
+        """Ends the promotion now (its end_time becomes the center's clock): regions stop spending and
+        return what they hold; refunds are still honoured until it is settled.
+        """
+
+    @_abc_1.abstractmethod
+    def ArchivePromotion(
+        self,
+        request: _quota_center_pb2.ArchivePromotionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.Promotion, _abc.Awaitable[_quota_center_pb2.Promotion]]:
+        """Puts away a settled promotion; FAILED_PRECONDITION before it is settled."""
+
+    @_abc_1.abstractmethod
+    def ListAlerts(
+        self,
+        request: _quota_center_pb2.ListAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.ListAlertsResponse, _abc.Awaitable[_quota_center_pb2.ListAlertsResponse]]:
+        """Alerts the center raised from what regions report, newest first."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeAlert(
+        self,
+        request: _quota_center_pb2.AcknowledgeAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.Alert, _abc.Awaitable[_quota_center_pb2.Alert]]:
+        """A person answers an alert with its cause; until then it is re-sent to the webhooks."""
+
+    @_abc_1.abstractmethod
+    def GetStatement(
+        self,
+        request: _quota_center_pb2.GetStatementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.Statement, _abc.Awaitable[_quota_center_pb2.Statement]]:
+        """Where the budget went, by region; final (never changes again) once settled."""
+
+    @_abc_1.abstractmethod
+    def GetHistory(
+        self,
+        request: _quota_center_pb2.GetHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_center_pb2.History, _abc.Awaitable[_quota_center_pb2.History]]:
+        """The promotion's usage over time by region: sampled, coarser as it ages, bounded in size."""
 
 def add_PromotionAdminServicer_to_server(servicer: PromotionAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

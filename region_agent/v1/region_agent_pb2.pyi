@@ -51,6 +51,8 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """Confirm came after the reservation's deadline"""
     REJECT_REASON_OVER_ORDER_LIMIT: _RejectReason.ValueType  # 8
     """a line asks more units than the promotion allows in one order"""
+    REJECT_REASON_BELOW_FLOOR: _RejectReason.ValueType  # 9
+    """the line's price after its discount is below the promotion's floor"""
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper): ...
 
@@ -71,6 +73,8 @@ REJECT_REASON_RESERVATION_EXPIRED: RejectReason.ValueType  # 7
 """Confirm came after the reservation's deadline"""
 REJECT_REASON_OVER_ORDER_LIMIT: RejectReason.ValueType  # 8
 """a line asks more units than the promotion allows in one order"""
+REJECT_REASON_BELOW_FLOOR: RejectReason.ValueType  # 9
+"""the line's price after its discount is below the promotion's floor"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final
@@ -80,20 +84,29 @@ class Line(_message.Message):
     PROMOTION_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FIELD_NUMBER: _builtins.int
     promotion_id: _builtins.str
     amount: _builtins.int
     user_id: _builtins.str
     """who benefits; 1..128 bytes"""
+    unit_price: _builtins.int
+    """What one unit of the goods costs before the promotion, and what the promotion takes off one unit,
+    minor units; discount <= unit_price. Checked against the promotion's price floor; 0: not stated.
+    """
+    discount: _builtins.int
     def __init__(
         self,
         *,
         promotion_id: _builtins.str = ...,
         amount: _builtins.int = ...,
         user_id: _builtins.str = ...,
+        unit_price: _builtins.int = ...,
+        discount: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "promotion_id", b"promotion_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "discount", b"discount", "promotion_id", b"promotion_id", "unit_price", b"unit_price", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -374,6 +387,7 @@ class PromotionBalance(_message.Message):
     LEASE_REMAINING_MS_FIELD_NUMBER: _builtins.int
     FROZEN_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
+    BELOW_FLOOR_FIELD_NUMBER: _builtins.int
     promotion_id: _builtins.str
     available: _builtins.int
     """granted - returned - deducted + refunded - held"""
@@ -386,6 +400,8 @@ class PromotionBalance(_message.Message):
     frozen: _builtins.bool
     held: _builtins.int
     """held by reservations not yet confirmed, cancelled or expired"""
+    below_floor: _builtins.int
+    """order lines below the promotion's price floor this ledger life"""
     def __init__(
         self,
         *,
@@ -398,10 +414,11 @@ class PromotionBalance(_message.Message):
         lease_remaining_ms: _builtins.int = ...,
         frozen: _builtins.bool = ...,
         held: _builtins.int = ...,
+        below_floor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "deducted", b"deducted", "frozen", b"frozen", "granted", b"granted", "held", b"held", "lease_remaining_ms", b"lease_remaining_ms", "promotion_id", b"promotion_id", "refunded", b"refunded", "returned", b"returned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "below_floor", b"below_floor", "deducted", b"deducted", "frozen", b"frozen", "granted", b"granted", "held", b"held", "lease_remaining_ms", b"lease_remaining_ms", "promotion_id", b"promotion_id", "refunded", b"refunded", "returned", b"returned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
