@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import importlib.resources
 from collections.abc import Callable
@@ -32,6 +33,9 @@ from quota_common.errors import AlreadyExists, FailedPrecondition, Held
 from quota_common.model import Promotion
 
 DEFAULT_PENDING_TTL_S = 24 * 3600.0
+FIRED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("guard_rules_fired", default=())
+"""The rules that fired on the change the current call made and let through (a warning, say): set by
+`judge` in the caller's own task, so the RPC handler can name them in its answer."""
 SHIPPED_RULES = "guard_rules.toml"
 
 
@@ -88,11 +92,12 @@ class Gate:
         """What the rules in force say of the change: the findings of an allowed or warned change (for its
         audit record); FailedPrecondition when refused; Held once a held change is booked."""
         rules = self._rules()
-        verdict = evaluate(rules, proposal)
+        verdict = evaluate(rules, replace(proposal, owner_limit=rules.owner_limit(proposal.actor)))
         findings = [f"{found.rule} ({found.outcome.word}): {found.message}" for found in verdict.fired]
         if verdict.outcome is Outcome.REFUSE:
             raise FailedPrecondition(f"{call} of {promotion_id} refused by the guard rules: {verdict.explain()}")
         if verdict.outcome is not Outcome.HOLD:
+            FIRED.set(tuple(found.rule for found in verdict.fired))
             return findings
         now = self._clock.wall_ms()
         asked = PendingChange(

@@ -13,6 +13,13 @@ The file (guard_rules.toml ships the defaults) is a list of tables:
     outcome = "hold"                             allow | warn | hold | refuse
     message = "why it is risky, and what to do"
 
+and, optionally, one table of budget limits per owner (the field `owner_limit` of conditions), in minor
+units of money, keyed by the owner's SPIFFE ID, with `default` for every owner not named:
+
+    [owner_limits]
+    default = 10_000_000
+    "spiffe://quota.example/owner/marketing-lead" = 500_000_000
+
 `when` is a condition of the language in guard_expr over the fields below. Bare names, and `after.`
 names, are the promotion as it would be; `before.` names are the promotion as it is (changes only).
 
@@ -34,7 +41,8 @@ import enum
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from quota_center.guard_expr import Condition, ExprError, Scope, Type, compile_condition
@@ -58,6 +66,9 @@ TERMS: dict[str, Type] = {
 FIELDS: dict[str, Type] = {**TERMS, "owner_limit": "int", "is_create": "bool", "is_change": "bool"}
 """Every bare name: the terms, the owner's budget limit (0 none configured), and whether it is a create."""
 _KEYS = ("name", "when", "outcome", "message")
+OWNER_LIMITS = "owner_limits"
+OWNER_DEFAULT = "default"
+MAX_LIMIT = 2**53 - 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -123,6 +134,12 @@ class RuleSet:
     source: str
     digest: str
     """SHA-256 of the file's text, to record which rules judged a change."""
+    owner_limits: Mapping[str, int] = field(default_factory=dict)
+    """Budget limits by owner SPIFFE ID, minor units; the key `default` covers everyone not named."""
+
+    def owner_limit(self, owner: str) -> int:
+        """The limit of `owner`; 0 (none) when neither it nor a default is configured."""
+        return self.owner_limits.get(owner, self.owner_limits.get(OWNER_DEFAULT, 0))
 
 
 @dataclass(frozen=True)
@@ -206,9 +223,10 @@ def load_rules(text: str, source: str) -> RuleSet:
         raise RulesError([f"{source}:{line}: not valid TOML: {error}"]) from None
     loader = _Loader(text, source)
     rules = loader.load(document)
+    limits = loader.owner_limits(document.get(OWNER_LIMITS, {}))
     if loader.problems:
         raise RulesError([problem for _, problem in sorted(loader.problems, key=lambda found: found[0])])
-    return RuleSet(rules, source, hashlib.sha256(text.encode()).hexdigest())
+    return RuleSet(rules, source, hashlib.sha256(text.encode()).hexdigest(), limits)
 
 
 class _Loader:
@@ -223,8 +241,10 @@ class _Loader:
         self.problems.append((line or 0, f"{where}: {who}{why}"))
 
     def load(self, document: dict[str, Any]) -> tuple[Rule, ...]:
-        for key in document.keys() - {"rule"}:
-            self.report(self.layout.key(None, key), "", f"unknown top-level key {key!r}; only [[rule]] tables")
+        for key in document.keys() - {"rule", OWNER_LIMITS}:
+            self.report(
+                self.layout.key(None, key), "", f"unknown top-level key {key!r}; only [[rule]] and [{OWNER_LIMITS}]"
+            )
         tables = document.get("rule")
         if isinstance(tables, dict):
             self.report(self.layout.key(None, "rule"), "", "write each rule as [[rule]], with double brackets")
@@ -235,6 +255,21 @@ class _Loader:
         self.layout.expect(len(tables))
         rules = (self.rule(index, table) for index, table in enumerate(tables))
         return tuple(rule for rule in rules if rule is not None)
+
+    def owner_limits(self, table: object) -> dict[str, int]:
+        line = self.layout.key(None, OWNER_LIMITS)
+        if not isinstance(table, dict):
+            self.report(line, "", f"[{OWNER_LIMITS}] must be a table of owner = limit")
+            return {}
+        limits = {}
+        for owner, limit in table.items():
+            if owner != OWNER_DEFAULT and not owner.startswith("spiffe://"):
+                self.report(line, f"[{OWNER_LIMITS}] {owner!r}: ", "name an owner by its SPIFFE ID, or 'default'")
+            elif isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIMIT:
+                self.report(line, f"[{OWNER_LIMITS}] {owner!r}: ", f"a limit is an integer in 1..{MAX_LIMIT}")
+            else:
+                limits[owner] = limit
+        return limits
 
     def rule(self, index: int, table: dict[str, Any]) -> Rule | None:
         name, header, before = table.get("name"), self.layout.header(index), len(self.problems)

@@ -14,6 +14,7 @@ from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
 from quota_center.center import HEARTBEAT_S, Center, Opening
 from quota_center.convert import catalog_page_to_pb, directives_to_pb, usage_to_pb
+from quota_center.gate import FIRED
 from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
 from quota_center.trail import By
@@ -22,7 +23,7 @@ from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_center.wire import emergency_to_pb, promotion_from_pb, promotion_to_pb
 from quota_common.authz import caller
 from quota_common.clock import Clock, SystemClock
-from quota_common.errors import InvalidArgument, QuotaError
+from quota_common.errors import WARNINGS_METADATA_KEY, InvalidArgument, QuotaError
 from quota_common.incarnation import require_incarnation
 from quota_common.model import Report
 from quota_common.rpc import Context, abort_with, add_decoding, translate_errors
@@ -62,6 +63,7 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     async def CreatePromotion(self, request: pb.CreatePromotionRequest, context: Context) -> pb.Promotion:
         by = _by(request.request_id)
         promotion = await self._center.create_promotion(promotion_from_pb(request.promotion), by)
+        _name_fired_rules(context)
         return promotion_to_pb(promotion)
 
     @translate_errors
@@ -72,6 +74,7 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
             raise InvalidArgument("expected_revision is required: pass the revision you read (GetPromotion)")
         by = _by(request.request_id)
         promotion = await self._center.set_budget(promotion_id, budget, request.expected_revision, by)
+        _name_fired_rules(context)
         return promotion_to_pb(promotion)
 
     @translate_errors
@@ -128,6 +131,12 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
         listed, cut = within_bytes((_audit_pb(record) for record in records[:page_size]), MAX_PAGE_BYTES)
         more = cut or len(records) > page_size
         return pb.ListAuditResponse(records=listed, next_page_token=page_token(str(listed[-1].seq)) if more else "")
+
+
+def _name_fired_rules(context: Context) -> None:
+    """A change the guard rules let through with a warning says so in its answer, not only in the trail."""
+    if fired := FIRED.get():
+        context.set_trailing_metadata(tuple((WARNINGS_METADATA_KEY, rule) for rule in fired))
 
 
 def _pending_pb(change: PendingChange, state: str) -> pb.PendingChange:

@@ -17,7 +17,7 @@ from quota_cli import budget_view as view
 from quota_cli.security import security, security_options
 from quota_common.clock import SystemClock, iso
 from quota_common.config import FiniteFloatRange, bind_environment
-from quota_common.errors import LEADER_METADATA_KEY, trailing
+from quota_common.errors import LEADER_METADATA_KEY, WARNINGS_METADATA_KEY, trailing
 from quota_common.model import Promotion, promotion_document
 from quota_common.transport import Transport, open_transport
 from quota_common.validation import MAX_AMOUNT
@@ -85,7 +85,9 @@ class AdminClient:
                 continue
             with self.transport.channel(address) as channel:
                 try:
-                    return method(pb_grpc.PromotionAdminStub(channel))(request, timeout=self.timeout_s)
+                    reply, call = method(pb_grpc.PromotionAdminStub(channel)).with_call(request, timeout=self.timeout_s)
+                    _warn_of_fired_rules(call)
+                    return reply
                 except grpc.RpcError as error:
                     if not isinstance(error, grpc.Call):
                         raise
@@ -111,6 +113,16 @@ class AdminClient:
             f"no center leader answered; tried:{tried}",
             "check that `quota center serve` runs at these addresses and that --center (or QUOTA_CENTER) lists "
             f"its replicas; during a leader election, retry in a few seconds{plaintext}",
+        )
+
+
+def _warn_of_fired_rules(call: grpc.Call) -> None:
+    fired = [str(value) for key, value in call.trailing_metadata() or () if key == WARNINGS_METADATA_KEY]
+    if fired:
+        click.echo(
+            f"warning: the guard rules flagged this change: {', '.join(fired)} (their messages are in its "
+            "audit record: quota budget audit ID)",
+            err=True,
         )
 
 

@@ -44,6 +44,8 @@ REJECT_REASON_METADATA_KEY = "quota-reject-reason"
 LEADER_METADATA_KEY = "quota-leader"
 SUPERSEDED_METADATA_KEY = "quota-superseded"
 PENDING_METADATA_KEY = "quota-pending-change"
+WARNINGS_METADATA_KEY = "quota-guard-warnings"
+"""On a change the guard rules let through: one value per rule that fired (its name)."""
 
 
 class QuotaError(Exception):

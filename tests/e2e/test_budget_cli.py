@@ -335,3 +335,16 @@ def test_create_states_what_a_unit_is_worth_and_show_prints_it(stack: Stack) -> 
     assert "none recorded (created without TLS)" in shown.stdout
     refused_bps = run_budget(center, "create", "pct", "--budget", "5", "--regions", "eu", "--discount-bps", "10001")
     assert refused_bps.returncode == 2
+
+
+def test_a_change_the_guard_rules_warn_about_is_made_and_the_answer_names_the_rule(stack: Stack) -> None:
+    center = stack.center.address
+    in_40_days = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 40 * 86_400))
+    done = run_budget(center, "create", "long-sale", "--budget", "10", "--regions", "eu", "--end", in_40_days)
+
+    assert done.returncode == 0, done.stderr
+    assert "created" in done.stdout
+    assert "warning: the guard rules flagged this change: window-over-31-days" in done.stderr
+    quiet = run_budget(center, "set-budget", "long-sale", "20")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning" in quiet.stderr  # the window is still over 31 days: every change is judged whole

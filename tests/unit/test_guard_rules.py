@@ -80,10 +80,38 @@ def test_a_budget_with_one_zero_too_many_is_held_as_a_change_and_not_as_a_create
     assert _fired(Proposal(replace(before, budget=before.budget * 2), before=before)) == []
 
 
-def test_a_budget_above_the_owners_limit_is_held_and_no_limit_means_none() -> None:
-    assert _fired(Proposal(_coupon(), owner_limit=9_999)) == ["budget-above-owner-limit"]
-    assert _fired(Proposal(_coupon(), owner_limit=10_000)) == []
+def test_a_budget_costing_more_than_the_owners_limit_is_held_and_no_limit_means_none() -> None:
+    exposure = 10_000 * 200 * YUAN  # 10,000 coupons worth ¥200 each
+
+    assert _fired(Proposal(_coupon(), owner_limit=exposure - 1)) == ["budget-above-owner-limit"]
+    assert _fired(Proposal(_coupon(), owner_limit=exposure)) == []
     assert _fired(Proposal(_coupon(), owner_limit=0)) == []
+
+
+ALICE, BOB = "spiffe://quota.test/owner/alice", "spiffe://quota.test/owner/bob"
+
+
+def test_owner_limits_come_from_the_file_by_spiffe_id_with_a_default() -> None:
+    text = _rule("r", "owner_limit > 0") + f'[owner_limits]\ndefault = 1_000\n"{ALICE}" = 50_000\n'
+    rules = load_rules(text, "rules.toml")
+
+    assert (rules.owner_limit(ALICE), rules.owner_limit(BOB)) == (50_000, 1_000)
+    assert load_rules(_rule("r", "owner_limit > 0"), "rules.toml").owner_limit(ALICE) == 0
+
+
+@pytest.mark.parametrize(
+    ("table", "why"),
+    [
+        ("alice = 5\n", "'alice': name an owner by its SPIFFE ID, or 'default'"),
+        (f'"{ALICE}" = 0\n', f"'{ALICE}': a limit is an integer in 1..9007199254740991"),
+        (f'"{ALICE}" = "lots"\n', f"'{ALICE}': a limit is an integer in 1..9007199254740991"),
+    ],
+)
+def test_a_bad_owner_limit_names_the_table_its_line_and_the_owner(table: str, why: str) -> None:
+    with pytest.raises(RulesError) as raised:
+        load_rules(_rule("r", "budget > 0") + "[owner_limits]\n" + table, "rules.toml")
+
+    assert raised.value.problems == (f"rules.toml:7: [owner_limits] {why}",)
 
 
 def test_a_window_over_a_month_is_a_warning() -> None:

@@ -3,10 +3,13 @@ goes out, decided only by another person, never applied once expired or rejected
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 import pytest
 
 from quota_center import approvals
 from quota_center.center import Center, CenterSettings
+from quota_center.guard import load_rules
 from quota_center.trail import By
 from quota_common.clock import FakeClock
 from quota_common.errors import AlreadyExists, FailedPrecondition, Held, NotFound, PermissionDenied
@@ -162,3 +165,19 @@ async def test_a_flood_of_held_changes_is_refused_past_what_the_book_holds(
 
     assert len(center.pending()) == 3
     assert await center.audit_records(0, 100) == before
+
+
+async def test_an_owner_is_held_to_their_own_limit_from_the_rules_file(clock: FakeClock) -> None:
+    rules = load_rules(
+        (files("quota_center") / "guard_rules.toml").read_text()
+        + f'\n[owner_limits]\ndefault = 1_000_000\n"{ALICE.actor}" = 200_000_000\n',
+        "rules.toml",
+    )
+    center = Center(MemoryStore(), clock, CenterSettings(pending_ttl_s=TTL_S), rules=lambda: rules)
+    await center.start()
+    carol = By(person("quota", Role.OWNER, "carol"))
+    worth = {"face_value": 1_000, "min_spend": 10_000, "per_user_limit": 1}  # 100,000 x ¥10 = ¥1,000,000
+
+    assert (await center.create_promotion(coupon("alices", clock, **worth), ALICE)).budget == 100_000
+    with pytest.raises(Held, match="budget-above-owner-limit"):
+        await center.create_promotion(coupon("carols", clock, **worth), carol)
