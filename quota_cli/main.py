@@ -122,6 +122,16 @@ def demo(as_json: bool, budget: int, demand_factor: float, concurrency: int, see
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the incidents and their figures as JSON.")
+def incidents(as_json: bool) -> None:
+    """Replay the configuration mistakes quota exists to catch, against real processes, with the loss each
+    would have cost and what stopped it."""
+    from loadtest.incidents import run_incidents
+
+    run_incidents(as_json)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]}, one row per scenario and strategy.')
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option(
