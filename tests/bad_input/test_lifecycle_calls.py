@@ -22,7 +22,7 @@ async def _update(world: World, paths: list[str], revision: int | None = None, *
         update_mask=FieldMask(paths=paths),
         expected_revision=revision,
     )
-    return await world.admin.UpdatePromotion(request, timeout=5)  # type: ignore[no-any-return]
+    return await world.admin.UpdatePromotion(request, timeout=5)
 
 
 @pytest.mark.parametrize(

@@ -217,7 +217,7 @@ def test_whatever_is_asked_an_applied_change_keeps_the_promises(
     held = {region: account.outstanding for region, account in s.accounts.items()}
 
     try:
-        applied = changed(s, **changes)
+        applied = lifecycle.update(s, Update(changes, s.promotion.revision), 9, NOW)
     except (FailedPrecondition, InvalidArgument):
         return
 
