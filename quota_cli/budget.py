@@ -133,6 +133,12 @@ LIMIT = click.IntRange(min=0, max=MAX_AMOUNT)
 KINDS = {name: kind for kind, name in view.KIND_NAMES.items()}
 PACINGS = {name: pacing for pacing, name in view.PACING_NAMES.items()}
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+expected_revision_option = click.option(
+    "--expected-revision",
+    type=click.IntRange(min=1),
+    show_default="read it now",
+    help="The revision you read (quota budget show); refused if the promotion changed since.",
+)
 request_id_option = click.option(
     "--request-id",
     default="",
@@ -302,12 +308,7 @@ def create(
 @budget.command("set-budget")
 @click.argument("promotion_id", metavar="ID")
 @click.argument("amount", metavar="N", type=AMOUNT)
-@click.option(
-    "--expected-revision",
-    type=click.IntRange(min=1),
-    show_default="read it now",
-    help="The revision you read (quota budget show); refused if the promotion changed since.",
-)
+@expected_revision_option
 @request_id_option
 @json_flag
 @click.pass_obj

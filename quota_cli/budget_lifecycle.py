@@ -15,6 +15,7 @@ from quota_cli.budget import (
     LIMIT,
     AdminClient,
     current,
+    expected_revision_option,
     hinted_refusal,
     instant,
     json_flag,
@@ -60,12 +61,7 @@ def _changes(before: Promotion, after: Promotion) -> str:
     default=None,
     help="Refuse order lines below the floor, or let them through with an alert.",
 )
-@click.option(
-    "--expected-revision",
-    type=click.IntRange(min=1),
-    show_default="read it now",
-    help="The revision you read (quota budget show); refused if the promotion changed since.",
-)
+@expected_revision_option
 @request_id_option
 @json_flag
 @click.pass_obj

@@ -6,32 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from quota_center.center import Center, CenterSettings
+from quota_center.center import Center
+from quota_center.ledger import GrantRecord
 from quota_center.lifecycle import Update
 from quota_center.trail import By
 from quota_common.clock import FakeClock
 from quota_common.errors import FailedPrecondition, Held, PermissionDenied
 from quota_common.identity import Role, person
 from quota_common.model import Kind, Promotion, Report
-from quota_testing.memory_store import MemoryStore
+from quota_testing.support import ALICE, BOB, PENDING_TTL_S
 
-ALICE = By(person("quota", Role.OWNER, "alice"))
 DAVE = By(person("quota", Role.OWNER, "dave"))
-BOB = By(person("quota", Role.APPROVER, "bob"))
 HOUR_MS = 3_600_000
-TTL_S = 3600.0
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def center(clock: FakeClock) -> Center:
-    center = Center(MemoryStore(), clock, CenterSettings(pending_ttl_s=TTL_S))
-    await center.start()
-    return center
 
 
 async def sale(center: Center, clock: FakeClock, regions: tuple[str, ...] = ("eu", "us")) -> Promotion:
@@ -40,6 +26,12 @@ async def sale(center: Center, clock: FakeClock, regions: tuple[str, ...] = ("eu
         "sale", Kind.COUNT, "", 1000, now, now + 24 * HOUR_MS, regions, face_value=100, per_user_limit=2
     )
     return await center.create_promotion(promotion, ALICE)
+
+
+async def holding(center: Center, region: str) -> tuple[str, GrantRecord]:
+    """`region` joins and takes 40 of the sale: its incarnation and the grant."""
+    incarnation = center.join(region)
+    return incarnation, (await center.acquire(region, incarnation, "sale", 40, "r-1", 60)).grant
 
 
 def seen_by(center: Center, region: str, after: int) -> list[Promotion]:
@@ -104,7 +96,7 @@ async def test_an_expired_held_update_never_applies(center: Center, clock: FakeC
     created = await sale(center, clock)
     with pytest.raises(Held) as held:
         await center.update_promotion("sale", Update({"per_user_limit": 0}, created.revision), ALICE)
-    clock.advance(TTL_S)
+    clock.advance(PENDING_TTL_S)
 
     with pytest.raises(FailedPrecondition, match="is expired"):
         await center.approve(held.value.pending_id, BOB)
@@ -127,8 +119,7 @@ async def test_a_removed_region_hears_of_it_reports_and_gives_back_what_it_holds
     center: Center, clock: FakeClock
 ) -> None:
     created = await sale(center, clock)
-    us = center.join("us")
-    grant = (await center.acquire("us", us, "sale", 40, "r-1", 60)).grant
+    us, grant = await holding(center, "us")
 
     removed = await center.update_promotion("sale", Update({"regions": ("eu",)}, created.revision), ALICE)
 
@@ -146,8 +137,7 @@ async def test_an_ended_promotion_grants_nothing_and_regions_are_asked_for_every
     center: Center, clock: FakeClock
 ) -> None:
     created = await sale(center, clock)
-    eu = center.join("eu")
-    grant = (await center.acquire("eu", eu, "sale", 40, "r-1", 60)).grant
+    eu, grant = await holding(center, "eu")
     clock.advance(60)
 
     ended = await center.end_promotion("sale", ALICE)
