@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from quota_center import ledger
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_common import policy
+from quota_common.clock import iso
 from quota_common.errors import Exhausted, FailedPrecondition
 
 
@@ -29,10 +30,13 @@ def grant(
     `ids` is (grant id, request id); `demands` maps each region to its measured demand
     (units per minute), the asking one included. Grants never exceed what the promotion's
     pacing has released by `now_ms`. Raises Exhausted when nothing is left to grant now."""
+    ledger.check_region(state.promotion, region)
     ledger.admit(state, region, incarnation)
     promotion = state.promotion
     if promotion.frozen:
         raise FailedPrecondition(f"promotion {promotion.id} is frozen; no quota is granted")
+    if promotion.has_ended(now_ms):
+        raise FailedPrecondition(f"promotion {promotion.id} ended at {iso(promotion.end_ms)}; no quota is granted")
     grantable = state.grantable(now_ms)
     size = policy.grant_amount(
         asked=asked,
@@ -57,11 +61,13 @@ def grant(
 
 
 def reclaim(state: PromotionState, region: str, demands: Mapping[str, int], horizon_s: float, now_ms: int) -> int:
-    """What the region should give back: everything when frozen, else the policy's reclaim.
+    """What the region should give back: everything when the region may not spend it now or again (frozen,
+    ended, or the region removed from it), else the policy's reclaim.
     Measured against what the center can grant now: under pacing, budget not yet released
     cannot serve the regions that lack quota, so it must not stop idle quota coming back."""
     held = state.accounts[region].held
-    if state.promotion.frozen:
+    promotion = state.promotion
+    if promotion.frozen or promotion.has_ended(now_ms) or region not in promotion.regions:
         return held
     others = sum(demand for other, demand in demands.items() if other != region)
     return policy.reclaim_amount(held, demands.get(region, 0), others, state.grantable(now_ms), horizon_s)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from quota_center import allocation, ledger
+from quota_center import allocation, ledger, lifecycle
 from quota_center.approvals import PendingChange
 from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord
 from quota_center.catalog import RevisionIndex
@@ -251,6 +251,25 @@ class Center:
                 promotion_id, "SetBudget", _budget_change(budget, expected_revision), by or By(), request
             )
 
+    async def update_promotion(self, promotion_id: str, update: lifecycle.Update, by: By | None = None) -> Promotion:
+        """Through the guard rules, as `set_budget`; the rules of a change are `lifecycle`'s."""
+        self._require_leader()
+        async with self._configuring:
+            return await self._configured(
+                promotion_id, "UpdatePromotion", self._updating(update), by or By(), update.to_request()
+            )
+
+    def _updating(self, update: lifecycle.Update) -> Callable[[PromotionState, int], bool]:
+        return lambda state, revision: lifecycle.update(state, update, revision, self._clock.wall_ms())
+
+    async def end_promotion(self, promotion_id: str, by: By | None = None) -> Promotion:
+        """Not judged by the guard rules: ending only lowers what may be spent."""
+
+        def change(state: PromotionState, revision: int) -> bool:
+            return lifecycle.end(state, revision, self._clock.wall_ms())
+
+        return await self._configure(promotion_id, "EndPromotion", change, by or By())
+
     async def set_frozen(self, promotion_id: str, frozen: bool, by: By | None = None) -> Promotion:
         def change(state: PromotionState, revision: int) -> bool:
             return ledger.set_frozen(state, frozen, revision)
@@ -325,9 +344,10 @@ class Center:
         findings = list(approved)
         if guarded is not None:
             trial = self._state(promotion_id).copy()
-            change(trial, self._catalog_revision + 1)  # the change's own checks first: a stale revision is not held
-            proposal = Proposal(terms(trial.promotion), terms(before), by.actor)
-            findings = await self._gate.judge(call, promotion_id, proposal, guarded, by)
+            # The change's own checks first: a stale revision is not held, and neither is a change of nothing.
+            if change(trial, self._catalog_revision + 1) is not False:
+                proposal = Proposal(terms(trial.promotion), terms(before), by.actor)
+                findings = await self._gate.judge(call, promotion_id, proposal, guarded, by)
 
         def record(changed: PromotionState) -> AuditRecord:
             after = promotion_document(changed.promotion)
@@ -351,11 +371,16 @@ class Center:
                 owner = "" if change.requested_by == PLAINTEXT_ACTOR else change.requested_by
                 applied = await self._create(promotion, owner, acting, list(change.findings))
             else:
-                budget, expected = int(change.request["budget"]), int(change.request["expected_revision"])
                 applied = await self._configured(
-                    change.promotion_id, "SetBudget", _budget_change(budget, expected), acting, None, change.findings
+                    change.promotion_id, change.call, self._held(change), acting, None, change.findings
                 )
             return await self._gate.decide(change, by, True, ""), applied
+
+    def _held(self, change: PendingChange) -> Callable[[PromotionState, int], object]:
+        """The change a held request makes, applied as it was asked."""
+        if change.call == "UpdatePromotion":
+            return self._updating(lifecycle.Update.from_request(change.request))
+        return _budget_change(int(change.request["budget"]), int(change.request["expected_revision"]))
 
     async def reject(self, pending_id: str, by: By, reason: str) -> PendingChange:
         self._require_leader()
@@ -384,9 +409,11 @@ class Center:
         self._require_leader()
         promotions: list[Promotion] = []
         for promotion_id in self._revisions.changed_after(after):
-            promotion = self._states[promotion_id].promotion
-            if region not in promotion.regions:
+            state = self._states[promotion_id]
+            # A region removed from the promotion keeps an account, so it hears that it may no longer spend it.
+            if region not in state.promotion.regions and region not in state.accounts:
                 continue
+            promotion = state.promotion
             if len(promotions) == page_size:
                 return CatalogPage(promotions, self._emergency, promotions[-1].revision, more=True)
             promotions.append(promotion)

@@ -94,6 +94,8 @@ class PromotionState:
     def grantable(self, now_ms: int) -> int:
         """What the center may grant now: the unallocated part of what pacing has released."""
         p = self.promotion
+        if p.has_ended(now_ms):
+            return 0
         released = released_amount(p.budget, p.start_ms, p.end_ms, now_ms, p.pacing, p.hourly_cap)
         allocated = p.budget - self.unallocated
         return max(0, min(self.unallocated, released - allocated))
@@ -152,11 +154,7 @@ def require_owner(promotion: Promotion, caller: str, call: str) -> None:
 def set_budget(state: PromotionState, budget: int, expected_revision: int, revision: int) -> None:
     """`revision`: the catalog revision the change takes."""
     promotion = state.promotion
-    if expected_revision != promotion.revision:
-        raise FailedPrecondition(
-            f"promotion {promotion.id} is at revision {promotion.revision}, not {expected_revision}: "
-            "read it again and retry"
-        )
+    check_revision(promotion, expected_revision)
     allocated = promotion.budget - state.unallocated
     if budget < allocated:
         raise FailedPrecondition(
@@ -166,6 +164,15 @@ def set_budget(state: PromotionState, budget: int, expected_revision: int, revis
             f"the lowest possible budget now is {allocated}"
         )
     state.promotion = replace(promotion, budget=budget, revision=revision)
+
+
+def check_revision(promotion: Promotion, expected_revision: int) -> None:
+    """A change based on what the caller read: refused once the promotion moved on since."""
+    if expected_revision != promotion.revision:
+        raise FailedPrecondition(
+            f"promotion {promotion.id} is at revision {promotion.revision}, not {expected_revision}: "
+            "read it again and retry"
+        )
 
 
 def set_frozen(state: PromotionState, frozen: bool, revision: int) -> bool:
@@ -183,13 +190,20 @@ def check_region(promotion: Promotion, region: str) -> None:
         )
 
 
+def check_reporter(state: PromotionState, region: str) -> None:
+    """A region may report on (and give back) a promotion it may spend, or one it holds an account of: a
+    region removed from the promotion must still give back what it holds."""
+    if region not in state.accounts:
+        check_region(state.promotion, region)
+
+
 def admit(state: PromotionState, region: str, incarnation: str) -> bool:
     """Accepts a message from `region`'s ledger incarnation. Incarnation ids sort by age
     (an agent starts them with its start time), so a late message from a dead process
     can never displace the live one. A newer incarnation retires the current one and
     writes off what it held: that ledger is gone, so its quota is neither spendable nor
     safe to grant again. Returns whether the state changed."""
-    check_region(state.promotion, region)
+    check_reporter(state, region)
     check_not_superseded(state, region, incarnation)
     account = state.account(region)
     if account.incarnation == incarnation:
@@ -269,7 +283,7 @@ def _merged(account: RegionAccount, report: Report) -> tuple[int, int, int]:
 
 def report_is_news(state: PromotionState, region: str, incarnation: str, report: Report) -> bool:
     """Whether taking in the report would change the state (admit the incarnation or move a counter)."""
-    check_region(state.promotion, region)
+    check_reporter(state, region)
     account = state.accounts.get(region)
     if account is None or account.incarnation != incarnation:
         return True

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from quota_center import lifecycle
 from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
 from quota_center.center import HEARTBEAT_S, Center, Opening
@@ -70,12 +71,34 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     async def SetBudget(self, request: pb.SetBudgetRequest, context: Context) -> pb.Promotion:
         promotion_id = require_id("promotion_id", request.promotion_id)
         budget = require_amount("budget", request.budget)
-        if request.expected_revision <= 0:
-            raise InvalidArgument("expected_revision is required: pass the revision you read (GetPromotion)")
+        _require_revision(request.expected_revision)
         by = _by(request.request_id)
         promotion = await self._center.set_budget(promotion_id, budget, request.expected_revision, by)
         _name_fired_rules(context)
         return promotion_to_pb(promotion)
+
+    @translate_errors
+    async def UpdatePromotion(self, request: pb.UpdatePromotionRequest, context: Context) -> pb.Promotion:
+        promotion_id = require_id("promotion.id", request.promotion.id)
+        fields = lifecycle.masked_fields(request.update_mask.paths)
+        _require_revision(request.expected_revision)
+        by = _by(request.request_id)
+        for timestamp in ("start_time", "end_time"):
+            if timestamp in request.update_mask.paths and not request.promotion.HasField(timestamp):
+                raise InvalidArgument(f"update_mask names {timestamp}, but promotion.{timestamp} is not set")
+        # The named fields over the promotion as it stands, checked as a whole by the same rules as a create;
+        # the center takes only the named ones from it, under its lock.
+        merged = promotion_to_pb(self._center.promotion(promotion_id))
+        request.update_mask.MergeMessage(request.promotion, merged, True, True)
+        values = promotion_from_pb(merged)
+        update = lifecycle.Update({name: getattr(values, name) for name in fields}, request.expected_revision)
+        return promotion_to_pb(await self._center.update_promotion(promotion_id, update, by))
+
+    @translate_errors
+    async def EndPromotion(self, request: pb.EndPromotionRequest, context: Context) -> pb.Promotion:
+        promotion_id = require_id("promotion_id", request.promotion_id)
+        by = _by(request.request_id)
+        return promotion_to_pb(await self._center.end_promotion(promotion_id, by))
 
     @translate_errors
     async def SetFrozen(self, request: pb.SetFrozenRequest, context: Context) -> pb.Promotion:
@@ -155,6 +178,11 @@ def _pending_pb(change: PendingChange, state: str) -> pb.PendingChange:
     message.requested_at.FromMilliseconds(change.requested_at_ms)
     message.expires_at.FromMilliseconds(change.expires_at_ms)
     return message
+
+
+def _require_revision(expected_revision: int) -> None:
+    if expected_revision <= 0:
+        raise InvalidArgument("expected_revision is required: pass the revision you read (GetPromotion)")
 
 
 def _by(request_id: str) -> By:

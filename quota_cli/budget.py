@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -144,6 +145,12 @@ LIMIT = click.IntRange(min=0, max=MAX_AMOUNT)
 KINDS = {name: kind for kind, name in view.KIND_NAMES.items()}
 PACINGS = {name: pacing for pacing, name in view.PACING_NAMES.items()}
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+expected_revision_option = click.option(
+    "--expected-revision",
+    type=click.IntRange(min=1),
+    show_default="read it now",
+    help="The revision you read (quota budget show); refused if the promotion changed since.",
+)
 request_id_option = click.option(
     "--request-id",
     default="",
@@ -170,7 +177,7 @@ class _CenterAddresses(click.ParamType[tuple[str, ...]]):
 CENTER_ADDRESSES = _CenterAddresses()
 
 
-def _report(promotion: Promotion, as_json: bool, summary: str) -> None:
+def report_change(promotion: Promotion, as_json: bool, summary: str) -> None:
     """What a change command prints: the promotion as it now stands."""
     if as_json:
         view.print_json(promotion_document(promotion))
@@ -302,7 +309,7 @@ def create(
     )
     request = pb.CreatePromotionRequest(promotion=promotion_to_pb(promotion), request_id=request_id)
     created = promotion_from_pb(center.call(lambda admin: admin.CreatePromotion, request, idempotent=False))
-    _report(
+    report_change(
         created,
         as_json,
         f"created: {view.kind_label(created)}, budget {created.budget:,}, regions {', '.join(created.regions)}, "
@@ -313,12 +320,7 @@ def create(
 @budget.command("set-budget")
 @click.argument("promotion_id", metavar="ID")
 @click.argument("amount", metavar="N", type=AMOUNT)
-@click.option(
-    "--expected-revision",
-    type=click.IntRange(min=1),
-    show_default="read it now",
-    help="The revision you read (quota budget show); refused if the promotion changed since.",
-)
+@expected_revision_option
 @request_id_option
 @json_flag
 @click.pass_obj
@@ -332,22 +334,33 @@ def set_budget(
 ) -> None:
     """Set the budget of promotion ID to N; never below what regions have already taken."""
     if expected_revision is None:
-        expected_revision = center.call(
-            lambda admin: admin.GetPromotion, pb.GetPromotionRequest(promotion_id=promotion_id)
-        ).revision
+        expected_revision = current(center, promotion_id).revision
     request = pb.SetBudgetRequest(
         promotion_id=promotion_id, budget=amount, expected_revision=expected_revision, request_id=request_id
     )
-    try:
+    with hinted_refusal(promotion_id):
         changed = promotion_from_pb(center.call(lambda admin: admin.SetBudget, request, idempotent=False))
+    report_change(changed, as_json, f"budget is now {changed.budget:,}")
+
+
+def current(center: AdminClient, promotion_id: str) -> Promotion:
+    """Promotion `promotion_id` as it stands, with the revision a change is based on."""
+    request = pb.GetPromotionRequest(promotion_id=promotion_id)
+    return promotion_from_pb(center.call(lambda admin: admin.GetPromotion, request))
+
+
+@contextlib.contextmanager
+def hinted_refusal(promotion_id: str) -> Iterator[None]:
+    """A change refused on a precondition (a stale revision, a rule, a held change) says what to do next."""
+    try:
+        yield
     except CenterRefused as refusal:
         if refusal.code == grpc.StatusCode.FAILED_PRECONDITION:
             refusal.hint = (
                 f"nothing changed: re-read the promotion (quota budget usage {promotion_id} shows its revision and "
-                "what regions have taken) and retry"
+                "what regions have taken) and retry; a held change waits for `quota budget approve`"
             )
         raise
-    _report(changed, as_json, f"budget is now {changed.budget:,}")
 
 
 def _freeze_command(name: str, frozen: bool, description: str, summary: str) -> None:
@@ -358,7 +371,7 @@ def _freeze_command(name: str, frozen: bool, description: str, summary: str) -> 
     @click.pass_obj
     def command(center: AdminClient, promotion_id: str, request_id: str, as_json: bool) -> None:
         request = pb.SetFrozenRequest(promotion_id=promotion_id, frozen=frozen, request_id=request_id)
-        _report(promotion_from_pb(center.call(lambda admin: admin.SetFrozen, request)), as_json, summary)
+        report_change(promotion_from_pb(center.call(lambda admin: admin.SetFrozen, request)), as_json, summary)
 
 
 _freeze_command(

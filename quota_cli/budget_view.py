@@ -44,11 +44,12 @@ class UsageReport:
 
 
 def usage_from_pb(message: pb.Usage) -> UsageReport:
-    """Every region the promotion allows, in its order; the center lists only those that ever held quota."""
+    """Every region the promotion allows, in its order (the center lists only those that ever held quota), then
+    those removed from it that the center still keeps an account of (what they hold goes back)."""
     promotion = promotion_from_pb(message.promotion)
     reported = {usage.region: usage for usage in message.regions}
     regions = []
-    for region in promotion.regions:
+    for region in [*promotion.regions, *(region for region in reported if region not in promotion.regions)]:
         usage = reported.get(region, pb.RegionUsage(region=region, lease_state=pb.LEASE_STATE_NONE))
         regions.append(
             RegionSpend(

@@ -60,6 +60,10 @@ class Promotion:
     def is_active(self, wall_ms: int) -> bool:
         return self.start_ms <= wall_ms < self.end_ms
 
+    def has_ended(self, wall_ms: int) -> bool:
+        """Its window is over, or empty (a promotion ended before it started): it is never spent again."""
+        return wall_ms >= self.end_ms or self.end_ms <= self.start_ms
+
 
 @dataclass(frozen=True)
 class Report:

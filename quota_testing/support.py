@@ -14,11 +14,19 @@ import redis.asyncio as redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quota_center.audit import AuditRecord, Change, seal
+from quota_center.trail import By
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_common.errors import REJECT_REASON_METADATA_KEY, trailing
+from quota_common.identity import Role, person
 from region_agent.v1 import region_agent_pb2 as agent_pb
 
 HOUR_MS = 3_600_000
+PENDING_TTL_S = 3600.0
+"""How long a held change waits in the centers the unit tests make (tests/unit/conftest.py)."""
+ALICE = By(person("quota", Role.OWNER, "alice"))
+"""An owner, as the center's domain sees a caller."""
+BOB = By(person("quota", Role.APPROVER, "bob"))
+"""An approver."""
 
 
 def now_ms() -> int:

@@ -121,15 +121,23 @@ class Supply:
         return self._tracked.get(promotion_id)
 
     def learn(self, changed: list[Promotion]) -> None:
-        """Takes in promotions that changed (from the cache's links or a fetch); a freeze gives
-        the unspent allotment back at once."""
+        """Takes in promotions that changed (from the cache's links or a fetch). A freeze gives the unspent
+        allotment back at once, and so does a tracked promotion's end or the region's removal from it (an
+        untracked one's comes back at the next renewal, as the center reclaims it)."""
+        now_ms = self._clock.wall_ms()
         for promotion in changed:
             item = self._tracked.get(promotion.id)
-            was_frozen = item is not None and item.promotion.frozen
-            if item is not None:
+            if item is None:
+                release = promotion.frozen
+            else:
+                release = self._closed(promotion, now_ms) and not self._closed(item.promotion, now_ms)
                 item.promotion = promotion
-            if promotion.frozen and not was_frozen:
+            if release:
                 self._in_background(self._release(promotion.id))
+
+    def _closed(self, promotion: Promotion, now_ms: int) -> bool:
+        """Whether the region may not spend the promotion until its owner says otherwise."""
+        return promotion.frozen or promotion.has_ended(now_ms) or self._region not in promotion.regions
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -141,7 +149,7 @@ class Supply:
             balance = await self._ledger.balance(promotion_id)
             await self.return_quota(promotion_id, balance.available)
         except QuotaError as error:
-            log.warning("%s frozen: its unspent quota goes back at the next renewal (%s)", promotion_id, error)
+            log.warning("%s closed: its unspent quota goes back at the next renewal (%s)", promotion_id, error)
 
     async def _fetch(self, promotion_id: str) -> None:
         """Fetches the promotion into the cache: once, however many callers wait for it, and a

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -42,7 +43,7 @@ from quota_testing.secure_stack import (
     secure_stack,
     seed,
 )
-from quota_testing.support import order, promotion
+from quota_testing.support import now_ms, order, promotion
 from region_agent.v1 import region_agent_pb2 as agent_pb
 
 pytestmark = pytest.mark.e2e
@@ -142,12 +143,18 @@ def test_every_rpc_the_running_servers_register_has_a_row(rpcs: list[Rpc]) -> No
 
 # What the handler answers a caller the table lets through, where that is not OK.
 _NOT_HIS = "it belongs to spiffe://quota/owner/alice, and owners change only their own promotions"
+_DAVES = "it belongs to spiffe://quota/owner/dave, and owners change only their own promotions"
 HANDLER_ANSWERS = {
     # grpcio's asyncio health servicer has no List (yet).
     (None, f"{HEALTH}List"): Answer(grpc.StatusCode.UNIMPLEMENTED, ""),
     # Owners change only their own promotions: the table lets dave call, the center refuses him.
     (OTHER_OWNER, f"{ADMIN}SetBudget"): Answer(DENIED, f"SetBudget on promotion {SALE}: {_NOT_HIS}", part=True),
     (OTHER_OWNER, f"{ADMIN}SetFrozen"): Answer(DENIED, f"SetFrozen on promotion {FROZEN_SALE}: {_NOT_HIS}", part=True),
+    (OTHER_OWNER, f"{ADMIN}UpdatePromotion"): Answer(
+        DENIED, f"UpdatePromotion on promotion {SALE}: {_NOT_HIS}", part=True
+    ),
+    # EndPromotion ends dave's sale (alice's must keep selling for the order calls): alice is refused.
+    (OWNER, f"{ADMIN}EndPromotion"): Answer(DENIED, f"EndPromotion on promotion {DAVES_SALE}: {_DAVES}", part=True),
 }
 
 WRITTEN_OUT = {
@@ -244,6 +251,13 @@ def _request(stack: SecureStack, caller: str, rpc: Rpc) -> Message:
         f"{ADMIN}SetFrozen": lambda: center_pb.SetFrozenRequest(
             promotion_id=FROZEN_SALE, frozen=False, request_id=f"thaw-{tag}"
         ),
+        f"{ADMIN}UpdatePromotion": lambda: center_pb.UpdatePromotionRequest(
+            promotion=center_pb.Promotion(id=SALE, max_per_order=50),  # orders here take 1: they still pass
+            update_mask=FieldMask(paths=["max_per_order"]),
+            expected_revision=stack.usage(SALE).promotion.revision,
+            request_id=f"update-{tag}",
+        ),
+        f"{ADMIN}EndPromotion": lambda: center_pb.EndPromotionRequest(promotion_id=DAVES_SALE, request_id=f"end-{tag}"),
         f"{ADMIN}GetPromotion": lambda: center_pb.GetPromotionRequest(promotion_id=DAVES_SALE),
         f"{ADMIN}ListPromotions": lambda: center_pb.ListPromotionsRequest(),
         f"{ADMIN}GetUsage": lambda: center_pb.GetUsageRequest(promotion_id=SALE),
@@ -372,5 +386,7 @@ def test_every_call_the_table_lets_through_reaches_its_handler(stack: SecureStac
     decided = {change.id: change.state for change in listed.changes}
     assert decided == {"P-1": "approved", "P-2": "rejected"}, "bob's decisions took effect"
     assert not stack.usage(FROZEN_SALE).promotion.frozen, "alice lifted her own freeze"
+    assert stack.usage(SALE).promotion.max_per_order == 50, "alice's UpdatePromotion took effect"
+    assert stack.usage(DAVES_SALE).promotion.end_time.ToMilliseconds() <= now_ms(), "dave ended his sale"
     assert stack.center.alive
     assert stack.agent.alive

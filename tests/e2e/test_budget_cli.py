@@ -22,6 +22,7 @@ from quota_common.errors import LEADER_METADATA_KEY, REJECT_REASON_METADATA_KEY,
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import free_port
 from quota_testing.support import order, promotion
+from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 pytestmark = pytest.mark.e2e
@@ -81,10 +82,10 @@ def deduct(agent: ServerProcess, region: str, order_key: str, promotion_id: str,
         agent_grpc.RegionAgentStub(channel).Deduct(order(order_key, region, (promotion_id, amount)), timeout=5)
 
 
-def refusal_of(agent: ServerProcess, region: str, order_key: str, promotion_id: str) -> str:
-    """What the agent answers to a one-unit order: "ok", or its status and reject reason."""
+def refusal_of(agent: ServerProcess, region: str, order_key: str, promotion_id: str, amount: int = 1) -> str:
+    """What the agent answers to an order (one unit unless told): "ok", or its status and reject reason."""
     try:
-        deduct(agent, region, order_key, promotion_id, 1)
+        deduct(agent, region, order_key, promotion_id, amount)
     except grpc.RpcError as error:
         if not isinstance(error, grpc.Call):
             raise
@@ -348,3 +349,67 @@ def test_a_change_the_guard_rules_warn_about_is_made_and_the_answer_names_the_ru
     quiet = run_budget(center, "set-budget", "long-sale", "20")
     assert quiet.returncode == 0, quiet.stderr
     assert "warning" in quiet.stderr  # the window is still over 31 days: every change is judged whole
+
+
+def _region(center: str, promotion_id: str, region: str) -> dict[str, Any]:
+    [found] = [row for row in succeeds(center, "usage", promotion_id)["regions"] if row["region"] == region]
+    return found  # type: ignore[no-any-return]
+
+
+def test_update_changes_what_agents_enforce_and_a_region_removed_gives_back(stack: Stack) -> None:
+    center, eu, us = stack.center.address, stack.agents["eu"], stack.agents["us"]
+    succeeds(center, "create", "life", "--budget", "1000", "--regions", "eu,us")
+    deduct(us, "us", "life-us-0", "life", 2)
+    assert refusal_of(eu, "eu", "life-eu-0", "life", 3) == "ok"
+
+    changed = run_budget(center, "update", "life", "--max-per-order", "2", "--per-user-orders", "5")
+    assert changed.returncode == 0, changed.stderr
+    assert "max_per_order 0 -> 2" in changed.stdout
+    assert "per_user_orders 0 -> 5" in changed.stdout
+    orders = iter(range(1, 1000))
+    wait_for(
+        lambda: refusal_of(eu, "eu", f"life-eu-{next(orders)}", "life", 3).endswith("REJECT_REASON_OVER_ORDER_LIMIT"),
+        "the agent refuses a line above the new max_per_order, without a restart",
+    )
+
+    assert succeeds(center, "update", "life", "--regions", "eu")["regions"] == ["eu"]
+    wait_for(
+        lambda: refusal_of(us, "us", f"life-us-{next(orders)}", "life").endswith("REJECT_REASON_REGION_NOT_ALLOWED"),
+        "the removed region refuses the promotion",
+    )
+    us_usage = wait_for(
+        lambda: (row := _region(center, "life", "us"))["held"] == 0 and row["returned"] > 0 and row,
+        "the removed region gives back what it held",
+    )
+    assert us_usage["spent"] == 2
+    assert refusal_of(eu, "eu", f"life-eu-{next(orders)}", "life") == "ok"
+
+    stale = refused(center, "update", "life", "--per-user-limit", "3", "--expected-revision", "1")
+    assert "read it again" in stale
+
+
+def test_end_stops_sales_honours_refunds_and_regions_give_back(stack: Stack) -> None:
+    center, eu = stack.center.address, stack.agents["eu"]
+    succeeds(center, "create", "ending", "--budget", "500", "--regions", "eu,us")
+    deduct(eu, "eu", "ending-0", "ending", 5)
+
+    ended = run_budget(center, "end", "ending")
+
+    assert ended.returncode == 0, ended.stderr
+    assert "ended at" in ended.stdout
+    orders = iter(range(1, 1000))
+    wait_for(
+        lambda: refusal_of(eu, "eu", f"ending-{next(orders)}", "ending").endswith("REJECT_REASON_NOT_ACTIVE"),
+        "the agent refuses the ended promotion",
+    )
+    refund = agent_pb.RefundRequest(
+        order_key="ending-0", refund_id="late", lines=[agent_pb.RefundLine(promotion_id="ending", amount=2)]
+    )
+    with grpc.insecure_channel(eu.address) as channel:
+        agent_grpc.RegionAgentStub(channel).Refund(refund, timeout=5)
+    settled = wait_for(
+        lambda: (row := _region(center, "ending", "eu"))["held"] == 0 and row["spent"] == 3 and row,
+        "the region gives back all it holds, the refunded units too",
+    )
+    assert settled["granted"] - settled["returned"] == 3
+    assert succeeds(center, "usage", "ending")["unallocated"] == 497

@@ -12,6 +12,7 @@ import pytest
 
 from quota_center.center import Center
 from quota_center.ledger import RegionAccount
+from quota_center.lifecycle import Update
 from quota_common.clock import FakeClock
 from quota_common.errors import NotLeader, Rejected, RejectReason, Superseded
 from quota_common.model import Kind, Promotion
@@ -176,3 +177,74 @@ async def test_the_catalog_stream_brings_a_freeze_and_ends_when_the_center_stops
     world.center.stop_serving()
     with pytest.raises(NotLeader):
         await waiting
+
+
+async def _rejected(agent: Agent, order_key: str, amount: int = 1) -> RejectReason:
+    with pytest.raises(Rejected) as refused:
+        await _deduct(agent, order_key, amount)
+    return refused.value.reason
+
+
+async def _update(world: World, **changes: object) -> None:
+    revision = world.center.promotion("promo").revision
+    await world.center.update_promotion("promo", Update(dict(changes), revision))
+
+
+async def test_a_running_agent_follows_changed_limits_and_window_from_its_cache(
+    world: World, agent: tuple[Agent, InProcessLedger, DirectCenter]
+) -> None:
+    served, _, _ = agent
+    await _deduct(served, "o-1", 3)
+
+    await _update(world, max_per_order=2)
+    await served.catalog.pull()
+    assert await _rejected(served, "o-2", 3) is RejectReason.OVER_ORDER_LIMIT
+    await _deduct(served, "o-3", 2)
+
+    await _update(world, per_user_limit=5)
+    await served.catalog.pull()
+    assert await _rejected(served, "o-4", 1) is RejectReason.USER_LIMIT  # "user" already took 5
+
+    await _update(world, per_user_limit=0, end_ms=world.clock.wall_ms() + 5_000)
+    await served.catalog.pull()
+    await _deduct(served, "o-5", 1)
+    world.clock.advance(5)
+    assert await _rejected(served, "o-6", 1) is RejectReason.NOT_ACTIVE
+
+
+async def test_a_region_removed_is_refused_and_gives_back_what_it_holds(
+    world: World, agent: tuple[Agent, InProcessLedger, DirectCenter]
+) -> None:
+    served, ledger, _ = agent
+    await _deduct(served, "o-1", 4)
+
+    await _update(world, regions=("us",))
+    await served.catalog.pull()
+
+    assert await _rejected(served, "o-2") is RejectReason.REGION_NOT_ALLOWED
+
+    async def given_back() -> bool:
+        return (await _balance(ledger)).available == 0
+
+    await eventually(given_back, timeout_s=5)
+    await served.renew_once()
+    assert world.eu().held == 0
+    assert world.center.usage("promo").unallocated == BUDGET - 4
+
+
+async def test_an_ended_promotion_is_refused_refunds_still_work_and_everything_comes_back(
+    world: World, agent: tuple[Agent, InProcessLedger, DirectCenter]
+) -> None:
+    served, ledger, _ = agent
+    await _deduct(served, "o-1", 6)
+
+    await world.center.end_promotion("promo")
+    await served.renew_once()  # its directive names the end's revision, and takes back what eu holds
+
+    assert await _rejected(served, "o-2") is RejectReason.NOT_ACTIVE
+    await served.refund("o-1", "r-1", (Line("promo", 2, "user"),))
+    assert (await _balance(ledger)).refunded == 2
+    await served.renew_once()  # the refunded units go back too
+    assert (await _balance(ledger)).available == 0
+    assert world.eu().held == 0
+    assert world.center.usage("promo").unallocated == BUDGET - 4

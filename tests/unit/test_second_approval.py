@@ -16,23 +16,10 @@ from quota_common.errors import AlreadyExists, FailedPrecondition, Held, NotFoun
 from quota_common.identity import Role, person
 from quota_common.model import Kind, Promotion
 from quota_testing.memory_store import MemoryStore
+from quota_testing.support import ALICE, BOB, PENDING_TTL_S
 
-ALICE = By(person("quota", Role.OWNER, "alice"))
-BOB = By(person("quota", Role.APPROVER, "bob"))
 HOUR_MS = 3_600_000
-TTL_S = 3600.0
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def center(clock: FakeClock) -> Center:
-    center = Center(MemoryStore(), clock, CenterSettings(pending_ttl_s=TTL_S))
-    await center.start()
-    return center
+TTL_S = PENDING_TTL_S
 
 
 def coupon(promotion_id: str, clock: FakeClock, **values: int) -> Promotion:
