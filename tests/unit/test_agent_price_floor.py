@@ -23,23 +23,15 @@ MEANT = Line("flash", 1, "user", 99_900, 9_990)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def center(clock: FakeClock) -> ScriptedCenter:
+async def shop() -> AsyncIterator[tuple[Agent, ScriptedCenter]]:
+    """An agent of region eu, and its scripted center with promotions flash (the one with a floor) and plain."""
+    clock = FakeClock()
     center = ScriptedCenter(clock)
     center.create("flash")
     center.create("plain")
-    return center
-
-
-@pytest.fixture
-async def agent(center: ScriptedCenter, clock: FakeClock) -> AsyncIterator[Agent]:
     agent = Agent(QUIET, InProcessLedger(clock), center, clock)
     await agent.start()
-    yield agent
+    yield agent, center
     await agent.stop()
 
 
@@ -54,8 +46,9 @@ async def _below_floor(agent: Agent) -> dict[str, int]:
 
 
 async def test_a_blocking_promotion_refuses_the_whole_order_locally_and_counts_each_refusal(
-    agent: Agent, center: ScriptedCenter, caplog: pytest.LogCaptureFixture
+    shop: tuple[Agent, ScriptedCenter], caplog: pytest.LogCaptureFixture
 ) -> None:
+    agent, center = shop
     await agent.deduct("warm-up", "eu", (MEANT, Line("plain", 1, "user")))
     await _set_floor(agent, center, block=True)
     before = [status.balance for status in await agent.status()]
@@ -81,8 +74,9 @@ async def test_a_blocking_promotion_refuses_the_whole_order_locally_and_counts_e
 
 
 async def test_without_blocking_the_line_goes_through_and_counts_once_per_order(
-    agent: Agent, center: ScriptedCenter, caplog: pytest.LogCaptureFixture
+    shop: tuple[Agent, ScriptedCenter], caplog: pytest.LogCaptureFixture
 ) -> None:
+    agent, center = shop
     await _set_floor(agent, center, block=False)
 
     with caplog.at_level(logging.WARNING):
@@ -103,8 +97,9 @@ async def test_without_blocking_the_line_goes_through_and_counts_once_per_order(
 
 
 async def test_a_retry_with_other_prices_is_a_different_order_under_a_used_key(
-    agent: Agent, center: ScriptedCenter
+    shop: tuple[Agent, ScriptedCenter],
 ) -> None:
+    agent, center = shop
     await _set_floor(agent, center, block=True)
     await agent.deduct("o-1", "eu", (MEANT,))
 
@@ -116,8 +111,9 @@ async def test_a_retry_with_other_prices_is_a_different_order_under_a_used_key(
 
 
 async def test_a_reservation_is_judged_when_made_and_its_confirm_is_not_judged_again(
-    agent: Agent, center: ScriptedCenter
+    shop: tuple[Agent, ScriptedCenter],
 ) -> None:
+    agent, center = shop
     await _set_floor(agent, center, block=False)
     await agent.deduct("o-held", "eu", (TYPO,), hold_ms=60_000)
     await _set_floor(agent, center, block=True)
