@@ -264,6 +264,18 @@ def budget(
     "--discount-bps", type=click.IntRange(0, 10_000), default=0, help="Percentage offers: basis points (1500 = 15 %)."
 )
 @click.option("--max-per-order", type=LIMIT, default=0, help="Units per order line; 0: no limit.")
+@click.option(
+    "--floor-price", type=LIMIT, default=0, help="The least a buyer pays for a unit after its discount; 0: none."
+)
+@click.option(
+    "--floor-bps",
+    type=click.IntRange(0, 10_000),
+    default=0,
+    help="The same floor as a share of the unit price, basis points (5000 = half price); 0: none.",
+)
+@click.option(
+    "--block-below-floor", is_flag=True, help="Refuse order lines below the floor; without it they are counted."
+)
 @request_id_option
 @json_flag
 @click.pass_obj
@@ -284,6 +296,9 @@ def create(
     min_spend: int,
     discount_bps: int,
     max_per_order: int,
+    floor_price: int,
+    floor_bps: int,
+    block_below_floor: bool,
     request_id: str,
     as_json: bool,
 ) -> None:
@@ -306,6 +321,9 @@ def create(
         min_spend=min_spend,
         discount_bps=discount_bps,
         max_per_order=max_per_order,
+        floor_price=floor_price,
+        floor_bps=floor_bps,
+        block_below_floor=block_below_floor,
     )
     request = pb.CreatePromotionRequest(promotion=promotion_to_pb(promotion), request_id=request_id)
     created = promotion_from_pb(center.call(lambda admin: admin.CreatePromotion, request, idempotent=False))

@@ -137,11 +137,28 @@ def offer_label(promotion: Promotion) -> str:
     """What one unit is worth and needs, as the owner stated it (minor units)."""
     parts = [
         f"face value {promotion.face_value:,}" if promotion.face_value else "",
-        f"{promotion.discount_bps // 100}.{promotion.discount_bps % 100:02d} % off" if promotion.discount_bps else "",
+        f"{_percent(promotion.discount_bps)} off" if promotion.discount_bps else "",
         f"from an order of {promotion.min_spend:,}" if promotion.min_spend else "no threshold",
         f"at most {promotion.max_per_order:,} per order" if promotion.max_per_order else "",
+        floor_label(promotion),
     ]
     return ", ".join(part for part in parts if part)
+
+
+def floor_label(promotion: Promotion) -> str:
+    """The least a buyer pays for one unit, and what happens to a line below it; "" with no floor."""
+    floors = [
+        f"{promotion.floor_price:,}" if promotion.floor_price else "",
+        f"{_percent(promotion.floor_bps)} of its price" if promotion.floor_bps else "",
+    ]
+    if not any(floors):
+        return ""
+    below = "refused" if promotion.block_below_floor else "let through and counted"
+    return f"a unit sells for at least {' and '.join(floor for floor in floors if floor)} ({below} below)"
+
+
+def _percent(bps: int) -> str:
+    return f"{bps // 100}.{bps % 100:02d} %"
 
 
 def promotion_table(promotion: Promotion) -> Table:

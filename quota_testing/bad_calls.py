@@ -128,8 +128,12 @@ def deduct(order_key: str = "o-2", region: str = "eu", *lines: agent_pb.Line) ->
     return agent_pb.DeductRequest(order_key=order_key, region=region, lines=list(lines))
 
 
-def line(promotion_id: str = "promo", amount: int = 1, user_id: str = "user-1") -> agent_pb.Line:
-    return agent_pb.Line(promotion_id=promotion_id, amount=amount, user_id=user_id)
+def line(
+    promotion_id: str = "promo", amount: int = 1, user_id: str = "user-1", unit_price: int = 0, discount: int = 0
+) -> agent_pb.Line:
+    return agent_pb.Line(
+        promotion_id=promotion_id, amount=amount, user_id=user_id, unit_price=unit_price, discount=discount
+    )
 
 
 def refund(order_key: str = "o-1", refund_id: str = "", *lines: tuple[str, int]) -> agent_pb.RefundRequest:

@@ -7,6 +7,7 @@ Deduct checks the promotion (region, window, freeze, lease) and spends from the 
 one ledger call. When the allotment cannot cover an order and the center still has quota,
 the order waits for one refill, bounded by its deadline, instead of failing. A retried
 order returns its first answer even if the promotion has since been frozen or has ended.
+Lines below their promotion's price floor are refused or let through and counted (`floor`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from quota_common.policy import RefillSettings
 from region_agent.cache import CacheTier, PromotionCache
 from region_agent.catalog_sync import CatalogSync
 from region_agent.center_port import CenterPort
+from region_agent.floor import BelowFloor, BelowFloorCount, below_floor, refuse_if_blocked
 from region_agent.ledger.base import (
     Balance,
     DeductOutcome,
@@ -74,6 +76,8 @@ class PromotionStatus:
     balance: Balance
     lease_remaining_s: float
     frozen: bool
+    below_floor: int = 0
+    """Order lines this agent saw below the promotion's price floor in this ledger life."""
 
 
 class Agent:
@@ -86,8 +90,16 @@ class Agent:
         self._center = center
         self._clock = clock
         self.cache = PromotionCache()
+        self._below_floor = BelowFloorCount()
         self._supply = Supply(
-            settings.region, settings.refill, ledger, center, clock, self.cache, settings.assumed_lease_ttl_s
+            settings.region,
+            settings.refill,
+            ledger,
+            center,
+            clock,
+            self.cache,
+            settings.assumed_lease_ttl_s,
+            self._below_floor,
         )
         self.catalog = CatalogSync(self.cache, center, tier, self._supply.learn, clock)
         self._loops: list[asyncio.Task[None]] = []
@@ -188,14 +200,18 @@ class Agent:
         if region != self.settings.region:
             raise InvalidArgument(f"this agent serves region {self.settings.region!r}, not {region!r}")
         tracked = await self._supply.track([line.promotion_id for line in lines])
+        below = below_floor([item.promotion for item in tracked], lines)
         try:
             for item, line in zip(tracked, lines, strict=True):
                 self._check_spendable(item)
                 _check_order_limit(item.promotion, line)
-        except Rejected:
+            refuse_if_blocked(below)
+        except Rejected as refusal:
             previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0, placer=placer)
             if previous is not None:
                 return previous
+            if refusal.reason is RejectReason.BELOW_FLOOR:
+                self._saw_below_floor(order_key, below, "refused")
             raise
         now = self._clock.monotonic()
         wait = self.settings.max_wait_s if time_remaining_s is None else min(time_remaining_s, self.settings.max_wait_s)
@@ -217,9 +233,17 @@ class Agent:
             for item in tracked:
                 self._check_spendable(item)
             outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms, placer)
+        if below and not outcome.replayed:
+            self._saw_below_floor(order_key, below, "let through")
         for item, left in zip(tracked, outcome.available_after, strict=False):
             self._supply.refill_if_low(item, left)
         return outcome
+
+    def _saw_below_floor(self, order_key: str, below: list[BelowFloor], what: str) -> None:
+        """Counts the order's lines below the floor (a refusal each time, an order that went through once)."""
+        self._below_floor.add(self._supply.incarnation, below)
+        for item in below:
+            log.warning("order %r %s: %s", order_key, what, item.describe())
 
     async def settle(self, order_key: str, how: Settle, placer: str = "") -> SettleOutcome:
         """Confirms or cancels `placer`'s reservation; a freeze since it was made does not stop either."""
@@ -234,7 +258,9 @@ class Agent:
         for promotion_id, balance in sorted((await self._ledger.balances()).items()):
             item = self._supply.get(promotion_id)
             remaining = max(0.0, item.lease_until - now) if item else 0.0
-            statuses.append(PromotionStatus(promotion_id, balance, remaining, bool(item and item.promotion.frozen)))
+            frozen = bool(item and item.promotion.frozen)
+            below_floor_lines = self._below_floor.of(self.incarnation, promotion_id)
+            statuses.append(PromotionStatus(promotion_id, balance, remaining, frozen, below_floor_lines))
         return statuses
 
     def _check_spendable(self, item: Tracked) -> None:

@@ -81,9 +81,10 @@ class Page:
     """Further changes wait past `changes.revision`: ask again from there."""
 
 
-def report(balance: Balance, demand_per_minute: int = 0) -> Report:
-    """The counters the agent reports for one promotion: its ledger's, since this incarnation began."""
-    return Report(balance.granted, balance.returned, balance.deducted, balance.refunded, demand_per_minute)
+def report(balance: Balance, demand_per_minute: int = 0, below_floor: int = 0) -> Report:
+    """The counters the agent reports for one promotion: its ledger's, since this incarnation began, and its
+    own count of order lines below the price floor."""
+    return Report(balance.granted, balance.returned, balance.deducted, balance.refunded, demand_per_minute, below_floor)
 
 
 class CenterPort(Protocol):

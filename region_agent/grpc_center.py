@@ -69,6 +69,7 @@ def _counters(promotion_id: str, report: Report) -> pb.Counters:
         deducted=report.deducted,
         refunded=report.refunded,
         demand_per_minute=report.demand_per_minute,
+        below_floor=report.below_floor,
     )
 
 

@@ -142,6 +142,11 @@ class _AgentState(Collector):
             "quota_agent_lease_remaining_seconds", "Until the lease runs out unless renewed.", labels=labels
         )
         frozen = GaugeMetricFamily("quota_agent_promotion_frozen", "1 while the promotion is frozen.", labels=labels)
+        below_floor = CounterMetricFamily(
+            "quota_agent_below_floor_lines",
+            "Order lines below the promotion's price floor, refused or let through, this ledger life.",
+            labels=labels,
+        )
         for status in self._statuses:
             key, balance = [region, status.promotion_id], status.balance
             available.add_metric(key, balance.available)
@@ -152,7 +157,8 @@ class _AgentState(Collector):
             refunded.add_metric(key, balance.refunded)
             lease.add_metric(key, status.lease_remaining_s)
             frozen.add_metric(key, int(status.frozen))
-        yield from (available, held, granted, returned, deducted, refunded, lease, frozen)
+            below_floor.add_metric(key, status.below_floor)
+        yield from (available, held, granted, returned, deducted, refunded, lease, frozen, below_floor)
         yield from _cache_metrics(agent)
 
 

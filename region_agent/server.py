@@ -15,7 +15,15 @@ import grpc
 from quota_common.authz import caller
 from quota_common.errors import InvalidArgument
 from quota_common.rpc import Context, abort_with, add_decoding, translate_errors
-from quota_common.validation import MAX_LINES, require_amount, require_id, require_total, require_unique
+from quota_common.validation import (
+    MAX_LINES,
+    quoted,
+    require_amount,
+    require_id,
+    require_optional_amount,
+    require_total,
+    require_unique,
+)
 from region_agent.agent import Agent
 from region_agent.ledger.base import Line, Settle
 from region_agent.metrics import AgentMetrics
@@ -51,12 +59,31 @@ def _order_lines(request_lines: Sequence[pb.Line]) -> tuple[Line, ...]:
             require_id("lines.promotion_id", line.promotion_id),
             require_amount("lines.amount", line.amount),
             require_id("lines.user_id", line.user_id),
+            *_prices(line),
         )
         for line in request_lines
     )
     require_unique("lines.promotion_id", (line.promotion_id for line in lines))
     require_total("lines.amount", (line.amount for line in lines))
     return lines
+
+
+def _prices(line: pb.Line) -> tuple[int, int]:
+    """(unit_price, discount), checked: 0/0 is a line that states no price (callers from before prices)."""
+    unit_price = require_optional_amount("lines.unit_price", line.unit_price)
+    if line.discount < 0:
+        raise InvalidArgument(f"lines.discount must be 0 or positive, got {line.discount}")
+    if line.discount and not unit_price:
+        raise InvalidArgument(
+            f"line of promotion {quoted(line.promotion_id)} states a discount of {line.discount} but no unit_price: "
+            "state the unit price the discount comes off, or neither"
+        )
+    if line.discount > unit_price:
+        raise InvalidArgument(
+            f"line of promotion {quoted(line.promotion_id)} takes a discount of {line.discount} off a unit_price "
+            f"of {unit_price}: a discount is at most the unit price"
+        )
+    return unit_price, line.discount
 
 
 def _refund_lines(request: pb.RefundRequest) -> tuple[Line, ...]:
@@ -77,7 +104,16 @@ def _placer() -> str:
 
 def lines_pb(lines: tuple[Line, ...]) -> list[pb.Line]:
     """Lines as the API carries them (answers here; requests in the chaos workload)."""
-    return [pb.Line(promotion_id=line.promotion_id, amount=line.amount, user_id=line.user_id) for line in lines]
+    return [
+        pb.Line(
+            promotion_id=line.promotion_id,
+            amount=line.amount,
+            user_id=line.user_id,
+            unit_price=line.unit_price,
+            discount=line.discount,
+        )
+        for line in lines
+    ]
 
 
 class _Answer(Protocol):
@@ -191,6 +227,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
                     held=s.balance.held,
                     lease_remaining_ms=round(s.lease_remaining_s * 1000),
                     frozen=s.frozen,
+                    below_floor=s.below_floor,
                 )
                 for s in statuses
             ],

@@ -40,12 +40,13 @@ from quota_common.errors import (
     Superseded,
     Unavailable,
 )
-from quota_common.model import Promotion
+from quota_common.model import Promotion, Report
 from quota_common.policy import RefillSettings
 from quota_common.validation import MAX_OPENINGS, MAX_RENEWAL
 from region_agent.cache import PromotionCache
 from region_agent.center_port import CenterPort, RenewalDirective, report
 from region_agent.demand import RateMeter
+from region_agent.floor import BelowFloorCount
 from region_agent.ledger.base import Balance, Ledger
 from region_agent.reachability import Reachability
 
@@ -90,8 +91,10 @@ class Supply:
         clock: Clock,
         cache: PromotionCache,
         lease_ttl_s: float,
+        below_floor: BelowFloorCount,
     ) -> None:
-        """`lease_ttl_s`: the lease TTL to assume until the center states its own."""
+        """`lease_ttl_s`: the lease TTL to assume until the center states its own; `below_floor`: the
+        agent's count of order lines below price floors, reported with the ledger's counters."""
         self._region = region
         self._refill_settings = refill
         self._ledger = ledger
@@ -99,6 +102,7 @@ class Supply:
         self._clock = clock
         self.cache = cache
         self._lease_ttl_s = lease_ttl_s
+        self._below_floor = below_floor
         self._tracked: dict[str, Tracked] = {}
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self._opening_requests: dict[str, str] = {}
@@ -338,7 +342,8 @@ class Supply:
             return
         balance = await self._ledger.balance(promotion_id)
         try:
-            await self._ask(self._center.return_quota(await self._life(), promotion_id, report(balance)))
+            life = await self._life()
+            await self._ask(self._center.return_quota(life, promotion_id, self._report(life, promotion_id, balance)))
         except Superseded:
             return  # said once, by `_ask`
         except QuotaError as error:
@@ -396,12 +401,12 @@ class Supply:
         """One Renew call. Its leases run from when it was sent: the center renewed them on receiving it,
         so that is the latest start that is still safe (the renewal's start would cut them short)."""
         now = self._clock.monotonic()
+        life = self.incarnation
         reports = {}
         for promotion_id in promotion_ids:
             item = self._tracked.get(promotion_id)
             demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
-            reports[promotion_id] = report(balances.get(promotion_id, Balance()), demand)
-        life = self.incarnation
+            reports[promotion_id] = self._report(life, promotion_id, balances.get(promotion_id, Balance()), demand)
         try:
             answer = await self._ask(self._center.renew(life, reports))
         except Unavailable as error:
@@ -422,6 +427,9 @@ class Supply:
                 raise
             except QuotaError as error:
                 log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
+
+    def _report(self, life: str, promotion_id: str, balance: Balance, demand_per_minute: int = 0) -> Report:
+        return report(balance, demand_per_minute, self._below_floor.of(life, promotion_id))
 
     def _refused(self, directive: RenewalDirective) -> bool:
         """Whether the center refused this promotion's report: then its lease was not renewed and

@@ -6,7 +6,9 @@ several agent processes share one ledger. Across all of them:
 
 - available = granted - returned - deducted + refunded - held, and it never goes below zero;
 - `deduct` takes every line of an order or none; an order key is deducted at most once,
-  and a retry with the same lines returns the first answer with `replayed=True`;
+  and a retry with the same lines returns the first answer with `replayed=True`. A line is all of
+  its fields, prices included: a retry that states other prices is a different order under a used
+  key (FailedPrecondition), as one for other amounts is, so an order has one price to judge it by;
 - a reservation (`deduct` with `hold_ms`) holds its lines until it is confirmed (they
   become deducted), cancelled, or expires at its deadline (they become available again);
   each of those happens at most once per order key, whichever comes first;
@@ -42,6 +44,10 @@ class Line:
     promotion_id: str
     amount: int
     user_id: str = ""
+    unit_price: int = 0
+    """What one unit of the goods costs before the promotion, minor units; 0: not stated."""
+    discount: int = 0
+    """What the promotion takes off one unit, minor units, at most `unit_price`; 0 with no unit price."""
 
 
 @dataclass(frozen=True)

@@ -374,8 +374,15 @@ def _json_pair(first: str, second: str) -> str:
 
 
 def _encode(lines: tuple[Line, ...]) -> str:
-    return f"[{','.join(f'[{_quote(line.promotion_id)},{line.amount},{_quote(line.user_id)}]' for line in lines)}]"
+    return f"[{','.join(_encode_line(line) for line in lines)}]"
+
+
+def _encode_line(line: Line) -> str:
+    # A line without prices is stored as before prices existed, so an old caller's retry of an order
+    # recorded then still matches it byte for byte.
+    prices = f",{line.unit_price},{line.discount}" if line.unit_price or line.discount else ""
+    return f"[{_quote(line.promotion_id)},{line.amount},{_quote(line.user_id)}{prices}]"
 
 
 def _decode(stored: bytes | str) -> tuple[Line, ...]:
-    return tuple(Line(promotion, amount, user) for promotion, amount, user in json.loads(stored))
+    return tuple(Line(*fields) for fields in json.loads(stored))

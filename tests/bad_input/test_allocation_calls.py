@@ -161,6 +161,11 @@ async def test_renew_of_more_promotions_than_one_call_takes_is_rejected(
     [
         pytest.param(counters(deducted=-1), ["counters.deducted", "-1"], id="negative-deducted"),
         pytest.param(counters(promotion_id=""), ["counters.promotion_id", "is required"], id="promotion-id-empty"),
+        pytest.param(
+            center_pb.Counters(promotion_id="promo", granted=100, below_floor=-1),
+            ["counters.below_floor", "-1"],
+            id="negative-below-floor",
+        ),
     ],
 )
 async def test_renew_rejects_malformed_counters(

@@ -64,6 +64,23 @@ BAD_ORDERS = [
     pytest.param(
         deduct("o-2", "eu", line(amount=1), line("other", 0)), ["lines.amount", "0"], id="second-line-amount-zero"
     ),
+    pytest.param(deduct("o-2", "eu", line(unit_price=-1)), ["lines.unit_price", "-1"], id="unit-price-negative"),
+    pytest.param(
+        deduct("o-2", "eu", line(unit_price=TOO_BIG)), ["lines.unit_price", str(TOO_BIG)], id="unit-price-2**53"
+    ),
+    pytest.param(
+        deduct("o-2", "eu", line(unit_price=100, discount=-1)), ["lines.discount", "-1"], id="discount-negative"
+    ),
+    pytest.param(
+        deduct("o-2", "eu", line(discount=9_990)),
+        ["'promo'", "discount of 9990", "no unit_price", "or neither"],
+        id="discount-without-unit-price",
+    ),
+    pytest.param(
+        deduct("o-2", "eu", line(unit_price=MAX_AMOUNT, discount=TOO_BIG)),
+        ["'promo'", f"discount of {TOO_BIG}", f"unit_price of {MAX_AMOUNT}", "at most the unit price"],
+        id="discount-above-unit-price",
+    ),
 ]
 
 
@@ -93,6 +110,10 @@ async def test_deduct_of_an_unknown_promotion_is_not_found(spent: World, request
         pytest.param(order("o-1", "eu", ("promo", 3), ("other", 2)), id="other-amount"),
         pytest.param(order("o-1", "eu", ("promo", 2)), id="fewer-lines"),
         pytest.param(order("o-1", "eu", ("promo", 2), ("other", 2), user_id="user-2"), id="other-user"),
+        pytest.param(
+            deduct("o-1", "eu", line(amount=2, unit_price=99_900, discount=9_990), line("other", 2)),
+            id="prices-stated-in-the-retry",
+        ),
     ],
 )
 async def test_deduct_reusing_an_order_key_with_other_lines_fails(

@@ -49,6 +49,10 @@ BAD_RESERVATIONS = [
     pytest.param(reserve("r-1"), ["at least one line"], id="no-lines"),
     pytest.param(reserve("r-1", line(amount=0)), ["lines.amount", "0"], id="amount-zero"),
     pytest.param(reserve("r-1", line(), line()), ["'promo'", "twice"], id="promotion-twice"),
+    pytest.param(reserve("r-1", line(discount=5)), ["discount of 5", "no unit_price"], id="discount-without-price"),
+    pytest.param(
+        reserve("r-1", line(unit_price=5, discount=6)), ["discount of 6", "at most the unit price"], id="discount-above"
+    ),
     pytest.param(reserve("r-1", line(), ttl_ms=-1), ["ttl_ms", "-1", "24 h"], id="ttl-negative"),
     pytest.param(reserve("r-1", line(), ttl_ms=999), ["ttl_ms", "999", "1 s"], id="ttl-below-a-second"),
     pytest.param(reserve("r-1", line(), ttl_ms=86_400_001), ["ttl_ms", "86400001"], id="ttl-above-a-day"),

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from quota_common.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound
 from quota_common.validation import MAX_AMOUNT
 from quota_testing.servers import RunningServer
-from region_agent.ledger.base import Balance, Ledger, Line, UserLimit
+from region_agent.ledger.base import Balance, Ledger, Line, Settle, UserLimit
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
 from tests.contract.conftest import funded, remembering_for
@@ -60,6 +60,22 @@ async def test_an_order_key_reused_for_other_lines_is_refused(ledger: Ledger) ->
     with pytest.raises(FailedPrecondition, match="different lines"):
         await ledger.deduct("o1", (B,))
     assert (await ledger.balance("b")).deducted == 0
+
+
+async def test_a_lines_prices_are_part_of_the_order(ledger: Ledger) -> None:
+    await funded(ledger)
+    priced = Line("a", 1, "u1", unit_price=99_900, discount=9_990)
+    await ledger.deduct("o1", (priced,))
+    await ledger.deduct("r1", (priced,), hold_ms=60_000)
+
+    assert (await ledger.deduct("o1", (priced,))).replayed
+    for other in (Line("a", 1, "u1", 99_900, 89_910), Line("a", 1, "u1")):
+        with pytest.raises(FailedPrecondition, match="different lines"):
+            await ledger.deduct("o1", (other,))
+        with pytest.raises(FailedPrecondition, match="different lines"):
+            await ledger.find_order("o1", (other,))
+    assert (await ledger.settle("r1", Settle.CONFIRM)).lines == (priced,)
+    assert (await ledger.balance("a")).deducted == 2
 
 
 async def test_concurrent_orders_never_overspend(ledger: Ledger) -> None:

@@ -413,3 +413,14 @@ def test_end_stops_sales_honours_refunds_and_regions_give_back(stack: Stack) -> 
     )
     assert settled["granted"] - settled["returned"] == 3
     assert succeeds(center, "usage", "ending")["unallocated"] == 497
+
+
+def test_create_sets_a_price_floor_and_show_prints_it(stack: Stack) -> None:
+    center = stack.center.address
+    floor = ("--floor-price", "1000", "--floor-bps", "5000", "--block-below-floor")
+    created = succeeds(center, "create", "floored", "--budget", "50", "--regions", "eu", *floor)
+    assert (created["floor_price"], created["floor_bps"], created["block_below_floor"]) == (1_000, 5_000, True)
+    shown = run_budget(center, "show", "floored")
+    assert "a unit sells for at least 1,000 and 50.00 % of its price (refused below)" in shown.stdout
+    refused_bps = run_budget(center, "create", "over", "--budget", "5", "--regions", "eu", "--floor-bps", "10001")
+    assert refused_bps.returncode == 2

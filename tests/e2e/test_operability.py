@@ -180,6 +180,7 @@ def test_the_agents_metrics_count_answers_by_result_and_show_its_ledger_and_cach
     )
     assert samples[("quota_agent_available_units", ledger)] == granted - returned - 40 + 1
     assert samples[("quota_agent_lease_remaining_seconds", ledger)] > 0
+    assert samples[("quota_agent_below_floor_lines_total", ledger)] == 0  # its lines state no prices
     assert samples[("quota_agent_cached_promotions", (region,))] >= 1
     assert samples[("quota_agent_catalog_staleness_seconds", (region,))] < 10
     acquires = samples[("quota_agent_center_call_duration_seconds_count", (("method", "Acquire"), region))]

@@ -53,6 +53,8 @@ class ScriptedCenter:
         self.answers_held: asyncio.Event | None = None
         """While set up and not yet set, acquires are granted but their answers wait (a slow link)."""
         self.answers_waiting = 0
+        self.reports: dict[str, Report] = {}
+        """Per promotion, the counters of the last renewal that reported it."""
 
     def create(self, promotion_id: str, max_per_order: int = 0) -> None:
         now = self._clock.wall_ms()
@@ -111,6 +113,7 @@ class ScriptedCenter:
         self.calls += 1
         self.renewals += 1
         self.renewals_sent.append((self._clock.monotonic(), list(reports)))
+        self.reports.update(reports)
         self._clock.advance(self.renewal_seconds)
         if self.renewals_failing:
             self.renewals_failing -= 1

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 from rich.console import Console
 
 from quota_center.v1 import quota_center_pb2 as pb
-from quota_cli.budget_view import bar, usage_from_pb, usage_json, usage_table
+from quota_cli.budget_view import bar, offer_label, usage_from_pb, usage_json, usage_table
+from quota_common.model import Kind, Promotion
 from quota_testing.support import promotion
 
 SPENDING = pb.Usage(
@@ -75,3 +77,15 @@ def test_the_table_renders_each_region_and_the_totals_without_a_terminal() -> No
     assert [cell.strip() for cell in rows["total"].split("│")[2:7]] == ["130", "70", "10", "45", "5"]
     assert "usage of [sale]" in rendered
     assert "budget 1,000 · unallocated 880 · spent 70 · not frozen" in rendered
+
+
+def test_the_offer_says_the_price_floor_and_what_happens_below_it() -> None:
+    offer = Promotion("flash", Kind.COUNT, "", 10, 0, 1, ("eu",), max_per_order=1)
+
+    assert offer_label(offer) == "no threshold, at most 1 per order"
+    assert offer_label(replace(offer, floor_bps=5_000, block_below_floor=True)) == (
+        "no threshold, at most 1 per order, a unit sells for at least 50.00 % of its price (refused below)"
+    )
+    assert offer_label(replace(offer, floor_price=49_950, floor_bps=1_250)).endswith(
+        "a unit sells for at least 49,950 and 12.50 % of its price (let through and counted below)"
+    )

@@ -341,6 +341,21 @@ def test_a_report_with_a_negative_counter_is_refused() -> None:
     assert snapshot(state) == before
 
 
+def test_the_below_floor_count_is_carried_not_booked() -> None:
+    """The agent's count of lines below the price floor is evidence for an alert, not money: any count
+    passes the report checks, and a count alone is no news to write to the store."""
+    state = new_state(100)
+    grant_to(state, "eu", "eu-1", 30, "g1")
+    ledger.apply_report(state, "eu", Report(granted=30, returned=0, deducted=3, refunded=0))
+    before = snapshot(state)
+
+    counted = Report(granted=30, returned=0, deducted=3, refunded=0, below_floor=7)
+    ledger.check_report(state, "eu", counted)
+    assert not ledger.report_is_news(state, "eu", "eu-1", counted)
+    assert not ledger.apply_report(state, "eu", counted)
+    assert snapshot(state) == before
+
+
 def test_counters_above_2_to_the_53_are_exact_and_a_grant_stops_only_at_2_to_the_63() -> None:
     state = new_state(MAX_AMOUNT)
     grant_to(state, "eu", "eu-1", MAX_AMOUNT, "g1")

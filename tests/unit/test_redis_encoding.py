@@ -10,16 +10,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from region_agent.ledger.base import Line
-from region_agent.ledger.redis import _encode, _json_pair
+from region_agent.ledger.redis import _decode, _encode, _json_pair
 
 ids = st.text(min_size=1, max_size=20)
-lines = st.tuples(ids, st.integers(min_value=1, max_value=2**53 - 1), ids).map(lambda parts: Line(*parts))
+amounts = st.integers(min_value=1, max_value=2**53 - 1)
+unpriced = st.tuples(ids, amounts, ids).map(lambda parts: Line(*parts))
+priced = st.tuples(ids, amounts, ids, amounts).flatmap(
+    lambda parts: st.integers(min_value=0, max_value=parts[3]).map(lambda discount: Line(*parts, discount))
+)
+lines = unpriced | priced
+
+
+def _fields(line: Line) -> list[object]:
+    """A line as its record holds it: without prices when it states none, as records did before prices."""
+    fields: list[object] = [line.promotion_id, line.amount, line.user_id]
+    return [*fields, line.unit_price, line.discount] if line.unit_price else fields
 
 
 @given(st.lists(lines, min_size=1, max_size=5).map(tuple))
-def test_order_records_are_what_json_dumps_writes(order: tuple[Line, ...]) -> None:
-    expected = json.dumps([[line.promotion_id, line.amount, line.user_id] for line in order], separators=(",", ":"))
+def test_order_records_are_what_json_dumps_writes_and_read_back_whole(order: tuple[Line, ...]) -> None:
+    expected = json.dumps([_fields(line) for line in order], separators=(",", ":"))
     assert _encode(order) == expected
+    assert _decode(expected) == order
 
 
 @given(ids, ids)
