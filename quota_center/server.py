@@ -47,6 +47,7 @@ def _report_from_pb(counters: pb.Counters) -> Report:
         deducted=require_counter("counters.deducted", counters.deducted),
         refunded=require_counter("counters.refunded", counters.refunded),
         demand_per_minute=clamp_demand("counters.demand_per_minute", counters.demand_per_minute),
+        below_floor=counters.below_floor,
     )
 
 

@@ -70,6 +70,8 @@ class Report:
     deducted: int
     refunded: int
     demand_per_minute: int = 0
+    below_floor: int = 0
+    """Order lines below the promotion's price floor this ledger life (the agent's count, not the ledger's)."""
 
 
 def promotion_document(promotion: Promotion) -> dict[str, Any]:
