@@ -58,7 +58,7 @@ TERMS: dict[str, Type] = {
 FIELDS: dict[str, Type] = {**TERMS, "owner_limit": "int", "is_create": "bool", "is_change": "bool"}
 """Every bare name: the terms, the owner's budget limit (0 none configured), and whether it is a create."""
 _KEYS = ("name", "when", "outcome", "message")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class Outcome(enum.IntEnum):
@@ -255,7 +255,7 @@ class _Loader:
                 problem(None, f"missing {key!r}")
             elif not isinstance(table[key], str) or not table[key].strip():
                 problem(key, f"{key!r} must be a non-empty string")
-        if isinstance(name, str) and name and not _NAME.fullmatch(name):
+        if isinstance(name, str) and name and not NAME.fullmatch(name):
             problem("name", "a name is up to 64 letters, digits, '-', '_' or '.', starting with a letter or digit")
         elif isinstance(name, str) and name in self.names:
             problem("name", "an earlier rule has this name")

@@ -37,9 +37,14 @@ class By:
     """From the caller's certificate; None without TLS (plaintext on loopback)."""
     request_id: str = ""
     """The caller's id for this change; the trail makes one when it is empty."""
+    job: str = ""
+    """A job of the center acting on its own (the alert engine freezing a promotion), named as the actor in
+    place of a person; it has no identity, so no owner check applies to it."""
 
     @property
     def actor(self) -> str:
+        if self.job:
+            return self.job
         return PLAINTEXT_ACTOR if self.identity is None else self.identity.uri
 
 
