@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from quota_center.alert_book import DOCUMENT, Alert, Book, Cause
 from quota_center.alerting import FREEZE, AlertRuleSet, Firing, Snapshot, Watch
 from quota_center.store.base import Store
-from quota_center.trail import AuditTrail, By
+from quota_center.trail import AuditTrail, By, landed
 from quota_center.webhooks import Backoff, Webhooks
 from quota_common.clock import Clock, iso
 from quota_common.errors import QuotaError
@@ -204,14 +204,7 @@ class AlertEngine:
         return self._store.save_document(DOCUMENT, book.to_document(), record)
 
     async def _write(self, book: Book, write: Awaitable[None]) -> None:
-        try:
-            # Shielded, and read again after a failure: a write whose caller gave up, or whose answer was
-            # lost, may have landed, and the next one must not write over what the store holds.
-            await asyncio.shield(write)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._book = Book.from_document(await self._store.load_document(DOCUMENT))
-            raise
+        await landed(write, self.load)
         self._book = book
 
 

@@ -13,10 +13,11 @@ change. The center calls `seal` and `written` under its configuration lock, one 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,18 @@ class By:
         if self.job:
             return self.job
         return PLAINTEXT_ACTOR if self.identity is None else self.identity.uri
+
+
+async def landed(write: Awaitable[None], reload: Callable[[], Awaitable[None]]) -> None:
+    """Awaits a store write of a document the caller keeps in memory, shielded, and calls `reload` after a
+    failure: a write whose caller gave up, or whose answer was lost, may have landed, and the next one must
+    not write over what the store holds."""
+    try:
+        await asyncio.shield(write)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await reload()
+        raise
 
 
 class AuditTrail:

@@ -122,12 +122,14 @@ async def test_a_free_coupon_is_frozen_by_its_alert_and_every_alert_reaches_a_re
                 return False
 
             await eventually(refused)
-            raised.append(await center.raise_alert("reconcile", "free-100", "eu", "eu holds 3 more than booked"))
+            reconcile = await center.raise_alert("reconcile", "free-100", "eu", "eu holds 3 more than booked")
+            assert reconcile is not None
+            raised.append(reconcile)
             await asyncio.sleep(0.5)  # posts meet a refused connection, and are retried
             receiver.start()
 
             async def all_delivered() -> bool:
-                return {alert.id for alert in raised if alert} <= set(receiver.delivered())
+                return {alert.id for alert in raised} <= set(receiver.delivered())
 
             await eventually(all_delivered)
         assert all(key == body["id"] for key, body, _ in receiver.received), "the id is the deduplication key"
