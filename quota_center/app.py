@@ -12,6 +12,7 @@ from pathlib import Path
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from quota_center import server as center_server
+from quota_center.alerting import AlertRulesFile, shipped_alert_rules
 from quota_center.center import Center, CenterSettings
 from quota_center.gate import shipped_rules
 from quota_center.guard_file import RulesFile
@@ -68,6 +69,8 @@ class CenterConfig:
     """How it reaches a secured etcd: TLS files, a user."""
     guard_rules: Path | None = None
     """The guard rules file (read again when it changes); None: the rules the center ships."""
+    alert_rules: Path | None = None
+    """The alert rules file (read again when it changes); None: the rules the center ships."""
 
 
 async def open_store(
@@ -176,9 +179,10 @@ async def run_center(config: CenterConfig) -> None:
     clock = SystemClock()
     # Before the store: a rules file that does not check out stops the center before it touches anything.
     rules = shipped_rules if config.guard_rules is None else RulesFile(config.guard_rules)
+    alert_rules = shipped_alert_rules if config.alert_rules is None else AlertRulesFile(config.alert_rules)
     store, leadership = await open_store(config.store, clock, config.election_ttl_s, config.store_access, security.tls)
     host = config.listen.rpartition(":")[0]
-    center = Center(store, clock, config.settings, leadership, rules)
+    center = Center(store, clock, config.settings, leadership, rules, alert_rules)
     server = guarded_server(transport)
     center_server.add_to_server(center, server)
     health_status = health_servicer()
@@ -192,10 +196,12 @@ async def run_center(config: CenterConfig) -> None:
 
     async def elected() -> None:
         await center.start()
+        center.alerts.run()
         await report_leading(True)
 
     async def deposed() -> None:
         center.stop_serving()
+        await center.alerts.stop()
         await report_leading(False)
 
     async def start(port: int) -> None:
@@ -203,6 +209,7 @@ async def run_center(config: CenterConfig) -> None:
         await leadership.start(lambda: config.advertise or f"{_reachable_host(host)}:{port}", elected, deposed)
 
     async def stop() -> None:
+        await center.alerts.stop()
         await leadership.close()
         await store.close()
 

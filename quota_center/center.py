@@ -18,6 +18,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from quota_center import allocation, ledger, lifecycle
+from quota_center.alert_book import Alert, Cause
+from quota_center.alert_engine import AlertEngine, AlertSettings
+from quota_center.alerting import AlertRuleSet, shipped_alert_rules
 from quota_center.approvals import PendingChange
 from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord
 from quota_center.catalog import RevisionIndex
@@ -67,6 +70,8 @@ class CenterSettings:
     """Seconds of demand the policy sizes grants and reclaims for."""
     pending_ttl_s: float = DEFAULT_PENDING_TTL_S
     """How long a change held by a guard rule waits for approval before it expires."""
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    """How often alert rules are evaluated, and where alerts are posted."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class RegionView:
     """Seconds since the region last renewed its lease (or since this leader took over)."""
     demand_per_minute: int = 0
     """The burn rate the region last reported."""
+    below_floor: int = 0
+    """Order lines below the price floor the region last reported (its ledger life's count)."""
 
 
 @dataclass(frozen=True)
@@ -143,8 +150,10 @@ class Center:
         settings: CenterSettings | None = None,
         leadership: Leadership | None = None,
         rules: Callable[[], RuleSet] = shipped_rules,
+        alert_rules: Callable[[], AlertRuleSet] = shipped_alert_rules,
     ) -> None:
-        """`rules`: the guard rules in force, asked for at every change (a file reloaded when it changes)."""
+        """`rules`: the guard rules in force, asked for at every change (a file reloaded when it changes);
+        `alert_rules` the same, asked for at every evaluation."""
         self._store = store
         self._clock = clock
         self.settings = settings or CenterSettings()
@@ -154,6 +163,7 @@ class Center:
         self._locks = NamedLocks()
         self._lease_expiry: dict[tuple[str, str], float] = {}
         self._demand: dict[str, dict[str, int]] = {}
+        self._below_floor: dict[tuple[str, str], int] = {}
         self._configuring = asyncio.Lock()
         """Held by every configuration change, so changes commit in catalog revision order."""
         self._revisions = RevisionIndex()
@@ -163,6 +173,16 @@ class Center:
         self._trail = AuditTrail(store, clock)
         self._issuer = IncarnationIssuer(store, clock)
         self._gate = Gate(store, clock, self._trail, rules, self.settings.pending_ttl_s)
+        self.alerts = AlertEngine(
+            store,
+            clock,
+            self._trail,
+            alert_rules,
+            self._configuring,
+            lambda: [self.usage(promotion.id) for promotion in self.promotions()],
+            self._frozen_by_alert,
+            self.settings.alerts,
+        )
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
@@ -173,6 +193,7 @@ class Center:
         await self._trail.load()
         await self._issuer.load()
         await self._gate.load()
+        await self.alerts.load()
         self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()
         for state in sorted(states, key=lambda s: s.promotion.revision):
             self._states[state.promotion.id] = state
@@ -188,6 +209,7 @@ class Center:
         self._states.clear()
         self._lease_expiry.clear()
         self._demand.clear()
+        self._below_floor.clear()
         self._revisions.clear()
         self._publish()  # watchers wake up, find no leader, and end their streams
 
@@ -271,10 +293,11 @@ class Center:
         return await self._configure(promotion_id, "EndPromotion", change, by or By())
 
     async def set_frozen(self, promotion_id: str, frozen: bool, by: By | None = None) -> Promotion:
-        def change(state: PromotionState, revision: int) -> bool:
-            return ledger.set_frozen(state, frozen, revision)
+        return await self._configure(promotion_id, "SetFrozen", _frozen_change(frozen), by or By())
 
-        return await self._configure(promotion_id, "SetFrozen", change, by or By())
+    async def _frozen_by_alert(self, promotion_id: str, by: By) -> Promotion:
+        """The alert engine's freeze, under the configuration lock it holds."""
+        return await self._configured(promotion_id, "SetFrozen", _frozen_change(True), by)
 
     async def set_emergency_freeze(self, region: str, frozen: bool, by: By | None = None) -> EmergencyFreeze:
         """Freezes (or unfreezes) every promotion in `region`, or everywhere when it is empty."""
@@ -388,6 +411,23 @@ class Center:
             change = self._gate.decidable(pending_id, by)
             return await self._gate.decide(change, by, False, reason)
 
+    # Alerts
+
+    def list_alerts(self, include_acknowledged: bool, promotion_id: str) -> list[Alert]:
+        """Newest first."""
+        self._require_leader()
+        return self.alerts.listing(include_acknowledged, promotion_id)
+
+    async def acknowledge_alert(self, alert_id: str, cause: Cause, note: str, by: By) -> Alert:
+        self._require_leader()
+        async with self._configuring:
+            return await self.alerts.acknowledge(alert_id, cause, note, by)
+
+    async def raise_alert(self, rule: str, promotion_id: str, region: str, message: str) -> Alert | None:
+        """For the center's other jobs (reconciliation): one open alert per rule, promotion and region."""
+        self._require_leader()
+        return await self.alerts.raise_alert(rule, promotion_id, region, message)
+
     def pending(self) -> list[tuple[PendingChange, str]]:
         """Every change held, decided or expired (the newest decided ones kept), with its state now."""
         self._require_leader()
@@ -453,7 +493,8 @@ class Center:
             expiry = self._lease_expiry.get((promotion_id, region))
             lease_active = None if expiry is None else expiry > now
             age = None if expiry is None else max(0.0, now - (expiry - self.settings.lease_ttl_s))
-            regions.append(RegionView(region, account, lease_active, age, demands.get(region, 0)))
+            floor = self._below_floor.get((promotion_id, region), 0)
+            regions.append(RegionView(region, account, lease_active, age, demands.get(region, 0), floor))
         return UsageView(state.promotion, state.unallocated, regions)
 
     # Agents
@@ -583,6 +624,7 @@ class Center:
             ledger.check_report(state, region, report)
         self._renew_lease(promotion_id, region)
         demands = self._demand[promotion_id] = self._demands(promotion_id, region, report.demand_per_minute)
+        self._below_floor[(promotion_id, region)] = report.below_floor
         now_ms = self._clock.wall_ms()
         return Directive(
             promotion=state.promotion,
@@ -697,6 +739,13 @@ class Center:
             fresh = await self._store.load(promotion_id)
             if fresh is not None:
                 self._states[promotion_id] = fresh
+
+
+def _frozen_change(frozen: bool) -> Callable[[PromotionState, int], bool]:
+    def change(state: PromotionState, revision: int) -> bool:
+        return ledger.set_frozen(state, frozen, revision)
+
+    return change
 
 
 def _budget_change(budget: int, expected_revision: int) -> Callable[[PromotionState, int], None]:

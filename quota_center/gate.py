@@ -15,8 +15,6 @@ Callers hold the center's configuration lock, so the book and the trail move one
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import contextvars
 import functools
 import importlib.resources
@@ -27,7 +25,7 @@ from typing import Any
 from quota_center.approvals import APPROVED, DOCUMENT, REJECTED, Pending, PendingChange
 from quota_center.guard import Outcome, Proposal, RuleSet, Terms, evaluate, load_rules
 from quota_center.store.base import Store
-from quota_center.trail import AuditTrail, By
+from quota_center.trail import AuditTrail, By, landed
 from quota_common.clock import Clock
 from quota_common.errors import AlreadyExists, FailedPrecondition, Held
 from quota_common.model import Promotion
@@ -136,14 +134,7 @@ class Gate:
             _shown(change),
         )
         write = self._trail.written(self._store.save_document(DOCUMENT, book.to_document(), record), record)
-        try:
-            # Shielded, and read again after a failure: a write whose caller gave up, or whose answer was
-            # lost, may have landed, and the next one must not write over what the store holds.
-            await asyncio.shield(write)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.load()
-            raise
+        await landed(write, self.load)
         self._book = book
 
 

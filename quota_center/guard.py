@@ -69,7 +69,7 @@ _KEYS = ("name", "when", "outcome", "message")
 OWNER_LIMITS = "owner_limits"
 OWNER_DEFAULT = "default"
 MAX_LIMIT = 2**53 - 1
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class Outcome(enum.IntEnum):
@@ -185,7 +185,7 @@ def evaluate(rules: RuleSet, proposal: Proposal) -> Verdict:
     return Verdict(outcome, tuple(fired), tuple(undecided))
 
 
-def _terms(terms: Terms) -> dict[str, int]:
+def term_values(terms: Terms) -> dict[str, int]:
     amount = terms.kind == "AMOUNT"
     return {
         "budget": terms.budget,
@@ -204,10 +204,10 @@ def _terms(terms: Terms) -> dict[str, int]:
 
 
 def _scope(proposal: Proposal) -> Scope:
-    after = _terms(proposal.after)
+    after = term_values(proposal.after)
     scope = {**after, **{f"after.{name}": value for name, value in after.items()}}
     if proposal.before is not None:
-        scope.update({f"before.{name}": value for name, value in _terms(proposal.before).items()})
+        scope.update({f"before.{name}": value for name, value in term_values(proposal.before).items()})
     creating = proposal.before is None
     return scope | {"owner_limit": proposal.owner_limit, "is_create": creating, "is_change": not creating}
 
@@ -215,12 +215,7 @@ def _scope(proposal: Proposal) -> Scope:
 def load_rules(text: str, source: str) -> RuleSet:
     """The rules in `text` (a TOML file's content; `source` names it in messages). RulesError listing every
     problem, each with its line, when anything is wrong: nothing of a bad file is used."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        found = re.search(r"at line (\d+)", str(error))
-        line = int(found.group(1)) if found else max(len(text.splitlines()), 1)  # "at end of document"
-        raise RulesError([f"{source}:{line}: not valid TOML: {error}"]) from None
+    document = parse_toml(text, source)
     loader = _Loader(text, source)
     rules = loader.load(document)
     limits = loader.owner_limits(document.get(OWNER_LIMITS, {}))
@@ -229,9 +224,19 @@ def load_rules(text: str, source: str) -> RuleSet:
     return RuleSet(rules, source, hashlib.sha256(text.encode()).hexdigest(), limits)
 
 
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """A rules file's tables; RulesError naming the line when it is not TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        found = re.search(r"at line (\d+)", str(error))
+        line = int(found.group(1)) if found else max(len(text.splitlines()), 1)  # "at end of document"
+        raise RulesError([f"{source}:{line}: not valid TOML: {error}"]) from None
+
+
 class _Loader:
     def __init__(self, text: str, source: str) -> None:
-        self.layout, self.source = _Layout(text), source
+        self.layout, self.source = Layout(text), source
         self.problems: list[tuple[int, str]] = []
         """With their lines (0 unknown), to be sorted by line."""
         self.names: set[str] = set()
@@ -285,7 +290,7 @@ class _Loader:
                 problem(None, f"missing {key!r}")
             elif not isinstance(table[key], str) or not table[key].strip():
                 problem(key, f"{key!r} must be a non-empty string")
-        if isinstance(name, str) and name and not _NAME.fullmatch(name):
+        if isinstance(name, str) and name and not NAME.fullmatch(name):
             problem("name", "a name is up to 64 letters, digits, '-', '_' or '.', starting with a letter or digit")
         elif isinstance(name, str) and name in self.names:
             problem("name", "an earlier rule has this name")
@@ -305,7 +310,7 @@ class _Loader:
         return Rule(table["name"], Outcome[table["outcome"].upper()], table["message"], condition, header)
 
 
-class _Layout:
+class Layout:
     """Where each [[rule]] header and each key is in the text (tomllib gives no positions): line numbers,
     counted from 1, found by a scan that knows TOML's multi-line strings. Missing when the scan cannot
     tell (e.g. rules written as an inline array), and messages then fall back to the header or no line."""

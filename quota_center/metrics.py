@@ -7,6 +7,7 @@ catalog of live promotions), a region too. Only the leader has the state: a stan
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -26,6 +27,28 @@ class CenterCollector(Collector):
         yield leader
         if self._center.leading:
             yield from self._promotions()
+            yield from self._alerts()
+
+    def _alerts(self) -> Iterator[Metric]:
+        engine = self._center.alerts
+        open_alerts = GaugeMetricFamily(
+            "quota_alerts_open", "Alerts waiting for a person's answer, by rule.", labels=["rule"]
+        )
+        by_rule = Counter(alert.rule for alert in engine.listing(False, ""))
+        for rule, count in sorted(by_rule.items()):
+            open_alerts.add_metric([rule], count)
+        raised = CounterMetricFamily("quota_alerts_raised", "Alerts ever raised (the book's count, kept in the store).")
+        raised.add_metric([], engine.raised)
+        delivered = CounterMetricFamily(
+            "quota_alert_webhook_deliveries", "Alert posts answered 2xx, since this center began to lead."
+        )
+        delivered.add_metric([], engine.webhooks.deliveries)
+        failed = CounterMetricFamily(
+            "quota_alert_webhook_failures",
+            "Alert posts that failed (each retry counts), since this center began to lead.",
+        )
+        failed.add_metric([], engine.webhooks.failures)
+        yield from (open_alerts, raised, delivered, failed)
 
     def _promotions(self) -> Iterator[Metric]:
         per_promotion = ["promotion"]

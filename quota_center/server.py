@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from quota_center import lifecycle
+from quota_center.alert_book import Alert, cause_from_wire
 from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
 from quota_center.center import HEARTBEAT_S, Center, Opening
@@ -35,6 +36,7 @@ from quota_common.validation import (
     MAX_RENEWAL,
     clamp_demand,
     require_amount,
+    require_bounded_text,
     require_counter,
     require_id,
     require_text,
@@ -147,6 +149,19 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
         return _pending_pb(decided, decided.state)
 
     @translate_errors
+    async def ListAlerts(self, request: pb.ListAlertsRequest, context: Context) -> pb.ListAlertsResponse:
+        promotion_id = require_id("promotion_id", request.promotion_id) if request.promotion_id else ""
+        alerts = self._center.list_alerts(request.include_acknowledged, promotion_id)
+        return pb.ListAlertsResponse(alerts=[_alert_pb(alert) for alert in alerts])
+
+    @translate_errors
+    async def AcknowledgeAlert(self, request: pb.AcknowledgeAlertRequest, context: Context) -> pb.Alert:
+        alert_id = require_id("alert_id", request.alert_id)
+        cause = cause_from_wire(request.cause)
+        note = require_bounded_text("note", request.note, MAX_NOTE_BYTES)
+        return _alert_pb(await self._center.acknowledge_alert(alert_id, cause, note, _by(request.request_id)))
+
+    @translate_errors
     async def ListAudit(self, request: pb.ListAuditRequest, context: Context) -> pb.ListAuditResponse:
         page_size = _page_size(request.page_size)
         after = _after_seq(request.page_token)
@@ -184,6 +199,30 @@ def _pending_pb(change: PendingChange, state: str) -> pb.PendingChange:
 def _require_revision(expected_revision: int) -> None:
     if expected_revision <= 0:
         raise InvalidArgument("expected_revision is required: pass the revision you read (GetPromotion)")
+
+
+MAX_NOTE_BYTES = 2_000
+"""An acknowledgement's note: a sentence or a ticket link, not a report; the whole book is one store document."""
+
+
+def _alert_pb(alert: Alert) -> pb.Alert:
+    message = pb.Alert(
+        id=alert.id,
+        rule=alert.rule,
+        promotion_id=alert.promotion_id,
+        region=alert.region,
+        message=alert.message,
+        action=alert.action,
+        acknowledged=alert.acknowledged,
+        cause=alert.cause,  # type: ignore[arg-type]
+        note=alert.note,
+        acknowledged_by=alert.acknowledged_by,
+        deliveries=alert.deliveries,
+    )
+    message.raised_at.FromMilliseconds(alert.raised_at_ms)
+    if alert.acknowledged:
+        message.acknowledged_at.FromMilliseconds(alert.acknowledged_at_ms)
+    return message
 
 
 def _by(request_id: str) -> By:

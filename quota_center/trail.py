@@ -13,10 +13,11 @@ change. The center calls `seal` and `written` under its configuration lock, one 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,27 @@ class By:
     """From the caller's certificate; None without TLS (plaintext on loopback)."""
     request_id: str = ""
     """The caller's id for this change; the trail makes one when it is empty."""
+    job: str = ""
+    """A job of the center acting on its own (the alert engine freezing a promotion), named as the actor in
+    place of a person; it has no identity, so no owner check applies to it."""
 
     @property
     def actor(self) -> str:
+        if self.job:
+            return self.job
         return PLAINTEXT_ACTOR if self.identity is None else self.identity.uri
+
+
+async def landed(write: Awaitable[None], reload: Callable[[], Awaitable[None]]) -> None:
+    """Awaits a store write of a document the caller keeps in memory, shielded, and calls `reload` after a
+    failure: a write whose caller gave up, or whose answer was lost, may have landed, and the next one must
+    not write over what the store holds."""
+    try:
+        await asyncio.shield(write)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await reload()
+        raise
 
 
 class AuditTrail:

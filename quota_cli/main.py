@@ -14,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 from loadtest.simulation.scenarios import SCENARIOS
+from quota_cli.alerts import alerts
 from quota_cli.budget import budget
 from quota_cli.budget_audit import audit
 from quota_cli.budget_emergency import emergency
@@ -454,4 +455,5 @@ def _print_table(title: str, figures: dict[str, object]) -> None:
 
 
 main.add_command(budget)
+main.add_command(alerts)
 main.add_command(certs)

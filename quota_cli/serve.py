@@ -14,8 +14,10 @@ from typing import TypeVar
 
 import click
 
+from quota_center.alert_engine import AlertSettings
 from quota_center.app import CenterConfig, StoreAccess, run_center
 from quota_center.center import CenterSettings
+from quota_center.webhooks import webhook_urls
 from quota_cli.budget import CENTER_ADDRESSES
 from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange, bind_environment
@@ -124,6 +126,32 @@ def center() -> None:
     show_default=True,
     help="Seconds a change held by a guard rule waits for approval before it expires.",
 )
+@click.option(
+    "--alert-rules",
+    type=_FILE,
+    help="Alert rules file (TOML), read again when it changes; a bad one stops the center, naming each rule "
+    "and line [default: the rules the center ships].",
+)
+@click.option(
+    "--alert-interval",
+    type=FiniteFloatRange(min=0.1),
+    default=_CENTER.alerts.interval_s,
+    show_default=True,
+    help="Seconds between evaluations of the alert rules (on the leader).",
+)
+@click.option(
+    "--alert-webhook",
+    "alert_webhooks",
+    multiple=True,
+    help="http(s) URL every alert is POSTed to as JSON, retried until it answers 2xx (repeatable).",
+)
+@click.option(
+    "--alert-resend",
+    type=FiniteFloatRange(min=1),
+    default=_CENTER.alerts.resend_s,
+    show_default=True,
+    help="Seconds after which an alert nobody acknowledged is posted to the webhooks again.",
+)
 @security_options
 def center_serve(
     listen: str,
@@ -139,6 +167,10 @@ def center_serve(
     metrics_listen: str,
     guard_rules: Path | None,
     pending_ttl: float,
+    alert_rules: Path | None,
+    alert_interval: float,
+    alert_webhooks: tuple[str, ...],
+    alert_resend: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -149,10 +181,13 @@ def center_serve(
 
     With --tls-cert, --tls-key and --tls-ca (the center's certificate) every caller must present a
     certificate from that CA; without them it serves plaintext, on a loopback address only."""
-    settings = CenterSettings(lease_ttl_s=lease_ttl, pending_ttl_s=pending_ttl)
+    alerts = AlertSettings(alert_interval, alert_resend, webhook_urls(alert_webhooks))
+    settings = CenterSettings(lease_ttl_s=lease_ttl, pending_ttl_s=pending_ttl, alerts=alerts)
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
     etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))
-    config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen, secured, etcd, guard_rules)
+    config = CenterConfig(
+        listen, store, settings, advertise, election_ttl, metrics_listen, secured, etcd, guard_rules, alert_rules
+    )
     asyncio.run(run_center(config))
 
 

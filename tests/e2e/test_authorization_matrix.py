@@ -147,6 +147,8 @@ _DAVES = "it belongs to spiffe://quota/owner/dave, and owners change only their 
 HANDLER_ANSWERS = {
     # grpcio's asyncio health servicer has no List (yet).
     (None, f"{HEALTH}List"): Answer(grpc.StatusCode.UNIMPLEMENTED, ""),
+    # No alert was raised: the table lets every person through, and the book has none to answer.
+    (None, f"{ADMIN}AcknowledgeAlert"): Answer(grpc.StatusCode.NOT_FOUND, "no alert 'A-404'", part=True),
     # Owners change only their own promotions: the table lets dave call, the center refuses him.
     (OTHER_OWNER, f"{ADMIN}SetBudget"): Answer(DENIED, f"SetBudget on promotion {SALE}: {_NOT_HIS}", part=True),
     (OTHER_OWNER, f"{ADMIN}SetFrozen"): Answer(DENIED, f"SetFrozen on promotion {FROZEN_SALE}: {_NOT_HIS}", part=True),
@@ -268,6 +270,10 @@ def _request(stack: SecureStack, caller: str, rpc: Rpc) -> Message:
         f"{ADMIN}ListPending": lambda: center_pb.ListPendingRequest(),
         f"{ADMIN}ApprovePending": lambda: center_pb.DecidePendingRequest(pending_id="P-1", request_id=f"ok-{tag}"),
         f"{ADMIN}RejectPending": lambda: center_pb.DecidePendingRequest(pending_id="P-2", reason=f"no-{tag}"),
+        f"{ADMIN}ListAlerts": lambda: center_pb.ListAlertsRequest(include_acknowledged=True),
+        f"{ADMIN}AcknowledgeAlert": lambda: center_pb.AcknowledgeAlertRequest(
+            alert_id="A-404", cause=center_pb.ALERT_CAUSE_FALSE_ALARM, note=f"matrix-{tag}"
+        ),
         f"{CATALOG}Watch": lambda: center_pb.CatalogRequest(region=SERVED_REGION),
         f"{CATALOG}ListChanges": lambda: center_pb.CatalogRequest(region=SERVED_REGION),
         f"{ALLOCATION}Join": lambda: center_pb.JoinRequest(region=SERVED_REGION),

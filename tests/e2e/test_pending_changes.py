@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -26,7 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
         yield stack
 
 
-def _held(call: functools.partial[object]) -> str:
+def _held(call: Callable[[], object]) -> str:
     """The pending id of a change the guard rules held."""
     error = refused(call)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()

@@ -1,0 +1,93 @@
+"""`quota alerts [--all] [--promotion ID]` and `quota alerts ack ID --cause ...`: alerts someone must answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_cli import budget_view as view
+from quota_cli.budget import AdminClient, budget, json_flag, request_id_option
+from quota_common.clock import iso
+
+CAUSES = {
+    "false-alarm": pb.ALERT_CAUSE_FALSE_ALARM,
+    "real-fixed": pb.ALERT_CAUSE_REAL_FIXED,
+    "real-accepted": pb.ALERT_CAUSE_REAL_ACCEPTED,
+}
+_CAUSE_NAMES = {value: name for name, value in CAUSES.items()}
+
+
+def _document(alert: pb.Alert) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "rule": alert.rule,
+        "promotion_id": alert.promotion_id,
+        "region": alert.region,
+        "message": alert.message,
+        "raised_at": iso(alert.raised_at.ToMilliseconds()),
+        "action": alert.action,
+        "acknowledged": alert.acknowledged,
+        "cause": _CAUSE_NAMES.get(alert.cause, ""),
+        "note": alert.note,
+        "acknowledged_by": alert.acknowledged_by,
+        "acknowledged_at": iso(alert.acknowledged_at.ToMilliseconds()) if alert.acknowledged else "",
+        "deliveries": alert.deliveries,
+    }
+
+
+@click.group(invoke_without_command=True, params=list(budget.params))
+@click.option("--all", "show_all", is_flag=True, help="Acknowledged alerts too (the newest the center keeps).")
+@click.option("--promotion", "promotion_id", default="", help="Only this promotion's alerts.")
+@json_flag
+@click.pass_context
+def alerts(context: click.Context, /, show_all: bool, promotion_id: str, as_json: bool, **connection: Any) -> None:
+    """Alerts the center raised from what regions report, newest first: open ones, unless --all. Each must be
+    acknowledged with its cause (`quota alerts ack`); until then it is re-sent to the webhooks.
+
+    Connects as `quota budget` does (--center, --timeout, --tls-*); exit codes are the same."""
+    budget.callback(**connection)  # type: ignore[misc]  # the same connection as `quota budget`, made the same way
+    if context.invoked_subcommand is not None:
+        return
+    center: AdminClient = context.obj
+    request = pb.ListAlertsRequest(include_acknowledged=show_all, promotion_id=promotion_id)
+    listed = [_document(alert) for alert in center.call(lambda admin: admin.ListAlerts, request).alerts]
+    if as_json:
+        view.print_json({"alerts": listed})
+        return
+    if not listed:
+        click.echo("no alert" if show_all else "no open alert")
+        return
+    table = Table("id", "rule", "promotion", "region", "raised (UTC)", "what was seen", "action", "answer")
+    for alert in listed:
+        answer = f"{alert['cause']} by {alert['acknowledged_by']}: {alert['note']}" if alert["acknowledged"] else ""
+        table.add_row(
+            alert["id"],
+            alert["rule"],
+            alert["promotion_id"],
+            alert["region"] or "(all)",
+            alert["raised_at"],
+            alert["message"],
+            alert["action"],
+            answer,
+        )
+    view.print_table(table)
+
+
+@alerts.command()
+@click.argument("alert_id", metavar="ID")
+@click.option("--cause", type=click.Choice(list(CAUSES)), required=True, help="What the alert turned out to be.")
+@click.option("--note", default="", help="What was done, or why it is accepted; kept with the answer.")
+@request_id_option
+@json_flag
+@click.pass_obj
+def ack(center: AdminClient, alert_id: str, cause: str, note: str, request_id: str, as_json: bool) -> None:
+    """Answer alert ID with its cause; it stops being re-sent. The answer is recorded in the audit trail."""
+    request = pb.AcknowledgeAlertRequest(alert_id=alert_id, cause=CAUSES[cause], note=note, request_id=request_id)
+    answered = _document(center.call(lambda admin: admin.AcknowledgeAlert, request))
+    if as_json:
+        view.print_json(answered)
+    else:
+        click.echo(f"{answered['id']} acknowledged as {answered['cause']} by {answered['acknowledged_by']}")
