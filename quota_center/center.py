@@ -27,6 +27,7 @@ from quota_center.issuer import IncarnationIssuer
 from quota_center.leadership import Leadership, SingleNode
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.locks import NamedLocks
+from quota_center.reconciliation import Discrepancies
 from quota_center.store.base import MAX_BATCH, Store
 from quota_center.trail import AuditTrail, By
 from quota_common.clock import Clock
@@ -51,6 +52,7 @@ from quota_common.model import (
     promotion_document,
     promotion_from_document,
 )
+from quota_common.reconcile import Finding
 
 T = TypeVar("T")
 
@@ -163,6 +165,7 @@ class Center:
         self._trail = AuditTrail(store, clock)
         self._issuer = IncarnationIssuer(store, clock)
         self._gate = Gate(store, clock, self._trail, rules, self.settings.pending_ttl_s)
+        self._discrepancies = Discrepancies()
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
@@ -189,6 +192,7 @@ class Center:
         self._lease_expiry.clear()
         self._demand.clear()
         self._revisions.clear()
+        self._discrepancies.clear()
         self._publish()  # watchers wake up, find no leader, and end their streams
 
     @property
@@ -540,11 +544,19 @@ class Center:
         for promotion_id, report in reports.items():
             try:
                 answers.append(await self._renew_one(region, incarnation, promotion_id, report))
+                self._discrepancies.accepted(promotion_id, region)
             except (Superseded, Unavailable):
                 raise
             except QuotaError as refusal:
                 answers.append(refusal)
+                self._discrepancies.refused(self._states.get(promotion_id), region, report)
         return answers
+
+    def discrepancies(self) -> list[Finding]:
+        """Where the latest renewals showed a region's ledger disagreeing with the center's books (a report
+        the center refused), one finding per promotion and region, for the alert rules."""
+        self._require_leader()
+        return self._discrepancies.findings()
 
     async def _renew_one(self, region: str, incarnation: str, promotion_id: str, report: Report) -> Directive:
         state = self._state(promotion_id)
