@@ -19,6 +19,7 @@ from quota_cli.budget_audit import audit
 from quota_cli.budget_emergency import emergency
 from quota_cli.budget_pending import approve, pending, reject
 from quota_cli.certs import certs
+from quota_cli.reconcile import reconcile
 from quota_cli.rules import check_rules
 from quota_cli.serve import agent, center
 from quota_common.config import FiniteFloatRange, load_config
@@ -444,3 +445,4 @@ def _print_table(title: str, figures: dict[str, object]) -> None:
 
 main.add_command(budget)
 main.add_command(certs)
+main.add_command(reconcile)
