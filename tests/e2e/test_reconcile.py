@@ -59,9 +59,10 @@ async def test_a_grant_planted_in_a_regions_redis_is_named_with_its_promotion_re
                 "findings": [],
             }
 
-            redis = Redis(host=server.host, port=server.port, decode_responses=True)
+            redis = Redis(host=server.host, port=server.port)
             life = await redis.hget("{quota:eu}:incarnation", "life")
-            await redis.hincrby(f"{{quota:eu}}:{life}:balance:promo", "granted", 7)
+            assert life is not None
+            await redis.hincrby(f"{{quota:eu}}:{life.decode()}:balance:promo", "granted", 7)
             await redis.aclose()
 
             found = await reconcile(region, "--json")
