@@ -61,7 +61,7 @@ async def test_a_grant_planted_in_a_regions_redis_is_named_with_its_promotion_re
 
             redis = Redis(host=server.host, port=server.port)
             life = await redis.hget("{quota:eu}:incarnation", "life")
-            assert life is not None
+            assert isinstance(life, bytes)
             await redis.hincrby(f"{{quota:eu}}:{life.decode()}:balance:promo", "granted", 7)
             await redis.aclose()
 
