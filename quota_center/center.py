@@ -23,6 +23,8 @@ from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord
 from quota_center.catalog import RevisionIndex
 from quota_center.gate import DEFAULT_PENDING_TTL_S, Gate, shipped_rules, terms
 from quota_center.guard import Proposal, RuleSet
+from quota_center.history import PromotionHistory
+from quota_center.history_book import DEFAULT_INTERVAL_S, HistoryBook
 from quota_center.issuer import IncarnationIssuer
 from quota_center.leadership import Leadership, SingleNode
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
@@ -69,6 +71,8 @@ class CenterSettings:
     """Seconds of demand the policy sizes grants and reclaims for."""
     pending_ttl_s: float = DEFAULT_PENDING_TTL_S
     """How long a change held by a guard rule waits for approval before it expires."""
+    history_interval_s: float = DEFAULT_INTERVAL_S
+    """How often the leading center samples every promotion's usage by region into its history."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ class Center:
         self._issuer = IncarnationIssuer(store, clock)
         self._gate = Gate(store, clock, self._trail, rules, self.settings.pending_ttl_s)
         self._discrepancies = Discrepancies()
+        self._history = HistoryBook(store)
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
@@ -193,6 +198,7 @@ class Center:
         self._demand.clear()
         self._revisions.clear()
         self._discrepancies.clear()
+        self._history.clear()
         self._publish()  # watchers wake up, find no leader, and end their streams
 
     @property
@@ -432,6 +438,16 @@ class Center:
             age = None if expiry is None else max(0.0, now - (expiry - self.settings.lease_ttl_s))
             regions.append(RegionView(region, account, lease_active, age, demands.get(region, 0)))
         return UsageView(state.promotion, state.unallocated, regions)
+
+    async def sample_history(self) -> None:
+        """One point of every promotion's usage by region: the leading center's periodic job."""
+        self._require_leader()
+        await self._history.sample(list(self._states.values()), self._clock.wall_ms())
+
+    async def history(self, promotion_id: str) -> tuple[Promotion, PromotionHistory]:
+        """The promotion's usage over time by region, oldest point first."""
+        promotion = self.promotion(promotion_id)
+        return promotion, await self._history.history(promotion_id)
 
     # Agents
 

@@ -13,7 +13,7 @@ import grpc
 from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
 from quota_center.center import HEARTBEAT_S, Center, Opening
-from quota_center.convert import catalog_page_to_pb, directives_to_pb, usage_to_pb
+from quota_center.convert import catalog_page_to_pb, directives_to_pb, history_to_pb, usage_to_pb
 from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
 from quota_center.trail import By
@@ -96,6 +96,11 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     @translate_errors
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.Usage:
         return usage_to_pb(self._center.usage(require_id("promotion_id", request.promotion_id)))
+
+    @translate_errors
+    async def GetHistory(self, request: pb.GetHistoryRequest, context: Context) -> pb.History:
+        promotion, history = await self._center.history(require_id("promotion_id", request.promotion_id))
+        return history_to_pb(promotion, history)
 
     @translate_errors
     async def SetEmergencyFreeze(self, request: pb.SetEmergencyFreezeRequest, context: Context) -> pb.EmergencyFreeze:
