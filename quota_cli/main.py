@@ -17,6 +17,7 @@ from loadtest.simulation.scenarios import SCENARIOS
 from quota_cli.budget import budget
 from quota_cli.budget_audit import audit
 from quota_cli.budget_emergency import emergency
+from quota_cli.budget_history import history
 from quota_cli.budget_pending import approve, pending, reject
 from quota_cli.certs import certs
 from quota_cli.reconcile import reconcile
@@ -105,6 +106,7 @@ center.add_command(check_rules)
 main.add_command(agent)
 budget.add_command(audit)
 budget.add_command(emergency)
+budget.add_command(history)
 for command in (pending, approve, reject):
     budget.add_command(command)
 
