@@ -13,7 +13,15 @@ from rich.table import Table
 
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
-from quota_cli.budget import CENTER_ADDRESSES, AdminClient, CenterError, CenterRefused, every_page, json_flag
+from quota_cli.budget import (
+    AdminClient,
+    CenterError,
+    CenterRefused,
+    center_option,
+    every_page,
+    json_flag,
+    timeout_option,
+)
 from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange
 from quota_common.reconcile import CenterBook, Finding, LedgerBook, compare_all, persistent
@@ -99,14 +107,7 @@ def _reading(
 
 
 @click.command()
-@click.option(
-    "--center",
-    "addresses",
-    default="127.0.0.1:50051",
-    show_default=True,
-    type=CENTER_ADDRESSES,
-    help="The center's replicas, host:port[,host:port...]; whichever leads answers.",
-)
+@center_option
 @click.option(
     "--agent",
     "agents",
@@ -124,7 +125,7 @@ def _reading(
     show_default=True,
     help="Seconds between the two readings; a difference work in flight explains counts only if it stays.",
 )
-@click.option("--timeout", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per call.")
+@timeout_option
 @json_flag
 @security_options
 def reconcile(
