@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import sqlite3
@@ -204,12 +206,19 @@ async def run_center(config: CenterConfig) -> None:
         await center.alerts.stop()
         await report_leading(False)
 
+    sampling: list[asyncio.Task[None]] = []
+
     async def start(port: int) -> None:
         await report_leading(False)
         await leadership.start(lambda: config.advertise or f"{_reachable_host(host)}:{port}", elected, deposed)
+        sampling.append(asyncio.create_task(_sample_history(center, config.settings.history_interval_s)))
 
     async def stop() -> None:
         await center.alerts.stop()
+        for task in sampling:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await leadership.close()
         await store.close()
 
@@ -224,3 +233,16 @@ async def run_center(config: CenterConfig) -> None:
         health_status=health_status,
         metrics=MetricsEndpoint(config.metrics_listen, center_registry(center)) if config.metrics_listen else None,
     )
+
+
+async def _sample_history(center: Center, interval_s: float) -> None:
+    """The usage history's sampling job, on whichever replica leads; a failed sample (the store out of
+    reach, leadership lost halfway) is logged and the next one tries again."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if not center.leading:
+            continue
+        try:
+            await center.sample_history()
+        except Exception:
+            log.warning("sampling the usage history failed; retrying in %g s", interval_s, exc_info=True)

@@ -26,10 +26,13 @@ from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord
 from quota_center.catalog import RevisionIndex
 from quota_center.gate import DEFAULT_PENDING_TTL_S, Gate, shipped_rules, terms
 from quota_center.guard import Proposal, RuleSet
+from quota_center.history import PromotionHistory
+from quota_center.history_book import DEFAULT_INTERVAL_S, HistoryBook
 from quota_center.issuer import IncarnationIssuer
 from quota_center.leadership import Leadership, SingleNode
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.locks import NamedLocks
+from quota_center.reconciliation import Discrepancies
 from quota_center.store.base import MAX_BATCH, Store
 from quota_center.trail import AuditTrail, By
 from quota_common.clock import Clock
@@ -54,6 +57,7 @@ from quota_common.model import (
     promotion_document,
     promotion_from_document,
 )
+from quota_common.reconcile import Finding
 
 T = TypeVar("T")
 
@@ -72,6 +76,8 @@ class CenterSettings:
     """How long a change held by a guard rule waits for approval before it expires."""
     alerts: AlertSettings = field(default_factory=AlertSettings)
     """How often alert rules are evaluated, and where alerts are posted."""
+    history_interval_s: float = DEFAULT_INTERVAL_S
+    """How often the leading center samples every promotion's usage by region into its history."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,8 @@ class Center:
             self._frozen_by_alert,
             self.settings.alerts,
         )
+        self._discrepancies = Discrepancies()
+        self._history = HistoryBook(store)
 
     async def start(self) -> None:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
@@ -211,6 +219,8 @@ class Center:
         self._demand.clear()
         self._below_floor.clear()
         self._revisions.clear()
+        self._discrepancies.clear()
+        self._history.clear()
         self._publish()  # watchers wake up, find no leader, and end their streams
 
     @property
@@ -497,6 +507,16 @@ class Center:
             regions.append(RegionView(region, account, lease_active, age, demands.get(region, 0), floor))
         return UsageView(state.promotion, state.unallocated, regions)
 
+    async def sample_history(self) -> None:
+        """One point of every promotion's usage by region: the leading center's periodic job."""
+        self._require_leader()
+        await self._history.sample(list(self._states.values()), self._clock.wall_ms())
+
+    async def history(self, promotion_id: str) -> tuple[Promotion, PromotionHistory]:
+        """The promotion's usage over time by region, oldest point first."""
+        promotion = self.promotion(promotion_id)
+        return promotion, await self._history.history(promotion_id)
+
     # Agents
 
     def join(self, region: str) -> str:
@@ -608,11 +628,19 @@ class Center:
         for promotion_id, report in reports.items():
             try:
                 answers.append(await self._renew_one(region, incarnation, promotion_id, report))
+                self._discrepancies.accepted(promotion_id, region)
             except (Superseded, Unavailable):
                 raise
             except QuotaError as refusal:
                 answers.append(refusal)
+                self._discrepancies.refused(self._states.get(promotion_id), region, report)
         return answers
+
+    def discrepancies(self) -> list[Finding]:
+        """Where the latest renewals showed a region's ledger disagreeing with the center's books (a report
+        the center refused), one finding per promotion and region, for the alert rules."""
+        self._require_leader()
+        return self._discrepancies.findings()
 
     async def _renew_one(self, region: str, incarnation: str, promotion_id: str, report: Report) -> Directive:
         state = self._state(promotion_id)

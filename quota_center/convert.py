@@ -1,15 +1,17 @@
-"""Protobuf <-> domain conversions for the center's own answers (usage, catalog pages, renewal directives); the
-shared model's mapping is `wire`."""
+"""Protobuf <-> domain conversions for the center's own answers (usage, history, catalog pages, renewal
+directives); the shared model's mapping is `wire`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from quota_center.center import CatalogPage, Directive, UsageView
+from quota_center.history import PromotionHistory
 from quota_center.paging import within_bytes
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.wire import emergency_to_pb, promotion_to_pb
 from quota_common.errors import QuotaError
+from quota_common.model import Promotion
 from quota_common.validation import cut
 
 RENEWAL_GRANTS = 1000
@@ -84,3 +86,14 @@ def _directive_pb(
         revision=promotion.revision,
         exhausted=answer.exhausted,
     )
+
+
+def history_to_pb(promotion: Promotion, history: PromotionHistory) -> pb.History:
+    regions = []
+    for region, points in sorted(history.regions.items()):
+        message = pb.RegionHistory(region=region)
+        for point in points:
+            added = message.points.add(consumed=point.consumed, granted=point.granted)
+            added.at.FromMilliseconds(point.at_ms)
+        regions.append(message)
+    return pb.History(promotion_id=promotion.id, budget=promotion.budget, regions=regions)

@@ -268,11 +268,11 @@ def apply_report(state: PromotionState, region: str, report: Report) -> bool:
     check_report(state, region, report)
     account = state.accounts[region]
     before = (account.returned, account.deducted, account.refunded)
-    account.returned, account.deducted, account.refunded = _merged(account, report)
+    account.returned, account.deducted, account.refunded = merged_counters(account, report)
     return before != (account.returned, account.deducted, account.refunded)
 
 
-def _merged(account: RegionAccount, report: Report) -> tuple[int, int, int]:
+def merged_counters(account: RegionAccount, report: Report) -> tuple[int, int, int]:
     """(returned, deducted, refunded) once the report is taken in: each counter keeps its largest value."""
     return (
         max(account.returned, report.returned),
@@ -309,7 +309,7 @@ def check_report(state: PromotionState, region: str, report: Report) -> None:
         )
     if not _consistent(report.granted, report.returned, report.deducted, report.refunded):
         raise InvalidArgument(f"region {region} reports inconsistent counters for {promotion_id}: {report}")
-    if not _consistent(account.granted, *_merged(account, report)):
+    if not _consistent(account.granted, *merged_counters(account, report)):
         raise InvalidArgument(
             f"region {region} reports {report} for {promotion_id}, which contradicts what it reported before "
             f"(returned {account.returned}, deducted {account.deducted}, refunded {account.refunded} of "

@@ -15,7 +15,7 @@ from quota_center.alert_book import Alert, cause_from_wire
 from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
 from quota_center.center import HEARTBEAT_S, Center, Opening
-from quota_center.convert import catalog_page_to_pb, directives_to_pb, usage_to_pb
+from quota_center.convert import catalog_page_to_pb, directives_to_pb, history_to_pb, usage_to_pb
 from quota_center.gate import FIRED
 from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
@@ -125,6 +125,11 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     @translate_errors
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.Usage:
         return usage_to_pb(self._center.usage(require_id("promotion_id", request.promotion_id)))
+
+    @translate_errors
+    async def GetHistory(self, request: pb.GetHistoryRequest, context: Context) -> pb.History:
+        promotion, history = await self._center.history(require_id("promotion_id", request.promotion_id))
+        return history_to_pb(promotion, history)
 
     @translate_errors
     async def SetEmergencyFreeze(self, request: pb.SetEmergencyFreezeRequest, context: Context) -> pb.EmergencyFreeze:

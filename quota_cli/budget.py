@@ -185,8 +185,7 @@ def report_change(promotion: Promotion, as_json: bool, summary: str) -> None:
         click.echo(f"{promotion.id}: {summary} (revision {promotion.revision})")
 
 
-@click.group()
-@click.option(
+center_option = click.option(
     "--center",
     "addresses",
     default="127.0.0.1:50051",
@@ -194,7 +193,14 @@ def report_change(promotion: Promotion, as_json: bool, summary: str) -> None:
     type=CENTER_ADDRESSES,
     help="The center's replicas, host:port[,host:port...]; whichever leads answers.",
 )
-@click.option("--timeout", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per call.")
+timeout_option = click.option(
+    "--timeout", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True, help="Seconds per call."
+)
+
+
+@click.group()
+@center_option
+@timeout_option
 @security_options
 @click.pass_context
 def budget(

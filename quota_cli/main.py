@@ -18,9 +18,11 @@ from quota_cli.alerts import alerts
 from quota_cli.budget import budget
 from quota_cli.budget_audit import audit
 from quota_cli.budget_emergency import emergency
+from quota_cli.budget_history import history
 from quota_cli.budget_lifecycle import end, update
 from quota_cli.budget_pending import approve, pending, reject
 from quota_cli.certs import certs
+from quota_cli.reconcile import reconcile
 from quota_cli.rules import check_rules
 from quota_cli.serve import agent, center
 from quota_common.config import FiniteFloatRange, load_config
@@ -106,6 +108,7 @@ center.add_command(check_rules)
 main.add_command(agent)
 budget.add_command(audit)
 budget.add_command(emergency)
+budget.add_command(history)
 for command in (pending, approve, reject, update, end):
     budget.add_command(command)
 
@@ -457,3 +460,4 @@ def _print_table(title: str, figures: dict[str, object]) -> None:
 main.add_command(budget)
 main.add_command(alerts)
 main.add_command(certs)
+main.add_command(reconcile)

@@ -152,6 +152,13 @@ def center() -> None:
     show_default=True,
     help="Seconds after which an alert nobody acknowledged is posted to the webhooks again.",
 )
+@click.option(
+    "--history-interval",
+    type=FiniteFloatRange(min=1),
+    default=_CENTER.history_interval_s,
+    show_default=True,
+    help="Seconds between two samples of every promotion's usage by region (quota budget history).",
+)
 @security_options
 def center_serve(
     listen: str,
@@ -171,6 +178,7 @@ def center_serve(
     alert_interval: float,
     alert_webhooks: tuple[str, ...],
     alert_resend: float,
+    history_interval: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -182,7 +190,9 @@ def center_serve(
     With --tls-cert, --tls-key and --tls-ca (the center's certificate) every caller must present a
     certificate from that CA; without them it serves plaintext, on a loopback address only."""
     alerts = AlertSettings(alert_interval, alert_resend, webhook_urls(alert_webhooks))
-    settings = CenterSettings(lease_ttl_s=lease_ttl, pending_ttl_s=pending_ttl, alerts=alerts)
+    settings = CenterSettings(
+        lease_ttl_s=lease_ttl, pending_ttl_s=pending_ttl, alerts=alerts, history_interval_s=history_interval
+    )
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
     etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))
     config = CenterConfig(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from quota_common.clock import iso
@@ -73,9 +73,18 @@ class Balance:
     refunded: int = 0
     held: int = 0
     """Held by reservations not yet confirmed, cancelled or expired."""
+    kept: int | None = field(default=None, compare=False)
+    """What the ledger itself keeps as available, where it keeps a figure of its own (the Redis ledger
+    decides on it); None: derived from the counters. Reconciliation compares the two, so it is no part
+    of a balance's equality: two balances with the same counters are the same balance."""
 
     @property
     def available(self) -> int:
+        """What may be spent, as the ledger decides it."""
+        return self.derived_available if self.kept is None else self.kept
+
+    @property
+    def derived_available(self) -> int:
         return self.granted - self.returned - self.deducted + self.refunded - self.held
 
 

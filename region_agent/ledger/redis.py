@@ -65,8 +65,8 @@ from region_agent.ledger.script_link import LuaScript, ScriptLink
 
 P = ParamSpec("P")
 T = TypeVar("T")
-BALANCE_FIELDS = ["granted", "returned", "deducted", "refunded", "held"]
-"""The balance hash's fields, in Balance's order."""
+BALANCE_FIELDS = ["granted", "returned", "deducted", "refunded", "held", "available"]
+"""The balance hash's fields, in Balance's order (`available` is its `kept`)."""
 _Deduction = tuple[str, tuple[Line, ...], Mapping[str, UserLimit], int, str]
 """order key, lines, limits, hold in ms, placer"""
 
@@ -348,7 +348,9 @@ class RedisLedger:
 
 
 def _balance(values: Sequence[bytes | str | None]) -> Balance:
-    return Balance(*(int(value or 0) for value in values))
+    granted, returned, deducted, refunded, held, kept = (int(value) if value else 0 for value in values)
+    # A balance written before the scripts kept `available` has none until a script derives it.
+    return Balance(granted, returned, deducted, refunded, held, kept=kept if values[-1] is not None else None)
 
 
 def _lost() -> LedgerLost:

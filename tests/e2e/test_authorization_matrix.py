@@ -162,6 +162,8 @@ HANDLER_ANSWERS = {
 WRITTEN_OUT = {
     ("center", AGENT, "Deduct"): DENIED,
     ("center", CENTER, "GetUsage"): OK,
+    (OWNER, CENTER, "GetHistory"): OK,
+    ("orders-eu", CENTER, "GetHistory"): DENIED,
     ("center", CENTER, "Acquire"): DENIED,
     ("agent-eu", CENTER, "Acquire"): OK,
     ("agent-eu", CENTER, "Renew"): OK,
@@ -263,6 +265,7 @@ def _request(stack: SecureStack, caller: str, rpc: Rpc) -> Message:
         f"{ADMIN}GetPromotion": lambda: center_pb.GetPromotionRequest(promotion_id=DAVES_SALE),
         f"{ADMIN}ListPromotions": lambda: center_pb.ListPromotionsRequest(),
         f"{ADMIN}GetUsage": lambda: center_pb.GetUsageRequest(promotion_id=SALE),
+        f"{ADMIN}GetHistory": lambda: center_pb.GetHistoryRequest(promotion_id=SALE),
         f"{ADMIN}SetEmergencyFreeze": lambda: center_pb.SetEmergencyFreezeRequest(
             region="us", frozen=True, request_id=f"switch-{tag}"
         ),

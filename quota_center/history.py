@@ -1,0 +1,93 @@
+"""A promotion's usage over time, by region: sampled points, coarser as they age, bounded in size. Pure.
+
+Each point holds cumulative figures (consumed so far, granted minus returned so far), so a coarser bucket
+keeps the last point that fell in it: nothing of what happened is lost, only when it happened gets
+blurrier. Buckets are aligned to the epoch and each step divides the next, so downsampling again later
+keeps the same points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+
+
+@dataclass(frozen=True)
+class Tier:
+    younger_than_ms: int | None
+    """Points younger than this fall in this tier (None: every older point)."""
+    step_ms: int
+
+
+TIERS = (Tier(HOUR_MS, 10_000), Tier(48 * HOUR_MS, 5 * MINUTE_MS), Tier(None, HOUR_MS))
+"""10 s points for the last hour, 5 min points for two days, hourly beyond."""
+REGION_POINTS = 2_000
+"""The most points one region keeps: the tiers above fill about 940, the rest are weeks of hourly points."""
+PROMOTION_POINTS = 8_000
+"""The most points a promotion keeps over all its regions, so its stored document stays small."""
+
+
+@dataclass(frozen=True)
+class Point:
+    at_ms: int
+    consumed: int
+    """Net deductions so far."""
+    granted: int
+    """Granted minus returned so far: what the region held or spent."""
+
+    def same_figures(self, other: Point) -> bool:
+        return (self.consumed, self.granted) == (other.consumed, other.granted)
+
+
+def bucket(at_ms: int, now_ms: int) -> tuple[int, int]:
+    """The tier a point of `at_ms` is in at `now_ms`, and its bucket within the tier."""
+    age = now_ms - at_ms
+    for index, tier in enumerate(TIERS):
+        if tier.younger_than_ms is None or age < tier.younger_than_ms:
+            return index, at_ms // tier.step_ms
+    raise AssertionError("the last tier takes every age")
+
+
+def downsample(points: Sequence[Point], now_ms: int, limit: int) -> list[Point]:
+    """The last point of each bucket, oldest first, at most `limit` (the newest); `points` oldest first."""
+    kept: list[Point] = []
+    for point in points:
+        if kept and bucket(kept[-1].at_ms, now_ms) == bucket(point.at_ms, now_ms):
+            kept[-1] = point
+        else:
+            kept.append(point)
+    return kept[-limit:] if limit > 0 else []
+
+
+def region_limit(regions: int) -> int:
+    return min(REGION_POINTS, PROMOTION_POINTS // max(regions, 1))
+
+
+@dataclass
+class PromotionHistory:
+    regions: dict[str, list[Point]] = field(default_factory=dict)
+
+    def record(self, samples: Iterable[tuple[str, Point]], now_ms: int) -> bool:
+        """Adds one sample per region and downsamples every region; returns whether any figure changed
+        since the region's previous point (a point that only repeats the figures need not be stored)."""
+        changed = False
+        for region, point in samples:
+            # A wall clock that stepped back: the newest sample wins over points it would follow.
+            series = [p for p in self.regions.get(region, []) if p.at_ms < point.at_ms]
+            changed |= not series or not series[-1].same_figures(point)
+            self.regions[region] = [*series, point]
+        limit = region_limit(len(self.regions))
+        for region, series in self.regions.items():
+            self.regions[region] = downsample(series, now_ms, limit)
+        return changed
+
+    def to_document(self) -> dict[str, Any]:
+        return {region: [[p.at_ms, p.consumed, p.granted] for p in series] for region, series in self.regions.items()}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> PromotionHistory:
+        return cls({region: [Point(*row) for row in rows] for region, rows in document.items()})

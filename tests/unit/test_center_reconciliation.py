@@ -1,0 +1,66 @@
+"""The center reconciles at every renewal: a report it refuses is a region's ledger disagreeing with its
+books, kept (promotion, region, amount, cause) until a report from that ledger agrees again."""
+
+from __future__ import annotations
+
+import pytest
+
+from quota_center.center import Center
+from quota_center.ledger import PromotionState, RegionAccount
+from quota_center.reconciliation import refused_report
+from quota_common.clock import FakeClock
+from quota_common.errors import InvalidArgument, NotFound
+from quota_common.model import Kind, Promotion, Report
+from quota_common.reconcile import Cause, Finding
+from quota_testing.memory_store import MemoryStore
+
+PROMOTION = Promotion("p", Kind.COUNT, "", 100, 0, 10**13, ("eu", "us"))
+
+
+@pytest.fixture
+async def center() -> Center:
+    center = Center(MemoryStore(), FakeClock())
+    await center.start()
+    await center.create_promotion(PROMOTION)
+    await center.acquire("eu", "eu-1", "p", 10, "r1", 0)
+    return center
+
+
+async def test_a_report_counting_grants_never_made_is_a_finding_until_the_ledger_agrees(center: Center) -> None:
+    [answer] = await center.renew("eu", "eu-1", {"p": Report(granted=15, returned=0, deducted=2, refunded=0)})
+
+    assert isinstance(answer, InvalidArgument)
+    assert center.discrepancies() == [Finding("p", "eu", Cause.GRANT_NOT_MADE, 5)]
+
+    await center.renew("eu", "eu-1", {"p": Report(granted=10, returned=0, deducted=2, refunded=0)})
+
+    assert center.discrepancies() == []
+
+
+async def test_a_refusal_for_another_reason_is_no_finding(center: Center) -> None:
+    [answer] = await center.renew("eu", "eu-1", {"unknown": Report(1, 0, 0, 0)})
+
+    assert isinstance(answer, NotFound)
+    assert center.discrepancies() == []
+
+
+def state(account: RegionAccount) -> PromotionState:
+    return PromotionState(PROMOTION, {"eu": account})
+
+
+@pytest.mark.parametrize(
+    ("known", "report", "expected"),
+    [
+        (RegionAccount("i", granted=10), Report(12, 0, 0, 0), Finding("p", "eu", Cause.GRANT_NOT_MADE, 2)),
+        (RegionAccount("i", granted=10), Report(10, 3, 9, 0), Finding("p", "eu", Cause.REPORT_OVERSPENT, 2)),
+        (RegionAccount("i", granted=10), Report(10, 0, 1, 4), Finding("p", "eu", Cause.REPORT_OVERSPENT, 3)),
+        (
+            RegionAccount("i", granted=10, returned=6),
+            Report(10, 0, 7, 0),
+            Finding("p", "eu", Cause.REPORT_CONTRADICTS, 3),
+        ),
+        (RegionAccount("i", granted=10, deducted=4), Report(10, 0, 4, 1), None),
+    ],
+)
+def test_what_a_refused_report_shows(known: RegionAccount, report: Report, expected: Finding | None) -> None:
+    assert refused_report(state(known), "eu", report) == expected

@@ -1,0 +1,82 @@
+"""A promotion's usage history: bounded, ordered, coarser as it ages, never losing the latest point, and
+keeping the last (cumulative) figures of every bucket it merges."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quota_center.history import HOUR_MS, PROMOTION_POINTS, Point, PromotionHistory, bucket, downsample
+
+NOW = 1_700_000_000_000
+
+
+@st.composite
+def series(draw: st.DrawFn) -> list[Point]:
+    """Sampled points up to NOW, oldest first, with cumulative figures."""
+    gaps = draw(st.lists(st.integers(1, 20 * HOUR_MS), min_size=1, max_size=300))
+    at, consumed, granted, points = NOW, 0, 0, []
+    for gap in gaps:
+        consumed += draw(st.integers(0, 5))
+        granted += draw(st.integers(0, 5))
+        points.append(Point(at, consumed, granted))
+        at -= gap
+    return points[::-1]
+
+
+@given(series(), st.integers(1, 500), st.integers(0, 3 * HOUR_MS))
+def test_downsampling_is_bounded_ordered_keeps_the_latest_and_each_buckets_last(
+    points: list[Point], limit: int, later: int
+) -> None:
+    now = NOW + later
+
+    kept = downsample(points, now, limit)
+
+    assert len(kept) <= limit
+    assert kept[-1] == points[-1]
+    assert all(a.at_ms < b.at_ms for a, b in itertools.pairwise(kept))
+    assert set(kept) <= set(points)
+    buckets = {bucket(p.at_ms, now): p for p in points}  # the last point of each bucket
+    assert kept == sorted(buckets.values(), key=lambda p: p.at_ms)[-limit:]
+
+
+@given(series())
+def test_downsampling_again_later_keeps_what_it_would_keep_at_once(points: list[Point]) -> None:
+    later = NOW + 5 * HOUR_MS
+
+    assert downsample(downsample(points, NOW, 10_000), later, 10_000) == downsample(points, later, 10_000)
+
+
+def test_a_day_of_samples_every_10_seconds_becomes_coarser_as_it_ages() -> None:
+    history = PromotionHistory()
+    for tick in range(8_640):
+        at = NOW + tick * 10_000
+        history.record([("eu", Point(at, tick, tick * 2))], at)
+
+    eu = history.regions["eu"]
+    last_hour = [p for p in eu if p.at_ms > eu[-1].at_ms - HOUR_MS]
+    assert len(last_hour) == 360
+    assert 360 + 23 * 12 - 1 <= len(eu) <= 360 + 23 * 12 + 1
+    assert eu[-1] == Point(NOW + 8_639 * 10_000, 8_639, 17_278)
+
+
+def test_a_promotion_with_many_regions_stays_within_its_bound() -> None:
+    history = PromotionHistory()
+    regions = [f"r{n}" for n in range(40)]
+    for tick in range(400):
+        at = NOW + tick * 10_000
+        history.record([(region, Point(at, tick, tick)) for region in regions], at)
+
+    assert sum(len(points) for points in history.regions.values()) <= PROMOTION_POINTS
+
+
+def test_only_new_figures_are_a_change_and_a_clock_stepping_back_keeps_the_newest_sample() -> None:
+    history = PromotionHistory()
+
+    assert history.record([("eu", Point(NOW, 1, 5))], NOW)
+    assert not history.record([("eu", Point(NOW + 20_000, 1, 5))], NOW + 20_000)
+    assert history.record([("eu", Point(NOW + 10_000, 2, 5))], NOW + 10_000)
+    assert history.regions["eu"] == [Point(NOW, 1, 5), Point(NOW + 10_000, 2, 5)]
+    assert PromotionHistory.from_document(history.to_document()) == history
