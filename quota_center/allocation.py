@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from quota_center import ledger
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_common import policy
+from quota_common.clock import iso
 from quota_common.errors import Exhausted, FailedPrecondition
 
 
@@ -33,6 +34,10 @@ def grant(
     promotion = state.promotion
     if promotion.frozen:
         raise FailedPrecondition(f"promotion {promotion.id} is frozen; no quota is granted")
+    if now_ms >= promotion.end_ms:
+        # What goes out after the end could only be returned or stranded: settlement counts it as neither spent
+        # nor unspent.
+        raise FailedPrecondition(f"promotion {promotion.id} ended at {iso(promotion.end_ms)}; no quota is granted")
     grantable = state.grantable(now_ms)
     size = policy.grant_amount(
         asked=asked,
@@ -57,11 +62,12 @@ def grant(
 
 
 def reclaim(state: PromotionState, region: str, demands: Mapping[str, int], horizon_s: float, now_ms: int) -> int:
-    """What the region should give back: everything when frozen, else the policy's reclaim.
+    """What the region should give back: everything when frozen or ended (a refund after the end comes back
+    too, so the promotion settles with nothing stranded), else the policy's reclaim.
     Measured against what the center can grant now: under pacing, budget not yet released
     cannot serve the regions that lack quota, so it must not stop idle quota coming back."""
     held = state.accounts[region].held
-    if state.promotion.frozen:
+    if state.promotion.frozen or now_ms >= state.promotion.end_ms:
         return held
     others = sum(demand for other, demand in demands.items() if other != region)
     return policy.reclaim_amount(held, demands.get(region, 0), others, state.grantable(now_ms), horizon_s)

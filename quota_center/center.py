@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from quota_center import allocation, ledger
+from quota_center import allocation, ledger, settlement
 from quota_center.approvals import PendingChange
 from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord
 from quota_center.catalog import RevisionIndex
@@ -67,6 +67,8 @@ class CenterSettings:
     """Seconds of demand the policy sizes grants and reclaims for."""
     pending_ttl_s: float = DEFAULT_PENDING_TTL_S
     """How long a change held by a guard rule waits for approval before it expires."""
+    settle_grace_s: float = settlement.DEFAULT_GRACE_S
+    """How long after its end a promotion is settled (its statement final): refunds are honoured until then."""
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,7 @@ class Center:
         `guarded` (the request, booked if a rule holds it), or carrying the findings it was `approved`
         with; it takes the next catalog revision, is recorded in the audit trail, and watchers hear of it."""
         before = self._state(promotion_id).promotion
+        settlement.refuse_if_settled(self._state(promotion_id), call)
         if by.identity is not None and by.identity.role is Role.OWNER:
             ledger.require_owner(before, by.identity.uri, call)
         findings = list(approved)
@@ -335,6 +338,40 @@ class Center:
 
         state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1), record)
         return state.promotion
+
+    # Settlement
+
+    def statement(self, promotion_id: str) -> settlement.Statement:
+        """Final once settled; until then computed from the books as they stand."""
+        return settlement.statement_of(self._state(promotion_id), self._clock.wall_ms())
+
+    async def settle_due(self, by: By) -> list[str]:
+        """Settles every promotion whose grace has passed (the leader's periodic job, `by` the center itself);
+        returns their ids. Each statement is stored with its promotion, with an audit record."""
+        self._require_leader()
+        grace_ms = round(self.settings.settle_grace_s * 1000)
+        settled = []
+        for promotion_id in settlement.due(self._states.values(), self._clock.wall_ms(), grace_ms):
+
+            def settle(state: PromotionState) -> bool:
+                return settlement.settle(state, self._clock.wall_ms(), grace_ms)
+
+            def record(state: PromotionState, promotion_id: str = promotion_id) -> AuditRecord:
+                return self._trail.seal(by, "SettlePromotion", promotion_id, None, state.statement or {})
+
+            async with self._configuring:
+                if (await self._change(promotion_id, settle, record)).statement is not None:
+                    settled.append(promotion_id)
+        return settled
+
+    async def archive(self, promotion_id: str, by: By | None = None) -> Promotion:
+        """Puts a settled promotion away (one catalog revision: agents drop it); archiving twice changes nothing."""
+        grace_ms = round(self.settings.settle_grace_s * 1000)
+
+        def change(state: PromotionState, revision: int) -> bool:
+            return settlement.archive(state, revision, grace_ms)
+
+        return await self._configure(promotion_id, settlement.ARCHIVE, change, by or By())
 
     # Second approval
 

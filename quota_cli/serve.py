@@ -124,6 +124,13 @@ def center() -> None:
     show_default=True,
     help="Seconds a change held by a guard rule waits for approval before it expires.",
 )
+@click.option(
+    "--settle-grace",
+    type=FiniteFloatRange(min=1),
+    default=_CENTER.settle_grace_s,
+    show_default=True,
+    help="Seconds after its end a promotion is settled (its statement final); refunds are honoured until then.",
+)
 @security_options
 def center_serve(
     listen: str,
@@ -139,6 +146,7 @@ def center_serve(
     metrics_listen: str,
     guard_rules: Path | None,
     pending_ttl: float,
+    settle_grace: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -149,7 +157,7 @@ def center_serve(
 
     With --tls-cert, --tls-key and --tls-ca (the center's certificate) every caller must present a
     certificate from that CA; without them it serves plaintext, on a loopback address only."""
-    settings = CenterSettings(lease_ttl_s=lease_ttl, pending_ttl_s=pending_ttl)
+    settings = CenterSettings(lease_ttl_s=lease_ttl, pending_ttl_s=pending_ttl, settle_grace_s=settle_grace)
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
     etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))
     config = CenterConfig(listen, store, settings, advertise, election_ttl, metrics_listen, secured, etcd, guard_rules)

@@ -121,14 +121,14 @@ class Supply:
         return self._tracked.get(promotion_id)
 
     def learn(self, changed: list[Promotion]) -> None:
-        """Takes in promotions that changed (from the cache's links or a fetch); a freeze gives
-        the unspent allotment back at once."""
+        """Takes in promotions that changed (from the cache's links or a fetch); a freeze or an archive
+        gives the unspent allotment back at once."""
         for promotion in changed:
             item = self._tracked.get(promotion.id)
-            was_frozen = item is not None and item.promotion.frozen
+            was_closed = item is not None and _closed(item.promotion)
             if item is not None:
                 item.promotion = promotion
-            if promotion.frozen and not was_frozen:
+            if _closed(promotion) and not was_closed:
                 self._in_background(self._release(promotion.id))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -141,7 +141,7 @@ class Supply:
             balance = await self._ledger.balance(promotion_id)
             await self.return_quota(promotion_id, balance.available)
         except QuotaError as error:
-            log.warning("%s frozen: its unspent quota goes back at the next renewal (%s)", promotion_id, error)
+            log.warning("%s closed: its unspent quota goes back at the next renewal (%s)", promotion_id, error)
 
     async def _fetch(self, promotion_id: str) -> None:
         """Fetches the promotion into the cache: once, however many callers wait for it, and a
@@ -490,3 +490,8 @@ class Supply:
             item = await self._track_one(answer.promotion_id)
             item.lease_until = sent + self._heard(lease_ttl_s)
             item.last_grant = answer.amount
+
+
+def _closed(promotion: Promotion) -> bool:
+    """Frozen, or archived (settled and put away: gone for good); either way the region holds none of it."""
+    return promotion.frozen or promotion.archived
