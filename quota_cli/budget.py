@@ -158,7 +158,7 @@ class _CenterAddresses(click.ParamType[tuple[str, ...]]):
 CENTER_ADDRESSES = _CenterAddresses()
 
 
-def _report(promotion: Promotion, as_json: bool, summary: str) -> None:
+def report_change(promotion: Promotion, as_json: bool, summary: str) -> None:
     """What a change command prints: the promotion as it now stands."""
     if as_json:
         view.print_json(promotion_document(promotion))
@@ -290,7 +290,7 @@ def create(
     )
     request = pb.CreatePromotionRequest(promotion=promotion_to_pb(promotion), request_id=request_id)
     created = promotion_from_pb(center.call(lambda admin: admin.CreatePromotion, request, idempotent=False))
-    _report(
+    report_change(
         created,
         as_json,
         f"created: {view.kind_label(created)}, budget {created.budget:,}, regions {', '.join(created.regions)}, "
@@ -335,7 +335,7 @@ def set_budget(
                 "what regions have taken) and retry"
             )
         raise
-    _report(changed, as_json, f"budget is now {changed.budget:,}")
+    report_change(changed, as_json, f"budget is now {changed.budget:,}")
 
 
 def _freeze_command(name: str, frozen: bool, description: str, summary: str) -> None:
@@ -346,7 +346,7 @@ def _freeze_command(name: str, frozen: bool, description: str, summary: str) -> 
     @click.pass_obj
     def command(center: AdminClient, promotion_id: str, request_id: str, as_json: bool) -> None:
         request = pb.SetFrozenRequest(promotion_id=promotion_id, frozen=frozen, request_id=request_id)
-        _report(promotion_from_pb(center.call(lambda admin: admin.SetFrozen, request)), as_json, summary)
+        report_change(promotion_from_pb(center.call(lambda admin: admin.SetFrozen, request)), as_json, summary)
 
 
 _freeze_command(
@@ -378,19 +378,21 @@ def every_page(ask: Callable[[str], Page]) -> Iterator[Page]:
             return
 
 
-def _every_promotion(center: AdminClient) -> list[Promotion]:
-    pages = every_page(
-        lambda token: center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))
-    )
-    return [promotion_from_pb(promotion) for page in pages for promotion in page.promotions]
+def _every_promotion(center: AdminClient, archived: bool) -> list[Promotion]:
+    def page(token: str) -> pb.ListPromotionsResponse:
+        request = pb.ListPromotionsRequest(page_token=token, include_archived=archived)
+        return center.call(lambda admin: admin.ListPromotions, request)
+
+    return [promotion_from_pb(promotion) for page in every_page(page) for promotion in page.promotions]
 
 
 @budget.command("list")
+@click.option("--archived", is_flag=True, help="Also list archived promotions (settled and put away).")
 @json_flag
 @click.pass_obj
-def list_promotions(center: AdminClient, as_json: bool) -> None:
-    """Every promotion: kind, budget, regions, window, pacing, frozen, revision."""
-    promotions = _every_promotion(center)
+def list_promotions(center: AdminClient, archived: bool, as_json: bool) -> None:
+    """Every promotion: kind, budget, regions, window, pacing, frozen, revision; archived ones only with --archived."""
+    promotions = _every_promotion(center, archived)
     if as_json:
         view.print_json({"promotions": [promotion_document(promotion) for promotion in promotions]})
     elif promotions:

@@ -18,6 +18,7 @@ from quota_cli.budget import budget
 from quota_cli.budget_audit import audit
 from quota_cli.budget_emergency import emergency
 from quota_cli.budget_pending import approve, pending, reject
+from quota_cli.budget_statement import archive, statement
 from quota_cli.certs import certs
 from quota_cli.rules import check_rules
 from quota_cli.serve import agent, center
@@ -104,7 +105,7 @@ center.add_command(check_rules)
 main.add_command(agent)
 budget.add_command(audit)
 budget.add_command(emergency)
-for command in (pending, approve, reject):
+for command in (pending, approve, reject, statement, archive):
     budget.add_command(command)
 
 

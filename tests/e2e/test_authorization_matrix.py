@@ -148,6 +148,13 @@ HANDLER_ANSWERS = {
     # Owners change only their own promotions: the table lets dave call, the center refuses him.
     (OTHER_OWNER, f"{ADMIN}SetBudget"): Answer(DENIED, f"SetBudget on promotion {SALE}: {_NOT_HIS}", part=True),
     (OTHER_OWNER, f"{ADMIN}SetFrozen"): Answer(DENIED, f"SetFrozen on promotion {FROZEN_SALE}: {_NOT_HIS}", part=True),
+    # Only a settled promotion is archived, and the sale runs for days yet.
+    (OWNER, f"{ADMIN}ArchivePromotion"): Answer(
+        grpc.StatusCode.FAILED_PRECONDITION, f"promotion {SALE} is not settled, so it cannot be archived yet", part=True
+    ),
+    (OTHER_OWNER, f"{ADMIN}ArchivePromotion"): Answer(
+        DENIED, f"ArchivePromotion on promotion {SALE}: {_NOT_HIS}", part=True
+    ),
 }
 
 WRITTEN_OUT = {
@@ -247,6 +254,10 @@ def _request(stack: SecureStack, caller: str, rpc: Rpc) -> Message:
         f"{ADMIN}GetPromotion": lambda: center_pb.GetPromotionRequest(promotion_id=DAVES_SALE),
         f"{ADMIN}ListPromotions": lambda: center_pb.ListPromotionsRequest(),
         f"{ADMIN}GetUsage": lambda: center_pb.GetUsageRequest(promotion_id=SALE),
+        f"{ADMIN}GetStatement": lambda: center_pb.GetStatementRequest(promotion_id=SALE),
+        f"{ADMIN}ArchivePromotion": lambda: center_pb.ArchivePromotionRequest(
+            promotion_id=SALE, request_id=f"archive-{tag}"
+        ),
         f"{ADMIN}SetEmergencyFreeze": lambda: center_pb.SetEmergencyFreezeRequest(
             region="us", frozen=True, request_id=f"switch-{tag}"
         ),
