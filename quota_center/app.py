@@ -18,11 +18,13 @@ from quota_center.alerting import AlertRulesFile, shipped_alert_rules
 from quota_center.center import Center, CenterSettings
 from quota_center.gate import shipped_rules
 from quota_center.guard_file import RulesFile
+from quota_center.jobs import Job, LeaderJobs
 from quota_center.leadership import EtcdLeadership, Leadership, SingleNode
 from quota_center.metrics import center_registry
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdAccess, EtcdStore
 from quota_center.store.sqlite import SqliteStore
+from quota_center.trail import By
 from quota_common import identity
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import ConfigError
@@ -32,6 +34,9 @@ from quota_common.tls import TlsFiles
 from quota_common.transport import Security, open_transport
 
 log = logging.getLogger(__name__)
+
+SETTLE_EVERY_S = 30.0
+"""How often the leader looks for promotions to settle (more often when the grace is shorter)."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,9 @@ async def run_center(config: CenterConfig) -> None:
     server = guarded_server(transport)
     center_server.add_to_server(center, server)
     health_status = health_servicer()
+    itself = By(identity.center(security.trust_domain))
+    settle_every_s = min(SETTLE_EVERY_S, config.settings.settle_grace_s)
+    jobs = LeaderJobs([Job("settlement", settle_every_s, lambda: center.settle_due(itself))])
 
     async def report_leading(now_leading: bool) -> None:
         """The whole server ("") is SERVING on every replica (it is alive and redirects callers);
@@ -199,9 +207,11 @@ async def run_center(config: CenterConfig) -> None:
     async def elected() -> None:
         await center.start()
         center.alerts.run()
+        jobs.start()
         await report_leading(True)
 
     async def deposed() -> None:
+        await jobs.stop()
         center.stop_serving()
         await center.alerts.stop()
         await report_leading(False)
@@ -219,6 +229,7 @@ async def run_center(config: CenterConfig) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await jobs.stop()
         await leadership.close()
         await store.close()
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from quota_center import allocation, ledger, lifecycle
+from quota_center import allocation, ledger, lifecycle, settlement
 from quota_center.alert_book import Alert, Cause
 from quota_center.alert_engine import AlertEngine, AlertSettings
 from quota_center.alerting import AlertRuleSet, shipped_alert_rules
@@ -78,6 +78,8 @@ class CenterSettings:
     """How often alert rules are evaluated, and where alerts are posted."""
     history_interval_s: float = DEFAULT_INTERVAL_S
     """How often the leading center samples every promotion's usage by region into its history."""
+    settle_grace_s: float = settlement.DEFAULT_GRACE_S
+    """How long after its end a promotion is settled (its statement final): refunds are honoured until then."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,7 @@ class Center:
         `guarded` (the request, booked if a rule holds it), or carrying the findings it was `approved`
         with; it takes the next catalog revision, is recorded in the audit trail, and watchers hear of it."""
         before = self._state(promotion_id).promotion
+        settlement.refuse_if_settled(self._state(promotion_id), call)
         if by.identity is not None and by.identity.role is Role.OWNER:
             ledger.require_owner(before, by.identity.uri, call)
         findings = list(approved)
@@ -388,6 +391,40 @@ class Center:
 
         state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1), record)
         return state.promotion
+
+    # Settlement
+
+    def statement(self, promotion_id: str) -> settlement.Statement:
+        """Final once settled; until then computed from the books as they stand."""
+        return settlement.statement_of(self._state(promotion_id), self._clock.wall_ms())
+
+    async def settle_due(self, by: By) -> list[str]:
+        """Settles every promotion whose grace has passed (the leader's periodic job, `by` the center itself);
+        returns their ids. Each statement is stored with its promotion, with an audit record."""
+        self._require_leader()
+        grace_ms = round(self.settings.settle_grace_s * 1000)
+        settled = []
+        for promotion_id in settlement.due(self._states.values(), self._clock.wall_ms(), grace_ms):
+
+            def settle(state: PromotionState) -> bool:
+                return settlement.settle(state, self._clock.wall_ms(), grace_ms)
+
+            def record(state: PromotionState, promotion_id: str = promotion_id) -> AuditRecord:
+                return self._trail.seal(by, "SettlePromotion", promotion_id, None, state.statement or {})
+
+            async with self._configuring:
+                if (await self._change(promotion_id, settle, record)).statement is not None:
+                    settled.append(promotion_id)
+        return settled
+
+    async def archive(self, promotion_id: str, by: By | None = None) -> Promotion:
+        """Puts a settled promotion away (one catalog revision: agents drop it); archiving twice changes nothing."""
+        grace_ms = round(self.settings.settle_grace_s * 1000)
+
+        def change(state: PromotionState, revision: int) -> bool:
+            return settlement.archive(state, revision, grace_ms)
+
+        return await self._configure(promotion_id, settlement.ARCHIVE, change, by or By())
 
     # Second approval
 

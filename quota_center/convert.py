@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from quota_center.center import CatalogPage, Directive, UsageView
 from quota_center.history import PromotionHistory
 from quota_center.paging import within_bytes
+from quota_center.settlement import Statement
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.wire import emergency_to_pb, promotion_to_pb
 from quota_common.errors import QuotaError
@@ -43,6 +44,36 @@ def usage_to_pb(usage: UsageView) -> pb.Usage:
             )
         )
     return pb.Usage(promotion=promotion_to_pb(usage.promotion), unallocated=usage.unallocated, regions=regions)
+
+
+def statement_to_pb(statement: Statement) -> pb.Statement:
+    message = pb.Statement(
+        promotion_id=statement.promotion_id,
+        state=statement.state,
+        budget=statement.budget,
+        issued=statement.issued,
+        refunded=statement.refunded,
+        written_off=statement.written_off,
+        stranded=statement.stranded,
+        unspent=statement.unspent,
+        regions=[
+            pb.RegionStatement(
+                region=region.region,
+                granted=region.granted,
+                returned=region.returned,
+                issued=region.issued,
+                refunded=region.refunded,
+                written_off=region.written_off,
+                stranded=region.stranded,
+            )
+            for region in statement.regions
+        ],
+    )
+    if statement.ended_at_ms:
+        message.ended_at.FromMilliseconds(statement.ended_at_ms)
+    if statement.settled_at_ms:
+        message.settled_at.FromMilliseconds(statement.settled_at_ms)
+    return message
 
 
 def catalog_page_to_pb(page: CatalogPage, max_bytes: int) -> pb.CatalogChanges:

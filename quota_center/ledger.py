@@ -53,6 +53,10 @@ class RegionAccount:
     retired_granted: int = 0
     retired_returned: int = 0
     retired_consumed: int = 0
+    """Deducted minus refunded by earlier incarnations."""
+    retired_refunded: int = 0
+    """Refunded by earlier incarnations, so the deductions and the refunds can be told apart (0 in accounts
+    stored before it was kept: their earlier lives' refunds are netted in `retired_consumed`)."""
     written_off: int = 0
     retired_incarnations: list[str] = field(default_factory=list)
     recent_grants: list[tuple[str, int]] = field(default_factory=list)
@@ -75,6 +79,15 @@ class RegionAccount:
         return self.retired_consumed + self.deducted - self.refunded
 
     @property
+    def issued(self) -> int:
+        """Deducted by orders over every incarnation, before refunds."""
+        return self.retired_consumed + self.retired_refunded + self.deducted
+
+    @property
+    def total_refunded(self) -> int:
+        return self.retired_refunded + self.refunded
+
+    @property
     def held(self) -> int:
         """Unspent quota the current incarnation holds, as of its last report."""
         return self.granted - self.returned - (self.deducted - self.refunded)
@@ -86,6 +99,8 @@ class PromotionState:
     accounts: dict[str, RegionAccount] = field(default_factory=dict)
     # Bumped by every commit; the store compares it so two writers never both win.
     version: int = 1
+    statement: dict[str, Any] | None = None
+    """The final statement once the promotion is settled (`quota_center.settlement`); None before."""
 
     @property
     def unallocated(self) -> int:
@@ -108,7 +123,10 @@ class PromotionState:
 
     def to_document(self) -> dict[str, Any]:
         accounts = {region: asdict(account) for region, account in self.accounts.items()}
-        return {"promotion": promotion_document(self.promotion), "accounts": accounts, "version": self.version}
+        document = {"promotion": promotion_document(self.promotion), "accounts": accounts, "version": self.version}
+        if self.statement is not None:
+            document["statement"] = self.statement
+        return document
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> PromotionState:
@@ -117,7 +135,7 @@ class PromotionState:
             raw = dict(raw)
             raw["recent_grants"] = [(grant_id, amount) for grant_id, amount in raw["recent_grants"]]
             accounts[region] = RegionAccount(**raw)
-        return cls(promotion_from_document(doc["promotion"]), accounts, doc["version"])
+        return cls(promotion_from_document(doc["promotion"]), accounts, doc["version"], doc.get("statement"))
 
 
 def check_new_promotion(promotion: Promotion) -> None:
@@ -231,6 +249,7 @@ def _retire(account: RegionAccount) -> None:
     account.retired_granted += account.granted
     account.retired_returned += account.returned
     account.retired_consumed += consumed
+    account.retired_refunded += account.refunded
     account.retired_incarnations.append(account.incarnation)
     account.granted = account.returned = account.deducted = account.refunded = 0
     account.recent_grants = []

@@ -15,7 +15,7 @@ from quota_center.alert_book import Alert, cause_from_wire
 from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
 from quota_center.center import HEARTBEAT_S, Center, Opening
-from quota_center.convert import catalog_page_to_pb, directives_to_pb, history_to_pb, usage_to_pb
+from quota_center.convert import catalog_page_to_pb, directives_to_pb, history_to_pb, statement_to_pb, usage_to_pb
 from quota_center.gate import FIRED
 from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
@@ -117,7 +117,9 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     async def ListPromotions(self, request: pb.ListPromotionsRequest, context: Context) -> pb.ListPromotionsResponse:
         page_size = _page_size(request.page_size)
         after = after_page_token(request.page_token)
-        remaining = [p for p in self._center.promotions() if p.id > after]
+        remaining = [
+            p for p in self._center.promotions() if p.id > after and (request.include_archived or not p.archived)
+        ]
         listed, _ = within_bytes((promotion_to_pb(p) for p in remaining[:page_size]), MAX_PAGE_BYTES)
         more = len(listed) < len(remaining)
         return pb.ListPromotionsResponse(promotions=listed, next_page_token=page_token(listed[-1].id) if more else "")
@@ -130,6 +132,15 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     async def GetHistory(self, request: pb.GetHistoryRequest, context: Context) -> pb.History:
         promotion, history = await self._center.history(require_id("promotion_id", request.promotion_id))
         return history_to_pb(promotion, history)
+
+    @translate_errors
+    async def GetStatement(self, request: pb.GetStatementRequest, context: Context) -> pb.Statement:
+        return statement_to_pb(self._center.statement(require_id("promotion_id", request.promotion_id)))
+
+    @translate_errors
+    async def ArchivePromotion(self, request: pb.ArchivePromotionRequest, context: Context) -> pb.Promotion:
+        promotion_id = require_id("promotion_id", request.promotion_id)
+        return promotion_to_pb(await self._center.archive(promotion_id, _by(request.request_id)))
 
     @translate_errors
     async def SetEmergencyFreeze(self, request: pb.SetEmergencyFreezeRequest, context: Context) -> pb.EmergencyFreeze:

@@ -427,19 +427,21 @@ def every_page(ask: Callable[[str], Page]) -> Iterator[Page]:
             return
 
 
-def _every_promotion(center: AdminClient) -> list[Promotion]:
-    pages = every_page(
-        lambda token: center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))
-    )
-    return [promotion_from_pb(promotion) for page in pages for promotion in page.promotions]
+def _every_promotion(center: AdminClient, archived: bool) -> list[Promotion]:
+    def page(token: str) -> pb.ListPromotionsResponse:
+        request = pb.ListPromotionsRequest(page_token=token, include_archived=archived)
+        return center.call(lambda admin: admin.ListPromotions, request)
+
+    return [promotion_from_pb(promotion) for page in every_page(page) for promotion in page.promotions]
 
 
 @budget.command("list")
+@click.option("--archived", is_flag=True, help="Also list archived promotions (settled and put away).")
 @json_flag
 @click.pass_obj
-def list_promotions(center: AdminClient, as_json: bool) -> None:
-    """Every promotion: kind, budget, regions, window, pacing, frozen, revision."""
-    promotions = _every_promotion(center)
+def list_promotions(center: AdminClient, archived: bool, as_json: bool) -> None:
+    """Every promotion: kind, budget, regions, window, pacing, frozen, revision; archived ones only with --archived."""
+    promotions = _every_promotion(center, archived)
     if as_json:
         view.print_json({"promotions": [promotion_document(promotion) for promotion in promotions]})
     elif promotions:

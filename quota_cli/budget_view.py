@@ -116,11 +116,13 @@ def budget_label(promotion: Promotion) -> str:
 
 def promotions_table(promotions: list[Promotion]) -> Table:
     has_amounts = any(promotion.kind is Kind.AMOUNT for promotion in promotions)
+    has_archived = any(promotion.archived for promotion in promotions)
     table = Table(title="promotions", caption=MINOR_UNITS if has_amounts else None)
-    for header in ("id", "kind", "budget", "regions", "window", "pacing", "frozen", "revision"):
+    headers = ("id", "kind", "budget", "regions", "window", "pacing", "frozen", "revision")
+    for header in (*headers, "archived") if has_archived else headers:
         table.add_column(header, justify="right" if header in ("budget", "revision") else "left")
     for promotion in promotions:
-        table.add_row(
+        cells = [
             promotion.id,
             kind_label(promotion),
             f"{promotion.budget:,}",
@@ -129,7 +131,8 @@ def promotions_table(promotions: list[Promotion]) -> Table:
             pacing_label(promotion),
             frozen_label(promotion),
             str(promotion.revision),
-        )
+        ]
+        table.add_row(*cells, *(["yes" if promotion.archived else "no"] if has_archived else []))
     return table
 
 
@@ -179,6 +182,7 @@ def promotion_table(promotion: Promotion) -> Table:
         "offer": offer_label(promotion),
         "frozen": frozen_label(promotion),
         "revision": str(promotion.revision),
+        "archived": "yes: settled and put away, regions dropped it" if promotion.archived else "no",
         "owner": promotion.owner or "none recorded (created without TLS): any owner may change it",
     }
     for field, value in rows.items():

@@ -21,6 +21,7 @@ from quota_cli.budget_emergency import emergency
 from quota_cli.budget_history import history
 from quota_cli.budget_lifecycle import end, update
 from quota_cli.budget_pending import approve, pending, reject
+from quota_cli.budget_statement import archive, statement
 from quota_cli.certs import certs
 from quota_cli.reconcile import reconcile
 from quota_cli.rules import check_rules
@@ -109,7 +110,7 @@ main.add_command(agent)
 budget.add_command(audit)
 budget.add_command(emergency)
 budget.add_command(history)
-for command in (pending, approve, reject, update, end):
+for command in (pending, approve, reject, update, end, statement, archive):
     budget.add_command(command)
 
 

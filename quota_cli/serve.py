@@ -159,6 +159,13 @@ def center() -> None:
     show_default=True,
     help="Seconds between two samples of every promotion's usage by region (quota budget history).",
 )
+@click.option(
+    "--settle-grace",
+    type=FiniteFloatRange(min=1),
+    default=_CENTER.settle_grace_s,
+    show_default=True,
+    help="Seconds after its end a promotion is settled (its statement final); refunds are honoured until then.",
+)
 @security_options
 def center_serve(
     listen: str,
@@ -179,6 +186,7 @@ def center_serve(
     alert_webhooks: tuple[str, ...],
     alert_resend: float,
     history_interval: float,
+    settle_grace: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -191,7 +199,11 @@ def center_serve(
     certificate from that CA; without them it serves plaintext, on a loopback address only."""
     alerts = AlertSettings(alert_interval, alert_resend, webhook_urls(alert_webhooks))
     settings = CenterSettings(
-        lease_ttl_s=lease_ttl, pending_ttl_s=pending_ttl, alerts=alerts, history_interval_s=history_interval
+        lease_ttl_s=lease_ttl,
+        pending_ttl_s=pending_ttl,
+        alerts=alerts,
+        history_interval_s=history_interval,
+        settle_grace_s=settle_grace,
     )
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
     etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))

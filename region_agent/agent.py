@@ -276,6 +276,8 @@ class Agent:
                 f"promotion {promotion.id} may not be spent in region {self.settings.region} "
                 f"(allowed: {', '.join(promotion.regions)})",
             )
+        if promotion.archived:
+            raise Rejected(RejectReason.NOT_ACTIVE, f"promotion {promotion.id} is settled and archived")
         if promotion.frozen:
             raise Rejected(RejectReason.FROZEN, f"promotion {promotion.id} is frozen by its budget owner")
         if self.cache.emergency.covers(self.settings.region):

@@ -132,7 +132,7 @@ class Supply:
         for promotion in changed:
             item = self._tracked.get(promotion.id)
             if item is None:
-                release = promotion.frozen
+                release = promotion.frozen or promotion.archived
             else:
                 release = self._closed(promotion, now_ms) and not self._closed(item.promotion, now_ms)
                 item.promotion = promotion
@@ -140,8 +140,13 @@ class Supply:
                 self._in_background(self._release(promotion.id))
 
     def _closed(self, promotion: Promotion, now_ms: int) -> bool:
-        """Whether the region may not spend the promotion until its owner says otherwise."""
-        return promotion.frozen or promotion.has_ended(now_ms) or self._region not in promotion.regions
+        """Whether the region may not spend the promotion until its owner says otherwise (archived: ever)."""
+        return (
+            promotion.frozen
+            or promotion.archived
+            or promotion.has_ended(now_ms)
+            or self._region not in promotion.regions
+        )
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -157,6 +157,11 @@ HANDLER_ANSWERS = {
     ),
     # EndPromotion ends dave's sale (alice's must keep selling for the order calls): alice is refused.
     (OWNER, f"{ADMIN}EndPromotion"): Answer(DENIED, f"EndPromotion on promotion {DAVES_SALE}: {_DAVES}", part=True),
+    # Only a settled promotion is archived, and the sale runs for days yet (the message names dates).
+    (OWNER, f"{ADMIN}ArchivePromotion"): Answer(grpc.StatusCode.FAILED_PRECONDITION, ""),
+    (OTHER_OWNER, f"{ADMIN}ArchivePromotion"): Answer(
+        DENIED, f"ArchivePromotion on promotion {SALE}: {_NOT_HIS}", part=True
+    ),
 }
 
 WRITTEN_OUT = {
@@ -266,6 +271,10 @@ def _request(stack: SecureStack, caller: str, rpc: Rpc) -> Message:
         f"{ADMIN}ListPromotions": lambda: center_pb.ListPromotionsRequest(),
         f"{ADMIN}GetUsage": lambda: center_pb.GetUsageRequest(promotion_id=SALE),
         f"{ADMIN}GetHistory": lambda: center_pb.GetHistoryRequest(promotion_id=SALE),
+        f"{ADMIN}GetStatement": lambda: center_pb.GetStatementRequest(promotion_id=SALE),
+        f"{ADMIN}ArchivePromotion": lambda: center_pb.ArchivePromotionRequest(
+            promotion_id=SALE, request_id=f"archive-{tag}"
+        ),
         f"{ADMIN}SetEmergencyFreeze": lambda: center_pb.SetEmergencyFreezeRequest(
             region="us", frozen=True, request_id=f"switch-{tag}"
         ),
