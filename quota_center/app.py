@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import socket
 import sqlite3
@@ -195,7 +193,13 @@ async def run_center(config: CenterConfig) -> None:
     health_status = health_servicer()
     itself = By(identity.center(security.trust_domain))
     settle_every_s = min(SETTLE_EVERY_S, config.settings.settle_grace_s)
-    jobs = LeaderJobs([Job("settlement", settle_every_s, lambda: center.settle_due(itself))])
+    jobs = LeaderJobs(
+        [
+            Job("settlement", settle_every_s, lambda: center.settle_due(itself)),
+            Job("usage history", config.settings.history_interval_s, center.sample_history),
+            Job("reconciliation", config.settings.alerts.interval_s, center.alert_discrepancies),
+        ]
+    )
 
     async def report_leading(now_leading: bool) -> None:
         """The whole server ("") is SERVING on every replica (it is alive and redirects callers);
@@ -216,19 +220,12 @@ async def run_center(config: CenterConfig) -> None:
         await center.alerts.stop()
         await report_leading(False)
 
-    sampling: list[asyncio.Task[None]] = []
-
     async def start(port: int) -> None:
         await report_leading(False)
         await leadership.start(lambda: config.advertise or f"{_reachable_host(host)}:{port}", elected, deposed)
-        sampling.append(asyncio.create_task(_sample_history(center, config.settings.history_interval_s)))
 
     async def stop() -> None:
         await center.alerts.stop()
-        for task in sampling:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await jobs.stop()
         await leadership.close()
         await store.close()
@@ -244,16 +241,3 @@ async def run_center(config: CenterConfig) -> None:
         health_status=health_status,
         metrics=MetricsEndpoint(config.metrics_listen, center_registry(center)) if config.metrics_listen else None,
     )
-
-
-async def _sample_history(center: Center, interval_s: float) -> None:
-    """The usage history's sampling job, on whichever replica leads; a failed sample (the store out of
-    reach, leadership lost halfway) is logged and the next one tries again."""
-    while True:
-        await asyncio.sleep(interval_s)
-        if not center.leading:
-            continue
-        try:
-            await center.sample_history()
-        except Exception:
-            log.warning("sampling the usage history failed; retrying in %g s", interval_s, exc_info=True)

@@ -62,6 +62,7 @@ from quota_common.reconcile import Finding
 T = TypeVar("T")
 
 
+RECONCILE_RULE = "reconcile"
 HEARTBEAT_S = 5.0
 """An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
 
@@ -678,6 +679,12 @@ class Center:
         the center refused), one finding per promotion and region, for the alert rules."""
         self._require_leader()
         return self._discrepancies.findings()
+
+    async def alert_discrepancies(self) -> None:
+        """The periodic reconciliation: every difference the renewals showed is a `reconcile` alert (one
+        open per promotion and region, so a difference that persists is raised once)."""
+        for found in self.discrepancies():
+            await self.raise_alert(RECONCILE_RULE, found.promotion_id, found.region, found.describe())
 
     async def _renew_one(self, region: str, incarnation: str, promotion_id: str, report: Report) -> Directive:
         state = self._state(promotion_id)

@@ -37,6 +37,19 @@ async def test_a_report_counting_grants_never_made_is_a_finding_until_the_ledger
     assert center.discrepancies() == []
 
 
+async def test_a_difference_is_a_reconcile_alert_raised_once_while_it_persists(center: Center) -> None:
+    forged = {"p": Report(granted=15, returned=0, deducted=2, refunded=0)}
+    await center.renew("eu", "eu-1", forged)
+
+    await center.alert_discrepancies()
+    await center.renew("eu", "eu-1", forged)
+    await center.alert_discrepancies()
+
+    [alert] = center.list_alerts(include_acknowledged=True, promotion_id="p")
+    assert (alert.rule, alert.promotion_id, alert.region) == ("reconcile", "p", "eu")
+    assert "5 apart" in alert.message
+
+
 async def test_a_refusal_for_another_reason_is_no_finding(center: Center) -> None:
     [answer] = await center.renew("eu", "eu-1", {"unknown": Report(1, 0, 0, 0)})
 
