@@ -13,6 +13,7 @@ Money is in minor units (fen: ¥1 = 100) throughout; the figures printed are yua
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import sys
@@ -151,7 +152,7 @@ async def free_money(replay: Replay) -> Incident:
     issued = sum(region.consumed for region in usage.regions)
     alerts = await approver.ListAlerts(center_pb.ListAlertsRequest(promotion_id=coupon.id))
     acted = [alert for alert in alerts.alerts if alert.action]
-    incident = Incident("¥100 coupon, no threshold, no per-user limit", "guard rules (held), then an alert (froze)")
+    incident = Incident("¥100 coupon, no threshold, no limit", "rules held it; an alert froze it")
     incident.issued_units, incident.issued_yuan = issued, issued * face_value
     incident.exposure_yuan = budget * face_value
     incident.prevented_yuan = (budget - issued) * face_value
@@ -173,7 +174,7 @@ async def swapped_values(replay: Replay) -> Incident:
     await replay.admin(APPROVER).RejectPending(
         center_pb.DecidePendingRequest(pending_id=pending, reason="face value and threshold swapped")
     )
-    incident = Incident('"spend ¥200, get ¥4,000 off"', "guard rules (held), rejected by the approver")
+    incident = Incident('"spend ¥200, get ¥4,000 off"', "rules held it; approver said no")
     incident.exposure_yuan = incident.prevented_yuan = budget * face_value
     incident.details = [f"held at creation as {pending}: {why}", f"rejected by {APPROVER}; nothing reached a region"]
     return incident
@@ -207,9 +208,12 @@ async def flash_price(replay: Replay, restart_center: Callable[[], Awaitable[Non
         status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5.0)
         counted += sum(b.below_floor for b in status.balances if b.promotion_id == "flash-phone-watch")
     await restart_center()
+    alert = await _first_alert(replay, "flash-phone-watch")
     refused = outcomes.get(("flash-phone", "below_floor"), 0)
     let_through = outcomes.get(("flash-phone-watch", "ok"), 0)
-    incident = Incident("flash price one zero short, center down", "the agent's price floor (no center call)")
+    short = {outcome: n for (promotion_id, outcome), n in outcomes.items() if promotion_id == "flash-phone-watch"}
+    short.pop("ok", None)
+    incident = Incident("flash price one zero short", "the agent's price floor")
     incident.issued_units = let_through
     incident.issued_yuan = let_through * (meant - typed)
     incident.exposure_yuan = (refused + let_through) * (meant - typed)
@@ -219,8 +223,24 @@ async def flash_price(replay: Replay, restart_center: Callable[[], Awaitable[Non
         f"blocking on: {refused} of {sum(n for (p, _), n in outcomes.items() if p == 'flash-phone')} refused "
         "below_floor",
         f"blocking off: {let_through} let through, {counted} counted below the floor for the alert",
+        "blocking off, refused for want of quota with the center down: "
+        + (", ".join(f"{n} {outcome}" for outcome, n in sorted(short.items())) or "none"),
+        f"center back: alert {alert.id} ({alert.rule}): {alert.message}" if alert else "center back: no alert",
     ]
     return incident
+
+
+async def _first_alert(replay: Replay, promotion_id: str, timeout_s: float = 30.0) -> center_pb.Alert | None:
+    """The center's below-floor alert on `promotion_id`, once regions reported to it again."""
+    deadline = time.monotonic() + timeout_s
+    request = center_pb.ListAlertsRequest(promotion_id=promotion_id)
+    while time.monotonic() < deadline:
+        with contextlib.suppress(grpc.aio.AioRpcError):  # the restarted center may not lead yet
+            answer = await replay.admin(APPROVER).ListAlerts(request, timeout=5.0)
+            if floor_alerts := [alert for alert in answer.alerts if alert.rule == "below_floor"]:
+                return floor_alerts[-1]
+        await asyncio.sleep(0.2)
+    return None
 
 
 async def _until_sold(
@@ -269,16 +289,16 @@ async def replay_all(workdir: Path, console: Console) -> list[Incident]:
 
 
 def _table(incidents: list[Incident]) -> Table:
-    table = Table(title="quota incidents: the seeds' mistakes, replayed", show_lines=True)
+    table = Table(title="quota incidents: the seeds' mistakes, replayed")
     for column in ("incident", "caught by", "issued", "could have cost", "loss prevented"):
         table.add_column(
             column, justify="right" if column in ("issued", "could have cost", "loss prevented") else "left"
         )
     for incident in incidents:
         table.add_row(
-            incident.title + "".join(f"\n  · {detail}" for detail in incident.details),
+            incident.title,
             incident.caught_by,
-            f"{incident.issued_units:,} units\n{_yuan(incident.issued_yuan)}",
+            _yuan(incident.issued_yuan),
             _yuan(incident.exposure_yuan),
             _yuan(incident.prevented_yuan),
         )
@@ -286,11 +306,16 @@ def _table(incidents: list[Incident]) -> Table:
 
 
 def run_incidents(as_json: bool) -> None:
-    console = Console(stderr=as_json)
+    # Piped to a file or a CI log, rich would assume 80 columns and cut the figures.
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 110)
     with tempfile.TemporaryDirectory(prefix="quota-incidents-") as workdir:
         incidents = asyncio.run(replay_all(Path(workdir), console))
     if as_json:
         json.dump([incident.__dict__ for incident in incidents], sys.stdout)
         sys.stdout.write("\n")
-    else:
-        console.print(_table(incidents))
+        return
+    for number, incident in enumerate(incidents, start=1):
+        console.print(f"\n[bold]{number}. {incident.title}[/bold]", highlight=False)
+        for detail in incident.details:
+            console.print(f"  · {detail}", highlight=False, markup=False)
+    console.print(_table(incidents))

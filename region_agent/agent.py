@@ -202,10 +202,12 @@ class Agent:
         tracked = await self._supply.track([line.promotion_id for line in lines])
         below = below_floor([item.promotion for item in tracked], lines)
         try:
+            # The order's own prices first: a price below the floor is wrong whatever the supply, and the
+            # caller must hear that, not "lease expired" while the center is out of reach.
+            refuse_if_blocked(below)
             for item, line in zip(tracked, lines, strict=True):
                 self._check_spendable(item)
                 _check_order_limit(item.promotion, line)
-            refuse_if_blocked(below)
         except Rejected as refusal:
             previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0, placer=placer)
             if previous is not None:

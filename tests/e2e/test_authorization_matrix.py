@@ -148,7 +148,10 @@ HANDLER_ANSWERS = {
     # grpcio's asyncio health servicer has no List (yet).
     (None, f"{HEALTH}List"): Answer(grpc.StatusCode.UNIMPLEMENTED, ""),
     # No alert was raised: the table lets every person through, and the book has none to answer.
-    (None, f"{ADMIN}AcknowledgeAlert"): Answer(grpc.StatusCode.NOT_FOUND, "no alert 'A-404'", part=True),
+    (None, f"{ADMIN}AcknowledgeAlert"): Answer(
+        grpc.StatusCode.NOT_FOUND,
+        "no alert 'A-404'; `quota alerts --all` lists them (the oldest acknowledged ones are dropped)",
+    ),
     # Owners change only their own promotions: the table lets dave call, the center refuses him.
     (OTHER_OWNER, f"{ADMIN}SetBudget"): Answer(DENIED, f"SetBudget on promotion {SALE}: {_NOT_HIS}", part=True),
     (OTHER_OWNER, f"{ADMIN}SetFrozen"): Answer(DENIED, f"SetFrozen on promotion {FROZEN_SALE}: {_NOT_HIS}", part=True),
