@@ -32,7 +32,7 @@ from quota_common.errors import QuotaError
 from quota_common.model import Promotion
 
 if TYPE_CHECKING:
-    from quota_center.center import UsageView
+    from quota_center.center_core import UsageView
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from quota_center import server as center_server
 from quota_center.alerting import AlertRulesFile, shipped_alert_rules
-from quota_center.center import Center, CenterSettings
+from quota_center.center import Center
+from quota_center.center_core import CenterSettings
 from quota_center.gate import shipped_rules
 from quota_center.guard_file import RulesFile
 from quota_center.jobs import Job, LeaderJobs

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from quota_center.center import CatalogPage, Directive, UsageView
+from quota_center.center_agents import CatalogPage, Directive
+from quota_center.center_core import UsageView
 from quota_center.history import PromotionHistory
 from quota_center.paging import within_bytes
 from quota_center.settlement import Statement

@@ -14,7 +14,8 @@ from quota_center import lifecycle
 from quota_center.alert_book import Alert, cause_from_wire
 from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
-from quota_center.center import HEARTBEAT_S, Center, Opening
+from quota_center.center import Center
+from quota_center.center_agents import HEARTBEAT_S, Opening
 from quota_center.convert import catalog_page_to_pb, directives_to_pb, history_to_pb, statement_to_pb, usage_to_pb
 from quota_center.gate import FIRED
 from quota_center.ledger import GrantRecord

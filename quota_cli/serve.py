@@ -16,7 +16,7 @@ import click
 
 from quota_center.alert_engine import AlertSettings
 from quota_center.app import CenterConfig, StoreAccess, run_center
-from quota_center.center import CenterSettings
+from quota_center.center_core import CenterSettings
 from quota_center.webhooks import webhook_urls
 from quota_cli.budget import CENTER_ADDRESSES
 from quota_cli.security import security, security_options

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 
-from quota_center.center import HEARTBEAT_S, CatalogPage, Center, Directive, Opening
+from quota_center.center import Center
+from quota_center.center_agents import HEARTBEAT_S, CatalogPage, Directive, Opening
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import InvalidArgument, QuotaError
 from quota_common.incarnation import require_incarnation

@@ -18,7 +18,8 @@ from pathlib import Path
 import grpc
 
 from quota_center import server as center_server
-from quota_center.center import Center, CenterSettings
+from quota_center.center import Center
+from quota_center.center_core import CenterSettings
 from quota_center.issuer import KEY_DOCUMENT
 from quota_center.store.sqlite import SqliteStore
 from quota_common.clock import Clock, SystemClock

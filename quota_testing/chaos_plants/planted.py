@@ -84,17 +84,23 @@ def _ack_before_write() -> None:
 
 
 def _double_grant() -> None:
-    from quota_center.center import AcquireResult, Center, Directive
+    from quota_center.center_agents import AcquireResult, CenterForAgents, Directive
     from quota_common.errors import QuotaError, Unavailable
     from quota_common.model import Report
 
-    acquire, renew = Center.acquire, Center.renew
+    acquire, renew = CenterForAgents.acquire, CenterForAgents.renew
     committed = itertools.count(1)
     lost: dict[str, tuple[str, asyncio.Event]] = {}
     """By request id: the grant whose answer was lost, and an event set once a renewal resent it."""
 
     async def grants_again(
-        self: Center, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demand: int
+        self: CenterForAgents,
+        region: str,
+        incarnation: str,
+        promotion_id: str,
+        amount: int,
+        request_id: str,
+        demand: int,
     ) -> AcquireResult:
         result = await acquire(self, region, incarnation, promotion_id, amount, request_id, demand)
         if request_id in lost:
@@ -116,7 +122,7 @@ def _double_grant() -> None:
         return result
 
     async def renew_noting_resends(
-        self: Center, region: str, incarnation: str, reports: dict[str, Report]
+        self: CenterForAgents, region: str, incarnation: str, reports: dict[str, Report]
     ) -> list[Directive | QuotaError]:
         answers = await renew(self, region, incarnation, reports)
         resent = {grant_id for a in answers if isinstance(a, Directive) for grant_id, _ in a.unapplied_grants}
@@ -125,8 +131,8 @@ def _double_grant() -> None:
                 event.set()
         return answers
 
-    Center.acquire = grants_again  # type: ignore[method-assign]
-    Center.renew = renew_noting_resends  # type: ignore[method-assign]
+    CenterForAgents.acquire = grants_again  # type: ignore[method-assign]
+    CenterForAgents.renew = renew_noting_resends  # type: ignore[method-assign]
 
 
 def _forget_refund() -> None:

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from quota_center.alert_engine import AlertSettings
-from quota_center.center import CenterSettings
+from quota_center.center_core import CenterSettings
 from quota_center.trail import By
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quota_center.center import CenterSettings
+from quota_center.center_core import CenterSettings
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.clock import FakeClock

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from quota_center.audit import AuditRecord
-from quota_center.center import CatalogPage, Center, Opening
+from quota_center.center import Center
+from quota_center.center_agents import CatalogPage, Opening
 from quota_center.ledger import GrantRecord
 from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore

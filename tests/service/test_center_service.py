@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from quota_center.audit import AuditRecord
-from quota_center.center import Center, Directive, Opening
+from quota_center.center import Center
+from quota_center.center_agents import Directive, Opening
 from quota_center.ledger import GrantRecord, RegionAccount
 from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore

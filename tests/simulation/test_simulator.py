@@ -20,7 +20,7 @@ from loadtest.simulation.run import STRATEGIES, network_for, simulate
 from loadtest.simulation.scenarios import SCENARIOS, Order, Scenario, partition, skewed
 from loadtest.simulation.world import World
 from quota_center import allocation
-from quota_center.center import CenterSettings
+from quota_center.center_core import CenterSettings
 from region_agent.grpc_center import GrpcCenter
 from region_agent.ledger.local import LocalLedger
 

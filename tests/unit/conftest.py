@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from quota_center.center import Center, CenterSettings
+from quota_center.center import Center
+from quota_center.center_core import CenterSettings
 from quota_common.clock import FakeClock
 from quota_testing.memory_store import MemoryStore
 from quota_testing.support import PENDING_TTL_S

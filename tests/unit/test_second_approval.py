@@ -8,7 +8,8 @@ from importlib.resources import files
 import pytest
 
 from quota_center import approvals
-from quota_center.center import Center, CenterSettings
+from quota_center.center import Center
+from quota_center.center_core import CenterSettings
 from quota_center.guard import load_rules
 from quota_center.trail import By
 from quota_common.clock import FakeClock
