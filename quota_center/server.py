@@ -226,6 +226,7 @@ def _alert_pb(alert: Alert) -> pb.Alert:
     message = pb.Alert(
         id=alert.id,
         rule=alert.rule,
+        rule_name=alert.name,
         promotion_id=alert.promotion_id,
         region=alert.region,
         message=alert.message,

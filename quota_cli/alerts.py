@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -24,6 +25,7 @@ def _document(alert: pb.Alert) -> dict[str, Any]:
     return {
         "id": alert.id,
         "rule": alert.rule,
+        "rule_name": alert.rule_name,
         "promotion_id": alert.promotion_id,
         "region": alert.region,
         "message": alert.message,
@@ -91,3 +93,43 @@ def ack(center: AdminClient, alert_id: str, cause: str, note: str, request_id: s
         view.print_json(answered)
     else:
         click.echo(f"{answered['id']} acknowledged as {answered['cause']} by {answered['acknowledged_by']}")
+
+
+@alerts.command()
+@json_flag
+@click.pass_obj
+def rules(center: AdminClient, as_json: bool) -> None:
+    """How each rule's alerts were answered (of those the center keeps): a rule whose alerts are mostly
+    false alarms needs a higher threshold or a narrower condition; one never answered, someone to answer it."""
+    request = pb.ListAlertsRequest(include_acknowledged=True)
+    tally = answers_by_rule(center.call(lambda admin: admin.ListAlerts, request).alerts)
+    if as_json:
+        view.print_json({"rules": tally})
+        return
+    if not tally:
+        click.echo("no alert yet")
+        return
+    table = Table("rule", "kind", "raised", "open", *CAUSES, "false alarms")
+    for row in tally:
+        answered = row["raised"] - row["open"]
+        share = f"{row['false-alarm'] * 100 // answered} %" if answered else "-"
+        table.add_row(
+            row["rule_name"], row["rule"], str(row["raised"]), str(row["open"]), *(str(row[c]) for c in CAUSES), share
+        )
+    view.print_table(table)
+
+
+def answers_by_rule(listed: Iterable[pb.Alert]) -> list[dict[str, Any]]:
+    """Per rule (by name, in name order): alerts raised, still open, and answered with each cause."""
+    rows: dict[str, dict[str, Any]] = {}
+    for alert in listed:
+        row = rows.setdefault(
+            alert.rule_name,
+            {"rule_name": alert.rule_name, "rule": alert.rule, "raised": 0, "open": 0, **dict.fromkeys(CAUSES, 0)},
+        )
+        row["raised"] += 1
+        if alert.acknowledged:
+            row[_CAUSE_NAMES[alert.cause]] += 1
+        else:
+            row["open"] += 1
+    return [rows[name] for name in sorted(rows)]

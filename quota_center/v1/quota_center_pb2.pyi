@@ -349,6 +349,7 @@ class Alert(_message.Message):
     ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_AT_FIELD_NUMBER: _builtins.int
     DELIVERIES_FIELD_NUMBER: _builtins.int
+    RULE_NAME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A-1, A-2, ...: the webhook's deduplication key too"""
     rule: _builtins.str
@@ -366,6 +367,8 @@ class Alert(_message.Message):
     acknowledged_by: _builtins.str
     deliveries: _builtins.int
     """webhook posts answered 2xx"""
+    rule_name: _builtins.str
+    """the rule in the alert rules file that raised it (the kind's name for reconcile)"""
     @_builtins.property
     def raised_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -386,10 +389,11 @@ class Alert(_message.Message):
         acknowledged_by: _builtins.str = ...,
         acknowledged_at: _timestamp_pb2.Timestamp | None = ...,
         deliveries: _builtins.int = ...,
+        rule_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "raised_at", b"raised_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged", b"acknowledged", "acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "action", b"action", "cause", b"cause", "deliveries", b"deliveries", "id", b"id", "message", b"message", "note", b"note", "promotion_id", b"promotion_id", "raised_at", b"raised_at", "region", b"region", "rule", b"rule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged", b"acknowledged", "acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "action", b"action", "cause", b"cause", "deliveries", b"deliveries", "id", b"id", "message", b"message", "note", b"note", "promotion_id", b"promotion_id", "raised_at", b"raised_at", "region", b"region", "rule", b"rule", "rule_name", b"rule_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -164,3 +164,9 @@ async def test_a_free_coupon_is_frozen_by_its_alert_and_every_alert_reaches_a_re
             assert f"{burning.id} acknowledged as real-fixed" in answered.output
             listed = await asyncio.to_thread(CliRunner().invoke, main, ["alerts", "--center", served.address, "--json"])
             assert burning.id not in {alert["id"] for alert in json.loads(listed.output)["alerts"]}
+            tallied = await asyncio.to_thread(
+                CliRunner().invoke, main, ["alerts", "--center", served.address, "rules", "--json"]
+            )
+            by_rule = {row["rule_name"]: row for row in json.loads(tallied.output)["rules"]}
+            assert by_rule["free-money-burning"]["real-fixed"] == 1
+            assert (by_rule["reconcile"]["rule"], by_rule["reconcile"]["open"]) == ("reconcile", 1)
