@@ -91,6 +91,10 @@ class AlertEngine:
     def listing(self, include_acknowledged: bool, promotion_id: str) -> list[Alert]:
         return self._book.listing(include_acknowledged, promotion_id)
 
+    def find(self, alert_id: str) -> Alert:
+        """NotFound when the book does not hold it."""
+        return self._book.find(alert_id)
+
     async def evaluate(self) -> list[Alert]:
         """One evaluation: the alerts it raised (none for a condition whose alert is still open)."""
         rules, now = self._rules(), self._clock.wall_ms()

@@ -299,8 +299,13 @@ class Center(CenterForAgents):
         return self.alerts.listing(include_acknowledged, promotion_id)
 
     async def acknowledge_alert(self, alert_id: str, cause: Cause, note: str, by: By) -> Alert:
+        """An owner answers alerts on their own promotions only (an answer is final and stops the re-sends,
+        so another owner must not silence it); approvers and operators answer any."""
         self._require_leader()
         async with self._configuring:
+            alerted = self._states.get(self.alerts.find(alert_id).promotion_id)
+            if alerted is not None and by.identity is not None and by.identity.role is Role.OWNER:
+                ledger.require_owner(alerted.promotion, by.identity.uri, "AcknowledgeAlert")
             return await self.alerts.acknowledge(alert_id, cause, note, by)
 
     async def raise_alert(self, rule: str, promotion_id: str, region: str, message: str) -> Alert | None:

@@ -34,7 +34,9 @@ def floor_of(promotion: Promotion, line: Line) -> int:
 
 def is_below_floor(promotion: Promotion, line: Line) -> bool:
     if not line.unit_price:
-        return False
+        # Nothing says what an unpriced line sold for; but leaving the price out must not be a way round a
+        # floor that refuses, so such a floor refuses unpriced lines too.
+        return promotion.block_below_floor and (promotion.floor_price > 0 or promotion.floor_bps > 0)
     paid = paid_per_unit(line)
     return paid < promotion.floor_price or paid * BPS < line.unit_price * promotion.floor_bps
 
@@ -47,6 +49,8 @@ class BelowFloor:
     line: Line
 
     def describe(self) -> str:
+        if not self.line.unit_price:
+            return f"promotion {self.promotion.id} sets a price floor, and the line states no unit_price"
         return (
             f"promotion {self.promotion.id} sells a unit at {paid_per_unit(self.line)} "
             f"({self.line.unit_price} less a discount of {self.line.discount}), below its floor of "

@@ -66,10 +66,14 @@ async def test_a_blocking_promotion_refuses_the_whole_order_locally_and_counts_e
     assert center.calls == calls
     assert await _below_floor(agent) == {"flash": 2, "plain": 0}
     assert "order 'o-typo' refused: promotion flash sells a unit at 9990" in caplog.text
+    with pytest.raises(Rejected, match="sets a price floor, and the line states no unit_price") as unpriced:
+        await agent.deduct("o-unpriced", "eu", (Line("flash", 1, "user"),))  # leaving the price out is no way round
+    assert unpriced.value.reason is RejectReason.BELOW_FLOOR
+    assert await _below_floor(agent) == {"flash": 3, "plain": 0}
 
     center.catalog_down = False
     await agent.renew_once()
-    assert center.reports["flash"].below_floor == 2
+    assert center.reports["flash"].below_floor == 3
     assert center.reports["plain"].below_floor == 0
 
 

@@ -9,7 +9,7 @@ from quota_center.alert_book import Cause
 from quota_center.center import Center
 from quota_center.trail import By
 from quota_common.clock import FakeClock
-from quota_common.errors import FailedPrecondition, NotFound
+from quota_common.errors import FailedPrecondition, NotFound, PermissionDenied
 from quota_common.identity import Role, person
 from quota_common.model import Kind, Promotion, Report
 from quota_testing.memory_store import MemoryStore
@@ -88,3 +88,18 @@ async def test_a_person_answers_an_alert_once_with_a_cause_and_it_is_audited(clo
     assert [(ack["actor"], ack["after"]["cause"]) for ack in acks] == [(ALICE.actor, "real-fixed")]
     assert center.list_alerts(False, "") == []
     assert center.list_alerts(True, "free-100") == [answered]
+
+
+async def test_another_owner_cannot_silence_an_alert_on_a_promotion_not_theirs(clock: FakeClock) -> None:
+    center = await started(MemoryStore(), clock)
+    await free_coupon(center, clock)
+    raised = await center.raise_alert("reconcile", "free-100", "eu", "eu's ledger holds 3 more than the center knows")
+    assert raised is not None
+    mallory = By(person("quota", Role.OWNER, "mallory"))
+
+    with pytest.raises(PermissionDenied, match="AcknowledgeAlert on promotion free-100: it belongs to"):
+        await center.acknowledge_alert(raised.id, Cause.FALSE_ALARM, "not mine", mallory)
+
+    assert center.list_alerts(False, "free-100") == [raised]
+    operator = By(person("quota", Role.OPERATOR, "carol"))
+    assert (await center.acknowledge_alert(raised.id, Cause.REAL_ACCEPTED, "on call", operator)).acknowledged

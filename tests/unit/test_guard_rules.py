@@ -88,6 +88,13 @@ def test_a_budget_costing_more_than_the_owners_limit_is_held_and_no_limit_means_
     assert _fired(Proposal(_coupon(), owner_limit=0)) == []
 
 
+def test_units_of_no_stated_value_are_held_by_their_count_so_leaving_out_the_value_is_no_way_round() -> None:
+    unvalued = _coupon(face_value=0, budget=9_000_000_000_000)
+
+    assert _fired(Proposal(unvalued, owner_limit=50_000)) == ["budget-above-owner-limit"]
+    assert _fired(Proposal(_coupon(face_value=0, budget=50_000), owner_limit=50_000)) == []
+
+
 ALICE, BOB = "spiffe://quota.test/owner/alice", "spiffe://quota.test/owner/bob"
 
 
