@@ -121,7 +121,11 @@ class Center(CenterForAgents):
         self._require_leader()
         async with self._configuring:
             return await self._configured(
-                promotion_id, "SetBudget", _budget_change(budget, expected_revision), by or By(), request
+                promotion_id,
+                "SetBudget",
+                _budget_change(budget, expected_revision, self._clock.wall_ms()),
+                by or By(),
+                request,
             )
 
     async def update_promotion(self, promotion_id: str, update: lifecycle.Update, by: By | None = None) -> Promotion:
@@ -285,7 +289,8 @@ class Center(CenterForAgents):
         """The change a held request makes, applied as it was asked."""
         if change.call == "UpdatePromotion":
             return self._updating(lifecycle.Update.from_request(change.request))
-        return _budget_change(int(change.request["budget"]), int(change.request["expected_revision"]))
+        budget, expected = int(change.request["budget"]), int(change.request["expected_revision"])
+        return _budget_change(budget, expected, self._clock.wall_ms())
 
     async def reject(self, pending_id: str, by: By, reason: str) -> PendingChange:
         self._require_leader()
@@ -342,8 +347,10 @@ def _frozen_change(frozen: bool) -> Callable[[PromotionState, int], bool]:
     return change
 
 
-def _budget_change(budget: int, expected_revision: int) -> Callable[[PromotionState, int], None]:
+def _budget_change(budget: int, expected_revision: int, now_ms: int) -> Callable[[PromotionState, int], None]:
     def change(state: PromotionState, revision: int) -> None:
+        # After its end a budget means nothing to sell and would only rewrite the statement being settled.
+        lifecycle.check_changeable(state.promotion, now_ms)
         ledger.set_budget(state, budget, expected_revision, revision)
 
     return change

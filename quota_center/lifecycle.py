@@ -103,7 +103,7 @@ def update(state: PromotionState, change: Update, revision: int, now_ms: int) ->
     """Applies `change` as catalog revision `revision`; False when it changes nothing (no new revision).
     Raises, changing nothing, when the change breaks a rule (see the module docstring)."""
     before = state.promotion
-    _check_changeable(before, now_ms)
+    check_changeable(before, now_ms)
     ledger.check_revision(before, change.expected_revision)
     after = replace(before, **change.changes)
     if after == before:
@@ -132,7 +132,7 @@ def _check_not_archived(promotion: Promotion) -> None:
         raise FailedPrecondition(f"promotion {promotion.id} is archived: it never changes again")
 
 
-def _check_changeable(promotion: Promotion, now_ms: int) -> None:
+def check_changeable(promotion: Promotion, now_ms: int) -> None:
     _check_not_archived(promotion)
     if promotion.has_ended(now_ms):
         raise FailedPrecondition(

@@ -84,6 +84,8 @@ def _center_books(center: AdminClient, promotion_id: str) -> dict[str, CenterBoo
 
 def _promotions(center: AdminClient, only: str | None, ledgers: Ledgers) -> list[str]:
     if only is not None:
+        if only not in ledgers:  # a typo must not read as "the books agree": the center names it (NOT_FOUND)
+            center.call(lambda admin: admin.GetPromotion, pb.GetPromotionRequest(promotion_id=only))
         return [only]
     pages = every_page(
         lambda token: center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))

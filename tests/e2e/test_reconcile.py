@@ -51,6 +51,7 @@ async def test_a_grant_planted_in_a_regions_redis_is_named_with_its_promotion_re
             await eventually(lambda: settled(region))
 
             agreed = await reconcile(region, "--json")
+            typo = await reconcile(region, "--promotion", "prmo")
 
             assert agreed.returncode == 0, agreed.stderr
             assert json.loads(agreed.stdout) == {
@@ -59,6 +60,8 @@ async def test_a_grant_planted_in_a_regions_redis_is_named_with_its_promotion_re
                 "findings": [],
             }
 
+            assert typo.returncode == 3, typo.stdout  # a typo is not "the books agree"
+            assert "no promotion with id 'prmo'" in typo.stderr
             redis = Redis(host=server.host, port=server.port)
             life = await redis.hget("{quota:eu}:incarnation", "life")
             assert isinstance(life, bytes)

@@ -153,4 +153,6 @@ async def test_an_ended_promotion_grants_nothing_and_regions_are_asked_for_every
     assert directive.exhausted
     with pytest.raises(FailedPrecondition, match="ended promotion is not changed"):
         await center.update_promotion("sale", Update({"per_user_limit": 1}, ended.revision), ALICE)
+    with pytest.raises(FailedPrecondition, match="ended promotion is not changed"):
+        await center.set_budget("sale", 400, ended.revision, ALICE)  # it would only rewrite the statement
     assert await calls(center) == ["CreatePromotion", "EndPromotion"]
