@@ -148,8 +148,7 @@ async def free_money(replay: Replay) -> Incident:
 
     started = time.monotonic()
     await asyncio.gather(*(order_service(region) for region in REGIONS for _ in range(4)))
-    usage = await replay.admin(OWNER).GetUsage(center_pb.GetUsageRequest(promotion_id=coupon.id))
-    issued = sum(region.consumed for region in usage.regions)
+    issued = outcomes.get("ok", 0)  # one coupon per order; the center hears of the last ones at the next renewals
     alerts = await approver.ListAlerts(center_pb.ListAlertsRequest(promotion_id=coupon.id))
     acted = [alert for alert in alerts.alerts if alert.action]
     incident = Incident("¥100 coupon, no threshold, no limit", "rules held it; an alert froze it")

@@ -96,7 +96,9 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
         request.update_mask.MergeMessage(request.promotion, merged, True, True)
         values = promotion_from_pb(merged)
         update = lifecycle.Update({name: getattr(values, name) for name in fields}, request.expected_revision)
-        return promotion_to_pb(await self._center.update_promotion(promotion_id, update, by))
+        updated = await self._center.update_promotion(promotion_id, update, by)
+        _name_fired_rules(context)
+        return promotion_to_pb(updated)
 
     @translate_errors
     async def EndPromotion(self, request: pb.EndPromotionRequest, context: Context) -> pb.Promotion:

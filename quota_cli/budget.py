@@ -18,7 +18,7 @@ from quota_cli import budget_view as view
 from quota_cli.security import security, security_options
 from quota_common.clock import SystemClock, iso
 from quota_common.config import FiniteFloatRange, bind_environment
-from quota_common.errors import LEADER_METADATA_KEY, WARNINGS_METADATA_KEY, trailing
+from quota_common.errors import LEADER_METADATA_KEY, PENDING_METADATA_KEY, WARNINGS_METADATA_KEY, trailing
 from quota_common.model import Promotion, promotion_document
 from quota_common.transport import Transport, open_transport
 from quota_common.validation import MAX_AMOUNT
@@ -53,6 +53,22 @@ class CenterRefused(CenterError):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"{details} ({code.name})")
         self.code = code
+
+
+class ChangeHeld(CenterRefused):
+    """A guard rule held the change for a second person: not an error of the caller's, and not to be retried."""
+
+    def __init__(self, details: str, pending_id: str) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, details)
+        self.pending_id = pending_id
+        self.hint = (
+            f"nothing applies until an approver other than you decides it (quota budget approve {pending_id}, or "
+            f"reject); `quota budget pending` shows it. Sending the change again only books another pending change"
+        )
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"held for approval: {self.message}", err=True)
+        click.echo(self.hint, err=True)
 
 
 class CenterUnreachable(CenterError):
@@ -93,6 +109,7 @@ class AdminClient:
                     if not isinstance(error, grpc.Call):
                         raise
                     code, details, leader = error.code(), error.details() or "", trailing(error, LEADER_METADATA_KEY)
+                    pending = trailing(error, PENDING_METADATA_KEY)
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and not idempotent:
                 raise CenterUnreachable(
                     f"{address} did not answer within {self.timeout_s:g} s (DEADLINE_EXCEEDED)",
@@ -105,6 +122,8 @@ class AdminClient:
                 failures[address] = details
                 if leader and self.transport.may_call(leader):
                     to_try.insert(0, leader)
+            elif pending:
+                raise ChangeHeld(details, pending)
             else:
                 raise CenterRefused(code, details)
         tried = "".join(f"\n  {address}: {reason}" for address, reason in failures.items())
@@ -379,10 +398,10 @@ def hinted_refusal(promotion_id: str) -> Iterator[None]:
     try:
         yield
     except CenterRefused as refusal:
-        if refusal.code == grpc.StatusCode.FAILED_PRECONDITION:
+        if refusal.code == grpc.StatusCode.FAILED_PRECONDITION and not isinstance(refusal, ChangeHeld):
             refusal.hint = (
                 f"nothing changed: re-read the promotion (quota budget usage {promotion_id} shows its revision and "
-                "what regions have taken) and retry; a held change waits for `quota budget approve`"
+                "what regions have taken) and retry"
             )
         raise
 

@@ -346,9 +346,13 @@ def test_a_change_the_guard_rules_warn_about_is_made_and_the_answer_names_the_ru
     assert done.returncode == 0, done.stderr
     assert "created" in done.stdout
     assert "warning: the guard rules flagged this change: window-over-31-days" in done.stderr
-    quiet = run_budget(center, "set-budget", "long-sale", "20")
-    assert quiet.returncode == 0, quiet.stderr
-    assert "warning" in quiet.stderr  # the window is still over 31 days: every change is judged whole
+    again = run_budget(center, "set-budget", "long-sale", "20")
+    assert again.returncode == 0, again.stderr
+    assert "window-over-31-days" in again.stderr  # the window is still over 31 days: every change is judged whole
+    in_50_days = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 50 * 86_400))
+    longer = run_budget(center, "update", "long-sale", "--end", in_50_days)
+    assert longer.returncode == 0, longer.stderr
+    assert "warning: the guard rules flagged this change: window-over-31-days" in longer.stderr
 
 
 def _region(center: str, promotion_id: str, region: str) -> dict[str, Any]:
@@ -424,3 +428,17 @@ def test_create_sets_a_price_floor_and_show_prints_it(stack: Stack) -> None:
     assert "a unit sells for at least 1,000 and 50.00 % of its price (refused below)" in shown.stdout
     refused_bps = run_budget(center, "create", "over", "--budget", "5", "--regions", "eu", "--floor-bps", "10001")
     assert refused_bps.returncode == 2
+
+
+def test_a_held_create_says_it_waits_for_an_approver_and_not_to_send_it_again(stack: Stack) -> None:
+    done = run_budget(
+        stack.center.address, "create", "free-100", "--budget", "10", "--regions", "eu", "--face-value", "10000"
+    )
+
+    assert done.returncode == 3, done.stdout
+    assert done.stderr.startswith(
+        "held for approval: CreatePromotion of free-100 is held for approval as pending change P-"
+    )
+    assert "zero-threshold-no-user-limit" in done.stderr
+    assert "Sending the change again only books another pending change" in done.stderr
+    assert "retry" not in done.stderr
