@@ -258,9 +258,10 @@ def _check(
         before = floors.get((promotion.id, region), 0)
         rose = count - before if count >= before else count  # fewer: a new ledger life, counting from 0
         if rose >= rule.get("min_increase") and rose > 0:
-            rising.extend(
-                fire(f"{rose} order line(s) below the price floor in {region} ({count} this ledger life)", region)
-            )
+            # Whoever reads it first asks whether money went out: with blocking on, none did.
+            fate = "refused: the promotion blocks them" if promotion.block_below_floor else "let through: sold below it"
+            seen = f"{rose} order line(s) below the price floor in {region}, {fate} ({count} this ledger life)"
+            rising.extend(fire(seen, region))
     return rising
 
 

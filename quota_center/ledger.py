@@ -17,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from quota_common.clock import iso
 from quota_common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Superseded
 from quota_common.model import Kind, Promotion, Report, promotion_document, promotion_from_document
 from quota_common.policy import Pacing, released_amount
@@ -141,7 +142,9 @@ class PromotionState:
 def check_new_promotion(promotion: Promotion) -> None:
     """Rules a promotion must meet to exist; amounts and ids are checked at the edge."""
     if promotion.end_ms <= promotion.start_ms:
-        raise InvalidArgument(f"end_time ({promotion.end_ms} ms) must be after start_time ({promotion.start_ms} ms)")
+        raise InvalidArgument(
+            f"end_time ({iso(promotion.end_ms)}) must be after start_time ({iso(promotion.start_ms)})"
+        )
     if not promotion.regions:
         raise InvalidArgument("regions must name at least one region that may spend the budget")
     if len(set(promotion.regions)) != len(promotion.regions):

@@ -108,8 +108,8 @@ def update(state: PromotionState, change: Update, revision: int, now_ms: int) ->
     after = replace(before, **change.changes)
     if after == before:
         return False
+    _check_window(before, after, now_ms)  # first: "the start of a running sale stays" says more than "end after start"
     ledger.check_new_promotion(after)
-    _check_window(before, after, now_ms)
     for removed in set(before.regions) - set(after.regions):
         state.account(removed)
     state.promotion = replace(after, revision=revision)

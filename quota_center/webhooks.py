@@ -51,6 +51,10 @@ def webhook_urls(urls: Sequence[str]) -> tuple[str, ...]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--alert-webhook {url!r}: give an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018  # urlsplit checks the port only when it is read
+        except ValueError:
+            raise ConfigError(f"--alert-webhook {url!r}: the port must be a number within 1..65535") from None
     return tuple(urls)
 
 

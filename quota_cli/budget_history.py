@@ -49,7 +49,10 @@ def history(center: AdminClient, promotion_id: str, png: Path | None, as_json: b
     document = _document(answer)
     if png is not None:
         series = {r.region: [(p.at.ToMilliseconds(), p.consumed) for p in r.points] for r in answer.regions}
-        png.write_bytes(line_chart(series))
+        try:
+            png.write_bytes(line_chart(series))
+        except OSError as error:
+            raise click.UsageError(f"cannot write --png {png}: {error.strerror}") from None
         colours = ", ".join(f"{region} {colour}" for region, colour in colour_names(list(series)).items())
         click.echo(f"wrote {png}: consumed by region over time ({colours or 'no region spent yet'})", err=as_json)
     if as_json:

@@ -63,6 +63,10 @@ def test_an_invalid_flag_or_variable_is_one_line_and_exit_2(
         (("agent", "serve", "--region", "eu", "--listen", "127.0.0.1:70000"), "port 70000 does not exist"),
         ((*CENTER, "--metrics-listen", "127.0.0.1:99999"), "--metrics-listen '127.0.0.1:99999': port 99999"),
         ((*AGENT, "--metrics-listen", "127.0.0.1:65536"), "--metrics-listen '127.0.0.1:65536': port 65536"),
+        (
+            (*CENTER, "--alert-webhook", "http://127.0.0.1:99999/hook"),
+            "--alert-webhook 'http://127.0.0.1:99999/hook': the port must be a number within 1..65535",
+        ),
     ],
 )
 def test_a_port_above_65535_is_one_line_naming_it(tmp_path: Path, args: tuple[str, ...], named: str) -> None:

@@ -3,6 +3,8 @@ person would call alarming, and not on an ordinary sale."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -86,9 +88,18 @@ def test_below_floor_fires_when_a_count_rises_and_not_when_it_stays() -> None:
         ]
 
     assert len(floors(2)) == 1
-    assert "3 order line(s) below the price floor in eu (5 this ledger life)" in floors(5)[0]
+    assert (
+        "3 order line(s) below the price floor in eu, let through: sold below it (5 this ledger life)" in floors(5)[0]
+    )
     assert floors(5) == []
     assert len(floors(1)) == 1, "fewer: a new ledger life, whose lines count again"
+
+
+def test_a_below_floor_alert_says_whether_the_lines_were_refused() -> None:
+    blocking = replace(SAFE_100, floor_bps=5_000, block_below_floor=True)
+    [fired] = Watch().observe(shipped_alert_rules(), Snapshot(blocking, START + 1000, {}, {"eu": 4}))
+
+    assert "4 order line(s) below the price floor in eu, refused: the promotion blocks them" in fired.message
 
 
 @pytest.mark.parametrize(
