@@ -17,7 +17,8 @@ from quota_common.errors import ConfigError
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def check_rules(file: Path | None) -> None:
     """Check the guard rules in FILE (without FILE: the ones the center ships) and print them: each rule's
-    name, outcome and condition. Every problem is named with its line, all at once, and the exit status is 2."""
+    name, outcome and condition, and the owners' budget limits. Every problem is named with its line, all at
+    once, and the exit status is 2."""
     if file is None:
         rules = shipped_rules()
     else:
@@ -31,3 +32,8 @@ def check_rules(file: Path | None) -> None:
     for rule in rules.rules:
         table.add_row(rule.name, rule.outcome.word, rule.condition.text)
     view.print_table(table)
+    if rules.owner_limits:
+        limits = Table("owner", "limit (minor units of what a promotion can cost)", title="owner limits")
+        for owner, limit in sorted(rules.owner_limits.items()):
+            limits.add_row(owner, f"{limit:,}")
+        view.print_table(limits)

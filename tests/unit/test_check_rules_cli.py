@@ -31,3 +31,19 @@ def test_every_problem_of_a_file_is_named_with_its_line_and_the_exit_is_2(tmp_pa
     assert "did you mean budget?" in done.output
     assert f"{rules}:9: rule 2 ('sneaky')" in done.output
     assert f"{rules}:10: rule 2 ('sneaky'): unknown outcome 'maybe'" in done.output
+
+
+def test_the_owner_limits_a_file_sets_are_listed(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    owner = "spiffe://quota/owner/alice"
+    rules.write_text(
+        '[[rule]]\nname = "r"\nwhen = "owner_limit > 0"\noutcome = "hold"\nmessage = "m"\n\n'
+        f'[owner_limits]\ndefault = 1_000\n"{owner}" = 500_000\n'
+    )
+
+    done = CliRunner().invoke(main, ["center", "check-rules", str(rules)], env={"COLUMNS": "200"})
+
+    assert done.exit_code == 0, done.output
+    assert "owner limits" in done.output
+    assert owner in done.output
+    assert "500,000" in done.output
