@@ -77,12 +77,15 @@ class AlertEngine:
         self.settings = settings
         self._book = Book({})
         self._watch = Watch()
+        self._firing: dict[str, set[Key]] = {}
+        """By source (the rules' evaluation, or a job's rule): the conditions that fired in its last round."""
         self.webhooks = Webhooks(settings.webhooks, self._delivered, settings.backoff)
         self._loop: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         self._book = Book.from_document(await self._store.load_document(DOCUMENT))
         self._watch = Watch()
+        self._firing = {}
 
     @property
     def raised(self) -> int:
@@ -101,15 +104,34 @@ class AlertEngine:
         raised = []
         usages = [usage for usage in self._usages() if usage.promotion.is_active(now)]
         self._watch.forget({usage.promotion.id for usage in usages})
+        firings = []
         for usage in usages:
             consumed = {view.region: view.account.consumed for view in usage.regions}
             floors = {view.region: view.below_floor for view in usage.regions if view.below_floor}
-            for firing in self._watch.observe(rules, Snapshot(usage.promotion, now, consumed, floors)):
-                alert = await self._fired(firing, usage.promotion)
-                if alert is not None:
-                    raised.append(alert)
+            snapshot = Snapshot(usage.promotion, now, consumed, floors)
+            firings += [(firing, usage.promotion) for firing in self._watch.observe(rules, snapshot)]
+        continuing = self._continuing(RULES, {_key(firing) for firing, _ in firings})
+        for firing, promotion in firings:
+            if _key(firing) not in continuing and (alert := await self._fired(firing, promotion)) is not None:
+                raised.append(alert)
         self._send_due()
         return raised
+
+    async def raise_round(self, rule: str, found: list[tuple[str, str, str]]) -> None:
+        """One round of another job of the center (reconciliation): an alert for each (promotion, region,
+        message) found, unless the same one was found in the job's last round too."""
+        continuing = self._continuing(rule, {(rule, promotion_id, region) for promotion_id, region, _ in found})
+        for promotion_id, region, message in found:
+            if (rule, promotion_id, region) not in continuing:
+                await self.raise_alert(rule, promotion_id, region, message)
+
+    def _continuing(self, source: str, now_firing: set[Key]) -> set[Key]:
+        """Those of `now_firing` that fired in `source`'s last round too. Their alert is open (nothing to
+        raise) or a person answered it while the condition held: an answer covers the condition until it
+        clears, so "real and accepted" is not paged again every round. Soft state: a new leader may raise a
+        condition that persists once more."""
+        before, self._firing[source] = self._firing.get(source, set()), now_firing
+        return now_firing & before
 
     async def raise_alert(self, rule: str, promotion_id: str, region: str, message: str) -> Alert | None:
         """An alert raised by another job of the center (`rule` names it, reconcile say); None when one of
@@ -210,6 +232,16 @@ class AlertEngine:
     async def _write(self, book: Book, write: Awaitable[None]) -> None:
         await landed(write, self.load)
         self._book = book
+
+
+RULES = "rules"
+"""The source of the alert rules' own evaluation."""
+Key = tuple[str, str, str]
+"""A condition: rule name, promotion, region."""
+
+
+def _key(firing: Firing) -> Key:
+    return firing.rule.name, firing.promotion_id, firing.region
 
 
 def payload(alert: Alert) -> dict[str, Any]:

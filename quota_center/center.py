@@ -98,7 +98,9 @@ class Center(CenterForAgents):
         """Under the configuration lock: the create itself, with its audit record."""
 
         async def work() -> Promotion:
-            created = replace(promotion, frozen=False, revision=self._catalog_revision + 1, owner=owner)
+            created = replace(
+                promotion, frozen=False, archived=False, revision=self._catalog_revision + 1, owner=owner
+            )
             state = PromotionState(created)
             after = promotion_document(created)
             record = self._trail.seal(by, "CreatePromotion", promotion.id, None, after, findings)
@@ -334,10 +336,11 @@ class Center(CenterForAgents):
         return promotion, await self._history.history(promotion_id)
 
     async def alert_discrepancies(self) -> None:
-        """The periodic reconciliation: every difference the renewals showed is a `reconcile` alert (one
-        open per promotion and region, so a difference that persists is raised once)."""
-        for found in self.discrepancies():
-            await self.raise_alert(RECONCILE_RULE, found.promotion_id, found.region, found.describe())
+        """The periodic reconciliation: every difference the renewals showed is a `reconcile` alert (one per
+        promotion and region, raised again only once the difference cleared and came back)."""
+        self._require_leader()
+        found = [(f.promotion_id, f.region, f.describe()) for f in self.discrepancies()]
+        await self.alerts.raise_round(RECONCILE_RULE, found)
 
 
 def _frozen_change(frozen: bool) -> Callable[[PromotionState, int], bool]:

@@ -242,7 +242,9 @@ class CenterForAgents(CenterCore):
             ledger.check_report(state, region, report)
         self._renew_lease(promotion_id, region)
         demands = self._demand[promotion_id] = self._demands(promotion_id, region, report.demand_per_minute)
-        self._below_floor[(promotion_id, region)] = report.below_floor
+        life, counted = self._below_floor.get((promotion_id, region), (incarnation, 0))
+        seen = max(counted, report.below_floor) if life == incarnation else report.below_floor
+        self._below_floor[(promotion_id, region)] = (incarnation, seen)
         now_ms = self._clock.wall_ms()
         return Directive(
             promotion=state.promotion,

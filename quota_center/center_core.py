@@ -95,7 +95,10 @@ class CenterCore:
         self._locks = NamedLocks()
         self._lease_expiry: dict[tuple[str, str], float] = {}
         self._demand: dict[str, dict[str, int]] = {}
-        self._below_floor: dict[tuple[str, str], int] = {}
+        self._below_floor: dict[tuple[str, str], tuple[str, int]] = {}
+        """By promotion and region: the ledger life and the highest below-floor count its agents reported.
+        Each of a region's agents counts the lines it served, so their reports alternate; the highest is the
+        one that only grows within the life, and a lower one must not read as a new life to the alerts."""
         self._configuring = asyncio.Lock()
         """Held by every configuration change, so changes commit in catalog revision order."""
         self._revisions = RevisionIndex()
@@ -179,7 +182,7 @@ class CenterCore:
             expiry = self._lease_expiry.get((promotion_id, region))
             lease_active = None if expiry is None else expiry > now
             age = None if expiry is None else max(0.0, now - (expiry - self.settings.lease_ttl_s))
-            floor = self._below_floor.get((promotion_id, region), 0)
+            _, floor = self._below_floor.get((promotion_id, region), ("", 0))
             regions.append(RegionView(region, account, lease_active, age, demands.get(region, 0), floor))
         return UsageView(state.promotion, state.unallocated, regions)
 

@@ -952,7 +952,7 @@ class CreatePromotionRequest(_message.Message):
     """recorded in the audit trail; empty: the center makes one"""
     @_builtins.property
     def promotion(self) -> Global___Promotion:
-        """`frozen`, `revision` and `owner` are ignored"""
+        """`frozen`, `revision`, `owner` and `archived` are ignored"""
 
     def __init__(
         self,

@@ -103,3 +103,23 @@ async def test_another_owner_cannot_silence_an_alert_on_a_promotion_not_theirs(c
     assert center.list_alerts(False, "free-100") == [raised]
     operator = By(person("quota", Role.OPERATOR, "carol"))
     assert (await center.acknowledge_alert(raised.id, Cause.REAL_ACCEPTED, "on call", operator)).acknowledged
+
+
+async def test_an_answered_condition_stays_quiet_while_it_holds(clock: FakeClock) -> None:
+    center = await started(MemoryStore(), clock)
+    now = clock.wall_ms()
+    await center.create_promotion(Promotion("sale", Kind.COUNT, "", 1_000, now, now + 30 * DAY_MS, ("eu",)), ALICE)
+    eu = center.join("eu")
+    await center.acquire("eu", eu, "sale", 950, "r-1", 60)
+    await center.renew("eu", eu, {"sale": Report(950, 0, 950, 0, 60)})
+    clock.advance(10)
+    raised = await center.alerts.evaluate()
+    assert "budget_low" in {alert.rule for alert in raised}
+    for alert in raised:
+        await center.acknowledge_alert(alert.id, Cause.REAL_ACCEPTED, "it sells well; let it sell out", ALICE)
+
+    for _ in range(3):
+        clock.advance(10)
+        assert await center.alerts.evaluate() == []  # 50 of 1,000 left still, and a person accepted it
+
+    assert center.list_alerts(False, "sale") == []

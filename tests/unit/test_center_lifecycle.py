@@ -156,3 +156,13 @@ async def test_an_ended_promotion_grants_nothing_and_regions_are_asked_for_every
     with pytest.raises(FailedPrecondition, match="ended promotion is not changed"):
         await center.set_budget("sale", 400, ended.revision, ALICE)  # it would only rewrite the statement
     assert await calls(center) == ["CreatePromotion", "EndPromotion"]
+
+
+async def test_a_create_cannot_make_a_promotion_archived_or_frozen(center: Center, clock: FakeClock) -> None:
+    now = clock.wall_ms()
+    asked = Promotion("born-archived", Kind.COUNT, "", 100, now, now + HOUR_MS, ("eu",), frozen=True, archived=True)
+
+    created = await center.create_promotion(asked, ALICE)
+
+    assert (created.archived, created.frozen) == (False, False)
+    assert seen_by(center, "eu", 0) == [created]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from quota_center.alert_book import Cause as AlertCause
 from quota_center.center import Center
 from quota_center.ledger import PromotionState, RegionAccount
 from quota_center.reconciliation import refused_report
+from quota_center.trail import By
 from quota_common.clock import FakeClock
 from quota_common.errors import InvalidArgument, NotFound
 from quota_common.model import Kind, Promotion, Report
@@ -77,3 +79,30 @@ def state(account: RegionAccount) -> PromotionState:
 )
 def test_what_a_refused_report_shows(known: RegionAccount, report: Report, expected: Finding | None) -> None:
     assert refused_report(state(known), "eu", report) == expected
+
+
+async def test_an_answered_difference_is_not_raised_again_until_it_cleared_and_came_back(center: Center) -> None:
+    forged, honest = Report(15, 0, 2, 0), Report(10, 0, 2, 0)
+    await center.renew("eu", "eu-1", {"p": forged})
+    await center.alert_discrepancies()
+    [first] = center.list_alerts(False, "p")
+    await center.acknowledge_alert(first.id, AlertCause.REAL_ACCEPTED, "known", By())
+
+    await center.renew("eu", "eu-1", {"p": forged})
+    await center.alert_discrepancies()
+    assert center.list_alerts(False, "p") == []  # the answer covers the difference while it lasts
+
+    await center.renew("eu", "eu-1", {"p": honest})
+    await center.alert_discrepancies()
+    await center.renew("eu", "eu-1", {"p": forged})
+    await center.alert_discrepancies()
+    [again] = center.list_alerts(False, "p")
+    assert again.id != first.id
+
+
+async def test_a_regions_agents_reporting_their_own_below_floor_counts_read_as_the_highest(center: Center) -> None:
+    for count in (5, 3, 5, 3):  # two agents of eu, sharing one ledger life, each counting what it served
+        await center.renew("eu", "eu-1", {"p": Report(10, 0, 2, 0, below_floor=count)})
+
+    [eu] = [view for view in center.usage("p").regions if view.region == "eu"]
+    assert eu.below_floor == 5
