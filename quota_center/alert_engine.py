@@ -221,10 +221,12 @@ class AlertEngine:
                 self.webhooks.send(payload(alert))
 
     async def _delivered(self, alert_id: str) -> None:
-        async with self._lock:
-            book = self._book.delivered(alert_id, self._clock.wall_ms())
-            if book is not None:
-                await self._write(book, self._save(book))
+        """Counted in memory and stored with the book's next write: a write per post would rewrite the whole
+        book under the configuration lock a thousand times a resend round. A leader that took over without
+        the count posts those alerts once more, which the id makes harmless (delivery is at least once)."""
+        book = self._book.delivered(alert_id, self._clock.wall_ms())
+        if book is not None:
+            self._book = book
 
     def _save(self, book: Book, record: Any = None) -> Awaitable[None]:
         return self._store.save_document(DOCUMENT, book.to_document(), record)

@@ -328,7 +328,9 @@ class Center(CenterForAgents):
     async def sample_history(self) -> None:
         """One point of every promotion's usage by region: the leading center's periodic job."""
         self._require_leader()
-        await self._history.sample(list(self._states.values()), self._clock.wall_ms())
+        # A settled promotion's figures are final: sampling it again would only push its sale's points out.
+        live = [state for state in self._states.values() if state.statement is None]
+        await self._history.sample(live, self._clock.wall_ms())
 
     async def history(self, promotion_id: str) -> tuple[Promotion, PromotionHistory]:
         """The promotion's usage over time by region, oldest point first."""
