@@ -98,9 +98,7 @@ class Center(CenterForAgents):
         """Under the configuration lock: the create itself, with its audit record."""
 
         async def work() -> Promotion:
-            created = replace(
-                promotion, frozen=False, archived=False, revision=self._catalog_revision + 1, owner=owner
-            )
+            created = replace(promotion, frozen=False, archived=False, revision=self._catalog_revision + 1, owner=owner)
             state = PromotionState(created)
             after = promotion_document(created)
             record = self._trail.seal(by, "CreatePromotion", promotion.id, None, after, findings)

@@ -3,147 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
 
 import click
 import grpc
 
 from quota_center.v1 import quota_center_pb2 as pb
-from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_center.wire import promotion_from_pb, promotion_to_pb
 from quota_cli import budget_view as view
+from quota_cli.admin_client import AdminClient, CenterRefused, ChangeHeld, every_page
 from quota_cli.security import security, security_options
 from quota_common.clock import SystemClock, iso
 from quota_common.config import FiniteFloatRange, bind_environment
-from quota_common.errors import LEADER_METADATA_KEY, PENDING_METADATA_KEY, WARNINGS_METADATA_KEY, trailing
 from quota_common.model import Promotion, promotion_document
-from quota_common.transport import Transport, open_transport
+from quota_common.transport import open_transport
 from quota_common.validation import MAX_AMOUNT
 
-EXIT_REFUSED = 3
-EXIT_UNREACHABLE = 4
 DEFAULT_WINDOW = timedelta(days=30)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-Request = TypeVar("Request")
-Reply = TypeVar("Reply")
-
-
-class CenterError(click.ClickException):
-    """Printed as `error: ...`, then what to do about it, and exits with the class's code."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
-        if self.hint:
-            click.echo(self.hint, err=True)
-
-
-class CenterRefused(CenterError):
-    """The leader answered and said no; its message says why."""
-
-    exit_code = EXIT_REFUSED
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{details} ({code.name})")
-        self.code = code
-
-
-class ChangeHeld(CenterRefused):
-    """A guard rule held the change for a second person: not an error of the caller's, and not to be retried."""
-
-    def __init__(self, details: str, pending_id: str) -> None:
-        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, details)
-        self.pending_id = pending_id
-        self.hint = (
-            f"nothing applies until an approver other than you decides it (quota budget approve {pending_id}, or "
-            f"reject); `quota budget pending` shows it. Sending the change again only books another pending change"
-        )
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"held for approval: {self.message}", err=True)
-        click.echo(self.hint, err=True)
-
-
-class CenterUnreachable(CenterError):
-    exit_code = EXIT_UNREACHABLE
-
-
-class AdminClient:
-    """The leader among the center replicas at `addresses`. A standby answers UNAVAILABLE with the
-    leader's address in trailing metadata, and the call goes there next; an address that does not
-    answer passes the call on to the next one. Each address is tried once per call, on a channel of its
-    own, secured as `transport` says."""
-
-    def __init__(self, addresses: list[str], timeout_s: float, transport: Transport) -> None:
-        self.addresses = addresses
-        self.timeout_s = timeout_s
-        self.transport = transport
-
-    def call(
-        self,
-        method: Callable[[pb_grpc.PromotionAdminStub], grpc.UnaryUnaryMultiCallable[Request, Reply]],
-        request: Request,
-        *,
-        idempotent: bool = True,
-    ) -> Reply:
-        """`idempotent=False`: a call that timed out is not sent again elsewhere, since it may have been applied."""
-        to_try = list(self.addresses)
-        failures: dict[str, str] = {}
-        while to_try:
-            address = to_try.pop(0)
-            if address in failures:
-                continue
-            with self.transport.channel(address) as channel:
-                try:
-                    reply, call = method(pb_grpc.PromotionAdminStub(channel)).with_call(request, timeout=self.timeout_s)
-                    _warn_of_fired_rules(call)
-                    return reply
-                except grpc.RpcError as error:
-                    if not isinstance(error, grpc.Call):
-                        raise
-                    code, details, leader = error.code(), error.details() or "", trailing(error, LEADER_METADATA_KEY)
-                    pending = trailing(error, PENDING_METADATA_KEY)
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and not idempotent:
-                raise CenterUnreachable(
-                    f"{address} did not answer within {self.timeout_s:g} s (DEADLINE_EXCEEDED)",
-                    "the change may or may not have been made: read the promotion (quota budget show ID) "
-                    "before you retry",
-                )
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                failures[address] = f"no answer within {self.timeout_s:g} s"
-            elif code == grpc.StatusCode.UNAVAILABLE:
-                failures[address] = details
-                if leader and self.transport.may_call(leader):
-                    to_try.insert(0, leader)
-            elif pending:
-                raise ChangeHeld(details, pending)
-            else:
-                raise CenterRefused(code, details)
-        tried = "".join(f"\n  {address}: {reason}" for address, reason in failures.items())
-        # A TLS server refuses a plaintext client at the handshake, which gRPC reports as unreachable.
-        plaintext = "" if self.transport.tls else "; a center with mutual TLS needs --tls-cert, --tls-key and --tls-ca"
-        raise CenterUnreachable(
-            f"no center leader answered; tried:{tried}",
-            "check that `quota center serve` runs at these addresses and that --center (or QUOTA_CENTER) lists "
-            f"its replicas; during a leader election, retry in a few seconds{plaintext}",
-        )
-
-
-def _warn_of_fired_rules(call: grpc.Call) -> None:
-    fired = [str(value) for key, value in call.trailing_metadata() or () if key == WARNINGS_METADATA_KEY]
-    if fired:
-        click.echo(
-            f"warning: the guard rules flagged this change: {', '.join(fired)} (their messages are in its "
-            "audit record: quota budget audit ID)",
-            err=True,
-        )
 
 
 def instant(context: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -424,26 +303,6 @@ _freeze_command(
     "frozen: regions refuse it as soon as they hear (within a renewal at most) and give back what they hold",
 )
 _freeze_command("unfreeze", False, "Let promotion ID sell again.", "unfrozen: regions take quota and sell it again")
-
-
-class Paged(Protocol):
-    @property
-    def next_page_token(self) -> str: ...
-
-
-Page = TypeVar("Page", bound=Paged)
-
-
-def every_page(ask: Callable[[str], Page]) -> Iterator[Page]:
-    """Each page `ask(token)` answers, from the first until one names no next page; a page token resumes
-    on whichever replica leads by then."""
-    token = ""
-    while True:
-        page = ask(token)
-        yield page
-        token = page.next_page_token
-        if not token:
-            return
 
 
 def _every_promotion(center: AdminClient, archived: bool) -> list[Promotion]:

@@ -1,0 +1,154 @@
+"""The center's admin API from a command line: calls go to whichever replica leads (a standby names the
+leader), each refusal becomes an exit status and a message a person can act on, and a change the guard rules
+warned about or held says so."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import IO, Any, Protocol, TypeVar
+
+import click
+import grpc
+
+from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_common.errors import LEADER_METADATA_KEY, PENDING_METADATA_KEY, WARNINGS_METADATA_KEY, trailing
+from quota_common.transport import Transport
+
+EXIT_REFUSED = 3
+EXIT_UNREACHABLE = 4
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+
+
+class CenterError(click.ClickException):
+    """Printed as `error: ...`, then what to do about it, and exits with the class's code."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+        if self.hint:
+            click.echo(self.hint, err=True)
+
+
+class CenterRefused(CenterError):
+    """The leader answered and said no; its message says why."""
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{details} ({code.name})")
+        self.code = code
+
+
+class ChangeHeld(CenterRefused):
+    """A guard rule held the change for a second person: not an error of the caller's, and not to be retried."""
+
+    def __init__(self, details: str, pending_id: str) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, details)
+        self.pending_id = pending_id
+        self.hint = (
+            f"nothing applies until an approver other than you decides it (quota budget approve {pending_id}, or "
+            f"reject); `quota budget pending` shows it. Sending the change again only books another pending change"
+        )
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"held for approval: {self.message}", err=True)
+        click.echo(self.hint, err=True)
+
+
+class CenterUnreachable(CenterError):
+    exit_code = EXIT_UNREACHABLE
+
+
+class AdminClient:
+    """The leader among the center replicas at `addresses`. A standby answers UNAVAILABLE with the
+    leader's address in trailing metadata, and the call goes there next; an address that does not
+    answer passes the call on to the next one. Each address is tried once per call, on a channel of its
+    own, secured as `transport` says."""
+
+    def __init__(self, addresses: list[str], timeout_s: float, transport: Transport) -> None:
+        self.addresses = addresses
+        self.timeout_s = timeout_s
+        self.transport = transport
+
+    def call(
+        self,
+        method: Callable[[pb_grpc.PromotionAdminStub], grpc.UnaryUnaryMultiCallable[Request, Reply]],
+        request: Request,
+        *,
+        idempotent: bool = True,
+    ) -> Reply:
+        """`idempotent=False`: a call that timed out is not sent again elsewhere, since it may have been applied."""
+        to_try = list(self.addresses)
+        failures: dict[str, str] = {}
+        while to_try:
+            address = to_try.pop(0)
+            if address in failures:
+                continue
+            with self.transport.channel(address) as channel:
+                try:
+                    reply, call = method(pb_grpc.PromotionAdminStub(channel)).with_call(request, timeout=self.timeout_s)
+                    _warn_of_fired_rules(call)
+                    return reply
+                except grpc.RpcError as error:
+                    if not isinstance(error, grpc.Call):
+                        raise
+                    code, details, leader = error.code(), error.details() or "", trailing(error, LEADER_METADATA_KEY)
+                    pending = trailing(error, PENDING_METADATA_KEY)
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and not idempotent:
+                raise CenterUnreachable(
+                    f"{address} did not answer within {self.timeout_s:g} s (DEADLINE_EXCEEDED)",
+                    "the change may or may not have been made: read the promotion (quota budget show ID) "
+                    "before you retry",
+                )
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                failures[address] = f"no answer within {self.timeout_s:g} s"
+            elif code == grpc.StatusCode.UNAVAILABLE:
+                failures[address] = details
+                if leader and self.transport.may_call(leader):
+                    to_try.insert(0, leader)
+            elif pending:
+                raise ChangeHeld(details, pending)
+            else:
+                raise CenterRefused(code, details)
+        tried = "".join(f"\n  {address}: {reason}" for address, reason in failures.items())
+        # A TLS server refuses a plaintext client at the handshake, which gRPC reports as unreachable.
+        plaintext = "" if self.transport.tls else "; a center with mutual TLS needs --tls-cert, --tls-key and --tls-ca"
+        raise CenterUnreachable(
+            f"no center leader answered; tried:{tried}",
+            "check that `quota center serve` runs at these addresses and that --center (or QUOTA_CENTER) lists "
+            f"its replicas; during a leader election, retry in a few seconds{plaintext}",
+        )
+
+
+def _warn_of_fired_rules(call: grpc.Call) -> None:
+    fired = [str(value) for key, value in call.trailing_metadata() or () if key == WARNINGS_METADATA_KEY]
+    if fired:
+        click.echo(
+            f"warning: the guard rules flagged this change: {', '.join(fired)} (their messages are in its "
+            "audit record: quota budget audit ID)",
+            err=True,
+        )
+
+
+class Paged(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+Page = TypeVar("Page", bound=Paged)
+
+
+def every_page(ask: Callable[[str], Page]) -> Iterator[Page]:
+    """Each page `ask(token)` answers, from the first until one names no next page; a page token resumes
+    on whichever replica leads by then."""
+    token = ""
+    while True:
+        page = ask(token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return
