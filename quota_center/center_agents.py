@@ -218,7 +218,7 @@ class CenterForAgents(CenterCore):
         for promotion_id, report in reports.items():
             try:
                 answers.append(await self._renew_one(region, incarnation, promotion_id, report))
-                self._discrepancies.accepted(promotion_id, region)
+                self._discrepancies.accepted(promotion_id, region, report)
             except (Superseded, Unavailable):
                 raise
             except QuotaError as refusal:

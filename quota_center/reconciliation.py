@@ -32,10 +32,20 @@ def refused_report(state: PromotionState, region: str, report: Report) -> Findin
     return finding(Cause.REPORT_CONTRADICTS, contradiction)
 
 
+def inconsistent_ledger(promotion_id: str, region: str, report: Report) -> Finding | None:
+    """A ledger whose available is not what its counters say (it was altered: Redis edited by hand, say),
+    from the figures the report carries beside its counters; None when they agree or were not sent."""
+    if report.available is None or report.held is None:
+        return None
+    derived = report.granted - report.returned - report.deducted + report.refunded - report.held
+    gap = abs(report.available - derived)
+    return Finding(promotion_id, region, Cause.LEDGER_INCONSISTENT, gap) if gap else None
+
+
 class Discrepancies:
     """The differences the latest renewals showed, one per promotion and region: a refused report sets
-    it, an accepted one clears it (the books agree again). Soft state: a new leader learns them again at
-    the next renewals."""
+    it, and so does an accepted one whose ledger disagrees with itself; an accepted one that agrees clears
+    it. Soft state: a new leader learns them again at the next renewals."""
 
     def __init__(self) -> None:
         self._findings: dict[tuple[str, str], Finding] = {}
@@ -45,8 +55,13 @@ class Discrepancies:
         if found is not None:
             self._findings[(found.promotion_id, region)] = found
 
-    def accepted(self, promotion_id: str, region: str) -> None:
-        self._findings.pop((promotion_id, region), None)
+    def accepted(self, promotion_id: str, region: str, report: Report) -> None:
+        """The books agree again, unless the ledger's own figures disagree with its counters."""
+        found = inconsistent_ledger(promotion_id, region, report)
+        if found is None:
+            self._findings.pop((promotion_id, region), None)
+        else:
+            self._findings[(promotion_id, region)] = found
 
     def clear(self) -> None:
         self._findings.clear()

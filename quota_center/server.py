@@ -53,6 +53,10 @@ def _report_from_pb(counters: pb.Counters) -> Report:
         refunded=require_counter("counters.refunded", counters.refunded),
         demand_per_minute=clamp_demand("counters.demand_per_minute", counters.demand_per_minute),
         below_floor=require_counter("counters.below_floor", counters.below_floor),
+        # Evidence for reconciliation, not money: taken as sent (a ledger altered to a negative figure is
+        # exactly what it must show), and never booked.
+        available=counters.available if counters.HasField("available") else None,
+        held=counters.held if counters.HasField("held") else None,
     )
 
 

@@ -76,6 +76,10 @@ class Report:
     demand_per_minute: int = 0
     below_floor: int = 0
     """Order lines below the promotion's price floor this ledger life (the agent's count, not the ledger's)."""
+    available: int | None = None
+    """What the ledger would let be spent now, as it decides it; None when the agent did not say."""
+    held: int | None = None
+    """What reservations hold in the ledger; None when the agent did not say."""
 
 
 def promotion_document(promotion: Promotion) -> dict[str, Any]:

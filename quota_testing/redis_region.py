@@ -30,10 +30,15 @@ class RedisRegion:
 
 @asynccontextmanager
 async def region_on_redis(
-    workdir: Path, redis_address: str, budget: int, agents: int = 1, renew_interval: str = "0.2"
+    workdir: Path,
+    redis_address: str,
+    budget: int,
+    agents: int = 1,
+    renew_interval: str = "0.2",
+    center_flags: tuple[str, ...] = (),
 ) -> AsyncIterator[RedisRegion]:
     """Kills every process when the block ends, however it ends."""
-    center = center_process(workdir).start()
+    center = center_process(workdir, *center_flags).start()
     ledger = ("--ledger", f"redis://{redis_address}/0", "--renew-interval", renew_interval)
     processes = [agent_process(workdir, "eu", center.address, *ledger).start() for _ in range(agents)]
     channels = [grpc.aio.insecure_channel(agent.address) for agent in processes]

@@ -82,9 +82,18 @@ class Page:
 
 
 def report(balance: Balance, demand_per_minute: int = 0, below_floor: int = 0) -> Report:
-    """The counters the agent reports for one promotion: its ledger's, since this incarnation began, and its
-    own count of order lines below the price floor."""
-    return Report(balance.granted, balance.returned, balance.deducted, balance.refunded, demand_per_minute, below_floor)
+    """The counters the agent reports for one promotion: its ledger's, since this incarnation began, with
+    the ledger's own available and held, and its own count of order lines below the price floor."""
+    return Report(
+        balance.granted,
+        balance.returned,
+        balance.deducted,
+        balance.refunded,
+        demand_per_minute,
+        below_floor,
+        balance.available,
+        balance.held,
+    )
 
 
 class CenterPort(Protocol):

@@ -70,6 +70,8 @@ def _counters(promotion_id: str, report: Report) -> pb.Counters:
         refunded=report.refunded,
         demand_per_minute=report.demand_per_minute,
         below_floor=report.below_floor,
+        available=report.available,
+        held=report.held,
     )
 
 

@@ -1505,6 +1505,8 @@ class Counters(_message.Message):
     REFUNDED_FIELD_NUMBER: _builtins.int
     DEMAND_PER_MINUTE_FIELD_NUMBER: _builtins.int
     BELOW_FLOOR_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     promotion_id: _builtins.str
     granted: _builtins.int
     """sum of grants applied"""
@@ -1517,6 +1519,13 @@ class Counters(_message.Message):
     """Order lines below the promotion's price floor, refused or let through (kept by the agent,
     not by its ledger: an alert's evidence, not money).
     """
+    available: _builtins.int
+    """The ledger's own figures beside its counters, for the center's reconciliation at every renewal: what it
+    would let be spent now (as it decides it, where it keeps a figure of its own) and what reservations
+    hold. A ledger whose available is not granted - returned - deducted + refunded - held was altered.
+    Absent from agents older than these fields.
+    """
+    held: _builtins.int
     def __init__(
         self,
         *,
@@ -1527,12 +1536,21 @@ class Counters(_message.Message):
         refunded: _builtins.int = ...,
         demand_per_minute: _builtins.int = ...,
         below_floor: _builtins.int = ...,
+        available: _builtins.int | None = ...,
+        held: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_available", b"_available", "_held", b"_held", "available", b"available", "held", b"held"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_floor", b"below_floor", "deducted", b"deducted", "demand_per_minute", b"demand_per_minute", "granted", b"granted", "promotion_id", b"promotion_id", "refunded", b"refunded", "returned", b"returned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_available", b"_available", "_held", b"_held", "available", b"available", "below_floor", b"below_floor", "deducted", b"deducted", "demand_per_minute", b"demand_per_minute", "granted", b"granted", "held", b"held", "promotion_id", b"promotion_id", "refunded", b"refunded", "returned", b"returned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__available: _TypeAlias = _typing.Literal["available"]  # noqa: Y015
+    _WhichOneofArgType__available: _TypeAlias = _typing.Literal["_available", b"_available"]  # noqa: Y015
+    _WhichOneofReturnType__held: _TypeAlias = _typing.Literal["held"]  # noqa: Y015
+    _WhichOneofArgType__held: _TypeAlias = _typing.Literal["_held", b"_held"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__available) -> _WhichOneofReturnType__available | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__held) -> _WhichOneofReturnType__held | None: ...
 
 Global___Counters: _TypeAlias = Counters  # noqa: Y015
 

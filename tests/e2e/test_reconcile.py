@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_testing.redis_region import RedisRegion, region_on_redis
 from quota_testing.servers import redis_server
 from quota_testing.support import eventually, order
@@ -77,3 +78,31 @@ async def test_a_grant_planted_in_a_regions_redis_is_named_with_its_promotion_re
     assert table.returncode == 5
     row = "│ promo │ eu │ 7 │ no │ the ledger counts grants the center never made"
     assert row in " ".join(table.stdout.split())
+
+
+async def test_the_center_alerts_on_a_ledger_altered_in_redis_from_its_renewals_alone(tmp_path: Path) -> None:
+    """No one runs `quota reconcile`: the center sees the ledger's own available beside its counters at every
+    renewal, and raises a reconcile alert naming the promotion, the region and the amount."""
+    with redis_server() as server:
+        flags = ("--alert-interval", "0.5")
+        async with region_on_redis(tmp_path, server.address, budget=1_000, center_flags=flags) as region:
+            await region.stubs[0].Deduct(order("o-1", "eu", ("promo", 2)), timeout=5)
+            await eventually(lambda: settled(region))
+            redis = Redis(host=server.host, port=server.port)
+            life = await redis.hget("{quota:eu}:incarnation", "life")
+            assert isinstance(life, bytes)
+            await redis.hincrby(f"{{quota:eu}}:{life.decode()}:balance:promo", "available", 9)
+            await redis.aclose()
+
+            async def alerted() -> list[center_pb.Alert]:
+                listed = await region.admin.ListAlerts(center_pb.ListAlertsRequest(promotion_id="promo"), timeout=5)
+                return [alert for alert in listed.alerts if alert.rule == "reconcile"]
+
+            async def raised() -> bool:
+                return bool(await alerted())
+
+            await eventually(raised)
+            [alert] = await alerted()
+
+    assert (alert.promotion_id, alert.region) == ("promo", "eu")
+    assert "9 apart; the ledger's counters disagree with each other" in alert.message

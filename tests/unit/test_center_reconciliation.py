@@ -106,3 +106,18 @@ async def test_a_regions_agents_reporting_their_own_below_floor_counts_read_as_t
 
     [eu] = [view for view in center.usage("p").regions if view.region == "eu"]
     assert eu.below_floor == 5
+
+
+async def test_a_ledger_whose_available_disagrees_with_its_counters_is_a_finding_though_its_report_is_taken(
+    center: Center,
+) -> None:
+    altered = Report(10, 0, 2, 0, available=17, held=1)  # its counters say 10 - 2 - 1 = 7
+
+    [answer] = await center.renew("eu", "eu-1", {"p": altered})
+
+    assert not isinstance(answer, Exception)
+    assert center.discrepancies() == [Finding("p", "eu", Cause.LEDGER_INCONSISTENT, 10)]
+    await center.renew("eu", "eu-1", {"p": Report(10, 0, 2, 0, available=7, held=1)})
+    assert center.discrepancies() == []
+    await center.renew("eu", "eu-1", {"p": Report(10, 0, 2, 0)})  # an agent that does not say: nothing to compare
+    assert center.discrepancies() == []
