@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from quota_center.alert_book import Alert
 from quota_center.center_agents import CatalogPage, Directive
 from quota_center.center_core import UsageView
 from quota_center.history import PromotionHistory
@@ -129,3 +130,24 @@ def history_to_pb(promotion: Promotion, history: PromotionHistory) -> pb.History
             added.at.FromMilliseconds(point.at_ms)
         regions.append(message)
     return pb.History(promotion_id=promotion.id, budget=promotion.budget, regions=regions)
+
+
+def alert_to_pb(alert: Alert) -> pb.Alert:
+    message = pb.Alert(
+        id=alert.id,
+        rule=alert.rule,
+        rule_name=alert.name,
+        promotion_id=alert.promotion_id,
+        region=alert.region,
+        message=alert.message,
+        action=alert.action,
+        acknowledged=alert.acknowledged,
+        cause=alert.cause,  # type: ignore[arg-type]
+        note=alert.note,
+        acknowledged_by=alert.acknowledged_by,
+        deliveries=alert.deliveries,
+    )
+    message.raised_at.FromMilliseconds(alert.raised_at_ms)
+    if alert.acknowledged:
+        message.acknowledged_at.FromMilliseconds(alert.acknowledged_at_ms)
+    return message

@@ -11,12 +11,19 @@ from collections.abc import AsyncIterator
 import grpc
 
 from quota_center import lifecycle
-from quota_center.alert_book import Alert, cause_from_wire
+from quota_center.alert_book import cause_from_wire
 from quota_center.approvals import PendingChange
 from quota_center.audit import AuditRecord
 from quota_center.center import Center
 from quota_center.center_agents import HEARTBEAT_S, Opening
-from quota_center.convert import catalog_page_to_pb, directives_to_pb, history_to_pb, statement_to_pb, usage_to_pb
+from quota_center.convert import (
+    alert_to_pb,
+    catalog_page_to_pb,
+    directives_to_pb,
+    history_to_pb,
+    statement_to_pb,
+    usage_to_pb,
+)
 from quota_center.gate import FIRED
 from quota_center.ledger import GrantRecord
 from quota_center.paging import MAX_PAGE_BYTES, after_page_token, page_token, within_bytes
@@ -175,14 +182,14 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
     async def ListAlerts(self, request: pb.ListAlertsRequest, context: Context) -> pb.ListAlertsResponse:
         promotion_id = require_id("promotion_id", request.promotion_id) if request.promotion_id else ""
         alerts = self._center.list_alerts(request.include_acknowledged, promotion_id)
-        return pb.ListAlertsResponse(alerts=[_alert_pb(alert) for alert in alerts])
+        return pb.ListAlertsResponse(alerts=[alert_to_pb(alert) for alert in alerts])
 
     @translate_errors
     async def AcknowledgeAlert(self, request: pb.AcknowledgeAlertRequest, context: Context) -> pb.Alert:
         alert_id = require_id("alert_id", request.alert_id)
         cause = cause_from_wire(request.cause)
         note = require_bounded_text("note", request.note, MAX_NOTE_BYTES)
-        return _alert_pb(await self._center.acknowledge_alert(alert_id, cause, note, _by(request.request_id)))
+        return alert_to_pb(await self._center.acknowledge_alert(alert_id, cause, note, _by(request.request_id)))
 
     @translate_errors
     async def ListAudit(self, request: pb.ListAuditRequest, context: Context) -> pb.ListAuditResponse:
@@ -226,27 +233,6 @@ def _require_revision(expected_revision: int) -> None:
 
 MAX_NOTE_BYTES = 2_000
 """An acknowledgement's note: a sentence or a ticket link, not a report; the whole book is one store document."""
-
-
-def _alert_pb(alert: Alert) -> pb.Alert:
-    message = pb.Alert(
-        id=alert.id,
-        rule=alert.rule,
-        rule_name=alert.name,
-        promotion_id=alert.promotion_id,
-        region=alert.region,
-        message=alert.message,
-        action=alert.action,
-        acknowledged=alert.acknowledged,
-        cause=alert.cause,  # type: ignore[arg-type]
-        note=alert.note,
-        acknowledged_by=alert.acknowledged_by,
-        deliveries=alert.deliveries,
-    )
-    message.raised_at.FromMilliseconds(alert.raised_at_ms)
-    if alert.acknowledged:
-        message.acknowledged_at.FromMilliseconds(alert.acknowledged_at_ms)
-    return message
 
 
 def _by(request_id: str) -> By:
