@@ -101,6 +101,7 @@ TABLE: Mapping[str, Rule] = MappingProxyType(
         f"{AGENT}.RegionAgent/Confirm": _ORDERS_HERE,
         f"{AGENT}.RegionAgent/Cancel": _ORDERS_HERE,
         f"{AGENT}.RegionAgent/GetStatus": Rule(EVERYONE, served_region=True),
+        f"{AGENT}.RegionAgent/GetOrder": _ORDERS_HERE,
         # Every server: probes and grpcurl, for any authenticated identity.
         f"{HEALTH}/Check": Rule(EVERYONE),
         f"{HEALTH}/List": Rule(EVERYONE),

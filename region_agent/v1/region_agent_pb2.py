@@ -24,41 +24,48 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"region_agent/v1/region_agent.proto\x12\x0fregion_agent.v1\"c\n\x04Line\x12\x14\n\x0cpromotion_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nunit_price\x18\x04 \x01(\x03\x12\x10\n\x08\x64iscount\x18\x05 \x01(\x03\"X\n\rDeductRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12$\n\x05lines\x18\x03 \x03(\x0b\x32\x15.region_agent.v1.Line\"[\n\x0e\x44\x65\x64uctResponse\x12\x11\n\torder_key\x18\x01 \x01(\t\x12$\n\x05lines\x18\x02 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"i\n\x0eReserveRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12$\n\x05lines\x18\x03 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\"s\n\x0fReserveResponse\x12\x11\n\torder_key\x18\x01 \x01(\t\x12$\n\x05lines\x18\x02 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"\"\n\rSettleRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\"l\n\x0eSettleResponse\x12\x11\n\torder_key\x18\x01 \x01(\t\x12$\n\x05lines\x18\x02 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x0f\n\x07\x65xpired\x18\x04 \x01(\x08\"2\n\nRefundLine\x12\x14\n\x0cpromotion_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\"a\n\rRefundRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\x12\x11\n\trefund_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.region_agent.v1.RefundLine\"a\n\x0eRefundResponse\x12\x11\n\torder_key\x18\x01 \x01(\t\x12*\n\x05lines\x18\x02 \x03(\x0b\x32\x1b.region_agent.v1.RefundLine\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x12\n\x10GetStatusRequest\"\xd1\x01\n\x10PromotionBalance\x12\x14\n\x0cpromotion_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0f\n\x07granted\x18\x03 \x01(\x03\x12\x10\n\x08returned\x18\x04 \x01(\x03\x12\x10\n\x08\x64\x65\x64ucted\x18\x05 \x01(\x03\x12\x10\n\x08refunded\x18\x06 \x01(\x03\x12\x1a\n\x12lease_remaining_ms\x18\x07 \x01(\x03\x12\x0e\n\x06\x66rozen\x18\x08 \x01(\x08\x12\x0c\n\x04held\x18\t \x01(\x03\x12\x13\n\x0b\x62\x65low_floor\x18\n \x01(\x03\"\xec\x01\n\x0cRegionStatus\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x33\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32!.region_agent.v1.PromotionBalance\x12\x14\n\x0c\x63\x65nter_calls\x18\x04 \x01(\x03\x12\x18\n\x10\x63\x61talog_revision\x18\x05 \x01(\x03\x12\x19\n\x11\x63\x61\x63hed_promotions\x18\x06 \x01(\x03\x12\x1c\n\x14\x63\x61talog_stream_alive\x18\x07 \x01(\x08\x12\x19\n\x11promotion_fetches\x18\x08 \x01(\x03*\xd1\x02\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REJECT_REASON_EXHAUSTED\x10\x01\x12\x18\n\x14REJECT_REASON_FROZEN\x10\x02\x12\x1c\n\x18REJECT_REASON_NOT_ACTIVE\x10\x03\x12\x1c\n\x18REJECT_REASON_USER_LIMIT\x10\x04\x12\x1f\n\x1bREJECT_REASON_LEASE_EXPIRED\x10\x05\x12$\n REJECT_REASON_REGION_NOT_ALLOWED\x10\x06\x12%\n!REJECT_REASON_RESERVATION_EXPIRED\x10\x07\x12\"\n\x1eREJECT_REASON_OVER_ORDER_LIMIT\x10\x08\x12\x1d\n\x19REJECT_REASON_BELOW_FLOOR\x10\t2\xd7\x03\n\x0bRegionAgent\x12I\n\x06\x44\x65\x64uct\x12\x1e.region_agent.v1.DeductRequest\x1a\x1f.region_agent.v1.DeductResponse\x12I\n\x06Refund\x12\x1e.region_agent.v1.RefundRequest\x1a\x1f.region_agent.v1.RefundResponse\x12L\n\x07Reserve\x12\x1f.region_agent.v1.ReserveRequest\x1a .region_agent.v1.ReserveResponse\x12J\n\x07\x43onfirm\x12\x1e.region_agent.v1.SettleRequest\x1a\x1f.region_agent.v1.SettleResponse\x12I\n\x06\x43\x61ncel\x12\x1e.region_agent.v1.SettleRequest\x1a\x1f.region_agent.v1.SettleResponse\x12M\n\tGetStatus\x12!.region_agent.v1.GetStatusRequest\x1a\x1d.region_agent.v1.RegionStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"region_agent/v1/region_agent.proto\x12\x0fregion_agent.v1\"$\n\x0fGetOrderRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\"\xf7\x01\n\nOrderState\x12\x11\n\torder_key\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.region_agent.v1.OrderStatus\x12$\n\x05lines\x18\x03 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x19\n\x11reserved_until_ms\x18\x04 \x01(\x03\x12-\n\x08refunded\x18\x05 \x03(\x0b\x32\x1b.region_agent.v1.RefundLine\x12\x1e\n\x16ledger_life_started_ms\x18\x06 \x01(\x03\x12\x18\n\x10ledger_life_lost\x18\x07 \x01(\x08\"c\n\x04Line\x12\x14\n\x0cpromotion_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nunit_price\x18\x04 \x01(\x03\x12\x10\n\x08\x64iscount\x18\x05 \x01(\x03\"X\n\rDeductRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12$\n\x05lines\x18\x03 \x03(\x0b\x32\x15.region_agent.v1.Line\"[\n\x0e\x44\x65\x64uctResponse\x12\x11\n\torder_key\x18\x01 \x01(\t\x12$\n\x05lines\x18\x02 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"i\n\x0eReserveRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12$\n\x05lines\x18\x03 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\"s\n\x0fReserveResponse\x12\x11\n\torder_key\x18\x01 \x01(\t\x12$\n\x05lines\x18\x02 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"\"\n\rSettleRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\"l\n\x0eSettleResponse\x12\x11\n\torder_key\x18\x01 \x01(\t\x12$\n\x05lines\x18\x02 \x03(\x0b\x32\x15.region_agent.v1.Line\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12\x0f\n\x07\x65xpired\x18\x04 \x01(\x08\"2\n\nRefundLine\x12\x14\n\x0cpromotion_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\"a\n\rRefundRequest\x12\x11\n\torder_key\x18\x01 \x01(\t\x12\x11\n\trefund_id\x18\x02 \x01(\t\x12*\n\x05lines\x18\x03 \x03(\x0b\x32\x1b.region_agent.v1.RefundLine\"a\n\x0eRefundResponse\x12\x11\n\torder_key\x18\x01 \x01(\t\x12*\n\x05lines\x18\x02 \x03(\x0b\x32\x1b.region_agent.v1.RefundLine\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x12\n\x10GetStatusRequest\"\xd1\x01\n\x10PromotionBalance\x12\x14\n\x0cpromotion_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0f\n\x07granted\x18\x03 \x01(\x03\x12\x10\n\x08returned\x18\x04 \x01(\x03\x12\x10\n\x08\x64\x65\x64ucted\x18\x05 \x01(\x03\x12\x10\n\x08refunded\x18\x06 \x01(\x03\x12\x1a\n\x12lease_remaining_ms\x18\x07 \x01(\x03\x12\x0e\n\x06\x66rozen\x18\x08 \x01(\x08\x12\x0c\n\x04held\x18\t \x01(\x03\x12\x13\n\x0b\x62\x65low_floor\x18\n \x01(\x03\"\xec\x01\n\x0cRegionStatus\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x33\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32!.region_agent.v1.PromotionBalance\x12\x14\n\x0c\x63\x65nter_calls\x18\x04 \x01(\x03\x12\x18\n\x10\x63\x61talog_revision\x18\x05 \x01(\x03\x12\x19\n\x11\x63\x61\x63hed_promotions\x18\x06 \x01(\x03\x12\x1c\n\x14\x63\x61talog_stream_alive\x18\x07 \x01(\x08\x12\x19\n\x11promotion_fetches\x18\x08 \x01(\x03*\xd1\x02\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REJECT_REASON_EXHAUSTED\x10\x01\x12\x18\n\x14REJECT_REASON_FROZEN\x10\x02\x12\x1c\n\x18REJECT_REASON_NOT_ACTIVE\x10\x03\x12\x1c\n\x18REJECT_REASON_USER_LIMIT\x10\x04\x12\x1f\n\x1bREJECT_REASON_LEASE_EXPIRED\x10\x05\x12$\n REJECT_REASON_REGION_NOT_ALLOWED\x10\x06\x12%\n!REJECT_REASON_RESERVATION_EXPIRED\x10\x07\x12\"\n\x1eREJECT_REASON_OVER_ORDER_LIMIT\x10\x08\x12\x1d\n\x19REJECT_REASON_BELOW_FLOOR\x10\t*\xcd\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_UNKNOWN\x10\x01\x12\x19\n\x15ORDER_STATUS_DEDUCTED\x10\x02\x12\x19\n\x15ORDER_STATUS_RESERVED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05\x12\x18\n\x14ORDER_STATUS_EXPIRED\x10\x06\x32\xa2\x04\n\x0bRegionAgent\x12I\n\x06\x44\x65\x64uct\x12\x1e.region_agent.v1.DeductRequest\x1a\x1f.region_agent.v1.DeductResponse\x12I\n\x06Refund\x12\x1e.region_agent.v1.RefundRequest\x1a\x1f.region_agent.v1.RefundResponse\x12L\n\x07Reserve\x12\x1f.region_agent.v1.ReserveRequest\x1a .region_agent.v1.ReserveResponse\x12J\n\x07\x43onfirm\x12\x1e.region_agent.v1.SettleRequest\x1a\x1f.region_agent.v1.SettleResponse\x12I\n\x06\x43\x61ncel\x12\x1e.region_agent.v1.SettleRequest\x1a\x1f.region_agent.v1.SettleResponse\x12M\n\tGetStatus\x12!.region_agent.v1.GetStatusRequest\x1a\x1d.region_agent.v1.RegionStatus\x12I\n\x08GetOrder\x12 .region_agent.v1.GetOrderRequest\x1a\x1b.region_agent.v1.OrderStateB]\n\x18\x64\x65v.quota.regionagent.v1P\x01Z?github.com/quota-dev/quota/gen/go/region_agent/v1;regionagentv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'region_agent.v1.region_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_REJECTREASON']._serialized_start=1431
-  _globals['_REJECTREASON']._serialized_end=1768
-  _globals['_LINE']._serialized_start=55
-  _globals['_LINE']._serialized_end=154
-  _globals['_DEDUCTREQUEST']._serialized_start=156
-  _globals['_DEDUCTREQUEST']._serialized_end=244
-  _globals['_DEDUCTRESPONSE']._serialized_start=246
-  _globals['_DEDUCTRESPONSE']._serialized_end=337
-  _globals['_RESERVEREQUEST']._serialized_start=339
-  _globals['_RESERVEREQUEST']._serialized_end=444
-  _globals['_RESERVERESPONSE']._serialized_start=446
-  _globals['_RESERVERESPONSE']._serialized_end=561
-  _globals['_SETTLEREQUEST']._serialized_start=563
-  _globals['_SETTLEREQUEST']._serialized_end=597
-  _globals['_SETTLERESPONSE']._serialized_start=599
-  _globals['_SETTLERESPONSE']._serialized_end=707
-  _globals['_REFUNDLINE']._serialized_start=709
-  _globals['_REFUNDLINE']._serialized_end=759
-  _globals['_REFUNDREQUEST']._serialized_start=761
-  _globals['_REFUNDREQUEST']._serialized_end=858
-  _globals['_REFUNDRESPONSE']._serialized_start=860
-  _globals['_REFUNDRESPONSE']._serialized_end=957
-  _globals['_GETSTATUSREQUEST']._serialized_start=959
-  _globals['_GETSTATUSREQUEST']._serialized_end=977
-  _globals['_PROMOTIONBALANCE']._serialized_start=980
-  _globals['_PROMOTIONBALANCE']._serialized_end=1189
-  _globals['_REGIONSTATUS']._serialized_start=1192
-  _globals['_REGIONSTATUS']._serialized_end=1428
-  _globals['_REGIONAGENT']._serialized_start=1771
-  _globals['_REGIONAGENT']._serialized_end=2242
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\030dev.quota.regionagent.v1P\001Z?github.com/quota-dev/quota/gen/go/region_agent/v1;regionagentv1'
+  _globals['_REJECTREASON']._serialized_start=1719
+  _globals['_REJECTREASON']._serialized_end=2056
+  _globals['_ORDERSTATUS']._serialized_start=2059
+  _globals['_ORDERSTATUS']._serialized_end=2264
+  _globals['_GETORDERREQUEST']._serialized_start=55
+  _globals['_GETORDERREQUEST']._serialized_end=91
+  _globals['_ORDERSTATE']._serialized_start=94
+  _globals['_ORDERSTATE']._serialized_end=341
+  _globals['_LINE']._serialized_start=343
+  _globals['_LINE']._serialized_end=442
+  _globals['_DEDUCTREQUEST']._serialized_start=444
+  _globals['_DEDUCTREQUEST']._serialized_end=532
+  _globals['_DEDUCTRESPONSE']._serialized_start=534
+  _globals['_DEDUCTRESPONSE']._serialized_end=625
+  _globals['_RESERVEREQUEST']._serialized_start=627
+  _globals['_RESERVEREQUEST']._serialized_end=732
+  _globals['_RESERVERESPONSE']._serialized_start=734
+  _globals['_RESERVERESPONSE']._serialized_end=849
+  _globals['_SETTLEREQUEST']._serialized_start=851
+  _globals['_SETTLEREQUEST']._serialized_end=885
+  _globals['_SETTLERESPONSE']._serialized_start=887
+  _globals['_SETTLERESPONSE']._serialized_end=995
+  _globals['_REFUNDLINE']._serialized_start=997
+  _globals['_REFUNDLINE']._serialized_end=1047
+  _globals['_REFUNDREQUEST']._serialized_start=1049
+  _globals['_REFUNDREQUEST']._serialized_end=1146
+  _globals['_REFUNDRESPONSE']._serialized_start=1148
+  _globals['_REFUNDRESPONSE']._serialized_end=1245
+  _globals['_GETSTATUSREQUEST']._serialized_start=1247
+  _globals['_GETSTATUSREQUEST']._serialized_end=1265
+  _globals['_PROMOTIONBALANCE']._serialized_start=1268
+  _globals['_PROMOTIONBALANCE']._serialized_end=1477
+  _globals['_REGIONSTATUS']._serialized_start=1480
+  _globals['_REGIONSTATUS']._serialized_end=1716
+  _globals['_REGIONAGENT']._serialized_start=2267
+  _globals['_REGIONAGENT']._serialized_end=2813
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,21 @@ units, each 1..9007199254740991 (2^53 - 1), and so is their sum.
 A rejected deduction fails with a gRPC status and carries its reason in the
 trailing metadata key "quota-reject-reason" (a RejectReason name):
 RESOURCE_EXHAUSTED for EXHAUSTED, FAILED_PRECONDITION for the others.
+
+Every error also carries gRPC's rich error model (google.rpc.Status in the
+trailing "grpc-status-details-bin", readable by grpcurl and any language's
+grpc-status library), with one google.rpc.ErrorInfo:
+  domain   "quota.region_agent.v1"
+  reason   a RejectReason name for a refused order line; otherwise one of
+           ORDER_KEY_REUSED, ORDER_UNKNOWN, LEDGER_LIFE_LOST, NOT_PLACER,
+           INVALID_REQUEST, LEDGER_UNAVAILABLE, NO_QUOTA_IN_TIME, NOT_SERVING
+  metadata "may_have_applied": "true" when the call may have changed the
+           ledger before it failed (retry with the same order key, or ask
+           GetOrder, never with a new key); "false" when nothing was applied
+           "promotion_id": the line that was refused, when one was
+           "ledger_life_started_ms": with LEDGER_LIFE_LOST and ORDER_UNKNOWN
+and, for a refusal that clears by itself (LEASE_EXPIRED, NO_QUOTA_IN_TIME,
+NOT_SERVING), a google.rpc.RetryInfo with the delay worth waiting.
 """
 
 from collections import abc as _abc
@@ -76,6 +91,119 @@ REJECT_REASON_OVER_ORDER_LIMIT: RejectReason.ValueType  # 8
 REJECT_REASON_BELOW_FLOOR: RejectReason.ValueType  # 9
 """the line's price after its discount is below the promotion's floor"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
+
+class _OrderStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDER_STATUS_UNSPECIFIED: _OrderStatus.ValueType  # 0
+    ORDER_STATUS_UNKNOWN: _OrderStatus.ValueType  # 1
+    """This ledger life holds no order with this key: it was never placed here,
+    or, when `ledger_life_lost` is set, it may have been placed in a life that
+    was lost (compare its time with `ledger_life_started_ms`: reconcile, do
+    not retry blindly).
+    """
+    ORDER_STATUS_DEDUCTED: _OrderStatus.ValueType  # 2
+    """applied; refundable"""
+    ORDER_STATUS_RESERVED: _OrderStatus.ValueType  # 3
+    """held until `reserved_until_ms`"""
+    ORDER_STATUS_CONFIRMED: _OrderStatus.ValueType  # 4
+    """a reservation turned into a deduction; refundable"""
+    ORDER_STATUS_CANCELLED: _OrderStatus.ValueType  # 5
+    """a reservation given back before its deadline"""
+    ORDER_STATUS_EXPIRED: _OrderStatus.ValueType  # 6
+    """a reservation that lapsed at its deadline"""
+
+class OrderStatus(_OrderStatus, metaclass=_OrderStatusEnumTypeWrapper): ...
+
+ORDER_STATUS_UNSPECIFIED: OrderStatus.ValueType  # 0
+ORDER_STATUS_UNKNOWN: OrderStatus.ValueType  # 1
+"""This ledger life holds no order with this key: it was never placed here,
+or, when `ledger_life_lost` is set, it may have been placed in a life that
+was lost (compare its time with `ledger_life_started_ms`: reconcile, do
+not retry blindly).
+"""
+ORDER_STATUS_DEDUCTED: OrderStatus.ValueType  # 2
+"""applied; refundable"""
+ORDER_STATUS_RESERVED: OrderStatus.ValueType  # 3
+"""held until `reserved_until_ms`"""
+ORDER_STATUS_CONFIRMED: OrderStatus.ValueType  # 4
+"""a reservation turned into a deduction; refundable"""
+ORDER_STATUS_CANCELLED: OrderStatus.ValueType  # 5
+"""a reservation given back before its deadline"""
+ORDER_STATUS_EXPIRED: OrderStatus.ValueType  # 6
+"""a reservation that lapsed at its deadline"""
+Global___OrderStatus: _TypeAlias = OrderStatus  # noqa: Y015
+
+@_typing.final
+class GetOrderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_KEY_FIELD_NUMBER: _builtins.int
+    order_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        order_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_key", b"order_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrderRequest: _TypeAlias = GetOrderRequest  # noqa: Y015
+
+@_typing.final
+class OrderState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_KEY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    RESERVED_UNTIL_MS_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    LEDGER_LIFE_STARTED_MS_FIELD_NUMBER: _builtins.int
+    LEDGER_LIFE_LOST_FIELD_NUMBER: _builtins.int
+    order_key: _builtins.str
+    status: Global___OrderStatus.ValueType
+    reserved_until_ms: _builtins.int
+    """RESERVED: Unix ms, by the ledger's clock"""
+    ledger_life_started_ms: _builtins.int
+    """when the ledger life answering began"""
+    ledger_life_lost: _builtins.bool
+    """The region's ledger lost an earlier life (an in-process ledger's restart,
+    a Redis that lost its data): orders placed before `ledger_life_started_ms`
+    are gone from it, and the center wrote off what that life held.
+    """
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Line]:
+        """as placed (empty when UNKNOWN)"""
+
+    @_builtins.property
+    def refunded(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefundLine]:
+        """given back so far, per promotion"""
+
+    def __init__(
+        self,
+        *,
+        order_key: _builtins.str = ...,
+        status: Global___OrderStatus.ValueType = ...,
+        lines: _abc.Iterable[Global___Line] | None = ...,
+        reserved_until_ms: _builtins.int = ...,
+        refunded: _abc.Iterable[Global___RefundLine] | None = ...,
+        ledger_life_started_ms: _builtins.int = ...,
+        ledger_life_lost: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledger_life_lost", b"ledger_life_lost", "ledger_life_started_ms", b"ledger_life_started_ms", "lines", b"lines", "order_key", b"order_key", "refunded", b"refunded", "reserved_until_ms", b"reserved_until_ms", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderState: _TypeAlias = OrderState  # noqa: Y015
 
 @_typing.final
 class Line(_message.Message):

@@ -64,6 +64,11 @@ class RegionAgentStub:
                 request_serializer=region__agent_dot_v1_dot_region__agent__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=region__agent_dot_v1_dot_region__agent__pb2.RegionStatus.FromString,
                 _registered_method=True)
+        self.GetOrder = channel.unary_unary(
+                '/region_agent.v1.RegionAgent/GetOrder',
+                request_serializer=region__agent_dot_v1_dot_region__agent__pb2.GetOrderRequest.SerializeToString,
+                response_deserializer=region__agent_dot_v1_dot_region__agent__pb2.OrderState.FromString,
+                _registered_method=True)
 
 
 class RegionAgentServicer:
@@ -114,6 +119,15 @@ class RegionAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOrder(self, request, context):
+        """What became of an order, changing nothing: the read an order service makes
+        when it does not know whether a call applied (instead of sending it again).
+        Only the identity that placed the order may read it (PERMISSION_DENIED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegionAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_RegionAgentServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=region__agent_dot_v1_dot_region__agent__pb2.GetStatusRequest.FromString,
                     response_serializer=region__agent_dot_v1_dot_region__agent__pb2.RegionStatus.SerializeToString,
+            ),
+            'GetOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrder,
+                    request_deserializer=region__agent_dot_v1_dot_region__agent__pb2.GetOrderRequest.FromString,
+                    response_serializer=region__agent_dot_v1_dot_region__agent__pb2.OrderState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +329,33 @@ class RegionAgent:
             '/region_agent.v1.RegionAgent/GetStatus',
             region__agent_dot_v1_dot_region__agent__pb2.GetStatusRequest.SerializeToString,
             region__agent_dot_v1_dot_region__agent__pb2.RegionStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/region_agent.v1.RegionAgent/GetOrder',
+            region__agent_dot_v1_dot_region__agent__pb2.GetOrderRequest.SerializeToString,
+            region__agent_dot_v1_dot_region__agent__pb2.OrderState.FromString,
             options,
             channel_credentials,
             insecure,

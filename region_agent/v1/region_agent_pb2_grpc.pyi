@@ -10,6 +10,21 @@ units, each 1..9007199254740991 (2^53 - 1), and so is their sum.
 A rejected deduction fails with a gRPC status and carries its reason in the
 trailing metadata key "quota-reject-reason" (a RejectReason name):
 RESOURCE_EXHAUSTED for EXHAUSTED, FAILED_PRECONDITION for the others.
+
+Every error also carries gRPC's rich error model (google.rpc.Status in the
+trailing "grpc-status-details-bin", readable by grpcurl and any language's
+grpc-status library), with one google.rpc.ErrorInfo:
+  domain   "quota.region_agent.v1"
+  reason   a RejectReason name for a refused order line; otherwise one of
+           ORDER_KEY_REUSED, ORDER_UNKNOWN, LEDGER_LIFE_LOST, NOT_PLACER,
+           INVALID_REQUEST, LEDGER_UNAVAILABLE, NO_QUOTA_IN_TIME, NOT_SERVING
+  metadata "may_have_applied": "true" when the call may have changed the
+           ledger before it failed (retry with the same order key, or ask
+           GetOrder, never with a new key); "false" when nothing was applied
+           "promotion_id": the line that was refused, when one was
+           "ledger_life_started_ms": with LEDGER_LIFE_LOST and ORDER_UNKNOWN
+and, for a refusal that clears by itself (LEASE_EXPIRED, NO_QUOTA_IN_TIME,
+NOT_SERVING), a google.rpc.RetryInfo with the delay worth waiting.
 """
 
 from collections import abc as _abc
@@ -57,6 +72,11 @@ class RegionAgentStub:
     Cancel: _grpc.UnaryUnaryMultiCallable[_region_agent_pb2.SettleRequest, _region_agent_pb2.SettleResponse]
     """Gives a reservation's quota back now; succeeds (with expired set) after the deadline."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_region_agent_pb2.GetStatusRequest, _region_agent_pb2.RegionStatus]
+    GetOrder: _grpc.UnaryUnaryMultiCallable[_region_agent_pb2.GetOrderRequest, _region_agent_pb2.OrderState]
+    """What became of an order, changing nothing: the read an order service makes
+    when it does not know whether a call applied (instead of sending it again).
+    Only the identity that placed the order may read it (PERMISSION_DENIED).
+    """
 
 @_typing.type_check_only
 class RegionAgentAsyncStub(RegionAgentStub):
@@ -78,6 +98,11 @@ class RegionAgentAsyncStub(RegionAgentStub):
     Cancel: _aio.UnaryUnaryMultiCallable[_region_agent_pb2.SettleRequest, _region_agent_pb2.SettleResponse]  # type: ignore[assignment]
     """Gives a reservation's quota back now; succeeds (with expired set) after the deadline."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_region_agent_pb2.GetStatusRequest, _region_agent_pb2.RegionStatus]  # type: ignore[assignment]
+    GetOrder: _aio.UnaryUnaryMultiCallable[_region_agent_pb2.GetOrderRequest, _region_agent_pb2.OrderState]  # type: ignore[assignment]
+    """What became of an order, changing nothing: the read an order service makes
+    when it does not know whether a call applied (instead of sending it again).
+    Only the identity that placed the order may read it (PERMISSION_DENIED).
+    """
 
 class RegionAgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -132,5 +157,16 @@ class RegionAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _region_agent_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_region_agent_pb2.RegionStatus, _abc.Awaitable[_region_agent_pb2.RegionStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def GetOrder(
+        self,
+        request: _region_agent_pb2.GetOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_region_agent_pb2.OrderState, _abc.Awaitable[_region_agent_pb2.OrderState]]:
+        """What became of an order, changing nothing: the read an order service makes
+        when it does not know whether a call applied (instead of sending it again).
+        Only the identity that placed the order may read it (PERMISSION_DENIED).
+        """
 
 def add_RegionAgentServicer_to_server(servicer: RegionAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -58,6 +58,7 @@ EXPECTED: dict[str, tuple[set[Role], str | None]] = {
     "/region_agent.v1.RegionAgent/Confirm": ({ORDERS}, SERVER),
     "/region_agent.v1.RegionAgent/Cancel": ({ORDERS}, SERVER),
     "/region_agent.v1.RegionAgent/GetStatus": (ALL, SERVER),
+    "/region_agent.v1.RegionAgent/GetOrder": ({ORDERS}, SERVER),
     "/grpc.health.v1.Health/Check": (ALL, None),
     "/grpc.health.v1.Health/List": (ALL, None),
     "/grpc.health.v1.Health/Watch": (ALL, None),
