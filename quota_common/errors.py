@@ -3,16 +3,20 @@
     QuotaError
     ├── InvalidArgument      INVALID_ARGUMENT     the request itself is wrong; fix it
     ├── NotFound             NOT_FOUND            no such promotion
+    │   └── OrderUnknown     NOT_FOUND            no such order in this ledger life (which may follow a lost one)
     ├── AlreadyExists        ALREADY_EXISTS       the id is taken
     ├── FailedPrecondition   FAILED_PRECONDITION  valid, but not in the current state
     │   ├── Rejected         FAILED_PRECONDITION / RESOURCE_EXHAUSTED, with a RejectReason
+    │   ├── OrderKeyReused   FAILED_PRECONDITION  the order key (or refund id) was used for another call
     │   └── Superseded       FAILED_PRECONDITION  a newer agent process of the region replaced the caller;
     │                                             flagged by "quota-superseded" so the caller stops serving
     ├── Exhausted            RESOURCE_EXHAUSTED   nothing left to grant
     ├── PermissionDenied     PERMISSION_DENIED    this region may not use this promotion
     └── Unavailable          UNAVAILABLE          try again (the center or the store is away)
         ├── NotLeader        UNAVAILABLE          a standby; the leader's address rides in "quota-leader"
-        └── LedgerLost       UNAVAILABLE          the region's Redis lost its data; the agent re-joins
+        ├── LedgerLost       UNAVAILABLE          the region's Redis lost its data; the agent re-joins
+        ├── LedgerUnreachable UNAVAILABLE         the ledger did not answer; a write may have applied
+        └── NoQuotaInTime    UNAVAILABLE          no refill arrived before the deadline; nothing applied
 
 Domain code raises these; servers translate them with `grpc_code`, and clients turn
 status codes back into them with `from_grpc`. `Conflict` is internal: a compare-and-swap
@@ -98,12 +102,42 @@ class LedgerLost(Unavailable):
     """The region's ledger store lost its data; the agent must join as a new incarnation."""
 
 
-class Rejected(FailedPrecondition):
-    """A deduction refused for a business reason the order service can show its user."""
+class LedgerUnreachable(Unavailable):
+    """The region's ledger store did not answer. `may_have_applied`: the call was a write that may have run
+    before the answer was lost (retry with the same key, or read the order), not a read."""
 
-    def __init__(self, reason: RejectReason, message: str) -> None:
+    def __init__(self, message: str, may_have_applied: bool) -> None:
+        super().__init__(message)
+        self.may_have_applied = may_have_applied
+
+
+class NoQuotaInTime(Unavailable):
+    """The order waited for a refill of its allotment that did not arrive before its deadline; nothing
+    was applied."""
+
+
+class OrderUnknown(NotFound):
+    """No order with this key in the ledger's life that began at `life_started_ms` (Unix ms; 0: not
+    known here). `life_lost`: the region lost an earlier life, so the order may have been placed in it."""
+
+    def __init__(self, message: str, life_started_ms: int = 0, life_lost: bool = False) -> None:
+        super().__init__(message)
+        self.life_started_ms = life_started_ms
+        self.life_lost = life_lost
+
+
+class OrderKeyReused(FailedPrecondition):
+    """An order key (or a refund id) already used for a different call: the caller needs a new one."""
+
+
+class Rejected(FailedPrecondition):
+    """A deduction refused for a business reason the order service can show its user; `promotion_id`
+    names the order line refused, when one was."""
+
+    def __init__(self, reason: RejectReason, message: str, promotion_id: str = "") -> None:
         super().__init__(message)
         self.reason = reason
+        self.promotion_id = promotion_id
         if reason is RejectReason.EXHAUSTED:
             self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

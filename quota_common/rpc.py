@@ -1,16 +1,20 @@
-"""Shared gRPC plumbing: QuotaError -> status translation for servicers, and requests decoded
-where an undecodable one can be answered INVALID_ARGUMENT."""
+"""Shared gRPC plumbing: QuotaError -> status translation for servicers (with gRPC's rich error model
+where the service describes its errors), and requests decoded where an undecodable one can be answered
+INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from quota_common.errors import (
     LEADER_METADATA_KEY,
@@ -40,6 +44,35 @@ MAX_STATUS_BYTES = 2048
 it): a longer message turns the answer into RESOURCE_EXHAUSTED, so it is cut to this."""
 
 
+@dataclass(frozen=True)
+class ErrorDetail:
+    """An error in gRPC's rich error model: one google.rpc.ErrorInfo, and a google.rpc.RetryInfo when
+    `retry_after_ms` is set (a refusal that clears by itself)."""
+
+    domain: str
+    reason: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    retry_after_ms: int = 0
+
+
+Describe = Callable[[QuotaError], ErrorDetail]
+"""How a service describes its errors in the rich model."""
+
+
+def rich_status(code: grpc.StatusCode, message: str, detail: ErrorDetail) -> grpc.Status:
+    """The status a call ends with, `detail` packed into its trailing "grpc-status-details-bin"."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(domain=detail.domain, reason=detail.reason, metadata=dict(detail.metadata))
+    )
+    if detail.retry_after_ms:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(detail.retry_after_ms)
+        status.details.add().Pack(retry)
+    answer: grpc.Status = rpc_status.to_status(status)
+    return answer
+
+
 def translate_errors(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
     """Answers a QuotaError with its status code and message; a rejected deduction also
     carries its reason in the trailing metadata."""
@@ -54,18 +87,24 @@ def translate_errors(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
     return wrapper
 
 
-async def abort_with(error: Exception, context: Context, where: str) -> NoReturn:
-    """Ends the call with the error's status (streams too); raises, like `context.abort`."""
+async def abort_with(error: Exception, context: Context, where: str, describe: Describe | None = None) -> NoReturn:
+    """Ends the call with the error's status (streams too); raises, like `context.abort`. With `describe`,
+    a QuotaError's status also carries its rich error detail."""
+    trailing: list[tuple[str, str | bytes]] = []
     if isinstance(error, Rejected):
-        context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, error.reason.value),))
+        trailing.append((REJECT_REASON_METADATA_KEY, error.reason.value))
     if isinstance(error, NotLeader) and error.leader:
-        context.set_trailing_metadata(((LEADER_METADATA_KEY, error.leader),))
+        trailing.append((LEADER_METADATA_KEY, error.leader))
     if isinstance(error, Superseded):
-        context.set_trailing_metadata(((SUPERSEDED_METADATA_KEY, "1"),))
+        trailing.append((SUPERSEDED_METADATA_KEY, "1"))
     if isinstance(error, Held):
-        context.set_trailing_metadata(((PENDING_METADATA_KEY, error.pending_id),))
+        trailing.append((PENDING_METADATA_KEY, error.pending_id))
     if isinstance(error, QuotaError):
-        await context.abort(error.code, cut(error.message, MAX_STATUS_BYTES))
+        message = cut(error.message, MAX_STATUS_BYTES)
+        if describe is not None:
+            trailing.extend(rich_status(error.code, message, describe(error)).trailing_metadata)
+        # Passed to abort, not set before it: abort's own trailing metadata would replace what was set.
+        await context.abort(error.code, message, tuple(trailing))
     log.error("%s failed", where, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")
 

@@ -18,7 +18,17 @@ import logging
 from dataclasses import dataclass, field
 
 from quota_common.clock import Clock, iso
-from quota_common.errors import Exhausted, InvalidArgument, QuotaError, Rejected, RejectReason, Unavailable
+from quota_common.errors import (
+    Exhausted,
+    InvalidArgument,
+    NoQuotaInTime,
+    OrderUnknown,
+    QuotaError,
+    Rejected,
+    RejectReason,
+    Unavailable,
+)
+from quota_common.incarnation import started_ns
 from quota_common.model import Promotion
 from quota_common.policy import RefillSettings
 from region_agent.cache import CacheTier, PromotionCache
@@ -30,6 +40,7 @@ from region_agent.ledger.base import (
     DeductOutcome,
     Ledger,
     Line,
+    OrderView,
     RefundOutcome,
     Settle,
     SettleOutcome,
@@ -78,6 +89,18 @@ class PromotionStatus:
     frozen: bool
     below_floor: int = 0
     """Order lines this agent saw below the promotion's price floor in this ledger life."""
+
+
+@dataclass(frozen=True)
+class OrderReport:
+    """What became of an order, and the ledger life that answers."""
+
+    order: OrderView | None
+    """None: this ledger life holds no order with the key."""
+    life_started_ms: int
+    """When the answering ledger life began (Unix ms; 0 before the agent joined)."""
+    life_lost: bool
+    """The region lost an earlier ledger life: an order placed before `life_started_ms` may have gone with it."""
 
 
 class Agent:
@@ -230,6 +253,7 @@ class Agent:
                     RejectReason.USER_LIMIT,
                     f"the order's user already holds what promotion {outcome.over_limit[0]} allows one user "
                     f"({_describe(limits[outcome.over_limit[0]])})",
+                    outcome.over_limit[0],
                 )
             await self._wait_for_refills(outcome, lines, deadline=now + wait)
             for item in tracked:
@@ -249,10 +273,41 @@ class Agent:
 
     async def settle(self, order_key: str, how: Settle, placer: str = "") -> SettleOutcome:
         """Confirms or cancels `placer`'s reservation; a freeze since it was made does not stop either."""
-        return await self._ledger.settle(order_key, how, placer)
+        try:
+            return await self._ledger.settle(order_key, how, placer)
+        except OrderUnknown as unknown:
+            raise await self._in_this_life(unknown) from None
 
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], placer: str = "") -> RefundOutcome:
-        return await self._ledger.refund(order_key, refund_id or order_key, lines, placer)
+        try:
+            return await self._ledger.refund(order_key, refund_id or order_key, lines, placer)
+        except OrderUnknown as unknown:
+            raise await self._in_this_life(unknown) from None
+
+    async def get_order(self, order_key: str, placer: str = "") -> OrderReport:
+        """`placer`'s order as the ledger holds it, changing nothing (PermissionDenied for another's)."""
+        order = await self._ledger.get_order(order_key, placer)
+        return OrderReport(order, self._life_started_ms(), await self._ledger.life_lost())
+
+    def _life_started_ms(self) -> int:
+        return started_ns(self.incarnation) // 1_000_000
+
+    async def _in_this_life(self, unknown: OrderUnknown) -> OrderUnknown:
+        """The refusal of an unknown order key, saying which ledger life answered and whether one was lost
+        before it: then the order may have been placed in that one, and must be reconciled, not retried."""
+        started_ms = self._life_started_ms()
+        if await self._ledger.life_lost():
+            return OrderUnknown(
+                f"{unknown.message}. This ledger life began at {iso(started_ms)}, after the region lost an "
+                "earlier one: an order placed before then went with it (the center wrote its quota off); "
+                "reconcile the order, do not retry it",
+                started_ms,
+                life_lost=True,
+            )
+        return OrderUnknown(
+            f"{unknown.message}: it was never placed here, or was forgotten after the retention period",
+            started_ms,
+        )
 
     async def status(self) -> list[PromotionStatus]:
         now = self._clock.monotonic()
@@ -271,22 +326,25 @@ class Agent:
             raise Rejected(
                 RejectReason.LEASE_EXPIRED,
                 f"{self._supply.retired}; it spends nothing more: send orders to the region's other agents",
+                promotion.id,
             )
         if self.settings.region not in promotion.regions:
             raise Rejected(
                 RejectReason.REGION_NOT_ALLOWED,
                 f"promotion {promotion.id} may not be spent in region {self.settings.region} "
                 f"(allowed: {', '.join(promotion.regions)})",
+                promotion.id,
             )
         if promotion.archived:
-            raise Rejected(RejectReason.NOT_ACTIVE, f"promotion {promotion.id} is settled and archived")
+            raise Rejected(RejectReason.NOT_ACTIVE, f"promotion {promotion.id} is settled and archived", promotion.id)
         if promotion.frozen:
-            raise Rejected(RejectReason.FROZEN, f"promotion {promotion.id} is frozen by its budget owner")
+            raise Rejected(RejectReason.FROZEN, f"promotion {promotion.id} is frozen by its budget owner", promotion.id)
         if self.cache.emergency.covers(self.settings.region):
             raise Rejected(
                 RejectReason.FROZEN,
                 f"the emergency freeze covers {self.cache.emergency.describe()}: "
                 "no promotion is spent until it is lifted",
+                promotion.id,
             )
         wall_ms = self._clock.wall_ms()
         if not promotion.is_active(wall_ms):
@@ -294,12 +352,14 @@ class Agent:
                 RejectReason.NOT_ACTIVE,
                 f"promotion {promotion.id} runs from {iso(promotion.start_ms)} until {iso(promotion.end_ms)}; "
                 f"it is now {iso(wall_ms)}",
+                promotion.id,
             )
         if self._clock.monotonic() >= item.lease_until:
             raise Rejected(
                 RejectReason.LEASE_EXPIRED,
                 f"region {self.settings.region} could not renew its lease on promotion {promotion.id} "
                 "with the center; it spends nothing until the center is reachable",
+                promotion.id,
             )
 
     async def _wait_for_refills(self, outcome: DeductOutcome, lines: tuple[Line, ...], deadline: float) -> None:
@@ -315,13 +375,13 @@ class Agent:
         remaining = deadline - self._clock.monotonic()
         done, _ = await asyncio.wait(refills, timeout=remaining) if remaining > 0 else (set(), set())
         if len(done) < len(refills):
-            raise Unavailable(
+            raise NoQuotaInTime(
                 f"the region's allotment of {', '.join(outcome.short)} is empty and no refill arrived "
-                "before the deadline; retry with the same order key"
+                "before the deadline; nothing was applied: retry with the same order key"
             )
         for promotion_id, task in zip(outcome.short, refills, strict=True):
             error = (
-                Unavailable("the refill was called off while the agent re-joined; retry")
+                NoQuotaInTime("the refill was called off while the agent re-joined; nothing was applied: retry")
                 if task.cancelled()
                 else task.result()
             )
@@ -331,6 +391,11 @@ class Agent:
                 item = self._supply.get(promotion_id)
                 assert item is not None
                 self._check_spendable(item)
+                if isinstance(error, Unavailable):
+                    raise NoQuotaInTime(
+                        f"promotion {promotion_id}: the region's allotment is empty and its refill failed "
+                        f"({error.message}); nothing was applied: retry with the same order key"
+                    ) from error
                 raise error
 
 
@@ -355,6 +420,7 @@ def _spent(promotion_id: str) -> Rejected:
     return Rejected(
         RejectReason.EXHAUSTED,
         f"promotion {promotion_id}: this region's allotment is spent and the center has nothing left to grant",
+        promotion_id,
     )
 
 
@@ -365,4 +431,5 @@ def _check_order_limit(promotion: Promotion, line: Line) -> None:
             RejectReason.OVER_ORDER_LIMIT,
             f"the line asks {line.amount} units of promotion {promotion.id}, which allows at most "
             f"{promotion.max_per_order} in one order",
+            promotion.id,
         )

@@ -75,6 +75,7 @@ def refuse_if_blocked(below: list[BelowFloor]) -> None:
                 RejectReason.BELOW_FLOOR,
                 f"{item.describe()}, and it refuses orders below the floor: check the line's unit_price and "
                 "discount (a price typed a zero short?), or ask the budget owner to change the floor",
+                item.promotion.id,
             )
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 import grpc
 
 from quota_common.authz import caller
 from quota_common.errors import InvalidArgument
-from quota_common.rpc import Context, abort_with, add_decoding, translate_errors
+from quota_common.rpc import Context, abort_with, add_decoding
 from quota_common.validation import (
     MAX_LINES,
     quoted,
@@ -24,8 +24,9 @@ from quota_common.validation import (
     require_total,
     require_unique,
 )
-from region_agent.agent import Agent
-from region_agent.ledger.base import Line, Settle
+from region_agent.agent import Agent, OrderReport
+from region_agent.errors import RetryAfter, describe
+from region_agent.ledger.base import CANCELLED, CONFIRMED, DEDUCTED, EXPIRED, RESERVED, Line, Settle
 from region_agent.metrics import AgentMetrics
 from region_agent.v1 import region_agent_pb2 as pb
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
@@ -122,6 +123,7 @@ class _Answer(Protocol):
 
 A = TypeVar("A", bound=_Answer)
 Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 def _observed(
@@ -143,7 +145,7 @@ def _observed(
                 answer = await handler(self, request, context)
             except Exception as error:
                 self.metrics.failed(operation, error, time.perf_counter() - started)
-                await abort_with(error, context, handler.__qualname__)
+                await self.abort(error, context, handler.__qualname__)
             self.metrics.answered(operation, answer.replayed, time.perf_counter() - started)
             return answer
 
@@ -152,10 +154,57 @@ def _observed(
     return decorate
 
 
+def _answering(
+    handler: Callable[[RegionAgentServicer, Req, Context], Awaitable[Resp]],
+) -> Callable[[RegionAgentServicer, Req, Context], Awaitable[Resp]]:
+    """Answers an error with its status and its rich error detail (`region_agent.errors`)."""
+
+    @functools.wraps(handler)
+    async def answering(self: RegionAgentServicer, request: Req, context: Context) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except Exception as error:
+            await self.abort(error, context, handler.__qualname__)
+
+    return answering
+
+
+_ORDER_STATUS = {
+    DEDUCTED: pb.ORDER_STATUS_DEDUCTED,
+    RESERVED: pb.ORDER_STATUS_RESERVED,
+    CONFIRMED: pb.ORDER_STATUS_CONFIRMED,
+    CANCELLED: pb.ORDER_STATUS_CANCELLED,
+    EXPIRED: pb.ORDER_STATUS_EXPIRED,
+}
+
+
+def order_state_pb(order_key: str, report: OrderReport) -> pb.OrderState:
+    answer = pb.OrderState(
+        order_key=order_key,
+        status=pb.ORDER_STATUS_UNKNOWN,
+        ledger_life_started_ms=report.life_started_ms,
+        ledger_life_lost=report.life_lost,
+    )
+    order = report.order
+    if order is not None:
+        answer.status = _ORDER_STATUS[order.state]
+        answer.lines.extend(lines_pb(order.lines))
+        answer.refunded.extend(
+            pb.RefundLine(promotion_id=line.promotion_id, amount=line.amount) for line in order.refunded
+        )
+        if order.state == RESERVED:
+            answer.reserved_until_ms = order.expires_at_ms
+    return answer
+
+
 class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     def __init__(self, agent: Agent, metrics: AgentMetrics) -> None:
         self._agent = agent
         self.metrics = metrics
+        self._retry = RetryAfter(lease_ms=round(agent.settings.renew_interval_s * 1000))
+
+    async def abort(self, error: Exception, context: Context, where: str) -> NoReturn:
+        await abort_with(error, context, where, lambda quota_error: describe(quota_error, self._retry))
 
     @_observed("deduct")
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
@@ -179,11 +228,11 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
             expires_at_ms=outcome.expires_at_ms,
         )
 
-    @translate_errors
+    @_answering
     async def Confirm(self, request: pb.SettleRequest, context: Context) -> pb.SettleResponse:
         return await self._settle(request, Settle.CONFIRM)
 
-    @translate_errors
+    @_answering
     async def Cancel(self, request: pb.SettleRequest, context: Context) -> pb.SettleResponse:
         return await self._settle(request, Settle.CANCEL)
 
@@ -194,7 +243,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
             order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed, expired=outcome.expired
         )
 
-    @translate_errors
+    @_answering
     async def Refund(self, request: pb.RefundRequest, context: Context) -> pb.RefundResponse:
         order_key = require_id("order_key", request.order_key)
         refund_id = require_id("refund_id", request.refund_id) if request.refund_id else ""
@@ -205,7 +254,12 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
             replayed=outcome.replayed,
         )
 
-    @translate_errors
+    @_answering
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.OrderState:
+        order_key = require_id("order_key", request.order_key)
+        return order_state_pb(order_key, await self._agent.get_order(order_key, _placer()))
+
+    @_answering
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.RegionStatus:
         statuses = await self._agent.status()
         return pb.RegionStatus(

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from quota_common.clock import iso
-from quota_common.errors import FailedPrecondition, PermissionDenied, Rejected, RejectReason
+from quota_common.errors import (
+    FailedPrecondition,
+    OrderKeyReused,
+    OrderUnknown,
+    PermissionDenied,
+    Rejected,
+    RejectReason,
+)
 from quota_common.validation import COUNTER_CEILING
 
 
@@ -130,6 +137,21 @@ class SettleOutcome:
     """A cancel found the reservation already expired: its quota went back at the deadline."""
 
 
+@dataclass(frozen=True)
+class OrderView:
+    """An order as its ledger holds it, read without changing anything."""
+
+    state: str
+    """DEDUCTED, RESERVED, CONFIRMED, CANCELLED or EXPIRED: a reservation past its deadline reads EXPIRED
+    even before the sweep released it (settling it would)."""
+    lines: tuple[Line, ...]
+    """As placed."""
+    expires_at_ms: int = 0
+    """A reservation's deadline (Unix ms, by the ledger's clock); 0 for a deduction."""
+    refunded: tuple[Line, ...] = ()
+    """Given back so far, one line per promotion refunded (user and prices not stated)."""
+
+
 RETENTION_S = 7 * 86_400
 """How long a ledger remembers orders and refunds by default, so their retries replay: above any caller's retry
 window."""
@@ -158,6 +180,17 @@ class Ledger(Protocol):
         """The first answer for an order key already deducted (or, with `reserve`, reserved),
         else None. Raises PermissionDenied when another placer made it, FailedPrecondition when
         the key was used for different lines or for the other kind of call."""
+        ...
+
+    async def get_order(self, order_key: str, placer: str = "") -> OrderView | None:
+        """What became of an order, or None when this ledger life holds no order with that key (never placed
+        in it, or forgotten after the retention period). Changes nothing: a reservation is neither extended
+        nor released by it. Raises PermissionDenied when another placer made the order."""
+        ...
+
+    async def life_lost(self) -> bool:
+        """Whether the ledger's current life began after an earlier one of the region was lost (its orders gone
+        with it), as far as the ledger can tell."""
         ...
 
     async def deduct(
@@ -230,15 +263,15 @@ DEDUCTED, RESERVED, CONFIRMED, CANCELLED, EXPIRED = "deducted", "reserved", "con
 def check_replay(order_key: str, same_lines: bool, was_reservation: bool, reserve: bool) -> None:
     """Raises unless a call for an existing order key is a retry of the call that made it."""
     if not same_lines:
-        raise FailedPrecondition(
+        raise OrderKeyReused(
             f"order key {order_key!r} was already used with different lines; use a new order key for a different order"
         )
     if was_reservation and not reserve:
-        raise FailedPrecondition(
+        raise OrderKeyReused(
             f"order key {order_key!r} holds a reservation; confirm or cancel it instead of deducting it"
         )
     if reserve and not was_reservation:
-        raise FailedPrecondition(f"order key {order_key!r} was deducted already; a reservation needs a new order key")
+        raise OrderKeyReused(f"order key {order_key!r} was deducted already; a reservation needs a new order key")
 
 
 def settled_before(
@@ -276,11 +309,19 @@ def not_the_placer(order_key: str, placer: str) -> PermissionDenied:
     )
 
 
-def refund_id_reused(order_key: str, refund_id: str) -> FailedPrecondition:
-    return FailedPrecondition(
+def refund_id_reused(order_key: str, refund_id: str) -> OrderKeyReused:
+    return OrderKeyReused(
         f"refund {refund_id!r} of order {order_key!r} was already made with different lines; "
         "use a new refund id for another refund"
     )
+
+
+def unknown_reservation(order_key: str) -> OrderUnknown:
+    return OrderUnknown(f"no reservation with order key {order_key!r} in this region")
+
+
+def unknown_deduction(order_key: str) -> OrderUnknown:
+    return OrderUnknown(f"no deduction with order key {order_key!r} in this region; nothing to refund")
 
 
 def at_ceiling(promotion_id: str, counter: str) -> FailedPrecondition:

@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from quota_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from quota_common.errors import FailedPrecondition, InvalidArgument
 from quota_common.validation import COUNTER_CEILING, require_unique
 from region_agent.ledger.base import (
     CANCELLED,
@@ -25,6 +25,7 @@ from region_agent.ledger.base import (
     Balance,
     DeductOutcome,
     Line,
+    OrderView,
     RefundOutcome,
     Settle,
     SettleOutcome,
@@ -35,6 +36,8 @@ from region_agent.ledger.base import (
     refund_id_reused,
     settled_before,
     unconfirmed_refund,
+    unknown_deduction,
+    unknown_reservation,
 )
 
 
@@ -93,6 +96,21 @@ class LocalLedger:
             raise not_the_placer(order_key, placer)
         check_replay(order_key, order.lines == lines, order.state != DEDUCTED, reserve)
         return DeductOutcome(order.lines, replayed=True, expires_at_ms=order.expires_at_ms)
+
+    def get_order(self, order_key: str, now_ms: int, placer: str = "") -> OrderView | None:
+        """Reads the order as of `now_ms`, changing nothing (not even forgetting old records)."""
+        order = self._orders.get(order_key)
+        if order is None or (order.state != RESERVED and order.forget_at_ms <= now_ms):
+            return None
+        if order.placer != placer:
+            raise not_the_placer(order_key, placer)
+        state = EXPIRED if order.state == RESERVED and order.expires_at_ms <= now_ms else order.state
+        refunded = tuple(
+            Line(line.promotion_id, order.refunded[line.promotion_id])
+            for line in order.lines
+            if order.refunded[line.promotion_id]
+        )
+        return OrderView(state, order.lines, order.expires_at_ms, refunded)
 
     def deduct(
         self,
@@ -161,7 +179,7 @@ class LocalLedger:
         self._forget_old(now_ms)
         order = self._orders.get(order_key)
         if order is None:
-            raise NotFound(f"no reservation with order key {order_key!r} in this region")
+            raise unknown_reservation(order_key)
         if order.placer != placer:
             raise not_the_placer(order_key, placer)
         if order.state == RESERVED and order.expires_at_ms <= now_ms:
@@ -231,7 +249,7 @@ class LocalLedger:
                 raise refund_id_reused(order_key, refund_id)
             return replace(answer, replayed=True)
         if order is None:
-            raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
+            raise unknown_deduction(order_key)
         if order.state not in (DEDUCTED, CONFIRMED):
             raise unconfirmed_refund(order_key, order.state)
         spent: Counter[str] = Counter()

@@ -20,6 +20,7 @@ from region_agent.ledger.base import (
     DeductOutcome,
     Issuer,
     Line,
+    OrderView,
     RefundOutcome,
     Settle,
     SettleOutcome,
@@ -51,6 +52,14 @@ class InProcessLedger:
         self, order_key: str, lines: tuple[Line, ...], reserve: bool = False, placer: str = ""
     ) -> DeductOutcome | None:
         return self._ledger.find_order(order_key, lines, reserve, placer)
+
+    async def get_order(self, order_key: str, placer: str = "") -> OrderView | None:
+        return self._ledger.get_order(order_key, self._clock.wall_ms(), placer)
+
+    async def life_lost(self) -> bool:
+        """Always: this ledger began with its process, and whatever a process before it held went with that
+        process (the center wrote it off); it cannot know whether there was one."""
+        return True
 
     async def deduct(
         self,

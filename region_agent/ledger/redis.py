@@ -5,7 +5,9 @@ atomic across all its keys and all agent processes. All keys of a region share t
 tag `{quota:<region>}`, so a multi-line order touching several promotions runs in one slot
 on Redis Cluster too. Layout:
 
-    {quota:R}:incarnation                  hash: life (the current one) and sequence (writes in it)
+    {quota:R}:incarnation                  hash: life (the current one), sequence (writes in it), and
+                                           after_loss (1: the life began after an agent saw the one before
+                                           it lost)
     {quota:R}:refill:<promotion>           which agent is acquiring for the promotion (expires by itself)
     {quota:R}:<life>:promotions            set of promotion ids with a balance
     {quota:R}:<life>:balance:<promotion>   hash granted, returned, deducted, refunded, held, and
@@ -36,7 +38,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis
 
-from quota_common.errors import FailedPrecondition, InvalidArgument, LedgerLost, NotFound, Unavailable
+from quota_common.errors import FailedPrecondition, InvalidArgument, LedgerLost, LedgerUnreachable
 from quota_common.incarnation import new_incarnation
 from quota_common.validation import require_unique
 from region_agent.ledger.base import (
@@ -47,6 +49,7 @@ from region_agent.ledger.base import (
     DeductOutcome,
     Issuer,
     Line,
+    OrderView,
     RefundOutcome,
     Settle,
     SettleOutcome,
@@ -57,10 +60,22 @@ from region_agent.ledger.base import (
     refund_id_reused,
     settled_before,
     unconfirmed_refund,
+    unknown_deduction,
+    unknown_reservation,
 )
 from region_agent.ledger.batching import Batcher
 from region_agent.ledger.redis_acl import region_tag
-from region_agent.ledger.redis_scripts import APPLY_GRANT, DEDUCT, DUE, FORGET, REFUND, RELEASE, RETURN_QUOTA, SETTLE
+from region_agent.ledger.redis_scripts import (
+    APPLY_GRANT,
+    DEDUCT,
+    DUE,
+    FORGET,
+    ORDER,
+    REFUND,
+    RELEASE,
+    RETURN_QUOTA,
+    SETTLE,
+)
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 
 P = ParamSpec("P")
@@ -72,16 +87,29 @@ _Deduction = tuple[str, tuple[Line, ...], Mapping[str, UserLimit], int, str]
 
 
 def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Answers a Redis outage (down, restarting, loading its AOF) as UNAVAILABLE: the caller retries
-    with the same key, and every script is idempotent by that key, so an applied but unanswered
-    call replays."""
+    """Answers a Redis outage (down, restarting, loading its AOF) during a read as UNAVAILABLE: nothing
+    was applied."""
+    return _answering_outage(method, may_have_applied=False)
 
+
+def _writing(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Answers a Redis outage during a write as UNAVAILABLE that may have applied: the connection may have
+    dropped after the script ran. The caller retries with the same key (every script is idempotent by it,
+    so an applied but unanswered call replays) or reads the order."""
+    return _answering_outage(method, may_have_applied=True)
+
+
+def _answering_outage(
+    method: Callable[P, Coroutine[Any, Any, T]], may_have_applied: bool
+) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as outage:
-            raise Unavailable(f"the region's Redis is unreachable ({outage}); retry with the same key") from outage
+            raise LedgerUnreachable(
+                f"the region's Redis is unreachable ({outage}); retry with the same key", may_have_applied
+            ) from outage
 
     return wrapper
 
@@ -99,6 +127,8 @@ class RedisLedger:
         self._incarnation: str | None = None
         self._floor = 0
         """The highest sequence number this agent saw in the current life: Redis must never show less."""
+        self._last_life = ""
+        """The life this ledger last took part in, kept when Redis lost it: a new one then follows a loss."""
 
     async def aclose(self) -> None:
         """Closes the ledger's own connection (the client it was given stays open: its owner closes it)."""
@@ -141,9 +171,20 @@ class RedisLedger:
             stored = await self._redis.hget(key, "life")
             if stored is None:
                 raise _lost()
-        if _text(stored) != self._incarnation:
-            self._incarnation, self._floor = _text(stored), 0
-        return self._incarnation
+        life = _text(stored)
+        if self._last_life and life != self._last_life:
+            # The life this agent knew ended (lost, rolled back, or replaced after another agent saw that):
+            # the new one follows a loss, for every agent of the region to read.
+            await self._redis.hset(key, "after_loss", 1)
+        if life != self._incarnation:
+            self._incarnation, self._floor, self._last_life = life, 0, life
+        return life
+
+    @_reachable
+    async def life_lost(self) -> bool:
+        """Whether an agent of the region saw the life before this one end. A Redis that lost its data while
+        no agent ran looks like a new one: that loss only the center's usage shows (what it wrote off)."""
+        return await self._redis.hget(self._key("incarnation"), "after_loss") is not None
 
     async def _run(
         self, script: LuaScript, keys: list[str], args: list[str | int], life: str | None = None
@@ -182,6 +223,26 @@ class RedisLedger:
         return DeductOutcome(lines, replayed=True, expires_at_ms=int(expires or 0))
 
     @_reachable
+    async def get_order(self, order_key: str, placer: str = "") -> OrderView | None:
+        life = self._incarnation
+        if life is None:
+            raise _lost()
+        keys = [self._key("incarnation"), self._data("order", order_key)]
+        answer = await self._scripts.run(ORDER, keys, [f"{life}|{self._floor}"])
+        if answer[0] in (b"lost", b"rolled_back"):
+            raise _lost()  # the next write (or renewal) moves the region to a new life
+        if answer[0] == b"none":
+            return None
+        _, first, placed_by, state, expires, refunded = answer
+        if _text(placed_by) != placer:
+            raise not_the_placer(order_key, placer)
+        lines = _decode(first)
+        given_back = tuple(
+            Line(line.promotion_id, int(amount)) for line, amount in zip(lines, refunded, strict=True) if int(amount)
+        )
+        return OrderView(_text(state), lines, int(expires), given_back)
+
+    @_writing
     async def deduct(
         self,
         order_key: str,
@@ -229,17 +290,17 @@ class RedisLedger:
         answers: list[list[Any]] = await self._run(DEDUCT, keys, args)
         return answers
 
-    @_reachable
+    @_writing
     async def settle(self, order_key: str, how: Settle, placer: str = "") -> SettleOutcome:
         ended = await self._end_reservation(order_key, how.value, placer)
         if ended is None:
-            raise NotFound(f"no reservation with order key {order_key!r} in this region")
+            raise unknown_reservation(order_key)
         changed, state, expires_at_ms, lines = ended
         if changed:
             return SettleOutcome(lines)
         return settled_before(order_key, how, state, expires_at_ms, lines)
 
-    @_reachable
+    @_writing
     async def expire_reservations(self) -> int:
         """Releases up to a thousand due reservations per call; the renew loop calls it every second."""
         due = await self._scripts.run(DUE, [self._data("reservations")], [1000])
@@ -269,14 +330,14 @@ class RedisLedger:
             raise at_ceiling(answer[1].decode(), "deducted")
         return answer[0] == b"done", answer[1].decode(), int(answer[2]), lines
 
-    @_reachable
+    @_writing
     async def refund(self, order_key: str, refund_id: str, lines: tuple[Line, ...], placer: str = "") -> RefundOutcome:
         # The script checks each line against what the order has left; a promotion twice would pass twice.
         require_unique("lines.promotion_id", (line.promotion_id for line in lines))
         order = self._data("order", order_key)
         first = await self._redis.hget(order, "lines")
         if first is None:
-            raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
+            raise unknown_deduction(order_key)
         refund_record = self._data("refund", _json_pair(order_key, refund_id))
         keys = [order, refund_record, *self._line_keys(_decode(first), self._prefix())]
         wanted = json.dumps([[line.promotion_id, line.amount] for line in lines]) if lines else ""
@@ -285,7 +346,7 @@ class RedisLedger:
         if status == "denied":
             raise not_the_placer(order_key, placer)
         if status == "not_found":
-            raise NotFound(f"no deduction with order key {order_key!r} in this region; nothing to refund")
+            raise unknown_deduction(order_key)
         if status == "other_lines":
             raise refund_id_reused(order_key, refund_id)
         if status == "unconfirmed":
@@ -304,7 +365,7 @@ class RedisLedger:
         refunded = tuple(Line(promotion, int(amount)) for promotion, amount in json.loads(answer[1]))
         return RefundOutcome(refunded, replayed=status == "replay")
 
-    @_reachable
+    @_writing
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:
         keys = [
             self._data("grants", life=incarnation),
@@ -316,19 +377,19 @@ class RedisLedger:
             raise at_ceiling(promotion_id, "granted")
         return bool(answer[0] == b"ok")
 
-    @_reachable
+    @_writing
     async def return_quota(self, promotion_id: str, amount: int) -> int:
         answer = await self._run(RETURN_QUOTA, [self._data("balance", promotion_id)], [amount])
         if answer[0] == b"at_ceiling":
             raise at_ceiling(promotion_id, "returned")
         return int(answer[1])
 
-    @_reachable
+    @_writing
     async def claim_refill(self, promotion_id: str, holder: str, ttl_s: float) -> bool:
         claim = self._key("refill", promotion_id)
         return bool(await self._redis.set(claim, holder, nx=True, px=max(1, round(ttl_s * 1000))))
 
-    @_reachable
+    @_writing
     async def release_refill(self, promotion_id: str, holder: str) -> None:
         await self._scripts.run(RELEASE, [self._key("refill", promotion_id)], [holder])
 

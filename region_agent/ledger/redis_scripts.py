@@ -206,6 +206,30 @@ return {'done', state, expires}
     + _END
 )
 
+# KEYS: incarnation, order. ARGV: "life|floor" as every script's. Reads only: it takes no sequence number and
+# writes nothing, so a read of a reservation neither extends nor releases it (one past its deadline reads
+# 'expired', as settling it would make it). Answers 'lost' or 'rolled_back' as _SAME_LIFE would, 'none' for
+# an order key this life does not hold, else 'order', its lines (JSON), placer ('' for none), state, deadline,
+# and what was refunded per line of it.
+ORDER = LuaScript(
+    _NOW_MS
+    + """
+local life, floor = string.match(ARGV[1], '^(.*)|(%d+)$')
+if redis.call('HGET', KEYS[1], 'life') ~= life then return {'lost'} end
+if (tonumber(redis.call('HGET', KEYS[1], 'sequence')) or 0) < tonumber(floor) then return {'rolled_back'} end
+local raw = redis.call('HGET', KEYS[2], 'lines')
+if not raw then return {'none'} end
+local refunded = {}
+for _, line in ipairs(cjson.decode(raw)) do
+  table.insert(refunded, redis.call('HGET', KEYS[2], 'refunded:' .. line[1]) or '0')
+end
+local state = redis.call('HGET', KEYS[2], 'state') or 'deducted'
+local expires = redis.call('HGET', KEYS[2], 'expires') or '0'
+if state == 'reserved' and tonumber(expires) <= now_ms() then state = 'expired' end
+return {'order', raw, redis.call('HGET', KEYS[2], 'placer') or '', state, expires, refunded}
+"""
+)
+
 # KEYS: reservations. ARGV: at most this many. Order keys of reservations past their deadline.
 DUE = LuaScript(
     _NOW_MS
