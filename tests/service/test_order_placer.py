@@ -129,6 +129,9 @@ async def test_only_the_placer_may_retry_or_refund_a_deduction(region: Region) -
                 await _denied(stub.Deduct(order("o-1", "eu", ("promo", 1)), timeout=TIMEOUT_S), _uri(intruder))
                 refund = agent_pb.RefundRequest(order_key="o-1", refund_id="r-1")
                 await _denied(stub.Refund(refund, timeout=TIMEOUT_S), _uri(intruder))
+                await _denied(
+                    stub.GetOrder(agent_pb.GetOrderRequest(order_key="o-1"), timeout=TIMEOUT_S), _uri(intruder)
+                )
         assert await region.spent() == before
 
         again = await placer.Deduct(order("o-1", "eu", ("promo", 3)), timeout=TIMEOUT_S)
