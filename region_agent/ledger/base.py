@@ -305,7 +305,8 @@ def not_the_placer(order_key: str, placer: str) -> PermissionDenied:
     who = placer or "a caller without an identity (a plaintext call)"
     return PermissionDenied(
         f"{who} may not use order key {order_key!r}: that order was placed by another identity, and only the "
-        "identity that placed an order may read, retry, confirm, cancel or refund it; use a new order key for a new order"
+        "identity that placed an order may read, retry, confirm, cancel or refund it; use a new order key for a new "
+        "order"
     )
 
 
