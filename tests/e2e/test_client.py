@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,9 @@ from quota_testing.servers import redis_server
 from quota_testing.support import HOUR_MS, now_ms, promotion
 
 pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "order_service.py"
+"""The README's example of an order service."""
 
 
 @dataclass(frozen=True)
@@ -241,3 +246,24 @@ async def test_a_lease_the_center_could_not_renew_raises_lease_expired(tmp_path:
                 await quota.deduct("o-2", [Line("promo", 1, "user-1")])
 
     assert expired.value.promotion_id == "promo"
+
+
+async def test_the_readmes_example_runs_against_the_regions_agents(
+    region: Region, admin: center_grpc.PromotionAdminAsyncStub
+) -> None:
+    coupon = await create(admin, promotion("example-coupon", per_user_limit=1))
+    ran = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(EXAMPLE), coupon, *region.agents],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[:2] == ["order-1001: coupon applied", "order-1001: coupon applied (a retry: applied once, before)"]
+    assert lines[2].startswith("order-1002: coupon refused, UserLimit: the order's user already holds")
+    assert lines[3].startswith("cart-7: coupon held until ")
+    assert lines[4:] == ["cart-7: paid, 1 coupon spent", "cart-7: returned, 1 coupon back to the budget"]
