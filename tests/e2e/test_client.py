@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -42,8 +41,8 @@ from quota_client import (
     Unavailable,
     UserLimit,
 )
-from quota_testing.launch import ServerProcess, agent_process, center_process
-from quota_testing.redis_region import region_on_redis
+from quota_testing.redis_region import RegionAddresses as Region
+from quota_testing.redis_region import region_on_redis, two_agents_on_redis
 from quota_testing.servers import redis_server
 from quota_testing.support import HOUR_MS, now_ms, promotion
 
@@ -53,28 +52,11 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "order_ser
 """The README's example of an order service."""
 
 
-@dataclass(frozen=True)
-class Region:
-    center: str
-    agents: tuple[str, str]
-
-
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
-    """Started once for the module; each test spends promotions of its own."""
-    workdir = tmp_path_factory.mktemp("client")
-    with redis_server() as redis:
-        processes: list[ServerProcess] = []
-        try:
-            center = center_process(workdir).start()
-            processes.append(center)
-            ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.2")
-            for _ in range(2):
-                processes.append(agent_process(workdir, "eu", center.address, *ledger).start())
-            yield Region(center.address, (processes[1].address, processes[2].address))
-        finally:
-            for process in reversed(processes):
-                process.kill()
+    """Started once for the module; each test works on promotions of its own."""
+    with two_agents_on_redis(tmp_path_factory.mktemp("client")) as started:
+        yield started
 
 
 @pytest.fixture
