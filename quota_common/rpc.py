@@ -13,7 +13,8 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc.error_details_pb2 import ErrorInfo, RetryInfo
+from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
 from quota_common.errors import (
@@ -61,12 +62,10 @@ Describe = Callable[[QuotaError], ErrorDetail]
 
 def rich_status(code: grpc.StatusCode, message: str, detail: ErrorDetail) -> grpc.Status:
     """The status a call ends with, `detail` packed into its trailing "grpc-status-details-bin"."""
-    status = status_pb2.Status(code=code.value[0], message=message)
-    status.details.add().Pack(
-        error_details_pb2.ErrorInfo(domain=detail.domain, reason=detail.reason, metadata=dict(detail.metadata))
-    )
+    status = Status(code=code.value[0], message=message)
+    status.details.add().Pack(ErrorInfo(domain=detail.domain, reason=detail.reason, metadata=dict(detail.metadata)))
     if detail.retry_after_ms:
-        retry = error_details_pb2.RetryInfo()
+        retry = RetryInfo()
         retry.retry_delay.FromMilliseconds(detail.retry_after_ms)
         status.details.add().Pack(retry)
     answer: grpc.Status = rpc_status.to_status(status)

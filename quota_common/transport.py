@@ -78,10 +78,10 @@ class Transport:
             return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
         return grpc.aio.secure_channel(target, self.tls.channel_credentials(), options, interceptors=interceptors)
 
-    def channel(self, target: str) -> grpc.Channel:
+    def channel(self, target: str, options: Sequence[tuple[str, int]] = ()) -> grpc.Channel:
         if self.tls is None:
-            return grpc.insecure_channel(target)
-        return grpc.secure_channel(target, self.tls.channel_credentials())
+            return grpc.insecure_channel(target, options)
+        return grpc.secure_channel(target, self.tls.channel_credentials(), options)
 
     def may_call(self, target: str) -> bool:
         """A leader named by a standby is followed only if this holds: plaintext stays on loopback."""

@@ -3,8 +3,8 @@ ledger, with promotion "promo" created, for the end-to-end tests of the Redis le
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import grpc
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.servers import redis_server
 from quota_testing.support import promotion
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
@@ -52,3 +53,27 @@ async def region_on_redis(
             await open_channel.close()
         for process in [*processes, center]:
             process.kill()
+
+
+@dataclass(frozen=True)
+class RegionAddresses:
+    center: str
+    agents: tuple[str, str]
+
+
+@contextmanager
+def two_agents_on_redis(workdir: Path) -> Iterator[RegionAddresses]:
+    """A center and two agents of region eu on a Redis of their own, as processes, for a test module that
+    starts them once and works on promotions of its own in each test. Kills them all when the block ends."""
+    with redis_server() as redis:
+        processes: list[ServerProcess] = []
+        try:
+            center = center_process(workdir).start()
+            processes.append(center)
+            ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.2")
+            for _ in range(2):
+                processes.append(agent_process(workdir, "eu", center.address, *ledger).start())
+            yield RegionAddresses(center.address, (processes[1].address, processes[2].address))
+        finally:
+            for process in reversed(processes):
+                process.kill()

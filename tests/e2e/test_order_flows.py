@@ -17,8 +17,8 @@ import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_testing.launch import ServerProcess, agent_process, center_process
-from quota_testing.servers import redis_server
+from quota_testing.redis_region import RegionAddresses as Region
+from quota_testing.redis_region import two_agents_on_redis
 from quota_testing.support import eventually, now_ms, order, promotion, reject_reason
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
@@ -30,29 +30,11 @@ DEFAULT_TTL_MS = 15 * 60_000
 """What a reservation holds for when Reserve does not say (the agents run with the default)."""
 
 
-@dataclass(frozen=True)
-class Region:
-    center: str
-    agents: tuple[str, str]
-
-
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
-    """One center and two agents of region eu on one Redis, started once for the module; each test
-    works on promotions of its own."""
-    workdir = tmp_path_factory.mktemp("order-flows")
-    with redis_server() as redis:
-        processes: list[ServerProcess] = []
-        try:
-            center = center_process(workdir).start()
-            processes.append(center)
-            ledger = ("--ledger", f"redis://{redis.address}/0", "--renew-interval", "0.2")
-            for _ in range(2):
-                processes.append(agent_process(workdir, "eu", center.address, *ledger).start())
-            yield Region(center.address, (processes[1].address, processes[2].address))
-        finally:
-            for process in reversed(processes):
-                process.kill()
+    """Started once for the module; each test works on promotions of its own."""
+    with two_agents_on_redis(tmp_path_factory.mktemp("order-flows")) as started:
+        yield started
 
 
 @dataclass(frozen=True)

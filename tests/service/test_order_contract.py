@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
+from google.rpc.error_details_pb2 import ErrorInfo, RetryInfo
 from grpc_status import rpc_status
 
 from quota_center.v1 import quota_center_pb2 as center_pb
@@ -24,16 +24,16 @@ TIMEOUT_S = 20
 DOMAIN = "quota.region_agent.v1"
 
 
-async def _refused(call: Awaitable[object]) -> tuple[grpc.aio.AioRpcError, error_details_pb2.ErrorInfo]:
+async def _refused(call: Awaitable[object]) -> tuple[grpc.aio.AioRpcError, ErrorInfo]:
     """The call's error and its one ErrorInfo."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     status = rpc_status.from_call(caught.value)
     assert status is not None, "the error carries a google.rpc.Status"
     assert status.code == caught.value.code().value[0]
-    infos = [detail for detail in status.details if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    infos = [detail for detail in status.details if detail.Is(ErrorInfo.DESCRIPTOR)]
     assert len(infos) == 1
-    info = error_details_pb2.ErrorInfo()
+    info = ErrorInfo()
     infos[0].Unpack(info)
     assert info.domain == DOMAIN
     return caught.value, info
@@ -43,8 +43,8 @@ def _retry_after_ms(error: grpc.aio.AioRpcError) -> int:
     status = rpc_status.from_call(error)
     assert status is not None
     for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
+        if detail.Is(RetryInfo.DESCRIPTOR):
+            retry = RetryInfo()
             detail.Unpack(retry)
             return int(retry.retry_delay.ToMilliseconds())
     return 0

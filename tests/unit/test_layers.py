@@ -1,6 +1,6 @@
 """The layering, checked over every import in the repository (including imports inside functions):
 
-    quota_cli ─▶ loadtest ─▶ quota_testing ─▶ quota_center, region_agent ─▶ quota_common
+    quota_cli ─▶ loadtest ─▶ quota_testing ─▶ quota_client ─▶ quota_center, region_agent ─▶ quota_common
 
 - quota_common imports nothing of ours;
 - the center and the agent never import each other, with one door: the gRPC adapter of the agent's port to
@@ -8,6 +8,8 @@
   the center's published API, its generated stubs and the shared model's mapping onto them
   (`quota_center.v1`, `quota_center.wire`);
 - protobuf stops at the edges: the servers, the center's conversions and the port's gRPC adapter;
+- the client library for order services (`quota_client`) sees of the agent only its published API
+  (`region_agent.v1`), so that it imports without the servers' code;
 - nothing but tests imports tests.
 """
 
@@ -18,16 +20,21 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("quota_common", "quota_center", "region_agent", "quota_testing", "loadtest", "quota_cli", "tests")
+PACKAGES = (
+    "quota_common", "quota_center", "region_agent", "quota_client", "quota_testing", "loadtest", "quota_cli", "tests"
+)  # fmt: skip
 MAY_IMPORT = {
     "quota_common": set(),
     "quota_center": {"quota_common"},
     "region_agent": {"quota_common"},
-    "quota_testing": {"quota_common", "quota_center", "region_agent"},
-    "loadtest": {"quota_common", "quota_center", "region_agent", "quota_testing"},
-    "quota_cli": {"quota_common", "quota_center", "region_agent", "quota_testing", "loadtest"},
+    "quota_client": {"quota_common", "region_agent"},
+    "quota_testing": {"quota_common", "quota_center", "region_agent", "quota_client"},
+    "loadtest": {"quota_common", "quota_center", "region_agent", "quota_client", "quota_testing"},
+    "quota_cli": {"quota_common", "quota_center", "region_agent", "quota_client", "quota_testing", "loadtest"},
     "tests": set(PACKAGES),
 }
+CLIENT_SEES = "region_agent.v1"
+"""All the client library may import of the agent: its published API."""
 CENTER_API = ("quota_center.v1", "quota_center.wire")
 PORT = "region_agent.grpc_center"
 PROTOBUF_EDGES = {
@@ -55,6 +62,8 @@ def forbidden(imports: Mapping[str, set[str]]) -> list[str]:
             door = importer == PORT and any(_within(target, api) for api in CENTER_API)
             if other not in MAY_IMPORT[package] and not door:
                 found.append(f"{importer} -> {target}: {package} may not import {other}")
+            elif package == "quota_client" and other == "region_agent" and not _within(target, CLIENT_SEES):
+                found.append(f"{importer} -> {target}: quota_client sees of region_agent only {CLIENT_SEES}")
         for api, edges in PROTOBUF_EDGES.items():
             edge = importer in edges or _within(importer, api) or package not in SERVICES
             if not edge and any(_within(target, api) for target in imported):
@@ -101,9 +110,11 @@ def test_a_forbidden_import_is_named_with_its_rule() -> None:
     imports["quota_center.center"] = imports["quota_center.center"] | {"region_agent.supply"}
     imports["quota_common.model"] = imports["quota_common.model"] | {"quota_center.ledger"}
     imports["region_agent.catalog_sync"] = imports["region_agent.catalog_sync"] | {"quota_center.v1.quota_center_pb2"}
+    imports["quota_client.calls"] = imports["quota_client.calls"] | {"region_agent.ledger.base"}
 
     assert forbidden(imports) == [
         "quota_center.center -> region_agent.supply: quota_center may not import region_agent",
+        "quota_client.calls -> region_agent.ledger.base: quota_client sees of region_agent only region_agent.v1",
         "quota_common.model -> quota_center.ledger: quota_common may not import quota_center",
         "region_agent.catalog_sync -> quota_center.v1.quota_center_pb2: region_agent may not import quota_center",
         "region_agent.catalog_sync -> quota_center.v1: protobuf stops at quota_center.convert, quota_center.server, "
