@@ -29,6 +29,7 @@ from quota_client import (
     Line,
     NotActive,
     OrderKeyReused,
+    OrderStatus,
     OrderUnknown,
     OverOrderLimit,
     QuotaClient,
@@ -87,6 +88,25 @@ async def test_a_retry_with_the_same_key_returns_the_first_answer_and_deducts_on
     assert (first.replayed, again.replayed) == (False, True)
     assert again.lines == first.lines == tuple(lines)
     assert deducted(status, sale) == 3
+
+
+async def test_get_order_says_what_became_of_an_order_without_changing_it(
+    region: Region, admin: center_grpc.PromotionAdminAsyncStub
+) -> None:
+    sale = await create(admin, promotion("read-sale"))
+    lines = [Line(sale, 2, "user-1")]
+    async with AsyncQuotaClient(region.agents, "eu") as quota:
+        never = await quota.get_order("read-never")
+        await quota.deduct("read-1", lines)
+        applied = await quota.get_order("read-1")
+        before = deducted(await quota.status(), sale)
+        again = await quota.get_order("read-1")
+        after = deducted(await quota.status(), sale)
+
+    assert never.status is OrderStatus.UNKNOWN
+    assert (applied.status, applied.lines) == (OrderStatus.DEDUCTED, tuple(lines))
+    assert again == applied
+    assert before == after == 2
 
 
 async def test_the_blocking_client_makes_the_same_calls(
