@@ -93,7 +93,7 @@ class Row:
         return self.measured.deductions / self.measured.elapsed_s
 
     def figures(self) -> dict[str, Any]:
-        cuts = _quantiles_ms(self.measured.latencies_s)
+        cuts = quantiles_ms(self.measured.latencies_s)
         deductions = self.measured.deductions
         return {
             "strategy": self.strategy,
@@ -111,7 +111,7 @@ class Row:
         }
 
 
-def _quantiles_ms(latencies_s: list[float]) -> tuple[float, float, float]:
+def quantiles_ms(latencies_s: list[float]) -> tuple[float, float, float]:
     if len(latencies_s) < 2:
         only = round(1000 * latencies_s[0], 2) if latencies_s else 0.0
         return only, only, only

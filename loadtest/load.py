@@ -90,6 +90,20 @@ class Measured:
         self.elapsed_s += later.elapsed_s
 
 
+async def _send(target: Target, order: Order, since: float, measured: Measured) -> None:
+    """Sends `order` and counts its answer in `measured`, timed from `since`."""
+    try:
+        accepted = await target.deduct(order)
+    except Exception as error:  # a benchmark counts every failure and goes on
+        measured.errors[type(error).__name__] += 1
+        return
+    measured.latencies_s.append(time.perf_counter() - since)
+    if accepted:
+        measured.accepted_units[order.promotion_id] += order.amount
+    else:
+        measured.refused += 1
+
+
 async def drive(target: Target, orders: Iterator[Order], clients: int, seconds: float) -> Measured:
     """`clients` closed-loop clients for `seconds`; every answered order is timed, accepted or not."""
     measured = Measured()
@@ -98,20 +112,28 @@ async def drive(target: Target, orders: Iterator[Order], clients: int, seconds: 
 
     async def client() -> None:
         while time.perf_counter() < stop_at:
-            order = next(orders)
-            sent = time.perf_counter()
-            try:
-                accepted = await target.deduct(order)
-            except Exception as error:  # a benchmark counts every failure and goes on
-                measured.errors[type(error).__name__] += 1
-                continue
-            measured.latencies_s.append(time.perf_counter() - sent)
-            if accepted:
-                measured.accepted_units[order.promotion_id] += order.amount
-            else:
-                measured.refused += 1
+            await _send(target, next(orders), time.perf_counter(), measured)
 
     await asyncio.gather(*(client() for _ in range(clients)))
+    measured.elapsed_s = time.perf_counter() - started
+    return measured
+
+
+async def offered(target: Target, orders: Iterator[Order], rate_per_s: float, seconds: float) -> Measured:
+    """Open loop: an order every 1/`rate_per_s` seconds for `seconds`, each sent on time whether earlier ones
+    were answered or not, and timed from when it was due (so a stall shows in every order it delays)."""
+    measured = Measured()
+    started = time.perf_counter()
+    sent: list[asyncio.Task[None]] = []
+
+    for number in itertools.count():
+        due = started + number / rate_per_s
+        if due >= started + seconds:
+            break
+        if (early := due - time.perf_counter()) > 0:
+            await asyncio.sleep(early)
+        sent.append(asyncio.create_task(_send(target, next(orders), due, measured)))
+    await asyncio.gather(*sent)
     measured.elapsed_s = time.perf_counter() - started
     return measured
 
@@ -144,6 +166,11 @@ class UnderLoad:
 
     async def drive(self, seconds: float) -> None:
         self.measured.add(await drive(self.target, self._orders, self.clients, seconds))
+
+    async def offer(self, rate_per_s: float, seconds: float) -> Measured:
+        """Open-loop load at `rate_per_s` for `seconds`, the stream of orders going on; measured apart from
+        the closed-loop stretches."""
+        return await offered(self.target, self._orders, rate_per_s, seconds)
 
     @property
     def per_s(self) -> float:

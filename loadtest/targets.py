@@ -8,6 +8,10 @@ import redis.asyncio as redis
 from loadtest.load import Order
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_common.errors import Rejected, RejectReason
+from region_agent.embedded import EmbeddedAgent
+from region_agent.ledger.base import Line
+from region_agent.ledger.redis import RedisLedger
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
@@ -31,6 +35,39 @@ class ThroughAgent:
                 return False
             raise
         return True
+
+
+class Embedded:
+    """The agent inside the order service's process: no gRPC hop, one Redis round trip per batch of orders."""
+
+    def __init__(self, agent: EmbeddedAgent) -> None:
+        self._agent = agent
+
+    async def deduct(self, order: Order) -> bool:
+        try:
+            await self._agent.deduct(order.key, (Line(order.promotion_id, order.amount, order.user_id),))
+        except Rejected as refusal:
+            if refusal.reason is RejectReason.EXHAUSTED:
+                return False
+            raise
+        return True
+
+
+class BareScript:
+    """The Redis ledger's deduction script alone (the EVALSHA an agent runs, batched as the agent batches
+    it), on a ledger funded beforehand: what a durable regional deduction costs with no agent logic."""
+
+    def __init__(self, ledger: RedisLedger) -> None:
+        self._ledger = ledger
+
+    async def fund(self, budgets: dict[str, int]) -> None:
+        life = await self._ledger.incarnation()
+        for promotion_id, budget in budgets.items():
+            await self._ledger.apply_grant(f"fund-{promotion_id}", promotion_id, budget, life)
+
+    async def deduct(self, order: Order) -> bool:
+        outcome = await self._ledger.deduct(order.key, (Line(order.promotion_id, order.amount, order.user_id),))
+        return outcome.accepted
 
 
 class CentralGrpc:

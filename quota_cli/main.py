@@ -404,6 +404,41 @@ def bench_cost(as_json: bool, seconds: float, rounds: int, clients: int, wait_ms
     _print_rows("quota bench cost", rows, COST_COLUMNS)
 
 
+@bench.command("embedded")
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...], "offered_rows": [...], ratios}.')
+@click.option("--seconds", type=FiniteFloatRange(min=0.5), default=5.0, show_default=True, help="Per row.")
+@click.option(
+    "--rounds", type=click.IntRange(1, 10), default=2, show_default=True, help="Stretches rows take turns in."
+)
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent order services.")
+def bench_embedded(as_json: bool, seconds: float, rounds: int, clients: int) -> None:
+    """The agent embedded in the order service against the bare EVALSHA it runs, the agent over gRPC against
+    an echo server making the same Redis write, and both agents' latency at the same offered load."""
+    from loadtest.bench_embedded import EmbeddedOptions, bench_embedded
+
+    figures = asyncio.run(bench_embedded(EmbeddedOptions(seconds, clients, rounds)))
+    if as_json:
+        _print_json(figures)
+        return
+    _print_rows("quota bench embedded (closed loop)", figures["rows"], EMBEDDED_COLUMNS)
+    offered = f"quota bench embedded (open loop, {figures['offered_per_s']:,} orders/s offered)"
+    _print_rows(offered, figures["offered_rows"], EMBEDDED_COLUMNS)
+    for name, value in figures.items():
+        if name.endswith(("_ratio", "_deduction")):
+            click.echo(f"{name}: {value}")
+
+
+EMBEDDED_COLUMNS = {
+    "strategy": "strategy",
+    "deductions": "deductions",
+    "throughput_per_s": "per s",
+    "p50_ms": "p50 ms",
+    "p99_ms": "p99 ms",
+    "p999_ms": "p999 ms",
+    "refused": "refused (exhausted)",
+    "errors": "errors",
+}
+
 COST_COLUMNS = {
     "server": "server",
     "mean_per_s": "calls/s",

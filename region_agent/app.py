@@ -19,7 +19,7 @@ from quota_common.identity import Role, regional
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import guarded_server, serve
 from quota_common.tls import TlsFiles
-from quota_common.transport import Security, open_transport
+from quota_common.transport import Security, Transport, open_transport
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CacheTier
@@ -106,7 +106,8 @@ async def open_ledger(
     except (redis.RedisError, OSError, TimeoutError) as error:
         await client.aclose()
         raise ConfigError(_without(_refusal(error, shown, unquote(user), region, access, ca), url, access)) from None
-    return RedisLedger(client, region, retention_s), RedisCacheTier(client, region)
+    # The ledger closes the client last, when the agent, and the cache tier with it, has stopped.
+    return RedisLedger(client, region, retention_s, owns_client=True), RedisCacheTier(client, region)
 
 
 _CLOSED = ("reset by peer", "Connection closed", "closed by server", "Broken pipe", "EOF")
@@ -234,15 +235,42 @@ def _without(message: str, url: str, access: LedgerAccess) -> str:
     return message
 
 
-async def run_agent(config: AgentConfig) -> None:
+@dataclass(frozen=True)
+class WiredAgent:
+    """An agent with its ledger and its link to the center, as `wire_agent` made them; not started."""
+
+    agent: Agent
+    transport: Transport
+    metrics: AgentMetrics
+    _center: GrpcCenter
+    _ledger: Ledger
+
+    async def close(self) -> None:
+        """Stops the agent (its final report, and for a ledger that dies with it, the give-back), then its links."""
+        await self.agent.stop()
+        await self._center.close()
+        await self._ledger.aclose()
+
+
+async def wire_agent(config: AgentConfig, listen: str) -> WiredAgent:
+    """The agent of `config.settings.region` as an agent process runs it: its identity's links, its ledger
+    and the region's cache tier, its calls to the center timed. `listen`: where its gRPC port will be (empty:
+    none, as embedded in an order service). ConfigError saying what to change when a setting is wrong."""
     region, security = config.settings.region, config.security
     agent_identity = regional(security.trust_domain, Role.AGENT, region)
-    transport = open_transport(security, agent_identity, listen=config.listen, center=config.center)
+    transport = open_transport(security, agent_identity, listen=listen, center=config.center)
     ledger, tier = await open_ledger(config.ledger, region, config.retention_s, config.ledger_access, security.tls)
     metrics = AgentMetrics(region)
     center = GrpcCenter(list(config.center), region, interceptors=[CenterCallTimer(metrics)], transport=transport)
     settings = replace(config.settings, return_on_shutdown=not ledger.outlives_agent)
     agent = Agent(settings, ledger, center, SystemClock(), tier)
+    return WiredAgent(agent, transport, metrics, center, ledger)
+
+
+async def run_agent(config: AgentConfig) -> None:
+    region = config.settings.region
+    wired = await wire_agent(config, config.listen)
+    agent, metrics, transport = wired.agent, wired.metrics, wired.transport
     server = guarded_server(transport, region)
     agent_server.add_to_server(agent, server, metrics)
     refresh = metrics.watch(agent)
@@ -256,11 +284,6 @@ async def run_agent(config: AgentConfig) -> None:
         reason = await agent.wait_retired()
         return f"{reason}; this process stops: run one agent per region on the in-process ledger, or use Redis"
 
-    async def stop() -> None:
-        await agent.stop()
-        await center.close()
-        await ledger.aclose()
-
     await serve(
         server,
         config.listen,
@@ -268,7 +291,7 @@ async def run_agent(config: AgentConfig) -> None:
         name=f"agent-{region}",
         services=agent_server.SERVICES,
         on_start=start,
-        on_stop=stop,
+        on_stop=wired.close,
         metrics=MetricsEndpoint(config.metrics_listen, metrics.registry, refresh) if config.metrics_listen else None,
         retired=replaced,
     )

@@ -13,88 +13,27 @@ from typing import NoReturn, Protocol, TypeVar
 import grpc
 
 from quota_common.authz import caller
-from quota_common.errors import InvalidArgument
 from quota_common.rpc import Context, abort_with, add_decoding
 from quota_common.validation import (
-    MAX_LINES,
-    quoted,
-    require_amount,
     require_id,
-    require_optional_amount,
-    require_total,
-    require_unique,
 )
 from region_agent.agent import Agent, OrderReport
 from region_agent.errors import RetryAfter, describe
 from region_agent.ledger.base import CANCELLED, CONFIRMED, DEDUCTED, EXPIRED, RESERVED, Line, Settle
 from region_agent.metrics import AgentMetrics
+from region_agent.order_input import hold_ms, order_lines, refund_lines
 from region_agent.v1 import region_agent_pb2 as pb
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
 
-def _check_line_count(count: int, at_least: int) -> None:
-    if count < at_least:
-        raise InvalidArgument("an order needs at least one line")
-    if count > MAX_LINES:
-        raise InvalidArgument(f"an order has at most {MAX_LINES} lines, got {count}; split it")
-
-
-MIN_HOLD_MS, MAX_HOLD_MS = 1_000, 86_400_000
-
-
-def _hold_ms(ttl_ms: int, default_ms: int) -> int:
-    if ttl_ms == 0:
-        return default_ms
-    if not MIN_HOLD_MS <= ttl_ms <= MAX_HOLD_MS:
-        raise InvalidArgument(
-            f"ttl_ms must be within {MIN_HOLD_MS} (1 s) and {MAX_HOLD_MS} (24 h), or 0 for the agent's default; "
-            f"got {ttl_ms}"
-        )
-    return ttl_ms
-
-
 def _order_lines(request_lines: Sequence[pb.Line]) -> tuple[Line, ...]:
-    _check_line_count(len(request_lines), at_least=1)
-    lines = tuple(
-        Line(
-            require_id("lines.promotion_id", line.promotion_id),
-            require_amount("lines.amount", line.amount),
-            require_id("lines.user_id", line.user_id),
-            *_prices(line),
-        )
-        for line in request_lines
+    return order_lines(
+        [Line(line.promotion_id, line.amount, line.user_id, line.unit_price, line.discount) for line in request_lines]
     )
-    require_unique("lines.promotion_id", (line.promotion_id for line in lines))
-    require_total("lines.amount", (line.amount for line in lines))
-    return lines
-
-
-def _prices(line: pb.Line) -> tuple[int, int]:
-    """(unit_price, discount), checked: 0/0 is a line that states no price (callers from before prices)."""
-    unit_price = require_optional_amount("lines.unit_price", line.unit_price)
-    if line.discount < 0:
-        raise InvalidArgument(f"lines.discount must be 0 or positive, got {line.discount}")
-    if line.discount and not unit_price:
-        raise InvalidArgument(
-            f"line of promotion {quoted(line.promotion_id)} states a discount of {line.discount} but no unit_price: "
-            "state the unit price the discount comes off, or neither"
-        )
-    if line.discount > unit_price:
-        raise InvalidArgument(
-            f"line of promotion {quoted(line.promotion_id)} takes a discount of {line.discount} off a unit_price "
-            f"of {unit_price}: a discount is at most the unit price"
-        )
-    return unit_price, line.discount
 
 
 def _refund_lines(request: pb.RefundRequest) -> tuple[Line, ...]:
-    _check_line_count(len(request.lines), at_least=0)
-    lines = tuple(
-        Line(require_id("lines.promotion_id", line.promotion_id), require_amount("lines.amount", line.amount))
-        for line in request.lines
-    )
-    require_unique("lines.promotion_id", (line.promotion_id for line in lines))
-    return lines
+    return refund_lines([Line(line.promotion_id, line.amount) for line in request.lines])
 
 
 def _placer() -> str:
@@ -219,8 +158,8 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
         lines = _order_lines(request.lines)
-        hold_ms = _hold_ms(request.ttl_ms, self._agent.settings.reservation_ttl_ms)
-        outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold_ms, _placer())
+        hold = hold_ms(request.ttl_ms, self._agent.settings.reservation_ttl_ms)
+        outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold, _placer())
         return pb.ReserveResponse(
             order_key=order_key,
             lines=lines_pb(outcome.lines),

@@ -117,9 +117,13 @@ def _answering_outage(
 class RedisLedger:
     outlives_agent = True
 
-    def __init__(self, client: redis.Redis, region: str, retention_s: float = RETENTION_S) -> None:
-        """Orders and refunds are remembered (their retries replay) for `retention_s`."""
+    def __init__(
+        self, client: redis.Redis, region: str, retention_s: float = RETENTION_S, owns_client: bool = False
+    ) -> None:
+        """Orders and refunds are remembered (their retries replay) for `retention_s`. `owns_client`: `aclose`
+        closes `client` too (it was made for this ledger and whatever shares it stops with the ledger)."""
         self._redis = client
+        self._owns_client = owns_client
         self._retention_ms = max(1, round(retention_s * 1000))
         self._tag = region_tag(region)
         self._scripts = ScriptLink(client)
@@ -131,8 +135,10 @@ class RedisLedger:
         """The life this ledger last took part in, kept when Redis lost it: a new one then follows a loss."""
 
     async def aclose(self) -> None:
-        """Closes the ledger's own connection (the client it was given stays open: its owner closes it)."""
+        """Closes the ledger's own connection, and the client it was given if it owns it."""
         await self._scripts.aclose()
+        if self._owns_client:
+            await self._redis.aclose()
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._tag, *parts))

@@ -78,6 +78,22 @@ def test_bench_cost_measures_every_step_from_bare_grpc_to_the_agent() -> None:
         assert row["cpu_us_per_call"] > 0
 
 
+def test_bench_embedded_measures_both_agents_beside_their_yardsticks_and_at_one_offered_load() -> None:
+    figures = _quota_json("bench", "embedded", "--seconds", "0.5", "--rounds", "1", "--clients", "4")
+
+    rows = {row["strategy"]: row for row in figures["rows"]}
+    assert list(rows) == ["embedded", "bare_evalsha", "agent_grpc", "echo_redis"]
+    assert all(row["throughput_per_s"] > 0 for row in rows.values())
+    offered = {row["strategy"]: row for row in figures["offered_rows"]}
+    assert list(offered) == ["embedded", "agent_grpc"]
+    # The same orders offered to both (a busy machine may fail some: counted, not hidden).
+    sent = {row: offered[row]["deductions"] + offered[row]["errors"] for row in offered}
+    assert sent["embedded"] == sent["agent_grpc"] > 0
+    for ratio in ("embedded_vs_evalsha_ratio", "agent_grpc_vs_echo_redis_ratio", "embedded_vs_agent_grpc_p99_ratio"):
+        assert figures[ratio] > 0
+    assert figures["redis_calls_during_embedded"]["EVALSHA"] > 0
+
+
 async def test_the_waiting_echo_answers_no_sooner_than_its_wait(tmp_path: Path) -> None:
     echo = ServerProcess("echo", ["--wait-ms", "50"], tmp_path / "echo.log", module="loadtest.echo")
     try:

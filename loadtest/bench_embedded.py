@@ -1,0 +1,213 @@
+"""`quota bench embedded`: the agent embedded in an order service against the agent over gRPC, each beside
+the yardstick that does only its Redis work, on one durable Redis, in one run on this machine.
+
+Rows, closed loop (`clients` concurrent order services in this process), all up and warmed up, then taking
+turns in `rounds` stretches (`loadtest.load.in_turn`), so a machine that drifts moves them alike:
+- embedded: `EmbeddedAgent` in this process (the order service is the load generator);
+- bare_evalsha: the Redis ledger's deduction script straight from this process, batched as the agent
+  batches it, on a ledger funded beforehand: the same EVALSHA with the same concurrency and no agent;
+- agent_grpc: an agent process on the same Redis, called over gRPC;
+- echo_redis: a gRPC echo server making one batched durable Redis write per call (`loadtest.echo`).
+
+Then both agents at the same offered load (open loop: `load_share` of the slower one's closed-loop rate),
+taking turns too: their latencies. Last, a second of the embedded agent at that load under Redis's MONITOR:
+the commands its process sent per deduction (EVALSHA below 1: orders batched; its renewals and refills
+are in the rest), counted apart since MONITOR slows Redis down.
+
+Printed, never asserted: embedded ÷ bare_evalsha (the issue's target: ≥ 0.8), agent_grpc ÷ echo_redis
+(target: ≥ 0.9), and embedded p99 ÷ agent_grpc p99 at the same offered load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis.asyncio as redis
+
+from loadtest.bench import promotion_pb
+from loadtest.compare import quantiles_ms
+from loadtest.load import Demand, Measured, UnderLoad, in_turn
+from loadtest.targets import BareScript, Embedded, ThroughAgent
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_common.transport import Security
+from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.servers import redis_server
+from region_agent.agent import AgentSettings
+from region_agent.app import AgentConfig
+from region_agent.embedded import EmbeddedAgent
+from region_agent.ledger.redis import RedisLedger
+
+ROWS = ("embedded", "bare_evalsha", "agent_grpc", "echo_redis")
+AGENTS = ("embedded", "agent_grpc")
+DATABASES = {"echo_redis": 0, "agent_grpc": 1, "embedded": 2, "bare_evalsha": 3}
+"""A database each: no row reads or spends another's ledger."""
+REGIONS = {"agent_grpc": "bench", "embedded": "embedded", "bare_evalsha": "bare", "echo_redis": "bench"}
+"""Each agent a region of its own at the center: two ledgers of one region would each join as a new
+incarnation of it, and the center would retire the first."""
+WARM_UP_S = 1.0
+COUNTED_S = 1.0
+
+
+@dataclass(frozen=True)
+class EmbeddedOptions:
+    seconds: float = 5.0
+    """Per row, closed loop; and per agent at the offered load."""
+    clients: int = 16
+    rounds: int = 2
+    load_share: float = 0.5
+    """The offered load, as a share of the slower agent's closed-loop rate."""
+    seed: int = 7
+
+
+class _Bench:
+    def __init__(self, workdir: Path, redis_address: str, center: str) -> None:
+        self._workdir, self._redis, self._center = workdir, redis_address, center
+
+    def url(self, row: str) -> str:
+        return f"redis://{self._redis}/{DATABASES[row]}"
+
+    async def create_promotions(self, demand: Demand, region: str) -> None:
+        async with grpc.aio.insecure_channel(self._center) as channel:
+            admin = pb_grpc.PromotionAdminStub(channel)
+            for promotion_id, budget in demand.budgets().items():
+                request = pb.CreatePromotionRequest(promotion=promotion_pb(promotion_id, budget, [region]))
+                await admin.CreatePromotion(request, timeout=10)
+
+    @contextlib.asynccontextmanager
+    async def load(self, row: str, options: EmbeddedOptions) -> AsyncIterator[UnderLoad]:
+        """`row` up and under its demand until the block ends."""
+        demand, region = Demand(row, options.seed), REGIONS[row]
+        if row in AGENTS:
+            await self.create_promotions(demand, region)
+        if row == "embedded":
+            config = AgentConfig(
+                AgentSettings(region), center=(self._center,), ledger=self.url(row), security=Security(insecure=True)
+            )
+            async with EmbeddedAgent.start(config) as agent:
+                yield UnderLoad(Embedded(agent), demand, options.clients)
+        elif row == "bare_evalsha":
+            ledger = RedisLedger(redis.Redis.from_url(self.url(row)), region, owns_client=True)
+            try:
+                target = BareScript(ledger)
+                await target.fund(demand.budgets())
+                yield UnderLoad(target, demand, options.clients)
+            finally:
+                await ledger.aclose()
+        else:
+            process = self._process(row, region).start()
+            try:
+                async with grpc.aio.insecure_channel(process.address) as channel:
+                    yield UnderLoad(ThroughAgent(channel, region), demand, options.clients)
+            finally:
+                process.stop()
+
+    def _process(self, row: str, region: str) -> ServerProcess:
+        if row == "agent_grpc":
+            return agent_process(self._workdir, region, self._center, "--ledger", self.url(row))
+        args = ["--redis", self.url(row)]
+        return ServerProcess(row, args, self._workdir / f"{row}.log", module="loadtest.echo")
+
+
+async def bench_embedded(options: EmbeddedOptions) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="quota-bench-") as workdir, redis_server() as store:
+        center = center_process(Path(workdir)).start()
+        try:
+            bench = _Bench(Path(workdir), store.address, center.address)
+            async with contextlib.AsyncExitStack() as running:
+                loads = {row: await running.enter_async_context(bench.load(row, options)) for row in ROWS}
+                for load in loads.values():
+                    await load.warm_up(WARM_UP_S)
+                await in_turn(list(loads.values()), options.seconds, options.rounds)
+                rate = options.load_share * min(loads[agent].per_s for agent in AGENTS)
+                offered = await _at_offered_load([loads[agent] for agent in AGENTS], rate, options)
+                counted = await _round_trips(bench.url("embedded"), loads["embedded"], rate)
+        finally:
+            center.kill()
+    return _figures(loads, offered, counted, rate, options)
+
+
+async def _at_offered_load(agents: list[UnderLoad], rate: float, options: EmbeddedOptions) -> dict[str, Measured]:
+    """Each agent at `rate` orders a second, open loop, taking turns in `rounds` stretches."""
+    measured = {agent: Measured() for agent in AGENTS}
+    for number in range(options.rounds):
+        turns = list(zip(AGENTS, agents, strict=True))
+        for row, load in turns if number % 2 == 0 else turns[::-1]:
+            measured[row].add(await load.offer(rate, options.seconds / options.rounds))
+    return measured
+
+
+@dataclass(frozen=True)
+class _Counted:
+    deductions: int
+    commands: Counter[str]
+    """What the clients of the embedded agent's database sent, per command (not what its scripts ran)."""
+
+
+async def _round_trips(url: str, embedded: UnderLoad, rate: float) -> _Counted:
+    """The embedded agent at `rate` for COUNTED_S under Redis's MONITOR, which slows Redis down: a stretch
+    of its own, counted, not timed."""
+    client, database = redis.Redis.from_url(url), DATABASES["embedded"]
+    commands: Counter[str] = Counter()
+    try:
+        async with client.monitor() as monitor:
+
+            async def count() -> None:
+                while True:
+                    seen = await monitor.next_command()
+                    if seen["db"] == database and seen["client_type"] != "lua":
+                        commands[seen["command"].split(" ", 1)[0].upper()] += 1
+
+            counting = asyncio.create_task(count())
+            measured = await embedded.offer(rate, COUNTED_S)
+            await asyncio.sleep(0.2)  # MONITOR's lines trail the answers a little
+            counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await counting
+    finally:
+        await client.aclose()
+    return _Counted(measured.deductions, commands)
+
+
+def _row(strategy: str, measured: Measured) -> dict[str, Any]:
+    p50, p99, p999 = quantiles_ms(measured.latencies_s)
+    return {
+        "strategy": strategy,
+        "deductions": measured.deductions,
+        "throughput_per_s": round(measured.deductions / measured.elapsed_s),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p999_ms": p999,
+        "refused": measured.refused,
+        "errors": sum(measured.errors.values()),
+    }
+
+
+def _figures(
+    loads: dict[str, UnderLoad], offered: dict[str, Measured], counted: _Counted, rate: float, options: EmbeddedOptions
+) -> dict[str, Any]:
+    per_s = {row: load.per_s for row, load in loads.items()}
+    at_rate = {row: _row(row, measured) for row, measured in offered.items()}
+    deductions = max(1, counted.deductions)
+    return {
+        "rows": [_row(row, load.measured) for row, load in loads.items()],
+        "offered_rows": list(at_rate.values()),
+        "offered_per_s": round(rate),
+        "embedded_vs_evalsha_ratio": round(per_s["embedded"] / per_s["bare_evalsha"], 2),
+        "agent_grpc_vs_echo_redis_ratio": round(per_s["agent_grpc"] / per_s["echo_redis"], 2),
+        "embedded_vs_agent_grpc_p99_ratio": round(at_rate["embedded"]["p99_ms"] / at_rate["agent_grpc"]["p99_ms"], 2),
+        "redis_calls_per_embedded_deduction": round(counted.commands.total() / deductions, 3),
+        "evalsha_per_embedded_deduction": round(counted.commands["EVALSHA"] / deductions, 3),
+        "redis_calls_during_embedded": dict(counted.commands.most_common()),
+        "clients": options.clients,
+        "seconds": options.seconds,
+        "rounds": options.rounds,
+    }

@@ -1,0 +1,85 @@
+"""What an order call must carry, checked alike wherever it comes from: the gRPC servicer and the agent
+embedded in an order service. Each check raises InvalidArgument naming the field; nothing is changed yet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from quota_common.errors import InvalidArgument
+from quota_common.validation import (
+    MAX_LINES,
+    quoted,
+    require_amount,
+    require_id,
+    require_optional_amount,
+    require_total,
+    require_unique,
+)
+from region_agent.ledger.base import Line
+
+MIN_HOLD_MS, MAX_HOLD_MS = 1_000, 86_400_000
+
+
+def _check_line_count(count: int, at_least: int) -> None:
+    if count < at_least:
+        raise InvalidArgument("an order needs at least one line")
+    if count > MAX_LINES:
+        raise InvalidArgument(f"an order has at most {MAX_LINES} lines, got {count}; split it")
+
+
+def hold_ms(ttl_ms: int, default_ms: int) -> int:
+    """A reservation's hold: `ttl_ms`, or `default_ms` for 0."""
+    if ttl_ms == 0:
+        return default_ms
+    if not MIN_HOLD_MS <= ttl_ms <= MAX_HOLD_MS:
+        raise InvalidArgument(
+            f"ttl_ms must be within {MIN_HOLD_MS} (1 s) and {MAX_HOLD_MS} (24 h), or 0 for the agent's default; "
+            f"got {ttl_ms}"
+        )
+    return ttl_ms
+
+
+def order_lines(given: Sequence[Line]) -> tuple[Line, ...]:
+    """An order's lines, checked: 1..MAX_LINES, each promotion once, ids and amounts in range, prices coherent."""
+    _check_line_count(len(given), at_least=1)
+    lines = tuple(
+        Line(
+            require_id("lines.promotion_id", line.promotion_id),
+            require_amount("lines.amount", line.amount),
+            require_id("lines.user_id", line.user_id),
+            *_prices(line),
+        )
+        for line in given
+    )
+    require_unique("lines.promotion_id", (line.promotion_id for line in lines))
+    require_total("lines.amount", (line.amount for line in lines))
+    return lines
+
+
+def _prices(line: Line) -> tuple[int, int]:
+    """(unit_price, discount), checked: 0/0 is a line that states no price (callers from before prices)."""
+    unit_price = require_optional_amount("lines.unit_price", line.unit_price)
+    if line.discount < 0:
+        raise InvalidArgument(f"lines.discount must be 0 or positive, got {line.discount}")
+    if line.discount and not unit_price:
+        raise InvalidArgument(
+            f"line of promotion {quoted(line.promotion_id)} states a discount of {line.discount} but no unit_price: "
+            "state the unit price the discount comes off, or neither"
+        )
+    if line.discount > unit_price:
+        raise InvalidArgument(
+            f"line of promotion {quoted(line.promotion_id)} takes a discount of {line.discount} off a unit_price "
+            f"of {unit_price}: a discount is at most the unit price"
+        )
+    return unit_price, line.discount
+
+
+def refund_lines(given: Sequence[Line]) -> tuple[Line, ...]:
+    """A refund's lines (none: everything the order has left), each promotion once, amounts in range."""
+    _check_line_count(len(given), at_least=0)
+    lines = tuple(
+        Line(require_id("lines.promotion_id", line.promotion_id), require_amount("lines.amount", line.amount))
+        for line in given
+    )
+    require_unique("lines.promotion_id", (line.promotion_id for line in lines))
+    return lines

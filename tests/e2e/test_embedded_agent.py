@@ -1,0 +1,157 @@
+"""An agent embedded in an order service (this test's process) beside an agent process of its region, on one
+Redis: one ledger, one allotment, one set of books at the center."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import grpc
+import pytest
+
+from quota_center.v1 import quota_center_pb2 as center_pb
+from quota_common.errors import ConfigError, InvalidArgument, QuotaError, Rejected, RejectReason
+from quota_common.transport import Security
+from quota_testing.redis_region import region_on_redis
+from quota_testing.servers import redis_server
+from quota_testing.support import eventually, order
+from region_agent.agent import AgentSettings
+from region_agent.app import AgentConfig
+from region_agent.embedded import EmbeddedAgent
+from region_agent.ledger.base import Line
+from region_agent.v1 import region_agent_pb2 as agent_pb
+from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+
+pytestmark = pytest.mark.e2e
+
+
+def _config(center: str, redis_address: str, renew_interval_s: float = 0.2) -> AgentConfig:
+    settings = AgentSettings("eu", renew_interval_s=renew_interval_s)
+    return AgentConfig(
+        settings, center=(center,), ledger=f"redis://{redis_address}/0", security=Security(insecure=True)
+    )
+
+
+def _one(promotion_id: str = "promo") -> tuple[Line]:
+    return (Line(promotion_id, 1, "user-1"),)
+
+
+async def test_embedded_and_process_agents_on_one_redis_sell_out_exactly(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        async with (
+            region_on_redis(tmp_path, redis.address, budget=1_500) as region,
+            EmbeddedAgent.start(_config(region.center.address, redis.address)) as embedded,
+        ):
+            numbers = iter(range(2_000))
+            acked = {"process": 0, "embedded": 0}
+
+            async def through_process(stub: agent_grpc.RegionAgentAsyncStub) -> None:
+                for number in numbers:
+                    try:
+                        await stub.Deduct(order(f"o-{number}", "eu", ("promo", 1)), timeout=5)
+                    except grpc.aio.AioRpcError:
+                        continue
+                    acked["process"] += 1
+
+            async def embedded_worker() -> None:
+                for number in numbers:
+                    try:
+                        await embedded.deduct(f"o-{number}", _one())
+                    except QuotaError:
+                        continue
+                    acked["embedded"] += 1
+
+            await asyncio.gather(
+                *(through_process(region.stubs[0]) for _ in range(8)), *(embedded_worker() for _ in range(8))
+            )
+            process_status = await region.stubs[0].GetStatus(agent_pb.GetStatusRequest(), timeout=5)
+            embedded_status = await embedded.status()
+
+            async def reported() -> bool:
+                return (await region.usage()).regions[0].consumed == sum(acked.values())
+
+            await eventually(reported)
+            with pytest.raises(Rejected) as spent:
+                await embedded.deduct("after-the-sell-out", _one())
+
+    assert sum(acked.values()) == 1_500
+    assert acked["process"] > 0
+    assert acked["embedded"] > 0
+    assert embedded.incarnation == process_status.incarnation
+    assert process_status.balances[0].deducted == embedded_status[0].balance.deducted == 1_500
+    assert spent.value.reason is RejectReason.EXHAUSTED
+
+
+async def test_a_freeze_reaches_the_embedded_agent(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        async with (
+            region_on_redis(tmp_path, redis.address, budget=1_000) as region,
+            EmbeddedAgent.start(_config(region.center.address, redis.address)) as embedded,
+        ):
+            await embedded.deduct("before", _one())
+            await region.admin.SetFrozen(center_pb.SetFrozenRequest(promotion_id="promo", frozen=True), timeout=5)
+            keys = (f"after-{number}" for number in itertools.count())
+            refusals: list[Rejected] = []
+
+            async def refused() -> bool:
+                try:
+                    await embedded.deduct(next(keys), _one())
+                except Rejected as refusal:
+                    refusals.append(refusal)
+                    return True
+                return False
+
+            await eventually(refused)
+            replay = await embedded.deduct("before", _one())
+            status = await embedded.status()
+            placed = await embedded.get_order("before")
+
+    assert refusals[0].reason is RejectReason.FROZEN
+    assert replay.replayed
+    assert status[0].frozen
+    assert placed.order is not None  # an order placed before the freeze is still there to read and refund
+    assert placed.order.lines == _one()
+
+
+async def test_the_embedded_agents_renewals_keep_its_leases(tmp_path: Path) -> None:
+    lease_ttl_s = 1.0
+    with redis_server() as redis:
+        async with (
+            region_on_redis(
+                tmp_path, redis.address, budget=1_000, agents=0, center_flags=("--lease-ttl", "1")
+            ) as region,
+            EmbeddedAgent.start(_config(region.center.address, redis.address)) as embedded,
+        ):
+            await embedded.deduct("o-1", _one())
+            await asyncio.sleep(4 * lease_ttl_s)
+            later = await embedded.deduct("o-2", _one())
+            status = await embedded.status()
+
+            async def reported() -> bool:
+                return (await region.usage()).regions[0].consumed == 2
+
+            await eventually(reported)
+
+    assert not later.replayed
+    assert status[0].lease_remaining_s > 0
+
+
+async def test_an_embedded_agent_checks_its_input_and_wants_the_regions_redis(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        async with (
+            region_on_redis(tmp_path, redis.address, budget=10, agents=0) as region,
+            EmbeddedAgent.start(_config(region.center.address, redis.address)) as embedded,
+        ):
+            with pytest.raises(InvalidArgument, match="order_key"):
+                await embedded.deduct("", _one())
+            with pytest.raises(InvalidArgument, match="at least one line"):
+                await embedded.deduct("o-1", ())
+            with pytest.raises(InvalidArgument, match="ttl_ms"):
+                await embedded.reserve("o-1", _one(), ttl_ms=10)
+            status = await embedded.status()
+        with pytest.raises(ConfigError, match="region's ledger"):
+            async with EmbeddedAgent.start(AgentConfig(AgentSettings("eu"), ledger="memory")):
+                pass
+
+    assert all(promotion.balance.deducted == 0 for promotion in status)
