@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,11 +28,9 @@ from rich.table import Table
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_common.errors import REJECT_REASON_METADATA_KEY, trailing
+from quota_client import AsyncQuotaClient, Line, QuotaClientError, Tls
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.tls import DevTls, write_dev_tls
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 REGIONS = {"eu": 0.7, "us": 0.2, "ap": 0.1}
 PROMOTION_ID = "demo-coupon"
@@ -64,9 +61,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    reason = trailing(error, REJECT_REASON_METADATA_KEY)
-    return reason.removeprefix("REJECT_REASON_").lower() if reason else error.code().name.lower()
+def _orders_tls(tls: DevTls, region: str) -> Tls:
+    files = tls.files(f"orders-{region}")
+    return Tls(files.cert, files.key, files.ca)
+
+
+def _reason(error: QuotaClientError) -> str:
+    reason = error.reason or (error.code.name if error.code else type(error).__name__)
+    return reason.removeprefix("REJECT_REASON_").lower()
 
 
 async def _create_promotion(center_address: str, budget: int, tls: DevTls) -> None:
@@ -96,34 +98,28 @@ async def _drive(
     demand = math.ceil(options.budget * options.demand_factor)
     orders = iter(enumerate(rng.choices(list(REGIONS), weights=list(REGIONS.values()), k=demand)))
     tallies = {region: RegionTally() for region in REGIONS}
-    # Each region's order service calls its own agent, with its own certificate.
-    channels = {region: tls.transport(f"orders-{region}").aio_channel(address) for region, address in agents.items()}
-    stubs = {region: agent_grpc.RegionAgentStub(channel) for region, channel in channels.items()}
+    # Each region's order service calls its own agent, with its own certificate, through the client library.
+    clients = {
+        region: AsyncQuotaClient(address, region, tls=_orders_tls(tls, region)) for region, address in agents.items()
+    }
     task = progress.add_task("deducting", total=demand)
 
     async def worker() -> None:
         for number, region in orders:
-            request = agent_pb.DeductRequest(
-                order_key=f"order-{number}",
-                region=region,
-                lines=[agent_pb.Line(promotion_id=PROMOTION_ID, amount=1, user_id=f"user-{number % 9973}")],
-            )
             tally = tallies[region]
             started = time.perf_counter()
             try:
-                await stubs[region].Deduct(request, timeout=5.0)
+                await clients[region].deduct(f"order-{number}", [Line(PROMOTION_ID, 1, f"user-{number % 9973}")])
                 tally.acked += 1
-            except grpc.aio.AioRpcError as error:
+            except QuotaClientError as error:
                 tally.rejected[_reason(error)] += 1
             tally.latencies_ms.append((time.perf_counter() - started) * 1000)
             progress.advance(task)
 
     await asyncio.gather(*(worker() for _ in range(options.concurrency)))
-    for region, stub in stubs.items():
-        status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5.0)
-        tallies[region].center_calls = status.center_calls
-    for channel in channels.values():
-        await channel.close()
+    for region, client in clients.items():
+        tallies[region].center_calls = (await client.status()).center_calls
+        await client.close()
     return tallies, demand
 
 
