@@ -19,13 +19,12 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from locust import User, events, task
 from locust.argument_parser import LocustArgumentParser
@@ -34,9 +33,7 @@ from locust.runners import WorkerRunner
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_common.errors import REJECT_REASON_METADATA_KEY, RejectReason, trailing
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from quota_client import Exhausted, Line, QuotaClient, QuotaClientError, Refunded, RetryPolicy
 
 # gRPC's sync stubs block the OS thread unless gRPC polls through gevent: without this, every
 # Locust user in the process would wait for the one call in flight.
@@ -44,8 +41,7 @@ grpc_gevent.init_gevent()
 
 log = logging.getLogger(__name__)
 
-Request = TypeVar("Request")
-Response = TypeVar("Response", bound=Message)
+Answer = TypeVar("Answer")
 
 HOUR_MS = 3_600_000
 REFUNDABLE_KEPT = 100
@@ -161,35 +157,26 @@ class CallFailed(Exception):
     """A call that failed, or answered what the API does not promise; Locust groups failures by its text."""
 
 
-def _reject_reason(error: grpc.RpcError) -> str:
-    # What sync calls raise is also a grpc.Call, whose metadata the stubs type as the pairs it holds.
-    return trailing(error, REJECT_REASON_METADATA_KEY) if isinstance(error, grpc.Call) else ""
-
-
-def _is_exhausted(error: grpc.RpcError) -> bool:
-    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _reject_reason(error) == RejectReason.EXHAUSTED.value
-
-
-def _describe(error: grpc.RpcError) -> str:
-    reason = _reject_reason(error)
-    return f"{error.code().name}{f' ({reason})' if reason else ''}: {error.details()}"
+def _describe(error: QuotaClientError) -> str:
+    reason = f" ({error.reason})" if error.reason else ""
+    return f"{type(error).__name__}{reason}: {error.message}"
 
 
 class OrderAnswer(Protocol):
     """What Deduct, Reserve, Confirm and Cancel answer alike."""
 
     @property
-    def lines(self) -> Sequence[agent_pb.Line]: ...
+    def lines(self) -> tuple[Line, ...]: ...
 
     @property
     def replayed(self) -> bool: ...
 
 
-def _lines(lines: Iterable[agent_pb.Line]) -> list[tuple[str, int, str]]:
+def _lines(lines: Iterable[Line]) -> list[tuple[str, int, str]]:
     return [(line.promotion_id, line.amount, line.user_id) for line in lines]
 
 
-def _fresh(lines: list[agent_pb.Line]) -> Callable[[OrderAnswer], str]:
+def _fresh(lines: list[Line]) -> Callable[[OrderAnswer], str]:
     """The check of a first answer to an order: not a replay, and exactly the lines asked for."""
 
     def check(answer: OrderAnswer) -> str:
@@ -211,11 +198,11 @@ def _replayed(first: OrderAnswer) -> Callable[[OrderAnswer], str]:
     return check
 
 
-def _refunded(deducted: list[agent_pb.Line]) -> Callable[[agent_pb.RefundResponse], str]:
+def _refunded(deducted: list[Line]) -> Callable[[Refunded], str]:
     """The check of a first full refund: everything the order deducted came back."""
     expected = sorted((line.promotion_id, line.amount) for line in deducted)
 
-    def check(answer: agent_pb.RefundResponse) -> str:
+    def check(answer: Refunded) -> str:
         if answer.replayed:
             return "a first refund answered as a replay"
         got = sorted((line.promotion_id, line.amount) for line in answer.lines)
@@ -228,7 +215,8 @@ _region_turns = itertools.count()
 
 
 class OrderService(User):
-    """One instance of a region's order service: it places orders for that region's customers."""
+    """One instance of a region's order service: it places orders for that region's customers through the
+    client library, as a checkout would (its retries and failover included)."""
 
     def on_start(self) -> None:
         options = _options(self.environment)
@@ -236,15 +224,14 @@ class OrderService(User):
         # Round-robin rather than random, so that every region gets its share even with few users.
         self.region = regions[next(_region_turns) % len(regions)]
         self.promotion_ids = options.promotion_ids
-        self.call_timeout_s = options.call_timeout_s
         self.task_names = [name for name in TASKS if options.weights[name]]
         self.task_weights = [options.weights[name] for name in self.task_names]
-        self.channel = grpc.insecure_channel(options.agents[self.region])
-        self.agent = agent_grpc.RegionAgentStub(self.channel)
-        self.refundable: deque[tuple[str, list[agent_pb.Line]]] = deque(maxlen=REFUNDABLE_KEPT)
+        policy = RetryPolicy(deadline_s=options.call_timeout_s, attempt_timeout_s=options.call_timeout_s)
+        self.quota = QuotaClient(options.agents[self.region], self.region, policy=policy)
+        self.refundable: deque[tuple[str, list[Line]]] = deque(maxlen=REFUNDABLE_KEPT)
 
     def on_stop(self) -> None:
-        self.channel.close()
+        self.quota.close()
 
     @task
     def order(self) -> None:
@@ -267,59 +254,50 @@ class OrderService(User):
             return
         order_key, lines = self.refundable.popleft()
         # No lines: the agent refunds whatever the order still has, which must be all it deducted.
-        self._call("Refund", self.agent.Refund, agent_pb.RefundRequest(order_key=order_key), check=_refunded(lines))
+        self._call("Refund", lambda: self.quota.refund(order_key), check=_refunded(lines))
 
     def retry(self) -> None:
         lines = [self._line(random.choice(self.promotion_ids))]
-        request = agent_pb.DeductRequest(order_key=self._order_key(), region=self.region, lines=lines)
-        first = self._call("Deduct", self.agent.Deduct, request, check=_fresh(lines), may_exhaust=True)
+        order_key = self._order_key()
+        first = self._call("Deduct", lambda: self.quota.deduct(order_key, lines), check=_fresh(lines), may_exhaust=True)
         if first is not None:
-            self.refundable.append((request.order_key, lines))
+            self.refundable.append((order_key, lines))
             # The same order sent again, as a client does when the first answer was lost.
-            self._call("Deduct retry", self.agent.Deduct, request, check=_replayed(first))
+            self._call("Deduct retry", lambda: self.quota.deduct(order_key, lines), check=_replayed(first))
 
     def reserve_confirm(self) -> None:
         reservation = self._reserve()
-        if reservation is not None and self._settle("Confirm", self.agent.Confirm, *reservation):
-            # A confirmed reservation is a deduction, refundable like one.
-            self.refundable.append(reservation)
+        if reservation is not None:
+            order_key, lines = reservation
+            if self._call("Confirm", lambda: self.quota.confirm(order_key), check=_fresh(lines)) is not None:
+                # A confirmed reservation is a deduction, refundable like one.
+                self.refundable.append(reservation)
 
     def reserve_cancel(self) -> None:
         reservation = self._reserve()
         if reservation is not None:
-            self._settle("Cancel", self.agent.Cancel, *reservation)
+            order_key, lines = reservation
+            check = _fresh(lines)
+            self._call(
+                "Cancel",
+                lambda: self.quota.cancel(order_key),
+                check=lambda a: check(a) or ("settled a reservation that had lapsed" if a.expired else ""),
+            )
 
-    def _deduct(self, name: str, lines: list[agent_pb.Line]) -> None:
-        request = agent_pb.DeductRequest(order_key=self._order_key(), region=self.region, lines=lines)
-        if self._call(name, self.agent.Deduct, request, check=_fresh(lines), may_exhaust=True) is not None:
-            self.refundable.append((request.order_key, lines))
+    def _deduct(self, name: str, lines: list[Line]) -> None:
+        order_key = self._order_key()
+        if self._call(name, lambda: self.quota.deduct(order_key, lines), check=_fresh(lines), may_exhaust=True):
+            self.refundable.append((order_key, lines))
 
-    def _reserve(self) -> tuple[str, list[agent_pb.Line]] | None:
+    def _reserve(self) -> tuple[str, list[Line]] | None:
         """Reserves a one-line order; its key and lines if the hold was granted."""
         lines = [self._line(random.choice(self.promotion_ids))]
         order_key = self._order_key()
-        request = agent_pb.ReserveRequest(
-            order_key=order_key, region=self.region, lines=lines, ttl_ms=RESERVATION_TTL_MS
+        ttl_s = RESERVATION_TTL_MS / 1000
+        held = self._call(
+            "Reserve", lambda: self.quota.reserve(order_key, lines, ttl_s), check=_fresh(lines), may_exhaust=True
         )
-        held = self._call("Reserve", self.agent.Reserve, request, check=_fresh(lines), may_exhaust=True)
         return (order_key, lines) if held is not None else None
-
-    def _settle(
-        self,
-        name: str,
-        settle: grpc.UnaryUnaryMultiCallable[agent_pb.SettleRequest, agent_pb.SettleResponse],
-        order_key: str,
-        lines: list[agent_pb.Line],
-    ) -> bool:
-        """Confirms or cancels a reservation made a moment ago; whether that succeeded."""
-        check = _fresh(lines)
-        answer = self._call(
-            name,
-            settle,
-            agent_pb.SettleRequest(order_key=order_key),
-            check=lambda a: check(a) or ("settled a reservation that had lapsed" if a.expired else ""),
-        )
-        return answer is not None
 
     def _order_key(self) -> str:
         return f"{self.region}-{uuid.uuid4().hex}"
@@ -327,42 +305,36 @@ class OrderService(User):
     def _user(self) -> str:
         return f"{self.region}-user-{random.randrange(USERS_PER_REGION)}"
 
-    def _line(self, promotion_id: str, user: str = "", amount: int = 1) -> agent_pb.Line:
-        return agent_pb.Line(promotion_id=promotion_id, amount=amount, user_id=user or self._user())
+    def _line(self, promotion_id: str, user: str = "", amount: int = 1) -> Line:
+        return Line(promotion_id, amount, user or self._user())
 
     def _call(
-        self,
-        name: str,
-        rpc: grpc.UnaryUnaryMultiCallable[Request, Response],
-        request: Request,
-        *,
-        check: Callable[[Response], str],
-        may_exhaust: bool = False,
-    ) -> Response | None:
-        """Calls the agent, reports the call to Locust, and returns the answer if the call succeeded.
+        self, name: str, call: Callable[[], Answer], *, check: Callable[[Answer], str], may_exhaust: bool = False
+    ) -> Answer | None:
+        """Makes the call, reports it to Locust, and returns the answer if the call succeeded.
 
         `check` returns what is wrong with an answer ("" if nothing); `may_exhaust` makes a refusal
         for a spent budget a success that returns None.
         """
         started = time.perf_counter()
-        response: Response | None = None
+        answer: Answer | None = None
         failure: CallFailed | None = None
         try:
-            response = rpc(request, timeout=self.call_timeout_s)
-        except grpc.RpcError as error:
-            if may_exhaust and _is_exhausted(error):
+            answer = call()
+        except QuotaClientError as error:
+            if may_exhaust and isinstance(error, Exhausted):
                 name = f"{name} (exhausted)"
             else:
                 failure = CallFailed(_describe(error))
         elapsed_ms = (time.perf_counter() - started) * 1000
-        if response is not None and (problem := check(response)):
+        if answer is not None and (problem := check(answer)):
             failure = CallFailed(problem)
         self.environment.events.request.fire(
             request_type="grpc",
             name=name,
             response_time=elapsed_ms,
-            response_length=response.ByteSize() if response is not None else 0,
+            response_length=0,
             exception=failure,
             context={"region": self.region},
         )
-        return None if failure else response
+        return None if failure else answer
