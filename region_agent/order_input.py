@@ -4,6 +4,7 @@ embedded in an order service. Each check raises InvalidArgument naming the field
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from quota_common.errors import InvalidArgument
 from quota_common.validation import (
@@ -18,6 +19,22 @@ from quota_common.validation import (
 from region_agent.ledger.base import Line
 
 MIN_HOLD_MS, MAX_HOLD_MS = 1_000, 86_400_000
+
+
+class GivenLine(Protocol):
+    """A line as the caller gave it: a `Line`, or the API's own message (the servicer checks that one as it
+    came, rather than copying every line into a `Line` only to build it again here)."""
+
+    @property
+    def promotion_id(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def unit_price(self) -> int: ...
+    @property
+    def discount(self) -> int: ...
 
 
 def _check_line_count(count: int, at_least: int) -> None:
@@ -39,7 +56,7 @@ def hold_ms(ttl_ms: int, default_ms: int) -> int:
     return ttl_ms
 
 
-def order_lines(given: Sequence[Line]) -> tuple[Line, ...]:
+def order_lines(given: Sequence[GivenLine]) -> tuple[Line, ...]:
     """An order's lines, checked: 1..MAX_LINES, each promotion once, ids and amounts in range, prices coherent."""
     _check_line_count(len(given), at_least=1)
     lines = tuple(
@@ -56,7 +73,7 @@ def order_lines(given: Sequence[Line]) -> tuple[Line, ...]:
     return lines
 
 
-def _prices(line: Line) -> tuple[int, int]:
+def _prices(line: GivenLine) -> tuple[int, int]:
     """(unit_price, discount), checked: 0/0 is a line that states no price (callers from before prices)."""
     unit_price = require_optional_amount("lines.unit_price", line.unit_price)
     if line.discount < 0:

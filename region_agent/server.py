@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol, TypeVar
 
 import grpc
@@ -24,12 +24,6 @@ from region_agent.metrics import AgentMetrics
 from region_agent.order_input import hold_ms, order_lines, refund_lines
 from region_agent.v1 import region_agent_pb2 as pb
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
-
-
-def _order_lines(request_lines: Sequence[pb.Line]) -> tuple[Line, ...]:
-    return order_lines(
-        [Line(line.promotion_id, line.amount, line.user_id, line.unit_price, line.discount) for line in request_lines]
-    )
 
 
 def _refund_lines(request: pb.RefundRequest) -> tuple[Line, ...]:
@@ -149,7 +143,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
-        lines = _order_lines(request.lines)
+        lines = order_lines(request.lines)
         outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), placer=_placer())
         return pb.DeductResponse(order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed)
 
@@ -157,7 +151,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
-        lines = _order_lines(request.lines)
+        lines = order_lines(request.lines)
         hold = hold_ms(request.ttl_ms, self._agent.settings.reservation_ttl_ms)
         outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold, _placer())
         return pb.ReserveResponse(
