@@ -25,7 +25,7 @@ from loadtest.chaos.history import History, NemesisEvent, Status
 from loadtest.chaos.nemesis import EVERYWHERE, Breakable, Fault, Nemesis, load_schedule, schedule, schedule_rows
 from loadtest.chaos.summary import fault_summary, figures
 from loadtest.chaos.workload import LIMITED, PLAIN, Client, Recorder
-from quota_client import AsyncQuotaClient, Tls
+from quota_client import AsyncQuotaClient
 from quota_common.transport import Transport
 from quota_testing.launch import ServerProcess
 from quota_testing.tls import DevTls
@@ -155,9 +155,7 @@ async def _books(admin: CenterAdmin, kept: dict[tuple[str, str], int]) -> Books:
 
 def _order_service(stack: Stack, region: str, address: str) -> AsyncQuotaClient:
     """A client of one agent, as the region's order services call it: with their own certificate."""
-    files = stack.tls.files(f"orders-{region}")
-    tls = Tls(files.cert, files.key, files.ca, stack.tls.trust_domain)
-    return AsyncQuotaClient(address, region, tls=tls, policy=ONE_ATTEMPT)
+    return AsyncQuotaClient(address, region, tls=stack.tls.client_tls(f"orders-{region}"), policy=ONE_ATTEMPT)
 
 
 async def _load(stack: Stack, options: ChaosOptions, nemesis: Nemesis, recorder: Recorder) -> None:
