@@ -20,10 +20,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_client import AsyncQuotaClient, Line, QuotaClientError
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import etcd_server
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 HOUR_MS = 3_600_000
 
@@ -101,28 +100,25 @@ class OrderTally:
     failed: int = 0
 
 
-async def sell_until(
-    worker: int, stop: asyncio.Event, stubs: dict[str, agent_grpc.RegionAgentAsyncStub], tally: OrderTally
-) -> None:
-    """One client: one-unit orders of promotion "promo", round-robin over the regions, until `stop`."""
+async def sell_until(worker: int, stop: asyncio.Event, clients: dict[str, AsyncQuotaClient], tally: OrderTally) -> None:
+    """One order service: one-unit orders of promotion "promo", round-robin over the regions' clients, until `stop`.
+    A failed order is one the client gave up on (retries included) or the agent refused."""
     number = 0
     while not stop.is_set():
-        for region, stub in stubs.items():
+        for region, client in clients.items():
             number += 1
-            line = agent_pb.Line(promotion_id="promo", amount=1, user_id=f"user-{number % 997}")
-            request = agent_pb.DeductRequest(order_key=f"w{worker}-o{number}", region=region, lines=[line])
             try:
-                await stub.Deduct(request, timeout=3)
-            except grpc.aio.AioRpcError:
+                await client.deduct(f"w{worker}-o{number}", [Line("promo", 1, f"user-{number % 997}")], deadline_s=3)
+            except QuotaClientError:
                 tally.failed += 1
                 continue
             tally.acked[region] += 1
 
 
-async def deducted_by_region(stubs: dict[str, agent_grpc.RegionAgentAsyncStub]) -> dict[str, int]:
+async def deducted_by_region(clients: dict[str, AsyncQuotaClient]) -> dict[str, int]:
     deducted = {}
-    for region, stub in stubs.items():
-        status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=2)
+    for region, client in clients.items():
+        status = await client.status(deadline_s=2)
         deducted[region] = next((b.deducted for b in status.balances if b.promotion_id == "promo"), 0)
     return deducted
 
@@ -161,10 +157,9 @@ async def bench_failover(budget: int = 1_000_000, election_ttl_s: int = 2, worke
                 await pb_grpc.PromotionAdminStub(channel).CreatePromotion(
                     pb.CreatePromotionRequest(promotion=promotion_pb("promo", budget, list(agents)))
                 )
-            channels = {region: grpc.aio.insecure_channel(agent.address) for region, agent in agents.items()}
-            stubs = {region: agent_grpc.RegionAgentStub(channel) for region, channel in channels.items()}
-            stop, tally = asyncio.Event(), OrderTally(dict.fromkeys(stubs, 0))
-            selling = [asyncio.create_task(sell_until(w, stop, stubs, tally)) for w in range(workers)]
+            clients = {region: AsyncQuotaClient(agent.address, region) for region, agent in agents.items()}
+            stop, tally = asyncio.Event(), OrderTally(dict.fromkeys(clients, 0))
+            selling = [asyncio.create_task(sell_until(w, stop, clients, tally)) for w in range(workers)]
             await asyncio.sleep(2.0)
 
             os.kill(leader.pid, signal.SIGKILL)
@@ -174,10 +169,10 @@ async def bench_failover(budget: int = 1_000_000, election_ttl_s: int = 2, worke
             await asyncio.sleep(2.0)
             stop.set()
             await asyncio.gather(*selling)
-            deducted = await deducted_by_region(stubs)
+            deducted = await deducted_by_region(clients)
             usage = await _settled_usage(new_leader, sum(deducted.values()))
-            for channel in channels.values():
-                await channel.close()
+            for client in clients.values():
+                await client.close()
         finally:
             for process in processes:
                 process.kill()

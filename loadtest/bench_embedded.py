@@ -6,16 +6,20 @@ turns in `rounds` stretches (`loadtest.load.in_turn`), so a machine that drifts 
 - embedded: `EmbeddedAgent` in this process (the order service is the load generator);
 - bare_evalsha: the Redis ledger's deduction script straight from this process, batched as the agent
   batches it, on a ledger funded beforehand: the same EVALSHA with the same concurrency and no agent;
-- agent_grpc: an agent process on the same Redis, called over gRPC;
-- echo_redis: a gRPC echo server making one batched durable Redis write per call (`loadtest.echo`).
+- agent_grpc: an agent process on the same Redis, called over gRPC through quota_client, as order services call it;
+- agent_grpc_stub: the same agent process called through the bare generated stub (promotions of its own);
+- echo_redis: a gRPC echo server making one batched durable Redis write per call (`loadtest.echo`), called
+  through the bare stub too: it measures the transport.
 
 Then both agents at the same offered load (open loop: `load_share` of the slower one's closed-loop rate),
 taking turns too: their latencies. Last, a second of the embedded agent at that load under Redis's MONITOR:
 the commands its process sent per deduction (EVALSHA below 1: orders batched; its renewals and refills
 are in the rest), counted apart since MONITOR slows Redis down.
 
-Printed, never asserted: embedded ÷ bare_evalsha (the issue's target: ≥ 0.8), agent_grpc ÷ echo_redis
-(target: ≥ 0.9), and embedded p99 ÷ agent_grpc p99 at the same offered load.
+Printed, never asserted: embedded ÷ bare_evalsha (the issue's target: ≥ 0.8), the agent ÷ echo_redis (target:
+≥ 0.9; agent_grpc_stub's rate, so both are called alike and the client's cost is not counted as the agent's),
+agent_grpc ÷ agent_grpc_stub (what quota_client costs an order service per call), and embedded p99 ÷ agent_grpc
+p99 at the same offered load.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import redis.asyncio as redis
 from loadtest.bench import promotion_pb
 from loadtest.compare import quantiles_ms
 from loadtest.load import Demand, Measured, UnderLoad, in_turn
-from loadtest.targets import BareScript, Embedded, ThroughAgent
+from loadtest.targets import BareScript, Embedded, raw_stub, through_client
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_common.transport import Security
@@ -46,11 +50,12 @@ from region_agent.app import AgentConfig
 from region_agent.embedded import EmbeddedAgent
 from region_agent.ledger.redis import RedisLedger
 
-ROWS = ("embedded", "bare_evalsha", "agent_grpc", "echo_redis")
+STUB = "agent_grpc_stub"
+ROWS = ("embedded", "bare_evalsha", "agent_grpc", STUB, "echo_redis")
 AGENTS = ("embedded", "agent_grpc")
 DATABASES = {"echo_redis": 0, "agent_grpc": 1, "embedded": 2, "bare_evalsha": 3}
 """A database each: no row reads or spends another's ledger."""
-REGIONS = {"agent_grpc": "bench", "embedded": "embedded", "bare_evalsha": "bare", "echo_redis": "bench"}
+REGIONS = {"agent_grpc": "bench", STUB: "bench", "embedded": "embedded", "bare_evalsha": "bare", "echo_redis": "bench"}
 """Each agent a region of its own at the center: two ledgers of one region would each join as a new
 incarnation of it, and the center would retire the first."""
 WARM_UP_S = 1.0
@@ -71,6 +76,8 @@ class EmbeddedOptions:
 class _Bench:
     def __init__(self, workdir: Path, redis_address: str, center: str) -> None:
         self._workdir, self._redis, self._center = workdir, redis_address, center
+        self._agent = ""
+        """agent_grpc's address, once it runs: STUB calls it too."""
 
     def url(self, row: str) -> str:
         return f"redis://{self._redis}/{DATABASES[row]}"
@@ -86,7 +93,7 @@ class _Bench:
     async def load(self, row: str, options: EmbeddedOptions) -> AsyncIterator[UnderLoad]:
         """`row` up and under its demand until the block ends."""
         demand, region = Demand(row, options.seed), REGIONS[row]
-        if row in AGENTS:
+        if row in (*AGENTS, STUB):
             await self.create_promotions(demand, region)
         if row == "embedded":
             config = AgentConfig(
@@ -97,16 +104,24 @@ class _Bench:
         elif row == "bare_evalsha":
             ledger = RedisLedger(redis.Redis.from_url(self.url(row)), region, owns_client=True)
             try:
-                target = BareScript(ledger)
-                await target.fund(demand.budgets())
-                yield UnderLoad(target, demand, options.clients)
+                script = BareScript(ledger)
+                await script.fund(demand.budgets())
+                yield UnderLoad(script, demand, options.clients)
             finally:
                 await ledger.aclose()
+        elif row == STUB:
+            async with raw_stub(self._agent, region) as target:
+                yield UnderLoad(target, demand, options.clients)
         else:
             process = self._process(row, region).start()
             try:
-                async with grpc.aio.insecure_channel(process.address) as channel:
-                    yield UnderLoad(ThroughAgent(channel, region), demand, options.clients)
+                if row == "agent_grpc":
+                    self._agent = process.address
+                    async with through_client(process.address, region) as target:
+                        yield UnderLoad(target, demand, options.clients)
+                else:
+                    async with raw_stub(process.address, region) as target:
+                        yield UnderLoad(target, demand, options.clients)
             finally:
                 process.stop()
 
@@ -202,7 +217,8 @@ def _figures(
         "offered_rows": list(at_rate.values()),
         "offered_per_s": round(rate),
         "embedded_vs_evalsha_ratio": round(per_s["embedded"] / per_s["bare_evalsha"], 2),
-        "agent_grpc_vs_echo_redis_ratio": round(per_s["agent_grpc"] / per_s["echo_redis"], 2),
+        "agent_grpc_vs_echo_redis_ratio": round(per_s[STUB] / per_s["echo_redis"], 2),
+        "agent_grpc_client_vs_stub_ratio": round(per_s["agent_grpc"] / per_s[STUB], 2),
         "embedded_vs_agent_grpc_p99_ratio": round(at_rate["embedded"]["p99_ms"] / at_rate["agent_grpc"]["p99_ms"], 2),
         "redis_calls_per_embedded_deduction": round(counted.commands.total() / deductions, 3),
         "evalsha_per_embedded_deduction": round(counted.commands["EVALSHA"] / deductions, 3),

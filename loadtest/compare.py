@@ -1,8 +1,8 @@
 """`quota bench`: our agents against what users run today, on the same demand, machine and run.
 
 Rows, each at a WAN round trip of 0 ms and of 80 ms between the region and the center:
-- agent_memory, agent_redis: orders call the region's agent (in-process or Redis ledger); only the
-  agent's refills, returns and renewals cross the WAN.
+- agent_memory, agent_redis: orders call the region's agent (in-process or Redis ledger) through
+  quota_client, as order services do; only the agent's refills, returns and renewals cross the WAN.
 - central_grpc: every order asks the center for its amount (Allocation.Acquire) across the WAN.
 - central_redis: every order runs a decrement-if-enough Lua script on one central Redis across the WAN.
 
@@ -12,7 +12,10 @@ certificate, the agent calls a center of its own (serving TLS, behind a WAN prox
 the agent's certificate, and every call to either passes the authorization interceptor. Each runs
 beside its plaintext row: both agents up and warmed up, then taking turns in short stretches, each
 round in the other order (`loadtest.load.in_turn`), so a machine that drifts moves both alike; the
-ratio of their rates is what security costs the agent, measured.
+ratio of their rates is what security costs the agent, measured. Taking the same turns, the plaintext
+agent is also called through the bare generated stub (promotions of its own): the row's rate over that
+one is what quota_client costs an order service, and the agent's ratios to the echo servers and the
+script loop below take the stub's rate, since those are called bare too.
 
 Beside them, from the same load generator: a bare grpc.aio echo server with the agent's API (what
 gRPC alone costs per call); the same server serving mutual TLS, and mutual TLS with the agent's
@@ -42,15 +45,13 @@ import redis.asyncio as redis
 from loadtest.bench import promotion_pb
 from loadtest.bench_ledger import script_loop_per_s
 from loadtest.load import Demand, Measured, Target, UnderLoad, drive, in_turn, over_issue, warm_up
-from loadtest.targets import CentralGrpc, CentralRedis, ThroughAgent
+from loadtest.targets import CentralGrpc, CentralRedis, ThroughClient, raw_stub, through_client
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_common.transport import Transport
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import redis_server
 from quota_testing.tls import DevTls, write_dev_tls
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 WAN_RTTS_MS = (0, 80)
 JITTER_MS = 2.0
@@ -60,8 +61,6 @@ MTLS = "_mtls"
 STRATEGIES = (*AGENTS, "central_grpc", "central_redis")
 YARDSTICKS = ("echo", "echo_mtls", "echo_mtls_authz", "echo_redis")
 REGION = "bench"
-ORDERS = f"orders-{REGION}"
-"""The development set's certificate the load generator calls agents (and echo servers) with under mTLS."""
 OWNER = "owner-alice"
 """The one that creates the promotions at the center serving mTLS."""
 WARM_UP_S = 1.0
@@ -196,10 +195,11 @@ async def _measure(target: Target, demand: Demand, options: Options) -> tuple[Me
 class _Agent(UnderLoad):
     """One agent row under load: the agent's promotions, orders, and calls to the center."""
 
-    def __init__(self, strategy: str, rtt_ms: int, channel: grpc.aio.Channel, demand: Demand, clients: int) -> None:
-        super().__init__(ThroughAgent(channel, REGION), demand, clients)
+    def __init__(self, strategy: str, rtt_ms: int, target: ThroughClient, demand: Demand, clients: int) -> None:
+        super().__init__(target, demand, clients)
         self.strategy, self.rtt_ms = strategy, rtt_ms
-        self._status = agent_grpc.RegionAgentStub(channel).GetStatus
+        self.address = target.client.addresses[0]
+        self._status = target.client.status
         self._calls_before = 0
 
     async def warm_up(self, seconds: float = WARM_UP_S) -> None:
@@ -212,7 +212,7 @@ class _Agent(UnderLoad):
         return Row(self.strategy, self.rtt_ms, self.measured, center_calls, self.over_issue())
 
     async def _center_calls(self) -> int:
-        return (await self._status(agent_pb.GetStatusRequest())).center_calls
+        return (await self._status()).center_calls
 
 
 @contextlib.asynccontextmanager
@@ -223,17 +223,25 @@ async def _agent(
     created, until the block ends; with `mtls`, every link of it is mutual TLS."""
     side = stack.mtls if mtls else stack.plaintext
     strategy = ledger + (MTLS if mtls else "")
-    demand = Demand(f"{strategy}-{rtt_ms}", options.seed)
-    await create_promotions(side.center, demand, _transport(side.tls, OWNER))
+    demand, stub = Demand(f"{strategy}-{rtt_ms}", options.seed), Demand(f"{strategy}-{rtt_ms}-stub", options.seed)
+    for promotions in (demand, stub):
+        await create_promotions(side.center, promotions, _transport(side.tls, OWNER))
     # Each agent on Redis gets a database of its own, so no row inherits another's ledger.
     database = 1 + WAN_RTTS_MS.index(rtt_ms) + (len(WAN_RTTS_MS) if mtls else 0)
     url = "memory" if ledger == "agent_memory" else f"redis://{stack.redis_address}/{database}"
     agent = stack.start(agent_process(side.workdir, REGION, side.center_via[rtt_ms], "--ledger", url, tls=side.tls))
     try:
-        async with _transport(side.tls, ORDERS).aio_channel(agent.address) as channel:
-            yield _Agent(strategy, rtt_ms, channel, demand, options.clients)
+        async with through_client(agent.address, REGION, side.tls) as target:
+            yield _Agent(strategy, rtt_ms, target, demand, options.clients)
     finally:
         agent.stop()
+
+
+@contextlib.asynccontextmanager
+async def _stub(agent: _Agent, options: Options) -> AsyncIterator[UnderLoad]:
+    """`agent` (a plaintext one) called through the bare stub, on the promotions `_agent` created for that."""
+    async with raw_stub(agent.address, REGION) as target:
+        yield UnderLoad(target, Demand(f"{agent.strategy}-{agent.rtt_ms}-stub", options.seed), options.clients)
 
 
 async def _agent_row(stack: _Stack, ledger: str, rtt_ms: int, options: Options) -> Row:
@@ -243,13 +251,19 @@ async def _agent_row(stack: _Stack, ledger: str, rtt_ms: int, options: Options) 
         return await agent.row()
 
 
-async def _with_and_without_mtls(stack: _Stack, ledger: str, options: Options) -> list[Row]:
-    """The agent on `ledger` at 0 ms in plaintext and with mutual TLS, both up, warmed up, then taking turns."""
-    async with _agent(stack, ledger, 0, options) as plain, _agent(stack, ledger, 0, options, mtls=True) as secure:
+async def _with_and_without_mtls(stack: _Stack, ledger: str, options: Options) -> tuple[list[Row], float]:
+    """The agent on `ledger` at 0 ms in plaintext and with mutual TLS, and the plaintext one through the bare stub,
+    all up, warmed up, then taking turns: the two rows, and the rate through the stub."""
+    async with (
+        _agent(stack, ledger, 0, options) as plain,
+        _agent(stack, ledger, 0, options, mtls=True) as secure,
+        _stub(plain, options) as stub,
+    ):
         await plain.warm_up()
         await secure.warm_up()
-        await in_turn([plain, secure], options.seconds, options.rounds)
-        return [await plain.row(), await secure.row()]
+        await stub.warm_up(WARM_UP_S)
+        await in_turn([plain, stub, secure], options.seconds, options.rounds)
+        return [await plain.row(), await secure.row()], stub.per_s
 
 
 async def _central_grpc_row(stack: _Stack, rtt_ms: int, options: Options) -> Row:
@@ -290,8 +304,8 @@ async def _echo(stack: _Stack, yardstick: str, options: Options) -> AsyncIterato
     args, tls = _echo_settings(stack, yardstick)
     echo = stack.start(ServerProcess(yardstick, args, stack.workdir / f"{yardstick}.log", module="loadtest.echo"))
     try:
-        async with _transport(tls, ORDERS).aio_channel(echo.address) as channel:
-            yield UnderLoad(ThroughAgent(channel, REGION), Demand(yardstick, options.seed), options.clients)
+        async with raw_stub(echo.address, REGION, tls) as target:
+            yield UnderLoad(target, Demand(yardstick, options.seed), options.clients)
     finally:
         echo.stop()
 
@@ -321,7 +335,10 @@ async def compare(options: Options) -> Comparison:
         # The yardsticks run half right before and half right after the agent rows they are compared
         # with, so a machine that slows down or speeds up meanwhile moves the yardsticks and those rows alike.
         before = await _yardsticks(stack, halves)
-        rows = [row for ledger in AGENTS for row in await _with_and_without_mtls(stack, ledger, options)]
+        rows, stub_per_s = [], {}
+        for ledger in AGENTS:
+            pair, stub_per_s[ledger] = await _with_and_without_mtls(stack, ledger, options)
+            rows += pair
         after = await _yardsticks(stack, halves)
         # The agents' rows at 80 ms next, close in time to those at 0 ms that their p99 is held against.
         rows += [await _agent_row(stack, ledger, rtt_ms, options) for rtt_ms in WAN_RTTS_MS[1:] for ledger in AGENTS]
@@ -330,7 +347,7 @@ async def compare(options: Options) -> Comparison:
             rows.append(await _central_redis_row(stack, rtt_ms, options))
     rows.sort(key=_table_order)
     per_s = {yardstick: (before[yardstick] + after[yardstick]) / 2 for yardstick in YARDSTICKS}
-    agent_redis = next(row for row in rows if row.strategy == "agent_redis" and row.wan_rtt_ms == 0).per_s
+    agent_redis = stub_per_s["agent_redis"]
     figures = {
         "rows": [row.figures() for row in rows],
         **_yardstick_figures(per_s, before, after),
@@ -339,6 +356,7 @@ async def compare(options: Options) -> Comparison:
         "agent_vs_echo_redis_ratio": round(agent_redis / per_s["echo_redis"], 2),
         "agent_vs_lua_ratio": round(agent_redis / loop_per_s, 2),
         **_mtls_ratios(rows, per_s),
+        **{f"{ledger}_client_vs_stub_ratio": round(_rate(rows, ledger) / stub_per_s[ledger], 2) for ledger in AGENTS},
         "clients": options.clients,
         "seconds": options.seconds,
         "rounds": options.rounds,
@@ -364,11 +382,15 @@ def _yardstick_figures(per_s: dict[str, float], before: dict[str, float], after:
 def _mtls_ratios(rows: list[Row], per_s: dict[str, float]) -> dict[str, float]:
     """Each agent's rate with mutual TLS over its rate in plaintext (at 0 ms), and the echo server's with
     mutual TLS, and with mutual TLS and the authorization interceptor, over its plaintext rate."""
-    rate = {row.strategy: row.per_s for row in rows if row.wan_rtt_ms == 0}
-    ratios = {f"{ledger}{MTLS}_ratio": round(rate[ledger + MTLS] / rate[ledger], 2) for ledger in AGENTS}
+    ratios = {f"{ledger}{MTLS}_ratio": round(_rate(rows, ledger + MTLS) / _rate(rows, ledger), 2) for ledger in AGENTS}
     for yardstick in ("echo_mtls", "echo_mtls_authz"):
         ratios[f"{yardstick}_ratio"] = round(per_s[yardstick] / per_s["echo"], 2)
     return ratios
+
+
+def _rate(rows: list[Row], strategy: str) -> float:
+    """The rate of `strategy`'s row at 0 ms."""
+    return next(row.per_s for row in rows if row.strategy == strategy and row.wan_rtt_ms == 0)
 
 
 def _ms(measured: Measured) -> list[float]:

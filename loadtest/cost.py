@@ -12,7 +12,8 @@ Each server below is driven in turn by the same load generator (this process), a
 
 Per server: calls per second in each round and their mean, the mean over echo's, and the CPU the
 server's process spent per call (user and system time, from /proc): a server that answers fewer
-calls while spending no more per call is waiting, not working.
+calls while spending no more per call is waiting, not working. Every server, the agents too, is called
+through the bare generated stub: this measures the servers, not quota_client (`quota bench embedded` does).
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from loadtest.compare import REGION, create_promotions
 from loadtest.load import Demand, drive, warm_up
-from loadtest.targets import ThroughAgent
+from loadtest.targets import raw_stub
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import redis_server
 
@@ -93,8 +92,7 @@ class _Servers:
             await create_promotions(self.center.address, demand)
         process = self.process(server, round_number).start()
         try:
-            async with grpc.aio.insecure_channel(process.address) as channel:
-                target = ThroughAgent(channel, REGION)
+            async with raw_stub(process.address, REGION) as target:
                 await warm_up(target, demand, self._options.clients, WARM_UP_S)
                 cpu_before = _cpu_seconds(process.pid)
                 measured = await drive(target, demand.orders(), self._options.clients, self._options.seconds)

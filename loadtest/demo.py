@@ -28,7 +28,7 @@ from rich.table import Table
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_client import AsyncQuotaClient, Line, QuotaClientError, Tls
+from quota_client import AsyncQuotaClient, Line, QuotaClientError
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.tls import DevTls, write_dev_tls
 
@@ -59,11 +59,6 @@ def percentile(values: list[float], fraction: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def _orders_tls(tls: DevTls, region: str) -> Tls:
-    files = tls.files(f"orders-{region}")
-    return Tls(files.cert, files.key, files.ca)
 
 
 def _reason(error: QuotaClientError) -> str:
@@ -100,7 +95,8 @@ async def _drive(
     tallies = {region: RegionTally() for region in REGIONS}
     # Each region's order service calls its own agent, with its own certificate, through the client library.
     clients = {
-        region: AsyncQuotaClient(address, region, tls=_orders_tls(tls, region)) for region, address in agents.items()
+        region: AsyncQuotaClient(address, region, tls=tls.client_tls(f"orders-{region}"))
+        for region, address in agents.items()
     }
     task = progress.add_task("deducting", total=demand)
 

@@ -36,6 +36,8 @@ SUMMARY = (
     "agent_vs_echo_ratio",
     "agent_vs_echo_redis_ratio",
     "agent_vs_lua_ratio",
+    "agent_memory_client_vs_stub_ratio",
+    "agent_redis_client_vs_stub_ratio",
     "agent_memory_mtls_ratio",
     "agent_redis_mtls_ratio",
     "echo_mtls_ratio",
@@ -95,13 +97,18 @@ def measured_section(comparison: Comparison, chart_written: bool) -> str:
         "",
         f"- Bare grpc.aio echo server with the agent's API: {figures['echo_per_s']:,} calls/s "
         f"({_before_after(figures['echo_per_s_before_after'])}); "
-        f"agent (Redis ledger, WAN 0 ms) over echo: **{figures['agent_vs_echo_ratio']}**.",
+        f"agent (Redis ledger, WAN 0 ms, called through the bare stub as the echo server is) over echo: "
+        f"**{figures['agent_vs_echo_ratio']}**.",
         f"- The same echo server making one batched durable write to the region's Redis per call, as the "
         f"Redis ledger does: {figures['echo_redis_per_s']:,} calls/s "
         f"({_before_after(figures['echo_redis_per_s_before_after'])}); "
         f"agent over it: **{figures['agent_vs_echo_redis_ratio']}**.",
         f"- The agent's deduction script in a sequential loop from one client: {figures['lua_loop_per_s']:,} calls/s; "
         f"agent over loop: **{figures['agent_vs_lua_ratio']}**.",
+        f"- The rows call the agents through quota_client, as order services do; over the same agent called "
+        f"through the bare generated stub, taking turns with it: in-process ledger "
+        f"**{figures['agent_memory_client_vs_stub_ratio']}**, "
+        f"Redis ledger **{figures['agent_redis_client_vs_stub_ratio']}** (what the client costs, not the agent).",
         f"- Mutual TLS on every link (orders to agent, agent to center) and the authorization interceptor on every "
         f"call, over plaintext, each agent taking turns with its plaintext row ({figures['rounds']} rounds): "
         f"in-process ledger **{figures['agent_memory_mtls_ratio']}**, "

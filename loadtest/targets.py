@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import grpc
 import redis.asyncio as redis
 
 from loadtest.load import Order
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_client import AsyncQuotaClient, Exhausted, RetryPolicy
+from quota_client import Line as OrderLine
 from quota_common.errors import Rejected, RejectReason
+from quota_common.transport import Transport
+from quota_testing.tls import DevTls
 from region_agent.embedded import EmbeddedAgent
 from region_agent.ledger.base import Line
 from region_agent.ledger.redis import RedisLedger
@@ -16,10 +23,43 @@ from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 DEADLINE_S = 10.0
+POLICY = RetryPolicy(deadline_s=DEADLINE_S, attempt_timeout_s=DEADLINE_S)
+"""Each order one attempt of up to DEADLINE_S, as the raw stub makes it; an UNAVAILABLE is retried within it."""
 
 
-class ThroughAgent:
-    """Our way: the order calls its region's agent (or the echo server, which has the same API)."""
+class ThroughClient:
+    """Our way: the order service calls its region's agents through quota_client."""
+
+    def __init__(self, client: AsyncQuotaClient) -> None:
+        self.client = client
+
+    async def deduct(self, order: Order) -> bool:
+        try:
+            await self.client.deduct(order.key, [OrderLine(order.promotion_id, order.amount, order.user_id)])
+        except Exhausted:
+            return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def through_client(address: str, region: str, tls: DevTls | None = None) -> AsyncIterator[ThroughClient]:
+    """The agent at `address` called as `region`'s order service calls it (plaintext without `tls`)."""
+    certificate = None if tls is None else tls.client_tls(f"orders-{region}")
+    async with AsyncQuotaClient(address, region, tls=certificate, policy=POLICY) as client:
+        yield ThroughClient(client)
+
+
+@contextlib.asynccontextmanager
+async def raw_stub(address: str, region: str, tls: DevTls | None = None) -> AsyncIterator[RawStub]:
+    """The server at `address` called through the bare stub, with `region`'s order service certificate if `tls`."""
+    transport = Transport() if tls is None else tls.transport(f"orders-{region}")
+    async with transport.aio_channel(address) as channel:
+        yield RawStub(channel, region)
+
+
+class RawStub:
+    """The agent's API through its generated stub alone: how the echo servers are called, since they measure
+    the transport; and an agent called so beside ThroughClient tells the client's cost from the agent's."""
 
     def __init__(self, channel: grpc.aio.Channel, region: str) -> None:
         self._stub = agent_grpc.RegionAgentStub(channel)

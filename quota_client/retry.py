@@ -32,10 +32,15 @@ class RetryPolicy:
     backoff_s: float = 0.02
     """The first pause between attempts; it doubles each time, with full jitter."""
     max_backoff_s: float = 0.5
+    max_attempts: int | None = None
+    """At most this many attempts per call; None: as many as the deadline allows. 1 makes no retries, for a
+    caller that retries (and fails over) itself and must see each attempt's outcome."""
 
     def __post_init__(self) -> None:
         if self.deadline_s <= 0 or self.attempt_timeout_s <= 0:
             raise ValueError("deadline_s and attempt_timeout_s must be positive")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1 (or None: until the deadline), got {self.max_attempts}")
 
 
 class Attempts:
@@ -90,13 +95,18 @@ class Attempts:
         return max(backoff, retry_after)
 
     def _stop(self, state: RetryCallState) -> bool:
+        if self._policy.max_attempts is not None and state.attempt_number >= self._policy.max_attempts:
+            return True
         return self.remaining() - state.upcoming_sleep <= 0
 
     def _give_up(self, state: RetryCallState) -> Any:
         """Raises what the last attempt failed with, saying whether any attempt may have applied."""
         last = state.outcome.exception() if state.outcome else None
         assert isinstance(last, Unavailable), "only Unavailable is retried"
-        why = f" ({state.attempt_number} attempts, then the call's {self._deadline_s} s deadline came)"
+        if state.attempt_number == self._policy.max_attempts:
+            why = f" ({state.attempt_number} attempt(s), the policy's max_attempts)"
+        else:
+            why = f" ({state.attempt_number} attempts, then the call's {self._deadline_s} s deadline came)"
         raise type(last)(
             last.message + why,
             code=last.code,

@@ -4,6 +4,7 @@ writes it), used by file name: "center", "agent-eu", "orders-eu", "owner-alice",
     dev = write_dev_tls(tmp_path)
     center_process(workdir, tls=dev)                          # --tls-cert center.pem ...
     dev.transport("orders-eu").aio_channel(agent.address)     # an order service of eu calling
+    AsyncQuotaClient(agent.address, "eu", tls=dev.client_tls("orders-eu"))   # the same through quota_client
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from quota_client import Tls
 from quota_common.identity import identity_from_certificate
 from quota_common.tls import TlsFiles, TlsWatch
 from quota_common.transport import DEFAULT_TRUST_DOMAIN, Transport
@@ -43,6 +45,11 @@ class DevTls:
     def transport(self, name: str) -> Transport:
         """Mutual TLS as `name`, following its files as they change."""
         return Transport(TlsWatch(self.files(name)), self.trust_domain)
+
+    def client_tls(self, name: str) -> Tls:
+        """`name`'s certificate as quota_client takes it (an order service's, "orders-<region>")."""
+        files = self.files(name)
+        return Tls(files.cert, files.key, files.ca, self.trust_domain)
 
     def rotate(self, name: str, now: datetime, days: float = 1) -> x509.Certificate:
         """A new certificate and key for `name`, naming the same identity, from the same CA, written over its

@@ -1,7 +1,12 @@
-"""Requests to one region's agent, each a resendable call that turns its answer into a history `Outcome`.
+"""Requests to one region's agent through quota_client, each a resendable call that turns its answer into a history
+`Outcome`.
 
 A `Request` keeps everything needed to send the same key again (same lines, same refund id), so a retry after
 an unknown, and the resolution of unknowns after healing, resend exactly what the first attempt sent.
+
+Each agent has a client of its own, on its address alone, that makes one attempt per call (`ONE_ATTEMPT`): the
+workload retries and fails over itself, round the region's agents, and records every attempt as it happened. A
+client that retried would resolve unknowns out of the checker's sight and hide which agent answered.
 """
 
 from __future__ import annotations
@@ -12,18 +17,19 @@ from dataclasses import dataclass
 import grpc
 
 from loadtest.chaos.history import Kind, Outcome
-from quota_common.errors import REJECT_REASON_METADATA_KEY, trailing
+from quota_client import AsyncQuotaClient, InvalidRequest, QuotaClientError, RefundLine, Refused, RetryPolicy
+from quota_client import Line as OrderLine
 from region_agent.ledger.base import Line
-from region_agent.server import lines_pb
-from region_agent.v1 import region_agent_pb2 as pb
-from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
 CALL_TIMEOUT_S = 2.0
-RESERVATION_TTL_MS = 30_000
+RESERVATION_TTL_S = 30.0
 """Longer than any run's settle delay, so no reservation lapses before the client confirms or cancels it."""
+ONE_ATTEMPT = RetryPolicy(deadline_s=CALL_TIMEOUT_S, attempt_timeout_s=CALL_TIMEOUT_S, max_attempts=1)
 
 _MAYBE_APPLIED = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
+    # Whatever its may_have_applied says: the checker learns what an unknown did from the retry's answer
+    # (replayed or not), and an UNAVAILABLE that applied nothing resolves like any other.
     grpc.StatusCode.UNAVAILABLE,
     # The agent may have applied the call before failing or being cut off; only a retry can tell.
     grpc.StatusCode.CANCELLED,
@@ -45,74 +51,76 @@ class Request:
     refund_id: str = ""
 
 
-def classify(error: grpc.aio.AioRpcError) -> Outcome:
-    reason = trailing(error, REJECT_REASON_METADATA_KEY)
-    if reason:
-        return Outcome.refused(reason)
-    code = error.code()
-    if code in _MAYBE_APPLIED:
-        return Outcome.unknown(code.name)
-    if code in _NOT_APPLIED:
-        return Outcome.failed(code.name)
-    return Outcome.refused(code.name)
+def classify(error: QuotaClientError) -> Outcome:
+    """A refusal by its reason (a RejectReason name); any other error by its status code."""
+    if isinstance(error, Refused):
+        return Outcome.refused(error.reason)
+    if error.code is None:
+        # No agent answered: refused by the client before it was sent, or lost on the way.
+        if isinstance(error, InvalidRequest):
+            return Outcome.failed("INVALID_ARGUMENT")
+        return Outcome.unknown("UNAVAILABLE")
+    if error.code in _MAYBE_APPLIED:
+        return Outcome.unknown(error.code.name)
+    if error.code in _NOT_APPLIED:
+        return Outcome.failed(error.code.name)
+    return Outcome.refused(error.code.name)
 
 
-def _lines(lines: Iterable[pb.Line]) -> tuple[Line, ...]:
+def _lines(lines: Iterable[OrderLine]) -> tuple[Line, ...]:
     return tuple(Line(line.promotion_id, line.amount, line.user_id) for line in lines)
+
+
+def _order_lines(lines: Iterable[Line]) -> list[OrderLine]:
+    return [OrderLine(line.promotion_id, line.amount, line.user_id) for line in lines]
 
 
 async def _answer(call: Awaitable[Outcome]) -> Outcome:
     try:
         return await call
-    except grpc.aio.AioRpcError as error:
+    except QuotaClientError as error:
         return classify(error)
 
 
 class AgentCalls:
-    """Builds requests to the agent `agent` of `region`."""
+    """Builds requests to the agent `agent` of `region`, sent by `client` (that agent's address, `ONE_ATTEMPT`)."""
 
-    def __init__(self, region: str, agent: str, stub: pb_grpc.RegionAgentAsyncStub) -> None:
-        self.region, self.agent, self._stub = region, agent, stub
+    def __init__(self, region: str, agent: str, client: AsyncQuotaClient) -> None:
+        self.region, self.agent, self._client = region, agent, client
 
     def deduct(self, order: str, lines: tuple[Line, ...]) -> Request:
-        message = pb.DeductRequest(order_key=order, region=self.region, lines=lines_pb(lines))
-
         async def call() -> Outcome:
-            response = await self._stub.Deduct(message, timeout=CALL_TIMEOUT_S)
-            return Outcome.ok(_lines(response.lines), response.replayed)
+            answer = await self._client.deduct(order, _order_lines(lines))
+            return Outcome.ok(_lines(answer.lines), answer.replayed)
 
         return Request(Kind.DEDUCT, order, self.region, self.agent, lines, lambda: _answer(call()))
 
     def reserve(self, order: str, lines: tuple[Line, ...]) -> Request:
-        message = pb.ReserveRequest(
-            order_key=order, region=self.region, lines=lines_pb(lines), ttl_ms=RESERVATION_TTL_MS
-        )
-
         async def call() -> Outcome:
-            response = await self._stub.Reserve(message, timeout=CALL_TIMEOUT_S)
-            return Outcome.ok(_lines(response.lines), response.replayed)
+            answer = await self._client.reserve(order, _order_lines(lines), RESERVATION_TTL_S)
+            return Outcome.ok(_lines(answer.lines), answer.replayed)
 
         return Request(Kind.RESERVE, order, self.region, self.agent, lines, lambda: _answer(call()))
 
     def settle(self, kind: Kind, order: str) -> Request:
-        message = pb.SettleRequest(order_key=order)
-        method = self._stub.Confirm if kind is Kind.CONFIRM else self._stub.Cancel
-
         async def call() -> Outcome:
-            response = await method(message, timeout=CALL_TIMEOUT_S)
-            return Outcome.ok(_lines(response.lines), response.replayed, response.expired)
+            if kind is Kind.CONFIRM:
+                confirmed = await self._client.confirm(order)
+                return Outcome.ok(_lines(confirmed.lines), confirmed.replayed)
+            cancelled = await self._client.cancel(order)
+            return Outcome.ok(_lines(cancelled.lines), cancelled.replayed, cancelled.expired)
 
         return Request(kind, order, self.region, self.agent, (), lambda: _answer(call()))
 
     def refund(self, order: str, refund_id: str, lines: tuple[Line, ...], users: Mapping[str, str]) -> Request:
-        """`lines` empty: the whole order. `users` (promotion to user, from the order) names who a returned line
-        belonged to, since the agent's answer gives only promotion and amount."""
-        back = [pb.RefundLine(promotion_id=line.promotion_id, amount=line.amount) for line in lines]
-        message = pb.RefundRequest(order_key=order, refund_id=refund_id, lines=back)
+        """`lines` empty: the whole order; `refund_id` empty: the order's one refund. `users` (promotion to user,
+        from the order) names who a returned line belonged to, since the agent's answer gives only promotion and
+        amount."""
+        back = [RefundLine(line.promotion_id, line.amount) for line in lines] or None
 
         async def call() -> Outcome:
-            response = await self._stub.Refund(message, timeout=CALL_TIMEOUT_S)
-            given = tuple(Line(r.promotion_id, r.amount, users.get(r.promotion_id, "")) for r in response.lines)
-            return Outcome.ok(given, response.replayed)
+            answer = await self._client.refund(order, refund_id or None, back)
+            given = tuple(Line(r.promotion_id, r.amount, users.get(r.promotion_id, "")) for r in answer.lines)
+            return Outcome.ok(given, answer.replayed)
 
         return Request(Kind.REFUND, order, self.region, self.agent, lines, lambda: _answer(call()), refund_id)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from loadtest.bench import promotion_pb
 from loadtest.chaos.admin import ADMIN, OPERATOR, CenterAdmin
 from loadtest.chaos.books import Books, PromotionBooks, RegionBooks
-from loadtest.chaos.calls import AgentCalls
+from loadtest.chaos.calls import ONE_ATTEMPT, AgentCalls
 from loadtest.chaos.checker import Allowance, judge
 from loadtest.chaos.distributed import DistributedStack
 from loadtest.chaos.embedded import LEASE_TTL_S, REGIONS, RENEW_INTERVAL_S, EmbeddedStack
@@ -25,6 +25,7 @@ from loadtest.chaos.history import History, NemesisEvent, Status
 from loadtest.chaos.nemesis import EVERYWHERE, Breakable, Fault, Nemesis, load_schedule, schedule, schedule_rows
 from loadtest.chaos.summary import fault_summary, figures
 from loadtest.chaos.workload import LIMITED, PLAIN, Client, Recorder
+from quota_client import AsyncQuotaClient
 from quota_common.transport import Transport
 from quota_testing.launch import ServerProcess
 from quota_testing.tls import DevTls
@@ -152,25 +153,27 @@ async def _books(admin: CenterAdmin, kept: dict[tuple[str, str], int]) -> Books:
     return books
 
 
+def _order_service(stack: Stack, region: str, address: str) -> AsyncQuotaClient:
+    """A client of one agent, as the region's order services call it: with their own certificate."""
+    return AsyncQuotaClient(address, region, tls=stack.tls.client_tls(f"orders-{region}"), policy=ONE_ATTEMPT)
+
+
 async def _load(stack: Stack, options: ChaosOptions, nemesis: Nemesis, recorder: Recorder) -> None:
-    channels = {
-        agent.address: _orders(stack, region).aio_channel(agent.address)
+    clients = {
+        agent.address: _order_service(stack, region, agent.address)
         for region, region_agents in stack.agents.items()
         for agent in region_agents
     }
     agents = {
-        region: [
-            AgentCalls(region, f"{region}-{n}", agent_grpc.RegionAgentStub(channels[agent.address]))
-            for n, agent in enumerate(region_agents)
-        ]
+        region: [AgentCalls(region, f"{region}-{n}", clients[agent.address]) for n, agent in enumerate(region_agents)]
         for region, region_agents in stack.agents.items()
     }
     try:
         started = time.monotonic()
         faults = asyncio.create_task(nemesis.run(started))
         try:
-            clients = [Client(f"client-{n}", options.seed, agents, recorder) for n in range(options.clients)]
-            await asyncio.gather(*(client.run(started + options.seconds) for client in clients))
+            workload = [Client(f"client-{n}", options.seed, agents, recorder) for n in range(options.clients)]
+            await asyncio.gather(*(client.run(started + options.seconds) for client in workload))
             await faults
         finally:
             faults.cancel()
@@ -180,8 +183,8 @@ async def _load(stack: Stack, options: ChaosOptions, nemesis: Nemesis, recorder:
         await asyncio.sleep(REPORT_WAIT_S)
         await recorder.resolve(time.monotonic() + RESOLVE_PATIENCE_S)
     finally:
-        for channel in channels.values():
-            await channel.close()
+        for client in clients.values():
+            await client.close()
 
 
 async def _run(options: ChaosOptions, workdir: Path) -> dict[str, Any]:

@@ -82,14 +82,20 @@ def test_bench_embedded_measures_both_agents_beside_their_yardsticks_and_at_one_
     figures = _quota_json("bench", "embedded", "--seconds", "0.5", "--rounds", "1", "--clients", "4")
 
     rows = {row["strategy"]: row for row in figures["rows"]}
-    assert list(rows) == ["embedded", "bare_evalsha", "agent_grpc", "echo_redis"]
+    assert list(rows) == ["embedded", "bare_evalsha", "agent_grpc", "agent_grpc_stub", "echo_redis"]
     assert all(row["throughput_per_s"] > 0 for row in rows.values())
     offered = {row["strategy"]: row for row in figures["offered_rows"]}
     assert list(offered) == ["embedded", "agent_grpc"]
     # The same orders offered to both (a busy machine may fail some: counted, not hidden).
     sent = {row: offered[row]["deductions"] + offered[row]["errors"] for row in offered}
     assert sent["embedded"] == sent["agent_grpc"] > 0
-    for ratio in ("embedded_vs_evalsha_ratio", "agent_grpc_vs_echo_redis_ratio", "embedded_vs_agent_grpc_p99_ratio"):
+    ratios = (
+        "embedded_vs_evalsha_ratio",
+        "agent_grpc_vs_echo_redis_ratio",
+        "agent_grpc_client_vs_stub_ratio",
+        "embedded_vs_agent_grpc_p99_ratio",
+    )
+    for ratio in ratios:
         assert figures[ratio] > 0
     assert figures["redis_calls_during_embedded"]["EVALSHA"] > 0
 
@@ -154,6 +160,9 @@ def test_bench_compares_every_strategy_at_both_wan_settings(bench: tuple[dict[st
     assert figures["echo_redis_per_s"] > 0
     assert figures["agent_vs_echo_redis_ratio"] > 0
     assert figures["agent_vs_lua_ratio"] > 0
+    # What quota_client costs per call, apart from the agent's cost; how much, the benchmark says.
+    for ledger in ("agent_memory", "agent_redis"):
+        assert figures[f"{ledger}_client_vs_stub_ratio"] > 0
     page = (docs / "benchmarks.md").read_text()
     assert "| agent_redis | 80 |" in page
 

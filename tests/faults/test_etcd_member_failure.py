@@ -11,10 +11,10 @@ import pytest
 from loadtest.bench import OrderTally, deducted_by_region, sell_until
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_client import AsyncQuotaClient
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import etcd_cluster
 from quota_testing.support import eventually, promotion
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -41,10 +41,9 @@ async def test_one_member_down_then_back_loses_nothing(tmp_path: Path) -> None:
                 await eventually(lambda: _leads(admin), timeout_s=15)
                 await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=200_000)))
                 agents = zip(("eu", "us"), processes[1:], strict=True)
-                channels = {region: grpc.aio.insecure_channel(agent.address) for region, agent in agents}
-                stubs = {r: agent_grpc.RegionAgentStub(c) for r, c in channels.items()}
-                stop, tally = asyncio.Event(), OrderTally(dict.fromkeys(stubs, 0))
-                selling = [asyncio.create_task(sell_until(w, stop, stubs, tally)) for w in range(4)]
+                clients = {region: AsyncQuotaClient(agent.address, region) for region, agent in agents}
+                stop, tally = asyncio.Event(), OrderTally(dict.fromkeys(clients, 0))
+                selling = [asyncio.create_task(sell_until(w, stop, clients, tally)) for w in range(4)]
 
                 await asyncio.sleep(0.5)
                 members[0].stop()
@@ -58,13 +57,13 @@ async def test_one_member_down_then_back_loses_nothing(tmp_path: Path) -> None:
 
                 async def reports_caught_up() -> bool:
                     usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=2)
-                    return {r.region: r.consumed for r in usage.regions} == await deducted_by_region(stubs)
+                    return {r.region: r.consumed for r in usage.regions} == await deducted_by_region(clients)
 
                 await eventually(reports_caught_up, timeout_s=15)
                 usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=2)
-                deducted = await deducted_by_region(stubs)
-                for channel in channels.values():
-                    await channel.close()
+                deducted = await deducted_by_region(clients)
+                for client in clients.values():
+                    await client.close()
         finally:
             for process in processes:
                 process.kill()

@@ -16,11 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadtest.bench import OrderTally, deducted_by_region, sell_until
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_client import AsyncQuotaClient
 from quota_common.errors import LEADER_METADATA_KEY, trailing
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import RunningServer, etcd_server
 from quota_testing.support import eventually, promotion
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -85,15 +85,15 @@ async def _leader(replicas: Replicas) -> ServerProcess:
 
 
 @pytest.fixture
-async def order_stubs(replicas: Replicas) -> AsyncIterator[dict[str, agent_grpc.RegionAgentAsyncStub]]:
-    channels = {region: grpc.aio.insecure_channel(agent.address) for region, agent in replicas.agents.items()}
-    yield {region: agent_grpc.RegionAgentStub(channel) for region, channel in channels.items()}
-    for channel in channels.values():
-        await channel.close()
+async def order_clients(replicas: Replicas) -> AsyncIterator[dict[str, AsyncQuotaClient]]:
+    clients = {region: AsyncQuotaClient(agent.address, region) for region, agent in replicas.agents.items()}
+    yield clients
+    for client in clients.values():
+        await client.close()
 
 
 async def test_the_standby_takes_over_and_nothing_is_lost_or_over_issued(
-    replicas: Replicas, order_stubs: dict[str, agent_grpc.RegionAgentAsyncStub]
+    replicas: Replicas, order_clients: dict[str, AsyncQuotaClient]
 ) -> None:
     leader = await _leader(replicas)
     standby = next(c for c in replicas.centers if c is not leader)
@@ -101,8 +101,8 @@ async def test_the_standby_takes_over_and_nothing_is_lost_or_over_issued(
     async with grpc.aio.insecure_channel(leader.address) as channel:
         admin = center_grpc.PromotionAdminStub(channel)
         await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=100_000)))
-    stop, tally = asyncio.Event(), OrderTally(dict.fromkeys(order_stubs, 0))
-    selling = [asyncio.create_task(sell_until(worker, stop, order_stubs, tally)) for worker in range(4)]
+    stop, tally = asyncio.Event(), OrderTally(dict.fromkeys(order_clients, 0))
+    selling = [asyncio.create_task(sell_until(worker, stop, order_clients, tally)) for worker in range(4)]
     await asyncio.sleep(1.0)
     acked_before = sum(tally.acked.values())
 
@@ -121,11 +121,11 @@ async def test_the_standby_takes_over_and_nothing_is_lost_or_over_issued(
         async def reports_caught_up() -> bool:
             usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=2)
             consumed = {r.region: r.consumed for r in usage.regions}
-            return consumed == await deducted_by_region(order_stubs)
+            return consumed == await deducted_by_region(order_clients)
 
         await eventually(reports_caught_up)
         usage = await admin.GetUsage(center_pb.GetUsageRequest(promotion_id="promo"), timeout=2)
-    deducted = await deducted_by_region(order_stubs)
+    deducted = await deducted_by_region(order_clients)
     # An order whose answer timed out at the client may still have been deducted; never the reverse.
     assert all(deducted[region] >= acked for region, acked in tally.acked.items()), (deducted, tally)
     assert sum(deducted.values()) - sum(tally.acked.values()) <= tally.failed
