@@ -248,6 +248,10 @@ async def test_a_lease_the_center_could_not_renew_raises_lease_expired(tmp_path:
                 await quota.deduct("o-2", [Line("promo", 1, "user-1")])
 
     assert expired.value.promotion_id == "promo"
+    # It clears by itself, so the agent says how long is worth waiting, and that nothing was applied.
+    assert expired.value.retry_after is not None
+    assert expired.value.retry_after > 0
+    assert expired.value.may_have_applied is False
 
 
 async def test_the_readmes_example_runs_against_the_regions_agents(
