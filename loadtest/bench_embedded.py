@@ -3,7 +3,7 @@ the yardstick that does only its Redis work, on one durable Redis, in one run on
 
 Rows, closed loop (`clients` concurrent order services in this process), all up and warmed up, then taking
 turns in `rounds` stretches (`loadtest.load.in_turn`), so a machine that drifts moves them alike:
-- embedded: `EmbeddedAgent` in this process (the order service is the load generator);
+- embedded: `quota_client.embedded.EmbeddedAgent` in this process (the order service is the load generator);
 - bare_evalsha: the Redis ledger's deduction script straight from this process, batched as the agent
   batches it, on a ledger funded beforehand: the same EVALSHA with the same concurrency and no agent;
 - agent_grpc: an agent process on the same Redis, called over gRPC through quota_client, as order services call it;
@@ -42,12 +42,12 @@ from loadtest.load import Demand, Measured, UnderLoad, in_turn
 from loadtest.targets import BareScript, Embedded, raw_stub, through_client
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_client.embedded import EmbeddedAgent
 from quota_common.transport import Security
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import redis_server
 from region_agent.agent import AgentSettings
 from region_agent.app import AgentConfig
-from region_agent.embedded import EmbeddedAgent
 from region_agent.ledger.redis import RedisLedger
 
 STUB = "agent_grpc_stub"

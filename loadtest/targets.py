@@ -13,10 +13,9 @@ from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
 from quota_client import AsyncQuotaClient, Exhausted, RetryPolicy
 from quota_client import Line as OrderLine
-from quota_common.errors import Rejected, RejectReason
+from quota_client.embedded import EmbeddedAgent
 from quota_common.transport import Transport
 from quota_testing.tls import DevTls
-from region_agent.embedded import EmbeddedAgent
 from region_agent.ledger.base import Line
 from region_agent.ledger.redis import RedisLedger
 from region_agent.v1 import region_agent_pb2 as agent_pb
@@ -85,11 +84,9 @@ class Embedded:
 
     async def deduct(self, order: Order) -> bool:
         try:
-            await self._agent.deduct(order.key, (Line(order.promotion_id, order.amount, order.user_id),))
-        except Rejected as refusal:
-            if refusal.reason is RejectReason.EXHAUSTED:
-                return False
-            raise
+            await self._agent.deduct(order.key, [OrderLine(order.promotion_id, order.amount, order.user_id)])
+        except Exhausted:
+            return False
         return True
 
 

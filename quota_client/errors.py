@@ -27,7 +27,7 @@ model when the agent sends one (region_agent.proto's header), else, for agents f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -167,17 +167,7 @@ def error_from_status(
     metadata = tuple(trailing or ())
     info, retry_after = _rich_details(metadata)
     if info is not None and info.domain == DOMAIN and info.reason in _BY_REASON:
-        cls = _BY_REASON[info.reason]
-        may_have_applied = info.metadata.get("may_have_applied") == "true"
-        return cls(
-            details,
-            code=code,
-            reason=info.reason,
-            promotion_id=info.metadata.get("promotion_id", ""),
-            may_have_applied=may_have_applied,
-            retry_after=retry_after,
-            ledger_life_started_ms=int(info.metadata.get("ledger_life_started_ms", "0") or 0),
-        )
+        return error_from_detail(code, details, info.reason, info.metadata, retry_after)
     reason = next((str(value) for key, value in metadata if key == REJECT_REASON_KEY), "")
     if reason in _REFUSALS:
         only = promotions[0] if len(promotions) == 1 else ""
@@ -186,6 +176,22 @@ def error_from_status(
         return QuotaClientError(details + _UNIMPLEMENTED, code=code)
     cls = _BY_CODE.get(code, Unavailable)
     return cls(details, code=code, may_have_applied=_may_have_applied(code, details))
+
+
+def error_from_detail(
+    code: grpc.StatusCode, details: str, reason: str, metadata: Mapping[str, str], retry_after: float | None
+) -> QuotaClientError:
+    """The error an agent's rich error detail (`reason`, one of the domain's, with its ErrorInfo `metadata`)
+    stands for, whether it came over the wire or from an agent in this process."""
+    return _BY_REASON[reason](
+        details,
+        code=code,
+        reason=reason,
+        promotion_id=metadata.get("promotion_id", ""),
+        may_have_applied=metadata.get("may_have_applied") == "true",
+        retry_after=retry_after,
+        ledger_life_started_ms=int(metadata.get("ledger_life_started_ms", "0") or 0),
+    )
 
 
 def _may_have_applied(code: grpc.StatusCode, details: str) -> bool:

@@ -16,7 +16,8 @@ with TLS, nobody without), so one placed here may be refunded through an agent p
 
 Only a Redis ledger: an in-process one would make every order-service replica a new incarnation of the region,
 each writing off what the one before held. Answers are the ledger's outcomes; refusals raise the
-`quota_common.errors` the server maps to gRPC statuses (Rejected with its reason, Unavailable, ...).
+`quota_common.errors` the server maps to gRPC statuses (Rejected with its reason, Unavailable, ...). Order
+services call it through `quota_client.embedded`, which answers the client library's results and exceptions.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class EmbeddedAgent:
         """Made by `start`."""
         self._wired = wired
         self._agent = wired.agent
-        self._region = wired.agent.settings.region
+        self.region = wired.agent.settings.region
         self.placer = placer
         """The identity this process's orders are recorded under ("" without TLS)."""
 
@@ -68,7 +69,7 @@ class EmbeddedAgent:
         """Deducts every line or none; a retry with the same key and lines replays the first answer.
         `time_remaining_s`: how long the order may wait for a refill (default: the agent's `max_wait_s`)."""
         checked = order_lines(lines)
-        return await self._agent.deduct(_key(order_key), self._region, checked, time_remaining_s, placer=self.placer)
+        return await self._agent.deduct(_key(order_key), self.region, checked, time_remaining_s, placer=self.placer)
 
     async def reserve(
         self, order_key: str, lines: Sequence[Line], ttl_ms: int = 0, time_remaining_s: float | None = None
@@ -77,7 +78,7 @@ class EmbeddedAgent:
         `expires_at_ms`."""
         checked = order_lines(lines)
         hold = hold_ms(ttl_ms, self._agent.settings.reservation_ttl_ms)
-        return await self._agent.deduct(_key(order_key), self._region, checked, time_remaining_s, hold, self.placer)
+        return await self._agent.deduct(_key(order_key), self.region, checked, time_remaining_s, hold, self.placer)
 
     async def confirm(self, order_key: str) -> SettleOutcome:
         return await self._agent.settle(_key(order_key), Settle.CONFIRM, self.placer)
@@ -104,6 +105,11 @@ class EmbeddedAgent:
     def incarnation(self) -> str:
         """The region's ledger life this agent takes part in (the one its agent processes share)."""
         return self._agent.incarnation
+
+    @property
+    def center_calls(self) -> int:
+        """Calls this agent made to the center since it started."""
+        return self._agent.center_calls
 
 
 def _key(order_key: str) -> str:

@@ -1,5 +1,5 @@
 """An agent embedded in an order service (this test's process) beside an agent process of its region, on one
-Redis: one ledger, one allotment, one set of books at the center."""
+Redis: one ledger, one allotment, one set of books at the center; called as the client library is."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import grpc
 import pytest
 
 from quota_center.v1 import quota_center_pb2 as center_pb
-from quota_common.errors import ConfigError, InvalidArgument, QuotaError, Rejected, RejectReason
+from quota_client import Exhausted, Frozen, InvalidRequest, Line, OrderStatus, QuotaClientError, Refused
+from quota_client.embedded import EmbeddedAgent
+from quota_common.errors import ConfigError
 from quota_common.transport import Security
 from quota_testing.redis_region import region_on_redis
 from quota_testing.servers import redis_server
 from quota_testing.support import eventually, order
 from region_agent.agent import AgentSettings
 from region_agent.app import AgentConfig
-from region_agent.embedded import EmbeddedAgent
-from region_agent.ledger.base import Line
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
@@ -58,7 +58,7 @@ async def test_embedded_and_process_agents_on_one_redis_sell_out_exactly(tmp_pat
                 for number in numbers:
                     try:
                         await embedded.deduct(f"o-{number}", _one())
-                    except QuotaError:
+                    except QuotaClientError:
                         continue
                     acked["embedded"] += 1
 
@@ -72,15 +72,16 @@ async def test_embedded_and_process_agents_on_one_redis_sell_out_exactly(tmp_pat
                 return (await region.usage()).regions[0].consumed == sum(acked.values())
 
             await eventually(reported)
-            with pytest.raises(Rejected) as spent:
+            with pytest.raises(Exhausted) as spent:
                 await embedded.deduct("after-the-sell-out", _one())
 
     assert sum(acked.values()) == 1_500
     assert acked["process"] > 0
     assert acked["embedded"] > 0
-    assert embedded.incarnation == process_status.incarnation
-    assert process_status.balances[0].deducted == embedded_status[0].balance.deducted == 1_500
-    assert spent.value.reason is RejectReason.EXHAUSTED
+    assert embedded_status.incarnation == process_status.incarnation
+    assert process_status.balances[0].deducted == embedded_status.balances[0].deducted == 1_500
+    assert spent.value.promotion_id == "promo"
+    assert not spent.value.may_have_applied
 
 
 async def test_a_freeze_reaches_the_embedded_agent(tmp_path: Path) -> None:
@@ -92,12 +93,12 @@ async def test_a_freeze_reaches_the_embedded_agent(tmp_path: Path) -> None:
             await embedded.deduct("before", _one())
             await region.admin.SetFrozen(center_pb.SetFrozenRequest(promotion_id="promo", frozen=True), timeout=5)
             keys = (f"after-{number}" for number in itertools.count())
-            refusals: list[Rejected] = []
+            refusals: list[Refused] = []
 
             async def refused() -> bool:
                 try:
                     await embedded.deduct(next(keys), _one())
-                except Rejected as refusal:
+                except Refused as refusal:
                     refusals.append(refusal)
                     return True
                 return False
@@ -107,11 +108,11 @@ async def test_a_freeze_reaches_the_embedded_agent(tmp_path: Path) -> None:
             status = await embedded.status()
             placed = await embedded.get_order("before")
 
-    assert refusals[0].reason is RejectReason.FROZEN
+    assert isinstance(refusals[0], Frozen)
     assert replay.replayed
-    assert status[0].frozen
-    assert placed.order is not None  # an order placed before the freeze is still there to read and refund
-    assert placed.order.lines == _one()
+    assert status.balances[0].frozen
+    assert placed.status is OrderStatus.DEDUCTED  # placed before the freeze: still there to read and refund
+    assert placed.lines == _one()
 
 
 async def test_the_embedded_agents_renewals_keep_its_leases(tmp_path: Path) -> None:
@@ -134,7 +135,7 @@ async def test_the_embedded_agents_renewals_keep_its_leases(tmp_path: Path) -> N
             await eventually(reported)
 
     assert not later.replayed
-    assert status[0].lease_remaining_s > 0
+    assert status.balances[0].lease_remaining_ms > 0
 
 
 async def test_an_embedded_agent_checks_its_input_and_wants_the_regions_redis(tmp_path: Path) -> None:
@@ -143,15 +144,18 @@ async def test_an_embedded_agent_checks_its_input_and_wants_the_regions_redis(tm
             region_on_redis(tmp_path, redis.address, budget=10, agents=0) as region,
             EmbeddedAgent.start(_config(region.center.address, redis.address)) as embedded,
         ):
-            with pytest.raises(InvalidArgument, match="order_key"):
+            with pytest.raises(InvalidRequest, match="order_key"):
                 await embedded.deduct("", _one())
-            with pytest.raises(InvalidArgument, match="at least one line"):
+            with pytest.raises(InvalidRequest, match="at least one line"):
                 await embedded.deduct("o-1", ())
-            with pytest.raises(InvalidArgument, match="ttl_ms"):
-                await embedded.reserve("o-1", _one(), ttl_ms=10)
+            with pytest.raises(InvalidRequest, match="ttl_ms"):
+                await embedded.reserve("o-1", _one(), ttl_s=0.01)
+            unknown = await embedded.get_order("never-placed")
             status = await embedded.status()
         with pytest.raises(ConfigError, match="region's ledger"):
             async with EmbeddedAgent.start(AgentConfig(AgentSettings("eu"), ledger="memory")):
                 pass
 
-    assert all(promotion.balance.deducted == 0 for promotion in status)
+    assert unknown.status is OrderStatus.UNKNOWN
+    assert status.region == "eu"
+    assert all(promotion.deducted == 0 for promotion in status.balances)

@@ -9,7 +9,8 @@
   (`quota_center.v1`, `quota_center.wire`);
 - protobuf stops at the edges: the servers, the center's conversions and the port's gRPC adapter;
 - the client library for order services (`quota_client`) sees of the agent only its published API
-  (`region_agent.v1`), so that it imports without the servers' code;
+  (`region_agent.v1`), so that it imports without the servers' code; but for `quota_client.embedded`, the
+  agent run inside the order service, which is the agent's code behind the client's methods;
 - nothing but tests imports tests.
 """
 
@@ -35,6 +36,8 @@ MAY_IMPORT = {
 }
 CLIENT_SEES = "region_agent.v1"
 """All the client library may import of the agent: its published API."""
+CLIENT_EMBEDS = "quota_client.embedded"
+"""The client's one module that runs the agent itself, imported only by who embeds it."""
 CENTER_API = ("quota_center.v1", "quota_center.wire")
 PORT = "region_agent.grpc_center"
 PROTOBUF_EDGES = {
@@ -47,6 +50,10 @@ SERVICES = ("quota_center", "region_agent", "quota_common")
 
 def _within(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
+
+
+def _client_sees(importer: str, target: str) -> bool:
+    return importer == CLIENT_EMBEDS or _within(target, CLIENT_SEES)
 
 
 def forbidden(imports: Mapping[str, set[str]]) -> list[str]:
@@ -62,8 +69,10 @@ def forbidden(imports: Mapping[str, set[str]]) -> list[str]:
             door = importer == PORT and any(_within(target, api) for api in CENTER_API)
             if other not in MAY_IMPORT[package] and not door:
                 found.append(f"{importer} -> {target}: {package} may not import {other}")
-            elif package == "quota_client" and other == "region_agent" and not _within(target, CLIENT_SEES):
+            elif package == "quota_client" and other == "region_agent" and not _client_sees(importer, target):
                 found.append(f"{importer} -> {target}: quota_client sees of region_agent only {CLIENT_SEES}")
+        if package == "quota_client" and importer != CLIENT_EMBEDS and CLIENT_EMBEDS in imported:
+            found.append(f"{importer} -> {CLIENT_EMBEDS}: the rest of the client imports without the agent")
         for api, edges in PROTOBUF_EDGES.items():
             edge = importer in edges or _within(importer, api) or package not in SERVICES
             if not edge and any(_within(target, api) for target in imported):
@@ -111,9 +120,11 @@ def test_a_forbidden_import_is_named_with_its_rule() -> None:
     imports["quota_common.model"] = imports["quota_common.model"] | {"quota_center.ledger"}
     imports["region_agent.catalog_sync"] = imports["region_agent.catalog_sync"] | {"quota_center.v1.quota_center_pb2"}
     imports["quota_client.calls"] = imports["quota_client.calls"] | {"region_agent.ledger.base"}
+    imports["quota_client.aio"] = imports["quota_client.aio"] | {"quota_client.embedded"}
 
     assert forbidden(imports) == [
         "quota_center.center -> region_agent.supply: quota_center may not import region_agent",
+        "quota_client.aio -> quota_client.embedded: the rest of the client imports without the agent",
         "quota_client.calls -> region_agent.ledger.base: quota_client sees of region_agent only region_agent.v1",
         "quota_common.model -> quota_center.ledger: quota_common may not import quota_center",
         "region_agent.catalog_sync -> quota_center.v1.quota_center_pb2: region_agent may not import quota_center",
