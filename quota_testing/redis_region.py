@@ -37,10 +37,13 @@ async def region_on_redis(
     agents: int = 1,
     renew_interval: str = "0.2",
     center_flags: tuple[str, ...] = (),
+    redis_options: str = "",
 ) -> AsyncIterator[RedisRegion]:
-    """Kills every process when the block ends, however it ends."""
+    """Kills every process when the block ends, however it ends. `redis_options`: the query of the agents'
+    ledger URL (redis-py's connection options, "socket_timeout=1")."""
     center = center_process(workdir, *center_flags).start()
-    ledger = ("--ledger", f"redis://{redis_address}/0", "--renew-interval", renew_interval)
+    query = f"?{redis_options}" if redis_options else ""
+    ledger = ("--ledger", f"redis://{redis_address}/0{query}", "--renew-interval", renew_interval)
     processes = [agent_process(workdir, "eu", center.address, *ledger).start() for _ in range(agents)]
     channels = [grpc.aio.insecure_channel(agent.address) for agent in processes]
     try:

@@ -8,6 +8,8 @@ nothing; each reject reason raises its own exception; a deadline is honoured.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,6 +53,7 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "order_service.py"
 """The README's example of an order service."""
+ONE_LONG_ATTEMPT = RetryPolicy(deadline_s=10, attempt_timeout_s=8, max_attempts=1)
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +255,52 @@ async def test_a_lease_the_center_could_not_renew_raises_lease_expired(tmp_path:
     assert expired.value.retry_after is not None
     assert expired.value.retry_after > 0
     assert expired.value.may_have_applied is False
+
+
+async def test_a_deduction_whose_answer_redis_lost_may_have_applied_and_get_order_tells(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        async with (
+            region_on_redis(tmp_path, redis.address, budget=100, redis_options="socket_timeout=1") as region,
+            # One attempt, given longer than the agent waits for Redis: the agent's answer is what is read.
+            AsyncQuotaClient(region.agents[0].address, "eu", policy=ONE_LONG_ATTEMPT) as quota,
+        ):
+            await quota.deduct("before", [Line("promo", 1, "user-1")])
+            os.kill(redis.pid, signal.SIGSTOP)  # the script reaches Redis, its answer never comes back in time
+            try:
+                with pytest.raises(Unavailable) as lost:
+                    await quota.deduct("lost-answer", [Line("promo", 1, "user-1")], deadline_s=10)
+            finally:
+                os.kill(redis.pid, signal.SIGCONT)
+            state = await quota.get_order("lost-answer", deadline_s=10)
+            retried = await quota.deduct("lost-answer", [Line("promo", 1, "user-1")], deadline_s=10)
+            status = await quota.status()
+
+    assert lost.value.reason == "LEDGER_UNAVAILABLE"
+    assert lost.value.may_have_applied is True
+    # Whichever way it went, the read said so and the retry with the same key made it exactly once.
+    assert state.status in (OrderStatus.DEDUCTED, OrderStatus.UNKNOWN)
+    assert retried.replayed is (state.status is OrderStatus.DEDUCTED)
+    assert deducted(status, "promo") == 2
+
+
+async def test_an_order_that_found_no_refill_in_time_is_unavailable_with_a_retry_after(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        async with (
+            region_on_redis(tmp_path, redis.address, budget=1_000) as region,
+            AsyncQuotaClient(region.agents[0].address, "eu", policy=ONE_LONG_ATTEMPT) as quota,
+        ):
+            await quota.deduct("first", [Line("promo", 1, "user-1")])
+            held = (await quota.status()).balances[0].available
+            region.center.kill()
+            with pytest.raises(Unavailable) as waited:
+                await quota.deduct("too-big", [Line("promo", held + 1, "user-1")], deadline_s=2)
+            state = await quota.get_order("too-big")
+
+    assert waited.value.reason == "NO_QUOTA_IN_TIME"
+    assert waited.value.may_have_applied is False
+    assert waited.value.retry_after is not None
+    assert waited.value.retry_after > 0
+    assert state.status is OrderStatus.UNKNOWN
 
 
 async def test_the_readmes_example_runs_against_the_regions_agents(
