@@ -8,8 +8,9 @@ turns in `rounds` stretches (`loadtest.load.in_turn`), so a machine that drifts 
   batches it, on a ledger funded beforehand: the same EVALSHA with the same concurrency and no agent;
 - agent_grpc: an agent process on the same Redis, called over gRPC through quota_client, as order services call it;
 - agent_grpc_stub: the same agent process called through the bare generated stub (promotions of its own);
-- echo_redis: a gRPC echo server making one batched durable Redis write per call (`loadtest.echo`), called
-  through the bare stub too: it measures the transport.
+- echo_redis: a gRPC echo server making the durable Redis write an agent makes per order (`loadtest.echo
+  --ledger`: the Redis ledger's deduction script, batched as the agent batches it, on a ledger funded
+  beforehand), called through the bare stub too: gRPC plus the ledger's write, none of the agent's logic.
 
 Then both agents at the same offered load (open loop: `load_share` of the slower one's closed-loop rate),
 taking turns too: their latencies. Last, a second of the embedded agent at that load under Redis's MONITOR:
@@ -55,7 +56,7 @@ ROWS = ("embedded", "bare_evalsha", "agent_grpc", STUB, "echo_redis")
 AGENTS = ("embedded", "agent_grpc")
 DATABASES = {"echo_redis": 0, "agent_grpc": 1, "embedded": 2, "bare_evalsha": 3}
 """A database each: no row reads or spends another's ledger."""
-REGIONS = {"agent_grpc": "bench", STUB: "bench", "embedded": "embedded", "bare_evalsha": "bare", "echo_redis": "bench"}
+REGIONS = {"agent_grpc": "bench", STUB: "bench", "embedded": "embedded", "bare_evalsha": "bare", "echo_redis": "echo"}
 """Each agent a region of its own at the center: two ledgers of one region would each join as a new
 incarnation of it, and the center would retire the first."""
 WARM_UP_S = 1.0
@@ -102,17 +103,15 @@ class _Bench:
             async with EmbeddedAgent.start(config) as agent:
                 yield UnderLoad(Embedded(agent), demand, options.clients)
         elif row == "bare_evalsha":
-            ledger = RedisLedger(redis.Redis.from_url(self.url(row)), region, owns_client=True)
-            try:
-                script = BareScript(ledger)
-                await script.fund(demand.budgets())
+            async with self.funded(row, demand) as script:
                 yield UnderLoad(script, demand, options.clients)
-            finally:
-                await ledger.aclose()
         elif row == STUB:
             async with raw_stub(self._agent, region) as target:
                 yield UnderLoad(target, demand, options.clients)
         else:
+            if row == "echo_redis":
+                async with self.funded(row, demand):
+                    pass  # the echo process opens the funded ledger itself
             process = self._process(row, region).start()
             try:
                 if row == "agent_grpc":
@@ -125,10 +124,21 @@ class _Bench:
             finally:
                 process.stop()
 
+    @contextlib.asynccontextmanager
+    async def funded(self, row: str, demand: Demand) -> AsyncIterator[BareScript]:
+        """`row`'s Redis ledger holding the demand's budgets, as the region's allotment would."""
+        ledger = RedisLedger(redis.Redis.from_url(self.url(row)), REGIONS[row], owns_client=True)
+        try:
+            script = BareScript(ledger)
+            await script.fund(demand.budgets())
+            yield script
+        finally:
+            await ledger.aclose()
+
     def _process(self, row: str, region: str) -> ServerProcess:
         if row == "agent_grpc":
             return agent_process(self._workdir, region, self._center, "--ledger", self.url(row))
-        args = ["--redis", self.url(row)]
+        args = ["--ledger", self.url(row)]
         return ServerProcess(row, args, self._workdir / f"{row}.log", module="loadtest.echo")
 
 

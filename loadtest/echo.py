@@ -4,7 +4,11 @@ what gRPC itself costs per call, the yardstick for the agent's own work in `quot
 With `--redis URL`, every call first makes one durable write to that Redis the way the agent's
 Redis ledger does (a trivial Lua script over the ledger's own connection, calls that arrive while
 one is on its way batched into the next): what gRPC plus the ledger's round trip cost, with none
-of the agent's logic, so the benchmark can tell the two apart. With `--wait-ms MS` instead, every
+of the agent's logic, so the benchmark can tell the two apart. With `--ledger URL` instead, every call
+is the deduction the agent's Redis ledger makes for it (its script, once per call, batched as the agent
+batches it) on a ledger funded beforehand, answered as the agent answers it (RESOURCE_EXHAUSTED when the
+script refuses): the same durable write an agent makes per order, with none of its checks, cache or
+supply (`quota bench embedded`). With `--wait-ms MS` instead, every
 call waits that long, batched the same way, and touches nothing: the round trip's latency without
 its work (`quota bench cost`).
 
@@ -14,7 +18,7 @@ required), so `quota bench` can tell what TLS alone costs per call; `--authz REG
 authorization interceptor every call to an agent of REGION passes with TLS on (the role table, the
 caller's region), so the two costs are told apart.
 
-    python -m loadtest.echo --listen 127.0.0.1:0 [--redis redis://HOST:PORT/DB | --wait-ms MS]
+    python -m loadtest.echo --listen 127.0.0.1:0 [--redis URL | --ledger URL | --wait-ms MS]
         [--tls-cert PEM --tls-key PEM --tls-ca PEM [--authz REGION]]
     # prints {"ready": "echo", "port": N}
 """
@@ -33,7 +37,9 @@ from quota_common.process import exclusive_server, guarded_server, serve
 from quota_common.rpc import Context
 from quota_common.tls import TlsFiles
 from quota_common.transport import Security, open_transport
+from region_agent.ledger.base import Line
 from region_agent.ledger.batching import Batcher
+from region_agent.ledger.redis import RedisLedger
 from region_agent.ledger.script_link import LuaScript, ScriptLink
 from region_agent.v1 import region_agent_pb2 as pb
 
@@ -71,6 +77,17 @@ def _write_to(link: ScriptLink) -> Callable[[Sequence[str]], Awaitable[None]]:
     return write
 
 
+def _deducting(ledger: RedisLedger) -> Callable[[pb.DeductRequest, Context], Awaitable[pb.DeductResponse]]:
+    async def deduct(request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
+        lines = tuple(Line(line.promotion_id, line.amount, line.user_id) for line in request.lines)
+        outcome = await ledger.deduct(request.order_key, lines)
+        if not outcome.accepted:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the ledger holds too little")
+        return await _echo(request, context)
+
+    return deduct
+
+
 def _wait(seconds: float) -> Callable[[Sequence[str]], Awaitable[None]]:
     async def wait(order_keys: Sequence[str]) -> None:
         await asyncio.sleep(seconds)
@@ -78,11 +95,15 @@ def _wait(seconds: float) -> Callable[[Sequence[str]], Awaitable[None]]:
     return wait
 
 
-async def _main(listen: str, redis_url: str, wait_ms: float, tls: TlsFiles | None, authz: str) -> None:
+async def _main(listen: str, redis_url: str, ledger_url: str, wait_ms: float, tls: TlsFiles | None, authz: str) -> None:
     link = ScriptLink(redis.Redis.from_url(redis_url)) if redis_url else None
+    ledger = RedisLedger(redis.Redis.from_url(ledger_url), "echo", owns_client=True) if ledger_url else None
     handler: Callable[[pb.DeductRequest, Context], Awaitable[pb.DeductResponse]] = _echo
     if link:
         handler = _after(_write_to(link))
+    elif ledger:
+        await ledger.incarnation()  # the life the bench funded, which every deduction names
+        handler = _deducting(ledger)
     elif wait_ms:
         handler = _after(_wait(wait_ms / 1000))
     # Plaintext on loopback only, or mutual TLS with any identity of the development set's trust domain.
@@ -102,6 +123,8 @@ async def _main(listen: str, redis_url: str, wait_ms: float, tls: TlsFiles | Non
     async def close() -> None:
         if link:
             await link.aclose()
+        if ledger:
+            await ledger.aclose()
 
     await serve(server, listen, transport=transport, name="echo", services=[SERVICE], on_stop=close)
 
@@ -111,6 +134,7 @@ if __name__ == "__main__":
     parser.add_argument("--listen", default="127.0.0.1:0")
     step = parser.add_mutually_exclusive_group()
     step.add_argument("--redis", default="", help="make one durable write to this Redis per call, batched")
+    step.add_argument("--ledger", default="", help="deduct each call on this Redis ledger, as an agent does")
     step.add_argument("--wait-ms", type=float, default=0.0, help="wait this long per call, batched, doing nothing")
     parser.add_argument("--tls-cert", type=Path, help="serve mutual TLS with this certificate (and the next two)")
     parser.add_argument("--tls-key", type=Path)
@@ -123,4 +147,4 @@ if __name__ == "__main__":
     if arguments.authz and not all(files):
         parser.error("--authz needs mutual TLS: the caller's identity comes from its certificate")
     tls = TlsFiles(*files) if all(files) else None
-    asyncio.run(_main(arguments.listen, arguments.redis, arguments.wait_ms, tls, arguments.authz))
+    asyncio.run(_main(arguments.listen, arguments.redis, arguments.ledger, arguments.wait_ms, tls, arguments.authz))

@@ -62,11 +62,26 @@ Describe = Callable[[QuotaError], ErrorDetail]
 
 def rich_status(code: grpc.StatusCode, message: str, detail: ErrorDetail) -> grpc.Status:
     """The status a call ends with, `detail` packed into its trailing "grpc-status-details-bin"."""
+    metadata = tuple(sorted(detail.metadata.items()))
+    return _rich_status(code, message, detail.domain, detail.reason, metadata, detail.retry_after_ms)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rich_status(
+    code: grpc.StatusCode,
+    message: str,
+    domain: str,
+    reason: str,
+    metadata: tuple[tuple[str, str], ...],
+    retry_after_ms: int,
+) -> grpc.Status:
+    """Kept: a sold-out promotion refuses every order alike, and packing the detail anew for each would cost
+    more than serving the order."""
     status = Status(code=code.value[0], message=message)
-    status.details.add().Pack(ErrorInfo(domain=detail.domain, reason=detail.reason, metadata=dict(detail.metadata)))
-    if detail.retry_after_ms:
+    status.details.add().Pack(ErrorInfo(domain=domain, reason=reason, metadata=dict(metadata)))
+    if retry_after_ms:
         retry = RetryInfo()
-        retry.retry_delay.FromMilliseconds(detail.retry_after_ms)
+        retry.retry_delay.FromMilliseconds(retry_after_ms)
         status.details.add().Pack(retry)
     answer: grpc.Status = rpc_status.to_status(status)
     return answer
@@ -89,6 +104,26 @@ def translate_errors(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
 async def abort_with(error: Exception, context: Context, where: str, describe: Describe | None = None) -> NoReturn:
     """Ends the call with the error's status (streams too); raises, like `context.abort`. With `describe`,
     a QuotaError's status also carries its rich error detail."""
+    if isinstance(error, QuotaError):
+        message, trailing = _ending(error, describe)
+        # Passed to abort, not set before it: abort's own trailing metadata would replace what was set.
+        await context.abort(error.code, message, trailing)
+    log.error("%s failed", where, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")
+
+
+def end_with(error: QuotaError, context: Context, describe: Describe | None = None) -> None:
+    """Sets the status a unary call ends with, as `abort_with` would, without raising: the handler then
+    returns no answer, which gRPC does not send. On the order path a refusal is an everyday answer, and
+    raising it through grpc.aio costs several times what serving an order does."""
+    message, trailing = _ending(error, describe)
+    context.set_code(error.code)
+    context.set_details(message)
+    context.set_trailing_metadata(trailing)
+
+
+def _ending(error: QuotaError, describe: Describe | None) -> tuple[str, tuple[tuple[str, str | bytes], ...]]:
+    """The status message and trailing metadata `error` ends a call with."""
     trailing: list[tuple[str, str | bytes]] = []
     if isinstance(error, Rejected):
         trailing.append((REJECT_REASON_METADATA_KEY, error.reason.value))
@@ -98,14 +133,10 @@ async def abort_with(error: Exception, context: Context, where: str, describe: D
         trailing.append((SUPERSEDED_METADATA_KEY, "1"))
     if isinstance(error, Held):
         trailing.append((PENDING_METADATA_KEY, error.pending_id))
-    if isinstance(error, QuotaError):
-        message = cut(error.message, MAX_STATUS_BYTES)
-        if describe is not None:
-            trailing.extend(rich_status(error.code, message, describe(error)).trailing_metadata)
-        # Passed to abort, not set before it: abort's own trailing metadata would replace what was set.
-        await context.abort(error.code, message, tuple(trailing))
-    log.error("%s failed", where, exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")
+    message = cut(error.message, MAX_STATUS_BYTES)
+    if describe is not None:
+        trailing.extend(rich_status(error.code, message, describe(error)).trailing_metadata)
+    return message, tuple(trailing)
 
 
 class _Registrations:

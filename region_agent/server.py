@@ -13,7 +13,8 @@ from typing import NoReturn, Protocol, TypeVar
 import grpc
 
 from quota_common.authz import caller
-from quota_common.rpc import Context, abort_with, add_decoding
+from quota_common.errors import QuotaError
+from quota_common.rpc import Context, ErrorDetail, abort_with, add_decoding, end_with
 from quota_common.validation import (
     require_id,
 )
@@ -60,13 +61,14 @@ Resp = TypeVar("Resp")
 
 
 def _observed(
-    operation: str,
+    operation: str, unsent: Callable[[], A]
 ) -> Callable[
     [Callable[[RegionAgentServicer, Req, Context], Awaitable[A]]],
     Callable[[RegionAgentServicer, Req, Context], Awaitable[A]],
 ]:
     """Counts the call's result and times it, and answers an error as `translate_errors` would: in
-    one wrapper, not two nested, since every order passes through it."""
+    one wrapper, not two nested, since every order passes through it. A refusal ends the call with its
+    status (`end_with`) and an `unsent()` answer, which gRPC drops."""
 
     def decorate(
         handler: Callable[[RegionAgentServicer, Req, Context], Awaitable[A]],
@@ -76,6 +78,10 @@ def _observed(
             started = time.perf_counter()
             try:
                 answer = await handler(self, request, context)
+            except QuotaError as refusal:
+                self.metrics.failed(operation, refusal, time.perf_counter() - started)
+                end_with(refusal, context, self.describe)
+                return unsent()
             except Exception as error:
                 self.metrics.failed(operation, error, time.perf_counter() - started)
                 await self.abort(error, context, handler.__qualname__)
@@ -136,10 +142,13 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         self.metrics = metrics
         self._retry = RetryAfter(lease_ms=round(agent.settings.renew_interval_s * 1000))
 
-    async def abort(self, error: Exception, context: Context, where: str) -> NoReturn:
-        await abort_with(error, context, where, lambda quota_error: describe(quota_error, self._retry))
+    def describe(self, error: QuotaError) -> ErrorDetail:
+        return describe(error, self._retry)
 
-    @_observed("deduct")
+    async def abort(self, error: Exception, context: Context, where: str) -> NoReturn:
+        await abort_with(error, context, where, self.describe)
+
+    @_observed("deduct", pb.DeductResponse)
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)
@@ -147,7 +156,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
         outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), placer=_placer())
         return pb.DeductResponse(order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed)
 
-    @_observed("reserve")
+    @_observed("reserve", pb.ReserveResponse)
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         order_key = require_id("order_key", request.order_key)
         region = require_id("region", request.region)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_testing.inprocess import ServedAgent, ServedCenter, running_agent, running_center
@@ -14,10 +14,12 @@ from region_agent.agent import AgentSettings
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 # CI explores the same examples every run, so a red build always means a change broke something;
-# developers' runs keep exploring new ones.
-settings.register_profile("ci", derandomize=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+# developers' runs keep exploring new ones. Neither times an example: on a busy 2-core machine a slow
+# example is not a failing one (hypothesis's default deadline is 200 ms).
+# Nor does it refuse slow data generation there (the too_slow health check).
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", settings.get_profile("dev"), derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture
