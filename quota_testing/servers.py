@@ -195,6 +195,43 @@ def redis_server(*extra: str, tls: ServerTls | None = None, users: Sequence[Redi
         yield RunningServer(server.host, server.port, server.pid)
 
 
+@contextlib.contextmanager
+def redis_cluster(masters: int = 3) -> Iterator[list[RestartableServer]]:
+    """A Redis Cluster of `masters` masters and no replicas on loopback, each a durable Redis
+    (`redis_process`) with cluster mode on, the slots spread evenly by `redis-cli --cluster create`;
+    ready when every master says the cluster is ok."""
+    with contextlib.ExitStack() as stack:
+        nodes = [
+            # Its own bus port: the default (port + 10000) is out of range for most free ports.
+            stack.enter_context(
+                redis_process(
+                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-node-timeout", "5000"
+                )
+            )
+            for _ in range(masters)
+        ]
+        create = [_binary("redis-cli"), "--cluster", "create", *(node.address for node in nodes)]
+        subprocess.run(
+            [*create, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=READY_TIMEOUT_S,
+        )  # fmt: skip
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all(_cluster_ok(node) for node in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster on {[node.port for node in nodes]} did not become ok")
+            time.sleep(0.05)
+        yield nodes
+
+
+def _cluster_ok(node: RestartableServer) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=0.2) as connection:
+            connection.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in connection.recv(4096)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class EtcdUser:
     """An etcd user that may read and write every key under `prefix`, and nothing else."""
