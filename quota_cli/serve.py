@@ -233,7 +233,8 @@ def agent() -> None:
     "--ledger",
     default=_AGENT_CONFIG.ledger,
     show_default=True,
-    help="memory, redis://[USER@]HOST:PORT[/DB], or rediss://... for Redis over TLS.",
+    help="memory, redis://[USER@]HOST:PORT[/DB], rediss://... for Redis over TLS, or redis+cluster://HOST:PORT "
+    "(rediss+cluster://...) for a node of a Redis Cluster.",
 )
 @_backend_tls_options("ledger", "Redis", "rediss://", "agent")
 @click.option("--ledger-password-file", type=_FILE, help="File holding the password of the Redis user --ledger names.")
