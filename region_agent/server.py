@@ -16,6 +16,7 @@ from quota_common.authz import caller
 from quota_common.rpc import Context, abort_with, add_decoding
 from quota_common.validation import (
     require_id,
+    require_region,
 )
 from region_agent.agent import Agent, OrderReport
 from region_agent.errors import RetryAfter, describe
@@ -142,7 +143,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     @_observed("deduct")
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
         order_key = require_id("order_key", request.order_key)
-        region = require_id("region", request.region)
+        region = require_region("region", request.region)
         lines = order_lines(request.lines)
         outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), placer=_placer())
         return pb.DeductResponse(order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed)
@@ -150,7 +151,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     @_observed("reserve")
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         order_key = require_id("order_key", request.order_key)
-        region = require_id("region", request.region)
+        region = require_region("region", request.region)
         lines = order_lines(request.lines)
         hold = hold_ms(request.ttl_ms, self._agent.settings.reservation_ttl_ms)
         outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold, _placer())
