@@ -20,21 +20,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
+from quota_client import model
 from quota_client.aio import AsyncQuotaClient
 from quota_client.connection import Tls
 from quota_client.errors import InvalidRequest, LedgerLifeLost, OrderUnknown
-from quota_client.model import (
-    Cancelled,
-    Confirmed,
-    Deducted,
-    Line,
-    OrderState,
-    OrderStatus,
-    Refunded,
-    RefundLine,
-    RegionStatus,
-    Reserved,
-)
+from quota_client.model import Line, OrderStatus
 from quota_client.retry import RetryPolicy
 from quota_common.cells import cell_for, region_of, require_cells
 from quota_common.clock import Clock
@@ -90,36 +80,40 @@ class AsyncCellsClient:
         """The cell that serves `user_id`'s orders."""
         return cell_for(user_id, tuple(self.cells))
 
-    async def deduct(self, order_key: str, lines: Sequence[Line], *, deadline_s: float | None = None) -> Deducted:
+    async def deduct(self, order_key: str, lines: Sequence[Line], *, deadline_s: float | None = None) -> model.Deducted:
         cell = self.cells[self.cell_of(routing_key(order_key, lines))]
         return await cell.deduct(order_key, lines, deadline_s=deadline_s)
 
     async def reserve(
         self, order_key: str, lines: Sequence[Line], ttl_s: float = 0, *, deadline_s: float | None = None
-    ) -> Reserved:
+    ) -> model.Reserved:
         cell = self.cells[self.cell_of(routing_key(order_key, lines))]
         return await cell.reserve(order_key, lines, ttl_s, deadline_s=deadline_s)
 
-    async def confirm(self, order_key: str, *, user: str | None = None, deadline_s: float | None = None) -> Confirmed:
+    async def confirm(
+        self, order_key: str, *, user: str | None = None, deadline_s: float | None = None
+    ) -> model.Confirmed:
         return await self._placed(user, lambda cell: cell.confirm(order_key, deadline_s=deadline_s))
 
-    async def cancel(self, order_key: str, *, user: str | None = None, deadline_s: float | None = None) -> Cancelled:
+    async def cancel(
+        self, order_key: str, *, user: str | None = None, deadline_s: float | None = None
+    ) -> model.Cancelled:
         return await self._placed(user, lambda cell: cell.cancel(order_key, deadline_s=deadline_s))
 
     async def refund(
         self,
         order_key: str,
         refund_id: str | None = None,
-        lines: Sequence[RefundLine] | None = None,
+        lines: Sequence[model.RefundLine] | None = None,
         *,
         user: str | None = None,
         deadline_s: float | None = None,
-    ) -> Refunded:
+    ) -> model.Refunded:
         return await self._placed(user, lambda cell: cell.refund(order_key, refund_id, lines, deadline_s=deadline_s))
 
     async def get_order(
         self, order_key: str, *, user: str | None = None, deadline_s: float | None = None
-    ) -> OrderState:
+    ) -> model.OrderState:
         """What became of an order in its cell (`user`'s; without it every cell is asked, and the one that
         knows the order answers; UNKNOWN if none does)."""
         if user is not None:
@@ -129,7 +123,7 @@ class AsyncCellsClient:
         # Unknown everywhere: the answer of a cell that lost a ledger life, where the order may have been.
         return (known or sorted(unknown, key=lambda state: not state.ledger_life_lost))[0]
 
-    async def status(self, *, deadline_s: float | None = None) -> dict[str, RegionStatus]:
+    async def status(self, *, deadline_s: float | None = None) -> dict[str, model.RegionStatus]:
         """Every cell's status, by cell."""
         return {name: await cell.status(deadline_s=deadline_s) for name, cell in self.cells.items()}
 
