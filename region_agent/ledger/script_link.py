@@ -236,6 +236,8 @@ class ScriptLink:
         """By host:port; a single Redis's under ""."""
         self._slots: dict[int, str] = {}
         """Where a slot lives as the cluster last said (MOVED), ahead of the client's map."""
+        self._remap = False
+        """A master did not answer: read the cluster's slot map afresh before trusting the client's."""
         if not isinstance(client, RedisCluster):
             pool = client.connection_pool
             self._nodes[""] = _Node(pool.connection_class(**pool.connection_kwargs))
@@ -264,6 +266,11 @@ class ScriptLink:
                 address, asking = self._slots[slot], False
             except ClusterDownError as down:
                 raise redis.ConnectionError(f"Redis Cluster does not serve slot {slot} now ({down})") from down
+            except (redis.ConnectionError, redis.TimeoutError):
+                # The master may be gone (a replica took over): the next call asks the cluster where the slot is.
+                self._slots.pop(slot, None)
+                self._remap = True
+                raise
         raise redis.ConnectionError(
             f"Redis Cluster kept redirecting a script for slot {slot} ({REDIRECTIONS} times): is it resharding?"
         )
@@ -280,6 +287,9 @@ class ScriptLink:
         if slot not in self._slots:
             assert self._cluster is not None
             await self._cluster.initialize()
+            if self._remap:
+                self._remap = False
+                await self._cluster.nodes_manager.initialize()
             try:
                 master = self._cluster.nodes_manager.get_node_from_slot(slot)
             except SlotNotCoveredError as uncovered:
@@ -298,6 +308,6 @@ class ScriptLink:
         return self._nodes[address]
 
     async def aclose(self) -> None:
-        nodes, self._nodes = list(self._nodes.values()), {}
-        for node in nodes:
+        """Closes every connection; a call after it connects again."""
+        for node in list(self._nodes.values()):
             await node.aclose()

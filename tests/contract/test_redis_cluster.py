@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from quota_common.errors import ConfigError, LedgerUnreachable
-from quota_testing.servers import RestartableServer
+from quota_testing.servers import RestartableServer, redis_cluster
 from region_agent.app import open_ledger
 from region_agent.ledger.base import Line
 from region_agent.ledger.redis import RedisLedger
@@ -208,3 +208,38 @@ async def test_a_script_for_a_slot_on_its_way_to_another_master_follows_ask_ther
             for node in cluster_nodes:
                 async with admin(node) as each:
                     await call(each, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+async def test_when_a_regions_master_dies_its_replica_takes_over_and_the_region_serves_on() -> None:
+    region = f"failover-{uuid.uuid4().hex}"
+    with redis_cluster(3, replicas=1, node_timeout_ms=1000) as nodes:
+        master = (await slot_map(nodes))[slot_of(region)]
+        survivor = next(node for node in nodes if node is not master)
+        client = RedisCluster(host=survivor.host, port=survivor.port)
+        ledger = RedisLedger(client, region)
+        try:
+            await ledger.apply_grant("g", "a", 100, await ledger.incarnation())
+            before = [await ledger.deduct(f"before-{n}", (Line("a", 1, "u"),)) for n in range(5)]
+            async with admin(master) as dying:
+                assert await call(dying, "WAIT", 1, 5000) == 1  # its replica has every write: none is lost
+            master.kill()
+
+            async def serving() -> None:
+                while True:
+                    try:
+                        await ledger.deduct("after", (Line("a", 1, "u"),))
+                        return
+                    except LedgerUnreachable:
+                        await asyncio.sleep(0.1)
+
+            async with asyncio.timeout(HANG_GUARD_S):
+                await serving()
+            replayed = [await ledger.deduct(f"before-{n}", (Line("a", 1, "u"),)) for n in range(5)]
+            balance = await ledger.balance("a")
+        finally:
+            await ledger.aclose()
+            await client.aclose()
+
+    assert all(outcome.accepted for outcome in before)
+    assert all(outcome.replayed for outcome in replayed)
+    assert (balance.deducted, balance.kept) == (6, 94)
