@@ -48,6 +48,7 @@ from loadtest.load import Demand, Measured, Target, UnderLoad, drive, in_turn, o
 from loadtest.targets import CentralGrpc, CentralRedis, ThroughClient, raw_stub, through_client
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_client import AsyncQuotaClient
 from quota_common.transport import Transport
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.servers import redis_server
@@ -195,7 +196,9 @@ async def _measure(target: Target, demand: Demand, options: Options) -> tuple[Me
 class _Agent(UnderLoad):
     """One agent row under load: the agent's promotions, orders, and calls to the center."""
 
-    def __init__(self, strategy: str, rtt_ms: int, target: ThroughClient, demand: Demand, clients: int) -> None:
+    def __init__(
+        self, strategy: str, rtt_ms: int, target: ThroughClient[AsyncQuotaClient], demand: Demand, clients: int
+    ) -> None:
         super().__init__(target, demand, clients)
         self.strategy, self.rtt_ms = strategy, rtt_ms
         self.address = target.client.addresses[0]

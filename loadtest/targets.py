@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
 
 import grpc
 import redis.asyncio as redis
@@ -11,7 +12,7 @@ import redis.asyncio as redis
 from loadtest.load import Order
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_client import AsyncQuotaClient, Exhausted, RetryPolicy
+from quota_client import AsyncCellsClient, AsyncQuotaClient, Exhausted, RetryPolicy
 from quota_client import Line as OrderLine
 from quota_client.embedded import EmbeddedAgent
 from quota_common.transport import Transport
@@ -26,11 +27,14 @@ POLICY = RetryPolicy(deadline_s=DEADLINE_S, attempt_timeout_s=DEADLINE_S)
 """Each order one attempt of up to DEADLINE_S, as the raw stub makes it; an UNAVAILABLE is retried within it."""
 
 
-class ThroughClient:
-    """Our way: the order service calls its region's agents through quota_client."""
+Client = TypeVar("Client", AsyncQuotaClient, AsyncCellsClient)
 
-    def __init__(self, client: AsyncQuotaClient) -> None:
-        self.client = client
+
+class ThroughClient(Generic[Client]):
+    """Our way: the order service calls its region's agents (or its region's cells') through quota_client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client: Client = client
 
     async def deduct(self, order: Order) -> bool:
         try:
@@ -41,7 +45,9 @@ class ThroughClient:
 
 
 @contextlib.asynccontextmanager
-async def through_client(address: str, region: str, tls: DevTls | None = None) -> AsyncIterator[ThroughClient]:
+async def through_client(
+    address: str, region: str, tls: DevTls | None = None
+) -> AsyncIterator[ThroughClient[AsyncQuotaClient]]:
     """The agent at `address` called as `region`'s order service calls it (plaintext without `tls`)."""
     certificate = None if tls is None else tls.client_tls(f"orders-{region}")
     async with AsyncQuotaClient(address, region, tls=certificate, policy=POLICY) as client:

@@ -67,7 +67,7 @@ def reclaim(state: PromotionState, region: str, demands: Mapping[str, int], hori
     cannot serve the regions that lack quota, so it must not stop idle quota coming back."""
     held = state.accounts[region].held
     promotion = state.promotion
-    if promotion.frozen or promotion.has_ended(now_ms) or region not in promotion.regions:
+    if promotion.frozen or promotion.has_ended(now_ms) or not promotion.allows(region):
         return held
     others = sum(demand for other, demand in demands.items() if other != region)
     return policy.reclaim_amount(held, demands.get(region, 0), others, state.grantable(now_ms), horizon_s)

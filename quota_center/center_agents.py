@@ -88,7 +88,7 @@ class CenterForAgents(CenterCore):
         for promotion_id in self._revisions.changed_after(after):
             state = self._states[promotion_id]
             # A region removed from the promotion keeps an account, so it hears that it may no longer spend it.
-            if region not in state.promotion.regions and region not in state.accounts:
+            if not state.promotion.allows(region) and region not in state.accounts:
                 continue
             promotion = state.promotion
             if len(promotions) == page_size:

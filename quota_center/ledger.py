@@ -205,7 +205,7 @@ def set_frozen(state: PromotionState, frozen: bool, revision: int) -> bool:
 
 
 def check_region(promotion: Promotion, region: str) -> None:
-    if region not in promotion.regions:
+    if not promotion.allows(region):
         raise PermissionDenied(
             f"region {region!r} may not spend promotion {promotion.id} (allowed: {', '.join(promotion.regions)})"
         )

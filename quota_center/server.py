@@ -47,6 +47,7 @@ from quota_common.validation import (
     require_bounded_text,
     require_counter,
     require_id,
+    require_region,
     require_text,
     require_unique,
 )
@@ -158,7 +159,7 @@ class PromotionAdminServicer(pb_grpc.PromotionAdminServicer):
 
     @translate_errors
     async def SetEmergencyFreeze(self, request: pb.SetEmergencyFreezeRequest, context: Context) -> pb.EmergencyFreeze:
-        region = require_id("region", request.region) if request.region else ""
+        region = require_region("region", request.region) if request.region else ""
         by = _by(request.request_id)
         return emergency_to_pb(await self._center.set_emergency_freeze(region, request.frozen, by))
 
@@ -266,7 +267,7 @@ def _page_size(page_size: int) -> int:
 
 
 def _catalog_request(request: pb.CatalogRequest) -> tuple[str, int, int]:
-    region = require_id("region", request.region)
+    region = require_region("region", request.region)
     since = require_counter("since_revision", request.since_revision)
     return region, since, _page_size(request.page_size)
 
@@ -301,13 +302,13 @@ class AllocationServicer(pb_grpc.AllocationServicer):
         self._host_clock = host_clock or SystemClock()
 
     def _identity(self, agent: pb.AgentIdentity) -> tuple[str, str]:
-        region = require_id("agent.region", agent.region)
+        region = require_region("agent.region", agent.region)
         incarnation = require_incarnation("agent.incarnation", agent.incarnation, self._host_clock.wall_ms())
         return region, self._center.require_issued(region, incarnation)
 
     @translate_errors
     async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
-        return pb.JoinResponse(incarnation=self._center.join(require_id("region", request.region)))
+        return pb.JoinResponse(incarnation=self._center.join(require_region("region", request.region)))
 
     @translate_errors
     async def Acquire(self, request: pb.AcquireRequest, context: Context) -> pb.AcquireResponse:

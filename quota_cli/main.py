@@ -308,6 +308,44 @@ def bench_ledger(as_json: bool, seconds: float, clients: int) -> None:
     _show("quota bench ledger", asyncio.run(run(seconds, clients)), as_json)
 
 
+@bench.command("cells")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--seconds", type=FiniteFloatRange(min=0.5), default=6.0, show_default=True, help="Per configuration.")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent clients.")
+@click.option("--cells", "counts", default="1,2,4", show_default=True, help="Comma-separated cell counts, from 1.")
+def bench_cells(as_json: bool, seconds: float, clients: int, counts: str) -> None:
+    """One region's deductions per second as 1, 2 and 4 cells, each an agent on its own Redis."""
+    from loadtest.bench_cells import CellsOptions
+    from loadtest.bench_cells import bench_cells as run
+
+    try:
+        numbers = tuple(int(count) for count in counts.split(","))
+    except ValueError:
+        numbers = ()
+    if not numbers or numbers[0] != 1 or len(set(numbers)) != len(numbers) or not all(1 <= n <= 16 for n in numbers):
+        raise click.BadParameter(f"{counts!r}: give distinct counts of 1 to 16 cells, the first 1, such as 1,2,4")
+    figures = asyncio.run(run(CellsOptions(numbers, seconds, clients)))
+    if as_json:
+        _print_json(figures)
+        return
+    _print_rows(f"quota bench cells ({figures['cores']} cores for every process)", figures["rows"], CELLS_COLUMNS)
+
+
+CELLS_COLUMNS = {
+    "cells": "cells",
+    "per_s": "deductions/s",
+    "ratio_to_1_cell": "ratio to 1 cell",
+    "p50_ms": "p50 ms",
+    "p99_ms": "p99 ms",
+    "agent_cores": "agent cores",
+    "redis_cores": "Redis cores",
+    "load_generator_cores": "load gen cores",
+    "per_agent_core_s": "per agent core-s",
+    "over_issue": "over-issue",
+    "errors": "errors",
+}
+
+
 @bench.command("freeze")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @click.option("--freezes", type=click.IntRange(min=2), default=50, show_default=True, help="Per link.")

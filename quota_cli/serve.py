@@ -23,7 +23,7 @@ from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange, bind_environment
 from quota_common.errors import ConfigError, InvalidArgument
 from quota_common.policy import RefillSettings
-from quota_common.validation import require_id
+from quota_common.validation import require_region
 from region_agent.agent import AgentSettings
 from region_agent.app import AgentConfig, LedgerAccess, run_agent
 
@@ -74,13 +74,13 @@ def _password(path: Path | None, option: str) -> str:
 
 
 class _Region(click.ParamType[str]):
-    """A region's name, as the center requires it of every agent: 1..128 bytes."""
+    """A region's or a cell's name (eu, eu.1), as the center requires it of every agent: 1..128 bytes."""
 
     name = "region"
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
         try:
-            return require_id("the region", str(value))
+            return require_region("the region", str(value))
         except InvalidArgument as error:
             self.fail(error.message, param, ctx)
 
@@ -233,7 +233,8 @@ def agent() -> None:
     "--ledger",
     default=_AGENT_CONFIG.ledger,
     show_default=True,
-    help="memory, redis://[USER@]HOST:PORT[/DB], or rediss://... for Redis over TLS.",
+    help="memory, redis://[USER@]HOST:PORT[/DB], rediss://... for Redis over TLS, or redis+cluster://HOST:PORT "
+    "(rediss+cluster://...) for a node of a Redis Cluster.",
 )
 @_backend_tls_options("ledger", "Redis", "rediss://", "agent")
 @click.option("--ledger-password-file", type=_FILE, help="File holding the password of the Redis user --ledger names.")

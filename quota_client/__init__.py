@@ -6,10 +6,12 @@
         deducted = await quota.deduct("order-1", [Line("coupon-10", 1, "user-7")])
 
 Results are frozen dataclasses (quota_client.model); every failure is a QuotaClientError, one class per
-reason (quota_client.errors draws the tree); retries and failover are quota_client.retry's.
+reason (quota_client.errors draws the tree); retries and failover are quota_client.retry's. A region run as
+several cells is called through AsyncCellsClient (quota_client.cells), which routes each order by its user.
 """
 
 from quota_client.aio import AsyncQuotaClient
+from quota_client.cells import AsyncCellsClient
 from quota_client.connection import Tls
 from quota_client.errors import (
     BelowFloor,
@@ -48,6 +50,7 @@ from quota_client.retry import RetryPolicy
 from quota_client.sync import QuotaClient
 
 __all__ = [
+    "AsyncCellsClient",
     "AsyncQuotaClient",
     "Balance",
     "BelowFloor",

@@ -9,6 +9,7 @@ import enum
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from quota_common.cells import region_of
 from quota_common.errors import FailedPrecondition
 from quota_common.policy import Pacing
 from quota_common.validation import MAX_REGIONS
@@ -59,6 +60,10 @@ class Promotion:
 
     def is_active(self, wall_ms: int) -> bool:
         return self.start_ms <= wall_ms < self.end_ms
+
+    def allows(self, region: str) -> bool:
+        """Whether `region` may spend the promotion: it is listed, or (a cell) its region is."""
+        return region in self.regions or region_of(region) in self.regions
 
     def has_ended(self, wall_ms: int) -> bool:
         """Its window is over, or empty (a promotion ended before it started): it is never spent again."""
@@ -111,7 +116,8 @@ class EmergencyFreeze:
     revision: int = 0
 
     def covers(self, region: str) -> bool:
-        return self.everywhere or region in self.regions
+        """Whether the switch stops `region`: frozen everywhere, or `region` or, for a cell, its region."""
+        return self.everywhere or region in self.regions or region_of(region) in self.regions
 
     def switched(self, region: str, frozen: bool, revision: int) -> EmergencyFreeze | None:
         """The switch after freezing (or unfreezing) `region`, "" meaning everywhere; None when

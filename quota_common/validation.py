@@ -108,6 +108,23 @@ def cut(text: str, max_bytes: int) -> str:
     return encoded[:max_bytes].decode(errors="ignore") + f"... (cut, {len(encoded)} bytes in all)"
 
 
+CELL_SEPARATOR = "."
+"""Between a region's name and a cell's in a cell's name (`eu.1`); see quota_common.cells."""
+
+
+def require_region(field: str, name: str) -> str:
+    """A region's or a cell's name: not empty, and a cell's both halves not empty and only one dot.
+    InvalidArgument saying what to write otherwise."""
+    require_id(field, name)
+    region, dot, cell = name.partition(CELL_SEPARATOR)
+    if dot and (not region or not cell or CELL_SEPARATOR in cell):
+        raise InvalidArgument(
+            f"{field} {quoted(name)} is no region: a region's name has no dot, a cell's is <region>.<cell> "
+            "with one dot (eu, eu.1)"
+        )
+    return name
+
+
 def require_regions(field: str, regions: Sequence[str]) -> tuple[str, ...]:
     """Region names: each a valid id, each once, at most MAX_REGIONS of them."""
     if len(regions) > MAX_REGIONS:
@@ -116,7 +133,7 @@ def require_regions(field: str, regions: Sequence[str]) -> tuple[str, ...]:
             "split the budget into promotions for groups of regions"
         )
     for region in regions:
-        require_id(field, region)
+        require_region(field, region)
     require_unique(field, regions)
     return tuple(regions)
 

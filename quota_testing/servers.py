@@ -195,6 +195,47 @@ def redis_server(*extra: str, tls: ServerTls | None = None, users: Sequence[Redi
         yield RunningServer(server.host, server.port, server.pid)
 
 
+@contextlib.contextmanager
+def redis_cluster(
+    masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000
+) -> Iterator[list[RestartableServer]]:
+    """A Redis Cluster on loopback of `masters` masters with `replicas` replicas each, every node a durable
+    Redis (`redis_process`) with cluster mode on, the slots spread evenly by `redis-cli --cluster create`
+    (the first `masters` nodes are the masters); ready when every node says the cluster is ok. A replica
+    takes over from a master that has not answered for `node_timeout_ms`."""
+    with contextlib.ExitStack() as stack:
+        nodes = [
+            # Its own bus port: the default (port + 10000) is out of range for most free ports.
+            stack.enter_context(
+                redis_process(
+                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                    "--cluster-node-timeout", str(node_timeout_ms),
+                )
+            )
+            for _ in range(masters * (1 + replicas))
+        ]  # fmt: skip
+        create = [_binary("redis-cli"), "--cluster", "create", *(node.address for node in nodes)]
+        subprocess.run(
+            [*create, "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=READY_TIMEOUT_S,
+        )  # fmt: skip
+        deadline = time.monotonic() + READY_TIMEOUT_S * (1 + replicas)
+        while not all(_cluster_ok(node) for node in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster on {[node.port for node in nodes]} did not become ok")
+            time.sleep(0.05)
+        yield nodes
+
+
+def _cluster_ok(node: RestartableServer) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=0.2) as connection:
+            connection.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in connection.recv(4096)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class EtcdUser:
     """An etcd user that may read and write every key under `prefix`, and nothing else."""

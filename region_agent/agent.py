@@ -328,7 +328,7 @@ class Agent:
                 f"{self._supply.retired}; it spends nothing more: send orders to the region's other agents",
                 promotion.id,
             )
-        if self.settings.region not in promotion.regions:
+        if not promotion.allows(self.settings.region):
             raise Rejected(
                 RejectReason.REGION_NOT_ALLOWED,
                 f"promotion {promotion.id} may not be spent in region {self.settings.region} "

@@ -11,7 +11,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
-from redis.exceptions import NoPermissionError, NoScriptError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import MovedError, NoPermissionError, NoScriptError, RedisClusterException
 
 from quota_common.clock import SystemClock
 from quota_common.errors import ConfigError
@@ -56,8 +57,9 @@ class AgentConfig:
     center: tuple[str, ...] = ("127.0.0.1:50051",)
     """The center replicas' host:port; calls follow whichever leads."""
     ledger: str = "memory"
-    """Where the regional ledger lives: memory (embedded default), redis://[USER@]HOST:PORT[/DB], or
-    rediss://[USER@]HOST:PORT[/DB] for Redis over TLS."""
+    """Where the regional ledger lives: memory (embedded default), redis://[USER@]HOST:PORT[/DB],
+    rediss://[USER@]HOST:PORT[/DB] for Redis over TLS, or redis+cluster://[USER@]HOST:PORT (rediss+cluster://
+    over TLS) for any node of a Redis Cluster."""
     retention_s: float = RETENTION_S
     """How long the ledger remembers orders and refunds (their retries replay meanwhile)."""
     metrics_listen: str = ""
@@ -70,6 +72,9 @@ class AgentConfig:
 
 
 REACH_TIMEOUT_S = 3.0
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+"""--ledger names one node of a Redis Cluster (the client finds the others): the region's keys live in
+the slot of its hash tag, on whichever master serves it."""
 """How long a Redis ledger has to answer a PING at start before the agent gives up (exit 2)."""
 
 
@@ -90,20 +95,26 @@ async def open_ledger(
     if url == "memory":
         _refuse_unused(access, url)
         return InProcessLedger(retention_s=retention_s), None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
         raise ConfigError(
-            f"--ledger {shown!r} is no ledger; use memory, redis://[USER@]HOST:PORT[/DB] or rediss://... (TLS)"
+            f"--ledger {shown!r} is no ledger; use memory, redis://[USER@]HOST:PORT[/DB], rediss://... (TLS), "
+            "or redis+cluster://HOST:PORT (rediss+cluster://: TLS) for one node of a Redis Cluster"
         )
-    _refuse_unused(access, url)
-    options, ca = _client_options(url, access, agent_tls)
+    cluster = url.startswith(CLUSTER_SCHEMES)
+    # redis-py reads a cluster node's address from the URL of its own schemes.
+    url_for_redis_py = url.replace("+cluster://", "://", 1) if cluster else url
+    _refuse_unused(access, url_for_redis_py)
+    options, ca = _client_options(url_for_redis_py, access, agent_tls)
+    client: redis.Redis | RedisCluster
     try:
-        client = redis.Redis.from_url(url, **options)
-    except ValueError as error:
-        raise ConfigError(_without(f"--ledger {shown!r}: {error}; use redis://HOST:PORT[/DB]", url, access)) from None
+        client = (RedisCluster if cluster else redis.Redis).from_url(url_for_redis_py, **options)
+    except (ValueError, RedisClusterException) as error:
+        use = "redis+cluster://HOST:PORT" if cluster else "redis://HOST:PORT[/DB]"
+        raise ConfigError(_without(f"--ledger {shown!r}: {error}; use {use}", url, access)) from None
     user = urlsplit(url).username or ""
     try:
         await asyncio.wait_for(_check(client, region), REACH_TIMEOUT_S)
-    except (redis.RedisError, OSError, TimeoutError) as error:
+    except (redis.RedisError, RedisClusterException, OSError, TimeoutError) as error:
         await client.aclose()
         raise ConfigError(_without(_refusal(error, shown, unquote(user), region, access, ca), url, access)) from None
     # The ledger closes the client last, when the agent, and the cache tier with it, has stopped.
@@ -116,7 +127,7 @@ _NO_SCRIPT = "0" * 40
 """No script has this SHA-1: EVALSHA of it answers NOSCRIPT to a user who may run scripts, NOPERM to others."""
 
 
-async def _check(client: redis.Redis, region: str) -> None:
+async def _check(client: redis.Redis | RedisCluster, region: str) -> None:
     """Redis answers, and lets this user read the region's keys and run scripts on them, as the ledger will."""
     await client.ping()
     key = incarnation_key(region)
@@ -196,6 +207,10 @@ def _refusal(error: BaseException, shown: str, user: str, region: str, access: L
             f"Redis at {shown} does not let user {named} use the region's keys as the ledger does ({detail}); "
             f"its ACL must allow {key_pattern(region)} and the ledger's commands, or --ledger names the wrong user"
         )
+    if isinstance(error, MovedError):
+        return f"Redis at {shown} is a node of a Redis Cluster ({detail}); use redis+cluster://HOST:PORT"
+    if isinstance(error, RedisClusterException):
+        return f"the Redis Cluster at {shown} did not take the agent ({detail}); start it, or fix --ledger"
     tls = bool(ca_option)
     if tls and "CERTIFICATE_VERIFY_FAILED" in detail:
         return (

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 
 from quota_common.errors import Unavailable
 from quota_common.model import EmergencyFreeze, promotion_document, promotion_from_document
@@ -44,7 +45,7 @@ return 1
 
 
 class RedisCacheTier:
-    def __init__(self, client: redis.Redis, region: str) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, region: str) -> None:
         tag = f"{region_tag(region)}:catalog"
         self._keys = [f"{tag}:promotions", f"{tag}:revisions", f"{tag}:emergency", f"{tag}:cursor"]
         self._redis = client

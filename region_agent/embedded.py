@@ -50,9 +50,10 @@ class EmbeddedAgent:
         `service`: the order service's name in its identity, when it has one of its own (see the module's
         docstring). `config.listen` and `config.metrics_listen` are not used. ConfigError as `agent serve`
         would refuse the settings, and for a ledger that is not the region's Redis."""
-        if not config.ledger.startswith(("redis://", "rediss://", "unix://")):
+        if config.ledger == "memory":
             raise ConfigError(
-                f"an embedded agent shares the region's ledger: give redis://... or rediss://..., not {config.ledger!r}"
+                "an embedded agent shares the region's ledger: give redis://..., rediss://... or "
+                f"redis+cluster://..., not {config.ledger!r}"
             )
         security, region = config.security, config.settings.region
         placer = regional(security.trust_domain, Role.ORDERS, region, service).uri if security.tls else ""

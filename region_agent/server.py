@@ -17,6 +17,7 @@ from quota_common.errors import QuotaError
 from quota_common.rpc import Context, ErrorDetail, abort_with, add_decoding, end_with
 from quota_common.validation import (
     require_id,
+    require_region,
 )
 from region_agent.agent import Agent, OrderReport
 from region_agent.errors import RetryAfter, describe
@@ -151,7 +152,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     @_observed("deduct", pb.DeductResponse)
     async def Deduct(self, request: pb.DeductRequest, context: Context) -> pb.DeductResponse:
         order_key = require_id("order_key", request.order_key)
-        region = require_id("region", request.region)
+        region = require_region("region", request.region)
         lines = order_lines(request.lines)
         outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), placer=_placer())
         return pb.DeductResponse(order_key=order_key, lines=lines_pb(outcome.lines), replayed=outcome.replayed)
@@ -159,7 +160,7 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     @_observed("reserve", pb.ReserveResponse)
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         order_key = require_id("order_key", request.order_key)
-        region = require_id("region", request.region)
+        region = require_region("region", request.region)
         lines = order_lines(request.lines)
         hold = hold_ms(request.ttl_ms, self._agent.settings.reservation_ttl_ms)
         outcome = await self._agent.deduct(order_key, region, lines, context.time_remaining(), hold, _placer())

@@ -142,10 +142,7 @@ class Supply:
     def _closed(self, promotion: Promotion, now_ms: int) -> bool:
         """Whether the region may not spend the promotion until its owner says otherwise (archived: ever)."""
         return (
-            promotion.frozen
-            or promotion.archived
-            or promotion.has_ended(now_ms)
-            or self._region not in promotion.regions
+            promotion.frozen or promotion.archived or promotion.has_ended(now_ms) or not promotion.allows(self._region)
         )
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -487,7 +484,7 @@ class Supply:
         upcoming = [
             promotion
             for promotion in self.cache.starting(now_ms, now_ms + round(lookahead_s * 1000))
-            if self._region in promotion.regions
+            if promotion.allows(self._region)
             and not promotion.frozen
             and balances.get(promotion.id, Balance()).granted == 0
         ]

@@ -37,6 +37,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 
 from quota_common.errors import FailedPrecondition, InvalidArgument, LedgerLost, LedgerUnreachable
 from quota_common.incarnation import new_incarnation
@@ -118,10 +119,16 @@ class RedisLedger:
     outlives_agent = True
 
     def __init__(
-        self, client: redis.Redis, region: str, retention_s: float = RETENTION_S, owns_client: bool = False
+        self,
+        client: redis.Redis | RedisCluster,
+        region: str,
+        retention_s: float = RETENTION_S,
+        owns_client: bool = False,
     ) -> None:
         """Orders and refunds are remembered (their retries replay) for `retention_s`. `owns_client`: `aclose`
-        closes `client` too (it was made for this ledger and whatever shares it stops with the ledger)."""
+        closes `client` too (it was made for this ledger and whatever shares it stops with the ledger).
+        `client` is one Redis or a Redis Cluster; on a cluster the region's keys
+        live in the one slot of its hash tag."""
         self._redis = client
         self._owns_client = owns_client
         self._retention_ms = max(1, round(retention_s * 1000))

@@ -13,6 +13,11 @@ user, password, database), and answers errors as redis-py's exception classes, s
 an outage (`redis.ConnectionError`, `redis.TimeoutError`, Redis still loading its data) and a
 script error as before. A lost connection fails the calls in flight, and so does a call left
 unanswered for the client's `socket_timeout` (redis-py's default: 5 s); the next call reconnects.
+
+Made from a `RedisCluster` client, it keeps one such connection per master, sends each script to the
+master of its keys' slot (the ledger's keys share one hash tag, so one slot per region), and follows
+the cluster's answers that the script did not run there: MOVED, ASK and TRYAGAIN while a slot
+migrates, NOSCRIPT on a master that has not loaded it yet.
 """
 
 from __future__ import annotations
@@ -29,13 +34,28 @@ import redis.asyncio as redis
 
 # redis-py's own mapping from an error reply to its exception class, the one its hiredis parser uses.
 from redis._parsers.base import BaseParser
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import InvalidResponse, NoScriptError
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    InvalidResponse,
+    MovedError,
+    NoScriptError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 CONNECT_TIMEOUT_S = 5.0
 """How long to wait for a connection when the client does not say (redis-py would wait forever)."""
 CLOSE_TIMEOUT_S = 1.0
 """How long a closing connection may take (TLS says goodbye) before it is cut."""
+REDIRECTIONS = 40
+"""How many MOVED, ASK and TRYAGAIN answers one script call follows before it gives up (UNAVAILABLE)."""
+TRY_AGAIN_S = 0.025
+"""How long a script waits after TRYAGAIN: a slot's keys move in milliseconds, so 40 of these outlast a
+migration of thousands of keys, and a script still refused then is answered as an outage."""
 
 Reply = Any
 """What hiredis parses: bytes, int, None, or lists of them."""
@@ -133,28 +153,30 @@ class _Pipe(asyncio.Protocol):
             await self._closed
 
 
-class ScriptLink:
-    def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
+class _Node:
+    """One pipelined connection to one Redis server, made again after it is lost."""
+
+    def __init__(self, settings: AbstractConnection) -> None:
         # An unconnected redis-py connection resolves the client's settings (URL, TLS context) for us.
-        self._settings: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+        self._settings = settings
         self._pipe: _Pipe | None = None
         self._connecting = asyncio.Lock()
 
-    async def run(self, script: LuaScript, keys: list[str], args: list[str | int]) -> Reply:
-        """EVALSHA, loading the script into Redis first when Redis does not have it (yet, or any more)."""
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            return await self._call(command)
-        except NoScriptError:
-            await self._call(("SCRIPT", "LOAD", script.source))
-            return await self._call(command)
-
-    async def _call(self, command: tuple[str | int | bytes, ...]) -> Reply:
+    async def call(self, command: tuple[str | int | bytes, ...], asking: bool = False) -> Reply:
+        """Sends `command`, after ASKING when `asking` (the two leave together, so nothing comes between)."""
         pipe = self._pipe
         if pipe is None or pipe.lost is not None:
             pipe = await self._connected()
-        return await pipe.send(command)
+        if not asking:
+            return await pipe.send(command)
+        asked = pipe.send(("ASKING",))
+        try:
+            return await pipe.send(command)
+        finally:
+            # Answered before the command (Redis answers in order); read, so that a lost connection's
+            # error on it is not reported as never retrieved.
+            if asked.done() and not asked.cancelled():
+                asked.exception()
 
     async def _connected(self) -> _Pipe:
         async with self._connecting:
@@ -203,3 +225,89 @@ class ScriptLink:
         if pipe is not None:
             pipe.close(redis.ConnectionError("the ledger closed its connection"))
             await pipe.wait_closed()
+
+
+class ScriptLink:
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
+        """The link connects as `client` does. A `RedisCluster` client's link keeps a connection to each
+        master that serves its scripts' slots, and follows the cluster's redirections."""
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        self._nodes: dict[str, _Node] = {}
+        """By host:port; a single Redis's under ""."""
+        self._slots: dict[int, str] = {}
+        """Where a slot lives as the cluster last said (MOVED), ahead of the client's map."""
+        self._remap = False
+        """A master did not answer: read the cluster's slot map afresh before trusting the client's."""
+        if not isinstance(client, RedisCluster):
+            pool = client.connection_pool
+            self._nodes[""] = _Node(pool.connection_class(**pool.connection_kwargs))
+
+    async def run(self, script: LuaScript, keys: list[str], args: list[str | int]) -> Reply:
+        """EVALSHA, loading the script into Redis first when Redis does not have it (yet, or any more).
+        On a cluster it runs where the slot of `keys[0]` lives (all keys must share it: a hash tag):
+        MOVED sends it to the master named, from then on; ASK to the importing master, this once;
+        TRYAGAIN (the slot migrates and the keys are split between two masters) waits and sends it
+        again. Each of those answers means the script did not run, so sending it again applies it once."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        if self._cluster is None:
+            return await self._on(self._nodes[""], script, command)
+        slot = key_slot(keys[0].encode())
+        address, asking = await self._home(slot), False
+        for _ in range(REDIRECTIONS):
+            try:
+                return await self._on(self._node(address), script, command, asking)
+            except MovedError as moved:
+                self._slots[slot] = address = f"{moved.host}:{moved.port}"
+                asking = False
+            except AskError as ask:
+                address, asking = f"{ask.host}:{ask.port}", True
+            except TryAgainError:
+                await asyncio.sleep(TRY_AGAIN_S)
+                address, asking = self._slots[slot], False
+            except ClusterDownError as down:
+                raise redis.ConnectionError(f"Redis Cluster does not serve slot {slot} now ({down})") from down
+            except (redis.ConnectionError, redis.TimeoutError):
+                # The master may be gone (a replica took over): the next call asks the cluster where the slot is.
+                self._slots.pop(slot, None)
+                self._remap = True
+                raise
+        raise redis.ConnectionError(
+            f"Redis Cluster kept redirecting a script for slot {slot} ({REDIRECTIONS} times): is it resharding?"
+        )
+
+    async def _on(self, node: _Node, script: LuaScript, command: tuple[str | int, ...], asking: bool = False) -> Reply:
+        try:
+            return await node.call(command, asking)
+        except NoScriptError:
+            await node.call(("SCRIPT", "LOAD", script.source))
+            return await node.call(command, asking)
+
+    async def _home(self, slot: int) -> str:
+        """host:port of the master serving `slot`: as MOVED last said, else as the client's map says."""
+        if slot not in self._slots:
+            assert self._cluster is not None
+            await self._cluster.initialize()
+            if self._remap:
+                self._remap = False
+                await self._cluster.nodes_manager.initialize()
+            try:
+                master = self._cluster.nodes_manager.get_node_from_slot(slot)
+            except SlotNotCoveredError as uncovered:
+                raise redis.ConnectionError(f"no master of the Redis Cluster serves slot {slot}") from uncovered
+            self._slots[slot] = f"{master.host}:{master.port}"
+        return self._slots[slot]
+
+    def _node(self, address: str) -> _Node:
+        if address not in self._nodes:
+            assert self._cluster is not None
+            host, port = address.rsplit(":", 1)
+            # Connects as the cluster client's own connections to that master do (TLS, user, password).
+            options: dict[str, Any] = dict(self._cluster.get_connection_kwargs())
+            master = ClusterNode(host, int(port), **options)
+            self._nodes[address] = _Node(master.connection_class(**master.connection_kwargs))
+        return self._nodes[address]
+
+    async def aclose(self) -> None:
+        """Closes every connection; a call after it connects again."""
+        for node in list(self._nodes.values()):
+            await node.aclose()

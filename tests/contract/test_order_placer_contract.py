@@ -14,7 +14,7 @@ import pytest
 
 from quota_common.errors import NotFound, PermissionDenied
 from region_agent.ledger.base import Balance, Ledger, Line, Settle, SettleOutcome
-from tests.contract.conftest import funded, remembering_for
+from tests.contract.conftest import REDIS_KINDS, funded, remembering_for
 
 EU = "spiffe://quota/region/eu/orders/checkout"
 OTHER = "spiffe://quota/region/eu/orders/other"
@@ -168,7 +168,7 @@ async def test_a_crowd_of_placers_racing_for_keys_gets_each_key_once_and_only_fo
         assert (await ledger.deduct(key, (line,), placer=owner)).replayed
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.parametrize("kind", ["memory", *REDIS_KINDS])
 async def test_a_refund_keeps_the_order_and_its_placer_as_long_as_the_refund(
     kind: str, request: pytest.FixtureRequest
 ) -> None:

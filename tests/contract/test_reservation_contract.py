@@ -11,7 +11,7 @@ import pytest
 
 from quota_common.errors import FailedPrecondition, NotFound, Rejected, RejectReason
 from region_agent.ledger.base import Balance, Ledger, Line, Settle, SettleOutcome, UserLimit
-from tests.contract.conftest import funded, remembering_for
+from tests.contract.conftest import REDIS_KINDS, funded, remembering_for
 
 A = Line("a", 3, "u1")
 HOUR_MS = 3_600_000
@@ -196,7 +196,7 @@ async def test_racing_confirm_cancel_and_expiry_settle_a_reservation_once(ledger
     assert balance.available == 100 - 3 * confirmed
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.parametrize("kind", ["memory", *REDIS_KINDS])
 async def test_a_reservation_outlives_a_shorter_retention(kind: str, request: pytest.FixtureRequest) -> None:
     async with remembering_for(kind, request, retention_s=SHORT_MS / 1000 / 3) as short_memory:
         await funded(short_memory)

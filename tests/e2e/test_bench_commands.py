@@ -59,6 +59,17 @@ def test_bench_ledger_measures_both_ledgers_and_the_bare_script() -> None:
     assert figures["redis_vs_memory_ratio"] > 0
 
 
+def test_bench_cells_measures_one_region_at_each_cell_count_and_loses_nothing() -> None:
+    figures = _quota_json("bench", "cells", "--seconds", "0.5", "--clients", "4", "--cells", "1,2")
+
+    assert [row["cells"] for row in figures["rows"]] == [1, 2]
+    for row in figures["rows"]:
+        assert row["deductions"] > 0
+        assert row["agent_cores"] > 0
+        assert (row["over_issue"], row["errors"]) == (0, 0)
+    assert figures["rows"][0]["ratio_to_1_cell"] == 1.0
+
+
 def test_bench_cost_measures_every_step_from_bare_grpc_to_the_agent() -> None:
     figures = _quota_json("bench", "cost", "--seconds", "0.5", "--rounds", "1", "--clients", "4")
 
