@@ -30,6 +30,7 @@ from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import guarded_server, health_servicer, serve
 from quota_common.tls import TlsFiles
+from quota_common.top_series import DEFAULT_TOP
 from quota_common.transport import Security, open_transport
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ class CenterConfig:
     """The guard rules file (read again when it changes); None: the rules the center ships."""
     alert_rules: Path | None = None
     """The alert rules file (read again when it changes); None: the rules the center ships."""
+    metrics_promotions: int = DEFAULT_TOP
+    """Promotions with series of their own on /metrics: the top N by spend (and any with an open alert);
+    the others are summed into series with an empty promotion label."""
 
 
 async def open_store(
@@ -240,5 +244,7 @@ async def run_center(config: CenterConfig) -> None:
         on_stop=stop,
         on_start=start,
         health_status=health_status,
-        metrics=MetricsEndpoint(config.metrics_listen, center_registry(center)) if config.metrics_listen else None,
+        metrics=MetricsEndpoint(config.metrics_listen, center_registry(center, config.metrics_promotions))
+        if config.metrics_listen
+        else None,
     )
