@@ -28,7 +28,8 @@ from quota_common import identity
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
-from quota_common.process import guarded_server, health_servicer, serve
+from quota_common.process import STANDARD_SERVICES, guarded_server, health_servicer, serve
+from quota_common.rpc_metrics import RpcMetrics
 from quota_common.tls import TlsFiles
 from quota_common.top_series import DEFAULT_TOP
 from quota_common.transport import Security, open_transport
@@ -193,7 +194,9 @@ async def run_center(config: CenterConfig) -> None:
     store, leadership = await open_store(config.store, clock, config.election_ttl_s, config.store_access, security.tls)
     host = config.listen.rpartition(":")[0]
     center = Center(store, clock, config.settings, leadership, rules, alert_rules)
-    server = guarded_server(transport)
+    registry = center_registry(center, config.metrics_promotions)
+    calls = RpcMetrics(registry, [*center_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
+    server = guarded_server(transport, calls=calls)
     center_server.add_to_server(center, server)
     health_status = health_servicer()
     itself = By(identity.center(security.trust_domain))
@@ -244,7 +247,5 @@ async def run_center(config: CenterConfig) -> None:
         on_stop=stop,
         on_start=start,
         health_status=health_status,
-        metrics=MetricsEndpoint(config.metrics_listen, center_registry(center, config.metrics_promotions))
-        if config.metrics_listen
-        else None,
+        metrics=MetricsEndpoint(config.metrics_listen, registry) if config.metrics_listen else None,
     )

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from quota_center.alert_book import Alert
 from quota_center.center import Center
 from quota_center.center_core import RegionView, UsageView
+from quota_common.rpc_metrics import process_registry
 from quota_common.top_series import DEFAULT_TOP, Series, families, select, shown_as
 
 _PER_PROMOTION: Sequence[Series[UsageView]] = (
@@ -138,6 +139,7 @@ class CenterCollector(Collector):
 
 
 def center_registry(center: Center, top: int = DEFAULT_TOP) -> CollectorRegistry:
-    registry = CollectorRegistry()
+    """The center's metrics and the process's (`quota_common.rpc_metrics.process_registry`)."""
+    registry = process_registry()
     registry.register(CenterCollector(center, top))
     return registry

@@ -42,6 +42,7 @@ from google.protobuf.message import DecodeError, Message
 
 from quota_common.identity import Identity, IdentityError, peer_identity, require_trust_domain
 from quota_common.roles import Rule, needs_region, region_refusal, role_refusal
+from quota_common.rpc import with_behaviour
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -185,19 +186,7 @@ def _wrap(handler: Handler, decide: Decide) -> Handler:
         wrapper: Callable[..., Any] = streaming if stream_out else single
     else:
         wrapper = sync_streaming if stream_out else sync_single
-    make = _MAKERS[stream_in, stream_out]
-    return make(
-        wrapper, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
-
-
-_MAKERS = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-"""The handler maker for each shape: (request streaming, response streaming)."""
+    return with_behaviour(handler, wrapper)
 
 
 async def _admitted(decision: Identity | _Refused, context: Context) -> Identity:

@@ -108,6 +108,25 @@ async def abort_with(error: Exception, context: Context, where: str, describe: D
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the details")
 
 
+_MAKERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+"""The handler maker for each shape: (request streaming, response streaming)."""
+
+
+def with_behaviour(handler: MethodHandler, behaviour: Callable[..., Any]) -> MethodHandler:
+    """A handler of `handler`'s shape and (de)serializers whose behaviour is `behaviour`: what an
+    interceptor returns when it wraps a call."""
+    make = _MAKERS[handler.request_streaming, handler.response_streaming]
+    wrapped: MethodHandler = make(
+        behaviour, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+    return wrapped
+
+
 class _Registrations:
     """Stands in for a server while a generated add_*_to_server registers a servicer, and keeps
     its method handlers by service."""

@@ -17,7 +17,8 @@ from quota_common.clock import SystemClock
 from quota_common.errors import ConfigError
 from quota_common.identity import Role, regional
 from quota_common.metrics_http import MetricsEndpoint
-from quota_common.process import guarded_server, serve
+from quota_common.process import STANDARD_SERVICES, guarded_server, serve
+from quota_common.rpc_metrics import RpcMetrics
 from quota_common.tls import TlsFiles
 from quota_common.top_series import DEFAULT_TOP
 from quota_common.transport import Security, Transport, open_transport
@@ -275,7 +276,10 @@ async def run_agent(config: AgentConfig) -> None:
     region = config.settings.region
     wired = await wire_agent(config, config.listen)
     agent, metrics, transport = wired.agent, wired.metrics, wired.transport
-    server = guarded_server(transport, region)
+    calls = (
+        RpcMetrics(metrics.registry, [*agent_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
+    )
+    server = guarded_server(transport, region, calls=calls)
     agent_server.add_to_server(agent, server, metrics)
     refresh = metrics.watch(agent, config.metrics_promotions)
 

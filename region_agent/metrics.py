@@ -17,23 +17,20 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from quota_common.errors import QuotaError, Rejected
+from quota_common.rpc_metrics import LATENCY_BUCKETS_S, process_registry
 from quota_common.top_series import DEFAULT_TOP, Series, families, select, shown_as
 from region_agent.agent import Agent, PromotionStatus
-
-# From a fraction of a millisecond (a deduction served from the allotment) to the seconds an
-# order may wait for a refill across a WAN.
-LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class AgentMetrics:
     def __init__(self, region: str) -> None:
         self.region = region
-        self.registry = CollectorRegistry()
+        self.registry = process_registry()
         self._deductions = Counter(
             "quota_agent_deductions",
             "Deductions and reservations answered, by result (accepted, replayed, rejected, failed) and reason.",
