@@ -19,7 +19,7 @@ from quota_center.gate import shipped_rules
 from quota_center.guard_file import RulesFile
 from quota_center.jobs import Job, LeaderJobs
 from quota_center.leadership import EtcdLeadership, Leadership, SingleNode
-from quota_center.metrics import center_registry
+from quota_center.metrics import center_metrics
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdAccess, EtcdStore
 from quota_center.store.sqlite import SqliteStore
@@ -194,7 +194,7 @@ async def run_center(config: CenterConfig) -> None:
     store, leadership = await open_store(config.store, clock, config.election_ttl_s, config.store_access, security.tls)
     host = config.listen.rpartition(":")[0]
     center = Center(store, clock, config.settings, leadership, rules, alert_rules)
-    registry = center_registry(center, config.metrics_promotions)
+    registry, refresh = center_metrics(center, config.metrics_promotions)
     calls = RpcMetrics(registry, [*center_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
     server = guarded_server(transport, calls=calls)
     center_server.add_to_server(center, server)
@@ -247,5 +247,5 @@ async def run_center(config: CenterConfig) -> None:
         on_stop=stop,
         on_start=start,
         health_status=health_status,
-        metrics=MetricsEndpoint(config.metrics_listen, registry) if config.metrics_listen else None,
+        metrics=MetricsEndpoint(config.metrics_listen, registry, refresh) if config.metrics_listen else None,
     )

@@ -8,8 +8,9 @@ leader has the state: a standby reports `quota_center_leader 0` (and the process
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,8 +19,12 @@ from prometheus_client.registry import Collector
 from quota_center.alert_book import Alert
 from quota_center.center import Center
 from quota_center.center_core import RegionView, UsageView
+from quota_common.errors import NotLeader
 from quota_common.rpc_metrics import process_registry
-from quota_common.top_series import DEFAULT_TOP, Series, families, select, shown_as
+from quota_common.top_series import DEFAULT_TOP, Folding, Series, select, shown_as
+
+SLICE = 100
+"""Promotions whose usage a scrape reads between two turns of the event loop."""
 
 _PER_PROMOTION: Sequence[Series[UsageView]] = (
     Series(GaugeMetricFamily, "quota_promotion_budget_units", "The promotion's budget.", lambda u: u.promotion.budget),
@@ -78,45 +83,79 @@ _PER_REGION: Sequence[Series[RegionView]] = (
 )
 
 
-def promotion_families(usages: Iterable[UsageView], top: int, alerted: Collection[str] = ()) -> list[Metric]:
+class _Page:
+    """The per-promotion and per-region families of a scrape, usage by usage: own series for the promotions
+    `shown`, the rest folded (sums; the oldest lease age)."""
+
+    def __init__(self, shown: frozenset[str], promotions: int) -> None:
+        self._shown = shown
+        self._folded = promotions - len(shown)
+        self._per_promotion = Folding(_PER_PROMOTION, ["promotion"])
+        self._per_region = Folding(_PER_REGION, ["promotion", "region"])
+
+    def add(self, usages: Sequence[UsageView]) -> None:
+        labelled = [(shown_as(usage.promotion.id, self._shown), usage) for usage in usages]
+        self._per_promotion.add(((label,), usage) for label, usage in labelled)
+        self._per_region.add(((label, view.region), view) for label, usage in labelled for view in usage.regions)
+
+    def families(self) -> list[Metric]:
+        folded = GaugeMetricFamily(
+            "quota_promotions_folded",
+            'Promotions beyond the top N by spend, without an open alert: their series are summed under promotion="".',
+        )
+        folded.add_metric([], self._folded)
+        return [*self._per_promotion.families(), *self._per_region.families(), folded]
+
+
+def promotion_families(usages: Sequence[UsageView], top: int, alerted: Collection[str] = ()) -> list[Metric]:
     """The per-promotion and per-region families of `usages`: own series for the `top` promotions by net
     spend and those in `alerted`, the rest folded (sums; the oldest lease age). Pure."""
-    usages = list(usages)
     spend = {usage.promotion.id: sum(view.account.consumed for view in usage.regions) for usage in usages}
-    shown = select(spend, top, alerted)
-    labelled = [(shown_as(usage.promotion.id, shown), usage) for usage in usages]
-    folded = GaugeMetricFamily(
-        "quota_promotions_folded",
-        'Promotions beyond the top N by spend, without an open alert: their series are summed under promotion="".',
-    )
-    folded.add_metric([], len(spend) - len(shown))
-    return [
-        *families(_PER_PROMOTION, ["promotion"], (((label,), usage) for label, usage in labelled)),
-        *families(
-            _PER_REGION,
-            ["promotion", "region"],
-            (((label, view.region), view) for label, usage in labelled for view in usage.regions),
-        ),
-        folded,
-    ]
+    page = _Page(select(spend, top, alerted), len(spend))
+    page.add(usages)
+    return page.families()
 
 
 class CenterCollector(Collector):
+    """Reports what `refresh` read last: the scrape's own snapshot (see `refresh`)."""
+
     def __init__(self, center: Center, top: int = DEFAULT_TOP) -> None:
         self._center = center
         self._top = top
+        self._families: list[Metric] = []
+
+    async def refresh(self) -> None:
+        """Reads every promotion's spend, picks the promotions shown, then folds their usage in: SLICE
+        promotions at a time, with the event loop free in between. At 100,000 promotion-region pairs the
+        whole is hundreds of milliseconds of Python, which would otherwise hold up every call the center
+        answers; and no slice's views outlive it, so a scrape leaves the garbage collector little to do."""
+        try:
+            self._families = await self._read() if self._center.leading else []
+        except NotLeader:
+            self._families = []  # deposed during the sweep: a standby shows no promotions
+
+    async def _read(self) -> list[Metric]:
+        center = self._center
+        open_alerts = center.alerts.listing(False, "")
+        ids = [promotion.id for promotion in center.promotions()]
+        spend: dict[str, int] = {}
+        for start in range(0, len(ids), SLICE):
+            spend.update((promotion_id, center.spent(promotion_id)) for promotion_id in ids[start : start + SLICE])
+            await asyncio.sleep(0)
+        page = _Page(select(spend, self._top, {alert.promotion_id for alert in open_alerts}), len(ids))
+        for start in range(0, len(ids), SLICE):
+            page.add([center.usage(promotion_id) for promotion_id in ids[start : start + SLICE]])
+            await asyncio.sleep(0)
+        return [*page.families(), *self._alerts(open_alerts)]
 
     def collect(self) -> Iterator[Metric]:
         leader = GaugeMetricFamily("quota_center_leader", "1 while this replica leads and answers, else 0.")
         leader.add_metric([], int(self._center.leading))
         yield leader
         if self._center.leading:
-            open_alerts = self._center.alerts.listing(False, "")
-            usages = (self._center.usage(promotion.id) for promotion in self._center.promotions())
-            yield from promotion_families(usages, self._top, {alert.promotion_id for alert in open_alerts})
-            yield from self._alerts(open_alerts)
+            yield from self._families
 
-    def _alerts(self, open_alerts: list[Alert]) -> Iterator[Metric]:
+    def _alerts(self, open_alerts: list[Alert]) -> list[Metric]:
         engine = self._center.alerts
         by_rule_family = GaugeMetricFamily(
             "quota_alerts_open", "Alerts waiting for a person's answer, by rule.", labels=["rule"]
@@ -135,11 +174,13 @@ class CenterCollector(Collector):
             "Alert posts that failed (each retry counts), since this center began to lead.",
         )
         failed.add_metric([], engine.webhooks.failures)
-        yield from (by_rule_family, raised, delivered, failed)
+        return [by_rule_family, raised, delivered, failed]
 
 
-def center_registry(center: Center, top: int = DEFAULT_TOP) -> CollectorRegistry:
-    """The center's metrics and the process's (`quota_common.rpc_metrics.process_registry`)."""
+def center_metrics(center: Center, top: int = DEFAULT_TOP) -> tuple[CollectorRegistry, Callable[[], Awaitable[None]]]:
+    """The center's metrics and the process's (`quota_common.rpc_metrics.process_registry`), and the
+    refresh to run before each scrape."""
     registry = process_registry()
-    registry.register(CenterCollector(center, top))
-    return registry
+    collector = CenterCollector(center, top)
+    registry.register(collector)
+    return registry, collector.refresh

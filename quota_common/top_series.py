@@ -6,11 +6,10 @@ own series, plus those it must always show (on the center: a promotion with an o
 other promotion into series whose promotion label is REST, so that a sum over the label is still the total.
 A promotion that leaves the top N loses its series at the next scrape; nothing grows with the catalog.
 
-    shown = select(spend, top, always)          the promotions that keep their own series
-    rows = [((shown_as(promotion, shown), region), state), ...]
-    families(SERIES, ["promotion", "region"], rows)      one family per Series, rows folded by labels
-
-    fold = Fold()                                values by label values, summed (or kept as max, min)
+    shown = select(spend, top, always)                 the promotions that keep their own series
+    folding = Folding(SERIES, ["promotion", "region"])   one family per Series
+    folding.add([((shown_as(promotion, shown), region), state), ...])   rows combined by label values
+    folding.families()
 
 Pure: no clock, no I/O; the collectors of the center and the agent call it at scrape time.
 """
@@ -18,8 +17,8 @@ Pure: no clock, no I/O; the collectors of the center and the agent call it at sc
 from __future__ import annotations
 
 import heapq
-import operator
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -34,7 +33,7 @@ DEFAULT_TOP = 50
 """Promotions with series of their own when the settings do not say."""
 
 LabelValues = tuple[str, ...]
-Combine = Callable[[float, float], float]
+Combine = Callable[[list[float]], float]
 Row = TypeVar("Row")
 
 
@@ -50,48 +49,46 @@ def shown_as(promotion_id: str, shown: Collection[str]) -> str:
     return promotion_id if promotion_id in shown else REST
 
 
-class Fold:
-    """Values by label values; values added under the same labels are combined by `combine` (a sum by
-    default: units, counts, rates; max or min where a sum means nothing, as for ages)."""
-
-    def __init__(self, combine: Combine = operator.add) -> None:
-        self._combine = combine
-        self._values: dict[LabelValues, float] = {}
-
-    def add(self, labels: LabelValues, value: float) -> None:
-        known = self._values.get(labels)
-        self._values[labels] = value if known is None else self._combine(known, value)
-
-    def items(self) -> Iterator[tuple[LabelValues, float]]:
-        return iter(self._values.items())
-
-
 @dataclass(frozen=True)
 class Series(Generic[Row]):
     """One family of a page: its kind, name and help, the value a row gives it (None: none for this row),
-    and how the values of rows under the same labels combine."""
+    and how the values of rows under the same labels combine (a sum by default: units, counts, rates;
+    max or min where a sum means nothing, as for ages). Folding combines batch by batch, so `combine` of
+    combined values must be the combination of all of them, as for these three."""
 
     kind: type[GaugeMetricFamily] | type[CounterMetricFamily]
     name: str
     documentation: str
     value: Callable[[Row], float | None]
-    combine: Combine = operator.add
+    combine: Combine = sum
 
 
-def families(
-    series: Sequence[Series[Row]], label_names: Sequence[str], rows: Iterable[tuple[LabelValues, Row]]
-) -> list[Metric]:
-    """One family for each of `series`, its samples the values of `rows` folded by their label values."""
-    folds = [Fold(one.combine) for one in series]
-    for labels, row in rows:
-        for fold, one in zip(folds, series, strict=True):
-            value = one.value(row)
-            if value is not None:
-                fold.add(labels, value)
-    built: list[Metric] = []
-    for fold, one in zip(folds, series, strict=True):
-        family = one.kind(one.name, one.documentation, labels=list(label_names))
-        for labels, value in fold.items():
-            family.add_metric(list(labels), value)
-        built.append(family)
-    return built
+class Folding(Generic[Row]):
+    """The families of `series`: their samples are the values of every row added (in as many batches as the
+    caller likes, so that no batch need be large) combined by label values."""
+
+    def __init__(self, series: Sequence[Series[Row]], label_names: Sequence[str]) -> None:
+        self._series = series
+        self._label_names = list(label_names)
+        self._combined: list[dict[LabelValues, float]] = [{} for _ in series]
+
+    def add(self, rows: Iterable[tuple[LabelValues, Row]]) -> None:
+        groups: dict[LabelValues, list[Row]] = defaultdict(list)
+        for labels, row in rows:
+            groups[labels].append(row)
+        for one, combined in zip(self._series, self._combined, strict=True):
+            for labels, members in groups.items():
+                values = [value for value in map(one.value, members) if value is not None]
+                if not values:
+                    continue
+                known = combined.get(labels)
+                combined[labels] = one.combine(values if known is None else [known, *values])
+
+    def families(self) -> list[Metric]:
+        built: list[Metric] = []
+        for one, combined in zip(self._series, self._combined, strict=True):
+            family = one.kind(one.name, one.documentation, labels=self._label_names)
+            for labels, value in combined.items():
+                family.add_metric(list(labels), value)
+            built.append(family)
+        return built

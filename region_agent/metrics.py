@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from quota_common.errors import QuotaError, Rejected
 from quota_common.rpc_metrics import LATENCY_BUCKETS_S, process_registry
-from quota_common.top_series import DEFAULT_TOP, Series, families, select, shown_as
+from quota_common.top_series import DEFAULT_TOP, Folding, Series, select, shown_as
 from region_agent.agent import Agent, PromotionStatus
 
 
@@ -170,14 +170,15 @@ def ledger_families(region: str, statuses: Sequence[PromotionStatus], top: int) 
     """The ledger's families: own series for the `top` promotions by net spend, the rest folded. Pure."""
     spend = {status.promotion_id: status.balance.deducted - status.balance.refunded for status in statuses}
     shown = select(spend, top)
-    rows = (((region, shown_as(status.promotion_id, shown)), status) for status in statuses)
+    ledger = Folding(_LEDGER, ["region", "promotion"])
+    ledger.add(((region, shown_as(status.promotion_id, shown)), status) for status in statuses)
     folded = GaugeMetricFamily(
         "quota_agent_promotions_folded",
         'Promotions beyond the top N by spend: their series are summed under promotion="".',
         labels=["region"],
     )
     folded.add_metric([region], len(spend) - len(shown))
-    return [*families(_LEDGER, ["region", "promotion"], rows), folded]
+    return [*ledger.families(), folded]
 
 
 class _AgentState(Collector):

@@ -8,8 +8,9 @@ from collections import defaultdict
 
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client.core import GaugeMetricFamily
 
-from quota_common.top_series import REST, Fold, select, shown_as
+from quota_common.top_series import REST, Folding, Series, select, shown_as
 
 promotion_ids = st.text(min_size=1, max_size=6)
 spends = st.dictionaries(promotion_ids, st.integers(0, 10**6), max_size=60)
@@ -60,11 +61,15 @@ def test_the_folded_series_are_bounded_and_sum_to_the_totals(
         spend[promotion] += value
         totals[region] += value
     shown = select(spend, top, always)
-    fold = Fold()
-    for promotion, region, value in samples:
-        fold.add((shown_as(promotion, shown), region), value)
+    rows = [((shown_as(promotion, shown), region), value) for promotion, region, value in samples]
 
-    series = dict(fold.items())
+    folding = Folding([Series(GaugeMetricFamily, "spent", "", lambda value: value)], ["promotion", "region"])
+    for batch in (rows[:7], rows[7:]):
+        folding.add(batch)
+
+    (family,) = folding.families()
+
+    series = {(sample.labels["promotion"], sample.labels["region"]): sample.value for sample in family.samples}
     assert len(series) <= (top + len(always) + 1) * 3
     folded: dict[str, float] = defaultdict(float)
     for (_, region), summed in series.items():
@@ -73,9 +78,14 @@ def test_the_folded_series_are_bounded_and_sum_to_the_totals(
     assert {promotion for promotion, _ in series} <= shown | {REST}
 
 
-def test_a_fold_keeps_the_oldest_when_told_to() -> None:
-    fold = Fold(max)
-    for age in (3.0, 9.5, 1.0):
-        fold.add((REST, "eu"), age)
+def test_a_folded_series_keeps_the_oldest_when_told_to_and_skips_rows_without_a_value() -> None:
+    ages = Series(GaugeMetricFamily, "age", "", lambda age: age, max)
+    rows = [((REST, "eu"), 3.0), ((REST, "eu"), 9.5), ((REST, "eu"), None), ((REST, "us"), None)]
 
-    assert dict(fold.items()) == {(REST, "eu"): 9.5}
+    folding = Folding([ages], ["promotion", "region"])
+    folding.add(rows[:1])
+    folding.add(rows[1:])
+
+    (family,) = folding.families()
+
+    assert [(sample.labels, sample.value) for sample in family.samples] == [({"promotion": REST, "region": "eu"}, 9.5)]
