@@ -42,7 +42,7 @@ from google.protobuf.message import DecodeError, Message
 
 from quota_common.identity import Identity, IdentityError, peer_identity, require_trust_domain
 from quota_common.roles import Rule, needs_region, region_refusal, role_refusal
-from quota_common.rpc import with_behaviour
+from quota_common.rpc import stream_answers, with_behaviour
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -162,12 +162,8 @@ def _wrap(handler: Handler, decide: Decide) -> Handler:
     async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
         # Each call runs in a task of its own, so the identity set here ends with the call.
         _CALLER.set(await _admitted(decide(None if stream_in else request, context), context))
-        answers = behaviour(request, context)
-        if isinstance(answers, AsyncIterator):
-            async for answer in answers:
-                yield answer
-        else:
-            await answers  # a handler that writes with context.write and returns nothing
+        async for answer in stream_answers(behaviour, request, context):
+            yield answer
 
     def sync_single(request: Any, context: grpc.ServicerContext) -> Any:
         token = _CALLER.set(_admitted_sync(decide(None if stream_in else request, context), context))

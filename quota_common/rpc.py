@@ -127,6 +127,17 @@ def with_behaviour(handler: MethodHandler, behaviour: Callable[..., Any]) -> Met
     return wrapped
 
 
+async def stream_answers(behaviour: Callable[..., Any], request: Any, context: Context) -> AsyncIterator[Any]:
+    """What a response-streaming behaviour answers: its async iterator's items, or none for a handler that
+    writes with context.write and returns nothing."""
+    answers = behaviour(request, context)
+    if isinstance(answers, AsyncIterator):
+        async for answer in answers:
+            yield answer
+    else:
+        await answers
+
+
 class _Registrations:
     """Stands in for a server while a generated add_*_to_server registers a servicer, and keeps
     its method handlers by service."""

@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Histogram
 
-from quota_common.rpc import with_behaviour
+from quota_common.rpc import stream_answers, with_behaviour
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -114,12 +114,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
-                answers = behaviour(request, context)
-                if isinstance(answers, AsyncIterator):
-                    async for answer in answers:
-                        yield answer
-                else:
-                    await answers  # a handler that writes with context.write and returns nothing
+                async for answer in stream_answers(behaviour, request, context):
+                    yield answer
             except BaseException as error:
                 done(started, _failed(error, context))
                 raise
