@@ -96,9 +96,14 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
             return handler  # a sync behaviour on an aio server; ours are all async
         latency = self._seconds.labels(*labels)
+        # On every order's path at an agent: the labelled children are looked up once, not per call.
+        handled: dict[grpc.StatusCode, Counter] = {}
 
         def done(started: float, code: grpc.StatusCode) -> None:
-            self._handled.labels(*labels, code.name).inc()
+            counter = handled.get(code)
+            if counter is None:
+                counter = handled[code] = self._handled.labels(*labels, code.name)
+            counter.inc()
             latency.observe(time.perf_counter() - started)
 
         async def single(request: Any, context: Context) -> Any:
