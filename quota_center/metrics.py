@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,18 +27,23 @@ SLICE = 100
 """Promotions whose usage a scrape reads between two turns of the event loop."""
 
 _PER_PROMOTION: Sequence[Series[UsageView]] = (
-    Series(GaugeMetricFamily, "quota_promotion_budget_units", "The promotion's budget.", lambda u: u.promotion.budget),
+    Series(
+        GaugeMetricFamily,
+        "quota_promotion_budget_units",
+        "The promotion's budget.",
+        lambda usage: usage.promotion.budget,
+    ),
     Series(
         GaugeMetricFamily,
         "quota_promotion_unallocated_units",
         "What the center can still grant.",
-        lambda u: u.unallocated,
+        lambda usage: usage.unallocated,
     ),
     Series(
         GaugeMetricFamily,
         "quota_promotion_frozen",
         "1 while the promotion is frozen (folded: how many are).",
-        lambda u: int(u.promotion.frozen),
+        lambda usage: int(usage.promotion.frozen),
     ),
 )
 _PER_REGION: Sequence[Series[RegionView]] = (
@@ -46,46 +51,48 @@ _PER_REGION: Sequence[Series[RegionView]] = (
         CounterMetricFamily,
         "quota_region_granted_units",
         "Ever granted to the region.",
-        lambda v: v.account.total_granted,
+        lambda view: view.account.total_granted,
     ),
     Series(
         CounterMetricFamily,
         "quota_region_returned_units",
         "Ever given back by the region.",
-        lambda v: v.account.total_returned,
+        lambda view: view.account.total_returned,
     ),
     Series(
         GaugeMetricFamily,
         "quota_region_spent_units",
         "Net deductions (deducted - refunded) the region reported.",
-        lambda v: v.account.consumed,
+        lambda view: view.account.consumed,
     ),
-    Series(GaugeMetricFamily, "quota_region_held_units", "What the region holds unspent.", lambda v: v.account.held),
+    Series(
+        GaugeMetricFamily, "quota_region_held_units", "What the region holds unspent.", lambda view: view.account.held
+    ),
     Series(
         CounterMetricFamily,
         "quota_region_written_off_units",
         "Held by agents that lost their ledger; never granted again.",
-        lambda v: v.account.written_off,
+        lambda view: view.account.written_off,
     ),
     Series(
         GaugeMetricFamily,
         "quota_region_lease_age_seconds",
         "Seconds since the region last renewed its lease (folded: the oldest).",
-        lambda v: v.lease_age_s,
+        lambda view: view.lease_age_s,
         max,
     ),
     Series(
         GaugeMetricFamily,
         "quota_region_burn_rate_units_per_second",
         "The spending rate the region last reported.",
-        lambda v: v.demand_per_minute / 60,
+        lambda view: view.demand_per_minute / 60,
     ),
 )
 
 
-class _Page:
-    """The per-promotion and per-region families of a scrape, usage by usage: own series for the promotions
-    `shown`, the rest folded (sums; the oldest lease age)."""
+class PromotionPage:
+    """The per-promotion and per-region families of a scrape, built usage by usage: own series for the
+    promotions `shown` (of `promotions` in all), the rest folded (sums; the oldest lease age). Pure."""
 
     def __init__(self, shown: frozenset[str], promotions: int) -> None:
         self._shown = shown
@@ -105,15 +112,6 @@ class _Page:
         )
         folded.add_metric([], self._folded)
         return [*self._per_promotion.families(), *self._per_region.families(), folded]
-
-
-def promotion_families(usages: Sequence[UsageView], top: int, alerted: Collection[str] = ()) -> list[Metric]:
-    """The per-promotion and per-region families of `usages`: own series for the `top` promotions by net
-    spend and those in `alerted`, the rest folded (sums; the oldest lease age). Pure."""
-    spend = {usage.promotion.id: sum(view.account.consumed for view in usage.regions) for usage in usages}
-    page = _Page(select(spend, top, alerted), len(spend))
-    page.add(usages)
-    return page.families()
 
 
 class CenterCollector(Collector):
@@ -142,7 +140,7 @@ class CenterCollector(Collector):
         for start in range(0, len(ids), SLICE):
             spend.update((promotion_id, center.spent(promotion_id)) for promotion_id in ids[start : start + SLICE])
             await asyncio.sleep(0)
-        page = _Page(select(spend, self._top, {alert.promotion_id for alert in open_alerts}), len(ids))
+        page = PromotionPage(select(spend, self._top, {alert.promotion_id for alert in open_alerts}), len(ids))
         for start in range(0, len(ids), SLICE):
             page.add([center.usage(promotion_id) for promotion_id in ids[start : start + SLICE]])
             await asyncio.sleep(0)

@@ -125,43 +125,50 @@ _LEDGER: Sequence[Series[PromotionStatus]] = (
         GaugeMetricFamily,
         "quota_agent_available_units",
         "Spendable now from the allotment.",
-        lambda s: s.balance.available,
+        lambda status: status.balance.available,
     ),
-    Series(GaugeMetricFamily, "quota_agent_held_units", "Held by pending reservations.", lambda s: s.balance.held),
+    Series(
+        GaugeMetricFamily, "quota_agent_held_units", "Held by pending reservations.", lambda status: status.balance.held
+    ),
     Series(
         CounterMetricFamily,
         "quota_agent_granted_units",
         "Granted to this ledger by the center.",
-        lambda s: s.balance.granted,
+        lambda status: status.balance.granted,
     ),
     Series(
-        CounterMetricFamily, "quota_agent_returned_units", "Given back to the center.", lambda s: s.balance.returned
+        CounterMetricFamily,
+        "quota_agent_returned_units",
+        "Given back to the center.",
+        lambda status: status.balance.returned,
     ),
-    Series(CounterMetricFamily, "quota_agent_deducted_units", "Spent by orders.", lambda s: s.balance.deducted),
+    Series(
+        CounterMetricFamily, "quota_agent_deducted_units", "Spent by orders.", lambda status: status.balance.deducted
+    ),
     Series(
         CounterMetricFamily,
         "quota_agent_refunded_units",
         "Given back to the allotment by refunds.",
-        lambda s: s.balance.refunded,
+        lambda status: status.balance.refunded,
     ),
     Series(
         GaugeMetricFamily,
         "quota_agent_lease_remaining_seconds",
         "Until the lease runs out unless renewed (folded: the soonest).",
-        lambda s: s.lease_remaining_s,
+        lambda status: status.lease_remaining_s,
         min,
     ),
     Series(
         GaugeMetricFamily,
         "quota_agent_promotion_frozen",
         "1 while the promotion is frozen (folded: how many are).",
-        lambda s: int(s.frozen),
+        lambda status: int(status.frozen),
     ),
     Series(
         CounterMetricFamily,
         "quota_agent_below_floor_lines",
         "Order lines below the promotion's price floor, refused or let through, this ledger life.",
-        lambda s: s.below_floor,
+        lambda status: status.below_floor,
     ),
 )
 

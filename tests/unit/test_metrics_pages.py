@@ -10,9 +10,9 @@ from prometheus_client.core import Metric
 
 from quota_center.center_core import RegionView, UsageView
 from quota_center.ledger import RegionAccount
-from quota_center.metrics import promotion_families
+from quota_center.metrics import PromotionPage
 from quota_common.model import Kind, Promotion
-from quota_common.top_series import REST
+from quota_common.top_series import REST, select
 from region_agent.agent import PromotionStatus
 from region_agent.ledger.base import Balance
 from region_agent.metrics import ledger_families
@@ -33,6 +33,15 @@ def _usage(number: int) -> UsageView:
 
 
 USAGES = [_usage(number) for number in range(PROMOTIONS)]
+
+
+def promotion_families(usages: list[UsageView], top: int, alerted: set[str] | None = None) -> list[Metric]:
+    """The center's page of `usages`, whose spends are what their regions consumed, added in two batches."""
+    spend = {usage.promotion.id: sum(view.account.consumed for view in usage.regions) for usage in usages}
+    page = PromotionPage(select(spend, top, alerted or set()), len(spend))
+    page.add(usages[: len(usages) // 2])
+    page.add(usages[len(usages) // 2 :])
+    return page.families()
 
 
 def _samples(families: list[Metric]) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
