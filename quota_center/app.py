@@ -19,7 +19,7 @@ from quota_center.gate import shipped_rules
 from quota_center.guard_file import RulesFile
 from quota_center.jobs import Job, LeaderJobs
 from quota_center.leadership import EtcdLeadership, Leadership, SingleNode
-from quota_center.metrics import center_registry
+from quota_center.metrics import center_metrics
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdAccess, EtcdStore
 from quota_center.store.sqlite import SqliteStore
@@ -28,8 +28,10 @@ from quota_common import identity
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
-from quota_common.process import guarded_server, health_servicer, serve
+from quota_common.process import STANDARD_SERVICES, guarded_server, health_servicer, serve
+from quota_common.rpc_metrics import RpcMetrics
 from quota_common.tls import TlsFiles
+from quota_common.top_series import DEFAULT_TOP
 from quota_common.transport import Security, open_transport
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ class CenterConfig:
     """The guard rules file (read again when it changes); None: the rules the center ships."""
     alert_rules: Path | None = None
     """The alert rules file (read again when it changes); None: the rules the center ships."""
+    metrics_promotions: int = DEFAULT_TOP
+    """Promotions with series of their own on /metrics: the top N by spend (and any with an open alert);
+    the others are summed into series with an empty promotion label."""
 
 
 async def open_store(
@@ -189,7 +194,9 @@ async def run_center(config: CenterConfig) -> None:
     store, leadership = await open_store(config.store, clock, config.election_ttl_s, config.store_access, security.tls)
     host = config.listen.rpartition(":")[0]
     center = Center(store, clock, config.settings, leadership, rules, alert_rules)
-    server = guarded_server(transport)
+    registry, refresh = center_metrics(center, config.metrics_promotions)
+    calls = RpcMetrics(registry, [*center_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
+    server = guarded_server(transport, calls=calls)
     center_server.add_to_server(center, server)
     health_status = health_servicer()
     itself = By(identity.center(security.trust_domain))
@@ -240,5 +247,5 @@ async def run_center(config: CenterConfig) -> None:
         on_stop=stop,
         on_start=start,
         health_status=health_status,
-        metrics=MetricsEndpoint(config.metrics_listen, center_registry(center)) if config.metrics_listen else None,
+        metrics=MetricsEndpoint(config.metrics_listen, registry, refresh) if config.metrics_listen else None,
     )

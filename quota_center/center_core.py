@@ -169,6 +169,11 @@ class CenterCore:
         self._require_leader()
         return [state.promotion for state in sorted(self._states.values(), key=lambda s: s.promotion.id)]
 
+    def spent(self, promotion_id: str) -> int:
+        """Net deductions every region reported for the promotion: `usage`'s sum, without its views."""
+        self._require_leader()
+        return sum(account.consumed for account in self._state(promotion_id).accounts.values())
+
     def usage(self, promotion_id: str) -> UsageView:
         self._require_leader()
         state = self._state(promotion_id)

@@ -23,6 +23,7 @@ from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange, bind_environment
 from quota_common.errors import ConfigError, InvalidArgument
 from quota_common.policy import RefillSettings
+from quota_common.top_series import DEFAULT_TOP
 from quota_common.validation import require_region
 from region_agent.agent import AgentSettings
 from region_agent.app import AgentConfig, LedgerAccess, run_agent
@@ -73,6 +74,16 @@ def _password(path: Path | None, option: str) -> str:
     return password
 
 
+_metrics_promotions_option = click.option(
+    "--metrics-promotions",
+    type=click.IntRange(min=0),
+    default=DEFAULT_TOP,
+    show_default=True,
+    help="Promotions with series of their own on /metrics: the top N by spend (on the center, and any with an "
+    'open alert); the others are summed into series labelled promotion="".',
+)
+
+
 class _Region(click.ParamType[str]):
     """A region's or a cell's name (eu, eu.1), as the center requires it of every agent: 1..128 bytes."""
 
@@ -113,6 +124,7 @@ def center() -> None:
     help="etcd leader lease, s.",
 )
 @click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
+@_metrics_promotions_option
 @click.option(
     "--guard-rules",
     type=_FILE,
@@ -179,6 +191,7 @@ def center_serve(
     advertise: str,
     election_ttl: int,
     metrics_listen: str,
+    metrics_promotions: int,
     guard_rules: Path | None,
     pending_ttl: float,
     alert_rules: Path | None,
@@ -208,7 +221,17 @@ def center_serve(
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
     etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))
     config = CenterConfig(
-        listen, store, settings, advertise, election_ttl, metrics_listen, secured, etcd, guard_rules, alert_rules
+        listen,
+        store,
+        settings,
+        advertise,
+        election_ttl,
+        metrics_listen,
+        secured,
+        etcd,
+        guard_rules,
+        alert_rules,
+        metrics_promotions=metrics_promotions,
     )
     asyncio.run(run_center(config))
 
@@ -282,6 +305,7 @@ def agent() -> None:
     help="Seconds the ledger remembers an order, so its retries replay; keep it above the callers' retry window.",
 )
 @click.option("--metrics-listen", default="", help="host:port of the Prometheus endpoint (GET /metrics); empty: none.")
+@_metrics_promotions_option
 @security_options
 def agent_serve(
     region: str,
@@ -300,6 +324,7 @@ def agent_serve(
     reservation_ttl: float,
     retention: float,
     metrics_listen: str,
+    metrics_promotions: int,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -323,7 +348,17 @@ def agent_serve(
     redis_access = LedgerAccess(
         ledger_ca, ledger_cert, ledger_key, _password(ledger_password_file, "--ledger-password-file")
     )
-    config = AgentConfig(settings, listen, center_addresses, ledger, retention, metrics_listen, secured, redis_access)
+    config = AgentConfig(
+        settings,
+        listen,
+        center_addresses,
+        ledger,
+        retention,
+        metrics_listen,
+        secured,
+        redis_access,
+        metrics_promotions=metrics_promotions,
+    )
     asyncio.run(run_agent(config))
 
 

@@ -42,6 +42,7 @@ from google.protobuf.message import DecodeError, Message
 
 from quota_common.identity import Identity, IdentityError, peer_identity, require_trust_domain
 from quota_common.roles import Rule, needs_region, region_refusal, role_refusal
+from quota_common.rpc import stream_answers, with_behaviour
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -161,12 +162,8 @@ def _wrap(handler: Handler, decide: Decide) -> Handler:
     async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
         # Each call runs in a task of its own, so the identity set here ends with the call.
         _CALLER.set(await _admitted(decide(None if stream_in else request, context), context))
-        answers = behaviour(request, context)
-        if isinstance(answers, AsyncIterator):
-            async for answer in answers:
-                yield answer
-        else:
-            await answers  # a handler that writes with context.write and returns nothing
+        async for answer in stream_answers(behaviour, request, context):
+            yield answer
 
     def sync_single(request: Any, context: grpc.ServicerContext) -> Any:
         token = _CALLER.set(_admitted_sync(decide(None if stream_in else request, context), context))
@@ -185,19 +182,7 @@ def _wrap(handler: Handler, decide: Decide) -> Handler:
         wrapper: Callable[..., Any] = streaming if stream_out else single
     else:
         wrapper = sync_streaming if stream_out else sync_single
-    make = _MAKERS[stream_in, stream_out]
-    return make(
-        wrapper, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
-
-
-_MAKERS = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-"""The handler maker for each shape: (request streaming, response streaming)."""
+    return with_behaviour(handler, wrapper)
 
 
 async def _admitted(decision: Identity | _Refused, context: Context) -> Identity:

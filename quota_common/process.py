@@ -24,6 +24,7 @@ from quota_common.authz import AuthorizationInterceptor
 from quota_common.listen import cannot_bind, host_and_port
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.roles import TABLE
+from quota_common.rpc_metrics import RpcMetrics
 from quota_common.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,25 @@ def exclusive_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) ->
     return grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
 
 
+STANDARD_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)
+"""What `serve` adds to every server beside its own services."""
+
+
 def guarded_server(
     transport: Transport,
     service_region: str | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    calls: RpcMetrics | None = None,
 ) -> grpc.aio.Server:
     """An exclusive server that, with mutual TLS, checks every call against the role table before
-    anything else sees it (`service_region`: the region an agent serves; None for the center).
-    Plaintext has no identities to check: it is allowed on loopback only (quota_common.transport)."""
+    anything else sees it (`service_region`: the region an agent serves; None for the center) but
+    `calls`, which counts every call, refused ones too. Plaintext has no identities to check: it is
+    allowed on loopback only (quota_common.transport)."""
+    counting = [] if calls is None else [calls]
     if transport.tls is None:
-        return exclusive_server(interceptors)
-    return exclusive_server([AuthorizationInterceptor(transport.trust_domain, TABLE, service_region), *interceptors])
+        return exclusive_server([*counting, *interceptors])
+    authorization = AuthorizationInterceptor(transport.trust_domain, TABLE, service_region)
+    return exclusive_server([*counting, authorization, *interceptors])
 
 
 def bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
@@ -117,7 +126,7 @@ async def serve(
     is logged as an error and the process exits with EXIT_RETIRED."""
     health_status = health_status or health_servicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_status, server)
-    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection([*services, *STANDARD_SERVICES], server)
     port = bind(server, listen, transport.server_credentials())
     ready: dict[str, object] = {"ready": name, "port": port}
     stopping = False

@@ -139,6 +139,36 @@ def _ending(error: QuotaError, describe: Describe | None) -> tuple[str, tuple[tu
     return message, tuple(trailing)
 
 
+_MAKERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+"""The handler maker for each shape: (request streaming, response streaming)."""
+
+
+def with_behaviour(handler: MethodHandler, behaviour: Callable[..., Any]) -> MethodHandler:
+    """A handler of `handler`'s shape and (de)serializers whose behaviour is `behaviour`: what an
+    interceptor returns when it wraps a call."""
+    make = _MAKERS[handler.request_streaming, handler.response_streaming]
+    wrapped: MethodHandler = make(
+        behaviour, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+    return wrapped
+
+
+async def stream_answers(behaviour: Callable[..., Any], request: Any, context: Context) -> AsyncIterator[Any]:
+    """What a response-streaming behaviour answers: its async iterator's items, or none for a handler that
+    writes with context.write and returns nothing."""
+    answers = behaviour(request, context)
+    if isinstance(answers, AsyncIterator):
+        async for answer in answers:
+            yield answer
+    else:
+        await answers
+
+
 class _Registrations:
     """Stands in for a server while a generated add_*_to_server registers a servicer, and keeps
     its method handlers by service."""

@@ -25,6 +25,7 @@ from quota_center.store.sqlite import SqliteStore
 from quota_common.clock import Clock, SystemClock
 from quota_common.incarnation import issue_incarnation
 from quota_common.process import bind, guarded_server
+from quota_common.rpc_metrics import RpcMetrics
 from quota_common.transport import Transport
 from quota_testing.tls import DevTls
 from region_agent import server as agent_server
@@ -78,15 +79,17 @@ async def running_center(
     clock: Clock | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: DevTls | None = None,
+    calls: RpcMetrics | None = None,
 ) -> AsyncIterator[ServedCenter]:
-    """`interceptors` see every call the center receives (a test counting what reached it)."""
+    """`interceptors` see every call the center receives (a test counting what reached it); `calls`
+    counts them as the center process does, refused ones too."""
     store = SqliteStore(workdir / "center.db")
     if await store.load_document(KEY_DOCUMENT) is None:
         await store.save_document(KEY_DOCUMENT, {"key": TEST_INCARNATION_KEY.hex()})
     center = Center(store, clock or SystemClock(), settings)
     await center.start()
     transport = _transport(tls, "center")
-    server = guarded_server(transport, interceptors=interceptors)
+    server = guarded_server(transport, interceptors=interceptors, calls=calls)
     center_server.add_to_server(center, server)
     try:
         yield ServedCenter(await _start(server, transport), center, store)

@@ -18,8 +18,10 @@ from quota_common.clock import SystemClock
 from quota_common.errors import ConfigError
 from quota_common.identity import Role, regional
 from quota_common.metrics_http import MetricsEndpoint
-from quota_common.process import guarded_server, serve
+from quota_common.process import STANDARD_SERVICES, guarded_server, serve
+from quota_common.rpc_metrics import RpcMetrics
 from quota_common.tls import TlsFiles
+from quota_common.top_series import DEFAULT_TOP
 from quota_common.transport import Security, Transport, open_transport
 from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
@@ -69,6 +71,9 @@ class AgentConfig:
     certificate, or plaintext on loopback."""
     ledger_access: LedgerAccess = field(default_factory=LedgerAccess)
     """How it reaches a secured Redis ledger: TLS files, a password."""
+    metrics_promotions: int = DEFAULT_TOP
+    """Promotions with ledger series of their own on /metrics: the top N by spend; the others are summed
+    into series with an empty promotion label."""
 
 
 REACH_TIMEOUT_S = 3.0
@@ -286,9 +291,12 @@ async def run_agent(config: AgentConfig) -> None:
     region = config.settings.region
     wired = await wire_agent(config, config.listen)
     agent, metrics, transport = wired.agent, wired.metrics, wired.transport
-    server = guarded_server(transport, region)
+    calls = (
+        RpcMetrics(metrics.registry, [*agent_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
+    )
+    server = guarded_server(transport, region, calls=calls)
     agent_server.add_to_server(agent, server, metrics)
-    refresh = metrics.watch(agent)
+    refresh = metrics.watch(agent, config.metrics_promotions)
 
     async def start(port: int) -> None:
         # Only once the ports are this process's: starting joins the region as a new incarnation,

@@ -1,6 +1,10 @@
 """The agent's Prometheus metrics: what its callers saw (deductions by result, latency), what it
 asked of the center (calls, latency), and what it holds (ledger balances, leases, the cache).
 
+Ledger series per promotion for the top N promotions by spend; the others are folded into series whose
+promotion label is empty (`quota_common.top_series`), so the page stays bounded however many promotions
+the region sells.
+
 Balances live in the ledger, which may be the region's Redis: `refresh` reads them before each
 scrape (see quota_common.metrics_http), and the collector reports that snapshot.
 """
@@ -9,26 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from quota_common.errors import QuotaError, Rejected
+from quota_common.rpc_metrics import LATENCY_BUCKETS_S, process_registry
+from quota_common.top_series import DEFAULT_TOP, Folding, Series, select, shown_as
 from region_agent.agent import Agent, PromotionStatus
-
-# From a fraction of a millisecond (a deduction served from the allotment) to the seconds an
-# order may wait for a refill across a WAN.
-LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class AgentMetrics:
     def __init__(self, region: str) -> None:
         self.region = region
-        self.registry = CollectorRegistry()
+        self.registry = process_registry()
         self._deductions = Counter(
             "quota_agent_deductions",
             "Deductions and reservations answered, by result (accepted, replayed, rejected, failed) and reason.",
@@ -85,9 +87,10 @@ class AgentMetrics:
         self._center_calls.labels(self.region, method, code.name).inc()
         self._center_call_seconds.labels(self.region, method).observe(elapsed_s)
 
-    def watch(self, agent: Agent) -> Callable[[], Awaitable[None]]:
-        """Reports `agent`'s state from now on; returns the refresh to run before each scrape."""
-        state = _AgentState(agent)
+    def watch(self, agent: Agent, top: int = DEFAULT_TOP) -> Callable[[], Awaitable[None]]:
+        """Reports `agent`'s state from now on, with series of their own for the `top` promotions by spend;
+        returns the refresh to run before each scrape."""
+        state = _AgentState(agent, top)
         self.registry.register(state)
         return state.refresh
 
@@ -117,49 +120,86 @@ def _method_name(path: str | bytes) -> str:
     return text.rpartition("/")[2]
 
 
+_LEDGER: Sequence[Series[PromotionStatus]] = (
+    Series(
+        GaugeMetricFamily,
+        "quota_agent_available_units",
+        "Spendable now from the allotment.",
+        lambda status: status.balance.available,
+    ),
+    Series(
+        GaugeMetricFamily, "quota_agent_held_units", "Held by pending reservations.", lambda status: status.balance.held
+    ),
+    Series(
+        CounterMetricFamily,
+        "quota_agent_granted_units",
+        "Granted to this ledger by the center.",
+        lambda status: status.balance.granted,
+    ),
+    Series(
+        CounterMetricFamily,
+        "quota_agent_returned_units",
+        "Given back to the center.",
+        lambda status: status.balance.returned,
+    ),
+    Series(
+        CounterMetricFamily, "quota_agent_deducted_units", "Spent by orders.", lambda status: status.balance.deducted
+    ),
+    Series(
+        CounterMetricFamily,
+        "quota_agent_refunded_units",
+        "Given back to the allotment by refunds.",
+        lambda status: status.balance.refunded,
+    ),
+    Series(
+        GaugeMetricFamily,
+        "quota_agent_lease_remaining_seconds",
+        "Until the lease runs out unless renewed (folded: the soonest).",
+        lambda status: status.lease_remaining_s,
+        min,
+    ),
+    Series(
+        GaugeMetricFamily,
+        "quota_agent_promotion_frozen",
+        "1 while the promotion is frozen (folded: how many are).",
+        lambda status: int(status.frozen),
+    ),
+    Series(
+        CounterMetricFamily,
+        "quota_agent_below_floor_lines",
+        "Order lines below the promotion's price floor, refused or let through, this ledger life.",
+        lambda status: status.below_floor,
+    ),
+)
+
+
+def ledger_families(region: str, statuses: Sequence[PromotionStatus], top: int) -> list[Metric]:
+    """The ledger's families: own series for the `top` promotions by net spend, the rest folded. Pure."""
+    spend = {status.promotion_id: status.balance.deducted - status.balance.refunded for status in statuses}
+    shown = select(spend, top)
+    ledger = Folding(_LEDGER, ["region", "promotion"])
+    ledger.add(((region, shown_as(status.promotion_id, shown)), status) for status in statuses)
+    folded = GaugeMetricFamily(
+        "quota_agent_promotions_folded",
+        'Promotions beyond the top N by spend: their series are summed under promotion="".',
+        labels=["region"],
+    )
+    folded.add_metric([region], len(spend) - len(shown))
+    return [*ledger.families(), folded]
+
+
 class _AgentState(Collector):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, top: int) -> None:
         self._agent = agent
+        self._top = top
         self._statuses: list[PromotionStatus] = []
 
     async def refresh(self) -> None:
         self._statuses = await self._agent.status()
 
     def collect(self) -> Iterator[Metric]:
-        agent, region = self._agent, self._agent.settings.region
-        labels = ["region", "promotion"]
-        available = GaugeMetricFamily("quota_agent_available_units", "Spendable now from the allotment.", labels=labels)
-        held = GaugeMetricFamily("quota_agent_held_units", "Held by pending reservations.", labels=labels)
-        granted = CounterMetricFamily(
-            "quota_agent_granted_units", "Granted to this ledger by the center.", labels=labels
-        )
-        returned = CounterMetricFamily("quota_agent_returned_units", "Given back to the center.", labels=labels)
-        deducted = CounterMetricFamily("quota_agent_deducted_units", "Spent by orders.", labels=labels)
-        refunded = CounterMetricFamily(
-            "quota_agent_refunded_units", "Given back to the allotment by refunds.", labels=labels
-        )
-        lease = GaugeMetricFamily(
-            "quota_agent_lease_remaining_seconds", "Until the lease runs out unless renewed.", labels=labels
-        )
-        frozen = GaugeMetricFamily("quota_agent_promotion_frozen", "1 while the promotion is frozen.", labels=labels)
-        below_floor = CounterMetricFamily(
-            "quota_agent_below_floor_lines",
-            "Order lines below the promotion's price floor, refused or let through, this ledger life.",
-            labels=labels,
-        )
-        for status in self._statuses:
-            key, balance = [region, status.promotion_id], status.balance
-            available.add_metric(key, balance.available)
-            held.add_metric(key, balance.held)
-            granted.add_metric(key, balance.granted)
-            returned.add_metric(key, balance.returned)
-            deducted.add_metric(key, balance.deducted)
-            refunded.add_metric(key, balance.refunded)
-            lease.add_metric(key, status.lease_remaining_s)
-            frozen.add_metric(key, int(status.frozen))
-            below_floor.add_metric(key, status.below_floor)
-        yield from (available, held, granted, returned, deducted, refunded, lease, frozen, below_floor)
-        yield from _cache_metrics(agent)
+        yield from ledger_families(self._agent.settings.region, self._statuses, self._top)
+        yield from _cache_metrics(self._agent)
 
 
 def _cache_metrics(agent: Agent) -> Iterator[Metric]:

@@ -128,7 +128,10 @@ async def _sell(running: Running) -> None:
         await eventually(reported)
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _scrape(port: int) -> Samples:
     """GET /metrics as curl does; every sample by name and labels."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
         assert answer.status == 200
@@ -186,6 +189,56 @@ def test_the_agents_metrics_count_answers_by_result_and_show_its_ledger_and_cach
     acquires = samples[("quota_agent_center_call_duration_seconds_count", (("method", "Acquire"), region))]
     assert acquires >= 1
     assert samples[("quota_agent_center_calls_total", (("code", "OK"), ("method", "Acquire"), region))] == acquires
+
+
+def _calls(samples: Samples, method: str, code: str) -> float:
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "grpc_server_handled_total" and ("grpc_method", method) in labels and ("grpc_code", code) in labels
+    )
+
+
+@pytest.mark.usefixtures("sold")
+def test_the_center_counts_every_call_by_method_and_status_and_no_unknown_method(running: Running) -> None:
+    with grpc.insecure_channel(running.center.address) as channel:
+        admin = center_grpc.PromotionAdminStub(channel)
+        admin.GetUsage(center_pb.GetUsageRequest(promotion_id="metered"), timeout=5)
+        with pytest.raises(grpc.RpcError) as missing:
+            admin.GetUsage(center_pb.GetUsageRequest(promotion_id="no-such-promotion"), timeout=5)
+        made_up: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/quota_center.v1.PromotionAdmin/Made-Up"
+        )
+        with pytest.raises(grpc.RpcError) as unknown:
+            made_up(b"", timeout=5)
+    assert (missing.value.code(), unknown.value.code()) == (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED)
+
+    samples = _scrape(running.center.metrics_port)
+
+    service = ("grpc_service", "quota_center.v1.PromotionAdmin")
+    assert _calls(samples, "CreatePromotion", "OK") == 1
+    assert _calls(samples, "GetUsage", "OK") >= 2  # the fixture's polls, and this one
+    assert _calls(samples, "GetUsage", "NOT_FOUND") == 1
+    unary = (("grpc_method", "GetUsage"), service, ("grpc_type", "unary"))
+    assert samples[("grpc_server_handling_seconds_count", unary)] == sum(
+        _calls(samples, "GetUsage", code) for code in ("OK", "NOT_FOUND")
+    )
+    assert _calls(samples, "Renew", "OK") >= 1  # the agent's renewals
+    assert not [labels for _, labels in samples if ("grpc_method", "Made-Up") in labels]
+    assert samples[("process_resident_memory_bytes", ())] > 0
+    assert samples[("process_open_fds", ())] > 0
+    assert ("process_cpu_seconds_total", ()) in samples
+
+
+@pytest.mark.usefixtures("sold")
+def test_the_agent_counts_every_call_by_method_and_status(running: Running) -> None:
+    samples = _scrape(running.agent.metrics_port)
+
+    assert _calls(samples, "Deduct", "OK") == 41  # 40 orders and a replay
+    assert _calls(samples, "Deduct", "FAILED_PRECONDITION") == 3  # refused: the user's limit
+    assert _calls(samples, "Refund", "OK") == 1
+    assert samples[("process_open_fds", ())] > 0
+    assert ("python_gc_collections_total", (("generation", "0"),)) in samples
 
 
 def test_the_metrics_port_answers_kubernetes_probes_while_serving(running: Running) -> None:

@@ -90,6 +90,9 @@ def test_every_rendered_manifest_is_valid_kubernetes(render: Render, scenario: s
         if manifest["kind"] == "Certificate":
             _check_certificate(manifest)
             continue
+        if manifest["kind"] == "PrometheusRule":
+            _check_prometheus_rule(manifest)
+            continue
         for version in KUBERNETES_VERSIONS:
             try:
                 kubernetes_validate.validate(manifest, version, strict=True)
@@ -214,6 +217,42 @@ def test_service_monitor_is_rendered_only_when_enabled(render: Render, three_reg
     disabled = render(THREE_REGIONS, {"metrics": {"serviceMonitor": {"enabled": False}}})
     assert "ServiceMonitor" not in {manifest["kind"] for manifest in disabled}
     assert "ServiceMonitor" not in {manifest["kind"] for manifest in render()}
+
+
+def test_every_server_gives_series_of_their_own_to_as_many_promotions_as_metrics_promotions(render: Render) -> None:
+    manifests = render(THREE_REGIONS, {"metrics": {"promotions": 7}})
+    servers = [
+        *_workloads(manifests, "StatefulSet", "center").values(),
+        *_workloads(manifests, "Deployment", "agent").values(),
+    ]
+    assert len(servers) == 4
+    for server in servers:
+        table = "center" if server["kind"] == "StatefulSet" else "agent"
+        assert _settings(server, manifests, table)["metrics-promotions"] == 7, _name(server)
+
+
+# What the PrometheusRule may refer to: the servers export them (tests/e2e/test_operability.py scrapes them).
+EXPORTED = {"grpc_server_handled_total", "grpc_server_handling_seconds_bucket", "quota_center_leader"}
+EXPORTED |= {"quota_agent_catalog_stream_up"}
+
+
+def test_prometheus_rule_is_rendered_only_when_enabled_and_watches_exported_series(
+    render: Render, three_regions: list[Manifest]
+) -> None:
+    [rule] = [manifest for manifest in three_regions if manifest["kind"] == "PrometheusRule"]
+
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = _check_prometheus_rule(rule)
+    assert set(alerts) == {"QuotaNoCenterLeads", "QuotaCallsFailing", "QuotaCallsSlow", "QuotaAgentCatalogStreamDown"}
+    for name, alert in alerts.items():
+        assert f'namespace="{NAMESPACE}"' in alert["expr"], name
+        watched = set(re.findall(r"\b((?:grpc|quota)_[a-z_]+)\{", alert["expr"]))
+        assert watched, name
+        assert watched <= EXPORTED, name
+    assert "> 0.05" in alerts["QuotaCallsFailing"]["expr"]
+    [rule] = [manifest for manifest in render(*SCENARIOS["agents only"]) if manifest["kind"] == "PrometheusRule"]
+    assert "QuotaNoCenterLeads" not in _check_prometheus_rule(rule)
+    assert "PrometheusRule" not in {manifest["kind"] for manifest in render()}
 
 
 def test_bundled_redis_fsyncs_every_write_to_its_volume(three_regions: list[Manifest]) -> None:
@@ -402,6 +441,8 @@ def test_servers_start_with_the_certificates_the_chart_asks_for(
         ({"regions": [{"name": "EU"}]}, "regions.0.name"),
         ({"etcd": {"replicas": 2}}, "etcd.replicas must be odd"),
         ({"agent": {"config": {"tls-cert": "/x.pem"}}}, "agent.config.tls-cert is set by the chart"),
+        ({"center": {"config": {"metrics-promotions": 9}}}, "use metrics.promotions"),
+        ({"metrics": {"promotions": -1}}, "metrics.promotions"),
         ({"center": {"config": {"insecure": True}}}, "center.config.insecure: the chart always serves mutual TLS"),
         ({"regions": [{"name": "eu", "config": {"insecure": True}}]}, "agent.config.insecure: the chart always"),
         ({"center": {"config": {"trust-domain": "x"}}}, "use tls.trustDomain"),
@@ -440,6 +481,22 @@ def _check_certificate(certificate: Manifest) -> None:
         assert duration not in spec or GO_DURATION.fullmatch(spec[duration]), spec
     assert set(spec.get("secretTemplate", {})) <= {"labels", "annotations"}
     assert all(isinstance(name, str) and name for name in spec.get("dnsNames", []))
+
+
+def _check_prometheus_rule(rule: Manifest) -> dict[str, Any]:
+    """The shape of a PrometheusRule (monitoring.coreos.com/v1) as far as the chart uses it; its alerts by name."""
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"}
+    alerts = {}
+    for group in rule["spec"]["groups"]:
+        assert set(group) == {"name", "rules"}
+        for alert in group["rules"]:
+            assert set(alert) == {"alert", "expr", "for", "labels", "annotations"}, alert
+            assert PROMETHEUS_DURATION.fullmatch(alert["for"]), alert
+            assert alert["labels"]["severity"] in ("critical", "warning"), alert
+            assert {"summary", "description"} <= set(alert["annotations"]), alert
+            alerts[alert["alert"]] = alert
+    return alerts
 
 
 def _check_service_monitor(monitor: Manifest, manifests: list[Manifest]) -> list[str]:

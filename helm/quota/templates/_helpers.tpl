@@ -162,8 +162,8 @@ verifies). An existing etcd: every member's client address, etcds:// with etcd.t
 
 {{- define "quota.centerConfig" -}}
 {{- include "quota.refuseInsecure" (dict "table" "center" "config" .Values.center.config) }}
-{{- include "quota.refuseManaged" (dict "table" "center" "config" .Values.center.config "managed" (merge (dict "listen" "center.port" "store" "etcd.endpoints and etcd.prefix" "etcd-ca" "etcd.tls" "etcd-cert" "etcd.tls" "etcd-key" "etcd.tls" "etcd-user" "etcd.auth" "etcd-password-file" "etcd.auth" "advertise" "center.port (each replica advertises its pod's DNS name)" "metrics-listen" "metrics.port") (include "quota.tlsManaged" . | fromYaml))) }}
-{{- $managed := dict "listen" (printf "0.0.0.0:%v" .Values.center.port) "store" (include "quota.storeUrl" .) "metrics-listen" (printf "0.0.0.0:%v" .Values.metrics.port) }}
+{{- include "quota.refuseManaged" (dict "table" "center" "config" .Values.center.config "managed" (merge (dict "listen" "center.port" "store" "etcd.endpoints and etcd.prefix" "etcd-ca" "etcd.tls" "etcd-cert" "etcd.tls" "etcd-key" "etcd.tls" "etcd-user" "etcd.auth" "etcd-password-file" "etcd.auth" "advertise" "center.port (each replica advertises its pod's DNS name)" "metrics-listen" "metrics.port" "metrics-promotions" "metrics.promotions") (include "quota.tlsManaged" . | fromYaml))) }}
+{{- $managed := dict "listen" (printf "0.0.0.0:%v" .Values.center.port) "store" (include "quota.storeUrl" .) "metrics-listen" (printf "0.0.0.0:%v" .Values.metrics.port) "metrics-promotions" (int .Values.metrics.promotions) }}
 {{- $managed = merge $managed (include "quota.tlsSettings" . | fromYaml) (include "quota.centerBackend" . | fromYaml).settings }}
 {{- include "quota.toml" (dict "table" "center" "settings" (merge $managed (deepCopy .Values.center.config))) }}
 {{- end }}
@@ -172,8 +172,8 @@ verifies). An existing etcd: every member's client address, etcds:// with etcd.t
 {{- define "quota.agentConfig" -}}
 {{- $config := merge (deepCopy (.region.config | default dict)) (deepCopy .root.Values.agent.config) }}
 {{- include "quota.refuseInsecure" (dict "table" "agent" "config" $config) }}
-{{- include "quota.refuseManaged" (dict "table" "agent" "config" $config "managed" (merge (dict "region" "regions[].name" "listen" "agent.port" "center" "agent.centerAddress" "ledger" "regions[].redis" "ledger-ca" "regions[].redis.tls" "ledger-cert" "regions[].redis.tls" "ledger-key" "regions[].redis.tls" "ledger-password-file" "regions[].redis.passwordSecret" "metrics-listen" "metrics.port") (include "quota.tlsManaged" .root | fromYaml))) }}
-{{- $managed := dict "region" .region.name "listen" (printf "0.0.0.0:%v" .root.Values.agent.port) "center" (include "quota.centerAddress" .root) "metrics-listen" (printf "0.0.0.0:%v" .root.Values.metrics.port) }}
+{{- include "quota.refuseManaged" (dict "table" "agent" "config" $config "managed" (merge (dict "region" "regions[].name" "listen" "agent.port" "center" "agent.centerAddress" "ledger" "regions[].redis" "ledger-ca" "regions[].redis.tls" "ledger-cert" "regions[].redis.tls" "ledger-key" "regions[].redis.tls" "ledger-password-file" "regions[].redis.passwordSecret" "metrics-listen" "metrics.port" "metrics-promotions" "metrics.promotions") (include "quota.tlsManaged" .root | fromYaml))) }}
+{{- $managed := dict "region" .region.name "listen" (printf "0.0.0.0:%v" .root.Values.agent.port) "center" (include "quota.centerAddress" .root) "metrics-listen" (printf "0.0.0.0:%v" .root.Values.metrics.port) "metrics-promotions" (int .root.Values.metrics.promotions) }}
 {{- $managed = merge $managed (include "quota.tlsSettings" .root | fromYaml) (include "quota.agentBackend" . | fromYaml).settings }}
 {{- $ledger := include "quota.ledgerUrl" . }}
 {{- if $ledger }}
