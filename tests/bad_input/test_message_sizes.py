@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from quota_center.center_agents import Directive
+from quota_center.center_renewals import Directive
 from quota_center.convert import REFUSAL_BYTES, RENEWAL_GRANTS, directives_to_pb
 from quota_center.ledger import RECENT_GRANTS_KEPT
 from quota_center.v1 import quota_center_pb2 as center_pb

@@ -12,7 +12,8 @@ import pytest
 
 from quota_center.audit import AuditRecord
 from quota_center.center import Center
-from quota_center.center_agents import Directive, Opening
+from quota_center.center_agents import Opening
+from quota_center.center_renewals import Directive
 from quota_center.ledger import GrantRecord, RegionAccount
 from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore
