@@ -480,6 +480,7 @@ SIMULATE_COLUMNS = {
     "p99_ms": "p99 ms",
     "p999_ms": "p999 ms",
     "center_calls_per_1k": "calls/1k",
+    "renewal_entries_per_1k": "reports/1k",
     "waited_share": "waited",
 }
 

@@ -416,7 +416,7 @@ class Supply:
         now, now_ms = self._clock.monotonic(), self._clock.wall_ms()
         reports = {pid: self._current(life, pid, balances.get(pid, Balance()), now) for pid in promotion_ids}
         full = self._report_all
-        due = promotion_ids if full else [pid for pid in promotion_ids if self._due(pid, reports[pid], now_ms)]
+        due = promotion_ids if full else [pid for pid in promotion_ids if self._due(pid, reports[pid], now, now_ms)]
         report_all = False
         # At least one call, however little moved: it renews the region lease.
         for first in range(0, max(len(due), 1), MAX_RENEWAL):
@@ -432,7 +432,7 @@ class Supply:
         demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
         return self._report(life, promotion_id, balance, demand)
 
-    def _due(self, promotion_id: str, current: Report, now_ms: int) -> bool:
+    def _due(self, promotion_id: str, current: Report, now: float, now_ms: int) -> bool:
         """Whether the promotion's report must go with a renewal that renews the region lease."""
         if self._reported.get(promotion_id) != current:
             return True  # its counters or demand moved, or the center never took in a report of it
@@ -441,8 +441,8 @@ class Supply:
         item = self._tracked.get(promotion_id)
         if item is None:
             return True
-        if item.exhausted and current.demand_per_minute > 0:
-            return True  # the renewal says when the center has quota again
+        if item.exhausted and item.meter.rate(now) * 60 >= 1:
+            return True  # it sells (a unit a minute or more): the renewal says when the center has quota again
         # An ended promotion's quota goes back as the center reclaims it in the answer.
         return self._closed(item.promotion, now_ms) and (current.available or 0) > 0
 
@@ -476,7 +476,9 @@ class Supply:
             self._suspect.discard(directive.promotion_id)
             await self._follow_safely(directive, lease_until, life)
         for notice in answer.notices if answer.region_lease else ():
-            await self._follow_safely(notice, lease_until, life)
+            # One the agent does not track it spends nothing of: its change arrives with the catalog.
+            if notice.promotion_id in self._tracked:
+                await self._follow_safely(notice, lease_until, life)
         return answer
 
     async def _follow_safely(self, directive: RenewalDirective, lease_until: float, life: str) -> None:

@@ -47,6 +47,11 @@ class Link:
         self.calls = 0
         self.fetches = 0
 
+    @property
+    def entries(self) -> int:
+        """Promotions reported in renewals that reached the center."""
+        return self._center.entries
+
     async def _call(self, at_center: Callable[[], Awaitable[T]], timeout_s: float = CALL_TIMEOUT_S) -> T:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + RETRY_BUDGET_S
