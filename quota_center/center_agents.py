@@ -13,7 +13,7 @@ from quota_center import allocation, ledger
 from quota_center.center_core import CommitConflict
 from quota_center.center_renewals import CenterRenewals
 from quota_center.ledger import GrantRecord, PromotionState
-from quota_center.store.base import MAX_BATCH
+from quota_center.store.base import MAX_BATCH, MAX_BATCH_BYTES, batches
 from quota_common.errors import (
     Exhausted,
     FailedPrecondition,
@@ -142,13 +142,17 @@ class CenterForAgents(CenterRenewals):
     async def acquire_openings(
         self, region: str, incarnation: str, openings: Sequence[Opening]
     ) -> list[GrantRecord | QuotaError]:
-        """Opening allotments for many promotions, committed MAX_BATCH at a time; each is
-        answered on its own (a grant, or the error an acquire of it alone would raise)."""
+        """Opening allotments for many promotions, committed MAX_BATCH at a time (and fewer when their
+        documents weigh more than MAX_BATCH_BYTES); each is answered on its own (a grant, or the error an
+        acquire of it alone would raise)."""
         self._require_leader()
         self._refuse_if_emergency(region)
         answers: list[GrantRecord | QuotaError] = []
-        for first in range(0, len(openings), MAX_BATCH):
-            batch = openings[first : first + MAX_BATCH]
+
+        def weigh(opening: Opening) -> int:
+            return self._document_bytes(opening.promotion_id)
+
+        for batch in batches(openings, weigh, MAX_BATCH, MAX_BATCH_BYTES):
             ids = [o.promotion_id for o in batch]
             try:
                 answers.extend(await self._exclusively(ids, functools.partial(self._open, region, incarnation, batch)))

@@ -139,8 +139,9 @@ class CenterRenewals(CenterCore):
         return list(notices.values())
 
     def _document_bytes(self, promotion_id: str) -> int:
-        """About what the promotion's document weighs in a store write."""
-        return len(json.dumps(self._state(promotion_id).to_document()))
+        """About what the promotion's document weighs in a store write (0: no such promotion, nothing to write)."""
+        state = self._states.get(promotion_id)
+        return 0 if state is None else len(json.dumps(state.to_document()))
 
     async def _take_reports(self, region: str, incarnation: str, reports: dict[str, Report]) -> dict[str, QuotaError]:
         """Takes in reports that change the books, in one store write; returns the ones refused. Call it

@@ -4,6 +4,7 @@ in-memory store and the real agent through the in-memory port, on the fake clock
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -11,8 +12,10 @@ import pytest
 from quota_center import center_renewals
 from quota_center.audit import AuditRecord
 from quota_center.center import Center
+from quota_center.center_agents import Opening
 from quota_center.center_renewals import Directive
-from quota_center.store.base import MAX_REPORT_BATCH, Commit, batches
+from quota_center.ledger import PromotionState, RegionAccount
+from quota_center.store.base import MAX_BATCH_BYTES, MAX_REPORT_BATCH, Commit, batches
 from quota_common.clock import FakeClock
 from quota_common.errors import Exhausted, Superseded
 from quota_common.model import Kind, Promotion, Report
@@ -35,9 +38,12 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.writes: list[int] = []
         """Promotions per commit_many, in order."""
+        self.bytes: list[int] = []
+        """Their documents' bytes, per commit_many."""
 
     async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         self.writes.append(len(commits))
+        self.bytes.append(sum(len(json.dumps(state.to_document())) for state, _, _ in commits))
         await super().commit_many(commits, audit)
 
 
@@ -92,6 +98,23 @@ async def test_only_reports_that_change_the_books_are_committed_and_in_batches()
     await center.renew("eu", "i-1", moved)
     assert store.writes == [], "a report that says nothing new is answered without a write"
     assert center.usage("p249").regions[0].account.deducted == 3
+
+
+async def test_openings_of_promotions_with_heavy_documents_are_written_within_the_bytes() -> None:
+    clock, store = FakeClock(), CountingStore()
+    now = clock.wall_ms()
+    wide = {f"region-{n:04d}": RegionAccount(incarnation="i-0", granted=n) for n in range(400)}
+    for n in range(40):
+        promotion = Promotion(f"p{n:03d}", Kind.COUNT, "", 10**6, now, now + HOUR_MS, ("eu",), revision=n + 1)
+        store.promotions[promotion.id] = json.dumps(PromotionState(promotion, dict(wide)).to_document())
+    center = Center(store, clock)
+    await center.start()
+
+    answers = await center.acquire_openings("eu", "i-1", [Opening(f"p{n:03d}", 10, f"o-{n}") for n in range(40)])
+
+    assert all(not isinstance(answer, Exception) for answer in answers)
+    assert len(store.writes) > 1
+    assert max(store.bytes) <= MAX_BATCH_BYTES
 
 
 def test_batches_keep_within_the_count_and_the_bytes() -> None:
