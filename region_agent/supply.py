@@ -53,6 +53,7 @@ from region_agent.demand import RateMeter
 from region_agent.floor import BelowFloorCount
 from region_agent.ledger.base import Balance, Ledger
 from region_agent.reachability import Reachability
+from region_agent.report_book import ReportBook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,14 +117,7 @@ class Supply:
         """Promotions the center said it does not know: until when that stands, and its words."""
         self._refusals: dict[str, str] = {}
         """Per promotion, the center's last refusal of its report (logged once until it changes)."""
-        self._reported: dict[str, Report] = {}
-        """Per promotion, the last report of this incarnation the center took in: one that says the same
-        again is not sent while the region lease covers it."""
-        self._suspect: set[str] = set()
-        """Promotions an acquire or opening was asked for since their last report was taken in: its grant may
-        be booked with its answer lost, so the next renewal reports them and the center resends it."""
-        self._report_all = True
-        """The next renewal reports every promotion (first round, a center that asked, no region lease)."""
+        self._reports = ReportBook()
         self._reachability = Reachability(clock)
         self._retired = asyncio.Event()
         self.retired = ""
@@ -283,9 +277,7 @@ class Supply:
         for item in self._tracked.values():
             item.lease_until, item.last_grant, item.exhausted = self._unheard_lease(), 0, False
         self._opening_requests.clear()
-        self._reported.clear()
-        self._suspect.clear()
-        self._report_all = True
+        self._reports.new_life()
         self.incarnation, self._life_lost = life, False
         log.warning("joined the center as ledger incarnation %s", self.incarnation)
 
@@ -337,7 +329,7 @@ class Supply:
         sent = self._clock.monotonic()
         rate = item.meter.rate(sent)
         amount = policy.ask_amount(self._refill_settings, balance.available, rate, needed)
-        self._suspect.add(promotion_id)
+        self._reports.asked([promotion_id])
         try:
             life = await self._life()
             answer = await self._ask(
@@ -413,17 +405,17 @@ class Supply:
             return
         # One read of the ledger for every call: counters are cumulative, so a report a few calls old
         # says less than the ledger now does, never anything false.
-        now, now_ms = self._clock.monotonic(), self._clock.wall_ms()
+        now, now_ms, asked = self._clock.monotonic(), self._clock.wall_ms(), self._reports.asks
         reports = {pid: self._current(life, pid, balances.get(pid, Balance()), now) for pid in promotion_ids}
-        full = self._report_all
-        due = promotion_ids if full else [pid for pid in promotion_ids if self._due(pid, reports[pid], now, now_ms)]
-        report_all = False
+        full = self._reports.wants_all
+        due = [pid for pid in promotion_ids if self._due(pid, reports[pid], now, now_ms)]
+        wants_all = False
         # At least one call, however little moved: it renews the region lease.
         for first in range(0, max(len(due), 1), MAX_RENEWAL):
             chunk = {pid: reports[pid] for pid in due[first : first + MAX_RENEWAL]}
-            answer = await self._renew_chunk(chunk, full)
-            report_all = report_all or answer.report_all or not answer.region_lease
-        self._report_all = report_all
+            answer = await self._renew_chunk(chunk, full, asked)
+            wants_all = wants_all or answer.report_all or not answer.region_lease
+        self._reports.wants_all = wants_all
         if line := self._reachability.answered():
             log.warning("%s; leases renewed", line)
 
@@ -433,10 +425,9 @@ class Supply:
         return self._report(life, promotion_id, balance, demand)
 
     def _due(self, promotion_id: str, current: Report, now: float, now_ms: int) -> bool:
-        """Whether the promotion's report must go with a renewal that renews the region lease."""
-        if self._reported.get(promotion_id) != current:
-            return True  # its counters or demand moved, or the center never took in a report of it
-        if promotion_id in self._refusals or promotion_id in self._suspect:
+        """Whether the promotion's report must go with a renewal that renews the region lease: the book's
+        reasons, a refused report (reported until taken in), and the agent's own below."""
+        if self._reports.due(promotion_id, current) or promotion_id in self._refusals:
             return True
         item = self._tracked.get(promotion_id)
         if item is None:
@@ -446,9 +437,10 @@ class Supply:
         # An ended promotion's quota goes back as the center reclaims it in the answer.
         return self._closed(item.promotion, now_ms) and (current.available or 0) > 0
 
-    async def _renew_chunk(self, reports: dict[str, Report], full: bool) -> RenewAnswer:
-        """One Renew call. Its leases run from when it was sent: the center renewed them on receiving it,
-        so that is the latest start that is still safe (the renewal's start would cut them short)."""
+    async def _renew_chunk(self, reports: dict[str, Report], full: bool, asked: int) -> RenewAnswer:
+        """One Renew call, of reports made after the first `asked` acquires and openings. Its leases run from
+        when it was sent: the center renewed them on receiving it, so that is the latest start that is still
+        safe (the renewal's start would cut them short)."""
         now = self._clock.monotonic()
         life = self.incarnation
         ask = RegionLease(self.cache.revision, full)
@@ -470,10 +462,9 @@ class Supply:
                     item.lease_until = lease_until
         for directive in answer.directives:
             if self._refused(directive):
-                self._reported.pop(directive.promotion_id, None)
+                self._reports.refused(directive.promotion_id)
                 continue
-            self._reported[directive.promotion_id] = reports[directive.promotion_id]
-            self._suspect.discard(directive.promotion_id)
+            self._reports.taken(directive.promotion_id, reports[directive.promotion_id], asked)
             await self._follow_safely(directive, lease_until, life)
         for notice in answer.notices if answer.region_lease else ():
             # One the agent does not track it spends nothing of: its change arrives with the catalog.
@@ -558,7 +549,7 @@ class Supply:
             requests.append((promotion.id, amount, request_id))
         life = await self._life()
         sent = self._clock.monotonic()
-        self._suspect.update(promotion.id for promotion in promotions)
+        self._reports.asked(promotion.id for promotion in promotions)
         answers, lease_ttl_s = await self._ask(self._center.acquire_openings(life, requests))
         for answer in answers:
             if not answer.grant_id:
