@@ -108,8 +108,8 @@ class CenterCore:
         self._contested: set[str] = set()
         """Promotions whose regions' demand over a horizon exceeds what the center can grant: where an idle
         region may be asked to give back what it holds (renewal notices)."""
-        self._fully_reported: set[tuple[str, str]] = set()
-        """(region, incarnation) whose every promotion this leader has had a report of."""
+        self._fully_reported: dict[str, str] = {}
+        """By region: the incarnation whose every promotion this leader has had a report of."""
         self._demand: dict[str, dict[str, int]] = {}
         self._below_floor: dict[tuple[str, str], tuple[str, int]] = {}
         """By promotion and region: the ledger life and the highest below-floor count its agents reported.

@@ -107,8 +107,8 @@ class CenterRenewals(CenterCore):
             )
         directives = await self.renew(region, incarnation, reports)
         if full:
-            self._fully_reported.add((region, incarnation))
-        report_all = (region, incarnation) not in self._fully_reported
+            self._fully_reported[region] = incarnation
+        report_all = self._fully_reported.get(region) != incarnation
         notices = self._notices(region, reports, catalog_revision)
         if notices is None:
             return Renewal(directives, region_lease=False, report_all=report_all)
