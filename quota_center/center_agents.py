@@ -1,44 +1,30 @@
-"""The center's answers to agents: the catalog their caches follow, incarnations, grants, openings,
-renewals and returns."""
+"""The center's answers to agents: the catalog their caches follow, incarnations, grants and openings
+(renewals and returns are `center_renewals`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from quota_center import allocation, ledger
-from quota_center.center_core import CenterCore
+from quota_center.center_core import CommitConflict
+from quota_center.center_renewals import CenterRenewals
 from quota_center.ledger import GrantRecord, PromotionState
-from quota_center.store.base import MAX_BATCH
+from quota_center.store.base import MAX_BATCH, MAX_BATCH_BYTES, batches
 from quota_common.errors import (
     Exhausted,
     FailedPrecondition,
     InvalidArgument,
     QuotaError,
     Superseded,
-    Unavailable,
 )
-from quota_common.model import (
-    EmergencyFreeze,
-    Promotion,
-    Report,
-)
-from quota_common.reconcile import Finding
+from quota_common.model import EmergencyFreeze, Promotion
 
 HEARTBEAT_S = 5.0
 """An idle watch sends the current revision this often, so agents can tell a live stream from a dead one."""
-
-
-@dataclass(frozen=True)
-class Directive:
-    promotion: Promotion
-    reclaim: int
-    unapplied_grants: list[tuple[str, int]]
-    exhausted: bool
 
 
 @dataclass(frozen=True)
@@ -80,7 +66,7 @@ def _check_same_ask(grant: GrantRecord, amount: int) -> None:
         )
 
 
-class CenterForAgents(CenterCore):
+class CenterForAgents(CenterRenewals):
     def catalog_page(self, region: str, after: int, page_size: int) -> CatalogPage:
         """The changes after revision `after` that matter to `region`, at most `page_size` of them."""
         self._require_leader()
@@ -113,8 +99,8 @@ class CenterForAgents(CenterCore):
         """A new ledger life for `region`: newer than every one the region had here, and one only this
         deployment's centers can make."""
         self._require_leader()
-        known = (state.accounts[region].incarnation for state in self._states.values() if region in state.accounts)
-        return self._issuer.issue(region, known)
+        newest = self._newest_life.get(region)
+        return self._issuer.issue(region, [newest] if newest else [])
 
     def require_issued(self, region: str, incarnation: str) -> str:
         """`incarnation` if a center of this deployment issued it to `region`; InvalidArgument otherwise."""
@@ -127,47 +113,71 @@ class CenterForAgents(CenterCore):
         self._require_leader()
         self._refuse_if_emergency(region)
 
-        async def work() -> AcquireResult:
+        async def work(from_store: bool) -> AcquireResult:
             demands = self._demands(promotion_id, region, demand)
             try:
-                state, record = await self._book(region, incarnation, promotion_id, amount, request_id, demands)
+                state, record = await self._book(
+                    region, incarnation, promotion_id, amount, request_id, demands, from_store
+                )
             except Exhausted:
                 # A region refused for lack of quota still counts when idle regions are asked to return theirs.
-                self._demand[promotion_id] = demands
+                self._note_demands(promotion_id, demands)
                 raise
             if state is None:
                 _check_same_ask(record, amount)
                 state = self._state(promotion_id)
             else:
                 await self._commit([(state, record)])
-                self._demand[promotion_id] = demands
+                self._note_demands(promotion_id, demands)
             self._renew_lease(promotion_id, region)
             return AcquireResult(record, state.unallocated)
 
-        return await self._exclusively([promotion_id], work)
+        try:
+            return await self._exclusively([promotion_id], functools.partial(work, False))
+        except CommitConflict:
+            # The request id has a grant memory no longer recalls (or a writer moved the promotion): book
+            # again from the store, which answers a retry with its grant.
+            return await self._exclusively([promotion_id], functools.partial(work, True))
 
     async def acquire_openings(
         self, region: str, incarnation: str, openings: Sequence[Opening]
     ) -> list[GrantRecord | QuotaError]:
-        """Opening allotments for many promotions, committed MAX_BATCH at a time; each is
-        answered on its own (a grant, or the error an acquire of it alone would raise)."""
+        """Opening allotments for many promotions, committed MAX_BATCH at a time (and fewer when their
+        documents weigh more than MAX_BATCH_BYTES); each is answered on its own (a grant, or the error an
+        acquire of it alone would raise)."""
         self._require_leader()
         self._refuse_if_emergency(region)
         answers: list[GrantRecord | QuotaError] = []
-        for first in range(0, len(openings), MAX_BATCH):
-            batch = openings[first : first + MAX_BATCH]
-            opening = functools.partial(self._open, region, incarnation, batch)
-            answers.extend(await self._exclusively([o.promotion_id for o in batch], opening))
+
+        def weigh(opening: Opening) -> int:
+            return self._document_bytes(opening.promotion_id)
+
+        for batch in batches(openings, weigh, MAX_BATCH, MAX_BATCH_BYTES):
+            ids = [o.promotion_id for o in batch]
+            try:
+                answers.extend(await self._exclusively(ids, functools.partial(self._open, region, incarnation, batch)))
+            except CommitConflict:
+                opening = functools.partial(self._open, region, incarnation, batch, from_store=True)
+                answers.extend(await self._exclusively(ids, opening))
         return answers
 
-    async def _open(self, region: str, incarnation: str, batch: Sequence[Opening]) -> list[GrantRecord | QuotaError]:
+    async def _open(
+        self, region: str, incarnation: str, batch: Sequence[Opening], from_store: bool = False
+    ) -> list[GrantRecord | QuotaError]:
         answers: list[GrantRecord | QuotaError] = []
         commits: list[tuple[PromotionState, GrantRecord | None]] = []
         for opening in batch:
             demands = self._demands(opening.promotion_id, region, 0)
             try:
                 state, record = await self._book(
-                    region, incarnation, opening.promotion_id, opening.amount, opening.request_id, demands
+                    region,
+                    incarnation,
+                    opening.promotion_id,
+                    opening.amount,
+                    opening.request_id,
+                    demands,
+                    from_store,
+                    recall=True,
                 )
             except Superseded:
                 raise
@@ -185,15 +195,35 @@ class CenterForAgents(CenterCore):
         return answers
 
     async def _book(
-        self, region: str, incarnation: str, promotion_id: str, amount: int, request_id: str, demands: dict[str, int]
+        self,
+        region: str,
+        incarnation: str,
+        promotion_id: str,
+        amount: int,
+        request_id: str,
+        demands: dict[str, int],
+        from_store: bool,
+        recall: bool = False,
     ) -> tuple[PromotionState | None, GrantRecord]:
         """The grant answering this request: the one booked before (with no state to commit), or
-        a new one booked on a copy of the promotion's state, which the caller commits."""
-        previous = await self._store.find_grant(promotion_id, region, request_id)
-        if previous is not None:
-            return None, _replayed(previous, incarnation)
-        state = self._state(promotion_id).copy()
-        ids = (uuid.uuid4().hex, request_id)
+        a new one booked on a copy of the promotion's state, which the caller commits.
+
+        A grant's id derives from its request id, so a retry of a recent grant is known from memory.
+        Otherwise the store is read only `from_store`: a first try books at once, and a request id that
+        already has a grant makes its commit fail (CommitConflict), after which the caller asks again
+        from the store. With `recall` (openings, not held to the amount first asked) a remembered grant
+        answers as it is; an acquire's retry reads its grant to check it asks the same amount."""
+        state = self._state(promotion_id)
+        grant_id = ledger.grant_id_for(promotion_id, region, request_id)
+        remembered = ledger.remembered_grant(state, region, incarnation, grant_id)
+        if remembered is not None and recall:
+            return None, GrantRecord(grant_id, request_id, promotion_id, region, incarnation, remembered)
+        if from_store or remembered is not None:
+            previous = await self._store.find_grant(promotion_id, region, request_id)
+            if previous is not None:
+                return None, _replayed(previous, incarnation)
+        state = state.copy()
+        ids = (grant_id, request_id)
         record = allocation.grant(
             state, region, incarnation, amount, ids, demands, self.settings.horizon_s, self._clock.wall_ms()
         )
@@ -204,71 +234,3 @@ class CenterForAgents(CenterCore):
             raise FailedPrecondition(
                 f"the emergency freeze covers {self._emergency.describe()}: no quota is granted until it is lifted"
             )
-
-    async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive | QuotaError]:
-        """Takes in each promotion's report and renews its lease, answering each on its own and in
-        order: a Directive, or the error that refused that report (then nothing of it was taken in
-        and its lease was not renewed), so one bad counter does not stop the region's other
-        promotions. A superseded incarnation is refused as a whole: its process must stop."""
-        self._require_leader()
-        for promotion_id in reports:
-            if (known := self._states.get(promotion_id)) is not None:
-                ledger.check_not_superseded(known, region, incarnation)
-        answers: list[Directive | QuotaError] = []
-        for promotion_id, report in reports.items():
-            try:
-                answers.append(await self._renew_one(region, incarnation, promotion_id, report))
-                self._discrepancies.accepted(promotion_id, region, report)
-            except (Superseded, Unavailable):
-                raise
-            except QuotaError as refusal:
-                answers.append(refusal)
-                self._discrepancies.refused(self._states.get(promotion_id), region, report)
-        return answers
-
-    def discrepancies(self) -> list[Finding]:
-        """Where the latest renewals showed a region's ledger disagreeing with the center's books (a report
-        the center refused), one finding per promotion and region, for the alert rules."""
-        self._require_leader()
-        return self._discrepancies.findings()
-
-    async def _renew_one(self, region: str, incarnation: str, promotion_id: str, report: Report) -> Directive:
-        state = self._state(promotion_id)
-        # A region renews every promotion it knows, thousands at a time; most reports say
-        # nothing new, and those need neither a copy nor a commit.
-        if ledger.report_is_news(state, region, incarnation, report):
-            state = await self._report(region, incarnation, promotion_id, report)
-        else:
-            ledger.check_report(state, region, report)
-        self._renew_lease(promotion_id, region)
-        demands = self._demand[promotion_id] = self._demands(promotion_id, region, report.demand_per_minute)
-        life, counted = self._below_floor.get((promotion_id, region), (incarnation, 0))
-        seen = max(counted, report.below_floor) if life == incarnation else report.below_floor
-        self._below_floor[(promotion_id, region)] = (incarnation, seen)
-        now_ms = self._clock.wall_ms()
-        return Directive(
-            promotion=state.promotion,
-            reclaim=allocation.reclaim(state, region, demands, self.settings.horizon_s, now_ms),
-            unapplied_grants=ledger.unapplied_grants(state.accounts[region], report),
-            exhausted=state.grantable(now_ms) == 0,
-        )
-
-    async def return_quota(self, region: str, incarnation: str, promotion_id: str, report: Report) -> int:
-        """Takes in a return the agent already removed from its ledger; returns unallocated."""
-        self._require_leader()
-        return (await self._report(region, incarnation, promotion_id, report)).unallocated
-
-    async def _report(self, region: str, incarnation: str, promotion_id: str, report: Report) -> PromotionState:
-        def apply(state: PromotionState) -> bool:
-            admitted = ledger.admit(state, region, incarnation)
-            return ledger.apply_report(state, region, report) or admitted
-
-        return await self._change(promotion_id, apply)
-
-    def _demands(self, promotion_id: str, region: str, demand: int) -> dict[str, int]:
-        """Every region's latest demand for the promotion, with `region`'s updated. Demand
-        is soft state, like leases: kept in memory, remembered once the call succeeds."""
-        return {**self._demand.get(promotion_id, {}), region: demand}
-
-    def _renew_lease(self, promotion_id: str, region: str) -> None:
-        self._lease_expiry[(promotion_id, region)] = self._clock.monotonic() + self.settings.lease_ttl_s

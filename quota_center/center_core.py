@@ -5,7 +5,9 @@ Every change is computed on a copy of the promotion's state and committed to the
 (compare-and-swap on its version) before anyone hears of it; only then does the copy
 become the live state. Nothing that matters lives only in memory: `start` rebuilds it all
 from the store. Lease expiries are the exception: they are soft, and a fresh center gives
-every region a full TTL rather than guess when it last heard from them.
+every region a full TTL rather than guess when it last heard from them. So are the other
+things the center learns from renewals (demand, which promotions are contested, which
+regions reported in full): a new leader asks every region for a full report.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ from quota_common.model import (
 )
 
 T = TypeVar("T")
+
+
+class CommitConflict(Unavailable):
+    """A commit found a promotion moved past the version read, or a grant's request id taken; the center
+    reloaded the promotions, so the caller may book again from the store's truth."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,15 @@ class CenterCore:
         self._states: dict[str, PromotionState] = {}
         self._locks = NamedLocks()
         self._lease_expiry: dict[tuple[str, str], float] = {}
+        self._region_lease: dict[str, float] = {}
+        """By region: when the lease over all of its promotions (Renew's region_lease) runs out."""
+        self._newest_life: dict[str, str] = {}
+        """By region: the newest ledger incarnation any promotion admitted (an older one is superseded)."""
+        self._contested: set[str] = set()
+        """Promotions whose regions' demand over a horizon exceeds what the center can grant: where an idle
+        region may be asked to give back what it holds (renewal notices)."""
+        self._fully_reported: dict[str, str] = {}
+        """By region: the incarnation whose every promotion this leader has had a report of."""
         self._demand: dict[str, dict[str, int]] = {}
         self._below_floor: dict[tuple[str, str], tuple[str, int]] = {}
         """By promotion and region: the ledger life and the highest below-floor count its agents reported.
@@ -125,6 +141,7 @@ class CenterCore:
         for state in sorted(states, key=lambda s: s.promotion.revision):
             self._states[state.promotion.id] = state
             self._revisions.record(state.promotion.id, state.promotion.revision)
+            self._note_lives(state)
             for region in state.accounts:
                 self._lease_expiry[(state.promotion.id, region)] = grace
         self._catalog_revision = max([self._emergency.revision, *(s.promotion.revision for s in states)])
@@ -135,6 +152,10 @@ class CenterCore:
         self._serving = False
         self._states.clear()
         self._lease_expiry.clear()
+        self._region_lease.clear()
+        self._newest_life.clear()
+        self._contested.clear()
+        self._fully_reported.clear()
         self._demand.clear()
         self._below_floor.clear()
         self._revisions.clear()
@@ -185,6 +206,8 @@ class CenterCore:
         for region in sorted(set(state.accounts) | set(state.promotion.regions)):
             account = state.accounts.get(region, RegionAccount())
             expiry = self._lease_expiry.get((promotion_id, region))
+            if expiry is not None:
+                expiry = max(expiry, self._region_lease.get(region, expiry))
             lease_active = None if expiry is None else expiry > now
             age = None if expiry is None else max(0.0, now - (expiry - self.settings.lease_ttl_s))
             _, floor = self._below_floor.get((promotion_id, region), ("", 0))
@@ -250,12 +273,13 @@ class CenterCore:
             await (write if audit is None else self._trail.written(write, audit))
         except Conflict:
             await self._reload(ids)
-            raise Unavailable(f"promotion(s) {', '.join(ids)} changed by another writer; retry the call") from None
+            raise CommitConflict(f"promotion(s) {', '.join(ids)} changed by another writer; retry the call") from None
         except BaseException:
             await self._reload(ids)
             raise
         for state, _ in changes:
             self._states[state.promotion.id] = state
+            self._note_lives(state)
             if state.promotion.revision > self._catalog_revision:
                 # A configuration change: indexed in the same step as installed, so no catalog page
                 # ever shows a promotion's new revision at its old place in the revision order.
@@ -268,6 +292,7 @@ class CenterCore:
         stored = await self._store.load(promotion_id)
         if stored is not None and promotion_id not in self._states:
             self._states[promotion_id] = stored
+            self._note_lives(stored)
             self._changed(stored.promotion)
 
     async def _reload(self, promotion_ids: Sequence[str]) -> None:
@@ -275,3 +300,9 @@ class CenterCore:
             fresh = await self._store.load(promotion_id)
             if fresh is not None:
                 self._states[promotion_id] = fresh
+                self._note_lives(fresh)
+
+    def _note_lives(self, state: PromotionState) -> None:
+        for region, account in state.accounts.items():
+            if account.incarnation > self._newest_life.get(region, ""):
+                self._newest_life[region] = account.incarnation

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from quota_center.alert_book import Alert
-from quota_center.center_agents import CatalogPage, Directive
+from quota_center.center_agents import CatalogPage
 from quota_center.center_core import UsageView
+from quota_center.center_renewals import Directive
 from quota_center.history import PromotionHistory
 from quota_center.paging import within_bytes
 from quota_center.settlement import Statement

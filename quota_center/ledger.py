@@ -13,6 +13,7 @@ leaves the live state untouched.
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -256,6 +257,22 @@ def _retire(account: RegionAccount) -> None:
     account.retired_incarnations.append(account.incarnation)
     account.granted = account.returned = account.deducted = account.refunded = 0
     account.recent_grants = []
+
+
+def grant_id_for(promotion_id: str, region: str, request_id: str) -> str:
+    """A grant's id, derived from what names its acquire: a retry names the same grant, so the center
+    recognises it among the region's recent grants, from memory, without reading the store."""
+    named = "\0".join((promotion_id, region, request_id)).encode()
+    return hashlib.sha256(named).hexdigest()[:32]
+
+
+def remembered_grant(state: PromotionState, region: str, incarnation: str, grant_id: str) -> int | None:
+    """The amount of grant `grant_id` if it is one of the recent grants of `region`'s current life
+    `incarnation`; None when memory cannot say (never made, made to another life, or no longer recent)."""
+    account = state.accounts.get(region)
+    if account is None or account.incarnation != incarnation:
+        return None
+    return next((amount for made, amount in account.recent_grants if made == grant_id), None)
 
 
 def grant(state: PromotionState, record: GrantRecord) -> None:

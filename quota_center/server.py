@@ -362,11 +362,24 @@ class AllocationServicer(pb_grpc.AllocationServicer):
             )
         require_unique("counters.promotion_id", (c.promotion_id for c in request.counters))
         reports = {require_id("counters.promotion_id", c.promotion_id): _report_from_pb(c) for c in request.counters}
-        answers = await self._center.renew(region, incarnation, reports)
+        lease_ttl_ms = round(self._center.settings.lease_ttl_s * 1000)
+        if not request.region_lease:
+            # An agent older than the region lease: every promotion it wants renewed is in `counters`.
+            answers = await self._center.renew(region, incarnation, reports)
+            return pb.RenewResponse(
+                lease_ttl_ms=lease_ttl_ms,
+                directives=directives_to_pb(region, zip(reports, answers, strict=True)),
+                emergency=emergency_to_pb(self._center.emergency),
+            )
+        since = require_counter("catalog_revision", request.catalog_revision)
+        renewal = await self._center.renew_region(region, incarnation, reports, since, request.full)
         return pb.RenewResponse(
-            lease_ttl_ms=round(self._center.settings.lease_ttl_s * 1000),
-            directives=directives_to_pb(region, zip(reports, answers, strict=True)),
+            lease_ttl_ms=lease_ttl_ms,
+            directives=directives_to_pb(region, zip(reports, renewal.directives, strict=True)),
             emergency=emergency_to_pb(self._center.emergency),
+            region_lease_ttl_ms=lease_ttl_ms if renewal.region_lease else 0,
+            notices=directives_to_pb(region, ((n.promotion.id, n) for n in renewal.notices)),
+            report_all=renewal.report_all,
         )
 
     @translate_errors

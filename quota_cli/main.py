@@ -366,6 +366,28 @@ def bench_opening(as_json: bool, promotions: int) -> None:
     _show("quota bench opening", asyncio.run(run(promotions)), as_json)
 
 
+@bench.command("renewal")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--promotions", type=click.IntRange(min=1), default=10_000, show_default=True, help="The region knows.")
+@click.option(
+    "--moving", type=FiniteFloatRange(min=0.0001, max=1.0), default=0.01, show_default=True, help="Share selling."
+)
+@click.option("--rounds", type=click.IntRange(min=1, max=100), default=5, show_default=True, help="Renewals measured.")
+def bench_renewal(as_json: bool, promotions: int, moving: float, rounds: int) -> None:
+    """Promotions, bytes and store writes per renewal when few of many promotions sell: every promotion
+    reported (before the region lease) against only those that moved (after), in one run."""
+    from loadtest.bench_renewal import COLUMNS
+    from loadtest.bench_renewal import bench_renewal as run
+
+    figures = asyncio.run(run(promotions, moving, rounds))
+    if as_json:
+        _print_json(figures)
+        return
+    _print_rows(f"quota bench renewal ({promotions:,} promotions, {moving:.1%} selling)", figures["rows"], COLUMNS)
+    for name in ("entries_ratio", "bytes_ratio", "store_writes_ratio"):
+        click.echo(f"{name}: {figures[name]}")
+
+
 @bench.command("recovery")
 @click.option("--json", "as_json", is_flag=True, help='Print {"target_s": ..., "outages": [...]}, one row per outage.')
 @click.option(
@@ -496,6 +518,7 @@ SIMULATE_COLUMNS = {
     "p99_ms": "p99 ms",
     "p999_ms": "p999 ms",
     "center_calls_per_1k": "calls/1k",
+    "renewal_entries_per_1k": "reports/1k",
     "waited_share": "waited",
 }
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from quota_center.center import Center
-from quota_center.center_agents import HEARTBEAT_S, CatalogPage, Directive, Opening
+from quota_center.center_agents import HEARTBEAT_S, CatalogPage, Opening
+from quota_center.center_renewals import Directive
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import InvalidArgument, QuotaError
 from quota_common.incarnation import require_incarnation
@@ -32,7 +33,7 @@ from quota_common.validation import (
     require_unique,
 )
 from region_agent.cache import CatalogSnapshot
-from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RenewalDirective, RenewAnswer
+from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewalDirective, RenewAnswer
 
 
 def _page(page: CatalogPage) -> Page:
@@ -73,6 +74,8 @@ class DirectCenter:
         self._host_clock = host_clock or SystemClock()
         self.calls = 0
         self.fetches = 0
+        self.entries = 0
+        """Promotions reported in renewals so far."""
 
     def _identity(self, incarnation: str) -> str:
         """Counts a call made for `incarnation`, checked as the servicer checks it."""
@@ -143,14 +146,28 @@ class DirectCenter:
             if not page.more:
                 await self._center.catalog_change(cursor, HEARTBEAT_S)
 
-    async def renew(self, incarnation: str, reports: Mapping[str, Report]) -> RenewAnswer:
+    async def renew(
+        self, incarnation: str, reports: Mapping[str, Report], region_lease: RegionLease | None = None
+    ) -> RenewAnswer:
         life = self._identity(incarnation)
         if len(reports) > MAX_RENEWAL:
             raise InvalidArgument(f"counters reports {len(reports)} promotions; at most {MAX_RENEWAL} are allowed")
         checked = {require_id("counters.promotion_id", pid): _checked(report) for pid, report in reports.items()}
-        answers = await self._center.renew(self._region, life, checked)
-        directives = [_directive(pid, answer) for pid, answer in zip(checked, answers, strict=True)]
-        return RenewAnswer(self._lease_ttl_s, directives, self._center.emergency)
+        self.entries += len(checked)
+        if region_lease is None:
+            answers = await self._center.renew(self._region, life, checked)
+            directives = [_directive(pid, answer) for pid, answer in zip(checked, answers, strict=True)]
+            return RenewAnswer(self._lease_ttl_s, directives, self._center.emergency)
+        since = require_counter("catalog_revision", region_lease.catalog_revision)
+        renewal = await self._center.renew_region(self._region, life, checked, since, region_lease.full)
+        return RenewAnswer(
+            self._lease_ttl_s,
+            [_directive(pid, answer) for pid, answer in zip(checked, renewal.directives, strict=True)],
+            self._center.emergency,
+            region_lease=renewal.region_lease,
+            notices=[_directive(notice.promotion.id, notice) for notice in renewal.notices],
+            report_all=renewal.report_all,
+        )
 
     async def return_quota(self, incarnation: str, promotion_id: str, counters: Report) -> int:
         life = self._identity(incarnation)

@@ -42,6 +42,9 @@ class MemoryStore:
             stored = json.loads(self.promotions[state.promotion.id])
             if stored["version"] != expected_version:
                 raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
+        for _, _, grant in commits:
+            if grant is not None and (grant.promotion_id, grant.region, grant.request_id) in self.grants:
+                raise Conflict(f"request id {grant.request_id!r} already has a grant")
         if audit is not None:
             self._check_free(audit)
             self.audit[audit.seq] = audit

@@ -19,7 +19,7 @@ QuotaError (quota_common.errors), the same whichever adapter answers:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from quota_common.model import EmergencyFreeze, Promotion, Report
@@ -67,11 +67,30 @@ class RenewalDirective:
 
 
 @dataclass(frozen=True)
+class RegionLease:
+    """Asks a renewal to renew the region lease: the lease of every promotion of the region, reported or not."""
+
+    catalog_revision: int
+    """The revision the agent's promotion cache holds every change up to: the answer's notices name the
+    region's promotions changed after it."""
+    full: bool = False
+    """The renewal's round reports every promotion the agent knows."""
+
+
+@dataclass(frozen=True)
 class RenewAnswer:
     lease_ttl_s: float
     directives: list[RenewalDirective]
     """One per reported promotion, in the order reported."""
     emergency: EmergencyFreeze
+    region_lease: bool = False
+    """The center renewed the lease of every promotion of the region (but those whose report it refused);
+    False when it renewed only those reported (a center older than region leases, or the agent's catalog is
+    too far behind): then the agent reports every promotion it wants renewed."""
+    notices: list[RenewalDirective] = field(default_factory=list)
+    """With the region lease: directives for promotions not reported (a newer revision, a reclaim)."""
+    report_all: bool = False
+    """The center wants every promotion the agent knows in the next renewal (it took over since)."""
 
 
 @dataclass(frozen=True)
@@ -142,10 +161,13 @@ class CenterPort(Protocol):
         for `idle_timeout_s`; never repeated by itself: the caller resumes from the revision it reached."""
         ...
 
-    async def renew(self, incarnation: str, reports: Mapping[str, Report]) -> RenewAnswer:
+    async def renew(
+        self, incarnation: str, reports: Mapping[str, Report], region_lease: RegionLease | None = None
+    ) -> RenewAnswer:
         """Reports each promotion's cumulative counters (at most MAX_RENEWAL of them) and renews their
-        leases; one refused report refuses only its own promotion (a directive's `refusal`). Raises
-        Superseded (for the whole call: this process must stop spending), Unavailable."""
+        leases, and with `region_lease` the lease of every promotion of the region (if the answer says so);
+        one refused report refuses only its own promotion (a directive's `refusal`). Raises Superseded (for
+        the whole call: this process must stop spending), Unavailable."""
         ...
 
     async def return_quota(self, incarnation: str, promotion_id: str, counters: Report) -> int:

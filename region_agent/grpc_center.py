@@ -33,7 +33,7 @@ from quota_common.model import Promotion, Report
 from quota_common.tls import TlsMaterial
 from quota_common.transport import Transport
 from region_agent.cache import CatalogSnapshot
-from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RenewalDirective, RenewAnswer
+from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewalDirective, RenewAnswer
 
 T = TypeVar("T")
 
@@ -240,12 +240,25 @@ class GrpcCenter:
         finally:
             call.cancel()
 
-    async def renew(self, incarnation: str, reports: Mapping[str, Report]) -> RenewAnswer:
+    async def renew(
+        self, incarnation: str, reports: Mapping[str, Report], region_lease: RegionLease | None = None
+    ) -> RenewAnswer:
         counters = [_counters(promotion_id, report) for promotion_id, report in reports.items()]
         request = pb.RenewRequest(agent=self._agent(incarnation), counters=counters)
+        if region_lease is not None:
+            request.region_lease = True
+            request.catalog_revision = region_lease.catalog_revision
+            request.full = region_lease.full
         answer = await self._call(lambda stubs: stubs.allocation.Renew(request, timeout=self._timeout))
-        directives = [_directive(directive) for directive in answer.directives]
-        return RenewAnswer(answer.lease_ttl_ms / 1000, directives, emergency_from_pb(answer.emergency))
+        return RenewAnswer(
+            answer.lease_ttl_ms / 1000,
+            [_directive(directive) for directive in answer.directives],
+            emergency_from_pb(answer.emergency),
+            # A center older than the region lease leaves it 0: it renewed only the promotions reported.
+            region_lease=answer.region_lease_ttl_ms > 0,
+            notices=[_directive(notice) for notice in answer.notices],
+            report_all=answer.report_all,
+        )
 
     async def return_quota(self, incarnation: str, promotion_id: str, counters: Report) -> int:
         request = pb.ReturnRequest(agent=self._agent(incarnation), counters=_counters(promotion_id, counters))

@@ -2,11 +2,15 @@
 
 - Refills start when what is left falls below the low-water mark; at most one acquire per
   promotion is in flight, and every order short of quota waits on that same one.
-- The renew loop reports cumulative counters for every promotion the agent knows (also
-  those it holds nothing of, so the center learns their demand), in calls of at most
-  MAX_RENEWAL, renews the leases (each measured from when its call was sent, so clock skew
-  cannot stretch them), applies grants whose answer was lost, and gives back quota the center
-  reclaims or a freeze releases.
+- The renew loop renews the region lease (one lease over every promotion of the region, each
+  measured from when its call was sent, so clock skew cannot stretch it) and reports cumulative
+  counters only for the promotions whose counters or demand moved since the center took in their
+  last report, or whose word from the center the agent needs (an acquire whose answer may be lost,
+  a refused report, exhausted quota it wants, a closed promotion it still holds): an idle promotion
+  costs nothing. It reports every promotion it knows (also those it holds nothing of, so the center
+  learns their demand) in its first round, when the center asks (a new leader), and while the center
+  does not renew the region lease (a center older than it), in calls of at most MAX_RENEWAL. It applies
+  grants whose answer was lost and gives back quota the center reclaims or a freeze releases.
 - Promotions come from the cache (fed by `CatalogSync`); a promotion the cache does not know
   is fetched once, however many orders wait for it, and one the center does not know is
   remembered as unknown for a few seconds. A freeze, by whichever link it arrives, gives the
@@ -44,11 +48,12 @@ from quota_common.model import Promotion, Report
 from quota_common.policy import RefillSettings
 from quota_common.validation import MAX_OPENINGS, MAX_RENEWAL
 from region_agent.cache import PromotionCache
-from region_agent.center_port import CenterPort, RenewalDirective, report
+from region_agent.center_port import CenterPort, RegionLease, RenewalDirective, RenewAnswer, report
 from region_agent.demand import RateMeter
 from region_agent.floor import BelowFloorCount
 from region_agent.ledger.base import Balance, Ledger
 from region_agent.reachability import Reachability
+from region_agent.report_book import ReportBook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,6 +117,7 @@ class Supply:
         """Promotions the center said it does not know: until when that stands, and its words."""
         self._refusals: dict[str, str] = {}
         """Per promotion, the center's last refusal of its report (logged once until it changes)."""
+        self._reports = ReportBook()
         self._reachability = Reachability(clock)
         self._retired = asyncio.Event()
         self.retired = ""
@@ -268,6 +274,7 @@ class Supply:
         for item in self._tracked.values():
             item.lease_until, item.last_grant, item.exhausted = self._unheard_lease(), 0, False
         self._opening_requests.clear()
+        self._reports.new_life()
         self.incarnation, self._life_lost = life, False
         log.warning("joined the center as ledger incarnation %s", self.incarnation)
 
@@ -319,6 +326,7 @@ class Supply:
         sent = self._clock.monotonic()
         rate = item.meter.rate(sent)
         amount = policy.ask_amount(self._refill_settings, balance.available, rate, needed)
+        self._reports.asked([promotion_id])
         try:
             life = await self._life()
             answer = await self._ask(
@@ -379,8 +387,8 @@ class Supply:
                 log.exception("renewal failed unexpectedly; retrying shortly")
 
     async def renew_once(self) -> None:
-        """Reports every promotion the agent knows, in calls of at most MAX_RENEWAL (what the center
-        takes in one), and renews their leases."""
+        """Renews the region lease and reports the promotions that need it (all of them when the center
+        needs that), in calls of at most MAX_RENEWAL (what the center takes in one)."""
         life = await self.ledger_life()
         if life != self.incarnation or self._life_lost:
             if self.incarnation:
@@ -394,23 +402,47 @@ class Supply:
             return
         # One read of the ledger for every call: counters are cumulative, so a report a few calls old
         # says less than the ledger now does, never anything false.
-        for first in range(0, len(promotion_ids), MAX_RENEWAL):
-            await self._renew_chunk(promotion_ids[first : first + MAX_RENEWAL], balances)
+        now, now_ms, asked = self._clock.monotonic(), self._clock.wall_ms(), self._reports.asks
+        reports = {pid: self._current(life, pid, balances.get(pid, Balance()), now) for pid in promotion_ids}
+        full = self._reports.wants_all
+        due = [pid for pid in promotion_ids if self._due(pid, reports[pid], now, now_ms)]
+        wants_all = False
+        # At least one call, however little moved: it renews the region lease.
+        for first in range(0, max(len(due), 1), MAX_RENEWAL):
+            chunk = {pid: reports[pid] for pid in due[first : first + MAX_RENEWAL]}
+            answer = await self._renew_chunk(chunk, full, asked)
+            wants_all = wants_all or answer.report_all or not answer.region_lease
+        self._reports.wants_all = wants_all
         if line := self._reachability.answered():
             log.warning("%s; leases renewed", line)
 
-    async def _renew_chunk(self, promotion_ids: list[str], balances: dict[str, Balance]) -> None:
-        """One Renew call. Its leases run from when it was sent: the center renewed them on receiving it,
-        so that is the latest start that is still safe (the renewal's start would cut them short)."""
+    def _current(self, life: str, promotion_id: str, balance: Balance, now: float) -> Report:
+        item = self._tracked.get(promotion_id)
+        demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
+        return self._report(life, promotion_id, balance, demand)
+
+    def _due(self, promotion_id: str, current: Report, now: float, now_ms: int) -> bool:
+        """Whether the promotion's report must go with a renewal that renews the region lease: the book's
+        reasons, a refused report (reported until taken in), and the agent's own below."""
+        if self._reports.due(promotion_id, current) or promotion_id in self._refusals:
+            return True
+        item = self._tracked.get(promotion_id)
+        if item is None:
+            return True
+        if item.exhausted and item.meter.rate(now) * 60 >= 1:
+            return True  # it sells (a unit a minute or more): the renewal says when the center has quota again
+        # An ended promotion's quota goes back as the center reclaims it in the answer.
+        return self._closed(item.promotion, now_ms) and (current.available or 0) > 0
+
+    async def _renew_chunk(self, reports: dict[str, Report], full: bool, asked: int) -> RenewAnswer:
+        """One Renew call, of reports made after the first `asked` acquires and openings. Its leases run from
+        when it was sent: the center renewed them on receiving it, so that is the latest start that is still
+        safe (the renewal's start would cut them short)."""
         now = self._clock.monotonic()
         life = self.incarnation
-        reports = {}
-        for promotion_id in promotion_ids:
-            item = self._tracked.get(promotion_id)
-            demand = policy.demand_per_minute(item.meter.rate(now)) if item else 0
-            reports[promotion_id] = self._report(life, promotion_id, balances.get(promotion_id, Balance()), demand)
+        ask = RegionLease(self.cache.revision, full)
         try:
-            answer = await self._ask(self._center.renew(life, reports))
+            answer = await self._ask(self._center.renew(life, reports, ask))
         except Unavailable as error:
             if line := self._reachability.failed(error.message):
                 log.warning("%s", line)
@@ -420,15 +452,30 @@ class Supply:
                 log.warning("%s, but refused the renewal", line)
             raise
         self.cache.take_emergency(answer.emergency)
+        lease_until = now + self._heard(answer.lease_ttl_s)
+        if answer.region_lease:
+            for promotion_id, item in self._tracked.items():
+                if promotion_id not in self._refusals:
+                    item.lease_until = lease_until
         for directive in answer.directives:
             if self._refused(directive):
+                self._reports.refused(directive.promotion_id)
                 continue
-            try:
-                await self._follow(directive, now + self._heard(answer.lease_ttl_s), life)
-            except LedgerLost:
-                raise
-            except QuotaError as error:
-                log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
+            self._reports.taken(directive.promotion_id, reports[directive.promotion_id], asked)
+            await self._follow_safely(directive, lease_until, life)
+        for notice in answer.notices if answer.region_lease else ():
+            # One the agent does not track it spends nothing of: its change arrives with the catalog.
+            if notice.promotion_id in self._tracked:
+                await self._follow_safely(notice, lease_until, life)
+        return answer
+
+    async def _follow_safely(self, directive: RenewalDirective, lease_until: float, life: str) -> None:
+        try:
+            await self._follow(directive, lease_until, life)
+        except LedgerLost:
+            raise
+        except QuotaError as error:
+            log.warning("directive for %s not followed yet: %s", directive.promotion_id, error.message)
 
     def _report(self, life: str, promotion_id: str, balance: Balance, demand_per_minute: int = 0) -> Report:
         return report(balance, demand_per_minute, self._below_floor.of(life, promotion_id))
@@ -499,6 +546,7 @@ class Supply:
             requests.append((promotion.id, amount, request_id))
         life = await self._life()
         sent = self._clock.monotonic()
+        self._reports.asked(promotion.id for promotion in promotions)
         answers, lease_ttl_s = await self._ask(self._center.acquire_openings(life, requests))
         for answer in answers:
             if not answer.grant_id:

@@ -117,6 +117,7 @@ async def _sale(scenario: Scenario, net: Network) -> tuple[Tally, World]:
     if broken:
         raise InvariantBroken(f"{scenario.name}: " + "; ".join(broken[:5]))
     tally.metrics.center_calls = world.center_calls
+    tally.metrics.renewal_entries = world.renewal_entries
     return tally, world
 
 

@@ -110,6 +110,8 @@ class Metrics:
     issued: int = 0
     waited: int = 0
     center_calls: int = 0
+    renewal_entries: int = 0
+    """Promotions reported in renewals that reached the center."""
 
     def answered(self, latency_s: float, issued: int = 0, waited: bool = False) -> None:
         self.latencies_s.append(latency_s)

@@ -19,7 +19,7 @@ from loadtest.simulation.engine import Network
 from quota_common.errors import QuotaError, Unavailable
 from quota_common.model import Promotion, Report
 from quota_testing.direct_center import DirectCenter
-from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RenewAnswer
+from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewAnswer
 
 T = TypeVar("T")
 
@@ -46,6 +46,11 @@ class Link:
         weak references); never iterated, so their order does not matter."""
         self.calls = 0
         self.fetches = 0
+
+    @property
+    def entries(self) -> int:
+        """Promotions reported in renewals that reached the center."""
+        return self._center.entries
 
     async def _call(self, at_center: Callable[[], Awaitable[T]], timeout_s: float = CALL_TIMEOUT_S) -> T:
         loop = asyncio.get_running_loop()
@@ -141,8 +146,10 @@ class Link:
             if isinstance(pages, AsyncGenerator):
                 await pages.aclose()
 
-    async def renew(self, incarnation: str, reports: Mapping[str, Report]) -> RenewAnswer:
-        return await self._call(lambda: self._center.renew(incarnation, reports))
+    async def renew(
+        self, incarnation: str, reports: Mapping[str, Report], region_lease: RegionLease | None = None
+    ) -> RenewAnswer:
+        return await self._call(lambda: self._center.renew(incarnation, reports, region_lease))
 
     async def return_quota(self, incarnation: str, promotion_id: str, counters: Report) -> int:
         return await self._call(lambda: self._center.return_quota(incarnation, promotion_id, counters))

@@ -62,6 +62,7 @@ def _row(scenario: Scenario, strategy: str, tally: Tally) -> dict[str, Any]:
         "p99_ms": metrics.quantile_ms(0.99),
         "p999_ms": metrics.quantile_ms(0.999),
         "center_calls_per_1k": round(metrics.center_calls * 1000 / max(1, answered), 2),
+        "renewal_entries_per_1k": round(metrics.renewal_entries * 1000 / max(1, answered), 2),
         "waited_share": round(metrics.waited / max(1, answered), 5),
         "pacing_deviation": tally.ahead_of_curve,
     }

@@ -166,3 +166,7 @@ class World:
     @property
     def center_calls(self) -> int:
         return sum(region.link.calls for region in self.regions)
+
+    @property
+    def renewal_entries(self) -> int:
+        return sum(region.link.entries for region in self.regions)

@@ -10,8 +10,9 @@ an id cannot change a key's meaning:
 
 A promotion key's etcd `version` counts its writes since creation: 1 when created, +1 per
 commit, exactly like the document's own `version`. So a commit is one transaction that
-compares the key's version with the version the writer read, and puts the new document
-and its grant together; a stale writer's transaction fails and writes nothing. An admin write's
+compares the key's version with the version the writer read (and that the grant's key is new),
+and puts the new document and its grant together; a stale writer's transaction fails and writes
+nothing. An admin write's
 audit record goes in the same transaction, which also requires its key not to exist yet.
 
 A secured etcd (`EtcdAccess`) is reached over TLS, verified with a CA and presenting a client
@@ -324,6 +325,7 @@ class EtcdStore:
             puts.append(KVService.txn_op_put(key, json.dumps(state.to_document())))
             if grant is not None:
                 grant_key = self._grant_key(grant.promotion_id, grant.region, grant.request_id)
+                compare.append(KVService.txn_compare_create_revision(grant_key, 0))
                 puts.append(KVService.txn_op_put(grant_key, json.dumps(asdict(grant))))
         if audit is not None:
             audit_compare, audit_put = self._append(audit)
@@ -333,7 +335,7 @@ class EtcdStore:
             await self._raise_if_deposed()
             await self._raise_if_audit_taken(audit)
             moved = ", ".join(f"{state.promotion.id}@{expected}" for state, expected, _ in commits)
-            raise Conflict(f"a promotion moved past the version read ({moved})")
+            raise Conflict(f"a promotion moved past the version read, or a grant's request id is taken ({moved})")
 
     async def load_document(self, name: str) -> dict[str, Any] | None:
         document = await self._get_json(self._document_key(name))

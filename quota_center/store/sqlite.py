@@ -110,13 +110,17 @@ class SqliteStore:
                     )
                     if updated.rowcount != 1:
                         raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")
-                    if grant is not None:
+                    if grant is None:
+                        continue
+                    try:
                         self._db.execute(
                             "INSERT INTO grants"
                             " (grant_id, request_id, promotion_id, region, incarnation, amount, asked)"
                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
                             astuple(grant),
                         )
+                    except sqlite3.IntegrityError:
+                        raise Conflict(f"request id {grant.request_id!r} already has a grant") from None
 
         await self._run(work)
 

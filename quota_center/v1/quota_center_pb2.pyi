@@ -1560,19 +1560,42 @@ class RenewRequest(_message.Message):
 
     AGENT_FIELD_NUMBER: _builtins.int
     COUNTERS_FIELD_NUMBER: _builtins.int
+    REGION_LEASE_FIELD_NUMBER: _builtins.int
+    CATALOG_REVISION_FIELD_NUMBER: _builtins.int
+    FULL_FIELD_NUMBER: _builtins.int
+    region_lease: _builtins.bool
+    """Renew the region lease: one lease over every promotion of the region, reported or not, so an
+    idle promotion costs nothing at renewal. The answer's region_lease_ttl_ms says whether the
+    center did (a center older than this field renews only the promotions reported).
+    """
+    catalog_revision: _builtins.int
+    """The catalog revision the agent's promotion cache holds every change up to; with region_lease,
+    the answer's notices name the region's promotions changed after it. 0: none known.
+    """
+    full: _builtins.bool
+    """`counters` (with the other calls of the same round) holds every promotion the agent knows, as
+    an agent sends after the center asked for it (report_all) or when it starts.
+    """
     @_builtins.property
     def agent(self) -> Global___AgentIdentity: ...
     @_builtins.property
-    def counters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Counters]: ...
+    def counters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Counters]:
+        """Without region_lease: every promotion whose lease the region wants renewed. With it: only the
+        promotions whose counters (or demand) moved since the center last took in their report.
+        """
+
     def __init__(
         self,
         *,
         agent: Global___AgentIdentity | None = ...,
         counters: _abc.Iterable[Global___Counters] | None = ...,
+        region_lease: _builtins.bool = ...,
+        catalog_revision: _builtins.int = ...,
+        full: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "counters", b"counters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "catalog_revision", b"catalog_revision", "counters", b"counters", "full", b"full", "region_lease", b"region_lease"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1634,7 +1657,19 @@ class RenewResponse(_message.Message):
     LEASE_TTL_MS_FIELD_NUMBER: _builtins.int
     DIRECTIVES_FIELD_NUMBER: _builtins.int
     EMERGENCY_FIELD_NUMBER: _builtins.int
+    REGION_LEASE_TTL_MS_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
+    REPORT_ALL_FIELD_NUMBER: _builtins.int
     lease_ttl_ms: _builtins.int
+    region_lease_ttl_ms: _builtins.int
+    """Set when the center renewed the region lease (the request asked for it): the lease of every
+    promotion of the region runs this long from when the agent sent the request, except those
+    whose report was refused. 0: only the promotions reported were renewed (lease_ttl_ms).
+    """
+    report_all: _builtins.bool
+    """The center wants every promotion the region knows in the next renewal (with `full`): it
+    took over leadership since, or has not had a full report of this incarnation.
+    """
     @_builtins.property
     def directives(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromotionDirective]:
         """one per reported promotion, in request order"""
@@ -1646,16 +1681,26 @@ class RenewResponse(_message.Message):
         still stops spending when it is on.
         """
 
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromotionDirective]:
+        """With the region lease: what the center has to say about promotions the request did not
+        report (their report is not needed for it): a configuration revision newer than the
+        request's catalog_revision, a reclaim, nothing left to grant. Never a refusal.
+        """
+
     def __init__(
         self,
         *,
         lease_ttl_ms: _builtins.int = ...,
         directives: _abc.Iterable[Global___PromotionDirective] | None = ...,
         emergency: Global___EmergencyFreeze | None = ...,
+        region_lease_ttl_ms: _builtins.int = ...,
+        notices: _abc.Iterable[Global___PromotionDirective] | None = ...,
+        report_all: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["emergency", b"emergency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["directives", b"directives", "emergency", b"emergency", "lease_ttl_ms", b"lease_ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directives", b"directives", "emergency", b"emergency", "lease_ttl_ms", b"lease_ttl_ms", "notices", b"notices", "region_lease_ttl_ms", b"region_lease_ttl_ms", "report_all", b"report_all"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,7 +84,8 @@ def _ack_before_write() -> None:
 
 
 def _double_grant() -> None:
-    from quota_center.center_agents import AcquireResult, CenterForAgents, Directive
+    from quota_center.center_agents import AcquireResult, CenterForAgents
+    from quota_center.center_renewals import CenterRenewals, Directive
     from quota_common.errors import QuotaError, Unavailable
     from quota_common.model import Report
 
@@ -122,7 +123,7 @@ def _double_grant() -> None:
         return result
 
     async def renew_noting_resends(
-        self: CenterForAgents, region: str, incarnation: str, reports: dict[str, Report]
+        self: CenterRenewals, region: str, incarnation: str, reports: dict[str, Report]
     ) -> list[Directive | QuotaError]:
         answers = await renew(self, region, incarnation, reports)
         resent = {grant_id for a in answers if isinstance(a, Directive) for grant_id, _ in a.unapplied_grants}

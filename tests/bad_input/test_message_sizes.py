@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from quota_center.center_agents import Directive
+from quota_center.center_renewals import MAX_NOTICES, Directive
 from quota_center.convert import REFUSAL_BYTES, RENEWAL_GRANTS, directives_to_pb
 from quota_center.ledger import RECENT_GRANTS_KEPT
 from quota_center.v1 import quota_center_pb2 as center_pb
@@ -182,8 +182,9 @@ async def test_the_emergency_switch_holds_a_bounded_number_of_regions(
 
 def test_the_answer_to_a_maximal_renewal_stays_far_below_4_mib() -> None:
     """The largest Renew answer there is: MAX_RENEWAL promotions of 128-byte ids, the first ones each
-    resending every grant it keeps (ids of 128 bytes too), the rest refused at length, and an emergency
-    switch of MAX_REGIONS regions. Unbounded, this was 10k refusals or 32k grants: far past 4 MiB."""
+    resending every grant it keeps (ids of 128 bytes too), the rest refused at length, MAX_NOTICES notices
+    of the region lease, and an emergency switch of MAX_REGIONS regions. Unbounded, this was 10k refusals or
+    32k grants: far past 4 MiB."""
     promotion_ids = [f"promo-{index:05d}-".ljust(128, "x") for index in range(MAX_RENEWAL)]
     resending = -(-RENEWAL_GRANTS // RECENT_GRANTS_KEPT)
     answers: list[tuple[str, Directive | QuotaError]] = []
@@ -196,11 +197,21 @@ def test_the_answer_to_a_maximal_renewal_stays_far_below_4_mib() -> None:
             answers.append((promotion_id, InvalidArgument(f"region {REGION} reports {'9' * 19} " * 100)))
     switch = EmergencyFreeze(True, frozenset(region_name(index) for index in range(MAX_REGIONS)), 2**62)
 
+    noticed = [
+        Promotion(f"noticed-{index:05d}-".ljust(128, "x"), Kind.COUNT, "", MAX_AMOUNT, 0, 1, (REGION,), True, 2**62)
+        for index in range(MAX_NOTICES)
+    ]
+    notices = [(promotion.id, Directive(promotion, MAX_AMOUNT, [], exhausted=True)) for promotion in noticed]
+
     answer = center_pb.RenewResponse(
-        lease_ttl_ms=2**62, directives=directives_to_pb(REGION, answers), emergency=emergency_to_pb(switch)
+        lease_ttl_ms=2**62,
+        directives=directives_to_pb(REGION, answers),
+        emergency=emergency_to_pb(switch),
+        region_lease_ttl_ms=2**62,
+        notices=directives_to_pb(REGION, notices),
     )
 
-    assert len(answer.directives) == MAX_RENEWAL
+    assert (len(answer.directives), len(answer.notices)) == (MAX_RENEWAL, MAX_NOTICES)
     assert sum(len(directive.unapplied_grants) for directive in answer.directives) == RENEWAL_GRANTS
     assert max(len(directive.refusal.encode()) for directive in answer.directives) < REFUSAL_BYTES + 64
     assert answer.ByteSize() < 4 * 1024 * 1024 // 3, f"{answer.ByteSize()} bytes"

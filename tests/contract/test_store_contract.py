@@ -6,12 +6,14 @@ free loopback ports.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 import pytest
 
 from quota_center.audit import verify
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
+from quota_center.store.base import MAX_BATCH, MAX_BATCH_BYTES, MAX_REPORT_BATCH, batches
 from quota_common.errors import AlreadyExists, Conflict
 from quota_common.model import Kind, Promotion
 from quota_common.policy import Pacing
@@ -95,6 +97,58 @@ async def test_a_stale_commit_conflicts_and_writes_nothing(open_store: StoreFact
 
     assert await store.load("p1") == winner
     assert await store.find_grant("p1", "eu", "r-2") is None
+
+
+async def test_a_grant_whose_request_id_is_taken_conflicts_and_writes_nothing(open_store: StoreFactory) -> None:
+    store = await open_store()
+    await store.create(_state(), await next_audit(store))
+    first = _state()
+    first.accounts["eu"].granted, first.version = 10, 2
+    await store.commit_many([(first, 1, _grant("r-1"))])
+    again = _state()
+    again.accounts["eu"].granted, again.version = 30, 3
+
+    with pytest.raises(Conflict):
+        await store.commit_many([(again, 2, replace(_grant("r-1", amount=20), grant_id="g-other"))])
+
+    assert await store.load("p1") == first
+    assert await store.find_grant("p1", "eu", "r-1") == _grant("r-1")
+
+
+async def test_the_largest_batches_commit_in_one_write(open_store: StoreFactory) -> None:
+    """MAX_BATCH promotions with grants, and MAX_REPORT_BATCH without, in one write: within etcd's default
+    128 operations per transaction (compares and writes apiece, the fence beside them)."""
+    store = await open_store()
+    ids = [f"p{n:03d}" for n in range(MAX_REPORT_BATCH)]
+    for promotion_id in ids:
+        await store.create(_state(promotion_id), await next_audit(store))
+
+    granted = [replace(_state(i), version=2) for i in ids[:MAX_BATCH]]
+    await store.commit_many([(s, 1, replace(_grant(s.promotion.id), promotion_id=s.promotion.id)) for s in granted])
+    reported = [replace(_state(i), version=3 if i in ids[:MAX_BATCH] else 2) for i in ids]
+    await store.commit_many([(state, state.version - 1, None) for state in reported])
+
+    assert [state.version for state in await store.load_all()] == [state.version for state in reported]
+
+
+async def test_heavy_documents_commit_in_the_writes_batches_cuts(open_store: StoreFactory) -> None:
+    """Documents of many regions, cut into writes of MAX_BATCH_BYTES: each within etcd's default request size
+    (1.5 MiB), which all of them together pass."""
+    store = await open_store()
+    wide = {f"region-{n:04d}": RegionAccount(incarnation="i-1", granted=n) for n in range(400)}
+    states = [PromotionState(_state(f"p{n:02d}").promotion, dict(wide)) for n in range(40)]
+    for state in states:
+        await store.create(state, await next_audit(store))
+    changed = [replace(state, version=2) for state in states]
+
+    runs = batches(changed, lambda state: len(json.dumps(state.to_document())), MAX_BATCH, MAX_BATCH_BYTES)
+    for run in runs:
+        await store.commit_many(
+            [(state, 1, replace(_grant(state.promotion.id), promotion_id=state.promotion.id)) for state in run]
+        )
+
+    assert len(runs) > 1, "the documents weigh more than one write may carry"
+    assert [state.version for state in await store.load_all()] == [2] * len(states)
 
 
 async def test_concurrent_writers_on_one_version_have_exactly_one_winner(open_store: StoreFactory) -> None:

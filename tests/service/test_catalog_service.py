@@ -202,12 +202,57 @@ async def test_openings_grant_many_promotions_and_answer_a_retry_with_the_same_g
 
     grants = [answer for answer in first if isinstance(answer, GrantRecord)]
     assert [(g.promotion_id, g.region, g.amount) for g in grants] == [(i, "eu", 10) for i in ids]
-    assert retried == first
+    assert _answered(retried) == _answered(first)
     assert {center.usage(promotion_id).unallocated for promotion_id in ids} == {90}
     assert [await restarts.store.find_grant(g.promotion_id, "eu", g.request_id) for g in grants] == grants
     restarted = await restarts.start()
-    assert await restarted.acquire_openings("eu", "i-1", openings[:3]) == first[:3]
+    assert _answered(await restarted.acquire_openings("eu", "i-1", openings[:3])) == _answered(first[:3])
     assert restarted.usage("p00").unallocated == 90
+
+
+def _answered(answers: Sequence[GrantRecord | Exception]) -> list[tuple[str, str, int] | str]:
+    """What an agent hears of each opening: the grant's id, promotion and amount, or the refusal."""
+    return [(a.grant_id, a.promotion_id, a.amount) if isinstance(a, GrantRecord) else str(a) for a in answers]
+
+
+async def test_openings_and_their_retries_are_booked_without_reading_the_store(restarts: Restarts) -> None:
+    center = await restarts.start()
+    ids = [f"p{n:02d}" for n in range(60)]
+    for promotion_id in ids:
+        await center.create_promotion(_promotion(promotion_id))
+    openings = [Opening(promotion_id, 10, f"open-{promotion_id}") for promotion_id in ids]
+    reads = 0
+    find_grant = restarts.store.find_grant
+
+    async def counted(promotion_id: str, region: str, request_id: str) -> GrantRecord | None:
+        nonlocal reads
+        reads += 1
+        return await find_grant(promotion_id, region, request_id)
+
+    restarts.store.find_grant = counted  # type: ignore[method-assign]
+
+    first = await center.acquire_openings("eu", "i-1", openings)
+    retried = await center.acquire_openings("eu", "i-1", openings)
+
+    assert reads == 0, "a first opening and its retry were answered from memory"
+    assert _answered(retried) == _answered(first)
+    assert {center.usage(promotion_id).unallocated for promotion_id in ids} == {90}
+
+
+async def test_a_retry_older_than_memory_gets_its_grant_from_the_store_and_nothing_more(restarts: Restarts) -> None:
+    center = await restarts.start()
+    await center.create_promotion(_promotion("p", budget=1_000))
+    (opened,) = await center.acquire_openings("eu", "i-1", [Opening("p", 10, "open-p")])
+    for n in range(40):  # more grants than the region's account remembers
+        await center.acquire("eu", "i-1", "p", 1, f"r-{n}", demand=0)
+    unallocated = center.usage("p").unallocated
+
+    (retried,) = await center.acquire_openings("eu", "i-1", [Opening("p", 10, "open-p")])
+    acquired_again = await center.acquire("eu", "i-1", "p", 1, "r-0", demand=0)
+
+    assert _answered([retried]) == _answered([opened])
+    assert acquired_again.grant == await restarts.store.find_grant("p", "eu", "r-0")
+    assert center.usage("p").unallocated == unallocated
 
 
 async def test_an_opening_that_cannot_be_granted_is_answered_alone(center: Center) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from quota_center.audit import AuditRecord
 from quota_center.center import Center
-from quota_center.center_agents import Directive, Opening
+from quota_center.center_agents import Opening
+from quota_center.center_renewals import Directive
 from quota_center.ledger import GrantRecord, RegionAccount
 from quota_center.store.base import Commit
 from quota_center.store.sqlite import SqliteStore
@@ -311,3 +312,35 @@ async def test_a_renewal_with_counters_above_2_to_the_53_is_taken_in(
     usage = await admin.GetUsage(pb.GetUsageRequest(promotion_id="p"), timeout=5)
     eu = next(region for region in usage.regions if region.region == "eu")
     assert (eu.granted, eu.returned, eu.consumed, eu.held) == (2 * MAX_AMOUNT, 2 * MAX_AMOUNT - 2, 2, 0)
+
+
+async def test_an_agent_older_than_the_region_lease_is_renewed_as_before(
+    admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    for promotion_id in ("p", "q"):
+        await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=promotion(promotion_id, budget=100)), timeout=5)
+        acquire = pb.AcquireRequest(agent=AGENT, promotion_id=promotion_id, amount=10, request_id=f"r-{promotion_id}")
+        await allocation.Acquire(acquire, timeout=5)
+    # What an agent of release v0.1.0 sends: every promotion, no region lease.
+    counters = [pb.Counters(promotion_id=p, granted=10, deducted=2) for p in ("p", "q")]
+
+    old = await allocation.Renew(pb.RenewRequest(agent=AGENT, counters=counters), timeout=5)
+
+    assert [(d.promotion_id, d.refusal, d.revision > 0) for d in old.directives] == [("p", "", True), ("q", "", True)]
+    assert (old.lease_ttl_ms, old.region_lease_ttl_ms, list(old.notices), old.report_all) == (10_000, 0, [], False)
+    usage = await admin.GetUsage(pb.GetUsageRequest(promotion_id="q"), timeout=5)
+    eu = next(r for r in usage.regions if r.region == "eu")
+    assert (eu.consumed, eu.lease_state) == (2, pb.LEASE_STATE_ACTIVE)
+
+
+async def test_a_region_lease_is_renewed_by_a_call_that_reports_nothing(
+    admin: center_grpc.PromotionAdminAsyncStub, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    created = await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=promotion("p", budget=100)), timeout=5)
+    await allocation.Acquire(pb.AcquireRequest(agent=AGENT, promotion_id="p", amount=10, request_id="r-1"), timeout=5)
+    request = pb.RenewRequest(agent=AGENT, region_lease=True, catalog_revision=created.revision - 1)
+
+    renewed = await allocation.Renew(request, timeout=5)
+
+    assert (list(renewed.directives), renewed.region_lease_ttl_ms, renewed.report_all) == ([], 10_000, True)
+    assert [(n.promotion_id, n.revision) for n in renewed.notices] == [("p", created.revision)]

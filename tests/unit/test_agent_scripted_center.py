@@ -19,7 +19,7 @@ from quota_common.validation import MAX_RENEWAL
 from quota_testing.support import eventually
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CatalogSnapshot
-from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RenewalDirective, RenewAnswer
+from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewalDirective, RenewAnswer
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.supply import UNKNOWN_TTL_S
@@ -109,7 +109,10 @@ class ScriptedCenter:
         self.calls += 1
         return 10**9
 
-    async def renew(self, incarnation: str, reports: Mapping[str, Report]) -> RenewAnswer:
+    async def renew(
+        self, incarnation: str, reports: Mapping[str, Report], region_lease: RegionLease | None = None
+    ) -> RenewAnswer:
+        """Answers as a center older than the region lease: it renews only the promotions reported."""
         self.calls += 1
         self.renewals += 1
         self.renewals_sent.append((self._clock.monotonic(), list(reports)))

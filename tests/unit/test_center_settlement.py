@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from quota_center.center import Center
-from quota_center.center_agents import Directive
 from quota_center.center_core import CenterSettings
+from quota_center.center_renewals import Directive
 from quota_center.settlement import ENDED, OPEN, SETTLED
 from quota_center.store.sqlite import SqliteStore
 from quota_center.trail import By
