@@ -13,6 +13,7 @@ COPY quota_center ./quota_center
 COPY region_agent ./region_agent
 COPY quota_testing ./quota_testing
 COPY loadtest ./loadtest
+COPY quota_admin ./quota_admin
 COPY quota_cli ./quota_cli
 # pip compiles the bytecode here, so the servers run on a read-only root filesystem.
 RUN pip install . && rm -rf /build

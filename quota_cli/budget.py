@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 import grpc
 
+from quota_admin.client import AdminClient, CenterRefused, ChangeHeld, every_page
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.wire import promotion_from_pb, promotion_to_pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient, CenterRefused, ChangeHeld, every_page
 from quota_cli.security import security, security_options
 from quota_common.clock import SystemClock, iso
 from quota_common.config import FiniteFloatRange, bind_environment

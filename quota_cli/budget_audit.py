@@ -13,10 +13,10 @@ from typing import Any
 import click
 from rich.table import Table
 
+from quota_admin.client import AdminClient, every_page
 from quota_center.audit import AuditRecord, verify
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient, every_page
 from quota_cli.budget import instant, json_flag
 from quota_common.clock import iso
 

@@ -1,6 +1,7 @@
 """The layering, checked over every import in the repository (including imports inside functions):
 
     quota_cli ─▶ loadtest ─▶ quota_testing ─▶ quota_client ─▶ quota_center, region_agent ─▶ quota_common
+        └──────▶ quota_console ─▶ quota_admin ─▶ quota_center (its published API), quota_common
 
 - quota_common imports nothing of ours;
 - the center and the agent never import each other, with one door: the gRPC adapter of the agent's port to
@@ -10,6 +11,11 @@
 - protobuf stops at the edges: the servers, the center's conversions and the port's gRPC adapter;
 - the client library for order services (`quota_client`) sees of the agent only its published API
   (`region_agent.v1`), so that it imports without the servers' code;
+- people's tools reach the center through one admin client (`quota_admin`), which the command line and the
+  web console (`quota_console`) share; both see of the center only what any client of its admin API may
+  (`quota_center.v1`, `quota_center.wire`, and `quota_center.audit` to check the trail's hash chain), and
+  the console sees nothing of the agents, the tools or the command line: it is a client of the admin API,
+  holding no state of its own and no write the CLI does not have;
 - nothing but tests imports tests.
 """
 
@@ -21,7 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
-    "quota_common", "quota_center", "region_agent", "quota_client", "quota_testing", "loadtest", "quota_cli", "tests"
+    "quota_common", "quota_center", "region_agent", "quota_client", "quota_testing", "loadtest", "quota_admin",
+    "quota_console", "quota_cli", "tests",
 )  # fmt: skip
 MAY_IMPORT = {
     "quota_common": set(),
@@ -30,12 +37,18 @@ MAY_IMPORT = {
     "quota_client": {"quota_common", "region_agent"},
     "quota_testing": {"quota_common", "quota_center", "region_agent", "quota_client"},
     "loadtest": {"quota_common", "quota_center", "region_agent", "quota_client", "quota_testing"},
-    "quota_cli": {"quota_common", "quota_center", "region_agent", "quota_client", "quota_testing", "loadtest"},
+    "quota_admin": {"quota_common", "quota_center"},
+    "quota_console": {"quota_common", "quota_center", "quota_admin"},
+    "quota_cli": set(PACKAGES) - {"quota_cli", "tests"},
     "tests": set(PACKAGES),
 }
 CLIENT_SEES = "region_agent.v1"
 """All the client library may import of the agent: its published API."""
 CENTER_API = ("quota_center.v1", "quota_center.wire")
+PEOPLES_TOOLS = ("quota_admin", "quota_console")
+TOOLS_SEE = (*CENTER_API, "quota_center.audit")
+"""All the admin client and the console may import of the center: its published API, and the audit
+trail's record format to check its chain."""
 PORT = "region_agent.grpc_center"
 PROTOBUF_EDGES = {
     "quota_center.v1": {"quota_center.server", "quota_center.convert", "quota_center.wire", PORT},
@@ -47,6 +60,10 @@ SERVICES = ("quota_center", "region_agent", "quota_common")
 
 def _within(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
+
+
+def _within_any(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(_within(module, prefix) for prefix in prefixes)
 
 
 def forbidden(imports: Mapping[str, set[str]]) -> list[str]:
@@ -64,6 +81,10 @@ def forbidden(imports: Mapping[str, set[str]]) -> list[str]:
                 found.append(f"{importer} -> {target}: {package} may not import {other}")
             elif package == "quota_client" and other == "region_agent" and not _within(target, CLIENT_SEES):
                 found.append(f"{importer} -> {target}: quota_client sees of region_agent only {CLIENT_SEES}")
+            elif (
+                package in PEOPLES_TOOLS and other == "quota_center" and not any(_within(target, a) for a in TOOLS_SEE)
+            ):
+                found.append(f"{importer} -> {target}: {package} sees of quota_center only {', '.join(TOOLS_SEE)}")
         for api, edges in PROTOBUF_EDGES.items():
             edge = importer in edges or _within(importer, api) or package not in SERVICES
             if not edge and any(_within(target, api) for target in imported):
@@ -111,8 +132,12 @@ def test_a_forbidden_import_is_named_with_its_rule() -> None:
     imports["quota_common.model"] = imports["quota_common.model"] | {"quota_center.ledger"}
     imports["region_agent.catalog_sync"] = imports["region_agent.catalog_sync"] | {"quota_center.v1.quota_center_pb2"}
     imports["quota_client.calls"] = imports["quota_client.calls"] | {"region_agent.ledger.base"}
+    imports["quota_admin.client"] = imports["quota_admin.client"] | {"quota_center.center", "quota_cli.budget"}
 
     assert forbidden(imports) == [
+        "quota_admin.client -> quota_center.center: quota_admin sees of quota_center only quota_center.v1, "
+        "quota_center.wire, quota_center.audit",
+        "quota_admin.client -> quota_cli.budget: quota_admin may not import quota_cli",
         "quota_center.center -> region_agent.supply: quota_center may not import region_agent",
         "quota_client.calls -> region_agent.ledger.base: quota_client sees of region_agent only region_agent.v1",
         "quota_common.model -> quota_center.ledger: quota_common may not import quota_center",
