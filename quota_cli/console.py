@@ -3,6 +3,7 @@ the operators who write its users file."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 from pathlib import Path
@@ -142,3 +143,43 @@ def hash_password(from_stdin: bool) -> None:
 
 
 bind_environment(console)
+
+
+@click.command("console")
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...], ...}, one row per page.')
+@click.option("--viewers", type=click.IntRange(1, 32), default=4, show_default=True, help="People loading pages.")
+@click.option("--budget", type=click.IntRange(min=1), default=50_000, show_default=True, help="The demo's budget.")
+@click.option(
+    "--screenshots",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also save the promotion's page, halfway and sold out, as PNG files here (docs/ for the README).",
+)
+def bench_console(as_json: bool, viewers: int, budget: int, screenshots: Path | None) -> None:
+    """The console's pages under the demo's load: server-side p50/p95 of each (target: p95 < 300 ms)."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from loadtest.bench_console import bench_console as run
+    from loadtest.demo import DemoOptions
+
+    figures = asyncio.run(
+        run(viewers, DemoOptions(budget=budget), screenshots, lambda line: click.echo(line, err=True))
+    )
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    table = Table(
+        title=f"quota bench console: {figures['viewers']} people, the demo's {figures['orders']:,} orders "
+        f"in {figures['load_seconds']} s",
+        caption=f"worst p95 {figures['worst_p95_ms']} ms; target < {figures['target_p95_ms']:g} ms: "
+        f"{'met' if figures['met'] else 'MISSED'}",
+    )
+    for column in ("page", "samples", "p50 ms", "p95 ms", "max ms"):
+        table.add_column(column, justify="left" if column == "page" else "right")
+    for row in figures["rows"]:
+        table.add_row(
+            row["page"], f"{row['samples']:,}", *(f"{row[key]:.1f}" for key in ("p50_ms", "p95_ms", "max_ms"))
+        )
+    Console().print(table)

@@ -63,16 +63,23 @@ class ConsoleStack:
 
 
 @contextlib.contextmanager
-def console_stack(workdir: Path, dev: DevTls, regions: Sequence[str], *center_flags: str) -> Iterator[ConsoleStack]:
-    """A center with `center_flags`, an agent of each region renewing every 0.2 s, and the console with
-    PEOPLE as its users, all with mutual TLS from `dev`; everything stopped at the end."""
+def console_stack(
+    workdir: Path,
+    dev: DevTls,
+    regions: Sequence[str],
+    center_flags: Sequence[str] = (),
+    agent_flags: Sequence[str] = ("--renew-interval", "0.2"),
+) -> Iterator[ConsoleStack]:
+    """A center with `center_flags`, an agent of each region with `agent_flags` (reports every 0.2 s unless
+    told), and the console with PEOPLE as its users, all with mutual TLS from `dev`; everything stopped at the
+    end."""
     processes: list[ServerProcess] = []
     try:
         center = center_process(workdir, *center_flags, tls=dev).start()
         processes.append(center)
         agents = {}
         for region in regions:
-            agents[region] = agent_process(workdir, region, center.address, "--renew-interval", "0.2", tls=dev).start()
+            agents[region] = agent_process(workdir, region, center.address, *agent_flags, tls=dev).start()
             processes.append(agents[region])
         users = write_console_users(workdir, dev, {login: PEOPLE[login] for login in PEOPLE})
         console = console_process(workdir, center.address, users, dev).start()

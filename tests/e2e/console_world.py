@@ -96,7 +96,7 @@ def console_world(workdir: Path) -> Iterator[ConsoleStack]:
     rules = workdir / "alert-rules.toml"
     rules.write_text(ALERT_RULES)
     flags = ("--alert-rules", str(rules), "--alert-interval", "0.5", "--history-interval", "1")
-    with console_stack(workdir, dev, REGIONS, *flags) as stack:
+    with console_stack(workdir, dev, REGIONS, flags) as stack:
         _seed(stack)
         with _traffic(stack):
             yield stack
