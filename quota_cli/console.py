@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from quota_cli.budget import CENTER_ADDRESSES, timeout_option
+from quota_cli.budget import center_option, timeout_option
 from quota_cli.security import check_trust_domain
 from quota_common.config import FiniteFloatRange, bind_environment
 from quota_common.errors import ConfigError
@@ -48,14 +48,7 @@ def _check_web(listen: str, web_cert: Path | None, web_key: Path | None, web_pla
 
 
 @click.group(invoke_without_command=True)
-@click.option(
-    "--center",
-    "addresses",
-    default="127.0.0.1:50051",
-    show_default=True,
-    type=CENTER_ADDRESSES,
-    help="The center's replicas, host:port[,host:port...]; whichever leads answers.",
-)
+@center_option
 @timeout_option
 @click.option(
     "--listen", default="127.0.0.1:8080", show_default=True, help="host:port of the web pages; port 0 picks one."

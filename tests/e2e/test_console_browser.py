@@ -8,8 +8,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
@@ -18,42 +20,40 @@ from selenium.webdriver.support.wait import WebDriverWait
 from quota_client import Frozen, Line
 from quota_testing.browser import chromium, missing
 from quota_testing.console import PASSWORD, ConsoleStack
-from tests.e2e.console_world import BUSY, HELD, SALE, SALE_BUDGET, SALE_SPENT, client, console_world, quota
+from tests.e2e.console_world import BUSY, HELD, SALE, SALE_BUDGET, SALE_SPENT, client, quota
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(missing()), reason=missing() or "chromium is installed")]
+T = TypeVar("T")
 WAIT_S = 30.0
 """Only bounds a hang: the refresh, a report or an alert evaluation lands well before."""
 ALICE = "spiffe://quota/owner/alice"
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("console-browser")
-
-
-@pytest.fixture(scope="module")
-def stack(workdir: Path) -> Iterator[ConsoleStack]:
-    with console_world(workdir) as running:
+def browser(console_dir: Path) -> Iterator[Chrome]:
+    with chromium(console_dir / "chromium-profile") as running:
         yield running
 
 
-@pytest.fixture(scope="module")
-def browser(workdir: Path) -> Iterator[Chrome]:
-    with chromium(workdir / "chromium-profile") as running:
-        yield running
-
-
-def _until(browser: Chrome, condition: Callable[[Chrome], object]) -> object:
-    return WebDriverWait(browser, WAIT_S, poll_frequency=0.1).until(condition)
+def _until(browser: Chrome, condition: Callable[[Chrome], T]) -> T:
+    # The regions table is replaced every few seconds: an element read as it goes is read again.
+    waiting = WebDriverWait(browser, WAIT_S, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException])
+    return waiting.until(condition)
 
 
 def _text(browser: Chrome, css: str) -> str:
     return str(browser.find_element(By.CSS_SELECTOR, css).text)
 
 
-def _sign_in(browser: Chrome, stack: ConsoleStack, login: str) -> None:
+def _shown(browser: Chrome, css: str) -> str:
+    """The text of `css` once the page that has it loaded: a click that submits a form or follows a link
+    returns before the next page is there."""
+    return _until(browser, lambda page: _text(page, css))
+
+
+def _sign_in(browser: Chrome, console: ConsoleStack, login: str) -> None:
     browser.delete_all_cookies()
-    browser.get(f"{stack.url}/login")
+    browser.get(f"{console.url}/login")
     browser.find_element(By.NAME, "login").send_keys(login)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()
@@ -64,8 +64,8 @@ def _amount(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-def test_every_page_loads_with_the_live_parts_working(browser: Chrome, stack: ConsoleStack) -> None:
-    _sign_in(browser, stack, "alice")
+def test_every_page_loads_with_the_live_parts_working(browser: Chrome, console: ConsoleStack) -> None:
+    _sign_in(browser, console, "alice")
 
     for path, heading in (
         ("/", "Promotions"),
@@ -74,11 +74,11 @@ def test_every_page_loads_with_the_live_parts_working(browser: Chrome, stack: Co
         ("/approvals", "Approvals"),
         ("/actions", "Actions"),
     ):
-        browser.get(stack.url + path)
+        browser.get(console.url + path)
         assert _text(browser, "h1").startswith(heading), path
         assert not browser.find_elements(By.ID, "center-error"), path
 
-    browser.get(f"{stack.url}/promotions/{BUSY}")
+    browser.get(f"{console.url}/promotions/{BUSY}")
     _until(browser, lambda page: page.find_element(By.ID, "burndown").get_attribute("data-drawn"))
     assert browser.find_elements(By.CSS_SELECTOR, "#burndown canvas"), "uPlot drew the burn-down"
     first = _until(browser, lambda page: page.find_element(By.ID, "regions").get_attribute("data-as-of"))
@@ -86,37 +86,46 @@ def test_every_page_loads_with_the_live_parts_working(browser: Chrome, stack: Co
     assert browser.execute_script("return performance.getEntriesByType('navigation').length") == 1, "no reload"
 
 
-def test_the_numbers_are_those_the_cli_shows(browser: Chrome, stack: ConsoleStack, workdir: Path) -> None:
-    _sign_in(browser, stack, "alice")
+def test_the_numbers_are_those_the_cli_shows(browser: Chrome, console: ConsoleStack, console_dir: Path) -> None:
+    _sign_in(browser, console, "alice")
     deadline = time.monotonic() + WAIT_S
     while True:  # the agents report what they sold every 0.2 s; SALE sells nothing more after the seed
-        usage = quota(stack, workdir, "owner-alice", "budget", "usage", SALE)
+        usage = quota(console, console_dir, "owner-alice", "budget", "usage", SALE)
         spent = {region["region"]: region["spent"] for region in usage["regions"]}
         if spent == SALE_SPENT or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert spent == SALE_SPENT
 
-    browser.get(f"{stack.url}/?q={SALE}")
+    browser.get(f"{console.url}/?q={SALE}")
     row = f"tr[data-promotion='{SALE}']"
     assert _amount(_text(browser, f"{row} .budget")) == usage["budget"] == SALE_BUDGET
     assert _amount(_text(browser, f"{row} .spent")) == sum(spent.values())
     assert _amount(_text(browser, f"{row} .left")) == SALE_BUDGET - sum(spent.values())
     assert _text(browser, f"{row} .state") == "live"
 
-    browser.get(f"{stack.url}/promotions/{SALE}")
-    for region in usage["regions"]:
-        cells = f"#regions tr[data-region='{region['region']}']"
-        assert _amount(_text(browser, f"{cells} .spent")) == region["spent"]
-        assert _text(browser, f"{cells} .lease") == region["lease_state"]
-    assert _amount(_text(browser, "#regions-spent")) == sum(spent.values())
+    browser.get(f"{console.url}/promotions/{SALE}")
+    shown = _until(browser, _regions_shown)
+    assert shown == {region["region"]: (region["spent"], region["lease_state"]) for region in usage["regions"]}
+    assert _until(browser, lambda page: _amount(_text(page, "#regions-spent"))) == sum(spent.values())
 
 
-def test_an_alert_is_acknowledged_under_the_person(browser: Chrome, stack: ConsoleStack, workdir: Path) -> None:
-    _sign_in(browser, stack, "alice")
+def _regions_shown(page: Chrome) -> dict[str, tuple[int, str]]:
+    """Spent and lease by region, as the regions table shows them (read again if it was replaced meanwhile)."""
+    return {
+        str(row.get_attribute("data-region")): (
+            _amount(row.find_element(By.CSS_SELECTOR, ".spent").text),
+            str(row.find_element(By.CSS_SELECTOR, ".lease").text),
+        )
+        for row in page.find_elements(By.CSS_SELECTOR, "#regions tbody tr")
+    }
+
+
+def test_an_alert_is_acknowledged_under_the_person(browser: Chrome, console: ConsoleStack, console_dir: Path) -> None:
+    _sign_in(browser, console, "alice")
 
     def raised(page: Chrome) -> bool:
-        page.get(f"{stack.url}/alerts")
+        page.get(f"{console.url}/alerts")
         return bool(page.find_elements(By.CSS_SELECTOR, "tr[data-alert] form"))
 
     _until(browser, raised)
@@ -125,50 +134,52 @@ def test_an_alert_is_acknowledged_under_the_person(browser: Chrome, stack: Conso
     form.find_element(By.NAME, "note").send_keys("the seeded orders")
     form.find_element(By.TAG_NAME, "button").click()
 
-    assert f"acknowledged as false-alarm by {ALICE}" in _text(browser, "#flash")
-    answered = quota(stack, workdir, "owner-alice", "alerts", "--all")["alerts"]
+    assert f"acknowledged as false-alarm by {ALICE}" in _shown(browser, "#flash")
+    answered = quota(console, console_dir, "owner-alice", "alerts", "--all")["alerts"]
     assert [(a["promotion_id"], a["acknowledged_by"], a["note"]) for a in answered] == [
         (SALE, ALICE, "the seeded orders")
     ]
 
 
-def _decide_first(browser: Chrome, stack: ConsoleStack, decision: str) -> str:
-    browser.get(f"{stack.url}/approvals")
+def _decide_first(browser: Chrome, console: ConsoleStack, decision: str) -> str:
+    browser.get(f"{console.url}/approvals")
     browser.find_element(By.CSS_SELECTOR, f"tr[data-pending='P-1'] button.{decision}").click()
-    return _text(browser, "#flash")
+    return _shown(browser, "#flash")
 
 
 def test_a_held_change_is_approved_by_another_never_by_its_asker(
-    browser: Chrome, stack: ConsoleStack, workdir: Path
+    browser: Chrome, console: ConsoleStack, console_dir: Path
 ) -> None:
-    _sign_in(browser, stack, "alice")
-    browser.get(f"{stack.url}/approvals")
+    _sign_in(browser, console, "alice")
+    browser.get(f"{console.url}/approvals")
     assert "(you)" in _text(browser, "tr[data-pending='P-1']")
 
-    refusal = _decide_first(browser, stack, "approve")
+    refusal = _decide_first(browser, console, "approve")
 
     assert "the center refused" in refusal
     assert "PERMISSION_DENIED" in refusal
-    assert [change["state"] for change in quota(stack, workdir, "owner-alice", "budget", "pending")["changes"]] == [
-        "held"
-    ]
+    assert [
+        change["state"] for change in quota(console, console_dir, "owner-alice", "budget", "pending")["changes"]
+    ] == ["held"]
 
-    _sign_in(browser, stack, "bob")
-    assert "P-1 approved" in _decide_first(browser, stack, "approve")
-    assert quota(stack, workdir, "owner-alice", "budget", "show", HELD)["budget"] == 1_000
+    _sign_in(browser, console, "bob")
+    assert "P-1 approved" in _decide_first(browser, console, "approve")
+    assert quota(console, console_dir, "owner-alice", "budget", "show", HELD)["budget"] == 1_000
 
 
-def test_a_freeze_is_confirmed_then_the_agents_refuse(browser: Chrome, stack: ConsoleStack, workdir: Path) -> None:
-    _sign_in(browser, stack, "alice")
-    browser.get(f"{stack.url}/promotions/{BUSY}")
+def test_a_freeze_is_confirmed_then_the_agents_refuse(
+    browser: Chrome, console: ConsoleStack, console_dir: Path
+) -> None:
+    _sign_in(browser, console, "alice")
+    browser.get(f"{console.url}/promotions/{BUSY}")
     browser.find_element(By.ID, "freeze").click()
-    assert f"stops every sale of {BUSY} in eu, us" in _text(browser, "#what-it-does")
+    assert f"stops every sale of {BUSY} in eu, us" in _shown(browser, "#what-it-does")
 
     browser.find_element(By.ID, "confirm").click()
 
-    assert f"{BUSY} is frozen" in _text(browser, "#flash")
-    assert _text(browser, "#promotion-state") == "frozen"
-    with client(stack, "eu") as orders:
+    assert f"{BUSY} is frozen" in _shown(browser, "#flash")
+    assert _shown(browser, "#promotion-state") == "frozen"
+    with client(console, "eu") as orders:
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
             try:
@@ -183,16 +194,16 @@ def test_a_freeze_is_confirmed_then_the_agents_refuse(browser: Chrome, stack: Co
     assert audit[0].find_element(By.CSS_SELECTOR, ".call").text == "SetFrozen"
 
 
-def test_the_emergency_switch_names_what_it_stops(browser: Chrome, stack: ConsoleStack, workdir: Path) -> None:
-    _sign_in(browser, stack, "carol")
-    browser.get(f"{stack.url}/actions")
+def test_the_emergency_switch_names_what_it_stops(browser: Chrome, console: ConsoleStack, console_dir: Path) -> None:
+    _sign_in(browser, console, "carol")
+    browser.get(f"{console.url}/actions")
     browser.find_element(By.LINK_TEXT, "Freeze eu…").click()
-    assert SALE in _text(browser, "#stopped")
+    assert SALE in _shown(browser, "#stopped")
 
     browser.find_element(By.ID, "confirm").click()
 
-    assert "the emergency switch freezes eu" in _text(browser, "#flash")
-    assert "eu" in _text(browser, "#emergency-banner")
+    assert "the emergency switch freezes eu" in _shown(browser, "#flash")
+    assert "eu" in _shown(browser, "#emergency-banner")
     browser.find_element(By.LINK_TEXT, "Unfreeze eu…").click()
     browser.find_element(By.ID, "confirm").click()
-    assert "the emergency switch is off everywhere" in _text(browser, "#flash")
+    assert "the emergency switch is off everywhere" in _shown(browser, "#flash")

@@ -13,29 +13,18 @@ import httpx
 import pytest
 
 from quota_testing.console import PASSWORD, ConsoleStack
-from tests.e2e.console_world import SALE, console_world, quota
+from tests.e2e.console_world import SALE, quota
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("console-http")
-
-
-@pytest.fixture(scope="module")
-def stack(workdir: Path) -> Iterator[ConsoleStack]:
-    with console_world(workdir) as running:
-        yield running
-
-
 @pytest.fixture
-def new(stack: ConsoleStack) -> Iterator[Callable[..., httpx.Client]]:
-    """New cookie jars on the console (`browser(cookies={...})`), each closed at the end."""
+def new(console: ConsoleStack) -> Iterator[Callable[..., httpx.Client]]:
+    """New cookie jars on the console (`new(cookies={...})`), each closed at the end."""
     opened: list[httpx.Client] = []
 
     def new(**options: Any) -> httpx.Client:
-        opened.append(httpx.Client(base_url=stack.url, timeout=30, **options))
+        opened.append(httpx.Client(base_url=console.url, timeout=30, **options))
         return opened[-1]
 
     yield new
@@ -57,8 +46,8 @@ def _signed_in(new: Callable[..., httpx.Client], login: str = "alice") -> tuple[
     return browser, _token(browser.get("/"))
 
 
-def _frozen(stack: ConsoleStack, workdir: Path) -> bool:
-    return bool(quota(stack, workdir, "owner-alice", "budget", "show", SALE)["frozen"])
+def _frozen(console: ConsoleStack, console_dir: Path) -> bool:
+    return bool(quota(console, console_dir, "owner-alice", "budget", "show", SALE)["frozen"])
 
 
 def test_pages_need_a_signed_in_person(new: Callable[..., httpx.Client]) -> None:
@@ -105,31 +94,31 @@ def test_signing_in_never_sends_the_browser_off_the_console(new: Callable[..., h
         assert answer.headers["location"] == landing
 
 
-def test_a_get_never_acts(stack: ConsoleStack, workdir: Path, new: Callable[..., httpx.Client]) -> None:
+def test_a_get_never_acts(console: ConsoleStack, console_dir: Path, new: Callable[..., httpx.Client]) -> None:
     browser, _ = _signed_in(new)
 
     confirmation = browser.get(f"/promotions/{SALE}/freeze")
 
     assert confirmation.status_code == 200
     assert f"stops every sale of {SALE}" in confirmation.text
-    assert not _frozen(stack, workdir)
+    assert not _frozen(console, console_dir)
 
 
 def test_a_write_without_the_sessions_token_is_refused_and_changes_nothing(
-    stack: ConsoleStack, workdir: Path, new: Callable[..., httpx.Client]
+    console: ConsoleStack, console_dir: Path, new: Callable[..., httpx.Client]
 ) -> None:
     browser, _ = _signed_in(new)
     other, _ = _signed_in(new, "dave")
 
     for fields in ({}, {"csrf": "forged"}, {"csrf": _token(other.get("/"))}):
         assert browser.post(f"/promotions/{SALE}/freeze", data=fields).status_code == 403
-    assert not _frozen(stack, workdir)
+    assert not _frozen(console, console_dir)
     assert browser.post("/logout", data={}).status_code == 403, "not even signing out"
     assert browser.get("/").status_code == 200
 
 
 def test_a_refusal_of_the_center_is_shown_and_changes_nothing(
-    stack: ConsoleStack, workdir: Path, new: Callable[..., httpx.Client]
+    console: ConsoleStack, console_dir: Path, new: Callable[..., httpx.Client]
 ) -> None:
     browser, token = _signed_in(new, "dave")
 
@@ -137,4 +126,4 @@ def test_a_refusal_of_the_center_is_shown_and_changes_nothing(
 
     assert "the center refused" in answer.text
     assert "PERMISSION_DENIED" in answer.text, "dave owns no part of alice's sale"
-    assert not _frozen(stack, workdir)
+    assert not _frozen(console, console_dir)
