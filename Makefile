@@ -35,12 +35,13 @@ run: $(RUNTIME)
 	$(BIN)/quota demo
 
 # Tests start their own etcd and Redis; Debian's packages are only the binaries. The console's browser tests
-# drive Debian's chromium through its chromedriver (the same version, from the same package source).
+# drive Debian's chromium through its chromedriver (the same version, from the same package source). npm is the
+# machine's own, beside its Node.js (Debian's npm package would replace that Node.js with an older one).
 servers:
 	@command -v etcd >/dev/null && command -v redis-server >/dev/null && command -v chromium >/dev/null \
-		&& command -v chromedriver >/dev/null && command -v npm >/dev/null || { \
+		&& command -v chromedriver >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq etcd-server redis-server chromium chromium-driver npm; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq etcd-server redis-server chromium chromium-driver; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
