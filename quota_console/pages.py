@@ -17,7 +17,8 @@ from quota_console import reads
 from quota_console.auth import csrf_token, posted_form, require_user, safe_next, sign_in, signed_in
 from quota_console.figures import STATES, matches
 
-Render = Callable[..., Response]
+_STATUSES = {"PERMISSION_DENIED": 403, "UNAUTHENTICATED": 403, "NOT_FOUND": 404}
+"""A refusal's status on the page; any other refusal, or a center that did not answer: 502."""
 
 
 def center_for(request: Request, fired: list[str] | None = None) -> AdminClient:
@@ -32,11 +33,12 @@ def center_for(request: Request, fired: list[str] | None = None) -> AdminClient:
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     """`template` with what every page shows: who is signed in, the CSRF token, and the message of the last
-    action (shown once)."""
+    action (shown once, by a whole page: a part refreshed meanwhile leaves it for the page)."""
+    partial = template.startswith("_")
     context |= {
         "user": signed_in(request),
         "csrf": csrf_token(request),
-        "flash": request.session.pop("flash", None),
+        "flash": None if partial else request.session.pop("flash", None),
         "refresh_s": request.app.state.refresh_s,
     }
     response: Response = request.app.state.templates.TemplateResponse(request, template, context, status_code)
@@ -45,9 +47,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
 
 def refused(request: Request, error: CenterError) -> Response:
     """The center's refusal (or silence) as a page: its message, what to do, and the status it means here."""
-    status = 403 if isinstance(error, CenterRefused) and error.code.name == "PERMISSION_DENIED" else 502
-    if isinstance(error, CenterRefused) and error.code.name == "NOT_FOUND":
-        status = 404
+    status = _STATUSES.get(error.code.name, 502) if isinstance(error, CenterRefused) else 502
     return render(request, "error.html", status, message=error.message, hint=error.hint)
 
 

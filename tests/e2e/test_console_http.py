@@ -127,3 +127,13 @@ def test_a_refusal_of_the_center_is_shown_and_changes_nothing(
     assert "the center refused" in answer.text
     assert "PERMISSION_DENIED" in answer.text, "dave owns no part of alice's sale"
     assert not _frozen(console, console_dir)
+
+
+def test_an_unknown_promotion_is_a_page_saying_so(new: Callable[..., httpx.Client]) -> None:
+    browser, _ = _signed_in(new)
+
+    answer = browser.get("/promotions/no-such-sale")
+
+    assert answer.status_code == 404
+    assert 'id="center-error"' in answer.text
+    assert "no-such-sale" in answer.text
