@@ -94,7 +94,12 @@ def console(
     every user needs a cert and key; with --insecure (loopback only) users have only a password."""
     if context.invoked_subcommand is not None:
         return
-    from quota_console.app import ConsoleSettings, serve
+    try:
+        from quota_console.app import ConsoleSettings, serve
+    except ModuleNotFoundError as missing:
+        raise ConfigError(
+            f"the console needs its extra ({missing.name} is not installed): pip install 'quota[console]'"
+        ) from None
     from quota_console.users import load_users
 
     if users is None:
