@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def _reason(error: QuotaClientError) -> str:
     return reason.removeprefix("REJECT_REASON_").lower()
 
 
-async def _create_promotion(center_address: str, budget: int, tls: DevTls) -> None:
+async def create_promotion(center_address: str, budget: int, tls: DevTls) -> None:
     now_ms = time.time_ns() // 1_000_000
     start, end = Timestamp(), Timestamp()
     start.FromMilliseconds(now_ms - 60_000)
@@ -86,11 +87,18 @@ async def _create_promotion(center_address: str, budget: int, tls: DevTls) -> No
         )
 
 
-async def _drive(
-    agents: dict[str, str], options: DemoOptions, progress: Progress, tls: DevTls
-) -> tuple[dict[str, RegionTally], int]:
+def demand_of(options: DemoOptions) -> int:
+    """Orders the demo sends: `demand_factor` times the budget."""
+    return math.ceil(options.budget * options.demand_factor)
+
+
+async def drive(
+    agents: dict[str, str], options: DemoOptions, tls: DevTls, on_order: Callable[[], None] = lambda: None
+) -> dict[str, RegionTally]:
+    """The demo's orders, skewed across the regions, from `options.concurrency` order services at once;
+    `on_order` hears of each answer."""
     rng = random.Random(options.seed)
-    demand = math.ceil(options.budget * options.demand_factor)
+    demand = demand_of(options)
     orders = iter(enumerate(rng.choices(list(REGIONS), weights=list(REGIONS.values()), k=demand)))
     tallies = {region: RegionTally() for region in REGIONS}
     # Each region's order service calls its own agent, with its own certificate, through the client library.
@@ -98,7 +106,6 @@ async def _drive(
         region: AsyncQuotaClient(address, region, tls=tls.client_tls(f"orders-{region}"))
         for region, address in agents.items()
     }
-    task = progress.add_task("deducting", total=demand)
 
     async def worker() -> None:
         for number, region in orders:
@@ -110,13 +117,13 @@ async def _drive(
             except QuotaClientError as error:
                 tally.rejected[_reason(error)] += 1
             tally.latencies_ms.append((time.perf_counter() - started) * 1000)
-            progress.advance(task)
+            on_order()
 
     await asyncio.gather(*(worker() for _ in range(options.concurrency)))
     for region, client in clients.items():
         tallies[region].center_calls = (await client.status()).center_calls
         await client.close()
-    return tallies, demand
+    return tallies
 
 
 def _summary(options: DemoOptions, tallies: dict[str, RegionTally], demand: int) -> dict[str, Any]:
@@ -186,11 +193,12 @@ async def _run(options: DemoOptions, workdir: Path, console: Console) -> dict[st
             agent = agent_process(workdir, region, center.address, tls=tls).start()
             processes.append(agent)
             agents[region] = agent.address
-        await _create_promotion(center.address, options.budget, tls)
+        await create_promotion(center.address, options.budget, tls)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
-            tallies, demand = await _drive(agents, options, progress, tls)
-        return _summary(options, tallies, demand)
+            task = progress.add_task("deducting", total=demand_of(options))
+            tallies = await drive(agents, options, tls, lambda: progress.advance(task))
+        return _summary(options, tallies, demand_of(options))
     finally:
         for process in reversed(processes):
             process.stop()

@@ -8,37 +8,11 @@ from typing import Any
 import click
 from rich.table import Table
 
+from quota_admin.client import AdminClient
+from quota_admin.documents import CAUSE_NAMES, CAUSES, alert_document
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient
 from quota_cli.budget import budget, json_flag, request_id_option
-from quota_common.clock import iso
-
-CAUSES = {
-    "false-alarm": pb.ALERT_CAUSE_FALSE_ALARM,
-    "real-fixed": pb.ALERT_CAUSE_REAL_FIXED,
-    "real-accepted": pb.ALERT_CAUSE_REAL_ACCEPTED,
-}
-_CAUSE_NAMES = {value: name for name, value in CAUSES.items()}
-
-
-def _document(alert: pb.Alert) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "rule": alert.rule,
-        "rule_name": alert.rule_name,
-        "promotion_id": alert.promotion_id,
-        "region": alert.region,
-        "message": alert.message,
-        "raised_at": iso(alert.raised_at.ToMilliseconds()),
-        "action": alert.action,
-        "acknowledged": alert.acknowledged,
-        "cause": _CAUSE_NAMES.get(alert.cause, ""),
-        "note": alert.note,
-        "acknowledged_by": alert.acknowledged_by,
-        "acknowledged_at": iso(alert.acknowledged_at.ToMilliseconds()) if alert.acknowledged else "",
-        "deliveries": alert.deliveries,
-    }
 
 
 @click.group(invoke_without_command=True, params=list(budget.params))
@@ -56,7 +30,7 @@ def alerts(context: click.Context, /, show_all: bool, promotion_id: str, as_json
         return
     center: AdminClient = context.obj
     request = pb.ListAlertsRequest(include_acknowledged=show_all, promotion_id=promotion_id)
-    listed = [_document(alert) for alert in center.call(lambda admin: admin.ListAlerts, request).alerts]
+    listed = [alert_document(alert) for alert in center.call(lambda admin: admin.ListAlerts, request).alerts]
     if as_json:
         view.print_json({"alerts": listed})
         return
@@ -89,7 +63,7 @@ def alerts(context: click.Context, /, show_all: bool, promotion_id: str, as_json
 def ack(center: AdminClient, alert_id: str, cause: str, note: str, request_id: str, as_json: bool) -> None:
     """Answer alert ID with its cause; it stops being re-sent. The answer is recorded in the audit trail."""
     request = pb.AcknowledgeAlertRequest(alert_id=alert_id, cause=CAUSES[cause], note=note, request_id=request_id)
-    answered = _document(center.call(lambda admin: admin.AcknowledgeAlert, request))
+    answered = alert_document(center.call(lambda admin: admin.AcknowledgeAlert, request))
     if as_json:
         view.print_json(answered)
     else:
@@ -130,7 +104,7 @@ def answers_by_rule(listed: Iterable[pb.Alert]) -> list[dict[str, Any]]:
         )
         row["raised"] += 1
         if alert.acknowledged:
-            row[_CAUSE_NAMES[alert.cause]] += 1
+            row[CAUSE_NAMES[alert.cause]] += 1
         else:
             row["open"] += 1
     return [rows[name] for name in sorted(rows)]

@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 import grpc
 
+from quota_admin.client import AdminClient, CenterRefused, ChangeHeld, every_page
+from quota_admin.usage import usage_from_pb
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.wire import promotion_from_pb, promotion_to_pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient, CenterRefused, ChangeHeld, every_page
 from quota_cli.security import security, security_options
 from quota_common.clock import SystemClock, iso
 from quota_common.config import FiniteFloatRange, bind_environment
@@ -350,9 +351,7 @@ def show(center: AdminClient, promotion_id: str, as_json: bool) -> None:
 def usage(center: AdminClient, promotion_id: str, as_json: bool) -> None:
     """How each region spends promotion ID: granted, spent, returned, held, written off, lease, burn
     rate; spent and lease as the region last reported (every few seconds)."""
-    report = view.usage_from_pb(
-        center.call(lambda admin: admin.GetUsage, pb.GetUsageRequest(promotion_id=promotion_id))
-    )
+    report = usage_from_pb(center.call(lambda admin: admin.GetUsage, pb.GetUsageRequest(promotion_id=promotion_id)))
     if as_json:
         view.print_json(view.usage_json(report))
     else:

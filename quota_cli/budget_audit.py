@@ -6,44 +6,21 @@ command, not by the center, so a center whose store was tampered with cannot vou
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
 from rich.table import Table
 
-from quota_center.audit import AuditRecord, verify
-from quota_center.v1 import quota_center_pb2 as pb
+from quota_admin.audit import changed, every_record, record_fields
+from quota_admin.client import AdminClient
+from quota_center.audit import verify
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient, every_page
 from quota_cli.budget import instant, json_flag
 from quota_common.clock import iso
 
 EXIT_TAMPERED = 5
 """`--verify` found records edited, deleted or moved."""
-
-
-def _every_record(center: AdminClient) -> list[AuditRecord]:
-    pages = every_page(lambda token: center.call(lambda admin: admin.ListAudit, pb.ListAuditRequest(page_token=token)))
-    return [AuditRecord(record.seq, record.body, record.hash) for page in pages for record in page.records]
-
-
-def _fields(record: AuditRecord) -> dict[str, Any]:
-    """What a record says, or only where it is when its body is not even JSON (--verify says why)."""
-    try:
-        return record.fields()
-    except ValueError:
-        return {"seq": record.seq}
-
-
-def _changed(fields: dict[str, Any]) -> str:
-    """The keys whose values differ, before -> after; the whole `after` for a creation."""
-    before, after = fields.get("before"), fields.get("after") or {}
-    if not isinstance(before, dict):
-        return "created"
-    keys = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
-    return ", ".join(f"{key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}" for key in keys)
 
 
 def _table(records: list[dict[str, Any]]) -> Table:
@@ -57,7 +34,7 @@ def _table(records: list[dict[str, Any]]) -> Table:
             str(fields.get("call", "?")),
             str(fields.get("promotion_id") or "(emergency switch)"),
             str(fields.get("request_id", "")),
-            _changed(fields),
+            changed(fields),
         )
     return table
 
@@ -76,11 +53,11 @@ def _table(records: list[dict[str, Any]]) -> Table:
 def audit(center: AdminClient, promotion_id: str | None, since: int | None, verify_chain: bool, as_json: bool) -> None:
     """Every change to promotion ID (or to any promotion and the emergency switch): who, when, which call,
     the request id, and what changed. --verify checks every record, whatever ID and --since select."""
-    records = _every_record(center)
+    records = every_record(center)
     problems = verify(records) if verify_chain else []
     shown = [
         fields
-        for fields in map(_fields, records)
+        for fields in map(record_fields, records)
         if (promotion_id is None or fields.get("promotion_id") == promotion_id)
         and (since is None or (isinstance(fields.get("at_ms"), int) and fields["at_ms"] >= since))
     ]

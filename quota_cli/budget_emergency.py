@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from quota_admin.client import AdminClient
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient
 from quota_cli.budget import json_flag, request_id_option
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import click
 from rich.table import Table
 
+from quota_admin.client import AdminClient
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient
 from quota_cli.budget import json_flag
 from quota_cli.chart import colour_names, line_chart
 from quota_common.clock import iso

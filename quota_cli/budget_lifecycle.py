@@ -8,10 +8,10 @@ from typing import Any
 import click
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from quota_admin.client import AdminClient
 from quota_center.lifecycle import UPDATABLE
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.wire import promotion_from_pb, promotion_to_pb
-from quota_cli.admin_client import AdminClient
 from quota_cli.budget import (
     LIMIT,
     current,

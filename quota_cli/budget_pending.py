@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 from rich.table import Table
 
+from quota_admin.client import AdminClient
+from quota_admin.documents import pending_document
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient
 from quota_cli.budget import json_flag, request_id_option
-from quota_common.clock import iso
-
-
-def _document(change: pb.PendingChange) -> dict[str, Any]:
-    return {
-        "id": change.id,
-        "call": change.call,
-        "promotion_id": change.promotion_id,
-        "request": change.request_json,
-        "requested_by": change.requested_by,
-        "requested_at": iso(change.requested_at.ToMilliseconds()),
-        "expires_at": iso(change.expires_at.ToMilliseconds()),
-        "findings": list(change.findings),
-        "state": change.state,
-        "decided_by": change.decided_by,
-        "reason": change.reason,
-    }
 
 
 @click.command()
@@ -36,7 +18,8 @@ def _document(change: pb.PendingChange) -> dict[str, Any]:
 def pending(center: AdminClient, as_json: bool) -> None:
     """Changes held by a guard rule: who asked, why they were held, until when, and what became of them."""
     changes = [
-        _document(change) for change in center.call(lambda admin: admin.ListPending, pb.ListPendingRequest()).changes
+        pending_document(change)
+        for change in center.call(lambda admin: admin.ListPending, pb.ListPendingRequest()).changes
     ]
     if as_json:
         view.print_json({"changes": changes})
@@ -71,7 +54,7 @@ def _decision(name: str, approve: bool, description: str) -> click.Command:
         method = "ApprovePending" if approve else "RejectPending"
         decided = center.call(lambda admin: getattr(admin, method), request, idempotent=False)
         if as_json:
-            view.print_json(_document(decided))
+            view.print_json(pending_document(decided))
         else:
             what = f"{decided.call} of {decided.promotion_id}"
             click.echo(f"{decided.id} {decided.state}: {what} asked by {decided.requested_by}")

@@ -8,11 +8,11 @@ from typing import Any
 import click
 from rich.table import Table
 
+from quota_admin.client import AdminClient
 from quota_center.settlement import SETTLED, RegionStatement, Statement
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.wire import promotion_from_pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient
 from quota_cli.budget import json_flag, report_change, request_id_option
 from quota_common.clock import iso
 

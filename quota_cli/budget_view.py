@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from quota_center.v1 import quota_center_pb2 as pb
-from quota_center.wire import promotion_from_pb
+from quota_admin.usage import UsageReport
 from quota_common.clock import iso
 from quota_common.model import Kind, Promotion, promotion_document
 from quota_common.policy import Pacing
@@ -20,50 +19,6 @@ KIND_NAMES = {Kind.COUNT: "count", Kind.AMOUNT: "amount"}
 PACING_NAMES = {Pacing.NONE: "none", Pacing.LINEAR: "linear", Pacing.HOURLY_CAP: "hourly-cap"}
 BAR_WIDTH = 20
 MINOR_UNITS = "amounts are in minor units of their currency: 1999 EUR is 19.99 EUR"
-
-
-@dataclass(frozen=True)
-class RegionSpend:
-    region: str
-    granted: int
-    spent: int
-    """Net of refunds, as the region last reported."""
-    returned: int
-    held: int
-    written_off: int
-    lease_state: str
-    """none (never held quota), active, or expired (the region stopped spending)."""
-    burn_per_minute: int
-
-
-@dataclass(frozen=True)
-class UsageReport:
-    promotion: Promotion
-    unallocated: int
-    regions: list[RegionSpend]
-
-
-def usage_from_pb(message: pb.Usage) -> UsageReport:
-    """Every region the promotion allows, in its order (the center lists only those that ever held quota), then
-    those removed from it that the center still keeps an account of (what they hold goes back)."""
-    promotion = promotion_from_pb(message.promotion)
-    reported = {usage.region: usage for usage in message.regions}
-    regions = []
-    for region in [*promotion.regions, *(region for region in reported if region not in promotion.regions)]:
-        usage = reported.get(region, pb.RegionUsage(region=region, lease_state=pb.LEASE_STATE_NONE))
-        regions.append(
-            RegionSpend(
-                region=region,
-                granted=usage.granted,
-                spent=usage.consumed,
-                returned=usage.returned,
-                held=usage.held,
-                written_off=usage.written_off,
-                lease_state=pb.LeaseState.Name(usage.lease_state).removeprefix("LEASE_STATE_").lower(),
-                burn_per_minute=usage.demand_per_minute,
-            )
-        )
-    return UsageReport(promotion, message.unallocated, regions)
 
 
 def usage_json(report: UsageReport) -> dict[str, Any]:
@@ -192,7 +147,7 @@ def promotion_table(promotion: Promotion) -> Table:
 
 def usage_table(report: UsageReport) -> Table:
     promotion = report.promotion
-    spent = sum(region.spent for region in report.regions)
+    spent = report.spent
     table = Table(
         title=f"usage of {promotion.id} ({kind_label(promotion)})",
         caption=(
@@ -212,9 +167,7 @@ def usage_table(report: UsageReport) -> Table:
     for header, total in totals.items():
         table.add_column(header, footer=f"{total:,}", justify="right")
     table.add_column("lease")
-    table.add_column(
-        "burn/min", footer=f"{sum(region.burn_per_minute for region in report.regions):,}", justify="right"
-    )
+    table.add_column("burn/min", footer=f"{report.burn_per_minute:,}", justify="right")
     table.add_column("spent of budget", footer=bar(spent, promotion.budget))
     for region in report.regions:
         table.add_row(

@@ -23,6 +23,7 @@ from quota_cli.budget_lifecycle import end, update
 from quota_cli.budget_pending import approve, pending, reject
 from quota_cli.budget_statement import archive, statement
 from quota_cli.certs import certs
+from quota_cli.console import bench_console, console
 from quota_cli.reconcile import reconcile
 from quota_cli.rules import check_rules
 from quota_cli.serve import agent, center
@@ -557,4 +558,6 @@ def _print_table(title: str, figures: dict[str, object]) -> None:
 main.add_command(budget)
 main.add_command(alerts)
 main.add_command(certs)
+main.add_command(console)
+bench.add_command(bench_console)
 main.add_command(reconcile)

@@ -11,9 +11,9 @@ import click
 import grpc
 from rich.table import Table
 
+from quota_admin.client import AdminClient, CenterError, CenterRefused, every_page
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
-from quota_cli.admin_client import AdminClient, CenterError, CenterRefused, every_page
 from quota_cli.budget import center_option, json_flag, timeout_option
 from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange

@@ -17,7 +17,7 @@ F = TypeVar("F", bound=Callable[..., object])
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-def _trust_domain(context: click.Context, param: click.Parameter, value: str) -> str:
+def check_trust_domain(context: click.Context, param: click.Parameter, value: str) -> str:
     try:
         return require_trust_domain(value)
     except ValueError as error:
@@ -32,7 +32,7 @@ _OPTIONS = (
         "--trust-domain",
         default=DEFAULT_TRUST_DOMAIN,
         show_default=True,
-        callback=_trust_domain,
+        callback=check_trust_domain,
         help="The SPIFFE trust domain of every identity (spiffe://DOMAIN/...).",
     ),
     click.option(

@@ -12,12 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _planned(target: str, venv: Path) -> list[str]:
+def _planned(target: str, venv: Path, *flags: str) -> list[str]:
     # Under `make test` this runs inside make: its flags and level would leak into the inner make.
     outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
     environment = {name: value for name, value in os.environ.items() if name not in outer}
     printed = subprocess.run(
-        ["make", "--no-print-directory", "-n", target, f"VENV={venv}"],
+        ["make", "--no-print-directory", "-n", *flags, target, f"VENV={venv}"],
         cwd=ROOT,
         env=environment,
         capture_output=True,
@@ -40,3 +40,10 @@ def test_make_test_on_a_fresh_clone_adds_the_developer_extra(tmp_path: Path) -> 
     commands = _planned("test", tmp_path / "venv")
 
     assert f"{tmp_path / 'venv'}/bin/pip install --quiet -e '.[dev]'" in commands
+
+
+def test_make_test_installs_the_consoles_locked_assets(tmp_path: Path) -> None:
+    """As on a fresh clone, where quota_console/assets/node_modules is not there yet (-B: as if out of date)."""
+    commands = _planned("test", tmp_path / "venv", "-B")
+
+    assert "npm ci --prefix quota_console/assets --no-audit --no-fund" in commands

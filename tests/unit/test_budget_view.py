@@ -7,8 +7,9 @@ from dataclasses import replace
 
 from rich.console import Console
 
+from quota_admin.usage import usage_from_pb
 from quota_center.v1 import quota_center_pb2 as pb
-from quota_cli.budget_view import bar, offer_label, usage_from_pb, usage_json, usage_table
+from quota_cli.budget_view import bar, offer_label, usage_json, usage_table
 from quota_common.model import Kind, Promotion
 from quota_testing.support import promotion
 

@@ -35,6 +35,10 @@ regions one name). */}}
 {{- include "quota.dnsLabel" (printf "%s-center-pods" (include "quota.fullname" .)) }}
 {{- end }}
 
+{{- define "quota.consoleName" -}}
+{{- include "quota.dnsLabel" (printf "%s-console" (include "quota.fullname" .)) }}
+{{- end }}
+
 {{- define "quota.etcdName" -}}
 {{- include "quota.dnsLabel" (printf "%s-etcd" (include "quota.fullname" .)) }}
 {{- end }}

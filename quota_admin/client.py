@@ -1,6 +1,15 @@
-"""The center's admin API from a command line: calls go to whichever replica leads (a standby names the
-leader), each refusal becomes an exit status and a message a person can act on, and a change the guard rules
-warned about or held says so."""
+"""The center's admin API for a person's tool: calls go to whichever replica leads (a standby names the
+leader), each refusal becomes an error with a message a person can act on (and, on a command line, an exit
+status), and a change the guard rules warned about or held says so.
+
+    CenterError (click.ClickException: message, hint, exit_code)
+      ├── CenterRefused        the leader said no (code, details)
+      │     └── ChangeHeld       a guard rule held the change for a second person (pending_id)
+      └── CenterUnreachable    no replica answered as leader
+
+The errors are click's so that the command line prints them and exits with their code as they are; the web
+console shows their message and hint on the page instead.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ EXIT_REFUSED = 3
 EXIT_UNREACHABLE = 4
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
+Stub = TypeVar("Stub")
 
 
 class CenterError(click.ClickException):
@@ -69,10 +79,18 @@ class AdminClient:
     answer passes the call on to the next one. Each address is tried once per call, on a channel of its
     own, secured as `transport` says."""
 
-    def __init__(self, addresses: list[str], timeout_s: float, transport: Transport) -> None:
+    def __init__(
+        self,
+        addresses: list[str],
+        timeout_s: float,
+        transport: Transport,
+        warn: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.addresses = addresses
         self.timeout_s = timeout_s
         self.transport = transport
+        self.warn = warn or _print_fired_rules
+        """Told the guard rules that fired on a change that went through (their names)."""
 
     def call(
         self,
@@ -82,6 +100,17 @@ class AdminClient:
         idempotent: bool = True,
     ) -> Reply:
         """`idempotent=False`: a call that timed out is not sent again elsewhere, since it may have been applied."""
+        return self.call_service(pb_grpc.PromotionAdminStub, method, request, idempotent=idempotent)
+
+    def call_service(
+        self,
+        stub: Callable[[grpc.Channel], Stub],
+        method: Callable[[Stub], grpc.UnaryUnaryMultiCallable[Request, Reply]],
+        request: Request,
+        *,
+        idempotent: bool = True,
+    ) -> Reply:
+        """`call` on another of the center's services (the catalog, where the emergency switch is read)."""
         to_try = list(self.addresses)
         failures: dict[str, str] = {}
         while to_try:
@@ -90,8 +119,11 @@ class AdminClient:
                 continue
             with self.transport.channel(address) as channel:
                 try:
-                    reply, call = method(pb_grpc.PromotionAdminStub(channel)).with_call(request, timeout=self.timeout_s)
-                    _warn_of_fired_rules(call)
+                    reply, call = method(stub(channel)).with_call(request, timeout=self.timeout_s)
+                    metadata = call.trailing_metadata() or ()
+                    fired = [str(value) for key, value in metadata if key == WARNINGS_METADATA_KEY]
+                    if fired:
+                        self.warn(fired)
                     return reply
                 except grpc.RpcError as error:
                     if not isinstance(error, grpc.Call):
@@ -124,14 +156,12 @@ class AdminClient:
         )
 
 
-def _warn_of_fired_rules(call: grpc.Call) -> None:
-    fired = [str(value) for key, value in call.trailing_metadata() or () if key == WARNINGS_METADATA_KEY]
-    if fired:
-        click.echo(
-            f"warning: the guard rules flagged this change: {', '.join(fired)} (their messages are in its "
-            "audit record: quota budget audit ID)",
-            err=True,
-        )
+def _print_fired_rules(fired: list[str]) -> None:
+    click.echo(
+        f"warning: the guard rules flagged this change: {', '.join(fired)} (their messages are in its "
+        "audit record: quota budget audit ID)",
+        err=True,
+    )
 
 
 class Paged(Protocol):
