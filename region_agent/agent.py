@@ -13,7 +13,6 @@ Lines below their promotion's price floor are refused or let through and counted
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -53,6 +52,9 @@ log = logging.getLogger(__name__)
 START_WAIT_S = 2.0
 STOP_REFILL_WAIT_S = 3.0
 """Longest a graceful stop waits for acquires in flight before it gives everything back."""
+STOP_LOOPS_WAIT_S = 2.0
+"""Longest a stop waits for its cancelled background loops. A catalog stream cancelled mid-read has been
+seen to wait for its next heartbeat (15 s) before it ends, holding up the final report and the give-back."""
 
 
 @dataclass(frozen=True)
@@ -182,9 +184,17 @@ class Agent:
         """Stops the loops; then, for a ledger that dies with the process, gives back what is unspent."""
         for loop in self._loops:
             loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        if self._loops:
+            stopped, lingering = await asyncio.wait(self._loops, timeout=STOP_LOOPS_WAIT_S)
+            for loop in stopped:
+                if not loop.cancelled() and loop.exception() is not None:
+                    log.error("a background loop had failed", exc_info=loop.exception())
+            if lingering:
+                log.warning(
+                    "%d background loops had not stopped %.0f s after cancelling; stopping without them",
+                    len(lingering),
+                    STOP_LOOPS_WAIT_S,
+                )
         if self.settings.return_on_shutdown:
             await self._supply.finish_refills(STOP_REFILL_WAIT_S)
         await self._supply.cancel_pending()

@@ -222,7 +222,10 @@ class GrpcCenter:
         call = self._stubs().catalog.Watch(request)
         try:
             while True:
-                message = await asyncio.wait_for(call.read(), idle_timeout_s)
+                # asyncio.timeout, not wait_for: wait_for reads in a task of its own, and on Python 3.11 a stop
+                # that cancels the watch while that task is mid-read could wait out the whole idle timeout.
+                async with asyncio.timeout(idle_timeout_s):
+                    message = await call.read()
                 if not isinstance(message, pb.CatalogChanges):
                     raise Unavailable("the center ended the catalog stream")
                 yield _page(message)
