@@ -12,6 +12,7 @@ refill would tell it of the freeze by a third way, not the link being measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -23,14 +24,14 @@ import grpc
 from loadtest.bench import promotion_pb
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_common.errors import REJECT_REASON_METADATA_KEY, trailing
-from quota_testing.launch import ServerProcess, agent_process, center_process
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from quota_client import AsyncQuotaClient, Frozen, Line, RetryPolicy
+from quota_testing.launch import ServerProcess, agent_process, center_process, kill_all
 
 REGIONS = ("eu", "us", "ap")
 LINKS = {"push": (), "pull_only": ("--no-push",)}
 WARM_UP = 1_000
+ONE_TRY = RetryPolicy(deadline_s=5, attempt_timeout_s=5, max_attempts=1)
+"""A probe is one call: a retry would blur when the refusal came."""
 GAP_S = {"push": 0.05, "pull_only": 0.2}
 """Between two freezes: short beside what each link takes, so freezes rarely overlap."""
 
@@ -38,9 +39,8 @@ GAP_S = {"push": 0.05, "pull_only": 0.2}
 class _Prober:
     """Deducts from one agent every promotion it has not yet refused, until it refuses each."""
 
-    def __init__(self, stub: agent_grpc.RegionAgentAsyncStub, region: str) -> None:
-        self._stub = stub
-        self._region = region
+    def __init__(self, quota: AsyncQuotaClient) -> None:
+        self._quota = quota
         self._waiting: set[str] = set()
         self.refused_at: dict[str, float] = {}
         self._orders = 0
@@ -50,13 +50,12 @@ class _Prober:
 
     async def _refused(self, promotion_id: str, amount: int = 1) -> bool:
         self._orders += 1
-        key = f"{self._region}-{self._orders}"
-        line = agent_pb.Line(promotion_id=promotion_id, amount=amount, user_id=f"user-{self._orders}")
+        key = f"{self._quota.region}-{self._orders}"
         try:
-            await self._stub.Deduct(agent_pb.DeductRequest(order_key=key, region=self._region, lines=[line]), timeout=5)
-        except grpc.aio.AioRpcError as error:
-            return trailing(error, REJECT_REASON_METADATA_KEY) == "REJECT_REASON_FROZEN"
-        await self._stub.Refund(agent_pb.RefundRequest(order_key=key), timeout=5)
+            await self._quota.deduct(key, [Line(promotion_id, amount, f"user-{self._orders}")])
+        except Frozen:
+            return True
+        await self._quota.refund(key)
         return False
 
     async def warm_up(self, promotion_ids: list[str]) -> None:
@@ -79,21 +78,20 @@ class _Prober:
 
 async def _measure(link: str, freezes: int, workdir: Path) -> dict[str, Any]:
     processes: list[ServerProcess] = []
-    channels: list[grpc.aio.Channel] = []
-    try:
+    async with contextlib.AsyncExitStack() as opened:
+        opened.callback(kill_all, processes)  # last, after the links to them closed
         center = center_process(workdir / link).start()
         processes.append(center)
         for region in REGIONS:
             processes.append(agent_process(workdir / link, region, center.address, *LINKS[link]).start())
-        channels = [grpc.aio.insecure_channel(p.address) for p in processes]
-        admin = pb_grpc.PromotionAdminStub(channels[0])
+        admin = pb_grpc.PromotionAdminStub(await opened.enter_async_context(grpc.aio.insecure_channel(center.address)))
         ids = [f"{link}-{n}" for n in range(freezes)]
         for promotion_id in ids:
             created = promotion_pb(promotion_id, 10**9, list(REGIONS))
             await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=created), timeout=10)
         probers = [
-            _Prober(agent_grpc.RegionAgentStub(channel), region)
-            for channel, region in zip(channels[1:], REGIONS, strict=True)
+            _Prober(await opened.enter_async_context(AsyncQuotaClient(agent.address, region, policy=ONE_TRY)))
+            for agent, region in zip(processes[1:], REGIONS, strict=True)
         ]
         for prober in probers:
             await prober.warm_up(ids)
@@ -108,11 +106,6 @@ async def _measure(link: str, freezes: int, workdir: Path) -> dict[str, Any]:
             await asyncio.sleep(GAP_S[link])
         done.set()
         await asyncio.wait_for(asyncio.gather(*probing), timeout=60)
-    finally:
-        for channel in channels:
-            await channel.close()
-        for process in processes:
-            process.kill()
     delays = [max(p.refused_at[i] for p in probers) - frozen_at[i] for i in ids]
     cuts = statistics.quantiles(delays, n=100, method="inclusive")
     return {"n": len(delays), "p50_ms": round(cuts[49] * 1000, 1), "p99_ms": round(cuts[98] * 1000, 1)}

@@ -23,34 +23,33 @@ import redis.asyncio as redis
 from loadtest.bench import promotion_pb
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_client import AsyncQuotaClient, RetryPolicy
+from quota_client import Line as OrderLine
+from quota_testing.launch import ServerProcess, agent_process, center_process, kill_all
 from quota_testing.servers import redis_server
 from region_agent.ledger.base import Line
 from region_agent.ledger.redis import RedisLedger
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 BUDGET = 2**50
 PIPELINE_BATCH = 100
+ONE_TRY = RetryPolicy(deadline_s=10, attempt_timeout_s=10, max_attempts=1)
+"""Each order one call, as an order service's first attempt: what the agent serves, not what retries hide."""
 
 
 async def _through_agent(address: str, seconds: float, clients: int) -> dict[str, Any]:
     """`clients` concurrent order services deducting one unit per order for `seconds`."""
     latencies: list[float] = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = agent_grpc.RegionAgentStub(channel)
-        warm = agent_pb.Line(promotion_id="bench", amount=1, user_id="warm-up")
-        await stub.Deduct(agent_pb.DeductRequest(order_key="warm-up", region="eu", lines=[warm]), timeout=10)
+    async with AsyncQuotaClient(address, "eu", policy=ONE_TRY) as quota:
+        await quota.deduct("warm-up", [OrderLine("bench", 1, "warm-up")])
         started = time.perf_counter()
 
         async def client(number: int) -> None:
             order = 0
             while time.perf_counter() - started < seconds:
                 order += 1
-                line = agent_pb.Line(promotion_id="bench", amount=1, user_id=f"user-{order % 1000}")
-                request = agent_pb.DeductRequest(order_key=f"c{number}-{order}", region="eu", lines=[line])
+                line = OrderLine("bench", 1, f"user-{order % 1000}")
                 sent = time.perf_counter()
-                await stub.Deduct(request, timeout=10)
+                await quota.deduct(f"c{number}-{order}", [line])
                 latencies.append(time.perf_counter() - sent)
 
         await asyncio.gather(*(client(n) for n in range(clients)))
@@ -123,8 +122,7 @@ async def bench_ledger(seconds: float, clients: int = 16) -> dict[str, Any]:
                 agent.stop()
             figures.update(await _bare_script(store.address, seconds))
         finally:
-            for process in processes:
-                process.kill()
+            kill_all(processes)
     figures["redis_vs_memory_ratio"] = round(
         figures["agent_redis"]["deductions_per_s"] / figures["agent_memory"]["deductions_per_s"], 2
     )

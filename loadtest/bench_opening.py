@@ -12,6 +12,7 @@ machine is this figure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +23,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_testing.launch import ServerProcess, agent_process, center_process
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
+from quota_client import AsyncQuotaClient
+from quota_testing.launch import ServerProcess, agent_process, center_process, kill_all
 
 REGIONS = ("eu", "us", "ap")
 LOOKAHEAD_S = 3_600
@@ -56,12 +56,10 @@ async def _create(address: str, promotions: int) -> None:
         await asyncio.gather(*(creator() for _ in range(CREATORS)))
 
 
-async def _open_all(stubs: dict[str, agent_grpc.RegionAgentAsyncStub], promotions: int) -> dict[str, int]:
+async def _open_all(agents: dict[str, AsyncQuotaClient], promotions: int) -> dict[str, int]:
     """Waits until every agent holds an allotment of every promotion; its calls to the center."""
     while True:
-        statuses = {
-            region: await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=30) for region, stub in stubs.items()
-        }
+        statuses = {region: await agent.status(deadline_s=30) for region, agent in agents.items()}
         if all(sum(1 for b in s.balances if b.available > 0) == promotions for s in statuses.values()):
             return {region: status.center_calls for region, status in statuses.items()}
         await asyncio.sleep(POLL_S)
@@ -69,8 +67,8 @@ async def _open_all(stubs: dict[str, agent_grpc.RegionAgentAsyncStub], promotion
 
 async def _measure(promotions: int, workdir: Path) -> dict[str, Any]:
     processes: list[ServerProcess] = []
-    channels: list[grpc.aio.Channel] = []
-    try:
+    async with contextlib.AsyncExitStack() as opened:
+        opened.callback(kill_all, processes)  # last, after the links to them closed
         center = center_process(workdir).start()
         processes.append(center)
         await _create(center.address, promotions)
@@ -78,15 +76,12 @@ async def _measure(promotions: int, workdir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         for region in REGIONS:
             processes.append(agent_process(workdir, region, center.address, *lookahead).start())
-        channels = [grpc.aio.insecure_channel(p.address) for p in processes[1:]]
-        stubs = {region: agent_grpc.RegionAgentStub(c) for region, c in zip(REGIONS, channels, strict=True)}
-        center_calls = await _open_all(stubs, promotions)
+        agents = {
+            region: await opened.enter_async_context(AsyncQuotaClient(agent.address, region))
+            for region, agent in zip(REGIONS, processes[1:], strict=True)
+        }
+        center_calls = await _open_all(agents, promotions)
         open_s = time.perf_counter() - started
-    finally:
-        for channel in channels:
-            await channel.close()
-        for process in processes:
-            process.kill()
     return {
         "promotions": promotions,
         "regions": len(REGIONS),

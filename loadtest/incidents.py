@@ -32,17 +32,18 @@ from rich.table import Table
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_common.errors import PENDING_METADATA_KEY, REJECT_REASON_METADATA_KEY, trailing
+from quota_client import AsyncQuotaClient, Line, QuotaClientError, RetryPolicy
+from quota_common.errors import PENDING_METADATA_KEY, trailing
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from quota_testing.tls import DevTls, write_dev_tls
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 REGIONS = ("eu", "us")
 OWNER, APPROVER = "owner-alice", "approver-bob"
 YUAN = 100
 ALERT_INTERVAL_S = 1.0
 """How often the replay's center evaluates its alert rules (production: every 10 s)."""
+ONE_TRY = RetryPolicy(deadline_s=5, attempt_timeout_s=5, max_attempts=1)
+"""Each order one call: the replay counts every refusal, as the order services saw it."""
 SALE_LIMIT_S = 60.0
 """Incident 1 stops selling after this long whatever happens: the replay must end by itself."""
 
@@ -86,21 +87,26 @@ class Replay:
     def __init__(self, tls: DevTls, center: ServerProcess, agents: dict[str, ServerProcess]) -> None:
         self.tls, self.center, self.agents = tls, center, agents
         self._channels: list[grpc.aio.Channel] = []
+        self._clients: list[AsyncQuotaClient] = []
 
     def admin(self, name: str) -> center_grpc.PromotionAdminAsyncStub:
         channel = self.tls.transport(name).aio_channel(self.center.address)
         self._channels.append(channel)
         return center_grpc.PromotionAdminStub(channel)
 
-    def orders(self, region: str) -> agent_grpc.RegionAgentAsyncStub:
-        channel = self.tls.transport(f"orders-{region}").aio_channel(self.agents[region].address)
-        self._channels.append(channel)
-        return agent_grpc.RegionAgentStub(channel)
+    def orders(self, region: str) -> AsyncQuotaClient:
+        certificate = self.tls.client_tls(f"orders-{region}")
+        quota = AsyncQuotaClient(self.agents[region].address, region, tls=certificate, policy=ONE_TRY)
+        self._clients.append(quota)
+        return quota
 
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+        for quota in self._clients:
+            await quota.close()
         self._channels.clear()
+        self._clients.clear()
 
     async def create_held(self, promotion: center_pb.Promotion) -> tuple[str, str]:
         """Creates `promotion`, which the guard rules must hold: its pending id and the center's message."""
@@ -114,12 +120,12 @@ class Replay:
         raise RuntimeError(f"the guard rules let {promotion.id} through: the replay expects them to hold it")
 
 
-async def _deduct(stub: agent_grpc.RegionAgentAsyncStub, region: str, key: str, line: agent_pb.Line) -> str:
+async def _deduct(quota: AsyncQuotaClient, key: str, line: Line) -> str:
     """ "ok", or the reject reason (the status code's name when there is none)."""
     try:
-        await stub.Deduct(agent_pb.DeductRequest(order_key=key, region=region, lines=[line]), timeout=5.0)
-    except grpc.aio.AioRpcError as error:
-        reason = trailing(error, REJECT_REASON_METADATA_KEY) or error.code().name
+        await quota.deduct(key, [line])
+    except QuotaClientError as error:
+        reason = error.reason or (error.code.name if error.code else type(error).__name__)
         return reason.removeprefix("REJECT_REASON_").lower()
     return "ok"
 
@@ -137,11 +143,10 @@ async def free_money(replay: Replay) -> Incident:
     frozen_at: list[float] = []
 
     async def order_service(region: str) -> None:
-        stub = replay.orders(region)
+        quota = replay.orders(region)
         while time.monotonic() < deadline and not frozen_at:
             number = next(counter)
-            line = agent_pb.Line(promotion_id=coupon.id, amount=1, user_id=f"user-{number % 50}")
-            outcome = await _deduct(stub, region, f"free-{number}", line)
+            outcome = await _deduct(quota, f"free-{number}", Line(coupon.id, 1, f"user-{number % 50}"))
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if outcome == "frozen":
                 frozen_at.append(time.monotonic())
@@ -187,24 +192,24 @@ async def flash_price(replay: Replay, restart_center: Callable[[], Awaitable[Non
     for promotion_id, blocking in (("flash-phone", True), ("flash-phone-watch", False)):
         flash = _promotion(promotion_id, 1_000, block_below_floor=blocking, **floor)
         await owner.CreatePromotion(center_pb.CreatePromotionRequest(promotion=flash))
-    stubs = {region: replay.orders(region) for region in REGIONS}
+    agents = {region: replay.orders(region) for region in REGIONS}
     fair = {"unit_price": unit_price, "discount": unit_price - meant}
-    for region, stub in stubs.items():  # one fair sale each, so every region holds quota before the center goes
+    for region, quota in agents.items():  # one fair sale each, so every region holds quota before the center goes
         for promotion_id in ("flash-phone", "flash-phone-watch"):
-            line = agent_pb.Line(promotion_id=promotion_id, amount=1, user_id="first", **fair)
-            await _until_sold(stub, region, f"{promotion_id}-first-{region}", line)
+            line = Line(promotion_id, 1, "first", **fair)
+            await _until_sold(quota, f"{promotion_id}-first-{region}", line)
     replay.center.kill()
     outcomes: dict[tuple[str, str], int] = {}
     typo = {"unit_price": unit_price, "discount": unit_price - typed}
     for number in range(100):
         region = REGIONS[number % len(REGIONS)]
         for promotion_id in ("flash-phone", "flash-phone-watch"):
-            line = agent_pb.Line(promotion_id=promotion_id, amount=1, user_id=f"buyer-{number}", **typo)
-            outcome = await _deduct(stubs[region], region, f"{promotion_id}-{number}", line)
+            line = Line(promotion_id, 1, f"buyer-{number}", **typo)
+            outcome = await _deduct(agents[region], f"{promotion_id}-{number}", line)
             outcomes[(promotion_id, outcome)] = outcomes.get((promotion_id, outcome), 0) + 1
     counted = 0
-    for stub in stubs.values():
-        status = await stub.GetStatus(agent_pb.GetStatusRequest(), timeout=5.0)
+    for quota in agents.values():
+        status = await quota.status()
         counted += sum(b.below_floor for b in status.balances if b.promotion_id == "flash-phone-watch")
     await restart_center()
     alert = await _first_alert(replay, "flash-phone-watch")
@@ -242,12 +247,10 @@ async def _first_alert(replay: Replay, promotion_id: str, timeout_s: float = 30.
     return None
 
 
-async def _until_sold(
-    stub: agent_grpc.RegionAgentAsyncStub, region: str, key: str, line: agent_pb.Line, timeout_s: float = 30.0
-) -> None:
+async def _until_sold(quota: AsyncQuotaClient, key: str, line: Line, timeout_s: float = 30.0) -> None:
     """A fresh agent answers lease_expired or exhausted until its first grant lands."""
     deadline = time.monotonic() + timeout_s
-    while (outcome := await _deduct(stub, region, key, line)) != "ok":
+    while (outcome := await _deduct(quota, key, line)) != "ok":
         if time.monotonic() > deadline:
             raise RuntimeError(f"a fair order was refused for {timeout_s:g} s: {outcome}")
         await asyncio.sleep(0.1)

@@ -25,16 +25,17 @@ import grpc
 from loadtest.bench import promotion_pb
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_client import AsyncQuotaClient, Line, QuotaClientError, RetryPolicy
 from quota_testing.launch import ServerProcess, agent_process, center_process
 from region_agent.agent import AgentSettings
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 REGION = "eu"
 PROMOTION = "recovery"
 ORDER_SERVICES = 4
 ORDER_GAP_S = 0.05
 """Between one order service's orders: a light load, with four services a resolution of ~12 ms."""
+ONE_TRY = RetryPolicy(deadline_s=5, attempt_timeout_s=5, max_attempts=1)
+"""An order refused while the center is away counts as refused: a retry would hide when serving resumed."""
 RECOVERY_LIMIT_S = 60.0
 """How long to wait for the first accepted order after the center is back before calling it failed."""
 
@@ -57,8 +58,8 @@ class RecoveryOptions:
 class _OrderLoad:
     """Order services deducting one unit at a time; remembers when each order was accepted."""
 
-    def __init__(self, stub: agent_grpc.RegionAgentAsyncStub) -> None:
-        self._stub = stub
+    def __init__(self, quota: AsyncQuotaClient) -> None:
+        self._quota = quota
         self._keys = itertools.count()
         self.accepted_at: list[float] = []
         self.refused = 0
@@ -68,11 +69,9 @@ class _OrderLoad:
 
     async def _service(self) -> None:
         while True:
-            line = agent_pb.Line(promotion_id=PROMOTION, amount=1, user_id="bench")
-            request = agent_pb.DeductRequest(order_key=f"order-{next(self._keys)}", region=REGION, lines=[line])
             try:
-                await self._stub.Deduct(request, timeout=5)
-            except grpc.aio.AioRpcError:
+                await self._quota.deduct(f"order-{next(self._keys)}", [Line(PROMOTION, 1, "bench")])
+            except QuotaClientError:
                 self.refused += 1
             else:
                 self.accepted_at.append(time.monotonic())
@@ -126,8 +125,8 @@ async def _measure(workdir: Path, options: RecoveryOptions) -> list[dict[str, An
         renew = ("--renew-interval", str(options.renew_interval_s), "--no-push", "--opening-lookahead", "0")
         agent = agent_process(workdir, REGION, center.address, *renew)
         processes.append(await asyncio.to_thread(agent.start))
-        async with grpc.aio.insecure_channel(agent.address) as channel:
-            load = _OrderLoad(agent_grpc.RegionAgentStub(channel))
+        async with AsyncQuotaClient(agent.address, REGION, policy=ONE_TRY) as quota:
+            load = _OrderLoad(quota)
             orders = asyncio.create_task(load.run())
             try:
                 rows = []

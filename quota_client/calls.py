@@ -170,6 +170,7 @@ def _region_status(answer: pb.RegionStatus) -> RegionStatus:
             b.held,
             b.lease_remaining_ms,
             b.frozen,
+            b.below_floor,
         )
         for b in answer.balances
     )

@@ -172,6 +172,7 @@ def _balances(statuses: Iterable[PromotionStatus]) -> tuple[Balance, ...]:
             s.balance.held,
             round(s.lease_remaining_s * 1000),
             s.frozen,
+            s.below_floor,
         )
         for s in statuses
     )

@@ -103,6 +103,9 @@ class Balance:
     held: int
     lease_remaining_ms: int
     frozen: bool
+    below_floor: int = 0
+    """Order lines this agent let through below the promotion's price floor in this ledger life (a floor that
+    does not block counts them for the center's alert)."""
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,12 @@ def center_process(
     return ServerProcess("center", [*args, *extra], workdir / "center.log")
 
 
+def kill_all(processes: list[ServerProcess]) -> None:
+    """Kills every process of the list as it stands when called (started ones may still be added)."""
+    for process in processes:
+        process.kill()
+
+
 def agent_process(
     workdir: Path, region: str, center_address: str, *extra: str, port: int = 0, tls: DevTls | None = None
 ) -> ServerProcess:
