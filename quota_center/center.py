@@ -82,6 +82,7 @@ class Center(CenterForAgents):
         held one raises Held and waits for `approve`)."""
         self._require_leader()
         ledger.check_new_promotion(promotion)
+        self._check_shard(promotion.id, granting=True)
         by = by or By()
         async with self._configuring:
             if promotion.id in self._states:

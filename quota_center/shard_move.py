@@ -6,9 +6,10 @@
 
 Who may grant for a promotion of the slot (`standing`):
 
-- before the move, and while DRAINING, DRAINED and COPIED, the **source** owns the slot in the map. From
-  DRAINING on it grants nothing (`Moving`: grants are refused, reports and returns still land, so regions
-  can give back what they hold); it still answers reads.
+- before the move, and while DRAINING, DRAINED and COPIED, the **source** owns the slot in the map. While
+  DRAINING it grants nothing (`Moving`: grants are refused, reports and returns still land, so regions can
+  give back what they hold); from DRAINED on it is sealed: it refuses every call of the slot (`Moving`), so
+  the copy it makes is final, and a late report waits to land at the target (counters are cumulative).
 - the **target** refuses the slot (`WrongGroup`, naming the source) until the map names it, i.e. DONE.
 
 Why nothing is over-issued: from DRAINING the source's books of the slot only shrink (returns, reports), the
@@ -104,16 +105,17 @@ def standing(group: str, current: ShardMap, moving: Mapping[int, SlotMove], prom
     slot = current.slot(promotion_id)
     owner = current.owners[slot]
     move = moving.get(slot)
-    draining = move is not None and move.phase is not Phase.DONE and move.source == group
-    return Standing(serves=owner == group, grants=owner == group and not draining, owner=owner)
+    leaving = move.phase if move is not None and move.source == group else Phase.DONE
+    serves = owner == group and leaving in (Phase.DRAINING, Phase.DONE)
+    return Standing(serves=serves, grants=serves and leaving is Phase.DONE, owner=owner)
 
 
 def check(group: str, current: ShardMap, moving: Mapping[int, SlotMove], promotion_id: str, granting: bool) -> None:
     """Raises what a group answers a call about a promotion it may not serve (or grant, when `granting`)."""
     where = standing(group, current, moving, promotion_id)
-    if not where.serves:
+    if where.owner != group:
         raise WrongGroup.of(promotion_id, where.owner, current.version)
-    if granting and not where.grants:
+    if not where.serves or (granting and not where.grants):
         target = moving[current.slot(promotion_id)].target
         raise Moving(
             f"promotion {promotion_id!r} is moving to center group {target!r}: no grants until its regions gave"

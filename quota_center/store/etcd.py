@@ -145,6 +145,10 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def promotion_key(prefix: str, promotion_id: str) -> str:
+    return f"{prefix}/promotions/{_segment(promotion_id)}"
+
+
 class EtcdStore:
     def __init__(self, client: Etcd3Client, prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
@@ -260,7 +264,7 @@ class EtcdStore:
         return self.client.kv
 
     def _promotion_key(self, promotion_id: str) -> str:
-        return f"{self.prefix}/promotions/{_segment(promotion_id)}"
+        return promotion_key(self.prefix, promotion_id)
 
     def _document_key(self, name: str) -> str:
         return f"{self.prefix}/documents/{_segment(name)}"

@@ -55,6 +55,9 @@ def test_each_group_refuses_what_it_may_not_do() -> None:
         check(SOURCE, MAP, draining, PROMO, granting=True)
     with pytest.raises(WrongGroup):
         check(TARGET, MAP, draining, PROMO, granting=True)
+    sealed = {SLOT: SlotMove(SLOT, SOURCE, TARGET, Phase.DRAINED)}
+    with pytest.raises(Moving):
+        check(SOURCE, MAP, sealed, PROMO, granting=False)
 
 
 @dataclass
