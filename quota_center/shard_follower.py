@@ -26,6 +26,13 @@ class ShardFollower:
         self._leaving: dict[int, SlotMove] = {}
         """This group's outgoing moves, with the phase each reached (the layout in etcd holds only targets)."""
 
+    async def prepare(self) -> None:
+        """The map as stored, before the center serves after winning its group's election (the slots it was
+        giving away start draining again: a conservative restart, the copy being repeatable)."""
+        self._leaving = {}
+        layout = await self._shards.read(self._group)
+        self._center.set_shards(layout.shard_map, self._moves(layout))
+
     async def step(self) -> Layout:
         """One round; returns the layout as it stands after it."""
         layout = await self._shards.read(self._group)

@@ -27,6 +27,7 @@ from quota_cli.console import bench_console, console
 from quota_cli.reconcile import reconcile
 from quota_cli.rules import check_rules
 from quota_cli.serve import agent, center
+from quota_cli.shards import shards
 from quota_common.config import FiniteFloatRange, load_config
 from quota_common.errors import ConfigError
 from quota_common.logs import configure_logging
@@ -108,6 +109,7 @@ def main(context: click.Context, log_level: str, log_format: str, config_file: P
 main.add_command(center)
 center.add_command(check_rules)
 main.add_command(agent)
+main.add_command(shards)
 budget.add_command(audit)
 budget.add_command(emergency)
 budget.add_command(history)

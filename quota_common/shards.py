@@ -135,3 +135,29 @@ def moves(old: ShardMap, new: ShardMap) -> dict[int, tuple[str, str]]:
     if old.slots != new.slots:
         raise ValueError(f"maps of {old.slots} and {new.slots} slots cannot be compared; slots never change")
     return {slot: (a, b) for slot, (a, b) in enumerate(zip(old.owners, new.owners, strict=True)) if a != b}
+
+
+class Router:
+    """Where a client sends a call about a promotion: the owner by the map it last read. A refusal judged by a
+    newer map (`learn`) names the owner to retry at, and tells the client to re-read the map; one judged by a
+    map no newer than the client's came from a group that has not caught up yet (a slot just handed to it):
+    the client retries the same group shortly."""
+
+    def __init__(self, shard_map: ShardMap) -> None:
+        self.shard_map = shard_map
+        self._told: dict[str, str] = {}
+        """By promotion: the owner a refusal named, until a newer map is read."""
+
+    def route(self, promotion_id: str) -> str:
+        return self._told.get(promotion_id) or self.shard_map.owner_of(promotion_id)
+
+    def learn(self, promotion_id: str, owner: str, map_version: int) -> bool:
+        """After a WrongGroup: True when the client should re-read the map (the group judged by a newer one)."""
+        if map_version <= self.shard_map.version:
+            return False
+        self._told[promotion_id] = owner
+        return True
+
+    def update(self, shard_map: ShardMap) -> None:
+        if shard_map.version >= self.shard_map.version:
+            self.shard_map, self._told = shard_map, {}

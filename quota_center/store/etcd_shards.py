@@ -1,8 +1,11 @@
 """The shard map in etcd, and the copy of a slot's promotions from one group's prefix to another's.
 
-    /quota/shards/map                 {"version", "owners": [group by slot], "moving": {slot: target group}}
-    /quota/shards/audit/{version}     who changed the map, when, before -> after (written with it)
-    {group prefix}/promotions/...     each group's own store (`group_prefix`)
+    {base}/shards/map                 {"version", "owners": [group by slot], "moving": {slot: target group}}
+    {base}/shards/audit/{version}     who changed the map, when, before -> after (written with it)
+    {base}/promotions/...             the default group's store (where a one-group deployment keeps it)
+    {base}/groups/{group}/...         any other group's store and election (`group_prefix`)
+
+`base` is the prefix of the centers' --store URL (default `/quota/v1`).
 
 The map key's etcd `version` (its write count) equals the map's `version`, so replacing it is one
 transaction comparing the key's version with the version read: of two writers, one wins. No key: the
@@ -30,9 +33,11 @@ from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore, promotion_key
 from quota_common.errors import Unavailable
 from quota_common.shards import DEFAULT_GROUP, ShardMap, check_group_name
 
-SHARDS_KEY = "/quota/shards/map"
-_AUDIT = "/quota/shards/audit"
 _TIMEOUT_S = 5.0
+
+
+def shards_key(base: str = DEFAULT_PREFIX) -> str:
+    return f"{base.rstrip('/')}/shards/map"
 
 
 def group_prefix(group: str, base: str = DEFAULT_PREFIX) -> str:
@@ -67,9 +72,11 @@ class Layout:
 
 
 class EtcdShards:
-    def __init__(self, store: EtcdStore, key: str = SHARDS_KEY) -> None:
+    def __init__(self, store: EtcdStore, key: str) -> None:
+        """`key`: where the map is (`shards_key`); its audit records sit beside it."""
         self._store = store
         self._key = key
+        self._audit = key.rpartition("/")[0] + "/audit"
 
     @property
     def _kv(self) -> KVService:
@@ -97,7 +104,7 @@ class EtcdShards:
             "before": json.loads(before.to_document()),
             "after": json.loads(after.to_document()),
         }
-        audit_key = f"{_AUDIT}/{after.shard_map.version:020d}"
+        audit_key = f"{self._audit}/{after.shard_map.version:020d}"
         try:
             answer = await self._kv.txn(
                 [KVService.txn_compare_version(self._key, before.shard_map.version)],
@@ -114,7 +121,7 @@ class EtcdShards:
 
     async def audit(self) -> list[dict[str, Any]]:
         """Every change of the map, oldest first."""
-        prefix = f"{_AUDIT}/".encode()
+        prefix = f"{self._audit}/".encode()
         try:
             answer = await self._kv.get(prefix, prefix_range_end(prefix), timeout=_TIMEOUT_S)
         except EtcdError as error:

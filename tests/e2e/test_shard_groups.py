@@ -4,24 +4,35 @@ the move (what both groups granted, minus what came back, never above it)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import itertools
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from typing import TypeVar
 
 import pytest
 
 from quota_center.center import Center
+from quota_center.center_agents import AcquireResult
 from quota_center.center_core import CenterSettings
+from quota_center.center_renewals import Directive
 from quota_center.shard_follower import ShardFollower
 from quota_center.store.etcd import EtcdStore
-from quota_center.store.etcd_shards import EtcdShards, Layout, group_prefix
+from quota_center.store.etcd_shards import EtcdShards, Layout, group_prefix, shards_key
 from quota_common.clock import FakeClock
-from quota_common.errors import Moving, WrongGroup
+from quota_common.errors import Exhausted, Moving, QuotaError, WrongGroup
 from quota_common.model import Kind, Promotion, Report
-from quota_common.shards import ShardMap
+from quota_common.shards import Router, ShardMap, moves, rebalance
 from quota_testing.inprocess import issued_incarnation
 from quota_testing.servers import etcd_server
 
 INCARNATION = issued_incarnation(1)
+INCARNATIONS = {"eu": INCARNATION, "us": issued_incarnation(1, "us")}
+T = TypeVar("T")
 BUDGET = 100
 
 
@@ -36,24 +47,33 @@ class Group:
         self.center, self.follower, self.store = center, follower, store
 
 
+@contextlib.asynccontextmanager
+async def running_groups(
+    etcd: list[str], names: list[str], first: ShardMap
+) -> AsyncIterator[tuple[dict[str, Group], EtcdShards]]:
+    """Groups under a fresh base prefix and shards key, `first` stored as the map, each following it."""
+    base = f"/test/{uuid.uuid4().hex}"
+    stores = {name: await EtcdStore.connect(etcd, group_prefix(name, base)) for name in names}
+    shards = EtcdShards(stores[names[0]], shards_key(base))
+    assert await shards.replace(await shards.read(), Layout(first), "test")
+    made = {}
+    try:
+        for name, store in stores.items():
+            center = Center(store, FakeClock(), CenterSettings(group=name, lease_ttl_s=10.0))
+            follower = ShardFollower(center, EtcdShards(store, shards_key(base)), base)
+            await follower.prepare()
+            await center.start()
+            made[name] = Group(center, follower, store)
+        yield made, shards
+    finally:
+        for store in stores.values():
+            await store.close()
+
+
 @pytest.fixture
 async def groups(etcd: list[str]) -> AsyncIterator[tuple[dict[str, Group], EtcdShards]]:
-    """Groups a and b under a fresh base prefix and shards key, with a stored map giving each half the slots."""
-    base = f"/test/{uuid.uuid4().hex}"
-    stores = {name: await EtcdStore.connect(etcd, group_prefix(name, base)) for name in ("a", "b")}
-    shards = EtcdShards(stores["a"], f"{base}/shards/map")
-    implicit = await shards.read()
-    assert await shards.replace(implicit, Layout(ShardMap.even(["a", "b"], version=1)), "test")
-    made = {}
-    for name, store in stores.items():
-        center = Center(store, FakeClock(), CenterSettings(group=name, lease_ttl_s=10.0))
-        await center.start()
-        follower = ShardFollower(center, EtcdShards(store, f"{base}/shards/map"), base)
-        await follower.step()
-        made[name] = Group(center, follower, store)
-    yield made, shards
-    for store in stores.values():
-        await store.close()
+    async with running_groups(etcd, ["a", "b"], ShardMap.even(["a", "b"], version=1)) as made:
+        yield made
 
 
 def owned_by(shard_map: ShardMap, group: str) -> str:
@@ -115,3 +135,122 @@ async def test_a_slot_moves_only_after_its_regions_gave_back(groups: tuple[dict[
     await b.center.return_quota("eu", INCARNATION, promotion_id, Report(granted + more.grant.amount, granted, 7, 0))
     audit = await shards.audit()
     assert [record["actor"] for record in audit] == ["test", "test", "center group a"]
+
+
+class Region:
+    """A scripted region selling through the groups: it spends what it holds, reports its cumulative counters,
+    gives back what a directive asks, and routes each call by the map it read, learning from refusals."""
+
+    def __init__(self, name: str, made: dict[str, Group], shards: EtcdShards, router: Router) -> None:
+        self.name, self.made, self.shards, self.router = name, made, shards, router
+        self.counters: dict[str, Report] = {}
+        self.exhausted: set[str] = set()
+        self.requests = itertools.count()
+        self.refusals: Counter[str] = Counter()
+
+    def held(self, promotion_id: str) -> int:
+        c = self.counters.get(promotion_id, Report(0, 0, 0, 0))
+        return c.granted - c.returned - c.deducted
+
+    async def routed(self, promotion_id: str, call: Callable[[Center], Awaitable[T]]) -> T:
+        while True:
+            try:
+                return await call(self.made[self.router.route(promotion_id)].center)
+            except WrongGroup as refused:
+                if self.router.learn(promotion_id, refused.owner, refused.map_version):
+                    self.refusals["stale map"] += 1
+                    self.router.update((await self.shards.read()).shard_map)
+                else:
+                    self.refusals["owner catching up"] += 1
+                    await asyncio.sleep(0.01)
+
+    async def sell(self, promotion_id: str) -> None:
+        c = self.counters.setdefault(promotion_id, Report(0, 0, 0, 0))
+        try:
+            if self.held(promotion_id) > 0:
+                c = replace(c, deducted=c.deducted + min(3, self.held(promotion_id)))
+                self.counters[promotion_id] = c
+                renewing = functools.partial(_renew, self.name, promotion_id, c)
+                (directive,) = await self.routed(promotion_id, renewing)
+                assert not isinstance(directive, Exception), directive
+                if (give := min(directive.reclaim, self.held(promotion_id))) > 0:
+                    c = self.counters[promotion_id] = replace(c, returned=c.returned + give)
+                    returning = functools.partial(_return, self.name, promotion_id, c)
+                    await self.routed(promotion_id, returning)
+            elif promotion_id not in self.exhausted:
+                asking = functools.partial(_acquire, self.name, promotion_id, f"{self.name}-{next(self.requests)}")
+                grant = (await self.routed(promotion_id, asking)).grant
+                self.counters[promotion_id] = replace(c, granted=c.granted + grant.amount)
+        except Exhausted:
+            self.exhausted.add(promotion_id)
+        except Moving:
+            self.refusals["moving"] += 1
+
+    def done(self, promotion_ids: list[str]) -> bool:
+        return all(p in self.exhausted and self.held(p) == 0 for p in promotion_ids)
+
+
+async def _renew(region: str, promotion_id: str, counters: Report, center: Center) -> list[Directive | QuotaError]:
+    return await center.renew(region, INCARNATIONS[region], {promotion_id: counters})
+
+
+async def _return(region: str, promotion_id: str, counters: Report, center: Center) -> int:
+    return await center.return_quota(region, INCARNATIONS[region], promotion_id, counters)
+
+
+async def _acquire(region: str, promotion_id: str, request_id: str, center: Center) -> AcquireResult:
+    return await center.acquire(region, INCARNATIONS[region], promotion_id, 10, request_id, demand=60)
+
+
+async def test_two_groups_become_four_under_load_without_over_issue(etcd: list[str]) -> None:
+    first = ShardMap.even(["g0", "g1"], version=1)
+    async with running_groups(etcd, ["g0", "g1", "g2", "g3"], first) as (made, shards):
+        promotion_ids = [f"sale-{i}" for i in range(24)]
+        for promotion_id in promotion_ids:
+            await made[first.owner_of(promotion_id)].center.create_promotion(
+                Promotion(promotion_id, Kind.COUNT, "", BUDGET, 0, 10**13, ("eu", "us"))
+            )
+        regions = [Region(name, made, shards, Router(first)) for name in ("eu", "us")]
+
+        async def sell(region: Region) -> None:
+            while not region.done(promotion_ids):
+                for promotion_id in promotion_ids:
+                    await region.sell(promotion_id)
+                    spent = sum(r.counters.get(promotion_id, Report(0, 0, 0, 0)).deducted for r in regions)
+                    assert spent <= BUDGET
+                await asyncio.sleep(0)
+
+        async def migrate() -> int:
+            before = await shards.read()
+            plan = rebalance(before.shard_map, ["g0", "g1", "g2", "g3"])
+            moving = {slot: to for slot, (_, to) in moves(before.shard_map, plan).items()}
+            assert await shards.replace(before, before.next(moving=moving), "test")
+            steps = 0
+            while (await shards.read()).moving:
+                for group in made.values():
+                    await group.follower.step()
+                steps += 1
+                await asyncio.sleep(0.01)
+            return steps
+
+        moved = sum(1 for p in promotion_ids if first.owner_of(p) != rebalance(first, list(made)).owner_of(p))
+        steps, *_ = await asyncio.wait_for(asyncio.gather(migrate(), *(sell(r) for r in regions)), 120)
+        for group in made.values():
+            await group.follower.step()
+
+        final = (await shards.read()).shard_map
+        sold = {p: sum(r.counters[p].deducted for r in regions) for p in promotion_ids}
+        served = {p: made[final.owner_of(p)].center.usage(p) for p in promotion_ids}
+        refusals = sum((r.refusals for r in regions), Counter[str]())
+        print(
+            f"\n2 -> 4 groups under load: {moved} of {len(promotion_ids)} promotions moved in {steps} follower rounds; "
+            f"sold {sum(sold.values())} of {BUDGET * len(promotion_ids)}; refusals {dict(refusals)}; "
+            f"over-issued {sum(max(0, s - BUDGET) for s in sold.values())}; map version {final.version}"
+        )
+        assert moved > 0
+        assert Counter(final.owners) == dict.fromkeys(made, 256)
+        assert sold == dict.fromkeys(promotion_ids, BUDGET)  # an exact sell-out: nothing over, nothing lost
+        for promotion_id, usage in served.items():
+            assert usage.unallocated == 0
+            assert sum(view.account.consumed for view in usage.regions) == BUDGET, promotion_id
+        assert sorted(p.id for g in made.values() for p in g.center.promotions()) == sorted(promotion_ids)

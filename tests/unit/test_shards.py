@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quota_common.errors import WrongGroup
-from quota_common.shards import SLOTS, ShardMap, moves, rebalance, slot_of
+from quota_common.shards import SLOTS, Router, ShardMap, moves, rebalance, slot_of
 
 GROUP_NAMES = st.lists(st.sampled_from([f"g{i}" for i in range(12)]), min_size=1, max_size=8, unique=True)
 
@@ -73,3 +73,20 @@ def test_a_refusal_names_the_owner_and_the_map_version() -> None:
     assert wrong.map_version == 9
     assert "'g2'" in wrong.message
     assert "version 9" in wrong.message
+
+
+def test_a_router_with_a_stale_map_learns_from_a_refusal() -> None:
+    old = ShardMap.even(["a", "b"], version=2)
+    promotion_id = next(p for p in (f"p{i}" for i in range(50)) if old.owner_of(p) == "a")
+    newer = old.with_owner(old.slot(promotion_id), "b")
+    router = Router(old)
+    assert router.route(promotion_id) == "a"
+    assert router.learn(promotion_id, "b", newer.version)
+    assert router.route(promotion_id) == "b"
+    router.update(newer)
+    assert router.route(promotion_id) == "b"
+    router.update(old)  # an older read never undoes a newer one
+    assert router.shard_map == newer
+    # A refusal judged by an older map than the router's comes from a group behind: no re-read, same route.
+    assert not router.learn(promotion_id, "a", old.version)
+    assert router.route(promotion_id) == "b"
