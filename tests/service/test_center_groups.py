@@ -4,12 +4,14 @@ of it and asks its regions for everything they hold."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from quota_admin.client import AdminClient, ServedElsewhere
 from quota_center.center_core import CenterSettings
 from quota_center.shard_move import Phase, SlotMove
 from quota_center.v1 import quota_center_pb2 as pb
@@ -17,7 +19,9 @@ from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.errors import Moving, WrongGroup, from_grpc
 from quota_common.model import Kind, Promotion, Report
 from quota_common.shards import ShardMap
+from quota_common.transport import Transport
 from quota_testing.inprocess import ServedCenter, issued_incarnation, running_center
+from quota_testing.support import promotion
 
 MAP = ShardMap.even(["a", "b"], version=3)
 INCARNATION = issued_incarnation(1)
@@ -90,3 +94,45 @@ async def test_a_draining_slot_grants_nothing_and_asks_for_everything_back(group
     groups["b"].center.set_shards(MAP, {slot: move})
     with pytest.raises(WrongGroup):
         await groups["b"].center.acquire("eu", INCARNATION, promotion_id, 5, "r-3", demand=0)
+
+
+def _create(client: AdminClient, promotion_id: str) -> pb.Promotion:
+    request = pb.CreatePromotionRequest(promotion=promotion(promotion_id, regions=("eu",)))
+    return client.call(lambda admin: admin.CreatePromotion, request, idempotent=False)
+
+
+async def test_the_admin_client_routes_by_promotion_and_lists_every_group(groups: dict[str, ServedCenter]) -> None:
+    client = AdminClient([f"a={groups['a'].address}", f"b={groups['b'].address}"], 5.0, Transport())
+    created = [owned_by("a"), owned_by("b")]
+
+    def work() -> tuple[list[str], list[str], list[str]]:
+        for promotion_id in created:
+            _create(client, promotion_id)
+        shown = [
+            client.call(lambda admin: admin.GetUsage, pb.GetUsageRequest(promotion_id=p)).promotion.id for p in created
+        ]
+        listed = [
+            p.id
+            for page in client.every_group_page(
+                lambda admin: admin.ListPromotions, lambda t: pb.ListPromotionsRequest(page_token=t)
+            )
+            for p in page.promotions
+        ]
+        frozen = pb.SetEmergencyFreezeRequest(region="eu", frozen=True)
+        switches = client.fan_out(lambda admin: admin.SetEmergencyFreeze, frozen)
+        return shown, listed, [",".join(s.regions) for s in switches]
+
+    shown, listed, switches = await asyncio.to_thread(work)
+    assert shown == created
+    assert sorted(listed) == sorted(created)
+    assert switches == ["eu", "eu"]  # the switch reaches every group
+    assert [p.id for p in groups["a"].center.promotions()] == [owned_by("a")]
+    assert [p.id for p in groups["b"].center.promotions()] == [owned_by("b")]
+    # A group the client was not told of is named, with what to do.
+    only_a = AdminClient([groups["a"].address], 5.0, Transport())
+    with pytest.raises(ServedElsewhere, match="FAILED_PRECONDITION") as refused:
+        await asyncio.to_thread(
+            only_a.call, lambda admin: admin.GetPromotion, pb.GetPromotionRequest(promotion_id=owned_by("b"))
+        )
+    assert refused.value.owner == "b"
+    assert "b=HOST:PORT" in refused.value.hint
