@@ -72,9 +72,9 @@ class CenterForAgents(CenterRenewals):
         self._require_leader()
         promotions: list[Promotion] = []
         for promotion_id in self._revisions.changed_after(after):
-            state = self._states[promotion_id]
-            if not self.serves(promotion_id):
+            if not self.serves(promotion_id):  # before the lookup: a slot handed away is forgotten here
                 continue
+            state = self._states[promotion_id]
             # A region removed from the promotion keeps an account, so it hears that it may no longer spend it.
             if not state.promotion.allows(region) and region not in state.accounts:
                 continue

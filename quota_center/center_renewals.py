@@ -122,9 +122,10 @@ class CenterRenewals(CenterShards):
         notices: dict[str, Directive] = {}
         now_ms = self._clock.wall_ms()
         for promotion_id in self._revisions.changed_after(after):
+            if not self.serves(promotion_id):  # before the lookup: a slot handed away is forgotten here
+                continue
             state = self._states[promotion_id]
-            unknown_here = region not in state.promotion.regions and region not in state.accounts
-            if not self.serves(promotion_id) or promotion_id in reported or unknown_here:
+            if promotion_id in reported or (region not in state.promotion.regions and region not in state.accounts):
                 continue
             if len(notices) == MAX_NOTICES:
                 return None

@@ -36,6 +36,7 @@ class CenterShards(CenterCore):
                     self._changed(state.promotion)
         for promotion_id in [pid for pid in self._states if shard_map.slot(pid) in lost]:
             del self._states[promotion_id]
+            self._contested.discard(promotion_id)
         self.set_shards(shard_map, {s: m for s, m in self._moving.items() if shard_map.owners[s] == m.source})
 
     def slot_holdings(self, slot: int) -> dict[str, dict[str, Holding]]:

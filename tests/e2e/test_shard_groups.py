@@ -127,6 +127,11 @@ async def test_a_slot_moves_only_after_its_regions_gave_back(groups: tuple[dict[
     assert refused.value.owner == "b"
 
     await b.follower.step()
+    # The catalog streams follow: the source no longer lists it to its regions, the target does.
+    assert promotion_id not in [p.id for p in a.center.catalog_page("eu", 0, 100).promotions]
+    assert promotion_id in [p.id for p in b.center.catalog_page("eu", 0, 100).promotions]
+    renewal = await a.center.renew_region("eu", INCARNATION, {}, catalog_revision=0, full=False)
+    assert promotion_id not in [notice.promotion.id for notice in renewal.notices]
     usage = b.center.usage(promotion_id)
     assert usage.unallocated == BUDGET - 7
     more = await b.center.acquire("eu", INCARNATION, promotion_id, BUDGET, "r-5", demand=0)
