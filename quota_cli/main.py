@@ -291,6 +291,24 @@ def bench_store(as_json: bool, seconds: float) -> None:
     _show("quota bench store", asyncio.run(run(seconds)), as_json)
 
 
+@bench.command("groups")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--seconds", type=FiniteFloatRange(min=0.5), default=5.0, show_default=True, help="Per group count.")
+@click.option("--workers", type=click.IntRange(min=1, max=256), default=16, show_default=True, help="Concurrent loops.")
+def bench_groups(as_json: bool, seconds: float, workers: int) -> None:
+    """Grants per second that 1, 2 and 4 center groups on one etcd serve, and the ratio to one group."""
+    from loadtest.bench_groups import bench_groups as run
+
+    figures = asyncio.run(run(seconds, workers))
+    if as_json:
+        _print_json(figures)
+        return
+    _print_rows(f"quota bench groups ({workers} workers)", figures["rows"], GROUPS_COLUMNS)
+
+
+GROUPS_COLUMNS = {"groups": "center groups", "grants_per_s": "grants/s", "ratio_to_one_group": "ratio to one group"}
+
+
 @bench.command("failover")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def bench_failover(as_json: bool) -> None:

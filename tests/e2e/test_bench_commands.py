@@ -38,6 +38,14 @@ def test_bench_store_measures_both_stores_through_the_api() -> None:
     assert figures["etcd_grants_per_s"] > 0
 
 
+def test_bench_groups_measures_each_group_count_on_one_etcd() -> None:
+    figures = _quota_json("bench", "groups", "--seconds", "0.5", "--workers", "4")
+
+    assert [row["groups"] for row in figures["rows"]] == [1, 2, 4]
+    assert all(row["grants_per_s"] > 0 for row in figures["rows"])
+    assert figures["rows"][0]["ratio_to_one_group"] == 1.0
+
+
 def test_bench_failover_loses_nothing() -> None:
     figures = _quota_json("bench", "failover")
 
