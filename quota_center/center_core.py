@@ -154,7 +154,8 @@ class CenterCore:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
         self.stop_serving()
         grace = self._clock.monotonic() + self.settings.lease_ttl_s
-        states = await self._store.load_all()
+        # Only this group's promotions: the store may keep copies of slots it handed away.
+        states = [state for state in await self._store.load_all() if self.serves(state.promotion.id)]
         document = await self._store.load_document(EMERGENCY_DOCUMENT)
         await self._load_books()
         self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()

@@ -132,6 +132,10 @@ async def test_a_slot_moves_only_after_its_regions_gave_back(groups: tuple[dict[
     assert promotion_id in [p.id for p in b.center.catalog_page("eu", 0, 100).promotions]
     renewal = await a.center.renew_region("eu", INCARNATION, {}, catalog_revision=0, full=False)
     assert promotion_id not in [notice.promotion.id for notice in renewal.notices]
+    # Its copy stays in the source's store, never loaded again: a restarted source holds nothing of the slot.
+    await a.follower.prepare()
+    await a.center.start()
+    assert a.center.slot_holdings(slot) == {}
     usage = b.center.usage(promotion_id)
     assert usage.unallocated == BUDGET - 7
     more = await b.center.acquire("eu", INCARNATION, promotion_id, BUDGET, "r-5", demand=0)
