@@ -2,6 +2,7 @@
 
     quota shards show   --store etcd://HOST:PORT[/PREFIX]
     quota shards resize --store etcd://... --groups default,g1,g2,g3 [--yes]
+    quota shards audit  --store etcd://...
 
 `resize` stores the plan (the slots that change hands and their targets) by compare-and-swap on the map's
 version, with an audit record; each source group's leader then moves its slots (drain, seal, copy, flip:
@@ -14,6 +15,7 @@ import asyncio
 import getpass
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import click
@@ -76,6 +78,18 @@ def resize(store: str, names: str, yes: bool) -> None:
 
     layout = _run(store, plan)
     click.echo(describe(layout))
+
+
+@shards.command()
+@_STORE
+def audit(store: str) -> None:
+    """Every change of the map: its version, who made it and when, and what it planned or handed over."""
+    for record in _run(store, lambda map_: map_.audit()):
+        when = datetime.fromtimestamp(record["at_ms"] / 1000, UTC).isoformat(timespec="seconds")
+        owners, planned = record["owners"], record["planned"]
+        flows = ", ".join(sorted({f"{source} -> {target}" for source, target in owners.values()}))
+        change = f"{len(planned)} slots planned to move" if planned else f"{len(owners)} slots handed over ({flows})"
+        click.echo(f"version {record['version']}  {when}  {record['actor']}: {change}")
 
 
 def describe(layout: Layout) -> str:

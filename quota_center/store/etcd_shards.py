@@ -1,7 +1,7 @@
 """The shard map in etcd, and the copy of a slot's promotions from one group's prefix to another's.
 
     {base}/shards/map                 {"version", "owners": [group by slot], "moving": {slot: target group}}
-    {base}/shards/audit/{version}     who changed the map, when, before -> after (written with it)
+    {base}/shards/audit/{version}     who changed the map, when, and what changed (written with it)
     {base}/promotions/...             the default group's store (where a one-group deployment keeps it)
     {base}/groups/{group}/...         any other group's store and election (`group_prefix`)
 
@@ -31,9 +31,10 @@ from etcd3aio.kv import KVService
 from quota_center.ledger import PromotionState
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore, promotion_key
 from quota_common.errors import Unavailable
-from quota_common.shards import DEFAULT_GROUP, ShardMap, check_group_name
+from quota_common.shards import DEFAULT_GROUP, ShardMap, check_group_name, moves
 
 _TIMEOUT_S = 5.0
+_PAGE = 200
 
 
 def shards_key(base: str = DEFAULT_PREFIX) -> str:
@@ -71,6 +72,18 @@ class Layout:
         return Layout(shard_map, self.moving if moving is None else moving)
 
 
+def change_record(before: Layout, after: Layout, actor: str, at_ms: int) -> dict[str, Any]:
+    """An audit record of one change of the map: what changed, not the maps (a migration writes one per slot)."""
+    return {
+        "version": after.shard_map.version,
+        "actor": actor,
+        "at_ms": at_ms,
+        "owners": {str(slot): list(pair) for slot, pair in moves(before.shard_map, after.shard_map).items()},
+        "planned": {str(slot): target for slot, target in after.moving.items() if slot not in before.moving},
+        "done": sorted(slot for slot in before.moving if slot not in after.moving),
+    }
+
+
 class EtcdShards:
     def __init__(self, store: EtcdStore, key: str) -> None:
         """`key`: where the map is (`shards_key`); its audit records sit beside it."""
@@ -98,12 +111,7 @@ class EtcdShards:
         """Stores `after` if the map is still `before`; False if another writer changed it first."""
         if after.shard_map.version != before.shard_map.version + 1:
             raise ValueError("a new layout is the next version of the one it replaces")
-        record: dict[str, Any] = {
-            "actor": actor,
-            "at_ms": int(time.time() * 1000),  # a record's stamp, not lease arithmetic
-            "before": json.loads(before.to_document()),
-            "after": json.loads(after.to_document()),
-        }
+        record = change_record(before, after, actor, int(time.time() * 1000))  # a stamp, not lease arithmetic
         audit_key = f"{self._audit}/{after.shard_map.version:020d}"
         try:
             answer = await self._kv.txn(
@@ -120,13 +128,19 @@ class EtcdShards:
         return bool(answer.succeeded)
 
     async def audit(self) -> list[dict[str, Any]]:
-        """Every change of the map, oldest first."""
+        """Every change of the map, oldest first (`change_record`), read a page at a time."""
         prefix = f"{self._audit}/".encode()
-        try:
-            answer = await self._kv.get(prefix, prefix_range_end(prefix), timeout=_TIMEOUT_S)
-        except EtcdError as error:
-            raise Unavailable(f"etcd: {error}") from error
-        return [json.loads(kv.value) for kv in answer.kvs]
+        start, end = prefix, prefix_range_end(prefix)
+        records: list[dict[str, Any]] = []
+        while True:
+            try:
+                answer = await self._kv.get(start, end, limit=_PAGE, timeout=_TIMEOUT_S)
+            except EtcdError as error:
+                raise Unavailable(f"etcd: {error}") from error
+            records.extend(json.loads(kv.value) for kv in answer.kvs)
+            if not answer.more:
+                return records
+            start = answer.kvs[-1].key + b"\0"
 
     async def copy(self, states: Sequence[PromotionState], target_prefix: str) -> None:
         """Writes each promotion under `target_prefix` as a new key (version 1)."""
