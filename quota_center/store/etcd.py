@@ -162,10 +162,14 @@ class EtcdStore:
         self._fence = (leader_key, token)
 
     def _fenced(self, compare: list[Compare]) -> list[Compare]:
+        return [*compare, *self.fencing()]
+
+    def fencing(self) -> list[Compare]:
+        """What a transaction compares so that it commits only while this replica leads (nothing before `fence`)."""
         if self._fence is None:
-            return compare
+            return []
         key, token = self._fence
-        return [*compare, KVService.txn_compare_create_revision(key, token)]
+        return [KVService.txn_compare_create_revision(key, token)]
 
     async def _raise_if_deposed(self) -> None:
         if self._fence is None:

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from etcd3aio import EtcdError, prefix_range_end
+from etcd3aio._protobuf import Compare, RequestOp
 from etcd3aio.kv import KVService
 
 from quota_center.ledger import PromotionState
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore, promotion_key
-from quota_common.errors import Unavailable
+from quota_common.errors import NotLeader, Unavailable
 from quota_common.shards import DEFAULT_GROUP, ShardMap, check_group_name, moves
 
 _TIMEOUT_S = 5.0
@@ -113,19 +114,13 @@ class EtcdShards:
             raise ValueError("a new layout is the next version of the one it replaces")
         record = change_record(before, after, actor, int(time.time() * 1000))  # a stamp, not lease arithmetic
         audit_key = f"{self._audit}/{after.shard_map.version:020d}"
-        try:
-            answer = await self._kv.txn(
-                [KVService.txn_compare_version(self._key, before.shard_map.version)],
-                [
-                    KVService.txn_op_put(self._key, after.to_document()),
-                    KVService.txn_op_put(audit_key, json.dumps(record)),
-                ],
-                timeout=_TIMEOUT_S,
-                max_attempts=1,
-            )
-        except EtcdError as error:
-            raise Unavailable(f"etcd: {error}") from error
-        return bool(answer.succeeded)
+        # Fenced when a group's leader flips a slot: a deposed one's late flip changes nothing.
+        compare = [KVService.txn_compare_version(self._key, before.shard_map.version), *self._store.fencing()]
+        puts = [
+            KVService.txn_op_put(self._key, after.to_document()),
+            KVService.txn_op_put(audit_key, json.dumps(record)),
+        ]
+        return await self._txn(compare, puts)
 
     async def audit(self) -> list[dict[str, Any]]:
         """Every change of the map, oldest first (`change_record`), read a page at a time."""
@@ -147,20 +142,19 @@ class EtcdShards:
         for state in states:
             key = promotion_key(target_prefix.rstrip("/"), state.promotion.id)
             document = json.dumps(replace(state.copy(), version=1).to_document())
-            # Create it if absent, else delete what is there and create it in a second transaction: etcd
-            # takes one operation per key in a transaction, and a put over a key would not restart its version.
-            while not await self._create_or_delete(key, document):
-                pass
+            # Create it if absent, else delete what is there and create it again: etcd takes one operation per
+            # key in a transaction, and a put over a key would not restart its version. Both fenced: a deposed
+            # leader's late copy must not overwrite what the target serves after a newer leader's hand-over.
+            fence = self._store.fencing()
+            while not await self._txn(
+                [*fence, KVService.txn_compare_create_revision(key, 0)], [KVService.txn_op_put(key, document)]
+            ):
+                if not await self._txn(fence, [KVService.txn_op_delete(key)]):
+                    raise NotLeader(None)
 
-    async def _create_or_delete(self, key: str, document: str) -> bool:
+    async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
         try:
-            answer = await self._kv.txn(
-                [KVService.txn_compare_create_revision(key, 0)],
-                [KVService.txn_op_put(key, document)],
-                [KVService.txn_op_delete(key)],
-                timeout=_TIMEOUT_S,
-                max_attempts=1,
-            )
+            answer = await self._kv.txn(compare, success, timeout=_TIMEOUT_S, max_attempts=1)
         except EtcdError as error:
             raise Unavailable(f"etcd: {error}") from error
         return bool(answer.succeeded)

@@ -20,11 +20,12 @@ from quota_center.center import Center
 from quota_center.center_agents import AcquireResult
 from quota_center.center_core import CenterSettings
 from quota_center.center_renewals import Directive
+from quota_center.ledger import PromotionState
 from quota_center.shard_follower import ShardFollower
 from quota_center.store.etcd import EtcdStore
 from quota_center.store.etcd_shards import EtcdShards, Layout, group_prefix, shards_key
 from quota_common.clock import FakeClock
-from quota_common.errors import Exhausted, Moving, QuotaError, WrongGroup
+from quota_common.errors import Exhausted, Moving, NotLeader, QuotaError, WrongGroup
 from quota_common.model import Kind, Promotion, Report
 from quota_common.shards import Router, ShardMap, moves, rebalance
 from quota_testing.inprocess import issued_incarnation
@@ -263,3 +264,23 @@ async def test_two_groups_become_four_under_load_without_over_issue(etcd: list[s
             assert usage.unallocated == 0
             assert sum(view.account.consumed for view in usage.regions) == BUDGET, promotion_id
         assert sorted(p.id for g in made.values() for p in g.center.promotions()) == sorted(promotion_ids)
+
+
+async def test_a_deposed_leader_neither_copies_nor_flips(etcd: list[str]) -> None:
+    """The hand-over's writes are fenced like the store's: a leader whose leadership is gone (here a leader key
+    that was never created at that revision) writes nothing under the target's prefix and flips no slot."""
+    base = f"/test/{uuid.uuid4().hex}"
+    source = await EtcdStore.connect(etcd, group_prefix("a", base))
+    target = await EtcdStore.connect(etcd, group_prefix("b", base))
+    try:
+        source.fence(f"{base}/leader-gone", 12345)
+        shards = EtcdShards(source, shards_key(base))
+        before = await shards.read()
+        assert not await shards.replace(before, Layout(ShardMap.even(["a", "b"], version=1)), "deposed")
+        assert (await shards.read()) == before
+        with pytest.raises(NotLeader):
+            await shards.copy([PromotionState(new_promotion("promo-1"))], group_prefix("b", base))
+        assert await target.load_all() == []
+    finally:
+        await source.close()
+        await target.close()
