@@ -20,8 +20,10 @@ from quota_center.guard_file import RulesFile
 from quota_center.jobs import Job, LeaderJobs
 from quota_center.leadership import EtcdLeadership, Leadership, SingleNode
 from quota_center.metrics import center_metrics
+from quota_center.shard_follower import ShardFollower
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdAccess, EtcdStore
+from quota_center.store.etcd_shards import EtcdShards, group_prefix, shards_key
 from quota_center.store.sqlite import SqliteStore
 from quota_center.trail import By
 from quota_common import identity
@@ -30,6 +32,7 @@ from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import STANDARD_SERVICES, guarded_server, health_servicer, serve
 from quota_common.rpc_metrics import RpcMetrics
+from quota_common.shards import DEFAULT_GROUP
 from quota_common.tls import TlsFiles
 from quota_common.top_series import DEFAULT_TOP
 from quota_common.transport import Security, open_transport
@@ -37,6 +40,8 @@ from quota_common.transport import Security, open_transport
 log = logging.getLogger(__name__)
 
 SETTLE_EVERY_S = 30.0
+SHARD_STEP_S = 1.0
+"""How often a leading center on etcd reads the shard map and moves the slots its group gives away a step on."""
 """How often the leader looks for promotions to settle (more often when the grace is shorter)."""
 
 
@@ -85,15 +90,23 @@ class CenterConfig:
 
 
 async def open_store(
-    url: str, clock: Clock, election_ttl_s: int, access: StoreAccess | None = None, center_tls: TlsFiles | None = None
+    url: str,
+    clock: Clock,
+    election_ttl_s: int,
+    access: StoreAccess | None = None,
+    center_tls: TlsFiles | None = None,
+    group: str = DEFAULT_GROUP,
 ) -> tuple[Store, Leadership]:
     """The store `url` names, open and answering, with who may write to it: a SQLite file has one
     center, which leads; the centers on one etcd prefix elect a leader. ConfigError when the store
     cannot be opened (another center holds the SQLite file, etcd does not answer or refuses the
     certificate or the user, the URL names no store). etcds:// verifies etcd with `access.ca` and
-    presents `access.cert`, defaulting to the center's own TLS files `center_tls`."""
+    presents `access.cert`, defaulting to the center's own TLS files `center_tls`. A `group` other than the
+    default keeps its store (and its election) under its own prefix below the URL's (`group_prefix`)."""
     access = access or StoreAccess()
     _refuse_unused(url, access)
+    if url.startswith("sqlite:///") and group != DEFAULT_GROUP:
+        raise ConfigError(f"--group {group} shards promotions over center groups on etcd; --store {url} is SQLite")
     if url.startswith("sqlite:///"):
         file = Path(url.removeprefix("sqlite:///"))
         try:
@@ -103,19 +116,25 @@ async def open_store(
                 f"--store {url}: cannot open the SQLite file {file} ({error}); "
                 "sqlite:///PATH is relative to the working directory, sqlite:////PATH absolute"
             ) from None
-    scheme, _, rest = url.partition("://")
-    if scheme in ("etcd", "etcds"):
-        hosts, _, path = rest.partition("/")
-        endpoints = [endpoint for endpoint in hosts.split(",") if endpoint]
-        if endpoints:
-            etcd_access = _etcd_access(url, access, center_tls) if scheme == "etcds" else EtcdAccess()
-            etcd_access = replace(etcd_access, user=access.user, password=access.password)
-            store = await EtcdStore.connect(endpoints, f"/{path}" if path else DEFAULT_PREFIX, etcd_access)
-            return store, EtcdLeadership(store, clock, election_ttl_s)
+    endpoints, base = etcd_location(url)
+    if endpoints:
+        etcd_access = _etcd_access(url, access, center_tls) if url.startswith("etcds://") else EtcdAccess()
+        etcd_access = replace(etcd_access, user=access.user, password=access.password)
+        store = await EtcdStore.connect(endpoints, group_prefix(group, base), etcd_access)
+        return store, EtcdLeadership(store, clock, election_ttl_s)
     raise ConfigError(
         f"--store {url!r} is no store; use sqlite:///PATH, etcd://HOST:PORT[,HOST:PORT...][/PREFIX] "
         "or etcds://... (TLS)"
     )
+
+
+def etcd_location(url: str) -> tuple[list[str], str]:
+    """The endpoints and the base prefix an etcd:// or etcds:// URL names; no endpoints for another URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("etcd", "etcds"):
+        return [], DEFAULT_PREFIX
+    hosts, _, path = rest.partition("/")
+    return [endpoint for endpoint in hosts.split(",") if endpoint], f"/{path}" if path else DEFAULT_PREFIX
 
 
 def _refuse_unused(url: str, access: StoreAccess) -> None:
@@ -191,9 +210,14 @@ async def run_center(config: CenterConfig) -> None:
     # Before the store: a rules file that does not check out stops the center before it touches anything.
     rules = shipped_rules if config.guard_rules is None else RulesFile(config.guard_rules)
     alert_rules = shipped_alert_rules if config.alert_rules is None else AlertRulesFile(config.alert_rules)
-    store, leadership = await open_store(config.store, clock, config.election_ttl_s, config.store_access, security.tls)
+    group = config.settings.group
+    store, leadership = await open_store(
+        config.store, clock, config.election_ttl_s, config.store_access, security.tls, group
+    )
     host = config.listen.rpartition(":")[0]
     center = Center(store, clock, config.settings, leadership, rules, alert_rules)
+    _, base = etcd_location(config.store)
+    shards = ShardFollower(center, EtcdShards(store, shards_key(base)), base) if isinstance(store, EtcdStore) else None
     registry, refresh = center_metrics(center, config.metrics_promotions)
     calls = RpcMetrics(registry, [*center_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
     server = guarded_server(transport, calls=calls)
@@ -206,6 +230,7 @@ async def run_center(config: CenterConfig) -> None:
             Job("settlement", settle_every_s, lambda: center.settle_due(itself)),
             Job("usage history", config.settings.history_interval_s, center.sample_history),
             Job("reconciliation", config.settings.alerts.interval_s, center.alert_discrepancies),
+            *([Job("shard map", SHARD_STEP_S, shards.step)] if shards else []),
         ]
     )
 
@@ -217,6 +242,8 @@ async def run_center(config: CenterConfig) -> None:
             await health_status.set(service, status)
 
     async def elected() -> None:
+        if shards is not None:
+            await shards.prepare()  # before serving: a group must not answer for slots it does not own
         await center.start()
         center.alerts.run()
         jobs.start()

@@ -82,6 +82,7 @@ class Center(CenterForAgents):
         held one raises Held and waits for `approve`)."""
         self._require_leader()
         ledger.check_new_promotion(promotion)
+        self._check_shard(promotion.id, granting=True)
         by = by or By()
         async with self._configuring:
             if promotion.id in self._states:
@@ -245,7 +246,9 @@ class Center(CenterForAgents):
         self._require_leader()
         grace_ms = round(self.settings.settle_grace_s * 1000)
         settled = []
-        for promotion_id in settlement.due(self._states.values(), self._clock.wall_ms(), grace_ms):
+        # A promotion being handed to another group is settled there, once it arrives.
+        settling = [state for state in self._states.values() if state.promotion.id not in self._draining]
+        for promotion_id in settlement.due(settling, self._clock.wall_ms(), grace_ms):
 
             def settle(state: PromotionState) -> bool:
                 return settlement.settle(state, self._clock.wall_ms(), grace_ms)

@@ -72,6 +72,8 @@ class CenterForAgents(CenterRenewals):
         self._require_leader()
         promotions: list[Promotion] = []
         for promotion_id in self._revisions.changed_after(after):
+            if not self.serves(promotion_id):  # before the lookup: a slot handed away is forgotten here
+                continue
             state = self._states[promotion_id]
             # A region removed from the promotion keeps an account, so it hears that it may no longer spend it.
             if not state.promotion.allows(region) and region not in state.accounts:
@@ -222,6 +224,7 @@ class CenterForAgents(CenterRenewals):
             previous = await self._store.find_grant(promotion_id, region, request_id)
             if previous is not None:
                 return None, _replayed(previous, incarnation)
+        self._check_shard(promotion_id, granting=True)
         state = state.copy()
         ids = (grant_id, request_id)
         record = allocation.grant(

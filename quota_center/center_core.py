@@ -29,6 +29,7 @@ from quota_center.leadership import Leadership, SingleNode
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.locks import NamedLocks
 from quota_center.reconciliation import Discrepancies
+from quota_center.shard_move import Phase, SlotMove, check
 from quota_center.store.base import Store
 from quota_center.trail import AuditTrail
 from quota_common.clock import Clock
@@ -43,6 +44,7 @@ from quota_common.model import (
     EmergencyFreeze,
     Promotion,
 )
+from quota_common.shards import DEFAULT_GROUP, ShardMap
 
 T = TypeVar("T")
 
@@ -66,6 +68,8 @@ class CenterSettings:
     """How often the leading center samples every promotion's usage by region into its history."""
     settle_grace_s: float = settlement.DEFAULT_GRACE_S
     """How long after its end a promotion is settled (its statement final): refunds are honoured until then."""
+    group: str = DEFAULT_GROUP
+    """The center group this center belongs to: it serves the promotions of the slots the shard map gives it."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,22 @@ class CenterCore:
         self._trail = AuditTrail(store, clock)
         self._issuer = IncarnationIssuer(store, clock)
         self._discrepancies = Discrepancies()
+        self._shards = ShardMap.single(self.settings.group)
+        self._moving: dict[int, SlotMove] = {}
+        self._draining: set[str] = set()
+
+    def serves(self, promotion_id: str) -> bool:
+        """Whether this group serves the promotion by the shard map it holds."""
+        return self._shards.owner_of(promotion_id) == self.settings.group
+
+    def _check_shard(self, promotion_id: str, granting: bool) -> None:
+        check(self.settings.group, self._shards, self._moving, promotion_id, granting)
+
+    def _note_draining(self) -> None:
+        """Promotions of slots this group is giving away: no grants, every region asked for what it holds."""
+        leaving = {slot for slot, move in self._moving.items() if move.source == self.settings.group}
+        leaving = {slot for slot in leaving if self._moving[slot].phase is not Phase.DONE}
+        self._draining = {pid for pid in self._states if self._shards.slot(pid) in leaving}
 
     async def _load_books(self) -> None:
         """The documents beside the promotions a leader needs before it answers (a subclass adds its own)."""
@@ -134,7 +154,8 @@ class CenterCore:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
         self.stop_serving()
         grace = self._clock.monotonic() + self.settings.lease_ttl_s
-        states = await self._store.load_all()
+        # Only this group's promotions: the store may keep copies of slots it handed away.
+        states = [state for state in await self._store.load_all() if self.serves(state.promotion.id)]
         document = await self._store.load_document(EMERGENCY_DOCUMENT)
         await self._load_books()
         self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()
@@ -145,6 +166,7 @@ class CenterCore:
             for region in state.accounts:
                 self._lease_expiry[(state.promotion.id, region)] = grace
         self._catalog_revision = max([self._emergency.revision, *(s.promotion.revision for s in states)])
+        self._note_draining()
         self._serving = True
 
     def stop_serving(self) -> None:
@@ -188,7 +210,8 @@ class CenterCore:
 
     def promotions(self) -> list[Promotion]:
         self._require_leader()
-        return [state.promotion for state in sorted(self._states.values(), key=lambda s: s.promotion.id)]
+        served = [state for state in self._states.values() if self.serves(state.promotion.id)]
+        return [state.promotion for state in sorted(served, key=lambda s: s.promotion.id)]
 
     def spent(self, promotion_id: str) -> int:
         """Net deductions every region reported for the promotion: `usage`'s sum, without its views."""
@@ -216,6 +239,7 @@ class CenterCore:
 
     def _state(self, promotion_id: str) -> PromotionState:
         self._require_leader()  # a call in flight when leadership was lost must not read a cleared state
+        self._check_shard(promotion_id, granting=False)
         state = self._states.get(promotion_id)
         if state is None:
             raise NotFound(f"no promotion with id {promotion_id!r}")

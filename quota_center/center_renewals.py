@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from quota_center import allocation, ledger
-from quota_center.center_core import CenterCore
+from quota_center.center_shards import CenterShards
 from quota_center.ledger import GrantRecord, PromotionState
 from quota_center.store.base import MAX_BATCH_BYTES, MAX_REPORT_BATCH, batches
 from quota_common.errors import QuotaError, Superseded, Unavailable
@@ -51,7 +51,7 @@ def _take_in(state: PromotionState, region: str, incarnation: str, report: Repor
     return ledger.apply_report(state, region, report) or admitted
 
 
-class CenterRenewals(CenterCore):
+class CenterRenewals(CenterShards):
     async def renew(self, region: str, incarnation: str, reports: dict[str, Report]) -> list[Directive | QuotaError]:
         """Takes in each promotion's report and renews its lease, answering each on its own and in
         order: a Directive, or the error that refused that report (then nothing of it was taken in
@@ -122,13 +122,15 @@ class CenterRenewals(CenterCore):
         notices: dict[str, Directive] = {}
         now_ms = self._clock.wall_ms()
         for promotion_id in self._revisions.changed_after(after):
+            if not self.serves(promotion_id):  # before the lookup: a slot handed away is forgotten here
+                continue
             state = self._states[promotion_id]
             if promotion_id in reported or (region not in state.promotion.regions and region not in state.accounts):
                 continue
             if len(notices) == MAX_NOTICES:
                 return None
             notices[promotion_id] = self._directive(region, state, now_ms)
-        for promotion_id in sorted(self._contested - notices.keys() - reported.keys()):
+        for promotion_id in sorted((self._contested | self._draining) - notices.keys() - reported.keys()):
             state = self._states[promotion_id]
             account = state.accounts.get(region)
             if account is None or account.held <= 0 or len(notices) == MAX_NOTICES:
@@ -177,8 +179,11 @@ class CenterRenewals(CenterCore):
         """What the region should do about the promotion now, whatever it reported (no grants to resend)."""
         promotion_id = state.promotion.id
         demands = self._demand.get(promotion_id, {})
-        held = region in state.accounts
-        reclaim = allocation.reclaim(state, region, demands, self.settings.horizon_s, now_ms) if held else 0
+        account = state.accounts.get(region)
+        if promotion_id in self._draining:
+            # Moving to another group: everything the region holds comes back, so the slot drains.
+            return Directive(state.promotion, max(0, account.held) if account else 0, [], exhausted=True)
+        reclaim = allocation.reclaim(state, region, demands, self.settings.horizon_s, now_ms) if account else 0
         return Directive(state.promotion, reclaim, [], exhausted=state.grantable(now_ms) == 0)
 
     def _note_demands(self, promotion_id: str, demands: dict[str, int]) -> None:

@@ -30,7 +30,8 @@ def alerts(context: click.Context, /, show_all: bool, promotion_id: str, as_json
         return
     center: AdminClient = context.obj
     request = pb.ListAlertsRequest(include_acknowledged=show_all, promotion_id=promotion_id)
-    listed = [alert_document(alert) for alert in center.call(lambda admin: admin.ListAlerts, request).alerts]
+    answers = center.fan_out(lambda admin: admin.ListAlerts, request)
+    listed = [alert_document(alert) for answer in answers for alert in answer.alerts]
     if as_json:
         view.print_json({"alerts": listed})
         return
@@ -77,7 +78,8 @@ def rules(center: AdminClient, as_json: bool) -> None:
     """How each rule's alerts were answered (of those the center keeps): a rule whose alerts are mostly
     false alarms needs a higher threshold or a narrower condition; one never answered, someone to answer it."""
     request = pb.ListAlertsRequest(include_acknowledged=True)
-    tally = answers_by_rule(center.call(lambda admin: admin.ListAlerts, request).alerts)
+    answers = center.fan_out(lambda admin: admin.ListAlerts, request)
+    tally = answers_by_rule([alert for answer in answers for alert in answer.alerts])
     if as_json:
         view.print_json({"rules": tally})
         return

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import grpc
 
-from quota_admin.client import AdminClient, CenterRefused, ChangeHeld, every_page
+from quota_admin.client import AdminClient, CenterRefused, ChangeHeld
 from quota_admin.usage import usage_from_pb
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.wire import promotion_from_pb, promotion_to_pb
@@ -307,11 +307,11 @@ _freeze_command("unfreeze", False, "Let promotion ID sell again.", "unfrozen: re
 
 
 def _every_promotion(center: AdminClient, archived: bool) -> list[Promotion]:
-    def page(token: str) -> pb.ListPromotionsResponse:
-        request = pb.ListPromotionsRequest(page_token=token, include_archived=archived)
-        return center.call(lambda admin: admin.ListPromotions, request)
+    def request(token: str) -> pb.ListPromotionsRequest:
+        return pb.ListPromotionsRequest(page_token=token, include_archived=archived)
 
-    return [promotion_from_pb(promotion) for page in every_page(page) for promotion in page.promotions]
+    pages = center.every_group_page(lambda admin: admin.ListPromotions, request)
+    return sorted((promotion_from_pb(p) for page in pages for p in page.promotions), key=lambda p: p.id)
 
 
 @budget.command("list")

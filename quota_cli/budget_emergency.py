@@ -21,7 +21,7 @@ def emergency(center: AdminClient, action: str, region: str, request_id: str, as
     refuse every deduction there as soon as they hear, and the center grants nothing; regions keep what
     they hold, so unfreezing resumes sales at once. Only operators may (an operator's --tls-cert)."""
     request = pb.SetEmergencyFreezeRequest(region=region, frozen=action == "freeze", request_id=request_id)
-    switch = center.call(lambda admin: admin.SetEmergencyFreeze, request)
+    switch, *_ = center.fan_out(lambda admin: admin.SetEmergencyFreeze, request)  # every group holds the switch
     regions = sorted(switch.regions)
     if as_json:
         view.print_json({"everywhere": switch.everywhere, "regions": regions, "revision": switch.revision})

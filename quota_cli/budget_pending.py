@@ -19,7 +19,8 @@ def pending(center: AdminClient, as_json: bool) -> None:
     """Changes held by a guard rule: who asked, why they were held, until when, and what became of them."""
     changes = [
         pending_document(change)
-        for change in center.call(lambda admin: admin.ListPending, pb.ListPendingRequest()).changes
+        for answer in center.fan_out(lambda admin: admin.ListPending, pb.ListPendingRequest())
+        for change in answer.changes
     ]
     if as_json:
         view.print_json({"changes": changes})

@@ -27,6 +27,7 @@ from quota_cli.console import bench_console, console
 from quota_cli.reconcile import reconcile
 from quota_cli.rules import check_rules
 from quota_cli.serve import agent, center
+from quota_cli.shards import shards
 from quota_common.config import FiniteFloatRange, load_config
 from quota_common.errors import ConfigError
 from quota_common.logs import configure_logging
@@ -108,6 +109,7 @@ def main(context: click.Context, log_level: str, log_format: str, config_file: P
 main.add_command(center)
 center.add_command(check_rules)
 main.add_command(agent)
+main.add_command(shards)
 budget.add_command(audit)
 budget.add_command(emergency)
 budget.add_command(history)
@@ -287,6 +289,24 @@ def bench_store(as_json: bool, seconds: float) -> None:
     from loadtest.bench import bench_store as run
 
     _show("quota bench store", asyncio.run(run(seconds)), as_json)
+
+
+@bench.command("groups")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--seconds", type=FiniteFloatRange(min=0.5), default=5.0, show_default=True, help="Per group count.")
+@click.option("--workers", type=click.IntRange(min=1, max=256), default=16, show_default=True, help="Concurrent loops.")
+def bench_groups(as_json: bool, seconds: float, workers: int) -> None:
+    """Grants per second that 1, 2 and 4 center groups on one etcd serve, and the ratio to one group."""
+    from loadtest.bench_groups import bench_groups as run
+
+    figures = asyncio.run(run(seconds, workers))
+    if as_json:
+        _print_json(figures)
+        return
+    _print_rows(f"quota bench groups ({workers} workers)", figures["rows"], GROUPS_COLUMNS)
+
+
+GROUPS_COLUMNS = {"groups": "center groups", "grants_per_s": "grants/s", "ratio_to_one_group": "ratio to one group"}
 
 
 @bench.command("failover")

@@ -11,7 +11,7 @@ import click
 import grpc
 from rich.table import Table
 
-from quota_admin.client import AdminClient, CenterError, CenterRefused, every_page
+from quota_admin.client import AdminClient, CenterError, CenterRefused
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
 from quota_cli.budget import center_option, json_flag, timeout_option
@@ -80,8 +80,8 @@ def _promotions(center: AdminClient, only: str | None, ledgers: Ledgers) -> list
         if only not in ledgers:  # a typo must not read as "the books agree": the center names it (NOT_FOUND)
             center.call(lambda admin: admin.GetPromotion, pb.GetPromotionRequest(promotion_id=only))
         return [only]
-    pages = every_page(
-        lambda token: center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))
+    pages = center.every_group_page(
+        lambda admin: admin.ListPromotions, lambda token: pb.ListPromotionsRequest(page_token=token)
     )
     return sorted({p.id for page in pages for p in page.promotions} | set(ledgers))
 

@@ -23,6 +23,7 @@ from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange, bind_environment
 from quota_common.errors import ConfigError, InvalidArgument
 from quota_common.policy import RefillSettings
+from quota_common.shards import check_group_name
 from quota_common.top_series import DEFAULT_TOP
 from quota_common.validation import require_region
 from region_agent.agent import AgentSettings
@@ -56,6 +57,13 @@ def _backend_tls_options(option: str, backend: str, scheme: str, who: str) -> Ca
         return command
 
     return decorate
+
+
+def _group_name(name: str) -> str:
+    try:
+        return check_group_name(name)
+    except ValueError as error:
+        raise ConfigError(f"--group: {error}") from None
 
 
 def _password(path: Path | None, option: str) -> str:
@@ -172,6 +180,14 @@ def center() -> None:
     help="Seconds between two samples of every promotion's usage by region (quota budget history).",
 )
 @click.option(
+    "--group",
+    default=_CENTER.group,
+    show_default=True,
+    help="The center group this replica belongs to (etcd only): it serves the promotions the shard map gives its "
+    "group, keeps its store and election under STORE-PREFIX/groups/GROUP (the default group: STORE-PREFIX itself); "
+    "see quota shards.",
+)
+@click.option(
     "--settle-grace",
     type=FiniteFloatRange(min=1),
     default=_CENTER.settle_grace_s,
@@ -200,6 +216,7 @@ def center_serve(
     alert_resend: float,
     history_interval: float,
     settle_grace: float,
+    group: str,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -217,6 +234,7 @@ def center_serve(
         alerts=alerts,
         history_interval_s=history_interval,
         settle_grace_s=settle_grace,
+        group=_group_name(group),
     )
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
     etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))

@@ -8,8 +8,10 @@
     ├── FailedPrecondition   FAILED_PRECONDITION  valid, but not in the current state
     │   ├── Rejected         FAILED_PRECONDITION / RESOURCE_EXHAUSTED, with a RejectReason
     │   ├── OrderKeyReused   FAILED_PRECONDITION  the order key (or refund id) was used for another call
-    │   └── Superseded       FAILED_PRECONDITION  a newer agent process of the region replaced the caller;
-    │                                             flagged by "quota-superseded" so the caller stops serving
+    │   ├── Superseded       FAILED_PRECONDITION  a newer agent process of the region replaced the caller;
+    │   │                                         flagged by "quota-superseded" so the caller stops serving
+    │   └── WrongGroup       FAILED_PRECONDITION  another center group serves the promotion; its name rides in
+    │                                             "quota-shard-owner", the map's version in "quota-shard-version"
     ├── Exhausted            RESOURCE_EXHAUSTED   nothing left to grant
     ├── PermissionDenied     PERMISSION_DENIED    this region may not use this promotion
     └── Unavailable          UNAVAILABLE          try again (the center or the store is away)
@@ -49,6 +51,8 @@ REJECT_REASON_METADATA_KEY = "quota-reject-reason"
 LEADER_METADATA_KEY = "quota-leader"
 SUPERSEDED_METADATA_KEY = "quota-superseded"
 PENDING_METADATA_KEY = "quota-pending-change"
+SHARD_OWNER_METADATA_KEY = "quota-shard-owner"
+SHARD_VERSION_METADATA_KEY = "quota-shard-version"
 WARNINGS_METADATA_KEY = "quota-guard-warnings"
 """On a change the guard rules let through: one value per rule that fired (its name)."""
 
@@ -147,6 +151,30 @@ class Superseded(FailedPrecondition):
     another agent process of the region replaced it, and this one may never spend again."""
 
 
+class WrongGroup(FailedPrecondition):
+    """The promotion's slot belongs to another center group by the shard map of `map_version`: a caller
+    whose map is older re-reads it and sends the call to `owner`."""
+
+    def __init__(self, message: str, owner: str, map_version: int) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.map_version = map_version
+
+    @classmethod
+    def of(cls, promotion_id: str, owner: str, map_version: int) -> WrongGroup:
+        return cls(
+            f"promotion {promotion_id!r} is served by center group {owner!r} (shard map version {map_version});"
+            " re-read the shard map and call that group",
+            owner,
+            map_version,
+        )
+
+
+class Moving(Unavailable):
+    """The promotion's slot is migrating to another center group: its regions are giving back what they hold,
+    and grants resume at the target once it is handed over."""
+
+
 class Held(FailedPrecondition):
     """A change a guard rule held for a second person's approval: nothing of it applies until then."""
 
@@ -189,6 +217,9 @@ def from_grpc(error: grpc.RpcError) -> QuotaError:
         code, details = error.code(), error.details() or code_name(error.code())
         if trailing(error, SUPERSEDED_METADATA_KEY):
             return Superseded(details)
+        if owner := trailing(error, SHARD_OWNER_METADATA_KEY):
+            version = trailing(error, SHARD_VERSION_METADATA_KEY)
+            return WrongGroup(details, owner, int(version) if version.isdigit() else 0)
     else:
         code, details = grpc.StatusCode.UNKNOWN, str(error)
     return _BY_CODE.get(code, Unavailable)(details)

@@ -21,12 +21,15 @@ from quota_common.errors import (
     LEADER_METADATA_KEY,
     PENDING_METADATA_KEY,
     REJECT_REASON_METADATA_KEY,
+    SHARD_OWNER_METADATA_KEY,
+    SHARD_VERSION_METADATA_KEY,
     SUPERSEDED_METADATA_KEY,
     Held,
     NotLeader,
     QuotaError,
     Rejected,
     Superseded,
+    WrongGroup,
 )
 from quota_common.validation import cut
 
@@ -133,6 +136,9 @@ def _ending(error: QuotaError, describe: Describe | None) -> tuple[str, tuple[tu
         trailing.append((SUPERSEDED_METADATA_KEY, "1"))
     if isinstance(error, Held):
         trailing.append((PENDING_METADATA_KEY, error.pending_id))
+    if isinstance(error, WrongGroup):
+        trailing.append((SHARD_OWNER_METADATA_KEY, error.owner))
+        trailing.append((SHARD_VERSION_METADATA_KEY, str(error.map_version)))
     message = cut(error.message, MAX_STATUS_BYTES)
     if describe is not None:
         trailing.extend(rich_status(error.code, message, describe(error)).trailing_metadata)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from quota_admin.audit import changed, every_record, record_fields
-from quota_admin.client import AdminClient, every_page
+from quota_admin.client import AdminClient
 from quota_admin.documents import alert_document, pending_document
 from quota_admin.usage import UsageReport, usage_from_pb
 from quota_center.v1 import quota_center_pb2 as pb
@@ -33,10 +33,10 @@ async def off_loop(read: Callable[[], T]) -> T:
 
 
 def _promotions(center: AdminClient) -> list[Promotion]:
-    def page(token: str) -> pb.ListPromotionsResponse:
-        return center.call(lambda admin: admin.ListPromotions, pb.ListPromotionsRequest(page_token=token))
-
-    return [promotion_from_pb(promotion) for page in every_page(page) for promotion in page.promotions]
+    pages = center.every_group_page(
+        lambda admin: admin.ListPromotions, lambda token: pb.ListPromotionsRequest(page_token=token)
+    )
+    return sorted((promotion_from_pb(p) for page in pages for p in page.promotions), key=lambda p: p.id)
 
 
 def _usage(center: AdminClient, promotion_id: str) -> UsageReport:
@@ -50,7 +50,8 @@ def _statement_state(center: AdminClient, promotion_id: str) -> str:
 
 def _alerts(center: AdminClient, promotion_id: str = "", include_acknowledged: bool = False) -> list[dict[str, Any]]:
     request = pb.ListAlertsRequest(promotion_id=promotion_id, include_acknowledged=include_acknowledged)
-    return [alert_document(alert) for alert in center.call(lambda admin: admin.ListAlerts, request).alerts]
+    answers = center.fan_out(lambda admin: admin.ListAlerts, request)
+    return [alert_document(alert) for answer in answers for alert in answer.alerts]
 
 
 def emergency(center: AdminClient, promotions: list[Promotion]) -> EmergencyFreeze:
@@ -139,5 +140,5 @@ async def alerts(center: AdminClient, include_acknowledged: bool) -> list[dict[s
 
 
 async def pending(center: AdminClient) -> list[dict[str, Any]]:
-    answer = await off_loop(lambda: center.call(lambda admin: admin.ListPending, pb.ListPendingRequest()))
-    return [pending_document(change) for change in answer.changes]
+    answers = await off_loop(lambda: center.fan_out(lambda admin: admin.ListPending, pb.ListPendingRequest()))
+    return [pending_document(change) for answer in answers for change in answer.changes]

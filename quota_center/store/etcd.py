@@ -145,6 +145,10 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def promotion_key(prefix: str, promotion_id: str) -> str:
+    return f"{prefix}/promotions/{_segment(promotion_id)}"
+
+
 class EtcdStore:
     def __init__(self, client: Etcd3Client, prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
@@ -158,10 +162,14 @@ class EtcdStore:
         self._fence = (leader_key, token)
 
     def _fenced(self, compare: list[Compare]) -> list[Compare]:
+        return [*compare, *self.fencing()]
+
+    def fencing(self) -> list[Compare]:
+        """What a transaction compares so that it commits only while this replica leads (nothing before `fence`)."""
         if self._fence is None:
-            return compare
+            return []
         key, token = self._fence
-        return [*compare, KVService.txn_compare_create_revision(key, token)]
+        return [KVService.txn_compare_create_revision(key, token)]
 
     async def _raise_if_deposed(self) -> None:
         if self._fence is None:
@@ -260,7 +268,7 @@ class EtcdStore:
         return self.client.kv
 
     def _promotion_key(self, promotion_id: str) -> str:
-        return f"{self.prefix}/promotions/{_segment(promotion_id)}"
+        return promotion_key(self.prefix, promotion_id)
 
     def _document_key(self, name: str) -> str:
         return f"{self.prefix}/documents/{_segment(name)}"

@@ -255,3 +255,11 @@ def test_bench_recovery_serves_again_after_every_outage() -> None:
         assert isinstance(row["within_target"], bool)
     # Three seconds outlast the 1.5 s lease: the region went dark, and came back.
     assert rows[1]["orders_refused"] > 0
+
+
+def test_bench_groups_measures_each_group_count_on_one_etcd() -> None:
+    figures = _quota_json("bench", "groups", "--seconds", "0.5", "--workers", "4")
+
+    assert [row["groups"] for row in figures["rows"]] == [1, 2, 4]
+    assert all(row["grants_per_s"] > 0 for row in figures["rows"])
+    assert figures["rows"][0]["ratio_to_one_group"] == 1.0

@@ -66,6 +66,7 @@ SCENARIOS: dict[str, list[Path | dict[str, Any]]] = {
     "external stores": [THREE_REGIONS, EXTERNAL_STORES],
     "agents only": [THREE_REGIONS, {"center": {"enabled": False}, "agent": {"centerAddress": "quota.hq:50051"}}],
     "secrets made by hand": [THREE_REGIONS, OWN_SECRETS, {"tls": {"certManager": {"enabled": False}}}],
+    "four center groups": [THREE_REGIONS, {"center": {"groups": 4}}],
 }
 
 
@@ -443,6 +444,7 @@ def test_servers_start_with_the_certificates_the_chart_asks_for(
         ({"agent": {"config": {"tls-cert": "/x.pem"}}}, "agent.config.tls-cert is set by the chart"),
         ({"center": {"config": {"metrics-promotions": 9}}}, "use metrics.promotions"),
         ({"metrics": {"promotions": -1}}, "metrics.promotions"),
+        ({"center": {"groups": 0}}, "center.groups"),
         ({"center": {"config": {"insecure": True}}}, "center.config.insecure: the chart always serves mutual TLS"),
         ({"regions": [{"name": "eu", "config": {"insecure": True}}]}, "agent.config.insecure: the chart always"),
         ({"center": {"config": {"trust-domain": "x"}}}, "use tls.trustDomain"),

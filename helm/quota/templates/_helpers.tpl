@@ -301,12 +301,33 @@ certificate's DNS SANs): (dict "root" $ "service" NAME), as a JSON list. */}}
 {{- printf "%s.%s.svc.%s" (include "quota.centerPodsName" .) .Release.Namespace .Values.clusterDomain }}
 {{- end }}
 
-{{/* The names the center's certificate must carry, as a JSON list: its Service's (budget owners, agents), each
-replica's under the headless Service (agents follow the leader there), and tls.center.dnsNames. */}}
+{{/* The center groups (center.groups of them), as a JSON list of {group, name, pods, domain, component, args}: the
+first is the default group, named as a one-group release always was; group i > 0 is "gI", its resources named
+CENTER-gI and its pods labelled component center-gI, serving with --group gI (its own etcd prefix and election). */}}
+{{- define "quota.centerGroups" -}}
+{{- $groups := list }}
+{{- range $i := until (int .Values.center.groups) }}
+{{- $suffix := ternary "" (printf "-g%d" $i) (eq $i 0) }}
+{{- $name := include "quota.dnsLabel" (printf "%s%s" (include "quota.centerName" $) $suffix) }}
+{{- $pods := include "quota.dnsLabel" (printf "%s%s" (include "quota.centerPodsName" $) $suffix) }}
+{{- $domain := printf "%s.%s.svc.%s" $pods $.Release.Namespace $.Values.clusterDomain }}
+{{- $args := ternary list (list "--group" (printf "g%d" $i)) (eq $i 0) }}
+{{- $group := ternary "default" (printf "g%d" $i) (eq $i 0) }}
+{{- $groups = append $groups (dict "group" $group "name" $name "pods" $pods "domain" $domain "component" (printf "center%s" $suffix) "args" $args) }}
+{{- end }}
+{{- toJson $groups }}
+{{- end }}
+
+{{/* The names the center's certificate must carry, as a JSON list: each group's Service's (budget owners,
+agents), each replica's under its group's headless Service (agents follow the leader there), and
+tls.center.dnsNames. */}}
 {{- define "quota.centerDnsNames" -}}
-{{- $names := include "quota.serviceDnsNames" (dict "root" . "service" (include "quota.centerName" .)) | fromJsonArray }}
-{{- range $i := until (int .Values.center.replicas) }}
-{{- $names = append $names (printf "%s-%d.%s" (include "quota.centerName" $) $i (include "quota.centerPodDomain" $)) }}
+{{- $names := list }}
+{{- range $g := include "quota.centerGroups" . | fromJsonArray }}
+{{- $names = concat $names (include "quota.serviceDnsNames" (dict "root" $ "service" $g.name) | fromJsonArray) }}
+{{- range $i := until (int $.Values.center.replicas) }}
+{{- $names = append $names (printf "%s-%d.%s" $g.name $i $g.domain) }}
+{{- end }}
 {{- end }}
 {{- concat $names (.Values.tls.center.dnsNames | default list) | uniq | toJson }}
 {{- end }}

@@ -1,0 +1,81 @@
+"""The thin shell around `shard_move` on a leading center of a group: one `step` reads the layout from etcd,
+keeps the center's map current (taking over the slots handed to its group), and moves each slot its group
+is giving away one phase on when it can: drain (the center asks its regions), seal, copy, flip. The app
+calls `step` every `interval_s` while it leads; a step that fails (etcd away, a map changed under it)
+changes nothing the next step cannot redo: the copy is idempotent, the flip a compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from quota_center.center import Center
+from quota_center.shard_move import Phase, SlotMove
+from quota_center.store.etcd import DEFAULT_PREFIX
+from quota_center.store.etcd_shards import EtcdShards, Layout, group_prefix
+
+log = logging.getLogger(__name__)
+
+
+class ShardFollower:
+    def __init__(self, center: Center, shards: EtcdShards, base_prefix: str = DEFAULT_PREFIX) -> None:
+        self._center = center
+        self._shards = shards
+        self._base = base_prefix
+        self._group = center.settings.group
+        self._leaving: dict[int, SlotMove] = {}
+        """This group's outgoing moves, with the phase each reached (the layout in etcd holds only targets)."""
+
+    async def prepare(self) -> None:
+        """The map as stored, before the center serves after winning its group's election (the slots it was
+        giving away start draining again: a conservative restart, the copy being repeatable)."""
+        self._leaving = {}
+        layout = await self._shards.read(self._group)
+        self._center.set_shards(layout.shard_map, self._moves(layout))
+
+    async def step(self) -> Layout:
+        """One round; returns the layout as it stands after it."""
+        layout = await self._shards.read(self._group)
+        await self._follow(layout)
+        for slot in sorted(self._leaving):
+            layout = await self._advance(layout, slot)
+        return layout
+
+    async def _follow(self, layout: Layout) -> None:
+        moves = self._moves(layout)
+        self._leaving = {slot: move for slot, move in moves.items() if move.source == self._group}
+        await self._center.take_over(layout.shard_map)
+        self._center.set_shards(layout.shard_map, moves)
+
+    def _moves(self, layout: Layout) -> dict[int, SlotMove]:
+        """Every slot in migration, with the phase this group reached for those it gives away."""
+        moves: dict[int, SlotMove] = {}
+        for slot, target in layout.moving.items():
+            known = self._leaving.get(slot)
+            fresh = SlotMove(slot, layout.shard_map.owners[slot], target)
+            moves[slot] = known if known is not None and known.target == target else fresh
+        return moves
+
+    async def _advance(self, layout: Layout, slot: int) -> Layout:
+        move = self._leaving[slot].observe(self._center.slot_holdings(slot))
+        self._set(layout, slot, move)  # DRAINED seals the slot before its copy is taken
+        if move.phase is Phase.DRAINED:
+            states = await self._center.sealed_states(slot)
+            await self._shards.copy(states, group_prefix(move.target, self._base))
+            move = move.copied()
+            self._set(layout, slot, move)
+            log.info("slot %d: %d promotions copied to group %s", slot, len(states), move.target)
+        if move.phase is not Phase.COPIED:
+            return layout
+        _, shard_map = move.flip(layout.shard_map)
+        after = Layout(shard_map, {s: t for s, t in layout.moving.items() if s != slot})
+        if not await self._shards.replace(layout, after, f"center group {self._group}"):
+            return await self._shards.read(self._group)  # someone else changed the map; the next step redoes the flip
+        del self._leaving[slot]
+        await self._follow(after)
+        log.info("slot %d: handed over to group %s (shard map version %d)", slot, move.target, shard_map.version)
+        return after
+
+    def _set(self, layout: Layout, slot: int, move: SlotMove) -> None:
+        self._leaving[slot] = move
+        self._center.set_shards(layout.shard_map, self._moves(layout))
