@@ -55,10 +55,12 @@ BUDGET = 10_000
 CREATORS = 16
 PROBES = 200
 """Throwaway creates (for a region nobody serves) that time the center's creates before the real ones."""
-OPENINGS_PER_S_GUESS = 1_500
+OPENINGS_PER_S_GUESS = 300
 """How fast the agents are assumed to take their opening allotments, to place the start; a start placed too
 early shows as openings not all in place at the start."""
 SETUP_MARGIN_S = 15.0
+EVENT_BYTES = 64 * 2**20
+"""The longest line the generator prints (every Renew call's latency and size at the largest size)."""
 ETCD_FLAGS = ("--quota-backend-bytes", str(8 * 2**30), "--auto-compaction-mode", "revision",
               "--auto-compaction-retention", "100000")  # fmt: skip
 """Room for the largest size's writes (every opening rewrites its promotion's document)."""
@@ -141,8 +143,9 @@ async def _until(wall_ms: int) -> None:
 async def _generator(arguments: list[str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     with log.open("a") as errors:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadtest.capacity_regions", *arguments, stdout=asyncio.subprocess.PIPE, stderr=errors
-        )
+            sys.executable, "-m", "loadtest.capacity_regions", *arguments, stdout=asyncio.subprocess.PIPE,
+            stderr=errors, limit=EVENT_BYTES,
+        )  # fmt: skip
     try:
         yield process
     finally:
@@ -215,7 +218,7 @@ def _row(
 ) -> dict[str, Any]:
     pairs = promotions * len(regions)
     elapsed = after.at - before.at
-    renewals = [(latency, size) for method, latency, size in measured["calls"] if method.startswith("Renew")]
+    renewals = [(latency, size) for latency, size, _ in measured["renewals"]]
     latencies = sorted(latency for latency, _ in renewals)
     deductions = measured["deductions"]
     center_cpu = (after.center_cpu_s - before.center_cpu_s) / elapsed
@@ -237,6 +240,7 @@ def _row(
         "in_place_at_start": first["held_at_start"],
         "first_10s_calls_per_region_per_s": round(max(first["calls_by_region"].values()) / OPENING_WINDOW_S, 1),
         "renew_calls": len(renewals),
+        "renew_failed": sum(1 for _, _, ok in measured["renewals"] if not ok),
         "renew_p50_ms": _percentile(latencies, 0.5),
         "renew_p99_ms": p99,
         "renew_request_bytes": round(statistics.fmean(size for _, size in renewals)) if renewals else 0,
@@ -248,7 +252,9 @@ def _row(
         "deductions_per_s": round(deductions / elapsed),
         "center_calls_per_1k": round(1000 * measured["center_calls"] / deductions, 1) if deductions else None,
         "generator_lag_p99_ms": measured["loop_lag_p99_ms"],
+        "orders_refused": measured["refused"],
         "orders_skipped": measured["skipped"],
+        "calls_by_method": measured["calls_by_method"],
         "within_limits": p99 <= LIMIT_P99_MS and center_cpu <= LIMIT_CORES,
     }
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -34,7 +35,7 @@ from typing import Any
 import grpc
 
 from quota_common.clock import SystemClock
-from quota_common.errors import QuotaError
+from quota_common.errors import QuotaError, Rejected
 from region_agent.agent import Agent, AgentSettings
 from region_agent.grpc_center import GrpcCenter
 from region_agent.ledger.base import Line
@@ -47,8 +48,6 @@ TICK_S = 0.02
 MAX_IN_FLIGHT = 5_000
 """Orders waiting beyond this are not sent (and counted as skipped): the generator cannot keep up."""
 LAG_PROBE_S = 0.1
-POLL_S = 0.5
-"""How often the generator looks whether every opening allotment is in place (the figure's resolution)."""
 
 
 def promotion_id(number: int) -> str:
@@ -65,14 +64,19 @@ class Call:
     ended_ms: int
     latency_ms: float
     request_bytes: int
+    ok: bool
 
 
 @dataclass
 class CallLog(grpc.aio.UnaryUnaryClientInterceptor):
     """Every unary call the agents make to the center: its method, when it ended, how long it took and the
-    size of its serialized request."""
+    size of its serialized request; and the (region, promotion) pairs granted an opening allotment."""
 
+    pairs: int
+    """Pairs in all: `all_opened` is set once every one was granted its opening allotment."""
     calls: list[Call] = field(default_factory=list)
+    opened: set[tuple[str, str]] = field(default_factory=set)
+    all_opened: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def intercept_unary_unary(
         self, continuation: Callable[[Any, Any], Awaitable[Any]], client_call_details: Any, request: Any
@@ -83,7 +87,14 @@ class CallLog(grpc.aio.UnaryUnaryClientInterceptor):
             await call
         method = client_call_details.method
         name = (method.decode() if isinstance(method, bytes) else method).rpartition("/")[2]
-        self.calls.append(Call(name, now_ms(), (time.perf_counter() - started) * 1000, request.ByteSize()))
+        ok = await call.code() == grpc.StatusCode.OK
+        self.calls.append(Call(name, now_ms(), (time.perf_counter() - started) * 1000, request.ByteSize(), ok))
+        if ok and name == "AcquireOpenings":
+            # Counted from the answers: polling every ledger for its balances would load the generator itself.
+            granted = (await call).outcomes
+            self.opened.update((request.agent.region, o.promotion_id) for o in granted if o.grant.grant_id)
+            if len(self.opened) >= self.pairs:
+                self.all_opened.set()
         return call
 
 
@@ -91,7 +102,8 @@ class CallLog(grpc.aio.UnaryUnaryClientInterceptor):
 class Orders:
     accepted: list[int] = field(default_factory=list)
     """When each accepted order was answered (Unix ms)."""
-    refused: int = 0
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    """When each refused order was answered, and why."""
     skipped: int = 0
     in_flight: int = 0
 
@@ -107,6 +119,10 @@ class Plan:
     orders_per_s: float
     selling: float
 
+    def measured(self, ms: int) -> bool:
+        """Whether Unix time `ms` is in the measured window."""
+        return self.measure_from_ms <= ms < self.measure_until_ms
+
 
 async def _until(wall_ms: int) -> None:
     await asyncio.sleep(max(0.0, (wall_ms - now_ms()) / 1000))
@@ -117,18 +133,17 @@ async def _held(ledgers: list[InProcessLedger]) -> int:
     return sum([len(await ledger.balances()) for ledger in ledgers])
 
 
-async def _open(ledgers: list[InProcessLedger], plan: Plan, log: CallLog, started: float) -> None:
-    """Waits until every region holds an opening allotment of every promotion, or the sale starts."""
-    held = await _held(ledgers)
-    while held < plan.promotions * len(ledgers) and now_ms() < plan.start_ms:
-        await asyncio.sleep(POLL_S)
-        held = await _held(ledgers)
+async def _open(plan: Plan, log: CallLog, started: float) -> None:
+    """Waits until every region was granted an opening allotment of every promotion, or the sale starts."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(log.all_opened.wait(), (plan.start_ms - now_ms()) / 1000)
+    held = len(log.opened)
     openings = [call for call in log.calls if call.method == "AcquireOpenings"]
     _say(
         "opened",
         seconds=round(time.perf_counter() - started, 2),
         openings=held,
-        complete=held == plan.promotions * len(ledgers),
+        complete=log.all_opened.is_set(),
         opening_calls=len(openings),
         opening_call_p99_ms=_p99([call.latency_ms for call in openings]),
     )
@@ -144,8 +159,9 @@ async def _order(agent: Agent, region: str, key: str, promotion: str, orders: Or
     try:
         await agent.deduct(key, region, (Line(promotion, 1, f"user-{random.randrange(100_000)}"),))
         orders.accepted.append(now_ms())
-    except QuotaError:
-        orders.refused += 1
+    except QuotaError as error:
+        reason = error.reason.name if isinstance(error, Rejected) else type(error).__name__
+        orders.refused.append((now_ms(), reason))
     finally:
         orders.in_flight -= 1
 
@@ -190,7 +206,7 @@ def _calls(agents: list[Agent]) -> list[int]:
 
 
 async def run(plan: Plan) -> None:
-    log = CallLog()
+    log = CallLog(plan.promotions * len(plan.regions))
     started = time.perf_counter()
     lookahead_s = (plan.start_ms - now_ms()) / 1000 + 60
     agents, ledgers = [], [InProcessLedger() for _ in plan.regions]
@@ -199,7 +215,7 @@ async def run(plan: Plan) -> None:
         settings = AgentSettings(region, opening_lookahead_s=lookahead_s, return_on_shutdown=False)
         agents.append(Agent(settings, ledger, center, SystemClock()))
     await asyncio.gather(*(agent.start() for agent in agents))
-    await _open(ledgers, plan, log, started)
+    await _open(plan, log, started)
     await _until(plan.start_ms)
     held_at_start = await _held(ledgers)
     calls_at_start = _calls(agents)
@@ -213,14 +229,15 @@ async def run(plan: Plan) -> None:
     calls_before, calls_from = _calls(agents), len(log.calls)
     await asyncio.gather(selling, probing)
     calls_after = _calls(agents)
-    window = [c for c in log.calls[calls_from:] if plan.measure_from_ms <= c.ended_ms < plan.measure_until_ms]
-    accepted = sum(1 for ms in orders.accepted if plan.measure_from_ms <= ms < plan.measure_until_ms)
+    window = [c for c in log.calls[calls_from:] if plan.measured(c.ended_ms)]
+    accepted = sum(1 for ms in orders.accepted if plan.measured(ms))
     _say(
         "measured",
-        calls=[[c.method, c.latency_ms, c.request_bytes] for c in window],
+        renewals=[[c.latency_ms, c.request_bytes, c.ok] for c in window if c.method.startswith("Renew")],
+        calls_by_method=dict(collections.Counter(c.method for c in window)),
         center_calls=sum(calls_after) - sum(calls_before),
         deductions=accepted,
-        refused=orders.refused,
+        refused=dict(collections.Counter(reason for ms, reason in orders.refused if plan.measured(ms))),
         skipped=orders.skipped,
         loop_lag_p99_ms=_p99(lags),
     )

@@ -12,18 +12,19 @@ from loadtest.report import machine
 
 COLUMNS = {
     "pairs": "pairs",
-    "renew_p50_ms": "renew p50 ms",
-    "renew_p99_ms": "renew p99 ms",
+    "renew_p50_ms": "p50 ms",
+    "renew_p99_ms": "p99 ms",
+    "renew_failed": "failed",
     "center_cpu_per_s": "center cores",
     "etcd_txn_per_s": "etcd txn/s",
-    "renew_request_bytes": "bytes/renew",
-    "center_calls_per_1k": "calls/1k orders",
+    "renew_request_bytes": "B/renew",
+    "center_calls_per_1k": "calls/1k",
     "deductions_per_s": "orders/s",
-    "openings_per_s": "openings/s",
-    "in_place_at_start": "opened by start",
-    "first_10s_calls_per_region_per_s": "calls/region/s, first 10 s",
-    "generator_cpu_per_s": "generator cores",
-    "within_limits": "within limits",
+    "openings_per_s": "open/s",
+    "in_place_at_start": "opened",
+    "first_10s_calls_per_region_per_s": "calls/region/s 10 s",
+    "generator_cpu_per_s": "gen cores",
+    "within_limits": "ok",
 }
 """The table's columns (`--json` has more: etcd proposals, renewal bytes per second, the generator's lag)."""
 CHART = "capacity.png"
