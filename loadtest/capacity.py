@@ -255,8 +255,20 @@ def _row(
         "orders_refused": measured["refused"],
         "orders_skipped": measured["skipped"],
         "calls_by_method": measured["calls_by_method"],
-        "within_limits": p99 <= LIMIT_P99_MS and center_cpu <= LIMIT_CORES,
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        "within_limits": _within_limits(p99, center_cpu),
     }
+
+
+def _within_limits(renew_p99_ms: float, center_cores: float) -> bool:
+    return renew_p99_ms <= LIMIT_P99_MS and center_cores <= LIMIT_CORES
+
+
+def first_over_limits(rows: list[dict[str, Any]]) -> int | None:
+    """The active pairs of the first size where one group stops: renew p99 above LIMIT_P99_MS or the center
+    above LIMIT_CORES; None when every size stayed within both."""
+    over = (row["pairs"] for row in rows if not _within_limits(row["renew_p99_ms"], row["center_cpu_per_s"]))
+    return next(over, None)
 
 
 async def bench_capacity(options: CapacityOptions) -> dict[str, Any]:
@@ -264,7 +276,7 @@ async def bench_capacity(options: CapacityOptions) -> dict[str, Any]:
     for promotions in options.sizes:
         with tempfile.TemporaryDirectory(prefix="quota-bench-capacity-") as workdir:
             rows.append(await _measure(promotions, options, Path(workdir)))
-    stops = next((row["pairs"] for row in rows if not row["within_limits"]), None)
+    stops = first_over_limits(rows)
     return {
         "regions": options.regions,
         "seconds": options.seconds,
