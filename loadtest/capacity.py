@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,7 +241,8 @@ def _row(
         "in_place_at_start": first["held_at_start"],
         "first_10s_calls_per_region_per_s": round(max(first["calls_by_region"].values()) / OPENING_WINDOW_S, 1),
         "renew_calls": len(renewals),
-        "renew_failed": sum(1 for _, _, ok in measured["renewals"] if not ok),
+        "renew_failed": sum(1 for _, _, status in measured["renewals"] if status != "OK"),
+        "renew_failed_by_status": dict(Counter(status for _, _, status in measured["renewals"] if status != "OK")),
         "renew_p50_ms": _percentile(latencies, 0.5),
         "renew_p99_ms": p99,
         "renew_request_bytes": round(statistics.fmean(size for _, size in renewals)) if renewals else 0,

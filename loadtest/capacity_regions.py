@@ -64,7 +64,8 @@ class Call:
     ended_ms: int
     latency_ms: float
     request_bytes: int
-    ok: bool
+    status: str
+    """The gRPC status code's name (OK)."""
 
 
 @dataclass
@@ -87,9 +88,9 @@ class CallLog(grpc.aio.UnaryUnaryClientInterceptor):
             await call
         method = client_call_details.method
         name = (method.decode() if isinstance(method, bytes) else method).rpartition("/")[2]
-        ok = await call.code() == grpc.StatusCode.OK
-        self.calls.append(Call(name, now_ms(), (time.perf_counter() - started) * 1000, request.ByteSize(), ok))
-        if ok and name == "AcquireOpenings":
+        status = (await call.code()).name
+        self.calls.append(Call(name, now_ms(), (time.perf_counter() - started) * 1000, request.ByteSize(), status))
+        if status == "OK" and name == "AcquireOpenings":
             # Counted from the answers: polling every ledger for its balances would load the generator itself.
             granted = (await call).outcomes
             self.opened.update((request.agent.region, o.promotion_id) for o in granted if o.grant.grant_id)
@@ -233,7 +234,7 @@ async def run(plan: Plan) -> None:
     accepted = sum(1 for ms in orders.accepted if plan.measured(ms))
     _say(
         "measured",
-        renewals=[[c.latency_ms, c.request_bytes, c.ok] for c in window if c.method.startswith("Renew")],
+        renewals=[[c.latency_ms, c.request_bytes, c.status] for c in window if c.method.startswith("Renew")],
         calls_by_method=dict(collections.Counter(c.method for c in window)),
         center_calls=sum(calls_after) - sum(calls_before),
         deductions=accepted,

@@ -61,7 +61,8 @@ def section(figures: dict[str, Any], chart_written: bool) -> str:
         START,
         f"Measured {datetime.date.today().isoformat()} on {machine()}, with `{command}`: {figures['regions']} "
         f"regions, {figures['selling']:.0%} of the promotions selling, {figures['orders_per_s']:,.0f} orders/s "
-        f"offered, {figures['seconds']:g} s measured per size.",
+        f"offered, {figures['seconds']:g} s measured per size; the machine's load average (1 min) at the end of each "
+        f"size: {', '.join(str(row['load_average_1m']) for row in figures['rows'])}.",
         "",
         table(figures["rows"]),
         "",
@@ -105,9 +106,11 @@ def _chart(rows: list[dict[str, Any]], path: Path) -> bool:
     load.plot(pairs, [row["center_cpu_per_s"] for row in rows], marker="o", label="center CPU, cores")
     load.axhline(1, color="grey", linestyle="--", label="limit (one core)")
     load.set_ylabel("cores")
+    load.set_ylim(bottom=0)
     txn = load.twinx()
     txn.plot(pairs, [row["etcd_txn_per_s"] for row in rows], marker="s", color="tab:green", label="etcd txn/s")
     txn.set_ylabel("etcd transactions per second")
+    txn.set_ylim(bottom=0)
     for axes in (latency, load):
         axes.set_xscale("log")
         axes.set_xlabel("active (region, promotion) pairs (log)")
