@@ -118,7 +118,7 @@ def _chart(rows: list[dict[str, Any]], path: Path) -> bool:
     latency.legend(fontsize=8)
     handles = load.get_legend_handles_labels()
     more = txn.get_legend_handles_labels()
-    load.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="upper left")
+    load.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="center left")
     figure.suptitle("quota bench capacity: one center group on etcd")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
