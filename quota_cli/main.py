@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from loadtest.simulation.scenarios import SCENARIOS
 from quota_cli.alerts import alerts
+from quota_cli.bench_capacity import capacity
 from quota_cli.budget import budget
 from quota_cli.budget_audit import audit
 from quota_cli.budget_emergency import emergency
@@ -328,70 +329,6 @@ def bench_opening(as_json: bool, promotions: int) -> None:
     _show("quota bench opening", asyncio.run(run(promotions)), as_json)
 
 
-@bench.command("capacity")
-@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...], "one_group_stops_at_pairs": ...}.')
-@click.option(
-    "--promotions",
-    default="1000,10000",
-    show_default=True,
-    help="Comma-separated promotions per region, one size each (x --regions active pairs).",
-)
-@click.option("--large", is_flag=True, help="Add 100,000 promotions per region (a million pairs; long to set up).")
-@click.option("--regions", type=click.IntRange(1, 100), default=10, show_default=True, help="Regions served.")
-@click.option("--seconds", type=FiniteFloatRange(min=3), default=30.0, show_default=True, help="Measured per size.")
-@click.option(
-    "--orders-per-s", type=FiniteFloatRange(min=1), default=1000.0, show_default=True, help="Offered, all regions."
-)
-@click.option(
-    "--selling",
-    type=FiniteFloatRange(min=0.001, max=1),
-    default=0.1,
-    show_default=True,
-    help="Share of the promotions that sell.",
-)
-@click.option(
-    "--docs",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Write the figures into DOCS/benchmarks.md (their section) and DOCS/capacity.png.",
-)
-def bench_capacity(
-    as_json: bool,
-    promotions: str,
-    large: bool,
-    regions: int,
-    seconds: float,
-    orders_per_s: float,
-    selling: float,
-    docs: Path | None,
-) -> None:
-    """Active (region, promotion) pairs one center group on etcd serves: a center and etcd as processes, and a
-    process of agents (one per region, the real agent code) taking opening allotments of every promotion, then
-    selling a share of them. Per size: renew p50/p99, center CPU, etcd transactions, renewal bytes, center calls
-    per 1,000 deductions, openings per second; and the first size where one group stops."""
-    from loadtest.capacity import LARGE_SIZE, CapacityOptions, bench_capacity
-    from loadtest.capacity_report import COLUMNS, cell, verdict, write
-
-    try:
-        sizes = [int(size) for size in promotions.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or not all(1 <= size <= 1_000_000 for size in sizes):
-        raise click.BadParameter(f"{promotions!r}: give counts such as 1000,10000", param_hint="--promotions")
-    if large and LARGE_SIZE not in sizes:
-        sizes.append(LARGE_SIZE)
-    figures = asyncio.run(bench_capacity(CapacityOptions(tuple(sizes), regions, seconds, orders_per_s, selling)))
-    written = write(figures, docs) if docs is not None else []
-    if as_json:
-        _print_json(figures)
-        return
-    rows: list[dict[str, object]] = [{key: cell(row[key]) for key in COLUMNS} for row in figures["rows"]]
-    _print_rows("quota bench capacity", rows, COLUMNS)
-    click.echo(verdict(figures))
-    if written:
-        click.echo("wrote " + ", ".join(str(path) for path in written))
-
-
 @bench.command("recovery")
 @click.option("--json", "as_json", is_flag=True, help='Print {"target_s": ..., "outages": [...]}, one row per outage.')
 @click.option(
@@ -557,6 +494,7 @@ def _print_table(title: str, figures: dict[str, object]) -> None:
     Console().print(table)
 
 
+bench.add_command(capacity)
 main.add_command(budget)
 main.add_command(alerts)
 main.add_command(certs)
