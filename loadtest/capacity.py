@@ -274,6 +274,7 @@ def first_over_limits(rows: list[dict[str, Any]]) -> int | None:
 
 
 async def bench_capacity(options: CapacityOptions) -> dict[str, Any]:
+    """Every size in turn, each on its own etcd and center; a row per size, and where one group stops."""
     rows = []
     for promotions in options.sizes:
         with tempfile.TemporaryDirectory(prefix="quota-bench-capacity-") as workdir:
