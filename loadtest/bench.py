@@ -50,7 +50,7 @@ async def answers_as_leader(address: str) -> bool:
         return True
 
 
-async def _await_leader(addresses: list[str], timeout_s: float = 30.0) -> str:
+async def await_leader(addresses: list[str], timeout_s: float = 30.0) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for address in addresses:
@@ -65,7 +65,7 @@ async def _await_leader(addresses: list[str], timeout_s: float = 30.0) -> str:
 
 async def _grants_per_s(address: str, seconds: float) -> float:
     async with grpc.aio.insecure_channel(address) as channel:
-        await _await_leader([address])
+        await await_leader([address])
         admin, allocation = pb_grpc.PromotionAdminStub(channel), pb_grpc.AllocationStub(channel)
         await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=promotion_pb("bench", 2**50, ["eu"])))
         joined = await allocation.Join(pb.JoinRequest(region="eu"), timeout=5)
@@ -151,7 +151,7 @@ async def bench_failover(budget: int = 1_000_000, election_ttl_s: int = 2, worke
             addresses = [center.address for center in centers]
             agents = {r: agent_process(Path(workdir), r, ",".join(addresses)).start() for r in ("eu", "us")}
             processes.extend(agents.values())
-            leader_address = await _await_leader(addresses)
+            leader_address = await await_leader(addresses)
             leader = next(center for center in centers if center.address == leader_address)
             async with grpc.aio.insecure_channel(leader_address) as channel:
                 await pb_grpc.PromotionAdminStub(channel).CreatePromotion(
@@ -164,7 +164,7 @@ async def bench_failover(budget: int = 1_000_000, election_ttl_s: int = 2, worke
 
             os.kill(leader.pid, signal.SIGKILL)
             killed = time.monotonic()
-            new_leader = await _await_leader([a for a in addresses if a != leader_address])
+            new_leader = await await_leader([a for a in addresses if a != leader_address])
             failover_s = time.monotonic() - killed
             await asyncio.sleep(2.0)
             stop.set()

@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from loadtest.simulation.scenarios import SCENARIOS
 from quota_cli.alerts import alerts
+from quota_cli.bench_capacity import capacity
 from quota_cli.budget import budget
 from quota_cli.budget_audit import audit
 from quota_cli.budget_emergency import emergency
@@ -575,6 +576,7 @@ def _print_table(title: str, figures: dict[str, object]) -> None:
     Console().print(table)
 
 
+bench.add_command(capacity)
 main.add_command(budget)
 main.add_command(alerts)
 main.add_command(certs)

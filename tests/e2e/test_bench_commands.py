@@ -70,6 +70,22 @@ def test_bench_cells_measures_one_region_at_each_cell_count_and_loses_nothing() 
     assert figures["rows"][0]["ratio_to_1_cell"] == 1.0
 
 
+def test_bench_capacity_opens_every_pair_then_measures_the_center_under_renewals_and_orders() -> None:
+    figures = _quota_json(
+        "bench", "capacity", "--promotions", "20", "--regions", "2", "--seconds", "7", "--orders-per-s", "50"
+    )
+
+    (row,) = figures["rows"]
+    assert (row["pairs"], row["promotions"], row["regions"]) == (40, 20, 2)
+    assert row["openings"] == row["in_place_at_start"] == 40
+    assert row["renew_calls"] > 0
+    assert row["renew_request_bytes"] > 0
+    assert 0 < row["renew_p50_ms"] <= row["renew_p99_ms"]
+    assert row["center_cpu_per_s"] > 0
+    assert row["etcd_txn_per_s"] > 0
+    assert row["deductions_per_s"] > 0
+
+
 def test_bench_cost_measures_every_step_from_bare_grpc_to_the_agent() -> None:
     figures = _quota_json("bench", "cost", "--seconds", "0.5", "--rounds", "1", "--clients", "4")
 

@@ -1,0 +1,291 @@
+"""`quota bench capacity`: how many active (region, promotion) pairs one center group serves.
+
+For each size, on free loopback ports: a fresh single-member etcd, one center on it (a real process,
+`center serve --store etcd://...`), and the load generator `loadtest.capacity_regions` (a real process
+hosting every region's agent, each speaking the center's API through the agent's own code). The
+promotions are created through the admin API (`CREATORS` at a time; the center takes creates one after
+another), all starting together at one instant a little later, in every region. The agents take their
+opening allotments before the start, which makes every (region, promotion) pair active: the region holds
+an allotment of it and renews its lease. From the start a share of the promotions sells (one-unit orders,
+open loop); the first `OPENING_WINDOW_S` are counted on their own (center calls per region and second),
+then the measured window runs `seconds`.
+
+Figures per size: renew latency p50/p99 (each Renew call, at the agent), the center process's CPU seconds
+per second (/proc/<pid>/stat), etcd's transactions and committed proposals per second (its /metrics),
+the serialized size of a Renew request, center calls per 1,000 deductions, openings per second (every
+opening allotment of the size over the time from the agents' start until the last was in place). One
+group "stops" at the first size whose renew p99 exceeds `LIMIT_P99_MS` or whose center needs more than
+one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from loadtest.bench import await_leader
+from loadtest.capacity_regions import OPENING_WINDOW_S, now_ms, promotion_id
+from quota_center.v1 import quota_center_pb2 as pb
+from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
+from quota_testing.launch import ServerProcess, center_process
+from quota_testing.servers import RunningServer, etcd_server
+
+DEFAULT_SIZES = (1_000, 10_000)
+"""Promotions per region in the default run (10,000 and 100,000 pairs over ten regions)."""
+LARGE_SIZE = 100_000
+"""Added by --large: a million pairs, which takes far longer to set up than to measure."""
+LIMIT_P99_MS = 500.0
+LIMIT_CORES = 1.0
+BUDGET = 10_000
+"""Of each promotion: large enough that nothing runs out while measured."""
+CREATORS = 16
+PROBES = 200
+"""Throwaway creates (for a region nobody serves) that time the center's creates before the real ones."""
+OPENINGS_PER_S_GUESS = 300
+"""How fast the agents are assumed to take their opening allotments, to place the start; a start placed too
+early shows as openings not all in place at the start."""
+SETUP_MARGIN_S = 15.0
+EVENT_BYTES = 64 * 2**20
+"""The longest line the generator prints (every Renew call's latency and size at the largest size)."""
+ETCD_FLAGS = ("--quota-backend-bytes", str(8 * 2**30), "--auto-compaction-mode", "revision",
+              "--auto-compaction-retention", "100000")  # fmt: skip
+"""Room for the largest size's writes (every opening rewrites its promotion's document)."""
+
+
+@dataclass(frozen=True)
+class CapacityOptions:
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    regions: int = 10
+    seconds: float = 30.0
+    orders_per_s: float = 1_000.0
+    selling: float = 0.1
+
+
+def _timestamp(ms: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def _promotion(identifier: str, start_ms: int, regions: list[str]) -> pb.Promotion:
+    return pb.Promotion(
+        id=identifier,
+        kind=pb.PROMOTION_KIND_COUNT,
+        budget=BUDGET,
+        start_time=_timestamp(start_ms),
+        end_time=_timestamp(start_ms + 2 * 3_600_000),
+        regions=regions,
+    )
+
+
+async def _create(admin: pb_grpc.PromotionAdminAsyncStub, promotions: list[pb.Promotion]) -> float:
+    """Creates them, CREATORS at a time; returns creates per second."""
+    pending = list(reversed(promotions))
+    started = time.perf_counter()
+
+    async def creator() -> None:
+        while pending:
+            await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=pending.pop()), timeout=60)
+
+    await asyncio.gather(*(creator() for _ in range(CREATORS)))
+    return len(promotions) / (time.perf_counter() - started)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def etcd_counters(etcd: RunningServer) -> dict[str, float]:
+    """etcd's transaction and committed-proposal counters, from its /metrics."""
+    wanted = ("etcd_mvcc_txn_total", "etcd_server_proposals_committed_total")
+    found = dict.fromkeys(wanted, 0.0)
+    with urllib.request.urlopen(f"http://{etcd.address}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name.split("{")[0] in found:
+                found[name.split("{")[0]] += float(value)
+    return found
+
+
+@dataclass
+class Sample:
+    at: float
+    center_cpu_s: float
+    generator_cpu_s: float
+    etcd: dict[str, float]
+
+
+def _sample(center: ServerProcess, generator: int, etcd: RunningServer) -> Sample:
+    return Sample(time.perf_counter(), cpu_seconds(center.pid), cpu_seconds(generator), etcd_counters(etcd))
+
+
+async def _until(wall_ms: int) -> None:
+    await asyncio.sleep(max(0.0, (wall_ms - now_ms()) / 1000))
+
+
+@contextlib.asynccontextmanager
+async def _generator(arguments: list[str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    with log.open("a") as errors:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtest.capacity_regions", *arguments, stdout=asyncio.subprocess.PIPE,
+            stderr=errors, limit=EVENT_BYTES,
+        )  # fmt: skip
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+async def _event(process: asyncio.subprocess.Process, name: str, log: Path) -> dict[str, Any]:
+    assert process.stdout is not None
+    while line := await process.stdout.readline():
+        event: dict[str, Any] = json.loads(line)
+        if event.pop("event") == name:
+            return event
+    written = await asyncio.to_thread(log.read_text)
+    raise RuntimeError(f"the load generator ended before {name!r}:\n{written[-2000:]}")
+
+
+def _percentile(ordered: list[float], share: float) -> float:
+    return round(ordered[int(share * (len(ordered) - 1))], 1) if ordered else 0.0
+
+
+async def _measure(promotions: int, options: CapacityOptions, workdir: Path) -> dict[str, Any]:
+    regions = [f"r{n:02d}" for n in range(options.regions)]
+    with etcd_server(extra=ETCD_FLAGS) as etcd:
+        center = center_process(workdir, store=f"etcd://{etcd.address}/capacity").start()
+        try:
+            await await_leader([center.address])
+            async with grpc.aio.insecure_channel(center.address) as channel:
+                admin = pb_grpc.PromotionAdminStub(channel)
+                probes = [_promotion(f"probe-{n}", now_ms() + 3_600_000, ["probe"]) for n in range(PROBES)]
+                create_rate = await _create(admin, probes)
+                pairs = promotions * len(regions)
+                lead_s = 1.3 * promotions / create_rate + pairs / OPENINGS_PER_S_GUESS + SETUP_MARGIN_S
+                start_ms = now_ms() + round(lead_s * 1000)
+                created = [_promotion(promotion_id(n), start_ms, regions) for n in range(promotions)]
+                create_rate = await _create(admin, created)
+            measure_from_ms = start_ms + round(OPENING_WINDOW_S * 1000)
+            measure_until_ms = measure_from_ms + round(options.seconds * 1000)
+            arguments = [
+                "--center", center.address, "--regions", ",".join(regions), "--promotions", str(promotions),
+                "--start-ms", str(start_ms), "--measure-from-ms", str(measure_from_ms),
+                "--measure-until-ms", str(measure_until_ms), "--orders-per-s", str(options.orders_per_s),
+                "--selling", str(options.selling),
+            ]  # fmt: skip
+            log = workdir / "generator.log"
+            async with _generator(arguments, log) as generator:
+                opened = await _event(generator, "opened", log)
+                first = await _event(generator, "opening_window", log)
+                await _until(measure_from_ms)
+                before = _sample(center, generator.pid, etcd)
+                await _until(measure_until_ms)
+                after = _sample(center, generator.pid, etcd)
+                measured = await _event(generator, "measured", log)
+        finally:
+            center.kill()
+    return _row(promotions, regions, options, create_rate, opened, first, measured, before, after)
+
+
+def _row(
+    promotions: int,
+    regions: list[str],
+    options: CapacityOptions,
+    create_rate: float,
+    opened: dict[str, Any],
+    first: dict[str, Any],
+    measured: dict[str, Any],
+    before: Sample,
+    after: Sample,
+) -> dict[str, Any]:
+    pairs = promotions * len(regions)
+    elapsed = after.at - before.at
+    renewals = [(latency, size) for latency, size, _ in measured["renewals"]]
+    latencies = sorted(latency for latency, _ in renewals)
+    deductions = measured["deductions"]
+    center_cpu = (after.center_cpu_s - before.center_cpu_s) / elapsed
+    p99 = _percentile(latencies, 0.99)
+
+    def etcd_rate(name: str) -> float:
+        return round((after.etcd[name] - before.etcd[name]) / elapsed, 1)
+
+    return {
+        "pairs": pairs,
+        "promotions": promotions,
+        "regions": len(regions),
+        "selling_pairs": len(range(0, promotions, max(1, round(1 / options.selling)))) * len(regions),
+        "creates_per_s": round(create_rate),
+        "openings": opened["openings"],
+        "opening_s": opened["seconds"],
+        "openings_per_s": round(opened["openings"] / opened["seconds"]) if opened["seconds"] else 0,
+        "opening_calls": opened["opening_calls"],
+        "in_place_at_start": first["held_at_start"],
+        "first_10s_calls_per_region_per_s": round(max(first["calls_by_region"].values()) / OPENING_WINDOW_S, 1),
+        "renew_calls": len(renewals),
+        "renew_failed": sum(1 for _, _, status in measured["renewals"] if status != "OK"),
+        "renew_failed_by_status": dict(Counter(status for _, _, status in measured["renewals"] if status != "OK")),
+        "renew_p50_ms": _percentile(latencies, 0.5),
+        "renew_p99_ms": p99,
+        "renew_request_bytes": round(statistics.fmean(size for _, size in renewals)) if renewals else 0,
+        "renew_bytes_per_s": round(sum(size for _, size in renewals) / elapsed),
+        "center_cpu_per_s": round(center_cpu, 2),
+        "generator_cpu_per_s": round((after.generator_cpu_s - before.generator_cpu_s) / elapsed, 2),
+        "etcd_txn_per_s": etcd_rate("etcd_mvcc_txn_total"),
+        "etcd_proposals_per_s": etcd_rate("etcd_server_proposals_committed_total"),
+        "deductions_per_s": round(deductions / elapsed),
+        "center_calls_per_1k": round(1000 * measured["center_calls"] / deductions, 1) if deductions else None,
+        "generator_lag_p99_ms": measured["loop_lag_p99_ms"],
+        "orders_refused": measured["refused"],
+        "orders_skipped": measured["skipped"],
+        "calls_by_method": measured["calls_by_method"],
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        "within_limits": _within_limits(p99, center_cpu),
+    }
+
+
+def _within_limits(renew_p99_ms: float, center_cores: float) -> bool:
+    return renew_p99_ms <= LIMIT_P99_MS and center_cores <= LIMIT_CORES
+
+
+def first_over_limits(rows: list[dict[str, Any]]) -> int | None:
+    """The active pairs of the first size where one group stops: renew p99 above LIMIT_P99_MS or the center
+    above LIMIT_CORES; None when every size stayed within both."""
+    over = (row["pairs"] for row in rows if not _within_limits(row["renew_p99_ms"], row["center_cpu_per_s"]))
+    return next(over, None)
+
+
+async def bench_capacity(options: CapacityOptions) -> dict[str, Any]:
+    """Every size in turn, each on its own etcd and center; a row per size, and where one group stops."""
+    rows = []
+    for promotions in options.sizes:
+        with tempfile.TemporaryDirectory(prefix="quota-bench-capacity-") as workdir:
+            rows.append(await _measure(promotions, options, Path(workdir)))
+    stops = first_over_limits(rows)
+    return {
+        "regions": options.regions,
+        "seconds": options.seconds,
+        "orders_per_s": options.orders_per_s,
+        "selling": options.selling,
+        "limits": {"renew_p99_ms": LIMIT_P99_MS, "center_cores": LIMIT_CORES},
+        "rows": rows,
+        "one_group_stops_at_pairs": stops,
+    }

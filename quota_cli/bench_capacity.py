@@ -1,0 +1,82 @@
+"""`quota bench capacity`: the active (region, promotion) pairs one center group serves (loadtest.capacity)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from quota_common.config import FiniteFloatRange
+
+
+@click.command("capacity")
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...], "one_group_stops_at_pairs": ...}.')
+@click.option(
+    "--promotions",
+    default="1000,10000",
+    show_default=True,
+    help="Comma-separated promotions per region, one size each (x --regions active pairs).",
+)
+@click.option("--large", is_flag=True, help="Add 100,000 promotions per region (a million pairs; long to set up).")
+@click.option("--regions", type=click.IntRange(1, 100), default=10, show_default=True, help="Regions served.")
+@click.option("--seconds", type=FiniteFloatRange(min=3), default=30.0, show_default=True, help="Measured per size.")
+@click.option(
+    "--orders-per-s", type=FiniteFloatRange(min=1), default=1000.0, show_default=True, help="Offered, all regions."
+)
+@click.option(
+    "--selling",
+    type=FiniteFloatRange(min=0.001, max=1),
+    default=0.1,
+    show_default=True,
+    help="Share of the promotions that sell.",
+)
+@click.option(
+    "--docs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write the figures into DOCS/benchmarks.md (their section) and DOCS/capacity.png.",
+)
+def capacity(
+    as_json: bool,
+    promotions: str,
+    large: bool,
+    regions: int,
+    seconds: float,
+    orders_per_s: float,
+    selling: float,
+    docs: Path | None,
+) -> None:
+    """Active (region, promotion) pairs one center group on etcd serves: a center and etcd as processes, and a
+    process of agents (one per region, the real agent code) taking opening allotments of every promotion, then
+    selling a share of them. Per size: renew p50/p99, center CPU, etcd transactions, renewal bytes, center calls
+    per 1,000 deductions, openings per second; and the first size where one group stops."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from loadtest.capacity import LARGE_SIZE, CapacityOptions, bench_capacity
+    from loadtest.capacity_report import COLUMNS, cell, verdict, write
+
+    try:
+        sizes = [int(size) for size in promotions.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(1 <= size <= 1_000_000 for size in sizes):
+        raise click.BadParameter(f"{promotions!r}: give counts such as 1000,10000", param_hint="--promotions")
+    if large and LARGE_SIZE not in sizes:
+        sizes.append(LARGE_SIZE)
+    figures = asyncio.run(bench_capacity(CapacityOptions(tuple(sizes), regions, seconds, orders_per_s, selling)))
+    written = write(figures, docs) if docs is not None else []
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    table = Table(title="quota bench capacity")
+    for header in COLUMNS.values():
+        table.add_column(header, justify="right")
+    for row in figures["rows"]:
+        table.add_row(*(cell(row[key]) for key in COLUMNS))
+    Console(width=max(120, Console().width)).print(table)
+    click.echo(verdict(figures))
+    if written:
+        click.echo("wrote " + ", ".join(str(path) for path in written))
