@@ -111,6 +111,8 @@ class EmbeddedAgent:
     async def _call(self, work: Awaitable[R], deadline_s: float | None) -> R:
         """`work`'s answer, or the exception the client raises for what it raised."""
         try:
+            if deadline_s is None:  # most orders: no timer to arm and cancel around the one Redis call
+                return await work
             async with asyncio.timeout(deadline_s):
                 return await work
         except QuotaError as error:
