@@ -149,6 +149,17 @@ def promotion_key(prefix: str, promotion_id: str) -> str:
     return f"{prefix}/promotions/{_segment(promotion_id)}"
 
 
+async def txn_once(kv: KVService, compare: list[Compare], success: list[RequestOp]) -> bool:
+    """Whether the transaction's compare held (and its writes were made); Unavailable when etcd did not answer.
+    One attempt: a retried transaction whose first answer was lost would fail its own compare. Callers retry
+    idempotently (request ids, cumulative counters) instead."""
+    try:
+        answer = await kv.txn(compare, success, timeout=_TIMEOUT_S, max_attempts=1)
+    except EtcdError as error:
+        raise Unavailable(f"etcd: {error}") from error
+    return bool(answer.succeeded)
+
+
 class EtcdStore:
     def __init__(self, client: Etcd3Client, prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
@@ -380,13 +391,7 @@ class EtcdStore:
         return _audit_record(answer.kvs[0].key, answer.kvs[0].value) if answer.kvs else None
 
     async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
-        try:
-            # One attempt: a retried transaction whose first answer was lost would fail its own
-            # compare. Callers retry idempotently (request ids, cumulative counters) instead.
-            answer = await self._kv.txn(compare, success, timeout=_TIMEOUT_S, max_attempts=1)
-        except EtcdError as error:
-            raise Unavailable(f"etcd: {error}") from error
-        return bool(answer.succeeded)
+        return await txn_once(self._kv, compare, success)
 
     async def find_grant(self, promotion_id: str, region: str, request_id: str) -> GrantRecord | None:
         record = await self._get_json(self._grant_key(promotion_id, region, request_id))

@@ -30,7 +30,7 @@ from etcd3aio._protobuf import Compare, RequestOp
 from etcd3aio.kv import KVService
 
 from quota_center.ledger import PromotionState
-from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore, promotion_key
+from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore, promotion_key, txn_once
 from quota_common.errors import NotLeader, Unavailable
 from quota_common.shards import DEFAULT_GROUP, ShardMap, check_group_name, moves
 
@@ -153,8 +153,4 @@ class EtcdShards:
                     raise NotLeader(None)
 
     async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
-        try:
-            answer = await self._kv.txn(compare, success, timeout=_TIMEOUT_S, max_attempts=1)
-        except EtcdError as error:
-            raise Unavailable(f"etcd: {error}") from error
-        return bool(answer.succeeded)
+        return await txn_once(self._kv, compare, success)
