@@ -27,9 +27,12 @@ class ShardFollower:
         """This group's outgoing moves, with the phase each reached (the layout in etcd holds only targets)."""
 
     async def prepare(self) -> None:
-        """The map as stored, before the center serves after winning its group's election (the slots it was
-        giving away start draining again: a conservative restart, the copy being repeatable)."""
+        """The map as stored, and the deployment's incarnation key, before the center serves after winning its
+        group's election (the slots it was giving away start draining again: a conservative restart, the copy
+        being repeatable)."""
         self._leaving = {}
+        # Before the center loads its key (`start`): one ledger life of an agent is good at every group.
+        await self._shards.share_incarnation_key(self._group, self._base)
         layout = await self._shards.read(self._group)
         self._center.set_shards(layout.shard_map, self._moves(layout))
 
