@@ -24,13 +24,16 @@ group, and one no group issued (forged) is refused by all.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import grpc
 from etcd3aio import EtcdError, prefix_range_end
 from etcd3aio._protobuf import Compare, RequestOp
 from etcd3aio.kv import KVService
@@ -41,8 +44,14 @@ from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore, document_key, pro
 from quota_common.errors import NotLeader, Unavailable
 from quota_common.shards import DEFAULT_GROUP, ShardMap, check_group_name, moves
 
+log = logging.getLogger(__name__)
+
 _TIMEOUT_S = 5.0
 _PAGE = 200
+REWATCH_S = 1.0
+"""After a broken watch, how long before the map is read and watched again."""
+_DELETE = 1
+"""etcd's event type of a deleted key (mvccpb.Event.DELETE)."""
 
 
 def shards_key(base: str = DEFAULT_PREFIX) -> str:
@@ -114,6 +123,26 @@ class EtcdShards:
         if not answer.kvs:
             return Layout(ShardMap.single(group))
         return Layout.from_document(answer.kvs[0].value)
+
+    async def watch(self, group: str = DEFAULT_GROUP) -> AsyncGenerator[Layout, None]:
+        """The layout as stored, then each one written after it, as it is written: read at a revision, then
+        watched from the next one. When changes may have been missed (compacted away before the watch reached
+        them, or the watch broke), the map is read again and watched from there."""
+        watcher = self._store.client.watch
+        assert watcher is not None, "connected in EtcdStore.connect"
+        while True:
+            try:
+                answer = await self._kv.get(self._key, timeout=_TIMEOUT_S)
+                yield Layout.from_document(answer.kvs[0].value) if answer.kvs else Layout(ShardMap.single(group))
+                async for response in watcher.watch(self._key, start_revision=answer.header.revision + 1):
+                    if response.compact_revision > 0 or response.canceled:
+                        break
+                    for event in response.events:
+                        deleted = event.type == _DELETE
+                        yield Layout(ShardMap.single(group)) if deleted else Layout.from_document(event.kv.value)
+            except (EtcdError, grpc.aio.AioRpcError) as error:
+                log.warning("watch of the shard map broken (%s); reading it again in %.0f s", error, REWATCH_S)
+                await asyncio.sleep(REWATCH_S)
 
     async def replace(self, before: Layout, after: Layout, actor: str) -> bool:
         """Stores `after` if the map is still `before`; False if another writer changed it first."""
