@@ -21,6 +21,9 @@ from quota_center.store.etcd_shards import EtcdShards, Layout, group_prefix
 
 log = logging.getLogger(__name__)
 
+FLIP_TRIES = 5
+"""Flips of one slot in one step, each by the map as read after the last lost its compare-and-swap."""
+
 
 class ShardFollower:
     def __init__(self, center: Center, shards: EtcdShards, base_prefix: str = DEFAULT_PREFIX) -> None:
@@ -96,11 +99,16 @@ class ShardFollower:
             log.info("slot %d: %d promotions copied to group %s", slot, len(states), move.target)
         if move.phase is not Phase.COPIED:
             return layout
-        _, shard_map = move.flip(layout.shard_map)
-        after = Layout(shard_map, {s: t for s, t in layout.moving.items() if s != slot})
-        if not await self._shards.replace(layout, after, f"center group {self._group}"):
-            # Someone else changed the map: the watch brings it, and the next step redoes the flip by it.
-            return await self._shards.read(self._group)
+        # A sealed slot refuses every call of its promotions (a whole renewal naming one of them too): when
+        # another group's flip changed the map first, flip again by the map as it is now, not a step later.
+        for _ in range(FLIP_TRIES):
+            _, shard_map = move.flip(layout.shard_map)
+            after = Layout(shard_map, {s: t for s, t in layout.moving.items() if s != slot})
+            if await self._shards.replace(layout, after, f"center group {self._group}"):
+                break
+            layout = await self._shards.read(self._group)
+        else:
+            return layout  # the next step redoes the flip
         del self._leaving[slot]
         await self._follow(after)
         log.info("slot %d: handed over to group %s (shard map version %d)", slot, move.target, shard_map.version)

@@ -58,12 +58,14 @@ def etcd() -> Iterator[RunningServer]:
 
 
 def _promotions() -> list[str]:
-    """Four promotions that move (to g2 or g3) and four that stay, by the maps the test uses."""
+    """From each of the first two groups, two promotions that move (to g2 or g3) and two that stay."""
     old, new = ShardMap.even(BEFORE), rebalance(ShardMap.even(BEFORE), AFTER)
     ids = [f"promo-{i}" for i in range(200)]
-    moving = [p for p in ids if old.owner_of(p) != new.owner_of(p)][:4]
-    staying = [p for p in ids if old.owner_of(p) == new.owner_of(p)][:4]
-    return moving + staying
+    chosen = []
+    for group in BEFORE:
+        mine = [p for p in ids if old.owner_of(p) == group]
+        chosen += [p for p in mine if new.owner_of(p) != group][:2] + [p for p in mine if new.owner_of(p) == group][:2]
+    return chosen
 
 
 async def _store_map(endpoint: str, base: str, layout: Layout | None = None) -> Layout:
