@@ -23,7 +23,7 @@ from loadtest.chaos.calls import ONE_ATTEMPT, AgentCalls
 from loadtest.chaos.checker import judge
 from loadtest.chaos.history import History, NemesisEvent, Status
 from loadtest.chaos.workload import Recorder
-from quota_admin.client import AdminClient, CenterError, CenterUnreachable
+from quota_admin.client import AdminClient, CenterUnreachable
 from quota_center.store.etcd import EtcdStore
 from quota_center.store.etcd_shards import EtcdShards, Layout, shards_key
 from quota_center.v1 import quota_center_pb2 as pb
@@ -34,7 +34,7 @@ from quota_common.transport import Transport
 from quota_testing.inprocess import issued_incarnation
 from quota_testing.launch import ServerProcess, agent_process, center_process, kill_all, run_quota
 from quota_testing.servers import RunningServer, etcd_server
-from quota_testing.support import promotion
+from quota_testing.support import create_when_leading, promotion
 from region_agent.ledger.base import Line
 
 pytestmark = pytest.mark.e2e
@@ -156,7 +156,7 @@ async def test_two_groups_become_four_while_real_agents_sell(etcd: RunningServer
         created = []
         for pid in ids:
             request = pb.CreatePromotionRequest(promotion=promotion(pid, BUDGET, REGIONS))
-            await asyncio.to_thread(_when_leading, admin, request)
+            await asyncio.to_thread(create_when_leading, admin, request)
             created.append(NemesisEvent("budget", pid, time.monotonic(), None, BUDGET))
 
         agents = {
@@ -200,18 +200,6 @@ async def test_two_groups_become_four_while_real_agents_sell(etcd: RunningServer
         assert sum(r.consumed for r in regions) == BUDGET, pid  # sold exactly
         assert sum(r.outstanding + r.written_off for r in regions) == 0, pid  # nothing stranded
     assert forged is grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _when_leading(admin: AdminClient, request: pb.CreatePromotionRequest) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            admin.call(lambda stub: stub.CreatePromotion, request)
-            return
-        except CenterError:  # no leader yet in that group
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 async def _renew_refused(address: str) -> grpc.StatusCode:
