@@ -136,12 +136,10 @@ class Agent:
             self._below_floor,
         )
         # The region's copy of the cache follows the first group's catalog (the default group's).
+        served = groups.owners.served if len(groups.names) > 1 else None  # one group serves everything
         self.catalogs = [
-            CatalogSync(
-                self.cache, groups.port(group), tier if i == 0 else None, self._supply.learn, clock, group, served
-            )
-            for i, group in enumerate(groups.names)
-            for served in [groups.owners.served if len(groups.names) > 1 else None]
+            CatalogSync(self.cache, groups.port(g), tier if i == 0 else None, self._supply.learn, clock, g, served)
+            for i, g in enumerate(groups.names)
         ]
         self.catalog = self.catalogs[0]
         self._loops: list[asyncio.Task[None]] = []

@@ -116,7 +116,8 @@ class SupplyRenewals(SupplyCore):
         try:
             answer = await self._ask(self._groups.port(group).renew(life, reports, ask))
         except Unavailable as error:
-            if line := reachability.failed(f"center group {group}: {error.message}"):
+            where = f"center group {group}: " if len(self._groups.names) > 1 else ""
+            if line := reachability.failed(where + error.message):
                 log.warning("%s", line)
             raise
         except QuotaError:
