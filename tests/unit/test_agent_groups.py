@@ -13,7 +13,7 @@ from quota_center.center import Center
 from quota_center.center_core import CenterSettings
 from quota_center.issuer import KEY_DOCUMENT
 from quota_common.clock import FakeClock
-from quota_common.errors import Rejected, RejectReason, Unavailable
+from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable
 from quota_common.model import Kind, Promotion, Report
 from quota_common.shards import ShardMap
 from quota_testing.direct_center import DirectCenter
@@ -150,3 +150,21 @@ async def test_one_groups_outage_leaves_the_others_promotions_selling(groups: Gr
     await _deduct(agent, "b-1", owned_by("b"))
     assert groups.consumed("a", owned_by("a")) == 5
     assert groups.consumed("b", owned_by("b")) == 1
+
+
+async def test_a_newer_life_seen_by_one_group_retires_the_older_process(groups: Groups) -> None:
+    await _deduct(groups.agent, "a-old", owned_by("a"))
+    await _deduct(groups.agent, "b-old", owned_by("b"))
+    ports = {name: DirectCenter(center, "eu") for name, center in groups.centers.items()}
+    newer = Agent(QUIET, InProcessLedger(groups.clock), CenterGroups(ports), groups.clock)
+    await newer.start()  # joins at a; its first renewal reaches both groups
+    try:
+        assert newer.incarnation > groups.agent.incarnation
+        await _deduct(newer, "b-new", owned_by("b"))  # b's books now know the newer life, a's do not
+
+        with pytest.raises(Superseded):
+            await groups.agent.renew_once()
+        assert "older than the current one" in await groups.agent.wait_retired()
+        assert sum(port.calls for port in ports.values()) > 0
+    finally:
+        await newer.stop()
