@@ -18,11 +18,14 @@ from quota_center.center import Center
 from quota_center.shard_move import Phase, SlotMove
 from quota_center.store.etcd import DEFAULT_PREFIX
 from quota_center.store.etcd_shards import EtcdShards, Layout, group_prefix
+from quota_common.shards import SLOTS
 
 log = logging.getLogger(__name__)
 
-FLIP_TRIES = 5
-"""Flips of one slot in one step, each by the map as read after the last lost its compare-and-swap."""
+FLIP_TRIES = SLOTS
+"""Flips of one slot in one step, each by the map as read after the last lost its compare-and-swap. A lost one
+means another change of the map won (another group's flip, mostly), so this bounds nothing that makes progress:
+it only ends the step if the map kept changing for a whole map's worth of hand-overs."""
 
 
 class ShardFollower:
