@@ -34,7 +34,7 @@ from quota_common.errors import (
     WARNINGS_METADATA_KEY,
     trailing,
 )
-from quota_common.shards import DEFAULT_GROUP
+from quota_common.shards import center_groups
 from quota_common.transport import Transport
 
 EXIT_REFUSED = 3
@@ -94,17 +94,6 @@ class ServedElsewhere(CenterRefused):
         super().__init__(grpc.StatusCode.FAILED_PRECONDITION, details)
         self.owner = owner
         self.hint = f"center group {owner!r} serves it: name its replicas in --center, as {owner}=HOST:PORT"
-
-
-def center_groups(addresses: list[str]) -> dict[str, list[str]]:
-    """By group, its replicas' addresses: `NAME=host:port` starts a group, a bare address joins the last one."""
-    groups: dict[str, list[str]] = {}
-    group = DEFAULT_GROUP
-    for entry in addresses:
-        name, _, address = entry.rpartition("=")
-        group = name or group
-        groups.setdefault(group, []).append(address)
-    return groups
 
 
 class Paged(Protocol):

@@ -23,7 +23,7 @@ from quota_center.metrics import center_metrics
 from quota_center.shard_follower import ShardFollower
 from quota_center.store.base import Store
 from quota_center.store.etcd import DEFAULT_PREFIX, EtcdAccess, EtcdStore
-from quota_center.store.etcd_shards import EtcdShards, group_prefix, shards_key
+from quota_center.store.etcd_shards import REWATCH_S, EtcdShards, group_prefix, shards_key
 from quota_center.store.sqlite import SqliteStore
 from quota_center.trail import By
 from quota_common import identity
@@ -40,9 +40,10 @@ from quota_common.transport import Security, open_transport
 log = logging.getLogger(__name__)
 
 SETTLE_EVERY_S = 30.0
-SHARD_STEP_S = 1.0
-"""How often a leading center on etcd reads the shard map and moves the slots its group gives away a step on."""
 """How often the leader looks for promotions to settle (more often when the grace is shorter)."""
+SHARD_STEP_S = 1.0
+"""How often a leading center on etcd moves the slots its group gives away a step on (drained yet?); the map
+itself is watched, so a slot handed to the group is served as soon as the map names it."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,11 @@ async def run_center(config: CenterConfig) -> None:
             Job("settlement", settle_every_s, lambda: center.settle_due(itself)),
             Job("usage history", config.settings.history_interval_s, center.sample_history),
             Job("reconciliation", config.settings.alerts.interval_s, center.alert_discrepancies),
-            *([Job("shard map", SHARD_STEP_S, shards.step)] if shards else []),
+            *(
+                [Job("shard moves", SHARD_STEP_S, shards.step), Job("shard map", REWATCH_S, shards.follow)]
+                if shards
+                else []
+            ),
         ]
     )
 

@@ -1,20 +1,31 @@
-"""The thin shell around `shard_move` on a leading center of a group: one `step` reads the layout from etcd,
-keeps the center's map current (taking over the slots handed to its group), and moves each slot its group
-is giving away one phase on when it can: drain (the center asks its regions), seal, copy, flip. The app
-calls `step` every `interval_s` while it leads; a step that fails (etcd away, a map changed under it)
-changes nothing the next step cannot redo: the copy is idempotent, the flip a compare-and-swap.
+"""The thin shell around `shard_move` on a leading center of a group. `follow` watches the map in etcd and
+keeps the center's current as each change is written (taking over the slots handed to its group at once);
+one `step` moves each slot its group is giving away one phase on when it can: drain (the center asks its
+regions), seal, copy, flip. The app runs `follow` and calls `step` every `interval_s` while it leads (a
+step judges by the map as last watched, so nothing polls it); a step that fails (etcd away, a map changed
+under it) changes nothing the next step cannot redo: the copy is idempotent, the flip a compare-and-swap.
+
+Both hold one lock, and a map older than the one followed last is ignored, so a change the watch delivers
+late never takes the center back to a map it already left.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from quota_center.center import Center
 from quota_center.shard_move import Phase, SlotMove
 from quota_center.store.etcd import DEFAULT_PREFIX
 from quota_center.store.etcd_shards import EtcdShards, Layout, group_prefix
+from quota_common.shards import SLOTS
 
 log = logging.getLogger(__name__)
+
+FLIP_TRIES = SLOTS
+"""Flips of one slot in one step, each by the map as read after the last lost its compare-and-swap. A lost one
+means another change of the map won (another group's flip, mostly), so this bounds nothing that makes progress:
+it only ends the step if the map kept changing for a whole map's worth of hand-overs."""
 
 
 class ShardFollower:
@@ -25,23 +36,47 @@ class ShardFollower:
         self._group = center.settings.group
         self._leaving: dict[int, SlotMove] = {}
         """This group's outgoing moves, with the phase each reached (the layout in etcd holds only targets)."""
+        self._latest: Layout | None = None
+        """The newest layout followed (watched, or written by this group's own flip); None before `prepare`."""
+        self._lock = asyncio.Lock()
+        self._watching = False
 
     async def prepare(self) -> None:
-        """The map as stored, before the center serves after winning its group's election (the slots it was
-        giving away start draining again: a conservative restart, the copy being repeatable)."""
-        self._leaving = {}
+        """The map as stored, and the deployment's incarnation key, before the center serves after winning its
+        group's election (the slots it was giving away start draining again: a conservative restart, the copy
+        being repeatable)."""
+        self._leaving, self._latest = {}, None
+        # Before the center loads its key (`start`): one ledger life of an agent is good at every group.
+        await self._shards.share_incarnation_key(self._group, self._base)
         layout = await self._shards.read(self._group)
         self._center.set_shards(layout.shard_map, self._moves(layout))
+        self._latest = layout
+
+    async def follow(self) -> None:
+        """Follows the map as it changes, until cancelled (the app runs it while the center leads)."""
+        self._watching = True
+        try:
+            async for layout in self._shards.watch(self._group):
+                async with self._lock:
+                    await self._follow(layout)
+        finally:
+            self._watching = False
 
     async def step(self) -> Layout:
-        """One round; returns the layout as it stands after it."""
-        layout = await self._shards.read(self._group)
-        await self._follow(layout)
-        for slot in sorted(self._leaving):
-            layout = await self._advance(layout, slot)
-        return layout
+        """One round, by the map as last watched (read when nothing watches it); returns the layout as it stands
+        after it."""
+        async with self._lock:
+            watched = self._latest if self._watching else None
+            layout = watched or await self._shards.read(self._group)
+            await self._follow(layout)
+            for slot in sorted(self._leaving):
+                layout = await self._advance(layout, slot)
+            return layout
 
     async def _follow(self, layout: Layout) -> None:
+        if self._latest is not None and layout.shard_map.version < self._latest.shard_map.version:
+            return  # delivered late: the center already follows a newer map
+        self._latest = layout
         moves = self._moves(layout)
         self._leaving = {slot: move for slot, move in moves.items() if move.source == self._group}
         await self._center.take_over(layout.shard_map)
@@ -67,10 +102,16 @@ class ShardFollower:
             log.info("slot %d: %d promotions copied to group %s", slot, len(states), move.target)
         if move.phase is not Phase.COPIED:
             return layout
-        _, shard_map = move.flip(layout.shard_map)
-        after = Layout(shard_map, {s: t for s, t in layout.moving.items() if s != slot})
-        if not await self._shards.replace(layout, after, f"center group {self._group}"):
-            return await self._shards.read(self._group)  # someone else changed the map; the next step redoes the flip
+        # A sealed slot refuses every call of its promotions (a whole renewal naming one of them too): when
+        # another group's flip changed the map first, flip again by the map as it is now, not a step later.
+        for _ in range(FLIP_TRIES):
+            _, shard_map = move.flip(layout.shard_map)
+            after = Layout(shard_map, {s: t for s, t in layout.moving.items() if s != slot})
+            if await self._shards.replace(layout, after, f"center group {self._group}"):
+                break
+            layout = await self._shards.read(self._group)
+        else:
+            return layout  # the next step redoes the flip
         del self._leaving[slot]
         await self._follow(after)
         log.info("slot %d: handed over to group %s (shard map version %d)", slot, move.target, shard_map.version)

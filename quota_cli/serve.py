@@ -268,7 +268,7 @@ def agent() -> None:
     type=CENTER_ADDRESSES,
     default=",".join(_AGENT_CONFIG.center),
     show_default=True,
-    help="host:port[,host:port...]",
+    help="host:port[,host:port...]; several center groups: each group's after its name, default=h1:50051,g1=h2:50051.",
 )
 @click.option(
     "--ledger",

@@ -34,6 +34,18 @@ def slot_of(promotion_id: str, slots: int = SLOTS) -> int:
     return int.from_bytes(digest, "big") % slots
 
 
+def center_groups(addresses: list[str]) -> dict[str, list[str]]:
+    """By group, its replicas' addresses, the default group first: `NAME=host:port` starts a group, a bare
+    address joins the last one (so a list without names is the default group's, as it always was)."""
+    groups: dict[str, list[str]] = {}
+    group = DEFAULT_GROUP
+    for entry in addresses:
+        name, _, address = entry.rpartition("=")
+        group = check_group_name(name) if name else group
+        groups.setdefault(group, []).append(address)
+    return dict(sorted(groups.items(), key=lambda item: item[0] != DEFAULT_GROUP))
+
+
 def check_group_name(name: str) -> str:
     """A group names an etcd prefix, a StatefulSet and a metric label: lower-case letters, digits, dashes."""
     if not _GROUP_NAME.match(name):

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quota_admin.client import AdminClient, CenterError
 from quota_center.audit import AuditRecord, Change, seal
 from quota_center.trail import By
 from quota_center.v1 import quota_center_pb2 as center_pb
@@ -116,3 +117,16 @@ def recorded_redis_clients(monkeypatch: pytest.MonkeyPatch) -> list[redis.Redis]
 
     monkeypatch.setattr(redis.Redis, "from_url", recorded)
     return clients
+
+
+def create_when_leading(client: AdminClient, request: center_pb.CreatePromotionRequest, patience_s: float = 30) -> None:
+    """Creates the promotion once its group has elected a leader (a center process just started may not have)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            client.call(lambda admin: admin.CreatePromotion, request)
+            return
+        except CenterError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)

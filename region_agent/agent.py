@@ -32,6 +32,7 @@ from quota_common.model import Promotion
 from quota_common.policy import RefillSettings
 from region_agent.cache import CacheTier, PromotionCache
 from region_agent.catalog_sync import CatalogSync
+from region_agent.center_groups import CenterGroups
 from region_agent.center_port import CenterPort
 from region_agent.floor import BelowFloor, BelowFloorCount, below_floor, refuse_if_blocked
 from region_agent.ledger.base import (
@@ -45,7 +46,8 @@ from region_agent.ledger.base import (
     SettleOutcome,
     UserLimit,
 )
-from region_agent.supply import Supply, Tracked
+from region_agent.supply import Supply
+from region_agent.supply_core import Tracked
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +109,19 @@ class OrderReport:
 
 class Agent:
     def __init__(
-        self, settings: AgentSettings, ledger: Ledger, center: CenterPort, clock: Clock, tier: CacheTier | None = None
+        self,
+        settings: AgentSettings,
+        ledger: Ledger,
+        center: CenterPort | CenterGroups,
+        clock: Clock,
+        tier: CacheTier | None = None,
     ) -> None:
-        """`tier`: the region's shared copy of the promotion cache (Redis), if any."""
+        """`center`: the center, or its groups when promotions are sharded over several; `tier`: the region's
+        shared copy of the promotion cache (Redis), if any."""
         self.settings = settings
         self._ledger = ledger
-        self._center = center
+        groups = center if isinstance(center, CenterGroups) else CenterGroups.one(center)
+        self._groups = groups
         self._clock = clock
         self.cache = PromotionCache()
         self._below_floor = BelowFloorCount()
@@ -120,13 +129,19 @@ class Agent:
             settings.region,
             settings.refill,
             ledger,
-            center,
+            groups,
             clock,
             self.cache,
             settings.assumed_lease_ttl_s,
             self._below_floor,
         )
-        self.catalog = CatalogSync(self.cache, center, tier, self._supply.learn, clock)
+        # The region's copy of the cache follows the first group's catalog (the default group's).
+        served = groups.owners.served if len(groups.names) > 1 else None  # one group serves everything
+        self.catalogs = [
+            CatalogSync(self.cache, groups.port(g), tier if i == 0 else None, self._supply.learn, clock, g, served)
+            for i, g in enumerate(groups.names)
+        ]
+        self.catalog = self.catalogs[0]
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -135,16 +150,16 @@ class Agent:
 
     @property
     def center_calls(self) -> int:
-        return self._center.calls
+        return self._groups.calls
 
     @property
     def promotion_fetches(self) -> int:
-        return self._center.fetches
+        return self._groups.fetches
 
     def catalog_staleness_s(self) -> float | None:
-        """Seconds since the promotion cache last heard from the center; None: it never did."""
-        heard_at = self.catalog.heard_at
-        return None if heard_at is None else self._clock.monotonic() - heard_at
+        """Seconds since the promotion cache last heard from every center group; None: one never answered."""
+        heard = [catalog.heard_at for catalog in self.catalogs]
+        return None if None in heard else self._clock.monotonic() - min(h for h in heard if h is not None)
 
     async def start(self) -> None:
         """Loads the promotion cache (the region's copy, then the center's changes) and renews,
@@ -156,24 +171,27 @@ class Agent:
         except (QuotaError, TimeoutError) as error:
             log.warning("could not join the center yet (%s); joining in the background", _why(error))
         await self.catalog.load_tier()
-        try:
-            await asyncio.wait_for(self.catalog.pull(), START_WAIT_S)
-        except (QuotaError, TimeoutError) as error:
-            log.warning("first promotion pull failed (%s); serving from the cache", _why(error))
+        await asyncio.gather(*(self._first_pull(catalog) for catalog in self.catalogs))
         try:
             # A ledger that outlived a previous process (Redis) holds quota: lease it before spending.
             await asyncio.wait_for(self.renew_once(), START_WAIT_S)
         except (QuotaError, TimeoutError) as error:
             log.warning("first renewal failed (%s); retrying in the background", _why(error))
-        loops = [
-            self._supply.renew_forever(self.settings.renew_interval_s),
-            self.catalog.pull_forever(self.settings.pull_interval_s),
-        ]
+        loops = [self._supply.renew_forever(self.settings.renew_interval_s, group) for group in self._groups.names]
+        loops += [catalog.pull_forever(self.settings.pull_interval_s) for catalog in self.catalogs]
         if self.settings.push:
-            loops.append(self.catalog.watch_forever())
+            loops += [catalog.watch_forever() for catalog in self.catalogs]
         if self.settings.opening_lookahead_s > 0:
             loops.append(self._supply.open_forever(self.settings.opening_lookahead_s))
         self._loops = [asyncio.create_task(loop) for loop in loops]
+
+    async def _first_pull(self, catalog: CatalogSync) -> None:
+        try:
+            await asyncio.wait_for(catalog.pull(), START_WAIT_S)
+        except (QuotaError, TimeoutError) as error:
+            log.warning(
+                "first promotion pull from group %s failed (%s); serving from the cache", catalog.group, _why(error)
+            )
 
     async def wait_retired(self) -> str:
         """Returns why, once the center said a newer process of the region replaced this one (it

@@ -20,6 +20,7 @@ from quota_common.identity import Role, regional
 from quota_common.metrics_http import MetricsEndpoint
 from quota_common.process import STANDARD_SERVICES, guarded_server, serve
 from quota_common.rpc_metrics import RpcMetrics
+from quota_common.shards import center_groups
 from quota_common.tls import TlsFiles
 from quota_common.top_series import DEFAULT_TOP
 from quota_common.transport import Security, Transport, open_transport
@@ -27,6 +28,7 @@ from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CacheTier
 from region_agent.cache_redis import RedisCacheTier
+from region_agent.center_groups import CenterGroups
 from region_agent.grpc_center import GrpcCenter
 from region_agent.ledger.base import RETENTION_S, Ledger
 from region_agent.ledger.memory import InProcessLedger
@@ -57,7 +59,9 @@ class AgentConfig:
     listen: str = "127.0.0.1:50061"
     """host:port to serve gRPC on; port 0 picks a free one (printed on stdout)."""
     center: tuple[str, ...] = ("127.0.0.1:50051",)
-    """The center replicas' host:port; calls follow whichever leads."""
+    """The center replicas' host:port; calls follow whichever leads. With several center groups, each group's
+    replicas after its name: default=h1:50051,h2:50051,g1=h3:50051 (addresses before any NAME= are the
+    default group's); the agent keeps a link, a catalog stream and a renewal per group."""
     ledger: str = "memory"
     """Where the regional ledger lives: memory (embedded default), redis://[USER@]HOST:PORT[/DB],
     rediss://[USER@]HOST:PORT[/DB] for Redis over TLS, or redis+cluster://[USER@]HOST:PORT (rediss+cluster://
@@ -262,7 +266,7 @@ class WiredAgent:
     agent: Agent
     transport: Transport
     metrics: AgentMetrics
-    _center: GrpcCenter
+    _center: CenterGroups
     _ledger: Ledger
 
     async def close(self) -> None:
@@ -278,10 +282,21 @@ async def wire_agent(config: AgentConfig, listen: str) -> WiredAgent:
     none, as embedded in an order service). ConfigError saying what to change when a setting is wrong."""
     region, security = config.settings.region, config.security
     agent_identity = regional(security.trust_domain, Role.AGENT, region)
-    transport = open_transport(security, agent_identity, listen=listen, center=config.center)
+    try:
+        groups = center_groups(list(config.center))
+    except ValueError as error:
+        raise ConfigError(f"--center: {error}") from None
+    addresses = [address for replicas in groups.values() for address in replicas]
+    transport = open_transport(security, agent_identity, listen=listen, center=addresses)
     ledger, tier = await open_ledger(config.ledger, region, config.retention_s, config.ledger_access, security.tls)
     metrics = AgentMetrics(region)
-    center = GrpcCenter(list(config.center), region, interceptors=[CenterCallTimer(metrics)], transport=transport)
+    timer = CenterCallTimer(metrics)
+    center = CenterGroups(
+        {
+            group: GrpcCenter(replicas, region, interceptors=[timer], transport=transport)
+            for group, replicas in groups.items()
+        }
+    )
     settings = replace(config.settings, return_on_shutdown=not ledger.outlives_agent)
     agent = Agent(settings, ledger, center, SystemClock(), tier)
     return WiredAgent(agent, transport, metrics, center, ledger)

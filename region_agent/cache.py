@@ -4,7 +4,9 @@ Two links feed it (the center's push stream and a periodic pull), and it may sta
 region's Redis copy. Entries only move forward: a promotion is replaced only by a higher
 revision, so a late or repeated message can never bring back an older configuration.
 `revision` is the cursor: everything the center changed up to it is here, so either link
-resumes from it and misses nothing.
+resumes from it and misses nothing. With several center groups each has its catalog, its cursor and its
+emergency switch (`revision_of`, the group named in `apply`); a promotion is served by one group at a time and
+keeps its revision when it moves, so its entries compare across groups.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from quota_common.model import EmergencyFreeze, Promotion
+from quota_common.shards import DEFAULT_GROUP
 
 
 @dataclass(frozen=True)
@@ -39,33 +42,56 @@ class CacheTier(Protocol):
 
 class PromotionCache:
     def __init__(self) -> None:
-        self.revision = 0
-        self.emergency = EmergencyFreeze()
+        self._revisions: dict[str, int] = {}
+        self._emergencies: dict[str, EmergencyFreeze] = {}
         self._promotions: dict[str, Promotion] = {}
 
     def __len__(self) -> int:
         return len(self._promotions)
 
+    @property
+    def revision(self) -> int:
+        """The default group's cursor (the only one of a deployment of one group)."""
+        return self.revision_of(DEFAULT_GROUP)
+
+    def revision_of(self, group: str) -> int:
+        return self._revisions.get(group, 0)
+
+    @property
+    def emergency(self) -> EmergencyFreeze:
+        """The switch in force: with several groups, whatever any of them freezes (each group's switch is set
+        by the same command; until all have it, the strictest stands)."""
+        switches = list(self._emergencies.values())
+        if len(switches) <= 1:
+            return switches[0] if switches else EmergencyFreeze()
+        return EmergencyFreeze(
+            any(switch.everywhere for switch in switches),
+            frozenset().union(*(switch.regions for switch in switches)),
+            max(switch.revision for switch in switches),
+        )
+
     def get(self, promotion_id: str) -> Promotion | None:
         return self._promotions.get(promotion_id)
 
-    def snapshot(self) -> CatalogSnapshot:
-        return CatalogSnapshot(list(self._promotions.values()), self.emergency, self.revision)
+    def snapshot(self, group: str = DEFAULT_GROUP) -> CatalogSnapshot:
+        """Every promotion, with `group`'s switch and cursor."""
+        switch = self._emergencies.get(group, EmergencyFreeze())
+        return CatalogSnapshot(list(self._promotions.values()), switch, self.revision_of(group))
 
-    def apply(self, changes: CatalogSnapshot) -> list[Promotion]:
-        """Takes in a consistent set of changes (a page of either link, or the tier's copy) and
-        moves the cursor to it; returns the promotions that changed."""
+    def apply(self, changes: CatalogSnapshot, group: str = DEFAULT_GROUP) -> list[Promotion]:
+        """Takes in a consistent set of changes of `group`'s catalog (a page of either link, or the tier's
+        copy) and moves its cursor to it; returns the promotions that changed."""
         changed = self.put(changes.promotions)
-        self.take_emergency(changes.emergency)
-        self.revision = max(self.revision, changes.revision)
+        self.take_emergency(changes.emergency, group)
+        self._revisions[group] = max(self.revision_of(group), changes.revision)
         return changed
 
-    def take_emergency(self, emergency: EmergencyFreeze) -> bool:
-        """Takes the switch from any link (a renewal carries it too) if it is newer than the one held;
+    def take_emergency(self, emergency: EmergencyFreeze, group: str = DEFAULT_GROUP) -> bool:
+        """Takes `group`'s switch from any link (a renewal carries it too) if it is newer than the one held;
         it does not move the cursor. Returns whether it did."""
-        if emergency.revision <= self.emergency.revision:
+        if emergency.revision <= self._emergencies.get(group, EmergencyFreeze()).revision:
             return False
-        self.emergency = emergency
+        self._emergencies[group] = emergency
         return True
 
     def put(self, promotions: Iterable[Promotion]) -> list[Promotion]:

@@ -6,6 +6,10 @@
 
 What either link brings is written through to the region's Redis tier, if there is one, so an
 agent that starts while the center is away serves from the region's copy.
+
+With several center groups the agent runs one `CatalogSync` per group, each with its group's cursor in the
+shared cache; what a group's catalog carries, that group serves (`on_served`), which is how the agent follows
+a promotion handed from one group to another.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from quota_common.clock import Clock
 from quota_common.errors import QuotaError
 from quota_common.model import Promotion
+from quota_common.shards import DEFAULT_GROUP
 from region_agent.cache import CacheTier, CatalogSnapshot, PromotionCache
 from region_agent.center_port import CenterPort
 
@@ -35,8 +40,13 @@ class CatalogSync:
         tier: CacheTier | None,
         on_change: Callable[[list[Promotion]], None],
         clock: Clock,
+        group: str = DEFAULT_GROUP,
+        on_served: Callable[[str, Iterable[str]], None] | None = None,
     ) -> None:
+        """`center`: `group`'s port; `on_served`: told which promotions each page of `group` carried."""
         self._cache = cache
+        self.group = group
+        self._on_served = on_served
         self._center = center
         self._tier = tier
         self._on_change = on_change
@@ -54,14 +64,14 @@ class CatalogSync:
         except QuotaError as error:
             log.warning("the region's promotion cache could not be read (%s); starting empty", error.message)
             return
-        self._take(snapshot)
+        self._take(snapshot, from_center=False)
         count, revision = len(snapshot.promotions), snapshot.revision
         log.info("%d promotions from the region's cache, up to revision %d", count, revision)
 
     async def pull(self) -> None:
         """Pulls every change since the cache's revision, page by page."""
         while True:
-            since = self._cache.revision
+            since = self._cache.revision_of(self.group)
             page = await self._center.list_changes(since)
             self.heard_at = self._clock.monotonic()
             await self._store(self._take(page.changes), since)
@@ -79,7 +89,7 @@ class CatalogSync:
     async def watch_forever(self) -> None:
         backoff = 0.1
         while True:
-            since = self._cache.revision
+            since = self._cache.revision_of(self.group)
             try:
                 async for page in self._center.watch(since, HEARTBEAT_TIMEOUT_S):
                     self.stream_alive, backoff = True, 0.1
@@ -87,13 +97,15 @@ class CatalogSync:
                     await self._store(self._take(page.changes), since)
                     since = page.changes.revision
             except QuotaError as error:
-                log.info("catalog stream broken (%s); resuming from revision %d", error.message, self._cache.revision)
+                log.info("catalog stream broken (%s); resuming from revision %d", error.message, since)
             self.stream_alive = False
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, 5.0)
 
-    def _take(self, changes: CatalogSnapshot) -> CatalogSnapshot:
-        changed = self._cache.apply(changes)
+    def _take(self, changes: CatalogSnapshot, from_center: bool = True) -> CatalogSnapshot:
+        if self._on_served is not None and from_center:  # the region's copy says nothing of who serves what
+            self._on_served(self.group, (promotion.id for promotion in changes.promotions))
+        changed = self._cache.apply(changes, self.group)
         if changed:
             self._on_change(changed)
         return changes
@@ -104,6 +116,6 @@ class CatalogSync:
         try:
             if not await self._tier.save(changes, since):
                 # The tier missed changes before these (a failed write): give it everything.
-                await self._tier.save(self._cache.snapshot(), 0)
+                await self._tier.save(self._cache.snapshot(self.group), 0)
         except QuotaError as error:
             log.warning("the region's promotion cache was not updated (%s); the next change retries", error.message)

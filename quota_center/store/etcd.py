@@ -149,6 +149,10 @@ def promotion_key(prefix: str, promotion_id: str) -> str:
     return f"{prefix}/promotions/{_segment(promotion_id)}"
 
 
+def document_key(prefix: str, name: str) -> str:
+    return f"{prefix}/documents/{_segment(name)}"
+
+
 async def txn_once(kv: KVService, compare: list[Compare], success: list[RequestOp]) -> bool:
     """Whether the transaction's compare held (and its writes were made); Unavailable when etcd did not answer.
     One attempt: a retried transaction whose first answer was lost would fail its own compare. Callers retry
@@ -282,7 +286,7 @@ class EtcdStore:
         return promotion_key(self.prefix, promotion_id)
 
     def _document_key(self, name: str) -> str:
-        return f"{self.prefix}/documents/{_segment(name)}"
+        return document_key(self.prefix, name)
 
     def _audit_key(self, seq: int) -> str:
         return f"{self.prefix}/audit/{seq:020d}"

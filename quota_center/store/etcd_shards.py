@@ -15,27 +15,43 @@ A copied promotion replaces whatever the target's prefix holds of it (an earlier
 after a crash, or what the target kept from a time it owned the slot before: nobody writes there while the
 target does not own the slot); its document `version` restarts at 1, the new key's write count, which the
 target's compare-and-swap relies on.
+
+Every group issues and checks ledger incarnations under one key, the default group's
+(`{base}/documents/incarnation_key`): `share_incarnation_key` creates it if no group did yet and copies it
+under the group's prefix before the group's leader loads it, so an agent's one incarnation is good at every
+group, and one no group issued (forged) is refused by all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import grpc
 from etcd3aio import EtcdError, prefix_range_end
 from etcd3aio._protobuf import Compare, RequestOp
 from etcd3aio.kv import KVService
 
+from quota_center.issuer import KEY_DOCUMENT
 from quota_center.ledger import PromotionState
-from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore, promotion_key, txn_once
+from quota_center.store.etcd import DEFAULT_PREFIX, EtcdStore, document_key, promotion_key, txn_once
 from quota_common.errors import NotLeader, Unavailable
 from quota_common.shards import DEFAULT_GROUP, ShardMap, check_group_name, moves
 
+log = logging.getLogger(__name__)
+
 _TIMEOUT_S = 5.0
 _PAGE = 200
+REWATCH_S = 1.0
+"""After a broken watch, how long before the map is read and watched again."""
+_DELETE = 1
+"""etcd's event type of a deleted key (mvccpb.Event.DELETE)."""
 
 
 def shards_key(base: str = DEFAULT_PREFIX) -> str:
@@ -108,6 +124,26 @@ class EtcdShards:
             return Layout(ShardMap.single(group))
         return Layout.from_document(answer.kvs[0].value)
 
+    async def watch(self, group: str = DEFAULT_GROUP) -> AsyncGenerator[Layout, None]:
+        """The layout as stored, then each one written after it, as it is written: read at a revision, then
+        watched from the next one. When changes may have been missed (compacted away before the watch reached
+        them, or the watch broke), the map is read again and watched from there."""
+        watcher = self._store.client.watch
+        assert watcher is not None, "connected in EtcdStore.connect"
+        while True:
+            try:
+                answer = await self._kv.get(self._key, timeout=_TIMEOUT_S)
+                yield Layout.from_document(answer.kvs[0].value) if answer.kvs else Layout(ShardMap.single(group))
+                async for response in watcher.watch(self._key, start_revision=answer.header.revision + 1):
+                    if response.compact_revision > 0 or response.canceled:
+                        break
+                    for event in response.events:
+                        deleted = event.type == _DELETE
+                        yield Layout(ShardMap.single(group)) if deleted else Layout.from_document(event.kv.value)
+            except (EtcdError, grpc.aio.AioRpcError) as error:
+                log.warning("watch of the shard map broken (%s); reading it again in %.0f s", error, REWATCH_S)
+                await asyncio.sleep(REWATCH_S)
+
     async def replace(self, before: Layout, after: Layout, actor: str) -> bool:
         """Stores `after` if the map is still `before`; False if another writer changed it first."""
         if after.shard_map.version != before.shard_map.version + 1:
@@ -151,6 +187,22 @@ class EtcdShards:
             ):
                 if not await self._txn(fence, [KVService.txn_op_delete(key)]):
                     raise NotLeader(None)
+
+    async def share_incarnation_key(self, group: str, base: str = DEFAULT_PREFIX) -> None:
+        """Makes `group`'s incarnation key the deployment's (the default group's), creating that one if no
+        group has yet: created only where absent, so of two groups starting at once one key wins."""
+        shared = document_key(base.rstrip("/"), KEY_DOCUMENT)
+        made = json.dumps({"key": secrets.token_hex(32)})
+        await self._txn([KVService.txn_compare_create_revision(shared, 0)], [KVService.txn_op_put(shared, made)])
+        try:
+            answer = await self._kv.get(shared, timeout=_TIMEOUT_S)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        own = document_key(group_prefix(group, base).rstrip("/"), KEY_DOCUMENT)
+        if own != shared and not await self._txn(
+            self._store.fencing(), [KVService.txn_op_put(own, answer.kvs[0].value)]
+        ):
+            raise NotLeader(None)
 
     async def _txn(self, compare: list[Compare], success: list[RequestOp]) -> bool:
         return await txn_once(self._kv, compare, success)

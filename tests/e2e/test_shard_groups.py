@@ -30,6 +30,7 @@ from quota_common.model import Kind, Promotion, Report
 from quota_common.shards import Router, ShardMap, moves, rebalance
 from quota_testing.inprocess import issued_incarnation
 from quota_testing.servers import etcd_server
+from quota_testing.support import eventually
 
 INCARNATION = issued_incarnation(1)
 INCARNATIONS = {"eu": INCARNATION, "us": issued_incarnation(1, "us")}
@@ -44,8 +45,9 @@ def etcd() -> Iterator[list[str]]:
 
 
 class Group:
-    def __init__(self, center: Center, follower: ShardFollower, store: EtcdStore) -> None:
-        self.center, self.follower, self.store = center, follower, store
+    def __init__(self, center: Center, follower: ShardFollower, store: EtcdStore, base: str) -> None:
+        """`base`: the prefix of every group's store."""
+        self.center, self.follower, self.store, self.base = center, follower, store, base
 
 
 @contextlib.asynccontextmanager
@@ -64,7 +66,7 @@ async def running_groups(
             follower = ShardFollower(center, EtcdShards(store, shards_key(base)), base)
             await follower.prepare()
             await center.start()
-            made[name] = Group(center, follower, store)
+            made[name] = Group(center, follower, store, base)
         yield made, shards
     finally:
         for store in stores.values():
@@ -284,3 +286,50 @@ async def test_a_deposed_leader_neither_copies_nor_flips(etcd: list[str]) -> Non
     finally:
         await source.close()
         await target.close()
+
+
+async def test_a_group_takes_over_a_slot_as_soon_as_the_watched_map_names_it(
+    groups: tuple[dict[str, Group], EtcdShards],
+) -> None:
+    made, shards = groups
+    a, b = made["a"], made["b"]
+    before = await shards.read()
+    promotion_id = owned_by(before.shard_map, "a")
+    await a.center.create_promotion(new_promotion(promotion_id))
+    slot = before.shard_map.slot(promotion_id)
+    # An operator's hand-over of a slot with nothing held: the copy, then the map naming b. No step runs after it.
+    await shards.copy(await a.center.sealed_states(slot), group_prefix("b", a.base))
+    following = asyncio.create_task(b.follower.follow())
+    try:
+        owners = list(before.shard_map.owners)
+        owners[slot] = "b"
+        assert await shards.replace(before, before.next(owners=owners), "test")
+
+        async def served() -> bool:
+            return b.center.serves(promotion_id) and promotion_id in [p.id for p in b.center.promotions()]
+
+        await eventually(served, timeout_s=10)
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+
+
+async def test_a_watch_whose_changes_were_compacted_away_reads_the_map_again(
+    groups: tuple[dict[str, Group], EtcdShards],
+) -> None:
+    made, shards = groups
+    watching = shards.watch("a")
+    first = await anext(watching)
+    second = first.next(moving={0: "b"})
+    third = second.next(moving={})
+    assert await shards.replace(first, second, "test")
+    assert await shards.replace(second, third, "test")
+    kv = made["a"].store.client.kv
+    assert kv is not None
+    head = (await kv.get("/")).header.revision
+    await kv.compact(head)  # the watch will start at the revision after `first`, which is gone now
+    try:
+        assert await asyncio.wait_for(anext(watching), 10) == third  # read again: nothing in between was missed
+    finally:
+        await watching.aclose()

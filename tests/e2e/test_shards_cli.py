@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from quota_admin.client import AdminClient, CenterError, ServedElsewhere
+from quota_admin.client import AdminClient, ServedElsewhere
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_common.shards import ShardMap, rebalance
 from quota_common.transport import Transport
 from quota_testing.launch import ServerProcess, center_process, run_quota
 from quota_testing.servers import RunningServer, etcd_server
-from quota_testing.support import promotion
+from quota_testing.support import create_when_leading, promotion
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,7 @@ def test_a_resize_hands_slots_to_a_new_group_which_then_serves_them(etcd: Runnin
         planned_map = rebalance(ShardMap.single(), ["default", "g1"])
         moving = next(p for p in (f"promo-{i}" for i in range(50)) if planned_map.owner_of(p) == "g1")
         request = pb.CreatePromotionRequest(promotion=promotion(moving, regions=("eu",)))
-        _create_when_leading(client, request)
+        create_when_leading(client, request)
         assert "version 0, 1024 slots\n  default: 1024 slots" in _shards(tmp_path, "show", "--store", store)
 
         planned = _shards(tmp_path, "resize", "--store", store, "--groups", "default,g1", "--yes")
@@ -73,15 +73,3 @@ def test_a_resize_hands_slots_to_a_new_group_which_then_serves_them(etcd: Runnin
     finally:
         for center in centers:
             center.stop()
-
-
-def _create_when_leading(client: AdminClient, request: pb.CreatePromotionRequest) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.call(lambda admin: admin.CreatePromotion, request)
-            return
-        except CenterError:  # no leader yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)

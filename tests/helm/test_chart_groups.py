@@ -48,3 +48,17 @@ def test_the_center_certificate_names_every_group(render: Render) -> None:
 def test_one_group_renders_as_before(render: Render) -> None:
     sets = _centers(render(THREE_REGIONS), "StatefulSet")
     assert list(sets) == ["shop-quota-center"]
+
+
+def test_agents_and_the_console_are_given_every_group(render: Render) -> None:
+    manifests = render(THREE_REGIONS, {"center": {"groups": 2}, "console": {"enabled": True, "usersSecret": "people"}})
+    groups = "default=shop-quota-center:50051,g1=shop-quota-center-g1:50051"
+    configs = [
+        item["data"]["config.toml"]
+        for item in manifests
+        if item["kind"] == "ConfigMap" and item["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"
+    ]
+    assert configs
+    assert all(f'center = "{groups}"' in config for config in configs)
+    (console,) = [item for item in manifests if item["kind"] == "Deployment" and "console" in item["metadata"]["name"]]
+    assert groups in console["spec"]["template"]["spec"]["containers"][0]["args"]

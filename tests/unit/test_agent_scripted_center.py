@@ -22,7 +22,7 @@ from region_agent.cache import CatalogSnapshot
 from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewalDirective, RenewAnswer
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
-from region_agent.supply import UNKNOWN_TTL_S
+from region_agent.supply_core import UNKNOWN_TTL_S
 
 HOUR_MS = 3_600_000
 LEASE_TTL_S = 10.0

@@ -133,9 +133,17 @@ verifies). An existing etcd: every member's client address, etcds:// with etcd.t
 {{- end }}
 {{- end }}
 
+{{/* Where agents and the console call the center: its Service; with several groups, each group's Service after
+its name (default=CENTER:PORT,g1=CENTER-g1:PORT,...), so they route each promotion to the group serving it. */}}
 {{- define "quota.centerAddress" -}}
 {{- if .Values.center.enabled }}
-{{- printf "%s:%v" (include "quota.centerName" .) .Values.center.port }}
+{{- $groups := include "quota.centerGroups" . | fromJsonArray }}
+{{- $addresses := list }}
+{{- range $g := $groups }}
+{{- $address := printf "%s:%v" $g.name $.Values.center.port }}
+{{- $addresses = append $addresses (ternary $address (printf "%s=%s" $g.group $address) (eq (len $groups) 1)) }}
+{{- end }}
+{{- join "," $addresses }}
 {{- else if .Values.agent.centerAddress }}
 {{- .Values.agent.centerAddress }}
 {{- else }}

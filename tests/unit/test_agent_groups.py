@@ -1,0 +1,170 @@
+"""The real agent against two real center groups through the in-memory port, on the fake clock: each
+promotion's calls go to the group that serves it (learnt from a refusal when the agent had not heard of it),
+each group renews its own promotions' leases, and one group's outage leaves the other's promotions selling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import pytest
+
+from quota_center.center import Center
+from quota_center.center_core import CenterSettings
+from quota_center.issuer import KEY_DOCUMENT
+from quota_common.clock import FakeClock
+from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable
+from quota_common.model import Kind, Promotion, Report
+from quota_common.shards import ShardMap
+from quota_testing.direct_center import DirectCenter
+from quota_testing.inprocess import TEST_INCARNATION_KEY
+from quota_testing.memory_store import MemoryStore
+from region_agent.agent import Agent, AgentSettings
+from region_agent.center_groups import CenterGroups, Owners
+from region_agent.center_port import GrantAnswer, RegionLease, RenewAnswer
+from region_agent.ledger.base import Line
+from region_agent.ledger.memory import InProcessLedger
+
+HOUR_MS = 3_600_000
+MAP = ShardMap.even(["a", "b"])
+QUIET = AgentSettings("eu", renew_interval_s=3_600, pull_interval_s=3_600, push=False, opening_lookahead_s=0)
+
+
+def owned_by(group: str) -> str:
+    return next(pid for pid in (f"promo-{i}" for i in range(100)) if MAP.owner_of(pid) == group)
+
+
+class Outage(DirectCenter):
+    """A group's port that can be cut off: then every call raises Unavailable, as the gRPC adapter does."""
+
+    down = False
+
+    async def renew(
+        self, incarnation: str, reports: Mapping[str, Report], region_lease: RegionLease | None = None
+    ) -> RenewAnswer:
+        if self.down:
+            raise Unavailable("center group b does not answer")
+        return await super().renew(incarnation, reports, region_lease)
+
+    async def acquire(
+        self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int
+    ) -> GrantAnswer:
+        if self.down:
+            raise Unavailable("center group b does not answer")
+        return await super().acquire(incarnation, promotion_id, amount, request_id, demand_per_minute)
+
+
+@dataclass
+class Groups:
+    clock: FakeClock
+    centers: dict[str, Center]
+    ports: dict[str, DirectCenter]
+    agent: Agent
+
+    def consumed(self, group: str, promotion_id: str) -> int:
+        return self.centers[group].spent(promotion_id)
+
+
+@pytest.fixture
+async def groups() -> AsyncIterator[Groups]:
+    clock = FakeClock()
+    centers = {}
+    for name in ("a", "b"):
+        store = MemoryStore()
+        await store.save_document(KEY_DOCUMENT, {"key": TEST_INCARNATION_KEY.hex()})  # one key, as on etcd
+        center = Center(store, clock, CenterSettings(group=name))
+        await center.start()
+        center.set_shards(MAP, {})
+        now = clock.wall_ms()
+        promotion = Promotion(owned_by(name), Kind.COUNT, "", 100, now - HOUR_MS, now + HOUR_MS, ("eu",))
+        await center.create_promotion(promotion)
+        centers[name] = center
+    ports: dict[str, DirectCenter] = {"a": DirectCenter(centers["a"], "eu"), "b": Outage(centers["b"], "eu")}
+    agent = Agent(QUIET, InProcessLedger(clock), CenterGroups(ports), clock)
+    await agent.start()
+    yield Groups(clock, centers, ports, agent)
+    await agent.stop()
+
+
+async def _deduct(agent: Agent, key: str, promotion_id: str) -> None:
+    await agent.deduct(key, "eu", (Line(promotion_id, 1, "user"),))
+
+
+def test_a_refusal_judged_by_an_older_map_does_not_move_a_promotion() -> None:
+    owners = Owners(["a", "b", "c"])
+    assert owners.owner("p") == "a"  # never heard of: the first group is asked
+    assert owners.told("p", "b", map_version=5)
+    assert not owners.told("p", "a", map_version=4), "a group that has not caught up with version 5"
+    assert owners.owner("p") == "b"
+    owners.served("c", ["p"])  # c's catalog carries it: c took it over
+    assert owners.owner("p") == "c"
+    assert owners.told("p", "b", map_version=6)
+    assert owners.of("b", ["p", "q"]) == ["p"]
+
+
+async def test_each_promotion_is_acquired_from_and_reported_to_its_group(groups: Groups) -> None:
+    for group in ("a", "b"):
+        for n in range(5):
+            await _deduct(groups.agent, f"{group}-{n}", owned_by(group))
+    await groups.agent.renew_once()
+
+    assert groups.consumed("a", owned_by("a")) == groups.consumed("b", owned_by("b")) == 5
+    # Each group's catalog told the agent what that group serves: nothing was asked of the wrong one.
+    assert groups.ports["a"].fetches == groups.ports["b"].fetches == 0
+
+
+async def test_a_promotion_not_heard_of_is_found_through_the_refusal_of_the_wrong_group(groups: Groups) -> None:
+    now = groups.clock.wall_ms()
+    late = next(p for p in (f"late-{i}" for i in range(100)) if MAP.owner_of(p) == "b")
+    await groups.centers["b"].create_promotion(
+        Promotion(late, Kind.COUNT, "", 10, now - HOUR_MS, now + HOUR_MS, ("eu",))
+    )
+
+    await _deduct(groups.agent, "late-0", late)
+    await groups.agent.renew_once()
+
+    assert groups.ports["a"].fetches == 1, "asked of the first group, whose refusal named b"
+    assert groups.ports["b"].fetches == 1
+    assert groups.consumed("b", late) == 1
+
+
+async def test_one_groups_outage_leaves_the_others_promotions_selling(groups: Groups) -> None:
+    agent, outage = groups.agent, groups.ports["b"]
+    assert isinstance(outage, Outage)
+    await _deduct(agent, "a-0", owned_by("a"))
+    await _deduct(agent, "b-0", owned_by("b"))
+    await agent.renew_once()  # the agent hears the centers' lease TTL
+    outage.down = True
+
+    for step in range(4):  # past the lease TTL, renewing every interval
+        groups.clock.advance(CenterSettings().lease_ttl_s / 2)
+        with pytest.raises(Unavailable):
+            await agent.renew_once()  # a renewed; b's failure is said once a's renewal is done
+        await _deduct(agent, f"a-{step + 1}", owned_by("a"))
+
+    with pytest.raises(Rejected) as expired:
+        await _deduct(agent, "b-1", owned_by("b"))
+    assert expired.value.reason is RejectReason.LEASE_EXPIRED
+    outage.down = False
+    await agent.renew_once()
+    await _deduct(agent, "b-1", owned_by("b"))
+    assert groups.consumed("a", owned_by("a")) == 5
+    assert groups.consumed("b", owned_by("b")) == 1
+
+
+async def test_a_newer_life_seen_by_one_group_retires_the_older_process(groups: Groups) -> None:
+    await _deduct(groups.agent, "a-old", owned_by("a"))
+    await _deduct(groups.agent, "b-old", owned_by("b"))
+    ports = {name: DirectCenter(center, "eu") for name, center in groups.centers.items()}
+    newer = Agent(QUIET, InProcessLedger(groups.clock), CenterGroups(ports), groups.clock)
+    await newer.start()  # joins at a; its first renewal reaches both groups
+    try:
+        assert newer.incarnation > groups.agent.incarnation
+        await _deduct(newer, "b-new", owned_by("b"))  # b's books now know the newer life, a's do not
+
+        with pytest.raises(Superseded):
+            await groups.agent.renew_once()
+        assert "older than the current one" in await groups.agent.wait_retired()
+        assert sum(port.calls for port in ports.values()) > 0
+    finally:
+        await newer.stop()
