@@ -20,7 +20,10 @@ are in the rest), counted apart since MONITOR slows Redis down.
 Printed, never asserted: embedded ÷ bare_evalsha (the issue's target: ≥ 0.8), the agent ÷ echo_redis (target:
 ≥ 0.9; agent_grpc_stub's rate, so both are called alike and the client's cost is not counted as the agent's),
 agent_grpc ÷ agent_grpc_stub (what quota_client costs an order service per call), and embedded p99 ÷ agent_grpc
-p99 at the same offered load.
+p99 at the same offered load. Beside the agent ÷ echo_redis rates, the same comparison by each server process's
+own CPU time per order while it was driven (/proc; absent elsewhere): echo_redis's ÷ the agent's, what each
+serves per core. On two shared cores the load generator, Redis and the server contend for the CPU, and the
+rates' ratio moves with whoever else runs; the CPU each server spends per order moves far less.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ import grpc
 import redis.asyncio as redis
 
 from loadtest.bench import promotion_pb
+from loadtest.capacity import cpu_seconds
 from loadtest.compare import quantiles_ms
-from loadtest.load import Demand, Measured, UnderLoad, in_turn
+from loadtest.load import Demand, Measured, Target, UnderLoad, in_turn
 from loadtest.targets import BareScript, Embedded, raw_stub, through_client
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
@@ -79,6 +83,9 @@ class _Bench:
         self._workdir, self._redis, self._center = workdir, redis_address, center
         self._agent = ""
         """agent_grpc's address, once it runs: STUB calls it too."""
+        self._agent_pid = 0
+        self.served: dict[str, _Served] = {}
+        """The rows served through the bare stub by a process of their own (STUB, echo_redis)."""
 
     def url(self, row: str) -> str:
         return f"redis://{self._redis}/{DATABASES[row]}"
@@ -107,7 +114,7 @@ class _Bench:
                 yield UnderLoad(script, demand, options.clients)
         elif row == STUB:
             async with raw_stub(self._agent, region) as target:
-                yield UnderLoad(target, demand, options.clients)
+                yield self._served(row, _Served(target, demand, options.clients, self._agent_pid))
         else:
             if row == "echo_redis":
                 async with self.funded(row, demand):
@@ -115,14 +122,18 @@ class _Bench:
             process = self._process(row, region).start()
             try:
                 if row == "agent_grpc":
-                    self._agent = process.address
+                    self._agent, self._agent_pid = process.address, process.pid
                     async with through_client(process.address, region) as target:
                         yield UnderLoad(target, demand, options.clients)
                 else:
                     async with raw_stub(process.address, region) as target:
-                        yield UnderLoad(target, demand, options.clients)
+                        yield self._served(row, _Served(target, demand, options.clients, process.pid))
             finally:
                 process.stop()
+
+    def _served(self, row: str, load: _Served) -> _Served:
+        self.served[row] = load
+        return load
 
     @contextlib.asynccontextmanager
     async def funded(self, row: str, demand: Demand) -> AsyncIterator[BareScript]:
@@ -142,6 +153,35 @@ class _Bench:
         return ServerProcess(row, args, self._workdir / f"{row}.log", module="loadtest.echo")
 
 
+class _Served(UnderLoad):
+    """A row served by a process of its own, whose CPU time while the row is driven is counted."""
+
+    def __init__(self, target: Target, demand: Demand, clients: int, pid: int) -> None:
+        super().__init__(target, demand, clients)
+        self._pid = pid
+        self.cpu_s: float | None = 0.0
+        """None where /proc does not say."""
+
+    async def drive(self, seconds: float) -> None:
+        before = _cpu_seconds(self._pid)
+        await super().drive(seconds)
+        after = _cpu_seconds(self._pid)
+        if self.cpu_s is None or before is None or after is None:
+            self.cpu_s = None
+        else:
+            self.cpu_s += after - before
+
+    def cpu_us_per_order(self) -> float | None:
+        return None if self.cpu_s is None else round(self.cpu_s / max(1, self.measured.deductions) * 1e6)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return None
+
+
 async def bench_embedded(options: EmbeddedOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="quota-bench-") as workdir, redis_server() as store:
         center = center_process(Path(workdir)).start()
@@ -157,7 +197,7 @@ async def bench_embedded(options: EmbeddedOptions) -> dict[str, Any]:
                 counted = await _round_trips(bench.url("embedded"), loads["embedded"], rate)
         finally:
             center.kill()
-    return _figures(loads, offered, counted, rate, options)
+    return _figures(loads, bench.served, offered, counted, rate, options)
 
 
 async def _at_offered_load(agents: list[UnderLoad], rate: float, options: EmbeddedOptions) -> dict[str, Measured]:
@@ -217,9 +257,16 @@ def _row(strategy: str, measured: Measured) -> dict[str, Any]:
 
 
 def _figures(
-    loads: dict[str, UnderLoad], offered: dict[str, Measured], counted: _Counted, rate: float, options: EmbeddedOptions
+    loads: dict[str, UnderLoad],
+    served: dict[str, _Served],
+    offered: dict[str, Measured],
+    counted: _Counted,
+    rate: float,
+    options: EmbeddedOptions,
 ) -> dict[str, Any]:
     per_s = {row: load.per_s for row, load in loads.items()}
+    agent_us, echo_us = served[STUB].cpu_us_per_order(), served["echo_redis"].cpu_us_per_order()
+    cpu_ratio = round(echo_us / agent_us, 2) if agent_us and echo_us else None
     at_rate = {row: _row(row, measured) for row, measured in offered.items()}
     deductions = max(1, counted.deductions)
     return {
@@ -228,6 +275,9 @@ def _figures(
         "offered_per_s": round(rate),
         "embedded_vs_evalsha_ratio": round(per_s["embedded"] / per_s["bare_evalsha"], 2),
         "agent_grpc_vs_echo_redis_ratio": round(per_s[STUB] / per_s["echo_redis"], 2),
+        "agent_grpc_vs_echo_redis_cpu_ratio": cpu_ratio,
+        "agent_grpc_cpu_us_per_deduction": agent_us,
+        "echo_redis_cpu_us_per_deduction": echo_us,
         "agent_grpc_client_vs_stub_ratio": round(per_s["agent_grpc"] / per_s[STUB], 2),
         "embedded_vs_agent_grpc_p99_ratio": round(at_rate["embedded"]["p99_ms"] / at_rate["agent_grpc"]["p99_ms"], 2),
         "redis_calls_per_embedded_deduction": round(counted.commands.total() / deductions, 3),

@@ -104,6 +104,12 @@ class CenterForAgents(CenterRenewals):
         newest = self._newest_life.get(region)
         return self._issuer.issue(region, [newest] if newest else [])
 
+    def had_life(self, region: str) -> bool:
+        """Whether a ledger life of `region` held quota here: the one a Join issues replaces it, and orders
+        placed in it are gone with a ledger that did not keep them. None did: no order was ever placed."""
+        self._require_leader()
+        return region in self._newest_life
+
     def require_issued(self, region: str, incarnation: str) -> str:
         """`incarnation` if a center of this deployment issued it to `region`; InvalidArgument otherwise."""
         self._require_leader()

@@ -308,7 +308,9 @@ class AllocationServicer(pb_grpc.AllocationServicer):
 
     @translate_errors
     async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
-        return pb.JoinResponse(incarnation=self._center.join(require_region("region", request.region)))
+        region = require_region("region", request.region)
+        incarnation = self._center.join(region)
+        return pb.JoinResponse(incarnation=incarnation, after_earlier_life=self._center.had_life(region))
 
     @translate_errors
     async def Acquire(self, request: pb.AcquireRequest, context: Context) -> pb.AcquireResponse:

@@ -34,6 +34,7 @@ from quota_common.validation import (
 )
 from region_agent.cache import CatalogSnapshot
 from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewalDirective, RenewAnswer
+from region_agent.ledger.base import Joined
 
 
 def _page(page: CatalogPage) -> Page:
@@ -83,9 +84,9 @@ class DirectCenter:
         checked = require_incarnation("agent.incarnation", incarnation, self._host_clock.wall_ms())
         return self._center.require_issued(self._region, checked)
 
-    async def join(self) -> str:
+    async def join(self) -> Joined:
         self.calls += 1
-        return self._center.join(self._region)
+        return Joined(self._center.join(self._region), self._center.had_life(self._region))
 
     @property
     def _lease_ttl_s(self) -> float:

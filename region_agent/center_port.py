@@ -24,7 +24,7 @@ from typing import Protocol
 
 from quota_common.model import EmergencyFreeze, Promotion, Report
 from region_agent.cache import CatalogSnapshot
-from region_agent.ledger.base import Balance
+from region_agent.ledger.base import Balance, Joined
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,9 @@ class CenterPort(Protocol):
         """Promotions fetched one by one (`promotion`) so far."""
         ...
 
-    async def join(self) -> str:
-        """A new incarnation for the region's ledger, issued by the center (a new ledger life). Raises
-        Unavailable."""
+    async def join(self) -> Joined:
+        """A new incarnation for the region's ledger, issued by the center (a new ledger life), and whether
+        it replaces an earlier one. Raises Unavailable."""
         ...
 
     async def acquire(

@@ -34,6 +34,7 @@ from quota_common.tls import TlsMaterial
 from quota_common.transport import Transport
 from region_agent.cache import CatalogSnapshot
 from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewalDirective, RenewAnswer
+from region_agent.ledger.base import Joined
 
 T = TypeVar("T")
 
@@ -182,10 +183,12 @@ class GrpcCenter:
     def _agent(self, incarnation: str) -> pb.AgentIdentity:
         return pb.AgentIdentity(region=self._region, incarnation=incarnation)
 
-    async def join(self) -> str:
+    async def join(self) -> Joined:
         request = pb.JoinRequest(region=self._region)
         answer = await self._call(lambda stubs: stubs.allocation.Join(request, timeout=self._timeout))
-        return answer.incarnation
+        # A center from before the field does not say: an earlier life may have held orders.
+        known = answer.HasField("after_earlier_life")
+        return Joined(answer.incarnation, answer.after_earlier_life if known else True)
 
     async def acquire(
         self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int

@@ -20,6 +20,7 @@ from quota_common.errors import QuotaError, Unavailable
 from quota_common.model import Promotion, Report
 from quota_testing.direct_center import DirectCenter
 from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewAnswer
+from region_agent.ledger.base import Joined
 
 T = TypeVar("T")
 
@@ -103,7 +104,7 @@ class Link:
         if not self._net.cut(self._region, loop.time()) and not answer.done():
             answer.set_result(outcome)
 
-    async def join(self) -> str:
+    async def join(self) -> Joined:
         return await self._call(self._center.join)
 
     async def acquire(

@@ -28,7 +28,7 @@ from quota_common.errors import QuotaError, Unavailable
 from quota_common.model import Promotion
 from quota_testing.direct_center import DirectCenter
 from region_agent.agent import Agent, AgentSettings
-from region_agent.ledger.base import DeductOutcome, Line, RefundOutcome
+from region_agent.ledger.base import DeductOutcome, Joined, Line, RefundOutcome
 
 T = TypeVar("T")
 
@@ -121,10 +121,10 @@ class World:
             started.result()
             place.live = life
 
-    async def _join(self, region: str) -> str:
+    async def _join(self, region: str) -> Joined:
         """The new ledger's life, issued by the center as Join issues it (not over the network: the process
         is starting, and the checks judge what it does once it serves)."""
-        return self.center.join(region)
+        return Joined(self.center.join(region), self.center.had_life(region))
 
     def crash(self, region: int) -> None:
         """Kills the region's agent process: its tasks stop where they are and its ledger is lost."""

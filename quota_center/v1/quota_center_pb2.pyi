@@ -1283,17 +1283,28 @@ class JoinResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INCARNATION_FIELD_NUMBER: _builtins.int
+    AFTER_EARLIER_LIFE_FIELD_NUMBER: _builtins.int
     incarnation: _builtins.str
+    after_earlier_life: _builtins.bool
+    """True: the region had an earlier ledger life at this center (one that held
+    quota), which this one replaces; orders placed in it are not in a ledger
+    that did not keep them (an in-process one). False: no earlier life of the
+    region held quota here, so no order was placed before this life. Absent
+    (a center from before this field): not known, so an agent assumes true.
+    """
     def __init__(
         self,
         *,
         incarnation: _builtins.str = ...,
+        after_earlier_life: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_earlier_life", b"_after_earlier_life", "after_earlier_life", b"after_earlier_life"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_earlier_life", b"_after_earlier_life", "after_earlier_life", b"after_earlier_life", "incarnation", b"incarnation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__after_earlier_life: _TypeAlias = _typing.Literal["after_earlier_life"]  # noqa: Y015
+    _WhichOneofArgType__after_earlier_life: _TypeAlias = _typing.Literal["_after_earlier_life", b"_after_earlier_life"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_earlier_life) -> _WhichOneofReturnType__after_earlier_life | None: ...
 
 Global___JoinResponse: _TypeAlias = JoinResponse  # noqa: Y015
 

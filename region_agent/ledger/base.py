@@ -68,8 +68,19 @@ class UserLimit:
 NO_LIMITS: dict[str, UserLimit] = {}
 UNLIMITED = UserLimit()
 
-Issuer = Callable[[], Awaitable[str]]
-"""Answers a new incarnation for the region's ledger: the center's Join."""
+
+@dataclass(frozen=True)
+class Joined:
+    """A new life for the region's ledger, as the center's Join issued it."""
+
+    incarnation: str
+    after_earlier_life: bool = False
+    """The region had an earlier life at the center (one that held quota), which this one replaces: an order
+    placed in it is not in a ledger that did not keep it. False: no order was placed before this life."""
+
+
+Issuer = Callable[[], Awaitable[Joined]]
+"""Answers a new life for the region's ledger: the center's Join."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from region_agent.ledger.base import (
     Balance,
     DeductOutcome,
     Issuer,
+    Joined,
     Line,
     OrderView,
     RefundOutcome,
@@ -36,6 +37,8 @@ class InProcessLedger:
         self._ledger = LocalLedger(max(1, round(retention_s * 1000)))
         self._clock = clock or SystemClock()
         self._incarnation = ""
+        self._after_earlier_life = True
+        """Until the center says otherwise, an earlier process of the region may have held orders."""
 
     async def aclose(self) -> None:
         """Nothing to release: it lives in this process's memory."""
@@ -43,9 +46,12 @@ class InProcessLedger:
     async def incarnation(self, issue: Issuer | None = None) -> str:
         """Taken once, when first asked: this ledger lives as long as its process."""
         if not self._incarnation:
-            fresh = new_incarnation(time.time_ns()) if issue is None else await issue()
+            # Without the center, nothing says whether a process before this one held orders: it may have.
+            unsigned = Joined(new_incarnation(time.time_ns()), after_earlier_life=True)
+            joined = unsigned if issue is None else await issue()
             # Several callers may have joined at once while the center was away: the first answer stays.
-            self._incarnation = self._incarnation or fresh
+            if not self._incarnation:
+                self._incarnation, self._after_earlier_life = joined.incarnation, joined.after_earlier_life
         return self._incarnation
 
     async def find_order(
@@ -57,9 +63,10 @@ class InProcessLedger:
         return self._ledger.get_order(order_key, self._clock.wall_ms(), placer)
 
     async def life_lost(self) -> bool:
-        """Always: this ledger began with its process, and whatever a process before it held went with that
-        process (the center wrote it off); it cannot know whether there was one."""
-        return True
+        """Whether the center said, when this life joined, that the region had an earlier one: this ledger
+        began with its process, and whatever a process before it held went with that process (the center
+        wrote it off). Without the center's word (a ledger run without a center), it cannot know: True."""
+        return self._after_earlier_life
 
     async def deduct(
         self,

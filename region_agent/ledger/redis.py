@@ -49,6 +49,7 @@ from region_agent.ledger.base import (
     Balance,
     DeductOutcome,
     Issuer,
+    Joined,
     Line,
     OrderView,
     RefundOutcome,
@@ -178,9 +179,12 @@ class RedisLedger:
         key = self._key("incarnation")
         stored = await self._redis.hget(key, "life")
         if stored is None:
-            fresh = new_incarnation(time.time_ns()) if issue is None else await issue()
-            if await self._redis.hsetnx(key, "life", fresh):
+            joined = Joined(new_incarnation(time.time_ns())) if issue is None else await issue()
+            if await self._redis.hsetnx(key, "life", joined.incarnation):
+                # A Redis that lost its data while no agent ran looks new; the center knows the life it replaces.
                 await self._redis.hset(key, "sequence", 0)
+                if joined.after_earlier_life:
+                    await self._redis.hset(key, "after_loss", 1)
             stored = await self._redis.hget(key, "life")
             if stored is None:
                 raise _lost()
@@ -195,8 +199,8 @@ class RedisLedger:
 
     @_reachable
     async def life_lost(self) -> bool:
-        """Whether an agent of the region saw the life before this one end. A Redis that lost its data while
-        no agent ran looks like a new one: that loss only the center's usage shows (what it wrote off)."""
+        """Whether an agent of the region saw the life before this one end, or the center said at the Join of
+        this one that it replaces an earlier life (a Redis that lost its data while no agent ran)."""
         return await self._redis.hget(self._key("incarnation"), "after_loss") is not None
 
     async def _run(

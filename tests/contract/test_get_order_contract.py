@@ -3,12 +3,14 @@ became of the order and changes nothing. Deadlines are real (Redis's clock, or t
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 import redis.asyncio as redis
 
 from quota_common.errors import PermissionDenied
+from quota_common.incarnation import new_incarnation
 from quota_testing.servers import RunningServer
 from region_agent.ledger.base import (
     CANCELLED,
@@ -17,11 +19,13 @@ from region_agent.ledger.base import (
     EXPIRED,
     RESERVED,
     Balance,
+    Joined,
     Ledger,
     Line,
     OrderView,
     Settle,
 )
+from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
 from tests.contract.conftest import funded
 from tests.contract.test_reservation_contract import HOUR_MS, SHORT_MS, lapse
@@ -94,9 +98,32 @@ async def test_only_the_placer_may_read_an_order(ledger: Ledger) -> None:
             await ledger.get_order("o1", other)
 
 
-async def test_an_in_process_ledger_always_says_an_earlier_life_may_be_lost(ledger: Ledger) -> None:
+async def test_without_the_centers_word_an_in_process_ledger_says_an_earlier_life_may_be_lost(
+    ledger: Ledger,
+) -> None:
     # It begins with its process and cannot know whether one before it held orders; a region's Redis can.
     assert await ledger.life_lost() is not ledger.outlives_agent
+
+
+@pytest.mark.parametrize("after_earlier_life", [False, True], ids=["first-life", "after-an-earlier-life"])
+async def test_a_ledger_says_what_the_center_said_of_earlier_lives_at_its_join(
+    redis_address: RunningServer, after_earlier_life: bool
+) -> None:
+    client = redis.Redis(host=redis_address.host, port=redis_address.port)
+    on_redis = RedisLedger(client, f"test-{uuid.uuid4().hex}")
+    ledgers: list[Ledger] = [InProcessLedger(), on_redis]
+
+    async def join() -> Joined:
+        return Joined(new_incarnation(time.time_ns()), after_earlier_life)
+
+    try:
+        for ledger in ledgers:
+            await ledger.incarnation(join)
+
+        assert [await ledger.life_lost() for ledger in ledgers] == [after_earlier_life, after_earlier_life]
+    finally:
+        await on_redis.aclose()
+        await client.aclose()
 
 
 async def test_a_redis_life_after_a_loss_says_so_to_every_agent(redis_address: RunningServer) -> None:

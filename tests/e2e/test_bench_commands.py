@@ -119,6 +119,7 @@ def test_bench_embedded_measures_both_agents_beside_their_yardsticks_and_at_one_
     ratios = (
         "embedded_vs_evalsha_ratio",
         "agent_grpc_vs_echo_redis_ratio",
+        "agent_grpc_vs_echo_redis_cpu_ratio",
         "agent_grpc_client_vs_stub_ratio",
         "embedded_vs_agent_grpc_p99_ratio",
     )

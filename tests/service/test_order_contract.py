@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
+from quota_testing.inprocess import ServedCenter, running_agent
 from quota_testing.support import HOUR_MS, now_ms, order, promotion, reject_reason
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
@@ -139,10 +140,11 @@ async def test_getorder_answers_each_state_of_an_order(
     assert list(states["deducted"].refunded) == [_refund(1)]
     assert states["held"].reserved_until_ms == held.expires_at_ms
     assert not states["never"].lines
-    # An in-process ledger began with this agent: it says so, and when.
+    # An in-process ledger began with this agent, the region's first life at the center: it says when, and that
+    # no earlier life was lost (tests/unit/test_ledger_lives.py restarts one).
     started_ms = states["never"].ledger_life_started_ms
     assert 0 < started_ms <= now_ms()
-    assert all(state.ledger_life_lost and state.ledger_life_started_ms == started_ms for state in states.values())
+    assert all(not state.ledger_life_lost and state.ledger_life_started_ms == started_ms for state in states.values())
 
 
 async def test_a_retry_after_a_lost_answer_replays_and_getorder_shows_it_applied_once(
@@ -179,25 +181,54 @@ async def test_getorder_of_a_reservation_neither_extends_nor_creates_it(
     assert [(b.promotion_id, b.held) for b in status.balances] == [("promo", 4)]
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        pytest.param(lambda stub: stub.Refund(agent_pb.RefundRequest(order_key="ghost"), timeout=5), id="refund"),
-        pytest.param(lambda stub: stub.Confirm(agent_pb.SettleRequest(order_key="ghost"), timeout=5), id="confirm"),
-        pytest.param(lambda stub: stub.Cancel(agent_pb.SettleRequest(order_key="ghost"), timeout=5), id="cancel"),
-    ],
-)
-async def test_an_order_unknown_to_a_ledger_that_began_after_a_lost_one_says_so(
+SETTLING = [
+    pytest.param(lambda stub: stub.Refund(agent_pb.RefundRequest(order_key="ghost"), timeout=5), id="refund"),
+    pytest.param(lambda stub: stub.Confirm(agent_pb.SettleRequest(order_key="ghost"), timeout=5), id="confirm"),
+    pytest.param(lambda stub: stub.Cancel(agent_pb.SettleRequest(order_key="ghost"), timeout=5), id="cancel"),
+]
+"""Calls on an order "ghost", which must exist."""
+
+
+@pytest.mark.parametrize("call", SETTLING)
+async def test_an_order_unknown_to_the_regions_first_ledger_life_is_unknown(
     orders_eu: agent_grpc.RegionAgentAsyncStub, call: object
 ) -> None:
     assert callable(call)
     error, info = await _refused(call(orders_eu))
 
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert info.reason == "LEDGER_LIFE_LOST"
+    assert info.reason == "ORDER_UNKNOWN"
     assert info.metadata["may_have_applied"] == "false"
     state = await orders_eu.GetOrder(agent_pb.GetOrderRequest(order_key="ghost"), timeout=TIMEOUT_S)
     assert info.metadata["ledger_life_started_ms"] == str(state.ledger_life_started_ms)
+    assert not state.ledger_life_lost
+
+
+@pytest.mark.parametrize("call", SETTLING)
+async def test_an_order_of_a_lost_ledger_life_says_so(
+    center: ServedCenter, admin: center_grpc.PromotionAdminAsyncStub, call: object
+) -> None:
+    assert callable(call)
+    await _create(admin, promotion("promo"))
+    async with running_agent("eu", center.address) as first, grpc.aio.insecure_channel(first.address) as channel:
+        reserve = agent_pb.ReserveRequest(
+            order_key="ghost", region="eu", lines=order("ghost", "eu", ("promo", 1)).lines
+        )
+        await agent_grpc.RegionAgentStub(channel).Reserve(reserve, timeout=TIMEOUT_S)
+
+    # Restarted on a new in-process ledger: the reservation went with the first one.
+    async with (
+        running_agent("eu", center.address) as restarted,
+        grpc.aio.insecure_channel(restarted.address) as channel,
+    ):
+        orders = agent_grpc.RegionAgentStub(channel)
+        error, info = await _refused(call(orders))
+        state = await orders.GetOrder(agent_pb.GetOrderRequest(order_key="ghost"), timeout=TIMEOUT_S)
+
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert info.reason == "LEDGER_LIFE_LOST"
+    assert info.metadata["may_have_applied"] == "false"
+    assert (state.status, state.ledger_life_lost) == (agent_pb.ORDER_STATUS_UNKNOWN, True)
     assert "reconcile" in (error.details() or "")
 
 

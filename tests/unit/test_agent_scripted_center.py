@@ -20,7 +20,7 @@ from quota_testing.support import eventually
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import CatalogSnapshot
 from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewalDirective, RenewAnswer
-from region_agent.ledger.base import Line
+from region_agent.ledger.base import Joined, Line
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.supply_core import UNKNOWN_TTL_S
 
@@ -83,9 +83,9 @@ class ScriptedCenter:
             raise NotFound(f"no promotion {promotion_id}")
         return self.promotions[promotion_id]
 
-    async def join(self) -> str:
+    async def join(self) -> Joined:
         self.calls += 1
-        return new_incarnation(self._clock.wall_ms() * 1_000_000)
+        return Joined(new_incarnation(self._clock.wall_ms() * 1_000_000))
 
     async def acquire(
         self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int

@@ -14,6 +14,7 @@ from quota_common.errors import InvalidArgument, Unavailable
 from quota_common.incarnation import issue_incarnation, new_incarnation, started_ns
 from quota_common.model import EMERGENCY_DOCUMENT, EmergencyFreeze, Kind, Promotion
 from quota_testing.memory_store import MemoryStore
+from region_agent.ledger.base import Joined
 from region_agent.ledger.memory import InProcessLedger
 
 NOW_MS = 1_700_000_000_000
@@ -74,9 +75,9 @@ async def test_an_in_process_ledger_joined_by_several_callers_at_once_keeps_one_
     ledger = InProcessLedger()
     answers = iter(["first", "second", "third"])
 
-    async def issue() -> str:
+    async def issue() -> Joined:
         await asyncio.sleep(0)
-        return next(answers)
+        return Joined(next(answers))
 
     lives = await asyncio.gather(*(ledger.incarnation(issue) for _ in range(3)))
 
