@@ -17,11 +17,13 @@ the owner. With one group (`CenterGroups.one`) every call goes to that group's p
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TypeVar
 
 from quota_common.errors import Unavailable, WrongGroup
 from quota_common.shards import DEFAULT_GROUP
 from region_agent.center_port import CenterPort
+from region_agent.ledger.base import Joined
 
 T = TypeVar("T")
 
@@ -105,13 +107,18 @@ class CenterGroups:
                     ) from refusal
         raise Unavailable(f"the center groups kept handing promotion {promotion_id!r} on; retry shortly")
 
-    async def join(self) -> str:
+    async def join(self) -> Joined:
         """A new ledger life, issued by the first group that answers: every group of a deployment issues and
-        checks lives under one key, so the life is good at all of them."""
+        checks lives under one key, so the life is good at all of them.
+
+        A group knows only the earlier lives that held its own promotions, so with several groups an earlier
+        life is assumed: an order key of a lost life then reads LEDGER_LIFE_LOST (reconcile it), never unknown
+        (which a caller would retry as a new order, deducting it twice)."""
         last: Unavailable | None = None
         for port in self.ports.values():
             try:
-                return await port.join()
+                joined = await port.join()
+                return joined if len(self.ports) == 1 else replace(joined, after_earlier_life=True)
             except Unavailable as error:
                 last = error
         assert last is not None, "at least one group"

@@ -21,6 +21,7 @@ from quota_testing.direct_center import DirectCenter
 from region_agent import embedded
 from region_agent.agent import Agent, AgentSettings
 from region_agent.app import WiredAgent
+from region_agent.center_groups import CenterGroups
 from region_agent.errors import RetryAfter
 from region_agent.grpc_center import GrpcCenter
 from region_agent.ledger.base import NO_LIMITS, DeductOutcome, UserLimit
@@ -64,7 +65,9 @@ async def held(clock: FakeClock, center: Center) -> AsyncIterator[tuple[Embedded
     await agent.start()
     ledger.answer.clear()
     # The channel to a center is never opened: the agent talks to the center in this process.
-    wired = WiredAgent(agent, Transport(), AgentMetrics("eu"), GrpcCenter(["127.0.0.1:1"], "eu"), ledger)
+    wired = WiredAgent(
+        agent, Transport(), AgentMetrics("eu"), CenterGroups.one(GrpcCenter(["127.0.0.1:1"], "eu")), ledger
+    )
     try:
         yield EmbeddedAgent(embedded.EmbeddedAgent(wired, placer=""), RetryAfter(lease_ms=3_000)), ledger
     finally:
