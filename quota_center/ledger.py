@@ -97,9 +97,13 @@ class RegionAccount:
 
     def copied(self) -> RegionAccount:
         """A copy sharing nothing mutable with this one (its counters are ints, its lists are copied)."""
-        twin = copy.copy(self)
-        twin.retired_incarnations = list(self.retired_incarnations)
-        twin.recent_grants = list(self.recent_grants)
+        twin = RegionAccount.__new__(RegionAccount)
+        # Its fields as they are, without `copy.copy`'s generic protocol (a third of a report's copying).
+        twin.__dict__ = {
+            **self.__dict__,
+            "retired_incarnations": list(self.retired_incarnations),
+            "recent_grants": list(self.recent_grants),
+        }
         return twin
 
     def to_document(self) -> dict[str, Any]:
