@@ -10,7 +10,8 @@ an allotment of it and renews its lease. From the start a share of the promotion
 open loop); the first `OPENING_WINDOW_S` are counted on their own (center calls per region and second),
 then the measured window runs `seconds`.
 
-Figures per size: renew latency p50/p99 (each Renew call, at the agent), the center process's CPU seconds
+Figures per size: renew latency p50/p99 (each Renew call, at the agent; and the bucket bounds of the center's
+own p50/p99 from its /metrics, which leave out the load generator's lag), the center process's CPU seconds
 per second (/proc/<pid>/stat), etcd's transactions and committed proposals per second (its /metrics),
 the serialized size of a Renew request, center calls per 1,000 deductions, openings per second (every
 opening allotment of the size over the time from the agents' start until the last was in place). One
@@ -56,9 +57,10 @@ BUDGET = 10_000
 CREATORS = 16
 PROBES = 200
 """Throwaway creates (for a region nobody serves) that time the center's creates before the real ones."""
-OPENINGS_PER_S_GUESS = 300
+OPENINGS_PER_S_GUESS = 1_000
 """How fast the agents are assumed to take their opening allotments, to place the start; a start placed too
-early shows as openings not all in place at the start."""
+early shows as openings not all in place at the start. About half what the center managed at 100,000 pairs
+on this machine under load (1,866 a second; 4,348 at 10,000 pairs)."""
 SETUP_MARGIN_S = 15.0
 EVENT_BYTES = 64 * 2**20
 """The longest line the generator prints (every Renew call's latency and size at the largest size)."""
@@ -112,6 +114,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def center_renew_buckets(center: ServerProcess) -> dict[float, float]:
+    """The center's own count of Renew calls answered within each latency bucket (its /metrics, cumulative)."""
+    found: dict[float, float] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{center.metrics_port}/metrics", timeout=30) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("grpc_server_handling_seconds_bucket{") and 'grpc_method="Renew"' in line:
+                bound = line.partition('le="')[2].partition('"')[0]
+                found[float(bound)] = found.get(float(bound), 0.0) + float(line.rpartition(" ")[2])
+    return found
+
+
+def bucket_percentile(before: dict[float, float], after: dict[float, float], share: float) -> float | None:
+    """The upper bound (ms) of the bucket holding the `share` percentile of the calls between two readings of
+    cumulative buckets; None without calls, inf beyond the largest bucket."""
+    counts = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return None
+    return next(bound * 1000 for bound, count in counts if count >= share * total)
+
+
 def etcd_counters(etcd: RunningServer) -> dict[str, float]:
     """etcd's transaction and committed-proposal counters, from its /metrics."""
     wanted = ("etcd_mvcc_txn_total", "etcd_server_proposals_committed_total")
@@ -130,10 +153,12 @@ class Sample:
     center_cpu_s: float
     generator_cpu_s: float
     etcd: dict[str, float]
+    renew_buckets: dict[float, float]
 
 
 def _sample(center: ServerProcess, generator: int, etcd: RunningServer) -> Sample:
-    return Sample(time.perf_counter(), cpu_seconds(center.pid), cpu_seconds(generator), etcd_counters(etcd))
+    cpu = (cpu_seconds(center.pid), cpu_seconds(generator))
+    return Sample(time.perf_counter(), *cpu, etcd_counters(etcd), center_renew_buckets(center))
 
 
 async def _until(wall_ms: int) -> None:
@@ -172,7 +197,8 @@ def _percentile(ordered: list[float], share: float) -> float:
 async def _measure(promotions: int, options: CapacityOptions, workdir: Path) -> dict[str, Any]:
     regions = [f"r{n:02d}" for n in range(options.regions)]
     with etcd_server(extra=ETCD_FLAGS) as etcd:
-        center = center_process(workdir, store=f"etcd://{etcd.address}/capacity").start()
+        metrics = ("--metrics-listen", "127.0.0.1:0")
+        center = center_process(workdir, *metrics, store=f"etcd://{etcd.address}/capacity").start()
         try:
             await await_leader([center.address])
             async with grpc.aio.insecure_channel(center.address) as channel:
@@ -203,7 +229,11 @@ async def _measure(promotions: int, options: CapacityOptions, workdir: Path) -> 
                 measured = await _event(generator, "measured", log)
         finally:
             center.kill()
-    return _row(promotions, regions, options, create_rate, opened, first, measured, before, after)
+    row = _row(promotions, regions, options, create_rate, opened, first, measured, before, after)
+    logged = (workdir / "center.log").read_text(errors="replace")
+    row["center_leadership_lost"] = logged.count("leadership lost")
+    row["center_unretrieved_task_errors"] = logged.count("Task exception was never retrieved")
+    return row
 
 
 def _row(
@@ -245,6 +275,8 @@ def _row(
         "renew_failed_by_status": dict(Counter(status for _, _, status in measured["renewals"] if status != "OK")),
         "renew_p50_ms": _percentile(latencies, 0.5),
         "renew_p99_ms": p99,
+        "center_renew_p50_ms_at_most": bucket_percentile(before.renew_buckets, after.renew_buckets, 0.5),
+        "center_renew_p99_ms_at_most": bucket_percentile(before.renew_buckets, after.renew_buckets, 0.99),
         "renew_request_bytes": round(statistics.fmean(size for _, size in renewals)) if renewals else 0,
         "renew_bytes_per_s": round(sum(size for _, size in renewals) / elapsed),
         "center_cpu_per_s": round(center_cpu, 2),

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from quota_center.alert_book import DOCUMENT, Alert, Book, Cause
 from quota_center.alerting import FREEZE, AlertRuleSet, Firing, Snapshot, Watch
+from quota_center.jobs import in_slices
 from quota_center.store.base import Store
 from quota_center.trail import AuditTrail, By, landed
 from quota_center.webhooks import Backoff, Webhooks
@@ -61,12 +62,12 @@ class AlertEngine:
         trail: AuditTrail,
         rules: Callable[[], AlertRuleSet],
         lock: asyncio.Lock,
-        usages: Callable[[], list[UsageView]],
+        usages: Callable[[], Iterable[UsageView]],
         freeze: Callable[[str, By], Awaitable[Promotion]],
         settings: AlertSettings,
     ) -> None:
-        """`usages()`: every promotion's usage now; `freeze(promotion_id, by)`: the center's freeze, called
-        under `lock`."""
+        """`usages()`: every promotion's usage, each read as it is taken (the evaluation takes them in slices);
+        `freeze(promotion_id, by)`: the center's freeze, called under `lock`."""
         self._store = store
         self._clock = clock
         self._trail = trail
@@ -100,16 +101,19 @@ class AlertEngine:
 
     async def evaluate(self) -> list[Alert]:
         """One evaluation: the alerts it raised (none for a condition whose alert is still open)."""
-        rules, now = self._rules(), self._clock.wall_ms()
-        raised = []
-        usages = [usage for usage in self._usages() if usage.promotion.is_active(now)]
-        self._watch.forget({usage.promotion.id for usage in usages})
-        firings = []
-        for usage in usages:
+        rules, raised = self._rules(), []
+        watched, firings = set(), []
+        # In slices: the loop keeps answering calls (and the election's lease) during a sweep of every promotion.
+        async for usage in in_slices(self._usages()):
+            now = self._clock.wall_ms()
+            if not usage.promotion.is_active(now):
+                continue
+            watched.add(usage.promotion.id)
             consumed = {view.region: view.account.consumed for view in usage.regions}
             floors = {view.region: view.below_floor for view in usage.regions if view.below_floor}
             snapshot = Snapshot(usage.promotion, now, consumed, floors)
             firings += [(firing, usage.promotion) for firing in self._watch.observe(rules, snapshot)]
+        self._watch.forget(watched)
         continuing = self._continuing(RULES, {_key(firing) for firing, _ in firings})
         for firing, promotion in firings:
             if _key(firing) not in continuing and (alert := await self._fired(firing, promotion)) is not None:

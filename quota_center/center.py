@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +17,7 @@ from quota_center.alerting import AlertRuleSet, shipped_alert_rules
 from quota_center.approvals import PendingChange
 from quota_center.audit import PLAINTEXT_ACTOR, AuditRecord
 from quota_center.center_agents import CenterForAgents
-from quota_center.center_core import CenterSettings
+from quota_center.center_core import CenterSettings, UsageView
 from quota_center.gate import Gate, shipped_rules, terms
 from quota_center.guard import Proposal, RuleSet
 from quota_center.history import PromotionHistory
@@ -62,7 +62,7 @@ class Center(CenterForAgents):
             self._trail,
             alert_rules,
             self._configuring,
-            lambda: [self.usage(promotion.id) for promotion in self.promotions()],
+            self._usages,
             self._frozen_by_alert,
             self.settings.alerts,
         )
@@ -329,9 +329,22 @@ class Center(CenterForAgents):
     async def sample_history(self) -> None:
         """One point of every promotion's usage by region: the leading center's periodic job."""
         self._require_leader()
-        # A settled promotion's figures are final: sampling it again would only push its sale's points out.
-        live = [state for state in self._states.values() if state.statement is None]
-        await self._history.sample(live, self._clock.wall_ms())
+        await self._history.sample(self._live_states(), self._clock.wall_ms())
+
+    def _live_states(self) -> Iterator[PromotionState]:
+        """Each promotion's state as it is when taken (the history takes them in slices); a settled promotion's
+        figures are final, and sampling it again would only push its sale's points out."""
+        for promotion_id in list(self._states):
+            state = self._states.get(promotion_id)
+            if state is not None and state.statement is None:
+                yield state
+
+    def _usages(self) -> Iterator[UsageView]:
+        """Every promotion's usage, each as it is when taken (the alert rules take them in slices); one that
+        left this group meanwhile is skipped."""
+        for promotion in self.promotions():
+            if promotion.id in self._states:
+                yield self.usage(promotion.id)
 
     async def history(self, promotion_id: str) -> tuple[Promotion, PromotionHistory]:
         """The promotion's usage over time by region, oldest point first."""

@@ -151,23 +151,25 @@ class CenterForAgents(CenterRenewals):
         self, region: str, incarnation: str, openings: Sequence[Opening]
     ) -> list[GrantRecord | QuotaError]:
         """Opening allotments for many promotions, committed MAX_BATCH at a time (and fewer when their
-        documents weigh more than MAX_BATCH_BYTES); each is answered on its own (a grant, or the error an
-        acquire of it alone would raise)."""
+        documents weigh more than MAX_BATCH_BYTES), the writes at once; each is answered on its own (a grant,
+        or the error an acquire of it alone would raise)."""
         self._require_leader()
         self._refuse_if_emergency(region)
-        answers: list[GrantRecord | QuotaError] = []
 
         def weigh(opening: Opening) -> int:
             return self._document_bytes(opening.promotion_id)
 
-        for batch in batches(openings, weigh, MAX_BATCH, MAX_BATCH_BYTES):
+        async def open_batch(batch: list[Opening]) -> list[GrantRecord | QuotaError]:
             ids = [o.promotion_id for o in batch]
             try:
-                answers.extend(await self._exclusively(ids, functools.partial(self._open, region, incarnation, batch)))
+                return await self._exclusively(ids, functools.partial(self._open, region, incarnation, batch))
             except CommitConflict:
                 opening = functools.partial(self._open, region, incarnation, batch, from_store=True)
-                answers.extend(await self._exclusively(ids, opening))
-        return answers
+                return await self._exclusively(ids, opening)
+
+        # Side by side, as a renewal's writes: a call of MAX_OPENINGS lasts a few store round trips, not twenty.
+        opened = await asyncio.gather(*(open_batch(b) for b in batches(openings, weigh, MAX_BATCH, MAX_BATCH_BYTES)))
+        return [answer for answers in opened for answer in answers]
 
     async def _open(
         self, region: str, incarnation: str, batch: Sequence[Opening], from_store: bool = False

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from quota_center import settlement
 from quota_center.alert_engine import AlertSettings
@@ -52,6 +52,14 @@ T = TypeVar("T")
 class CommitConflict(Unavailable):
     """A commit found a promotion moved past the version read, or a grant's request id taken; the center
     reloaded the promotions, so the caller may book again from the store's truth."""
+
+
+def _outcome_read(task: asyncio.Future[Any]) -> None:
+    """Reads a shielded call's outcome, so a failure after its caller gave up (a NotLeader from a store that
+    lost leadership meanwhile) is not logged as "Task exception was never retrieved": the caller's retry, or
+    the election, deals with it."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(frozen=True)
@@ -257,7 +265,9 @@ class CenterCore:
                     await stack.enter_async_context(self._locks.held(promotion_id))
                 return await work()
 
-        return await asyncio.shield(locked())
+        task = asyncio.ensure_future(locked())
+        task.add_done_callback(_outcome_read)
+        return await asyncio.shield(task)
 
     async def _change(
         self,

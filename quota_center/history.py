@@ -8,6 +8,7 @@ keeps the same points.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,22 +68,59 @@ def region_limit(regions: int) -> int:
     return min(REGION_POINTS, PROMOTION_POINTS // max(regions, 1))
 
 
+def _at(point: Point) -> int:
+    return point.at_ms
+
+
+def _merge_aged(series: list[Point], since_ms: int, now_ms: int) -> None:
+    """What `downsample` at `now_ms` keeps of `series`, in place, for a series downsampled at `since_ms` (not
+    later) with points appended since. A point's bucket changes only when its age crosses a tier's bound, and
+    only such points (next to their older neighbour) and the appended ones can share a bucket now: the
+    stretches around them are downsampled, not the whole series, so a sample costs the same after weeks."""
+    windows = [(len(series) - 2, len(series))]
+    for tier in TIERS:
+        if tier.younger_than_ms is not None:
+            first = bisect.bisect_right(series, since_ms - tier.younger_than_ms, key=_at)
+            last = bisect.bisect_right(series, now_ms - tier.younger_than_ms, key=_at)
+            if first < last:
+                windows.append((first - 1, last))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted((max(start, 0), end) for start, end in windows):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    for start, end in reversed(merged):  # the newest first, so the older stretches' indices still hold
+        series[start:end] = downsample(series[start:end], now_ms, end - start)
+
+
 @dataclass
 class PromotionHistory:
     regions: dict[str, list[Point]] = field(default_factory=dict)
+    _downsampled_at_ms: int | None = field(default=None, init=False, repr=False, compare=False)
+    """When every series was last downsampled here (None: never, as after loading: the next record downsamples
+    every series whole)."""
 
     def record(self, samples: Iterable[tuple[str, Point]], now_ms: int) -> bool:
         """Adds one sample per region and downsamples every region; returns whether any figure changed
         since the region's previous point (a point that only repeats the figures need not be stored)."""
         changed = False
+        since = self._downsampled_at_ms
         for region, point in samples:
-            # A wall clock that stepped back: the newest sample wins over points it would follow.
-            series = [p for p in self.regions.get(region, []) if p.at_ms < point.at_ms]
+            series = self.regions.setdefault(region, [])
+            if series and series[-1].at_ms >= point.at_ms:
+                # A wall clock that stepped back: the newest sample wins over points it would follow.
+                series[:] = [p for p in series if p.at_ms < point.at_ms]
             changed |= not series or not series[-1].same_figures(point)
-            self.regions[region] = [*series, point]
+            series.append(point)
         limit = region_limit(len(self.regions))
-        for region, series in self.regions.items():
-            self.regions[region] = downsample(series, now_ms, limit)
+        for series in self.regions.values():
+            if since is None or now_ms < since:
+                series[:] = downsample(series, now_ms, limit)
+            else:
+                _merge_aged(series, since, now_ms)
+                del series[: max(0, len(series) - limit)]
+        self._downsampled_at_ms = now_ms
         return changed
 
     def to_document(self) -> dict[str, Any]:

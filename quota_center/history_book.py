@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from quota_center.history import Point, PromotionHistory
+from quota_center.jobs import in_slices
 from quota_center.ledger import PromotionState
 from quota_center.store.base import Store
 
@@ -41,8 +42,9 @@ class HistoryBook:
         return history
 
     async def sample(self, states: Iterable[PromotionState], now_ms: int) -> None:
-        """One point per region that ever held quota of each promotion, then the stores that are due."""
-        for state in states:
+        """One point per region that ever held quota of each promotion, then the stores that are due. `states`
+        is taken in slices, letting the event loop run between them (each state read as it is taken)."""
+        async for state in in_slices(states):
             samples = [
                 (region, Point(now_ms, account.consumed, account.outstanding))
                 for region, account in sorted(state.accounts.items())

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quota_common.clock import iso
@@ -94,6 +95,25 @@ class RegionAccount:
         """Unspent quota the current incarnation holds, as of its last report."""
         return self.granted - self.returned - (self.deducted - self.refunded)
 
+    def copied(self) -> RegionAccount:
+        """A copy sharing nothing mutable with this one (its counters are ints, its lists are copied)."""
+        twin = RegionAccount.__new__(RegionAccount)
+        # Its fields as they are, without `copy.copy`'s generic protocol (a third of a report's copying).
+        twin.__dict__ = {
+            **self.__dict__,
+            "retired_incarnations": list(self.retired_incarnations),
+            "recent_grants": list(self.recent_grants),
+        }
+        return twin
+
+    def to_document(self) -> dict[str, Any]:
+        """Every field as JSON-ready values (what `dataclasses.asdict` gives, at a fraction of its cost)."""
+        return {
+            **vars(self),
+            "retired_incarnations": list(self.retired_incarnations),
+            "recent_grants": [list(made) for made in self.recent_grants],
+        }
+
 
 @dataclass
 class PromotionState:
@@ -103,6 +123,8 @@ class PromotionState:
     version: int = 1
     statement: dict[str, Any] | None = None
     """The final statement once the promotion is settled (`quota_center.settlement`); None before."""
+    _encoded: tuple[int, str] | None = field(default=None, init=False, repr=False, compare=False)
+    """`encoded()`'s last answer and the version it was made at."""
 
     @property
     def unallocated(self) -> int:
@@ -114,17 +136,30 @@ class PromotionState:
         if p.has_ended(now_ms):
             return 0
         released = released_amount(p.budget, p.start_ms, p.end_ms, now_ms, p.pacing, p.hourly_cap)
-        allocated = p.budget - self.unallocated
-        return max(0, min(self.unallocated, released - allocated))
+        unallocated = self.unallocated  # a sum over the regions, taken once: every renewal's answer asks
+        return max(0, min(unallocated, released - (p.budget - unallocated)))
 
     def copy(self) -> PromotionState:
-        return copy.deepcopy(self)
+        """A copy to change: it shares nothing mutable with this state (a report or a grant changes one
+        account; copying each by hand costs a tenth of `copy.deepcopy`)."""
+        accounts = {region: account.copied() for region, account in self.accounts.items()}
+        statement = None if self.statement is None else copy.deepcopy(self.statement)
+        return PromotionState(self.promotion, accounts, self.version, statement)
 
     def account(self, region: str) -> RegionAccount:
         return self.accounts.setdefault(region, RegionAccount())
 
+    def encoded(self) -> str:
+        """The document as JSON text, encoded once per version: the center weighs a promotion's document
+        when it cuts a store write into batches, and the store writes the same text. A state is changed
+        only as a copy (`copy`) whose version the commit bumps before the store encodes it, so a text made
+        at this version is this state's."""
+        if self._encoded is None or self._encoded[0] != self.version:
+            self._encoded = (self.version, json.dumps(self.to_document()))
+        return self._encoded[1]
+
     def to_document(self) -> dict[str, Any]:
-        accounts = {region: asdict(account) for region, account in self.accounts.items()}
+        accounts = {region: account.to_document() for region, account in self.accounts.items()}
         document = {"promotion": promotion_document(self.promotion), "accounts": accounts, "version": self.version}
         if self.statement is not None:
             document["statement"] = self.statement

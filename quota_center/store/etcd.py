@@ -335,7 +335,7 @@ class EtcdStore:
         key = self._promotion_key(state.promotion.id)
         audit_compare, audit_put = self._append(audit)
         compare = self._fenced([KVService.txn_compare_create_revision(key, 0), audit_compare])
-        if not await self._txn(compare, [KVService.txn_op_put(key, json.dumps(state.to_document())), audit_put]):
+        if not await self._txn(compare, [KVService.txn_op_put(key, state.encoded()), audit_put]):
             await self._raise_if_deposed()
             await self._raise_if_audit_taken(audit)
             raise AlreadyExists(f"promotion {state.promotion.id!r} already exists")
@@ -345,7 +345,7 @@ class EtcdStore:
         for state, expected_version, grant in commits:
             key = self._promotion_key(state.promotion.id)
             compare.append(KVService.txn_compare_version(key, expected_version))
-            puts.append(KVService.txn_op_put(key, json.dumps(state.to_document())))
+            puts.append(KVService.txn_op_put(key, state.encoded()))
             if grant is not None:
                 grant_key = self._grant_key(grant.promotion_id, grant.region, grant.request_id)
                 compare.append(KVService.txn_compare_create_revision(grant_key, 0))

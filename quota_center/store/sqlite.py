@@ -90,7 +90,7 @@ class SqliteStore:
                 try:
                     self._db.execute(
                         "INSERT INTO promotions (id, version, document) VALUES (?, ?, ?)",
-                        (state.promotion.id, state.version, json.dumps(state.to_document())),
+                        (state.promotion.id, state.version, state.encoded()),
                     )
                 except sqlite3.IntegrityError:
                     raise AlreadyExists(f"promotion {state.promotion.id!r} already exists") from None
@@ -106,7 +106,7 @@ class SqliteStore:
                 for state, expected_version, grant in commits:
                     updated = self._db.execute(
                         "UPDATE promotions SET version = ?, document = ? WHERE id = ? AND version = ?",
-                        (state.version, json.dumps(state.to_document()), state.promotion.id, expected_version),
+                        (state.version, state.encoded(), state.promotion.id, expected_version),
                     )
                     if updated.rowcount != 1:
                         raise Conflict(f"promotion {state.promotion.id} moved past version {expected_version}")

@@ -13,7 +13,7 @@ import pytest
 
 from quota_center.audit import verify
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
-from quota_center.store.base import MAX_BATCH, MAX_BATCH_BYTES, MAX_REPORT_BATCH, batches
+from quota_center.store.base import MAX_BATCH, MAX_BATCH_BYTES, MAX_REPORT_BATCH, Commit, batches
 from quota_common.errors import AlreadyExists, Conflict
 from quota_common.model import Kind, Promotion
 from quota_common.policy import Pacing
@@ -149,6 +149,23 @@ async def test_heavy_documents_commit_in_the_writes_batches_cuts(open_store: Sto
 
     assert len(runs) > 1, "the documents weigh more than one write may carry"
     assert [state.version for state in await store.load_all()] == [2] * len(states)
+
+
+async def test_writes_of_different_promotions_in_flight_together_all_land(open_store: StoreFactory) -> None:
+    """The center sends the batches of one renewal, or of one opening call, side by side: each write holds
+    other promotions, and every one commits with its grants."""
+    store = await open_store()
+    ids = [f"p{n:03d}" for n in range(30)]
+    for promotion_id in ids:
+        await store.create(_state(promotion_id), await next_audit(store))
+
+    def commit(run: list[str]) -> list[Commit]:
+        return [(replace(_state(i), version=2), 1, replace(_grant(i), promotion_id=i)) for i in run]
+
+    await asyncio.gather(*(store.commit_many(commit(ids[n : n + 10])) for n in range(0, len(ids), 10)))
+
+    assert [state.version for state in await store.load_all()] == [2] * len(ids)
+    assert all([await store.find_grant(i, "eu", i) is not None for i in ids])
 
 
 async def test_concurrent_writers_on_one_version_have_exactly_one_winner(open_store: StoreFactory) -> None:

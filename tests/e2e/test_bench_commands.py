@@ -81,6 +81,8 @@ def test_bench_capacity_opens_every_pair_then_measures_the_center_under_renewals
     assert row["renew_calls"] > 0
     assert row["renew_request_bytes"] > 0
     assert 0 < row["renew_p50_ms"] <= row["renew_p99_ms"]
+    assert 0 < row["center_renew_p50_ms_at_most"] <= row["center_renew_p99_ms_at_most"]
+    assert (row["center_leadership_lost"], row["center_unretrieved_task_errors"]) == (0, 0)
     assert row["center_cpu_per_s"] > 0
     assert row["etcd_txn_per_s"] > 0
     assert row["deductions_per_s"] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loadtest.capacity import first_over_limits
+from loadtest.capacity import bucket_percentile, first_over_limits
 from loadtest.capacity_report import COLUMNS, END, START, verdict, write
 
 
@@ -30,6 +30,16 @@ def test_one_group_stops_at_the_first_size_over_either_limit() -> None:
     assert first_over_limits([_row(10_000, 120.0, 0.3), _row(100_000, 480.0, 0.9)]) is None
     assert first_over_limits([_row(10_000, 120.0, 0.3), _row(100_000, 501.0, 0.2)]) == 100_000
     assert first_over_limits([_row(10_000, 120.0, 1.2), _row(100_000, 900.0, 1.5)]) == 10_000
+
+
+def test_the_centers_percentiles_are_the_bounds_of_the_buckets_the_window_filled() -> None:
+    before = {0.01: 10.0, 0.1: 10.0, 1.0: 10.0, float("inf"): 10.0}
+    after = {0.01: 60.0, 0.1: 108.0, 1.0: 110.0, float("inf"): 110.0}
+
+    assert bucket_percentile(before, after, 0.5) == 10.0
+    assert bucket_percentile(before, after, 0.99) == 1000.0
+    assert bucket_percentile(after, after, 0.99) is None, "no call in the window"
+    assert bucket_percentile({}, {0.5: 0.0, float("inf"): 2.0}, 0.99) == float("inf")
 
 
 def test_the_verdict_names_where_the_group_stops_and_the_limits() -> None:

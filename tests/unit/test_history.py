@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quota_center.history import HOUR_MS, PROMOTION_POINTS, Point, PromotionHistory, bucket, downsample
+from quota_center.history import HOUR_MS, PROMOTION_POINTS, Point, PromotionHistory, bucket, downsample, region_limit
 
 NOW = 1_700_000_000_000
 
@@ -80,3 +80,39 @@ def test_only_new_figures_are_a_change_and_a_clock_stepping_back_keeps_the_newes
     assert history.record([("eu", Point(NOW + 10_000, 2, 5))], NOW + 10_000)
     assert history.regions["eu"] == [Point(NOW, 1, 5), Point(NOW + 10_000, 2, 5)]
     assert PromotionHistory.from_document(history.to_document()) == history
+
+
+def _recorded_whole(history: dict[str, list[Point]], samples: list[tuple[str, Point]], now: int) -> None:
+    """What `record` did before it downsampled only the stretches that aged: every series whole, every time."""
+    for region, point in samples:
+        history[region] = [*(p for p in history.get(region, []) if p.at_ms < point.at_ms), point]
+    limit = region_limit(len(history))
+    for region, points in history.items():
+        history[region] = downsample(points, now, limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.integers(-30_000, 60_000), st.integers(0, HOUR_MS), st.integers(0, 50 * HOUR_MS)),
+            st.lists(st.sampled_from(["eu", "us", "ap"]), max_size=3, unique=True),
+            st.integers(0, 3),
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_recording_keeps_exactly_what_downsampling_every_series_whole_keeps(
+    steps: list[tuple[int, list[str], int]],
+) -> None:
+    """Samples seconds, minutes or days apart (the clock stepping back now and then), of some regions, so
+    points age across the tiers' bounds and merge there."""
+    history, whole, now, figure = PromotionHistory(), dict[str, list[Point]](), NOW, 0
+    for gap, regions, more in steps:
+        now += gap
+        figure += more
+        samples = [(region, Point(now, figure, figure)) for region in regions]
+        history.record(samples, now)
+        _recorded_whole(whole, samples, now)
+        assert history.regions == whole
