@@ -4,8 +4,10 @@ each group renews its own promotions' leases, and one group's outage leaves the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 
@@ -13,7 +15,7 @@ from quota_center.center import Center
 from quota_center.center_core import CenterSettings
 from quota_center.issuer import KEY_DOCUMENT
 from quota_common.clock import FakeClock
-from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable
+from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable, WrongGroup
 from quota_common.model import Kind, Promotion, Report
 from quota_common.shards import ShardMap
 from quota_testing.direct_center import DirectCenter
@@ -21,7 +23,7 @@ from quota_testing.inprocess import TEST_INCARNATION_KEY
 from quota_testing.memory_store import MemoryStore
 from region_agent.agent import Agent, AgentSettings
 from region_agent.center_groups import CenterGroups, Owners
-from region_agent.center_port import GrantAnswer, RegionLease, RenewAnswer
+from region_agent.center_port import CenterPort, GrantAnswer, RegionLease, RenewAnswer
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
 
@@ -100,6 +102,21 @@ def test_a_refusal_judged_by_an_older_map_does_not_move_a_promotion() -> None:
     assert owners.owner("p") == "c"
     assert owners.told("p", "b", map_version=6)
     assert owners.of("b", ["p", "q"]) == ["p"]
+
+
+async def test_two_calls_refused_at_once_both_follow_the_refusal() -> None:
+    ports = {"a": cast(CenterPort, object()), "b": cast(CenterPort, object())}
+    groups = CenterGroups(ports)
+    both_sent = asyncio.Barrier(2)
+
+    async def send(port: CenterPort) -> str:
+        if port is ports["a"]:
+            await both_sent.wait()  # neither refusal is heard before both calls went to a
+            raise WrongGroup.of("p", "b", map_version=5)
+        return "served by b"
+
+    # The first refusal moves "p" to b; the second names b too, which the agent already knows.
+    assert await asyncio.gather(groups.call("p", send), groups.call("p", send)) == ["served by b"] * 2
 
 
 async def test_each_promotion_is_acquired_from_and_reported_to_its_group(groups: Groups) -> None:
