@@ -116,7 +116,7 @@ async def test_two_calls_refused_at_once_both_follow_the_refusal() -> None:
         return "served by b"
 
     # The first refusal moves "p" to b; the second names b too, which the agent already knows.
-    assert await asyncio.gather(groups.call("p", send), groups.call("p", send)) == ["served by b"] * 2
+    assert list(await asyncio.gather(groups.call("p", send), groups.call("p", send))) == ["served by b"] * 2
 
 
 async def test_each_promotion_is_acquired_from_and_reported_to_its_group(groups: Groups) -> None:
