@@ -333,3 +333,30 @@ async def test_a_watch_whose_changes_were_compacted_away_reads_the_map_again(
         assert await asyncio.wait_for(anext(watching), 10) == third  # read again: nothing in between was missed
     finally:
         await watching.aclose()
+
+
+async def test_a_promotion_moved_into_an_established_group_reaches_that_groups_catalog_readers(
+    groups: tuple[dict[str, Group], EtcdShards],
+) -> None:
+    made, shards = groups
+    a, b = made["a"], made["b"]
+    before = await shards.read()
+    moved = owned_by(before.shard_map, "a")
+    await a.center.create_promotion(new_promotion(moved))  # revision 1 at a
+    residents = [pid for pid in (f"resident-{i}" for i in range(100)) if before.shard_map.owner_of(pid) == "b"]
+    for promotion_id in residents[:3]:
+        await b.center.create_promotion(new_promotion(promotion_id))
+    cursor = b.center.catalog_page("eu", 0, 100).revision  # an agent of b's catalog, up to date: 3
+    slot = before.shard_map.slot(moved)
+    await shards.copy(await a.center.sealed_states(slot), group_prefix("b", a.base))
+    owners = list(before.shard_map.owners)
+    owners[slot] = "b"
+    assert await shards.replace(before, before.next(owners=owners), "test")
+    await b.follower.step()
+
+    page = b.center.catalog_page("eu", cursor, 100)
+    assert moved in [p.id for p in page.promotions], "the agent's next pull carries the promotion moved in"
+    assert b.center.promotion(moved).revision > cursor
+    await b.follower.prepare()
+    await b.center.start()  # the new revision was stored: a restarted leader serves it as well
+    assert b.center.promotion(moved).revision > cursor
