@@ -17,15 +17,19 @@ from quota_center.issuer import KEY_DOCUMENT
 from quota_common.clock import FakeClock
 from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable, WrongGroup
 from quota_common.model import Kind, Promotion, Report
+from quota_common.policy import RefillSettings
 from quota_common.shards import ShardMap
 from quota_testing.direct_center import DirectCenter
 from quota_testing.inprocess import TEST_INCARNATION_KEY
 from quota_testing.memory_store import MemoryStore
 from region_agent.agent import Agent, AgentSettings
+from region_agent.cache import PromotionCache
 from region_agent.center_groups import CenterGroups, Owners
 from region_agent.center_port import CenterPort, GrantAnswer, RegionLease, RenewAnswer
+from region_agent.floor import BelowFloorCount
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
+from region_agent.supply import Supply
 
 HOUR_MS = 3_600_000
 MAP = ShardMap.even(["a", "b"])
@@ -117,6 +121,24 @@ async def test_two_calls_refused_at_once_both_follow_the_refusal() -> None:
 
     # The first refusal moves "p" to b; the second names b too, which the agent already knows.
     assert list(await asyncio.gather(groups.call("p", send), groups.call("p", send))) == ["served by b"] * 2
+
+
+async def test_an_opening_refused_by_a_former_owner_is_opened_at_the_new_one(groups: Groups) -> None:
+    clock, b = groups.clock, groups.centers["b"]
+    start = clock.wall_ms() + 30_000
+    upcoming = next(p for p in (f"sale-{i}" for i in range(100)) if MAP.owner_of(p) == "b")
+    created = await b.create_promotion(Promotion(upcoming, Kind.COUNT, "", 100, start, start + HOUR_MS, ("eu",)))
+    ledger = InProcessLedger(clock)
+    supply = Supply(
+        "eu", RefillSettings(), ledger, CenterGroups(groups.ports), clock, PromotionCache(), 10.0, BelowFloorCount()
+    )
+    supply.incarnation = await supply.ledger_life()
+    supply.cache.put([created])  # as the agent knew it when a served it, before a move to b
+
+    await supply.open_upcoming(lookahead_s=60)  # sent to a, which refuses it: the lookup finds b
+    await supply.open_upcoming(lookahead_s=60)
+
+    assert (await ledger.balances())[upcoming].granted > 0
 
 
 async def test_each_promotion_is_acquired_from_and_reported_to_its_group(groups: Groups) -> None:
