@@ -127,9 +127,11 @@ class SupplyRenewals(SupplyCore):
         self.cache.take_emergency(answer.emergency, group)
         lease_until = now + self._heard(answer.lease_ttl_s)
         if answer.region_lease:
-            # The group's lease covers the promotions it serves; another group's lease is its own to renew.
+            # The group's lease covers the promotions it serves; another group's lease is its own to renew. One
+            # whose report this answer refuses (handed to another group, mostly) is not covered either.
+            refused = {directive.promotion_id for directive in answer.directives if directive.refusal}
             for promotion_id in self._groups.owners.of(group, self._tracked):
-                if promotion_id not in self._refusals:
+                if promotion_id not in self._refusals and promotion_id not in refused:
                     self._tracked[promotion_id].lease_until = lease_until
         for directive in answer.directives:
             if self._refused(directive):

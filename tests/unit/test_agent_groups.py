@@ -92,6 +92,13 @@ async def groups() -> AsyncIterator[Groups]:
     await agent.stop()
 
 
+async def _supply(groups: Groups, routes: CenterGroups, ledger: InProcessLedger) -> Supply:
+    """The agent's supply alone, joined: the openings and renewals its loops would run, called by the test."""
+    supply = Supply("eu", RefillSettings(), ledger, routes, groups.clock, PromotionCache(), 10.0, BelowFloorCount())
+    supply.incarnation = await supply.ledger_life()
+    return supply
+
+
 async def _deduct(agent: Agent, key: str, promotion_id: str) -> None:
     await agent.deduct(key, "eu", (Line(promotion_id, 1, "user"),))
 
@@ -129,16 +136,28 @@ async def test_an_opening_refused_by_a_former_owner_is_opened_at_the_new_one(gro
     upcoming = next(p for p in (f"sale-{i}" for i in range(100)) if MAP.owner_of(p) == "b")
     created = await b.create_promotion(Promotion(upcoming, Kind.COUNT, "", 100, start, start + HOUR_MS, ("eu",)))
     ledger = InProcessLedger(clock)
-    supply = Supply(
-        "eu", RefillSettings(), ledger, CenterGroups(groups.ports), clock, PromotionCache(), 10.0, BelowFloorCount()
-    )
-    supply.incarnation = await supply.ledger_life()
+    supply = await _supply(groups, CenterGroups(groups.ports), ledger)
     supply.cache.put([created])  # as the agent knew it when a served it, before a move to b
 
     await supply.open_upcoming(lookahead_s=60)  # sent to a, which refuses it: the lookup finds b
     await supply.open_upcoming(lookahead_s=60)
 
     assert (await ledger.balances())[upcoming].granted > 0
+
+
+async def test_a_former_owners_region_lease_does_not_extend_a_promotion_it_refuses(groups: Groups) -> None:
+    clock, moved = groups.clock, owned_by("b")
+    routes = CenterGroups(groups.ports)
+    supply = await _supply(groups, routes, InProcessLedger(clock))
+    (item,) = await supply.track([moved])
+    await supply.renew_group("b")
+    lease_until = item.lease_until
+    routes.owners.served("a", [moved])  # as if a still served it: its catalog named it last
+    clock.advance(5)
+
+    await supply.renew_group("a")  # refuses the report of `moved` (b serves it) and renews the region lease
+
+    assert item.lease_until == lease_until
 
 
 async def test_each_promotion_is_acquired_from_and_reported_to_its_group(groups: Groups) -> None:
