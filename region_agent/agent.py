@@ -156,11 +156,6 @@ class Agent:
     def promotion_fetches(self) -> int:
         return self._groups.fetches
 
-    def catalog_staleness_s(self) -> float | None:
-        """Seconds since the promotion cache last heard from every center group; None: one never answered."""
-        heard = [catalog.heard_at for catalog in self.catalogs]
-        return None if None in heard else self._clock.monotonic() - min(h for h in heard if h is not None)
-
     async def start(self) -> None:
         """Loads the promotion cache (the region's copy, then the center's changes) and renews,
         waiting on an unreachable center only briefly: the loops keep trying, and the agent

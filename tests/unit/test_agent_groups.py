@@ -29,6 +29,7 @@ from region_agent.center_port import CenterPort, GrantAnswer, RegionLease, Renew
 from region_agent.floor import BelowFloorCount
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
+from region_agent.metrics import AgentMetrics
 from region_agent.supply import Supply
 
 HOUR_MS = 3_600_000
@@ -158,6 +159,22 @@ async def test_a_former_owners_region_lease_does_not_extend_a_promotion_it_refus
     await supply.renew_group("a")  # refuses the report of `moved` (b serves it) and renews the region lease
 
     assert item.lease_until == lease_until
+
+
+async def test_the_agents_catalog_metrics_are_labelled_by_group(groups: Groups) -> None:
+    metrics = AgentMetrics("eu")
+    await metrics.watch(groups.agent)()
+    samples = {
+        (sample.name, sample.labels.get("group")): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name.startswith("quota_agent_catalog_")
+    }
+
+    for group in ("a", "b"):
+        assert samples[("quota_agent_catalog_revision", group)] == groups.agent.cache.revision_of(group) > 0
+        assert samples[("quota_agent_catalog_staleness_seconds", group)] == 0  # both pulled at start; no time passed
+        assert ("quota_agent_catalog_stream_up", group) in samples
 
 
 async def test_each_promotion_is_acquired_from_and_reported_to_its_group(groups: Groups) -> None:
