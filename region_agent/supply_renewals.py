@@ -162,8 +162,9 @@ class SupplyRenewals(SupplyCore):
             return False
         if self._refusals.get(promotion_id) != refusal:
             self._refusals[promotion_id] = refusal
-            # It may have been handed to another group: asking for it where the agent sends it finds out.
-            self._in_background(self._relocate(promotion_id))
+            if len(self._groups.names) > 1:
+                # It may have been handed to another group: asking for it where the agent sends it finds out.
+                self._in_background(self._relocate(promotion_id))
             log.error(
                 "the center refused the report of %s: %s; its lease is not renewed, so it stops being spent "
                 "once the lease runs out",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import pytest
@@ -18,7 +18,7 @@ from quota_common.clock import FakeClock
 from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable, WrongGroup
 from quota_common.model import Kind, Promotion, Report
 from quota_common.policy import RefillSettings
-from quota_common.shards import ShardMap
+from quota_common.shards import DEFAULT_GROUP, ShardMap
 from quota_testing.direct_center import DirectCenter
 from quota_testing.inprocess import TEST_INCARNATION_KEY
 from quota_testing.memory_store import MemoryStore
@@ -175,6 +175,33 @@ async def test_the_agents_catalog_metrics_are_labelled_by_group(groups: Groups) 
         assert samples[("quota_agent_catalog_revision", group)] == groups.agent.cache.revision_of(group) > 0
         assert samples[("quota_agent_catalog_staleness_seconds", group)] == 0  # both pulled at start; no time passed
         assert ("quota_agent_catalog_stream_up", group) in samples
+
+
+class Refusing(DirectCenter):
+    """Refuses every report, each time in other words (a refusal's text may count something)."""
+
+    refusals = 0
+
+    async def renew(
+        self, incarnation: str, reports: Mapping[str, Report], region_lease: RegionLease | None = None
+    ) -> RenewAnswer:
+        answer = await super().renew(incarnation, reports, region_lease)
+        self.refusals += 1
+        refused = [replace(directive, refusal=f"refusal #{self.refusals}") for directive in answer.directives]
+        return replace(answer, directives=refused)
+
+
+async def test_with_one_group_a_refused_report_is_not_looked_up_again(groups: Groups) -> None:
+    port = Refusing(groups.centers["a"], "eu")
+    supply = await _supply(groups, CenterGroups.one(port), InProcessLedger(groups.clock))
+    await supply.track([owned_by("a")])
+    for _ in range(3):
+        await supply.renew_group(DEFAULT_GROUP)
+        for _ in range(5):
+            await asyncio.sleep(0)  # what the refusal started in the background, if anything
+
+    assert port.refusals == 3
+    assert port.fetches == 1, "only the first sight of it: one group serves everything, nothing to find"
 
 
 async def test_each_promotion_is_acquired_from_and_reported_to_its_group(groups: Groups) -> None:
