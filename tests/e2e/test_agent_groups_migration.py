@@ -181,7 +181,11 @@ async def test_two_groups_become_four_while_real_agents_sell(etcd: RunningServer
         for agent in agents.values():
             await asyncio.to_thread(agent.stop, 30.0)
         books = await asyncio.to_thread(_books, admin, ids)
-        forged = await _renew_refused(processes[AFTER.index("g2")].address)
+        # Lives at a new group: one the default group issued is good there, one made under another key is not.
+        joined = await _join(processes[AFTER.index("default")].address, "ap")
+        new_group = processes[AFTER.index("g2")].address
+        accepted = await _renew_at(new_group, "ap", joined)
+        forged = await _renew_at(new_group, "ap", issued_incarnation(time.time_ns(), "ap"))
     finally:
         kill_all(processes)
 
@@ -199,15 +203,23 @@ async def test_two_groups_become_four_while_real_agents_sell(etcd: RunningServer
         regions = promotion_books.regions.values()
         assert sum(r.consumed for r in regions) == BUDGET, pid  # sold exactly
         assert sum(r.outstanding + r.written_off for r in regions) == 0, pid  # nothing stranded
+    assert accepted is grpc.StatusCode.OK
     assert forged is grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def _renew_refused(address: str) -> grpc.StatusCode:
-    """A new group takes a renewal only with a life the deployment issued: one made under another key is refused."""
-    forged = pb.AgentIdentity(region="eu", incarnation=issued_incarnation(time.time_ns()))
+async def _join(address: str, region: str) -> str:
+    """A new ledger life of `region`, issued by the group at `address` (a region no promotion names: no books move)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        answer = await pb_grpc.AllocationStub(channel).Join(pb.JoinRequest(region=region), timeout=5)
+    return str(answer.incarnation)
+
+
+async def _renew_at(address: str, region: str, incarnation: str) -> grpc.StatusCode:
+    """How the group at `address` answers a renewal (nothing reported) of `region`'s life `incarnation`."""
+    identity = pb.AgentIdentity(region=region, incarnation=incarnation)
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            await pb_grpc.AllocationStub(channel).Renew(pb.RenewRequest(agent=forged), timeout=5)
+            await pb_grpc.AllocationStub(channel).Renew(pb.RenewRequest(agent=identity), timeout=5)
         except grpc.aio.AioRpcError as error:
             return error.code()
     return grpc.StatusCode.OK

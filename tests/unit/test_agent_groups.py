@@ -259,7 +259,7 @@ async def test_a_newer_life_seen_by_one_group_retires_the_older_process(groups: 
     await _deduct(groups.agent, "b-old", owned_by("b"))
     ports = {name: DirectCenter(center, "eu") for name, center in groups.centers.items()}
     newer = Agent(QUIET, InProcessLedger(groups.clock), CenterGroups(ports), groups.clock)
-    await newer.start()  # joins at a; its first renewal reaches both groups
+    await newer.start()  # joins at a; it tracks nothing yet, so its first renewal tells neither group its life
     try:
         assert newer.incarnation > groups.agent.incarnation
         await _deduct(newer, "b-new", owned_by("b"))  # b's books now know the newer life, a's do not
@@ -267,6 +267,11 @@ async def test_a_newer_life_seen_by_one_group_retires_the_older_process(groups: 
         with pytest.raises(Superseded):
             await groups.agent.renew_once()
         assert "older than the current one" in await groups.agent.wait_retired()
-        assert sum(port.calls for port in ports.values()) > 0
+        with pytest.raises(Rejected):
+            await _deduct(groups.agent, "a-late", owned_by("a"))  # retired at every group, a included
+        await _deduct(newer, "a-new", owned_by("a"))  # the life a issued sells at both
+        await newer.renew_once()
+        # a took the older life's report before it knew the newer one; b, knowing it, refused it.
+        assert (groups.consumed("a", owned_by("a")), groups.consumed("b", owned_by("b"))) == (2, 1)
     finally:
         await newer.stop()
