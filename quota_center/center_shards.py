@@ -5,10 +5,15 @@ follower (`shard_follower`) drives them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from quota_center.center_core import CenterCore
 from quota_center.ledger import PromotionState
 from quota_center.shard_move import Holding, SlotMove
 from quota_common.shards import ShardMap
+
+_COMMIT_BATCH = 32
+"""Promotions renumbered in one store write: etcd bounds the operations of one transaction (128 by default)."""
 
 
 class CenterShards(CenterCore):
@@ -20,24 +25,40 @@ class CenterShards(CenterCore):
 
     async def take_over(self, shard_map: ShardMap) -> None:
         """Adopts `shard_map`: the promotions of slots it newly gives this group are read from the store (their
-        copies were written there before the map changed), and those of slots it took away are forgotten."""
+        copies were written there before the map changed) and given fresh revisions of this group's catalog
+        (`_renumbered`), and those of slots it took away are forgotten."""
         self._require_leader()
         group = self.settings.group
         gained = {s for s, owner in enumerate(shard_map.owners) if owner == group and self._shards.owners[s] != group}
         lost = {s for s, owner in enumerate(shard_map.owners) if owner != group and self._shards.owners[s] == group}
         if gained:
             grace = self._clock.monotonic() + self.settings.lease_ttl_s
-            for state in await self._store.load_all():
-                if shard_map.slot(state.promotion.id) in gained:
-                    self._states[state.promotion.id] = state
-                    self._note_lives(state)
-                    for region in state.accounts:
-                        self._lease_expiry[(state.promotion.id, region)] = grace
-                    self._changed(state.promotion)
+            arrived = [s for s in await self._store.load_all() if shard_map.slot(s.promotion.id) in gained]
+            for state in await self._renumbered(arrived):
+                self._states[state.promotion.id] = state
+                self._note_lives(state)
+                for region in state.accounts:
+                    self._lease_expiry[(state.promotion.id, region)] = grace
+                self._changed(state.promotion)
         for promotion_id in [pid for pid in self._states if shard_map.slot(pid) in lost]:
             del self._states[promotion_id]
             self._contested.discard(promotion_id)
         self.set_shards(shard_map, {s: m for s, m in self._moving.items() if shard_map.owners[s] == m.source})
+
+    async def _renumbered(self, arrived: list[PromotionState]) -> list[PromotionState]:
+        """The promotions handed to this group, each at a revision above this group's catalog (and its own), and
+        stored so: they kept the source's revision, which an agent whose cursor on this group's catalog is past
+        it would never be sent. Nothing serves them here yet, so no other writer races these commits."""
+        revision, renumbered = self._catalog_revision, []
+        for state in sorted(arrived, key=lambda s: s.promotion.revision):
+            revision = max(revision, state.promotion.revision) + 1
+            fresh = state.copy()
+            fresh.promotion, fresh.version = replace(state.promotion, revision=revision), state.version + 1
+            renumbered.append(fresh)
+        for start in range(0, len(renumbered), _COMMIT_BATCH):
+            batch = renumbered[start : start + _COMMIT_BATCH]
+            await self._store.commit_many([(state, state.version - 1, None) for state in batch])
+        return renumbered
 
     def slot_holdings(self, slot: int) -> dict[str, dict[str, Holding]]:
         """By promotion of the slot, by region: what the region holds and whether its lease still runs."""

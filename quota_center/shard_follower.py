@@ -1,12 +1,16 @@
 """The thin shell around `shard_move` on a leading center of a group. `follow` watches the map in etcd and
 keeps the center's current as each change is written (taking over the slots handed to its group at once);
 one `step` moves each slot its group is giving away one phase on when it can: drain (the center asks its
-regions), seal, copy, flip. The app runs `follow` and calls `step` every `interval_s` while it leads (a
-step judges by the map as last watched, so nothing polls it); a step that fails (etcd away, a map changed
-under it) changes nothing the next step cannot redo: the copy is idempotent, the flip a compare-and-swap.
+regions), seal, copy, flip. The app runs `follow` and calls `step` every `interval_s` while it leads; a step
+that fails (etcd away, a map changed under it) changes nothing the next step cannot redo: the copy is
+idempotent, the flip a compare-and-swap.
 
-Both hold one lock, and a map older than the one followed last is ignored, so a change the watch delivers
-late never takes the center back to a map it already left.
+Each step also reads the map itself: a watch can stall without a word (a partitioned etcd member keeps the
+stream open and sends nothing), so the watch only makes a change arrive sooner; a stalled one delays it by
+one step at most. Both hold one lock, and a map older than the one followed last is ignored, so a change
+delivered late (by the watch or by a read) never takes the center back to a map it already left. Changes the
+watch delivers while the center is still taking over an earlier one are coalesced: only the newest is applied
+(a 2 -> 4 move flips hundreds of slots one at a time, and each take-over reads the group's store).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from quota_center.center import Center
 from quota_center.shard_move import Phase, SlotMove
 from quota_center.store.etcd import DEFAULT_PREFIX
 from quota_center.store.etcd_shards import EtcdShards, Layout, group_prefix
+from quota_common.errors import NotLeader
 from quota_common.shards import SLOTS
 
 log = logging.getLogger(__name__)
@@ -39,7 +44,6 @@ class ShardFollower:
         self._latest: Layout | None = None
         """The newest layout followed (watched, or written by this group's own flip); None before `prepare`."""
         self._lock = asyncio.Lock()
-        self._watching = False
 
     async def prepare(self) -> None:
         """The map as stored, and the deployment's incarnation key, before the center serves after winning its
@@ -54,21 +58,31 @@ class ShardFollower:
 
     async def follow(self) -> None:
         """Follows the map as it changes, until cancelled (the app runs it while the center leads)."""
-        self._watching = True
-        try:
+        pending: list[Layout] = []
+        arrived = asyncio.Event()
+
+        async def receive() -> None:
             async for layout in self._shards.watch(self._group):
+                if not pending or layout.shard_map.version >= pending[0].shard_map.version:
+                    pending[:] = [layout]
+                    arrived.set()
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(receive())
+            while True:
+                await arrived.wait()
+                arrived.clear()
+                layout = pending.pop()
                 async with self._lock:
                     await self._follow(layout)
-        finally:
-            self._watching = False
 
     async def step(self) -> Layout:
-        """One round, by the map as last watched (read when nothing watches it); returns the layout as it stands
+        """One round, by the newer of the map as read now and as last watched; returns the layout as it stands
         after it."""
         async with self._lock:
-            watched = self._latest if self._watching else None
-            layout = watched or await self._shards.read(self._group)
-            await self._follow(layout)
+            await self._follow(await self._shards.read(self._group))
+            assert self._latest is not None, "set by _follow"
+            layout = self._latest
             for slot in sorted(self._leaving):
                 layout = await self._advance(layout, slot)
             return layout
@@ -109,7 +123,11 @@ class ShardFollower:
             after = Layout(shard_map, {s: t for s, t in layout.moving.items() if s != slot})
             if await self._shards.replace(layout, after, f"center group {self._group}"):
                 break
+            lost = layout
             layout = await self._shards.read(self._group)
+            if layout.shard_map.version == lost.shard_map.version:
+                # No other change won: the fence did (this center's leader key is gone), and it will not yield.
+                raise NotLeader(None)
         else:
             return layout  # the next step redoes the flip
         del self._leaving[slot]

@@ -19,6 +19,7 @@ from quota_cli.security import security, security_options
 from quota_common.clock import SystemClock, iso
 from quota_common.config import FiniteFloatRange, bind_environment
 from quota_common.model import Promotion, promotion_document
+from quota_common.shards import center_groups
 from quota_common.transport import open_transport
 from quota_common.validation import MAX_AMOUNT
 
@@ -58,7 +59,7 @@ request_id_option = click.option(
 
 
 class _CenterAddresses(click.ParamType[tuple[str, ...]]):
-    """The center's replicas, host:port[,host:port...]: at least one."""
+    """The center's replicas, host:port[,host:port...]: at least one; NAME=host:port names a center group."""
 
     name = "host:port[,host:port...]"
 
@@ -70,6 +71,10 @@ class _CenterAddresses(click.ParamType[tuple[str, ...]]):
         addresses = tuple(address.strip() for address in value.split(",") if address.strip())
         if not addresses:
             self.fail("name at least one host:port", param, ctx)
+        try:
+            center_groups(list(addresses))  # NAME=host:port starts a center group: a bad name is a usage error
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
         return addresses
 
 

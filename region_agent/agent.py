@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 
 from quota_common.clock import Clock, iso
 from quota_common.errors import (
@@ -29,18 +28,16 @@ from quota_common.errors import (
 )
 from quota_common.incarnation import started_ns
 from quota_common.model import Promotion
-from quota_common.policy import RefillSettings
+from region_agent.agent_types import AgentSettings, OrderReport, PromotionStatus
 from region_agent.cache import CacheTier, PromotionCache
 from region_agent.catalog_sync import CatalogSync
 from region_agent.center_groups import CenterGroups
 from region_agent.center_port import CenterPort
 from region_agent.floor import BelowFloor, BelowFloorCount, below_floor, refuse_if_blocked
 from region_agent.ledger.base import (
-    Balance,
     DeductOutcome,
     Ledger,
     Line,
-    OrderView,
     RefundOutcome,
     Settle,
     SettleOutcome,
@@ -48,6 +45,9 @@ from region_agent.ledger.base import (
 )
 from region_agent.supply import Supply
 from region_agent.supply_core import Tracked
+
+__all__ = ["Agent", "AgentSettings", "OrderReport", "PromotionStatus"]
+"""The records live in `agent_types`; callers keep importing them from here."""
 
 log = logging.getLogger(__name__)
 
@@ -57,54 +57,6 @@ STOP_REFILL_WAIT_S = 3.0
 STOP_LOOPS_WAIT_S = 2.0
 """Longest a stop waits for its cancelled background loops. A catalog stream cancelled mid-read has been
 seen to wait for its next heartbeat (15 s) before it ends, holding up the final report and the give-back."""
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    region: str
-    refill: RefillSettings = field(default_factory=RefillSettings)
-    renew_interval_s: float = 3.0
-    """How often counters are reported and leases renewed: a third of the center's lease TTL,
-    so two renewals may fail before the lease runs out. Freezes travel on the push stream."""
-    pull_interval_s: float = 5.0
-    """How often the promotion cache pulls changes (anti-entropy; jittered)."""
-    push: bool = True
-    """Follow the center's watch stream; off, changes arrive by pull and renewal only."""
-    opening_lookahead_s: float = 30.0
-    """Promotions that start within this get an opening allotment before they start; 0: none."""
-    max_wait_s: float = 2.0
-    """Longest a deduction waits for a refill; shorter when the call's deadline is nearer."""
-    return_on_shutdown: bool = True
-    """Give back unspent quota on a graceful stop (right for a ledger that dies with the process)."""
-    reservation_ttl_ms: int = 15 * 60_000
-    """How long a reservation holds its quota when the caller does not say."""
-
-    @property
-    def assumed_lease_ttl_s(self) -> float:
-        """The center's lease TTL as the renew interval implies it, until the center states its own."""
-        return 3 * self.renew_interval_s
-
-
-@dataclass(frozen=True)
-class PromotionStatus:
-    promotion_id: str
-    balance: Balance
-    lease_remaining_s: float
-    frozen: bool
-    below_floor: int = 0
-    """Order lines this agent saw below the promotion's price floor in this ledger life."""
-
-
-@dataclass(frozen=True)
-class OrderReport:
-    """What became of an order, and the ledger life that answers."""
-
-    order: OrderView | None
-    """None: this ledger life holds no order with the key."""
-    life_started_ms: int
-    """When the answering ledger life began (Unix ms; 0 before the agent joined)."""
-    life_lost: bool
-    """The region lost an earlier ledger life: an order placed before `life_started_ms` may have gone with it."""
 
 
 class Agent:
@@ -155,11 +107,6 @@ class Agent:
     @property
     def promotion_fetches(self) -> int:
         return self._groups.fetches
-
-    def catalog_staleness_s(self) -> float | None:
-        """Seconds since the promotion cache last heard from every center group; None: one never answered."""
-        heard = [catalog.heard_at for catalog in self.catalogs]
-        return None if None in heard else self._clock.monotonic() - min(h for h in heard if h is not None)
 
     async def start(self) -> None:
         """Loads the promotion cache (the region's copy, then the center's changes) and renews,

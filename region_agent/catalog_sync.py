@@ -55,6 +55,10 @@ class CatalogSync:
         self.heard_at: float | None = None
         """Monotonic time the center last answered a pull or sent on the stream; None: never."""
 
+    def staleness_s(self) -> float | None:
+        """Seconds since the group last answered a pull or sent on the stream; None: it never did."""
+        return None if self.heard_at is None else self._clock.monotonic() - self.heard_at
+
     async def load_tier(self) -> None:
         """Starts the cache from the region's copy; a cold or unreachable tier is only slower."""
         if self._tier is None:

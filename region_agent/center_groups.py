@@ -89,7 +89,9 @@ class CenterGroups:
 
     async def call(self, promotion_id: str, send: Callable[[CenterPort], Awaitable[T]]) -> T:
         """`send` to the group serving the promotion, following refusals that name another owner (each group
-        at most once: the groups move a promotion one hand-over at a time)."""
+        at most once: the groups move a promotion one hand-over at a time). A refusal that does not move the
+        promotion is retried at its owner as known now when another call moved it meanwhile; only one judged by
+        an older map than the one that placed it at the refusing group means that group has not caught up."""
         for _ in self.ports:
             group = self.owners.owner(promotion_id)
             try:
@@ -100,7 +102,8 @@ class CenterGroups:
                         f"promotion {promotion_id!r} is served by center group {refusal.owner!r}, which this agent "
                         f"does not reach: name its replicas in --center, as {refusal.owner}=HOST:PORT"
                     ) from refusal
-                if not self.owners.told(promotion_id, refusal.owner, refusal.map_version):
+                moved = self.owners.told(promotion_id, refusal.owner, refusal.map_version)
+                if not moved and self.owners.owner(promotion_id) == group:
                     raise Unavailable(
                         f"promotion {promotion_id!r} was just handed to center group {group!r}, which has not "
                         "taken it over yet; retry shortly"

@@ -203,20 +203,23 @@ class _AgentState(Collector):
 
 
 def _cache_metrics(agent: Agent) -> Iterator[Metric]:
+    """The cache, and each center group's catalog (label `group`, "default" with one group)."""
     region = [agent.settings.region]
     size = GaugeMetricFamily("quota_agent_cached_promotions", "Promotions in the cache.", labels=["region"])
     size.add_metric(region, len(agent.cache))
-    revision = GaugeMetricFamily("quota_agent_catalog_revision", "The cache's catalog revision.", labels=["region"])
-    revision.add_metric(region, agent.cache.revision)
-    stream = GaugeMetricFamily("quota_agent_catalog_stream_up", "1 while the push stream is open.", labels=["region"])
-    stream.add_metric(region, int(agent.catalog.stream_alive))
-    yield from (size, revision, stream)
-    staleness = agent.catalog_staleness_s()
-    if staleness is not None:
-        stale = GaugeMetricFamily(
-            "quota_agent_catalog_staleness_seconds",
-            "Seconds since the cache last heard from the center (a pull, a pushed change or a heartbeat).",
-            labels=["region"],
-        )
-        stale.add_metric(region, staleness)
-        yield stale
+    by_group = ["region", "group"]
+    revision = GaugeMetricFamily("quota_agent_catalog_revision", "The cache's catalog revision.", labels=by_group)
+    stream = GaugeMetricFamily("quota_agent_catalog_stream_up", "1 while the push stream is open.", labels=by_group)
+    stale = GaugeMetricFamily(
+        "quota_agent_catalog_staleness_seconds",
+        "Seconds since the cache last heard from the group (a pull, a pushed change or a heartbeat); absent "
+        "until it did.",
+        labels=by_group,
+    )
+    for catalog in agent.catalogs:
+        labels = [agent.settings.region, catalog.group]
+        revision.add_metric(labels, agent.cache.revision_of(catalog.group))
+        stream.add_metric(labels, int(catalog.stream_alive))
+        if (staleness := catalog.staleness_s()) is not None:
+            stale.add_metric(labels, staleness)
+    yield from (size, revision, stream, stale)

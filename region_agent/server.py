@@ -211,7 +211,8 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
             center_calls=self._agent.center_calls,
             catalog_revision=self._agent.cache.revision,
             cached_promotions=len(self._agent.cache),
-            catalog_stream_alive=self._agent.catalog.stream_alive,
+            # One flag for every group's stream: open only while all are (the metrics say which is not).
+            catalog_stream_alive=all(catalog.stream_alive for catalog in self._agent.catalogs),
             promotion_fetches=self._agent.promotion_fetches,
             balances=[
                 pb.PromotionBalance(

@@ -25,7 +25,8 @@
   (its renewals reclaim what the region holds, which goes back there) and acquired from the new one.
 
 The core (tracking, refills, give-backs, the ledger life) is `supply_core`, the renew loops `supply_renewals`;
-this module adds the openings.
+this module adds the openings (sent per group, by where the agent believes each promotion is served; one
+refused there is looked up again, which follows the refusal of its former group to its owner).
 """
 
 from __future__ import annotations
@@ -99,8 +100,18 @@ class Supply(SupplyRenewals):
         for answer in answers:
             if not answer.grant_id:
                 log.info("no opening allotment of %s: %s", answer.promotion_id, answer.refusal)
+                await self._opening_refused(answer.promotion_id, answer.refusal)
                 continue
+            self._opening_refusals.pop(answer.promotion_id, None)
             await self._ledger.apply_grant(answer.grant_id, answer.promotion_id, answer.amount, life)
             item = await self._track_one(answer.promotion_id)
             item.lease_until = sent + self._heard(lease_ttl_s)
             item.last_grant = answer.amount
+
+    async def _opening_refused(self, promotion_id: str, refusal: str) -> None:
+        """An opening's refusal is a text, without the owner a refusal of a call names: when the promotion may
+        have moved to another group, a fetch where the agent sends it follows the refusal to its owner, and the
+        next round opens it there. Once per refusal text, not every round."""
+        if len(self._groups.names) > 1 and self._opening_refusals.get(promotion_id) != refusal:
+            self._opening_refusals[promotion_id] = refusal
+            await self._relocate(promotion_id)

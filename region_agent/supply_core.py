@@ -83,6 +83,8 @@ class SupplyCore:
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self._opening_requests: dict[str, str] = {}
         """Per promotion, the request id of its opening in this incarnation (a retry reuses it)."""
+        self._opening_refusals: dict[str, str] = {}
+        """Per promotion, the last refusal of its opening (looked up again once per refusal, `_opening_refused`)."""
         self._background: set[asyncio.Task[None]] = set()
         self._unknown: dict[str, tuple[float, str]] = {}
         """Promotions the center said it does not know: until when that stands, and its words."""

@@ -127,9 +127,11 @@ class SupplyRenewals(SupplyCore):
         self.cache.take_emergency(answer.emergency, group)
         lease_until = now + self._heard(answer.lease_ttl_s)
         if answer.region_lease:
-            # The group's lease covers the promotions it serves; another group's lease is its own to renew.
+            # The group's lease covers the promotions it serves; another group's lease is its own to renew. One
+            # whose report this answer refuses (handed to another group, mostly) is not covered either.
+            refused = {directive.promotion_id for directive in answer.directives if directive.refusal}
             for promotion_id in self._groups.owners.of(group, self._tracked):
-                if promotion_id not in self._refusals:
+                if promotion_id not in self._refusals and promotion_id not in refused:
                     self._tracked[promotion_id].lease_until = lease_until
         for directive in answer.directives:
             if self._refused(directive):
@@ -160,8 +162,9 @@ class SupplyRenewals(SupplyCore):
             return False
         if self._refusals.get(promotion_id) != refusal:
             self._refusals[promotion_id] = refusal
-            # It may have been handed to another group: asking for it where the agent sends it finds out.
-            self._in_background(self._relocate(promotion_id))
+            if len(self._groups.names) > 1:
+                # It may have been handed to another group: asking for it where the agent sends it finds out.
+                self._in_background(self._relocate(promotion_id))
             log.error(
                 "the center refused the report of %s: %s; its lease is not renewed, so it stops being spent "
                 "once the lease runs out",

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 _TIMEOUT_S = 5.0
 _PAGE = 200
 REWATCH_S = 1.0
-"""After a broken watch, how long before the map is read and watched again."""
+"""After a watch broke or ended, how long before the map is read and watched again."""
 _DELETE = 1
 """etcd's event type of a deleted key (mvccpb.Event.DELETE)."""
 
@@ -127,7 +127,9 @@ class EtcdShards:
     async def watch(self, group: str = DEFAULT_GROUP) -> AsyncGenerator[Layout, None]:
         """The layout as stored, then each one written after it, as it is written: read at a revision, then
         watched from the next one. When changes may have been missed (compacted away before the watch reached
-        them, or the watch broke), the map is read again and watched from there."""
+        them, or the watch broke or ended), the map is read again and watched from there, `REWATCH_S` later.
+        etcd3aio sends no require-leader metadata, so a watch on a partitioned member may stall silently: the
+        follower reads the map at every step as well (`ShardFollower.step`)."""
         watcher = self._store.client.watch
         assert watcher is not None, "connected in EtcdStore.connect"
         while True:
@@ -140,9 +142,10 @@ class EtcdShards:
                     for event in response.events:
                         deleted = event.type == _DELETE
                         yield Layout(ShardMap.single(group)) if deleted else Layout.from_document(event.kv.value)
+                log.info("watch of the shard map ended; reading it again in %.0f s", REWATCH_S)
             except (EtcdError, grpc.aio.AioRpcError) as error:
                 log.warning("watch of the shard map broken (%s); reading it again in %.0f s", error, REWATCH_S)
-                await asyncio.sleep(REWATCH_S)
+            await asyncio.sleep(REWATCH_S)  # an ended stream as much as a broken one: never a tight loop
 
     async def replace(self, before: Layout, after: Layout, actor: str) -> bool:
         """Stores `after` if the map is still `before`; False if another writer changed it first."""

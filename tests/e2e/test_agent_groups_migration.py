@@ -1,6 +1,8 @@
-"""Two center groups become four under load, with real agent processes in front of them: orders go through the
-client to the agents of two regions, the agents follow each promotion to the group that serves it (one stream
-and one renewal per group), and `quota shards resize` moves half the slots while they sell. The chaos checker
+"""Two center groups become four under load, and four become two, with real agent processes in front of them:
+orders go through the client to the agents of two regions, the agents follow each promotion to the group that
+serves it (one stream and one renewal per group), and `quota shards resize` moves half the slots while they
+sell. Four to two moves promotions into groups the agents already follow (their catalog cursors there are past
+the revisions the promotions had at their source). The chaos checker
 judges the recorded history against the centers' books: every violation count 0, every budget sold exactly,
 no unknown left, and the centers count nothing as held once the agents gave back.
 """
@@ -39,7 +41,9 @@ from region_agent.ledger.base import Line
 
 pytestmark = pytest.mark.e2e
 
-BEFORE, AFTER = ["default", "g1"], ["default", "g1", "g2", "g3"]
+GROUPS = ["default", "g1", "g2", "g3"]
+"""Every group's center runs throughout; the map names some of them before the resize and others after."""
+RESIZES = [(GROUPS[:2], GROUPS), (GROUPS, GROUPS[:2])]
 REGIONS = ("eu", "us")
 BUDGET = 150
 CLIENTS = 4
@@ -57,12 +61,12 @@ def etcd() -> Iterator[RunningServer]:
         yield server
 
 
-def _promotions() -> list[str]:
-    """From each of the first two groups, two promotions that move (to g2 or g3) and two that stay."""
-    old, new = ShardMap.even(BEFORE), rebalance(ShardMap.even(BEFORE), AFTER)
+def _promotions(before: list[str], after: list[str]) -> list[str]:
+    """From each group of `before`, up to two promotions that move and two that stay."""
+    old, new = ShardMap.even(before), rebalance(ShardMap.even(before), after)
     ids = [f"promo-{i}" for i in range(200)]
     chosen = []
-    for group in BEFORE:
+    for group in before:
         mine = [p for p in ids if old.owner_of(p) == group]
         chosen += [p for p in mine if new.owner_of(p) != group][:2] + [p for p in mine if new.owner_of(p) == group][:2]
     return chosen
@@ -100,10 +104,10 @@ async def _sell(
 
 
 async def _watch_sales(
-    admin: AdminClient, endpoint: str, base: str, ids: list[str], done: asyncio.Event, workdir: Path
+    admin: AdminClient, endpoint: str, base: str, ids: list[str], done: asyncio.Event, workdir: Path, after: list[str]
 ) -> int:
-    """Stores the resize once RESIZE_AT of the budget sold, and sets `done` once every promotion sold out and no
-    slot is being handed over; returns how many slots the resize planned."""
+    """Stores the resize to `after` once RESIZE_AT of the budget sold, and sets `done` once every promotion sold
+    out and no slot is being handed over; returns how many slots the resize planned."""
     planned, sold = 0, 0
     deadline = time.monotonic() + SELL_PATIENCE_S
     try:
@@ -115,7 +119,7 @@ async def _watch_sales(
                 continue
             if not planned and sold >= RESIZE_AT * BUDGET * len(ids):
                 out = await asyncio.to_thread(
-                    run_quota, "shards", "resize", "--store", f"etcd://{endpoint}{base}", "--groups", ",".join(AFTER),
+                    run_quota, "shards", "resize", "--store", f"etcd://{endpoint}{base}", "--groups", ",".join(after),
                     "--yes", cwd=workdir,
                 )  # fmt: skip
                 assert out.returncode == 0, out.stderr
@@ -140,19 +144,22 @@ def _books(admin: AdminClient, ids: list[str]) -> Books:
     return books
 
 
-async def test_two_groups_become_four_while_real_agents_sell(etcd: RunningServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("before", "after"), RESIZES, ids=["2-to-4", "4-to-2"])
+async def test_groups_resize_while_real_agents_sell(
+    etcd: RunningServer, tmp_path: Path, before: list[str], after: list[str]
+) -> None:
     base = f"/test/{uuid.uuid4().hex}"
-    await _store_map(etcd.address, base, Layout(ShardMap.even(BEFORE)))
+    await _store_map(etcd.address, base, Layout(ShardMap.even(before)))
     processes: list[ServerProcess] = []
     try:
-        for group in AFTER:
+        for group in GROUPS:
             (tmp_path / group).mkdir()
             extra = ("--group", group, "--lease-ttl", LEASE_TTL_S)
             processes.append(center_process(tmp_path / group, *extra, store=f"etcd://{etcd.address}{base}"))
         await asyncio.gather(*(asyncio.to_thread(center.start) for center in processes))
-        groups = [f"{group}={center.address}" for group, center in zip(AFTER, processes, strict=True)]
+        groups = [f"{group}={center.address}" for group, center in zip(GROUPS, processes, strict=True)]
         admin = AdminClient(groups, 10.0, Transport())
-        ids = _promotions()
+        ids = _promotions(before, after)
         created = []
         for pid in ids:
             request = pb.CreatePromotionRequest(promotion=promotion(pid, BUDGET, REGIONS))
@@ -171,7 +178,7 @@ async def test_two_groups_become_four_while_real_agents_sell(etcd: RunningServer
         calls = {region: AgentCalls(region, f"{region}-0", client) for region, client in clients.items()}
         recorder, done = Recorder(), asyncio.Event()
         try:
-            watching = asyncio.create_task(_watch_sales(admin, etcd.address, base, ids, done, tmp_path))
+            watching = asyncio.create_task(_watch_sales(admin, etcd.address, base, ids, done, tmp_path, after))
             await asyncio.gather(*(_sell(f"client-{n}", recorder, calls, ids, done) for n in range(CLIENTS)))
             planned = await watching
             await recorder.resolve(time.monotonic() + 30)
@@ -181,7 +188,11 @@ async def test_two_groups_become_four_while_real_agents_sell(etcd: RunningServer
         for agent in agents.values():
             await asyncio.to_thread(agent.stop, 30.0)
         books = await asyncio.to_thread(_books, admin, ids)
-        forged = await _renew_refused(processes[AFTER.index("g2")].address)
+        # Lives at a new group: one the default group issued is good there, one made under another key is not.
+        joined = await _join(processes[GROUPS.index("default")].address, "ap")
+        new_group = processes[GROUPS.index("g2")].address
+        accepted = await _renew_at(new_group, "ap", joined)
+        forged = await _renew_at(new_group, "ap", issued_incarnation(time.time_ns(), "ap"))
     finally:
         kill_all(processes)
 
@@ -193,21 +204,29 @@ async def test_two_groups_become_four_while_real_agents_sell(etcd: RunningServer
     print(f"\n{len(history.operations)} orders, {ok} ok, not ok by reason {dict(refused)}; {planned} slots moved")
     assert counts == dict.fromkeys(counts, 0), [v.message for v in verdict.violations[:5]]
     layout = await _store_map(etcd.address, base)
-    assert Counter(layout.shard_map.owners) == dict.fromkeys(AFTER, 256)
+    assert Counter(layout.shard_map.owners) == dict.fromkeys(after, len(layout.shard_map.owners) // len(after))
     assert planned == 512
     for pid, promotion_books in books.items():
         regions = promotion_books.regions.values()
         assert sum(r.consumed for r in regions) == BUDGET, pid  # sold exactly
         assert sum(r.outstanding + r.written_off for r in regions) == 0, pid  # nothing stranded
+    assert accepted is grpc.StatusCode.OK
     assert forged is grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def _renew_refused(address: str) -> grpc.StatusCode:
-    """A new group takes a renewal only with a life the deployment issued: one made under another key is refused."""
-    forged = pb.AgentIdentity(region="eu", incarnation=issued_incarnation(time.time_ns()))
+async def _join(address: str, region: str) -> str:
+    """A new ledger life of `region`, issued by the group at `address` (a region no promotion names: no books move)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        answer = await pb_grpc.AllocationStub(channel).Join(pb.JoinRequest(region=region), timeout=5)
+    return str(answer.incarnation)
+
+
+async def _renew_at(address: str, region: str, incarnation: str) -> grpc.StatusCode:
+    """How the group at `address` answers a renewal (nothing reported) of `region`'s life `incarnation`."""
+    identity = pb.AgentIdentity(region=region, incarnation=incarnation)
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            await pb_grpc.AllocationStub(channel).Renew(pb.RenewRequest(agent=forged), timeout=5)
+            await pb_grpc.AllocationStub(channel).Renew(pb.RenewRequest(agent=identity), timeout=5)
         except grpc.aio.AioRpcError as error:
             return error.code()
     return grpc.StatusCode.OK

@@ -185,7 +185,10 @@ def test_the_agents_metrics_count_answers_by_result_and_show_its_ledger_and_cach
     assert samples[("quota_agent_lease_remaining_seconds", ledger)] > 0
     assert samples[("quota_agent_below_floor_lines_total", ledger)] == 0  # its lines state no prices
     assert samples[("quota_agent_cached_promotions", (region,))] >= 1
-    assert samples[("quota_agent_catalog_staleness_seconds", (region,))] < 10
+    by_group = (("group", "default"), region)
+    assert samples[("quota_agent_catalog_staleness_seconds", by_group)] < 10
+    assert ("quota_agent_catalog_stream_up", by_group) in samples
+    assert ("quota_agent_catalog_revision", by_group) in samples
     acquires = samples[("quota_agent_center_call_duration_seconds_count", (("method", "Acquire"), region))]
     assert acquires >= 1
     assert samples[("quota_agent_center_calls_total", (("code", "OK"), ("method", "Acquire"), region))] == acquires

@@ -288,6 +288,18 @@ async def test_a_deposed_leader_neither_copies_nor_flips(etcd: list[str]) -> Non
         await target.close()
 
 
+async def _copy(shards: EtcdShards, source: Group, slot: int, target: str) -> None:
+    """The copy step of a hand-over, as the source's follower takes it (the slot holds nothing)."""
+    await shards.copy(await source.center.sealed_states(slot), group_prefix(target, source.base))
+
+
+async def _flip(shards: EtcdShards, before: Layout, slot: int, target: str) -> None:
+    """The flip step of a hand-over: the map one version on, naming `target` as the slot's owner."""
+    owners = list(before.shard_map.owners)
+    owners[slot] = target
+    assert await shards.replace(before, before.next(owners=owners), "test")
+
+
 async def test_a_group_takes_over_a_slot_as_soon_as_the_watched_map_names_it(
     groups: tuple[dict[str, Group], EtcdShards],
 ) -> None:
@@ -298,12 +310,10 @@ async def test_a_group_takes_over_a_slot_as_soon_as_the_watched_map_names_it(
     await a.center.create_promotion(new_promotion(promotion_id))
     slot = before.shard_map.slot(promotion_id)
     # An operator's hand-over of a slot with nothing held: the copy, then the map naming b. No step runs after it.
-    await shards.copy(await a.center.sealed_states(slot), group_prefix("b", a.base))
+    await _copy(shards, a, slot, "b")
     following = asyncio.create_task(b.follower.follow())
     try:
-        owners = list(before.shard_map.owners)
-        owners[slot] = "b"
-        assert await shards.replace(before, before.next(owners=owners), "test")
+        await _flip(shards, before, slot, "b")
 
         async def served() -> bool:
             return b.center.serves(promotion_id) and promotion_id in [p.id for p in b.center.promotions()]
@@ -333,3 +343,28 @@ async def test_a_watch_whose_changes_were_compacted_away_reads_the_map_again(
         assert await asyncio.wait_for(anext(watching), 10) == third  # read again: nothing in between was missed
     finally:
         await watching.aclose()
+
+
+async def test_a_promotion_moved_into_an_established_group_reaches_that_groups_catalog_readers(
+    groups: tuple[dict[str, Group], EtcdShards],
+) -> None:
+    made, shards = groups
+    a, b = made["a"], made["b"]
+    before = await shards.read()
+    moved = owned_by(before.shard_map, "a")
+    await a.center.create_promotion(new_promotion(moved))  # revision 1 at a
+    residents = [pid for pid in (f"resident-{i}" for i in range(100)) if before.shard_map.owner_of(pid) == "b"]
+    for promotion_id in residents[:3]:
+        await b.center.create_promotion(new_promotion(promotion_id))
+    cursor = b.center.catalog_page("eu", 0, 100).revision  # an agent of b's catalog, up to date: 3
+    slot = before.shard_map.slot(moved)
+    await _copy(shards, a, slot, "b")
+    await _flip(shards, before, slot, "b")
+    await b.follower.step()
+
+    page = b.center.catalog_page("eu", cursor, 100)
+    assert moved in [p.id for p in page.promotions], "the agent's next pull carries the promotion moved in"
+    assert b.center.promotion(moved).revision > cursor
+    await b.follower.prepare()
+    await b.center.start()  # the new revision was stored: a restarted leader serves it as well
+    assert b.center.promotion(moved).revision > cursor

@@ -4,8 +4,10 @@ each group renews its own promotions' leases, and one group's outage leaves the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import cast
 
 import pytest
 
@@ -13,17 +15,22 @@ from quota_center.center import Center
 from quota_center.center_core import CenterSettings
 from quota_center.issuer import KEY_DOCUMENT
 from quota_common.clock import FakeClock
-from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable
+from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable, WrongGroup
 from quota_common.model import Kind, Promotion, Report
-from quota_common.shards import ShardMap
+from quota_common.policy import RefillSettings
+from quota_common.shards import DEFAULT_GROUP, ShardMap
 from quota_testing.direct_center import DirectCenter
 from quota_testing.inprocess import TEST_INCARNATION_KEY
 from quota_testing.memory_store import MemoryStore
 from region_agent.agent import Agent, AgentSettings
+from region_agent.cache import PromotionCache
 from region_agent.center_groups import CenterGroups, Owners
-from region_agent.center_port import GrantAnswer, RegionLease, RenewAnswer
+from region_agent.center_port import CenterPort, GrantAnswer, RegionLease, RenewAnswer
+from region_agent.floor import BelowFloorCount
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
+from region_agent.metrics import AgentMetrics
+from region_agent.supply import Supply
 
 HOUR_MS = 3_600_000
 MAP = ShardMap.even(["a", "b"])
@@ -86,6 +93,13 @@ async def groups() -> AsyncIterator[Groups]:
     await agent.stop()
 
 
+async def _supply(groups: Groups, routes: CenterGroups, ledger: InProcessLedger) -> Supply:
+    """The agent's supply alone, joined: the openings and renewals its loops would run, called by the test."""
+    supply = Supply("eu", RefillSettings(), ledger, routes, groups.clock, PromotionCache(), 10.0, BelowFloorCount())
+    supply.incarnation = await supply.ledger_life()
+    return supply
+
+
 async def _deduct(agent: Agent, key: str, promotion_id: str) -> None:
     await agent.deduct(key, "eu", (Line(promotion_id, 1, "user"),))
 
@@ -100,6 +114,94 @@ def test_a_refusal_judged_by_an_older_map_does_not_move_a_promotion() -> None:
     assert owners.owner("p") == "c"
     assert owners.told("p", "b", map_version=6)
     assert owners.of("b", ["p", "q"]) == ["p"]
+
+
+async def test_two_calls_refused_at_once_both_follow_the_refusal() -> None:
+    ports = {"a": cast(CenterPort, object()), "b": cast(CenterPort, object())}
+    groups = CenterGroups(ports)
+    both_sent = asyncio.Barrier(2)
+
+    async def send(port: CenterPort) -> str:
+        if port is ports["a"]:
+            await both_sent.wait()  # neither refusal is heard before both calls went to a
+            raise WrongGroup.of("p", "b", map_version=5)
+        return "served by b"
+
+    # The first refusal moves "p" to b; the second names b too, which the agent already knows.
+    assert list(await asyncio.gather(groups.call("p", send), groups.call("p", send))) == ["served by b"] * 2
+
+
+async def test_an_opening_refused_by_a_former_owner_is_opened_at_the_new_one(groups: Groups) -> None:
+    clock, b = groups.clock, groups.centers["b"]
+    start = clock.wall_ms() + 30_000
+    upcoming = next(p for p in (f"sale-{i}" for i in range(100)) if MAP.owner_of(p) == "b")
+    created = await b.create_promotion(Promotion(upcoming, Kind.COUNT, "", 100, start, start + HOUR_MS, ("eu",)))
+    ledger = InProcessLedger(clock)
+    supply = await _supply(groups, CenterGroups(groups.ports), ledger)
+    supply.cache.put([created])  # as the agent knew it when a served it, before a move to b
+
+    await supply.open_upcoming(lookahead_s=60)  # sent to a, which refuses it: the lookup finds b
+    await supply.open_upcoming(lookahead_s=60)
+
+    assert (await ledger.balances())[upcoming].granted > 0
+
+
+async def test_a_former_owners_region_lease_does_not_extend_a_promotion_it_refuses(groups: Groups) -> None:
+    clock, moved = groups.clock, owned_by("b")
+    routes = CenterGroups(groups.ports)
+    supply = await _supply(groups, routes, InProcessLedger(clock))
+    (item,) = await supply.track([moved])
+    await supply.renew_group("b")
+    lease_until = item.lease_until
+    routes.owners.served("a", [moved])  # as if a still served it: its catalog named it last
+    clock.advance(5)
+
+    await supply.renew_group("a")  # refuses the report of `moved` (b serves it) and renews the region lease
+
+    assert item.lease_until == lease_until
+
+
+async def test_the_agents_catalog_metrics_are_labelled_by_group(groups: Groups) -> None:
+    metrics = AgentMetrics("eu")
+    await metrics.watch(groups.agent)()
+    samples = {
+        (sample.name, sample.labels.get("group")): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name.startswith("quota_agent_catalog_")
+    }
+
+    for group in ("a", "b"):
+        assert samples[("quota_agent_catalog_revision", group)] == groups.agent.cache.revision_of(group) > 0
+        assert samples[("quota_agent_catalog_staleness_seconds", group)] == 0  # both pulled at start; no time passed
+        assert ("quota_agent_catalog_stream_up", group) in samples
+
+
+class Refusing(DirectCenter):
+    """Refuses every report, each time in other words (a refusal's text may count something)."""
+
+    refusals = 0
+
+    async def renew(
+        self, incarnation: str, reports: Mapping[str, Report], region_lease: RegionLease | None = None
+    ) -> RenewAnswer:
+        answer = await super().renew(incarnation, reports, region_lease)
+        self.refusals += 1
+        refused = [replace(directive, refusal=f"refusal #{self.refusals}") for directive in answer.directives]
+        return replace(answer, directives=refused)
+
+
+async def test_with_one_group_a_refused_report_is_not_looked_up_again(groups: Groups) -> None:
+    port = Refusing(groups.centers["a"], "eu")
+    supply = await _supply(groups, CenterGroups.one(port), InProcessLedger(groups.clock))
+    await supply.track([owned_by("a")])
+    for _ in range(3):
+        await supply.renew_group(DEFAULT_GROUP)
+        for _ in range(5):
+            await asyncio.sleep(0)  # what the refusal started in the background, if anything
+
+    assert port.refusals == 3
+    assert port.fetches == 1, "only the first sight of it: one group serves everything, nothing to find"
 
 
 async def test_each_promotion_is_acquired_from_and_reported_to_its_group(groups: Groups) -> None:
@@ -157,7 +259,7 @@ async def test_a_newer_life_seen_by_one_group_retires_the_older_process(groups: 
     await _deduct(groups.agent, "b-old", owned_by("b"))
     ports = {name: DirectCenter(center, "eu") for name, center in groups.centers.items()}
     newer = Agent(QUIET, InProcessLedger(groups.clock), CenterGroups(ports), groups.clock)
-    await newer.start()  # joins at a; its first renewal reaches both groups
+    await newer.start()  # joins at a; it tracks nothing yet, so its first renewal tells neither group its life
     try:
         assert newer.incarnation > groups.agent.incarnation
         await _deduct(newer, "b-new", owned_by("b"))  # b's books now know the newer life, a's do not
@@ -165,6 +267,11 @@ async def test_a_newer_life_seen_by_one_group_retires_the_older_process(groups: 
         with pytest.raises(Superseded):
             await groups.agent.renew_once()
         assert "older than the current one" in await groups.agent.wait_retired()
-        assert sum(port.calls for port in ports.values()) > 0
+        with pytest.raises(Rejected):
+            await _deduct(groups.agent, "a-late", owned_by("a"))  # retired at every group, a included
+        await _deduct(newer, "a-new", owned_by("a"))  # the life a issued sells at both
+        await newer.renew_once()
+        # a took the older life's report before it knew the newer one; b, knowing it, refused it.
+        assert (groups.consumed("a", owned_by("a")), groups.consumed("b", owned_by("b"))) == (2, 1)
     finally:
         await newer.stop()

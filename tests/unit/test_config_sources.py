@@ -146,3 +146,11 @@ def test_the_budget_table_configures_quota_budget(tmp_path: Path) -> None:
 
     assert result.exit_code == 2
     assert "not --center 10.0.0.5:50051" in result.output
+
+
+def test_a_bad_center_group_name_is_a_one_line_usage_error() -> None:
+    result = CliRunner().invoke(main, ["budget", "--center", "Foo=127.0.0.1:1", "list"])
+
+    assert result.exit_code == 2
+    assert "group name 'Foo': use 1 to 32 lower-case letters" in result.output
+    assert "Traceback" not in result.output

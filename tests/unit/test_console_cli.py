@@ -19,6 +19,7 @@ from quota_console.users import check_password, hash_password
         (["--users", "u.toml"], "give --tls-ca for a center with mutual TLS, or --insecure"),
         (["--users", "u.toml", "--insecure", "--tls-ca", "ca.pem"], "--insecure contradicts --tls-ca"),
         (["--users", "u.toml", "--insecure", "--center", "10.0.0.1:50051"], "only on loopback"),
+        (["--users", "u.toml", "--insecure", "--center", "Foo=127.0.0.1:1"], "group name 'Foo': use 1 to 32"),
         (["--users", "u.toml", "--insecure", "--listen", "0.0.0.0:8080"], "passwords would cross the network"),
         (["--users", "u.toml", "--insecure", "--web-cert", "c.pem"], "--web-cert and --web-key go together"),
         (["--users", "u.toml", "--insecure", "--session-key-file", "k"], "--session-key-file k: cannot read it"),
