@@ -121,6 +121,7 @@ def group_capacity(rows_by_count: dict[int, list[dict[str, Any]]]) -> list[dict[
                 "pairs": row["pairs"],
                 "renew_p50_ms": row["renew_p50_ms"],
                 "renew_p99_ms": row["renew_p99_ms"],
+                "renew_failed": row["renew_failed"],
                 "center_cores": row["center_cpu_per_s"],
                 "center_cores_max": row["center_cores_max"],
                 "predicted_pairs_at_one_core": predicted,
@@ -152,9 +153,20 @@ START = "<!-- capacity groups: written by `quota bench capacity --groups ... --d
 END = "<!-- end capacity groups -->"
 
 
+def _cell(value: object) -> str:
+    return "-" if value is None else cell(value)
+
+
+def cells(summary: dict[str, Any]) -> list[str]:
+    """One count of groups' row of the table."""
+    return [_cell(summary[key]) for key in GROUP_COLUMNS]
+
+
 def ratio_line(summary: list[dict[str, Any]]) -> str:
     def ratios(key: str) -> str:
-        return ", ".join(f"{row['groups']} groups {cell(row[key])}x" for row in summary[1:])
+        return ", ".join(
+            f"{row['groups']} groups " + ("-" if row[key] is None else f"{row[key]}x") for row in summary[1:]
+        )
 
     line = "capacity relative to one group (pairs when the busiest center reaches one core): "
     line += ratios("ratio_to_one_group")
@@ -165,7 +177,7 @@ def ratio_line(summary: list[dict[str, Any]]) -> str:
 
 def group_table(summary: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(GROUP_COLUMNS.values()) + " |", "|" + "---|" * len(GROUP_COLUMNS)]
-    lines += ["| " + " | ".join(cell(row.get(key, "")) for key in GROUP_COLUMNS) + " |" for row in summary]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in summary]
     return "\n".join(lines)
 
 
@@ -179,7 +191,8 @@ def section(figures: dict[str, Any], command: str) -> str:
             f"{figures['regions']} regions, {figures['selling']:.0%} of the promotions selling, "
             f"{figures['orders_per_s']:,.0f} orders/s offered, {figures['seconds']:g} s measured per size "
             f"({', '.join(f'{pairs:,}' for pairs in sizes)} active pairs) at each count of groups; "
-            "figures of the largest size.",
+            "figures of the largest size. The machine's load average (1 min) at the end of each run: "
+            f"{', '.join(str(row['load_average_1m']) for row in [*figures['rows'], *figures['group_rows']])}.",
             "",
             group_table(summary),
             "",

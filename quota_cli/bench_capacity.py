@@ -104,7 +104,7 @@ def capacity(
         for header in capacity_groups.GROUP_COLUMNS.values():
             by_count.add_column(header, justify="right")
         for summary in figures["group_capacity"]:
-            by_count.add_row(*(cell(summary[key]) for key in capacity_groups.GROUP_COLUMNS))
+            by_count.add_row(*capacity_groups.cells(summary))
         Console(width=max(120, Console().width)).print(by_count)
         click.echo(capacity_groups.ratio_line(figures["group_capacity"]))
     if written:

@@ -93,6 +93,7 @@ def test_the_groups_section_is_replaced_and_leaves_one_groups_section_alone(tmp_
         "orders_per_s": 1000.0,
         "seconds": 30.0,
         "rows": [_row(1, 10_000, 0.3)],
+        "group_rows": [_row(4, 10_000, 0.1)],
         "group_capacity": group_capacity({1: [_row(1, 10_000, 0.3)], 4: [_row(4, 10_000, 0.1)]}),
     }
 
