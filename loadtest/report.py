@@ -141,11 +141,7 @@ def write(comparison: Comparison, docs: Path) -> list[Path]:
     docs.mkdir(parents=True, exist_ok=True)
     chart_written = _chart(comparison, docs / CHART)
     page = docs / "benchmarks.md"
-    section = measured_section(comparison, chart_written)
-    text = page.read_text() if page.exists() else f"# Benchmarks\n\n{MEASURED_START}\n{MEASURED_END}\n"
-    before, _, rest = text.partition(MEASURED_START)
-    _, _, after = rest.partition(MEASURED_END)
-    page.write_text(before + section + after)
+    splice(page, MEASURED_START, MEASURED_END, measured_section(comparison, chart_written))
     return [page, docs / CHART] if chart_written else [page]
 
 
