@@ -70,21 +70,11 @@ def capacity(
     from loadtest.capacity import LARGE_SIZE, CapacityOptions, bench_capacity
     from loadtest.capacity_report import COLUMNS, cell, verdict, write
 
-    try:
-        sizes = [int(size) for size in promotions.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or not all(1 <= size <= 1_000_000 for size in sizes):
-        raise click.BadParameter(f"{promotions!r}: give counts such as 1000,10000", param_hint="--promotions")
+    sizes = _counts(promotions, 1_000_000, "--promotions", "counts such as 1000,10000")
     if large and LARGE_SIZE not in sizes:
         sizes.append(LARGE_SIZE)
-    try:
-        counts = tuple(int(count) for count in groups.split(","))
-    except ValueError:
-        counts = ()
-    if not counts or not all(1 <= count <= 8 for count in counts):
-        raise click.BadParameter(f"{groups!r}: give counts of 1 to 8 groups, such as 1,2,4", param_hint="--groups")
-    options = CapacityOptions(tuple(sizes), regions, seconds, orders_per_s, selling, counts)
+    counts = _counts(groups, 8, "--groups", "counts of 1 to 8 groups, such as 1,2,4")
+    options = CapacityOptions(tuple(sizes), regions, seconds, orders_per_s, selling, tuple(counts))
     figures = asyncio.run(bench_capacity(options))
     written = write(figures, docs) if docs is not None else []
     if docs is not None and "group_capacity" in figures:
@@ -109,3 +99,14 @@ def capacity(
         click.echo(capacity_groups.ratio_line(figures["group_capacity"]))
     if written:
         click.echo("wrote " + ", ".join(str(path) for path in written))
+
+
+def _counts(text: str, most: int, option: str, example: str) -> list[int]:
+    """A comma-separated list of counts from 1 to `most`; BadParameter naming `option` otherwise."""
+    try:
+        counts = [int(count) for count in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or not all(1 <= count <= most for count in counts):
+        raise click.BadParameter(f"{text!r}: give {example}", param_hint=option)
+    return counts
