@@ -57,16 +57,22 @@ async def _grants(channel: grpc.aio.Channel, agent: pb.AgentIdentity, promotion_
     return grants
 
 
-async def _measure(etcd: str, workdir: Path, count: int, workers: int, seconds: float) -> float:
-    base = f"/bench/{uuid.uuid4().hex}"
-    names = group_names(count)
+async def store_even(etcd: str, base: str, names: list[str], who: str) -> ShardMap:
+    """Stores a fresh map spreading the slots evenly over `names` (before their centers start), audited as `who`."""
     shard_map = ShardMap.even(names)
     store = await EtcdStore.connect([etcd], base)
     try:
         shards = EtcdShards(store, shards_key(base))
-        assert await shards.replace(await shards.read(), Layout(shard_map), "quota bench groups")
+        assert await shards.replace(await shards.read(), Layout(shard_map), who)
     finally:
         await store.close()
+    return shard_map
+
+
+async def _measure(etcd: str, workdir: Path, count: int, workers: int, seconds: float) -> float:
+    base = f"/bench/{uuid.uuid4().hex}"
+    names = group_names(count)
+    shard_map = await store_even(etcd, base, names, "quota bench groups")
     centers: dict[str, ServerProcess] = {}
     try:
         for name in names:

@@ -1,4 +1,5 @@
-"""`quota bench capacity`: how many active (region, promotion) pairs one center group serves.
+"""`quota bench capacity`: how many active (region, promotion) pairs one center group serves, and (`--groups`)
+several center groups on one etcd (`loadtest.capacity_groups`).
 
 For each size, on free loopback ports: a fresh single-member etcd, one center on it (a real process,
 `center serve --store etcd://...`), and the load generator `loadtest.capacity_regions` (a real process
@@ -17,6 +18,11 @@ the serialized size of a Renew request, center calls per 1,000 deductions, openi
 opening allotment of the size over the time from the agents' start until the last was in place). One
 group "stops" at the first size whose renew p99 exceeds `LIMIT_P99_MS` or whose center needs more than
 one core.
+
+With N groups (`groups`), the N centers share the etcd: the shard map lays the slots out evenly over them
+before any promotion is created, each promotion is created at its group, and the generator's agents talk to
+every group (`CenterGroups`). The center figures are then sums (CPU) and merges (the renew buckets) over the
+groups, and each row carries the groups' own (`capacity_groups.group_figures`).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +46,19 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loadtest.bench import await_leader
+from loadtest.capacity_groups import (
+    BASE,
+    center_argument,
+    group_capacity,
+    group_figures,
+    lay_out,
+    promoted,
+    start_center,
+)
 from loadtest.capacity_regions import OPENING_WINDOW_S, now_ms, promotion_id
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_center.v1 import quota_center_pb2_grpc as pb_grpc
-from quota_testing.launch import ServerProcess, center_process
+from quota_testing.launch import ServerProcess
 from quota_testing.servers import RunningServer, etcd_server
 
 DEFAULT_SIZES = (1_000, 10_000)
@@ -76,6 +91,8 @@ class CapacityOptions:
     seconds: float = 30.0
     orders_per_s: float = 1_000.0
     selling: float = 0.1
+    groups: tuple[int, ...] = (1,)
+    """Center groups, one measurement of every size at each count."""
 
 
 def _timestamp(ms: int) -> Timestamp:
@@ -95,14 +112,15 @@ def _promotion(identifier: str, start_ms: int, regions: list[str]) -> pb.Promoti
     )
 
 
-async def _create(admin: pb_grpc.PromotionAdminAsyncStub, promotions: list[pb.Promotion]) -> float:
-    """Creates them, CREATORS at a time; returns creates per second."""
+async def _create(admin: Callable[[str], pb_grpc.PromotionAdminAsyncStub], promotions: list[pb.Promotion]) -> float:
+    """Creates them, CREATORS at a time, each at `admin(its id)`; returns creates per second."""
     pending = list(reversed(promotions))
     started = time.perf_counter()
 
     async def creator() -> None:
         while pending:
-            await admin.CreatePromotion(pb.CreatePromotionRequest(promotion=pending.pop()), timeout=60)
+            promotion = pending.pop()
+            await admin(promotion.id).CreatePromotion(pb.CreatePromotionRequest(promotion=promotion), timeout=60)
 
     await asyncio.gather(*(creator() for _ in range(CREATORS)))
     return len(promotions) / (time.perf_counter() - started)
@@ -151,14 +169,23 @@ def etcd_counters(etcd: RunningServer) -> dict[str, float]:
 class Sample:
     at: float
     center_cpu_s: float
+    """Of every group's center."""
     generator_cpu_s: float
     etcd: dict[str, float]
     renew_buckets: dict[float, float]
+    """Of every group's center, added up bucket by bucket."""
+    group_cpu_s: dict[str, float]
+    group_renew_buckets: dict[str, dict[float, float]]
 
 
-def _sample(center: ServerProcess, generator: int, etcd: RunningServer) -> Sample:
-    cpu = (cpu_seconds(center.pid), cpu_seconds(generator))
-    return Sample(time.perf_counter(), *cpu, etcd_counters(etcd), center_renew_buckets(center))
+def _sample(centers: dict[str, ServerProcess], generator: int, etcd: RunningServer) -> Sample:
+    cpu = {group: cpu_seconds(center.pid) for group, center in centers.items()}
+    buckets = {group: center_renew_buckets(center) for group, center in centers.items()}
+    merged = {
+        bound: sum(found.get(bound, 0.0) for found in buckets.values()) for bound in set().union(*buckets.values())
+    }
+    at, generator_cpu = time.perf_counter(), cpu_seconds(generator)
+    return Sample(at, sum(cpu.values()), generator_cpu, etcd_counters(etcd), merged, cpu, buckets)
 
 
 async def _until(wall_ms: int) -> None:
@@ -194,15 +221,25 @@ def _percentile(ordered: list[float], share: float) -> float:
     return round(ordered[int(share * (len(ordered) - 1))], 1) if ordered else 0.0
 
 
-async def _measure(promotions: int, options: CapacityOptions, workdir: Path) -> dict[str, Any]:
+async def _measure(promotions: int, groups: int, options: CapacityOptions, workdir: Path) -> dict[str, Any]:
     regions = [f"r{n:02d}" for n in range(options.regions)]
     with etcd_server(extra=ETCD_FLAGS) as etcd:
-        metrics = ("--metrics-listen", "127.0.0.1:0")
-        center = center_process(workdir, *metrics, store=f"etcd://{etcd.address}/capacity").start()
+        shard_map = await lay_out(etcd.address, BASE, groups)
+        centers: dict[str, ServerProcess] = {}
         try:
-            await await_leader([center.address])
-            async with grpc.aio.insecure_channel(center.address) as channel:
-                admin = pb_grpc.PromotionAdminStub(channel)
+            for group in shard_map.groups:
+                centers[group] = start_center(workdir, etcd.address, BASE, group, groups)
+            for center in centers.values():
+                await await_leader([center.address])
+            async with contextlib.AsyncExitStack() as stack:
+                channels = {
+                    group: await stack.enter_async_context(grpc.aio.insecure_channel(center.address))
+                    for group, center in centers.items()
+                }
+
+                def admin(promotion_id: str) -> pb_grpc.PromotionAdminAsyncStub:
+                    return pb_grpc.PromotionAdminStub(channels[shard_map.owner_of(promotion_id)])
+
                 probes = [_promotion(f"probe-{n}", now_ms() + 3_600_000, ["probe"]) for n in range(PROBES)]
                 create_rate = await _create(admin, probes)
                 pairs = promotions * len(regions)
@@ -213,7 +250,7 @@ async def _measure(promotions: int, options: CapacityOptions, workdir: Path) -> 
             measure_from_ms = start_ms + round(OPENING_WINDOW_S * 1000)
             measure_until_ms = measure_from_ms + round(options.seconds * 1000)
             arguments = [
-                "--center", center.address, "--regions", ",".join(regions), "--promotions", str(promotions),
+                "--center", center_argument(centers), "--regions", ",".join(regions), "--promotions", str(promotions),
                 "--start-ms", str(start_ms), "--measure-from-ms", str(measure_from_ms),
                 "--measure-until-ms", str(measure_until_ms), "--orders-per-s", str(options.orders_per_s),
                 "--selling", str(options.selling),
@@ -223,17 +260,38 @@ async def _measure(promotions: int, options: CapacityOptions, workdir: Path) -> 
                 opened = await _event(generator, "opened", log)
                 first = await _event(generator, "opening_window", log)
                 await _until(measure_from_ms)
-                before = _sample(center, generator.pid, etcd)
+                before = _sample(centers, generator.pid, etcd)
                 await _until(measure_until_ms)
-                after = _sample(center, generator.pid, etcd)
+                after = _sample(centers, generator.pid, etcd)
                 measured = await _event(generator, "measured", log)
         finally:
-            center.kill()
+            for center in centers.values():
+                center.kill()
     row = _row(promotions, regions, options, create_rate, opened, first, measured, before, after)
-    logged = (workdir / "center.log").read_text(errors="replace")
+    row |= _by_group(promoted(shard_map, promotions), len(regions), measured, before, after)
+    row["within_limits"] = _within_limits(row["renew_p99_ms"], row["center_cores_max"])
+    logged = "".join((workdir / group / "center.log").read_text(errors="replace") for group in centers)
     row["center_leadership_lost"] = logged.count("leadership lost")
     row["center_unretrieved_task_errors"] = logged.count("Task exception was never retrieved")
     return row
+
+
+def _by_group(
+    promotions: dict[str, int], regions: int, measured: dict[str, Any], before: Sample, after: Sample
+) -> dict[str, Any]:
+    """The figures of each group: its center's cores and renew p99, the agents' renew p99 at it."""
+    elapsed = after.at - before.at
+    cores = {group: (after.group_cpu_s[group] - cpu) / elapsed for group, cpu in before.group_cpu_s.items()}
+    center_p99 = {
+        group: bucket_percentile(buckets, after.group_renew_buckets[group], 0.99)
+        for group, buckets in before.group_renew_buckets.items()
+    }
+    latencies: dict[str, list[float]] = {group: [] for group in promotions}
+    for (latency, _, _), group in zip(measured["renewals"], measured["renewal_groups"], strict=True):
+        latencies[group].append(latency)
+    p99 = {group: _percentile(sorted(found), 0.99) for group, found in latencies.items()}
+    pairs = {group: owned * regions for group, owned in promotions.items()}
+    return group_figures(pairs, cores, p99, center_p99)
 
 
 def _row(
@@ -306,11 +364,22 @@ def first_over_limits(rows: list[dict[str, Any]]) -> int | None:
 
 
 async def bench_capacity(options: CapacityOptions) -> dict[str, Any]:
-    """Every size in turn, each on its own etcd and center; a row per size, and where one group stops."""
-    rows = []
-    for promotions in options.sizes:
-        with tempfile.TemporaryDirectory(prefix="quota-bench-capacity-") as workdir:
-            rows.append(await _measure(promotions, options, Path(workdir)))
+    """Every size at every count of groups in turn, each on its own etcd and centers; a row per size (of one
+    group), where one group stops, and with more groups than one their rows and capacity (`group_capacity`)."""
+    by_count: dict[int, list[dict[str, Any]]] = {}
+    for groups in sorted({1, *options.groups}):
+        for promotions in options.sizes:
+            with tempfile.TemporaryDirectory(prefix="quota-bench-capacity-") as workdir:
+                by_count.setdefault(groups, []).append(await _measure(promotions, groups, options, Path(workdir)))
+    rows = by_count.pop(1)
+    more = {
+        "group_rows": [row for count_rows in by_count.values() for row in count_rows],
+        "group_capacity": group_capacity({1: rows, **by_count}),
+    }
+    return {**_figures(options, rows), **more} if by_count else _figures(options, rows)
+
+
+def _figures(options: CapacityOptions, rows: list[dict[str, Any]]) -> dict[str, Any]:
     stops = first_over_limits(rows)
     return {
         "regions": options.regions,

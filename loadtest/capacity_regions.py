@@ -1,13 +1,14 @@
 """The load generator of `quota bench capacity`: many regions in one process, each the real agent.
 
-    python -m loadtest.capacity_regions --center HOST:PORT --regions r00,r01 --promotions 10000 \
+    python -m loadtest.capacity_regions --center [NAME=]HOST:PORT[,...] --regions r00,r01 --promotions 10000 \
         --start-ms MS --measure-from-ms MS --measure-until-ms MS [--orders-per-s 1000] [--selling 0.1]
 
-Every region is an `Agent` as `agent serve` wires it (its `Supply`, `CatalogSync` and promotion cache, the
-gRPC port to the center `GrpcCenter`) on the in-process ledger, without its gRPC server: orders are placed on
-it directly, so the process's CPU goes to what the center sees (joins, catalog pulls and the stream, opening
-allotments, renewals, refills). Whatever the agent sends the center is what is measured, so a change to the
-renewal protocol shows here without a change to this file.
+Every region is an `Agent` as `agent serve` wires it (its `Supply`, `CatalogSync` and promotion cache, a
+`GrpcCenter` per center group in `CenterGroups`) on the in-process ledger, without its gRPC server: orders are
+placed on it directly, so the process's CPU goes to what the centers see (joins, catalog pulls and the stream,
+opening allotments, renewals, refills). Whatever the agent sends the center is what is measured, so a change to the
+renewal protocol shows here without a change to this file. `--center` names the groups as `agent serve`
+takes them (`default=h1:p,g1=h2:p`; a bare address is the one group of a deployment without groups).
 
 The promotions `cap-000000` ... start at `--start-ms` in every listed region. The agents start at once and
 take their opening allotments (their look-ahead covers the start); from the start, orders of one unit go to
@@ -36,7 +37,9 @@ import grpc
 
 from quota_common.clock import SystemClock
 from quota_common.errors import QuotaError, Rejected
+from quota_common.shards import center_groups
 from region_agent.agent import Agent, AgentSettings
+from region_agent.center_groups import CenterGroups
 from region_agent.grpc_center import GrpcCenter
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
@@ -60,6 +63,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class Call:
+    group: str
     method: str
     ended_ms: int
     latency_ms: float
@@ -69,9 +73,9 @@ class Call:
 
 
 @dataclass
-class CallLog(grpc.aio.UnaryUnaryClientInterceptor):
-    """Every unary call the agents make to the center: its method, when it ended, how long it took and the
-    size of its serialized request; and the (region, promotion) pairs granted an opening allotment."""
+class CallLog:
+    """Every unary call the agents make to the center groups: the group, its method, when it ended, how long it
+    took and the size of its serialized request; and the (region, promotion) pairs granted an opening allotment."""
 
     pairs: int
     """Pairs in all: `all_opened` is set once every one was granted its opening allotment."""
@@ -79,8 +83,12 @@ class CallLog(grpc.aio.UnaryUnaryClientInterceptor):
     opened: set[tuple[str, str]] = field(default_factory=set)
     all_opened: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def intercept_unary_unary(
-        self, continuation: Callable[[Any, Any], Awaitable[Any]], client_call_details: Any, request: Any
+    def tap(self, group: str) -> GroupTap:
+        """The interceptor of one group's calls."""
+        return GroupTap(self, group)
+
+    async def record(
+        self, group: str, continuation: Callable[[Any, Any], Awaitable[Any]], client_call_details: Any, request: Any
     ) -> Any:
         started = time.perf_counter()
         call = await continuation(client_call_details, request)
@@ -89,7 +97,9 @@ class CallLog(grpc.aio.UnaryUnaryClientInterceptor):
         method = client_call_details.method
         name = (method.decode() if isinstance(method, bytes) else method).rpartition("/")[2]
         status = (await call.code()).name
-        self.calls.append(Call(name, now_ms(), (time.perf_counter() - started) * 1000, request.ByteSize(), status))
+        self.calls.append(
+            Call(group, name, now_ms(), (time.perf_counter() - started) * 1000, request.ByteSize(), status)
+        )
         if status == "OK" and name == "AcquireOpenings":
             # Counted from the answers: polling every ledger for its balances would load the generator itself.
             granted = (await call).outcomes
@@ -97,6 +107,17 @@ class CallLog(grpc.aio.UnaryUnaryClientInterceptor):
             if len(self.opened) >= self.pairs:
                 self.all_opened.set()
         return call
+
+
+@dataclass(frozen=True)
+class GroupTap(grpc.aio.UnaryUnaryClientInterceptor):
+    log: CallLog
+    group: str
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Awaitable[Any]], client_call_details: Any, request: Any
+    ) -> Any:
+        return await self.log.record(self.group, continuation, client_call_details, request)
 
 
 @dataclass
@@ -111,7 +132,8 @@ class Orders:
 
 @dataclass(frozen=True)
 class Plan:
-    center: str
+    centers: dict[str, list[str]]
+    """By group, its replicas (`quota_common.shards.center_groups`)."""
     regions: list[str]
     promotions: int
     start_ms: int
@@ -212,7 +234,12 @@ async def run(plan: Plan) -> None:
     lookahead_s = (plan.start_ms - now_ms()) / 1000 + 60
     agents, ledgers = [], [InProcessLedger() for _ in plan.regions]
     for region, ledger in zip(plan.regions, ledgers, strict=True):
-        center = GrpcCenter([plan.center], region, interceptors=[log])
+        center = CenterGroups(
+            {
+                group: GrpcCenter(replicas, region, interceptors=[log.tap(group)])
+                for group, replicas in plan.centers.items()
+            }
+        )
         settings = AgentSettings(region, opening_lookahead_s=lookahead_s, return_on_shutdown=False)
         agents.append(Agent(settings, ledger, center, SystemClock()))
     await asyncio.gather(*(agent.start() for agent in agents))
@@ -231,10 +258,12 @@ async def run(plan: Plan) -> None:
     await asyncio.gather(selling, probing)
     calls_after = _calls(agents)
     window = [c for c in log.calls[calls_from:] if plan.measured(c.ended_ms)]
+    renewals = [c for c in window if c.method.startswith("Renew")]
     accepted = sum(1 for ms in orders.accepted if plan.measured(ms))
     _say(
         "measured",
-        renewals=[[c.latency_ms, c.request_bytes, c.status] for c in window if c.method.startswith("Renew")],
+        renewals=[[c.latency_ms, c.request_bytes, c.status] for c in renewals],
+        renewal_groups=[c.group for c in renewals],
         calls_by_method=dict(collections.Counter(c.method for c in window)),
         center_calls=sum(calls_after) - sum(calls_before),
         deductions=accepted,
@@ -247,7 +276,7 @@ async def run(plan: Plan) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.capacity_regions", description=__doc__)
-    parser.add_argument("--center", required=True)
+    parser.add_argument("--center", required=True, help="comma-separated, NAME=HOST:PORT per group")
     parser.add_argument("--regions", required=True, help="comma-separated")
     parser.add_argument("--promotions", type=int, required=True)
     parser.add_argument("--start-ms", type=int, required=True)
@@ -257,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selling", type=float, default=0.1)
     args = parser.parse_args(argv)
     plan = Plan(
-        args.center,
+        center_groups(args.center.split(",")),
         args.regions.split(","),
         args.promotions,
         args.start_ms,

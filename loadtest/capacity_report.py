@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from loadtest.report import machine
+from loadtest.report import machine, splice
 
 COLUMNS = {
     "pairs": "pairs",
@@ -79,12 +79,7 @@ def write(figures: dict[str, Any], docs: Path) -> list[Path]:
     docs.mkdir(parents=True, exist_ok=True)
     chart_written = _chart(figures["rows"], docs / CHART)
     page = docs / "benchmarks.md"
-    text = page.read_text() if page.exists() else "# Benchmarks\n"
-    if START not in text:
-        text = f"{text.rstrip()}\n\n{START}\n{END}\n"
-    before, _, rest = text.partition(START)
-    _, _, after = rest.partition(END)
-    page.write_text(before + section(figures, chart_written) + after)
+    splice(page, START, END, section(figures, chart_written))
     return [page, docs / CHART] if chart_written else [page]
 
 

@@ -124,17 +124,24 @@ def measured_section(comparison: Comparison, chart_written: bool) -> str:
     return "\n".join([*parts, MEASURED_END])
 
 
+def splice(page: Path, start: str, end: str, section: str) -> None:
+    """Replaces what lies between the markers `start` and `end` of `page` with `section` (which carries them);
+    the prose around stays. Where the markers are missing, the section is appended (to a new page if need be)."""
+    text = page.read_text() if page.exists() else "# Benchmarks\n"
+    if start not in text:
+        text = f"{text.rstrip()}\n\n{start}\n{end}\n"
+    before, _, rest = text.partition(start)
+    _, _, after = rest.partition(end)
+    page.write_text(before + section + after)
+
+
 def write(comparison: Comparison, docs: Path) -> list[Path]:
     """Replaces the measured section of docs/benchmarks.md (the prose around it stays) and redraws
     the chart when matplotlib is installed (the docs extra)."""
     docs.mkdir(parents=True, exist_ok=True)
     chart_written = _chart(comparison, docs / CHART)
     page = docs / "benchmarks.md"
-    section = measured_section(comparison, chart_written)
-    text = page.read_text() if page.exists() else f"# Benchmarks\n\n{MEASURED_START}\n{MEASURED_END}\n"
-    before, _, rest = text.partition(MEASURED_START)
-    _, _, after = rest.partition(MEASURED_END)
-    page.write_text(before + section + after)
+    splice(page, MEASURED_START, MEASURED_END, measured_section(comparison, chart_written))
     return [page, docs / CHART] if chart_written else [page]
 
 

@@ -72,8 +72,9 @@ def test_bench_cells_measures_one_region_at_each_cell_count_and_loses_nothing() 
 
 def test_bench_capacity_opens_every_pair_then_measures_the_center_under_renewals_and_orders() -> None:
     figures = _quota_json(
-        "bench", "capacity", "--promotions", "20", "--regions", "2", "--seconds", "7", "--orders-per-s", "50"
-    )
+        "bench", "capacity", "--promotions", "20", "--regions", "2", "--seconds", "7", "--orders-per-s", "50",
+        "--groups", "1,2",
+    )  # fmt: skip
 
     (row,) = figures["rows"]
     assert (row["pairs"], row["promotions"], row["regions"]) == (40, 20, 2)
@@ -86,6 +87,16 @@ def test_bench_capacity_opens_every_pair_then_measures_the_center_under_renewals
     assert row["center_cpu_per_s"] > 0
     assert row["etcd_txn_per_s"] > 0
     assert row["deductions_per_s"] > 0
+    (two,) = figures["group_rows"]
+    assert (two["groups"], two["pairs"], sum(two["group_pairs"].values())) == (2, 40, 40)
+    assert two["openings"] == two["in_place_at_start"] == 40, "every pair opened at the group serving it"
+    assert two["renew_failed"] == two["center_leadership_lost"] == 0
+    assert all(p99 > 0 for p99 in two["group_renew_p99_ms"].values()), "each group renewed"
+    assert all(cores > 0 for cores in two["group_cores"].values())
+    assert two["deductions_per_s"] > 0
+    assert [count["groups"] for count in figures["group_capacity"]] == [1, 2]
+    assert figures["group_capacity"][0]["ratio_to_one_group"] == 1.0
+    assert figures["group_capacity"][1]["ratio_to_one_group"] > 0
 
 
 def test_bench_cost_measures_every_step_from_bare_grpc_to_the_agent() -> None:
