@@ -26,7 +26,7 @@ from quota_center.store.etcd import DEFAULT_PREFIX, EtcdAccess, EtcdStore
 from quota_center.store.etcd_shards import REWATCH_S, EtcdShards, group_prefix, shards_key
 from quota_center.store.sqlite import SqliteStore
 from quota_center.trail import By
-from quota_common import identity
+from quota_common import gc_policy, identity
 from quota_common.clock import Clock, SystemClock
 from quota_common.errors import ConfigError
 from quota_common.metrics_http import MetricsEndpoint
@@ -220,6 +220,7 @@ async def run_center(config: CenterConfig) -> None:
     _, base = etcd_location(config.store)
     shards = ShardFollower(center, EtcdShards(store, shards_key(base)), base) if isinstance(store, EtcdStore) else None
     registry, refresh = center_metrics(center, config.metrics_promotions)
+    gc_policy.serving(registry)
     calls = RpcMetrics(registry, [*center_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
     server = guarded_server(transport, calls=calls)
     center_server.add_to_server(center, server)
@@ -250,6 +251,7 @@ async def run_center(config: CenterConfig) -> None:
         if shards is not None:
             await shards.prepare()  # before serving: a group must not answer for slots it does not own
         await center.start()
+        gc_policy.settled()  # the state just loaded lives as long as the leadership
         center.alerts.run()
         jobs.start()
         await report_leading(True)
@@ -258,6 +260,7 @@ async def run_center(config: CenterConfig) -> None:
         await jobs.stop()
         center.stop_serving()
         await center.alerts.stop()
+        gc_policy.unsettled()
         await report_leading(False)
 
     async def start(port: int) -> None:

@@ -126,9 +126,9 @@ def history_to_pb(promotion: Promotion, history: PromotionHistory) -> pb.History
     regions = []
     for region, points in sorted(history.regions.items()):
         message = pb.RegionHistory(region=region)
-        for point in points:
-            added = message.points.add(consumed=point.consumed, granted=point.granted)
-            added.at.FromMilliseconds(point.at_ms)
+        for at_ms, consumed, granted in points:
+            added = message.points.add(consumed=consumed, granted=granted)
+            added.at.FromMilliseconds(at_ms)
         regions.append(message)
     return pb.History(promotion_id=promotion.id, budget=promotion.budget, regions=regions)
 

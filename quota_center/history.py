@@ -32,16 +32,11 @@ PROMOTION_POINTS = 8_000
 """The most points a promotion keeps over all its regions, so its stored document stays small."""
 
 
-@dataclass(frozen=True)
-class Point:
-    at_ms: int
-    consumed: int
-    """Net deductions so far."""
-    granted: int
-    """Granted minus returned so far: what the region held or spent."""
-
-    def same_figures(self, other: Point) -> bool:
-        return (self.consumed, self.granted) == (other.consumed, other.granted)
+Point = tuple[int, int, int]
+"""(at_ms, consumed, granted): when; net deductions so far; granted minus returned so far (what the region held
+or spent). A plain tuple of ints, not a class, because the garbage collector stops tracking such a tuple (never
+an instance of a class, a NamedTuple's included): a center holds a point per pair every 10 s for the last hour,
+millions at 100,000 pairs, and a full collection walks every tracked object (see `quota_common.gc_policy`)."""
 
 
 def bucket(at_ms: int, now_ms: int) -> tuple[int, int]:
@@ -57,7 +52,7 @@ def downsample(points: Sequence[Point], now_ms: int, limit: int) -> list[Point]:
     """The last point of each bucket, oldest first, at most `limit` (the newest); `points` oldest first."""
     kept: list[Point] = []
     for point in points:
-        if kept and bucket(kept[-1].at_ms, now_ms) == bucket(point.at_ms, now_ms):
+        if kept and bucket(kept[-1][0], now_ms) == bucket(point[0], now_ms):
             kept[-1] = point
         else:
             kept.append(point)
@@ -69,7 +64,7 @@ def region_limit(regions: int) -> int:
 
 
 def _at(point: Point) -> int:
-    return point.at_ms
+    return point[0]
 
 
 def _merge_aged(series: list[Point], since_ms: int, now_ms: int) -> None:
@@ -108,10 +103,10 @@ class PromotionHistory:
         since = self._downsampled_at_ms
         for region, point in samples:
             series = self.regions.setdefault(region, [])
-            if series and series[-1].at_ms >= point.at_ms:
+            if series and series[-1][0] >= point[0]:
                 # A wall clock that stepped back: the newest sample wins over points it would follow.
-                series[:] = [p for p in series if p.at_ms < point.at_ms]
-            changed |= not series or not series[-1].same_figures(point)
+                series[:] = [p for p in series if p[0] < point[0]]
+            changed |= not series or series[-1][1:] != point[1:]
             series.append(point)
         limit = region_limit(len(self.regions))
         for series in self.regions.values():
@@ -124,8 +119,8 @@ class PromotionHistory:
         return changed
 
     def to_document(self) -> dict[str, Any]:
-        return {region: [[p.at_ms, p.consumed, p.granted] for p in series] for region, series in self.regions.items()}
+        return {region: [list(p) for p in series] for region, series in self.regions.items()}
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> PromotionHistory:
-        return cls({region: [Point(*row) for row in rows] for region, rows in document.items()})
+        return cls({region: [(at, used, granted) for at, used, granted in rows] for region, rows in document.items()})

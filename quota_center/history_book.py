@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from quota_center.history import Point, PromotionHistory
+from quota_center.history import PromotionHistory
 from quota_center.jobs import in_slices
 from quota_center.ledger import PromotionState
 from quota_center.store.base import Store
@@ -46,7 +46,7 @@ class HistoryBook:
         is taken in slices, letting the event loop run between them (each state read as it is taken)."""
         async for state in in_slices(states):
             samples = [
-                (region, Point(now_ms, account.consumed, account.outstanding))
+                (region, (now_ms, account.consumed, account.outstanding))
                 for region, account in sorted(state.accounts.items())
             ]
             if samples and (await self.history(state.promotion.id)).record(samples, now_ms):

@@ -161,6 +161,13 @@ def test_the_centers_metrics_show_budget_allocation_and_spending_per_region(runn
     assert samples[("quota_region_burn_rate_units_per_second", region_labels)] >= 0
 
 
+def test_the_leading_center_keeps_its_state_out_of_the_collectors_passes(running: Running) -> None:
+    samples = _scrape(running.center.metrics_port)
+
+    assert samples[("quota_center_leader", ())] == 1
+    assert samples[("python_gc_frozen_objects", ())] > 0  # frozen when it won the election (quota_common.gc_policy)
+
+
 @pytest.mark.usefixtures("sold")
 def test_the_agents_metrics_count_answers_by_result_and_show_its_ledger_and_cache(running: Running) -> None:
     samples = _scrape(running.agent.metrics_port)

@@ -9,7 +9,6 @@ import pytest
 
 from quota_center.audit import AuditRecord
 from quota_center.center import Center
-from quota_center.history import Point
 from quota_center.history_book import document_name
 from quota_common.clock import FakeClock
 from quota_common.errors import NotFound
@@ -47,15 +46,15 @@ async def test_history_is_sampled_stored_when_changed_at_most_once_a_minute_and_
         await center.sample_history()
 
     _, history = await center.history("p")
-    assert history.regions["eu"][0] == Point(start, 0, 10)
-    assert history.regions["eu"][-1] == Point(start + 180_000, 6, 10)
+    assert history.regions["eu"][0] == (start, 0, 10)
+    assert history.regions["eu"][-1] == (start + 180_000, 6, 10)
     assert len(history.regions["eu"]) == 19
     assert store.history_writes == 2  # the first sample, then the figures of a minute later; none since
 
     restarted = Center(store, clock)
     await restarted.start()
     _, stored = await restarted.history("p")
-    assert stored.regions["eu"][-1].consumed == 6
+    assert stored.regions["eu"][-1][1] == 6
 
 
 async def test_the_history_of_an_unknown_promotion_is_not_found() -> None:

@@ -1,0 +1,48 @@
+"""The garbage-collection policy of a serving process: set as said, and every collection's length shown."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from quota_common import gc_policy
+
+
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """The policy is process-wide: the test process gets its own back."""
+    thresholds, callbacks = gc.get_threshold(), list(gc.callbacks)
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+    gc.callbacks[:] = callbacks
+
+
+@pytest.mark.usefixtures("restored")
+def test_a_serving_process_collects_less_often_and_shows_each_collections_length() -> None:
+    registry = CollectorRegistry()
+    gc_policy.serving(registry)
+    before = registry.get_sample_value("python_gc_pause_seconds_count", {"generation": "2"}) or 0
+
+    gc.collect()
+
+    assert gc.get_threshold() == gc_policy.THRESHOLDS
+    assert registry.get_sample_value("python_gc_pause_seconds_count", {"generation": "2"}) == before + 1
+
+
+@pytest.mark.usefixtures("restored")
+def test_a_settled_state_is_frozen_and_given_back_when_unsettled() -> None:
+    registry = CollectorRegistry()
+    gc_policy.serving(registry)
+    state = [{"account": n} for n in range(100)]
+
+    gc_policy.settled()
+    frozen = registry.get_sample_value("python_gc_frozen_objects")
+    gc_policy.unsettled()
+
+    assert frozen is not None
+    assert frozen > len(state)
+    assert registry.get_sample_value("python_gc_frozen_objects") == 0
