@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
+from quota_common import gc_policy
 from quota_common.clock import SystemClock
 from quota_common.errors import QuotaError, Rejected
 from quota_common.shards import center_groups
@@ -295,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         args.orders_per_s,
         args.selling,
     )
+    gc_policy.serving(CollectorRegistry())  # as each agent process it stands for: its pauses are the agents'
     asyncio.run(run(plan))
     return 0
 

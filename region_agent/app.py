@@ -14,6 +14,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MovedError, NoPermissionError, NoScriptError, RedisClusterException
 
+from quota_common import gc_policy
 from quota_common.clock import SystemClock
 from quota_common.errors import ConfigError
 from quota_common.identity import Role, regional
@@ -306,6 +307,7 @@ async def run_agent(config: AgentConfig) -> None:
     region = config.settings.region
     wired = await wire_agent(config, config.listen)
     agent, metrics, transport = wired.agent, wired.metrics, wired.transport
+    gc_policy.serving(metrics.registry)  # here, not in wire_agent: an embedded agent's host keeps its own
     calls = (
         RpcMetrics(metrics.registry, [*agent_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
     )
