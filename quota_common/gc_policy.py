@@ -12,7 +12,9 @@ behind it (their p99 in seconds) and the election's keepalive with them (leaders
   moved to the permanent generation, which no collection walks. Frozen objects are still freed by their
   reference count when the state drops them (a replaced account, a promotion gone), so nothing leaks but
   what forms a reference cycle while frozen; `unsettled()` (a deposed leader) gives those back to the
-  collector, so a process that leads many times does not keep them.
+  collector, so a process that leads many times does not keep them. While settled, what survives a full
+  collection is frozen too: a leader's state keeps growing after the load (promotions created, regions
+  joining, openings), and each full collection would otherwise walk all that growth again.
 - the biggest long-lived structures are made of values the collector does not track at all (history points
   are plain tuples of ints, `quota_center.history.Point`), which keeps what grows after the freeze cheap.
 
@@ -60,6 +62,12 @@ class _Timer:
 _TIMER = _Timer()
 
 
+def _refreeze(phase: str, info: dict[str, Any]) -> None:
+    """After a full collection the survivors are the long-lived state: the next one walks only what came since."""
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
+
+
 class _Frozen(Collector):
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -83,8 +91,12 @@ def settled() -> None:
     No collection first: it would hold a leader taking over for as long as the pause this avoids, and what
     garbage it would find is what one start left, given back by `unsettled()`."""
     gc.freeze()
+    if _refreeze not in gc.callbacks:
+        gc.callbacks.append(_refreeze)
 
 
 def unsettled() -> None:
     """The frozen state is given back to the collector (a deposed leader dropped it)."""
+    if _refreeze in gc.callbacks:
+        gc.callbacks.remove(_refreeze)
     gc.unfreeze()

@@ -46,3 +46,20 @@ def test_a_settled_state_is_frozen_and_given_back_when_unsettled() -> None:
     assert frozen is not None
     assert frozen > len(state)
     assert registry.get_sample_value("python_gc_frozen_objects") == 0
+
+
+@pytest.mark.usefixtures("restored")
+def test_a_settled_leader_freezes_what_survives_a_full_collection_until_unsettled() -> None:
+    registry = CollectorRegistry()
+    gc_policy.serving(registry)
+    gc_policy.settled()
+    frozen_at_load = gc.get_freeze_count()
+    grown = [[n] for n in range(1_000)]  # lists stay tracked (a dict of ints would not)
+
+    gc.collect()
+    after_growth = gc.get_freeze_count()
+    gc_policy.unsettled()
+    gc.collect()
+
+    assert after_growth >= frozen_at_load + len(grown)
+    assert gc.get_freeze_count() == 0
