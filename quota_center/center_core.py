@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from quota_center import settlement
@@ -47,6 +47,9 @@ from quota_common.model import (
 from quota_common.shards import DEFAULT_GROUP, ShardMap
 
 T = TypeVar("T")
+
+_RENUMBER_BATCH = 32
+"""Promotions renumbered in one store write: etcd bounds the operations of one transaction (128 by default)."""
 
 
 class CommitConflict(Unavailable):
@@ -162,18 +165,23 @@ class CenterCore:
         """Rebuilds every promotion from the store, then serves (on winning an election too)."""
         self.stop_serving()
         grace = self._clock.monotonic() + self.settings.lease_ttl_s
+        stored = await self._store.load_all()
         # Only this group's promotions: the store may keep copies of slots it handed away.
-        states = [state for state in await self._store.load_all() if self.serves(state.promotion.id)]
+        states = [state for state in stored if self.serves(state.promotion.id)]
         document = await self._store.load_document(EMERGENCY_DOCUMENT)
         await self._load_books()
         self._emergency = EmergencyFreeze.from_document(document) if document else EmergencyFreeze()
-        for state in sorted(states, key=lambda s: s.promotion.revision):
+        # Those copies' revisions count too: an agent's cursor on this catalog may stand at one of them.
+        self._catalog_revision = max([self._emergency.revision, *(s.promotion.revision for s in stored)])
+        own = sorted((s for s in states if s.numbered_by is None), key=lambda s: s.promotion.revision)
+        # Handed over to this group, whose leader then died before its take-over renumbered them all.
+        for state in own + await self._renumbered([s for s in states if s.numbered_by is not None]):
             self._states[state.promotion.id] = state
             self._revisions.record(state.promotion.id, state.promotion.revision)
+            self._catalog_revision = max(self._catalog_revision, state.promotion.revision)
             self._note_lives(state)
             for region in state.accounts:
                 self._lease_expiry[(state.promotion.id, region)] = grace
-        self._catalog_revision = max([self._emergency.revision, *(s.promotion.revision for s in states)])
         self._note_draining()
         self._serving = True
 
@@ -318,6 +326,24 @@ class CenterCore:
                 # A configuration change: indexed in the same step as installed, so no catalog page
                 # ever shows a promotion's new revision at its old place in the revision order.
                 self._changed(state.promotion)
+
+    async def _renumbered(self, arrived: list[PromotionState]) -> list[PromotionState]:
+        """Promotions handed to this group, each at a revision above this group's catalog (and its own), stored
+        so, in revision order: they kept the source's revision, which an agent whose cursor on this group's
+        catalog is past it would never be sent. Call it before serving them, with no configuration change
+        running (so no other writer races these commits, and no revision is taken twice). Each commit compares
+        the version read, fenced like every store write: of two leaders renumbering at once, one wins."""
+        revision, renumbered = self._catalog_revision, []
+        for state in sorted(arrived, key=lambda s: s.promotion.revision):
+            revision = max(revision, state.promotion.revision) + 1
+            fresh = state.copy()
+            fresh.promotion, fresh.version = replace(state.promotion, revision=revision), state.version + 1
+            fresh.numbered_by = None
+            renumbered.append(fresh)
+        for start in range(0, len(renumbered), _RENUMBER_BATCH):
+            batch = renumbered[start : start + _RENUMBER_BATCH]
+            await self._store.commit_many([(state, state.version - 1, None) for state in batch])
+        return renumbered
 
     async def _adopt(self, promotion_id: str) -> None:
         """After a create that failed, what the store holds: a create whose answer was lost (etcd) did

@@ -12,9 +12,6 @@ from quota_center.ledger import PromotionState
 from quota_center.shard_move import Holding, SlotMove
 from quota_common.shards import ShardMap
 
-_COMMIT_BATCH = 32
-"""Promotions renumbered in one store write: etcd bounds the operations of one transaction (128 by default)."""
-
 
 class CenterShards(CenterCore):
     def set_shards(self, shard_map: ShardMap, moving: dict[int, SlotMove]) -> None:
@@ -32,33 +29,20 @@ class CenterShards(CenterCore):
         gained = {s for s, owner in enumerate(shard_map.owners) if owner == group and self._shards.owners[s] != group}
         lost = {s for s, owner in enumerate(shard_map.owners) if owner != group and self._shards.owners[s] == group}
         if gained:
-            grace = self._clock.monotonic() + self.settings.lease_ttl_s
-            arrived = [s for s in await self._store.load_all() if shard_map.slot(s.promotion.id) in gained]
-            for state in await self._renumbered(arrived):
-                self._states[state.promotion.id] = state
-                self._note_lives(state)
-                for region in state.accounts:
-                    self._lease_expiry[(state.promotion.id, region)] = grace
-                self._changed(state.promotion)
+            # Configuration changes wait: one committed meanwhile would take a revision this renumbering gives too.
+            async with self._configuring:
+                grace = self._clock.monotonic() + self.settings.lease_ttl_s
+                arrived = [s for s in await self._store.load_all() if shard_map.slot(s.promotion.id) in gained]
+                for state in await self._renumbered(arrived):
+                    self._states[state.promotion.id] = state
+                    self._note_lives(state)
+                    for region in state.accounts:
+                        self._lease_expiry[(state.promotion.id, region)] = grace
+                    self._changed(state.promotion)
         for promotion_id in [pid for pid in self._states if shard_map.slot(pid) in lost]:
             del self._states[promotion_id]
             self._contested.discard(promotion_id)
         self.set_shards(shard_map, {s: m for s, m in self._moving.items() if shard_map.owners[s] == m.source})
-
-    async def _renumbered(self, arrived: list[PromotionState]) -> list[PromotionState]:
-        """The promotions handed to this group, each at a revision above this group's catalog (and its own), and
-        stored so: they kept the source's revision, which an agent whose cursor on this group's catalog is past
-        it would never be sent. Nothing serves them here yet, so no other writer races these commits."""
-        revision, renumbered = self._catalog_revision, []
-        for state in sorted(arrived, key=lambda s: s.promotion.revision):
-            revision = max(revision, state.promotion.revision) + 1
-            fresh = state.copy()
-            fresh.promotion, fresh.version = replace(state.promotion, revision=revision), state.version + 1
-            renumbered.append(fresh)
-        for start in range(0, len(renumbered), _COMMIT_BATCH):
-            batch = renumbered[start : start + _COMMIT_BATCH]
-            await self._store.commit_many([(state, state.version - 1, None) for state in batch])
-        return renumbered
 
     def slot_holdings(self, slot: int) -> dict[str, dict[str, Holding]]:
         """By promotion of the slot, by region: what the region holds and whether its lease still runs."""
@@ -80,7 +64,7 @@ class CenterShards(CenterCore):
         ids = [pid for pid in self._states if self._shards.slot(pid) == slot]
 
         async def take() -> list[PromotionState]:
-            return [self._states[pid].copy() for pid in ids]
+            return [replace(self._states[pid].copy(), numbered_by=self.settings.group) for pid in ids]
 
         return await self._exclusively(ids, take)
 

@@ -123,6 +123,10 @@ class PromotionState:
     version: int = 1
     statement: dict[str, Any] | None = None
     """The final statement once the promotion is settled (`quota_center.settlement`); None before."""
+    numbered_by: str | None = None
+    """The center group whose catalog numbered `promotion.revision`, when another group's store holds the document
+    (a copy handed over, `CenterShards.sealed_states`); None: the group whose store holds it, as for every
+    document from before this field. A group serves such a promotion only once renumbered in its own catalog."""
     _encoded: tuple[int, str] | None = field(default=None, init=False, repr=False, compare=False)
     """`encoded()`'s last answer and the version it was made at."""
 
@@ -144,7 +148,7 @@ class PromotionState:
         account; copying each by hand costs a tenth of `copy.deepcopy`)."""
         accounts = {region: account.copied() for region, account in self.accounts.items()}
         statement = None if self.statement is None else copy.deepcopy(self.statement)
-        return PromotionState(self.promotion, accounts, self.version, statement)
+        return PromotionState(self.promotion, accounts, self.version, statement, self.numbered_by)
 
     def account(self, region: str) -> RegionAccount:
         return self.accounts.setdefault(region, RegionAccount())
@@ -163,6 +167,8 @@ class PromotionState:
         document = {"promotion": promotion_document(self.promotion), "accounts": accounts, "version": self.version}
         if self.statement is not None:
             document["statement"] = self.statement
+        if self.numbered_by is not None:
+            document["numbered_by"] = self.numbered_by
         return document
 
     @classmethod
@@ -172,7 +178,8 @@ class PromotionState:
             raw = dict(raw)
             raw["recent_grants"] = [(grant_id, amount) for grant_id, amount in raw["recent_grants"]]
             accounts[region] = RegionAccount(**raw)
-        return cls(promotion_from_document(doc["promotion"]), accounts, doc["version"], doc.get("statement"))
+        promotion = promotion_from_document(doc["promotion"])
+        return cls(promotion, accounts, doc["version"], doc.get("statement"), doc.get("numbered_by"))
 
 
 def check_new_promotion(promotion: Promotion) -> None:

@@ -1,0 +1,142 @@
+"""A promotion moved into an established center group reaches the agents that follow that group's catalog,
+whichever of the group's leaders first serves it: the one that saw the map change, or the next one when that
+leader died between the flip and the end of its take-over. Two groups on in-memory stores; the copy is
+written as `EtcdShards.copy` writes it (a new document at version 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import pytest
+
+from quota_center.audit import AuditRecord
+from quota_center.center import Center
+from quota_center.center_core import CenterSettings
+from quota_center.store.base import Commit
+from quota_common.clock import FakeClock
+from quota_common.errors import Unavailable
+from quota_common.model import Kind, Promotion
+from quota_common.shards import ShardMap
+from quota_testing.memory_store import MemoryStore
+
+BEFORE = ShardMap.even(["a", "b"], version=1)
+
+
+class Dying(MemoryStore):
+    """A group's store whose leader dies after `commits` more store writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: int | None = None
+
+    async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
+        if self.commits == 0:
+            raise Unavailable("the leader died here")
+        if self.commits is not None:
+            self.commits -= 1
+        await super().commit_many(commits, audit)
+
+
+async def leader(store: MemoryStore, group: str, shard_map: ShardMap) -> Center:
+    """A newly elected leader of `group`: the map as stored (`ShardFollower.prepare`), then the store."""
+    center = Center(store, FakeClock(), CenterSettings(group=group))
+    center.set_shards(shard_map, {})
+    await center.start()
+    return center
+
+
+def ids_of(group: str, count: int, prefix: str = "p") -> list[str]:
+    return [pid for pid in (f"{prefix}-{i}" for i in range(count * 8)) if BEFORE.owner_of(pid) == group][:count]
+
+
+async def create(center: Center, promotion_ids: list[str]) -> None:
+    for promotion_id in promotion_ids:
+        await center.create_promotion(Promotion(promotion_id, Kind.COUNT, "", 100, 0, 10**13, ("eu",)))
+
+
+async def hand_over(source: Center, target: MemoryStore, promotion_ids: list[str]) -> ShardMap:
+    """The copy of the promotions' slots to `target`'s store, then the map naming the target: what follows
+    when the source group's follower has drained and sealed them."""
+    slots = sorted({BEFORE.slot(pid) for pid in promotion_ids})
+    for slot in slots:
+        for state in await source.sealed_states(slot):
+            target.promotions[state.promotion.id] = replace(state, version=1).encoded()
+    owners = list(BEFORE.owners)
+    for slot in slots:
+        owners[slot] = "b"
+    return ShardMap(BEFORE.version + 1, tuple(owners))
+
+
+def carried(center: Center, cursor: int) -> list[str]:
+    """What an agent of `center`'s group whose catalog cursor is `cursor` is sent next."""
+    return [p.id for p in center.catalog_page("eu", cursor, 1000).promotions]
+
+
+@pytest.fixture
+async def established() -> tuple[Center, Dying, Center, int]:
+    """Group a serving one promotion (revision 1), group b three of its own; an agent of b's catalog at 3."""
+    a_store, b_store = MemoryStore(), Dying()
+    a, b = await leader(a_store, "a", BEFORE), await leader(b_store, "b", BEFORE)
+    await create(a, ids_of("a", 1))
+    await create(b, ids_of("b", 3, "resident"))
+    return a, b_store, b, b.catalog_page("eu", 0, 100).revision
+
+
+async def test_the_next_leader_renumbers_a_promotion_its_dead_predecessor_never_took_over(
+    established: tuple[Center, Dying, Center, int],
+) -> None:
+    a, b_store, _, cursor = established
+    (moved,) = ids_of("a", 1)
+    after = await hand_over(a, b_store, [moved])
+    # b's leader dies before its follower sees the flip: the next one loads the map, then the store.
+    b = await leader(b_store, "b", after)
+    assert carried(b, cursor) == [moved]
+    revision = b.promotion(moved).revision
+    assert revision > cursor
+    again = await leader(b_store, "b", after)  # stored so: a later leader neither loses it nor renumbers again
+    assert again.promotion(moved).revision == revision
+    assert carried(again, cursor) == [moved]
+
+
+async def test_the_next_leader_finishes_a_take_over_interrupted_between_its_batches(
+    established: tuple[Center, Dying, Center, int],
+) -> None:
+    a, b_store, b, _ = established
+    moved = ids_of("a", 40, "bulk")
+    await create(a, moved)  # revisions 2 to 41 at a
+    await create(b, ids_of("b", 60, "more"))
+    cursor = b.catalog_page("eu", 0, 100).revision  # 63: above every one of them
+    after = await hand_over(a, b_store, moved)
+    b_store.commits = 1  # one batch of the take-over's renumbering commits, then the leader dies
+    with pytest.raises(Unavailable):
+        await b.take_over(after)
+    b_store.commits = None
+    numbered = {s.promotion.id: s.promotion.revision for s in await b_store.load_all()}
+    assert sum(numbered[pid] > cursor for pid in moved) < len(moved), "the test interrupts the renumbering"
+
+    b = await leader(b_store, "b", after)
+    assert sorted(carried(b, cursor)) == sorted(moved)
+    revisions = [b.promotion(pid).revision for pid in moved]
+    assert len(set(revisions)) == len(moved)  # each its own catalog revision
+    created = ids_of("b", 1, "later")
+    await create(b, created)
+    assert carried(b, max(revisions)) == created  # the catalog goes on above them
+
+
+async def test_a_leader_of_a_group_that_handed_its_newest_promotion_away_numbers_above_it() -> None:
+    """An agent's cursor on a group's catalog is at the highest revision it was ever sent there, which may be
+    a promotion the group has since handed away: a new leader must not number new changes below it."""
+    a_store, b_store = MemoryStore(), MemoryStore()
+    a = await leader(a_store, "a", BEFORE)
+    await create(a, ids_of("a", 1, "old"))
+    (moved,) = ids_of("a", 1, "newest")
+    await create(a, [moved])
+    cursor = a.catalog_page("eu", 0, 100).revision
+    after = await hand_over(a, b_store, [moved])
+    await a.take_over(after)
+
+    a = await leader(a_store, "a", after)
+    created = ids_of("a", 1, "next")
+    await create(a, created)
+    assert carried(a, cursor) == created
