@@ -5,6 +5,7 @@ written as `EtcdShards.copy` writes it (a new document at version 1)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -24,17 +25,23 @@ BEFORE = ShardMap.even(["a", "b"], version=1)
 
 
 class Dying(MemoryStore):
-    """A group's store whose leader dies after `commits` more store writes."""
+    """A group's store as its leader writes it: the leader dies after `commits` more writes (None: never), and
+    while `slow` is set, a write waits for it (`waiting` set meanwhile)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.commits: int | None = None
+        self.slow: asyncio.Event | None = None
+        self.waiting = asyncio.Event()
 
     async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         if self.commits == 0:
             raise Unavailable("the leader died here")
         if self.commits is not None:
             self.commits -= 1
+        if self.slow is not None:
+            self.waiting.set()
+            await self.slow.wait()
         await super().commit_many(commits, audit)
 
 
@@ -140,3 +147,23 @@ async def test_a_leader_of_a_group_that_handed_its_newest_promotion_away_numbers
     created = ids_of("a", 1, "next")
     await create(a, created)
     assert carried(a, cursor) == created
+
+
+async def test_a_change_made_while_a_take_over_renumbers_takes_a_revision_of_its_own(
+    established: tuple[Center, Dying, Center, int],
+) -> None:
+    a, b_store, b, cursor = established
+    (moved,) = ids_of("a", 1)
+    after = await hand_over(a, b_store, [moved])
+    b_store.slow = asyncio.Event()
+    taking = asyncio.create_task(b.take_over(after))
+    await b_store.waiting.wait()  # the renumbering is being written
+    created = ids_of("b", 1, "meanwhile")
+    creating = asyncio.create_task(create(b, created))
+    await asyncio.sleep(0.01)
+    b_store.slow.set()
+    await asyncio.gather(taking, creating)
+
+    revisions = {pid: b.promotion(pid).revision for pid in [moved, *created]}
+    assert len(set(revisions.values())) == 2, revisions
+    assert sorted(carried(b, cursor)) == sorted(revisions)
