@@ -368,3 +368,33 @@ async def test_a_promotion_moved_into_an_established_group_reaches_that_groups_c
     await b.follower.prepare()
     await b.center.start()  # the new revision was stored: a restarted leader serves it as well
     assert b.center.promotion(moved).revision > cursor
+
+
+async def test_a_target_leader_that_dies_before_its_take_over_is_followed_by_one_that_renumbers(
+    etcd: list[str], groups: tuple[dict[str, Group], EtcdShards]
+) -> None:
+    made, shards = groups
+    a, b = made["a"], made["b"]
+    before = await shards.read()
+    moved = owned_by(before.shard_map, "a")
+    await a.center.create_promotion(new_promotion(moved))  # revision 1 at a
+    residents = [pid for pid in (f"resident-{i}" for i in range(100)) if before.shard_map.owner_of(pid) == "b"]
+    for promotion_id in residents[:3]:
+        await b.center.create_promotion(new_promotion(promotion_id))
+    cursor = b.center.catalog_page("eu", 0, 100).revision
+    await _copy(shards, a, before.shard_map.slot(moved), "b")
+    await _flip(shards, before, before.shard_map.slot(moved), "b")
+    # b's leader loses its leadership before its follower saw the flip: its late take-over commits nothing.
+    b.store.fence(f"{b.base}/leader-gone", 12345)
+    with pytest.raises(NotLeader):
+        await b.follower.step()
+
+    successor = await EtcdStore.connect(etcd, group_prefix("b", b.base))
+    try:
+        center = Center(successor, FakeClock(), CenterSettings(group="b"))
+        await ShardFollower(center, EtcdShards(successor, shards_key(b.base)), b.base).prepare()
+        await center.start()
+        assert [p.id for p in center.catalog_page("eu", cursor, 100).promotions] == [moved]
+        assert center.promotion(moved).revision > cursor
+    finally:
+        await successor.close()
