@@ -345,21 +345,28 @@ async def test_a_watch_whose_changes_were_compacted_away_reads_the_map_again(
         await watching.aclose()
 
 
+async def _moved_into_established_b(made: dict[str, Group], shards: EtcdShards) -> tuple[str, int]:
+    """A promotion of group a (revision 1 there) copied to group b, which serves three of its own (revisions 1
+    to 3), and its slot flipped to b: the promotion's id, and the cursor of an agent up to date on b's catalog."""
+    a, b = made["a"], made["b"]
+    before = await shards.read()
+    moved = owned_by(before.shard_map, "a")
+    await a.center.create_promotion(new_promotion(moved))
+    residents = [pid for pid in (f"resident-{i}" for i in range(100)) if before.shard_map.owner_of(pid) == "b"]
+    for promotion_id in residents[:3]:
+        await b.center.create_promotion(new_promotion(promotion_id))
+    cursor = b.center.catalog_page("eu", 0, 100).revision
+    await _copy(shards, a, before.shard_map.slot(moved), "b")
+    await _flip(shards, before, before.shard_map.slot(moved), "b")
+    return moved, cursor
+
+
 async def test_a_promotion_moved_into_an_established_group_reaches_that_groups_catalog_readers(
     groups: tuple[dict[str, Group], EtcdShards],
 ) -> None:
     made, shards = groups
-    a, b = made["a"], made["b"]
-    before = await shards.read()
-    moved = owned_by(before.shard_map, "a")
-    await a.center.create_promotion(new_promotion(moved))  # revision 1 at a
-    residents = [pid for pid in (f"resident-{i}" for i in range(100)) if before.shard_map.owner_of(pid) == "b"]
-    for promotion_id in residents[:3]:
-        await b.center.create_promotion(new_promotion(promotion_id))
-    cursor = b.center.catalog_page("eu", 0, 100).revision  # an agent of b's catalog, up to date: 3
-    slot = before.shard_map.slot(moved)
-    await _copy(shards, a, slot, "b")
-    await _flip(shards, before, slot, "b")
+    b = made["b"]
+    moved, cursor = await _moved_into_established_b(made, shards)
     await b.follower.step()
 
     page = b.center.catalog_page("eu", cursor, 100)
@@ -374,16 +381,8 @@ async def test_a_target_leader_that_dies_before_its_take_over_is_followed_by_one
     etcd: list[str], groups: tuple[dict[str, Group], EtcdShards]
 ) -> None:
     made, shards = groups
-    a, b = made["a"], made["b"]
-    before = await shards.read()
-    moved = owned_by(before.shard_map, "a")
-    await a.center.create_promotion(new_promotion(moved))  # revision 1 at a
-    residents = [pid for pid in (f"resident-{i}" for i in range(100)) if before.shard_map.owner_of(pid) == "b"]
-    for promotion_id in residents[:3]:
-        await b.center.create_promotion(new_promotion(promotion_id))
-    cursor = b.center.catalog_page("eu", 0, 100).revision
-    await _copy(shards, a, before.shard_map.slot(moved), "b")
-    await _flip(shards, before, before.shard_map.slot(moved), "b")
+    b = made["b"]
+    moved, cursor = await _moved_into_established_b(made, shards)
     # b's leader loses its leadership before its follower saw the flip: its late take-over commits nothing.
     b.store.fence(f"{b.base}/leader-gone", 12345)
     with pytest.raises(NotLeader):
