@@ -60,7 +60,8 @@ class CenterShards(CenterCore):
     async def sealed_states(self, slot: int) -> list[PromotionState]:
         """Copies of the slot's promotions, taken under their locks once the slot is sealed (`set_shards`
         with its move DRAINED): a call that passed its check before the seal has committed, and none after it
-        may, so the copies are final."""
+        may, so the copies are final. Each is marked as numbered by this group's catalog, so whichever leader of
+        the target serves it first gives it a revision of the target's own (`CenterCore.start`, `take_over`)."""
         ids = [pid for pid in self._states if self._shards.slot(pid) == slot]
 
         async def take() -> list[PromotionState]:
