@@ -1,7 +1,8 @@
 """A promotion moved into an established center group reaches the agents that follow that group's catalog,
 whichever of the group's leaders first serves it: the one that saw the map change, or the next one when that
-leader died between the flip and the end of its take-over. Two groups on in-memory stores; the copy is
-written as `EtcdShards.copy` writes it (a new document at version 1)."""
+leader died between the flip and the end of its take-over (or between its batches); and no change of the
+group's catalog takes a revision below an agent's cursor or one a moved promotion takes too. Two groups on
+in-memory stores; the copy is written as `EtcdShards.copy` writes it (a new document at version 1)."""
 
 from __future__ import annotations
 
