@@ -9,6 +9,9 @@ and leader following, since there is one center and no call is lost on the way.
 
     port = DirectCenter(center, "eu")
     agent = Agent(AgentSettings("eu"), InProcessLedger(clock), port, clock)
+
+A test cuts the region off from the center (or one center group) with `port.down = True`: every call then
+fails as the gRPC adapter fails when no replica answers.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from quota_center.center import Center
 from quota_center.center_agents import HEARTBEAT_S, CatalogPage, Opening
 from quota_center.center_renewals import Directive
 from quota_common.clock import Clock, SystemClock
-from quota_common.errors import InvalidArgument, QuotaError
+from quota_common.errors import InvalidArgument, QuotaError, Unavailable
 from quota_common.incarnation import require_incarnation
 from quota_common.model import Promotion, Report
 from quota_common.validation import (
@@ -73,19 +76,27 @@ class DirectCenter:
         self._center = center
         self._region = require_id("agent.region", region)
         self._host_clock = host_clock or SystemClock()
+        self.down = False
+        """The center cannot be reached: every call raises Unavailable."""
         self.calls = 0
         self.fetches = 0
         self.entries = 0
         """Promotions reported in renewals so far."""
 
+    def _call(self) -> None:
+        """Counts a call, which fails if the center cannot be reached."""
+        self.calls += 1
+        if self.down:
+            raise Unavailable("the center does not answer")
+
     def _identity(self, incarnation: str) -> str:
         """Counts a call made for `incarnation`, checked as the servicer checks it."""
-        self.calls += 1
+        self._call()
         checked = require_incarnation("agent.incarnation", incarnation, self._host_clock.wall_ms())
         return self._center.require_issued(self._region, checked)
 
     async def join(self) -> Joined:
-        self.calls += 1
+        self._call()
         return Joined(self._center.join(self._region), self._center.had_life(self._region))
 
     @property
@@ -130,7 +141,7 @@ class DirectCenter:
         return outcomes, self._lease_ttl_s
 
     async def list_changes(self, since_revision: int) -> Page:
-        self.calls += 1
+        self._call()
         since = require_counter("since_revision", since_revision)
         return _page(self._center.catalog_page(self._region, since, DEFAULT_PAGE))
 
@@ -138,7 +149,7 @@ class DirectCenter:
         """The servicer's stream: every page, then a wait for the next change or the heartbeat. A center in
         this process is never silent, so `idle_timeout_s` never runs out; a center that stops leading ends
         the stream with NotLeader, as it ends the servicer's."""
-        self.calls += 1
+        self._call()
         cursor = require_counter("since_revision", since_revision)
         while True:
             page = self._center.catalog_page(self._region, cursor, DEFAULT_PAGE)
@@ -176,7 +187,7 @@ class DirectCenter:
         return await self._center.return_quota(self._region, life, promotion_id, _checked(counters))
 
     async def promotion(self, promotion_id: str) -> Promotion:
-        self.calls += 1
+        self._call()
         self.fetches += 1
         return self._center.promotion(require_id("promotion_id", promotion_id))
 

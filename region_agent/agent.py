@@ -87,11 +87,9 @@ class Agent:
             settings.assumed_lease_ttl_s,
             self._below_floor,
         )
-        # The region's copy of the cache follows the first group's catalog (the default group's).
         served = groups.owners.served if len(groups.names) > 1 else None  # one group serves everything
         self.catalogs = [
-            CatalogSync(self.cache, groups.port(g), tier if i == 0 else None, self._supply.learn, clock, g, served)
-            for i, g in enumerate(groups.names)
+            CatalogSync(self.cache, groups.port(g), tier, self._supply.learn, clock, g, served) for g in groups.names
         ]
         self.catalog = self.catalogs[0]
         self._loops: list[asyncio.Task[None]] = []
@@ -117,7 +115,8 @@ class Agent:
             self._supply.incarnation = await asyncio.wait_for(self._supply.ledger_life(), START_WAIT_S)
         except (QuotaError, TimeoutError) as error:
             log.warning("could not join the center yet (%s); joining in the background", _why(error))
-        await self.catalog.load_tier()
+        # In any order: each group's copy moves its own cursor, and the higher revision of a promotion wins.
+        await asyncio.gather(*(catalog.load_tier() for catalog in self.catalogs))
         await asyncio.gather(*(self._first_pull(catalog) for catalog in self.catalogs))
         try:
             # A ledger that outlived a previous process (Redis) holds quota: lease it before spending.

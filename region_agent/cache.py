@@ -5,8 +5,9 @@ region's Redis copy. Entries only move forward: a promotion is replaced only by 
 revision, so a late or repeated message can never bring back an older configuration.
 `revision` is the cursor: everything the center changed up to it is here, so either link
 resumes from it and misses nothing. With several center groups each has its catalog, its cursor and its
-emergency switch (`revision_of`, the group named in `apply`); a promotion is served by one group at a time and
-keeps its revision when it moves, so its entries compare across groups.
+emergency switch (`revision_of`, the group named in `apply`); a promotion is served by one group at a time, and
+the group it moves to gives it a revision above the one it had, so its entries compare across groups: the
+entry of the group that serves it now wins over any copy its former group's catalog left behind.
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ class CatalogSnapshot:
 
 
 class CacheTier(Protocol):
-    """The region's shared copy of the cache (Redis), read when an agent starts."""
+    """The region's shared copy of the cache (Redis), read when an agent starts: one copy per center group,
+    each with its group's cursor and emergency switch."""
 
-    async def load(self) -> CatalogSnapshot: ...
+    async def load(self, group: str = DEFAULT_GROUP) -> CatalogSnapshot:
+        """`group`'s copy: its promotions, its switch, and its cursor (0 for a group never stored)."""
+        ...
 
-    async def save(self, changes: CatalogSnapshot, since: int) -> bool:
-        """Stores the changes (newer entries win) and moves the tier's cursor to
-        `changes.revision` if they continue from where it stands (its cursor is at least
-        `since`). False when they do not: the caller then saves its whole cache from 0."""
+    async def save(self, changes: CatalogSnapshot, since: int, group: str = DEFAULT_GROUP) -> bool:
+        """Stores changes of `group`'s catalog in its copy (newer entries win) and moves that copy's cursor
+        to `changes.revision` if they continue from where it stands (its cursor is at least `since`). False
+        when they do not: the caller then saves its whole cache from 0."""
         ...
 
 

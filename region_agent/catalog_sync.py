@@ -8,8 +8,11 @@ What either link brings is written through to the region's Redis tier, if there 
 agent that starts while the center is away serves from the region's copy.
 
 With several center groups the agent runs one `CatalogSync` per group, each with its group's cursor in the
-shared cache; what a group's catalog carries, that group serves (`on_served`), which is how the agent follows
-a promotion handed from one group to another.
+shared cache and its group's copy in the tier, so an agent that starts while one group is away still serves
+that group's promotions from what another agent of the region learnt. What a group's catalog carries, that
+group serves (`on_served`), which is how the agent follows a promotion handed from one group to another. The
+region's copy does not say who serves what: a group's copy may hold a promotion another group serves now (left
+from before a move, or written by a full re-save), behind that group's newer entry.
 """
 
 from __future__ import annotations
@@ -64,13 +67,17 @@ class CatalogSync:
         if self._tier is None:
             return
         try:
-            snapshot = await self._tier.load()
+            snapshot = await self._tier.load(self.group)
         except QuotaError as error:
-            log.warning("the region's promotion cache could not be read (%s); starting empty", error.message)
+            log.warning(
+                "the region's promotion cache of group %s could not be read (%s); starting without it",
+                self.group,
+                error.message,
+            )
             return
         self._take(snapshot, from_center=False)
         count, revision = len(snapshot.promotions), snapshot.revision
-        log.info("%d promotions from the region's cache, up to revision %d", count, revision)
+        log.info("%d promotions from the region's cache of group %s, up to revision %d", count, self.group, revision)
 
     async def pull(self) -> None:
         """Pulls every change since the cache's revision, page by page."""
@@ -107,7 +114,7 @@ class CatalogSync:
             backoff = min(backoff * 2, 5.0)
 
     def _take(self, changes: CatalogSnapshot, from_center: bool = True) -> CatalogSnapshot:
-        if self._on_served is not None and from_center:  # the region's copy says nothing of who serves what
+        if self._on_served is not None and from_center:  # the region's copy does not say who serves what
             self._on_served(self.group, (promotion.id for promotion in changes.promotions))
         changed = self._cache.apply(changes, self.group)
         if changed:
@@ -118,8 +125,8 @@ class CatalogSync:
         if self._tier is None:
             return
         try:
-            if not await self._tier.save(changes, since):
-                # The tier missed changes before these (a failed write): give it everything.
-                await self._tier.save(self._cache.snapshot(self.group), 0)
+            if not await self._tier.save(changes, since, self.group):
+                # The group's copy missed changes before these (a failed write): give it everything.
+                await self._tier.save(self._cache.snapshot(self.group), 0, self.group)
         except QuotaError as error:
             log.warning("the region's promotion cache was not updated (%s); the next change retries", error.message)

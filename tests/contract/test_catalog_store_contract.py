@@ -198,3 +198,17 @@ async def test_regions_keep_separate_tiers(tier: RedisCacheTier, redis_address: 
         await client.aclose()
 
     assert (list(other.promotions), other.revision) == ([], 0)
+
+
+async def test_each_center_group_keeps_a_copy_a_switch_and_a_cursor_of_its_own(tier: RedisCacheTier) -> None:
+    frozen_everywhere = EmergencyFreeze(True, frozenset(), 8)
+    assert await tier.save(CatalogSnapshot([_promotion("p1", 9)], frozen_everywhere, 9), since=0)
+
+    # g1's catalog revisions are its own: 2 is not behind the default group's 9, and 5 is not past it.
+    assert await tier.save(CatalogSnapshot([_promotion("p2", 2)], EmergencyFreeze(), 2), since=0, group="g1")
+    assert not await tier.save(CatalogSnapshot([_promotion("p3", 5)], EmergencyFreeze(), 5), since=4, group="g1")
+
+    default, g1, g2 = await tier.load(), await tier.load("g1"), await tier.load("g2")
+    assert (_by_id(default), default.emergency, default.revision) == ({"p1": _promotion("p1", 9)}, frozen_everywhere, 9)
+    assert (set(_by_id(g1)), g1.emergency, g1.revision) == ({"p2", "p3"}, EmergencyFreeze(), 2)
+    assert (list(g2.promotions), g2.revision) == ([], 0)

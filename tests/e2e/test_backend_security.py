@@ -26,6 +26,7 @@ from quota_center.app import StoreAccess, open_store
 from quota_center.store import etcd as etcd_store
 from quota_common.clock import SystemClock
 from quota_common.errors import ConfigError
+from quota_common.shards import DEFAULT_GROUP
 from quota_testing.certs import write_server_pair
 from quota_testing.launch import ServerProcess, agent_process, center_process, run_quota
 from quota_testing.servers import (
@@ -235,8 +236,9 @@ async def test_every_ledger_and_cache_operation_runs_as_the_regions_acl_user(
         assert (await ledger.balance("ops")).granted == 100
         assert "ops" in await ledger.balances()
 
-        assert await tier.save(CatalogSnapshot(revision=3), since=0)
-        assert (await tier.load()).revision >= 3
+        for group in (DEFAULT_GROUP, "g1"):  # each center group's copy under the region's keys
+            assert await tier.save(CatalogSnapshot(revision=3), since=0, group=group)
+            assert (await tier.load(group)).revision >= 3
     finally:
         await ledger.aclose()
         for client in clients:
