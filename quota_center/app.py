@@ -105,10 +105,10 @@ async def open_store(
     presents `access.cert`, defaulting to the center's own TLS files `center_tls`. A `group` other than the
     default keeps its store (and its election) under its own prefix below the URL's (`group_prefix`)."""
     access = access or StoreAccess()
-    _refuse_unused(url, access)
     if url.startswith("sqlite:///") and group != DEFAULT_GROUP:
         raise ConfigError(f"--group {group} shards promotions over center groups on etcd; --store {url} is SQLite")
     if url.startswith("sqlite:///"):
+        _refuse_unused(url, access)
         file = Path(url.removeprefix("sqlite:///"))
         try:
             return SqliteStore(file), SingleNode()
@@ -119,9 +119,7 @@ async def open_store(
             ) from None
     endpoints, base = etcd_location(url)
     if endpoints:
-        etcd_access = _etcd_access(url, access, center_tls) if url.startswith("etcds://") else EtcdAccess()
-        etcd_access = replace(etcd_access, user=access.user, password=access.password)
-        store = await EtcdStore.connect(endpoints, group_prefix(group, base), etcd_access)
+        store = await EtcdStore.connect(endpoints, group_prefix(group, base), etcd_access(url, access, center_tls))
         return store, EtcdLeadership(store, clock, election_ttl_s)
     raise ConfigError(
         f"--store {url!r} is no store; use sqlite:///PATH, etcd://HOST:PORT[,HOST:PORT...][/PREFIX] "
@@ -136,6 +134,16 @@ def etcd_location(url: str) -> tuple[list[str], str]:
         return [], DEFAULT_PREFIX
     hosts, _, path = rest.partition("/")
     return [endpoint for endpoint in hosts.split(",") if endpoint], f"/{path}" if path else DEFAULT_PREFIX
+
+
+def etcd_access(url: str, access: StoreAccess, own_tls: TlsFiles | None = None) -> EtcdAccess:
+    """How to reach the etcd of `url` as `access` says, its TLS files defaulting to the process's own `own_tls`
+    (--tls-*) for etcds://: what the center and `quota shards` connect with. ConfigError naming the option to
+    fix when a setting does not apply to `url`, is missing its partner, or names a file that is not what it
+    should be."""
+    _refuse_unused(url, access)
+    tls = _etcd_access(url, access, own_tls) if url.startswith("etcds://") else EtcdAccess()
+    return replace(tls, user=access.user, password=access.password)
 
 
 def _refuse_unused(url: str, access: StoreAccess) -> None:
@@ -155,33 +163,37 @@ def _refuse_unused(url: str, access: StoreAccess) -> None:
         raise ConfigError(f"--etcd-user and --etcd-password-file go together; {missing} is missing")
 
 
-def _etcd_access(url: str, access: StoreAccess, center_tls: TlsFiles | None) -> EtcdAccess:
-    """The TLS material for etcds://, each file from its --etcd-* option or else the center's own --tls-*,
+def _etcd_access(url: str, access: StoreAccess, own_tls: TlsFiles | None) -> EtcdAccess:
+    """The TLS material for etcds://, each file from its --etcd-* option or else the process's own --tls-*,
     checked: ConfigError naming the option of a file that is missing or not what it should be."""
-    ca = (access.ca, "--etcd-ca") if access.ca else (center_tls.ca, "--tls-ca") if center_tls else None
+    ca = (access.ca, "--etcd-ca") if access.ca else (own_tls.ca, "--tls-ca") if own_tls else None
     if ca is None:
         raise ConfigError(
             f"--store {url} is TLS and nothing says which CA signed etcd's certificate: give --etcd-ca (or --tls-ca)"
         )
+    ca_pem = _read(*ca)
     context = ssl.create_default_context()
     try:
-        context.load_verify_locations(cafile=ca[0])
-    except (OSError, ssl.SSLError) as error:
+        context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+    except (ValueError, ssl.SSLError) as error:
         raise ConfigError(f"{ca[1]} {ca[0]}: not a CA certificate in PEM ({error})") from None
     if access.cert or access.key:
         if access.cert is None or access.key is None:
             missing = "--etcd-key" if access.key is None else "--etcd-cert"
             raise ConfigError(f"--etcd-cert and --etcd-key go together; {missing} is missing")
-        pair, options = (access.cert, access.key), "--etcd-cert and --etcd-key"
-    elif center_tls is not None:
-        pair, options = (center_tls.cert, center_tls.key), "--tls-cert and --tls-key"
+        (cert, cert_option), (key, key_option) = (access.cert, "--etcd-cert"), (access.key, "--etcd-key")
+    elif own_tls is not None:
+        (cert, cert_option), (key, key_option) = (own_tls.cert, "--tls-cert"), (own_tls.key, "--tls-key")
     else:
-        return EtcdAccess(ca=_read(*ca))
+        return EtcdAccess(ca=ca_pem)
+    cert_pem, key_pem = _read(cert, cert_option), _read(key, key_option)
     try:
-        context.load_cert_chain(*pair)
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"{options} ({pair[0]}, {pair[1]}): not a certificate and its key ({error})") from None
-    return EtcdAccess(ca=_read(*ca), cert=_read(pair[0], options), key=_read(pair[1], options))
+        context.load_cert_chain(cert, key)
+    except OSError as error:
+        raise ConfigError(
+            f"{cert_option} {cert} and {key_option} {key}: not a certificate and its key ({error})"
+        ) from None
+    return EtcdAccess(ca=ca_pem, cert=cert_pem, key=key_pem)
 
 
 def _read(path: Path, option: str) -> bytes:

@@ -34,9 +34,13 @@ def print_json(document: object) -> None:
     click.echo(json.dumps(document, indent=2))
 
 
-def print_table(table: Table) -> None:
+def print_table(table: Table, min_width: int = 0) -> None:
+    """`min_width`: columns to lay the table out in when the terminal is narrower, or output goes to a pipe
+    (80 columns), so that a wide table's cells are not cut."""
     # Ids and regions are the owners' own strings: a bracket in one is text, not Rich markup.
-    Console(markup=False).print(table)
+    console = Console(markup=False)
+    console.width = max(min_width, console.width)
+    console.print(table)
 
 
 def bar(part: int, whole: int, width: int = BAR_WIDTH) -> str:

@@ -11,6 +11,7 @@ from typing import IO, Any
 import click
 
 from loadtest.simulation.scenarios import SCENARIOS
+from quota_cli.agent_status import agent_status
 from quota_cli.alerts import alerts
 from quota_cli.bench import bench
 from quota_cli.budget import budget
@@ -109,6 +110,7 @@ def main(context: click.Context, log_level: str, log_format: str, config_file: P
 main.add_command(center)
 center.add_command(check_rules)
 main.add_command(agent)
+agent.add_command(agent_status)
 main.add_command(shards)
 budget.add_command(audit)
 budget.add_command(emergency)

@@ -11,24 +11,19 @@ import click
 import grpc
 from rich.table import Table
 
-from quota_admin.client import AdminClient, CenterError, CenterRefused
+from quota_admin.client import AdminClient, CenterRefused
 from quota_center.v1 import quota_center_pb2 as pb
 from quota_cli import budget_view as view
+from quota_cli.agent_status import read_status
 from quota_cli.budget import center_option, json_flag, timeout_option
 from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange
 from quota_common.reconcile import CenterBook, Finding, LedgerBook, compare_all, persistent
 from quota_common.transport import Transport, open_transport
-from region_agent.v1 import region_agent_pb2 as agent_pb
-from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
 
 EXIT_DIFFERENT = 5
 Ledgers = dict[str, dict[str, LedgerBook]]
 """promotion -> region -> what the region's ledger says of it."""
-
-
-class AgentUnreachable(CenterError):
-    exit_code = 4
 
 
 def _agents(context: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -46,15 +41,7 @@ def _agents(context: click.Context, param: click.Parameter, values: tuple[str, .
 def _read_ledgers(agents: dict[str, str], transport: Transport, timeout_s: float) -> Ledgers:
     ledgers: Ledgers = {}
     for region, address in agents.items():
-        with transport.channel(address) as channel:
-            try:
-                status = agent_grpc.RegionAgentStub(channel).GetStatus(agent_pb.GetStatusRequest(), timeout=timeout_s)
-            except grpc.RpcError as error:
-                details = error.details() if isinstance(error, grpc.Call) else str(error)
-                raise AgentUnreachable(
-                    f"the agent of region {region} at {address} did not answer GetStatus: {details}",
-                    "check that `quota agent serve` runs there and that --agent names its region and address",
-                ) from None
+        status = read_status(transport, address, timeout_s, f"the agent of region {region}")
         if status.region != region:
             raise click.BadParameter(f"{address} serves region {status.region}, not {region}", param_hint="--agent")
         for balance in status.balances:

@@ -50,6 +50,14 @@ def security_options(command: F) -> F:
     return command
 
 
+def tls_file_options(command: F) -> F:
+    """--tls-cert, --tls-key and --tls-ca alone: for a command that calls no gRPC service but whose backend
+    settings default to them, as the servers' do (`quota shards`: --etcd-ca and the others)."""
+    for option in reversed(_OPTIONS[:3]):
+        command = option(command)
+    return command
+
+
 def security(
     tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None, trust_domain: str, insecure: bool
 ) -> Security:

@@ -8,16 +8,15 @@ Every setting comes, by precedence, from the command line, from its environment 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import click
 
 from quota_center.alert_engine import AlertSettings
-from quota_center.app import CenterConfig, StoreAccess, run_center
+from quota_center.app import CenterConfig, run_center
 from quota_center.center_core import CenterSettings
 from quota_center.webhooks import webhook_urls
+from quota_cli.backends import FILE, backend_tls_options, etcd_options, read_password, store_access
 from quota_cli.budget import CENTER_ADDRESSES
 from quota_cli.security import security, security_options
 from quota_common.config import FiniteFloatRange, bind_environment
@@ -32,31 +31,6 @@ from region_agent.app import AgentConfig, LedgerAccess, run_agent
 # Each default has one source, the settings it configures: these are read from, never typed again.
 _CENTER, _CENTER_CONFIG = CenterSettings(), CenterConfig()
 _AGENT, _AGENT_CONFIG = AgentSettings(region=""), AgentConfig(AgentSettings(region=""))
-_FILE = click.Path(dir_okay=False, path_type=Path)
-F = TypeVar("F", bound=Callable[..., object])
-
-
-def _backend_tls_options(option: str, backend: str, scheme: str, who: str) -> Callable[[F], F]:
-    """--OPTION-ca, --OPTION-cert and --OPTION-key: how the `who` reaches `backend` over TLS (`scheme`),
-    each defaulting to the process's own --tls-* file."""
-    options = (
-        click.option(
-            f"--{option}-ca", type=_FILE, help=f"CA that signed {backend}'s certificate ({scheme}) [default: --tls-ca]."
-        ),
-        click.option(
-            f"--{option}-cert",
-            type=_FILE,
-            help=f"Certificate the {who} presents to {backend} ({scheme}) [default: --tls-cert].",
-        ),
-        click.option(f"--{option}-key", type=_FILE, help=f"Its private key ({scheme}) [default: --tls-key]."),
-    )
-
-    def decorate(command: F) -> F:
-        for add in reversed(options):
-            command = add(command)
-        return command
-
-    return decorate
 
 
 def _group_name(name: str) -> str:
@@ -64,22 +38,6 @@ def _group_name(name: str) -> str:
         return check_group_name(name)
     except ValueError as error:
         raise ConfigError(f"--group: {error}") from None
-
-
-def _password(path: Path | None, option: str) -> str:
-    """The password in the file `option` names (one trailing newline dropped); "" without the option.
-    Passwords come from files only: a command line or an environment is visible to others."""
-    if path is None:
-        return ""
-    try:
-        password = path.read_text().removesuffix("\n").removesuffix("\r")
-    except OSError as error:
-        raise ConfigError(f"{option} {path}: cannot read it ({error.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{option} {path}: not text; write the password in it, in UTF-8") from None
-    if not password:
-        raise ConfigError(f"{option} {path} is empty; write the password in it")
-    return password
 
 
 _metrics_promotions_option = click.option(
@@ -117,9 +75,7 @@ def center() -> None:
     show_default=True,
     help="sqlite:///PATH, etcd://HOST:PORT,...[/PREFIX], or etcds://... for etcd over TLS.",
 )
-@_backend_tls_options("etcd", "etcd", "etcds://", "center")
-@click.option("--etcd-user", default="", help="The etcd user to log in as (etcd's RBAC); with --etcd-password-file.")
-@click.option("--etcd-password-file", type=_FILE, help="File holding --etcd-user's password.")
+@etcd_options("center")
 @click.option(
     "--lease-ttl", type=FiniteFloatRange(min=0.5), default=_CENTER.lease_ttl_s, show_default=True, help="Seconds."
 )
@@ -135,7 +91,7 @@ def center() -> None:
 @_metrics_promotions_option
 @click.option(
     "--guard-rules",
-    type=_FILE,
+    type=FILE,
     help="Guard rules file (TOML), read again when it changes; check one with `quota center check-rules FILE` "
     "[default: the rules the center ships].",
 )
@@ -148,7 +104,7 @@ def center() -> None:
 )
 @click.option(
     "--alert-rules",
-    type=_FILE,
+    type=FILE,
     help="Alert rules file (TOML), read again when it changes; a bad one stops the center, naming each rule "
     "and line [default: the rules the center ships].",
 )
@@ -237,7 +193,7 @@ def center_serve(
         group=_group_name(group),
     )
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
-    etcd = StoreAccess(etcd_ca, etcd_cert, etcd_key, etcd_user, _password(etcd_password_file, "--etcd-password-file"))
+    etcd = store_access(etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password_file)
     config = CenterConfig(
         listen,
         store,
@@ -277,8 +233,8 @@ def agent() -> None:
     help="memory, redis://[USER@]HOST:PORT[/DB], rediss://... for Redis over TLS, or redis+cluster://HOST:PORT "
     "(rediss+cluster://...) for a node of a Redis Cluster.",
 )
-@_backend_tls_options("ledger", "Redis", "rediss://", "agent")
-@click.option("--ledger-password-file", type=_FILE, help="File holding the password of the Redis user --ledger names.")
+@backend_tls_options("ledger", "Redis", "rediss://", "agent")
+@click.option("--ledger-password-file", type=FILE, help="File holding the password of the Redis user --ledger names.")
 @click.option(
     "--horizon",
     type=FiniteFloatRange(min=0.1),
@@ -364,7 +320,7 @@ def agent_serve(
     )
     secured = security(tls_cert, tls_key, tls_ca, trust_domain, insecure)
     redis_access = LedgerAccess(
-        ledger_ca, ledger_cert, ledger_key, _password(ledger_password_file, "--ledger-password-file")
+        ledger_ca, ledger_cert, ledger_key, read_password(ledger_password_file, "--ledger-password-file")
     )
     config = AgentConfig(
         settings,

@@ -7,33 +7,72 @@
 `resize` stores the plan (the slots that change hands and their targets) by compare-and-swap on the map's
 version, with an audit record; each source group's leader then moves its slots (drain, seal, copy, flip:
 `quota_center.shard_move`). Start the new groups' centers (`quota center serve --group NAME`) first.
+
+A secured etcd is reached as `quota center serve` reaches it, with the same options and QUOTA_ variables
+(`quota_cli.backends`): etcds:// with --etcd-ca, --etcd-cert and --etcd-key (defaulting to --tls-ca, --tls-cert
+and --tls-key), and --etcd-user with --etcd-password-file. The user needs readwrite on the store's prefix.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import getpass
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from quota_center.app import etcd_location
-from quota_center.store.etcd import EtcdStore
+from quota_center.app import etcd_access, etcd_location
+from quota_center.store.etcd import EtcdAccess, EtcdStore
 from quota_center.store.etcd_shards import EtcdShards, Layout, shards_key
+from quota_cli.backends import etcd_options, store_access
+from quota_cli.security import tls_file_options
+from quota_common.config import bind_environment
 from quota_common.errors import ConfigError, FailedPrecondition
 from quota_common.shards import moves, rebalance
+from quota_common.tls import tls_files
 
 T = TypeVar("T")
-_STORE = click.option(
-    "--store",
-    required=True,
-    envvar="QUOTA_STORE",
-    show_envvar=True,
-    help="The centers' etcd: etcd://HOST:PORT[,HOST:PORT...][/PREFIX], as given to quota center serve.",
-)
+
+
+@dataclass(frozen=True)
+class _Etcd:
+    url: str
+    access: EtcdAccess
+
+
+def _on_etcd(command: Callable[..., None]) -> Callable[..., None]:
+    """--store and the settings that reach a secured etcd, as `quota center serve` takes them (the TLS files
+    defaulting to --tls-cert, --tls-key and --tls-ca), handed to `command` as one `_Etcd`, checked first."""
+
+    @functools.wraps(command)
+    def on_etcd(
+        store: str,
+        etcd_ca: Path | None,
+        etcd_cert: Path | None,
+        etcd_key: Path | None,
+        etcd_user: str,
+        etcd_password_file: Path | None,
+        tls_cert: Path | None,
+        tls_key: Path | None,
+        tls_ca: Path | None,
+        **rest: Any,
+    ) -> None:
+        access = store_access(etcd_ca, etcd_cert, etcd_key, etcd_user, etcd_password_file)
+        command(_Etcd(store, etcd_access(store, access, tls_files(tls_cert, tls_key, tls_ca))), **rest)
+
+    store = click.option(
+        "--store",
+        required=True,
+        help="The centers' etcd: etcd://HOST:PORT[,HOST:PORT...][/PREFIX], or etcds://... for etcd over TLS, as "
+        "given to quota center serve.",
+    )
+    return store(etcd_options("operator")(tls_file_options(on_etcd)))
 
 
 @click.group()
@@ -42,18 +81,18 @@ def shards() -> None:
 
 
 @shards.command()
-@_STORE
-def show(store: str) -> None:
+@_on_etcd
+def show(etcd: _Etcd) -> None:
     """Print the map: its version, each group's slot count, and the slots being handed over."""
-    layout = _run(store, lambda map_: map_.read())
+    layout = _run(etcd, lambda map_: map_.read())
     click.echo(describe(layout))
 
 
 @shards.command()
-@_STORE
+@_on_etcd
 @click.option("--groups", "names", required=True, help="The groups the map should have, comma-separated.")
 @click.option("--yes", is_flag=True, help="Store the plan without asking.")
-def resize(store: str, names: str, yes: bool) -> None:
+def resize(etcd: _Etcd, names: str, yes: bool) -> None:
     """Plan a change of the groups: the fewest slots move, each only after its regions gave back what they hold."""
     groups = [name.strip() for name in names.split(",") if name.strip()]
 
@@ -76,15 +115,15 @@ def resize(store: str, names: str, yes: bool) -> None:
             raise FailedPrecondition("the shard map changed while planning; run quota shards resize again")
         return after
 
-    layout = _run(store, plan)
+    layout = _run(etcd, plan)
     click.echo(describe(layout))
 
 
 @shards.command()
-@_STORE
-def audit(store: str) -> None:
+@_on_etcd
+def audit(etcd: _Etcd) -> None:
     """Every change of the map: its version, who made it and when, and what it planned or handed over."""
-    for record in _run(store, lambda map_: map_.audit()):
+    for record in _run(etcd, lambda map_: map_.audit()):
         when = datetime.fromtimestamp(record["at_ms"] / 1000, UTC).isoformat(timespec="seconds")
         owners, planned = record["owners"], record["planned"]
         flows = ", ".join(sorted({f"{source} -> {target}" for source, target in owners.values()}))
@@ -106,16 +145,20 @@ def _flows(layout: Layout, moving: dict[int, str]) -> str:
     return ", ".join(f"{n} {source} -> {target}" for (source, target), n in sorted(flows.items())) or "none"
 
 
-def _run(url: str, work: Callable[[EtcdShards], Awaitable[T]]) -> T:
-    endpoints, base = etcd_location(url)
+def _run(etcd: _Etcd, work: Callable[[EtcdShards], Awaitable[T]]) -> T:
+    endpoints, base = etcd_location(etcd.url)
     if not endpoints:
-        raise ConfigError(f"--store {url!r}: the shard map lives in etcd; give etcd://HOST:PORT[/PREFIX]")
+        raise ConfigError(f"--store {etcd.url!r}: the shard map lives in etcd; give etcd://HOST:PORT[/PREFIX]")
 
     async def run() -> T:
-        store = await EtcdStore.connect(endpoints, base)
+        store = await EtcdStore.connect(endpoints, base, etcd.access)
         try:
             return await work(EtcdShards(store, shards_key(base)))
         finally:
             await store.close()
 
     return asyncio.run(run())
+
+
+for _command in (show, resize, audit):
+    bind_environment(_command)

@@ -28,7 +28,7 @@ from quota_common.errors import (
 )
 from quota_common.incarnation import started_ns
 from quota_common.model import Promotion
-from region_agent.agent_types import AgentSettings, OrderReport, PromotionStatus
+from region_agent.agent_types import AgentSettings, GroupStatus, OrderReport, PromotionStatus
 from region_agent.cache import CacheTier, PromotionCache
 from region_agent.catalog_sync import CatalogSync
 from region_agent.center_groups import CenterGroups
@@ -46,7 +46,7 @@ from region_agent.ledger.base import (
 from region_agent.supply import Supply
 from region_agent.supply_core import Tracked
 
-__all__ = ["Agent", "AgentSettings", "OrderReport", "PromotionStatus"]
+__all__ = ["Agent", "AgentSettings", "GroupStatus", "OrderReport", "PromotionStatus"]
 """The records live in `agent_types`; callers keep importing them from here."""
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,19 @@ class Agent:
             below_floor_lines = self._below_floor.of(self.incarnation, promotion_id)
             statuses.append(PromotionStatus(promotion_id, balance, remaining, frozen, below_floor_lines))
         return statuses
+
+    def group_statuses(self) -> list[GroupStatus]:
+        """Every center group the agent follows, the default group first."""
+        return [
+            GroupStatus(
+                catalog.group,
+                catalog.stream_alive,
+                self.cache.revision_of(catalog.group),
+                catalog.staleness_s(),
+                self._supply.lease_at(catalog.group),
+            )
+            for catalog in self.catalogs
+        ]
 
     def _check_spendable(self, item: Tracked) -> None:
         promotion = item.promotion

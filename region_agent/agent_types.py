@@ -46,6 +46,32 @@ class PromotionStatus:
 
 
 @dataclass(frozen=True)
+class LeaseAtGroup:
+    """The region's lease at one center group, as this process knows it."""
+
+    remaining_s: float
+    """Until it runs out unless renewed, from the group's last renewal that granted it; 0: it ran out, or the
+    group never granted one."""
+    renewals_failing_s: float
+    """Since the first failed renewal of the group's current outage; 0: its last renewal was answered."""
+    promotions: int
+    """Promotions tracked that the group serves; a group serving none is not renewed with (no lease)."""
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """One center group as the agent sees it: its catalog links and the region's lease there."""
+
+    group: str
+    stream_alive: bool
+    catalog_revision: int
+    """The cache holds every change of the group's catalog up to this revision."""
+    staleness_s: float | None
+    """Since the group last answered a pull or sent on its stream; None: it never did."""
+    lease: LeaseAtGroup
+
+
+@dataclass(frozen=True)
 class OrderReport:
     """What became of an order, and the ledger life that answers."""
 

@@ -203,7 +203,7 @@ class _AgentState(Collector):
 
 
 def _cache_metrics(agent: Agent) -> Iterator[Metric]:
-    """The cache, and each center group's catalog (label `group`, "default" with one group)."""
+    """The cache, and each center group's catalog and region lease (label `group`, "default" with one group)."""
     region = [agent.settings.region]
     size = GaugeMetricFamily("quota_agent_cached_promotions", "Promotions in the cache.", labels=["region"])
     size.add_metric(region, len(agent.cache))
@@ -216,10 +216,16 @@ def _cache_metrics(agent: Agent) -> Iterator[Metric]:
         "until it did.",
         labels=by_group,
     )
-    for catalog in agent.catalogs:
-        labels = [agent.settings.region, catalog.group]
-        revision.add_metric(labels, agent.cache.revision_of(catalog.group))
-        stream.add_metric(labels, int(catalog.stream_alive))
-        if (staleness := catalog.staleness_s()) is not None:
-            stale.add_metric(labels, staleness)
-    yield from (size, revision, stream, stale)
+    lease = GaugeMetricFamily(
+        "quota_agent_region_lease_remaining_seconds",
+        "Until the region's lease at the group runs out unless renewed; 0: it ran out or was never granted.",
+        labels=by_group,
+    )
+    for group in agent.group_statuses():
+        labels = [agent.settings.region, group.group]
+        revision.add_metric(labels, group.catalog_revision)
+        stream.add_metric(labels, int(group.stream_alive))
+        if group.staleness_s is not None:
+            stale.add_metric(labels, group.staleness_s)
+        lease.add_metric(labels, group.lease.remaining_s)
+    yield from (size, revision, stream, stale, lease)

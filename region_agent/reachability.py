@@ -19,6 +19,10 @@ class Reachability:
     def lost(self) -> bool:
         return self._lost_at is not None
 
+    def lost_for_s(self) -> float:
+        """Seconds since the current outage began; 0 while the center answers."""
+        return 0.0 if self._lost_at is None else self._clock.monotonic() - self._lost_at
+
     def failed(self, why: str) -> str | None:
         """The line to log when this failure starts an outage; None while one is under way."""
         if self._lost_at is not None:

@@ -19,7 +19,7 @@ from quota_common.validation import (
     require_id,
     require_region,
 )
-from region_agent.agent import Agent, OrderReport
+from region_agent.agent import Agent, GroupStatus, OrderReport
 from region_agent.errors import RetryAfter, describe
 from region_agent.ledger.base import CANCELLED, CONFIRMED, DEDUCTED, EXPIRED, RESERVED, Line, Settle
 from region_agent.metrics import AgentMetrics
@@ -205,15 +205,17 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
     @_answering
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.RegionStatus:
         statuses = await self._agent.status()
+        groups = self._agent.group_statuses()
         return pb.RegionStatus(
             region=self._agent.settings.region,
             incarnation=self._agent.incarnation,
             center_calls=self._agent.center_calls,
             catalog_revision=self._agent.cache.revision,
             cached_promotions=len(self._agent.cache),
-            # One flag for every group's stream: open only while all are (the metrics say which is not).
-            catalog_stream_alive=all(catalog.stream_alive for catalog in self._agent.catalogs),
+            # One flag for every group's stream, as before there were groups: open only while all are.
+            catalog_stream_alive=all(group.stream_alive for group in groups),
             promotion_fetches=self._agent.promotion_fetches,
+            groups=[_group_pb(group) for group in groups],
             balances=[
                 pb.PromotionBalance(
                     promotion_id=s.promotion_id,
@@ -230,6 +232,18 @@ class RegionAgentServicer(pb_grpc.RegionAgentServicer):
                 for s in statuses
             ],
         )
+
+
+def _group_pb(group: GroupStatus) -> pb.CenterGroupStatus:
+    return pb.CenterGroupStatus(
+        group=group.group,
+        catalog_stream_alive=group.stream_alive,
+        catalog_revision=group.catalog_revision,
+        catalog_staleness_ms=None if group.staleness_s is None else round(group.staleness_s * 1000),
+        lease_remaining_ms=round(group.lease.remaining_s * 1000),
+        renewals_failing_ms=round(group.lease.renewals_failing_s * 1000),
+        promotions=group.lease.promotions,
+    )
 
 
 SERVICES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())

@@ -20,6 +20,7 @@ from quota_common.clock import Clock
 from quota_common.errors import Exhausted, FailedPrecondition, NotFound, QuotaError, Superseded, Unavailable
 from quota_common.model import Promotion, Report
 from quota_common.policy import RefillSettings
+from region_agent.agent_types import LeaseAtGroup
 from region_agent.cache import PromotionCache
 from region_agent.center_groups import CenterGroups
 from region_agent.center_port import report
@@ -93,6 +94,8 @@ class SupplyCore:
         self._reports = {group: ReportBook() for group in groups.names}
         """By group: which reports it took in (a promotion handed to another group reports there afresh)."""
         self._reachability = {group: Reachability(clock) for group in groups.names}
+        self._region_leases: dict[str, float] = {}
+        """By group: monotonic time the region's lease there runs out, as its last renewal granted it."""
         self._joining = asyncio.Lock()
         """Held while the ledger's life is read and taken up, so the groups' loops take up a new one once."""
         self._retired = asyncio.Event()
@@ -105,6 +108,13 @@ class SupplyCore:
 
     def get(self, promotion_id: str) -> Tracked | None:
         return self._tracked.get(promotion_id)
+
+    def lease_at(self, group: str) -> LeaseAtGroup:
+        return LeaseAtGroup(
+            remaining_s=max(0.0, self._region_leases.get(group, 0.0) - self._clock.monotonic()),
+            renewals_failing_s=self._reachability[group].lost_for_s(),
+            promotions=len(self._groups.owners.of(group, self._tracked)),
+        )
 
     def learn(self, changed: list[Promotion]) -> None:
         """Takes in promotions that changed (from the cache's links or a fetch). A freeze gives the unspent

@@ -127,6 +127,7 @@ class SupplyRenewals(SupplyCore):
         self.cache.take_emergency(answer.emergency, group)
         lease_until = now + self._heard(answer.lease_ttl_s)
         if answer.region_lease:
+            self._region_leases[group] = lease_until
             # The group's lease covers the promotions it serves; another group's lease is its own to renew. One
             # whose report this answer refuses (handed to another group, mostly) is not covered either.
             refused = {directive.promotion_id for directive in answer.directives if directive.refusal}

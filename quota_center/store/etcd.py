@@ -82,7 +82,7 @@ class EtcdAccess:
         """The settings a person changes when etcd refuses the connection."""
         if self.ca is None:
             return "--store (etcds:// for TLS)"
-        return "--etcd-ca, --etcd-cert and --etcd-key (default: the center's --tls-ca, --tls-cert, --tls-key)"
+        return "--etcd-ca, --etcd-cert and --etcd-key (default: --tls-ca, --tls-cert, --tls-key)"
 
 
 def _endpoint(endpoint: str) -> tuple[str, int]:
@@ -255,7 +255,7 @@ class EtcdStore:
         """A read of the prefix, and a write to it that cannot happen (its transaction compares with a
         version no key has, and etcd checks the permission of every operation in it first)."""
         probe = f"{self.prefix}/leader"
-        user = f"user {access.user}" if access.user else "a center without --etcd-user"
+        user = f"user {access.user}" if access.user else "a client without --etcd-user"
         try:
             await self._kv.get(probe, timeout=_TIMEOUT_S)
             await self._kv.txn(
@@ -269,9 +269,11 @@ class EtcdStore:
                 change = "give --etcd-user and --etcd-password-file"
             raise ConfigError(f"etcd at {where} refused {user}: {_detail(error)}; {change}") from None
         except EtcdPermissionDeniedError as error:
+            # Without a user, etcd takes a client certificate's common name for one: give the user meant.
+            login = "" if access.user else "give --etcd-user and --etcd-password-file, or "
             raise ConfigError(
-                f"etcd at {where} does not let {user} read and write {self.prefix}/ ({_detail(error)}); grant its "
-                f"role readwrite on that prefix (etcdctl role grant-permission ROLE readwrite --prefix=true "
+                f"etcd at {where} does not let {user} read and write {self.prefix}/ ({_detail(error)}); {login}grant "
+                f"its role readwrite on that prefix (etcdctl role grant-permission ROLE readwrite --prefix=true "
                 f"{self.prefix}/), or fix --store's prefix"
             ) from None
         except (EtcdError, TimeoutError) as error:
@@ -431,12 +433,12 @@ def _unreachable(error: BaseException, access: EtcdAccess, where: str) -> Config
         return ConfigError(f"etcd at {where} does not answer ({detail}); start it, or {change}")
     if "CERTIFICATE_VERIFY_FAILED" in detail:
         return ConfigError(
-            f"etcd at {where} presented a certificate the center does not trust ({detail}); give --etcd-ca "
+            f"etcd at {where} presented a certificate this process does not trust ({detail}); give --etcd-ca "
             "(default: --tls-ca) the CA that signed it, and a certificate naming the host in --store to etcd"
         )
     if "TSI_DATA_CORRUPTED" in detail or "CERTIFICATE_REQUIRED" in detail:
         return ConfigError(
-            f"etcd at {where} refused the center's TLS connection ({detail}); it wants a client certificate its "
+            f"etcd at {where} refused this process's TLS connection ({detail}); it wants a client certificate its "
             "--trusted-ca-file signed: give --etcd-cert and --etcd-key (default: --tls-cert and --tls-key)"
         )
     if "Handshake read failed" in detail or "WRONG_VERSION_NUMBER" in detail:

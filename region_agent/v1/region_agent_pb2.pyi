@@ -564,6 +564,7 @@ class RegionStatus(_message.Message):
     CACHED_PROMOTIONS_FIELD_NUMBER: _builtins.int
     CATALOG_STREAM_ALIVE_FIELD_NUMBER: _builtins.int
     PROMOTION_FETCHES_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     incarnation: _builtins.str
     center_calls: _builtins.int
@@ -572,11 +573,19 @@ class RegionStatus(_message.Message):
     """The promotion cache: every change the center made up to this catalog revision is in it."""
     cached_promotions: _builtins.int
     catalog_stream_alive: _builtins.bool
-    """the push stream from the center is connected"""
+    """The push stream from the center is connected; with several center groups, only while every
+    group's is (`groups` says which is not).
+    """
     promotion_fetches: _builtins.int
     """Promotions fetched one by one because the cache did not know them (GetPromotion calls)."""
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromotionBalance]: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___CenterGroupStatus]:
+        """Each center group the agent follows, the default group first; one, named "default", with
+        one group. Empty from an agent older than this field.
+        """
+
     def __init__(
         self,
         *,
@@ -588,11 +597,67 @@ class RegionStatus(_message.Message):
         cached_promotions: _builtins.int = ...,
         catalog_stream_alive: _builtins.bool = ...,
         promotion_fetches: _builtins.int = ...,
+        groups: _abc.Iterable[Global___CenterGroupStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "cached_promotions", b"cached_promotions", "catalog_revision", b"catalog_revision", "catalog_stream_alive", b"catalog_stream_alive", "center_calls", b"center_calls", "incarnation", b"incarnation", "promotion_fetches", b"promotion_fetches", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "cached_promotions", b"cached_promotions", "catalog_revision", b"catalog_revision", "catalog_stream_alive", b"catalog_stream_alive", "center_calls", b"center_calls", "groups", b"groups", "incarnation", b"incarnation", "promotion_fetches", b"promotion_fetches", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegionStatus: _TypeAlias = RegionStatus  # noqa: Y015
+
+@_typing.final
+class CenterGroupStatus(_message.Message):
+    """One center group as the agent sees it: its catalog links and the region's lease there. One
+    group's outage stops only the promotions it serves (their leases run out; the others' go on).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    CATALOG_STREAM_ALIVE_FIELD_NUMBER: _builtins.int
+    CATALOG_REVISION_FIELD_NUMBER: _builtins.int
+    CATALOG_STALENESS_MS_FIELD_NUMBER: _builtins.int
+    LEASE_REMAINING_MS_FIELD_NUMBER: _builtins.int
+    RENEWALS_FAILING_MS_FIELD_NUMBER: _builtins.int
+    PROMOTIONS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    catalog_stream_alive: _builtins.bool
+    """this group's push stream is connected"""
+    catalog_revision: _builtins.int
+    """The cache holds every change of this group's catalog up to this revision (revisions are per group)."""
+    catalog_staleness_ms: _builtins.int
+    """Milliseconds since the group last answered a pull or sent on its stream; absent: it never did."""
+    lease_remaining_ms: _builtins.int
+    """Until the region's lease at this group runs out unless renewed, from the group's last renewal
+    that granted it. 0: it ran out, or the group never granted one (see `promotions`).
+    """
+    renewals_failing_ms: _builtins.int
+    """Since the first failed renewal of the current outage of this group; 0: its last renewal was
+    answered (or none was due).
+    """
+    promotions: _builtins.int
+    """Promotions this agent tracks that the group serves, as far as it knows. A group serving none
+    of them is not renewed with, so it grants no lease.
+    """
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        catalog_stream_alive: _builtins.bool = ...,
+        catalog_revision: _builtins.int = ...,
+        catalog_staleness_ms: _builtins.int | None = ...,
+        lease_remaining_ms: _builtins.int = ...,
+        renewals_failing_ms: _builtins.int = ...,
+        promotions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_catalog_staleness_ms", b"_catalog_staleness_ms", "catalog_staleness_ms", b"catalog_staleness_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_catalog_staleness_ms", b"_catalog_staleness_ms", "catalog_revision", b"catalog_revision", "catalog_staleness_ms", b"catalog_staleness_ms", "catalog_stream_alive", b"catalog_stream_alive", "group", b"group", "lease_remaining_ms", b"lease_remaining_ms", "promotions", b"promotions", "renewals_failing_ms", b"renewals_failing_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__catalog_staleness_ms: _TypeAlias = _typing.Literal["catalog_staleness_ms"]  # noqa: Y015
+    _WhichOneofArgType__catalog_staleness_ms: _TypeAlias = _typing.Literal["_catalog_staleness_ms", b"_catalog_staleness_ms"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__catalog_staleness_ms) -> _WhichOneofReturnType__catalog_staleness_ms | None: ...
+
+Global___CenterGroupStatus: _TypeAlias = CenterGroupStatus  # noqa: Y015

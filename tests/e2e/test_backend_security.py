@@ -93,7 +93,7 @@ def secure_redis(keys: Secrets) -> Iterator[RunningServer]:
         yield server
 
 
-def _refused_by_etcd(*args: str, cwd: Path) -> str:
+def refused_by_etcd(*args: str, cwd: Path) -> str:
     """As `refused`, but gRPC may have logged its own lines first (a refused TLS handshake): the last line
     is the center's."""
     result = run_quota(*args, cwd=cwd)
@@ -369,7 +369,7 @@ def test_a_center_refused_by_etcd_stops_with_one_line_saying_what_to_change(
         ),
     }  # fmt: skip
 
-    line = _refused_by_etcd(*CENTER, *given[case], cwd=tmp_path)
+    line = refused_by_etcd(*CENTER, *given[case], cwd=tmp_path)
 
     assert named in line
     assert all(password not in line for password in keys.passwords.values())

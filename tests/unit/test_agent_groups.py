@@ -5,23 +5,29 @@ each group renews its own promotions' leases, and one group's outage leaves the 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import cast
 
+import grpc
 import pytest
+from click.testing import CliRunner
 
 from quota_center.center import Center
 from quota_center.center_core import CenterSettings
 from quota_center.issuer import KEY_DOCUMENT
+from quota_cli.main import main
 from quota_common.clock import FakeClock
 from quota_common.errors import Rejected, RejectReason, Superseded, Unavailable, WrongGroup
 from quota_common.model import Kind, Promotion, Report
 from quota_common.policy import RefillSettings
+from quota_common.rpc import Context
 from quota_common.shards import DEFAULT_GROUP, ShardMap
 from quota_testing.direct_center import DirectCenter
 from quota_testing.inprocess import TEST_INCARNATION_KEY
 from quota_testing.memory_store import MemoryStore
+from region_agent import server as agent_server
 from region_agent.agent import Agent, AgentSettings
 from region_agent.cache import PromotionCache
 from region_agent.center_groups import CenterGroups, Owners
@@ -30,7 +36,9 @@ from region_agent.floor import BelowFloorCount
 from region_agent.ledger.base import Line
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.metrics import AgentMetrics
+from region_agent.server import RegionAgentServicer
 from region_agent.supply import Supply
+from region_agent.v1 import region_agent_pb2 as pb
 
 HOUR_MS = 3_600_000
 MAP = ShardMap.even(["a", "b"])
@@ -155,6 +163,93 @@ async def test_the_agents_catalog_metrics_are_labelled_by_group(groups: Groups) 
         assert samples[("quota_agent_catalog_revision", group)] == groups.agent.cache.revision_of(group) > 0
         assert samples[("quota_agent_catalog_staleness_seconds", group)] == 0  # both pulled at start; no time passed
         assert ("quota_agent_catalog_stream_up", group) in samples
+
+
+async def _b_unreachable(groups: Groups) -> None:
+    """a answers and streams; b stopped answering 10 s ago, after the lease b granted ran out (14 s ago: the
+    first pull at start, the last word b said)."""
+    agent, outage = groups.agent, groups.ports["b"]
+    assert isinstance(outage, Outage)
+    await _deduct(agent, "a-0", owned_by("a"))
+    await _deduct(agent, "b-0", owned_by("b"))
+    await agent.renew_once()
+    agent.catalogs[0].stream_alive = True  # as a's watch loop sets it while a's stream is open
+    outage.down = True
+    for step_s in (4.0, CenterSettings().lease_ttl_s):
+        groups.clock.advance(step_s)
+        with pytest.raises(Unavailable):
+            await agent.renew_once()  # a renews; b does not answer
+    await agent.catalogs[0].pull()
+
+
+async def test_get_status_names_the_group_the_agent_cannot_reach(groups: Groups) -> None:
+    await _b_unreachable(groups)
+    servicer = RegionAgentServicer(groups.agent, AgentMetrics("eu"))
+
+    status = await servicer.GetStatus(pb.GetStatusRequest(), cast(Context, None))
+
+    revision = groups.agent.cache.revision_of
+    assert list(status.groups) == [
+        pb.CenterGroupStatus(
+            group="a",
+            catalog_stream_alive=True,
+            catalog_revision=revision("a"),
+            catalog_staleness_ms=0,
+            lease_remaining_ms=round(CenterSettings().lease_ttl_s * 1000),
+            renewals_failing_ms=0,
+            promotions=1,
+        ),
+        pb.CenterGroupStatus(
+            group="b",
+            catalog_stream_alive=False,
+            catalog_revision=revision("b"),
+            catalog_staleness_ms=14_000,
+            lease_remaining_ms=0,
+            renewals_failing_ms=10_000,
+            promotions=1,
+        ),
+    ]
+    assert revision("a") > 0
+    assert revision("b") > 0
+    assert not status.catalog_stream_alive, "as before there were groups: open only while every group's is"
+    metrics = AgentMetrics("eu")
+    await metrics.watch(groups.agent)()
+    lease = {
+        sample.labels["group"]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "quota_agent_region_lease_remaining_seconds"
+    }
+    assert lease == {"a": CenterSettings().lease_ttl_s, "b": 0}
+    groups.agent.catalogs[1].stream_alive = True
+    assert (await servicer.GetStatus(pb.GetStatusRequest(), cast(Context, None))).catalog_stream_alive
+
+
+async def test_agent_status_prints_first_which_group_is_in_trouble(groups: Groups) -> None:
+    await _b_unreachable(groups)
+    server = grpc.aio.server()
+    agent_server.add_to_server(groups.agent, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        args = ["agent", "status", "--agent", address, "--insecure"]
+        shown, as_json = [await asyncio.to_thread(CliRunner().invoke, main, a) for a in (args, [*args, "--json"])]
+    finally:
+        await server.stop(None)
+
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0].startswith(f"agent of region eu, ledger life {groups.agent.incarnation}: ")
+    assert lines[1] == (
+        "center group b: renewals failing for 10.0 s; region lease expired: orders for its 1 promotion(s) are refused"
+    )
+    rows = {cells[0]: cells[1:] for line in lines if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 7}
+    assert rows["a"][0::2] == ["up", "0.0 s ago", "answered"]
+    assert rows["b"][0::2] == ["down", "14.0 s ago", "failing 10.0 s"]
+    assert rows["b"][3] == "none"
+    document = json.loads(as_json.output)
+    assert [g["renewals_failing_ms"] for g in document["groups"]] == [0, 10_000]
+    assert document["catalog_stream_alive"] is False
 
 
 class Refusing(DirectCenter):

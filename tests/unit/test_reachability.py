@@ -14,11 +14,14 @@ def test_an_outage_is_said_once_when_it_starts_and_once_when_it_ends_with_its_le
     lost = reachability.failed("failed to connect to all addresses")
     clock.advance(41.5)
     repeats = [reachability.failed("failed to connect to all addresses") for _ in range(100)]
+    lost_for_s = reachability.lost_for_s()  # from the first failure, not the last
     back = reachability.answered()
 
     assert lost is not None
     assert lost.startswith("lost the center at 2023-11-14T22:13:20+00:00 (failed to connect to all addresses)")
     assert repeats == [None] * 100
     assert back == "the center is back after 41.5 s"
+    assert lost_for_s == 41.5
     assert not reachability.lost
+    assert reachability.lost_for_s() == 0
     assert reachability.answered() is None
