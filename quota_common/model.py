@@ -121,6 +121,8 @@ class EmergencyFreeze:
 
     def covers(self, region: str) -> bool:
         """Whether the switch stops `region`: frozen everywhere, or `region` or, for a cell, its region."""
+        if not self.regions:
+            return self.everywhere  # the usual case, asked on every order
         return self.everywhere or region in self.regions or region_of(region) in self.regions
 
     def switched(self, region: str, frozen: bool, revision: int) -> EmergencyFreeze | None:

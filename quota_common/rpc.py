@@ -207,21 +207,28 @@ def _decoding(method: str, handler: MethodHandler) -> MethodHandler:
     decode = handler.request_deserializer
     serialize = handler.response_serializer
 
-    async def request(raw: bytes, context: Context) -> Any:
+    def decoded(raw: bytes) -> Any:
+        """The request, or None when it is not one (a message is never None). Not a coroutine: every order
+        comes this way."""
         try:
             return decode(raw) if decode else raw
         except DecodeError:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request could not be decoded as {request_type}: send that message, built from this "
-                "server's .proto files",
-            )
+            return None
+
+    async def refuse(context: Context) -> NoReturn:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request could not be decoded as {request_type}: send that message, built from this "
+            "server's .proto files",
+        )
 
     if handler.unary_stream is not None:
         stream: Any = handler.unary_stream
 
         async def streaming(raw: bytes, context: Context) -> AsyncIterator[Any]:
-            async for answer in stream(await request(raw, context), context):
+            if (message := decoded(raw)) is None:
+                await refuse(context)
+            async for answer in stream(message, context):
                 yield answer
 
         return grpc.unary_stream_rpc_method_handler(streaming, response_serializer=serialize)
@@ -230,6 +237,8 @@ def _decoding(method: str, handler: MethodHandler) -> MethodHandler:
         raise TypeError(f"{method} streams its requests; only single requests are decoded here")
 
     async def single(raw: bytes, context: Context) -> Any:
-        return await unary(await request(raw, context), context)
+        if (message := decoded(raw)) is None:
+            await refuse(context)
+        return await unary(message, context)
 
     return grpc.unary_unary_rpc_method_handler(single, response_serializer=serialize)

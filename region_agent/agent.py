@@ -196,14 +196,16 @@ class Agent:
         """Deducts the order's lines, or with `hold_ms` reserves them for that long, as `placer`'s order."""
         if region != self.settings.region:
             raise InvalidArgument(f"this agent serves region {self.settings.region!r}, not {region!r}")
-        tracked = await self._supply.track([line.promotion_id for line in lines])
+        promotion_ids = [line.promotion_id for line in lines]
+        tracked = self._supply.tracked(promotion_ids) or await self._supply.track(promotion_ids)
         below = below_floor([item.promotion for item in tracked], lines)
+        now, wall_ms = self._clock.monotonic(), self._clock.wall_ms()
         try:
             # The order's own prices first: a price below the floor is wrong whatever the supply, and the
             # caller must hear that, not "lease expired" while the center is out of reach.
             refuse_if_blocked(below)
             for item, line in zip(tracked, lines, strict=True):
-                self._check_spendable(item)
+                self._check_spendable(item, now, wall_ms)
                 _check_order_limit(item.promotion, line)
         except Rejected as refusal:
             previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0, placer=placer)
@@ -212,8 +214,6 @@ class Agent:
             if refusal.reason is RejectReason.BELOW_FLOOR:
                 self._saw_below_floor(order_key, below, "refused")
             raise
-        now = self._clock.monotonic()
-        wait = self.settings.max_wait_s if time_remaining_s is None else min(time_remaining_s, self.settings.max_wait_s)
         limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked if _limited(item.promotion)}
         outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms, placer)
         if not (outcome.replayed or outcome.over_limit):
@@ -221,6 +221,7 @@ class Agent:
             # one its user may not place never will be.
             for item, line in zip(tracked, lines, strict=True):
                 item.meter.observe(line.amount, now)
+        wait = self.settings.max_wait_s if time_remaining_s is None else min(time_remaining_s, self.settings.max_wait_s)
         while not outcome.accepted:
             if outcome.over_limit:
                 raise Rejected(
@@ -231,7 +232,7 @@ class Agent:
                 )
             await self._wait_for_refills(outcome, lines, deadline=now + wait)
             for item in tracked:
-                self._check_spendable(item)
+                self._check_spendable(item, self._clock.monotonic(), self._clock.wall_ms())
             outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms, placer)
         if below and not outcome.replayed:
             self._saw_below_floor(order_key, below, "let through")
@@ -307,7 +308,8 @@ class Agent:
             for catalog in self.catalogs
         ]
 
-    def _check_spendable(self, item: Tracked) -> None:
+    def _check_spendable(self, item: Tracked, now: float, wall_ms: int) -> None:
+        """Whether the region may spend the promotion now (`now` monotonic, `wall_ms` the wall clock)."""
         promotion = item.promotion
         if self._supply.retired:
             raise Rejected(
@@ -333,7 +335,6 @@ class Agent:
                 "no promotion is spent until it is lifted",
                 promotion.id,
             )
-        wall_ms = self._clock.wall_ms()
         if not promotion.is_active(wall_ms):
             raise Rejected(
                 RejectReason.NOT_ACTIVE,
@@ -341,7 +342,7 @@ class Agent:
                 f"it is now {iso(wall_ms)}",
                 promotion.id,
             )
-        if self._clock.monotonic() >= item.lease_until:
+        if now >= item.lease_until:
             raise Rejected(
                 RejectReason.LEASE_EXPIRED,
                 f"region {self.settings.region} could not renew its lease on promotion {promotion.id} "
@@ -377,7 +378,7 @@ class Agent:
             if error is not None:
                 item = self._supply.get(promotion_id)
                 assert item is not None
-                self._check_spendable(item)
+                self._check_spendable(item, self._clock.monotonic(), self._clock.wall_ms())
                 if isinstance(error, Unavailable):
                     raise NoQuotaInTime(
                         f"promotion {promotion_id}: the region's allotment is empty and its refill failed "

@@ -48,6 +48,7 @@ class PromotionCache:
     def __init__(self) -> None:
         self._revisions: dict[str, int] = {}
         self._emergencies: dict[str, EmergencyFreeze] = {}
+        self._in_force = EmergencyFreeze()
         self._promotions: dict[str, Promotion] = {}
 
     def __len__(self) -> int:
@@ -64,15 +65,9 @@ class PromotionCache:
     @property
     def emergency(self) -> EmergencyFreeze:
         """The switch in force: with several groups, whatever any of them freezes (each group's switch is set
-        by the same command; until all have it, the strictest stands)."""
-        switches = list(self._emergencies.values())
-        if len(switches) <= 1:
-            return switches[0] if switches else EmergencyFreeze()
-        return EmergencyFreeze(
-            any(switch.everywhere for switch in switches),
-            frozenset().union(*(switch.regions for switch in switches)),
-            max(switch.revision for switch in switches),
-        )
+        by the same command; until all have it, the strictest stands). Every order reads it: it is worked out
+        when a switch changes, not here."""
+        return self._in_force
 
     def get(self, promotion_id: str) -> Promotion | None:
         return self._promotions.get(promotion_id)
@@ -96,6 +91,7 @@ class PromotionCache:
         if emergency.revision <= self._emergencies.get(group, EmergencyFreeze()).revision:
             return False
         self._emergencies[group] = emergency
+        self._in_force = _strictest(list(self._emergencies.values()))
         return True
 
     def put(self, promotions: Iterable[Promotion]) -> list[Promotion]:
@@ -111,3 +107,13 @@ class PromotionCache:
     def starting(self, after_ms: int, until_ms: int) -> list[Promotion]:
         """Promotions that open in (after_ms, until_ms]."""
         return [p for p in self._promotions.values() if after_ms < p.start_ms <= until_ms]
+
+
+def _strictest(switches: list[EmergencyFreeze]) -> EmergencyFreeze:
+    if len(switches) == 1:
+        return switches[0]
+    return EmergencyFreeze(
+        any(switch.everywhere for switch in switches),
+        frozenset().union(*(switch.regions for switch in switches)),
+        max(switch.revision for switch in switches),
+    )

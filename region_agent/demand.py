@@ -21,6 +21,11 @@ class RateMeter:
         self._level = self._decayed(now) + amount / self._tau
         self._at = now
 
+    @property
+    def peak(self) -> float:
+        """The rate as of the last observation: it only decays from there, so no later rate is higher."""
+        return self._level
+
     def rate(self, now: float) -> float:
         return self._decayed(now)
 

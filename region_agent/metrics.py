@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from quota_common.errors import QuotaError, Rejected
+from quota_common.hot_metrics import HotCounter, HotHistogram
 from quota_common.rpc_metrics import LATENCY_BUCKETS_S, process_registry
 from quota_common.top_series import DEFAULT_TOP, Folding, Series, select, shown_as
 from region_agent.agent import Agent, PromotionStatus
@@ -31,19 +32,20 @@ class AgentMetrics:
     def __init__(self, region: str) -> None:
         self.region = region
         self.registry = process_registry()
-        self._deductions = Counter(
+        # Every order counts in these two: hot_metrics' series, not prometheus_client's.
+        self._deductions = HotCounter(
             "quota_agent_deductions",
             "Deductions and reservations answered, by result (accepted, replayed, rejected, failed) and reason.",
             ["region", "operation", "result", "reason"],
-            registry=self.registry,
         )
-        self._deduction_seconds = Histogram(
+        self._deduction_seconds = HotHistogram(
             "quota_agent_deduction_duration_seconds",
             "Time to answer a deduction or reservation, refill waits included.",
             ["region", "operation"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+            LATENCY_BUCKETS_S,
         )
+        self.registry.register(self._deductions)
+        self.registry.register(self._deduction_seconds)
         self._center_calls = Counter(
             "quota_agent_center_calls",
             "Unary calls to the center, retries included, by method and status code.",
@@ -57,7 +59,6 @@ class AgentMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def answered(self, operation: str, replayed: bool, elapsed_s: float) -> None:
         self._count(operation, "replayed" if replayed else "accepted", "", elapsed_s)
@@ -71,17 +72,8 @@ class AgentMetrics:
         self._count(operation, result, reason, elapsed_s)
 
     def _count(self, operation: str, result: str, reason: str, elapsed_s: float) -> None:
-        # On every order's path: the labelled children are looked up once, not per call.
-        children = self._children.get((operation, result, reason))
-        if children is None:
-            children = (
-                self._deductions.labels(self.region, operation, result, reason),
-                self._deduction_seconds.labels(self.region, operation),
-            )
-            self._children[(operation, result, reason)] = children
-        counter, latency = children
-        counter.inc()
-        latency.observe(elapsed_s)
+        self._deductions.inc((self.region, operation, result, reason))
+        self._deduction_seconds.observe((self.region, operation), elapsed_s)
 
     def center_call(self, method: str, code: grpc.StatusCode, elapsed_s: float) -> None:
         self._center_calls.labels(self.region, method, code.name).inc()

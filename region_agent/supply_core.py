@@ -174,24 +174,31 @@ class SupplyCore:
         self._unknown.pop(promotion_id, None)
         self._unknown[promotion_id] = (now + UNKNOWN_TTL_S, message)
 
+    def tracked(self, promotion_ids: Sequence[str]) -> list[Tracked] | None:
+        """The promotions when every one is tracked already (every order after a promotion's first), else
+        None: then `track` fetches them. Apart from `track` so that the order path makes no coroutine for it."""
+        known = []
+        for promotion_id in promotion_ids:
+            item = self._tracked.get(promotion_id)
+            if item is None:
+                return None
+            known.append(item)
+        return known
+
     async def track(self, promotion_ids: Sequence[str]) -> list[Tracked]:
         """The promotions, fetched from the center on first sight: one fetch per promotion however
         many orders wait for it, and a cancelled order cancels no fetch. The first one missing from
         the cache is fetched alone, so an order naming promotions nobody knows costs the center one
         call; the rest then concurrently."""
-        known = []
-        for promotion_id in promotion_ids:
-            item = self._tracked.get(promotion_id)
-            if item is None:
-                unseen = [pid for pid in promotion_ids if pid not in self._tracked]
-                for pid in unseen:
-                    self._refuse_if_unknown(pid)
-                if uncached := [pid for pid in unseen if self.cache.get(pid) is None]:
-                    await self._track_one(uncached[0])
-                return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
-            known.append(item)
-        # Every order after a promotion's first lands here: no task per promotion on the order path.
-        return known
+        known = self.tracked(promotion_ids)
+        if known is not None:
+            return known  # no task per promotion on the order path
+        unseen = [pid for pid in promotion_ids if pid not in self._tracked]
+        for pid in unseen:
+            self._refuse_if_unknown(pid)
+        if uncached := [pid for pid in unseen if self.cache.get(pid) is None]:
+            await self._track_one(uncached[0])
+        return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
 
     def _refuse_if_unknown(self, promotion_id: str) -> None:
         until, message = self._unknown.get(promotion_id, (0.0, ""))
@@ -297,6 +304,10 @@ class SupplyCore:
     # Refills
 
     def refill_if_low(self, item: Tracked, available: int) -> None:
+        if available >= policy.low_water_mark(self._refill_settings, item.last_grant, item.meter.peak, item.latency_s):
+            # The rate now is at most its peak, so the mark is at most this: no refill, and no clock read or
+            # decay worked out on the order path.
+            return
         now = self._clock.monotonic()
         mark = policy.low_water_mark(self._refill_settings, item.last_grant, item.meter.rate(now), item.latency_s)
         if available < mark and not item.exhausted:

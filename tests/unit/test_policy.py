@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from quota_common import policy
 from quota_common.policy import HOUR_MS, Pacing, RefillSettings
 from quota_common.validation import MAX_AMOUNT
+from region_agent.demand import RateMeter
 
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -284,4 +285,26 @@ def test_released_amount_grows_with_time_up_to_the_budget(
     assert released == sorted(released)
     assert policy.released_amount(budget, 0, window, window, pacing, cap) == (
         budget if pacing is not Pacing.HOURLY_CAP else min(budget, cap * (window // HOUR_MS + 1))
+    )
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, MAX_AMOUNT), st.floats(0, 5)), min_size=1, max_size=20),
+    st.floats(0, 100),
+    st.integers(0, MAX_AMOUNT),
+    st.floats(0.001, 10),
+)
+def test_a_mark_worked_out_from_the_meters_peak_is_never_below_the_mark_now(
+    observed: list[tuple[int, float]], later_s: float, last_grant: int, latency: float
+) -> None:
+    """The agent skips the exact mark when what is left reaches the mark at the peak rate: exact only because
+    no rate after the last observation is above that peak, and the mark never falls as the rate grows."""
+    meter, now = RateMeter(), 0.0
+    for amount, gap_s in observed:
+        now += gap_s
+        meter.observe(amount, now)
+    refill = RefillSettings()
+    assert meter.rate(now + later_s) <= meter.peak
+    assert policy.low_water_mark(refill, last_grant, meter.rate(now + later_s), latency) <= policy.low_water_mark(
+        refill, last_grant, meter.peak, latency
     )
