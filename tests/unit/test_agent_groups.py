@@ -169,7 +169,6 @@ async def _b_unreachable(groups: Groups) -> None:
     """a answers and streams; b stopped answering 10 s ago, after the lease b granted ran out (14 s ago: the
     first pull at start, the last word b said)."""
     agent, outage = groups.agent, groups.ports["b"]
-    assert isinstance(outage, Outage)
     await _deduct(agent, "a-0", owned_by("a"))
     await _deduct(agent, "b-0", owned_by("b"))
     await agent.renew_once()
