@@ -30,7 +30,7 @@ from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.locks import NamedLocks
 from quota_center.reconciliation import Discrepancies
 from quota_center.shard_move import Phase, SlotMove, check
-from quota_center.store.base import Store
+from quota_center.store.base import MAX_BATCH_BYTES, MAX_REPORT_BATCH, Store, batches
 from quota_center.trail import AuditTrail
 from quota_common.clock import Clock
 from quota_common.errors import (
@@ -47,9 +47,6 @@ from quota_common.model import (
 from quota_common.shards import DEFAULT_GROUP, ShardMap
 
 T = TypeVar("T")
-
-_RENUMBER_BATCH = 32
-"""Promotions renumbered in one store write: etcd bounds the operations of one transaction (128 by default)."""
 
 
 class CommitConflict(Unavailable):
@@ -340,8 +337,7 @@ class CenterCore:
             fresh.promotion, fresh.version = replace(state.promotion, revision=revision), state.version + 1
             fresh.numbered_by = None
             renumbered.append(fresh)
-        for start in range(0, len(renumbered), _RENUMBER_BATCH):
-            batch = renumbered[start : start + _RENUMBER_BATCH]
+        for batch in batches(renumbered, lambda s: len(s.encoded()), MAX_REPORT_BATCH, MAX_BATCH_BYTES):
             await self._store.commit_many([(state, state.version - 1, None) for state in batch])
         return renumbered
 
