@@ -1,13 +1,15 @@
 """A promotion moved into an established center group reaches the agents that follow that group's catalog,
 whichever of the group's leaders first serves it: the one that saw the map change, or the next one when that
 leader died between the flip and the end of its take-over (or between its batches); and no change of the
-group's catalog takes a revision below an agent's cursor or one a moved promotion takes too. Renumbering
-writes stay under the store's bound on a request's bytes. Two groups on in-memory stores; the copy is written
-as `EtcdShards.copy` writes it (a new document at version 1)."""
+group's catalog takes a revision below an agent's cursor or one a moved promotion takes too, nor while a
+take-over that failed may have stored some at revisions not served yet. Renumbering writes stay under the
+store's bound on a request's bytes. Two groups on in-memory stores; the copy is written as `EtcdShards.copy`
+writes it (a new document at version 1)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -29,12 +31,14 @@ BEFORE = ShardMap.even(["a", "b"], version=1)
 
 class Dying(MemoryStore):
     """A group's store as its leader writes it: the leader dies after `commits` more writes (None: never);
-    while `slow` is set, a write waits for it (`waiting` set meanwhile). `written` keeps the bytes of the
-    documents of every write."""
+    while `answers_lost` is set, each write lands but its caller hears of a failure (an etcd answer lost on
+    the way); while `slow` is set, a write waits for it (`waiting` set meanwhile). `written` keeps the bytes
+    of the documents of every write."""
 
     def __init__(self) -> None:
         super().__init__()
         self.commits: int | None = None
+        self.answers_lost = False
         self.slow: asyncio.Event | None = None
         self.waiting = asyncio.Event()
         self.written: list[int] = []
@@ -49,6 +53,8 @@ class Dying(MemoryStore):
             await self.slow.wait()
         await super().commit_many(commits, audit)
         self.written.append(sum(len(state.encoded()) for state, _, _ in commits))
+        if self.answers_lost:
+            raise Unavailable("the store's answer was lost")
 
 
 async def leader(store: MemoryStore, group: str, shard_map: ShardMap) -> Center:
@@ -179,6 +185,59 @@ async def test_a_change_made_while_a_take_over_renumbers_takes_a_revision_of_its
     revisions = {pid: b.promotion(pid).revision for pid in [moved, *created]}
     assert len(set(revisions.values())) == 2, revisions
     assert sorted(carried(b, cursor)) == sorted(revisions)
+
+
+async def test_a_take_over_that_failed_holds_back_every_catalog_revision_until_one_completes(
+    established: tuple[Center, Dying, Center, int],
+) -> None:
+    """A take-over whose write failed (or whose answer was lost) may have stored promotions at revisions this
+    leader's catalog has not reached: a change taking one of them too would leave two at a revision, and a
+    catalog page may end between them. Until the shard follower's next try completes, none is taken."""
+    a, b_store, b, cursor = established
+    moved = ids_of("a", 40, "bulk")
+    await create(a, moved)
+    after = await hand_over(a, b_store, moved)
+    b_store.answers_lost = True
+    with pytest.raises(Unavailable):
+        await b.take_over(after)
+    b_store.answers_lost = False
+
+    (resident,) = ids_of("b", 1, "resident")
+    with pytest.raises(Unavailable, match="has not finished taking over"):
+        await b.set_frozen(resident, True)
+    with pytest.raises(Unavailable, match="retry this change shortly"):
+        await b.set_emergency_freeze("eu", True)
+    with pytest.raises(Unavailable):
+        await create(b, ids_of("b", 1, "meanwhile"))
+    assert carried(b, cursor) == []
+
+    await b.take_over(after)  # the follower's next step
+    await b.set_frozen(resident, True)
+    revisions = {pid: b.promotion(pid).revision for pid in [*moved, resident]}
+    assert len(set(revisions.values())) == len(revisions), revisions
+    assert sorted(carried(b, cursor)) == sorted(revisions)
+
+
+async def test_the_successor_of_a_leader_whose_take_over_failed_misses_no_agent(
+    established: tuple[Center, Dying, Center, int],
+) -> None:
+    """The failed take-over's leader goes on serving, then is deposed before its follower tries again: its
+    successor serves what is stored, the renumbered documents among it, and an agent up to date on the
+    deposed leader's catalog must be sent every one of them."""
+    a, b_store, b, _ = established
+    moved = ids_of("a", 40, "bulk")
+    await create(a, moved)
+    after = await hand_over(a, b_store, moved)
+    b_store.answers_lost = True
+    with pytest.raises(Unavailable):
+        await b.take_over(after)
+    b_store.answers_lost = False
+    with contextlib.suppress(Unavailable):
+        await create(b, ids_of("b", 1, "meanwhile"))
+    cursor = b.catalog_page("eu", 0, 1000).revision  # an agent up to date
+
+    successor = await leader(b_store, "b", after)
+    assert set(moved) <= set(carried(successor, cursor))
 
 
 async def test_a_renumbering_writes_large_promotions_in_batches_under_the_stores_request_bound() -> None:
