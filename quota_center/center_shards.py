@@ -5,8 +5,6 @@ follower (`shard_follower`) drives them."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from quota_center.center_core import CenterCore
 from quota_center.ledger import PromotionState
 from quota_center.shard_move import Holding, SlotMove
@@ -77,7 +75,10 @@ class CenterShards(CenterCore):
         ids = [pid for pid in self._states if self._shards.slot(pid) == slot]
 
         async def take() -> list[PromotionState]:
-            return [replace(self._states[pid].copy(), numbered_by=self.settings.group) for pid in ids]
+            copies = [self._states[pid].copy() for pid in ids]
+            for state in copies:
+                state.numbered_by = self.settings.group
+            return copies
 
         return await self._exclusively(ids, take)
 
