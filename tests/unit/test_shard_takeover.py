@@ -187,12 +187,14 @@ async def test_a_change_made_while_a_take_over_renumbers_takes_a_revision_of_its
     assert sorted(carried(b, cursor)) == sorted(revisions)
 
 
-async def test_a_take_over_that_failed_holds_back_every_catalog_revision_until_one_completes(
-    established: tuple[Center, Dying, Center, int],
-) -> None:
-    """A take-over whose write failed (or whose answer was lost) may have stored promotions at revisions this
-    leader's catalog has not reached: a change taking one of them too would leave two at a revision, and a
-    catalog page may end between them. Until the shard follower's next try completes, none is taken."""
+Failed = tuple[list[str], ShardMap, Dying, Center, int]
+
+
+@pytest.fixture
+async def failed(established: tuple[Center, Dying, Center, int]) -> Failed:
+    """40 of group a's promotions handed to b, whose take-over wrote their new revisions but heard of a failure
+    (the store's answer lost): the moved ids, the map after the flip, b's store, b's leader (serving on) and the
+    cursor of an agent up to date on b's catalog."""
     a, b_store, b, cursor = established
     moved = ids_of("a", 40, "bulk")
     await create(a, moved)
@@ -201,7 +203,14 @@ async def test_a_take_over_that_failed_holds_back_every_catalog_revision_until_o
     with pytest.raises(Unavailable):
         await b.take_over(after)
     b_store.answers_lost = False
+    return moved, after, b_store, b, cursor
 
+
+async def test_a_take_over_that_failed_holds_back_every_catalog_revision_until_one_completes(failed: Failed) -> None:
+    """A take-over whose write failed (or whose answer was lost) may have stored promotions at revisions this
+    leader's catalog has not reached: a change taking one of them too would leave two at a revision, and a
+    catalog page may end between them. Until the shard follower's next try completes, none is taken."""
+    moved, after, _, b, cursor = failed
     (resident,) = ids_of("b", 1, "resident")
     with pytest.raises(Unavailable, match="has not finished taking over"):
         await b.set_frozen(resident, True)
@@ -218,20 +227,11 @@ async def test_a_take_over_that_failed_holds_back_every_catalog_revision_until_o
     assert sorted(carried(b, cursor)) == sorted(revisions)
 
 
-async def test_the_successor_of_a_leader_whose_take_over_failed_misses_no_agent(
-    established: tuple[Center, Dying, Center, int],
-) -> None:
+async def test_the_successor_of_a_leader_whose_take_over_failed_misses_no_agent(failed: Failed) -> None:
     """The failed take-over's leader goes on serving, then is deposed before its follower tries again: its
     successor serves what is stored, the renumbered documents among it, and an agent up to date on the
     deposed leader's catalog must be sent every one of them."""
-    a, b_store, b, _ = established
-    moved = ids_of("a", 40, "bulk")
-    await create(a, moved)
-    after = await hand_over(a, b_store, moved)
-    b_store.answers_lost = True
-    with pytest.raises(Unavailable):
-        await b.take_over(after)
-    b_store.answers_lost = False
+    moved, after, b_store, b, _ = failed
     with contextlib.suppress(Unavailable):
         await create(b, ids_of("b", 1, "meanwhile"))
     cursor = b.catalog_page("eu", 0, 1000).revision  # an agent up to date
