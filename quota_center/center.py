@@ -99,7 +99,7 @@ class Center(CenterForAgents):
         """Under the configuration lock: the create itself, with its audit record."""
 
         async def work() -> Promotion:
-            created = replace(promotion, frozen=False, archived=False, revision=self._catalog_revision + 1, owner=owner)
+            created = replace(promotion, frozen=False, archived=False, revision=self._next_revision(), owner=owner)
             state = PromotionState(created)
             after = promotion_document(created)
             record = self._trail.seal(by, "CreatePromotion", promotion.id, None, after, findings)
@@ -163,7 +163,7 @@ class Center(CenterForAgents):
 
     async def _switch(self, region: str, frozen: bool, by: By) -> EmergencyFreeze:
         async with self._configuring:
-            switched = self._emergency.switched(region, frozen, self._catalog_revision + 1)
+            switched = self._emergency.switched(region, frozen, self._next_revision())
             if switched is None:
                 return self._emergency
             document = switched.to_document()
@@ -225,7 +225,7 @@ class Center(CenterForAgents):
         if guarded is not None:
             trial = self._state(promotion_id).copy()
             # The change's own checks first: a stale revision is not held, and neither is a change of nothing.
-            if change(trial, self._catalog_revision + 1) is not False:
+            if change(trial, self._next_revision()) is not False:
                 proposal = Proposal(terms(trial.promotion), terms(before), by.actor)
                 findings = await self._gate.judge(call, promotion_id, proposal, guarded, by)
 
@@ -233,7 +233,7 @@ class Center(CenterForAgents):
             after = promotion_document(changed.promotion)
             return self._trail.seal(by, call, promotion_id, promotion_document(before), after, findings)
 
-        state = await self._change(promotion_id, lambda s: change(s, self._catalog_revision + 1), record)
+        state = await self._change(promotion_id, lambda s: change(s, self._next_revision()), record)
         return state.promotion
 
     def statement(self, promotion_id: str) -> settlement.Statement:

@@ -30,7 +30,7 @@ from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.locks import NamedLocks
 from quota_center.reconciliation import Discrepancies
 from quota_center.shard_move import Phase, SlotMove, check
-from quota_center.store.base import Store
+from quota_center.store.base import MAX_BATCH_BYTES, MAX_REPORT_BATCH, Store, batches
 from quota_center.trail import AuditTrail
 from quota_common.clock import Clock
 from quota_common.errors import (
@@ -47,9 +47,6 @@ from quota_common.model import (
 from quota_common.shards import DEFAULT_GROUP, ShardMap
 
 T = TypeVar("T")
-
-_RENUMBER_BATCH = 32
-"""Promotions renumbered in one store write: etcd bounds the operations of one transaction (128 by default)."""
 
 
 class CommitConflict(Unavailable):
@@ -134,6 +131,11 @@ class CenterCore:
         """Held by every configuration change, so changes commit in catalog revision order."""
         self._revisions = RevisionIndex()
         self._catalog_revision = 0
+        self._take_over_owed = False
+        """Set when a take-over failed (`CenterShards.take_over`): some of the promotions it renumbered may be
+        stored at revisions above `_catalog_revision` already, unserved, so no change may take a revision until
+        a take-over completes (the shard follower retries it): an agent's cursor passing one of those revisions
+        would skip that promotion once a later leader serves it."""
         self._emergency = EmergencyFreeze()
         self._catalog_changed = asyncio.Event()
         self._trail = AuditTrail(store, clock)
@@ -175,19 +177,22 @@ class CenterCore:
         self._catalog_revision = max([self._emergency.revision, *(s.promotion.revision for s in stored)])
         own = sorted((s for s in states if s.numbered_by is None), key=lambda s: s.promotion.revision)
         # Handed over to this group, whose leader then died before its take-over renumbered them all.
-        for state in own + await self._renumbered([s for s in states if s.numbered_by is not None]):
+        renumbered = await self._renumbered([s for s in states if s.numbered_by is not None])
+        for state in own + renumbered:
             self._states[state.promotion.id] = state
             self._revisions.record(state.promotion.id, state.promotion.revision)
-            self._catalog_revision = max(self._catalog_revision, state.promotion.revision)
             self._note_lives(state)
             for region in state.accounts:
                 self._lease_expiry[(state.promotion.id, region)] = grace
+        if renumbered:
+            self._catalog_revision = renumbered[-1].promotion.revision  # in revision order, above the rest
         self._note_draining()
         self._serving = True
 
     def stop_serving(self) -> None:
         """Forgets everything: a standby answers NotLeader until it leads and rebuilds."""
         self._serving = False
+        self._take_over_owed = False  # the next leader's `start` renumbers what a failed take-over left
         self._states.clear()
         self._lease_expiry.clear()
         self._region_lease.clear()
@@ -215,6 +220,17 @@ class CenterCore:
         self._revisions.record(promotion.id, promotion.revision)
         self._catalog_revision = max(self._catalog_revision, promotion.revision)
         self._publish()
+
+    def _next_revision(self) -> int:
+        """The catalog revision the configuration change being made takes (call it under the configuration
+        lock, before writing anything)."""
+        if self._take_over_owed:
+            raise Unavailable(
+                f"center group {self.settings.group} has not finished taking over the slots handed to it (a store"
+                " write failed; its shard follower retries it at each step): retry this change shortly, and check"
+                " the store's health if it keeps failing"
+            )
+        return self._catalog_revision + 1
 
     def _publish(self) -> None:
         self._catalog_changed.set()
@@ -340,8 +356,7 @@ class CenterCore:
             fresh.promotion, fresh.version = replace(state.promotion, revision=revision), state.version + 1
             fresh.numbered_by = None
             renumbered.append(fresh)
-        for start in range(0, len(renumbered), _RENUMBER_BATCH):
-            batch = renumbered[start : start + _RENUMBER_BATCH]
+        for batch in batches(renumbered, lambda s: len(s.encoded()), MAX_REPORT_BATCH, MAX_BATCH_BYTES):
             await self._store.commit_many([(state, state.version - 1, None) for state in batch])
         return renumbered
 

@@ -5,8 +5,6 @@ follower (`shard_follower`) drives them."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from quota_center.center_core import CenterCore
 from quota_center.ledger import PromotionState
 from quota_center.shard_move import Holding, SlotMove
@@ -23,22 +21,34 @@ class CenterShards(CenterCore):
     async def take_over(self, shard_map: ShardMap) -> None:
         """Adopts `shard_map`: the promotions of slots it newly gives this group are read from the store (their
         copies were written there before the map changed) and given fresh revisions of this group's catalog
-        (`_renumbered`), and those of slots it took away are forgotten."""
+        (`_renumbered`), and those of slots it took away are forgotten. One that fails leaves every change that
+        takes a catalog revision refused until a take-over completes (`_next_revision`)."""
         self._require_leader()
         group = self.settings.group
         gained = {s for s, owner in enumerate(shard_map.owners) if owner == group and self._shards.owners[s] != group}
         lost = {s for s, owner in enumerate(shard_map.owners) if owner != group and self._shards.owners[s] == group}
         if gained:
+            # Read before the lock (a full read of the store): nothing else writes these documents, which the
+            # source sealed and no replica of this group serves yet.
+            arrived = [s for s in await self._store.load_all() if shard_map.slot(s.promotion.id) in gained]
             # Configuration changes wait: one committed meanwhile would take a revision this renumbering gives too.
             async with self._configuring:
+                try:
+                    renumbered = await self._renumbered(arrived)
+                except BaseException:
+                    # Some may be stored at their new revisions already (a batch written, or one whose answer
+                    # was lost): a change taking one of those too would hide the promotion from an agent whose
+                    # cursor passed it, once a later leader serves what is stored.
+                    self._take_over_owed = True
+                    raise
                 grace = self._clock.monotonic() + self.settings.lease_ttl_s
-                arrived = [s for s in await self._store.load_all() if shard_map.slot(s.promotion.id) in gained]
-                for state in await self._renumbered(arrived):
+                for state in renumbered:
                     self._states[state.promotion.id] = state
                     self._note_lives(state)
                     for region in state.accounts:
                         self._lease_expiry[(state.promotion.id, region)] = grace
                     self._changed(state.promotion)
+        self._take_over_owed = False
         for promotion_id in [pid for pid in self._states if shard_map.slot(pid) in lost]:
             del self._states[promotion_id]
             self._contested.discard(promotion_id)
@@ -65,7 +75,10 @@ class CenterShards(CenterCore):
         ids = [pid for pid in self._states if self._shards.slot(pid) == slot]
 
         async def take() -> list[PromotionState]:
-            return [replace(self._states[pid].copy(), numbered_by=self.settings.group) for pid in ids]
+            copies = [self._states[pid].copy() for pid in ids]
+            for state in copies:
+                state.numbered_by = self.settings.group
+            return copies
 
         return await self._exclusively(ids, take)
 

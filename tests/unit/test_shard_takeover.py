@@ -1,12 +1,15 @@
 """A promotion moved into an established center group reaches the agents that follow that group's catalog,
 whichever of the group's leaders first serves it: the one that saw the map change, or the next one when that
 leader died between the flip and the end of its take-over (or between its batches); and no change of the
-group's catalog takes a revision below an agent's cursor or one a moved promotion takes too. Two groups on
-in-memory stores; the copy is written as `EtcdShards.copy` writes it (a new document at version 1)."""
+group's catalog takes a revision below an agent's cursor or one a moved promotion takes too, nor while a
+take-over that failed may have stored some at revisions not served yet. Renumbering writes stay under the
+store's bound on a request's bytes. Two groups on in-memory stores; the copy is written as `EtcdShards.copy`
+writes it (a new document at version 1)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -15,7 +18,8 @@ import pytest
 from quota_center.audit import AuditRecord
 from quota_center.center import Center
 from quota_center.center_core import CenterSettings
-from quota_center.store.base import Commit
+from quota_center.ledger import RegionAccount
+from quota_center.store.base import MAX_BATCH_BYTES, MAX_REPORT_BATCH, Commit
 from quota_common.clock import FakeClock
 from quota_common.errors import Unavailable
 from quota_common.model import Kind, Promotion
@@ -26,14 +30,18 @@ BEFORE = ShardMap.even(["a", "b"], version=1)
 
 
 class Dying(MemoryStore):
-    """A group's store as its leader writes it: the leader dies after `commits` more writes (None: never), and
-    while `slow` is set, a write waits for it (`waiting` set meanwhile)."""
+    """A group's store as its leader writes it: the leader dies after `commits` more writes (None: never);
+    while `answers_lost` is set, each write lands but its caller hears of a failure (an etcd answer lost on
+    the way); while `slow` is set, a write waits for it (`waiting` set meanwhile). `written` keeps the bytes
+    of the documents of every write."""
 
     def __init__(self) -> None:
         super().__init__()
         self.commits: int | None = None
+        self.answers_lost = False
         self.slow: asyncio.Event | None = None
         self.waiting = asyncio.Event()
+        self.written: list[int] = []
 
     async def commit_many(self, commits: Sequence[Commit], audit: AuditRecord | None = None) -> None:
         if self.commits == 0:
@@ -44,6 +52,9 @@ class Dying(MemoryStore):
             self.waiting.set()
             await self.slow.wait()
         await super().commit_many(commits, audit)
+        self.written.append(sum(len(state.encoded()) for state, _, _ in commits))
+        if self.answers_lost:
+            raise Unavailable("the store's answer was lost")
 
 
 async def leader(store: MemoryStore, group: str, shard_map: ShardMap) -> Center:
@@ -111,22 +122,22 @@ async def test_the_next_leaders_finish_a_renumbering_interrupted_between_its_bat
     established: tuple[Center, Dying, Center, int],
 ) -> None:
     a, b_store, b, _ = established
-    moved = ids_of("a", 70, "bulk")
-    await create(a, moved)  # revisions 2 to 71 at a
-    await create(b, ids_of("b", 80, "more"))
-    cursor = b.catalog_page("eu", 0, 1000).revision  # 83: above every one of them
+    moved = ids_of("a", 2 * MAX_REPORT_BATCH + 50, "bulk")
+    await create(a, moved)  # revisions 2 to 251 at a
+    await create(b, ids_of("b", 2 * MAX_REPORT_BATCH + 60, "more"))
+    cursor = b.catalog_page("eu", 0, 1000).revision  # 263: above every one of them
     after = await hand_over(a, b_store, moved)
 
     async def renumbered() -> int:
         return sum(s.promotion.revision > cursor for s in await b_store.load_all() if s.promotion.id in moved)
 
-    b_store.commits = 1  # one batch of 32 of the take-over's renumbering commits, then the leader dies
+    b_store.commits = 1  # one batch of the take-over's renumbering commits, then the leader dies
     with pytest.raises(Unavailable):
         await b.take_over(after)
     b_store.commits = 1  # so does the next leader, one batch into renumbering the rest as it loads
     with pytest.raises(Unavailable):
         await leader(b_store, "b", after)
-    assert await renumbered() == 64
+    assert await renumbered() == 2 * MAX_REPORT_BATCH
 
     b_store.commits = None
     b = await leader(b_store, "b", after)
@@ -174,3 +185,78 @@ async def test_a_change_made_while_a_take_over_renumbers_takes_a_revision_of_its
     revisions = {pid: b.promotion(pid).revision for pid in [moved, *created]}
     assert len(set(revisions.values())) == 2, revisions
     assert sorted(carried(b, cursor)) == sorted(revisions)
+
+
+Failed = tuple[list[str], ShardMap, Dying, Center, int]
+
+
+@pytest.fixture
+async def failed(established: tuple[Center, Dying, Center, int]) -> Failed:
+    """40 of group a's promotions handed to b, whose take-over wrote their new revisions but heard of a failure
+    (the store's answer lost): the moved ids, the map after the flip, b's store, b's leader (serving on) and the
+    cursor of an agent up to date on b's catalog."""
+    a, b_store, b, cursor = established
+    moved = ids_of("a", 40, "bulk")
+    await create(a, moved)
+    after = await hand_over(a, b_store, moved)
+    b_store.answers_lost = True
+    with pytest.raises(Unavailable):
+        await b.take_over(after)
+    b_store.answers_lost = False
+    return moved, after, b_store, b, cursor
+
+
+async def test_a_take_over_that_failed_holds_back_every_catalog_revision_until_one_completes(failed: Failed) -> None:
+    """A take-over whose write failed (or whose answer was lost) may have stored promotions at revisions this
+    leader's catalog has not reached: a change taking one of them too would leave two at a revision, and a
+    catalog page may end between them. Until the shard follower's next try completes, none is taken."""
+    moved, after, _, b, cursor = failed
+    (resident,) = ids_of("b", 1, "resident")
+    with pytest.raises(Unavailable, match="has not finished taking over"):
+        await b.set_frozen(resident, True)
+    with pytest.raises(Unavailable, match="retry this change shortly"):
+        await b.set_emergency_freeze("eu", True)
+    with pytest.raises(Unavailable):
+        await create(b, ids_of("b", 1, "meanwhile"))
+    assert carried(b, cursor) == []
+
+    await b.take_over(after)  # the follower's next step
+    await b.set_frozen(resident, True)
+    revisions = {pid: b.promotion(pid).revision for pid in [*moved, resident]}
+    assert len(set(revisions.values())) == len(revisions), revisions
+    assert sorted(carried(b, cursor)) == sorted(revisions)
+
+
+async def test_the_successor_of_a_leader_whose_take_over_failed_misses_no_agent(failed: Failed) -> None:
+    """The failed take-over's leader goes on serving, then is deposed before its follower tries again: its
+    successor serves what is stored, the renumbered documents among it, and an agent up to date on the
+    deposed leader's catalog must be sent every one of them."""
+    moved, after, b_store, b, _ = failed
+    with contextlib.suppress(Unavailable):
+        await create(b, ids_of("b", 1, "meanwhile"))
+    cursor = b.catalog_page("eu", 0, 1000).revision  # an agent up to date
+
+    successor = await leader(b_store, "b", after)
+    assert set(moved) <= set(carried(successor, cursor))
+
+
+async def test_a_renumbering_writes_large_promotions_in_batches_under_the_stores_request_bound() -> None:
+    """A promotion's document grows with its regions (each keeps its recent grants): a renumbering write of many
+    such documents would exceed etcd's request bound, and the group's leader could never start."""
+    a_store, b_store = MemoryStore(), Dying()
+    a = await leader(a_store, "a", BEFORE)
+    moved = ids_of("a", 12, "large")
+    await create(a, moved)
+    after = await hand_over(a, b_store, moved)
+    grants = [(f"{'request-' * 16}{i}", 1) for i in range(32)]
+    for promotion_id in moved:
+        state = await b_store.load(promotion_id)
+        assert state is not None
+        state.accounts = {f"region-{r}": RegionAccount(recent_grants=grants) for r in range(30)}
+        b_store.promotions[promotion_id] = state.encoded()
+    assert sum(len(text) for text in b_store.promotions.values()) > MAX_BATCH_BYTES
+
+    b = await leader(b_store, "b", after)
+    assert sorted(carried(b, 0)) == sorted(moved)
+    assert len(b_store.written) > 1
+    assert max(b_store.written) <= MAX_BATCH_BYTES
