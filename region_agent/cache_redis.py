@@ -79,8 +79,8 @@ return 1
 
 
 def _chunks(promotions: Iterable[Promotion]) -> Iterator[list[str | int]]:
-    """The promotions as script arguments, in chunks of at most `CHUNK_ENTRIES` and about `CHUNK_BYTES`; the
-    last one may be empty (the cursor moves with it)."""
+    """The promotions as script arguments, in chunks of at most `CHUNK_ENTRIES` and about `CHUNK_BYTES`; always
+    at least one, since the cursor moves with the last (empty when there are no promotions)."""
     chunk: list[str | int] = []
     size = 0
     for promotion in promotions:
