@@ -11,7 +11,7 @@ and leader following, since there is one center and no call is lost on the way.
     agent = Agent(AgentSettings("eu"), InProcessLedger(clock), port, clock)
 
 A test cuts the region off from the center (or one center group) with `port.down = True`: every call then
-fails as the gRPC adapter fails when no replica answers.
+fails as the gRPC adapter fails when no replica answers, and a stream already open breaks at its next page.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ class DirectCenter:
     def _call(self) -> None:
         """Counts a call, which fails if the center cannot be reached."""
         self.calls += 1
+        self._reachable()
+
+    def _reachable(self) -> None:
         if self.down:
             raise Unavailable("the center does not answer")
 
@@ -148,10 +151,12 @@ class DirectCenter:
     async def watch(self, since_revision: int, idle_timeout_s: float) -> AsyncIterator[Page]:
         """The servicer's stream: every page, then a wait for the next change or the heartbeat. A center in
         this process is never silent, so `idle_timeout_s` never runs out; a center that stops leading ends
-        the stream with NotLeader, as it ends the servicer's."""
+        the stream with NotLeader, as it ends the servicer's, and one cut off (`down`) ends it at its next page
+        with Unavailable, as a broken connection does."""
         self._call()
         cursor = require_counter("since_revision", since_revision)
         while True:
+            self._reachable()
             page = self._center.catalog_page(self._region, cursor, DEFAULT_PAGE)
             yield _page(page)
             cursor = page.revision

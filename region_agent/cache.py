@@ -7,7 +7,9 @@ revision, so a late or repeated message can never bring back an older configurat
 resumes from it and misses nothing. With several center groups each has its catalog, its cursor and its
 emergency switch (`revision_of`, the group named in `apply`); a promotion is served by one group at a time, and
 the group it moves to gives it a revision above the one it had, so its entries compare across groups: the
-entry of the group that serves it now wins over any copy its former group's catalog left behind.
+entry of the group that serves it now wins over any copy its former group's catalog left behind. Each entry
+belongs to the group whose catalog (or copy) brought it, and a group's `snapshot` holds only its own entries: what
+the agent writes to that group's copy in the region's Redis, so no copy fills with the other groups' promotions.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class PromotionCache:
         self._emergencies: dict[str, EmergencyFreeze] = {}
         self._in_force = EmergencyFreeze()
         self._promotions: dict[str, Promotion] = {}
+        self._groups: dict[str, str] = {}
+        """By promotion: the group whose catalog (or copy) carried the entry held, if one did yet."""
 
     def __len__(self) -> int:
         return len(self._promotions)
@@ -73,14 +77,20 @@ class PromotionCache:
         return self._promotions.get(promotion_id)
 
     def snapshot(self, group: str = DEFAULT_GROUP) -> CatalogSnapshot:
-        """Every promotion, with `group`'s switch and cursor."""
+        """`group`'s promotions, its switch and its cursor. An entry is the group's whose catalog (or copy)
+        brought it: a promotion that moved is the group's whose newer entry the agent holds; one fetched by
+        itself (`put`) stays with the group of the entry it replaced, or is the first group's to carry it."""
         switch = self._emergencies.get(group, EmergencyFreeze())
-        return CatalogSnapshot(list(self._promotions.values()), switch, self.revision_of(group))
+        own = [promotion for pid, promotion in self._promotions.items() if self._groups.get(pid) == group]
+        return CatalogSnapshot(own, switch, self.revision_of(group))
 
     def apply(self, changes: CatalogSnapshot, group: str = DEFAULT_GROUP) -> list[Promotion]:
         """Takes in a consistent set of changes of `group`'s catalog (a page of either link, or the tier's
         copy) and moves its cursor to it; returns the promotions that changed."""
         changed = self.put(changes.promotions)
+        for promotion in changes.promotions:  # the entry held is this one, or was fetched and is no group's yet
+            if self._promotions[promotion.id].revision == promotion.revision or promotion.id not in self._groups:
+                self._groups[promotion.id] = group
         self.take_emergency(changes.emergency, group)
         self._revisions[group] = max(self.revision_of(group), changes.revision)
         return changed

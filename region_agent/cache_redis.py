@@ -13,34 +13,55 @@ copy written before agents followed several groups is still read, and agents of 
 
 and for any other group G the same four under `{quota:R}:catalog:group:G:`.
 
-Two groups' copies may hold the same promotion: one moved from one group to another stays in its old
-group's copy, and a full re-save (`CatalogSync`) writes every entry the agent holds. They compare by
-revision like any two entries (`PromotionCache.put`): a group taking a promotion over gives it a revision
-above the one it had (quota_center/center_shards.py), so the old group's entry never wins.
+An agent writes to a group's copy only that group's promotions (a page of its catalog, or after a failed
+write the group's part of the cache, `PromotionCache.snapshot`). A promotion that moved to another group
+still stays in its former group's copy (nothing is deleted); the two entries compare by revision like any
+two (`PromotionCache.put`): the target group gives a moved promotion a revision above its old one, so the
+former group's entry never wins.
+
+A save is one script call per chunk of at most `CHUNK_ENTRIES` entries (and about `CHUNK_BYTES`), so a
+large one never blocks the region's Redis, which also serves the ledger, for long. Only the last chunk
+checks and moves the cursor, once every chunk before it is stored: a reader in between may see entries
+past the cursor (its catalog sends them again), never a cursor past what is stored. Another agent of the
+region saving meanwhile also moves the cursor only once it stored everything up to where it moves it, so
+whichever saver moves it last, every change up to it is stored; a save cut off midway leaves the cursor
+where it was, and the next one, finding it behind, writes the group's whole part of the cache.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 
 from quota_common.errors import Unavailable
-from quota_common.model import EmergencyFreeze, promotion_document, promotion_from_document
+from quota_common.model import EmergencyFreeze, Promotion, promotion_document, promotion_from_document
 from quota_common.shards import DEFAULT_GROUP
 from region_agent.cache import CatalogSnapshot
 from region_agent.ledger.redis_acl import region_tag
 
-_SAVE = """
-local promotions, revisions, emergency, cursor_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-for i = 5, #ARGV, 3 do
-  local known = tonumber(redis.call('HGET', revisions, ARGV[i]) or '0')
+CHUNK_ENTRIES = 500
+"""Entries written by one script call at most."""
+CHUNK_BYTES = 256 * 1024
+"""Documents' bytes written by one script call at most (unless one document alone is larger)."""
+
+_PUT = """
+for i = {first}, #ARGV, 3 do
+  local known = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
   if tonumber(ARGV[i + 1]) > known then
-    redis.call('HSET', promotions, ARGV[i], ARGV[i + 2])
-    redis.call('HSET', revisions, ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   end
 end
+"""
+"""Stores the entries in ARGV from `first` on (id, revision, document): a newer revision wins."""
+
+_SAVE = (
+    _PUT.format(first=5)
+    + """
+local emergency, cursor_key = KEYS[3], KEYS[4]
 if tonumber(ARGV[4]) > tonumber(redis.call('HGET', emergency, 'revision') or '0') then
   redis.call('HSET', emergency, 'revision', ARGV[4], 'document', ARGV[3])
 end
@@ -53,12 +74,30 @@ if tonumber(ARGV[2]) > cursor then
 end
 return 1
 """
+)
+"""The last chunk: its entries, the switch, and the cursor (ARGV: since, revision, switch, its revision)."""
+
+
+def _chunks(promotions: Iterable[Promotion]) -> Iterator[list[str | int]]:
+    """The promotions as script arguments, in chunks of at most `CHUNK_ENTRIES` and about `CHUNK_BYTES`; always
+    at least one, since the cursor moves with the last (empty when there are no promotions)."""
+    chunk: list[str | int] = []
+    size = 0
+    for promotion in promotions:
+        document = json.dumps(promotion_document(promotion))
+        if chunk and (len(chunk) // 3 == CHUNK_ENTRIES or size + len(document) > CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk += [promotion.id, promotion.revision, document]
+        size += len(document)
+    yield chunk
 
 
 class RedisCacheTier:
     def __init__(self, client: redis.Redis | RedisCluster, region: str) -> None:
         self._tag = f"{region_tag(region)}:catalog"
         self._redis = client
+        self._put = client.register_script(_PUT.format(first=1))
         self._save = client.register_script(_SAVE)
 
     def _keys(self, group: str) -> list[str]:
@@ -82,11 +121,13 @@ class RedisCacheTier:
         )
 
     async def save(self, changes: CatalogSnapshot, since: int, group: str = DEFAULT_GROUP) -> bool:
-        args: list[str | int] = [since, changes.revision, json.dumps(changes.emergency.to_document())]
-        args.append(changes.emergency.revision)
-        for promotion in changes.promotions:
-            args += [promotion.id, promotion.revision, json.dumps(promotion_document(promotion))]
+        keys = self._keys(group)
+        *chunks, last = _chunks(changes.promotions)
+        switch = changes.emergency
         try:
-            return bool(await self._save(keys=self._keys(group), args=args))
+            for chunk in chunks:
+                await self._put(keys=keys[:2], args=chunk)
+            args = [since, changes.revision, json.dumps(switch.to_document()), switch.revision, *last]
+            return bool(await self._save(keys=keys, args=args))
         except (redis.ConnectionError, redis.TimeoutError) as outage:
             raise Unavailable(f"the region's Redis is unreachable ({outage})") from outage

@@ -12,7 +12,7 @@ shared cache and its group's copy in the tier, so an agent that starts while one
 that group's promotions from what another agent of the region learnt. What a group's catalog carries, that
 group serves (`on_served`), which is how the agent follows a promotion handed from one group to another. The
 region's copy does not say who serves what: a group's copy may hold a promotion another group serves now (left
-from before a move, or written by a full re-save), behind that group's newer entry.
+from before a move), behind that group's newer entry.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class CatalogSync:
             return
         try:
             if not await self._tier.save(changes, since, self.group):
-                # The group's copy missed changes before these (a failed write): give it everything.
+                # The group's copy missed changes before these (a failed write): give it all the group's entries.
                 await self._tier.save(self._cache.snapshot(self.group), 0, self.group)
         except QuotaError as error:
             log.warning("the region's promotion cache was not updated (%s); the next change retries", error.message)

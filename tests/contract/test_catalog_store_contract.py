@@ -10,15 +10,17 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from redis.typing import EncodableT, KeyT
 
 from quota_center.ledger import GrantRecord, PromotionState, RegionAccount
 from quota_center.store.base import MAX_BATCH, Commit, Store
-from quota_common.errors import Conflict
+from quota_common.errors import Conflict, Unavailable
 from quota_common.model import EmergencyFreeze, Kind, Promotion
 from quota_testing.servers import RunningServer
 from quota_testing.support import next_audit
 from region_agent.cache import CatalogSnapshot
-from region_agent.cache_redis import RedisCacheTier
+from region_agent.cache_redis import CHUNK_ENTRIES, RedisCacheTier
+from region_agent.ledger.redis_acl import region_tag
 from tests.contract.conftest import StoreFactory
 
 
@@ -212,3 +214,64 @@ async def test_each_center_group_keeps_a_copy_a_switch_and_a_cursor_of_its_own(t
     assert (_by_id(default), default.emergency, default.revision) == ({"p1": _promotion("p1", 9)}, frozen_everywhere, 9)
     assert (set(_by_id(g1)), g1.emergency, g1.revision) == ({"p2", "p3"}, EmergencyFreeze(), 2)
     assert (list(g2.promotions), g2.revision) == ([], 0)
+
+
+class _Watched(redis.Redis):
+    """A client of the module's Redis that notes, after each script call, what a reader of the default group's
+    copy of `region` sees then (the cursor, how many promotions), and fails the call numbered `cut_at`."""
+
+    def __init__(self, server: RunningServer, region: str, cut_at: int = 0) -> None:
+        super().__init__(host=server.host, port=server.port)
+        self._tag, self._cut_at = f"{region_tag(region)}:catalog", cut_at
+        self.seen: list[tuple[int, int]] = []
+        self.calls = 0
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: KeyT | EncodableT) -> Any:
+        self.calls += 1
+        if self.calls == self._cut_at:
+            raise redis.ConnectionError("the connection broke")
+        answer = await super().evalsha(sha, numkeys, *keys_and_args)
+        cursor = int(await self.get(f"{self._tag}:cursor") or 0)
+        self.seen.append((cursor, await self.hlen(f"{self._tag}:promotions")))
+        return answer
+
+
+def _many(count: int) -> CatalogSnapshot:
+    return CatalogSnapshot([_promotion(f"p{n}", n + 1) for n in range(count)], EmergencyFreeze(), count)
+
+
+async def test_a_large_save_is_written_in_chunks_and_moves_the_cursor_last(redis_address: RunningServer) -> None:
+    region = f"test-{uuid.uuid4().hex}"
+    client = _Watched(redis_address, region)
+    try:
+        tier = RedisCacheTier(client, region)
+        assert await tier.save(CatalogSnapshot([_promotion("p0", 1)], EmergencyFreeze(), 1), since=0)
+        client.seen.clear()
+        everything = 2 * CHUNK_ENTRIES + 200
+
+        assert await tier.save(_many(everything), since=1)
+
+        # A reader between two calls finds the cursor where it was: it never claims entries not stored yet.
+        assert client.seen == [(1, CHUNK_ENTRIES), (1, 2 * CHUNK_ENTRIES), (everything, everything)]
+        assert len((await tier.load()).promotions) == everything
+    finally:
+        await client.aclose()
+
+
+async def test_a_save_cut_off_midway_leaves_the_cursor_and_the_next_one_asks_for_everything(
+    redis_address: RunningServer,
+) -> None:
+    region = f"test-{uuid.uuid4().hex}"
+    client = _Watched(redis_address, region, cut_at=2)
+    try:
+        tier = RedisCacheTier(client, region)
+        with pytest.raises(Unavailable):
+            await tier.save(_many(2 * CHUNK_ENTRIES), since=0)
+
+        assert client.seen == [(0, CHUNK_ENTRIES)]
+        assert (await tier.load()).revision == 0
+        # The saver's cache went on to the revision it tried to store: its next changes find the cursor behind.
+        late = 2 * CHUNK_ENTRIES + 1
+        assert not await tier.save(CatalogSnapshot([_promotion("late", late)], EmergencyFreeze(), late), since=late - 1)
+    finally:
+        await client.aclose()

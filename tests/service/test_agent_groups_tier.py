@@ -3,15 +3,16 @@
 
 Each group's catalog has a copy of its own in the region's Redis, with its own cursor, so an agent that starts
 while a group is away serves that group's promotions from what another agent of the region learnt; the default
-group's copy keeps the keys of a deployment of one group; a promotion that moved between groups is served as
-the group it moved to says, whatever its former group's copy still holds."""
+group's copy keeps the keys of a deployment of one group, and each copy holds its own group's promotions only,
+even after a full re-save; a promotion that moved between groups is served as the group it moved to says,
+whatever its former group's copy still holds."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import redis.asyncio as redis
@@ -19,6 +20,7 @@ import redis.asyncio as redis
 from quota_center.center import Center
 from quota_center.center_core import CenterSettings
 from quota_center.issuer import KEY_DOCUMENT
+from quota_center.shard_move import Phase, SlotMove
 from quota_common.clock import FakeClock
 from quota_common.errors import Rejected, RejectReason
 from quota_common.model import Kind, Promotion, promotion_document
@@ -32,6 +34,7 @@ from region_agent.cache_redis import RedisCacheTier
 from region_agent.center_groups import CenterGroups
 from region_agent.ledger.base import Line
 from region_agent.ledger.redis import RedisLedger
+from region_agent.ledger.redis_acl import region_tag
 
 HOUR_MS = 3_600_000
 GROUPS = [DEFAULT_GROUP, "g1"]
@@ -67,6 +70,23 @@ class Region:
         now = self.clock.wall_ms()
         promotion = Promotion(promotion_id, Kind.COUNT, "", 100, now - HOUR_MS, now + HOUR_MS, (self.name,))
         return await self.centers[MAP.owner_of(promotion_id)].create_promotion(promotion)
+
+    def copy(self, group: str) -> str:
+        """The prefix of `group`'s copy's keys in the region's Redis."""
+        tag = f"{region_tag(self.name)}:catalog"
+        return tag if group == DEFAULT_GROUP else f"{tag}:group:{group}"
+
+    async def hand_over(self, slot: int, target: str) -> None:
+        """A slot's move, as the source group's follower makes it once the regions gave back what they held: the
+        source seals the slot and copies its promotions to the target's store (each a new record, as
+        EtcdShards.copy writes it), then every group takes the map naming the target over."""
+        source = MAP.owners[slot]
+        self.centers[source].set_shards(MAP, {slot: SlotMove(slot, source, target, Phase.DRAINED)})
+        for state in await self.centers[source].sealed_states(slot):
+            self.stores[target].promotions[state.promotion.id] = replace(state, version=1).encoded()
+        moved = MAP.with_owner(slot, target)
+        for center in self.centers.values():
+            await center.take_over(moved)
 
     async def agent(self, away: tuple[str, ...] = ()) -> tuple[Agent, dict[str, DirectCenter]]:
         """A new agent of the region, started while the groups `away` cannot be reached, and its ports."""
@@ -141,7 +161,7 @@ async def test_an_agent_started_while_a_group_is_away_serves_its_promotions_from
 async def test_the_default_groups_copy_keeps_the_keys_of_one_group(region: Region) -> None:
     # A region's copy as agents of one group wrote it: the default group's catalog, under its keys.
     before = await region.create(owned_by(DEFAULT_GROUP))
-    tag = f"{{quota:{region.name}}}:catalog"
+    tag = region.copy(DEFAULT_GROUP)
     await region.client.hset(f"{tag}:promotions", before.id, json.dumps(promotion_document(before)))
     await region.client.hset(f"{tag}:revisions", before.id, before.revision)
     await region.client.set(f"{tag}:cursor", before.revision)
@@ -156,19 +176,33 @@ async def test_the_default_groups_copy_keeps_the_keys_of_one_group(region: Regio
     follower, _ = await region.agent()
     assert await region.client.hkeys(f"{tag}:promotions") == [before.id.encode()]
     assert await region.client.get(f"{tag}:cursor") == b"%d" % follower.cache.revision_of(DEFAULT_GROUP)
-    assert await region.client.hkeys(f"{tag}:group:g1:promotions") == [theirs.id.encode()]
-    assert await region.client.get(f"{tag}:group:g1:cursor") == b"%d" % follower.cache.revision_of("g1")
+    assert await region.client.hkeys(f"{region.copy('g1')}:promotions") == [theirs.id.encode()]
+    assert await region.client.get(f"{region.copy('g1')}:cursor") == b"%d" % follower.cache.revision_of("g1")
+
+
+async def test_a_full_re_save_writes_each_groups_copy_with_that_groups_promotions_only(region: Region) -> None:
+    served = {group: {(await region.create(owned_by(group, f"{group}-{n}"))).id for n in range(3)} for group in GROUPS}
+    agent, _ = await region.agent()
+    lost = [key async for key in region.client.scan_iter(f"{region.copy(DEFAULT_GROUP)}:*")]
+    await region.client.delete(*lost)  # the region's Redis lost the copies: the next write finds their cursors behind
+
+    for group in GROUPS:
+        served[group].add((await region.create(owned_by(group, f"{group}-later"))).id)
+    for catalog in agent.catalogs:
+        await catalog.pull()
+
+    for group in GROUPS:
+        stored = set(await region.client.hkeys(f"{region.copy(group)}:promotions"))
+        assert stored == {promotion_id.encode() for promotion_id in served[group]}
+        assert await region.client.get(f"{region.copy(group)}:cursor") == b"%d" % agent.cache.revision_of(group)
 
 
 async def test_a_promotion_moved_to_another_group_is_served_as_that_group_says(region: Region) -> None:
     promotion_id = owned_by(DEFAULT_GROUP)
     before = await region.create(promotion_id)
     first, _ = await region.agent()  # the default group's copy holds the promotion
-    # The default group hands the promotion's slot to g1 (copied, then the map flipped), and g1 freezes it.
-    region.stores["g1"].promotions[promotion_id] = region.stores[DEFAULT_GROUP].promotions[promotion_id]
-    moved = MAP.with_owner(MAP.slot(promotion_id), "g1")
-    for center in region.centers.values():
-        await center.take_over(moved)
+    # The default group hands the promotion's slot to g1 (sealed, copied, then the map flipped), g1 freezes it.
+    await region.hand_over(MAP.slot(promotion_id), "g1")
     frozen = await region.centers["g1"].set_frozen(promotion_id, True)
     for catalog in first.catalogs:
         await catalog.pull()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from quota_center.catalog import RevisionIndex
 from quota_common.model import EmergencyFreeze, Kind, Promotion
+from quota_common.shards import DEFAULT_GROUP
 from region_agent.cache import CatalogSnapshot, PromotionCache
 
 QUICK = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -116,6 +117,23 @@ def test_put_does_not_move_the_cursor_and_apply_reports_only_what_changed() -> N
     assert cache.revision == 5
     assert cache.apply(CatalogSnapshot([promotion("p1", 5)], EmergencyFreeze(), 2)) == []
     assert cache.revision == 5
+
+
+def test_a_groups_snapshot_holds_only_the_entries_its_catalog_or_copy_brought() -> None:
+    cache, none = PromotionCache(), EmergencyFreeze()
+    cache.put([promotion("fetched", 4)])  # no catalog carried it yet
+    cache.apply(CatalogSnapshot([promotion("p0", 3), promotion("moved", 5)], none, 5))
+    cache.apply(CatalogSnapshot([promotion("p1", 2), promotion("moved", 7)], none, 7), "g1")  # moved to g1
+    cache.apply(CatalogSnapshot([promotion("moved", 5)], none, 5))  # its former group's late page
+    cache.apply(CatalogSnapshot([promotion("fetched", 3)], none, 8), "g1")  # g1 carries it, at an older version
+    cache.put([promotion("p1", 9)])  # fetched anew: still g1's
+
+    def held(group: str) -> dict[str, int]:
+        return {p.id: p.revision for p in cache.snapshot(group).promotions}
+
+    assert held(DEFAULT_GROUP) == {"p0": 3}
+    assert held("g1") == {"p1": 9, "moved": 7, "fetched": 4}
+    assert (cache.snapshot().revision, cache.snapshot("g1").revision) == (5, 8)
 
 
 @QUICK

@@ -14,7 +14,7 @@ from quota_center.center import Center
 from quota_center.ledger import RegionAccount
 from quota_center.lifecycle import Update
 from quota_common.clock import FakeClock
-from quota_common.errors import NotLeader, Rejected, RejectReason, Superseded
+from quota_common.errors import NotLeader, Rejected, RejectReason, Superseded, Unavailable
 from quota_common.model import Kind, Promotion
 from quota_testing.direct_center import DirectCenter
 from quota_testing.memory_store import MemoryStore
@@ -176,6 +176,20 @@ async def test_the_catalog_stream_brings_a_freeze_and_ends_when_the_center_stops
     await asyncio.sleep(0)  # the stream waits for the next change
     world.center.stop_serving()
     with pytest.raises(NotLeader):
+        await waiting
+
+
+async def test_a_stream_open_when_the_center_is_cut_off_breaks_at_its_next_page(world: World) -> None:
+    port = DirectCenter(world.center, "eu")
+    stream = port.watch(0, 15.0)
+    await anext(stream)
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)  # the stream waits for the next change
+
+    port.down = True
+    await world.center.set_frozen("promo", True)
+
+    with pytest.raises(Unavailable):
         await waiting
 
 
