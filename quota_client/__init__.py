@@ -36,6 +36,7 @@ from quota_client.errors import (
 from quota_client.model import (
     Balance,
     Cancelled,
+    CenterGroup,
     Confirmed,
     Deducted,
     Line,
@@ -55,6 +56,7 @@ __all__ = [
     "Balance",
     "BelowFloor",
     "Cancelled",
+    "CenterGroup",
     "Confirmed",
     "DeadlineExceeded",
     "Deducted",

@@ -14,6 +14,7 @@ from quota_client.errors import InvalidRequest
 from quota_client.model import (
     Balance,
     Cancelled,
+    CenterGroup,
     Confirmed,
     Deducted,
     Line,
@@ -174,4 +175,16 @@ def _region_status(answer: pb.RegionStatus) -> RegionStatus:
         )
         for b in answer.balances
     )
-    return RegionStatus(answer.region, answer.incarnation, balances, answer.center_calls)
+    groups = tuple(
+        CenterGroup(
+            g.group,
+            g.catalog_stream_alive,
+            g.catalog_revision,
+            g.catalog_staleness_ms if g.HasField("catalog_staleness_ms") else None,
+            g.lease_remaining_ms,
+            g.renewals_failing_ms,
+            g.promotions,
+        )
+        for g in answer.groups
+    )
+    return RegionStatus(answer.region, answer.incarnation, balances, answer.center_calls, groups)

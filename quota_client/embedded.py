@@ -26,6 +26,7 @@ from quota_client.errors import DeadlineExceeded, QuotaClientError, error_from_d
 from quota_client.model import (
     Balance,
     Cancelled,
+    CenterGroup,
     Confirmed,
     Deducted,
     Line,
@@ -106,7 +107,23 @@ class EmbeddedAgent:
 
     async def status(self, *, deadline_s: float | None = None) -> RegionStatus:
         statuses = await self._call(self._agent.status(), deadline_s)
-        return RegionStatus(self.region, self._agent.incarnation, _balances(statuses), self._agent.center_calls)
+        return RegionStatus(
+            self.region, self._agent.incarnation, _balances(statuses), self._agent.center_calls, self._groups()
+        )
+
+    def _groups(self) -> tuple[CenterGroup, ...]:
+        return tuple(
+            CenterGroup(
+                g.group,
+                g.stream_alive,
+                g.catalog_revision,
+                None if g.staleness_s is None else round(g.staleness_s * 1000),
+                round(g.lease.remaining_s * 1000),
+                round(g.lease.renewals_failing_s * 1000),
+                g.lease.promotions,
+            )
+            for g in self._agent.group_statuses()
+        )
 
     async def _call(self, work: Awaitable[R], deadline_s: float | None) -> R:
         """`work`'s answer, or the exception the client raises for what it raised."""

@@ -109,6 +109,24 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class CenterGroup:
+    """One center group as the agent sees it (a deployment of one group has one, "default")."""
+
+    group: str
+    catalog_stream_alive: bool
+    catalog_revision: int
+    """The agent's cache holds every change of this group's catalog up to here (revisions are per group)."""
+    catalog_staleness_ms: int | None
+    """Since the group last answered a pull or sent on its stream; None: it never did."""
+    lease_remaining_ms: int
+    """Until the region's lease at the group runs out unless renewed; 0: it ran out, or none was granted."""
+    renewals_failing_ms: int
+    """Since the first failed renewal of the group's current outage; 0: its last renewal was answered."""
+    promotions: int
+    """Promotions the agent tracks that the group serves."""
+
+
+@dataclass(frozen=True)
 class RegionStatus:
     """What one agent reports of its region's ledger."""
 
@@ -116,3 +134,5 @@ class RegionStatus:
     incarnation: str
     balances: tuple[Balance, ...]
     center_calls: int
+    groups: tuple[CenterGroup, ...] = ()
+    """Each center group the agent follows, the default group first: which one is unreachable."""

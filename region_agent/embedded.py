@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from quota_common.errors import ConfigError
 from quota_common.identity import Role, regional
 from quota_common.validation import require_id
-from region_agent.agent import OrderReport, PromotionStatus
+from region_agent.agent import GroupStatus, OrderReport, PromotionStatus
 from region_agent.app import AgentConfig, WiredAgent, wire_agent
 from region_agent.ledger.base import DeductOutcome, Line, RefundOutcome, Settle, SettleOutcome
 from region_agent.order_input import hold_ms, order_lines, refund_lines
@@ -101,6 +101,10 @@ class EmbeddedAgent:
     async def status(self) -> list[PromotionStatus]:
         """Every promotion the region's ledger holds: balance, lease left, frozen."""
         return await self._agent.status()
+
+    def group_statuses(self) -> list[GroupStatus]:
+        """Every center group the agent follows, the default group first: its links and the region's lease."""
+        return self._agent.group_statuses()
 
     @property
     def incarnation(self) -> str:

@@ -91,6 +91,9 @@ async def test_a_retry_with_the_same_key_returns_the_first_answer_and_deducts_on
     assert (first.replayed, again.replayed) == (False, True)
     assert again.lines == first.lines == tuple(lines)
     assert deducted(status, sale) == 3
+    (group,) = status.groups  # one center group: its links, for the operator who asks which one is down
+    assert (group.group, group.catalog_staleness_ms is not None) == ("default", True)
+    assert group.promotions >= 1
 
 
 async def test_get_order_says_what_became_of_an_order_without_changing_it(

@@ -111,6 +111,7 @@ async def test_a_freeze_reaches_the_embedded_agent(tmp_path: Path) -> None:
     assert isinstance(refusals[0], Frozen)
     assert replay.replayed
     assert status.balances[0].frozen
+    assert [group.group for group in status.groups] == ["default"]
     assert placed.status is OrderStatus.DEDUCTED  # placed before the freeze: still there to read and refund
     assert placed.lines == _one()
 
