@@ -216,6 +216,9 @@ class EtcdLeadership:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(self._ttl / 4, self._tenure.left())):
                         await gone.wait()
+            if not gone.is_set():
+                # Not etcd's word: no answer was read in time (a stalled event loop, or etcd slow or cut off).
+                log.warning("lease tenure ran out with %d renewals unanswered", len(renewals))
         finally:
             for renewal in list(renewals):
                 renewal.cancel()
@@ -229,6 +232,7 @@ class EtcdLeadership:
             async with asyncio.timeout(self._ttl):  # an answer later than that extends nothing
                 async for response in stream:
                     if response.TTL <= 0:
+                        log.warning("etcd answered that the leader's lease expired")
                         self._tenure.end()
                         gone.set()
                     else:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import cast
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -187,15 +188,11 @@ class _Etcd:
         return self.renewals[count - 1]
 
 
-async def test_a_renewal_goes_out_while_an_earlier_one_waits_for_its_answer_and_the_later_one_counts() -> None:
-    """On a busy event loop an answer can take seconds to be read: the next renewal does not wait for it."""
-    clock = FakeClock()
-    etcd = _Etcd()
-    client = SimpleNamespace(lease=etcd, kv=etcd)
-    store = SimpleNamespace(client=client, prefix="/quota", fence=lambda key, token: None)
+async def _elected(clock: FakeClock, etcd: _Etcd, deposed: asyncio.Event) -> EtcdLeadership:
+    """A leader on `etcd` with a lease of 1 s, once elected; `deposed` is set when it no longer leads."""
+    store = SimpleNamespace(client=SimpleNamespace(lease=etcd, kv=etcd), prefix="/quota", fence=lambda *_: None)
     leadership = EtcdLeadership(cast(EtcdStore, store), clock, ttl_s=1)
     elected = asyncio.Event()
-    deposed = asyncio.Event()
 
     async def on_elected() -> None:
         elected.set()
@@ -205,6 +202,15 @@ async def test_a_renewal_goes_out_while_an_earlier_one_waits_for_its_answer_and_
 
     await leadership.start(lambda: "here:1", on_elected, on_deposed)
     await elected.wait()
+    return leadership
+
+
+async def test_a_renewal_goes_out_while_an_earlier_one_waits_for_its_answer_and_the_later_one_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a busy event loop an answer can take seconds to be read: the next renewal does not wait for it."""
+    clock, etcd, deposed = FakeClock(), _Etcd(), asyncio.Event()
+    leadership = await _elected(clock, etcd, deposed)
     slow = await etcd.sent(1)
     clock.advance(0.5)
     (await etcd.sent(2)).ttl.set_result(1)  # sent 0.5 s after the grant, unanswered as the first is
@@ -217,4 +223,17 @@ async def test_a_renewal_goes_out_while_an_earlier_one_waits_for_its_answer_and_
     (await etcd.sent(len(etcd.renewals) + 1)).ttl.set_result(0)  # etcd: the lease is gone
     await deposed.wait()
     assert not leadership.leading()
+    assert "etcd answered that the leader's lease expired" in caplog.text
+    await leadership.close()
+
+
+async def test_a_leader_whose_renewals_go_unanswered_steps_down_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    clock, etcd, deposed = FakeClock(), _Etcd(), asyncio.Event()
+    leadership = await _elected(clock, etcd, deposed)
+    await etcd.sent(1)
+    clock.advance(1.0)  # the lease's TTL, no answer read
+
+    await deposed.wait()
+    assert not leadership.leading()
+    assert "lease tenure ran out with 1 renewals unanswered" in caplog.text
     await leadership.close()
