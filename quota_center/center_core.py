@@ -156,7 +156,9 @@ class CenterCore:
         """Promotions of slots this group is giving away: no grants, every region asked for what it holds."""
         leaving = {slot for slot, move in self._moving.items() if move.source == self.settings.group}
         leaving = {slot for slot in leaving if self._moving[slot].phase is not Phase.DONE}
-        self._draining = {pid for pid in self._states if self._shards.slot(pid) in leaving}
+        self._draining = set()
+        if leaving:  # the shard follower sets the map every second, mostly with no slot leaving: no scan then
+            self._draining = {pid for pid in self._states if self._shards.slot(pid) in leaving}
 
     async def _load_books(self) -> None:
         """The documents beside the promotions a leader needs before it answers (a subclass adds its own)."""

@@ -49,9 +49,10 @@ class CenterShards(CenterCore):
                         self._lease_expiry[(state.promotion.id, region)] = grace
                     self._changed(state.promotion)
         self._take_over_owed = False
-        for promotion_id in [pid for pid in self._states if shard_map.slot(pid) in lost]:
-            del self._states[promotion_id]
-            self._contested.discard(promotion_id)
+        if lost:  # the shard follower adopts the map every second, mostly the one it has: no scan then
+            for promotion_id in [pid for pid in self._states if shard_map.slot(pid) in lost]:
+                del self._states[promotion_id]
+                self._contested.discard(promotion_id)
         self.set_shards(shard_map, {s: m for s, m in self._moving.items() if shard_map.owners[s] == m.source})
 
     def slot_holdings(self, slot: int) -> dict[str, dict[str, Holding]]:

@@ -101,8 +101,9 @@ class Tenure:
         return self._clock.monotonic()
 
     def renewed(self, sent: float, ttl_s: float) -> None:
-        """etcd answered the request sent at `sent` with a lease of `ttl_s` seconds."""
-        self._until = sent + ttl_s
+        """etcd answered the request sent at `sent` with a lease of `ttl_s` seconds. Renewals may be answered
+        out of order: an earlier one answered late extends nothing a later one was answered for."""
+        self._until = max(self._until, sent + ttl_s)
 
     def end(self) -> None:
         self._until = -math.inf
@@ -200,20 +201,44 @@ class EtcdLeadership:
         return False, 0
 
     async def _keep_alive(self, lease_id: int) -> None:
-        """Renews the lease until it can no longer be trusted, then returns."""
+        """Renews the lease until it can no longer be trusted, then returns. A renewal goes out every TTL/4
+        whether or not the previous ones were answered: on a busy event loop an answer can take seconds to be
+        read, and waiting for each before sending the next left the tenure to a single slow round trip. Each
+        answer counts from its own sending (`Tenure.renewed`), so a slow one costs nothing when a later one
+        comes in time."""
+        gone = asyncio.Event()
+        renewals: set[asyncio.Task[None]] = set()
+        try:
+            while self._tenure.holds():
+                renewal = asyncio.create_task(self._renew(lease_id, gone))
+                renewals.add(renewal)
+                renewal.add_done_callback(renewals.discard)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(self._ttl / 4, self._tenure.left())):
+                        await gone.wait()
+            if not gone.is_set():
+                # Not etcd's word: no answer was read in time (a stalled event loop, or etcd slow or cut off).
+                log.warning("lease tenure ran out with %d renewals unanswered", len(renewals))
+        finally:
+            for renewal in list(renewals):
+                renewal.cancel()
+
+    async def _renew(self, lease_id: int, gone: asyncio.Event) -> None:
+        """One renewal; sets `gone` when etcd answers that the lease expired."""
         assert self._client.lease is not None
-        while self._tenure.holds():
-            await asyncio.sleep(min(self._ttl / 4, self._tenure.left()))
-            sent = self._tenure.sending()
-            stream = self._client.lease.keep_alive(lease_id)
-            try:
-                async with asyncio.timeout(max(0.05, self._tenure.left())):
-                    async for response in stream:
-                        if response.TTL <= 0:
-                            return
+        sent = self._tenure.sending()
+        stream = self._client.lease.keep_alive(lease_id)
+        try:
+            async with asyncio.timeout(self._ttl):  # an answer later than that extends nothing
+                async for response in stream:
+                    if response.TTL <= 0:
+                        log.warning("etcd answered that the leader's lease expired")
+                        self._tenure.end()
+                        gone.set()
+                    else:
                         self._tenure.renewed(sent, response.TTL)
-                        break
-            except (TimeoutError, grpc.aio.AioRpcError) as error:
-                log.warning("lease keepalive failed: %s", error)
-            finally:
-                stream.cancel()
+                    return
+        except (TimeoutError, grpc.aio.AioRpcError) as error:
+            log.warning("lease keepalive failed: %s", error)
+        finally:
+            stream.cancel()

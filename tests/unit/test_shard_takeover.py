@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -63,6 +63,17 @@ async def leader(store: MemoryStore, group: str, shard_map: ShardMap) -> Center:
     center.set_shards(shard_map, {})
     await center.start()
     return center
+
+
+@dataclass(frozen=True)
+class Counted(ShardMap):
+    """A map that notes every promotion looked up in it."""
+
+    looked_up: list[str] = field(default_factory=list, compare=False)
+
+    def slot(self, promotion_id: str) -> int:
+        self.looked_up.append(promotion_id)
+        return super().slot(promotion_id)
 
 
 def ids_of(group: str, count: int, prefix: str = "p") -> list[str]:
@@ -260,3 +271,18 @@ async def test_a_renumbering_writes_large_promotions_in_batches_under_the_stores
     assert sorted(carried(b, 0)) == sorted(moved)
     assert len(b_store.written) > 1
     assert max(b_store.written) <= MAX_BATCH_BYTES
+
+
+async def test_adopting_the_map_it_follows_again_looks_no_promotion_up() -> None:
+    """The shard follower adopts the map every second, mostly the one the center has: that must not scan every
+    promotion (a million pairs' scan each second held the event loop, and the election's keepalive with it)."""
+    shard_map = Counted(BEFORE.version, BEFORE.owners)
+    a = await leader(MemoryStore(), "a", shard_map)
+    ids = ids_of("a", 3)
+    await create(a, ids)
+    shard_map.looked_up.clear()
+
+    await a.take_over(shard_map)
+
+    assert shard_map.looked_up == []
+    assert sorted(p.id for p in a.promotions()) == sorted(ids)
