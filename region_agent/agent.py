@@ -232,7 +232,7 @@ class Agent:
                 )
             await self._wait_for_refills(outcome, lines, deadline=now + wait)
             for item in tracked:
-                self._check_spendable(item, self._clock.monotonic(), self._clock.wall_ms())
+                self._check_spendable_now(item)
             outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms, placer)
         if below and not outcome.replayed:
             self._saw_below_floor(order_key, below, "let through")
@@ -308,6 +308,9 @@ class Agent:
             for catalog in self.catalogs
         ]
 
+    def _check_spendable_now(self, item: Tracked) -> None:
+        self._check_spendable(item, self._clock.monotonic(), self._clock.wall_ms())
+
     def _check_spendable(self, item: Tracked, now: float, wall_ms: int) -> None:
         """Whether the region may spend the promotion now (`now` monotonic, `wall_ms` the wall clock)."""
         promotion = item.promotion
@@ -378,7 +381,7 @@ class Agent:
             if error is not None:
                 item = self._supply.get(promotion_id)
                 assert item is not None
-                self._check_spendable(item, self._clock.monotonic(), self._clock.wall_ms())
+                self._check_spendable_now(item)
                 if isinstance(error, Unavailable):
                     raise NoQuotaInTime(
                         f"promotion {promotion_id}: the region's allotment is empty and its refill failed "

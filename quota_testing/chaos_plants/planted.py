@@ -74,7 +74,7 @@ def _ack_before_write() -> None:
         if previous is not None:
             return previous
         for item in await self._supply.track([line.promotion_id for line in lines]):
-            self._check_spendable(item, self._clock.monotonic(), self._clock.wall_ms())
+            self._check_spendable_now(item)
         write = asyncio.create_task(deduct(self, order_key, region, lines, time_remaining_s, hold_ms, placer))
         writes.add(write)
         write.add_done_callback(written)
