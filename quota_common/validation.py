@@ -36,7 +36,13 @@ QUOTE_BYTES = 64
 push the status past gRPC's 16 KB limit on metadata."""
 
 
+FITTING_ID_CHARS = MAX_ID_BYTES // 4
+"""UTF-8 takes at most 4 bytes a character: an id of at most this many characters fits, with no encoding."""
+
+
 def require_id(field: str, value: str) -> str:
+    if 0 < len(value) <= FITTING_ID_CHARS:
+        return value  # every order's ids come this way: no call further
     if not value:
         raise InvalidArgument(f"{field} is required")
     return require_text(field, value)
@@ -57,7 +63,7 @@ def require_optional_amount(field: str, value: int) -> int:
 
 def require_bounded_text(field: str, value: str, max_bytes: int) -> str:
     if len(value) * 4 <= max_bytes:
-        return value  # UTF-8 takes at most 4 bytes a character: it fits, with no encoding on every order's ids
+        return value  # UTF-8 takes at most 4 bytes a character: it fits, with no encoding
     size = len(value.encode())
     if size > max_bytes:
         raise InvalidArgument(f"{field} is {size} bytes; at most {max_bytes} are allowed")
@@ -116,6 +122,8 @@ def require_region(field: str, name: str) -> str:
     """A region's or a cell's name: not empty, and a cell's both halves not empty and only one dot.
     InvalidArgument saying what to write otherwise."""
     require_id(field, name)
+    if CELL_SEPARATOR not in name:
+        return name  # a region (every order names one)
     region, dot, cell = name.partition(CELL_SEPARATOR)
     if dot and (not region or not cell or CELL_SEPARATOR in cell):
         raise InvalidArgument(

@@ -43,6 +43,7 @@ from region_agent.ledger.base import (
     SettleOutcome,
     UserLimit,
 )
+from region_agent.spendable import check_order_limit, check_spendable, plainly_spendable
 from region_agent.supply import Supply
 from region_agent.supply_core import Tracked
 
@@ -198,22 +199,29 @@ class Agent:
             raise InvalidArgument(f"this agent serves region {self.settings.region!r}, not {region!r}")
         promotion_ids = [line.promotion_id for line in lines]
         tracked = self._supply.tracked(promotion_ids) or await self._supply.track(promotion_ids)
-        below = below_floor([item.promotion for item in tracked], lines)
         now, wall_ms = self._clock.monotonic(), self._clock.wall_ms()
-        try:
-            # The order's own prices first: a price below the floor is wrong whatever the supply, and the
-            # caller must hear that, not "lease expired" while the center is out of reach.
-            refuse_if_blocked(below)
-            for item, line in zip(tracked, lines, strict=True):
-                self._check_spendable(item, now, wall_ms)
-                _check_order_limit(item.promotion, line)
-        except Rejected as refusal:
-            previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0, placer=placer)
-            if previous is not None:
-                return previous
-            if refusal.reason is RejectReason.BELOW_FLOOR:
-                self._saw_below_floor(order_key, below, "refused")
-            raise
+        below: list[BelowFloor] = []
+        # An order to open promotions with no floor or order limit passes every check below: one pass says so.
+        if (
+            self._supply.retired
+            or self.cache.emergency.covers(region)
+            or not plainly_spendable(region, tracked, lines, now, wall_ms)
+        ):
+            below = below_floor([item.promotion for item in tracked], lines)
+            try:
+                # The order's own prices first: a price below the floor is wrong whatever the supply, and the
+                # caller must hear that, not "lease expired" while the center is out of reach.
+                refuse_if_blocked(below)
+                for item, line in zip(tracked, lines, strict=True):
+                    self._check_spendable(item, now, wall_ms)
+                    check_order_limit(item.promotion, line)
+            except Rejected as refusal:
+                previous = await self._ledger.find_order(order_key, lines, reserve=hold_ms > 0, placer=placer)
+                if previous is not None:
+                    return previous
+                if refusal.reason is RejectReason.BELOW_FLOOR:
+                    self._saw_below_floor(order_key, below, "refused")
+                raise
         limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked if _limited(item.promotion)}
         outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms, placer)
         if not (outcome.replayed or outcome.over_limit):
@@ -313,45 +321,7 @@ class Agent:
 
     def _check_spendable(self, item: Tracked, now: float, wall_ms: int) -> None:
         """Whether the region may spend the promotion now (`now` monotonic, `wall_ms` the wall clock)."""
-        promotion = item.promotion
-        if self._supply.retired:
-            raise Rejected(
-                RejectReason.LEASE_EXPIRED,
-                f"{self._supply.retired}; it spends nothing more: send orders to the region's other agents",
-                promotion.id,
-            )
-        if not promotion.allows(self.settings.region):
-            raise Rejected(
-                RejectReason.REGION_NOT_ALLOWED,
-                f"promotion {promotion.id} may not be spent in region {self.settings.region} "
-                f"(allowed: {', '.join(promotion.regions)})",
-                promotion.id,
-            )
-        if promotion.archived:
-            raise Rejected(RejectReason.NOT_ACTIVE, f"promotion {promotion.id} is settled and archived", promotion.id)
-        if promotion.frozen:
-            raise Rejected(RejectReason.FROZEN, f"promotion {promotion.id} is frozen by its budget owner", promotion.id)
-        if self.cache.emergency.covers(self.settings.region):
-            raise Rejected(
-                RejectReason.FROZEN,
-                f"the emergency freeze covers {self.cache.emergency.describe()}: "
-                "no promotion is spent until it is lifted",
-                promotion.id,
-            )
-        if not promotion.is_active(wall_ms):
-            raise Rejected(
-                RejectReason.NOT_ACTIVE,
-                f"promotion {promotion.id} runs from {iso(promotion.start_ms)} until {iso(promotion.end_ms)}; "
-                f"it is now {iso(wall_ms)}",
-                promotion.id,
-            )
-        if now >= item.lease_until:
-            raise Rejected(
-                RejectReason.LEASE_EXPIRED,
-                f"region {self.settings.region} could not renew its lease on promotion {promotion.id} "
-                "with the center; it spends nothing until the center is reachable",
-                promotion.id,
-            )
+        check_spendable(item, self.settings.region, self._supply.retired, self.cache.emergency, now, wall_ms)
 
     async def _wait_for_refills(self, outcome: DeductOutcome, lines: tuple[Line, ...], deadline: float) -> None:
         """Returns once every short promotion got a grant; otherwise raises why not."""
@@ -413,14 +383,3 @@ def _spent(promotion_id: str) -> Rejected:
         f"promotion {promotion_id}: this region's allotment is spent and the center has nothing left to grant",
         promotion_id,
     )
-
-
-def _check_order_limit(promotion: Promotion, line: Line) -> None:
-    """A line may take at most the promotion's `max_per_order` units: checked here, with no center call."""
-    if promotion.max_per_order and line.amount > promotion.max_per_order:
-        raise Rejected(
-            RejectReason.OVER_ORDER_LIMIT,
-            f"the line asks {line.amount} units of promotion {promotion.id}, which allows at most "
-            f"{promotion.max_per_order} in one order",
-            promotion.id,
-        )

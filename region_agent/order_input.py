@@ -8,8 +8,8 @@ from typing import Protocol
 
 from quota_common.errors import InvalidArgument
 from quota_common.validation import (
+    FITTING_ID_CHARS,
     MAX_AMOUNT,
-    MAX_ID_BYTES,
     MAX_LINES,
     quoted,
     require_amount,
@@ -67,10 +67,6 @@ def order_lines(given: Sequence[GivenLine]) -> tuple[Line, ...]:
     return lines
 
 
-_PLAIN_ID_CHARS = MAX_ID_BYTES // 4
-"""UTF-8 takes at most 4 bytes a character: an id this long or shorter fits, with no encoding."""
-
-
 def _plainly_valid(lines: tuple[Line, ...]) -> bool:
     """True only for lines that pass every check of `_check`, decided in one pass with no call per field:
     every order comes this way, and per-field calls cost a gRPC agent more than its own decisions do.
@@ -79,8 +75,8 @@ def _plainly_valid(lines: tuple[Line, ...]) -> bool:
     total = 0
     for line in lines:
         if not (
-            0 < len(line.promotion_id) <= _PLAIN_ID_CHARS
-            and 0 < len(line.user_id) <= _PLAIN_ID_CHARS
+            0 < len(line.promotion_id) <= FITTING_ID_CHARS
+            and 0 < len(line.user_id) <= FITTING_ID_CHARS
             and line.amount > 0
             and 0 <= line.discount <= line.unit_price <= MAX_AMOUNT
         ):
