@@ -23,8 +23,9 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
-from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Histogram
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 
+from quota_common.hot_metrics import HotCounter, HotHistogram
 from quota_common.rpc import stream_answers, with_behaviour
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -64,19 +65,20 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             for service in services
             for method in pool.FindServiceByName(service).methods
         }
-        self._handled = Counter(
+        # Every call counts in these two (every order, at an agent): hot_metrics' series, not prometheus_client's.
+        self._handled = HotCounter(
             "grpc_server_handled",
             "Calls answered, by method and status code (refused, failed and cancelled ones too).",
             ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
-            registry=registry,
         )
-        self._seconds = Histogram(
+        self._seconds = HotHistogram(
             "grpc_server_handling_seconds",
             "Time from a call's arrival until its answer (for a stream: until it ends).",
             ["grpc_service", "grpc_method", "grpc_type"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
+            LATENCY_BUCKETS_S,
         )
+        registry.register(self._handled)
+        registry.register(self._seconds)
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler | None:
@@ -95,16 +97,12 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         behaviour: Any = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
             return handler  # a sync behaviour on an aio server; ours are all async
-        latency = self._seconds.labels(*labels)
-        # On every order's path at an agent: the labelled children are looked up once, not per call.
-        handled: dict[grpc.StatusCode, Counter] = {}
+        # On every order's path at an agent: each code's labels are built once, not per call.
+        handled = {code: (*labels, code.name) for code in grpc.StatusCode}
 
         def done(started: float, code: grpc.StatusCode) -> None:
-            counter = handled.get(code)
-            if counter is None:
-                counter = handled[code] = self._handled.labels(*labels, code.name)
-            counter.inc()
-            latency.observe(time.perf_counter() - started)
+            self._handled.inc(handled[code])
+            self._seconds.observe(labels, time.perf_counter() - started)
 
         async def single(request: Any, context: Context) -> Any:
             started = time.perf_counter()

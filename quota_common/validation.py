@@ -121,9 +121,9 @@ CELL_SEPARATOR = "."
 def require_region(field: str, name: str) -> str:
     """A region's or a cell's name: not empty, and a cell's both halves not empty and only one dot.
     InvalidArgument saying what to write otherwise."""
+    if 0 < len(name) <= FITTING_ID_CHARS and CELL_SEPARATOR not in name:
+        return name  # a region (every order names one): no call further
     require_id(field, name)
-    if CELL_SEPARATOR not in name:
-        return name  # a region (every order names one)
     region, dot, cell = name.partition(CELL_SEPARATOR)
     if dot and (not region or not cell or CELL_SEPARATOR in cell):
         raise InvalidArgument(

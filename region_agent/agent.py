@@ -222,7 +222,11 @@ class Agent:
                 if refusal.reason is RejectReason.BELOW_FLOOR:
                     self._saw_below_floor(order_key, below, "refused")
                 raise
-        limits = {item.promotion.id: _user_limit(item.promotion) for item in tracked if _limited(item.promotion)}
+        limits = {
+            item.promotion.id: _user_limit(item.promotion)
+            for item in tracked
+            if item.promotion.per_user_limit or item.promotion.per_user_orders
+        }
         outcome = await self._ledger.deduct(order_key, lines, limits, hold_ms, placer)
         if not (outcome.replayed or outcome.over_limit):
             # Demand sizes refills: an order counts once, when it is deducted or waits for a refill;
@@ -362,10 +366,6 @@ class Agent:
 
 def _why(error: Exception) -> str:
     return error.message if isinstance(error, QuotaError) else "the center did not answer in time"
-
-
-def _limited(promotion: Promotion) -> bool:
-    return bool(promotion.per_user_limit or promotion.per_user_orders)
 
 
 def _user_limit(promotion: Promotion) -> UserLimit:
