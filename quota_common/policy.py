@@ -94,6 +94,18 @@ def low_water_mark(settings: RefillSettings, last_grant: int, rate_per_s: float,
     )
 
 
+def surely_above_low_water(
+    settings: RefillSettings, available: int, last_grant: int, rate_per_s: float, latency_s: float
+) -> bool:
+    """True only when `available` is at or above `low_water_mark` for these, told with no rounding or
+    capping: a whole number at or above a term is at or above the term rounded up. Asked on every order."""
+    return (
+        available >= settings.low_water_fraction * last_grant
+        and available >= settings.buffer
+        and available >= rate_per_s * latency_s * 2
+    )
+
+
 def _contested(unallocated: int, total_demand_per_minute: int, horizon_s: float) -> bool:
     return unallocated < 2 * math.ceil(total_demand_per_minute * horizon_s / 60)
 

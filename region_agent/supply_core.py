@@ -304,9 +304,11 @@ class SupplyCore:
     # Refills
 
     def refill_if_low(self, item: Tracked, available: int) -> None:
-        if available >= policy.low_water_mark(self._refill_settings, item.last_grant, item.meter.peak, item.latency_s):
-            # The rate now is at most its peak, so the mark is at most this: no refill, and no clock read or
-            # decay worked out on the order path.
+        if policy.surely_above_low_water(
+            self._refill_settings, available, item.last_grant, item.meter.peak, item.latency_s
+        ):
+            # The rate now is at most its peak, and the mark never falls as the rate grows: no refill, and no
+            # clock read or decay worked out on the order path.
             return
         now = self._clock.monotonic()
         mark = policy.low_water_mark(self._refill_settings, item.last_grant, item.meter.rate(now), item.latency_s)

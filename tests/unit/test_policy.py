@@ -117,6 +117,28 @@ def test_low_water_mark_covers_each_term_and_no_more(
     assert mark - 1 < max(terms)
 
 
+@QUICK
+@given(
+    refill=refill_settings,
+    available=st.integers(min_value=0, max_value=10**6) | st.integers(min_value=0, max_value=MAX_AMOUNT),
+    last_grant=st.integers(min_value=0, max_value=10**6) | st.integers(min_value=0, max_value=MAX_AMOUNT),
+    rate=rates,
+    latency=st.floats(min_value=0.0, max_value=10.0),
+)
+def test_what_is_surely_above_the_low_water_mark_is_at_or_above_it(
+    refill: RefillSettings, available: int, last_grant: int, rate: float, latency: float
+) -> None:
+    """The order path's quick answer (no refill) never skips a refill the mark calls for."""
+    if policy.surely_above_low_water(refill, available, last_grant, rate, latency):
+        assert available >= policy.low_water_mark(refill, last_grant, rate, latency)
+
+
+def test_an_allotment_well_above_the_mark_is_surely_above_it() -> None:
+    mark = policy.low_water_mark(RefillSettings(), 1_000, 100.0, 0.05)
+    assert policy.surely_above_low_water(RefillSettings(), mark + 2, 1_000, 100.0, 0.05)
+    assert not policy.surely_above_low_water(RefillSettings(), mark - 1, 1_000, 100.0, 0.05)
+
+
 @pytest.mark.parametrize(
     ("asked", "unallocated", "demand", "total", "expected"),
     [
