@@ -66,16 +66,18 @@ class EmbeddedAgent:
     async def deduct(self, order_key: str, lines: Sequence[Line], *, deadline_s: float | None = None) -> Deducted:
         """Deducts every line or none; a retry with the same order key answers the first deduction (`replayed`).
         `deadline_s` also bounds the wait for a refill (default: the agent's `max_wait_s`)."""
-        outcome = await self._call(self._agent.deduct(order_key, _agent_lines(lines), deadline_s), deadline_s)
-        return Deducted(order_key, _lines(outcome.lines), outcome.replayed)
+        given = tuple(lines)
+        outcome = await self._call(self._agent.deduct(order_key, given, deadline_s), deadline_s)
+        # The ledger deducts these lines, or replays an order of the same lines: no copy back and forth.
+        return Deducted(order_key, given, outcome.replayed)
 
     async def reserve(
         self, order_key: str, lines: Sequence[Line], ttl_s: float = 0, *, deadline_s: float | None = None
     ) -> Reserved:
         """Holds every line or none for `ttl_s` (1 s .. 24 h; 0: the agent's default) until confirm or cancel."""
-        hold = self._agent.reserve(order_key, _agent_lines(lines), round(ttl_s * 1000), deadline_s)
-        outcome = await self._call(hold, deadline_s)
-        return Reserved(order_key, _lines(outcome.lines), outcome.replayed, outcome.expires_at_ms)
+        given = tuple(lines)
+        outcome = await self._call(self._agent.reserve(order_key, given, round(ttl_s * 1000), deadline_s), deadline_s)
+        return Reserved(order_key, given, outcome.replayed, outcome.expires_at_ms)
 
     async def confirm(self, order_key: str, *, deadline_s: float | None = None) -> Confirmed:
         outcome = await self._call(self._agent.confirm(order_key), deadline_s)
@@ -143,10 +145,6 @@ class EmbeddedAgent:
         detail = describe(error, self._retry)
         retry_after = detail.retry_after_ms / 1000 if detail.retry_after_ms else None
         return error_from_detail(error.code, error.message, detail.reason, detail.metadata, retry_after)
-
-
-def _agent_lines(lines: Sequence[Line]) -> list[base.Line]:
-    return [base.Line(line.promotion_id, line.amount, line.user_id, line.unit_price, line.discount) for line in lines]
 
 
 def _lines(lines: Iterable[base.Line]) -> tuple[Line, ...]:

@@ -31,7 +31,7 @@ from quota_common.validation import require_id
 from region_agent.agent import GroupStatus, OrderReport, PromotionStatus
 from region_agent.app import AgentConfig, WiredAgent, wire_agent
 from region_agent.ledger.base import DeductOutcome, Line, RefundOutcome, Settle, SettleOutcome
-from region_agent.order_input import hold_ms, order_lines, refund_lines
+from region_agent.order_input import GivenLine, hold_ms, order_lines, refund_lines
 
 
 class EmbeddedAgent:
@@ -65,7 +65,7 @@ class EmbeddedAgent:
             await wired.close()
 
     async def deduct(
-        self, order_key: str, lines: Sequence[Line], time_remaining_s: float | None = None
+        self, order_key: str, lines: Sequence[GivenLine], time_remaining_s: float | None = None
     ) -> DeductOutcome:
         """Deducts every line or none; a retry with the same key and lines replays the first answer.
         `time_remaining_s`: how long the order may wait for a refill (default: the agent's `max_wait_s`)."""
@@ -73,7 +73,7 @@ class EmbeddedAgent:
         return await self._agent.deduct(_key(order_key), self.region, checked, time_remaining_s, placer=self.placer)
 
     async def reserve(
-        self, order_key: str, lines: Sequence[Line], ttl_ms: int = 0, time_remaining_s: float | None = None
+        self, order_key: str, lines: Sequence[GivenLine], ttl_ms: int = 0, time_remaining_s: float | None = None
     ) -> DeductOutcome:
         """Holds every line or none for `ttl_ms` (1 s .. 24 h; 0: the agent's default); its deadline is in
         `expires_at_ms`."""
