@@ -14,17 +14,14 @@ class RateMeter:
 
     def __init__(self, tau_s: float = 1.0) -> None:
         self._tau = tau_s
-        self._level = 0.0
+        self.peak = 0.0
+        """The rate as of the last observation: it only decays from there, so no later rate is higher. An
+        attribute, not a property: the order path reads it on every order."""
         self._at: float | None = None
 
     def observe(self, amount: int, now: float) -> None:
-        self._level = self._decayed(now) + amount / self._tau
+        self.peak = self._decayed(now) + amount / self._tau
         self._at = now
-
-    @property
-    def peak(self) -> float:
-        """The rate as of the last observation: it only decays from there, so no later rate is higher."""
-        return self._level
 
     def rate(self, now: float) -> float:
         return self._decayed(now)
@@ -32,4 +29,4 @@ class RateMeter:
     def _decayed(self, now: float) -> float:
         if self._at is None:
             return 0.0
-        return self._level * math.exp(-max(0.0, now - self._at) / self._tau)
+        return self.peak * math.exp(-max(0.0, now - self._at) / self._tau)
