@@ -25,6 +25,10 @@ class HotCounter(Collector):
         self._name, self._documentation, self._labelnames = name, documentation, list(labelnames)
         self._counts: dict[Labels, int] = {}
 
+    def describe(self) -> Iterator[Metric]:
+        """The family's name, so that a registry refuses a second collector of it, as it would a Counter's."""
+        yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
     def inc(self, labels: Labels) -> None:
         self._counts[labels] = self._counts.get(labels, 0) + 1
 
@@ -49,6 +53,10 @@ class HotHistogram(Collector):
         self._name, self._documentation, self._labelnames = name, documentation, list(labelnames)
         self._bounds = sorted(buckets)
         self._series: dict[Labels, _Series] = {}
+
+    def describe(self) -> Iterator[Metric]:
+        """The family's name, so that a registry refuses a second collector of it, as it would a Histogram's."""
+        yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
     def observe(self, labels: Labels, value: float) -> None:
         series = self._series.get(labels)

@@ -101,7 +101,7 @@ def surely_above_low_water(
     capping: a whole number at or above a term is at or above the term rounded up. Asked on every order."""
     return (
         available >= settings.low_water_fraction * last_grant
-        and available >= settings.buffer
+        and available >= (settings.buffer if last_grant > settings.buffer else 0)
         and available >= rate_per_s * latency_s * 2
     )
 

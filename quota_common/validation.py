@@ -41,10 +41,10 @@ FITTING_ID_CHARS = MAX_ID_BYTES // 4
 
 
 def require_id(field: str, value: str) -> str:
-    if 0 < len(value) <= FITTING_ID_CHARS:
-        return value  # every order's ids come this way: no call further
     if not value:
         raise InvalidArgument(f"{field} is required")
+    if len(value) <= FITTING_ID_CHARS:
+        return value  # every order's ids come this way: no call further
     return require_text(field, value)
 
 
@@ -121,7 +121,7 @@ CELL_SEPARATOR = "."
 def require_region(field: str, name: str) -> str:
     """A region's or a cell's name: not empty, and a cell's both halves not empty and only one dot.
     InvalidArgument saying what to write otherwise."""
-    if 0 < len(name) <= FITTING_ID_CHARS and CELL_SEPARATOR not in name:
+    if name and len(name) <= FITTING_ID_CHARS and CELL_SEPARATOR not in name:
         return name  # a region (every order names one): no call further
     require_id(field, name)
     region, dot, cell = name.partition(CELL_SEPARATOR)

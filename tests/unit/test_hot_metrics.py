@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -34,3 +35,15 @@ def test_the_page_is_prometheus_clients_page(observations: list[tuple[tuple[str,
         hot_histogram.observe(labels, seconds)
 
     assert sorted(_page(ours)) == sorted(_page(theirs))
+
+
+def test_a_registry_refuses_a_second_series_of_the_same_name() -> None:
+    """As it refuses a second prometheus_client Counter or Histogram: two collectors of one family would
+    otherwise both be on the page."""
+    registry = CollectorRegistry()
+    registry.register(HotCounter("quota_answers", "Answers.", LABELS))
+    registry.register(HotHistogram("quota_answer_seconds", "Time.", LABELS, LATENCY_BUCKETS_S))
+    with pytest.raises(ValueError, match="Duplicated"):
+        registry.register(HotCounter("quota_answers", "Answers.", LABELS))
+    with pytest.raises(ValueError, match="Duplicated"):
+        registry.register(HotHistogram("quota_answer_seconds", "Time.", LABELS, LATENCY_BUCKETS_S))

@@ -4,19 +4,33 @@ orders order services send."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from quota_common.errors import InvalidArgument
-from quota_common.validation import MAX_AMOUNT, MAX_ID_BYTES
+from quota_common.validation import MAX_AMOUNT, MAX_ID_BYTES, MAX_LINES, require_id, require_region
 from region_agent.ledger.base import Line
 from region_agent.order_input import _check, _plainly_valid, order_lines
 
 QUICK = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
-EDGE_IDS = ["", "p", "x" * MAX_ID_BYTES, "x" * (MAX_ID_BYTES + 1), "é" * (MAX_ID_BYTES // 2), "é" * 65, "€" * 33]
-"""Empty; at and past the byte limit in ASCII; two- and three-byte characters around it."""
+EDGE_IDS = [
+    "",
+    "p",
+    "x" * MAX_ID_BYTES,
+    "x" * (MAX_ID_BYTES + 1),
+    "é" * (MAX_ID_BYTES // 2),
+    "é" * 65,
+    "€" * 33,
+    "€" * 42,
+    "€" * 43,
+    "𝄞" * 32,
+    "𝄞" * 33,
+]
+"""Empty; at and past the byte limit (128) in ASCII and in two-, three- and four-byte characters."""
 IDS = st.sampled_from(EDGE_IDS) | st.text(max_size=40) | st.sampled_from(["a", "b", "c"])
 AMOUNTS = st.integers(-2, 6) | st.sampled_from([MAX_AMOUNT - 1, MAX_AMOUNT, MAX_AMOUNT + 1, 2**63])
 LINES = st.builds(Line, IDS, AMOUNTS, IDS, AMOUNTS, AMOUNTS)
@@ -57,3 +71,38 @@ def test_orders_as_order_services_send_them_take_the_one_pass(
     lines = tuple(Line(promotion, amount, user, *prices) for promotion, amount, user, prices in given_lines)
     distinct = len({line.promotion_id for line in lines}) == len(lines)
     assert _plainly_valid(lines) == distinct
+
+
+@pytest.mark.parametrize("count", [0, 1, MAX_LINES, MAX_LINES + 1])
+def test_an_order_has_one_to_max_lines(count: int) -> None:
+    lines = [Line(f"p{number}", 1, "u") for number in range(count)]
+    if 1 <= count <= MAX_LINES:
+        assert len(order_lines(lines)) == count
+    else:
+        with pytest.raises(InvalidArgument, match="line"):
+            order_lines(lines)
+
+
+@pytest.mark.parametrize("value", EDGE_IDS)
+def test_an_id_is_refused_when_empty_or_above_the_byte_limit(value: str) -> None:
+    fits = 0 < len(value.encode()) <= MAX_ID_BYTES
+    for check in (require_id, require_region):
+        if fits:
+            assert check("field", value) == value
+        else:
+            with pytest.raises(InvalidArgument, match="field"):
+                check("field", value)
+
+
+def test_a_missing_field_from_an_embedding_caller_is_named_not_a_type_error() -> None:
+    """Python callers of the embedded agent can pass None where gRPC cannot."""
+    missing: Any = None
+    for line, field in [
+        (Line(missing, 1, "u"), "lines.promotion_id"),
+        (Line("p", 1, missing), "lines.user_id"),
+    ]:
+        with pytest.raises(InvalidArgument, match=field):
+            order_lines([line])
+    for check in (require_id, require_region):
+        with pytest.raises(InvalidArgument, match="required"):
+            check("order_key", missing)
