@@ -201,7 +201,8 @@ class Agent:
         tracked = self._supply.tracked(promotion_ids) or await self._supply.track(promotion_ids)
         now, wall_ms = self._clock.monotonic(), self._clock.wall_ms()
         below: list[BelowFloor] = []
-        # An order to open promotions with no floor or order limit passes every check below: one pass says so.
+        # An order to open promotions with no floor, each line within its order limit, passes every check below:
+        # one pass says so.
         if (
             self._supply.retired
             or self.cache.emergency.covers(region)
