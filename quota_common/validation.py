@@ -43,8 +43,6 @@ FITTING_ID_CHARS = MAX_ID_BYTES // 4
 def require_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
-    if len(value) <= FITTING_ID_CHARS:
-        return value  # every order's ids come this way: no call further
     return require_text(field, value)
 
 
@@ -63,7 +61,7 @@ def require_optional_amount(field: str, value: int) -> int:
 
 def require_bounded_text(field: str, value: str, max_bytes: int) -> str:
     if len(value) * 4 <= max_bytes:
-        return value  # UTF-8 takes at most 4 bytes a character: it fits, with no encoding
+        return value  # UTF-8 takes at most 4 bytes a character: it fits, with no encoding on every order's ids
     size = len(value.encode())
     if size > max_bytes:
         raise InvalidArgument(f"{field} is {size} bytes; at most {max_bytes} are allowed")
@@ -121,8 +119,6 @@ CELL_SEPARATOR = "."
 def require_region(field: str, name: str) -> str:
     """A region's or a cell's name: not empty, and a cell's both halves not empty and only one dot.
     InvalidArgument saying what to write otherwise."""
-    if name and len(name) <= FITTING_ID_CHARS and CELL_SEPARATOR not in name:
-        return name  # a region (every order names one): no call further
     require_id(field, name)
     region, dot, cell = name.partition(CELL_SEPARATOR)
     if dot and (not region or not cell or CELL_SEPARATOR in cell):

@@ -61,9 +61,7 @@ class AgentMetrics:
         )
 
     def answered(self, operation: str, replayed: bool, elapsed_s: float) -> None:
-        # `_count`'s two lines, not a call to it: every order comes this way.
-        self._deductions.inc((self.region, operation, "replayed" if replayed else "accepted", ""))
-        self._deduction_seconds.observe((self.region, operation), elapsed_s)
+        self._count(operation, "replayed" if replayed else "accepted", "", elapsed_s)
 
     def failed(self, operation: str, error: Exception, elapsed_s: float) -> None:
         if isinstance(error, Rejected):

@@ -60,8 +60,7 @@ def hold_ms(ttl_ms: int, default_ms: int) -> int:
 
 def order_lines(given: Sequence[GivenLine]) -> tuple[Line, ...]:
     """An order's lines, checked: 1..MAX_LINES, each promotion once, ids and amounts in range, prices coherent."""
-    if not 0 < len(given) <= MAX_LINES:
-        _check_line_count(len(given), at_least=1)  # first: no line of an oversized order is copied
+    _check_line_count(len(given), at_least=1)  # first: no line of an oversized order is copied
     lines = tuple([Line(g.promotion_id, g.amount, g.user_id, g.unit_price, g.discount) for g in given])
     try:
         plain = _plainly_valid(lines)
