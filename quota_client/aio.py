@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ import grpc
 from quota_client import calls
 from quota_client.calls import Call
 from quota_client.connection import CHANNEL_OPTIONS, Tls, addresses_of, open_links
+from quota_client.errors import Unavailable
 from quota_client.model import (
     Cancelled,
     Confirmed,
@@ -101,7 +103,11 @@ class AsyncQuotaClient:
 
     async def _call(self, call: Call[R], deadline_s: float | None) -> R:
         attempts = Attempts(self._policy, self._clock, len(self.addresses), self._preferred, deadline_s)
-        return await attempts.async_retrying()(self._attempt, call, attempts)
+        try:
+            return await self._attempt(call, attempts)
+        except Unavailable as failure:
+            first = failure
+        return await attempts.retry_async(first, functools.partial(self._attempt, call, attempts))
 
     async def _attempt(self, call: Call[R], attempts: Attempts) -> R:
         index = attempts.address()

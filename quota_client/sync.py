@@ -7,6 +7,7 @@ what each does), on gRPC's blocking channels.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ import grpc
 from quota_client import calls
 from quota_client.calls import Call
 from quota_client.connection import CHANNEL_OPTIONS, Tls, addresses_of, open_links
+from quota_client.errors import Unavailable
 from quota_client.model import (
     Cancelled,
     Confirmed,
@@ -99,8 +101,11 @@ class QuotaClient:
 
     def _call(self, call: Call[R], deadline_s: float | None) -> R:
         attempts = Attempts(self._policy, self._clock, len(self.addresses), self._preferred, deadline_s)
-        result: R = attempts.retrying()(self._attempt, call, attempts)
-        return result
+        try:
+            return self._attempt(call, attempts)
+        except Unavailable as failure:
+            first = failure
+        return attempts.retry(first, functools.partial(self._attempt, call, attempts))
 
     def _attempt(self, call: Call[R], attempts: Attempts) -> R:
         index = attempts.address()

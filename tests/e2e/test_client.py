@@ -8,6 +8,8 @@ nothing; each reject reason raises its own exception; a deadline is honoured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import signal
 import socket
@@ -180,6 +182,53 @@ async def test_each_reject_reason_raises_its_own_exception_naming_the_promotion(
             await quota.refund("never-placed")
         with pytest.raises(InvalidRequest):
             await quota.deduct("zero", [Line(limited, 0, "user-1")])
+
+
+@contextlib.contextmanager
+def _left_in_cycles() -> Iterator[list[object]]:
+    """The client's and tenacity's objects that the block left in reference cycles: only the garbage
+    collector frees those, and its full passes over an order service's heap stop the service meanwhile."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    left: list[object] = []
+    try:
+        yield left
+        gc.collect()
+        left += [found for found in gc.garbage if type(found).__module__.startswith(("quota_client", "tenacity"))]
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+        gc.enable()
+
+
+async def test_answers_and_refusals_leave_nothing_for_the_garbage_collector(
+    region: Region, admin: center_grpc.PromotionAdminAsyncStub
+) -> None:
+    """Every call used to leave tenacity's retrying object in a cycle: `quota bench embedded` measured full
+    collections of 20-35 ms in its order service, and a p99 through the client 4 times the bare stub's."""
+    sale = await create(admin, promotion("cycle-sale"))
+    elsewhere = Line(await create(admin, promotion("cycle-us", regions=("us",))), 1, "u")
+
+    async def deduct_and_be_refused(quota: AsyncQuotaClient, key: str) -> None:
+        await quota.deduct(key, [Line(sale, 1, "u")])
+        with pytest.raises(RegionNotAllowed):
+            await quota.deduct(f"{key}-refused", [elsewhere])
+
+    def blocking() -> list[object]:
+        with QuotaClient(region.agents, "eu") as quota, _left_in_cycles() as left:
+            for number in range(3):
+                quota.deduct(f"cycle-sync-{number}", [Line(sale, 1, "u")])
+        return left
+
+    async with AsyncQuotaClient(region.agents, "eu") as quota:
+        await deduct_and_be_refused(quota, "cycle-warm")  # channels open, promotions known
+        with _left_in_cycles() as left:
+            for number in range(3):
+                await deduct_and_be_refused(quota, f"cycle-{number}")
+    left_by_blocking = await asyncio.to_thread(blocking)
+
+    assert left == left_by_blocking == []
 
 
 def _with(message: center_pb.Promotion, **fields: int | bool) -> center_pb.Promotion:

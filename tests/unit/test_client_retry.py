@@ -23,8 +23,10 @@ def _tried(policy: RetryPolicy, addresses: int) -> tuple[list[int], Unavailable]
         tried.append(attempts.address())
         raise attempts.failed(lost, call)
 
+    with pytest.raises(Unavailable) as first:
+        attempt()  # the client's first attempt, made without tenacity
     with pytest.raises(Unavailable) as raised:
-        attempts.retrying()(attempt)
+        attempts.retry(first.value, attempt)
     return tried, raised.value
 
 
