@@ -31,6 +31,11 @@ RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 """No agent answered, or one could not serve now: the same request may succeed elsewhere or later."""
 
 
+def retried(error: BaseException) -> bool:
+    """Whether a failed attempt is tried again: no agent answered, or one could not serve now."""
+    return isinstance(error, Unavailable) and error.code in RETRIED
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     deadline_s: float = 5.0
@@ -99,7 +104,7 @@ class Attempts:
         """`retry` for an asyncio client."""
         again = _AfterFirst(first, attempt)
 
-        async def attempted() -> R:
+        async def attempted() -> R:  # tenacity awaits only what a coroutine function returns
             return await again()
 
         retrying = AsyncRetrying(
@@ -108,7 +113,7 @@ class Attempts:
         result: R = await retrying(attempted)
         return result
 
-    _retry = retry_if_exception(lambda error: isinstance(error, Unavailable) and error.code in RETRIED)
+    _retry = retry_if_exception(retried)
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = wait_random_exponential(self._policy.backoff_s, self._policy.max_backoff_s)(state)
@@ -147,7 +152,9 @@ class _AfterFirst(Generic[R]):
         self._attempt = attempt
 
     def __call__(self) -> R:
-        first, self._first = self._first, None
-        if first is not None:
-            raise first
-        return self._attempt()
+        if self._first is None:
+            return self._attempt()
+        try:
+            raise self._first
+        finally:
+            self._first = None  # no local holds it: its traceback holds this frame

@@ -29,7 +29,7 @@ from quota_client.model import (
     RegionStatus,
     Reserved,
 )
-from quota_client.retry import Attempts, RetryPolicy
+from quota_client.retry import Attempts, RetryPolicy, retried
 from quota_common.clock import Clock, SystemClock
 from region_agent.v1 import region_agent_pb2_grpc as pb_grpc
 
@@ -104,8 +104,13 @@ class QuotaClient:
         try:
             return self._attempt(call, attempts)
         except Unavailable as failure:
+            if not retried(failure):
+                raise
             first = failure
-        return attempts.retry(first, functools.partial(self._attempt, call, attempts))
+        try:
+            return attempts.retry(first, functools.partial(self._attempt, call, attempts))
+        finally:
+            del first  # its traceback holds this frame: kept, the two would be a cycle after the call
 
     def _attempt(self, call: Call[R], attempts: Attempts) -> R:
         index = attempts.address()
