@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -81,6 +83,25 @@ def order(
 
 def reject_reason(error: grpc.aio.AioRpcError) -> str | None:
     return trailing(error, REJECT_REASON_METADATA_KEY) or None
+
+
+@contextlib.contextmanager
+def left_in_cycles() -> Iterator[list[object]]:
+    """Everything the block left in reference cycles, which only the garbage collector frees (its full passes
+    stop the process meanwhile): filled in when the block ends."""
+    gc.collect()
+    gc.garbage.clear()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    left: list[object] = []
+    try:
+        yield left
+        gc.collect()
+        left += gc.garbage
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+        gc.enable()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:

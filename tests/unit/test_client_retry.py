@@ -3,14 +3,13 @@ attempt's outcome) asks the client for one attempt and gets the agent's answer t
 
 from __future__ import annotations
 
-import gc
-
 import grpc
 import pytest
 
 from quota_client import AsyncQuotaClient, Line, RetryPolicy, Unavailable, calls
 from quota_client.retry import Attempts
 from quota_common.clock import FakeClock
+from quota_testing.support import left_in_cycles
 from region_agent.v1 import region_agent_pb2 as pb
 
 LOST = "the region's Redis is unreachable; retry with the same key"
@@ -75,16 +74,9 @@ async def test_a_retried_call_leaves_only_tenacitys_own_cycle() -> None:
     quota = AsyncQuotaClient("127.0.0.1:1", "eu", policy=RetryPolicy(backoff_s=0.0001, max_backoff_s=0.0001))
     quota._stub = lambda index: agent  # type: ignore[method-assign]  # no channel: the attempts' outcomes are scripted
     await quota.deduct("warm", [Line("coupon", 1, "user-1")])
-    gc.collect()
-    gc.garbage.clear()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with left_in_cycles() as garbage:
         answers = [await quota.deduct(f"order-{number}", [Line("coupon", 1, "user-1")]) for number in range(5)]
-        gc.collect()
-        left = {type(found).__name__ for found in gc.garbage}
-    finally:
-        gc.garbage.clear()
-        gc.set_debug(0)
+    left = {type(found).__name__ for found in garbage}
 
     assert agent.calls == 12
     assert [answer.replayed for answer in answers] == [False] * 5
