@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         args.orders_per_s,
         args.selling,
     )
-    gc_policy.serving(CollectorRegistry())  # as each agent process it stands for: its pauses are the agents'
+    # As each agent process it stands for: its pauses are the agents'.
+    gc_policy.serving(CollectorRegistry(), gc_policy.AGENT_THRESHOLDS)
     asyncio.run(run(plan))
     return 0
 

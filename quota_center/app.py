@@ -232,7 +232,7 @@ async def run_center(config: CenterConfig) -> None:
     _, base = etcd_location(config.store)
     shards = ShardFollower(center, EtcdShards(store, shards_key(base)), base) if isinstance(store, EtcdStore) else None
     registry, refresh = center_metrics(center, config.metrics_promotions)
-    gc_policy.serving(registry)
+    gc_policy.serving(registry, gc_policy.CENTER_THRESHOLDS)
     calls = RpcMetrics(registry, [*center_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
     server = guarded_server(transport, calls=calls)
     center_server.add_to_server(center, server)

@@ -307,7 +307,8 @@ async def run_agent(config: AgentConfig) -> None:
     region = config.settings.region
     wired = await wire_agent(config, config.listen)
     agent, metrics, transport = wired.agent, wired.metrics, wired.transport
-    gc_policy.serving(metrics.registry)  # here, not in wire_agent: an embedded agent's host keeps its own
+    # Here, not in wire_agent: an embedded agent's host keeps its own policy.
+    gc_policy.serving(metrics.registry, gc_policy.AGENT_THRESHOLDS)
     calls = (
         RpcMetrics(metrics.registry, [*agent_server.SERVICES, *STANDARD_SERVICES]) if config.metrics_listen else None
     )
@@ -319,6 +320,7 @@ async def run_agent(config: AgentConfig) -> None:
         # Only once the ports are this process's: starting joins the region as a new incarnation,
         # which writes off what the agent already serving on that port holds.
         await agent.start()
+        gc_policy.settled()  # joined, promotions loaded: what lives as long as the process
 
     async def replaced() -> str:
         reason = await agent.wait_retired()

@@ -22,21 +22,24 @@ def restored() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restored")
-def test_a_serving_process_collects_less_often_and_shows_each_collections_length() -> None:
+@pytest.mark.parametrize("thresholds", [gc_policy.CENTER_THRESHOLDS, gc_policy.AGENT_THRESHOLDS])
+def test_a_serving_process_collects_as_its_role_needs_and_shows_each_collections_length(
+    thresholds: tuple[int, int, int],
+) -> None:
     registry = CollectorRegistry()
-    gc_policy.serving(registry)
+    gc_policy.serving(registry, thresholds)
     before = registry.get_sample_value("python_gc_pause_seconds_count", {"generation": "2"}) or 0
 
     gc.collect()
 
-    assert gc.get_threshold() == gc_policy.THRESHOLDS
+    assert gc.get_threshold() == thresholds
     assert registry.get_sample_value("python_gc_pause_seconds_count", {"generation": "2"}) == before + 1
 
 
 @pytest.mark.usefixtures("restored")
 def test_a_settled_state_is_frozen_and_given_back_when_unsettled() -> None:
     registry = CollectorRegistry()
-    gc_policy.serving(registry)
+    gc_policy.serving(registry, gc_policy.CENTER_THRESHOLDS)
     state = [{"account": n} for n in range(100)]
 
     gc_policy.settled()
@@ -51,7 +54,7 @@ def test_a_settled_state_is_frozen_and_given_back_when_unsettled() -> None:
 @pytest.mark.usefixtures("restored")
 def test_a_settled_leader_freezes_what_survives_a_full_collection_until_unsettled() -> None:
     registry = CollectorRegistry()
-    gc_policy.serving(registry)
+    gc_policy.serving(registry, gc_policy.CENTER_THRESHOLDS)
     gc_policy.settled()
     frozen_at_load = gc.get_freeze_count()
     grown = [[n] for n in range(1_000)]  # lists stay tracked (a dict of ints would not)
