@@ -245,7 +245,7 @@ async def run(plan: Plan) -> None:
         settings = AgentSettings(region, opening_lookahead_s=lookahead_s, return_on_shutdown=False)
         agents.append(Agent(settings, ledger, center, SystemClock()))
     await asyncio.gather(*(agent.start() for agent in agents))
-    gc_policy.settled()  # as each agent process does once it has joined
+    gc_policy.started()  # as each agent process does once it has joined
     await _open(plan, log, started)
     await _until(plan.start_ms)
     held_at_start = await _held(ledgers)

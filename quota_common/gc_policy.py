@@ -7,16 +7,21 @@ behind it (their p99 in seconds) and the election's keepalive with them (leaders
 
 - `serving()` where the process starts serving: the thresholds of its role (`CENTER_THRESHOLDS`,
   `AGENT_THRESHOLDS`), and the pause metric below;
-- `settled()` once the leader has loaded its state (and after every rebuild), or once an agent has joined
-  its region and loaded its promotions: the state loaded so far is
+- `settled()` once the leader has loaded its state (and after every rebuild): the state loaded so far is
   moved to the permanent generation, which no collection walks. Frozen objects are still freed by their
   reference count when the state drops them (a replaced account, a promotion gone), so nothing leaks but
   what forms a reference cycle while frozen; `unsettled()` (a deposed leader) gives those back to the
   collector, so a process that leads many times does not keep them. While settled, what survives a full
   collection is frozen too: a leader's state keeps growing after the load (promotions created, regions
-  joining, openings), as an in-process ledger's orders do, and each full collection would otherwise walk all
-  that growth again. (An agent at 1,000 orders/s for three minutes: 66,796 objects frozen after one minute,
-  66,803 after three; what was in flight at each full collection was freed by its count, not kept.)
+  joining, openings), and each full collection would otherwise walk all that growth again. The cost: a call
+  in flight at that moment is frozen with the state, and if it ends as a reference cycle (a tenacity
+  retrying object, gRPC's own per-call closure) it stays until the leader is deposed;
+- `started()` once an agent has joined its region: what it holds then (modules, servers, clients, its
+  promotions) is frozen once, and never again after a full collection: an agent lives as long as its
+  process, with calls to the center in flight all the time (each with tenacity's retrying cycle), so
+  freezing again would keep some of them at every full collection for the process's life. Its state is
+  small (a Redis ledger keeps the orders in Redis); an in-process ledger's orders are walked by full passes
+  as they grow, as before;
 - the biggest long-lived structures are made of values the collector does not track at all (history points
   are plain tuples of ints, `quota_center.history.Point`), which keeps what grows after the freeze cheap.
 
@@ -43,9 +48,9 @@ that survived into it since the last full collection are a quarter of those it h
 AGENT_THRESHOLDS = (700, 10, 10)
 """CPython's own. Most of what an agent's collector finds is per-call garbage: every call gRPC serves leaves
 objects in a cycle of grpc's own (5 in grpc 1.85, its `_find_method_handler` closure), which only the
-collector frees. At 50,000 they built up to about 45,000 objects, freed in one young pass of 30-60 ms every
+collector frees. At 50,000 they built up to about 45,000 objects, freed in one young pass of 30-65 ms every
 few seconds at 1,000 orders/s, with every order in flight waiting behind it; at 700 a young pass takes under
-a millisecond. The agent's long-lived state is small and frozen (`settled`), so its full collections are too."""
+a millisecond. What the agent holds once started is frozen (`started`), so its full collections are short too."""
 
 PAUSES = Histogram(
     "python_gc_pause_seconds",
@@ -81,7 +86,7 @@ class _Frozen(Collector):
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "python_gc_frozen_objects",
-            "Objects in the permanent generation, which no collection walks (the state a leader loaded).",
+            "Objects in the permanent generation, which no collection walks (a leader's state, an agent's start).",
             value=gc.get_freeze_count(),
         )
 
@@ -99,10 +104,16 @@ def serving(registry: CollectorRegistry, thresholds: tuple[int, int, int]) -> No
 def settled() -> None:
     """The state loaded so far will live long: no collection walks it again (see the module's docstring).
     No collection first: it would hold a leader taking over for as long as the pause this avoids, and what
-    garbage it would find is what one start left, given back by `unsettled()` (an agent keeps it: once)."""
+    garbage it would find is what one start left, given back by `unsettled()`."""
     gc.freeze()
     if _refreeze not in gc.callbacks:
         gc.callbacks.append(_refreeze)
+
+
+def started() -> None:
+    """What the process holds now lives as long as it: frozen once, not again (see the module's docstring).
+    No collection first, as for `settled()`: what it would find is what the start left, kept once."""
+    gc.freeze()
 
 
 def unsettled() -> None:

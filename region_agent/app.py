@@ -320,7 +320,7 @@ async def run_agent(config: AgentConfig) -> None:
         # Only once the ports are this process's: starting joins the region as a new incarnation,
         # which writes off what the agent already serving on that port holds.
         await agent.start()
-        gc_policy.settled()  # joined, promotions loaded: what lives as long as the process
+        gc_policy.started()  # joined (or gave up waiting for the center): what lives as long as the process
 
     async def replaced() -> str:
         reason = await agent.wait_retired()

@@ -249,7 +249,7 @@ def test_the_agent_counts_every_call_by_method_and_status(running: Running) -> N
     assert _calls(samples, "Refund", "OK") == 1
     assert samples[("process_open_fds", ())] > 0
     assert ("python_gc_collections_total", (("generation", "0"),)) in samples
-    # Frozen once it joined its region (quota_common.gc_policy): full collections walk only what came since.
+    # Frozen once it has joined its region (quota_common.gc_policy): no full collection walks its start again.
     assert samples[("python_gc_frozen_objects", ())] > 0
 
 

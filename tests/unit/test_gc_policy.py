@@ -66,3 +66,20 @@ def test_a_settled_leader_freezes_what_survives_a_full_collection_until_unsettle
 
     assert after_growth >= frozen_at_load + len(grown)
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.usefixtures("restored")
+def test_a_started_agent_is_frozen_once_and_not_again_after_a_full_collection() -> None:
+    """An agent always has calls to the center in flight: frozen at a later full collection, those that end as
+    reference cycles (tenacity's retrying object) would never be freed."""
+    registry = CollectorRegistry()
+    gc_policy.serving(registry, gc_policy.AGENT_THRESHOLDS)
+    gc_policy.started()
+    frozen_at_start = gc.get_freeze_count()
+    in_flight = [[n] for n in range(1_000)]
+
+    gc.collect()
+
+    assert frozen_at_start > 0
+    assert gc.get_freeze_count() <= frozen_at_start
+    assert all(gc.is_tracked(call) for call in in_flight)
