@@ -239,8 +239,8 @@ class Agent:
             if outcome.over_limit:
                 raise Rejected(
                     RejectReason.USER_LIMIT,
-                    f"the order's user already holds what promotion {outcome.over_limit[0]} allows one user "
-                    f"({_describe(limits[outcome.over_limit[0]])})",
+                    f"this order would take its user past what promotion {outcome.over_limit[0]} allows one user "
+                    f"(at most {_describe(limits[outcome.over_limit[0]])}, this order's included)",
                     outcome.over_limit[0],
                 )
             await self._wait_for_refills(outcome, lines, deadline=now + wait)
@@ -381,6 +381,7 @@ def _describe(limit: UserLimit) -> str:
 def _spent(promotion_id: str) -> Rejected:
     return Rejected(
         RejectReason.EXHAUSTED,
-        f"promotion {promotion_id}: this region's allotment is spent and the center has nothing left to grant",
+        f"promotion {promotion_id}: the order needs more than this region holds, and the center has nothing "
+        "left to grant",
         promotion_id,
     )

@@ -30,6 +30,7 @@ def plainly_spendable(region: str, tracked: list[Tracked], lines: tuple[Line, ..
             and promotion.floor_price <= 0
             and promotion.floor_bps <= 0
             and (not promotion.max_per_order or line.amount <= promotion.max_per_order)
+            and line.amount <= promotion.budget
         ):
             return False
     return True
@@ -80,11 +81,21 @@ def check_spendable(
 
 
 def check_order_limit(promotion: Promotion, line: Line) -> None:
-    """A line may take at most the promotion's `max_per_order` units: checked here, with no center call."""
+    """A line may take at most the promotion's `max_per_order` units, and never more than its whole budget:
+    checked here, with no center call. A line beyond the budget can never be served, and asking the center
+    for it would pull everything the other regions have not taken into this one, for an order refused all
+    the same, and size this region's refills by a demand that is not there."""
     if promotion.max_per_order and line.amount > promotion.max_per_order:
         raise Rejected(
             RejectReason.OVER_ORDER_LIMIT,
             f"the line asks {line.amount} units of promotion {promotion.id}, which allows at most "
             f"{promotion.max_per_order} in one order",
+            promotion.id,
+        )
+    if line.amount > promotion.budget:
+        raise Rejected(
+            RejectReason.OVER_ORDER_LIMIT,
+            f"the line asks {line.amount} units of promotion {promotion.id}, more than its whole budget "
+            f"({promotion.budget}): no order can take that much",
             promotion.id,
         )

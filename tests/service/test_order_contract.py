@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_testing.inprocess import ServedCenter, running_agent
+from quota_testing.inprocess import ServedAgent, ServedCenter, running_agent
 from quota_testing.support import HOUR_MS, now_ms, order, promotion, reject_reason
 from region_agent.v1 import region_agent_pb2 as agent_pb
 from region_agent.v1 import region_agent_pb2_grpc as agent_grpc
@@ -51,7 +51,7 @@ def _retry_after_ms(error: grpc.aio.AioRpcError) -> int:
     return 0
 
 
-async def _frozen(admin: center_grpc.PromotionAdminAsyncStub) -> None:
+async def _frozen(admin: center_grpc.PromotionAdminAsyncStub, orders: agent_grpc.RegionAgentAsyncStub) -> None:
     await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion("refused")), timeout=TIMEOUT_S)
     await admin.SetFrozen(center_pb.SetFrozenRequest(promotion_id="refused", frozen=True), timeout=TIMEOUT_S)
 
@@ -60,28 +60,39 @@ async def _create(admin: center_grpc.PromotionAdminAsyncStub, made: center_pb.Pr
     await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=made), timeout=TIMEOUT_S)
 
 
+async def _sold_out(admin: center_grpc.PromotionAdminAsyncStub, orders: agent_grpc.RegionAgentAsyncStub) -> None:
+    await _create(admin, promotion("refused", budget=1))
+    await orders.Deduct(order("sold", "eu", ("refused", 1)), timeout=TIMEOUT_S)
+
+
 REFUSALS = [
     pytest.param(_frozen, 1, "REJECT_REASON_FROZEN", id="frozen"),
     pytest.param(
-        lambda admin: _create(admin, promotion("refused", start_ms=now_ms() + HOUR_MS, end_ms=now_ms() + 2 * HOUR_MS)),
+        lambda admin, _: _create(
+            admin, promotion("refused", start_ms=now_ms() + HOUR_MS, end_ms=now_ms() + 2 * HOUR_MS)
+        ),
         1,
         "REJECT_REASON_NOT_ACTIVE",
         id="not-active",
     ),
     pytest.param(
-        lambda admin: _create(admin, promotion("refused", regions=("us",))),
+        lambda admin, _: _create(admin, promotion("refused", regions=("us",))),
         1,
         "REJECT_REASON_REGION_NOT_ALLOWED",
         id="region",
     ),
     pytest.param(
-        lambda admin: _create(admin, promotion("refused", per_user_limit=1)),
+        lambda admin, _: _create(admin, promotion("refused", per_user_limit=1)),
         2,
         "REJECT_REASON_USER_LIMIT",
         id="user-limit",
     ),
+    pytest.param(_sold_out, 1, "REJECT_REASON_EXHAUSTED", id="exhausted"),
     pytest.param(
-        lambda admin: _create(admin, promotion("refused", budget=1)), 2, "REJECT_REASON_EXHAUSTED", id="exhausted"
+        lambda admin, _: _create(admin, promotion("refused", budget=1)),
+        2,
+        "REJECT_REASON_OVER_ORDER_LIMIT",
+        id="over-the-whole-budget",
     ),
 ]
 
@@ -96,7 +107,7 @@ async def test_a_refused_line_is_named_in_the_rich_error_and_nothing_applied(
 ) -> None:
     await _create(admin, promotion("fine"))
     assert callable(setup)
-    await setup(admin)
+    await setup(admin, orders_eu)
 
     error, info = await _refused(orders_eu.Deduct(order("o-1", "eu", ("fine", 1), ("refused", amount)), timeout=5))
 
@@ -233,17 +244,23 @@ async def test_an_order_of_a_lost_ledger_life_says_so(
 
 
 async def test_an_order_key_reused_and_a_bad_request_say_nothing_applied(
-    admin: center_grpc.PromotionAdminAsyncStub, orders_eu: agent_grpc.RegionAgentAsyncStub
+    admin: center_grpc.PromotionAdminAsyncStub, orders_eu: agent_grpc.RegionAgentAsyncStub, agent_eu: ServedAgent
 ) -> None:
     await _create(admin, promotion("promo"))
     await orders_eu.Deduct(order("o-1", "eu", ("promo", 1)), timeout=TIMEOUT_S)
 
     reused, reused_info = await _refused(orders_eu.Deduct(order("o-1", "eu", ("promo", 2)), timeout=TIMEOUT_S))
     bad, bad_info = await _refused(orders_eu.GetOrder(agent_pb.GetOrderRequest(order_key=""), timeout=TIMEOUT_S))
+    async with grpc.aio.insecure_channel(agent_eu.address) as channel:
+        # A key that is not UTF-8: bytes no Deduct request decodes from.
+        raw: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/region_agent.v1.RegionAgent/Deduct")
+        undecodable, undecodable_info = await _refused(raw(b"\x0a\x02\xff\xfe", timeout=TIMEOUT_S))
 
     assert (reused.code(), reused_info.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ORDER_KEY_REUSED")
-    assert (bad.code(), bad_info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
-    assert reused_info.metadata["may_have_applied"] == bad_info.metadata["may_have_applied"] == "false"
+    for refused, info in ((bad, bad_info), (undecodable, undecodable_info)):
+        assert (refused.code(), info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        assert info.metadata["may_have_applied"] == "false"
+    assert reused_info.metadata["may_have_applied"] == "false"
 
 
 def _refund(amount: int) -> agent_pb.RefundLine:

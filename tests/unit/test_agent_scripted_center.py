@@ -56,13 +56,13 @@ class ScriptedCenter:
         self.reports: dict[str, Report] = {}
         """Per promotion, the counters of the last renewal that reported it."""
 
-    def create(self, promotion_id: str, max_per_order: int = 0) -> None:
+    def create(self, promotion_id: str, max_per_order: int = 0, budget: int = 10**9) -> None:
         now = self._clock.wall_ms()
         self.promotions[promotion_id] = Promotion(
             promotion_id,
             Kind.COUNT,
             "",
-            10**9,
+            budget,
             now - HOUR_MS,
             now + HOUR_MS,
             ("eu",),
@@ -323,5 +323,30 @@ async def test_a_line_above_the_promotions_order_limit_is_refused_locally_and_ch
         assert center.calls == calls
         replayed = await agent.deduct("o-1", "eu", (Line("flash", 2, "user"),))
         assert replayed.replayed
+    finally:
+        await agent.stop()
+
+
+async def test_a_line_above_the_promotions_whole_budget_is_refused_without_asking_the_center(
+    clock: FakeClock, center: ScriptedCenter
+) -> None:
+    """Asking the center for it would pull into this region all the others have not taken, for nothing."""
+    center.create("small", budget=100)
+    agent = Agent(QUIET, InProcessLedger(clock), center, clock)
+    await agent.start()
+    try:
+        await agent.deduct("o-1", "eu", (Line("small", 1, "user"),))
+        before = [status.balance for status in await agent.status()]
+        calls, granted = center.calls, center.granted
+
+        for amount in (101, 2**53 - 1):
+            with pytest.raises(Rejected) as refused:
+                await agent.deduct(f"o-{amount}", "eu", (Line("small", amount, "user"),))
+            assert refused.value.reason is RejectReason.OVER_ORDER_LIMIT
+            assert "more than its whole budget (100)" in refused.value.message
+
+        assert [status.balance for status in await agent.status()] == before
+        assert (center.calls, center.granted) == (calls, granted)
+        assert (await agent.deduct("o-100", "eu", (Line("small", 99, "user"),))).accepted
     finally:
         await agent.stop()

@@ -30,6 +30,7 @@ CHANGES: dict[str, list[Any]] = {
     "floor_price": [-1, 1, 100],
     "floor_bps": [-1, 1, 5_000],
     "max_per_order": [-1, 1, 2],
+    "budget": [0, 1, 2],
     "block_below_floor": [True],
 }
 """Values that each may or may not stop an order, one field at a time."""
