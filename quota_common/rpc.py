@@ -25,6 +25,7 @@ from quota_common.errors import (
     SHARD_VERSION_METADATA_KEY,
     SUPERSEDED_METADATA_KEY,
     Held,
+    InvalidArgument,
     NotLeader,
     QuotaError,
     Rejected,
@@ -189,19 +190,22 @@ class _Registrations:
         self.services[service_name] = method_handlers
 
 
-def add_decoding(add: Callable[[S, Any], None], servicer: S, server: grpc.aio.Server) -> None:
+def add_decoding(
+    add: Callable[[S, Any], None], servicer: S, server: grpc.aio.Server, describe: Describe | None = None
+) -> None:
     """Registers `servicer` as the generated `add` does, except that each request is decoded inside
     its handler. gRPC decodes before the handler runs and answers bytes that are not the request
-    message with UNKNOWN and a Python class name, where the caller needs INVALID_ARGUMENT."""
+    message with UNKNOWN and a Python class name, where the caller needs INVALID_ARGUMENT (with
+    `describe`, in the service's rich error detail too, as its other refusals carry it)."""
     registrations = _Registrations()
     add(servicer, registrations)
     for service, handlers in registrations.services.items():
-        decoding = {name: _decoding(f"{service}.{name}", handler) for name, handler in handlers.items()}
+        decoding = {name: _decoding(f"{service}.{name}", handler, describe) for name, handler in handlers.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, decoding),))
         server.add_registered_method_handlers(service, decoding)
 
 
-def _decoding(method: str, handler: MethodHandler) -> MethodHandler:
+def _decoding(method: str, handler: MethodHandler, describe: Describe | None) -> MethodHandler:
     """`handler` taking the request's bytes (no deserializer), decoded by the handler itself."""
     request_type = descriptor_pool.Default().FindMethodByName(method).input_type.full_name
     decode = handler.request_deserializer
@@ -215,12 +219,12 @@ def _decoding(method: str, handler: MethodHandler) -> MethodHandler:
         except DecodeError:
             return None
 
+    undecodable = InvalidArgument(
+        f"the request could not be decoded as {request_type}: send that message, built from this server's .proto files"
+    )
+
     async def refuse(context: Context) -> NoReturn:
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"the request could not be decoded as {request_type}: send that message, built from this "
-            "server's .proto files",
-        )
+        await abort_with(undecodable, context, method, describe)
 
     if handler.unary_stream is not None:
         stream: Any = handler.unary_stream

@@ -251,4 +251,4 @@ SERVICES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name
 def add_to_server(agent: Agent, server: grpc.aio.Server, metrics: AgentMetrics | None = None) -> None:
     """`metrics`: where to count the agent's answers (default: a registry nobody scrapes)."""
     servicer = RegionAgentServicer(agent, metrics or AgentMetrics(agent.settings.region))
-    add_decoding(pb_grpc.add_RegionAgentServicer_to_server, servicer, server)
+    add_decoding(pb_grpc.add_RegionAgentServicer_to_server, servicer, server, servicer.describe)
