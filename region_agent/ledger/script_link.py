@@ -113,12 +113,16 @@ class _Pipe(asyncio.Protocol):
 
     def send(self, command: tuple[str | int | bytes, ...]) -> asyncio.Future[Reply]:
         assert self._transport is not None
+        # Packed before anything is queued: a command that does not pack (an argument of a type hiredis
+        # refuses) fails alone, where a waiter queued for it would take the next call's reply, and every
+        # call after it another's, until the reply timeout gave the connection up.
+        packed = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub says a 1-tuple
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiting.append((waiter, loop.time()))
         if self._reply_timeout_s is not None and self._watchdog is None:
             self._watchdog = loop.call_later(self._reply_timeout_s, self._check_replies)
-        self._transport.write(hiredis.pack_command(command))  # type: ignore[arg-type]  # its stub says a 1-tuple
+        self._transport.write(packed)
         return waiter
 
     def _check_replies(self) -> None:

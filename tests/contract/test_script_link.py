@@ -197,6 +197,17 @@ async def test_concurrent_calls_each_get_their_own_answer_or_error(redis_address
     assert [described(answer) for answer in answers] == [expected(n) for n in calls]
 
 
+async def test_a_call_whose_arguments_do_not_pack_fails_alone_and_the_link_stays_in_step(
+    redis_address: RunningServer,
+) -> None:
+    async with linked(client_of(redis_address)) as link:
+        with pytest.raises(TypeError):
+            await link.run(ECHO, [], [True])  # what a caller's bug may pass: a bool
+        answers = await asyncio.gather(*(link.run(ECHO, [], [f"call {n}"]) for n in range(20)))
+
+    assert answers == [f"call {n}".encode() for n in range(20)]
+
+
 async def test_a_cancelled_call_leaves_the_calls_after_it_their_own_answers(redis_address: RunningServer) -> None:
     async with linked(client_of(redis_address)) as link:
         await link.run(BUSY_THEN_ECHO, [], [0, "loaded"])
