@@ -40,14 +40,31 @@ FITTING_ID_CHARS = MAX_ID_BYTES // 4
 """UTF-8 takes at most 4 bytes a character: an id of at most this many characters fits, with no encoding."""
 
 
+# The type checks below matter to callers in Python (the agent embedded in an order service): what comes
+# over the wire is the message's type already. A float, bool or Decimal amount would otherwise reach the
+# ledger, whose Redis script cannot store it.
+
+
 def require_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string, got {type(value).__name__} {cut(repr(value), QUOTE_BYTES)}")
     return require_text(field, value)
 
 
+def require_whole(field: str, value: int) -> int:
+    """An int and nothing else: not a bool (an int to Python, but never a count) and not a float or Decimal."""
+    if type(value) is not int:
+        raise InvalidArgument(
+            f"{field} must be a whole number of units (minor units for money), got {type(value).__name__} "
+            f"{cut(repr(value), QUOTE_BYTES)}"
+        )
+    return value
+
+
 def require_amount(field: str, value: int) -> int:
-    if value <= 0:
+    if require_whole(field, value) <= 0:
         raise InvalidArgument(f"{field} must be positive, got {value}")
     if value > MAX_AMOUNT:
         raise InvalidArgument(f"{field} {value} is above the maximum {MAX_AMOUNT}")
@@ -56,7 +73,7 @@ def require_amount(field: str, value: int) -> int:
 
 def require_optional_amount(field: str, value: int) -> int:
     """An amount that may be left out: 0 (not stated) or an amount."""
-    return value if value == 0 else require_amount(field, value)
+    return value if require_whole(field, value) == 0 else require_amount(field, value)
 
 
 def require_bounded_text(field: str, value: str, max_bytes: int) -> str:

@@ -17,6 +17,7 @@ from quota_common.validation import (
     require_optional_amount,
     require_total,
     require_unique,
+    require_whole,
 )
 from region_agent.ledger.base import Line
 
@@ -48,7 +49,7 @@ def _check_line_count(count: int, at_least: int) -> None:
 
 def hold_ms(ttl_ms: int, default_ms: int) -> int:
     """A reservation's hold: `ttl_ms`, or `default_ms` for 0."""
-    if ttl_ms == 0:
+    if require_whole("ttl_ms", ttl_ms) == 0:
         return default_ms
     if not MIN_HOLD_MS <= ttl_ms <= MAX_HOLD_MS:
         raise InvalidArgument(
@@ -62,11 +63,7 @@ def order_lines(given: Sequence[GivenLine]) -> tuple[Line, ...]:
     """An order's lines, checked: 1..MAX_LINES, each promotion once, ids and amounts in range, prices coherent."""
     _check_line_count(len(given), at_least=1)  # first: no line of an oversized order is copied
     lines = tuple([Line(g.promotion_id, g.amount, g.user_id, g.unit_price, g.discount) for g in given])
-    try:
-        plain = _plainly_valid(lines)
-    except TypeError:
-        plain = False  # a field of the wrong type (an embedding caller's None): the named checks say which
-    if not plain:
+    if not _plainly_valid(lines):
         _check(lines)
     return lines
 
@@ -79,7 +76,9 @@ def _plainly_valid(lines: tuple[Line, ...]) -> bool:
     total = 0
     for line in lines:
         if not (
-            0 < len(line.promotion_id) <= FITTING_ID_CHARS
+            type(line.amount) is type(line.unit_price) is type(line.discount) is int
+            and type(line.promotion_id) is type(line.user_id) is str
+            and 0 < len(line.promotion_id) <= FITTING_ID_CHARS
             and 0 < len(line.user_id) <= FITTING_ID_CHARS
             and line.amount > 0
             and 0 <= line.discount <= line.unit_price <= MAX_AMOUNT
@@ -103,7 +102,7 @@ def _check(lines: tuple[Line, ...]) -> None:
 def _prices(line: Line) -> None:
     """Checks (unit_price, discount): 0/0 is a line that states no price (callers from before prices)."""
     unit_price = require_optional_amount("lines.unit_price", line.unit_price)
-    if line.discount < 0:
+    if require_whole("lines.discount", line.discount) < 0:
         raise InvalidArgument(f"lines.discount must be 0 or positive, got {line.discount}")
     if line.discount and not unit_price:
         raise InvalidArgument(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -151,12 +153,23 @@ async def test_an_embedded_agent_checks_its_input_and_wants_the_regions_redis(tm
                 await embedded.deduct("o-1", ())
             with pytest.raises(InvalidRequest, match="ttl_ms"):
                 await embedded.reserve("o-1", _one(), ttl_s=0.01)
+            mistyped: list[Any] = [1.5, True, Decimal(2)]
+            # Batched with good orders into one script call, a bad amount would fail them all, after some applied.
+            answers = await asyncio.gather(
+                *(embedded.deduct(f"good-{n}", _one()) for n in range(6)),
+                *(embedded.deduct(f"bad-{n}", (Line("promo", amount, "user-1"),)) for n, amount in enumerate(mistyped)),
+                embedded.deduct("partly-bad", (*_one(), Line("other", mistyped[0], "user-1"))),
+                return_exceptions=True,
+            )
             unknown = await embedded.get_order("never-placed")
+            partly_bad = await embedded.get_order("partly-bad")
             status = await embedded.status()
         with pytest.raises(ConfigError, match="region's ledger"):
             async with EmbeddedAgent.start(AgentConfig(AgentSettings("eu"), ledger="memory")):
                 pass
 
-    assert unknown.status is OrderStatus.UNKNOWN
+    assert [type(answer).__name__ for answer in answers] == ["Deducted"] * 6 + ["InvalidRequest"] * 4
+    assert all("lines.amount must be a whole number" in str(answer) for answer in answers[6:])
+    assert unknown.status is partly_bad.status is OrderStatus.UNKNOWN
     assert status.region == "eu"
-    assert all(promotion.deducted == 0 for promotion in status.balances)
+    assert {promotion.promotion_id: promotion.deducted for promotion in status.balances} == {"promo": 6}

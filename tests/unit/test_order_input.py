@@ -4,6 +4,7 @@ orders order services send."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -31,8 +32,14 @@ EDGE_IDS = [
     "𝄞" * 33,
 ]
 """Empty; at and past the byte limit (128) in ASCII and in two-, three- and four-byte characters."""
-IDS = st.sampled_from(EDGE_IDS) | st.text(max_size=40) | st.sampled_from(["a", "b", "c"])
-AMOUNTS = st.integers(-2, 6) | st.sampled_from([MAX_AMOUNT - 1, MAX_AMOUNT, MAX_AMOUNT + 1, 2**63])
+MISTYPED: list[Any] = [None, True, False, 1.0, 1.5, Decimal(1), "1", b"a"]
+"""What an order service embedding the agent may pass by mistake: never a field's type over the wire."""
+IDS = st.sampled_from(EDGE_IDS) | st.text(max_size=40) | st.sampled_from(["a", "b", "c"]) | st.sampled_from(MISTYPED)
+AMOUNTS = (
+    st.integers(-2, 6)
+    | st.sampled_from([MAX_AMOUNT - 1, MAX_AMOUNT, MAX_AMOUNT + 1, 2**63])
+    | st.sampled_from(MISTYPED)
+)
 LINES = st.builds(Line, IDS, AMOUNTS, IDS, AMOUNTS, AMOUNTS)
 
 
@@ -106,3 +113,19 @@ def test_a_missing_field_from_an_embedding_caller_is_named_not_a_type_error() ->
     for check in (require_id, require_region):
         with pytest.raises(InvalidArgument, match="required"):
             check("order_key", missing)
+
+
+@pytest.mark.parametrize("value", [value for value in MISTYPED if value is not None])
+def test_a_field_of_another_type_from_an_embedding_caller_is_refused_by_name(value: Any) -> None:
+    """A float, bool or Decimal amount would reach the ledger's Redis script, which cannot store it."""
+    for line, field in [
+        (Line(value, 1, "u"), "lines.promotion_id"),
+        (Line("p", value, "u"), "lines.amount"),
+        (Line("p", 1, value), "lines.user_id"),
+        (Line("p", 1, "u", value), "lines.unit_price"),
+        (Line("p", 1, "u", 10, value), "lines.discount"),
+    ]:
+        if isinstance(value, str) and field in ("lines.promotion_id", "lines.user_id"):
+            continue  # a string is an id
+        with pytest.raises(InvalidArgument, match=field):
+            order_lines([line])
