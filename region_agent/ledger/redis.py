@@ -89,8 +89,8 @@ _Deduction = tuple[str, tuple[Line, ...], Mapping[str, UserLimit], int, str]
 
 
 def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Answers a Redis outage (down, restarting, loading its AOF) during a read as UNAVAILABLE: nothing
-    was applied."""
+    """Answers a Redis outage (down, restarting, loading its AOF, refusing the call) during a read as
+    UNAVAILABLE: nothing was applied."""
     return _answering_outage(method, may_have_applied=False)
 
 
@@ -112,6 +112,13 @@ def _answering_outage(
             raise LedgerUnreachable(
                 f"the region's Redis is unreachable ({outage}); retry with the same key", may_have_applied
             ) from outage
+        except redis.ResponseError as refused:
+            # Redis refused the call: out of memory under `maxmemory`, a replica now after a failover, an
+            # ACL without the script's keys. An outage to the caller too (UNAVAILABLE, retried elsewhere or
+            # later), not an internal error; and for a write, Redis may have stopped a script midway.
+            raise LedgerUnreachable(
+                f"the region's Redis refused the ledger's call ({refused}); retry with the same key", may_have_applied
+            ) from refused
 
     return wrapper
 
