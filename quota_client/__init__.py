@@ -5,8 +5,9 @@
     async with AsyncQuotaClient(["10.0.0.5:7443", "10.0.0.6:7443"], "eu", tls=Tls(cert, key, ca)) as quota:
         deducted = await quota.deduct("order-1", [Line("coupon-10", 1, "user-7")])
 
-Results are frozen dataclasses (quota_client.model); every failure is a QuotaClientError, one class per
-reason (quota_client.errors draws the tree); retries and failover are quota_client.retry's. A region run as
+Results are frozen dataclasses (quota_client.model); every failure of a call is a QuotaClientError, one class
+per reason (quota_client.errors draws the tree); a call on a closed client raises RuntimeError, and settings
+out of range (a deadline of 0, say) ValueError. Retries and failover are quota_client.retry's. A region run as
 several cells is called through AsyncCellsClient (quota_client.cells), which routes each order by its user.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from types import TracebackType
@@ -11,7 +12,7 @@ import grpc
 
 from quota_client import calls
 from quota_client.calls import Call
-from quota_client.connection import CHANNEL_OPTIONS, Tls, addresses_of, open_links
+from quota_client.connection import CHANNEL_OPTIONS, CLOSED, Tls, addresses_of, open_links
 from quota_client.errors import Unavailable
 from quota_client.model import (
     Cancelled,
@@ -52,6 +53,7 @@ class AsyncQuotaClient:
         self._clock = clock or SystemClock()
         self._stubs: dict[int, tuple[grpc.aio.Channel, Any]] = {}
         self._preferred = 0
+        self._closed = False
 
     async def __aenter__(self) -> AsyncQuotaClient:
         return self
@@ -62,6 +64,9 @@ class AsyncQuotaClient:
         await self.close()
 
     async def close(self) -> None:
+        """Ends the calls in flight (each raises Unavailable that may have applied); a later call raises
+        RuntimeError."""
+        self._closed = True
         stubs, self._stubs = self._stubs, {}
         for channel, _ in stubs.values():
             await channel.close()
@@ -102,6 +107,8 @@ class AsyncQuotaClient:
         return await self._call(calls.status(), deadline_s)
 
     async def _call(self, call: Call[R], deadline_s: float | None) -> R:
+        if self._closed:
+            raise RuntimeError(CLOSED)
         attempts = Attempts(self._policy, self._clock, len(self.addresses), self._preferred, deadline_s)
         try:
             return await self._attempt(call, attempts)
@@ -120,6 +127,14 @@ class AsyncQuotaClient:
             answer = await getattr(self._stub(index), call.method)(call.request, timeout=attempts.timeout())
         except grpc.RpcError as error:
             raise attempts.failed(error, call) from None
+        except asyncio.CancelledError:
+            # Closing the channel cancels its calls; grpc.aio raises that as this task's cancellation. Unless
+            # the task itself is being cancelled, it is the call's outcome, as the blocking client reports it.
+            task = asyncio.current_task()
+            if not self._closed or (task is not None and task.cancelling()):
+                raise
+            closed = "the client was closed while the call was in flight"
+            raise Unavailable(closed, code=grpc.StatusCode.CANCELLED, may_have_applied=True) from None
         self._preferred = index
         return call.answer(answer)
 

@@ -18,6 +18,8 @@ from quota_common.transport import DEFAULT_TRUST_DOMAIN, LOOPBACK, Transport, is
 
 CHANNEL_OPTIONS = (("grpc.max_reconnect_backoff_ms", 2_000),)
 """An agent back from a restart is called again within 2 s (gRPC's default waits up to 2 minutes)."""
+CLOSED = "this client is closed (close() was called, or its with block ended): make a new one"
+"""A call on a closed client is the caller's bug, not an outcome of the call: RuntimeError, as httpx says it."""
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
 
 from quota_client.errors import DeadlineExceeded, QuotaClientError, error_from_detail
 from quota_client.model import (
@@ -127,8 +127,11 @@ class EmbeddedAgent:
             for g in self._agent.group_statuses()
         )
 
-    async def _call(self, work: Awaitable[R], deadline_s: float | None) -> R:
+    async def _call(self, work: Coroutine[Any, Any, R], deadline_s: float | None) -> R:
         """`work`'s answer, or the exception the client raises for what it raised."""
+        if deadline_s is not None and deadline_s <= 0:
+            work.close()  # never started: nothing was sent
+            raise ValueError(f"deadline_s must be positive, got {deadline_s}")  # as the clients say it
         try:
             if deadline_s is None:  # most orders: no timer to arm and cancel around the one Redis call
                 return await work

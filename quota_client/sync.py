@@ -16,7 +16,7 @@ import grpc
 
 from quota_client import calls
 from quota_client.calls import Call
-from quota_client.connection import CHANNEL_OPTIONS, Tls, addresses_of, open_links
+from quota_client.connection import CHANNEL_OPTIONS, CLOSED, Tls, addresses_of, open_links
 from quota_client.errors import Unavailable
 from quota_client.model import (
     Cancelled,
@@ -56,6 +56,7 @@ class QuotaClient:
         self._policy = policy or RetryPolicy()
         self._clock = clock or SystemClock()
         self._preferred = 0
+        self._closed = False
 
     def __enter__(self) -> QuotaClient:
         return self
@@ -66,6 +67,9 @@ class QuotaClient:
         self.close()
 
     def close(self) -> None:
+        """Ends the calls in flight (each raises Unavailable that may have applied); a later call raises
+        RuntimeError."""
+        self._closed = True
         for channel in self._channels:
             channel.close()
 
@@ -100,6 +104,8 @@ class QuotaClient:
         return self._call(calls.status(), deadline_s)
 
     def _call(self, call: Call[R], deadline_s: float | None) -> R:
+        if self._closed:
+            raise RuntimeError(CLOSED)
         attempts = Attempts(self._policy, self._clock, len(self.addresses), self._preferred, deadline_s)
         try:
             return self._attempt(call, attempts)

@@ -374,8 +374,13 @@ def _user_limit(promotion: Promotion) -> UserLimit:
 
 
 def _describe(limit: UserLimit) -> str:
-    parts = [f"{limit.units} units" if limit.units else "", f"{limit.orders} orders" if limit.orders else ""]
+    parts = [_counted(limit.units, "unit"), _counted(limit.orders, "order")]
     return " and ".join(part for part in parts if part)
+
+
+def _counted(count: int, what: str) -> str:
+    """A count of `what`, as 3 units or 1 order; empty for 0 (no such limit)."""
+    return f"{count} {what}{'' if count == 1 else 's'}" if count else ""
 
 
 def _spent(promotion_id: str) -> Rejected:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from quota_common.errors import ConfigError
 from quota_common.identity import Role, regional
 from quota_common.validation import require_id
-from region_agent.agent import GroupStatus, OrderReport, PromotionStatus
+from region_agent.agent import Agent, GroupStatus, OrderReport, PromotionStatus
 from region_agent.app import AgentConfig, WiredAgent, wire_agent
 from region_agent.ledger.base import DeductOutcome, Line, RefundOutcome, Settle, SettleOutcome
 from region_agent.order_input import GivenLine, hold_ms, order_lines, refund_lines
@@ -37,11 +37,18 @@ from region_agent.order_input import GivenLine, hold_ms, order_lines, refund_lin
 class EmbeddedAgent:
     def __init__(self, wired: WiredAgent, placer: str) -> None:
         """Made by `start`."""
-        self._wired = wired
-        self._agent = wired.agent
+        self._running: Agent | None = wired.agent
         self.region = wired.agent.settings.region
         self.placer = placer
         """The identity this process's orders are recorded under ("" without TLS)."""
+
+    @property
+    def _agent(self) -> Agent:
+        """The agent, while `start`'s block runs. After it, the region has the agent's last report and may give
+        its allotment to others: an order spent here then would be spent without the center knowing."""
+        if self._running is None:
+            raise RuntimeError("this embedded agent has stopped (its async with block ended): start a new one")
+        return self._running
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -60,7 +67,11 @@ class EmbeddedAgent:
         wired = await wire_agent(config, listen="")
         try:
             await wired.agent.start()
-            yield cls(wired, placer)
+            embedded = cls(wired, placer)
+            try:
+                yield embedded
+            finally:
+                embedded._running = None
         finally:
             await wired.close()
 

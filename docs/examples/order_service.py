@@ -49,7 +49,11 @@ def what_became_of(quota: QuotaClient, order_id: str) -> str:
         state = quota.get_order(order_id)
     except QuotaClientError:
         return "keep the order id and send the same call again later (same key: it applies at most once)"
-    return "not applied" if state.status is OrderStatus.UNKNOWN else f"it was {state.status.value}"
+    if state.status is not OrderStatus.UNKNOWN:
+        return f"it was {state.status.value}"
+    if state.ledger_life_lost:  # the region lost its ledger since: the order may have applied in that one
+        return "the region's ledger was lost since; reconcile the order, do not send it again"
+    return "not applied"
 
 
 async def checkout(agents: list[str], promotion_id: str) -> None:

@@ -242,6 +242,27 @@ async def test_a_call_to_a_blackholed_agent_ends_by_its_deadline_and_fails_over(
     assert status.region == "eu"
 
 
+async def test_closing_a_client_ends_its_calls_in_flight_as_unavailable_and_refuses_later_calls() -> None:
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)  # accepts connections into the backlog and never answers them: the call stays in flight
+        blackholed = f"127.0.0.1:{hole.getsockname()[1]}"
+        quota = AsyncQuotaClient(blackholed, "eu", policy=PATIENT)
+        in_flight = asyncio.create_task(quota.deduct("closed-1", [Line("promo-closed", 1, "u")]))
+        await asyncio.sleep(0)  # the call runs until it waits for its answer
+        await quota.close()
+        with pytest.raises(Unavailable) as cut_off:
+            await in_flight
+        with pytest.raises(RuntimeError, match="closed"):
+            await quota.status()
+        with QuotaClient(blackholed, "eu") as blocking:
+            pass
+        with pytest.raises(RuntimeError, match="closed"):
+            blocking.status()
+
+    assert (cut_off.value.code, cut_off.value.may_have_applied) == (grpc.StatusCode.CANCELLED, True)
+
+
 async def test_a_retry_after_the_agent_died_replays_on_the_regions_other_agent(tmp_path: Path) -> None:
     with redis_server() as redis:
         async with (
@@ -360,6 +381,6 @@ async def test_the_readmes_example_runs_against_the_regions_agents(
     assert ran.returncode == 0, ran.stderr
     lines = ran.stdout.splitlines()
     assert lines[:2] == ["order-1001: coupon applied", "order-1001: coupon applied (a retry: applied once, before)"]
-    assert lines[2].startswith("order-1002: coupon refused, UserLimit: the order's user already holds")
+    assert lines[2].startswith("order-1002: coupon refused, UserLimit: this order would take its user past")
     assert lines[3].startswith("cart-7: coupon held until ")
     assert lines[4:] == ["cart-7: paid, 1 coupon spent", "cart-7: returned, 1 coupon back to the budget"]

@@ -161,15 +161,20 @@ async def test_an_embedded_agent_checks_its_input_and_wants_the_regions_redis(tm
                 embedded.deduct("partly-bad", (*_one(), Line("other", mistyped[0], "user-1"))),
                 return_exceptions=True,
             )
+            with pytest.raises(ValueError, match="deadline_s must be positive"):
+                await embedded.deduct("no-time", _one(), deadline_s=0)
             unknown = await embedded.get_order("never-placed")
             partly_bad = await embedded.get_order("partly-bad")
+            no_time = await embedded.get_order("no-time")
             status = await embedded.status()
+        with pytest.raises(RuntimeError, match="stopped"):
+            await embedded.deduct("after-the-block", _one())  # the center has its last report already
         with pytest.raises(ConfigError, match="region's ledger"):
             async with EmbeddedAgent.start(AgentConfig(AgentSettings("eu"), ledger="memory")):
                 pass
 
     assert [type(answer).__name__ for answer in answers] == ["Deducted"] * 6 + ["InvalidRequest"] * 4
     assert all("lines.amount must be a whole number" in str(answer) for answer in answers[6:])
-    assert unknown.status is partly_bad.status is OrderStatus.UNKNOWN
+    assert unknown.status is partly_bad.status is no_time.status is OrderStatus.UNKNOWN
     assert status.region == "eu"
     assert {promotion.promotion_id: promotion.deducted for promotion in status.balances} == {"promo": 6}
