@@ -30,7 +30,7 @@ several agent processes share one ledger. Across all of them:
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -271,6 +271,17 @@ class Ledger(Protocol):
 DEDUCTED, RESERVED, CONFIRMED, CANCELLED, EXPIRED = "deducted", "reserved", "confirmed", "cancelled", "expired"
 
 
+def lines_match(recorded: Sequence[Line], given: Sequence[Line]) -> bool:
+    """Whether a call's lines are those its order (or refund) was recorded with, in any order: each names a
+    promotion once, so a retry that rebuilt its lines from a set or a dict is the same call. Told apart, its
+    caller would hear "use a new key for a different order", and the same purchase would spend twice."""
+    return tuple(recorded) == tuple(given) or sorted(recorded, key=_promotion) == sorted(given, key=_promotion)
+
+
+def _promotion(line: Line) -> str:
+    return line.promotion_id
+
+
 def check_replay(order_key: str, same_lines: bool, was_reservation: bool, reserve: bool) -> None:
     """Raises unless a call for an existing order key is a retry of the call that made it."""
     if not same_lines:
@@ -279,7 +290,8 @@ def check_replay(order_key: str, same_lines: bool, was_reservation: bool, reserv
         )
     if was_reservation and not reserve:
         raise OrderKeyReused(
-            f"order key {order_key!r} holds a reservation; confirm or cancel it instead of deducting it"
+            f"order key {order_key!r} was used for a reservation, which is confirmed or cancelled, not deducted "
+            "(GetOrder tells whether it is still held); a new order needs a new key"
         )
     if reserve and not was_reservation:
         raise OrderKeyReused(f"order key {order_key!r} was deducted already; a reservation needs a new order key")

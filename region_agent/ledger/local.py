@@ -32,6 +32,7 @@ from region_agent.ledger.base import (
     UserLimit,
     at_ceiling,
     check_replay,
+    lines_match,
     not_the_placer,
     refund_id_reused,
     settled_before,
@@ -94,7 +95,7 @@ class LocalLedger:
             return None
         if order.placer != placer:
             raise not_the_placer(order_key, placer)
-        check_replay(order_key, order.lines == lines, order.state != DEDUCTED, reserve)
+        check_replay(order_key, lines_match(order.lines, lines), order.state != DEDUCTED, reserve)
         return DeductOutcome(order.lines, replayed=True, expires_at_ms=order.expires_at_ms)
 
     def get_order(self, order_key: str, now_ms: int, placer: str = "") -> OrderView | None:
@@ -245,7 +246,7 @@ class LocalLedger:
         previous = self._refunds.get((order_key, refund_id))
         if previous is not None:
             asked, answer = previous
-            if asked != lines:
+            if not lines_match(asked, lines):
                 raise refund_id_reused(order_key, refund_id)
             return replace(answer, replayed=True)
         if order is None:

@@ -58,6 +58,7 @@ from region_agent.ledger.base import (
     UserLimit,
     at_ceiling,
     check_replay,
+    lines_match,
     not_the_placer,
     refund_id_reused,
     settled_before,
@@ -243,7 +244,8 @@ class RedisLedger:
             return None
         if (_text(placed_by) if placed_by is not None else "") != placer:
             raise not_the_placer(order_key, placer)
-        check_replay(order_key, _text(first) == _encode(lines), state is not None, reserve)
+        same = _text(first) == _encode(lines) or lines_match(_decode(first), lines)
+        check_replay(order_key, same, state is not None, reserve)
         return DeductOutcome(lines, replayed=True, expires_at_ms=int(expires or 0))
 
     @_reachable
@@ -280,7 +282,9 @@ class RedisLedger:
         if status == "denied":
             raise not_the_placer(order_key, placer)
         if status == "replay":
-            check_replay(order_key, same_lines=bool(answer[1]), was_reservation=bool(answer[2]), reserve=hold_ms > 0)
+            # The script compares the lines as recorded, in their order; in another order they may still match.
+            same = bool(answer[1]) or lines_match(await self._recorded_lines(order_key), lines)
+            check_replay(order_key, same_lines=same, was_reservation=bool(answer[2]), reserve=hold_ms > 0)
             return DeductOutcome(lines, replayed=True, expires_at_ms=int(answer[3]))
         if status == "at_ceiling":
             raise at_ceiling(lines[int(answer[1]) - 1].promotion_id, "deducted")
@@ -372,7 +376,10 @@ class RedisLedger:
         if status == "not_found":
             raise unknown_deduction(order_key)
         if status == "other_lines":
-            raise refund_id_reused(order_key, refund_id)
+            replay = await self._replay_of_refund(refund_record, lines)
+            if replay is None:
+                raise refund_id_reused(order_key, refund_id)
+            answer, status = replay, "replay"
         if status == "unconfirmed":
             raise unconfirmed_refund(order_key, answer[1].decode())
         if status == "at_ceiling":
@@ -388,6 +395,22 @@ class RedisLedger:
             )
         refunded = tuple(Line(promotion, int(amount)) for promotion, amount in json.loads(answer[1]))
         return RefundOutcome(refunded, replayed=status == "replay")
+
+    async def _recorded_lines(self, order_key: str) -> tuple[Line, ...]:
+        """The lines an order was recorded with; none once it is forgotten."""
+        recorded = await self._redis.hget(self._data("order", order_key), "lines")
+        return () if recorded is None else _decode(recorded)
+
+    async def _replay_of_refund(self, refund_record: str, lines: tuple[Line, ...]) -> list[bytes] | None:
+        """The refund script's answer for a retry of the recorded refund whose lines came in another order (the
+        script compares them as sent); None when they are other lines."""
+        recorded = await self._redis.get(refund_record)
+        asked, _, answer = _text(recorded or b"").partition("\n")
+        if not (asked and lines):  # a refund of "everything left" matches only itself, which the script saw
+            return None
+        if not lines_match(tuple(Line(promotion, int(amount)) for promotion, amount in json.loads(asked)), lines):
+            return None
+        return [b"replay", answer.encode()]
 
     @_writing
     async def apply_grant(self, grant_id: str, promotion_id: str, amount: int, incarnation: str) -> bool:

@@ -53,6 +53,22 @@ async def test_a_retried_order_returns_the_first_answer_and_spends_once(ledger: 
     assert (await ledger.balance("a")).deducted == 3
 
 
+async def test_a_retry_with_its_lines_in_another_order_is_the_same_order(ledger: Ledger) -> None:
+    """An order names each promotion once: a retry that rebuilt its lines from a set or a dict is a retry.
+    Refused as another order, its caller would be told to place it under a new key, and it would spend twice."""
+    await funded(ledger)
+    await ledger.deduct("o1", (A, B))
+    await ledger.refund("o1", "r1", (Line("a", 1), Line("b", 1)))
+
+    again = await ledger.deduct("o1", (B, A))
+    found = await ledger.find_order("o1", (B, A))
+    refunded_again = await ledger.refund("o1", "r1", (Line("b", 1), Line("a", 1)))
+
+    assert (again.replayed, found is not None and found.replayed, refunded_again.replayed) == (True, True, True)
+    assert [(await ledger.balance(p)).deducted for p in ("a", "b")] == [A.amount, B.amount]
+    assert [(await ledger.balance(p)).refunded for p in ("a", "b")] == [1, 1]
+
+
 async def test_an_order_key_reused_for_other_lines_is_refused(ledger: Ledger) -> None:
     await funded(ledger)
     await ledger.deduct("o1", (A,))

@@ -49,7 +49,7 @@ def test_an_order_key_replays_its_reservation_and_refuses_any_other_use() -> Non
     assert before["a"] == Balance(granted=10, deducted=3, held=4)
     again = local.deduct("reserved", lines, hold_ms=5 * HOLD, now_ms=NOW + 50)
     assert (again.replayed, again.lines, again.expires_at_ms) == (True, lines, NOW + HOLD)
-    with pytest.raises(FailedPrecondition, match="holds a reservation"):
+    with pytest.raises(FailedPrecondition, match="was used for a reservation"):
         local.deduct("reserved", lines)
     with pytest.raises(FailedPrecondition, match="deducted already"):
         local.deduct("deducted", one("a", 3), hold_ms=HOLD, now_ms=NOW)
