@@ -105,7 +105,7 @@ async def test_an_order_key_serves_one_kind_of_call(spent: World) -> None:
 
     async with unchanged(spent):
         await rejected(orders.Reserve(reserve("o-1", line("promo", 2), line("other", 2))), FAILED, "deducted already")
-        await rejected(orders.Deduct(order("r-1", "eu", ("promo", 1)), timeout=5), FAILED, "confirm or cancel it")
+        await rejected(orders.Deduct(order("r-1", "eu", ("promo", 1)), timeout=5), FAILED, "was used for a reservation")
         await rejected(orders.Refund(refund("r-1"), timeout=5), FAILED, "not confirmed", "cancel")
 
 
