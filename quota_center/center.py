@@ -82,6 +82,7 @@ class Center(CenterForAgents):
         held one raises Held and waits for `approve`)."""
         self._require_leader()
         ledger.check_new_promotion(promotion)
+        self._require_known_case("regions", promotion.regions)
         self._check_shard(promotion.id, granting=True)
         by = by or By()
         async with self._configuring:
@@ -132,6 +133,7 @@ class Center(CenterForAgents):
     async def update_promotion(self, promotion_id: str, update: lifecycle.Update, by: By | None = None) -> Promotion:
         """Through the guard rules, as `set_budget`; the rules of a change are `lifecycle`'s."""
         self._require_leader()
+        self._require_known_case("regions", update.changes.get("regions", ()))
         async with self._configuring:
             return await self._configured(
                 promotion_id, "UpdatePromotion", self._updating(update), by or By(), update.to_request()
@@ -158,6 +160,7 @@ class Center(CenterForAgents):
     async def set_emergency_freeze(self, region: str, frozen: bool, by: By | None = None) -> EmergencyFreeze:
         """Freezes (or unfreezes) every promotion in `region`, or everywhere when it is empty."""
         self._require_leader()
+        self._require_known_case("region", (region,) if region else ())
         # Shielded as every write: a caller that gives up must not leave a switch stored but not enforced.
         return await asyncio.shield(self._switch(region, frozen, by or By()))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -45,6 +45,7 @@ from quota_common.model import (
     Promotion,
 )
 from quota_common.shards import DEFAULT_GROUP, ShardMap
+from quota_common.validation import require_known_case
 
 T = TypeVar("T")
 
@@ -378,6 +379,11 @@ class CenterCore:
             if fresh is not None:
                 self._states[promotion_id] = fresh
                 self._note_lives(fresh)
+
+    def _require_known_case(self, field: str, regions: Iterable[str]) -> None:
+        """InvalidArgument for a region named as one that held quota here, but in another case (a typo)."""
+        for region in regions:
+            require_known_case(field, region, self._newest_life)
 
     def _note_lives(self, state: PromotionState) -> None:
         for region, account in state.accounts.items():

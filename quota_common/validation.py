@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Collection, Iterable, Sequence
 
 from quota_common.errors import InvalidArgument
 
@@ -133,9 +134,14 @@ CELL_SEPARATOR = "."
 """Between a region's name and a cell's in a cell's name (`eu.1`); see quota_common.cells."""
 
 
+_REGION_NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""What a region's (or a cell's half) name is made of: what an agent's identity may carry (quota_common.identity),
+so no name is accepted here that no agent could serve (" eu", "eu;us")."""
+
+
 def require_region(field: str, name: str) -> str:
-    """A region's or a cell's name: not empty, and a cell's both halves not empty and only one dot.
-    InvalidArgument saying what to write otherwise."""
+    """A region's or a cell's name: not empty, of _REGION_NAME's characters, and a cell's both halves not empty
+    and only one dot. InvalidArgument saying what to write otherwise."""
     require_id(field, name)
     region, dot, cell = name.partition(CELL_SEPARATOR)
     if dot and (not region or not cell or CELL_SEPARATOR in cell):
@@ -143,6 +149,25 @@ def require_region(field: str, name: str) -> str:
             f"{field} {quoted(name)} is no region: a region's name has no dot, a cell's is <region>.<cell> "
             "with one dot (eu, eu.1)"
         )
+    if not _REGION_NAME.fullmatch(region) or (dot and not _REGION_NAME.fullmatch(cell)):
+        raise InvalidArgument(
+            f"{field} {quoted(name)} is no region: a region's name is made of A-Z a-z 0-9 _ - (a cell's, "
+            "<region>.<cell>), as an agent's identity carries it; no spaces, no lists"
+        )
+    return name
+
+
+def require_known_case(field: str, name: str, known: Collection[str]) -> str:
+    """`name`, unless it differs from a name in `known` only in case: "EU" where agents of "eu" run would
+    freeze (or sell in) a region that has none, and say it did."""
+    if name in known:
+        return name
+    for other in known:
+        if other.casefold() == name.casefold():
+            raise InvalidArgument(
+                f"{field} {quoted(name)} is no region this center has seen; did you mean {quoted(other)}? "
+                "Region names are case-sensitive"
+            )
     return name
 
 

@@ -183,6 +183,27 @@ async def test_emergency_freeze_rejects_a_too_long_region(
     assert await emergency_of(catalog) == before
 
 
+@pytest.mark.parametrize(
+    ("region", "fragments"),
+    [
+        pytest.param("EU", ("did you mean 'eu'", "case-sensitive"), id="another-case"),
+        pytest.param(" eu", ("A-Z a-z 0-9",), id="a-space"),
+        pytest.param("eu;us", ("no lists",), id="a-list"),
+    ],
+)
+async def test_a_mistyped_region_is_refused_by_the_freeze_and_by_a_promotions_regions(
+    granted: World, catalog: center_grpc.CatalogAsyncStub, region: str, fragments: tuple[str, ...]
+) -> None:
+    """A freeze of "EU" while agents of "eu" sell would say it froze a region, and freeze nothing."""
+    before = await emergency_of(catalog)
+    async with unchanged(granted):
+        await rejected(granted.admin.SetEmergencyFreeze(freeze(region), timeout=5), INVALID, *fragments)
+        create = center_pb.CreatePromotionRequest(promotion=promotion("mistyped", regions=(region, "us")))
+        await rejected(granted.admin.CreatePromotion(create, timeout=5), INVALID, *fragments)
+
+    assert await emergency_of(catalog) == before
+
+
 async def test_emergency_freezing_a_region_twice_is_one_revision(
     center_world: World, catalog: center_grpc.CatalogAsyncStub
 ) -> None:

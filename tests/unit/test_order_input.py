@@ -93,8 +93,9 @@ def test_an_order_has_one_to_max_lines(count: int) -> None:
 @pytest.mark.parametrize("value", EDGE_IDS)
 def test_an_id_is_refused_when_empty_or_above_the_byte_limit(value: str) -> None:
     fits = 0 < len(value.encode()) <= MAX_ID_BYTES
-    for check in (require_id, require_region):
-        if fits:
+    # A region's name is also what an agent's identity may carry: ASCII letters, digits, _ and -.
+    for check, allowed in ((require_id, fits), (require_region, fits and value.isascii())):
+        if allowed:
             assert check("field", value) == value
         else:
             with pytest.raises(InvalidArgument, match="field"):
