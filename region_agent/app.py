@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import MovedError, NoPermissionError, NoScriptError, RedisClusterException
+from redis.exceptions import MovedError, NoPermissionError, RedisClusterException
 
 from quota_common import gc_policy
 from quota_common.clock import SystemClock
@@ -35,6 +34,7 @@ from region_agent.ledger.base import RETENTION_S, Ledger
 from region_agent.ledger.memory import InProcessLedger
 from region_agent.ledger.redis import RedisLedger
 from region_agent.ledger.redis_acl import incarnation_key, key_pattern
+from region_agent.ledger.script_link import LuaScript, ScriptLink
 from region_agent.metrics import AgentMetrics, CenterCallTimer
 
 
@@ -133,17 +133,22 @@ async def open_ledger(
 
 _CLOSED = ("reset by peer", "Connection closed", "closed by server", "Broken pipe", "EOF")
 """How redis-py words a connection the server ended: at the first bytes of a client it does not take."""
-_NO_SCRIPT = "0" * 40
-"""No script has this SHA-1: EVALSHA of it answers NOSCRIPT to a user who may run scripts, NOPERM to others."""
+_PROBE = LuaScript("return redis.call('EXISTS', KEYS[1])")
+"""A script that reads one of the region's keys: NOPERM for a user who may not run scripts on them."""
 
 
 async def _check(client: redis.Redis | RedisCluster, region: str) -> None:
-    """Redis answers, and lets this user read the region's keys and run scripts on them, as the ledger will."""
+    """Redis answers, and lets this user read the region's keys and run scripts on them, as the ledger will: the
+    script over the ledger's own connection, whose AUTH and SELECT are its own (redis-py's client takes a
+    password Redis has not set; the ledger's connection is refused, and every order with it)."""
     await client.ping()
     key = incarnation_key(region)
     await client.hget(key, "life")
-    with contextlib.suppress(NoScriptError):
-        await client.evalsha(_NO_SCRIPT, 1, key)
+    link = ScriptLink(client)
+    try:
+        await link.run(_PROBE, [key], [])
+    finally:
+        await link.aclose()
 
 
 def _refuse_unused(access: LedgerAccess, url: str) -> None:

@@ -254,6 +254,14 @@ async def test_open_ledger_refuses_a_user_kept_from_the_regions_keys(
         await open_ledger(_ledger(secure_redis, "agent-us"), "eu", 3600, access, keys.dev.files("agent-us"))
 
 
+async def test_open_ledger_refuses_a_password_redis_has_not_set() -> None:
+    """redis-py's client takes it; the ledger's own connection would be refused, and every order with it."""
+    with redis_server() as plain:
+        access = LedgerAccess(password="a password this Redis does not have")
+        with pytest.raises(ConfigError, match="without any password configured"):
+            await open_ledger(f"redis://{plain.address}/0", "eu", 3600, access, None)
+
+
 @pytest.mark.parametrize(
     ("case", "named"),
     [
