@@ -77,7 +77,13 @@ def center() -> None:
 )
 @etcd_options("center")
 @click.option(
-    "--lease-ttl", type=FiniteFloatRange(min=0.5), default=_CENTER.lease_ttl_s, show_default=True, help="Seconds."
+    "--lease-ttl",
+    # At most an hour: a region cut off from the center spends for up to a lease after a freeze, and a
+    # value meant in milliseconds (10000) would make that hours.
+    type=FiniteFloatRange(min=0.5, max=3600),
+    default=_CENTER.lease_ttl_s,
+    show_default=True,
+    help="Seconds.",
 )
 @click.option("--advertise", default="", help="host:port others reach this replica at [default: the listen address].")
 @click.option(

@@ -98,7 +98,8 @@ class FiniteFloatRange(click.FloatRange):
     everything): a lease TTL of nan starts a center whose every Acquire commits a grant and then fails."""
 
     def convert(self, value: float, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):  # first: "inf is not in the range" would read as a range to fix
             self.fail(f"{number} is not a finite number", param, ctx)
-        return number
+        converted: float = super().convert(number, param, ctx)
+        return converted

@@ -44,6 +44,7 @@ def held_port() -> Iterator[int]:
         ((*CENTER, "--store", "mysql://x"), {}, "--store 'mysql://x' is no store"),
         ((*AGENT, "--ledger", "mem"), {}, "--ledger 'mem' is no ledger"),
         ((*CENTER, "--lease-ttl", "0"), {}, "--lease-ttl"),
+        ((*CENTER, "--lease-ttl", "10000"), {}, "0.5<=x<=3600"),
         (CENTER, {"QUOTA_LEASE_TTL": "soon"}, "QUOTA_LEASE_TTL"),
         (("center", "serve", "--listen", "nowhere"), {}, "give host:port"),
         (("agent", "serve"), {}, "Missing option '--region'"),
