@@ -369,10 +369,10 @@ def _frozen_change(frozen: bool) -> Callable[[PromotionState, int], bool]:
     return change
 
 
-def _budget_change(budget: int, expected_revision: int, now_ms: int) -> Callable[[PromotionState, int], None]:
-    def change(state: PromotionState, revision: int) -> None:
+def _budget_change(budget: int, expected_revision: int, now_ms: int) -> Callable[[PromotionState, int], bool]:
+    def change(state: PromotionState, revision: int) -> bool:
         # After its end a budget means nothing to sell and would only rewrite the statement being settled.
         lifecycle.check_changeable(state.promotion, now_ms)
-        ledger.set_budget(state, budget, expected_revision, revision)
+        return ledger.set_budget(state, budget, expected_revision, revision)
 
     return change

@@ -215,10 +215,13 @@ def require_owner(promotion: Promotion, caller: str, call: str) -> None:
         )
 
 
-def set_budget(state: PromotionState, budget: int, expected_revision: int, revision: int) -> None:
-    """`revision`: the catalog revision the change takes."""
+def set_budget(state: PromotionState, budget: int, expected_revision: int, revision: int) -> bool:
+    """`revision`: the catalog revision the change takes. Returns whether anything changed: setting the budget
+    it has is no new revision (which would make every other caller's expected revision stale) and no record."""
     promotion = state.promotion
     check_revision(promotion, expected_revision)
+    if budget == promotion.budget:
+        return False
     allocated = promotion.budget - state.unallocated
     if budget < allocated:
         raise FailedPrecondition(
@@ -228,6 +231,7 @@ def set_budget(state: PromotionState, budget: int, expected_revision: int, revis
             f"the lowest possible budget now is {allocated}"
         )
     state.promotion = replace(promotion, budget=budget, revision=revision)
+    return True
 
 
 def check_revision(promotion: Promotion, expected_revision: int) -> None:

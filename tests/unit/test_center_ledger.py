@@ -177,9 +177,10 @@ def test_set_budget_never_goes_below_what_is_allocated(state: PromotionState, bu
             ledger.set_budget(state, budget, revision - 1 if stale else revision, revision + 1)
         assert snapshot(state) == before
         return
-    ledger.set_budget(state, budget, revision, revision + 1)
+    changed = ledger.set_budget(state, budget, revision, revision + 1)
+    assert changed == (budget != json.loads(before)["promotion"]["budget"])
     assert state.promotion.budget == budget
-    assert state.promotion.revision == revision + 1
+    assert state.promotion.revision == (revision + 1 if changed else revision)
     assert state.unallocated == budget - allocated >= 0
     assert state.accounts == PromotionState.from_document(json.loads(before)).accounts
 

@@ -57,6 +57,20 @@ async def test_a_change_is_one_revision_every_region_hears_with_an_audit_record(
     assert await calls(center) == ["CreatePromotion", "UpdatePromotion"]  # a change of nothing is not recorded
 
 
+async def test_setting_the_budget_a_promotion_has_is_no_revision_and_no_record(
+    center: Center, clock: FakeClock
+) -> None:
+    """A new revision would make every other caller's expected revision stale, for nothing."""
+    created = await sale(center, clock)
+
+    again = await center.set_budget("sale", created.budget, created.revision, ALICE)
+    raised = await center.set_budget("sale", created.budget + 1, created.revision, ALICE)
+
+    assert again == created
+    assert (raised.budget, raised.revision) == (created.budget + 1, created.revision + 1)
+    assert await calls(center) == ["CreatePromotion", "SetBudget"]
+
+
 async def test_only_the_owner_changes_or_ends_it(center: Center, clock: FakeClock) -> None:
     created = await sale(center, clock)
 
