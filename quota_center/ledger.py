@@ -184,6 +184,13 @@ class PromotionState:
 
 def check_new_promotion(promotion: Promotion) -> None:
     """Rules a promotion must meet to exist; amounts and ids are checked at the edge."""
+    if promotion.id != promotion.id.strip() or not promotion.id.isprintable():
+        # " spring" beside "spring" would be a second promotion that reads as the first in every listing,
+        # and a freeze copied from one would stop the other.
+        raise InvalidArgument(
+            f"promotion id {promotion.id!r} starts or ends with a space, or holds a control character: "
+            "give the id without them"
+        )
     if promotion.end_ms <= promotion.start_ms:
         raise InvalidArgument(
             f"end_time ({iso(promotion.end_ms)}) must be after start_time ({iso(promotion.start_ms)})"

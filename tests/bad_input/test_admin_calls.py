@@ -43,7 +43,8 @@ def _without_end() -> center_pb.Promotion:
     return message
 
 
-_START = now_ms()
+_START = now_ms() + 3_600_000
+"""An hour ahead: a window that ended before the call is refused."""
 AMOUNT = center_pb.PROMOTION_KIND_AMOUNT
 
 
@@ -74,6 +75,13 @@ BAD_PROMOTIONS = [
     pytest.param(_without_end(), ["end_time"], id="no-end"),
     pytest.param(promotion(start_ms=_START, end_ms=_START - 1), ["end_time", "start_time"], id="end-before-start"),
     pytest.param(promotion(start_ms=_START, end_ms=_START), ["end_time", "start_time"], id="end-equals-start"),
+    pytest.param(
+        promotion(start_ms=now_ms() - 2 * 3_600_000, end_ms=now_ms() - 3_600_000),
+        ["window ends", "before now", "its year?"],
+        id="window-in-the-past",
+    ),
+    pytest.param(promotion(" spring"), ["' spring'", "starts or ends with a space"], id="id-leading-space"),
+    pytest.param(promotion("spring\t"), ["starts or ends with a space", "control character"], id="id-tab"),
     pytest.param(promotion(regions=()), ["regions"], id="no-regions"),
     pytest.param(promotion(regions=("eu", "us", "eu")), ["regions", "twice", "eu"], id="duplicate-region"),
     pytest.param(promotion(regions=("eu", "")), ["region", "required"], id="region-empty"),

@@ -159,7 +159,8 @@ async def _not_started(admin: center_grpc.PromotionAdminAsyncStub) -> None:
 
 
 async def _ended(admin: center_grpc.PromotionAdminAsyncStub) -> None:
-    await create(admin, promotion("refused", start_ms=now_ms() - 2 * HOUR_MS, end_ms=now_ms() - HOUR_MS))
+    await create(admin, promotion("refused", start_ms=now_ms() - 2 * HOUR_MS, end_ms=now_ms() + HOUR_MS))
+    await admin.EndPromotion(center_pb.EndPromotionRequest(promotion_id="refused"), timeout=5)
 
 
 async def _us_only(admin: center_grpc.PromotionAdminAsyncStub) -> None:
