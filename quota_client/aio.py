@@ -134,7 +134,7 @@ class AsyncQuotaClient:
             if not self._closed or (task is not None and task.cancelling()):
                 raise
             closed = "the client was closed while the call was in flight"
-            raise Unavailable(closed, code=grpc.StatusCode.CANCELLED, may_have_applied=True) from None
+            raise Unavailable(closed, code=grpc.StatusCode.CANCELLED, may_have_applied=call.writes) from None
         self._preferred = index
         return call.answer(answer)
 

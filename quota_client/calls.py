@@ -39,6 +39,8 @@ class Call(Generic[R]):
     """The typed result of the method's response message."""
     promotions: tuple[str, ...] = ()
     """The order's promotions, to name the refused one when an older agent does not."""
+    writes: bool = True
+    """False for a read (GetOrder, GetStatus): unanswered, it still changed nothing."""
 
 
 def deduct(order_key: str, region: str, lines: Sequence[Line]) -> Call[Deducted]:
@@ -75,11 +77,11 @@ def refund(order_key: str, refund_id: str | None, lines: Sequence[RefundLine] | 
 
 
 def get_order(order_key: str) -> Call[OrderState]:
-    return Call("GetOrder", pb.GetOrderRequest(order_key=_key(order_key)), _order_state)
+    return Call("GetOrder", pb.GetOrderRequest(order_key=_key(order_key)), _order_state, writes=False)
 
 
 def status() -> Call[RegionStatus]:
-    return Call("GetStatus", pb.GetStatusRequest(), _region_status)
+    return Call("GetStatus", pb.GetStatusRequest(), _region_status, writes=False)
 
 
 def _key(order_key: str) -> str:

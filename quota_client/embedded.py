@@ -105,10 +105,10 @@ class EmbeddedAgent:
 
     async def get_order(self, order_key: str, *, deadline_s: float | None = None) -> OrderState:
         """What became of an order, changing nothing: ask this after Unavailable(may_have_applied=True)."""
-        return _order_state(order_key, await self._call(self._agent.get_order(order_key), deadline_s))
+        return _order_state(order_key, await self._call(self._agent.get_order(order_key), deadline_s, writes=False))
 
     async def status(self, *, deadline_s: float | None = None) -> RegionStatus:
-        statuses = await self._call(self._agent.status(), deadline_s)
+        statuses = await self._call(self._agent.status(), deadline_s, writes=False)
         return RegionStatus(
             self.region, self._agent.incarnation, _balances(statuses), self._agent.center_calls, self._groups()
         )
@@ -127,8 +127,9 @@ class EmbeddedAgent:
             for g in self._agent.group_statuses()
         )
 
-    async def _call(self, work: Coroutine[Any, Any, R], deadline_s: float | None) -> R:
-        """`work`'s answer, or the exception the client raises for what it raised."""
+    async def _call(self, work: Coroutine[Any, Any, R], deadline_s: float | None, writes: bool = True) -> R:
+        """`work`'s answer, or the exception the client raises for what it raised (`writes`: False for a read,
+        which changed nothing even when cut off)."""
         if deadline_s is not None and deadline_s <= 0:
             work.close()  # never started: nothing was sent
             raise ValueError(f"deadline_s must be positive, got {deadline_s}")  # as the clients say it
@@ -142,7 +143,7 @@ class EmbeddedAgent:
         except TimeoutError as error:
             # Cut off while the ledger may have been writing: ask get_order, or retry with the same key.
             message = f"no answer within the deadline of {deadline_s} s"
-            raise DeadlineExceeded(message, may_have_applied=True) from error
+            raise DeadlineExceeded(message, may_have_applied=writes) from error
 
     def _client_error(self, error: QuotaError) -> QuotaClientError:
         detail = describe(error, self._retry)

@@ -90,6 +90,7 @@ class Attempts:
         if not isinstance(error, grpc.Call | grpc.aio.AioRpcError):
             return Unavailable(f"the call failed before reaching an agent: {error}")
         found = error_from_status(error.code(), error.details() or "", error.trailing_metadata(), call.promotions)
+        found.may_have_applied &= call.writes
         self._may_have_applied |= found.may_have_applied
         return found
 

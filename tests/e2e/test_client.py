@@ -235,10 +235,13 @@ async def test_a_call_to_a_blackholed_agent_ends_by_its_deadline_and_fails_over(
         async with AsyncQuotaClient(blackholed, "eu", policy=policy) as quota:
             with pytest.raises(Unavailable) as lost:
                 await quota.deduct("hole-1", [Line("promo-hole", 1, "u")])
+            with pytest.raises(Unavailable) as unread:
+                await quota.get_order("hole-1")
         async with AsyncQuotaClient([blackholed, region.agents[0]], "eu", policy=policy) as quota:
             status = await quota.status()
 
     assert lost.value.may_have_applied, "a call that timed out may have reached a ledger"
+    assert not unread.value.may_have_applied, "a read changes nothing, answered or not"
     assert status.region == "eu"
 
 
