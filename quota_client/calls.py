@@ -28,6 +28,7 @@ from quota_client.model import (
 from region_agent.v1 import region_agent_pb2 as pb
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ def refund(order_key: str, refund_id: str | None, lines: Sequence[RefundLine] | 
     request = pb.RefundRequest(
         order_key=_key(order_key),
         refund_id=refund_id or "",
-        lines=[pb.RefundLine(promotion_id=line.promotion_id, amount=line.amount) for line in lines or ()],
+        lines=_sendable(
+            lambda: [pb.RefundLine(promotion_id=line.promotion_id, amount=line.amount) for line in lines or ()]
+        ),
     )
     return Call("Refund", request, _refunded, _promotions(lines or ()))
 
@@ -89,6 +92,8 @@ def _key(order_key: str) -> str:
         raise InvalidRequest(
             "order_key is required: the order's own id, the same on every retry, so a retry never spends twice"
         )
+    if not isinstance(order_key, str):
+        raise InvalidRequest(f"order_key must be a string, got {type(order_key).__name__}")
     return order_key
 
 
@@ -99,16 +104,29 @@ def _promotions(lines: Iterable[Line | RefundLine]) -> tuple[str, ...]:
 def _lines_pb(lines: Sequence[Line]) -> list[pb.Line]:
     if not lines:
         raise InvalidRequest("an order needs at least one line")
-    return [
-        pb.Line(
-            promotion_id=line.promotion_id,
-            amount=line.amount,
-            user_id=line.user_id,
-            unit_price=line.unit_price,
-            discount=line.discount,
-        )
-        for line in lines
-    ]
+    return _sendable(
+        lambda: [
+            pb.Line(
+                promotion_id=line.promotion_id,
+                amount=line.amount,
+                user_id=line.user_id,
+                unit_price=line.unit_price,
+                discount=line.discount,
+            )
+            for line in lines
+        ]
+    )
+
+
+def _sendable(build: Callable[[], T]) -> T:
+    """What `build` makes of the caller's lines, or InvalidRequest where protobuf cannot carry a field."""
+    try:
+        return build()
+    except (TypeError, ValueError) as error:  # protobuf's words for a float, a bool or an int beyond int64
+        raise InvalidRequest(
+            f"a line cannot be sent as it is ({error}): ids are strings, amounts and prices whole numbers of "
+            "units (minor units for money)"
+        ) from None
 
 
 def _lines(lines: Iterable[pb.Line]) -> tuple[Line, ...]:
