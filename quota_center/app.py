@@ -109,14 +109,7 @@ async def open_store(
         raise ConfigError(f"--group {group} shards promotions over center groups on etcd; --store {url} is SQLite")
     if url.startswith("sqlite:///"):
         _refuse_unused(url, access)
-        file = Path(url.removeprefix("sqlite:///"))
-        try:
-            return SqliteStore(file), SingleNode()
-        except sqlite3.Error as error:
-            raise ConfigError(
-                f"--store {url}: cannot open the SQLite file {file} ({error}); "
-                "sqlite:///PATH is relative to the working directory, sqlite:////PATH absolute"
-            ) from None
+        return _sqlite(url), SingleNode()
     endpoints, base = etcd_location(url)
     if endpoints:
         store = await EtcdStore.connect(endpoints, group_prefix(group, base), etcd_access(url, access, center_tls))
@@ -125,6 +118,24 @@ async def open_store(
         f"--store {url!r} is no store; use sqlite:///PATH, etcd://HOST:PORT[,HOST:PORT...][/PREFIX] "
         "or etcds://... (TLS)"
     )
+
+
+def _sqlite(url: str) -> SqliteStore:
+    """The SQLite store `url` names; ConfigError when it cannot be opened (another center holds it, say)."""
+    file = Path(url.removeprefix("sqlite:///"))
+    new = not file.exists()
+    try:
+        store = SqliteStore(file)
+    except sqlite3.Error as error:
+        raise ConfigError(
+            f"--store {url}: cannot open the SQLite file {file} ({error}); "
+            "sqlite:///PATH is relative to the working directory, sqlite:////PATH absolute"
+        ) from None
+    if new:
+        # A typo in --store (or a misspelt QUOTA_STORE, which falls back to the default) makes a new store,
+        # which knows none of the promotions, and none of the ledger lives its agents hold.
+        log.warning("created a new, empty store at %s (no file was there)", file.resolve())
+    return store
 
 
 def etcd_location(url: str) -> tuple[list[str], str]:
