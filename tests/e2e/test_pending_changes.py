@@ -75,4 +75,6 @@ def test_an_expired_create_and_an_expired_budget_raise_never_reach_a_region(stac
     assert unknown.code() == grpc.StatusCode.NOT_FOUND, unknown.details()
     assert stack.usage("small-sale").promotion.budget == 100
     over = refused(lambda: stack.orders().Deduct(order("big-1", "eu", ("small-sale", 101)), timeout=CALL_TIMEOUT_S))
-    assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, over.details()
+    # The region still knows the budget as 100: an order above it is refused as more than the whole budget.
+    assert over.code() == grpc.StatusCode.FAILED_PRECONDITION, over.details()
+    assert "more than its whole budget (100)" in str(over.details())
