@@ -129,10 +129,12 @@ class SupplyRenewals(SupplyCore):
         if answer.region_lease:
             self._region_leases[group] = lease_until
             # The group's lease covers the promotions it serves; another group's lease is its own to renew. One
-            # whose report this answer refuses (handed to another group, mostly) is not covered either.
+            # whose report this answer refuses (handed to another group, mostly) is not covered either, and one
+            # the center changed since the agent heard of it is leased once the change is here (`_follow`).
             refused = {directive.promotion_id for directive in answer.directives if directive.refusal}
+            behind = {named.promotion_id for named in (*answer.directives, *answer.notices) if self._behind(named)}
             for promotion_id in self._groups.owners.of(group, self._tracked):
-                if promotion_id not in self._refusals and promotion_id not in refused:
+                if promotion_id not in self._refusals and promotion_id not in refused | behind:
                     self._tracked[promotion_id].lease_until = lease_until
         for directive in answer.directives:
             if self._refused(directive):
@@ -145,6 +147,11 @@ class SupplyRenewals(SupplyCore):
             if notice.promotion_id in self._tracked:
                 await self._follow_safely(notice, lease_until, life)
         return answer
+
+    def _behind(self, named: RenewalDirective) -> bool:
+        """Whether the center names a newer revision of a tracked promotion than the agent holds."""
+        item = self._tracked.get(named.promotion_id)
+        return item is not None and named.revision > item.promotion.revision
 
     async def _follow_safely(self, directive: RenewalDirective, lease_until: float, life: str) -> None:
         try:
@@ -176,15 +183,17 @@ class SupplyRenewals(SupplyCore):
 
     async def _follow(self, directive: RenewalDirective, lease_until: float, life: str) -> None:
         item = await self._track_one(directive.promotion_id)
+        if directive.revision > item.promotion.revision:
+            # The third way a change arrives (after push and pull): the renewal names the revision. The lease is
+            # renewed once the change is here: renewed first, a freeze whose fetch failed (the center went down
+            # right after answering) would leave the region selling on a lease renewed after the freeze.
+            await self._fetch(directive.promotion_id)
         item.lease_until = lease_until
         item.exhausted = directive.exhausted
         for grant_id, amount in directive.unapplied_grants:
             await self._ledger.apply_grant(grant_id, directive.promotion_id, amount, life)
         if directive.reclaim > 0:
             await self.return_quota(directive.promotion_id, directive.reclaim)
-        if directive.revision > item.promotion.revision:
-            # The third way a change arrives (after push and pull): the renewal names the revision.
-            await self._fetch(directive.promotion_id)
 
     async def _relocate(self, promotion_id: str) -> None:
         with contextlib.suppress(QuotaError):

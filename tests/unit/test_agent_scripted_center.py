@@ -55,6 +55,10 @@ class ScriptedCenter:
         self.answers_waiting = 0
         self.reports: dict[str, Report] = {}
         """Per promotion, the counters of the last renewal that reported it."""
+        self.fetches_failing = False
+        """GetPromotion fails (the center went down right after answering a renewal)."""
+        self.region_lease = False
+        """Renewals answer as a center with region leases does, rather than renewing only what was reported."""
 
     def create(self, promotion_id: str, max_per_order: int = 0, budget: int = 10**9) -> None:
         now = self._clock.wall_ms()
@@ -79,6 +83,8 @@ class ScriptedCenter:
     async def promotion(self, promotion_id: str) -> Promotion:
         self.calls += 1
         self.fetches += 1
+        if self.fetches_failing:
+            raise Unavailable("failed to connect to all addresses")
         if promotion_id not in self.promotions:
             raise NotFound(f"no promotion {promotion_id}")
         return self.promotions[promotion_id]
@@ -121,12 +127,20 @@ class ScriptedCenter:
         if self.renewals_failing:
             self.renewals_failing -= 1
             raise Unavailable("failed to connect to all addresses")
-        return RenewAnswer(LEASE_TTL_S, [self._directive(promotion_id) for promotion_id in reports], self.emergency)
+        directives = [self._directive(promotion_id) for promotion_id in reports]
+        if not self.region_lease:
+            return RenewAnswer(LEASE_TTL_S, directives, self.emergency)
+        # As a current center: one lease for the region, and a notice of each promotion changed since the first
+        # revision that the renewal did not report.
+        changed = [pid for pid, promotion in self.promotions.items() if pid not in reports and promotion.revision > 1]
+        notices = [self._directive(promotion_id) for promotion_id in changed]
+        return RenewAnswer(LEASE_TTL_S, directives, self.emergency, region_lease=True, notices=notices)
 
     def _directive(self, promotion_id: str) -> RenewalDirective:
         refusal = self.refusals.get(promotion_id, "")
         if not refusal:
-            return RenewalDirective(promotion_id, revision=1)
+            known = self.promotions.get(promotion_id)
+            return RenewalDirective(promotion_id, revision=known.revision if known else 1)
         return RenewalDirective(promotion_id, refusal, revision=1, unapplied_grants=(("never-to-apply", 1_000),))
 
     async def close(self) -> None:
@@ -350,3 +364,34 @@ async def test_a_line_above_the_promotions_whole_budget_is_refused_without_askin
         assert (await agent.deduct("o-100", "eu", (Line("small", 99, "user"),))).accepted
     finally:
         await agent.stop()
+
+
+@pytest.mark.parametrize("region_lease", [False, True], ids=["promotion-leases", "region-lease"])
+async def test_a_renewal_naming_a_change_the_agent_could_not_fetch_renews_no_lease(
+    clock: FakeClock, center: ScriptedCenter, region_lease: bool
+) -> None:
+    """The center answered a renewal after a freeze and went down before the agent fetched the change: the
+    region must not sell on a lease renewed after the freeze, only on the one it had before it."""
+    center.region_lease = region_lease
+    center.create("promo")
+    agent = Agent(QUIET, InProcessLedger(clock), center, clock)
+    await agent.start()
+    try:
+        await agent.deduct("o-1", "eu", (Line("promo", 1, "user"),))
+        clock.advance(LEASE_TTL_S - 2)
+        center.promotions["promo"] = replace(center.promotions["promo"], frozen=True, revision=2)
+        center.fetches_failing = True
+        await agent.renew_once()
+        clock.advance(3)  # past the lease the agent had before the freeze, within one renewed now
+
+        with pytest.raises(Rejected) as refused:
+            await agent.deduct("o-2", "eu", (Line("promo", 1, "user"),))
+        center.fetches_failing = False
+        await agent.renew_once()
+        with pytest.raises(Rejected) as frozen:
+            await agent.deduct("o-3", "eu", (Line("promo", 1, "user"),))
+    finally:
+        await agent.stop()
+
+    assert refused.value.reason is RejectReason.LEASE_EXPIRED
+    assert frozen.value.reason is RejectReason.FROZEN
