@@ -316,52 +316,37 @@ async def test_a_graceful_stop_waits_for_a_grant_on_its_way_and_gives_it_back(
     assert balance.available == 0
 
 
-async def test_a_line_above_the_promotions_order_limit_is_refused_locally_and_changes_nothing(
-    clock: FakeClock, center: ScriptedCenter
+@pytest.mark.parametrize(
+    ("limits", "amount", "said"),
+    [
+        pytest.param({"max_per_order": 2}, 3, "at most 2 in one order", id="order-limit"),
+        pytest.param({"budget": 100}, 101, "more than its whole budget (100)", id="whole-budget"),
+        pytest.param({"budget": 100}, 2**53 - 1, "more than its whole budget (100)", id="far-above-the-budget"),
+    ],
+)
+async def test_a_line_above_the_promotions_order_limit_or_budget_is_refused_locally_and_changes_nothing(
+    clock: FakeClock, center: ScriptedCenter, limits: dict[str, int], amount: int, said: str
 ) -> None:
-    center.create("flash", max_per_order=2)
+    """Asking the center for a line above the whole budget would pull into this region all that the other
+    regions have not taken, for an order refused all the same."""
+    center.create("limited", **limits)
     agent = Agent(QUIET, InProcessLedger(clock), center, clock)
     await agent.start()
     try:
-        await agent.deduct("o-1", "eu", (Line("flash", 2, "user"),))
+        await agent.deduct("o-1", "eu", (Line("limited", 2, "user"),))
         before = [status.balance for status in await agent.status()]
         center.catalog_down = True  # the check needs no center
-        calls = center.calls
-
-        with pytest.raises(Rejected) as refused:
-            await agent.deduct("o-2", "eu", (Line("flash", 3, "user"),))
-
-        assert refused.value.reason is RejectReason.OVER_ORDER_LIMIT
-        assert "at most 2 in one order" in refused.value.message
-        assert [status.balance for status in await agent.status()] == before
-        assert center.calls == calls
-        replayed = await agent.deduct("o-1", "eu", (Line("flash", 2, "user"),))
-        assert replayed.replayed
-    finally:
-        await agent.stop()
-
-
-async def test_a_line_above_the_promotions_whole_budget_is_refused_without_asking_the_center(
-    clock: FakeClock, center: ScriptedCenter
-) -> None:
-    """Asking the center for it would pull into this region all the others have not taken, for nothing."""
-    center.create("small", budget=100)
-    agent = Agent(QUIET, InProcessLedger(clock), center, clock)
-    await agent.start()
-    try:
-        await agent.deduct("o-1", "eu", (Line("small", 1, "user"),))
-        before = [status.balance for status in await agent.status()]
         calls, granted = center.calls, center.granted
 
-        for amount in (101, 2**53 - 1):
-            with pytest.raises(Rejected) as refused:
-                await agent.deduct(f"o-{amount}", "eu", (Line("small", amount, "user"),))
-            assert refused.value.reason is RejectReason.OVER_ORDER_LIMIT
-            assert "more than its whole budget (100)" in refused.value.message
+        with pytest.raises(Rejected) as refused:
+            await agent.deduct("o-2", "eu", (Line("limited", amount, "user"),))
 
+        assert refused.value.reason is RejectReason.OVER_ORDER_LIMIT
+        assert said in refused.value.message
         assert [status.balance for status in await agent.status()] == before
         assert (center.calls, center.granted) == (calls, granted)
-        assert (await agent.deduct("o-100", "eu", (Line("small", 99, "user"),))).accepted
+        replayed = await agent.deduct("o-1", "eu", (Line("limited", 2, "user"),))
+        assert replayed.replayed
     finally:
         await agent.stop()
 
