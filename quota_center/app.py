@@ -109,7 +109,14 @@ async def open_store(
         raise ConfigError(f"--group {group} shards promotions over center groups on etcd; --store {url} is SQLite")
     if url.startswith("sqlite:///"):
         _refuse_unused(url, access)
-        return _sqlite(url), SingleNode()
+        file = Path(url.removeprefix("sqlite:///"))
+        try:
+            return SqliteStore(file), SingleNode()
+        except sqlite3.Error as error:
+            raise ConfigError(
+                f"--store {url}: cannot open the SQLite file {file} ({error}); "
+                "sqlite:///PATH is relative to the working directory, sqlite:////PATH absolute"
+            ) from None
     endpoints, base = etcd_location(url)
     if endpoints:
         store = await EtcdStore.connect(endpoints, group_prefix(group, base), etcd_access(url, access, center_tls))
@@ -118,24 +125,6 @@ async def open_store(
         f"--store {url!r} is no store; use sqlite:///PATH, etcd://HOST:PORT[,HOST:PORT...][/PREFIX] "
         "or etcds://... (TLS)"
     )
-
-
-def _sqlite(url: str) -> SqliteStore:
-    """The SQLite store `url` names; ConfigError when it cannot be opened (another center holds it, say)."""
-    file = Path(url.removeprefix("sqlite:///"))
-    new = not file.exists()
-    try:
-        store = SqliteStore(file)
-    except sqlite3.Error as error:
-        raise ConfigError(
-            f"--store {url}: cannot open the SQLite file {file} ({error}); "
-            "sqlite:///PATH is relative to the working directory, sqlite:////PATH absolute"
-        ) from None
-    if new:
-        # A typo in --store (or a misspelt QUOTA_STORE, which falls back to the default) makes a new store,
-        # which knows none of the promotions, and none of the ledger lives its agents hold.
-        log.warning("created a new, empty store at %s (no file was there)", file.resolve())
-    return store
 
 
 def etcd_location(url: str) -> tuple[list[str], str]:
@@ -287,6 +276,11 @@ async def run_center(config: CenterConfig) -> None:
         await report_leading(False)
 
     async def start(port: int) -> None:
+        if isinstance(store, SqliteStore) and store.created:
+            # Said once serving, so that a start refused for another reason stays one line. A typo in --store (or
+            # a misspelt QUOTA_STORE, which falls back to the default) makes a store that knows no promotion and
+            # none of the ledger lives its agents hold.
+            log.warning("serving from a new, empty store at %s (no file was there)", store.path)
         await report_leading(False)
         await leadership.start(lambda: config.advertise or f"{_reachable_host(host)}:{port}", elected, deposed)
 

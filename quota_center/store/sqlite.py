@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS audit (
 class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         """Opens the file, which this process then owns: ConfigError when another process does."""
+        self.path = Path(path).resolve()
+        self.created = not self.path.exists()
+        """No file was there: this store was made now."""
         self._lock = _own(Path(path))
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
