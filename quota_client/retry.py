@@ -139,6 +139,7 @@ class Attempts:
             last.message + why,
             code=last.code,
             reason=last.reason,
+            promotion_id=last.promotion_id,
             may_have_applied=self._may_have_applied,
             retry_after=last.retry_after,
         ) from last

@@ -73,6 +73,14 @@ class NotFound(QuotaError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class PromotionUnknown(NotFound):
+    """An order line names a promotion the center does not know (or did not, a moment ago)."""
+
+    def __init__(self, message: str, promotion_id: str) -> None:
+        super().__init__(message)
+        self.promotion_id = promotion_id
+
+
 class AlreadyExists(QuotaError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
@@ -117,7 +125,11 @@ class LedgerUnreachable(Unavailable):
 
 class NoQuotaInTime(Unavailable):
     """The order waited for a refill of its allotment that did not arrive before its deadline; nothing
-    was applied."""
+    was applied. `promotion_id`: the (first) line whose allotment was short."""
+
+    def __init__(self, message: str, promotion_id: str = "") -> None:
+        super().__init__(message)
+        self.promotion_id = promotion_id
 
 
 class OrderUnknown(NotFound):

@@ -343,11 +343,14 @@ class Agent:
         if len(done) < len(refills):
             raise NoQuotaInTime(
                 f"the region's allotment of {', '.join(outcome.short)} is empty and no refill arrived "
-                "before the deadline; nothing was applied: retry with the same order key"
+                "before the deadline; nothing was applied: retry with the same order key",
+                outcome.short[0],
             )
         for promotion_id, task in zip(outcome.short, refills, strict=True):
             error = (
-                NoQuotaInTime("the refill was called off while the agent re-joined; nothing was applied: retry")
+                NoQuotaInTime(
+                    "the refill was called off while the agent re-joined; nothing was applied: retry", promotion_id
+                )
                 if task.cancelled()
                 else task.result()
             )
@@ -360,7 +363,8 @@ class Agent:
                 if isinstance(error, Unavailable):
                     raise NoQuotaInTime(
                         f"promotion {promotion_id}: the region's allotment is empty and its refill failed "
-                        f"({error.message}); nothing was applied: retry with the same order key"
+                        f"({error.message}); nothing was applied: retry with the same order key",
+                        promotion_id,
                     ) from error
                 raise error
 

@@ -16,6 +16,9 @@ before the ledger writes, or by the ledger having changed nothing, so it is "fal
     LedgerLost                    LEDGER_UNAVAILABLE              false (the script wrote nothing)
     any other Unavailable         NOT_SERVING                     false             yes
     anything else                 INVALID_REQUEST                 false
+
+`promotion_id` names the order line the error is about: a Rejected line's, the first short line's of
+NO_QUOTA_IN_TIME, an unknown promotion's (NOT_FOUND, INVALID_REQUEST).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from quota_common.errors import (
     OrderKeyReused,
     OrderUnknown,
     PermissionDenied,
+    PromotionUnknown,
     QuotaError,
     Rejected,
     RejectReason,
@@ -65,7 +69,7 @@ def describe(error: QuotaError, retry: RetryAfter) -> ErrorDetail:
     if isinstance(error, LedgerUnreachable):
         return _detail("LEDGER_UNAVAILABLE", applied=error.may_have_applied)
     if isinstance(error, NoQuotaInTime):
-        return _detail("NO_QUOTA_IN_TIME", retry_after_ms=retry.refill_ms)
+        return _detail("NO_QUOTA_IN_TIME", retry_after_ms=retry.refill_ms, promotion_id=error.promotion_id)
     if isinstance(error, LedgerLost):
         return _detail("LEDGER_UNAVAILABLE")
     if isinstance(error, Unavailable):
@@ -74,8 +78,14 @@ def describe(error: QuotaError, retry: RetryAfter) -> ErrorDetail:
         return _detail("ORDER_KEY_REUSED")
     if isinstance(error, PermissionDenied):
         return _detail("NOT_PLACER")
+    if isinstance(error, PromotionUnknown):
+        return _detail("INVALID_REQUEST", promotion_id=error.promotion_id)
     return _detail("INVALID_REQUEST")
 
 
-def _detail(reason: str, applied: bool = False, retry_after_ms: int = 0, **metadata: str) -> ErrorDetail:
-    return ErrorDetail(DOMAIN, reason, {"may_have_applied": str(applied).lower(), **metadata}, retry_after_ms)
+def _detail(
+    reason: str, applied: bool = False, retry_after_ms: int = 0, promotion_id: str = "", **metadata: str
+) -> ErrorDetail:
+    """`promotion_id`: the order line the error is about, when it names one."""
+    named = {"promotion_id": promotion_id} if promotion_id else {}
+    return ErrorDetail(DOMAIN, reason, {"may_have_applied": str(applied).lower(), **named, **metadata}, retry_after_ms)

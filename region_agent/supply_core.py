@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 from quota_common import policy
 from quota_common.clock import Clock
-from quota_common.errors import Exhausted, FailedPrecondition, NotFound, QuotaError, Superseded, Unavailable
+from quota_common.errors import (
+    Exhausted,
+    FailedPrecondition,
+    NotFound,
+    PromotionUnknown,
+    QuotaError,
+    Superseded,
+    Unavailable,
+)
 from quota_common.model import Promotion, Report
 from quota_common.policy import RefillSettings
 from region_agent.agent_types import LeaseAtGroup
@@ -163,7 +171,7 @@ class SupplyCore:
             promotion = await self._groups.call(promotion_id, lambda port: port.promotion(promotion_id))
         except NotFound as error:
             self._remember_unknown(promotion_id, error.message)
-            raise
+            raise PromotionUnknown(error.message, promotion_id) from None
         self.learn(self.cache.put([promotion]))
 
     def _remember_unknown(self, promotion_id: str, message: str) -> None:
@@ -205,7 +213,7 @@ class SupplyCore:
         if self.cache.get(promotion_id) is not None or self._clock.monotonic() >= until:
             self._unknown.pop(promotion_id, None)
             return
-        raise NotFound(message)
+        raise PromotionUnknown(message, promotion_id)
 
     async def _track_one(self, promotion_id: str) -> Tracked:
         item = self._tracked.get(promotion_id)

@@ -21,7 +21,8 @@ grpc-status library), with one google.rpc.ErrorInfo:
   metadata "may_have_applied": "true" when the call may have changed the
            ledger before it failed (retry with the same order key, or ask
            GetOrder, never with a new key); "false" when nothing was applied
-           "promotion_id": the line that was refused, when one was
+           "promotion_id": the line that was refused, or that names an
+           unknown promotion, or (NO_QUOTA_IN_TIME) found no refill in time
            "ledger_life_started_ms": with LEDGER_LIFE_LOST and ORDER_UNKNOWN
 and, for a refusal that clears by itself (LEASE_EXPIRED, NO_QUOTA_IN_TIME,
 NOT_SERVING), a google.rpc.RetryInfo with the delay worth waiting.

@@ -361,7 +361,7 @@ async def test_an_order_that_found_no_refill_in_time_is_unavailable_with_a_retry
                 await quota.deduct("too-big", [Line("promo", held + 1, "user-1")], deadline_s=2)
             state = await quota.get_order("too-big")
 
-    assert waited.value.reason == "NO_QUOTA_IN_TIME"
+    assert (waited.value.reason, waited.value.promotion_id) == ("NO_QUOTA_IN_TIME", "promo")
     assert waited.value.may_have_applied is False
     assert waited.value.retry_after is not None
     assert waited.value.retry_after > 0

@@ -118,6 +118,24 @@ async def test_a_refused_line_is_named_in_the_rich_error_and_nothing_applied(
     assert unknown.status == agent_pb.ORDER_STATUS_UNKNOWN
 
 
+async def test_an_unknown_promotion_is_named_in_the_rich_error_and_nothing_applied(
+    admin: center_grpc.PromotionAdminAsyncStub, orders_eu: agent_grpc.RegionAgentAsyncStub
+) -> None:
+    await _create(admin, promotion("fine"))
+    for attempt in ("fetched", "remembered"):  # the center asked, then the agent's memory of the answer
+        error, info = await _refused(
+            orders_eu.Deduct(order(f"o-{attempt}", "eu", ("fine", 1), ("nope", 1)), timeout=TIMEOUT_S)
+        )
+
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert (info.reason, dict(info.metadata)) == (
+            "INVALID_REQUEST",
+            {"may_have_applied": "false", "promotion_id": "nope"},
+        )
+        unknown = await orders_eu.GetOrder(agent_pb.GetOrderRequest(order_key=f"o-{attempt}"), timeout=TIMEOUT_S)
+        assert unknown.status == agent_pb.ORDER_STATUS_UNKNOWN
+
+
 async def test_getorder_answers_each_state_of_an_order(
     admin: center_grpc.PromotionAdminAsyncStub, orders_eu: agent_grpc.RegionAgentAsyncStub
 ) -> None:
