@@ -26,10 +26,9 @@ from quota_center.leadership import Leadership
 from quota_center.ledger import PromotionState
 from quota_center.store.base import Store
 from quota_center.trail import By
-from quota_common.clock import Clock, iso
+from quota_common.clock import Clock
 from quota_common.errors import (
     AlreadyExists,
-    InvalidArgument,
 )
 from quota_common.identity import Role
 from quota_common.model import (
@@ -82,13 +81,7 @@ class Center(CenterForAgents):
         """`by`'s identity becomes the promotion's owner, once the guard rules let the create through (a
         held one raises Held and waits for `approve`)."""
         self._require_leader()
-        ledger.check_new_promotion(promotion)
-        now_ms = self._clock.wall_ms()
-        if promotion.end_ms <= now_ms:  # a typo in the year, most likely; and the id could never be used again
-            raise InvalidArgument(
-                f"the promotion's window ends at {iso(promotion.end_ms)}, before now ({iso(now_ms)}): it could "
-                "sell nothing; check the end time (its year?)"
-            )
+        ledger.check_creatable(promotion, self._clock.wall_ms())
         self._require_known_case("regions", promotion.regions)
         self._check_shard(promotion.id, granting=True)
         by = by or By()

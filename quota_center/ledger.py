@@ -182,8 +182,9 @@ class PromotionState:
         return cls(promotion, accounts, doc["version"], doc.get("statement"), doc.get("numbered_by"))
 
 
-def check_new_promotion(promotion: Promotion) -> None:
-    """Rules a promotion must meet to exist; amounts and ids are checked at the edge."""
+def check_creatable(promotion: Promotion, now_ms: int) -> None:
+    """Rules only a promotion being created must meet (one that exists keeps its id, and its window may pass):
+    typos that would make it unusable. Then `check_new_promotion`."""
     if promotion.id != promotion.id.strip() or not promotion.id.isprintable():
         # " spring" beside "spring" would be a second promotion that reads as the first in every listing,
         # and a freeze copied from one would stop the other.
@@ -191,6 +192,16 @@ def check_new_promotion(promotion: Promotion) -> None:
             f"promotion id {promotion.id!r} starts or ends with a space, or holds a control character: "
             "give the id without them"
         )
+    if promotion.end_ms <= now_ms:  # a typo in the year, most likely; and the id could never be used again
+        raise InvalidArgument(
+            f"the promotion's window ends at {iso(promotion.end_ms)}, before now ({iso(now_ms)}): it could "
+            "sell nothing; check the end time (its year?)"
+        )
+    check_new_promotion(promotion)
+
+
+def check_new_promotion(promotion: Promotion) -> None:
+    """Rules a promotion must meet to exist; amounts and ids are checked at the edge."""
     if promotion.end_ms <= promotion.start_ms:
         raise InvalidArgument(
             f"end_time ({iso(promotion.end_ms)}) must be after start_time ({iso(promotion.start_ms)})"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quota_center import allocation, lifecycle
+from quota_center import allocation, ledger, lifecycle
 from quota_center.ledger import PromotionState
 from quota_center.lifecycle import Update
 from quota_common.errors import FailedPrecondition, InvalidArgument
@@ -231,3 +231,14 @@ def test_whatever_is_asked_an_applied_change_keeps_the_promises(
         assert set(before.regions) - set(after.regions) <= set(s.accounts)
     assert {region: s.accounts[region].outstanding for region in held} == held
     assert s.unallocated == before.budget
+
+
+def test_a_promotion_created_before_the_id_rule_is_changed_as_before() -> None:
+    """Only a create refuses an id with surrounding spaces: one that exists keeps its id and its owner's calls."""
+    spaced = state()
+    spaced.promotion = replace(spaced.promotion, id=" sale")
+
+    with pytest.raises(InvalidArgument, match="starts or ends with a space"):
+        ledger.check_creatable(spaced.promotion, NOW)
+    assert changed(spaced, per_user_limit=2)
+    assert spaced.promotion.per_user_limit == 2
