@@ -183,7 +183,7 @@ class SupplyRenewals(SupplyCore):
 
     async def _follow(self, directive: RenewalDirective, lease_until: float, life: str) -> None:
         item = await self._track_one(directive.promotion_id)
-        if directive.revision > item.promotion.revision:
+        if self._behind(directive):
             # The third way a change arrives (after push and pull): the renewal names the revision. The lease is
             # renewed once the change is here: renewed first, a freeze whose fetch failed (the center went down
             # right after answering) would leave the region selling on a lease renewed after the freeze.

@@ -408,7 +408,7 @@ class RedisLedger:
         asked, _, answer = _text(recorded or b"").partition("\n")
         if not (asked and lines):  # a refund of "everything left" matches only itself, which the script saw
             return None
-        if not lines_match(tuple(Line(promotion, int(amount)) for promotion, amount in json.loads(asked)), lines):
+        if not lines_match(_decode(asked), lines):
             return None
         return [b"replay", answer.encode()]
 
