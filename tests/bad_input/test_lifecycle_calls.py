@@ -136,3 +136,9 @@ async def test_an_ended_promotion_refuses_updates_and_ends_once(granted: World) 
             _update(granted, ["end_time"], end_time=timestamp(now_ms() + HOUR_MS)), FAILED, "not changed or reopened"
         )
     assert again == ended
+
+
+async def test_an_update_naming_a_known_region_in_another_case_is_refused(granted: World) -> None:
+    """As a freeze or a create: "EU" where "eu" holds quota would move the promotion away from its region."""
+    async with unchanged(granted):
+        await rejected(_update(granted, ["regions"], regions=["EU"]), INVALID, "did you mean 'eu'")
