@@ -176,13 +176,15 @@ def _stack() -> Iterator[_Stack]:
             stack.close()
 
 
-async def create_promotions(center: str, demand: Demand, transport: Transport | None = None) -> None:
-    """The demand's promotions at the center, in the benchmark's region (plaintext without `transport`)."""
+async def create_promotions(
+    center: str, demand: Demand, transport: Transport | None = None, region: str = REGION
+) -> None:
+    """The demand's promotions at the center, in `region` (plaintext without `transport`)."""
     async with (transport or Transport()).aio_channel(center) as channel:
         admin = pb_grpc.PromotionAdminStub(channel)
         for promotion_id, budget in demand.budgets().items():
             await admin.CreatePromotion(
-                pb.CreatePromotionRequest(promotion=promotion_pb(promotion_id, budget, [REGION]))
+                pb.CreatePromotionRequest(promotion=promotion_pb(promotion_id, budget, [region]))
             )
 
 
@@ -271,9 +273,12 @@ async def _with_and_without_mtls(stack: _Stack, ledger: str, options: Options) -
 
 async def _central_grpc_row(stack: _Stack, rtt_ms: int, options: Options) -> Row:
     demand = Demand(f"central_grpc-{rtt_ms}", options.seed)
-    await create_promotions(stack.plaintext.center, demand)
+    # A region of its own: it joins as a ledger life, which the center refuses in a region another life
+    # renewed within a lease (an agent's, or the other round trip's row).
+    region = f"central-{rtt_ms}ms"
+    await create_promotions(stack.plaintext.center, demand, region=region)
     async with grpc.aio.insecure_channel(stack.plaintext.center_via[rtt_ms]) as channel:
-        measured, over = await _measure(await CentralGrpc.join(channel, REGION), demand, options)
+        measured, over = await _measure(await CentralGrpc.join(channel, region), demand, options)
     return Row("central_grpc", rtt_ms, measured, measured.deductions, over)
 
 

@@ -19,6 +19,7 @@ from quota_common.errors import (
     FailedPrecondition,
     InvalidArgument,
     QuotaError,
+    RegionHeld,
     Superseded,
 )
 from quota_common.model import EmergencyFreeze, Promotion
@@ -97,10 +98,22 @@ class CenterForAgents(CenterRenewals):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout_s)
 
-    def join(self, region: str) -> str:
+    def join(self, region: str, replaces: str = "") -> str:
         """A new ledger life for `region`: newer than every one the region had here, and one only this
-        deployment's centers can make."""
+        deployment's centers can make. Refused (RegionHeld) while another life of the region holds a live
+        lease, unless `replaces` names it: the caller's ledger held that life and lost its data."""
         self._require_leader()
+        holder = self._holder.get(region)
+        left = holder[1] - self._clock.monotonic() if holder else 0.0
+        if holder is not None and left > 0 and holder[0] != replaces:
+            renewed = self.settings.lease_ttl_s - left
+            raise RegionHeld(
+                f"region {region} is served by another agent, as ledger incarnation {holder[0]} (its lease, "
+                f"renewed {renewed:.1f} s ago, runs {left:.1f} s more): a process on another ledger would write off "
+                "what it holds; run one agent per region on the in-process ledger, or give this one the region's "
+                "--ledger",
+                left,
+            )
         newest = self._newest_life.get(region)
         return self._issuer.issue(region, [newest] if newest else [])
 
@@ -137,7 +150,7 @@ class CenterForAgents(CenterRenewals):
             else:
                 await self._commit([(state, record)])
                 self._note_demands(promotion_id, demands)
-            self._renew_lease(promotion_id, region)
+            self._renew_lease(promotion_id, region, incarnation)
             return AcquireResult(record, state.unallocated)
 
         try:
@@ -201,7 +214,7 @@ class CenterForAgents(CenterRenewals):
             answers.append(record)
         await self._commit(commits)
         for state, _ in commits:
-            self._renew_lease(state.promotion.id, region)
+            self._renew_lease(state.promotion.id, region, incarnation)
         return answers
 
     async def _book(

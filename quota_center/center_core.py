@@ -116,6 +116,9 @@ class CenterCore:
         self._lease_expiry: dict[tuple[str, str], float] = {}
         self._region_lease: dict[str, float] = {}
         """By region: when the lease over all of its promotions (Renew's region_lease) runs out."""
+        self._holder: dict[str, tuple[str, float]] = {}
+        """By region: the ledger life that last renewed a lease of the region, and when that lease runs out. Until
+        then a Join from another ledger is refused: it would write off what a live process holds."""
         self._newest_life: dict[str, str] = {}
         """By region: the newest ledger incarnation any promotion admitted (an older one is superseded)."""
         self._contested: set[str] = set()
@@ -189,6 +192,8 @@ class CenterCore:
                 self._lease_expiry[(state.promotion.id, region)] = grace
         if renumbered:
             self._catalog_revision = renumbered[-1].promotion.revision  # in revision order, above the rest
+        # As the leases above: the lives an earlier leader saw may still be serving on what they hold.
+        self._holder = {region: (life, grace) for region, life in self._newest_life.items()}
         self._note_draining()
         self._serving = True
 
@@ -199,6 +204,7 @@ class CenterCore:
         self._states.clear()
         self._lease_expiry.clear()
         self._region_lease.clear()
+        self._holder.clear()
         self._newest_life.clear()
         self._contested.clear()
         self._fully_reported.clear()

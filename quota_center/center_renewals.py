@@ -95,6 +95,7 @@ class CenterRenewals(CenterShards):
             else:
                 answers.append(self._renewed(region, incarnation, promotion_id, report))
                 self._discrepancies.accepted(promotion_id, region, report)
+        self._hold(region, incarnation)
         return answers
 
     async def renew_region(
@@ -173,7 +174,7 @@ class CenterRenewals(CenterShards):
         """After a report was taken in: its lease renewed, its demand and below-floor count noted, and what
         the region should do about the promotion."""
         state = self._state(promotion_id)
-        self._renew_lease(promotion_id, region)
+        self._renew_lease(promotion_id, region, incarnation)
         self._note_demands(promotion_id, self._demands(promotion_id, region, report.demand_per_minute))
         life, counted = self._below_floor.get((promotion_id, region), (incarnation, 0))
         seen = max(counted, report.below_floor) if life == incarnation else report.below_floor
@@ -223,5 +224,16 @@ class CenterRenewals(CenterShards):
         is soft state, like leases: kept in memory, remembered once the call succeeds."""
         return {**self._demand.get(promotion_id, {}), region: demand}
 
-    def _renew_lease(self, promotion_id: str, region: str) -> None:
-        self._lease_expiry[(promotion_id, region)] = self._clock.monotonic() + self.settings.lease_ttl_s
+    def _renew_lease(self, promotion_id: str, region: str, incarnation: str) -> None:
+        self._lease_expiry[(promotion_id, region)] = self._hold(region, incarnation)
+
+    def _hold(self, region: str, incarnation: str) -> float:
+        """Notes that `incarnation` renewed a lease of `region` just now; returns when that lease runs out. An
+        older life does not take the hold back from a newer one whose lease is live (the older is on its way
+        out: superseded once the newer is admitted)."""
+        now = self._clock.monotonic()
+        expiry = now + self.settings.lease_ttl_s
+        holder = self._holder.get(region)
+        if holder is None or incarnation >= holder[0] or holder[1] <= now:
+            self._holder[region] = (incarnation, expiry)
+        return expiry

@@ -309,7 +309,8 @@ class AllocationServicer(pb_grpc.AllocationServicer):
     @translate_errors
     async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
         region = require_region("region", request.region)
-        incarnation = self._center.join(region)
+        replaces = require_id("replaces", request.replaces) if request.replaces else ""
+        incarnation = self._center.join(region, replaces)
         return pb.JoinResponse(incarnation=incarnation, after_earlier_life=self._center.had_life(region))
 
     @translate_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -21,6 +22,10 @@ class Clock(Protocol):
         """Seconds on a clock that never goes back; for leases and rates."""
         ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Returns once `seconds` passed on this clock."""
+        ...
+
 
 class SystemClock:
     def wall_ms(self) -> int:
@@ -28,6 +33,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class FakeClock:
@@ -42,6 +50,11 @@ class FakeClock:
 
     def monotonic(self) -> float:
         return self._monotonic
+
+    async def sleep(self, seconds: float) -> None:
+        """Moves the clock on at once: nothing else would while the caller waits."""
+        self.advance(seconds)
+        await asyncio.sleep(0)
 
     def advance(self, seconds: float) -> None:
         self._monotonic += seconds

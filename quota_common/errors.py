@@ -10,6 +10,8 @@
     │   ├── OrderKeyReused   FAILED_PRECONDITION  the order key (or refund id) was used for another call
     │   ├── Superseded       FAILED_PRECONDITION  a newer agent process of the region replaced the caller;
     │   │                                         flagged by "quota-superseded" so the caller stops serving
+    │   ├── RegionHeld       FAILED_PRECONDITION  another ledger life of the region holds a live lease (a Join);
+    │   │                                         the lease's time left rides in "quota-region-held-ms"
     │   └── WrongGroup       FAILED_PRECONDITION  another center group serves the promotion; its name rides in
     │                                             "quota-shard-owner", the map's version in "quota-shard-version"
     ├── Exhausted            RESOURCE_EXHAUSTED   nothing left to grant
@@ -51,6 +53,7 @@ REJECT_REASON_METADATA_KEY = "quota-reject-reason"
 LEADER_METADATA_KEY = "quota-leader"
 SUPERSEDED_METADATA_KEY = "quota-superseded"
 PENDING_METADATA_KEY = "quota-pending-change"
+REGION_HELD_METADATA_KEY = "quota-region-held-ms"
 SHARD_OWNER_METADATA_KEY = "quota-shard-owner"
 SHARD_VERSION_METADATA_KEY = "quota-shard-version"
 WARNINGS_METADATA_KEY = "quota-guard-warnings"
@@ -163,6 +166,16 @@ class Superseded(FailedPrecondition):
     another agent process of the region replaced it, and this one may never spend again."""
 
 
+class RegionHeld(FailedPrecondition):
+    """A Join refused: another ledger life of the region renewed its lease within the lease's time to live,
+    so a process on another ledger (an in-process one, another Redis) would write its holdings off.
+    `retry_after_s`: when that lease runs out unless its holder renews it again."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class WrongGroup(FailedPrecondition):
     """The promotion's slot belongs to another center group by the shard map of `map_version`: a caller
     whose map is older re-reads it and sends the call to `owner`."""
@@ -229,6 +242,8 @@ def from_grpc(error: grpc.RpcError) -> QuotaError:
         code, details = error.code(), error.details() or code_name(error.code())
         if trailing(error, SUPERSEDED_METADATA_KEY):
             return Superseded(details)
+        if (held_ms := trailing(error, REGION_HELD_METADATA_KEY)).isdigit():
+            return RegionHeld(details, int(held_ms) / 1000)
         if owner := trailing(error, SHARD_OWNER_METADATA_KEY):
             version = trailing(error, SHARD_VERSION_METADATA_KEY)
             return WrongGroup(details, owner, int(version) if version.isdigit() else 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeAlias, TypeVar
@@ -20,6 +21,7 @@ from grpc_status import rpc_status
 from quota_common.errors import (
     LEADER_METADATA_KEY,
     PENDING_METADATA_KEY,
+    REGION_HELD_METADATA_KEY,
     REJECT_REASON_METADATA_KEY,
     SHARD_OWNER_METADATA_KEY,
     SHARD_VERSION_METADATA_KEY,
@@ -28,6 +30,7 @@ from quota_common.errors import (
     InvalidArgument,
     NotLeader,
     QuotaError,
+    RegionHeld,
     Rejected,
     Superseded,
     WrongGroup,
@@ -135,6 +138,8 @@ def _ending(error: QuotaError, describe: Describe | None) -> tuple[str, tuple[tu
         trailing.append((LEADER_METADATA_KEY, error.leader))
     if isinstance(error, Superseded):
         trailing.append((SUPERSEDED_METADATA_KEY, "1"))
+    if isinstance(error, RegionHeld):
+        trailing.append((REGION_HELD_METADATA_KEY, str(math.ceil(error.retry_after_s * 1000))))
     if isinstance(error, Held):
         trailing.append((PENDING_METADATA_KEY, error.pending_id))
     if isinstance(error, WrongGroup):

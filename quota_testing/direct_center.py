@@ -98,9 +98,9 @@ class DirectCenter:
         checked = require_incarnation("agent.incarnation", incarnation, self._host_clock.wall_ms())
         return self._center.require_issued(self._region, checked)
 
-    async def join(self) -> Joined:
+    async def join(self, replaces: str) -> Joined:
         self._call()
-        return Joined(self._center.join(self._region), self._center.had_life(self._region))
+        return Joined(self._center.join(self._region, replaces), self._center.had_life(self._region))
 
     @property
     def _lease_ttl_s(self) -> float:

@@ -111,7 +111,11 @@ async def running_agent(
     transport = _transport(tls, f"agent-{region}")
     client = GrpcCenter([center_address], region, transport=transport)
     agent = Agent(settings or AgentSettings(region), ledger, client, clock or SystemClock())
-    await agent.start()
+    try:
+        await agent.start()
+    except BaseException:
+        await client.close()
+        raise
     server = guarded_server(transport, region)
     agent_server.add_to_server(agent, server)
     try:

@@ -65,3 +65,6 @@ class VirtualClock:
 
     def monotonic(self) -> float:
         return self._loop.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

@@ -17,11 +17,13 @@ import logging
 
 from quota_common.clock import Clock, iso
 from quota_common.errors import (
+    ConfigError,
     Exhausted,
     InvalidArgument,
     NoQuotaInTime,
     OrderUnknown,
     QuotaError,
+    RegionHeld,
     Rejected,
     RejectReason,
     Unavailable,
@@ -53,6 +55,8 @@ __all__ = ["Agent", "AgentSettings", "GroupStatus", "OrderReport", "PromotionSta
 log = logging.getLogger(__name__)
 
 START_WAIT_S = 2.0
+HELD_MARGIN_S = 0.1
+"""Waited past the time a held region's lease had left when the center answered, so that it has run out."""
 STOP_REFILL_WAIT_S = 3.0
 """Longest a graceful stop waits for acquires in flight before it gives everything back."""
 STOP_LOOPS_WAIT_S = 2.0
@@ -110,10 +114,12 @@ class Agent:
     async def start(self) -> None:
         """Loads the promotion cache (the region's copy, then the center's changes) and renews,
         waiting on an unreachable center only briefly: the loops keep trying, and the agent
-        serves from what the region holds meanwhile."""
+        serves from what the region holds meanwhile. ConfigError when another process of the region serves
+        on another ledger."""
         try:
-            # The ledger's life: one it already has (Redis, after a restart), or a new one the center issues.
-            self._supply.incarnation = await asyncio.wait_for(self._supply.ledger_life(), START_WAIT_S)
+            self._supply.incarnation = await self._ledger_life()
+        except RegionHeld as held:
+            raise ConfigError(f"this agent cannot join: {held.message}") from held
         except (QuotaError, TimeoutError) as error:
             log.warning("could not join the center yet (%s); joining in the background", _why(error))
         # In any order: each group's copy moves its own cursor, and the higher revision of a promotion wins.
@@ -131,6 +137,22 @@ class Agent:
         if self.settings.opening_lookahead_s > 0:
             loops.append(self._supply.open_forever(self.settings.opening_lookahead_s))
         self._loops = [asyncio.create_task(loop) for loop in loops]
+
+    async def _ledger_life(self) -> str:
+        """The ledger's life: one it already has (Redis, after a restart), or a new one the center issues.
+        When the region is held, once waits out the lease: a process this one restarts renews it no more,
+        while one that still serves has renewed it by then (RegionHeld)."""
+        try:
+            return await asyncio.wait_for(self._supply.ledger_life(), START_WAIT_S)
+        except RegionHeld as held:
+            log.warning(
+                "another agent serves region %s (the center says); waiting %.1f s for its lease to run out, in case "
+                "it is a process this one restarts",
+                self.settings.region,
+                held.retry_after_s,
+            )
+            await self._clock.sleep(held.retry_after_s + HELD_MARGIN_S)
+        return await asyncio.wait_for(self._supply.ledger_life(), START_WAIT_S)
 
     async def _first_pull(self, catalog: CatalogSync) -> None:
         try:

@@ -110,7 +110,7 @@ class CenterGroups:
                     ) from refusal
         raise Unavailable(f"the center groups kept handing promotion {promotion_id!r} on; retry shortly")
 
-    async def join(self) -> Joined:
+    async def join(self, replaces: str) -> Joined:
         """A new ledger life, issued by the first group that answers: every group of a deployment issues and
         checks lives under one key, so the life is good at all of them.
 
@@ -120,7 +120,7 @@ class CenterGroups:
         last: Unavailable | None = None
         for port in self.ports.values():
             try:
-                joined = await port.join()
+                joined = await port.join(replaces)
                 return joined if len(self.ports) == 1 else replace(joined, after_earlier_life=True)
             except Unavailable as error:
                 last = error

@@ -10,6 +10,7 @@ QuotaError (quota_common.errors), the same whichever adapter answers:
 
 - Unavailable: the center did not answer, or no replica leads; the call may have taken effect, so repeat it;
 - Superseded: a newer process of the region replaced this incarnation; the center takes nothing more from it;
+- RegionHeld: (a Join) another ledger life of the region is live; its lease may run out, so ask again after it;
 - NotFound: no such promotion; PermissionDenied: the region may not spend it;
 - FailedPrecondition: valid, but not now (frozen, the emergency freeze, a request id reused for another amount);
 - Exhausted: the center has nothing left to grant;
@@ -126,9 +127,10 @@ class CenterPort(Protocol):
         """Promotions fetched one by one (`promotion`) so far."""
         ...
 
-    async def join(self) -> Joined:
+    async def join(self, replaces: str) -> Joined:
         """A new incarnation for the region's ledger, issued by the center (a new ledger life), and whether
-        it replaces an earlier one. Raises Unavailable."""
+        it replaces an earlier one; `replaces`: the life the ledger held before it lost its data, or "".
+        Raises RegionHeld, Unavailable."""
         ...
 
     async def acquire(

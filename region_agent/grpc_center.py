@@ -183,8 +183,8 @@ class GrpcCenter:
     def _agent(self, incarnation: str) -> pb.AgentIdentity:
         return pb.AgentIdentity(region=self._region, incarnation=incarnation)
 
-    async def join(self) -> Joined:
-        request = pb.JoinRequest(region=self._region)
+    async def join(self, replaces: str) -> Joined:
+        request = pb.JoinRequest(region=self._region, replaces=replaces)
         answer = await self._call(lambda stubs: stubs.allocation.Join(request, timeout=self._timeout))
         # A center from before the field does not say: an earlier life may have held orders.
         known = answer.HasField("after_earlier_life")

@@ -23,6 +23,7 @@ from quota_common.errors import (
     NotFound,
     PromotionUnknown,
     QuotaError,
+    RegionHeld,
     Superseded,
     Unavailable,
 )
@@ -291,7 +292,11 @@ class SupplyCore:
         if self._life_lost:
             raise Unavailable("the ledger lost its data; the agent joins the center as a new incarnation")
         if not self.incarnation:
-            self.incarnation = await self.ledger_life()
+            try:
+                self.incarnation = await self.ledger_life()
+            except RegionHeld as held:
+                # Not a refusal of the order: the region's live agent may serve it, or this one once it joins.
+                raise Unavailable(f"this agent has not joined its region: {held.message}") from held
         return self.incarnation
 
     async def _current_life(self) -> str:

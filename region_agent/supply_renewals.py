@@ -63,13 +63,13 @@ class SupplyRenewals(SupplyCore):
 
     async def renew_group(self, group: str) -> None:
         """Renews the region lease at `group` and reports the promotions it serves that need it (all of them
-        when it needs that), in calls of at most MAX_RENEWAL (what a center takes in one)."""
+        when it needs that), in calls of at most MAX_RENEWAL (what a center takes in one). An agent that holds
+        nothing renews too: the renewal holds the region for its ledger life, so that a process on another
+        ledger cannot join and, by its first grant, write this one off."""
         life = await self._current_life()
         balances = await self._ledger.balances()
         known = {pid for pid, item in self._tracked.items() if self._region in item.promotion.regions}
         promotion_ids = self._groups.owners.of(group, sorted(known | set(balances)))
-        if not promotion_ids:
-            return
         # One read of the ledger for every call: counters are cumulative, so a report a few calls old
         # says less than the ledger now does, never anything false.
         book = self._reports[group]

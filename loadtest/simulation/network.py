@@ -104,8 +104,8 @@ class Link:
         if not self._net.cut(self._region, loop.time()) and not answer.done():
             answer.set_result(outcome)
 
-    async def join(self) -> Joined:
-        return await self._call(self._center.join)
+    async def join(self, replaces: str) -> Joined:
+        return await self._call(lambda: self._center.join(replaces))
 
     async def acquire(
         self, incarnation: str, promotion_id: str, amount: int, request_id: str, demand_per_minute: int

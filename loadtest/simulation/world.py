@@ -24,7 +24,7 @@ from loadtest.simulation.network import Link
 from loadtest.simulation.witness import WitnessLedger, WitnessStore
 from quota_center.center import Center
 from quota_common.clock import Clock
-from quota_common.errors import QuotaError, Unavailable
+from quota_common.errors import QuotaError, RegionHeld, Unavailable
 from quota_common.model import Promotion
 from quota_testing.direct_center import DirectCenter
 from region_agent.agent import Agent, AgentSettings
@@ -121,10 +121,15 @@ class World:
             started.result()
             place.live = life
 
-    async def _join(self, region: str) -> Joined:
+    async def _join(self, region: str, replaces: str) -> Joined:
         """The new ledger's life, issued by the center as Join issues it (not over the network: the process
-        is starting, and the checks judge what it does once it serves)."""
-        return Joined(self.center.join(region), self.center.had_life(region))
+        is starting, and the checks judge what it does once it serves), once the lease of the process it
+        restarts ran out, as an agent process waits for it."""
+        while True:
+            try:
+                return Joined(self.center.join(region, replaces), self.center.had_life(region))
+            except RegionHeld as held:
+                await asyncio.sleep(held.retry_after_s)
 
     def crash(self, region: int) -> None:
         """Kills the region's agent process: its tasks stop where they are and its ledger is lost."""

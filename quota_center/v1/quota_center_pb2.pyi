@@ -1264,15 +1264,25 @@ class JoinRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REGION_FIELD_NUMBER: _builtins.int
+    REPLACES_FIELD_NUMBER: _builtins.int
     region: _builtins.str
+    replaces: _builtins.str
+    """The life the caller's ledger held before it lost its data (a Redis that
+    came back empty), or empty for a ledger that never had one. The center
+    refuses a Join (FAILED_PRECONDITION, the lease's time left in trailing
+    metadata "quota-region-held-ms") while another life of the region holds a
+    live lease, unless this names it: a process on the wrong ledger must not
+    write off what the region's agents hold.
+    """
     def __init__(
         self,
         *,
         region: _builtins.str = ...,
+        replaces: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region", "replaces", b"replaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

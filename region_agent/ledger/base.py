@@ -79,8 +79,9 @@ class Joined:
     placed in it is not in a ledger that did not keep it. False: no order was placed before this life."""
 
 
-Issuer = Callable[[], Awaitable[Joined]]
-"""Answers a new life for the region's ledger: the center's Join."""
+Issuer = Callable[[str], Awaitable[Joined]]
+"""Answers a new life for the region's ledger: the center's Join, given the life the ledger held before it
+lost its data ("" for a ledger that never had one)."""
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class InProcessLedger:
         if not self._incarnation:
             # Without the center, nothing says whether a process before this one held orders: it may have.
             unsigned = Joined(new_incarnation(time.time_ns()), after_earlier_life=True)
-            joined = unsigned if issue is None else await issue()
+            joined = unsigned if issue is None else await issue("")
             # Several callers may have joined at once while the center was away: the first answer stays.
             if not self._incarnation:
                 self._incarnation, self._after_earlier_life = joined.incarnation, joined.after_earlier_life

@@ -187,7 +187,7 @@ class RedisLedger:
         key = self._key("incarnation")
         stored = await self._redis.hget(key, "life")
         if stored is None:
-            joined = Joined(new_incarnation(time.time_ns())) if issue is None else await issue()
+            joined = Joined(new_incarnation(time.time_ns())) if issue is None else await issue(self._last_life)
             if await self._redis.hsetnx(key, "life", joined.incarnation):
                 # A Redis that lost its data while no agent ran looks new; the center knows the life it replaces.
                 await self._redis.hset(key, "sequence", 0)

@@ -16,6 +16,7 @@ from quota_common.validation import MAX_RENEWAL
 from quota_testing.bad_calls import (
     BAD_AMOUNTS,
     BAD_IDS,
+    FAILED,
     ID_128,
     ID_129,
     INVALID,
@@ -272,3 +273,33 @@ async def test_an_incarnation_dated_within_the_skew_allowed_is_taken_and_outrank
     with pytest.raises(grpc.aio.AioRpcError) as superseded:
         await allocation.Renew(center_pb.RenewRequest(agent=identity(), counters=[counters()]), timeout=5)
     assert superseded.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# Join
+
+
+@pytest.mark.parametrize(("replaces", "fragment"), [BAD_IDS[1]])
+async def test_join_rejects_a_bad_replaced_life(
+    granted: World, allocation: center_grpc.AllocationAsyncStub, replaces: str, fragment: str
+) -> None:
+    async with unchanged(granted):
+        await rejected(
+            allocation.Join(center_pb.JoinRequest(region="eu", replaces=replaces), timeout=5),
+            INVALID,
+            "replaces",
+            fragment,
+        )
+
+
+async def test_join_of_a_region_another_life_renews_is_refused_and_writes_nothing_off(
+    granted: World, allocation: center_grpc.AllocationAsyncStub
+) -> None:
+    """A stray agent of eu on another ledger: its life would retire the one that holds eu's quota."""
+    async with unchanged(granted):
+        error = await rejected(
+            allocation.Join(center_pb.JoinRequest(region="eu"), timeout=5),
+            FAILED,
+            "region eu is served by another agent",
+        )
+    held_ms = dict(error.trailing_metadata() or ())["quota-region-held-ms"]
+    assert 0 < int(str(held_ms)) <= 10_000

@@ -113,7 +113,7 @@ async def test_a_ledger_says_what_the_center_said_of_earlier_lives_at_its_join(
     on_redis = RedisLedger(client, f"test-{uuid.uuid4().hex}")
     ledgers: list[Ledger] = [InProcessLedger(), on_redis]
 
-    async def join() -> Joined:
+    async def join(replaces: str) -> Joined:
         return Joined(new_incarnation(time.time_ns()), after_earlier_life)
 
     try:

@@ -294,7 +294,8 @@ def _request(stack: SecureStack, caller: str, rpc: Rpc) -> Message:
         ),
         f"{CATALOG}Watch": lambda: center_pb.CatalogRequest(region=SERVED_REGION),
         f"{CATALOG}ListChanges": lambda: center_pb.CatalogRequest(region=SERVED_REGION),
-        f"{ALLOCATION}Join": lambda: center_pb.JoinRequest(region=SERVED_REGION),
+        # As an agent whose Redis lost its data: the region is held by the running agent's life.
+        f"{ALLOCATION}Join": lambda: center_pb.JoinRequest(region=SERVED_REGION, replaces=eu().incarnation),
         f"{ALLOCATION}Acquire": lambda: center_pb.AcquireRequest(
             agent=eu(), promotion_id=SALE, amount=5, request_id=f"acquire-{tag}", demand_per_minute=1
         ),

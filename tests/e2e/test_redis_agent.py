@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
-from quota_testing.launch import ServerProcess, agent_process, center_process
+from quota_testing.launch import ServerProcess, agent_process, center_process, run_quota
 from quota_testing.redis_region import region_on_redis
 from quota_testing.servers import redis_server
 from quota_testing.support import eventually, order, promotion, reject_reason
@@ -176,3 +176,42 @@ async def test_two_agents_on_one_redis_share_one_allotment_and_sell_out_exactly(
     assert acked == 1_500
     assert statuses[0].incarnation == statuses[1].incarnation
     assert statuses[0].balances[0].deducted == statuses[1].balances[0].deducted == 1_500
+
+
+async def test_an_agent_started_on_another_ledger_is_refused_and_the_redis_agents_serve_on(tmp_path: Path) -> None:
+    """The tired operator's slip: --ledger forgotten (so an in-process ledger), or another Redis database. Had
+    such an agent joined, its first grant would have written off the region's Redis life: the Redis agents
+    would have stopped, and not started again on a Redis that holds a retired life."""
+    with redis_server() as redis:
+        async with region_on_redis(tmp_path, redis.address, budget=100, center_flags=("--lease-ttl", "1")) as region:
+            stub = region.stubs[0]
+            await stub.Deduct(order("before", "eu", ("promo", 1)), timeout=5)
+            center = region.center.address
+            strays = [(), ("--ledger", f"redis://{redis.address}/1")]
+
+            results = [
+                run_quota(
+                    "agent",
+                    "serve",
+                    "--region",
+                    "eu",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--center",
+                    center,
+                    *ledger,
+                    cwd=tmp_path,
+                )
+                for ledger in strays
+            ]
+
+            answer = await stub.Deduct(order("after", "eu", ("promo", 1)), timeout=5)
+            usage = await region.usage()
+            alive = region.agents[0].alive
+
+    for result in results:
+        assert result.returncode == 2, result.stderr
+        assert "this agent cannot join: region eu is served by another agent" in result.stderr.splitlines()[-1]
+    assert not answer.replayed
+    assert alive
+    assert usage.regions[0].written_off == 0

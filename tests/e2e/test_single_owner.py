@@ -5,6 +5,8 @@ prefix are safe by election and fenced writes (tests/faults/test_failover.py).""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -115,8 +117,9 @@ def test_a_second_center_on_a_taken_metrics_port_is_refused(tmp_path: Path, star
 
 @pytest.fixture
 async def admin(started: list[ServerProcess], tmp_path: Path) -> AsyncIterator[center_grpc.PromotionAdminAsyncStub]:
-    """A center (the first of `started`) selling promotion "promo" in eu."""
-    center = center_process(_workdir(tmp_path, "center"))
+    """A center (the first of `started`) selling promotion "promo" in eu, with leases of one second."""
+    # A short lease: an agent of a region that has one waits out at most one before it may join.
+    center = center_process(_workdir(tmp_path, "center"), "--lease-ttl", "1")
     started.append(center.start())
     async with grpc.aio.insecure_channel(center.address) as channel:
         stub = center_grpc.PromotionAdminStub(channel)
@@ -142,7 +145,31 @@ async def test_a_second_agent_on_a_taken_port_is_refused_before_it_joins_the_reg
     assert not answer.replayed
 
 
-async def test_an_agent_replaced_by_another_of_its_region_stops_serving_and_says_why(
+async def test_a_second_agent_of_a_served_region_on_another_ledger_is_refused_and_the_first_serves_on(
+    tmp_path: Path, started: list[ServerProcess], admin: center_grpc.PromotionAdminAsyncStub
+) -> None:
+    """An agent started without the region's --ledger (so on an in-process one): had it joined, the center
+    would have written off what the serving agent holds, and that one would have stopped."""
+    center = started[0]
+    first = agent_process(_workdir(tmp_path, "a"), "eu", center.address, *FAST)
+    started.append(first.start())
+
+    second = run_quota(
+        "agent", "serve", "--region", "eu", "--listen", "127.0.0.1:0", "--center", center.address, cwd=tmp_path
+    )
+
+    assert second.returncode == 2, second.stderr
+    waited, line = second.stderr.splitlines()
+    assert "waiting" in waited
+    assert line.startswith("quota: error: this agent cannot join: region eu is served by another agent")
+    assert "give this one the region's --ledger" in line
+    async with grpc.aio.insecure_channel(first.address) as channel:
+        answer = await agent_grpc.RegionAgentStub(channel).Deduct(order("after", "eu", ("promo", 1)), timeout=5)
+    assert not answer.replayed
+    assert first.alive
+
+
+async def test_an_agent_cut_off_for_a_lease_and_replaced_stops_serving_and_says_why(
     tmp_path: Path, started: list[ServerProcess], admin: center_grpc.PromotionAdminAsyncStub
 ) -> None:
     center = started[0]
@@ -150,19 +177,16 @@ async def test_an_agent_replaced_by_another_of_its_region_stops_serving_and_says
     started.append(first.start())
     async with grpc.aio.insecure_channel(first.address) as channel:
         await agent_grpc.RegionAgentStub(channel).Deduct(order("before", "eu", ("promo", 1)), timeout=5)
-        health = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-        statuses = [(await health.read()).status]
+    os.kill(first.pid, signal.SIGSTOP)  # renews no more: to the center, as good as gone
 
-        second = agent_process(_workdir(tmp_path, "b"), "eu", center.address, *FAST)
-        started.append(second.start())
-        async with grpc.aio.insecure_channel(second.address) as second_channel:
-            # Its first acquire joins the region as a new incarnation: the center writes the first one off.
-            await agent_grpc.RegionAgentStub(second_channel).Deduct(order("after", "eu", ("promo", 1)), timeout=5)
-
-        statuses.append((await health.read()).status)
+    second = agent_process(_workdir(tmp_path, "b"), "eu", center.address, *FAST)
+    started.append(second.start())  # once the first one's lease ran out
+    async with grpc.aio.insecure_channel(second.address) as second_channel:
+        # Its acquire admits the new incarnation: the center writes the first one off.
+        await agent_grpc.RegionAgentStub(second_channel).Deduct(order("after", "eu", ("promo", 1)), timeout=5)
+    os.kill(first.pid, signal.SIGCONT)
     status = first.wait()
 
-    assert statuses == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
     assert status == EXIT_RETIRED
     why = [line for line in first.log_path.read_text().splitlines() if "this process stops" in line]
     assert len(why) == 1

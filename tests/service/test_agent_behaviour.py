@@ -14,7 +14,7 @@ from quota_center.center_core import CenterSettings
 from quota_center.v1 import quota_center_pb2 as center_pb
 from quota_center.v1 import quota_center_pb2_grpc as center_grpc
 from quota_common.clock import FakeClock
-from quota_common.errors import Rejected, RejectReason
+from quota_common.errors import ConfigError, Rejected, RejectReason
 from quota_common.validation import MAX_AMOUNT
 from quota_testing.inprocess import ServedCenter, running_agent, running_center
 from quota_testing.support import eventually, now_ms, order, promotion, reject_reason
@@ -190,29 +190,78 @@ async def test_a_user_over_the_per_user_limit_is_refused_with_its_reason(
     assert "3 units" in (refused.value.details() or "")
 
 
-async def test_an_agent_replaced_by_a_newer_process_of_its_region_stops_spending_and_says_why_once(
-    center: ServedCenter, admin: center_grpc.PromotionAdminAsyncStub, caplog: pytest.LogCaptureFixture
+async def test_an_agent_replaced_by_a_newer_life_of_its_region_stops_spending_and_says_why_once(
+    center: ServedCenter,
+    admin: center_grpc.PromotionAdminAsyncStub,
+    allocation: center_grpc.AllocationAsyncStub,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
     async with running_agent("eu", center.address, FAST) as first, grpc.aio.insecure_channel(first.address) as ch:
         orders = agent_grpc.RegionAgentStub(ch)
         await orders.Deduct(order("o-1", "eu", ("promo", 1)), timeout=5)
 
-        async with running_agent("eu", center.address, FAST) as second:
-            await second.agent.deduct("o-2", "eu", (Line("promo", 1, "user-1"),))
-            why = await asyncio.wait_for(first.agent.wait_retired(), timeout=10)
+        # A newer life of the region spends: as when the region's Redis came back empty and another of its
+        # agents joined first, naming the life it replaces.
+        newer = await allocation.Join(center_pb.JoinRequest(region="eu", replaces=first.agent.incarnation))
+        identity = center_pb.AgentIdentity(region="eu", incarnation=newer.incarnation)
+        await allocation.Acquire(
+            center_pb.AcquireRequest(agent=identity, promotion_id="promo", amount=1, request_id="newer-1"), timeout=5
+        )
+        why = await asyncio.wait_for(first.agent.wait_retired(), timeout=10)
 
-            assert "replaced" in why
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await orders.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
-            assert reject_reason(refused.value) == "REJECT_REASON_LEASE_EXPIRED"
-            assert "replaced" in (refused.value.details() or "")
-            said = len([r for r in caplog.records if r.levelno >= logging.WARNING])
-            await asyncio.sleep(20 * FAST.renew_interval_s)  # twenty renewals' time: nothing more to say
+        assert "replaced" in why
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await orders.Deduct(order("o-3", "eu", ("promo", 1)), timeout=5)
+        assert reject_reason(refused.value) == "REJECT_REASON_LEASE_EXPIRED"
+        assert "replaced" in (refused.value.details() or "")
+        said = len([r for r in caplog.records if r.levelno >= logging.WARNING])
+        await asyncio.sleep(20 * FAST.renew_interval_s)  # twenty renewals' time: nothing more to say
 
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "replaced" in r.getMessage()]
     assert len(errors) == 1
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == said
+
+
+async def test_a_second_agent_on_another_ledger_is_refused_and_the_regions_agent_serves_on(tmp_path: Path) -> None:
+    async with running_center(tmp_path, CenterSettings(lease_ttl_s=0.5)) as center:
+        async with grpc.aio.insecure_channel(center.address) as channel:
+            admin = center_grpc.PromotionAdminStub(channel)
+            await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+        async with running_agent("eu", center.address, FAST) as first:
+            await first.agent.deduct("o-1", "eu", (Line("promo", 1),))
+
+            # It waits out one lease, in case the region's agent was a process it restarts; this one renews.
+            with pytest.raises(ConfigError) as refused:
+                async with running_agent("eu", center.address, FAST):
+                    pass
+
+            assert "region eu is served by another agent" in refused.value.message
+            assert first.agent.incarnation in refused.value.message
+            assert "give this one the region's --ledger" in refused.value.message
+            await first.agent.deduct("o-2", "eu", (Line("promo", 1),))  # not written off
+
+
+async def test_an_agent_restarted_on_a_new_in_process_ledger_joins_once_the_old_lease_ran_out(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_center(tmp_path, CenterSettings(lease_ttl_s=0.5)) as center,
+        grpc.aio.insecure_channel(center.address) as channel,
+    ):
+        admin = center_grpc.PromotionAdminStub(channel)
+        await admin.CreatePromotion(center_pb.CreatePromotionRequest(promotion=promotion(budget=1_000)))
+        async with running_agent("eu", center.address, FAST) as first:
+            await first.agent.deduct("o-1", "eu", (Line("promo", 1),))
+        # The lease it renewed last is still live: the new process waits it out, then joins.
+        async with running_agent("eu", center.address, FAST) as restarted:
+            await restarted.agent.deduct("o-2", "eu", (Line("promo", 1),))
+
+            async def both_orders_counted() -> bool:
+                return (await _eu_usage(admin)).consumed == 2
+
+            assert restarted.agent.incarnation > first.agent.incarnation
+            await eventually(both_orders_counted)
 
 
 async def test_huge_valid_orders_leave_every_renewal_accepted_and_other_promotions_spendable(

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from quota_center.v1 import quota_center_pb2 as pb
+from quota_common.errors import RegionHeld
 from quota_common.model import Kind, Promotion
 from quota_common.rpc import Context
 from quota_testing.inprocess import running_center
@@ -25,16 +27,20 @@ async def test_a_join_says_whether_an_earlier_life_of_the_region_held_quota(tmp_
         )
         eu, us = GrpcCenter([served.address], "eu"), GrpcCenter([served.address], "us")
         try:
-            first = await eu.join()
-            idle = await us.join()
+            first = await eu.join("")
+            idle = await us.join("")
             await eu.acquire(first.incarnation, "coupon", 10, "grant-1", 0)
+            with pytest.raises(RegionHeld) as held:  # another ledger's agent would write off what it holds
+                await eu.join("")
 
-            after_holding = await eu.join()
-            after_idle = await us.join()
+            after_holding = await eu.join(first.incarnation)  # as after its Redis lost its data
+            after_idle = await us.join("")
         finally:
             await eu.close()
             await us.close()
 
+    assert 0 < held.value.retry_after_s <= served.center.settings.lease_ttl_s
+    assert first.incarnation in held.value.message
     assert (first.after_earlier_life, idle.after_earlier_life) == (False, False)
     assert after_holding.after_earlier_life  # eu's first life held quota: its orders may be gone with it
     assert not after_idle.after_earlier_life  # us's held none, so it accepted no order
@@ -57,7 +63,7 @@ async def test_a_center_that_does_not_say_leaves_an_earlier_life_possible() -> N
     await server.start()
     center = GrpcCenter([f"127.0.0.1:{port}"], "eu")
     try:
-        joined = await center.join()
+        joined = await center.join("")
     finally:
         await center.close()
         await server.stop(None)

@@ -39,11 +39,13 @@ def rows() -> Rows:
 
 
 def faulty(seed: int = 1) -> Scenario:
-    """Skewed demand while agents crash, a region is cut off, and messages are lost or arrive late."""
+    """Skewed demand while agents crash, a region is cut off, and messages are lost or arrive late. A crashed
+    agent comes back once its lease ran out (an in-process ledger's restart waits for it): the busiest region,
+    out for a lease, would leave the budget unsold (demand is 1.2 budgets), so the smaller ones crash."""
     return dataclasses.replace(
         skewed(random.Random(seed), 0.1),
         partitions=(Partition(1, 15.0, 30.0),),
-        crashes=(Crash(0, 10.0, 2.0), Crash(0, 40.0, 0.5), Crash(2, 25.0, 1.0)),
+        crashes=(Crash(2, 10.0, 2.0), Crash(2, 30.0, 0.5), Crash(1, 40.0, 1.0)),
         loss=0.05,
         late=0.02,
     )
@@ -70,11 +72,11 @@ def test_a_crash_a_partition_and_lost_messages_keep_every_invariant() -> None:
     assert usage.unallocated == 0
     # Sold out, but for what the dead ledgers held unspent (written off with what they spent unreported).
     assert sum(scenario.budgets) - written_off <= sum(tally.issued) < sum(scenario.budgets)
-    assert len(world.regions[0].lives) == 3
-    assert len(eu.retired_incarnations) == 2, "each restart is a new incarnation; the center retired the old"
-    assert eu.written_off > 0, "the crashed ledgers held quota: written off, never granted again"
-    assert len(ap.retired_incarnations) == 1
-    assert us.retired_incarnations == []
+    assert len(world.regions[2].lives) == 3
+    assert len(ap.retired_incarnations) == 2, "each restart is a new incarnation; the center retired the old"
+    assert ap.written_off > 0, "the crashed ledgers held quota: written off, never granted again"
+    assert len(us.retired_incarnations) == 1
+    assert eu.retired_incarnations == []
 
 
 def test_a_ledger_that_applies_a_grant_twice_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,9 +82,10 @@ async def groups() -> AsyncIterator[Groups]:
 
 
 async def _supply(groups: Groups, routes: CenterGroups, ledger: InProcessLedger) -> Supply:
-    """The agent's supply alone, joined: the openings and renewals its loops would run, called by the test."""
+    """The agent's supply alone, joined: the openings and renewals its loops would run, called by the test. It
+    joins as the successor of the fixture's agent, whose renewals hold the region."""
     supply = Supply("eu", RefillSettings(), ledger, routes, groups.clock, PromotionCache(), 10.0, BelowFloorCount())
-    supply.incarnation = await supply.ledger_life()
+    supply.incarnation = await ledger.incarnation(lambda _: routes.join(groups.agent.incarnation))
     return supply
 
 
@@ -332,6 +333,8 @@ async def test_a_newer_life_seen_by_one_group_retires_the_older_process(groups: 
     await _deduct(groups.agent, "b-old", owned_by("b"))
     ports = {name: DirectCenter(center, "eu") for name, center in groups.centers.items()}
     newer = Agent(QUIET, InProcessLedger(groups.clock), CenterGroups(ports), groups.clock)
+    # The older process renews no more (cut off, say): once its lease ran out, one on another ledger may join.
+    groups.clock.advance(groups.centers["a"].settings.lease_ttl_s + 1)
     await newer.start()  # joins at a; it tracks nothing yet, so its first renewal tells neither group its life
     try:
         assert newer.incarnation > groups.agent.incarnation

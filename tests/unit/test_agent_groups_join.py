@@ -23,13 +23,13 @@ async def _port(clock: FakeClock, group: str) -> DirectCenter:
 
 async def test_one_group_answers_for_the_region() -> None:
     clock = FakeClock()
-    joined = await CenterGroups.one(await _port(clock, "default")).join()
+    joined = await CenterGroups.one(await _port(clock, "default")).join("")
     assert not joined.after_earlier_life, "a first life: an unknown order key is unknown, not lost"
 
 
 async def test_several_groups_assume_an_earlier_life() -> None:
     clock = FakeClock()
     groups = CenterGroups({"default": await _port(clock, "default"), "g1": await _port(clock, "g1")})
-    joined = await groups.join()
+    joined = await groups.join("")
     assert joined.incarnation
     assert joined.after_earlier_life, "g1 may have served a lost life's orders that the default group never saw"

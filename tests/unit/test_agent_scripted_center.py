@@ -89,7 +89,7 @@ class ScriptedCenter:
             raise NotFound(f"no promotion {promotion_id}")
         return self.promotions[promotion_id]
 
-    async def join(self) -> Joined:
+    async def join(self, replaces: str) -> Joined:
         self.calls += 1
         return Joined(new_incarnation(self._clock.wall_ms() * 1_000_000))
 
