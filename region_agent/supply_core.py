@@ -36,6 +36,7 @@ from region_agent.center_port import report
 from region_agent.demand import RateMeter
 from region_agent.floor import BelowFloorCount
 from region_agent.ledger.base import Balance, Ledger
+from region_agent.lookups import LOOKUP_BURST, LOOKUPS_PER_S, LookupBudget
 from region_agent.reachability import Reachability
 from region_agent.report_book import ReportBook
 
@@ -98,6 +99,7 @@ class SupplyCore:
         self._background: set[asyncio.Task[None]] = set()
         self._unknown: dict[str, tuple[float, str]] = {}
         """Promotions the center said it does not know: until when that stands, and its words."""
+        self._lookups = LookupBudget(LOOKUPS_PER_S, LOOKUP_BURST, clock.monotonic())
         self._refusals: dict[str, str] = {}
         """Per promotion, the center's last refusal of its report (logged once until it changes)."""
         self._reports = {group: ReportBook() for group in groups.names}
@@ -206,8 +208,16 @@ class SupplyCore:
         for pid in unseen:
             self._refuse_if_unknown(pid)
         if uncached := [pid for pid in unseen if self.cache.get(pid) is None]:
+            self._charge_lookups(uncached[:1])
             await self._track_one(uncached[0])
+            self._charge_lookups(uncached[1:])
         return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
+
+    def _charge_lookups(self, promotion_ids: list[str]) -> None:
+        """Spends a lookup for each of these the center is about to be asked about (not in the cache, and no
+        fetch of it in flight to join); Unavailable once the agent's budget of lookups is spent."""
+        asked = [pid for pid in promotion_ids if self.cache.get(pid) is None and pid not in self._fetches]
+        self._lookups.spend(asked, self._clock.monotonic())
 
     def _refuse_if_unknown(self, promotion_id: str) -> None:
         until, message = self._unknown.get(promotion_id, (0.0, ""))

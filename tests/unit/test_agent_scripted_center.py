@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from quota_common.clock import FakeClock
-from quota_common.errors import NotFound, Rejected, RejectReason, Unavailable
+from quota_common.errors import NotFound, QuotaError, Rejected, RejectReason, Unavailable
 from quota_common.incarnation import new_incarnation
 from quota_common.model import EmergencyFreeze, Kind, Promotion, Report
 from quota_common.validation import MAX_RENEWAL
@@ -22,6 +22,7 @@ from region_agent.cache import CatalogSnapshot
 from region_agent.center_port import GrantAnswer, OpeningAnswer, Page, RegionLease, RenewalDirective, RenewAnswer
 from region_agent.ledger.base import Joined, Line
 from region_agent.ledger.memory import InProcessLedger
+from region_agent.lookups import LOOKUP_BURST, LOOKUPS_PER_S
 from region_agent.supply_core import UNKNOWN_TTL_S
 
 HOUR_MS = 3_600_000
@@ -228,6 +229,40 @@ async def test_an_order_naming_unknown_promotions_costs_the_center_one_call_per_
     center.create(unknown[0])
     clock.advance(UNKNOWN_TTL_S)
     await _deduct(agent, "o-created", unknown[0])
+
+
+async def _outcomes(agent: Agent, promotion_ids: Sequence[str]) -> list[str]:
+    """What one order per promotion was answered: "ok", or its error's class name."""
+    answers = []
+    for promotion_id in promotion_ids:
+        try:
+            await _deduct(agent, uuid.uuid4().hex, promotion_id)
+        except QuotaError as error:
+            answers.append(type(error).__name__)
+        else:
+            answers.append("ok")
+    return answers
+
+
+async def test_orders_naming_ever_new_unknown_promotions_cost_the_center_a_bounded_rate_of_lookups(
+    agent: Agent, center: ScriptedCenter, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Random ids would otherwise cost the center one call per order: a hostile order service's amplifier."""
+    center.create("promo")
+    await _deduct(agent, "o-known", "promo")
+    clock.advance(1)  # the lookup of "promo" is made good: a whole burst is there
+    before = center.calls
+
+    flood = await _outcomes(agent, [f"random-{n}" for n in range(LOOKUP_BURST + 50)])
+    known = await _outcomes(agent, ["promo"])
+    clock.advance(1)
+    later = await _outcomes(agent, [f"later-{n}" for n in range(int(LOOKUPS_PER_S) + 5)])
+
+    assert flood == ["PromotionUnknown"] * LOOKUP_BURST + ["Unavailable"] * 50
+    assert known == ["ok"]  # a promotion the agent knows costs no lookup
+    assert later == ["PromotionUnknown"] * int(LOOKUPS_PER_S) + ["Unavailable"] * 5
+    assert center.calls - before == LOOKUP_BURST + LOOKUPS_PER_S
+    assert len([r for r in caplog.records if "has not heard of" in r.getMessage()]) == 1  # once a minute
 
 
 async def test_the_renew_loop_retries_at_once_while_the_center_is_away_and_says_when_it_is_back(
