@@ -99,12 +99,19 @@ class CenterRenewals(CenterShards):
         return answers
 
     async def renew_region(
-        self, region: str, incarnation: str, reports: dict[str, Report], catalog_revision: int, full: bool
+        self,
+        region: str,
+        incarnation: str,
+        reports: dict[str, Report],
+        catalog_revision: int,
+        full: bool,
+        leaving: bool = False,
     ) -> Renewal:
         """`renew`, and the region lease: one lease over every promotion of the region, so that an agent
         reports only what moved. A promotion not reported gets a notice when the caller should hear of it
         (changed after `catalog_revision`, or quota to give back). `full`: the caller reports (in this
-        call and the others of its round) every promotion it knows."""
+        call and the others of its round) every promotion it knows. `leaving`: the caller's last renewal
+        (its ledger dies with it), after which the region is no longer held by its life."""
         self._require_leader()
         newest = self._newest_life.get(region, "")
         if incarnation < newest:
@@ -114,6 +121,8 @@ class CenterRenewals(CenterShards):
                 "another agent process of the region replaced this one"
             )
         directives = await self.renew(region, incarnation, reports)
+        if leaving and self._holder.get(region, ("",))[0] == incarnation:
+            del self._holder[region]
         if full:
             self._fully_reported[region] = incarnation
         report_all = self._fully_reported.get(region) != incarnation

@@ -375,7 +375,7 @@ class AllocationServicer(pb_grpc.AllocationServicer):
                 emergency=emergency_to_pb(self._center.emergency),
             )
         since = require_counter("catalog_revision", request.catalog_revision)
-        renewal = await self._center.renew_region(region, incarnation, reports, since, request.full)
+        renewal = await self._center.renew_region(region, incarnation, reports, since, request.full, request.leaving)
         return pb.RenewResponse(
             lease_ttl_ms=lease_ttl_ms,
             directives=directives_to_pb(region, zip(reports, renewal.directives, strict=True)),

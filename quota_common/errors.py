@@ -18,6 +18,7 @@
     ├── PermissionDenied     PERMISSION_DENIED    this region may not use this promotion
     └── Unavailable          UNAVAILABLE          try again (the center or the store is away)
         ├── NotLeader        UNAVAILABLE          a standby; the leader's address rides in "quota-leader"
+        ├── LookupsSpent     UNAVAILABLE          an order named more unheard-of promotions than the agent looks up
         ├── LedgerLost       UNAVAILABLE          the region's Redis lost its data; the agent re-joins
         ├── LedgerUnreachable UNAVAILABLE         the ledger did not answer; a write may have applied
         └── NoQuotaInTime    UNAVAILABLE          no refill arrived before the deadline; nothing applied
@@ -111,6 +112,16 @@ class NotLeader(Unavailable):
         where = f"the leader is at {leader}" if leader else "no leader is known yet; retry shortly"
         super().__init__(f"this center replica is not the leader; {where}")
         self.leader = leader
+
+
+class LookupsSpent(Unavailable):
+    """An order named a promotion the agent has not heard of when it had looked up as many as it may for now;
+    nothing was applied. `promotion_id`: that line's; `retry_after_s`: when the agent may look it up."""
+
+    def __init__(self, message: str, promotion_id: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.promotion_id = promotion_id
+        self.retry_after_s = retry_after_s
 
 
 class LedgerLost(Unavailable):

@@ -176,7 +176,9 @@ class DirectCenter:
             directives = [_directive(pid, answer) for pid, answer in zip(checked, answers, strict=True)]
             return RenewAnswer(self._lease_ttl_s, directives, self._center.emergency)
         since = require_counter("catalog_revision", region_lease.catalog_revision)
-        renewal = await self._center.renew_region(self._region, life, checked, since, region_lease.full)
+        renewal = await self._center.renew_region(
+            self._region, life, checked, since, region_lease.full, region_lease.leaving
+        )
         return RenewAnswer(
             self._lease_ttl_s,
             [_directive(pid, answer) for pid, answer in zip(checked, renewal.directives, strict=True)],

@@ -47,7 +47,7 @@ from region_agent.ledger.base import (
 )
 from region_agent.spendable import check_order_limit, check_spendable, plainly_spendable
 from region_agent.supply import Supply
-from region_agent.supply_core import Tracked
+from region_agent.supply_core import HELD_MARGIN_S, Tracked
 
 __all__ = ["Agent", "AgentSettings", "GroupStatus", "OrderReport", "PromotionStatus"]
 """The records live in `agent_types`; callers keep importing them from here."""
@@ -55,8 +55,6 @@ __all__ = ["Agent", "AgentSettings", "GroupStatus", "OrderReport", "PromotionSta
 log = logging.getLogger(__name__)
 
 START_WAIT_S = 2.0
-HELD_MARGIN_S = 0.1
-"""Waited past the time a held region's lease had left when the center answered, so that it has run out."""
 STOP_REFILL_WAIT_S = 3.0
 """Longest a graceful stop waits for acquires in flight before it gives everything back."""
 STOP_LOOPS_WAIT_S = 2.0
@@ -197,13 +195,14 @@ class Agent:
             for promotion_id, balance in (await self._ledger.balances()).items():
                 await self._supply.return_quota(promotion_id, balance.available)
         try:
-            await self.renew_once()
+            # A ledger that dies with the process no longer holds the region: its restart joins at once.
+            await self.renew_once(leaving=self.settings.return_on_shutdown)
         except QuotaError as error:
             log.warning("final report not delivered: %s", error.message)
 
-    async def renew_once(self) -> None:
-        """Reports and renews now rather than at the next interval."""
-        await self._supply.renew_once()
+    async def renew_once(self, leaving: bool = False) -> None:
+        """Reports and renews now rather than at the next interval; `leaving`: as the process's last renewal."""
+        await self._supply.renew_once(leaving)
 
     # Orders
 

@@ -76,6 +76,8 @@ class RegionLease:
     region's promotions changed after it."""
     full: bool = False
     """The renewal's round reports every promotion the agent knows."""
+    leaving: bool = False
+    """The process's last renewal: its ledger dies with it, and it gave back what it held."""
 
 
 @dataclass(frozen=True)

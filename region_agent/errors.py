@@ -14,20 +14,23 @@ before the ledger writes, or by the ledger having changed nothing, so it is "fal
     NoQuotaInTime                 NO_QUOTA_IN_TIME                false             yes
     LedgerUnreachable             LEDGER_UNAVAILABLE              a write: true
     LedgerLost                    LEDGER_UNAVAILABLE              false (the script wrote nothing)
+    LookupsSpent                  NOT_SERVING                     false             until the next lookup
     any other Unavailable         NOT_SERVING                     false             yes
     anything else                 INVALID_REQUEST                 false
 
 `promotion_id` names the order line the error is about: a Rejected line's, the first short line's of
-NO_QUOTA_IN_TIME, an unknown promotion's (NOT_FOUND, INVALID_REQUEST).
+NO_QUOTA_IN_TIME, an unknown promotion's (NOT_FOUND, INVALID_REQUEST), the line not looked up (LookupsSpent).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from quota_common.errors import (
     LedgerLost,
     LedgerUnreachable,
+    LookupsSpent,
     NoQuotaInTime,
     OrderKeyReused,
     OrderUnknown,
@@ -72,6 +75,9 @@ def describe(error: QuotaError, retry: RetryAfter) -> ErrorDetail:
         return _detail("NO_QUOTA_IN_TIME", retry_after_ms=retry.refill_ms, promotion_id=error.promotion_id)
     if isinstance(error, LedgerLost):
         return _detail("LEDGER_UNAVAILABLE")
+    if isinstance(error, LookupsSpent):
+        wait_ms = max(1, math.ceil(error.retry_after_s * 1000))
+        return _detail("NOT_SERVING", retry_after_ms=wait_ms, promotion_id=error.promotion_id)
     if isinstance(error, Unavailable):
         return _detail("NOT_SERVING", retry_after_ms=retry.not_serving_ms)
     if isinstance(error, OrderKeyReused):

@@ -255,6 +255,7 @@ class GrpcCenter:
             request.region_lease = True
             request.catalog_revision = region_lease.catalog_revision
             request.full = region_lease.full
+            request.leaving = region_lease.leaving
         answer = await self._call(lambda stubs: stubs.allocation.Renew(request, timeout=self._timeout))
         return RenewAnswer(
             answer.lease_ttl_ms / 1000,

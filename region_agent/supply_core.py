@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 _CLAIM_TTL_S = 5.0
 """Longest one agent keeps the region's other agents from acquiring for a promotion."""
+HELD_MARGIN_S = 0.1
+"""Waited past the time a held region's lease had left when the center answered, so that it has run out."""
 UNKNOWN_TTL_S = 5.0
 """How long the center's "no such promotion" stands: orders naming it are refused without asking
 again, and a promotion created meanwhile is found this soon after."""
@@ -111,6 +113,9 @@ class SupplyCore:
         """Held while the ledger's life is read and taken up, so the groups' loops take up a new one once."""
         self._retired = asyncio.Event()
         self.retired = ""
+        self._held_until = 0.0
+        """While the center refuses this process's Join (another life holds the region): monotonic time the
+        holder's lease runs out unless renewed, as the first refusal said; 0 otherwise."""
         """Why this process may no longer spend for its region; empty while it may."""
         self.incarnation = ""
         self._life_lost = False
@@ -207,17 +212,21 @@ class SupplyCore:
         unseen = [pid for pid in promotion_ids if pid not in self._tracked]
         for pid in unseen:
             self._refuse_if_unknown(pid)
-        if uncached := [pid for pid in unseen if self.cache.get(pid) is None]:
-            self._charge_lookups(uncached[:1])
-            await self._track_one(uncached[0])
-            self._charge_lookups(uncached[1:])
-        return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
+        if not (uncached := [pid for pid in unseen if self.cache.get(pid) is None]):
+            return list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
+        charged = self._charge_lookups(uncached[:1])
+        await self._track_one(uncached[0])
+        charged += self._charge_lookups(uncached[1:])
+        tracked = list(await asyncio.gather(*(self._track_one(pid) for pid in promotion_ids)))
+        self._lookups.give_back(charged)  # each found its promotion: the cache has it now
+        return tracked
 
-    def _charge_lookups(self, promotion_ids: list[str]) -> None:
+    def _charge_lookups(self, promotion_ids: list[str]) -> int:
         """Spends a lookup for each of these the center is about to be asked about (not in the cache, and no
-        fetch of it in flight to join); Unavailable once the agent's budget of lookups is spent."""
+        fetch of it in flight to join), and says how many; LookupsSpent when the agent's budget is short."""
         asked = [pid for pid in promotion_ids if self.cache.get(pid) is None and pid not in self._fetches]
         self._lookups.spend(asked, self._clock.monotonic())
+        return len(asked)
 
     def _refuse_if_unknown(self, promotion_id: str) -> None:
         until, message = self._unknown.get(promotion_id, (0.0, ""))
@@ -246,11 +255,14 @@ class SupplyCore:
         try:
             return await call
         except Superseded as error:
-            if not self.retired:
-                self.retired = error.message
-                log.error("%s; this agent spends nothing more", self.retired)
-                self._retired.set()
+            self._retire(error.message)
             raise
+
+    def _retire(self, why: str) -> None:
+        if not self.retired:
+            self.retired = why
+            log.error("%s; this agent spends nothing more", why)
+            self._retired.set()
 
     def _unheard_lease(self) -> float:
         return self._clock.monotonic() + self._lease_ttl_s
@@ -302,17 +314,32 @@ class SupplyCore:
         if self._life_lost:
             raise Unavailable("the ledger lost its data; the agent joins the center as a new incarnation")
         if not self.incarnation:
-            try:
-                self.incarnation = await self.ledger_life()
-            except RegionHeld as held:
-                # Not a refusal of the order: the region's live agent may serve it, or this one once it joins.
-                raise Unavailable(f"this agent has not joined its region: {held.message}") from held
+            self.incarnation = await self._ledger_life_after_start()
         return self.incarnation
+
+    async def _ledger_life_after_start(self) -> str:
+        """`ledger_life` for the loops and the order path, the start being over. While another life holds the
+        region, asks again only once that life's lease could have run out; refused then too, the holder renewed
+        it: this process is a second agent of the region on another ledger, and retires (as the start would
+        have refused it, had the center answered then). Unavailable meanwhile: the region's live agent may
+        serve the order."""
+        started, waited = self._clock.monotonic(), self._held_until
+        if started < waited:
+            raise Unavailable(f"this agent has not joined region {self._region}: another agent serves it")
+        try:
+            life = await self.ledger_life()
+        except RegionHeld as held:
+            if waited:
+                self._retire(f"this agent cannot join: {held.message}")
+            self._held_until = max(self._held_until, started + held.retry_after_s + HELD_MARGIN_S)
+            raise Unavailable(f"this agent has not joined its region: {held.message}") from held
+        self._held_until = 0.0
+        return life
 
     async def _current_life(self) -> str:
         """The ledger's life now, taken up (`rejoin`) if it is a new one: once, whichever group's loop sees it."""
         async with self._joining:
-            life = await self.ledger_life()
+            life = await self._ledger_life_after_start()
             if life != self.incarnation or self._life_lost:
                 if self.incarnation:
                     await self.rejoin(life)

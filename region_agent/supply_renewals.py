@@ -53,15 +53,16 @@ class SupplyRenewals(SupplyCore):
             except Exception:
                 log.exception("renewal failed unexpectedly; retrying shortly")
 
-    async def renew_once(self) -> None:
+    async def renew_once(self, leaving: bool = False) -> None:
         """Renews with every group at once; what one group raised is raised once the others renewed (the
-        word that this process was replaced first)."""
-        outcomes = await asyncio.gather(*(self.renew_group(g) for g in self._groups.names), return_exceptions=True)
+        word that this process was replaced first). `leaving`: the process's last renewal (RegionLease)."""
+        renewals = (self.renew_group(g, leaving) for g in self._groups.names)
+        outcomes = await asyncio.gather(*renewals, return_exceptions=True)
         errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         for error in sorted(errors, key=lambda error: not isinstance(error, Superseded)):
             raise error
 
-    async def renew_group(self, group: str) -> None:
+    async def renew_group(self, group: str, leaving: bool = False) -> None:
         """Renews the region lease at `group` and reports the promotions it serves that need it (all of them
         when it needs that), in calls of at most MAX_RENEWAL (what a center takes in one). An agent that holds
         nothing renews too: the renewal holds the region for its ledger life, so that a process on another
@@ -81,7 +82,8 @@ class SupplyRenewals(SupplyCore):
         # At least one call, however little moved: it renews the region lease.
         for first in range(0, max(len(due), 1), MAX_RENEWAL):
             chunk = {pid: reports[pid] for pid in due[first : first + MAX_RENEWAL]}
-            answer = await self._renew_chunk(group, chunk, full, asked)
+            last = first + MAX_RENEWAL >= len(due)  # an earlier call would hold the region again after it
+            answer = await self._renew_chunk(group, chunk, full, asked, leaving and last)
             wants_all = wants_all or answer.report_all or not answer.region_lease
         book.wants_all = wants_all
         if line := self._reachability[group].answered():
@@ -105,13 +107,15 @@ class SupplyRenewals(SupplyCore):
         # An ended promotion's quota goes back as the center reclaims it in the answer.
         return self._closed(item.promotion, now_ms) and (current.available or 0) > 0
 
-    async def _renew_chunk(self, group: str, reports: dict[str, Report], full: bool, asked: int) -> RenewAnswer:
+    async def _renew_chunk(
+        self, group: str, reports: dict[str, Report], full: bool, asked: int, leaving: bool = False
+    ) -> RenewAnswer:
         """One Renew call to `group`, of reports made after the first `asked` acquires and openings. Its leases run from
         when it was sent: the center renewed them on receiving it, so that is the latest start that is still
         safe (the renewal's start would cut them short)."""
         now = self._clock.monotonic()
         life = self.incarnation
-        ask = RegionLease(self.cache.revision_of(group), full)
+        ask = RegionLease(self.cache.revision_of(group), full, leaving)
         book, reachability = self._reports[group], self._reachability[group]
         try:
             answer = await self._ask(self._groups.port(group).renew(life, reports, ask))

@@ -1584,6 +1584,7 @@ class RenewRequest(_message.Message):
     REGION_LEASE_FIELD_NUMBER: _builtins.int
     CATALOG_REVISION_FIELD_NUMBER: _builtins.int
     FULL_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
     region_lease: _builtins.bool
     """Renew the region lease: one lease over every promotion of the region, reported or not, so an
     idle promotion costs nothing at renewal. The answer's region_lease_ttl_ms says whether the
@@ -1596,6 +1597,12 @@ class RenewRequest(_message.Message):
     full: _builtins.bool
     """`counters` (with the other calls of the same round) holds every promotion the agent knows, as
     an agent sends after the center asked for it (report_all) or when it starts.
+    """
+    leaving: _builtins.bool
+    """With region_lease: the agent's last renewal before it stops, its ledger (in-process) dying with
+    it after it gave back what it held. The region is no longer held by its life, so an agent that
+    replaces it joins at once instead of waiting out the lease. Agents on Redis never send it: the
+    region's other agents serve on in the same life.
     """
     @_builtins.property
     def agent(self) -> Global___AgentIdentity: ...
@@ -1613,10 +1620,11 @@ class RenewRequest(_message.Message):
         region_lease: _builtins.bool = ...,
         catalog_revision: _builtins.int = ...,
         full: _builtins.bool = ...,
+        leaving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "catalog_revision", b"catalog_revision", "counters", b"counters", "full", b"full", "region_lease", b"region_lease"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "catalog_revision", b"catalog_revision", "counters", b"counters", "full", b"full", "leaving", b"leaving", "region_lease", b"region_lease"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

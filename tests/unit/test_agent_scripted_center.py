@@ -258,11 +258,22 @@ async def test_orders_naming_ever_new_unknown_promotions_cost_the_center_a_bound
     clock.advance(1)
     later = await _outcomes(agent, [f"later-{n}" for n in range(int(LOOKUPS_PER_S) + 5)])
 
-    assert flood == ["PromotionUnknown"] * LOOKUP_BURST + ["Unavailable"] * 50
+    assert flood == ["PromotionUnknown"] * LOOKUP_BURST + ["LookupsSpent"] * 50
     assert known == ["ok"]  # a promotion the agent knows costs no lookup
-    assert later == ["PromotionUnknown"] * int(LOOKUPS_PER_S) + ["Unavailable"] * 5
+    assert later == ["PromotionUnknown"] * int(LOOKUPS_PER_S) + ["LookupsSpent"] * 5
     assert center.calls - before == LOOKUP_BURST + LOOKUPS_PER_S
     assert len([r for r in caplog.records if "has not heard of" in r.getMessage()]) == 1  # once a minute
+
+
+async def test_a_batch_of_promotions_created_before_the_catalog_brought_them_is_served_whole(
+    agent: Agent, center: ScriptedCenter
+) -> None:
+    """Lookups that find their promotion are given back: the budget is spent by ids nobody knows."""
+    created = [f"new-{n}" for n in range(2 * LOOKUP_BURST)]
+    for promotion_id in created:
+        center.create(promotion_id)
+
+    assert await _outcomes(agent, created) == ["ok"] * len(created)
 
 
 async def test_the_renew_loop_retries_at_once_while_the_center_is_away_and_says_when_it_is_back(

@@ -93,3 +93,22 @@ async def test_an_older_life_does_not_take_the_region_back_from_a_newer_one_that
     with pytest.raises(RegionHeld) as refused:
         center.join("eu", replaces=older)
     assert newer in refused.value.message
+
+
+async def test_the_last_renewal_of_a_leaving_process_lets_the_next_join_at_once() -> None:
+    center, held = await _serving()
+
+    await center.renew_region("eu", held, {}, catalog_revision=0, full=False, leaving=True)
+
+    assert center.join("eu") > held
+
+
+async def test_a_leaving_life_that_does_not_hold_the_region_releases_nothing() -> None:
+    center, older = await _serving()
+    newer = center.join("eu", replaces=older)
+    await center.renew_region("eu", newer, {}, catalog_revision=0, full=False)
+
+    await center.renew_region("eu", older, {}, catalog_revision=0, full=False, leaving=True)
+
+    with pytest.raises(RegionHeld):
+        center.join("eu")

@@ -20,7 +20,7 @@ from quota_testing.direct_center import DirectCenter
 from quota_testing.memory_store import MemoryStore
 from quota_testing.support import eventually
 from region_agent.agent import Agent, AgentSettings
-from region_agent.ledger.base import Balance, Line
+from region_agent.ledger.base import Balance, Joined, Line
 from region_agent.ledger.memory import InProcessLedger
 
 HOUR_MS = 3_600_000
@@ -142,7 +142,7 @@ async def test_a_newer_process_of_the_region_retires_the_older(
     old, _, _ = agent
     await _deduct(old, "o-1")
     new, _, _ = world.agent()
-    await new.start()
+    await new.start()  # waits out the old one's lease (the fake clock moves), which nothing renews meanwhile
     try:
         await _deduct(new, "o-2")  # its acquire admits the new incarnation
 
@@ -153,6 +153,63 @@ async def test_a_newer_process_of_the_region_retires_the_older(
         assert retired.value.reason is RejectReason.LEASE_EXPIRED
     finally:
         await new.stop()
+
+
+class AwayAtFirst(DirectCenter):
+    """The center does not answer the first Join: the agent's start gives up on it and joins later."""
+
+    joins = 0
+
+    async def join(self, replaces: str) -> Joined:
+        self.joins += 1
+        if self.joins == 1:
+            raise Unavailable("the center is away")
+        return await super().join(replaces)
+
+
+async def _started_while_the_center_was_away(world: World) -> Agent:
+    """A second agent of eu on its own in-process ledger, started while the center did not answer."""
+    stray = Agent(QUIET, InProcessLedger(world.clock), AwayAtFirst(world.center, "eu"), world.clock)
+    await stray.start()  # its first renewal's Join is refused: the region is held
+    return stray
+
+
+async def test_a_second_agent_that_joins_after_its_start_retires_once_the_holder_renewed_past_its_lease(
+    world: World, agent: tuple[Agent, InProcessLedger, DirectCenter]
+) -> None:
+    held, _, _ = agent
+    stray = await _started_while_the_center_was_away(world)
+    try:
+        with pytest.raises(Unavailable, match="has not joined region eu"):
+            await _deduct(stray, "early")  # no Join before the holder's lease could have run out
+
+        world.clock.advance(world.center.settings.lease_ttl_s + 1)
+        await held.renew_once()
+        with pytest.raises(Rejected) as retired:
+            await _deduct(stray, "late")
+
+        assert retired.value.reason is RejectReason.LEASE_EXPIRED
+
+        assert "this agent cannot join: region eu is served by another agent" in await stray.wait_retired()
+        await _deduct(held, "still-served")
+        assert not stray.incarnation  # never joined: nothing of the region's was written off
+    finally:
+        await stray.stop()
+
+
+async def test_an_agent_that_joins_after_its_start_takes_over_once_the_old_lease_ran_out(
+    world: World, agent: tuple[Agent, InProcessLedger, DirectCenter]
+) -> None:
+    old, _, _ = agent
+    restarted = await _started_while_the_center_was_away(world)
+    try:
+        world.clock.advance(world.center.settings.lease_ttl_s + 1)  # the old process renews no more
+
+        await _deduct(restarted, "after")
+
+        assert restarted.incarnation > old.incarnation
+    finally:
+        await restarted.stop()
 
 
 async def test_the_catalog_stream_brings_a_freeze_and_ends_when_the_center_stops_leading(world: World) -> None:
