@@ -35,7 +35,7 @@ from region_agent.center_groups import CenterGroups
 from region_agent.center_port import report
 from region_agent.demand import RateMeter
 from region_agent.floor import BelowFloorCount
-from region_agent.ledger.base import Balance, Ledger
+from region_agent.ledger.base import Balance, Joined, Ledger
 from region_agent.lookups import LOOKUP_BURST, LOOKUPS_PER_S, LookupBudget
 from region_agent.reachability import Reachability
 from region_agent.report_book import ReportBook
@@ -318,23 +318,27 @@ class SupplyCore:
         return self.incarnation
 
     async def _ledger_life_after_start(self) -> str:
-        """`ledger_life` for the loops and the order path, the start being over. While another life holds the
-        region, asks again only once that life's lease could have run out; refused then too, the holder renewed
-        it: this process is a second agent of the region on another ledger, and retires (as the start would
-        have refused it, had the center answered then). Unavailable meanwhile: the region's live agent may
-        serve the order."""
+        """`ledger_life` for the loops and the order path, the start being over: a ledger that has a life (one
+        another agent of the region stored in Redis, say) answers it whatever the center said of a Join."""
+        return await self._ledger.incarnation(self._join_after_start)
+
+    async def _join_after_start(self, replaces: str) -> Joined:
+        """The center's Join, the start being over. While another life holds the region, asks again only once
+        that life's lease could have run out; refused then too, the holder renewed it: this process is a second
+        agent of the region on another ledger, and retires (as the start would have refused it, had the center
+        answered then). Unavailable meanwhile: the region's live agent may serve the order."""
         started, waited = self._clock.monotonic(), self._held_until
         if started < waited:
             raise Unavailable(f"this agent has not joined region {self._region}: another agent serves it")
         try:
-            life = await self.ledger_life()
+            joined = await self._groups.join(replaces)
         except RegionHeld as held:
             if waited:
                 self._retire(f"this agent cannot join: {held.message}")
             self._held_until = max(self._held_until, started + held.retry_after_s + HELD_MARGIN_S)
             raise Unavailable(f"this agent has not joined its region: {held.message}") from held
         self._held_until = 0.0
-        return life
+        return joined
 
     async def _current_life(self) -> str:
         """The ledger's life now, taken up (`rejoin`) if it is a new one: once, whichever group's loop sees it."""
