@@ -101,11 +101,14 @@ class CenterForAgents(CenterRenewals):
     def join(self, region: str, replaces: str = "") -> str:
         """A new ledger life for `region`: newer than every one the region had here, and one only this
         deployment's centers can make. Refused (RegionHeld) while another life of the region holds a live
-        lease, unless `replaces` names it: the caller's ledger held that life and lost its data."""
+        lease, unless `replaces` names it (the caller's ledger held that life and lost its data) or names the
+        life the Join that issued it replaced (another agent of the region saw the same loss). The new life
+        holds the region from now on, so that of two processes started at once on other ledgers, one joins."""
         self._require_leader()
+        now = self._clock.monotonic()
         holder = self._holder.get(region)
-        left = holder[1] - self._clock.monotonic() if holder else 0.0
-        if holder is not None and left > 0 and holder[0] != replaces:
+        left = holder[1] - now if holder else 0.0
+        if holder is not None and left > 0 and replaces not in (holder[0], self._replaced.get(region, holder[0])):
             renewed = self.settings.lease_ttl_s - left
             raise RegionHeld(
                 f"region {region} is served by another agent, as ledger incarnation {holder[0]} (its lease, "
@@ -114,8 +117,13 @@ class CenterForAgents(CenterRenewals):
                 "--ledger",
                 left,
             )
-        newest = self._newest_life.get(region)
-        return self._issuer.issue(region, [newest] if newest else [])
+        # Newer than the holder too: a life issued and renewed but never admitted is not among the newest.
+        known = [life for life in (self._newest_life.get(region), holder[0] if holder else None) if life]
+        life = self._issuer.issue(region, known)
+        self._holder[region] = (life, now + self.settings.lease_ttl_s)
+        if replaces:
+            self._replaced[region] = replaces
+        return life
 
     def had_life(self, region: str) -> bool:
         """Whether a ledger life of `region` held quota here: the one a Join issues replaces it, and orders

@@ -119,6 +119,9 @@ class CenterCore:
         self._holder: dict[str, tuple[str, float]] = {}
         """By region: the ledger life that last renewed a lease of the region, and when that lease runs out. Until
         then a Join from another ledger is refused: it would write off what a live process holds."""
+        self._replaced: dict[str, str] = {}
+        """By region: the life the latest Join named as lost (`replaces`). The region's other agents that saw it
+        end may name it too, though the hold passed to the life that Join issued."""
         self._newest_life: dict[str, str] = {}
         """By region: the newest ledger incarnation any promotion admitted (an older one is superseded)."""
         self._contested: set[str] = set()
@@ -205,6 +208,7 @@ class CenterCore:
         self._lease_expiry.clear()
         self._region_lease.clear()
         self._holder.clear()
+        self._replaced.clear()
         self._newest_life.clear()
         self._contested.clear()
         self._fully_reported.clear()

@@ -34,7 +34,7 @@ async def test_a_join_says_whether_an_earlier_life_of_the_region_held_quota(tmp_
                 await eu.join("")
 
             after_holding = await eu.join(first.incarnation)  # as after its Redis lost its data
-            after_idle = await us.join("")
+            after_idle = await us.join(idle.incarnation)  # a Join holds the region for the life it issues
         finally:
             await eu.close()
             await us.close()

@@ -33,7 +33,10 @@ async def _leading(store: MemoryStore, wall_ms: int = NOW_MS) -> Center:
 async def test_joins_of_one_region_get_distinct_lives_each_newer_than_the_region_had() -> None:
     center = await _leading(MemoryStore())
     await center.create_promotion(_promotion())
-    lives = [center.join("eu") for _ in range(50)]
+    lives: list[str] = []
+    for _ in range(50):
+        # Each joined by a ledger that lost the life before: a Join holds the region for the life it issues.
+        lives.append(center.join("eu", lives[-1] if lives else ""))
 
     assert len(set(lives)) == 50
     assert lives == sorted(lives)

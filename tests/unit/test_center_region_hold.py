@@ -60,6 +60,29 @@ async def test_a_ledger_that_lost_its_data_joins_at_once_naming_the_life_it_held
         center.join("eu", replaces="01700000000000000000-000000000000")  # names a life that holds nothing
 
 
+async def test_a_join_holds_the_region_so_of_two_processes_started_at_once_one_joins() -> None:
+    center = Center(MemoryStore(), FakeClock(NOW_MS))
+    await center.start()
+
+    first = center.join("eu")
+    with pytest.raises(RegionHeld) as refused:
+        center.join("eu")
+
+    assert first in refused.value.message
+
+
+async def test_the_regions_agents_that_saw_one_life_end_all_join() -> None:
+    """Each agent of a Redis that came back empty names the life it held; the first to store its new life in
+    Redis wins, and the others take that one up."""
+    center, lost = await _serving()
+
+    lives = [center.join("eu", replaces=lost) for _ in range(3)]
+
+    assert len(set(lives)) == 3
+    with pytest.raises(RegionHeld):
+        center.join("eu")
+
+
 async def test_other_regions_are_not_held() -> None:
     center, _ = await _serving()
 
@@ -91,7 +114,7 @@ async def test_an_older_life_does_not_take_the_region_back_from_a_newer_one_that
     await center.renew("eu", older, {})  # not superseded yet: the newer life has reported nothing
 
     with pytest.raises(RegionHeld) as refused:
-        center.join("eu", replaces=older)
+        center.join("eu")
     assert newer in refused.value.message
 
 
