@@ -117,8 +117,9 @@ class CenterCore:
         self._region_lease: dict[str, float] = {}
         """By region: when the lease over all of its promotions (Renew's region_lease) runs out."""
         self._holder: dict[str, tuple[str, float]] = {}
-        """By region: the ledger life that last renewed a lease of the region, and when that lease runs out. Until
-        then a Join from another ledger is refused: it would write off what a live process holds."""
+        """By region: the ledger life that last renewed a lease of the region (or that a Join just issued), and when
+        that lease runs out. Until then a Join from another ledger is refused: it would write off what a live
+        process holds."""
         self._replaced: dict[str, str] = {}
         """By region: the life the latest Join named as lost (`replaces`). The region's other agents that saw it
         end may name it too, though the hold passed to the life that Join issued."""

@@ -113,10 +113,10 @@ class SupplyCore:
         """Held while the ledger's life is read and taken up, so the groups' loops take up a new one once."""
         self._retired = asyncio.Event()
         self.retired = ""
+        """Why this process may no longer spend for its region; empty while it may."""
         self._held_until = 0.0
         """While the center refuses this process's Join (another life holds the region): monotonic time the
         holder's lease runs out unless renewed, as the first refusal said; 0 otherwise."""
-        """Why this process may no longer spend for its region; empty while it may."""
         self.incarnation = ""
         self._life_lost = False
         """The ledger lost its data (LedgerLost) and the new life is not joined yet."""
